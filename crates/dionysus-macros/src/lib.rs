@@ -1,0 +1,25 @@
+//! Procedural macros of dionysus. Use them through the `dionysus` crate, which re-exports
+//! them and provides the runtime items the generated code refers to
+//! (`::dionysus::__private`).
+//!
+//! Every macro follows one pipeline: **parse** the attribute into typed options (collecting
+//! every error), **validate** cross-field rules, then **expand** a valid model into a thin
+//! trait impl plus an `inventory` registry entry. When validation fails the macro emits the
+//! errors together with a minimal stub, so the user sees the real mistake and not a cascade.
+
+mod attr;
+mod ctxt;
+mod suggest;
+mod symbol;
+mod topic;
+
+use proc_macro::TokenStream;
+
+/// Declares a Kafka topic: `#[dionysus::topic(namespace = "v3", name = "rentals",
+/// partition_key = "account_id", partitions = 12, genesis_replica = true)]` on a unit struct.
+///
+/// See `dionysus::topic` for the full documentation.
+#[proc_macro_attribute]
+pub fn topic(args: TokenStream, item: TokenStream) -> TokenStream {
+    topic::expand(args.into(), item.into()).into()
+}

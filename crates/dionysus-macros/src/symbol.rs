@@ -1,0 +1,35 @@
+//! Names of attribute keys, one constant each, so a key is spelt once.
+
+use std::fmt::{self, Display};
+
+use syn::{Ident, Path};
+
+/// An attribute key such as `partition_key`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Symbol(pub(crate) &'static str);
+
+pub(crate) const NAMESPACE: Symbol = Symbol("namespace");
+pub(crate) const NAME: Symbol = Symbol("name");
+pub(crate) const PARTITION_KEY: Symbol = Symbol("partition_key");
+pub(crate) const PARTITIONS: Symbol = Symbol("partitions");
+pub(crate) const REPLICATION_FACTOR: Symbol = Symbol("replication_factor");
+pub(crate) const GENESIS_REPLICA: Symbol = Symbol("genesis_replica");
+pub(crate) const TOMBSTONE: Symbol = Symbol("tombstone");
+
+impl PartialEq<Symbol> for Ident {
+    fn eq(&self, word: &Symbol) -> bool {
+        self == word.0
+    }
+}
+
+impl PartialEq<Symbol> for Path {
+    fn eq(&self, word: &Symbol) -> bool {
+        self.is_ident(word.0)
+    }
+}
+
+impl Display for Symbol {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.0)
+    }
+}

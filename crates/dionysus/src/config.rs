@@ -1,0 +1,572 @@
+//! Configuration: one typed struct whose [`Default`] mirrors dionysus-rb's producer and
+//! consumer defaults, overridable from environment variables.
+//!
+//! | variable | field | form | default |
+//! |---|---|---|---|
+//! | `DATABASE_URL` | [`Config::database_url`] | `postgres://user@host:port/db` | `postgres://postgres@127.0.0.1:5432/postgres` |
+//! | `DIONYSUS_SEED_BROKER` | [`KafkaConfig::brokers`] | `host:port`, several separated by `;` or `,` | `127.0.0.1:9092` |
+//! | `DIONYSUS_CLIENT_ID` | [`KafkaConfig::client_id`] | text | `dionysus` |
+//! | `DIONYSUS_CONSUMER_GROUP_PREFIX` | [`KafkaConfig::consumer_group_prefix`] | text | `dionysus_consumer_group_for` |
+//! | `DIONYSUS_CONSUMER_GROUP_ID` | [`KafkaConfig::group_id`] | text | `<client_id>_<prefix>_<client_id>` |
+//! | `DIONYSUS_SOFT_DELETE_COLUMN` | [`ProducerConfig::soft_delete_column`] | column name | `canceled_at` |
+//! | `DIONYSUS_DEFAULT_PARTITION_KEY` | [`ProducerConfig::default_partition_key`] | attribute name | `account_id` |
+//! | `DIONYSUS_OUTBOX_BATCH_SIZE` | [`ProducerConfig::batch_size`] | integer ≥ 1 | `100` |
+//! | `DIONYSUS_LOCK_EXPIRY_MS` | [`ProducerConfig::lock_expiry`] | milliseconds, or a duration (`10s`) | `10000` |
+//! | `DIONYSUS_OUTBOX_WORKER_SLEEP_SECONDS` | [`ProducerConfig::idle_sleep`] | seconds (`0.2`), or a duration | `0.2` |
+//! | `DIONYSUS_OUTBOX_PUBLISHING_DELAY_SECONDS` | [`ProducerConfig::publishing_delay`] | seconds, or a duration | `0` |
+//! | `DIONYSUS_TRANSACTIONAL_OUTBOX_ENABLED` | [`ProducerConfig::transactional_outbox_enabled`] | boolean | `true` |
+//! | `DIONYSUS_PUBLISH_AFTER_COMMIT` | [`ProducerConfig::publish_after_commit`] | boolean | `false` |
+//! | `DIONYSUS_REMOVE_CONSECUTIVE_DUPLICATES` | [`ProducerConfig::remove_consecutive_duplicates`] | boolean | `false` |
+//! | `DIONYSUS_OBSERVERS_INLINE_MAXIMUM_SIZE` | [`ProducerConfig::observers_inline_maximum_size`] | integer | `1000` |
+//! | `DIONYSUS_RELAY_WORKERS` (or `DIONYSUS_RB_THREADS_NUMBER`) | [`ProducerConfig::relay_workers`] | integer ≥ 1 | `1` |
+//! | `DIONYSUS_RETRY_BACKOFF_BASE_SECONDS` | [`ProducerConfig::retry_backoff_base`] | seconds, or a duration | `5` |
+//! | `DIONYSUS_RETRY_BACKOFF_CAP_SECONDS` | [`ProducerConfig::retry_backoff_cap`] | seconds, or a duration | `600` |
+//! | `DIONYSUS_MAX_ATTEMPTS` | [`ProducerConfig::max_attempts`] | integer ≥ 1 | `12` |
+//! | `DIONYSUS_STRICT_ORDERING` | [`ProducerConfig::strict_ordering`] | boolean | `false` |
+//! | `DIONYSUS_OUTBOX_RETENTION_SECONDS` | [`ProducerConfig::retention`] | seconds, a duration, or `off` | `3d` |
+//! | `DIONYSUS_GENESIS_CONSISTENCY_SAFETY_DELAY_SECONDS` | [`ProducerConfig::genesis_consistency_safety_delay`] | seconds, or a duration | `60` |
+//! | `DIONYSUS_PUBLISHER_SERVICE_NAME` | [`ProducerConfig::publisher_service_name`] | text | `dionysus` |
+//! | `DIONYSUS_DEAD_LETTER_TOPIC` | [`ConsumerConfig::dead_letter_topic`] | topic name | `dionysus_dead_letters` |
+//! | `DIONYSUS_CONSUMER_BATCH_SIZE` | [`ConsumerConfig::batch_size`] | integer ≥ 1 | `500` |
+//! | `DIONYSUS_CONSUMER_MAX_MESSAGE_BYTES` | [`ConsumerConfig::max_message_bytes`] | integer ≥ 1 | `10485760` |
+//! | `DIONYSUS_REMOVE_DUPLICATES` | [`ConsumerConfig::remove_duplicates`] | boolean | `true` |
+//! | `DIONYSUS_KAFKA_<PROPERTY>` | [`KafkaConfig::properties`] | any librdkafka property, `_` for `.` | none |
+//!
+//! Booleans accept `true/false`, `1/0`, `yes/no`, `on/off`. Durations accept a bare number
+//! in the unit the variable names, or a number with a unit: `ms`, `s`, `m`, `h`, `d`
+//! (`1.5s`, `90m`, `0.5d`). A bad value is an error naming the variable, the value and the
+//! expected form. This module owns reading and checking settings; it does not open
+//! connections.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Everything dionysus can be configured with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// PostgreSQL URL of the application database (outbox, offsets, replicas).
+    pub database_url: String,
+    /// Kafka connection settings.
+    pub kafka: KafkaConfig,
+    /// Producer side: outbox writing and the relay.
+    pub producer: ProducerConfig,
+    /// Consumer side: replicas and handlers.
+    pub consumer: ConsumerConfig,
+}
+
+/// Kafka connection settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaConfig {
+    /// Seed brokers, `host:port` each (dionysus-rb's `DIONYSUS_SEED_BROKER`).
+    pub brokers: Vec<String>,
+    /// `client.id` of every Kafka client; also part of the consumer group name.
+    pub client_id: String,
+    /// Prefix of the consumer group name (dionysus-rb's `consumer_group_prefix`).
+    pub consumer_group_prefix: String,
+    /// Explicit consumer `group.id`; when `None`, [`KafkaConfig::group_id`] derives the name
+    /// dionysus-rb deployments use.
+    pub group_id: Option<String>,
+    /// Extra librdkafka properties applied to every client (e.g. `security.protocol`).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Producer-side settings. Defaults are dionysus-rb's, except where this crate deliberately
+/// does better (backoff cap, attempt limit), as documented per field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProducerConfig {
+    /// Column whose non-null value marks a record as soft-deleted (`canceled_at`).
+    pub soft_delete_column: String,
+    /// Attribute used as partition key when neither the publisher nor the topic name one
+    /// (`account_id`).
+    pub default_partition_key: String,
+    /// Outbox rows a relay worker claims per batch (100).
+    pub batch_size: usize,
+    /// How long a claim on outbox rows lasts; a worker that dies releases its rows after it
+    /// (10 s).
+    pub lock_expiry: Duration,
+    /// Pause of a relay worker when it found nothing to publish (0.2 s).
+    pub idle_sleep: Duration,
+    /// A row becomes publishable this long after it was written (0). Unlike dionysus-rb,
+    /// which compares with `now + delay`, the delay really delays.
+    pub publishing_delay: Duration,
+    /// Whether writes produce outbox rows at all (true).
+    pub transactional_outbox_enabled: bool,
+    /// Whether rows are also published right after their transaction commits (false).
+    pub publish_after_commit: bool,
+    /// Whether runs of identical consecutive rows in a batch collapse to the last one before
+    /// publishing (false, as in dionysus-rb).
+    pub remove_consecutive_duplicates: bool,
+    /// Observed records published inline at most; beyond it they are handed to genesis
+    /// (1000).
+    pub observers_inline_maximum_size: usize,
+    /// Concurrent relay workers (1).
+    pub relay_workers: usize,
+    /// Base of the retry backoff: a row's n-th failure waits `base × 2^n`, with jitter (5 s).
+    pub retry_backoff_base: Duration,
+    /// Upper bound of the retry backoff (10 min; dionysus-rb has none).
+    pub retry_backoff_cap: Duration,
+    /// Attempts after which a failing row is parked with `failed_at` and its partition key
+    /// moves on (12; dionysus-rb retries forever).
+    pub max_attempts: u32,
+    /// When true, a parked row keeps blocking its partition key instead of being skipped.
+    pub strict_ordering: bool,
+    /// Published rows older than this are pruned; `None` keeps them (3 days).
+    pub retention: Option<Duration>,
+    /// Extra margin added to the end of a genesis window in the "performed" event (60 s).
+    pub genesis_consistency_safety_delay: Duration,
+    /// Name of this service in genesis events (`dionysus`).
+    pub publisher_service_name: String,
+}
+
+/// Consumer-side settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerConfig {
+    /// Topic that receives messages that cannot be processed (`dionysus_dead_letters`).
+    pub dead_letter_topic: String,
+    /// Messages of one partition handled in one database transaction at most (500).
+    pub batch_size: usize,
+    /// Larger payloads go to the dead-letter topic unprocessed (10 MiB).
+    pub max_message_bytes: usize,
+    /// Whether batches are deduplicated before persisting, as dionysus-rb's
+    /// RemoveDuplicatesStrategy does (true).
+    pub remove_duplicates: bool,
+    /// Replica column holding the source's `id` (`synced_id`).
+    pub synced_id_attribute: String,
+    /// Replica column holding the source's `created_at` (`synced_created_at`).
+    pub synced_created_at_attribute: String,
+    /// Replica column holding the source's `updated_at` (`synced_updated_at`).
+    pub synced_updated_at_attribute: String,
+    /// Replica column holding the source's `canceled_at` (`synced_canceled_at`).
+    pub soft_deleted_at_attribute: String,
+    /// Replica column holding the whole payload (`synced_data`).
+    pub synced_data_attribute: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
+            kafka: KafkaConfig::default(),
+            producer: ProducerConfig::default(),
+            consumer: ConsumerConfig::default(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: vec!["127.0.0.1:9092".to_owned()],
+            client_id: "dionysus".to_owned(),
+            consumer_group_prefix: "dionysus_consumer_group_for".to_owned(),
+            group_id: None,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            soft_delete_column: "canceled_at".to_owned(),
+            default_partition_key: "account_id".to_owned(),
+            batch_size: 100,
+            lock_expiry: Duration::from_millis(10_000),
+            idle_sleep: Duration::from_millis(200),
+            publishing_delay: Duration::ZERO,
+            transactional_outbox_enabled: true,
+            publish_after_commit: false,
+            remove_consecutive_duplicates: false,
+            observers_inline_maximum_size: 1000,
+            relay_workers: 1,
+            retry_backoff_base: Duration::from_secs(5),
+            retry_backoff_cap: Duration::from_secs(600),
+            max_attempts: 12,
+            strict_ordering: false,
+            retention: Some(Duration::from_secs(3 * 86_400)),
+            genesis_consistency_safety_delay: Duration::from_secs(60),
+            publisher_service_name: "dionysus".to_owned(),
+        }
+    }
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            dead_letter_topic: "dionysus_dead_letters".to_owned(),
+            batch_size: 500,
+            max_message_bytes: 10 * 1024 * 1024,
+            remove_duplicates: true,
+            synced_id_attribute: "synced_id".to_owned(),
+            synced_created_at_attribute: "synced_created_at".to_owned(),
+            synced_updated_at_attribute: "synced_updated_at".to_owned(),
+            soft_deleted_at_attribute: "synced_canceled_at".to_owned(),
+            synced_data_attribute: "synced_data".to_owned(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The consumer `group.id`: the explicit one, or `<client_id>_<prefix>_<client_id>`, the
+    /// name dionysus-rb deployments (Karafka before 2.4) use, so a port joins the same group.
+    pub fn group_id(&self) -> String {
+        match &self.group_id {
+            Some(group_id) => group_id.clone(),
+            None => format!("{id}_{}_{id}", self.consumer_group_prefix, id = self.client_id),
+        }
+    }
+
+    /// `bootstrap.servers`: the brokers joined with `,`.
+    pub fn bootstrap_servers(&self) -> String {
+        self.brokers.join(",")
+    }
+}
+
+/// A setting that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A variable is set to a value of the wrong form.
+    #[error("{var}={value:?} is not valid: expected {expected}")]
+    Invalid {
+        /// The environment variable.
+        var: String,
+        /// Its value.
+        value: String,
+        /// What would be valid, e.g. "an integer ≥ 1".
+        expected: String,
+    },
+}
+
+impl Config {
+    /// Defaults overridden by the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Defaults overridden by `lookup` (a variable name to its value), so the rules can be
+    /// used with any source of settings (and tested without touching the process
+    /// environment). Extra librdkafka properties are only read by [`Config::from_env`] and
+    /// [`Config::from_vars`].
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        config.apply(&lookup)?;
+        Ok(config)
+    }
+
+    /// Defaults overridden by an explicit list of variables (including
+    /// `DIONYSUS_KAFKA_<PROPERTY>` ones).
+    pub fn from_vars<K: AsRef<str>, V: AsRef<str>>(
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Config, ConfigError> {
+        let vars: BTreeMap<String, String> =
+            vars.into_iter().map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned())).collect();
+        let mut config = Config::from_lookup(|name| vars.get(name).cloned())?;
+        config.kafka.properties.extend(kafka_properties(vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
+        Ok(config)
+    }
+
+    fn apply(&mut self, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let env = Env(lookup);
+        env.string("DATABASE_URL", &mut self.database_url)?;
+        if let Some(value) = lookup("DIONYSUS_SEED_BROKER") {
+            self.kafka.brokers = parse_brokers("DIONYSUS_SEED_BROKER", &value)?;
+        }
+        env.string("DIONYSUS_CLIENT_ID", &mut self.kafka.client_id)?;
+        env.string("DIONYSUS_CONSUMER_GROUP_PREFIX", &mut self.kafka.consumer_group_prefix)?;
+        if let Some(value) = lookup("DIONYSUS_CONSUMER_GROUP_ID") {
+            self.kafka.group_id = Some(non_empty("DIONYSUS_CONSUMER_GROUP_ID", value)?);
+        }
+
+        let producer = &mut self.producer;
+        env.string("DIONYSUS_SOFT_DELETE_COLUMN", &mut producer.soft_delete_column)?;
+        env.string("DIONYSUS_DEFAULT_PARTITION_KEY", &mut producer.default_partition_key)?;
+        env.count("DIONYSUS_OUTBOX_BATCH_SIZE", &mut producer.batch_size, 1)?;
+        env.duration("DIONYSUS_LOCK_EXPIRY_MS", Unit::Millis, &mut producer.lock_expiry)?;
+        env.duration("DIONYSUS_OUTBOX_WORKER_SLEEP_SECONDS", Unit::Seconds, &mut producer.idle_sleep)?;
+        env.duration("DIONYSUS_OUTBOX_PUBLISHING_DELAY_SECONDS", Unit::Seconds, &mut producer.publishing_delay)?;
+        env.boolean("DIONYSUS_TRANSACTIONAL_OUTBOX_ENABLED", &mut producer.transactional_outbox_enabled)?;
+        env.boolean("DIONYSUS_PUBLISH_AFTER_COMMIT", &mut producer.publish_after_commit)?;
+        env.boolean("DIONYSUS_REMOVE_CONSECUTIVE_DUPLICATES", &mut producer.remove_consecutive_duplicates)?;
+        env.count("DIONYSUS_OBSERVERS_INLINE_MAXIMUM_SIZE", &mut producer.observers_inline_maximum_size, 0)?;
+        env.count("DIONYSUS_RB_THREADS_NUMBER", &mut producer.relay_workers, 1)?;
+        env.count("DIONYSUS_RELAY_WORKERS", &mut producer.relay_workers, 1)?;
+        env.duration("DIONYSUS_RETRY_BACKOFF_BASE_SECONDS", Unit::Seconds, &mut producer.retry_backoff_base)?;
+        env.duration("DIONYSUS_RETRY_BACKOFF_CAP_SECONDS", Unit::Seconds, &mut producer.retry_backoff_cap)?;
+        let mut max_attempts = producer.max_attempts as usize;
+        env.count("DIONYSUS_MAX_ATTEMPTS", &mut max_attempts, 1)?;
+        producer.max_attempts = u32::try_from(max_attempts).map_err(|_| ConfigError::Invalid {
+            var: "DIONYSUS_MAX_ATTEMPTS".to_owned(),
+            value: max_attempts.to_string(),
+            expected: format!("an integer between 1 and {}", u32::MAX),
+        })?;
+        env.boolean("DIONYSUS_STRICT_ORDERING", &mut producer.strict_ordering)?;
+        if let Some(value) = lookup("DIONYSUS_OUTBOX_RETENTION_SECONDS") {
+            producer.retention = match value.trim().to_ascii_lowercase().as_str() {
+                "off" | "none" | "never" => None,
+                _ => Some(parse_duration("DIONYSUS_OUTBOX_RETENTION_SECONDS", &value, Unit::Seconds)?),
+            };
+        }
+        env.duration(
+            "DIONYSUS_GENESIS_CONSISTENCY_SAFETY_DELAY_SECONDS",
+            Unit::Seconds,
+            &mut producer.genesis_consistency_safety_delay,
+        )?;
+        env.string("DIONYSUS_PUBLISHER_SERVICE_NAME", &mut producer.publisher_service_name)?;
+        if producer.retry_backoff_cap < producer.retry_backoff_base {
+            return Err(ConfigError::Invalid {
+                var: "DIONYSUS_RETRY_BACKOFF_CAP_SECONDS".to_owned(),
+                value: format!("{}s", producer.retry_backoff_cap.as_secs_f64()),
+                expected: format!(
+                    "a cap at least as long as the backoff base ({}s)",
+                    producer.retry_backoff_base.as_secs_f64()
+                ),
+            });
+        }
+
+        let consumer = &mut self.consumer;
+        env.string("DIONYSUS_DEAD_LETTER_TOPIC", &mut consumer.dead_letter_topic)?;
+        env.count("DIONYSUS_CONSUMER_BATCH_SIZE", &mut consumer.batch_size, 1)?;
+        env.count("DIONYSUS_CONSUMER_MAX_MESSAGE_BYTES", &mut consumer.max_message_bytes, 1)?;
+        env.boolean("DIONYSUS_REMOVE_DUPLICATES", &mut consumer.remove_duplicates)?;
+        Ok(())
+    }
+}
+
+/// `DIONYSUS_KAFKA_SECURITY_PROTOCOL=ssl` → `security.protocol = ssl`.
+fn kafka_properties<'a>(vars: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<(String, String)> {
+    vars.filter_map(|(name, value)| {
+        let property = name.strip_prefix("DIONYSUS_KAFKA_")?;
+        Some((property.to_ascii_lowercase().replace('_', "."), value.to_owned()))
+    })
+    .collect()
+}
+
+impl Config {
+    /// Adds the `DIONYSUS_KAFKA_<PROPERTY>` variables of the process environment.
+    pub fn with_env_kafka_properties(mut self) -> Config {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        self.kafka.properties.extend(kafka_properties(vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
+        self
+    }
+}
+
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+#[derive(Copy, Clone)]
+enum Unit {
+    Millis,
+    Seconds,
+}
+
+impl Env<'_> {
+    fn string(&self, var: &str, field: &mut String) -> Result<(), ConfigError> {
+        if let Some(value) = (self.0)(var) {
+            *field = non_empty(var, value)?;
+        }
+        Ok(())
+    }
+
+    fn count(&self, var: &str, field: &mut usize, minimum: usize) -> Result<(), ConfigError> {
+        if let Some(value) = (self.0)(var) {
+            *field = value.trim().parse::<usize>().ok().filter(|n| *n >= minimum).ok_or_else(|| {
+                ConfigError::Invalid { var: var.to_owned(), value, expected: format!("an integer ≥ {minimum}") }
+            })?;
+        }
+        Ok(())
+    }
+
+    fn boolean(&self, var: &str, field: &mut bool) -> Result<(), ConfigError> {
+        if let Some(value) = (self.0)(var) {
+            *field = match value.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        var: var.to_owned(),
+                        value,
+                        expected: "a boolean: true/false, 1/0, yes/no or on/off".to_owned(),
+                    })
+                }
+            };
+        }
+        Ok(())
+    }
+
+    fn duration(&self, var: &str, unit: Unit, field: &mut Duration) -> Result<(), ConfigError> {
+        if let Some(value) = (self.0)(var) {
+            *field = parse_duration(var, &value, unit)?;
+        }
+        Ok(())
+    }
+}
+
+fn non_empty(var: &str, value: String) -> Result<String, ConfigError> {
+    if value.trim().is_empty() {
+        Err(ConfigError::Invalid { var: var.to_owned(), value, expected: "a non-empty value".to_owned() })
+    } else {
+        Ok(value)
+    }
+}
+
+fn parse_brokers(var: &str, value: &str) -> Result<Vec<String>, ConfigError> {
+    let brokers: Vec<String> =
+        value.split([';', ',']).map(str::trim).filter(|b| !b.is_empty()).map(str::to_owned).collect();
+    let invalid = |expected: &str| ConfigError::Invalid {
+        var: var.to_owned(),
+        value: value.to_owned(),
+        expected: expected.to_owned(),
+    };
+    if brokers.is_empty() {
+        return Err(invalid("at least one broker as host:port (several separated by `;` or `,`)"));
+    }
+    for broker in &brokers {
+        if broker.contains("://") {
+            return Err(invalid("host:port without a protocol, e.g. 127.0.0.1:9092"));
+        }
+        let port_ok =
+            broker.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(invalid("host:port pairs, e.g. kafka-1:9092;kafka-2:9092"));
+        }
+    }
+    Ok(brokers)
+}
+
+/// Parses `1.5`, `500ms`, `10s`, `90m`, `2h`, `0.5d`; a bare number is in `default_unit`.
+fn parse_duration(var: &str, value: &str, default_unit: Unit) -> Result<Duration, ConfigError> {
+    let text = value.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let seconds_per_unit = match (unit.trim(), default_unit) {
+        ("", Unit::Millis) | ("ms", _) => 0.001,
+        ("", Unit::Seconds) | ("s", _) => 1.0,
+        ("m" | "min", _) => 60.0,
+        ("h", _) => 3600.0,
+        ("d", _) => 86_400.0,
+        _ => f64::NAN,
+    };
+    let bare_unit = match default_unit {
+        Unit::Millis => "milliseconds",
+        Unit::Seconds => "seconds",
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * seconds_per_unit)
+        .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .ok_or_else(|| ConfigError::Invalid {
+            var: var.to_owned(),
+            value: value.to_owned(),
+            expected: format!(
+                "a number of {bare_unit} or a duration with a unit (ms, s, m, h, d), e.g. 500ms, 10s, 1.5m"
+            ),
+        })
+}
+
+/// The URL with any password replaced by `***`, for messages and logs.
+pub fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(vars.iter().copied())
+    }
+
+    #[test]
+    fn defaults_mirror_the_gem() {
+        let config = Config::default();
+        assert_eq!(config.producer.batch_size, 100);
+        assert_eq!(config.producer.lock_expiry, Duration::from_secs(10));
+        assert_eq!(config.producer.soft_delete_column, "canceled_at");
+        assert_eq!(config.producer.default_partition_key, "account_id");
+        assert_eq!(config.producer.idle_sleep, Duration::from_millis(200));
+        assert!(!config.producer.publish_after_commit);
+        assert_eq!(config.producer.publishing_delay, Duration::ZERO);
+        assert!(!config.producer.remove_consecutive_duplicates);
+        assert_eq!(config.producer.observers_inline_maximum_size, 1000);
+        assert!(config.producer.transactional_outbox_enabled);
+        assert_eq!(config.producer.genesis_consistency_safety_delay, Duration::from_secs(60));
+        assert_eq!(config.consumer.soft_deleted_at_attribute, "synced_canceled_at");
+        assert_eq!(config.kafka.consumer_group_prefix, "dionysus_consumer_group_for");
+    }
+
+    #[test]
+    fn group_id_defaults_to_the_gems_karafka_name() {
+        let config = from(&[("DIONYSUS_CLIENT_ID", "dionysus_test")]).unwrap();
+        assert_eq!(config.kafka.group_id(), "dionysus_test_dionysus_consumer_group_for_dionysus_test");
+        let config = from(&[("DIONYSUS_CLIENT_ID", "app"), ("DIONYSUS_CONSUMER_GROUP_ID", "explicit")]).unwrap();
+        assert_eq!(config.kafka.group_id(), "explicit");
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let config = from(&[
+            ("DATABASE_URL", "postgres://u@db/app"),
+            ("DIONYSUS_SEED_BROKER", "k1:9092;k2:9093"),
+            ("DIONYSUS_OUTBOX_BATCH_SIZE", "250"),
+            ("DIONYSUS_LOCK_EXPIRY_MS", "2500"),
+            ("DIONYSUS_OUTBOX_WORKER_SLEEP_SECONDS", "1.5"),
+            ("DIONYSUS_OUTBOX_PUBLISHING_DELAY_SECONDS", "2m"),
+            ("DIONYSUS_PUBLISH_AFTER_COMMIT", "yes"),
+            ("DIONYSUS_RB_THREADS_NUMBER", "4"),
+            ("DIONYSUS_OUTBOX_RETENTION_SECONDS", "off"),
+            ("DIONYSUS_KAFKA_SECURITY_PROTOCOL", "ssl"),
+        ])
+        .unwrap();
+        assert_eq!(config.database_url, "postgres://u@db/app");
+        assert_eq!(config.kafka.brokers, ["k1:9092", "k2:9093"]);
+        assert_eq!(config.kafka.bootstrap_servers(), "k1:9092,k2:9093");
+        assert_eq!(config.producer.batch_size, 250);
+        assert_eq!(config.producer.lock_expiry, Duration::from_millis(2500));
+        assert_eq!(config.producer.idle_sleep, Duration::from_millis(1500));
+        assert_eq!(config.producer.publishing_delay, Duration::from_secs(120));
+        assert!(config.producer.publish_after_commit);
+        assert_eq!(config.producer.relay_workers, 4);
+        assert_eq!(config.producer.retention, None);
+        assert_eq!(config.kafka.properties.get("security.protocol").map(String::as_str), Some("ssl"));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_the_expected_form() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("DIONYSUS_OUTBOX_BATCH_SIZE", "0", "an integer ≥ 1"),
+            ("DIONYSUS_OUTBOX_BATCH_SIZE", "many", "an integer ≥ 1"),
+            ("DIONYSUS_LOCK_EXPIRY_MS", "soon", "a number of milliseconds"),
+            ("DIONYSUS_PUBLISH_AFTER_COMMIT", "maybe", "a boolean"),
+            ("DIONYSUS_SEED_BROKER", "kafka://k1:9092", "without a protocol"),
+            ("DIONYSUS_SEED_BROKER", "k1", "host:port"),
+            ("DIONYSUS_CLIENT_ID", " ", "a non-empty value"),
+            ("DIONYSUS_OUTBOX_WORKER_SLEEP_SECONDS", "-1", "a number of seconds"),
+        ];
+        for (var, value, expected) in cases {
+            let error = from(&[(var, value)]).unwrap_err();
+            let text = error.to_string();
+            assert!(text.starts_with(&format!("{var}=")), "{text}");
+            assert!(text.contains(expected), "{var}={value}: {text}");
+        }
+    }
+
+    #[test]
+    fn backoff_cap_below_base_is_rejected() {
+        let error =
+            from(&[("DIONYSUS_RETRY_BACKOFF_BASE_SECONDS", "60"), ("DIONYSUS_RETRY_BACKOFF_CAP_SECONDS", "10")])
+                .unwrap_err();
+        assert!(error.to_string().contains("at least as long as the backoff base"), "{error}");
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(mask_password("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(mask_password("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

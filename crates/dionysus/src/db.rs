@@ -1,0 +1,53 @@
+//! PostgreSQL connections: a diesel-async connection pool for the framework's own work
+//! (relay, consumers, genesis). Application code may share it or bring its own.
+
+use diesel_async::pooled_connection::deadpool::{BuildError, Pool as DeadPool};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::AsyncPgConnection;
+
+/// A pool of async PostgreSQL connections.
+pub type Pool = DeadPool<AsyncPgConnection>;
+
+/// A connection borrowed from a [`Pool`].
+pub type PooledConnection = diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>;
+
+/// The pool could not be set up or a connection could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Building the pool failed.
+    #[error("cannot build a PostgreSQL pool for {url}: {source}")]
+    Build {
+        /// URL with the password masked.
+        url: String,
+        /// The pool's error.
+        #[source]
+        source: BuildError,
+    },
+    /// No connection could be had from the pool.
+    #[error("cannot get a PostgreSQL connection: {0}")]
+    Checkout(String),
+    /// A query failed.
+    #[error("{what}: {source}")]
+    Query {
+        /// What was being done, with the entity.
+        what: String,
+        /// diesel's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+}
+
+/// A pool of at most `max_size` connections to `database_url`. Connections are opened
+/// lazily, so this does not fail when the database is down; [`checkout`] does.
+pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+    DeadPool::builder(manager)
+        .max_size(max_size.max(1))
+        .build()
+        .map_err(|source| DbError::Build { url: crate::config::mask_password(database_url), source })
+}
+
+/// A connection from the pool, with a readable error when the database cannot be reached.
+pub async fn checkout(pool: &Pool) -> Result<PooledConnection, DbError> {
+    pool.get().await.map_err(|error| DbError::Checkout(error.to_string()))
+}

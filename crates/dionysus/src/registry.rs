@@ -1,0 +1,503 @@
+//! The registry of everything declared with dionysus's macros: topics now, and the
+//! references other declarations make to topics by name. Declarations are collected through
+//! `inventory` at link time; [`Registry::global`] reads them, [`Registry::validate`] checks
+//! them as a whole (duplicates, conflicts, references to undeclared topics) before any
+//! message is read or written.
+//!
+//! This module owns the declarations and their consistency. It does not talk to the broker:
+//! checking that declared topics exist there is `transport`'s job.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::OnceLock;
+
+/// How a tombstone (the "this record is gone" message) is written on a topic.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Tombstone {
+    /// The 4-byte JSON text `null`, as dionysus-rb sends it (the default). Log compaction
+    /// treats it as an ordinary value.
+    JsonNull,
+    /// A real Kafka null value, which log compaction treats as a delete marker.
+    /// Consumers accept both encodings.
+    KafkaNull,
+}
+
+/// A topic declared with `#[dionysus::topic(...)]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TopicDeclaration {
+    /// Namespace, e.g. `"v3"`; the full name is `<namespace>_<name>`.
+    pub namespace: Option<&'static str>,
+    /// Name within the namespace, e.g. `"rentals"`.
+    pub name: &'static str,
+    /// The topic's name on the broker, e.g. `"v3_rentals"`.
+    pub full_name: &'static str,
+    /// The record attribute whose value chooses the partition, when the publisher does not
+    /// give its own; falls back to the configured default partition key.
+    pub partition_key: Option<&'static str>,
+    /// Number of partitions the topic is expected to have (checked by `dionysus check`, used
+    /// when creating topics).
+    pub partitions: Option<i32>,
+    /// Replication factor used when creating the topic.
+    pub replication_factor: Option<i16>,
+    /// Whether every message is also published to the `<full_name>_genesis` replica topic.
+    pub genesis_replica: bool,
+    /// How tombstones are encoded on this topic.
+    pub tombstone: Tombstone,
+    /// Path of the declaring type, e.g. `my_app::topics::Rentals`.
+    pub declared_by: &'static str,
+    /// `file:line` of the declaration.
+    pub location: &'static str,
+}
+
+impl TopicDeclaration {
+    /// Placeholder used by the macro's error fallback; never registered.
+    #[doc(hidden)]
+    pub const INVALID: TopicDeclaration = TopicDeclaration {
+        namespace: None,
+        name: "",
+        full_name: "",
+        partition_key: None,
+        partitions: None,
+        replication_factor: None,
+        genesis_replica: false,
+        tombstone: Tombstone::JsonNull,
+        declared_by: "",
+        location: "",
+    };
+
+    /// The genesis replica's name, `<full_name>_genesis`, when the topic has one.
+    pub fn genesis_name(&self) -> Option<String> {
+        self.genesis_replica.then(|| genesis_topic_name(self.full_name))
+    }
+
+    /// The settings in which two declarations of the same topic differ, as readable text.
+    fn differences(&self, other: &TopicDeclaration) -> Vec<String> {
+        let mut differences = Vec::new();
+        let mut compare = |what: &str, a: String, b: String| {
+            if a != b {
+                differences.push(format!("{what}: {a} vs {b}"));
+            }
+        };
+        compare("partition_key", format!("{:?}", self.partition_key), format!("{:?}", other.partition_key));
+        compare("partitions", format!("{:?}", self.partitions), format!("{:?}", other.partitions));
+        compare(
+            "replication_factor",
+            format!("{:?}", self.replication_factor),
+            format!("{:?}", other.replication_factor),
+        );
+        compare("genesis_replica", self.genesis_replica.to_string(), other.genesis_replica.to_string());
+        compare("tombstone", format!("{:?}", self.tombstone), format!("{:?}", other.tombstone));
+        differences
+    }
+}
+
+/// `<namespace>_<name>`, the topic naming rule shared with dionysus-rb.
+pub fn topic_name(namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(namespace) if !namespace.is_empty() => format!("{namespace}_{name}"),
+        _ => name.to_owned(),
+    }
+}
+
+/// `<topic>_genesis`, the genesis replica of a topic.
+pub fn genesis_topic_name(topic: &str) -> String {
+    format!("{topic}_genesis")
+}
+
+/// Implemented by `#[dionysus::topic]` on the declaring struct; gives typed access to the
+/// declaration, e.g. `Rentals::NAME`.
+pub trait Topic {
+    /// The declaration.
+    const DECLARATION: &'static TopicDeclaration;
+    /// The topic's full name on the broker.
+    const NAME: &'static str = Self::DECLARATION.full_name;
+}
+
+/// A declaration that names a topic by string (a publisher, a consumer, a handler), checked
+/// by [`Registry::validate`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct TopicReference {
+    /// The topic name as written, e.g. `"v3_rentals"` or `"v3_rentals_genesis"`.
+    pub topic: &'static str,
+    /// What refers to it, e.g. `publisher my_app::Rental`.
+    pub by: &'static str,
+    /// `file:line` of the reference.
+    pub location: &'static str,
+}
+
+#[doc(hidden)]
+pub struct TopicEntry(pub &'static TopicDeclaration);
+inventory::collect!(TopicEntry);
+
+#[doc(hidden)]
+pub struct TopicReferenceEntry(pub &'static TopicReference);
+inventory::collect!(TopicReferenceEntry);
+
+/// Everything declared, in one place.
+#[derive(Debug, Default)]
+pub struct Registry {
+    by_name: BTreeMap<&'static str, Vec<&'static TopicDeclaration>>,
+    references: Vec<&'static TopicReference>,
+}
+
+/// Whether a topic name denotes a declared topic itself or its genesis replica.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum TopicRole {
+    /// The declared (primary) topic.
+    Primary,
+    /// The `<topic>_genesis` replica of a topic declared with `genesis_replica = true`.
+    Genesis,
+}
+
+impl Registry {
+    /// The registry of this binary: every declaration linked into it.
+    pub fn global() -> &'static Registry {
+        static GLOBAL: OnceLock<Registry> = OnceLock::new();
+        GLOBAL.get_or_init(|| {
+            Registry::new(
+                inventory::iter::<TopicEntry>.into_iter().map(|entry| entry.0),
+                inventory::iter::<TopicReferenceEntry>.into_iter().map(|entry| entry.0),
+            )
+        })
+    }
+
+    /// A registry of the given declarations (for tests and hand-built setups).
+    pub fn new(
+        topics: impl IntoIterator<Item = &'static TopicDeclaration>,
+        references: impl IntoIterator<Item = &'static TopicReference>,
+    ) -> Registry {
+        let mut by_name: BTreeMap<&'static str, Vec<&'static TopicDeclaration>> = BTreeMap::new();
+        for topic in topics {
+            by_name.entry(topic.full_name).or_default().push(topic);
+        }
+        for declarations in by_name.values_mut() {
+            declarations.sort_by_key(|declaration| (declaration.declared_by, declaration.location));
+        }
+        let mut references: Vec<_> = references.into_iter().collect();
+        references.sort_by(|a, b| a.topic.cmp(b.topic).then(a.location.cmp(b.location)));
+        Registry { by_name, references }
+    }
+
+    /// Every declared topic, ordered by name (one entry per declaration).
+    pub fn topics(&self) -> impl Iterator<Item = &'static TopicDeclaration> + '_ {
+        self.by_name.values().filter_map(|declarations| declarations.first().copied())
+    }
+
+    /// The declaration of the topic with this full name.
+    pub fn topic(&self, full_name: &str) -> Option<&'static TopicDeclaration> {
+        self.by_name.get(full_name).and_then(|declarations| declarations.first().copied())
+    }
+
+    /// Resolves a name that may be a declared topic or the genesis replica of one.
+    pub fn resolve(&self, name: &str) -> Option<(&'static TopicDeclaration, TopicRole)> {
+        if let Some(topic) = self.topic(name) {
+            return Some((topic, TopicRole::Primary));
+        }
+        let primary = name.strip_suffix("_genesis")?;
+        self.topic(primary).filter(|topic| topic.genesis_replica).map(|topic| (topic, TopicRole::Genesis))
+    }
+
+    /// Every topic reference made by other declarations.
+    pub fn references(&self) -> &[&'static TopicReference] {
+        &self.references
+    }
+
+    /// Checks the declarations as a whole and reports every problem at once.
+    pub fn validate(&self) -> Result<(), RegistryError> {
+        let mut problems = Vec::new();
+        for (name, declarations) in &self.by_name {
+            let Some((first, rest)) = declarations.split_first() else { continue };
+            for other in rest {
+                let differences = first.differences(other);
+                if differences.is_empty() {
+                    problems.push(Problem::DuplicateTopic {
+                        topic: name.to_string(),
+                        first: describe(first),
+                        second: describe(other),
+                    });
+                } else {
+                    problems.push(Problem::ConflictingTopic {
+                        topic: name.to_string(),
+                        first: describe(first),
+                        second: describe(other),
+                        differences,
+                    });
+                }
+            }
+            if let Some(genesis) = first.genesis_name() {
+                if let Some(clash) = self.topic(&genesis) {
+                    problems.push(Problem::GenesisNameTaken {
+                        topic: name.to_string(),
+                        genesis,
+                        declared: describe(clash),
+                    });
+                }
+            }
+        }
+        for reference in &self.references {
+            if self.resolve(reference.topic).is_some() {
+                continue;
+            }
+            let suggestion = self.suggest(reference.topic);
+            problems.push(Problem::UndeclaredTopic {
+                topic: reference.topic.to_owned(),
+                by: reference.by.to_owned(),
+                location: reference.location.to_owned(),
+                suggestion,
+            });
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(RegistryError { problems })
+        }
+    }
+
+    /// The declared name closest to `name`, for "did you mean" hints.
+    fn suggest(&self, name: &str) -> Option<String> {
+        let mut candidates: Vec<String> = Vec::new();
+        for topic in self.topics() {
+            candidates.push(topic.full_name.to_owned());
+            candidates.extend(topic.genesis_name());
+        }
+        let limit = (name.len() / 3).max(2);
+        candidates
+            .into_iter()
+            .map(|candidate| (edit_distance(name, &candidate), candidate))
+            .filter(|(distance, _)| *distance <= limit)
+            .min_by_key(|(distance, _)| *distance)
+            .map(|(_, candidate)| candidate)
+    }
+}
+
+fn describe(topic: &TopicDeclaration) -> String {
+    format!("{} ({})", topic.declared_by, topic.location)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    // Optimal string alignment: insertions, deletions, substitutions and transpositions of
+    // adjacent characters (`nmae` → `name`) each cost 1.
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// One problem found by [`Registry::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The same topic is declared twice with identical settings.
+    DuplicateTopic {
+        /// The topic's full name.
+        topic: String,
+        /// The first declaration (type and location).
+        first: String,
+        /// The second declaration.
+        second: String,
+    },
+    /// The same topic is declared twice with different settings.
+    ConflictingTopic {
+        /// The topic's full name.
+        topic: String,
+        /// The first declaration.
+        first: String,
+        /// The second declaration.
+        second: String,
+        /// Each differing setting, e.g. `partitions: Some(12) vs Some(6)`.
+        differences: Vec<String>,
+    },
+    /// A topic's genesis replica name is also declared as a topic of its own.
+    GenesisNameTaken {
+        /// The topic with `genesis_replica = true`.
+        topic: String,
+        /// Its replica's name.
+        genesis: String,
+        /// The declaration that uses that name.
+        declared: String,
+    },
+    /// A declaration names a topic that no `#[dionysus::topic]` declares.
+    UndeclaredTopic {
+        /// The name as written.
+        topic: String,
+        /// What refers to it.
+        by: String,
+        /// Where.
+        location: String,
+        /// A declared topic with a similar name.
+        suggestion: Option<String>,
+    },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::DuplicateTopic { topic, first, second } => write!(
+                f,
+                "topic `{topic}` is declared twice: by {first} and by {second}; declare it once and refer to that type"
+            ),
+            Problem::ConflictingTopic { topic, first, second, differences } => write!(
+                f,
+                "topic `{topic}` is declared twice with different settings ({}): by {first} and by {second}",
+                differences.join("; ")
+            ),
+            Problem::GenesisNameTaken { topic, genesis, declared } => write!(
+                f,
+                "topic `{topic}` has genesis_replica = true, so `{genesis}` is its replica, but {declared} declares `{genesis}` as a topic of its own"
+            ),
+            Problem::UndeclaredTopic { topic, by, location, suggestion } => {
+                write!(f, "{by} ({location}) refers to topic `{topic}`, which no #[dionysus::topic] declares")?;
+                match suggestion {
+                    Some(suggestion) => write!(f, "; did you mean `{suggestion}`?"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Every problem [`Registry::validate`] found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct RegistryError {
+    /// The problems, in a stable order (by topic name).
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.problems.len();
+        write!(f, "{count} problem{} in the dionysus declarations:", if count == 1 { "" } else { "s" })?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const fn topic(full_name: &'static str, declared_by: &'static str, partitions: Option<i32>) -> TopicDeclaration {
+        TopicDeclaration {
+            namespace: None,
+            name: full_name,
+            full_name,
+            partition_key: None,
+            partitions,
+            replication_factor: None,
+            genesis_replica: false,
+            tombstone: Tombstone::JsonNull,
+            declared_by,
+            location: "src/topics.rs:1",
+        }
+    }
+
+    static RENTALS: TopicDeclaration = topic("v3_rentals", "app::Rentals", Some(12));
+    static RENTALS_AGAIN: TopicDeclaration = topic("v3_rentals", "other::Rentals", Some(12));
+    static RENTALS_SIX: TopicDeclaration = topic("v3_rentals", "other::Rentals6", Some(6));
+    static ACCOUNTS: TopicDeclaration =
+        TopicDeclaration { genesis_replica: true, ..topic("v3_accounts", "app::Accounts", None) };
+    static ACCOUNTS_GENESIS: TopicDeclaration = topic("v3_accounts_genesis", "app::AccountsGenesis", None);
+
+    static USES_RENTALS: TopicReference =
+        TopicReference { topic: "v3_rentals", by: "publisher app::Rental", location: "src/rental.rs:3" };
+    static USES_GENESIS: TopicReference =
+        TopicReference { topic: "v3_accounts_genesis", by: "consumer app::Replica", location: "src/replica.rs:9" };
+    static USES_TYPO: TopicReference =
+        TopicReference { topic: "v3_rentalz", by: "publisher app::Booking", location: "src/booking.rs:7" };
+    static USES_UNKNOWN: TopicReference =
+        TopicReference { topic: "v9_nothing_alike", by: "handler app::notify", location: "src/notify.rs:2" };
+
+    #[test]
+    fn a_consistent_registry_validates() {
+        let registry = Registry::new([&RENTALS, &ACCOUNTS], [&USES_RENTALS, &USES_GENESIS]);
+        assert_eq!(registry.validate(), Ok(()));
+        assert_eq!(registry.topics().map(|t| t.full_name).collect::<Vec<_>>(), ["v3_accounts", "v3_rentals"]);
+    }
+
+    #[test]
+    fn duplicate_topic_is_reported() {
+        let error = Registry::new([&RENTALS, &RENTALS_AGAIN], []).validate().unwrap_err();
+        assert!(matches!(&error.problems[..], [Problem::DuplicateTopic { topic, .. }] if topic == "v3_rentals"));
+        let text = error.to_string();
+        assert!(text.contains("app::Rentals") && text.contains("other::Rentals"), "{text}");
+    }
+
+    #[test]
+    fn conflicting_declarations_name_the_differing_setting() {
+        let error = Registry::new([&RENTALS, &RENTALS_SIX], []).validate().unwrap_err();
+        match &error.problems[..] {
+            [Problem::ConflictingTopic { differences, .. }] => {
+                assert_eq!(differences, &["partitions: Some(12) vs Some(6)".to_owned()]);
+            }
+            other => panic!("unexpected problems: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn genesis_replica_name_taken_is_reported() {
+        let error = Registry::new([&ACCOUNTS, &ACCOUNTS_GENESIS], []).validate().unwrap_err();
+        assert!(
+            matches!(&error.problems[..], [Problem::GenesisNameTaken { genesis, .. }] if genesis == "v3_accounts_genesis")
+        );
+    }
+
+    #[test]
+    fn reference_to_undeclared_topic_is_reported_with_a_suggestion() {
+        let error = Registry::new([&RENTALS], [&USES_TYPO, &USES_UNKNOWN]).validate().unwrap_err();
+        assert_eq!(error.problems.len(), 2);
+        let text = error.to_string();
+        assert!(text.starts_with("2 problems"), "{text}");
+        assert!(text.contains("publisher app::Booking (src/booking.rs:7) refers to topic `v3_rentalz`"), "{text}");
+        assert!(text.contains("did you mean `v3_rentals`?"), "{text}");
+        assert!(matches!(&error.problems[1], Problem::UndeclaredTopic { suggestion: None, .. }));
+    }
+
+    #[test]
+    fn genesis_name_resolves_only_for_replicated_topics() {
+        let registry = Registry::new([&RENTALS, &ACCOUNTS], []);
+        assert_eq!(
+            registry.resolve("v3_accounts_genesis").map(|(t, r)| (t.full_name, r)),
+            Some(("v3_accounts", TopicRole::Genesis))
+        );
+        assert_eq!(registry.resolve("v3_rentals_genesis"), None);
+        let error = Registry::new(
+            [&RENTALS],
+            [&TopicReference { topic: "v3_rentals_genesis", by: "x", location: "y" }]
+                .map(|r| &*Box::leak(Box::new(TopicReference { ..*r }))),
+        )
+        .validate()
+        .unwrap_err();
+        assert_eq!(error.problems.len(), 1);
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let error =
+            Registry::new([&RENTALS, &RENTALS_SIX, &ACCOUNTS, &ACCOUNTS_GENESIS], [&USES_TYPO]).validate().unwrap_err();
+        assert_eq!(error.problems.len(), 3, "{error}");
+    }
+
+    #[test]
+    fn topic_naming_follows_the_gem() {
+        assert_eq!(topic_name(Some("v3"), "rentals"), "v3_rentals");
+        assert_eq!(topic_name(None, "rentals"), "rentals");
+        assert_eq!(genesis_topic_name("v3_rentals"), "v3_rentals_genesis");
+    }
+}

@@ -1,0 +1,232 @@
+//! Kafka through rdkafka: client settings derived from [`KafkaConfig`], topic creation and
+//! inspection through the admin API, and the partition choice dionysus-rb's producer makes.
+//!
+//! This module owns how we talk to the broker; what is sent (envelopes, keys) belongs to
+//! `envelope`, and when (ordering, retries) to `relay`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+
+use crate::config::KafkaConfig;
+use crate::registry::{Registry, TopicDeclaration};
+
+/// A broker operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// rdkafka reported an error while doing `what`.
+    #[error("{what}: {source}")]
+    Kafka {
+        /// What was being done, with the entity (topic, broker list).
+        what: String,
+        /// rdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+}
+
+fn kafka_error(what: impl Into<String>) -> impl FnOnce(KafkaError) -> TransportError {
+    let what = what.into();
+    move |source| TransportError::Kafka { what, source }
+}
+
+/// Settings shared by every client: brokers, client id and extra properties.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", kafka.bootstrap_servers()).set("client.id", &kafka.client_id);
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Settings of the relay's producer: idempotent, `acks=all`, so a retried send never
+/// duplicates or reorders a partition's messages.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = client_config(kafka);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "300000");
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Settings of a consumer in `group_id`: offsets are committed by dionysus (never
+/// automatically), and a new group starts from the earliest message.
+pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut config = client_config(kafka);
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// A producer with [`producer_config`].
+pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, TransportError> {
+    producer_config(kafka)
+        .create()
+        .map_err(kafka_error(format!("creating a Kafka producer for {}", kafka.bootstrap_servers())))
+}
+
+/// The partition dionysus-rb's producer (librdkafka's default `consistent_random`
+/// partitioner) picks for a non-empty partition key: CRC-32 of its bytes modulo the partition
+/// count. Messages of one partition key land where the Ruby producer puts them.
+pub fn partition_for(partition_key: &[u8], partition_count: i32) -> i32 {
+    let count = u32::try_from(partition_count.max(1)).unwrap_or(1);
+    let partition = crc32fast::hash(partition_key) % count;
+    // `partition < count <= i32::MAX`, so the conversion cannot fail.
+    i32::try_from(partition).unwrap_or(0)
+}
+
+/// A topic to create on the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Full name.
+    pub name: String,
+    /// Partitions.
+    pub partitions: i32,
+    /// Replication factor.
+    pub replication_factor: i32,
+}
+
+impl TopicSpec {
+    /// The topics a declaration needs: itself and, when replicated, its genesis topic.
+    /// Unset partitions and replication factor default to 1.
+    pub fn for_declaration(topic: &TopicDeclaration) -> Vec<TopicSpec> {
+        let spec = |name: String| TopicSpec {
+            name,
+            partitions: topic.partitions.unwrap_or(1),
+            replication_factor: i32::from(topic.replication_factor.unwrap_or(1)),
+        };
+        let mut specs = vec![spec(topic.full_name.to_owned())];
+        specs.extend(topic.genesis_name().map(spec));
+        specs
+    }
+
+    /// Every topic the registry declares, genesis replicas included.
+    pub fn for_registry(registry: &Registry) -> Vec<TopicSpec> {
+        registry.topics().flat_map(TopicSpec::for_declaration).collect()
+    }
+}
+
+/// What happened to one topic in [`create_topics`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicCreation {
+    /// The topic was created.
+    Created(String),
+    /// The topic already existed and was left as it is.
+    AlreadyExists(String),
+}
+
+fn admin(kafka: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, TransportError> {
+    client_config(kafka)
+        .create()
+        .map_err(kafka_error(format!("creating a Kafka admin client for {}", kafka.bootstrap_servers())))
+}
+
+/// Creates the topics that do not exist yet; existing ones are left untouched.
+pub async fn create_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<Vec<TopicCreation>, TransportError> {
+    if topics.is_empty() {
+        return Ok(Vec::new());
+    }
+    let admin = admin(kafka)?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication_factor)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .map_err(kafka_error(format!("creating topics on {}", kafka.bootstrap_servers())))?;
+    let mut outcome = Vec::with_capacity(results.len());
+    for result in results {
+        match result {
+            Ok(name) => outcome.push(TopicCreation::Created(name)),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => outcome.push(TopicCreation::AlreadyExists(name)),
+            Err((name, code)) => {
+                return Err(TransportError::Kafka {
+                    what: format!("creating topic `{name}` on {}", kafka.bootstrap_servers()),
+                    source: KafkaError::AdminOp(code),
+                })
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Partition counts of the named topics as the broker reports them; `None` for a topic the
+/// broker does not have.
+pub async fn partition_counts(
+    kafka: &KafkaConfig,
+    topics: &[String],
+) -> Result<BTreeMap<String, Option<i32>>, TransportError> {
+    let config = client_config(kafka);
+    let topics = topics.to_vec();
+    let servers = kafka.bootstrap_servers();
+    tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer =
+            config.create().map_err(kafka_error(format!("creating a Kafka client for {servers}")))?;
+        let metadata = rdkafka::consumer::Consumer::fetch_metadata(&consumer, None, Duration::from_secs(10))
+            .map_err(kafka_error(format!("fetching topic metadata from {servers}")))?;
+        let mut counts = BTreeMap::new();
+        for name in topics {
+            let count = metadata
+                .topics()
+                .iter()
+                .find(|topic| topic.name() == name && topic.error().is_none())
+                .and_then(|topic| i32::try_from(topic.partitions().len()).ok())
+                .filter(|count| *count > 0);
+            counts.insert(name, count);
+        }
+        Ok(counts)
+    })
+    .await
+    .unwrap_or_else(|join| {
+        Err(TransportError::Kafka {
+            what: format!("fetching topic metadata: task failed: {join}"),
+            source: KafkaError::Canceled,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_is_crc32_of_the_partition_key() {
+        // CRC-32 (IEEE) of "2" is 0x1ad5be0d.
+        assert_eq!(crc32fast::hash(b"2"), 0x1ad5_be0d);
+        assert_eq!(partition_for(b"2", 12), (0x1ad5_be0d_u32 % 12) as i32);
+        assert_eq!(partition_for(b"anything", 1), 0);
+        assert_eq!(partition_for(b"x", 0), 0);
+    }
+
+    #[test]
+    fn genesis_replica_adds_a_topic_spec() {
+        let mut declaration = crate::registry::TopicDeclaration::INVALID;
+        declaration.full_name = "v3_accounts";
+        declaration.genesis_replica = true;
+        declaration.partitions = Some(3);
+        let names: Vec<_> =
+            TopicSpec::for_declaration(&declaration).into_iter().map(|s| (s.name, s.partitions)).collect();
+        assert_eq!(names, [("v3_accounts".to_owned(), 3), ("v3_accounts_genesis".to_owned(), 3)]);
+    }
+}

@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS dionysus_event_failures;
+DROP TABLE IF EXISTS dionysus_events;

@@ -1,0 +1,8 @@
+//! Integration tests against real PostgreSQL and the Kafka-protocol broker started by
+//! `scripts/test`. One binary, a module per area.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod kafka;
+mod migrations;
+mod topics;

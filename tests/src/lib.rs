@@ -1,0 +1,164 @@
+//! Test support shared by the integration tests and benchmarks: a fresh PostgreSQL database
+//! per test (created, migrated on request, dropped afterwards), the broker started by
+//! `scripts/test`, and unique topic names, so tests run in parallel and leave nothing behind.
+//!
+//! Without the services, helpers panic with a message saying how to start them; tests never
+//! skip silently.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use dionysus::config::KafkaConfig;
+use rdkafka::config::ClientConfig;
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A name unique across test binaries running at the same time: `<prefix>_<pid>_<n>_<random>`.
+pub fn unique_name(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let random: u32 = rand::random();
+    format!("{prefix}_{}_{n}_{random:08x}", std::process::id())
+}
+
+/// The server URL tests use (`DATABASE_URL`, default: local server, user postgres).
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let prefix = match base.rfind('/') {
+        Some(slash) if base[..slash].contains("//") && slash > base.find("//").unwrap() + 1 => &base[..slash],
+        _ => base,
+    };
+    match query {
+        Some(query) => format!("{prefix}/{database}?{query}"),
+        None => format!("{prefix}/{database}"),
+    }
+}
+
+async fn admin_connection() -> AsyncPgConnection {
+    let url = server_url();
+    AsyncPgConnection::establish(&url).await.unwrap_or_else(|error| {
+        panic!(
+            "cannot connect to PostgreSQL at {url}: {error}\n\
+             Run the tests with scripts/test, or start PostgreSQL \
+             (pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start) \
+             and set DATABASE_URL to a server where you may create databases."
+        )
+    })
+}
+
+/// A database of its own for one test; dropped (with every connection to it) when the value
+/// is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// A new, empty database.
+    pub async fn create() -> TestDb {
+        let name = unique_name("dionysus_test");
+        let mut admin = admin_connection().await;
+        diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await.unwrap();
+        TestDb { url: with_database(&server_url(), &name), name }
+    }
+
+    /// A new database with the framework migrations applied.
+    pub async fn migrated() -> TestDb {
+        let db = TestDb::create().await;
+        dionysus::migrate(&db.url).await.unwrap();
+        db
+    }
+
+    pub async fn connection(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.url).await.unwrap()
+    }
+
+    pub fn pool(&self, size: usize) -> dionysus::db::Pool {
+        dionysus::db::pool(&self.url, size).unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside or outside a runtime; a thread with its own runtime works in both.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let mut admin = admin_connection().await;
+                diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut admin).await
+            })
+        })
+        .join();
+        if let Ok(Err(error)) = dropped {
+            eprintln!("warning: could not drop test database {}: {error}", self.name);
+        }
+    }
+}
+
+/// The broker `scripts/test` started (`DIONYSUS_SEED_BROKER`).
+pub fn brokers() -> String {
+    std::env::var("DIONYSUS_SEED_BROKER").unwrap_or_else(|_| {
+        panic!(
+            "DIONYSUS_SEED_BROKER is not set: run the tests with scripts/test, which installs and starts \
+             a Kafka-protocol broker, or point DIONYSUS_SEED_BROKER at one (host:port)."
+        )
+    })
+}
+
+/// Kafka settings for tests: the test broker and a unique client id.
+pub fn kafka_config() -> KafkaConfig {
+    KafkaConfig { brokers: vec![brokers()], client_id: unique_name("dionysus_it"), ..KafkaConfig::default() }
+}
+
+/// Consumer settings for tests: fast group joins (the defaults take ~20 s with this broker).
+pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut config = dionysus::transport::consumer_config(kafka, group_id);
+    config.set("session.timeout.ms", "6000").set("heartbeat.interval.ms", "500");
+    config
+}
+
+/// A new topic with a unique name derived from `prefix`.
+pub async fn create_topic(kafka: &KafkaConfig, prefix: &str, partitions: i32) -> String {
+    let name = unique_name(prefix);
+    let spec = dionysus::transport::TopicSpec { name: name.clone(), partitions, replication_factor: 1 };
+    dionysus::transport::create_topics(kafka, &[spec]).await.unwrap();
+    name
+}
+
+/// Polls `check` until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn database_is_replaced_in_urls() {
+        assert_eq!(with_database("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
+        assert_eq!(with_database("postgres://u@h:5432", "x"), "postgres://u@h:5432/x");
+        assert_eq!(with_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+    }
+}

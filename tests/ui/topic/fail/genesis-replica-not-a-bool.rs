@@ -1,0 +1,4 @@
+#[dionysus::topic(name = "rentals", genesis_replica = "yes")]
+pub struct Rentals;
+
+fn main() {}

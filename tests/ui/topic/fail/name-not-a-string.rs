@@ -1,0 +1,4 @@
+#[dionysus::topic(name = rentals)]
+pub struct Rentals;
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[dionysus::topic(name = "rentals")]
+fn rentals() {}
+
+fn main() {}

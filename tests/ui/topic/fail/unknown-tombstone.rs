@@ -1,0 +1,4 @@
+#[dionysus::topic(name = "rentals", tombstone = "empty")]
+pub struct Rentals;
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[dionysus::topic(name = "rentals", partitions = 0)]
+pub struct Rentals;
+
+fn main() {}
