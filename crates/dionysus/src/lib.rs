@@ -3,8 +3,10 @@
 
 pub mod config;
 pub mod db;
+pub mod envelope;
 pub mod error;
 pub mod migrate;
+pub mod naming;
 pub mod registry;
 pub mod transport;
 

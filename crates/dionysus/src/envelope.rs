@@ -1,0 +1,312 @@
+//! The message format on Kafka, shared with dionysus-rb (W-2, W-3, W-7, W-8).
+//!
+//! A value is compact JSON `{"message":[{"event":…,"model_name":…,"data":[…]}]}` with keys in
+//! that order; a tombstone is the 4-byte JSON text `null` (or, per topic, a real Kafka null).
+//! JSON is written the way ActiveSupport writes it: `<`, `>`, `&`, U+2028 and U+2029 are
+//! escaped, times are ISO-8601 with milliseconds (`2022-08-12T13:24:24.000Z`).
+//!
+//! This module owns encoding and decoding of values. Keys and event names are `naming`'s;
+//! what goes into `data` is the serializer's.
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The JSON text dionysus-rb sends as a tombstone.
+pub const JSON_NULL_TOMBSTONE: &[u8] = b"null";
+
+/// One entry of a message's `"message"` array.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Event name, e.g. `rental_updated`.
+    pub event: String,
+    /// Model name as on the producer (`Rental`, `Bookings::Fee`).
+    pub model_name: String,
+    /// Serialized records: normally an array (W-3).
+    pub data: Value,
+}
+
+/// A whole message value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The events, usually exactly one (W-15).
+    pub message: Vec<Event>,
+}
+
+impl Envelope {
+    /// A message with one event.
+    pub fn single(event: impl Into<String>, model_name: impl Into<String>, data: Value) -> Envelope {
+        Envelope { message: vec![Event { event: event.into(), model_name: model_name.into(), data }] }
+    }
+
+    /// The compact JSON bytes, escaped as ActiveSupport does.
+    pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
+        to_json(self)
+    }
+}
+
+/// Encoding or decoding a value failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// The bytes are not JSON.
+    #[error("malformed JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    /// The JSON does not have the envelope's shape.
+    #[error("unexpected message shape: {0}")]
+    Shape(String),
+}
+
+/// Serializes to compact JSON with ActiveSupport's escaping.
+pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EnvelopeError> {
+    let text = serde_json::to_string(value).map_err(EnvelopeError::Json)?;
+    Ok(escape_like_active_support(&text).into_bytes())
+}
+
+/// `<`, `>`, `&` become `\u003c`, `\u003e`, `\u0026`; U+2028/U+2029 become `\u2028`/`\u2029`.
+/// These characters can only occur inside JSON strings, so replacing them in the encoded
+/// text never changes the structure.
+pub fn escape_like_active_support(json: &str) -> String {
+    if !json.contains(['<', '>', '&', '\u{2028}', '\u{2029}']) {
+        return json.to_owned();
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A decoded message value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// A tombstone: the JSON text `null` or a Kafka null value (C-4).
+    Tombstone,
+    /// A JSON object without a `"message"` key; it carries no events (C-4).
+    NoMessage,
+    /// The events, each with `data` normalised to a list (a `null` becomes `[]`, an object
+    /// becomes `[object]`, C-5).
+    Events(Vec<DecodedEvent>),
+}
+
+/// One event of a decoded message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedEvent {
+    /// Event name.
+    pub event: String,
+    /// Model name.
+    pub model_name: String,
+    /// Records.
+    pub data: Vec<Value>,
+}
+
+/// Decodes a message value; `None` is a Kafka null.
+pub fn decode(value: Option<&[u8]>) -> Result<Decoded, EnvelopeError> {
+    let Some(bytes) = value else { return Ok(Decoded::Tombstone) };
+    let json: Value = serde_json::from_slice(bytes).map_err(EnvelopeError::Json)?;
+    decode_value(json)
+}
+
+/// Decodes an already parsed value.
+pub fn decode_value(json: Value) -> Result<Decoded, EnvelopeError> {
+    let mut object = match json {
+        Value::Null => return Ok(Decoded::Tombstone),
+        Value::Object(object) => object,
+        other => return Err(EnvelopeError::Shape(format!("expected a JSON object, got {}", kind_of(&other)))),
+    };
+    let Some(message) = object.remove("message") else { return Ok(Decoded::NoMessage) };
+    let entries = match message {
+        Value::Array(entries) => entries,
+        Value::Null => return Ok(Decoded::NoMessage),
+        other => return Err(EnvelopeError::Shape(format!("`message` must be an array, got {}", kind_of(&other)))),
+    };
+    let mut events = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.into_iter().enumerate() {
+        let Value::Object(mut entry) = entry else {
+            return Err(EnvelopeError::Shape(format!("`message[{index}]` must be an object")));
+        };
+        let mut text = |key: &str| match entry.remove(key) {
+            Some(Value::String(text)) => Ok(text),
+            Some(other) => Err(EnvelopeError::Shape(format!("`message[{index}].{key}` must be a string, got {}", kind_of(&other)))),
+            None => Err(EnvelopeError::Shape(format!("`message[{index}]` has no `{key}`"))),
+        };
+        let event = text("event")?;
+        let model_name = text("model_name")?;
+        let data = match entry.remove("data") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(records)) => records,
+            Some(record) => vec![record],
+        };
+        events.push(DecodedEvent { event, model_name, data });
+    }
+    Ok(Decoded::Events(events))
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A time as ActiveSupport writes it in JSON: `2022-08-12T13:24:24.000Z`.
+pub fn format_timestamp(time: &DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Serde helpers writing times as [`format_timestamp`] does, for model fields:
+/// `#[serde(with = "dionysus::envelope::timestamp")]`.
+pub mod timestamp {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `2022-08-12T13:24:24.000Z`.
+    pub fn serialize<S: Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::format_timestamp(time))
+    }
+
+    /// Reads any form [`super::parse_timestamp`] accepts.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        super::parse_timestamp(&value).ok_or_else(|| serde::de::Error::custom(format!("not a timestamp: {value}")))
+    }
+
+    /// The same for `Option<DateTime<Utc>>` (`null` when absent).
+    pub mod option {
+        use chrono::{DateTime, Utc};
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Writes the time or `null`.
+        pub fn serialize<S: Serializer>(time: &Option<DateTime<Utc>>, serializer: S) -> Result<S::Ok, S::Error> {
+            match time {
+                Some(time) => super::serialize(time, serializer),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        /// Reads a time or `null`.
+        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+            let value = serde_json::Value::deserialize(deserializer)?;
+            if value.is_null() {
+                return Ok(None);
+            }
+            super::super::parse_timestamp(&value)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom(format!("not a timestamp: {value}")))
+        }
+    }
+}
+
+/// Reads a timestamp from a payload value: ISO-8601 / RFC 3339 with any offset, the same
+/// without an offset (taken as UTC, e.g. `2100-01-01 12:00:00`), or integer / fractional
+/// epoch seconds. `None` for anything else (including `null`).
+pub fn parse_timestamp(value: &Value) -> Option<DateTime<Utc>> {
+    match value {
+        Value::String(text) => parse_timestamp_str(text),
+        Value::Number(number) => {
+            if let Some(seconds) = number.as_i64() {
+                Utc.timestamp_opt(seconds, 0).single()
+            } else {
+                let seconds = number.as_f64()?;
+                let whole = seconds.floor();
+                let nanos = ((seconds - whole) * 1e9).round() as u32;
+                Utc.timestamp_opt(whole as i64, nanos.min(999_999_999)).single()
+            }
+        }
+        _ => None,
+    }
+}
+
+fn parse_timestamp_str(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Some(time.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f %z", "%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%z"] {
+        if let Ok(time) = DateTime::parse_from_str(text, format) {
+            return Some(time.with_timezone(&Utc));
+        }
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M:%S UTC"] {
+        if let Ok(time) = NaiveDateTime::parse_from_str(text, format) {
+            return Some(time.and_utc());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn envelope_keys_are_in_the_gems_order() {
+        // Vector w01.
+        let envelope = Envelope::single("example_resource_created", "ExampleResource", json!([{"id": 1}]));
+        assert_eq!(
+            String::from_utf8(envelope.encode().unwrap()).unwrap(),
+            r#"{"message":[{"event":"example_resource_created","model_name":"ExampleResource","data":[{"id":1}]}]}"#
+        );
+    }
+
+    #[test]
+    fn html_characters_are_escaped_like_active_support() {
+        let envelope = Envelope::single("e", "M", json!([{"name": "<b>Tom & Jerry</b>\u{2028}", "city": "Zürich"}]));
+        let text = String::from_utf8(envelope.encode().unwrap()).unwrap();
+        assert!(text.contains(r#""name":"\u003cb\u003eTom \u0026 Jerry\u003c/b\u003e\u2028""#), "{text}");
+        assert!(text.contains("Zürich"), "other non-ASCII stays raw UTF-8: {text}");
+        let decoded: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(decoded["message"][0]["data"][0]["name"], "<b>Tom & Jerry</b>\u{2028}");
+    }
+
+    #[test]
+    fn tombstones_and_messageless_payloads_carry_no_events() {
+        assert_eq!(decode(None).unwrap(), Decoded::Tombstone);
+        assert_eq!(decode(Some(JSON_NULL_TOMBSTONE)).unwrap(), Decoded::Tombstone);
+        assert_eq!(decode(Some(br#"{"other":1}"#)).unwrap(), Decoded::NoMessage);
+    }
+
+    #[test]
+    fn data_is_normalised_to_a_list() {
+        let decoded = decode(Some(
+            br#"{"message":[{"event":"a_created","model_name":"A","data":{"id":1}},{"event":"a_updated","model_name":"A","data":null}]}"#,
+        ))
+        .unwrap();
+        let Decoded::Events(events) = decoded else { panic!("events expected") };
+        assert_eq!(events[0].data, vec![json!({"id": 1})]);
+        assert!(events[1].data.is_empty());
+    }
+
+    #[test]
+    fn bad_input_is_described() {
+        assert!(matches!(decode(Some(b"{not json")), Err(EnvelopeError::Json(_))));
+        let shape = |bytes: &[u8]| decode(Some(bytes)).unwrap_err().to_string();
+        assert_eq!(shape(b"[1]"), "unexpected message shape: expected a JSON object, got an array");
+        assert_eq!(shape(br#"{"message":{}}"#), "unexpected message shape: `message` must be an array, got an object");
+        assert_eq!(shape(br#"{"message":[{"model_name":"A"}]}"#), "unexpected message shape: `message[0]` has no `event`");
+    }
+
+    #[test]
+    fn timestamps_use_milliseconds_and_parse_every_common_form() {
+        let time = Utc.with_ymd_and_hms(2022, 8, 12, 13, 24, 24).unwrap();
+        assert_eq!(format_timestamp(&time), "2022-08-12T13:24:24.000Z");
+        for text in ["2022-08-12T13:24:24.000Z", "2022-08-12T15:24:24+02:00", "2022-08-12 13:24:24", "2022-08-12T13:24:24"] {
+            assert_eq!(parse_timestamp(&json!(text)), Some(time), "{text}");
+        }
+        assert_eq!(parse_timestamp(&json!(1_660_310_664)), Some(time));
+        assert_eq!(parse_timestamp(&json!("yesterday")), None);
+        assert_eq!(parse_timestamp(&Value::Null), None);
+    }
+}
