@@ -5,4 +5,5 @@
 
 mod kafka;
 mod migrations;
+mod producer;
 mod topics;

@@ -9,6 +9,7 @@
 
 mod attr;
 mod ctxt;
+mod publish;
 mod suggest;
 mod symbol;
 mod topic;
@@ -22,4 +23,14 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn topic(args: TokenStream, item: TokenStream) -> TokenStream {
     topic::expand(args.into(), item.into()).into()
+}
+
+/// Derives `dionysus::Publishable` for a diesel model: `#[publish(topic = "v3_rentals",
+/// partition_key = "account_id", with(BookingsFee), observe(Account, columns(…)))]`, one per
+/// topic, and optionally `#[publishable(model_name = "…", soft_delete = "…")]`.
+///
+/// See `dionysus::Publishable` for the full documentation.
+#[proc_macro_derive(Publishable, attributes(publish, publishable))]
+pub fn derive_publishable(input: TokenStream) -> TokenStream {
+    publish::derive(input.into()).into()
 }

@@ -16,6 +16,19 @@ pub(crate) const REPLICATION_FACTOR: Symbol = Symbol("replication_factor");
 pub(crate) const GENESIS_REPLICA: Symbol = Symbol("genesis_replica");
 pub(crate) const TOMBSTONE: Symbol = Symbol("tombstone");
 
+pub(crate) const PUBLISH: Symbol = Symbol("publish");
+pub(crate) const PUBLISHABLE: Symbol = Symbol("publishable");
+pub(crate) const TOPIC: Symbol = Symbol("topic");
+pub(crate) const PARTITION_KEY_WITH: Symbol = Symbol("partition_key_with");
+pub(crate) const WITH: Symbol = Symbol("with");
+pub(crate) const OBSERVE: Symbol = Symbol("observe");
+pub(crate) const COLUMNS: Symbol = Symbol("columns");
+pub(crate) const VIA: Symbol = Symbol("via");
+pub(crate) const SERIALIZER: Symbol = Symbol("serializer");
+pub(crate) const MODEL_NAME: Symbol = Symbol("model_name");
+pub(crate) const SOFT_DELETE: Symbol = Symbol("soft_delete");
+pub(crate) const PUBLISH_UPDATES_AFTER_SOFT_DELETE: Symbol = Symbol("publish_updates_after_soft_delete");
+
 impl PartialEq<Symbol> for Ident {
     fn eq(&self, word: &Symbol) -> bool {
         self == word.0

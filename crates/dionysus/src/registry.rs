@@ -7,9 +7,12 @@
 //! This module owns the declarations and their consistency. It does not talk to the broker:
 //! checking that declared topics exist there is `transport`'s job.
 
+use std::any::TypeId;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::OnceLock;
+
+use crate::publishable::{Dependency, ModelEntry, Observer, Publication, Publishable};
 
 /// How a tombstone (the "this record is gone" message) is written on a topic.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -106,6 +109,11 @@ pub fn genesis_topic_name(topic: &str) -> String {
 
 /// Implemented by `#[dionysus::topic]` on the declaring struct; gives typed access to the
 /// declaration, e.g. `Rentals::NAME`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a topic",
+    label = "not declared with `#[dionysus::topic(...)]`",
+    note = "declare it: `#[dionysus::topic(namespace = \"v3\", name = \"rentals\")] pub struct {Self};`, or name the topic as a string: `topic = \"v3_rentals\"`"
+)]
 pub trait Topic {
     /// The declaration.
     const DECLARATION: &'static TopicDeclaration;
@@ -133,11 +141,20 @@ inventory::collect!(TopicEntry);
 pub struct TopicReferenceEntry(pub &'static TopicReference);
 inventory::collect!(TopicReferenceEntry);
 
+/// Submitted by `#[derive(Publishable)]` for every model, published or not.
+#[doc(hidden)]
+pub struct ModelRegistration(pub fn() -> &'static ModelEntry);
+inventory::collect!(ModelRegistration);
+
 /// Everything declared, in one place.
 #[derive(Debug, Default)]
 pub struct Registry {
     by_name: BTreeMap<&'static str, Vec<&'static TopicDeclaration>>,
     references: Vec<&'static TopicReference>,
+    /// Publishable models, each once, in registration order.
+    models: Vec<&'static ModelEntry>,
+    /// Every `#[publish(...)]` of those models.
+    publications: Vec<&'static Publication>,
 }
 
 /// Whether a topic name denotes a declared topic itself or its genesis replica.
@@ -158,6 +175,7 @@ impl Registry {
                 inventory::iter::<TopicEntry>.into_iter().map(|entry| entry.0),
                 inventory::iter::<TopicReferenceEntry>.into_iter().map(|entry| entry.0),
             )
+            .with_models(inventory::iter::<ModelRegistration>.into_iter().map(|entry| (entry.0)()))
         })
     }
 
@@ -175,7 +193,85 @@ impl Registry {
         }
         let mut references: Vec<_> = references.into_iter().collect();
         references.sort_by(|a, b| a.topic.cmp(b.topic).then(a.location.cmp(b.location)));
-        Registry { by_name, references }
+        Registry { by_name, references, models: Vec::new(), publications: Vec::new() }
+    }
+
+    /// Adds publishable models and their publications (each model once).
+    pub fn with_models(mut self, models: impl IntoIterator<Item = &'static ModelEntry>) -> Registry {
+        for model in models {
+            if self.models.iter().any(|known| std::ptr::eq(*known, model)) {
+                continue;
+            }
+            self.models.push(model);
+            self.publications.extend((model.publications)().iter());
+        }
+        self
+    }
+
+    /// Adds the model `T` and its publications.
+    pub fn with_model<T: Publishable>(self) -> Registry {
+        self.with_models([crate::publishable::model_entry::<T>()])
+    }
+
+    /// Every publishable model.
+    pub fn models(&self) -> &[&'static ModelEntry] {
+        &self.models
+    }
+
+    /// The model with this wire name (`Rental`, `Bookings::Fee`).
+    pub fn model(&self, model_name: &str) -> Option<&'static ModelEntry> {
+        self.models.iter().copied().find(|model| model.model_name == model_name)
+    }
+
+    /// The model of a Rust type.
+    pub fn model_of_type(&self, type_id: TypeId) -> Option<&'static ModelEntry> {
+        self.models.iter().copied().find(|model| (model.type_id)() == type_id)
+    }
+
+    /// Every publication, models in registration order, each model's in declaration order.
+    pub fn publications(&self) -> &[&'static Publication] {
+        &self.publications
+    }
+
+    /// The publications of a model (by wire name), in declaration order.
+    pub fn publications_of<'a>(&'a self, model_name: &'a str) -> impl Iterator<Item = &'static Publication> + 'a {
+        self.publications.iter().copied().filter(move |publication| publication.model.model_name == model_name)
+    }
+
+    /// The publications of a model on a topic given by its primary or its genesis name.
+    pub fn publications_on(&self, model_name: &str, topic: &str) -> Vec<&'static Publication> {
+        let primary = match self.resolve(topic) {
+            Some((declaration, _)) => declaration.full_name,
+            None => topic,
+        };
+        self.publications_of(model_name).filter(|publication| publication.topic == primary).collect()
+    }
+
+    /// `(publication, dependency)` pairs whose `with(...)` names `model`: a change to a
+    /// `model` record republishes its parents through them.
+    pub fn dependents_of(&self, model: &ModelEntry) -> Vec<(&'static Publication, &'static Dependency)> {
+        let mut found = Vec::new();
+        for publication in &self.publications {
+            for dependency in publication.with {
+                if std::ptr::eq((dependency.model)(), model) || (dependency.model)().model_name == model.model_name {
+                    found.push((*publication, dependency));
+                }
+            }
+        }
+        found
+    }
+
+    /// `(publication, observer)` pairs whose `observe(...)` names `model`.
+    pub fn observers_of(&self, model: &ModelEntry) -> Vec<(&'static Publication, &'static Observer)> {
+        let mut found = Vec::new();
+        for publication in &self.publications {
+            for observer in publication.observe {
+                if std::ptr::eq((observer.model)(), model) || (observer.model)().model_name == model.model_name {
+                    found.push((*publication, observer));
+                }
+            }
+        }
+        found
     }
 
     /// Every declared topic, ordered by name (one entry per declaration).
@@ -232,6 +328,25 @@ impl Registry {
                         declared: describe(clash),
                     });
                 }
+            }
+        }
+        for (index, model) in self.models.iter().enumerate() {
+            if let Some(other) = self.models[..index].iter().find(|other| other.model_name == model.model_name) {
+                problems.push(Problem::DuplicateModel {
+                    model: model.model_name.to_owned(),
+                    first: other.rust_name.to_owned(),
+                    second: model.rust_name.to_owned(),
+                });
+            }
+        }
+        for publication in &self.publications {
+            if self.topic(publication.topic).is_none() {
+                problems.push(Problem::UndeclaredTopic {
+                    topic: publication.topic.to_owned(),
+                    by: format!("publisher {}", publication.model.rust_name),
+                    location: publication.location.to_owned(),
+                    suggestion: self.suggest(publication.topic),
+                });
             }
         }
         for reference in &self.references {
@@ -331,6 +446,15 @@ pub enum Problem {
         /// The declaration that uses that name.
         declared: String,
     },
+    /// Two Rust types publish under the same model name.
+    DuplicateModel {
+        /// The model name on the wire.
+        model: String,
+        /// The first type.
+        first: String,
+        /// The second type.
+        second: String,
+    },
     /// A declaration names a topic that no `#[dionysus::topic]` declares.
     UndeclaredTopic {
         /// The name as written.
@@ -359,6 +483,10 @@ impl fmt::Display for Problem {
             Problem::GenesisNameTaken { topic, genesis, declared } => write!(
                 f,
                 "topic `{topic}` has genesis_replica = true, so `{genesis}` is its replica, but {declared} declares `{genesis}` as a topic of its own"
+            ),
+            Problem::DuplicateModel { model, first, second } => write!(
+                f,
+                "model name `{model}` is used by both {first} and {second}; give one of them another `model_name`"
             ),
             Problem::UndeclaredTopic { topic, by, location, suggestion } => {
                 write!(f, "{by} ({location}) refers to topic `{topic}`, which no #[dionysus::topic] declares")?;

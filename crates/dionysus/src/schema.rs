@@ -1,0 +1,91 @@
+//! Diesel schema of the framework tables created by the embedded migrations (`migrate`).
+
+diesel::table! {
+    /// The transactional outbox.
+    dionysus_outbox (id) {
+        /// Row id; the relay publishes rows of one partition key in id order.
+        id -> BigInt,
+        /// Model name of the record (`Rental`).
+        resource_class -> Text,
+        /// Primary key of the record, as text.
+        resource_id -> Text,
+        /// Event name (`rental_updated`).
+        event_name -> Text,
+        /// Topic, or `__outbox_observer__` for deferred observers.
+        topic -> Text,
+        /// Partition key computed when the row was written.
+        partition_key -> Nullable<Text>,
+        /// `{"column": [old, new]}`; only deferred observer rows carry one.
+        changeset -> Jsonb,
+        /// When the row was published (acknowledged by the broker).
+        published_at -> Nullable<Timestamptz>,
+        /// When the row was parked after its last allowed attempt.
+        failed_at -> Nullable<Timestamptz>,
+        /// Not retried before this time.
+        retry_at -> Nullable<Timestamptz>,
+        /// Last error's kind.
+        error_class -> Nullable<Text>,
+        /// Last error's message.
+        error_message -> Nullable<Text>,
+        /// Failed attempts so far.
+        attempts -> Integer,
+        /// Written at.
+        created_at -> Timestamptz,
+        /// Last changed at.
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Consumer offsets stored with the replica writes they cover.
+    dionysus_consumer_offsets (group_id, topic, partition) {
+        /// Consumer group.
+        group_id -> Text,
+        /// Topic.
+        topic -> Text,
+        /// Partition.
+        partition -> Integer,
+        /// The next offset to read.
+        next_offset -> BigInt,
+        /// Last stored at.
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Genesis runs (resumable re-publishing of a model).
+    dionysus_genesis_runs (id) {
+        /// Run id.
+        id -> BigInt,
+        /// Model name.
+        model -> Text,
+        /// Topic (primary or genesis name).
+        topic -> Text,
+        /// Only records updated at or after this time.
+        window_from -> Nullable<Timestamptz>,
+        /// Only records updated at or before this time.
+        window_to -> Nullable<Timestamptz>,
+        /// The run is spread over this many seconds.
+        spread_seconds -> Double,
+        /// Records per batch.
+        batch_size -> Integer,
+        /// Last primary key published.
+        cursor -> Nullable<Text>,
+        /// Records to publish.
+        total_count -> Nullable<BigInt>,
+        /// Records published so far.
+        published_count -> BigInt,
+        /// pending, running, completed, failed or canceled.
+        status -> Text,
+        /// Why the run failed.
+        error_message -> Nullable<Text>,
+        /// Started at.
+        started_at -> Nullable<Timestamptz>,
+        /// Finished at.
+        finished_at -> Nullable<Timestamptz>,
+        /// Created at.
+        created_at -> Timestamptz,
+        /// Last changed at.
+        updated_at -> Timestamptz,
+    }
+}

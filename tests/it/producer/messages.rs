@@ -1,0 +1,389 @@
+//! From outbox rows to Kafka messages with `dionysus::serialize::plan_rows`, on real
+//! PostgreSQL but without a broker: topic(s), key, partition key and the exact value bytes
+//! (vectors w01, w02, w15, p20, p22, p23, p24, p26, p29, p30, w27).
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use dionysus::config::ProducerConfig;
+use dionysus::outbox::{Changeset, Outbox, OutboxRow, OBSERVER_TOPIC};
+use dionysus::registry::Registry;
+use dionysus::serialize::{plan_rows, tombstone_messages, OutgoingMessage, PlanError, RowPlan, RowRef};
+use serde_json::{json, Value};
+
+use super::spec_b::{
+    self, config, registry, ExamplePublishableCancelableResource, ExamplePublishableResource, ExampleResource,
+};
+use super::{database, example_publishable_cancelable_resources as epcr, example_publishable_resources as epr};
+use super::{example_resources as er, outbox_rows};
+
+fn reference(row: &OutboxRow) -> RowRef {
+    RowRef {
+        id: row.id,
+        resource_class: row.resource_class.clone(),
+        resource_id: row.resource_id.clone(),
+        event_name: row.event_name.clone(),
+        topic: row.topic.clone(),
+        partition_key: row.partition_key.clone(),
+    }
+}
+
+fn synthetic(class: &str, id: i64, event: &str, topic: &str, partition_key: Option<&str>) -> RowRef {
+    RowRef {
+        id: 1,
+        resource_class: class.to_owned(),
+        resource_id: id.to_string(),
+        event_name: event.to_owned(),
+        topic: topic.to_owned(),
+        partition_key: partition_key.map(str::to_owned),
+    }
+}
+
+async fn plan(
+    conn: &mut AsyncPgConnection,
+    registry: &Registry,
+    config: &ProducerConfig,
+    rows: &[RowRef],
+) -> Vec<RowPlan> {
+    plan_rows(conn, registry, config, rows).await.unwrap()
+}
+
+fn messages(plan: &RowPlan) -> &[OutgoingMessage] {
+    match plan {
+        RowPlan::Publish(messages) => messages,
+        other => panic!("expected messages, got {other:?}"),
+    }
+}
+
+fn message(topic: &str, key: &str, partition_key: Option<&str>, value: &str) -> OutgoingMessage {
+    OutgoingMessage {
+        topic: topic.to_owned(),
+        key: key.to_owned(),
+        partition_key: partition_key.map(str::to_owned),
+        payload: Some(value.as_bytes().to_vec()),
+    }
+}
+
+async fn example_resource(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    account_id: Option<i64>,
+    epcr_id: Option<i64>,
+) -> ExampleResource {
+    diesel::insert_into(er::table)
+        .values((
+            er::id.eq(id),
+            er::account_id.eq(account_id),
+            er::example_publishable_cancelable_resource_id.eq(epcr_id),
+        ))
+        .returning(ExampleResource::as_returning())
+        .get_result(conn)
+        .await
+        .unwrap()
+}
+
+fn envelope(event: &str, id: i64) -> String {
+    format!(r#"{{"message":[{{"event":"{event}","model_name":"ExampleResource","data":[{{"id":{id}}}]}}]}}"#)
+}
+
+/// w01: one message with the standard envelope, key `Model:id`, partition key from the
+/// topic's `account_id`.
+#[tokio::test(flavor = "multi_thread")]
+async fn created_row_becomes_one_message_with_the_standard_envelope() {
+    let (_db, mut conn) = database().await;
+    example_resource(&mut conn, 1, Some(2), None).await;
+    let rows = [synthetic("ExampleResource", 1, "example_resource_created", "v102_rentals", None)];
+    let plans = plan(&mut conn, spec_b::w01::registry(), &ProducerConfig::default(), &rows).await;
+    assert_eq!(
+        messages(&plans[0]),
+        [message(
+            "v102_rentals",
+            "ExampleResource:1",
+            Some("2"),
+            r#"{"message":[{"event":"example_resource_created","model_name":"ExampleResource","data":[{"id":1}]}]}"#
+        )]
+    );
+}
+
+/// w02: a topic with a genesis replica gets the message twice, primary first; the partition
+/// key stored in the row wins over the computed one; other topics of the model are untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn genesis_replica_gets_every_message_and_the_stored_partition_key_wins() {
+    let (_db, mut conn) = database().await;
+    example_resource(&mut conn, 5, Some(2), None).await;
+    let rows = [synthetic("ExampleResource", 5, "example_resource_created", "v102_rentals", Some("123123"))];
+    let plans = plan(&mut conn, registry(), config(), &rows).await;
+    let value = envelope("example_resource_created", 5);
+    assert_eq!(
+        messages(&plans[0]),
+        [
+            message("v102_rentals", "ExampleResource:5", Some("123123"), &value),
+            message("v102_rentals_genesis", "ExampleResource:5", Some("123123"), &value),
+        ]
+    );
+}
+
+/// p20: creating a `with(...)` dependency writes `<parent>_updated` rows with the parent's
+/// key and partition key, published to the parent's topic and its replica.
+#[tokio::test(flavor = "multi_thread")]
+async fn dependency_change_publishes_its_parent() {
+    let (_db, mut conn) = database().await;
+    example_resource(&mut conn, 5, Some(2), None).await;
+    let child = diesel::insert_into(epr::table)
+        .values((epr::id.eq(11_i64), epr::example_resource_id.eq(Some(5_i64))))
+        .returning(ExamplePublishableResource::as_returning())
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    Outbox::new(registry(), config()).created(&mut conn, &child).await.unwrap();
+    let rows = outbox_rows(&mut conn).await;
+    let on_rentals: Vec<&OutboxRow> = rows.iter().filter(|row| row.topic == "v102_rentals").collect();
+    assert_eq!(on_rentals.len(), 1);
+    assert_eq!(
+        (on_rentals[0].resource_class.as_str(), on_rentals[0].resource_id.as_str(), on_rentals[0].event_name.as_str()),
+        ("ExampleResource", "5", "example_resource_updated")
+    );
+    assert!(rows.iter().any(|row| row.topic == "v102_other_rentals"), "every parent topic gets a row");
+    let plans = plan(&mut conn, registry(), config(), &[reference(on_rentals[0])]).await;
+    let value = envelope("example_resource_updated", 5);
+    assert_eq!(
+        messages(&plans[0]),
+        [
+            message("v102_rentals", "ExampleResource:5", Some("2"), &value),
+            message("v102_rentals_genesis", "ExampleResource:5", Some("2"), &value),
+        ]
+    );
+}
+
+/// p22: a dependency whose key is null has no parent: nothing is written or published.
+#[tokio::test(flavor = "multi_thread")]
+async fn dependency_without_a_parent_publishes_nothing() {
+    let (_db, mut conn) = database().await;
+    let child = diesel::insert_into(epr::table)
+        .values(epr::example_resource_id.eq(None::<i64>))
+        .returning(ExamplePublishableResource::as_returning())
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(Outbox::new(registry(), config()).created(&mut conn, &child).await.unwrap(), 0);
+}
+
+/// p23: a dependency with many parents (they hold its key) republishes each of them with its
+/// own key and partition key (the gem reuses the first parent's for all).
+#[tokio::test(flavor = "multi_thread")]
+async fn dependency_with_many_parents_republishes_each_with_its_own_keys() {
+    let (_db, mut conn) = database().await;
+    let child = diesel::insert_into(epcr::table)
+        .values(epcr::id.eq(3_i64))
+        .returning(ExamplePublishableCancelableResource::as_returning())
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    example_resource(&mut conn, 5, Some(2), Some(3)).await;
+    example_resource(&mut conn, 6, Some(7), Some(3)).await;
+    let after = diesel::update(epcr::table.find(3_i64))
+        .set(epcr::account_id.eq(Some(1_i64)))
+        .returning(ExamplePublishableCancelableResource::as_returning())
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    Outbox::new(registry(), config()).updated(&mut conn, &after, &Changeset::between(&child, &after)).await.unwrap();
+    let rows: Vec<RowRef> =
+        outbox_rows(&mut conn).await.iter().filter(|row| row.topic == "v102_rentals").map(reference).collect();
+    let plans = plan(&mut conn, registry(), config(), &rows).await;
+    let firsts: Vec<(String, Option<String>)> =
+        plans.iter().map(|plan| (messages(plan)[0].key.clone(), messages(plan)[0].partition_key.clone())).collect();
+    assert_eq!(
+        firsts,
+        [
+            ("ExampleResource:5".to_owned(), Some("2".to_owned())),
+            ("ExampleResource:6".to_owned(), Some("7".to_owned()))
+        ]
+    );
+}
+
+/// p24: a change to an observed column publishes the related record on the observing topic
+/// and its replica, as `<model>_updated`.
+#[tokio::test(flavor = "multi_thread")]
+async fn observed_column_change_publishes_the_related_record() {
+    let (_db, mut conn) = database().await;
+    example_resource(&mut conn, 5, Some(2), None).await;
+    let before = diesel::insert_into(epr::table)
+        .values((epr::id.eq(11_i64), epr::example_resource_id.eq(Some(5_i64))))
+        .returning(ExamplePublishableResource::as_returning())
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    let after = diesel::update(epr::table.find(11_i64))
+        .set(epr::created_at.eq(chrono::Utc::now()))
+        .returning(ExamplePublishableResource::as_returning())
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    Outbox::new(registry(), config()).updated(&mut conn, &after, &Changeset::between(&before, &after)).await.unwrap();
+    let rows: Vec<RowRef> =
+        outbox_rows(&mut conn).await.iter().filter(|row| row.topic == "v102_observer_to_one").map(reference).collect();
+    assert_eq!(rows.len(), 1);
+    let plans = plan(&mut conn, registry(), config(), &rows).await;
+    let value = envelope("example_resource_updated", 5);
+    // The topic has no partition key and the specs' default is `id`.
+    assert_eq!(
+        messages(&plans[0]),
+        [
+            message("v102_observer_to_one", "ExampleResource:5", Some("5"), &value),
+            message("v102_observer_to_one_genesis", "ExampleResource:5", Some("5"), &value),
+        ]
+    );
+}
+
+/// p26: beyond the inline maximum, one deferred observer row is written; the relay hands it
+/// to genesis instead of publishing inline.
+#[tokio::test(flavor = "multi_thread")]
+async fn observer_overflow_is_deferred() {
+    let (_db, mut conn) = database().await;
+    example_resource(&mut conn, 5, Some(2), Some(3)).await;
+    let record = diesel::insert_into(epcr::table)
+        .values(epcr::id.eq(3_i64))
+        .returning(ExamplePublishableCancelableResource::as_returning())
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    let config = ProducerConfig { observers_inline_maximum_size: 0, ..config().clone() };
+    Outbox::new(registry(), &config).created(&mut conn, &record).await.unwrap();
+    let rows = outbox_rows(&mut conn).await;
+    let deferred: Vec<RowRef> = rows.iter().filter(|row| row.topic == OBSERVER_TOPIC).map(reference).collect();
+    assert_eq!(deferred.len(), 1, "one deferred row however many observers matched");
+    let plans = plan(&mut conn, registry(), &config, &deferred).await;
+    assert!(matches!(plans[0], RowPlan::DeferredObservers));
+}
+
+/// p29: a row on the genesis name of a topic without a genesis replica cannot be published.
+#[tokio::test(flavor = "multi_thread")]
+async fn genesis_only_without_a_replica_is_an_error() {
+    let (_db, mut conn) = database().await;
+    example_resource(&mut conn, 5, Some(2), None).await;
+    let rows = [synthetic("ExampleResource", 5, "example_resource_updated", "v102_rentals_genesis", None)];
+    let plans = plan(&mut conn, spec_b::w01::registry(), &ProducerConfig::default(), &rows).await;
+    match &plans[0] {
+        RowPlan::Fail(error @ PlanError::NotPublishedOnTopic { .. }) => {
+            assert_eq!(error.to_string(), "model `ExampleResource` is not published on topic `v102_rentals_genesis`");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    // On a replicated topic the genesis name means "the replica only".
+    let rows = [synthetic("ExampleResource", 5, "example_resource_updated", "v102_rentals_genesis", None)];
+    let plans = plan(&mut conn, registry(), config(), &rows).await;
+    let topics: Vec<&str> = messages(&plans[0]).iter().map(|m| m.topic.as_str()).collect();
+    assert_eq!(topics, ["v102_rentals_genesis"]);
+}
+
+/// P-22 / W-11: a gone record is skipped for `_created`/`_updated` rows and published as
+/// `{"links":{},"id":…}` for `_destroyed` rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn gone_records_follow_the_missing_resource_rules() {
+    let (_db, mut conn) = database().await;
+    let rows = [
+        synthetic("ExampleResource", 10, "example_resource_updated", "v102_rentals", None),
+        synthetic("ExampleResource", 10, "example_resource_destroyed", "v102_rentals", Some("4")),
+    ];
+    let registry = spec_b::w15::registry();
+    let plans = plan(&mut conn, registry, &ProducerConfig::default(), &rows).await;
+    assert!(matches!(&plans[0], RowPlan::Fail(PlanError::NotPublishedOnTopic { .. })), "{:?}", plans[0]);
+    let rows = [
+        synthetic("ExampleResource", 10, "example_resource_updated", "v15_rentals", None),
+        synthetic("ExampleResource", 10, "example_resource_destroyed", "v15_rentals", Some("4")),
+    ];
+    let plans = plan(&mut conn, registry, &ProducerConfig::default(), &rows).await;
+    assert!(matches!(&plans[0], RowPlan::Skip(reason) if reason.contains("no longer exists")), "{:?}", plans[0]);
+    assert_eq!(
+        messages(&plans[1]),
+        [message(
+            "v15_rentals",
+            "ExampleResource:10",
+            Some("4"),
+            r#"{"message":[{"event":"example_resource_destroyed","model_name":"ExampleResource","data":[{"links":{},"id":10}]}]}"#
+        )]
+    );
+}
+
+/// w15: the default serializer writes the record's fields, `links` with the sideloaded ids,
+/// then the sideloaded records (to-many under the plural name, to-one under the singular),
+/// loaded for the whole batch in one query per dependency.
+#[tokio::test(flavor = "multi_thread")]
+async fn default_serializer_sideloads_with_dependencies() {
+    let (_db, mut conn) = database().await;
+    diesel::insert_into(epcr::table).values(epcr::id.eq(3_i64)).execute(&mut conn).await.unwrap();
+    example_resource(&mut conn, 1, Some(2), Some(3)).await;
+    example_resource(&mut conn, 2, Some(2), None).await;
+    diesel::insert_into(epr::table)
+        .values(&vec![
+            (epr::id.eq(30_i64), epr::example_resource_id.eq(Some(1_i64))),
+            (epr::id.eq(31_i64), epr::example_resource_id.eq(Some(1_i64))),
+        ])
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let rows = [
+        synthetic("ExampleResource", 1, "example_resource_updated", "v15_rentals", None),
+        synthetic("ExampleResource", 2, "example_resource_updated", "v15_rentals", None),
+    ];
+    let plans = plan(&mut conn, spec_b::w15::registry(), &ProducerConfig::default(), &rows).await;
+    let value: Value = serde_json::from_slice(messages(&plans[0])[0].payload.as_deref().unwrap()).unwrap();
+    let ts = "2022-08-12T13:24:24.000Z";
+    let nested = |id: i64| json!({"id": id, "account_id": null, "example_resource_id": 1, "created_at": ts, "updated_at": ts, "links": {}});
+    assert_eq!(
+        value["message"][0]["data"][0],
+        json!({
+            "id": 1, "account_id": 2, "example_publishable_cancelable_resource_id": 3, "created_at": ts, "updated_at": ts,
+            "links": {"example_publishable_resources": [30, 31], "example_publishable_cancelable_resource": 3},
+            "example_publishable_resources": [nested(30), nested(31)],
+            "example_publishable_cancelable_resource": {"id": 3, "account_id": null, "canceled_at": null, "created_at": ts, "updated_at": ts, "links": {}},
+        })
+    );
+    let keys: Vec<&String> = value["message"][0]["data"][0].as_object().unwrap().keys().collect();
+    assert_eq!(keys[5], "links", "links follow the attributes");
+    let second: Value = serde_json::from_slice(messages(&plans[1])[0].payload.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        second["message"][0]["data"][0]["links"],
+        json!({"example_publishable_resources": [], "example_publishable_cancelable_resource": null})
+    );
+    assert_eq!(second["message"][0]["data"][0]["example_publishable_cancelable_resource"], Value::Null);
+}
+
+/// p30 / w27: a tombstone is the JSON text `null` on the topic and its replica; key and
+/// partition key default to the record's and can be given verbatim.
+#[tokio::test(flavor = "multi_thread")]
+async fn tombstones_default_to_the_records_keys() {
+    let (_db, mut conn) = database().await;
+    let record = example_resource(&mut conn, 20, Some(10), None).await;
+    let publication = registry().publications_on("ExampleResource", "v102_rentals")[0];
+    let defaults = tombstone_messages(registry(), config(), publication, &record, None, None);
+    let null = Some(b"null".to_vec());
+    assert_eq!(
+        defaults,
+        [
+            OutgoingMessage {
+                topic: "v102_rentals".into(),
+                key: "ExampleResource:20".into(),
+                partition_key: Some("10".into()),
+                payload: null.clone()
+            },
+            OutgoingMessage {
+                topic: "v102_rentals_genesis".into(),
+                key: "ExampleResource:20".into(),
+                partition_key: Some("10".into()),
+                payload: null.clone()
+            },
+        ]
+    );
+    let explicit = tombstone_messages(
+        registry(),
+        config(),
+        publication,
+        &record,
+        Some("#WhateverItTakes".into()),
+        Some(Some("Smily".into())),
+    );
+    assert_eq!(explicit[0].key, "#WhateverItTakes");
+    assert_eq!(explicit[1].partition_key.as_deref(), Some("Smily"));
+    assert_eq!(explicit[1].payload, null);
+}
