@@ -387,3 +387,57 @@ async fn tombstones_default_to_the_records_keys() {
     assert_eq!(explicit[1].partition_key.as_deref(), Some("Smily"));
     assert_eq!(explicit[1].payload, null);
 }
+
+/// p16: the topic's partition key beats the configured default; an attribute the model does
+/// not have gives no partition key; values render as Ruby's `to_i.to_s`.
+#[test]
+fn partition_key_sources_follow_p16() {
+    use dionysus::publishable::{PartitionKeySource, Publication, Publishable};
+    use dionysus::registry::{Tombstone, TopicDeclaration};
+    use dionysus::serialize::{partition_key, DefaultSerializer};
+
+    fn topic(partition_key: Option<&'static str>) -> &'static TopicDeclaration {
+        Box::leak(Box::new(TopicDeclaration {
+            namespace: None,
+            name: "p16",
+            full_name: "p16",
+            partition_key,
+            partitions: None,
+            replication_factor: None,
+            genesis_replica: false,
+            tombstone: Tombstone::JsonNull,
+            declared_by: "test",
+            location: "test",
+        }))
+    }
+    static PUBLICATION: Publication = Publication {
+        model: &<spec_b::w01::ExampleResource as Publishable>::MODEL,
+        topic: "p16",
+        partition_key: PartitionKeySource::Inherit,
+        with: &[],
+        observe: &[],
+        serialize: dionysus::serialize::serialize_erased::<spec_b::w01::ExampleResource, DefaultSerializer>,
+        location: "test",
+    };
+    let record = |account_id| spec_b::w01::ExampleResource {
+        id: 1,
+        account_id,
+        example_publishable_cancelable_resource_id: None,
+        created_at: chrono::Utc::now(),
+        updated_at: chrono::Utc::now(),
+    };
+    let default = |key: &str| ProducerConfig { default_partition_key: key.to_owned(), ..ProducerConfig::default() };
+    let cases: [(Option<&'static str>, &str, Option<i64>, Option<&str>); 6] = [
+        (Some("id"), "account_id", Some(2), Some("1")),
+        (Some("booking_id"), "account_id", Some(2), None),
+        (None, "account_id", Some(2), Some("2")),
+        (None, "rental_id", Some(2), None),
+        (None, "account_id", None, Some("0")),
+        (Some("account_id"), "id", Some(7), Some("7")),
+    ];
+    for (topic_key, default_key, account_id, expected) in cases {
+        let registry = Registry::new([topic(topic_key)], []);
+        let actual = partition_key(&PUBLICATION, &record(account_id), &registry, &default(default_key));
+        assert_eq!(actual.as_deref(), expected, "topic {topic_key:?}, default {default_key}, account_id {account_id:?}");
+    }
+}
