@@ -72,6 +72,7 @@ broker_start() {
   fi
   export DIONYSUS_SEED_BROKER="127.0.0.1:$port"
   export DIONYSUS_BROKER_PID="$BROKER_PID"
+  export DIONYSUS_BROKER_BIN="$BROKER_BIN"
 }
 
 broker_stop() {

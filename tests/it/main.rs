@@ -6,4 +6,5 @@
 mod kafka;
 mod migrations;
 mod producer;
+mod relay;
 mod topics;

@@ -64,7 +64,9 @@ async fn migrations_create_the_framework_tables_and_revert_cleanly() {
             "error_message",
             "attempts",
             "created_at",
-            "updated_at"
+            "updated_at",
+            "ordering_key",
+            "ordering_bucket",
         ]
     );
     let changeset = columns.iter().find(|c| c.table_name == "dionysus_outbox" && c.column_name == "changeset").unwrap();
@@ -95,7 +97,11 @@ async fn migrations_create_the_framework_tables_and_revert_cleanly() {
         assert!(columns_of(&columns, "dionysus_genesis_runs").contains(&column), "genesis runs table lacks {column}");
     }
 
+    assert_eq!(columns_of(&columns, "dionysus_relay_leases"), ["bucket", "owner", "lease_until"]);
     let mut conn = db.connection().await;
+    let buckets: Count =
+        diesel::sql_query("SELECT count(*) AS count FROM dionysus_relay_leases").get_result(&mut conn).await.unwrap();
+    assert_eq!(buckets.count, 64, "one lease row per ordering bucket");
     let pending_index: Count = diesel::sql_query(
         "SELECT count(*) AS count FROM pg_indexes WHERE tablename = 'dionysus_outbox' \
          AND indexname = 'dionysus_outbox_pending_idx' AND indexdef LIKE '%WHERE ((published_at IS NULL) AND (failed_at IS NULL))%'",

@@ -151,6 +151,106 @@ where
     }
 }
 
+/// A broker of its own, for tests that pause or stop it (the shared one must keep running
+/// for the tests beside them). Started from the binary `scripts/test` installed
+/// (`DIONYSUS_BROKER_BIN`); killed when dropped.
+pub struct PrivateBroker {
+    child: std::process::Child,
+    pub address: String,
+}
+
+impl PrivateBroker {
+    pub async fn start() -> PrivateBroker {
+        let binary = std::env::var("DIONYSUS_BROKER_BIN").unwrap_or_else(|_| {
+            panic!("DIONYSUS_BROKER_BIN is not set: run the tests with scripts/test, which installs the broker")
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the broker binary starts");
+        let address = format!("127.0.0.1:{port}");
+        eventually(Duration::from_secs(10), || {
+            let address = address.clone();
+            async move { tokio::net::TcpStream::connect(&address).await.ok().map(|_| ()) }
+        })
+        .await;
+        PrivateBroker { child, address }
+    }
+
+    pub fn kafka_config(&self) -> KafkaConfig {
+        KafkaConfig {
+            brokers: vec![self.address.clone()],
+            client_id: unique_name("dionysus_it"),
+            ..KafkaConfig::default()
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Freezes the broker: clients see it unreachable, nothing is lost.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A registry publishing model `T` on `topic` (a name known only at run time, e.g. from
+/// [`create_topic`]), partition key from the attribute `partition_key`. Leaked: tests and
+/// benchmarks keep it for the process.
+pub fn registry_for<T: dionysus::Publishable>(
+    topic: &str,
+    partitions: i32,
+    partition_key: &'static str,
+    serialize: fn(
+        &dyn dionysus::publishable::Record,
+        &dionysus::serialize::Sideloads,
+    ) -> Result<serde_json::Value, dionysus::serialize::SerializeError>,
+) -> &'static dionysus::Registry {
+    use dionysus::publishable::{PartitionKeySource, Publication};
+    use dionysus::registry::{Tombstone, TopicDeclaration};
+    let name: &'static str = Box::leak(topic.to_owned().into_boxed_str());
+    let declaration: &'static TopicDeclaration = Box::leak(Box::new(TopicDeclaration {
+        namespace: None,
+        name,
+        full_name: name,
+        partition_key: None,
+        partitions: Some(partitions.max(1)),
+        replication_factor: None,
+        genesis_replica: false,
+        tombstone: Tombstone::JsonNull,
+        declared_by: "dionysus_tests::registry_for",
+        location: file!(),
+    }));
+    let publication: &'static Publication = Box::leak(Box::new(Publication {
+        model: dionysus::publishable::model_entry::<T>(),
+        topic: name,
+        partition_key: PartitionKeySource::Attribute(partition_key),
+        with: &[],
+        observe: &[],
+        serialize,
+        location: file!(),
+    }));
+    Box::leak(Box::new(dionysus::Registry::new([declaration], []).with_publications([publication])))
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

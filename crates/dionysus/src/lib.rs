@@ -10,6 +10,7 @@ pub mod naming;
 pub mod outbox;
 pub mod publishable;
 pub mod registry;
+pub mod relay;
 pub mod schema;
 pub mod serialize;
 pub mod transport;
@@ -92,7 +93,7 @@ pub mod __private {
     pub use crate::publishable::{
         attribute_value, load_erased, model_entry, publications_of, relation, BoxFuture, ColumnIn, Dependency, IdKind,
         ModelEntry, NotRelated, Observer, OtherBelongsToOwner, OwnerBelongsToOther, PartitionKeySource, PrimaryKeyType,
-        Publication, Publishable, Record, Relation, RelationProbe, SoftDelete,
+        Publication, Publishable, Record, RecordFilter, Relation, RelationProbe, SoftDelete,
     };
     pub use crate::registry::{
         ModelRegistration, Tombstone, Topic, TopicDeclaration, TopicEntry, TopicReference, TopicReferenceEntry,

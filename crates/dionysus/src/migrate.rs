@@ -50,6 +50,7 @@ pub const MIGRATIONS: &[EmbeddedMigration] = embedded![
     "2026-11-23-000002_dionysus_consumer_offsets",
     "2026-11-23-000003_dionysus_event_checkpoints",
     "2026-11-23-000004_dionysus_genesis_runs",
+    "2026-11-23-000005_dionysus_relay",
 ];
 
 /// Failure to apply, revert or copy the framework migrations.

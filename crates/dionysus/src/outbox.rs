@@ -352,7 +352,16 @@ impl<'a> Outbox<'a> {
             [row] => diesel::insert_into(dionysus_outbox::table).values(row).execute(conn).await,
             _ => diesel::insert_into(dionysus_outbox::table).values(&rows).execute(conn).await,
         };
-        result.map_err(|source| OutboxError::Query { what: format!("inserting {} outbox row(s)", rows.len()), source })
+        let written = result
+            .map_err(|source| OutboxError::Query { what: format!("inserting {} outbox row(s)", rows.len()), source })?;
+        if self.config.publish_after_commit {
+            // Delivered when (and only if) the transaction commits; wakes the relay at once.
+            diesel::sql_query("SELECT pg_notify('dionysus_outbox', '')")
+                .execute(conn)
+                .await
+                .map_err(|source| OutboxError::Query { what: "notifying the relay".to_owned(), source })?;
+        }
+        Ok(written)
     }
 
     /// The rows a change writes, without writing them (P-5 … P-11).
@@ -499,7 +508,7 @@ impl<'a> Outbox<'a> {
             Relation::OwnerHoldsKey(column) => {
                 let filter = ColumnIn::parse(column, record.model().id_kind, &[record.id()])
                     .map_err(|source| OutboxError::Query { what: what(column.to_owned()), source })?;
-                (owner_model.load)(conn, filter, limit)
+                (owner_model.load)(conn, filter.into(), limit)
                     .await
                     .map_err(|source| OutboxError::Query { what: what(format!("{column} = {}", record.id())), source })
             }

@@ -45,10 +45,11 @@ pub trait Publishable: Serialize + Send + Sync + Sized + 'static {
     /// would write it (timestamps with milliseconds, see [`attribute_value`]).
     fn attribute(&self, name: &str) -> Option<Value>;
 
-    /// Current records of `table` matching `filter`, ordered by primary key, at most `limit`.
+    /// Current records of the model's table matching `filter`, ordered by primary key, at
+    /// most `limit`.
     fn load_filtered<'a>(
         conn: &'a mut AsyncPgConnection,
-        filter: ColumnIn,
+        filter: RecordFilter,
         limit: Option<i64>,
     ) -> BoxFuture<'a, QueryResult<Vec<Self>>>;
 }
@@ -124,8 +125,11 @@ macro_rules! primary_key_types {
 primary_key_types!(i16 => Integer, i32 => Integer, i64 => Integer, String => Text);
 
 /// Loads the records matching a filter, at most `limit`, as erased records.
-pub type ErasedLoader =
-    for<'a> fn(&'a mut AsyncPgConnection, ColumnIn, Option<i64>) -> BoxFuture<'a, QueryResult<Vec<Box<dyn Record>>>>;
+pub type ErasedLoader = for<'a> fn(
+    &'a mut AsyncPgConnection,
+    RecordFilter,
+    Option<i64>,
+) -> BoxFuture<'a, QueryResult<Vec<Box<dyn Record>>>>;
 
 /// Everything the runtime needs to know about one publishable model.
 #[derive(Debug)]
@@ -173,7 +177,7 @@ impl ModelEntry {
         ids: &[String],
     ) -> BoxFuture<'a, QueryResult<Vec<Box<dyn Record>>>> {
         match ColumnIn::parse(self.primary_key, self.id_kind, ids) {
-            Ok(filter) => (self.load)(conn, filter, None),
+            Ok(filter) => (self.load)(conn, filter.into(), None),
             Err(error) => Box::pin(async move { Err(error) }),
         }
     }
@@ -238,34 +242,131 @@ impl ColumnIn {
     }
 }
 
-// `ColumnIn` is its own SQL expression, so generated code can filter any table with it and
-// the query stays `Send`: `"column" = ANY($1)` with `$1` bound as `bigint[]` or `text[]`.
-impl diesel::expression::Expression for ColumnIn {
+/// One condition of a [`RecordFilter`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// `"column" = ANY($1)`.
+    In(ColumnIn),
+    /// `"column" > $1`: keyset paging by primary key.
+    After {
+        /// Column (from a model entry; never user input).
+        column: &'static str,
+        /// The last value seen.
+        value: IdValue,
+    },
+    /// `"column" BETWEEN $1 AND $2` (inclusive), e.g. a genesis window on `updated_at`.
+    Between {
+        /// Column.
+        column: &'static str,
+        /// Lower bound.
+        from: chrono::DateTime<chrono::Utc>,
+        /// Upper bound.
+        to: chrono::DateTime<chrono::Utc>,
+    },
+    /// `"column" IS NULL`, e.g. only records that are not soft-deleted.
+    IsNull(&'static str),
+}
+
+/// One typed id value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdValue {
+    /// An integer id.
+    Integer(i64),
+    /// A text id.
+    Text(String),
+}
+
+impl IdValue {
+    /// Parses a text id for a key of the given kind.
+    pub fn parse(column: &'static str, kind: IdKind, id: &str) -> QueryResult<IdValue> {
+        match ColumnIn::parse(column, kind, &[id.to_owned()])?.values {
+            IdValues::Integer(mut values) => Ok(IdValue::Integer(values.pop().unwrap_or_default())),
+            IdValues::Text(mut values) => Ok(IdValue::Text(values.pop().unwrap_or_default())),
+        }
+    }
+}
+
+/// The conditions records are loaded with, joined by `AND` (none: every record). It is its
+/// own SQL expression, so generated code can filter any table with it and the query stays
+/// `Send`; values are bound with the column's type so indexes are used.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordFilter {
+    /// The conditions.
+    pub conditions: Vec<Condition>,
+}
+
+impl RecordFilter {
+    /// Adds a condition.
+    pub fn and(mut self, condition: Condition) -> RecordFilter {
+        self.conditions.push(condition);
+        self
+    }
+}
+
+impl From<ColumnIn> for RecordFilter {
+    fn from(column_in: ColumnIn) -> Self {
+        RecordFilter { conditions: vec![Condition::In(column_in)] }
+    }
+}
+
+impl diesel::expression::Expression for RecordFilter {
     type SqlType = Bool;
 }
 
-impl<QS> diesel::expression::AppearsOnTable<QS> for ColumnIn {}
+impl<QS> diesel::expression::AppearsOnTable<QS> for RecordFilter {}
 
-impl<QS> diesel::expression::SelectableExpression<QS> for ColumnIn {}
+impl<QS> diesel::expression::SelectableExpression<QS> for RecordFilter {}
 
-impl<GB> diesel::expression::ValidGrouping<GB> for ColumnIn {
+impl<GB> diesel::expression::ValidGrouping<GB> for RecordFilter {
     type IsAggregate = diesel::expression::is_aggregate::Never;
 }
 
-impl diesel::query_builder::QueryId for ColumnIn {
+impl diesel::query_builder::QueryId for RecordFilter {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-impl diesel::query_builder::QueryFragment<Pg> for ColumnIn {
+impl diesel::query_builder::QueryFragment<Pg> for RecordFilter {
     fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_identifier(self.column)?;
-        out.push_sql(" = ANY(");
-        match &self.values {
-            IdValues::Integer(values) => out.push_bind_param::<Array<BigInt>, Vec<i64>>(values)?,
-            IdValues::Text(values) => out.push_bind_param::<Array<Text>, Vec<String>>(values)?,
+        if self.conditions.is_empty() {
+            out.push_sql("TRUE");
+            return Ok(());
         }
-        out.push_sql(")");
+        for (index, condition) in self.conditions.iter().enumerate() {
+            if index > 0 {
+                out.push_sql(" AND ");
+            }
+            match condition {
+                Condition::In(ColumnIn { column, values }) => {
+                    out.push_identifier(column)?;
+                    out.push_sql(" = ANY(");
+                    match values {
+                        IdValues::Integer(values) => out.push_bind_param::<Array<BigInt>, Vec<i64>>(values)?,
+                        IdValues::Text(values) => out.push_bind_param::<Array<Text>, Vec<String>>(values)?,
+                    }
+                    out.push_sql(")");
+                }
+                Condition::After { column, value } => {
+                    out.push_identifier(column)?;
+                    out.push_sql(" > ");
+                    match value {
+                        IdValue::Integer(value) => out.push_bind_param::<BigInt, i64>(value)?,
+                        IdValue::Text(value) => out.push_bind_param::<Text, String>(value)?,
+                    }
+                }
+                Condition::Between { column, from, to } => {
+                    out.push_identifier(column)?;
+                    out.push_sql(" BETWEEN ");
+                    out.push_bind_param::<diesel::sql_types::Timestamptz, _>(from)?;
+                    out.push_sql(" AND ");
+                    out.push_bind_param::<diesel::sql_types::Timestamptz, _>(to)?;
+                }
+                Condition::IsNull(column) => {
+                    out.push_identifier(column)?;
+                    out.push_sql(" IS NULL");
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -273,7 +374,7 @@ impl diesel::query_builder::QueryFragment<Pg> for ColumnIn {
 /// The erased loader of `T`, stored in its [`ModelEntry`].
 pub fn load_erased<T: Publishable>(
     conn: &mut AsyncPgConnection,
-    filter: ColumnIn,
+    filter: RecordFilter,
     limit: Option<i64>,
 ) -> BoxFuture<'_, QueryResult<Vec<Box<dyn Record>>>> {
     Box::pin(async move {

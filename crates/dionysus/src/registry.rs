@@ -208,6 +208,18 @@ impl Registry {
         self
     }
 
+    /// Adds publications built at run time (their models too, without their declared
+    /// publications), e.g. a model published on a topic whose name is only known then.
+    pub fn with_publications(mut self, publications: impl IntoIterator<Item = &'static Publication>) -> Registry {
+        for publication in publications {
+            if !self.models.iter().any(|known| std::ptr::eq(*known, publication.model)) {
+                self.models.push(publication.model);
+            }
+            self.publications.push(publication);
+        }
+        self
+    }
+
     /// Adds the model `T` and its publications.
     pub fn with_model<T: Publishable>(self) -> Registry {
         self.with_models([crate::publishable::model_entry::<T>()])

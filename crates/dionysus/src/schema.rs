@@ -33,6 +33,32 @@ diesel::table! {
         created_at -> Timestamptz,
         /// Last changed at.
         updated_at -> Timestamptz,
+        /// The partition key, or `<model>:<id>` without one: rows of one key publish in order.
+        ordering_key -> Nullable<Text>,
+        /// One of 64 buckets of the ordering key; each is leased to one relay worker.
+        ordering_bucket -> Nullable<SmallInt>,
+    }
+}
+
+diesel::table! {
+    /// Relay bucket leases.
+    dionysus_relay_leases (bucket) {
+        /// Bucket, 0 … 63.
+        bucket -> SmallInt,
+        /// Worker holding it.
+        owner -> Nullable<Text>,
+        /// The lease ends at.
+        lease_until -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Live relay workers.
+    dionysus_relay_workers (worker_id) {
+        /// Worker id.
+        worker_id -> Text,
+        /// Last heartbeat.
+        heartbeat_at -> Timestamptz,
     }
 }
 

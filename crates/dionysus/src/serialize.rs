@@ -463,7 +463,7 @@ async fn load_dependency(
         Relation::OtherHoldsKey(column) => {
             let owner_ids: Vec<String> = owners.iter().map(|owner| owner.id()).collect();
             let filter = ColumnIn::parse(column, owner_model.id_kind, &owner_ids).map_err(load_error)?;
-            let children = (other.load)(conn, filter, None).await.map_err(load_error)?;
+            let children = (other.load)(conn, filter.into(), None).await.map_err(load_error)?;
             let mut by_owner: HashMap<String, Vec<(Value, Value)>> = HashMap::new();
             for child in &children {
                 let Some(key) = child.attribute(column).filter(|value| !value.is_null()) else { continue };

@@ -427,7 +427,8 @@ fn partition_key_sources_follow_p16() {
         updated_at: chrono::Utc::now(),
     };
     let default = |key: &str| ProducerConfig { default_partition_key: key.to_owned(), ..ProducerConfig::default() };
-    let cases: [(Option<&'static str>, &str, Option<i64>, Option<&str>); 6] = [
+    type Case = (Option<&'static str>, &'static str, Option<i64>, Option<&'static str>);
+    let cases: [Case; 6] = [
         (Some("id"), "account_id", Some(2), Some("1")),
         (Some("booking_id"), "account_id", Some(2), None),
         (None, "account_id", Some(2), Some("2")),
@@ -438,6 +439,10 @@ fn partition_key_sources_follow_p16() {
     for (topic_key, default_key, account_id, expected) in cases {
         let registry = Registry::new([topic(topic_key)], []);
         let actual = partition_key(&PUBLICATION, &record(account_id), &registry, &default(default_key));
-        assert_eq!(actual.as_deref(), expected, "topic {topic_key:?}, default {default_key}, account_id {account_id:?}");
+        assert_eq!(
+            actual.as_deref(),
+            expected,
+            "topic {topic_key:?}, default {default_key}, account_id {account_id:?}"
+        );
     }
 }

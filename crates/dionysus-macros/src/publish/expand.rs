@@ -152,7 +152,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
 
                 fn load_filtered<'a>(
                     conn: &'a mut __d::diesel_async::AsyncPgConnection,
-                    filter: __d::ColumnIn,
+                    filter: __d::RecordFilter,
                     limit: ::core::option::Option<i64>,
                 ) -> __d::BoxFuture<'a, __d::diesel::QueryResult<::std::vec::Vec<Self>>> {
                     use __d::diesel::{QueryDsl as _, ExpressionMethods as _};

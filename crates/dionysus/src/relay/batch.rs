@@ -1,0 +1,638 @@
+//! One relay batch: read the pending rows of the worker's buckets in id order, hold back the
+//! keys that must wait, build the messages, produce them, and record every outcome in two
+//! statements (published rows; failed rows with their backoff).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use super::backoff;
+use super::monitor::{Monitor, RelayEvent};
+use crate::config::ProducerConfig;
+use crate::outbox::{Changeset, NewOutboxRow, OBSERVER_TOPIC};
+use crate::publishable::{ColumnIn, Record, Relation};
+use crate::registry::Registry;
+use crate::serialize::{self, OutgoingMessage, RowPlan, RowRef};
+
+/// A pending row as the relay reads it.
+#[derive(Debug, Clone, diesel::QueryableByName)]
+pub(crate) struct PendingRow {
+    #[diesel(sql_type = BigInt)]
+    pub(crate) id: i64,
+    #[diesel(sql_type = Text)]
+    pub(crate) resource_class: String,
+    #[diesel(sql_type = Text)]
+    pub(crate) resource_id: String,
+    #[diesel(sql_type = Text)]
+    pub(crate) event_name: String,
+    #[diesel(sql_type = Text)]
+    pub(crate) topic: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) partition_key: Option<String>,
+    #[diesel(sql_type = Jsonb)]
+    pub(crate) changeset: Value,
+    #[diesel(sql_type = Integer)]
+    pub(crate) attempts: i32,
+    #[diesel(sql_type = Text)]
+    pub(crate) ordering_key: String,
+    #[diesel(sql_type = Timestamptz)]
+    pub(crate) created_at: DateTime<Utc>,
+}
+
+#[derive(diesel::QueryableByName)]
+struct BlockedKey {
+    #[diesel(sql_type = Text)]
+    ordering_key: String,
+    #[diesel(sql_type = BigInt)]
+    first_id: i64,
+}
+
+/// What a batch did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Rows read.
+    pub read: usize,
+    /// Rows published (acknowledged by the broker for every destination).
+    pub published: usize,
+    /// Rows marked published with nothing to send (gone records, removed duplicates,
+    /// expanded observer rows).
+    pub skipped: usize,
+    /// Rows that failed and will be retried (or were parked).
+    pub failed: usize,
+    /// Rows left for a later batch because an earlier row of their key must go first.
+    pub held_back: usize,
+    /// The producer hit a fatal error (e.g. fenced after timed-out deliveries) and must be
+    /// replaced before the next batch.
+    pub producer_failed: bool,
+}
+
+/// Broker-side facts the workers share: partition counts per topic.
+#[derive(Debug, Default)]
+pub(crate) struct TopicCache {
+    partitions: Mutex<HashMap<String, i32>>,
+}
+
+/// A row's failure.
+#[derive(Debug)]
+struct Failure {
+    class: &'static str,
+    message: String,
+}
+
+pub(crate) struct Batch<'a> {
+    pub(crate) registry: &'a Registry,
+    pub(crate) config: &'a ProducerConfig,
+    pub(crate) producer: &'a FutureProducer,
+    pub(crate) topics: &'a Arc<TopicCache>,
+    pub(crate) monitor: &'a Monitor,
+    pub(crate) delivery_timeout: Duration,
+    pub(crate) auto_create_topics: bool,
+    pub(crate) kafka: &'a crate::config::KafkaConfig,
+}
+
+impl Batch<'_> {
+    /// Runs one batch over `buckets`.
+    pub(crate) async fn run(
+        &self,
+        conn: &mut AsyncPgConnection,
+        buckets: &[i16],
+    ) -> Result<BatchReport, diesel::result::Error> {
+        let started = Instant::now();
+        let rows = fetch(conn, buckets, self.config).await?;
+        let mut report = BatchReport { read: rows.len(), ..BatchReport::default() };
+        if rows.is_empty() {
+            return Ok(report);
+        }
+        let blocked = blocked_keys(conn, buckets, self.config.strict_ordering).await?;
+        let (eligible, held_back) = select_eligible(rows, &blocked, self.config.publishing_delay, Utc::now());
+        report.held_back = held_back;
+        let (eligible, duplicates) = if self.config.remove_consecutive_duplicates {
+            remove_consecutive_duplicates(eligible)
+        } else {
+            (eligible, Vec::new())
+        };
+
+        let references: Vec<RowRef> = eligible.iter().map(row_ref).collect();
+        let plans = match serialize::plan_rows(conn, self.registry, self.config, &references).await {
+            Ok(plans) => plans,
+            Err(error) => {
+                // Loading failed for the whole batch: every row fails alike and is retried.
+                let failures: Vec<(&PendingRow, Failure)> = eligible
+                    .iter()
+                    .map(|row| (row, Failure { class: "LoadError", message: error.to_string() }))
+                    .collect();
+                report.failed = failures.len();
+                self.record_failures(conn, failures).await?;
+                return Ok(report);
+            }
+        };
+
+        let mut published: Vec<i64> = duplicates.iter().map(|row| row.id).collect();
+        report.skipped += duplicates.len();
+        let mut failures: Vec<(&PendingRow, Failure)> = Vec::new();
+        let mut blocked_now: HashSet<&str> = HashSet::new();
+        let mut in_flight: Vec<(usize, Vec<rdkafka::producer::DeliveryFuture>)> = Vec::new();
+
+        for (index, (row, plan)) in eligible.iter().zip(plans).enumerate() {
+            if blocked_now.contains(row.ordering_key.as_str()) {
+                report.held_back += 1;
+                continue;
+            }
+            match plan {
+                RowPlan::Publish(messages) => match self.send(&messages).await {
+                    Ok(deliveries) => in_flight.push((index, deliveries)),
+                    Err(failure) => {
+                        blocked_now.insert(&row.ordering_key);
+                        failures.push((row, failure));
+                    }
+                },
+                RowPlan::Skip(reason) => {
+                    tracing::warn!(outbox_id = row.id, model = %row.resource_class, id = %row.resource_id, "{reason}");
+                    metrics::counter!("dionysus_outbox_skipped_total", "reason" => "record_gone").increment(1);
+                    published.push(row.id);
+                    report.skipped += 1;
+                }
+                RowPlan::DeferredObservers => {
+                    match expand_deferred_observers(conn, self.registry, self.config, row).await {
+                        Ok(written) => {
+                            tracing::info!(
+                                outbox_id = row.id,
+                                rows = written,
+                                "expanded a deferred observer row into outbox rows"
+                            );
+                            published.push(row.id);
+                            report.skipped += 1;
+                        }
+                        Err(error) => {
+                            blocked_now.insert(&row.ordering_key);
+                            failures.push((row, Failure { class: "ObserverError", message: error.to_string() }));
+                        }
+                    }
+                }
+                RowPlan::Fail(error) => {
+                    blocked_now.insert(&row.ordering_key);
+                    failures.push((row, Failure { class: plan_error_class(&error), message: error.to_string() }));
+                }
+            }
+        }
+
+        // Deliveries time out in the producer before the leases expire; the extra bound
+        // protects against a producer configured otherwise.
+        let deadline = tokio::time::Instant::now() + self.delivery_timeout + Duration::from_secs(2);
+        for (index, deliveries) in in_flight {
+            let row = &eligible[index];
+            let mut outcome = Ok(());
+            for delivery in deliveries {
+                let result = match tokio::time::timeout_at(deadline, delivery).await {
+                    Ok(Ok(Ok(_))) => Ok(()),
+                    Ok(Ok(Err((error, _message)))) => {
+                        if fatal(&error) {
+                            report.producer_failed = true;
+                        }
+                        Err(error.to_string())
+                    }
+                    Ok(Err(_canceled)) => Err("the producer dropped the message before delivery".to_owned()),
+                    Err(_elapsed) => Err("no delivery report before the lease deadline".to_owned()),
+                };
+                if let (Ok(()), Err(message)) = (&outcome, result) {
+                    outcome = Err(message);
+                }
+            }
+            match outcome {
+                Ok(()) => {
+                    published.push(row.id);
+                    report.published += 1;
+                    let latency = (Utc::now() - row.created_at).to_std().unwrap_or_default();
+                    metrics::histogram!("dionysus_outbox_commit_to_ack_seconds").record(latency.as_secs_f64());
+                    self.monitor.emit(&RelayEvent::Published { outbox_id: row.id, topic: &row.topic });
+                }
+                Err(message) => failures.push((row, Failure { class: "KafkaError", message })),
+            }
+        }
+
+        if self.producer.client().fatal_error().is_some() {
+            report.producer_failed = true;
+        }
+        mark_published(conn, &published).await?;
+        report.failed = failures.len();
+        self.record_failures(conn, failures).await?;
+        metrics::counter!("dionysus_outbox_published_total").increment(report.published as u64);
+        metrics::histogram!("dionysus_relay_batch_seconds").record(started.elapsed().as_secs_f64());
+        Ok(report)
+    }
+
+    /// Enqueues every message of a row with the producer; the returned futures resolve on
+    /// delivery.
+    async fn send(&self, messages: &[OutgoingMessage]) -> Result<Vec<rdkafka::producer::DeliveryFuture>, Failure> {
+        let mut deliveries = Vec::with_capacity(messages.len());
+        for message in messages {
+            let partition = match &message.partition_key {
+                Some(key) => {
+                    Some(crate::transport::partition_for(key.as_bytes(), self.partition_count(&message.topic).await?))
+                }
+                None => None,
+            };
+            let mut record = FutureRecord::<str, [u8]>::to(&message.topic).key(&message.key);
+            if let Some(payload) = &message.payload {
+                record = record.payload(payload.as_slice());
+            }
+            if let Some(partition) = partition {
+                record = record.partition(partition);
+            }
+            let mut pending = record;
+            loop {
+                match self.producer.send_result(pending) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), returned)) => {
+                        // The local queue is full: let deliveries drain, then try again.
+                        pending = returned;
+                        self.producer.poll(Timeout::After(Duration::from_millis(10)));
+                        tokio::task::yield_now().await;
+                    }
+                    Err((error, _)) => {
+                        return Err(Failure {
+                            class: "KafkaError",
+                            message: format!("producing to `{}`: {error}", message.topic),
+                        })
+                    }
+                }
+            }
+        }
+        Ok(deliveries)
+    }
+
+    /// The topic's partition count, from the cache or the broker's metadata.
+    async fn partition_count(&self, topic: &str) -> Result<i32, Failure> {
+        if let Some(count) = self.topics.partitions.lock().await.get(topic) {
+            return Ok(*count);
+        }
+        let counts = crate::transport::partition_counts(self.kafka, &[topic.to_owned()])
+            .await
+            .map_err(|error| Failure { class: "KafkaError", message: error.to_string() })?;
+        let count = match counts.get(topic).copied().flatten() {
+            Some(count) => count,
+            None if self.auto_create_topics => {
+                let declaration = self.registry.resolve(topic).map(|(declaration, _)| declaration);
+                let spec = crate::transport::TopicSpec {
+                    name: topic.to_owned(),
+                    partitions: declaration.and_then(|d| d.partitions).unwrap_or(1),
+                    replication_factor: i32::from(declaration.and_then(|d| d.replication_factor).unwrap_or(1)),
+                };
+                crate::transport::create_topics(self.kafka, std::slice::from_ref(&spec))
+                    .await
+                    .map_err(|error| Failure { class: "KafkaError", message: error.to_string() })?;
+                tracing::info!(topic, partitions = spec.partitions, "created a missing topic (auto_create_topics)");
+                spec.partitions
+            }
+            None => {
+                return Err(Failure {
+                    class: "MissingTopic",
+                    message: format!(
+                        "topic `{topic}` does not exist on the broker; create it (`dionysus check` lists what is \
+                         missing) or enable auto_create_topics"
+                    ),
+                })
+            }
+        };
+        self.topics.partitions.lock().await.insert(topic.to_owned(), count);
+        Ok(count)
+    }
+
+    async fn record_failures(
+        &self,
+        conn: &mut AsyncPgConnection,
+        failures: Vec<(&PendingRow, Failure)>,
+    ) -> Result<(), diesel::result::Error> {
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(failures.len());
+        let mut classes = Vec::with_capacity(failures.len());
+        let mut messages = Vec::with_capacity(failures.len());
+        let mut delays = Vec::with_capacity(failures.len());
+        let mut parks = Vec::with_capacity(failures.len());
+        for (row, failure) in &failures {
+            let attempts = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
+            let decision = backoff::decide(self.config, attempts, rand::random::<f64>());
+            tracing::warn!(
+                outbox_id = row.id, model = %row.resource_class, id = %row.resource_id, topic = %row.topic,
+                attempts, parked = decision.park, error_class = failure.class, "publishing failed: {}", failure.message
+            );
+            metrics::counter!("dionysus_outbox_failures_total", "error_class" => failure.class).increment(1);
+            if decision.park {
+                metrics::counter!("dionysus_outbox_parked_total").increment(1);
+            }
+            self.monitor.emit(&RelayEvent::PublishingFailed {
+                outbox_id: row.id,
+                error_class: failure.class,
+                error_message: &failure.message,
+                parked: decision.park,
+            });
+            ids.push(row.id);
+            classes.push(failure.class.to_owned());
+            messages.push(failure.message.clone());
+            delays.push(decision.delay.as_secs_f64());
+            parks.push(decision.park);
+        }
+        diesel::sql_query(
+            "UPDATE dionysus_outbox AS o SET attempts = o.attempts + 1, error_class = f.class, \
+             error_message = f.message, retry_at = now() + make_interval(secs => f.delay), \
+             failed_at = CASE WHEN f.park THEN now() ELSE NULL END, updated_at = now() \
+             FROM unnest($1, $2, $3, $4, $5) AS f(id, class, message, delay, park) WHERE o.id = f.id",
+        )
+        .bind::<Array<BigInt>, _>(ids)
+        .bind::<Array<Text>, _>(classes)
+        .bind::<Array<Text>, _>(messages)
+        .bind::<Array<Double>, _>(delays)
+        .bind::<Array<Bool>, _>(parks)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Errors after which the producer cannot deliver anything any more.
+fn fatal(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(Code::ProducerFenced | Code::Fatal | Code::InvalidProducerEpoch | Code::OutOfOrderSequenceNumber)
+    )
+}
+
+fn plan_error_class(error: &serialize::PlanError) -> &'static str {
+    match error {
+        serialize::PlanError::UnknownModel(_) => "UnknownModel",
+        serialize::PlanError::NotPublishedOnTopic { .. } => "NotPublishedOnTopic",
+        serialize::PlanError::Serialize(_) => "SerializeError",
+        serialize::PlanError::Envelope(_) => "EnvelopeError",
+        serialize::PlanError::Load { .. } => "LoadError",
+    }
+}
+
+fn row_ref(row: &PendingRow) -> RowRef {
+    RowRef {
+        id: row.id,
+        resource_class: row.resource_class.clone(),
+        resource_id: row.resource_id.clone(),
+        event_name: row.event_name.clone(),
+        topic: row.topic.clone(),
+        partition_key: row.partition_key.clone(),
+    }
+}
+
+/// Pending rows of `buckets` that are due, in id order. Rows waiting for a retry are not
+/// read; the keys they hold back are found by [`blocked_keys`].
+async fn fetch(
+    conn: &mut AsyncPgConnection,
+    buckets: &[i16],
+    config: &ProducerConfig,
+) -> Result<Vec<PendingRow>, diesel::result::Error> {
+    diesel::sql_query(
+        "SELECT id, resource_class, resource_id, event_name, topic, partition_key, changeset, attempts, \
+                ordering_key, created_at \
+         FROM dionysus_outbox \
+         WHERE published_at IS NULL AND failed_at IS NULL AND ordering_bucket = ANY($1) \
+           AND (retry_at IS NULL OR retry_at <= now()) \
+         ORDER BY id LIMIT $2",
+    )
+    .bind::<Array<SmallInt>, _>(buckets)
+    .bind::<BigInt, _>(i64::try_from(config.batch_size).unwrap_or(i64::MAX))
+    .load(conn)
+    .await
+}
+
+/// Keys whose earliest pending row waits for a retry (or, in strict mode, is parked): later
+/// rows of those keys wait too.
+async fn blocked_keys(
+    conn: &mut AsyncPgConnection,
+    buckets: &[i16],
+    strict: bool,
+) -> Result<HashMap<String, i64>, diesel::result::Error> {
+    let keys: Vec<BlockedKey> = diesel::sql_query(
+        "SELECT ordering_key, min(id) AS first_id FROM dionysus_outbox \
+         WHERE published_at IS NULL AND ordering_bucket = ANY($1) \
+           AND ((failed_at IS NULL AND retry_at > now()) OR ($2 AND failed_at IS NOT NULL)) \
+         GROUP BY ordering_key",
+    )
+    .bind::<Array<SmallInt>, _>(buckets)
+    .bind::<Bool, _>(strict)
+    .load(conn)
+    .await?;
+    Ok(keys.into_iter().map(|key| (key.ordering_key, key.first_id)).collect())
+}
+
+/// Splits rows (in id order) into those that may go now and the number held back: a row waits
+/// when an earlier row of its key waits for a retry, or is younger than the publishing delay.
+pub(crate) fn select_eligible(
+    rows: Vec<PendingRow>,
+    blocked: &HashMap<String, i64>,
+    delay: Duration,
+    now: DateTime<Utc>,
+) -> (Vec<PendingRow>, usize) {
+    let horizon = now - chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::zero());
+    let mut young: HashSet<String> = HashSet::new();
+    let mut held = 0;
+    let mut eligible = Vec::with_capacity(rows.len());
+    for row in rows {
+        let behind_retry = blocked.get(&row.ordering_key).is_some_and(|first| *first < row.id);
+        if behind_retry || young.contains(&row.ordering_key) {
+            held += 1;
+        } else if !delay.is_zero() && row.created_at > horizon {
+            young.insert(row.ordering_key.clone());
+            held += 1;
+        } else {
+            eligible.push(row);
+        }
+    }
+    (eligible, held)
+}
+
+/// dionysus-rb's DuplicatesFilter (P-18): of each run of consecutive rows with equal
+/// `(resource_class, resource_id, event_name, topic)`, only the last is published; the others
+/// are returned to be marked published.
+pub(crate) fn remove_consecutive_duplicates(rows: Vec<PendingRow>) -> (Vec<PendingRow>, Vec<PendingRow>) {
+    let mut kept: Vec<PendingRow> = Vec::with_capacity(rows.len());
+    let mut dropped = Vec::new();
+    for row in rows {
+        let same = kept.last().is_some_and(|last| {
+            last.resource_class == row.resource_class
+                && last.resource_id == row.resource_id
+                && last.event_name == row.event_name
+                && last.topic == row.topic
+        });
+        if same {
+            if let Some(previous) = kept.pop() {
+                dropped.push(previous);
+            }
+        }
+        kept.push(row);
+    }
+    (kept, dropped)
+}
+
+async fn mark_published(conn: &mut AsyncPgConnection, ids: &[i64]) -> Result<(), diesel::result::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    diesel::sql_query(
+        "UPDATE dionysus_outbox SET published_at = now(), updated_at = now(), error_class = NULL, \
+         error_message = NULL, retry_at = NULL, failed_at = NULL WHERE id = ANY($1)",
+    )
+    .bind::<Array<BigInt>, _>(ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Turns a deferred observer row into `<owner>_updated` rows for every related record, page
+/// by page (P-25: too many to write inside the application's transaction).
+async fn expand_deferred_observers(
+    conn: &mut AsyncPgConnection,
+    registry: &Registry,
+    config: &ProducerConfig,
+    row: &PendingRow,
+) -> Result<usize, String> {
+    const PAGE: i64 = 1000;
+    let Some(model) = registry.model(&row.resource_class) else {
+        return Err(format!("no publishable model is named `{}`", row.resource_class));
+    };
+    let changeset = Changeset::from_json(&row.changeset);
+    let record: Option<Box<dyn Record>> = model
+        .load_by_ids(conn, std::slice::from_ref(&row.resource_id))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next();
+    let mut written = 0;
+    for (publication, observer) in registry.observers_of(model) {
+        if !observer.columns.iter().any(|column| changeset.contains(column)) {
+            continue;
+        }
+        let owner = publication.model;
+        let mut filter_base = crate::publishable::RecordFilter::default();
+        match (observer.relation)() {
+            Relation::OwnerHoldsKey(column) => {
+                let filter = ColumnIn::parse(column, model.id_kind, std::slice::from_ref(&row.resource_id))
+                    .map_err(|e| e.to_string())?;
+                filter_base = filter_base.and(crate::publishable::Condition::In(filter));
+            }
+            Relation::OtherHoldsKey(column) => {
+                // The observed record holds the owner's key: take it from the record, or from
+                // the changeset when the record is gone.
+                let key = record
+                    .as_ref()
+                    .and_then(|record| record.attribute(column))
+                    .or_else(|| changeset.get(column).map(|(old, _)| old.clone()))
+                    .filter(|value| !value.is_null());
+                let Some(key) = key else { continue };
+                let filter = ColumnIn::parse(owner.primary_key, owner.id_kind, &[serialize::id_text(&key)])
+                    .map_err(|e| e.to_string())?;
+                filter_base = filter_base.and(crate::publishable::Condition::In(filter));
+            }
+        }
+        let mut after: Option<String> = None;
+        loop {
+            let mut filter = filter_base.clone();
+            if let Some(last) = &after {
+                let value = crate::publishable::IdValue::parse(owner.primary_key, owner.id_kind, last)
+                    .map_err(|e| e.to_string())?;
+                filter = filter.and(crate::publishable::Condition::After { column: owner.primary_key, value });
+            }
+            let page = (owner.load)(conn, filter, Some(PAGE)).await.map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id());
+            let rows: Vec<NewOutboxRow> = page
+                .iter()
+                .map(|owner_record| NewOutboxRow {
+                    resource_class: owner.model_name.to_owned(),
+                    resource_id: owner_record.id(),
+                    event_name: crate::naming::event_name(owner.model_name, crate::naming::EventKind::Updated),
+                    topic: publication.topic.to_owned(),
+                    partition_key: serialize::partition_key(publication, owner_record.as_ref(), registry, config),
+                    changeset: Value::Object(serde_json::Map::new()),
+                })
+                .collect();
+            written += rows.len();
+            diesel::insert_into(crate::schema::dionysus_outbox::table)
+                .values(&rows)
+                .execute(conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            if i64::try_from(page.len()).unwrap_or(0) < PAGE {
+                break;
+            }
+        }
+    }
+    debug_assert_ne!(row.topic, "", "{OBSERVER_TOPIC}");
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn row(id: i64, key: &str, class_id: (&str, &str), event: &str, created: i64) -> PendingRow {
+        PendingRow {
+            id,
+            resource_class: class_id.0.to_owned(),
+            resource_id: class_id.1.to_owned(),
+            event_name: event.to_owned(),
+            topic: "t".to_owned(),
+            partition_key: Some(key.to_owned()),
+            changeset: Value::Null,
+            attempts: 0,
+            ordering_key: key.to_owned(),
+            created_at: Utc.timestamp_opt(created, 0).single().unwrap(),
+        }
+    }
+
+    #[test]
+    fn rows_behind_a_retrying_row_of_their_key_wait() {
+        let rows =
+            vec![row(1, "a", ("R", "1"), "e", 0), row(2, "b", ("R", "2"), "e", 0), row(3, "a", ("R", "3"), "e", 0)];
+        let blocked = HashMap::from([("a".to_owned(), 0_i64)]);
+        let (eligible, held) = select_eligible(rows, &blocked, Duration::ZERO, Utc::now());
+        assert_eq!(eligible.iter().map(|r| r.id).collect::<Vec<_>>(), [2]);
+        assert_eq!(held, 2);
+    }
+
+    #[test]
+    fn publishing_delay_holds_young_rows_and_their_successors() {
+        let now = Utc.timestamp_opt(100, 0).single().unwrap();
+        let rows =
+            vec![row(1, "a", ("R", "1"), "e", 98), row(2, "b", ("R", "2"), "e", 90), row(3, "a", ("R", "3"), "e", 50)];
+        let (eligible, held) = select_eligible(rows, &HashMap::new(), Duration::from_secs(5), now);
+        assert_eq!(eligible.iter().map(|r| r.id).collect::<Vec<_>>(), [2], "row 3 is old but must follow row 1");
+        assert_eq!(held, 2);
+    }
+
+    #[test]
+    fn only_consecutive_duplicates_collapse_to_the_last() {
+        // Vector p33.
+        let rows = vec![
+            row(1, "k", ("R", "1"), "r_updated", 0),
+            row(2, "k", ("R", "1"), "r_updated", 0),
+            row(3, "k", ("R", "2"), "r_updated", 0),
+            row(4, "k", ("R", "1"), "r_updated", 0),
+            row(5, "k", ("R", "1"), "r_destroyed", 0),
+        ];
+        let (kept, dropped) = remove_consecutive_duplicates(rows);
+        assert_eq!(kept.iter().map(|r| r.id).collect::<Vec<_>>(), [2, 3, 4, 5]);
+        assert_eq!(dropped.iter().map(|r| r.id).collect::<Vec<_>>(), [1]);
+    }
+}

@@ -1,0 +1,595 @@
+//! The relay: publishes outbox rows to Kafka — in order per partition key, with any number
+//! of concurrent workers, at least once.
+//!
+//! # Design, and why it keeps order
+//!
+//! Every outbox row has an *ordering key* (its partition key, or `"<model>:<id>"` when it has
+//! none) and an *ordering bucket*, a hash of that key into 64 buckets (generated columns of
+//! the outbox table). Each bucket is **leased to at most one worker** at a time
+//! (`dionysus_relay_leases`); workers heartbeat, count the live ones and hold a fair share.
+//! A worker repeatedly:
+//!
+//! 1. reads the due, pending rows of its buckets **in id order** (a partial index on
+//!    `(ordering_bucket, id)` keeps this an index range scan however large the table);
+//! 2. holds back every row whose key has an earlier row waiting for a retry (so a failing row
+//!    never lets later rows of its key overtake it), or that is younger than the publishing
+//!    delay;
+//! 3. loads the records, one query per model, and builds the messages (`serialize`);
+//! 4. produces them with an idempotent producer (`acks=all`), choosing the partition from the
+//!    partition key as librdkafka's default partitioner does, and awaits every delivery
+//!    report;
+//! 5. marks the acknowledged rows published in one statement and records the failed ones
+//!    (attempts, error, `retry_at` with backoff and jitter, `failed_at` once parked) in
+//!    another.
+//!
+//! Why this is correct:
+//!
+//! * **One writer per key.** All rows of a key share a bucket, and a bucket has one owner, so
+//!   no two workers ever publish rows of one key concurrently (`FOR UPDATE SKIP LOCKED` on
+//!   rows would let a second worker take row *n + 1* while the first still holds row *n*).
+//! * **Order within a worker.** Rows go to the producer in id order and a batch completes
+//!   before the next starts; one key maps to one partition; the idempotent producer keeps a
+//!   partition's messages in order, also across its internal retries.
+//! * **Id order is commit order for a key where it matters.** Two changes of one record are
+//!   serialised by the record's row lock and each writes its outbox row after its change, so
+//!   the later commit has the larger id. Concurrent transactions on *different* records of one
+//!   key have no defined order; the relay publishes them in id order.
+//! * **No lost rows.** There is no id watermark: every batch reads all pending rows, so a row
+//!   whose transaction committed after a row with a higher id is read in the next batch.
+//! * **Handover.** A worker gives buckets back only between batches (rebalancing, shutdown).
+//!   A worker that dies keeps its leases until they expire (`lock_expiry`); then another
+//!   takes them over and publishes whatever was not marked published — at least once. A
+//!   worker starts a batch only while its leases are fresh, and its deliveries time out
+//!   before its leases do, so a stalled worker's messages cannot land after its successor's.
+//!
+//! Failures: a row that fails (serialization, missing topic, delivery) is retried after
+//! `base × 2^attempts` (±20 % jitter, capped); after `max_attempts` it is parked
+//! (`failed_at`), reported, and its key moves on — or, with `strict_ordering`, keeps waiting.
+//! A record gone at publish time follows dionysus-rb: `_created`/`_updated` rows are marked
+//! published with nothing sent (and counted), `_destroyed` rows publish
+//! `{"links":{},"id":…}`.
+//!
+//! Options (see [`ProducerConfig`](crate::config::ProducerConfig)): workers, batch size, idle
+//! sleep, lock expiry, publishing delay, consecutive-duplicate removal, retention. Metrics
+//! (`dionysus_outbox_published_total`, `dionysus_outbox_backlog`,
+//! `dionysus_outbox_oldest_unpublished_seconds`, `dionysus_outbox_commit_to_ack_seconds`,
+//! `dionysus_outbox_failures_total`, `dionysus_outbox_parked_total`, …) go through the
+//! `metrics` crate; [`RelayBuilder::serve`] exposes them for Prometheus next to a `/health`
+//! endpoint, and [`RelayBuilder::health_file`] keeps a liveness file.
+
+mod backoff;
+mod batch;
+mod lease;
+mod monitor;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::producer::FutureProducer;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use batch::BatchReport;
+pub use monitor::{RelayEvent, RelayObserver};
+
+use crate::config::Config;
+use crate::db::Pool;
+use crate::registry::Registry;
+
+/// The relay could not start or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The declarations are inconsistent.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    /// The producer could not be created.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    /// The database could not be used.
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    /// A query failed.
+    #[error("{what}: {source}")]
+    Query {
+        /// What was being done.
+        what: String,
+        /// diesel's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+    /// The metrics/health listener could not start.
+    #[error("cannot serve /metrics and /health on {address}: {source}")]
+    Serve {
+        /// The address.
+        address: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<RelayError> for crate::Error {
+    fn from(error: RelayError) -> Self {
+        match error {
+            RelayError::Registry(error) => crate::Error::Registry(error),
+            RelayError::Transport(error) => crate::Error::Transport(error),
+            RelayError::Db(error) => crate::Error::Db(error),
+            RelayError::Query { what, source } => crate::Error::Db(crate::db::DbError::Query { what, source }),
+            RelayError::Serve { address, source } => crate::Error::Db(crate::db::DbError::Checkout(format!(
+                "cannot serve /metrics and /health on {address}: {source}"
+            ))),
+        }
+    }
+}
+
+/// Builds a [`Relay`].
+#[must_use]
+pub struct RelayBuilder {
+    config: Config,
+    registry: &'static Registry,
+    pool: Option<Pool>,
+    producer: Option<FutureProducer>,
+    observer: Option<Arc<dyn RelayObserver>>,
+    serve: Option<SocketAddr>,
+    health_file: Option<PathBuf>,
+    auto_create_topics: bool,
+    worker_prefix: Option<String>,
+}
+
+impl std::fmt::Debug for RelayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayBuilder").field("config", &self.config).field("serve", &self.serve).finish_non_exhaustive()
+    }
+}
+
+impl RelayBuilder {
+    /// The registry to publish from (default: [`Registry::global`]).
+    pub fn registry(mut self, registry: &'static Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// The connection pool (default: one of `workers + 2` connections to the configured
+    /// database).
+    pub fn pool(mut self, pool: Pool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// The producer (default: an idempotent one from the configuration, whose deliveries
+    /// time out before the leases do). Bring your own only with `enable.idempotence=true`
+    /// and `message.timeout.ms` below the lock expiry.
+    pub fn producer(mut self, producer: FutureProducer) -> Self {
+        self.producer = Some(producer);
+        self
+    }
+
+    /// The number of workers (default: `relay_workers` of the configuration).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.config.producer.relay_workers = workers.max(1);
+        self
+    }
+
+    /// Receives every monitor event.
+    pub fn observer(mut self, observer: impl RelayObserver) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
+    }
+
+    /// Serves `/metrics` (Prometheus) and `/health` on this address; installs the Prometheus
+    /// recorder for the `metrics` crate unless another recorder is installed.
+    pub fn serve(mut self, address: SocketAddr) -> Self {
+        self.serve = Some(address);
+        self
+    }
+
+    /// Keeps a liveness file at `path`: present and fresh while the relay loops, removed when
+    /// it stalls or stops.
+    pub fn health_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.health_file = Some(path.into());
+        self
+    }
+
+    /// Creates topics that do not exist on the broker (with their declared partitions)
+    /// instead of failing their rows. Off by default.
+    pub fn auto_create_topics(mut self, enabled: bool) -> Self {
+        self.auto_create_topics = enabled;
+        self
+    }
+
+    /// Prefix of the worker ids (default: host name and process id).
+    pub fn worker_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.worker_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Checks the declarations and builds the relay.
+    pub fn build(self) -> Result<Relay, RelayError> {
+        self.registry.validate()?;
+        let producer_config = &self.config.producer;
+        let pool = match self.pool {
+            Some(pool) => pool,
+            None => crate::db::pool(&self.config.database_url, producer_config.relay_workers + 2)?,
+        };
+        let delivery_timeout = producer_config.lock_expiry.mul_f64(0.8).max(Duration::from_millis(500));
+        let (producer, producer_settings) = match self.producer {
+            Some(producer) => (producer, None),
+            None => {
+                let mut settings = crate::transport::producer_config(&self.config.kafka);
+                settings.set("message.timeout.ms", delivery_timeout.as_millis().to_string());
+                (create_producer(&settings, &self.config.kafka)?, Some(settings))
+            }
+        };
+        let prefix = self.worker_prefix.unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".to_owned());
+            format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+        });
+        Ok(Relay {
+            inner: Arc::new(Inner {
+                config: self.config,
+                registry: self.registry,
+                pool,
+                producer: std::sync::RwLock::new(Arc::new(producer)),
+                producer_settings,
+                topics: Arc::new(batch::TopicCache::default()),
+                monitor: monitor::Monitor::new(self.observer),
+                serve: self.serve,
+                health_file: self.health_file,
+                auto_create_topics: self.auto_create_topics,
+                prefix,
+                delivery_timeout,
+                wake: tokio::sync::Notify::new(),
+            }),
+        })
+    }
+}
+
+fn create_producer(
+    settings: &rdkafka::ClientConfig,
+    kafka: &crate::config::KafkaConfig,
+) -> Result<FutureProducer, crate::transport::TransportError> {
+    settings.create().map_err(|source| crate::transport::TransportError::Kafka {
+        what: format!("creating the relay's producer for {}", kafka.bootstrap_servers()),
+        source,
+    })
+}
+
+struct Inner {
+    config: Config,
+    registry: &'static Registry,
+    pool: Pool,
+    /// Replaced when it fails fatally (an idempotent producer is fenced once its deliveries
+    /// time out, e.g. while the broker is unreachable).
+    producer: std::sync::RwLock<Arc<FutureProducer>>,
+    /// How to build a new one; `None` for a producer given by the application.
+    producer_settings: Option<rdkafka::ClientConfig>,
+    topics: Arc<batch::TopicCache>,
+    monitor: monitor::Monitor,
+    serve: Option<SocketAddr>,
+    health_file: Option<PathBuf>,
+    auto_create_topics: bool,
+    prefix: String,
+    delivery_timeout: Duration,
+    /// Wakes idle workers when the outbox announces new rows (publish-after-commit).
+    wake: tokio::sync::Notify,
+}
+
+/// The outbox publisher. Cheap to clone.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").field("prefix", &self.inner.prefix).finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// A builder from a configuration.
+    pub fn builder(config: Config) -> RelayBuilder {
+        RelayBuilder {
+            config,
+            registry: Registry::global(),
+            pool: None,
+            producer: None,
+            observer: None,
+            serve: None,
+            health_file: None,
+            auto_create_topics: false,
+            worker_prefix: None,
+        }
+    }
+
+    /// The connection pool the relay uses.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    fn producer(&self) -> Arc<FutureProducer> {
+        match self.inner.producer.read() {
+            Ok(producer) => producer.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces a producer that failed fatally (all workers share it; the first to notice
+    /// replaces it, the others pick the new one up).
+    fn replace_producer(&self, failed: &Arc<FutureProducer>) {
+        let Some(settings) = &self.inner.producer_settings else {
+            tracing::error!("the application's producer failed fatally and cannot be replaced; rows will keep failing");
+            return;
+        };
+        let mut current = match self.inner.producer.write() {
+            Ok(current) => current,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if !Arc::ptr_eq(&current, failed) {
+            return;
+        }
+        match create_producer(settings, &self.inner.config.kafka) {
+            Ok(producer) => {
+                tracing::warn!("the producer failed fatally (fenced or broken); replaced it with a new one");
+                *current = Arc::new(producer);
+            }
+            Err(error) => tracing::error!("replacing the failed producer: {error}"),
+        }
+    }
+
+    fn batch<'a>(&'a self, producer: &'a FutureProducer) -> batch::Batch<'a> {
+        batch::Batch {
+            registry: self.inner.registry,
+            config: &self.inner.config.producer,
+            producer,
+            topics: &self.inner.topics,
+            monitor: &self.inner.monitor,
+            delivery_timeout: self.inner.delivery_timeout,
+            auto_create_topics: self.inner.auto_create_topics,
+            kafka: &self.inner.config.kafka,
+        }
+    }
+
+    /// Runs the workers (and the retention, gauges, health and metrics tasks) until
+    /// `shutdown` is cancelled; then every worker finishes its batch, releases its buckets
+    /// and returns.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), RelayError> {
+        let workers = self.inner.config.producer.relay_workers.max(1);
+        let mut tasks = tokio::task::JoinSet::new();
+        for index in 0..workers {
+            let relay = self.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { relay.worker(index, shutdown).await });
+        }
+        let stall = self.stall_threshold();
+        let background = shutdown.child_token();
+        let mut helpers = tokio::task::JoinSet::new();
+        helpers.spawn(monitor::gauges(self.inner.pool.clone(), Duration::from_secs(5), background.clone()));
+        if let Some(retention) = self.inner.config.producer.retention {
+            let relay = self.clone();
+            let token = background.clone();
+            helpers.spawn(async move { relay.retention_loop(retention, token).await });
+        }
+        if self.inner.config.producer.publish_after_commit {
+            let relay = self.clone();
+            let token = background.clone();
+            helpers.spawn(async move { relay.listen(token).await });
+        }
+        if let Some(path) = self.inner.health_file.clone() {
+            helpers.spawn(monitor::health_file(path, self.inner.monitor.clone(), stall, background.clone()));
+        }
+        if let Some(address) = self.inner.serve {
+            let handle = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+                Ok(handle) => Some(handle),
+                Err(error) => {
+                    tracing::warn!("not installing the Prometheus recorder ({error}); /metrics stays empty");
+                    None
+                }
+            };
+            let listener = monitor::serve(address, handle, self.inner.monitor.clone(), stall, background.clone());
+            let served = tokio::spawn(listener);
+            tokio::select! {
+                result = served => {
+                    if let Ok(Err(source)) = result {
+                        shutdown.cancel();
+                        while tasks.join_next().await.is_some() {}
+                        return Err(RelayError::Serve { address, source });
+                    }
+                }
+                () = shutdown.cancelled() => {}
+            }
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(error) = joined {
+                tracing::error!("a relay worker panicked: {error}");
+            }
+        }
+        background.cancel();
+        while helpers.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Publish-after-commit: the outbox writer sends `NOTIFY dionysus_outbox` in the
+    /// application's transaction, which PostgreSQL delivers on commit; this wakes the idle
+    /// workers at once. Unlike dionysus-rb publishing from the committing process, the rows
+    /// still go through the bucket owners, so per-key order holds.
+    async fn listen(&self, shutdown: CancellationToken) {
+        use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+        use futures_util::StreamExt;
+        while !shutdown.is_cancelled() {
+            let connected = AsyncPgConnection::establish(&self.inner.config.database_url).await;
+            let mut conn = match connected {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::warn!("cannot connect to listen for outbox notifications: {error}");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            if let Err(error) = diesel::sql_query("LISTEN dionysus_outbox").execute(&mut conn).await {
+                tracing::warn!("LISTEN dionysus_outbox failed: {error}");
+                continue;
+            }
+            let mut notifications = std::pin::pin!(conn.notifications_stream());
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    next = notifications.next() => match next {
+                        Some(Ok(_)) => self.inner.wake.notify_waiters(),
+                        Some(Err(error)) => {
+                            tracing::warn!("outbox notifications failed, reconnecting: {error}");
+                            break;
+                        }
+                        None => break,
+                    },
+                }
+            }
+        }
+    }
+
+    /// The loop stalls when no worker completed an iteration for this long.
+    fn stall_threshold(&self) -> Duration {
+        let producer = &self.inner.config.producer;
+        (producer.lock_expiry * 3).max(producer.idle_sleep * 10).max(Duration::from_secs(30))
+    }
+
+    async fn worker(&self, index: usize, shutdown: CancellationToken) {
+        let worker_id = format!("{}-{index}", self.inner.prefix);
+        let config = &self.inner.config.producer;
+        let monitor = &self.inner.monitor;
+        let mut leases = lease::Leases::new(worker_id.clone(), config.lock_expiry);
+        monitor.emit(&RelayEvent::Started { worker: &worker_id });
+        while !shutdown.is_cancelled() {
+            let busy = match self.iteration(&mut leases).await {
+                Ok(busy) => busy,
+                Err(error) => {
+                    leases.invalidate();
+                    monitor.emit(&RelayEvent::Error { worker: &worker_id, error_message: &error.to_string() });
+                    tracing::warn!(worker = %worker_id, "relay iteration failed, retrying: {error}");
+                    false
+                }
+            };
+            monitor.emit(&RelayEvent::Heartbeat { worker: &worker_id, buckets: leases.buckets().len() });
+            if !busy {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep(config.idle_sleep) => {}
+                    () = self.inner.wake.notified() => {}
+                }
+            }
+        }
+        monitor.emit(&RelayEvent::ShuttingDown { worker: &worker_id });
+        match crate::db::checkout(&self.inner.pool).await {
+            Ok(mut conn) => {
+                if let Err(error) = leases.release(&mut conn).await {
+                    tracing::warn!(worker = %worker_id, "releasing buckets failed (they expire on their own): {error}");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(worker = %worker_id, "releasing buckets failed (they expire on their own): {error}")
+            }
+        }
+        monitor.emit(&RelayEvent::Stopped { worker: &worker_id });
+    }
+
+    /// One loop iteration: lease upkeep, then a batch. `Ok(true)` when there may be more work.
+    async fn iteration(&self, leases: &mut lease::Leases) -> Result<bool, RelayError> {
+        let mut conn = crate::db::checkout(&self.inner.pool).await?;
+        if leases.due() {
+            leases
+                .maintain(&mut conn)
+                .await
+                .map_err(|source| RelayError::Query { what: "maintaining relay bucket leases".to_owned(), source })?;
+        }
+        if leases.buckets().is_empty() || !leases.valid() {
+            return Ok(false);
+        }
+        let buckets = leases.buckets().to_vec();
+        let span = tracing::info_span!("relay_batch", buckets = buckets.len(), read = tracing::field::Empty);
+        let producer = self.producer();
+        let report = self
+            .batch(&producer)
+            .run(&mut conn, &buckets)
+            .instrument(span.clone())
+            .await
+            .map_err(|source| RelayError::Query { what: "publishing an outbox batch".to_owned(), source })?;
+        span.record("read", report.read);
+        if report.producer_failed {
+            self.replace_producer(&producer);
+        }
+        Ok(report.read >= self.inner.config.producer.batch_size)
+    }
+
+    /// Publishes what is pending now with one worker holding every bucket, batch after batch,
+    /// until a batch reads nothing new (rows waiting for a retry are left). For tests, tools
+    /// and one-off drains; do not run it next to live workers.
+    pub async fn drain(&self) -> Result<BatchReport, RelayError> {
+        let mut conn = crate::db::checkout(&self.inner.pool).await?;
+        let all: Vec<i16> = (0..i16::try_from(lease::BUCKETS).unwrap_or(64)).collect();
+        let mut total = BatchReport::default();
+        loop {
+            let producer = self.producer();
+            let report = self
+                .batch(&producer)
+                .run(&mut conn, &all)
+                .await
+                .map_err(|source| RelayError::Query { what: "draining the outbox".to_owned(), source })?;
+            if report.producer_failed {
+                self.replace_producer(&producer);
+            }
+            total.read += report.read;
+            total.published += report.published;
+            total.skipped += report.skipped;
+            total.failed += report.failed;
+            total.held_back = report.held_back;
+            if report.published + report.skipped == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Deletes published rows older than `age`, in batches of 1000; returns how many.
+    pub async fn prune(&self, age: Duration) -> Result<u64, RelayError> {
+        prune(&self.inner.pool, age).await
+    }
+
+    async fn retention_loop(&self, age: Duration, shutdown: CancellationToken) {
+        loop {
+            match self.prune(age).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "pruned published outbox rows"),
+                Err(error) => tracing::warn!("pruning published outbox rows failed: {error}"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            }
+        }
+    }
+}
+
+/// Deletes published rows older than `age`, 1000 at a time so no statement holds many locks.
+pub async fn prune(pool: &Pool, age: Duration) -> Result<u64, RelayError> {
+    use diesel_async::RunQueryDsl;
+    let mut conn = crate::db::checkout(pool).await?;
+    let mut total = 0_u64;
+    loop {
+        let deleted = diesel::sql_query(
+            "DELETE FROM dionysus_outbox WHERE id IN (SELECT id FROM dionysus_outbox \
+             WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1) \
+             ORDER BY published_at LIMIT 1000)",
+        )
+        .bind::<diesel::sql_types::Double, _>(age.as_secs_f64())
+        .execute(&mut conn)
+        .await
+        .map_err(|source| RelayError::Query { what: "pruning published outbox rows".to_owned(), source })?;
+        total += deleted as u64;
+        if deleted < 1000 {
+            return Ok(total);
+        }
+    }
+}

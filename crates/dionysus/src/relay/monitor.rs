@@ -1,0 +1,232 @@
+//! Seeing what the relay does: monitor events (dionysus-rb's `outbox_producer.*`
+//! instrumentation, as `tracing` events and an optional [`RelayObserver`] callback), metrics
+//! through the `metrics` crate (rendered for Prometheus by [`serve`]), periodic backlog
+//! gauges, and liveness: a heartbeat that turns unhealthy when the loop stalls, exposed as a
+//! file and an HTTP endpoint.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::sql_types::{BigInt, Double, Nullable};
+use diesel_async::RunQueryDsl;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// Something the relay did, as dionysus-rb's monitor names it (`outbox_producer.<name>`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RelayEvent<'a> {
+    /// A worker started.
+    Started {
+        /// Its id.
+        worker: &'a str,
+    },
+    /// A worker is stopping (shutdown requested).
+    ShuttingDown {
+        /// Its id.
+        worker: &'a str,
+    },
+    /// A worker stopped and released its buckets.
+    Stopped {
+        /// Its id.
+        worker: &'a str,
+    },
+    /// A worker hit an error outside a row (database, leases); it retries.
+    Error {
+        /// Its id.
+        worker: &'a str,
+        /// The error.
+        error_message: &'a str,
+    },
+    /// A row was published (acknowledged for every destination).
+    Published {
+        /// Outbox id.
+        outbox_id: i64,
+        /// Its topic.
+        topic: &'a str,
+    },
+    /// A row failed; it is retried later, or parked.
+    PublishingFailed {
+        /// Outbox id.
+        outbox_id: i64,
+        /// Error kind.
+        error_class: &'a str,
+        /// Error message.
+        error_message: &'a str,
+        /// Whether it used up its attempts and is parked.
+        parked: bool,
+    },
+    /// A worker finished a loop iteration (`outbox_producer.heartbeat`).
+    Heartbeat {
+        /// Its id.
+        worker: &'a str,
+        /// Buckets it holds.
+        buckets: usize,
+    },
+}
+
+impl RelayEvent<'_> {
+    /// The dionysus-rb monitor name, e.g. `outbox_producer.published`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RelayEvent::Started { .. } => "outbox_producer.started",
+            RelayEvent::ShuttingDown { .. } => "outbox_producer.shutting_down",
+            RelayEvent::Stopped { .. } => "outbox_producer.stopped",
+            RelayEvent::Error { .. } => "outbox_producer.error",
+            RelayEvent::Published { .. } => "outbox_producer.published",
+            RelayEvent::PublishingFailed { .. } => "outbox_producer.publishing_failed",
+            RelayEvent::Heartbeat { .. } => "outbox_producer.heartbeat",
+        }
+    }
+}
+
+/// Receives every [`RelayEvent`] (in the worker's task: keep it quick).
+pub trait RelayObserver: Send + Sync + 'static {
+    /// Called for each event.
+    fn on_event(&self, event: &RelayEvent<'_>);
+}
+
+/// Fans events out to `tracing` and the observer; keeps the liveness heartbeat.
+#[derive(Clone, Default)]
+pub(crate) struct Monitor {
+    observer: Option<Arc<dyn RelayObserver>>,
+    last_beat_ms: Arc<AtomicI64>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor").field("observer", &self.observer.is_some()).finish()
+    }
+}
+
+impl Monitor {
+    pub(crate) fn new(observer: Option<Arc<dyn RelayObserver>>) -> Monitor {
+        Monitor { observer, last_beat_ms: Arc::new(AtomicI64::new(now_ms())) }
+    }
+
+    pub(crate) fn emit(&self, event: &RelayEvent<'_>) {
+        match event {
+            RelayEvent::Published { .. } | RelayEvent::Heartbeat { .. } => {
+                tracing::trace!(event = event.name(), ?event);
+            }
+            RelayEvent::Error { .. } | RelayEvent::PublishingFailed { .. } => {
+                tracing::debug!(event = event.name(), ?event)
+            }
+            _ => tracing::info!(event = event.name(), ?event),
+        }
+        if let RelayEvent::Heartbeat { .. } | RelayEvent::Started { .. } = event {
+            self.last_beat_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        if let Some(observer) = &self.observer {
+            observer.on_event(event);
+        }
+    }
+
+    /// Whether a worker completed a loop iteration within `stall`.
+    pub(crate) fn healthy(&self, stall: Duration) -> bool {
+        let age = now_ms() - AtomicI64::load(&self.last_beat_ms, Ordering::Relaxed);
+        age <= i64::try_from(stall.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[derive(diesel::QueryableByName)]
+struct Backlog {
+    #[diesel(sql_type = BigInt)]
+    backlog: i64,
+    #[diesel(sql_type = Nullable<Double>)]
+    oldest_seconds: Option<f64>,
+}
+
+/// Backlog gauges, every `every`: unpublished rows and the age of the oldest one.
+pub(crate) async fn gauges(pool: crate::db::Pool, every: Duration, shutdown: CancellationToken) {
+    loop {
+        if let Ok(mut conn) = crate::db::checkout(&pool).await {
+            let query = diesel::sql_query(
+                "SELECT count(*) AS backlog, \
+                        extract(epoch FROM now() - min(created_at))::float8 AS oldest_seconds \
+                 FROM dionysus_outbox WHERE published_at IS NULL AND failed_at IS NULL",
+            );
+            match query.get_result::<Backlog>(&mut conn).await {
+                Ok(backlog) => {
+                    metrics::gauge!("dionysus_outbox_backlog").set(backlog.backlog as f64);
+                    metrics::gauge!("dionysus_outbox_oldest_unpublished_seconds")
+                        .set(backlog.oldest_seconds.unwrap_or(0.0));
+                }
+                Err(error) => tracing::warn!("reading the outbox backlog failed: {error}"),
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Keeps a liveness file: touched while healthy, removed when the loop stalls or stops.
+pub(crate) async fn health_file(path: PathBuf, monitor: Monitor, stall: Duration, shutdown: CancellationToken) {
+    let every = (stall / 4).max(Duration::from_millis(100));
+    loop {
+        if monitor.healthy(stall) {
+            if let Err(error) = tokio::fs::write(&path, chrono::Utc::now().to_rfc3339()).await {
+                tracing::warn!("cannot write the health file {}: {error}", path.display());
+            }
+        } else {
+            let _ = tokio::fs::remove_file(&path).await;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+    let _ = tokio::fs::remove_file(&path).await;
+}
+
+/// Serves `GET /metrics` (Prometheus text, when a recorder handle is given) and `GET /health`
+/// (200 while the loop is alive, 503 once it stalled) on `address`.
+pub(crate) async fn serve(
+    address: SocketAddr,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    monitor: Monitor,
+    stall: Duration,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    tracing::info!(%address, "serving /metrics and /health");
+    loop {
+        let (mut socket, _) = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => accepted?,
+        };
+        let metrics = metrics.clone();
+        let monitor = monitor.clone();
+        tokio::spawn(async move {
+            let mut request = [0_u8; 1024];
+            let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut request)).await;
+            let Ok(Ok(read)) = read else { return };
+            let line = String::from_utf8_lossy(&request[..read]);
+            let path = line.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = match path {
+                "/health" | "/healthz" if monitor.healthy(stall) => ("200 OK", "ok\n".to_owned()),
+                "/health" | "/healthz" => {
+                    ("503 Service Unavailable", "[Dionysus Producer Outbox healthcheck failed]\n".to_owned())
+                }
+                "/metrics" => match &metrics {
+                    Some(handle) => ("200 OK", handle.render()),
+                    None => ("404 Not Found", "metrics are not enabled\n".to_owned()),
+                },
+                _ => ("404 Not Found", "try /health or /metrics\n".to_owned()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        });
+    }
+}

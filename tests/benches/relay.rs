@@ -1,0 +1,221 @@
+//! Draining 100 000 outbox rows to the broker: the relay side by side with a raw baseline in
+//! the same run, on the same database and broker.
+//!
+//! Run with: `scripts/bench relay`.
+//!
+//! * raw: one loop of plain SQL — claim the next 1000 pending rows by id, produce the same
+//!   envelope for each with rdkafka (pre-built payloads, partition from the partition key),
+//!   await the delivery reports, mark the rows published in one `UPDATE`;
+//! * relay: `dionysus::relay::Relay` with its workers, loading each batch's records from the
+//!   database and serializing them, until the outbox is empty.
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used, missing_docs, reason = "a benchmark binary")]
+
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Nullable, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use dionysus::config::{Config, ProducerConfig};
+use dionysus::relay::Relay;
+use dionysus::serialize::{serialize_erased, DefaultSerializer};
+use dionysus_tests::{create_topic, kafka_config, registry_for, TestDb};
+use rdkafka::producer::FutureRecord;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+diesel::table! {
+    bench_items (id) {
+        id -> BigInt,
+        account_id -> BigInt,
+        name -> Text,
+        daily_price -> BigInt,
+    }
+}
+
+#[derive(Queryable, Selectable, Identifiable, Serialize, dionysus::Publishable)]
+#[diesel(table_name = bench_items)]
+#[publishable(model_name = "Item", soft_delete = false)]
+struct Item {
+    id: i64,
+    account_id: i64,
+    name: String,
+    daily_price: i64,
+}
+
+const ROWS: i64 = 100_000;
+const ITEMS: i64 = 10_000;
+const PARTITIONS: i32 = 12;
+
+#[derive(QueryableByName)]
+struct Claimed {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    resource_id: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    partition_key: Option<String>,
+}
+
+async fn fill(conn: &mut AsyncPgConnection, topic: &str) {
+    conn.batch_execute(&format!(
+        "TRUNCATE dionysus_outbox;
+         INSERT INTO dionysus_outbox (resource_class, resource_id, event_name, topic, partition_key)
+         SELECT 'Item', ((i % {ITEMS}) + 1)::text, 'item_updated', '{topic}', (((i % {ITEMS}) + 1) % 50)::text
+         FROM generate_series(1, {ROWS}) i;"
+    ))
+    .await
+    .unwrap();
+    conn.batch_execute("VACUUM ANALYZE dionysus_outbox").await.unwrap();
+}
+
+async fn raw(
+    conn: &mut AsyncPgConnection,
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    payloads: &[Vec<u8>],
+) {
+    loop {
+        let rows: Vec<Claimed> = diesel::sql_query(
+            "SELECT id, resource_id, partition_key FROM dionysus_outbox WHERE published_at IS NULL ORDER BY id LIMIT 1000",
+        )
+        .load(conn)
+        .await
+        .unwrap();
+        if rows.is_empty() {
+            return;
+        }
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let index = usize::try_from(row.resource_id.parse::<i64>().unwrap() - 1).unwrap();
+            let key = format!("Item:{}", row.resource_id);
+            let partition_key = row.partition_key.as_deref().unwrap_or_default();
+            let record = FutureRecord::to(topic)
+                .key(&key)
+                .payload(&payloads[index])
+                .partition(dionysus::transport::partition_for(partition_key.as_bytes(), PARTITIONS));
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+        }
+        for delivery in deliveries {
+            delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+        }
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        diesel::sql_query("UPDATE dionysus_outbox SET published_at = now() WHERE id = ANY($1)")
+            .bind::<Array<BigInt>, _>(ids)
+            .execute(conn)
+            .await
+            .unwrap();
+    }
+}
+
+async fn relay_drain(db: &TestDb, topic: &str, workers: usize, batch_size: usize) -> Duration {
+    let kafka = kafka_config();
+    let config = Config {
+        database_url: db.url.clone(),
+        kafka,
+        producer: ProducerConfig {
+            relay_workers: workers,
+            batch_size,
+            idle_sleep: Duration::from_millis(20),
+            retention: None,
+            ..ProducerConfig::default()
+        },
+        ..Config::default()
+    };
+    let relay = Relay::builder(config)
+        .registry(registry_for::<Item>(topic, PARTITIONS, "account_id", serialize_erased::<Item, DefaultSerializer>))
+        .build()
+        .unwrap();
+    let mut conn = db.connection().await;
+    let started = Instant::now();
+    let token = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, token) = (relay.clone(), token.clone());
+        async move { relay.run(token).await }
+    });
+    loop {
+        #[derive(QueryableByName)]
+        struct Left {
+            #[diesel(sql_type = BigInt)]
+            left: i64,
+        }
+        let left: Left = diesel::sql_query("SELECT count(*) AS left FROM dionysus_outbox WHERE published_at IS NULL")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        if left.left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    token.cancel();
+    running.await.unwrap().unwrap();
+    elapsed
+}
+
+fn line(label: &str, elapsed: Duration, baseline: Duration) {
+    let rate = ROWS as f64 / elapsed.as_secs_f64();
+    let ratio = baseline.as_secs_f64() / elapsed.as_secs_f64();
+    println!("  {label:<44} {:>7.2} s {:>9.0} events/s {:>6.0}% of raw", elapsed.as_secs_f64(), rate, ratio * 100.0);
+}
+
+#[tokio::main]
+async fn main() {
+    let db = TestDb::migrated().await;
+    let mut conn = db.connection().await;
+    conn.batch_execute(&format!(
+        "CREATE TABLE bench_items (id BIGSERIAL PRIMARY KEY, account_id BIGINT NOT NULL, name TEXT NOT NULL, daily_price BIGINT NOT NULL);
+         INSERT INTO bench_items (account_id, name, daily_price) SELECT i % 50, 'Villa ' || i, 100 + i % 300 FROM generate_series(1, {ITEMS}) i;"
+    ))
+    .await
+    .unwrap();
+    let items: Vec<Item> =
+        bench_items::table.order(bench_items::id).select(Item::as_select()).load(&mut conn).await.unwrap();
+    let payloads: Vec<Vec<u8>> = items
+        .iter()
+        .map(|item| {
+            let data = serde_json::json!([{"id": item.id, "account_id": item.account_id, "name": item.name, "daily_price": item.daily_price, "links": {}}]);
+            dionysus::envelope::Envelope::single("item_updated", "Item", data).encode().unwrap()
+        })
+        .collect();
+    let kafka = kafka_config();
+    let producer = dionysus::transport::producer(&kafka).unwrap();
+
+    // The broker's own ceiling: the same payloads produced with no database at all.
+    let produce_topic = create_topic(&kafka, "bench_produce", PARTITIONS).await;
+    let started = Instant::now();
+    for chunk in 0..(ROWS / 1000) {
+        let mut deliveries = Vec::with_capacity(1000);
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            let item = (i % ITEMS) + 1;
+            let key = format!("Item:{item}");
+            let partition_key = (item % 50).to_string();
+            let record = FutureRecord::to(&produce_topic)
+                .key(&key)
+                .payload(&payloads[usize::try_from(item - 1).unwrap()])
+                .partition(dionysus::transport::partition_for(partition_key.as_bytes(), PARTITIONS));
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+        }
+        for delivery in deliveries {
+            delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+        }
+    }
+    let produce_elapsed = started.elapsed();
+
+    let raw_topic = create_topic(&kafka, "bench_raw", PARTITIONS).await;
+    fill(&mut conn, &raw_topic).await;
+    let started = Instant::now();
+    raw(&mut conn, &producer, &raw_topic, &payloads).await;
+    let raw_elapsed = started.elapsed();
+
+    println!("relay drain of {ROWS} outbox rows ({ITEMS} records, 50 partition keys, {PARTITIONS} partitions):");
+    line("rdkafka produce only, no database (ceiling)", produce_elapsed, raw_elapsed);
+    line("raw SQL claim + rdkafka produce (baseline)", raw_elapsed, raw_elapsed);
+    for (workers, batch_size) in [(2, 1000), (4, 500), (1, 100)] {
+        let topic = create_topic(&kafka, "bench_relay", PARTITIONS).await;
+        fill(&mut conn, &topic).await;
+        let elapsed = relay_drain(&db, &topic, workers, batch_size).await;
+        line(&format!("relay, {workers} worker(s), batch size {batch_size}"), elapsed, raw_elapsed);
+    }
+}

@@ -1,0 +1,524 @@
+//! The relay against real PostgreSQL and the broker: per-key order with several workers,
+//! rows committed out of id order, a paused broker, an aborted worker, poison rows, missing
+//! topics, health and retention.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel::sql_types::BigInt;
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use dionysus::config::{Config, KafkaConfig, ProducerConfig};
+use dionysus::registry::Registry;
+use dionysus::relay::Relay;
+use dionysus::serialize::{DefaultSerializer, SerializeError, Serializer, Sideloads};
+use dionysus_tests::{
+    consumer_config, create_topic, eventually, kafka_config, registry_for, unique_name, PrivateBroker, TestDb,
+};
+use futures_util::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+diesel::table! {
+    relay_items (id) {
+        id -> BigInt,
+        account_id -> BigInt,
+        name -> Text,
+    }
+}
+
+#[derive(Debug, Queryable, Selectable, Identifiable, Serialize, dionysus::Publishable)]
+#[diesel(table_name = relay_items)]
+#[publishable(model_name = "Item", soft_delete = false)]
+pub struct Item {
+    pub id: i64,
+    pub account_id: i64,
+    pub name: String,
+}
+
+/// The default serializer, except that a record named "poison" cannot be serialized.
+#[derive(Default)]
+struct PoisonAware;
+
+impl Serializer<Item> for PoisonAware {
+    fn serialize(&self, record: &Item, sideloads: &Sideloads) -> Result<serde_json::Value, SerializeError> {
+        if record.name == "poison" {
+            return Err(SerializeError::Custom(format!("Item {} is poisoned", record.id)));
+        }
+        DefaultSerializer.serialize(record, sideloads)
+    }
+}
+
+const ACCOUNTS: i64 = 50;
+
+struct Setup {
+    db: TestDb,
+    conn: AsyncPgConnection,
+    registry: &'static Registry,
+    topic: String,
+    kafka: KafkaConfig,
+}
+
+/// A database with `items` records (account = id % 50) and a registry publishing them on a
+/// topic of their own; the topic is created with `partitions` unless that is 0.
+async fn setup(kafka: KafkaConfig, partitions: i32, items: i64) -> Setup {
+    let db = TestDb::migrated().await;
+    let mut conn = db.connection().await;
+    conn.batch_execute(&format!(
+        "CREATE TABLE relay_items (id BIGSERIAL PRIMARY KEY, account_id BIGINT NOT NULL, name TEXT NOT NULL);
+         INSERT INTO relay_items (account_id, name) SELECT i % {ACCOUNTS}, 'item ' || i FROM generate_series(1, {items}) i;"
+    ))
+    .await
+    .unwrap();
+    let topic = if partitions > 0 { create_topic(&kafka, "relay", partitions).await } else { unique_name("missing") };
+    let registry = registry_for::<Item>(
+        &topic,
+        partitions,
+        "account_id",
+        dionysus::serialize::serialize_erased::<Item, PoisonAware>,
+    );
+    Setup { db, conn, registry, topic, kafka }
+}
+
+impl Setup {
+    fn config(&self, tweak: impl FnOnce(&mut ProducerConfig)) -> Config {
+        let mut producer = ProducerConfig {
+            idle_sleep: Duration::from_millis(20),
+            lock_expiry: Duration::from_secs(2),
+            retry_backoff_base: Duration::from_millis(20),
+            retry_backoff_cap: Duration::from_millis(100),
+            retention: None,
+            ..ProducerConfig::default()
+        };
+        tweak(&mut producer);
+        Config { database_url: self.db.url.clone(), kafka: self.kafka.clone(), producer, ..Config::default() }
+    }
+
+    fn relay(&self, config: Config) -> Relay {
+        Relay::builder(config).registry(self.registry).worker_prefix(unique_name("w")).build().unwrap()
+    }
+
+    /// Outbox rows `first..=last`: item `(i % items) + 1`, event `seq_<i>_updated`, partition
+    /// key = the item's account.
+    async fn insert_rows(&mut self, first: i64, last: i64, items: i64) {
+        self.conn
+            .batch_execute(&format!(
+                "INSERT INTO dionysus_outbox (resource_class, resource_id, event_name, topic, partition_key)
+                 SELECT 'Item', ((i % {items}) + 1)::text, 'seq_' || i || '_updated', '{topic}', (((i % {items}) + 1) % {ACCOUNTS})::text
+                 FROM generate_series({first}, {last}) i",
+                topic = self.topic
+            ))
+            .await
+            .unwrap();
+    }
+
+    async fn count(&mut self, condition: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            count: i64,
+        }
+        let count: Count =
+            diesel::sql_query(format!("SELECT count(*) AS count FROM dionysus_outbox WHERE {condition}"))
+                .get_result(&mut self.conn)
+                .await
+                .unwrap();
+        count.count
+    }
+}
+
+/// Messages of `topic` until `expected` distinct ones arrived (at-least-once delivery may
+/// repeat some): `(message key, event name)` in arrival order, repeats included.
+async fn consume(kafka: &KafkaConfig, topic: &str, expected: usize) -> Vec<(String, String)> {
+    let consumer: StreamConsumer = consumer_config(kafka, &unique_name("group")).create().unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut stream = consumer.stream();
+    let mut received = Vec::with_capacity(expected);
+    let mut distinct = std::collections::HashSet::new();
+    while distinct.len() < expected {
+        let message = tokio::time::timeout(Duration::from_secs(60), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {expected} messages arrived", received.len()))
+            .unwrap()
+            .unwrap();
+        let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        let entry = (key, value["message"][0]["event"].as_str().unwrap().to_owned());
+        distinct.insert(entry.clone());
+        received.push(entry);
+    }
+    received
+}
+
+fn seq(event: &str) -> i64 {
+    event.trim_start_matches("seq_").trim_end_matches("_updated").parse().unwrap()
+}
+
+fn account_of(key: &str) -> i64 {
+    key.trim_start_matches("Item:").parse::<i64>().unwrap() % ACCOUNTS
+}
+
+/// Per partition key, the sequence numbers in the order they arrived.
+fn by_account(messages: &[(String, String)]) -> BTreeMap<i64, Vec<i64>> {
+    let mut by_account: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (key, event) in messages {
+        by_account.entry(account_of(key)).or_default().push(seq(event));
+    }
+    by_account
+}
+
+async fn run_until(relay: &Relay, setup: &mut Setup, done: &str, timeout: Duration) {
+    let token = CancellationToken::new();
+    let running = tokio::spawn({
+        let relay = relay.clone();
+        let token = token.clone();
+        async move { relay.run(token).await }
+    });
+    let deadline = tokio::time::Instant::now() + timeout;
+    while setup.count(done).await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "relay did not finish: {} rows left", setup.count(done).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    token.cancel();
+    running.await.unwrap().unwrap();
+}
+
+/// 4 workers, 10 000 events over 50 partition keys: every event arrives, and per key in
+/// outbox order.
+#[tokio::test(flavor = "multi_thread")]
+async fn four_workers_keep_per_key_order() {
+    let mut setup = setup(kafka_config(), 8, 500).await;
+    setup.insert_rows(1, 10_000, 500).await;
+    let relay = setup.relay(setup.config(|p| p.relay_workers = 4));
+    run_until(&relay, &mut setup, "published_at IS NULL", Duration::from_secs(120)).await;
+
+    let messages = consume(&setup.kafka, &setup.topic, 10_000).await;
+    assert_eq!(messages.len(), 10_000, "no repeats in a run without failures");
+    let by_account = by_account(&messages);
+    assert_eq!(by_account.len(), ACCOUNTS as usize);
+    for (account, seqs) in &by_account {
+        assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "account {account} out of order: {seqs:?}");
+    }
+    let mut all: Vec<i64> = by_account.into_values().flatten().collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=10_000).collect::<Vec<_>>(), "every event exactly once");
+    assert_eq!(setup.count("attempts > 0").await, 0);
+}
+
+/// A row whose transaction commits after a row with a higher id is still published.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_committed_out_of_id_order_are_published() {
+    let mut setup = setup(kafka_config(), 1, 10).await;
+    let relay = setup.relay(setup.config(|_| {}));
+    let mut late = setup.db.connection().await;
+    late.batch_execute(&format!(
+        "BEGIN; INSERT INTO dionysus_outbox (resource_class, resource_id, event_name, topic, partition_key) \
+         VALUES ('Item', '1', 'seq_1_updated', '{}', '1')",
+        setup.topic
+    ))
+    .await
+    .unwrap();
+    setup.insert_rows(2, 2, 10).await;
+    let first = relay.drain().await.unwrap();
+    assert_eq!(first.published, 1, "the committed row with the higher id goes first");
+    late.batch_execute("COMMIT").await.unwrap();
+    let second = relay.drain().await.unwrap();
+    assert_eq!(second.published, 1, "the late row is not skipped");
+    assert_eq!(setup.count("published_at IS NULL").await, 0);
+    let events: Vec<String> = consume(&setup.kafka, &setup.topic, 2).await.into_iter().map(|(_, e)| e).collect();
+    assert_eq!(events, ["seq_2_updated", "seq_1_updated"]);
+}
+
+/// The broker freezes mid-run: nothing is marked published without an acknowledgement, and
+/// once it is back everything is published.
+#[tokio::test(flavor = "multi_thread")]
+async fn paused_broker_holds_rows_until_it_is_back() {
+    let broker = PrivateBroker::start().await;
+    let mut setup = setup(broker.kafka_config(), 3, 20).await;
+    let relay = setup.relay(setup.config(|p| p.lock_expiry = Duration::from_secs(2)));
+    let token = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, token) = (relay.clone(), token.clone());
+        async move { relay.run(token).await }
+    });
+    setup.insert_rows(1, 100, 20).await;
+    let mut deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while setup.count("published_at IS NULL").await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "first rows not published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    broker.pause();
+    setup.insert_rows(101, 200, 20).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(setup.count("id > 100 AND published_at IS NOT NULL").await, 0, "nothing published without an ack");
+    assert!(setup.count("id > 100 AND attempts > 0").await > 0, "failed deliveries were recorded");
+
+    broker.resume();
+    deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while setup.count("published_at IS NULL").await > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            #[derive(QueryableByName)]
+            struct Error {
+                #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+                error_message: Option<String>,
+            }
+            let errors: Vec<Error> = diesel::sql_query(
+                "SELECT DISTINCT error_message FROM dionysus_outbox WHERE published_at IS NULL LIMIT 5",
+            )
+            .load(&mut setup.conn)
+            .await
+            .unwrap();
+            let messages: Vec<Option<String>> = errors.into_iter().map(|e| e.error_message).collect();
+            panic!("rows not published after the broker came back: {messages:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    token.cancel();
+    running.await.unwrap().unwrap();
+    let messages = consume(&setup.kafka, &setup.topic, 200).await;
+    let mut seqs: Vec<i64> = messages.iter().map(|(_, e)| seq(e)).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+}
+
+/// A worker aborted mid-run keeps its buckets until the leases expire; then another relay
+/// takes them over and publishes everything (at least once).
+#[tokio::test(flavor = "multi_thread")]
+async fn aborted_worker_loses_nothing() {
+    let mut setup = setup(kafka_config(), 4, 200).await;
+    setup.insert_rows(1, 3000, 200).await;
+    let first = setup.relay(setup.config(|p| {
+        p.batch_size = 20;
+        p.lock_expiry = Duration::from_secs(2);
+    }));
+    let token = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, token) = (first.clone(), token.clone());
+        async move { relay.run(token).await }
+    });
+    eventually(Duration::from_secs(60), || {
+        let url = setup.db.url.clone();
+        async move {
+            let mut conn = <AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url).await.ok()?;
+            let published: Vec<i64> = dionysus::schema::dionysus_outbox::table
+                .select(dionysus::schema::dionysus_outbox::id)
+                .filter(dionysus::schema::dionysus_outbox::published_at.is_not_null())
+                .limit(1)
+                .load(&mut conn)
+                .await
+                .ok()?;
+            (!published.is_empty()).then_some(())
+        }
+    })
+    .await;
+    running.abort();
+    let _ = running.await;
+    assert!(setup.count("published_at IS NULL").await > 0, "aborted before the end");
+
+    let second = setup.relay(setup.config(|p| p.lock_expiry = Duration::from_secs(2)));
+    run_until(&second, &mut setup, "published_at IS NULL", Duration::from_secs(120)).await;
+    let messages = consume(&setup.kafka, &setup.topic, 3000).await;
+    let mut seqs: Vec<i64> = messages.iter().map(|(_, e)| seq(e)).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 3000, "every row published");
+}
+
+/// A row that cannot be serialized is retried, then parked with its error; the rest flows,
+/// including the later rows of its key once it is parked.
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_row_is_parked_and_the_rest_flows() {
+    let mut setup = setup(kafka_config(), 2, 100).await;
+    setup.conn.batch_execute("UPDATE relay_items SET name = 'poison' WHERE id = 7").await.unwrap();
+    setup.insert_rows(1, 300, 100).await;
+    let relay = setup.relay(setup.config(|p| p.max_attempts = 3));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while setup.count("published_at IS NULL AND failed_at IS NULL").await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "rows still pending");
+        relay.drain().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    #[derive(QueryableByName, Debug)]
+    struct Parked {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        resource_id: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        error_class: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        error_message: String,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        attempts: i32,
+    }
+    let parked: Vec<Parked> = diesel::sql_query(
+        "SELECT resource_id, error_class, error_message, attempts FROM dionysus_outbox WHERE failed_at IS NOT NULL",
+    )
+    .load(&mut setup.conn)
+    .await
+    .unwrap();
+    assert_eq!(parked.len(), 3, "item 7 has three rows: {parked:?}");
+    for row in &parked {
+        assert_eq!((row.resource_id.as_str(), row.error_class.as_str(), row.attempts), ("7", "SerializeError", 3));
+        assert!(row.error_message.contains("Item 7 is poisoned"), "{}", row.error_message);
+    }
+    assert_eq!(setup.count("published_at IS NOT NULL").await, 297);
+}
+
+/// In strict mode a parked row keeps holding back the later rows of its key.
+#[tokio::test(flavor = "multi_thread")]
+async fn strict_ordering_keeps_the_key_blocked() {
+    let mut setup = setup(kafka_config(), 1, 100).await;
+    setup.conn.batch_execute("UPDATE relay_items SET name = 'poison' WHERE id = 7").await.unwrap();
+    setup.insert_rows(1, 300, 100).await;
+    let relay = setup.relay(setup.config(|p| {
+        p.max_attempts = 1;
+        p.strict_ordering = true;
+    }));
+    for _ in 0..5 {
+        relay.drain().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Item 7's account is 7; items 7, 57 (and their repeats) share it.
+    assert_eq!(setup.count("failed_at IS NOT NULL").await, 1, "only the first poison row was tried");
+    let blocked = setup.count("published_at IS NULL AND failed_at IS NULL").await;
+    assert_eq!(blocked, setup.count("partition_key = '7' AND published_at IS NULL AND failed_at IS NULL").await);
+    assert!(blocked > 0);
+    assert_eq!(setup.count("partition_key <> '7' AND published_at IS NULL").await, 0);
+}
+
+/// A topic missing on the broker is a clear error and the rows stay unpublished; with
+/// auto-creation they are published.
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_topic_is_a_clear_error_unless_auto_created() {
+    let mut setup = setup(kafka_config(), 0, 10).await;
+    setup.insert_rows(1, 5, 10).await;
+    let relay = setup.relay(setup.config(|_| {}));
+    let report = relay.drain().await.unwrap();
+    assert_eq!((report.published, report.failed), (0, 5), "every row fails (each is the first of its key)");
+    #[derive(QueryableByName)]
+    struct Error {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        error_class: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        error_message: String,
+    }
+    let error: Error = diesel::sql_query(
+        "SELECT error_class, error_message FROM dionysus_outbox WHERE error_class IS NOT NULL LIMIT 1",
+    )
+    .get_result(&mut setup.conn)
+    .await
+    .unwrap();
+    assert_eq!(error.error_class, "MissingTopic");
+    assert!(
+        error.error_message.contains(&format!("topic `{}` does not exist on the broker", setup.topic)),
+        "{}",
+        error.error_message
+    );
+    assert_eq!(setup.count("published_at IS NOT NULL").await, 0);
+
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let relay = Relay::builder(setup.config(|_| {})).registry(setup.registry).auto_create_topics(true).build().unwrap();
+    let report = relay.drain().await.unwrap();
+    assert_eq!(report.published, 5);
+}
+
+/// `/health` answers 200 and the liveness file exists while the relay runs; the file is
+/// removed when it stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_endpoint_and_file_follow_the_loop() {
+    let setup = setup(kafka_config(), 1, 1).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let file = std::env::temp_dir().join(unique_name("relay-health"));
+    let relay = Relay::builder(setup.config(|_| {}))
+        .registry(setup.registry)
+        .serve(address)
+        .health_file(&file)
+        .build()
+        .unwrap();
+    let token = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, token) = (relay.clone(), token.clone());
+        async move { relay.run(token).await }
+    });
+    let response = eventually(Duration::from_secs(10), || async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        stream.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        Some(response)
+    })
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    eventually(Duration::from_secs(10), || {
+        let file = file.clone();
+        async move { file.exists().then_some(()) }
+    })
+    .await;
+    token.cancel();
+    running.await.unwrap().unwrap();
+    assert!(!file.exists(), "the liveness file is removed on shutdown");
+}
+
+/// Retention deletes published rows older than the age, and nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_prunes_only_old_published_rows() {
+    let mut setup = setup(kafka_config(), 1, 10).await;
+    setup.insert_rows(1, 30, 10).await;
+    setup
+        .conn
+        .batch_execute(
+            "UPDATE dionysus_outbox SET published_at = now() - interval '10 days' WHERE id <= 10;
+             UPDATE dionysus_outbox SET published_at = now() WHERE id BETWEEN 11 AND 20;",
+        )
+        .await
+        .unwrap();
+    let relay = setup.relay(setup.config(|_| {}));
+    assert_eq!(relay.prune(Duration::from_secs(3 * 86_400)).await.unwrap(), 10);
+    assert_eq!(setup.count("TRUE").await, 20);
+}
+
+/// Publish-after-commit: a committed outbox write wakes the idle relay at once (its idle
+/// sleep here is a minute); a rolled-back one publishes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_after_commit_wakes_the_relay() {
+    let mut setup = setup(kafka_config(), 1, 10).await;
+    let config = setup.config(|p| {
+        p.idle_sleep = Duration::from_secs(60);
+        p.publish_after_commit = true;
+    });
+    let relay = setup.relay(config.clone());
+    let token = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, token) = (relay.clone(), token.clone());
+        async move { relay.run(token).await }
+    });
+    // Let the worker take its buckets and fall asleep.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let item: Item =
+        relay_items::table.find(3_i64).select(Item::as_select()).get_result(&mut setup.conn).await.unwrap();
+    let outbox = dionysus::outbox::Outbox::new(setup.registry, &config.producer);
+    let written = std::time::Instant::now();
+    use diesel_async::AsyncConnection;
+    setup
+        .conn
+        .transaction::<_, anyhow::Error, _>(async |tx| {
+            outbox.created(tx, &item).await?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let mut waited = Duration::ZERO;
+    while setup.count("published_at IS NULL").await > 0 {
+        waited = written.elapsed();
+        assert!(waited < Duration::from_secs(10), "not woken by the commit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(waited < Duration::from_secs(10));
+    token.cancel();
+    running.await.unwrap().unwrap();
+}
