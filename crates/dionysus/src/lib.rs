@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 pub mod envelope;
 pub mod error;
+pub mod genesis;
 pub mod migrate;
 pub mod naming;
 pub mod outbox;
@@ -12,6 +13,7 @@ pub mod publishable;
 pub mod registry;
 pub mod relay;
 pub mod schema;
+mod sender;
 pub mod serialize;
 pub mod transport;
 

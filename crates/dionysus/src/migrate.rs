@@ -51,6 +51,7 @@ pub const MIGRATIONS: &[EmbeddedMigration] = embedded![
     "2026-11-23-000003_dionysus_event_checkpoints",
     "2026-11-23-000004_dionysus_genesis_runs",
     "2026-11-23-000005_dionysus_relay",
+    "2026-11-23-000006_dionysus_genesis_visible_only",
 ];
 
 /// Failure to apply, revert or copy the framework migrations.

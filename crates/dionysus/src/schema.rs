@@ -113,5 +113,7 @@ diesel::table! {
         created_at -> Timestamptz,
         /// Last changed at.
         updated_at -> Timestamptz,
+        /// Skip soft-deleted records.
+        visible_only -> Bool,
     }
 }

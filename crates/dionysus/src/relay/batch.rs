@@ -3,17 +3,13 @@
 //! statements (published rows; failed rows with their backoff).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
+use rdkafka::producer::Producer;
 use serde_json::Value;
-use tokio::sync::Mutex;
 
 use super::backoff;
 use super::monitor::{Monitor, RelayEvent};
@@ -21,7 +17,8 @@ use crate::config::ProducerConfig;
 use crate::outbox::{Changeset, NewOutboxRow, OBSERVER_TOPIC};
 use crate::publishable::{ColumnIn, Record, Relation};
 use crate::registry::Registry;
-use crate::serialize::{self, OutgoingMessage, RowPlan, RowRef};
+use crate::sender::{self, Failure, Sender};
+use crate::serialize::{self, RowPlan, RowRef};
 
 /// A pending row as the relay reads it.
 #[derive(Debug, Clone, diesel::QueryableByName)]
@@ -75,28 +72,12 @@ pub struct BatchReport {
     pub producer_failed: bool,
 }
 
-/// Broker-side facts the workers share: partition counts per topic.
-#[derive(Debug, Default)]
-pub(crate) struct TopicCache {
-    partitions: Mutex<HashMap<String, i32>>,
-}
-
-/// A row's failure.
-#[derive(Debug)]
-struct Failure {
-    class: &'static str,
-    message: String,
-}
-
 pub(crate) struct Batch<'a> {
     pub(crate) registry: &'a Registry,
     pub(crate) config: &'a ProducerConfig,
-    pub(crate) producer: &'a FutureProducer,
-    pub(crate) topics: &'a Arc<TopicCache>,
+    pub(crate) sender: Sender<'a>,
     pub(crate) monitor: &'a Monitor,
     pub(crate) delivery_timeout: Duration,
-    pub(crate) auto_create_topics: bool,
-    pub(crate) kafka: &'a crate::config::KafkaConfig,
 }
 
 impl Batch<'_> {
@@ -148,7 +129,7 @@ impl Batch<'_> {
                 continue;
             }
             match plan {
-                RowPlan::Publish(messages) => match self.send(&messages).await {
+                RowPlan::Publish(messages) => match self.sender.send(&messages).await {
                     Ok(deliveries) => in_flight.push((index, deliveries)),
                     Err(failure) => {
                         blocked_now.insert(&row.ordering_key);
@@ -190,22 +171,9 @@ impl Batch<'_> {
         let deadline = tokio::time::Instant::now() + self.delivery_timeout + Duration::from_secs(2);
         for (index, deliveries) in in_flight {
             let row = &eligible[index];
-            let mut outcome = Ok(());
-            for delivery in deliveries {
-                let result = match tokio::time::timeout_at(deadline, delivery).await {
-                    Ok(Ok(Ok(_))) => Ok(()),
-                    Ok(Ok(Err((error, _message)))) => {
-                        if fatal(&error) {
-                            report.producer_failed = true;
-                        }
-                        Err(error.to_string())
-                    }
-                    Ok(Err(_canceled)) => Err("the producer dropped the message before delivery".to_owned()),
-                    Err(_elapsed) => Err("no delivery report before the lease deadline".to_owned()),
-                };
-                if let (Ok(()), Err(message)) = (&outcome, result) {
-                    outcome = Err(message);
-                }
+            let outcome = sender::await_deliveries(deliveries, deadline).await;
+            if let Err(failure) = &outcome {
+                report.producer_failed |= failure.fatal;
             }
             match outcome {
                 Ok(()) => {
@@ -215,11 +183,11 @@ impl Batch<'_> {
                     metrics::histogram!("dionysus_outbox_commit_to_ack_seconds").record(latency.as_secs_f64());
                     self.monitor.emit(&RelayEvent::Published { outbox_id: row.id, topic: &row.topic });
                 }
-                Err(message) => failures.push((row, Failure { class: "KafkaError", message })),
+                Err(failure) => failures.push((row, failure.into())),
             }
         }
 
-        if self.producer.client().fatal_error().is_some() {
+        if self.sender.producer.client().fatal_error().is_some() {
             report.producer_failed = true;
         }
         mark_published(conn, &published).await?;
@@ -228,86 +196,6 @@ impl Batch<'_> {
         metrics::counter!("dionysus_outbox_published_total").increment(report.published as u64);
         metrics::histogram!("dionysus_relay_batch_seconds").record(started.elapsed().as_secs_f64());
         Ok(report)
-    }
-
-    /// Enqueues every message of a row with the producer; the returned futures resolve on
-    /// delivery.
-    async fn send(&self, messages: &[OutgoingMessage]) -> Result<Vec<rdkafka::producer::DeliveryFuture>, Failure> {
-        let mut deliveries = Vec::with_capacity(messages.len());
-        for message in messages {
-            let partition = match &message.partition_key {
-                Some(key) => {
-                    Some(crate::transport::partition_for(key.as_bytes(), self.partition_count(&message.topic).await?))
-                }
-                None => None,
-            };
-            let mut record = FutureRecord::<str, [u8]>::to(&message.topic).key(&message.key);
-            if let Some(payload) = &message.payload {
-                record = record.payload(payload.as_slice());
-            }
-            if let Some(partition) = partition {
-                record = record.partition(partition);
-            }
-            let mut pending = record;
-            loop {
-                match self.producer.send_result(pending) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), returned)) => {
-                        // The local queue is full: let deliveries drain, then try again.
-                        pending = returned;
-                        self.producer.poll(Timeout::After(Duration::from_millis(10)));
-                        tokio::task::yield_now().await;
-                    }
-                    Err((error, _)) => {
-                        return Err(Failure {
-                            class: "KafkaError",
-                            message: format!("producing to `{}`: {error}", message.topic),
-                        })
-                    }
-                }
-            }
-        }
-        Ok(deliveries)
-    }
-
-    /// The topic's partition count, from the cache or the broker's metadata.
-    async fn partition_count(&self, topic: &str) -> Result<i32, Failure> {
-        if let Some(count) = self.topics.partitions.lock().await.get(topic) {
-            return Ok(*count);
-        }
-        let counts = crate::transport::partition_counts(self.kafka, &[topic.to_owned()])
-            .await
-            .map_err(|error| Failure { class: "KafkaError", message: error.to_string() })?;
-        let count = match counts.get(topic).copied().flatten() {
-            Some(count) => count,
-            None if self.auto_create_topics => {
-                let declaration = self.registry.resolve(topic).map(|(declaration, _)| declaration);
-                let spec = crate::transport::TopicSpec {
-                    name: topic.to_owned(),
-                    partitions: declaration.and_then(|d| d.partitions).unwrap_or(1),
-                    replication_factor: i32::from(declaration.and_then(|d| d.replication_factor).unwrap_or(1)),
-                };
-                crate::transport::create_topics(self.kafka, std::slice::from_ref(&spec))
-                    .await
-                    .map_err(|error| Failure { class: "KafkaError", message: error.to_string() })?;
-                tracing::info!(topic, partitions = spec.partitions, "created a missing topic (auto_create_topics)");
-                spec.partitions
-            }
-            None => {
-                return Err(Failure {
-                    class: "MissingTopic",
-                    message: format!(
-                        "topic `{topic}` does not exist on the broker; create it (`dionysus check` lists what is \
-                         missing) or enable auto_create_topics"
-                    ),
-                })
-            }
-        };
-        self.topics.partitions.lock().await.insert(topic.to_owned(), count);
-        Ok(count)
     }
 
     async fn record_failures(
@@ -361,15 +249,6 @@ impl Batch<'_> {
         .await?;
         Ok(())
     }
-}
-
-/// Errors after which the producer cannot deliver anything any more.
-fn fatal(error: &KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as Code;
-    matches!(
-        error.rdkafka_error_code(),
-        Some(Code::ProducerFenced | Code::Fatal | Code::InvalidProducerEpoch | Code::OutOfOrderSequenceNumber)
-    )
 }
 
 fn plan_error_class(error: &serialize::PlanError) -> &'static str {

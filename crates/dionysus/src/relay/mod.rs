@@ -233,7 +233,7 @@ impl RelayBuilder {
                 pool,
                 producer: std::sync::RwLock::new(Arc::new(producer)),
                 producer_settings,
-                topics: Arc::new(batch::TopicCache::default()),
+                topics: crate::sender::TopicCache::default(),
                 monitor: monitor::Monitor::new(self.observer),
                 serve: self.serve,
                 health_file: self.health_file,
@@ -265,7 +265,7 @@ struct Inner {
     producer: std::sync::RwLock<Arc<FutureProducer>>,
     /// How to build a new one; `None` for a producer given by the application.
     producer_settings: Option<rdkafka::ClientConfig>,
-    topics: Arc<batch::TopicCache>,
+    topics: crate::sender::TopicCache,
     monitor: monitor::Monitor,
     serve: Option<SocketAddr>,
     health_file: Option<PathBuf>,
@@ -343,12 +343,15 @@ impl Relay {
         batch::Batch {
             registry: self.inner.registry,
             config: &self.inner.config.producer,
-            producer,
-            topics: &self.inner.topics,
+            sender: crate::sender::Sender {
+                producer,
+                topics: &self.inner.topics,
+                kafka: &self.inner.config.kafka,
+                registry: self.inner.registry,
+                auto_create_topics: self.inner.auto_create_topics,
+            },
             monitor: &self.inner.monitor,
             delivery_timeout: self.inner.delivery_timeout,
-            auto_create_topics: self.inner.auto_create_topics,
-            kafka: &self.inner.config.kafka,
         }
     }
 

@@ -1,0 +1,553 @@
+//! Genesis: re-publishing every record of a model (optionally only those updated in a
+//! window) to a topic — and to its `_genesis` replica, or to the replica only — spread
+//! evenly over a duration, resumable.
+//!
+//! A run is a row of `dionysus_genesis_runs`. It pages through the model by primary key
+//! (keyset paging, one query per batch), publishes each record as `<model>_updated`, or
+//! `<model>_destroyed` when it is soft-deleted (G-6; genesis never emits `_created`),
+//! through the same envelope, key and partition rules as the relay, awaits the broker's
+//! acknowledgements, and only then moves the run's cursor. Killed and started again, it
+//! continues after the cursor: nothing is published twice beyond the batch that was in
+//! flight. Batches are scheduled evenly over the requested duration (`--over 2d`; any
+//! duration, where dionysus-rb truncates to whole days), and the end emits a "genesis
+//! performed" event (W-17). Genesis writes no outbox rows.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use indicatif::ProgressBar;
+use rdkafka::producer::FutureProducer;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::naming::{self, EventKind};
+use crate::publishable::{Condition, IdValue, ModelEntry, RecordFilter};
+use crate::registry::{Registry, TopicRole};
+use crate::schema::dionysus_genesis_runs as runs;
+use crate::sender::{self, Sender, TopicCache};
+use crate::serialize::{self, RowPlan, RowRef};
+
+/// What to re-publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenesisRequest {
+    /// Model name (`Rental`).
+    pub model: String,
+    /// Topic: the primary name publishes to the topic and its replica (if any); the
+    /// `_genesis` name publishes to the replica only.
+    pub topic: String,
+    /// Only records whose `updated_at` lies in this window (inclusive).
+    pub window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Spread the batches evenly over this duration (zero: as fast as possible).
+    pub over: Duration,
+    /// Records per batch.
+    pub batch_size: usize,
+    /// Skip soft-deleted records (they are published as `_destroyed` otherwise).
+    pub visible_only: bool,
+}
+
+impl GenesisRequest {
+    /// A request for every record of `model` on `topic`, as fast as possible, 1000 per batch.
+    pub fn new(model: impl Into<String>, topic: impl Into<String>) -> GenesisRequest {
+        GenesisRequest {
+            model: model.into(),
+            topic: topic.into(),
+            window: None,
+            over: Duration::ZERO,
+            batch_size: 1000,
+            visible_only: false,
+        }
+    }
+}
+
+/// A genesis run as stored.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = runs)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub struct GenesisRun {
+    /// Run id.
+    pub id: i64,
+    /// Model name.
+    pub model: String,
+    /// Topic.
+    pub topic: String,
+    /// Window start.
+    pub window_from: Option<DateTime<Utc>>,
+    /// Window end.
+    pub window_to: Option<DateTime<Utc>>,
+    /// Duration to spread over, in seconds.
+    pub spread_seconds: f64,
+    /// Records per batch.
+    pub batch_size: i32,
+    /// Last primary key published.
+    pub cursor: Option<String>,
+    /// Records to publish (counted when the run was created).
+    pub total_count: Option<i64>,
+    /// Records published so far.
+    pub published_count: i64,
+    /// pending, running, completed, failed or canceled.
+    pub status: String,
+    /// Why it failed.
+    pub error_message: Option<String>,
+    /// Started at.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Finished at.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Created at.
+    pub created_at: DateTime<Utc>,
+    /// Changed at.
+    pub updated_at: DateTime<Utc>,
+    /// Skip soft-deleted records.
+    pub visible_only: bool,
+}
+
+/// dionysus-rb's `Genesis::Performed` event: the window in which consumers receive the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenesisPerformed {
+    /// Model name.
+    pub model: String,
+    /// The publishing service (`publisher_service_name`).
+    pub service: String,
+    /// Topic.
+    pub topic: String,
+    /// When the run started.
+    pub start_at: DateTime<Utc>,
+    /// Start + the spread duration + `genesis_consistency_safety_delay`.
+    pub end_at: DateTime<Utc>,
+}
+
+/// A genesis could not start or complete.
+#[derive(Debug, thiserror::Error)]
+pub enum GenesisError {
+    /// No publishable model has this name.
+    #[error("no publishable model is named `{model}`; known models: {known}")]
+    UnknownModel {
+        /// The name given.
+        model: String,
+        /// The registry's models.
+        known: String,
+    },
+    /// The topic is neither declared nor a declared topic's genesis replica.
+    #[error("`{topic}` is not a declared topic (nor the `_genesis` replica of one); declared: {known}")]
+    UnknownTopic {
+        /// The name given.
+        topic: String,
+        /// The declared topics.
+        known: String,
+    },
+    /// The model is only a `with(...)` dependency on the topic (G-1).
+    #[error("Cannot execute genesis for model {model}, {topic} because that is only a dependency. Execute it for parent instead")]
+    OnlyDependency {
+        /// Model.
+        model: String,
+        /// Topic.
+        topic: String,
+    },
+    /// The model is not published on the topic.
+    #[error("model `{model}` is not published on `{topic}`; it is published on: {published}")]
+    NotPublished {
+        /// Model.
+        model: String,
+        /// Topic.
+        topic: String,
+        /// Its topics.
+        published: String,
+    },
+    /// A window needs an `updated_at` column.
+    #[error("model `{0}` has no `updated_at` column, so it cannot be filtered by a time window")]
+    NoUpdatedAt(String),
+    /// The run does not exist or is already finished.
+    #[error("genesis run {0} does not exist or is already completed")]
+    NoSuchRun(i64),
+    /// A query failed.
+    #[error("{what}: {source}")]
+    Query {
+        /// What was being done.
+        what: String,
+        /// diesel's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+    /// A batch could not be published after retries.
+    #[error("publishing genesis batch after {after:?} failed: {message}")]
+    Publish {
+        /// Cursor of the batch.
+        after: Option<String>,
+        /// The error.
+        message: String,
+    },
+    /// The database or broker could not be used.
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    /// The producer could not be created.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+}
+
+fn query(what: impl Into<String>) -> impl FnOnce(diesel::result::Error) -> GenesisError {
+    let what = what.into();
+    move |source| GenesisError::Query { what, source }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenesisReport {
+    /// The run.
+    pub run_id: i64,
+    /// Records published by this call.
+    pub published: i64,
+    /// Whether the run completed (`false` when it was stopped by the shutdown token).
+    pub completed: bool,
+    /// The performed event, when completed.
+    pub performed: Option<GenesisPerformed>,
+}
+
+/// Runs geneses.
+pub struct Genesis {
+    config: Config,
+    registry: &'static Registry,
+    pool: crate::db::Pool,
+    producer: FutureProducer,
+    topics: TopicCache,
+}
+
+impl std::fmt::Debug for Genesis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Genesis").finish_non_exhaustive()
+    }
+}
+
+impl Genesis {
+    /// A genesis runner over `registry`, with its own idempotent producer.
+    pub fn new(config: Config, registry: &'static Registry, pool: crate::db::Pool) -> Result<Genesis, GenesisError> {
+        let producer = crate::transport::producer(&config.kafka)?;
+        Ok(Genesis { config, registry, pool, producer, topics: TopicCache::default() })
+    }
+
+    /// Checks the request (G-1, G-7) and records a pending run; returns it.
+    pub async fn start(&self, request: &GenesisRequest) -> Result<GenesisRun, GenesisError> {
+        let model = self.model(&request.model)?;
+        self.check_topic(model, &request.topic)?;
+        if request.window.is_some() && !model.attributes.contains(&"updated_at") {
+            return Err(GenesisError::NoUpdatedAt(model.model_name.to_owned()));
+        }
+        let mut conn = crate::db::checkout(&self.pool).await?;
+        let total = self.count(&mut conn, model, request).await?;
+        diesel::insert_into(runs::table)
+            .values((
+                runs::model.eq(model.model_name),
+                runs::topic.eq(&request.topic),
+                runs::window_from.eq(request.window.map(|w| w.0)),
+                runs::window_to.eq(request.window.map(|w| w.1)),
+                runs::spread_seconds.eq(request.over.as_secs_f64()),
+                runs::batch_size.eq(i32::try_from(request.batch_size.max(1)).unwrap_or(i32::MAX)),
+                runs::total_count.eq(total),
+                runs::status.eq("pending"),
+                runs::visible_only.eq(request.visible_only),
+            ))
+            .returning(GenesisRun::as_returning())
+            .get_result(&mut conn)
+            .await
+            .map_err(query("recording the genesis run"))
+    }
+
+    /// Runs that started and did not complete (to resume after a crash).
+    pub async fn unfinished(&self) -> Result<Vec<GenesisRun>, GenesisError> {
+        let mut conn = crate::db::checkout(&self.pool).await?;
+        runs::table
+            .filter(runs::status.ne_all(["completed", "canceled"]))
+            .order(runs::id)
+            .select(GenesisRun::as_select())
+            .load(&mut conn)
+            .await
+            .map_err(query("listing unfinished genesis runs"))
+    }
+
+    /// Runs (or resumes) run `run_id` until it completes or `shutdown` is cancelled,
+    /// advancing `progress` (use `ProgressBar::hidden()` for none).
+    pub async fn run(
+        &self,
+        run_id: i64,
+        progress: &ProgressBar,
+        shutdown: &CancellationToken,
+    ) -> Result<GenesisReport, GenesisError> {
+        let mut conn = crate::db::checkout(&self.pool).await?;
+        let run: GenesisRun = runs::table
+            .find(run_id)
+            .select(GenesisRun::as_select())
+            .get_result(&mut conn)
+            .await
+            .optional()
+            .map_err(query(format!("reading genesis run {run_id}")))?
+            .ok_or(GenesisError::NoSuchRun(run_id))?;
+        let visible_only = run.visible_only;
+        if run.status == "completed" {
+            return Err(GenesisError::NoSuchRun(run_id));
+        }
+        let model = self.model(&run.model)?;
+        self.check_topic(model, &run.topic)?;
+        let started_at = run.started_at.unwrap_or_else(Utc::now);
+        diesel::update(runs::table.find(run_id))
+            .set((runs::status.eq("running"), runs::started_at.eq(started_at), runs::updated_at.eq(Utc::now())))
+            .execute(&mut conn)
+            .await
+            .map_err(query(format!("starting genesis run {run_id}")))?;
+
+        let batch_size = i64::from(run.batch_size.max(1));
+        let total = run.total_count.unwrap_or(0).max(run.published_count);
+        progress.set_length(u64::try_from(total).unwrap_or(0));
+        progress.set_position(u64::try_from(run.published_count).unwrap_or(0));
+        let over = Duration::from_secs_f64(run.spread_seconds.max(0.0));
+        let deadline = started_at + chrono::Duration::from_std(over).unwrap_or_else(|_| chrono::Duration::zero());
+        let remaining_batches = ((total - run.published_count).max(0) + batch_size - 1) / batch_size;
+        let remaining_time = (deadline - Utc::now()).to_std().unwrap_or_default();
+        let interval = if remaining_batches > 0 {
+            remaining_time / u32::try_from(remaining_batches).unwrap_or(u32::MAX)
+        } else {
+            Duration::ZERO
+        };
+        let schedule_start = tokio::time::Instant::now();
+
+        let mut cursor = run.cursor.clone();
+        let mut published = 0_i64;
+        let mut batch_index = 0_u32;
+        loop {
+            if shutdown.is_cancelled() {
+                self.set_status(&mut conn, run_id, "pending", None).await?;
+                return Ok(GenesisReport { run_id, published, completed: false, performed: None });
+            }
+            let due = schedule_start + interval * batch_index;
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                () = shutdown.cancelled() => continue,
+            }
+            let filter = self.filter(model, &run, visible_only, cursor.as_deref())?;
+            let page = (model.load)(&mut conn, filter, Some(batch_size))
+                .await
+                .map_err(query(format!("loading {} after {cursor:?}", model.model_name)))?;
+            let Some(last) = page.last().map(|record| record.id()) else { break };
+            let soft_column = model.soft_delete_column(&self.config.producer.soft_delete_column);
+            let refs: Vec<RowRef> = page
+                .iter()
+                .map(|record| {
+                    let deleted =
+                        soft_column.is_some_and(|column| record.attribute(column).is_some_and(|v| !v.is_null()));
+                    let kind = if deleted { EventKind::Destroyed } else { EventKind::Updated };
+                    RowRef {
+                        id: 0,
+                        resource_class: model.model_name.to_owned(),
+                        resource_id: record.id(),
+                        event_name: naming::event_name(model.model_name, kind),
+                        topic: run.topic.clone(),
+                        partition_key: None,
+                    }
+                })
+                .collect();
+            if let Err(error) = self.publish_batch(&mut conn, &refs, cursor.as_deref()).await {
+                self.set_status(&mut conn, run_id, "failed", Some(&error.to_string())).await?;
+                return Err(error);
+            }
+            let count = i64::try_from(page.len()).unwrap_or(0);
+            published += count;
+            diesel::update(runs::table.find(run_id))
+                .set((
+                    runs::cursor.eq(&last),
+                    runs::published_count.eq(runs::published_count + count),
+                    runs::updated_at.eq(Utc::now()),
+                ))
+                .execute(&mut conn)
+                .await
+                .map_err(query(format!("advancing genesis run {run_id}")))?;
+            progress.inc(u64::try_from(count).unwrap_or(0));
+            cursor = Some(last);
+            batch_index += 1;
+            if count < batch_size {
+                break;
+            }
+        }
+        diesel::update(runs::table.find(run_id))
+            .set((runs::status.eq("completed"), runs::finished_at.eq(Utc::now()), runs::updated_at.eq(Utc::now())))
+            .execute(&mut conn)
+            .await
+            .map_err(query(format!("completing genesis run {run_id}")))?;
+        progress.finish();
+        let safety = chrono::Duration::from_std(self.config.producer.genesis_consistency_safety_delay)
+            .unwrap_or_else(|_| chrono::Duration::zero());
+        let performed = GenesisPerformed {
+            model: model.model_name.to_owned(),
+            service: self.config.producer.publisher_service_name.clone(),
+            topic: run.topic.clone(),
+            start_at: started_at,
+            end_at: deadline + safety,
+        };
+        tracing::info!(
+            event = "dionysus.producer.genesis.performed",
+            model = %performed.model, service = %performed.service, topic = %performed.topic,
+            start_at = %performed.start_at, end_at = %performed.end_at, "genesis performed"
+        );
+        Ok(GenesisReport { run_id, published, completed: true, performed: Some(performed) })
+    }
+
+    /// Publishes one batch, retrying it a few times before failing the run.
+    async fn publish_batch(
+        &self,
+        conn: &mut AsyncPgConnection,
+        refs: &[RowRef],
+        after: Option<&str>,
+    ) -> Result<(), GenesisError> {
+        const ATTEMPTS: u32 = 5;
+        let sender = Sender {
+            producer: &self.producer,
+            topics: &self.topics,
+            kafka: &self.config.kafka,
+            registry: self.registry,
+            auto_create_topics: false,
+        };
+        let mut last_error = String::new();
+        for attempt in 1..=ATTEMPTS {
+            match self.try_publish(conn, &sender, refs).await {
+                Ok(()) => return Ok(()),
+                Err(message) => {
+                    tracing::warn!(attempt, "genesis batch after {after:?} failed: {message}");
+                    last_error = message;
+                    tokio::time::sleep(Duration::from_millis(200) * 2_u32.pow(attempt)).await;
+                }
+            }
+        }
+        Err(GenesisError::Publish { after: after.map(str::to_owned), message: last_error })
+    }
+
+    async fn try_publish(
+        &self,
+        conn: &mut AsyncPgConnection,
+        sender: &Sender<'_>,
+        refs: &[RowRef],
+    ) -> Result<(), String> {
+        let plans = serialize::plan_rows(conn, self.registry, &self.config.producer, refs)
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut in_flight = Vec::with_capacity(plans.len());
+        for plan in plans {
+            match plan {
+                RowPlan::Publish(messages) => {
+                    in_flight.push(sender.send(&messages).await.map_err(|failure| failure.message)?);
+                }
+                RowPlan::Skip(reason) => tracing::debug!("genesis skipped a record: {reason}"),
+                RowPlan::DeferredObservers => {}
+                RowPlan::Fail(error) => return Err(error.to_string()),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        for deliveries in in_flight {
+            sender::await_deliveries(deliveries, deadline).await.map_err(|failure| failure.message)?;
+        }
+        Ok(())
+    }
+
+    fn model(&self, name: &str) -> Result<&'static ModelEntry, GenesisError> {
+        self.registry.model(name).ok_or_else(|| GenesisError::UnknownModel {
+            model: name.to_owned(),
+            known: self.registry.models().iter().map(|m| m.model_name).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    fn check_topic(&self, model: &ModelEntry, topic: &str) -> Result<(), GenesisError> {
+        let Some((declaration, _role @ (TopicRole::Primary | TopicRole::Genesis))) = self.registry.resolve(topic)
+        else {
+            let mut known: Vec<String> = Vec::new();
+            for topic in self.registry.topics() {
+                known.push(topic.full_name.to_owned());
+                known.extend(topic.genesis_name());
+            }
+            return Err(GenesisError::UnknownTopic { topic: topic.to_owned(), known: known.join(", ") });
+        };
+        if !self.registry.publications_on(model.model_name, topic).is_empty() {
+            return Ok(());
+        }
+        let dependency = self
+            .registry
+            .dependents_of(model)
+            .iter()
+            .any(|(publication, _)| publication.topic == declaration.full_name);
+        if dependency {
+            return Err(GenesisError::OnlyDependency { model: model.model_name.to_owned(), topic: topic.to_owned() });
+        }
+        Err(GenesisError::NotPublished {
+            model: model.model_name.to_owned(),
+            topic: topic.to_owned(),
+            published: self.registry.publications_of(model.model_name).map(|p| p.topic).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    fn filter(
+        &self,
+        model: &ModelEntry,
+        run: &GenesisRun,
+        visible_only: bool,
+        cursor: Option<&str>,
+    ) -> Result<RecordFilter, GenesisError> {
+        let mut filter = RecordFilter::default();
+        if let Some(after) = cursor {
+            let value = IdValue::parse(model.primary_key, model.id_kind, after).map_err(query("reading the cursor"))?;
+            filter = filter.and(Condition::After { column: model.primary_key, value });
+        }
+        if let (Some(from), Some(to)) = (run.window_from, run.window_to) {
+            filter = filter.and(Condition::Between { column: "updated_at", from, to });
+        }
+        if visible_only {
+            if let Some(column) = model.soft_delete_column(&self.config.producer.soft_delete_column) {
+                let column: &'static str =
+                    model.attributes.iter().copied().find(|a| *a == column).unwrap_or("canceled_at");
+                filter = filter.and(Condition::IsNull(column));
+            }
+        }
+        Ok(filter)
+    }
+
+    async fn count(
+        &self,
+        conn: &mut AsyncPgConnection,
+        model: &ModelEntry,
+        request: &GenesisRequest,
+    ) -> Result<i64, GenesisError> {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            count: i64,
+        }
+        let mut sql = format!("SELECT count(*) AS count FROM \"{}\" WHERE TRUE", model.table.replace('"', "\"\""));
+        if request.visible_only {
+            if let Some(column) = model.soft_delete_column(&self.config.producer.soft_delete_column) {
+                sql.push_str(&format!(" AND \"{column}\" IS NULL"));
+            }
+        }
+        let count: Count = match request.window {
+            Some((from, to)) => {
+                diesel::sql_query(format!("{sql} AND updated_at BETWEEN $1 AND $2"))
+                    .bind::<diesel::sql_types::Timestamptz, _>(from)
+                    .bind::<diesel::sql_types::Timestamptz, _>(to)
+                    .get_result(conn)
+                    .await
+            }
+            None => diesel::sql_query(sql).get_result(conn).await,
+        }
+        .map_err(query(format!("counting {} records", model.model_name)))?;
+        Ok(count.count)
+    }
+
+    async fn set_status(
+        &self,
+        conn: &mut AsyncPgConnection,
+        run_id: i64,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<(), GenesisError> {
+        diesel::update(runs::table.find(run_id))
+            .set((runs::status.eq(status), runs::error_message.eq(error), runs::updated_at.eq(Utc::now())))
+            .execute(conn)
+            .await
+            .map(drop)
+            .map_err(query(format!("updating genesis run {run_id}")))
+    }
+}

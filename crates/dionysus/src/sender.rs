@@ -1,0 +1,166 @@
+//! Sending outgoing messages with rdkafka, shared by the relay and genesis: the partition
+//! chosen from the partition key as dionysus-rb's producer chooses it (partition counts from
+//! the broker, cached), a full local queue waited out, missing topics reported clearly (or
+//! created, when allowed), and delivery reports awaited with a deadline.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tokio::sync::Mutex;
+
+use crate::config::KafkaConfig;
+use crate::registry::Registry;
+use crate::serialize::OutgoingMessage;
+
+/// Why a message could not be sent; `class` is what the outbox records as `error_class`.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) class: &'static str,
+    pub(crate) message: String,
+}
+
+/// A delivery that failed; `fatal` when the producer cannot deliver anything any more.
+#[derive(Debug)]
+pub(crate) struct DeliveryFailure {
+    pub(crate) message: String,
+    pub(crate) fatal: bool,
+}
+
+impl From<DeliveryFailure> for Failure {
+    fn from(failure: DeliveryFailure) -> Self {
+        Failure { class: "KafkaError", message: failure.message }
+    }
+}
+
+/// Partition counts per topic, shared by every sender of a process.
+#[derive(Debug, Default)]
+pub(crate) struct TopicCache {
+    partitions: Mutex<HashMap<String, i32>>,
+}
+
+pub(crate) struct Sender<'a> {
+    pub(crate) producer: &'a FutureProducer,
+    pub(crate) topics: &'a TopicCache,
+    pub(crate) kafka: &'a KafkaConfig,
+    pub(crate) registry: &'a Registry,
+    pub(crate) auto_create_topics: bool,
+}
+
+impl Sender<'_> {
+    /// Enqueues every message of a row with the producer; the returned futures resolve on
+    /// delivery.
+    pub(crate) async fn send(&self, messages: &[OutgoingMessage]) -> Result<Vec<DeliveryFuture>, Failure> {
+        let mut deliveries = Vec::with_capacity(messages.len());
+        for message in messages {
+            let partition = match &message.partition_key {
+                Some(key) => {
+                    Some(crate::transport::partition_for(key.as_bytes(), self.partition_count(&message.topic).await?))
+                }
+                None => None,
+            };
+            let mut record = FutureRecord::<str, [u8]>::to(&message.topic).key(&message.key);
+            if let Some(payload) = &message.payload {
+                record = record.payload(payload.as_slice());
+            }
+            if let Some(partition) = partition {
+                record = record.partition(partition);
+            }
+            let mut pending = record;
+            loop {
+                match self.producer.send_result(pending) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), returned)) => {
+                        // The local queue is full: let deliveries drain, then try again.
+                        pending = returned;
+                        self.producer.poll(Timeout::After(Duration::from_millis(10)));
+                        tokio::task::yield_now().await;
+                    }
+                    Err((error, _)) => {
+                        return Err(Failure {
+                            class: "KafkaError",
+                            message: format!("producing to `{}`: {error}", message.topic),
+                        })
+                    }
+                }
+            }
+        }
+        Ok(deliveries)
+    }
+
+    /// The topic's partition count, from the cache or the broker's metadata.
+    async fn partition_count(&self, topic: &str) -> Result<i32, Failure> {
+        if let Some(count) = self.topics.partitions.lock().await.get(topic) {
+            return Ok(*count);
+        }
+        let counts = crate::transport::partition_counts(self.kafka, &[topic.to_owned()])
+            .await
+            .map_err(|error| Failure { class: "KafkaError", message: error.to_string() })?;
+        let count = match counts.get(topic).copied().flatten() {
+            Some(count) => count,
+            None if self.auto_create_topics => {
+                let declaration = self.registry.resolve(topic).map(|(declaration, _)| declaration);
+                let spec = crate::transport::TopicSpec {
+                    name: topic.to_owned(),
+                    partitions: declaration.and_then(|d| d.partitions).unwrap_or(1),
+                    replication_factor: i32::from(declaration.and_then(|d| d.replication_factor).unwrap_or(1)),
+                };
+                crate::transport::create_topics(self.kafka, std::slice::from_ref(&spec))
+                    .await
+                    .map_err(|error| Failure { class: "KafkaError", message: error.to_string() })?;
+                tracing::info!(topic, partitions = spec.partitions, "created a missing topic (auto_create_topics)");
+                spec.partitions
+            }
+            None => {
+                return Err(Failure {
+                    class: "MissingTopic",
+                    message: format!(
+                        "topic `{topic}` does not exist on the broker; create it (`dionysus check` lists what is \
+                         missing) or enable auto_create_topics"
+                    ),
+                })
+            }
+        };
+        self.topics.partitions.lock().await.insert(topic.to_owned(), count);
+        Ok(count)
+    }
+}
+
+/// Awaits every delivery of one outgoing unit (a row's messages) until `deadline`.
+pub(crate) async fn await_deliveries(
+    deliveries: Vec<DeliveryFuture>,
+    deadline: tokio::time::Instant,
+) -> Result<(), DeliveryFailure> {
+    let mut outcome = Ok(());
+    for delivery in deliveries {
+        let result = match tokio::time::timeout_at(deadline, delivery).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err((error, _message)))) => Err(DeliveryFailure { fatal: fatal(&error), message: error.to_string() }),
+            Ok(Err(_canceled)) => Err(DeliveryFailure {
+                message: "the producer dropped the message before delivery".to_owned(),
+                fatal: false,
+            }),
+            Err(_elapsed) => {
+                Err(DeliveryFailure { message: "no delivery report before the deadline".to_owned(), fatal: false })
+            }
+        };
+        if let (Ok(()), Err(failure)) = (&outcome, result) {
+            outcome = Err(failure);
+        }
+    }
+    outcome
+}
+
+/// Errors after which the producer cannot deliver anything any more.
+fn fatal(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(Code::ProducerFenced | Code::Fatal | Code::InvalidProducerEpoch | Code::OutOfOrderSequenceNumber)
+    )
+}
