@@ -53,7 +53,7 @@ impl Serializer<Item> for PoisonAware {
 
 const ACCOUNTS: i64 = 50;
 
-struct Setup {
+pub(crate) struct Setup {
     db: TestDb,
     conn: AsyncPgConnection,
     registry: &'static Registry,

@@ -353,7 +353,7 @@ impl Config {
 struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
 
 #[derive(Copy, Clone)]
-enum Unit {
+pub(crate) enum Unit {
     Millis,
     Seconds,
 }
@@ -433,7 +433,7 @@ fn parse_brokers(var: &str, value: &str) -> Result<Vec<String>, ConfigError> {
 }
 
 /// Parses `1.5`, `500ms`, `10s`, `90m`, `2h`, `0.5d`; a bare number is in `default_unit`.
-fn parse_duration(var: &str, value: &str, default_unit: Unit) -> Result<Duration, ConfigError> {
+pub(crate) fn parse_duration(var: &str, value: &str, default_unit: Unit) -> Result<Duration, ConfigError> {
     let text = value.trim();
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);

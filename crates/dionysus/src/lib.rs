@@ -1,6 +1,8 @@
 #![doc = include_str!("../../../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod envelope;

@@ -1,0 +1,420 @@
+//! The `dionysus` command line, called from the application's own `main` so that the
+//! application's declarations are linked in:
+//!
+//! ```no_run
+//! #[tokio::main]
+//! async fn main() -> std::process::ExitCode {
+//!     dionysus::cli::run().await
+//! }
+//! ```
+//!
+//! Subcommands: `migrate`, `copy-migrations`, `check`, `relay`, `genesis`, `outbox stats`,
+//! `outbox retry`, `outbox prune`. Settings come from the environment (see `config`) and
+//! the global flags, which win. Errors say what was wrong and how to fix it; the exit code is
+//! 1 for a failure and 2 for a usage mistake.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use diesel::sql_types::{BigInt, Double, Nullable, Text};
+use diesel_async::RunQueryDsl;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::registry::Registry;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dionysus",
+    version,
+    about = "Keep data in sync between services through Kafka: outbox relay, genesis and tools."
+)]
+struct Cli {
+    /// PostgreSQL URL (default: $DATABASE_URL).
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+    /// Kafka brokers, host:port separated by `,` or `;` (default: $DIONYSUS_SEED_BROKER).
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    brokers: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply the framework's migrations (outbox, offsets, checkpoint log, genesis runs).
+    Migrate,
+    /// Write the framework's migrations into a migrations folder (existing ones are kept).
+    CopyMigrations {
+        /// The folder, e.g. `migrations`.
+        dir: PathBuf,
+    },
+    /// Validate the declarations, check the database is migrated and the topics exist on the
+    /// broker with their declared partitions.
+    Check {
+        /// Do not contact the broker.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Publish the outbox until SIGTERM / Ctrl-C.
+    Relay {
+        /// Concurrent workers (default: $DIONYSUS_RELAY_WORKERS or 1).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Serve /metrics and /health on this address, e.g. 0.0.0.0:9394.
+        #[arg(long, value_name = "ADDR")]
+        serve: Option<SocketAddr>,
+        /// Keep a liveness file at this path.
+        #[arg(long, value_name = "PATH")]
+        health_file: Option<PathBuf>,
+        /// Create missing topics instead of failing their rows.
+        #[arg(long)]
+        auto_create_topics: bool,
+    },
+    /// Re-publish every record of a model to a topic (or its `_genesis` replica).
+    Genesis {
+        /// Model name, e.g. Rental.
+        #[arg(long)]
+        model: Option<String>,
+        /// Topic, e.g. v3_rentals or v3_rentals_genesis.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only records updated at or after this time (RFC 3339).
+        #[arg(long, requires = "to")]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only records updated at or before this time (RFC 3339).
+        #[arg(long, requires = "from")]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Spread the run over this duration, e.g. 90m, 2d, 0.5d (default: as fast as possible).
+        #[arg(long, value_name = "DURATION")]
+        over: Option<String>,
+        /// Records per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch_size: usize,
+        /// Skip soft-deleted records.
+        #[arg(long)]
+        visible_only: bool,
+        /// Resume an unfinished run by id instead of starting one.
+        #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["model", "topic"])]
+        resume: Option<i64>,
+    },
+    /// Inspect and repair the outbox.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Backlog, age of the oldest unpublished row, parked rows by error class.
+    Stats,
+    /// Make parked (failed) rows publishable again.
+    Retry {
+        /// Only this row.
+        #[arg(long)]
+        id: Option<i64>,
+        /// Only rows that failed with this error class.
+        #[arg(long)]
+        error_class: Option<String>,
+    },
+    /// Delete published rows older than a duration.
+    Prune {
+        /// e.g. 3d, 12h.
+        #[arg(long, value_name = "DURATION", default_value = "3d")]
+        older_than: String,
+    },
+}
+
+/// A failure of a subcommand, with what to do about it.
+#[derive(Debug)]
+struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure(error.to_string())
+    }
+}
+
+/// Parses the process arguments and runs the subcommand with the binary's registry.
+pub async fn run() -> ExitCode {
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    run_with(std::env::args_os(), Registry::global(), &mut out, &mut err).await
+}
+
+/// Runs the command line given by `args` against `registry`, writing to `out` and `err`.
+pub async fn run_with(
+    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+    registry: &'static Registry,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
+) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = if error.use_stderr() { write!(err, "{error}") } else { write!(out, "{error}") };
+            return if error.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    match execute(cli, registry, out).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(message)) => {
+            let _ = writeln!(err, "error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config(cli: &Cli) -> Result<Config, Failure> {
+    let mut config = Config::from_env()?.with_env_kafka_properties();
+    if let Some(url) = &cli.database_url {
+        config.database_url = url.clone();
+    }
+    if let Some(brokers) = &cli.brokers {
+        config = Config::from_lookup(|name| match name {
+            "DIONYSUS_SEED_BROKER" => Some(brokers.clone()),
+            other => std::env::var(other).ok(),
+        })
+        .map_err(|error| Failure(error.to_string().replace("DIONYSUS_SEED_BROKER=", "--brokers ")))?
+        .with_env_kafka_properties();
+        if let Some(url) = &cli.database_url {
+            config.database_url = url.clone();
+        }
+    }
+    Ok(config)
+}
+
+fn duration(flag: &str, text: &str) -> Result<Duration, Failure> {
+    crate::config::parse_duration(flag, text, crate::config::Unit::Seconds)
+        .map_err(|_| Failure(format!("{flag} {text:?} is not a duration; use e.g. 90s, 30m, 12h, 2d or 0.5d")))
+}
+
+async fn execute(cli: Cli, registry: &'static Registry, out: &mut (dyn Write + Send)) -> Result<(), Failure> {
+    let config = config(&cli)?;
+    match cli.command {
+        Command::Migrate => {
+            let applied = crate::migrate(&config.database_url).await?;
+            if applied.is_empty() {
+                writeln!(out, "the database is up to date")?;
+            } else {
+                writeln!(out, "applied {} migration(s): {}", applied.len(), applied.join(", "))?;
+            }
+        }
+        Command::CopyMigrations { dir } => {
+            let report = crate::copy_migrations(&dir)?;
+            for path in &report.created {
+                writeln!(out, "created {}", path.display())?;
+            }
+            for path in &report.skipped {
+                writeln!(out, "exists  {}", path.display())?;
+            }
+        }
+        Command::Check { offline } => check(&config, registry, offline, out).await?,
+        Command::Relay { workers, serve, health_file, auto_create_topics } => {
+            let mut builder =
+                crate::relay::Relay::builder(config).registry(registry).auto_create_topics(auto_create_topics);
+            if let Some(workers) = workers {
+                builder = builder.workers(workers);
+            }
+            if let Some(address) = serve {
+                builder = builder.serve(address);
+            }
+            if let Some(path) = health_file {
+                builder = builder.health_file(path);
+            }
+            let relay = builder.build()?;
+            let shutdown = shutdown_on_signal();
+            writeln!(out, "relay running; stop with Ctrl-C or SIGTERM")?;
+            relay.run(shutdown).await?;
+        }
+        Command::Genesis { model, topic, from, to, over, batch_size, visible_only, resume } => {
+            let pool = crate::db::pool(&config.database_url, 2)?;
+            let genesis = crate::genesis::Genesis::new(config, registry, pool)?;
+            let run_id = match resume {
+                Some(id) => id,
+                None => {
+                    let (Some(model), Some(topic)) = (model, topic) else {
+                        return Err(Failure("genesis needs --model and --topic (or --resume RUN_ID)".to_owned()));
+                    };
+                    let over = over.as_deref().map(|text| duration("--over", text)).transpose()?.unwrap_or_default();
+                    let request = crate::genesis::GenesisRequest {
+                        model,
+                        topic,
+                        window: from.zip(to),
+                        over,
+                        batch_size,
+                        visible_only,
+                    };
+                    let run = genesis.start(&request).await?;
+                    writeln!(out, "genesis run {} started: {} record(s)", run.id, run.total_count.unwrap_or(0))?;
+                    run.id
+                }
+            };
+            let progress = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} records  {per_sec}  ETA {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let report = genesis.run(run_id, &progress, &shutdown_on_signal()).await?;
+            if report.completed {
+                writeln!(out, "genesis run {run_id} completed: {} record(s) published", report.published)?;
+            } else {
+                writeln!(out, "genesis run {run_id} stopped; resume with --resume {run_id}")?;
+            }
+        }
+        Command::Outbox(command) => outbox(&config, command, out).await?,
+    }
+    Ok(())
+}
+
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminate => {}
+        }
+        tracing::info!("shutdown requested");
+        cancel.cancel();
+    });
+    token
+}
+
+async fn check(
+    config: &Config,
+    registry: &Registry,
+    offline: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<(), Failure> {
+    let mut problems: Vec<String> = Vec::new();
+    if let Err(error) = registry.validate() {
+        problems.extend(error.problems.iter().map(ToString::to_string));
+    }
+    writeln!(
+        out,
+        "declarations: {} topic(s), {} model(s), {} publication(s)",
+        registry.topics().count(),
+        registry.models().len(),
+        registry.publications().len()
+    )?;
+    match crate::migrate::pending(&config.database_url).await {
+        Ok(pending) if pending.is_empty() => writeln!(out, "database: migrated")?,
+        Ok(pending) => problems.push(format!(
+            "{} migration(s) pending ({}); run `dionysus migrate`",
+            pending.len(),
+            pending.join(", ")
+        )),
+        Err(error) => problems.push(error.to_string()),
+    }
+    if !offline {
+        let specs = crate::transport::TopicSpec::for_registry(registry);
+        let names: Vec<String> = specs.iter().map(|spec| spec.name.clone()).collect();
+        match crate::transport::partition_counts(&config.kafka, &names).await {
+            Ok(counts) => {
+                for spec in &specs {
+                    match counts.get(&spec.name).copied().flatten() {
+                        None => problems.push(format!("topic `{}` does not exist on the broker", spec.name)),
+                        Some(found)
+                            if found != spec.partitions
+                                && registry.resolve(&spec.name).is_some_and(|(d, _)| d.partitions.is_some()) =>
+                        {
+                            problems.push(format!(
+                                "topic `{}` has {found} partition(s), {} declared",
+                                spec.name, spec.partitions
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                writeln!(out, "broker: {} topic(s) checked on {}", specs.len(), config.kafka.bootstrap_servers())?;
+            }
+            Err(error) => problems.push(error.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        writeln!(out, "ok")?;
+        Ok(())
+    } else {
+        Err(Failure(format!("{} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))))
+    }
+}
+
+async fn outbox(config: &Config, command: OutboxCommand, out: &mut (dyn Write + Send)) -> Result<(), Failure> {
+    let pool = crate::db::pool(&config.database_url, 1)?;
+    if let OutboxCommand::Prune { older_than } = &command {
+        let age = duration("--older-than", older_than)?;
+        let deleted = crate::relay::prune(&pool, age).await?;
+        writeln!(out, "pruned {deleted} published row(s) older than {older_than}")?;
+        return Ok(());
+    }
+    let mut conn = crate::db::checkout(&pool).await?;
+    match command {
+        OutboxCommand::Stats => {
+            #[derive(diesel::QueryableByName)]
+            struct Stats {
+                #[diesel(sql_type = BigInt)]
+                backlog: i64,
+                #[diesel(sql_type = Nullable<Double>)]
+                oldest_seconds: Option<f64>,
+                #[diesel(sql_type = BigInt)]
+                retrying: i64,
+            }
+            #[derive(diesel::QueryableByName)]
+            struct Parked {
+                #[diesel(sql_type = Nullable<Text>)]
+                error_class: Option<String>,
+                #[diesel(sql_type = BigInt)]
+                count: i64,
+            }
+            let stats: Stats = diesel::sql_query(
+                "SELECT count(*) AS backlog, extract(epoch FROM now() - min(created_at))::float8 AS oldest_seconds, \
+                        count(*) FILTER (WHERE retry_at > now()) AS retrying \
+                 FROM dionysus_outbox WHERE published_at IS NULL AND failed_at IS NULL",
+            )
+            .get_result(&mut conn)
+            .await?;
+            let parked: Vec<Parked> = diesel::sql_query(
+                "SELECT error_class, count(*) AS count FROM dionysus_outbox \
+                 WHERE published_at IS NULL AND failed_at IS NOT NULL GROUP BY error_class ORDER BY count DESC",
+            )
+            .load(&mut conn)
+            .await?;
+            writeln!(out, "backlog: {} row(s), {} waiting for a retry", stats.backlog, stats.retrying)?;
+            writeln!(out, "oldest unpublished: {:.1} s", stats.oldest_seconds.unwrap_or(0.0))?;
+            let total: i64 = parked.iter().map(|p| p.count).sum();
+            writeln!(out, "parked (failed): {total} row(s)")?;
+            for row in parked {
+                writeln!(out, "  {:<24} {}", row.error_class.unwrap_or_else(|| "-".to_owned()), row.count)?;
+            }
+        }
+        OutboxCommand::Retry { id, error_class } => {
+            let updated = diesel::sql_query(
+                "UPDATE dionysus_outbox SET failed_at = NULL, retry_at = NULL, attempts = 0, updated_at = now() \
+                 WHERE published_at IS NULL AND failed_at IS NOT NULL \
+                   AND ($1::bigint IS NULL OR id = $1) AND ($2::text IS NULL OR error_class = $2)",
+            )
+            .bind::<Nullable<BigInt>, _>(id)
+            .bind::<Nullable<Text>, _>(error_class)
+            .execute(&mut conn)
+            .await?;
+            writeln!(out, "{updated} parked row(s) will be retried")?;
+        }
+        OutboxCommand::Prune { .. } => {}
+    }
+    Ok(())
+}
