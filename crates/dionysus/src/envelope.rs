@@ -133,7 +133,9 @@ pub fn decode_value(json: Value) -> Result<Decoded, EnvelopeError> {
         };
         let mut text = |key: &str| match entry.remove(key) {
             Some(Value::String(text)) => Ok(text),
-            Some(other) => Err(EnvelopeError::Shape(format!("`message[{index}].{key}` must be a string, got {}", kind_of(&other)))),
+            Some(other) => {
+                Err(EnvelopeError::Shape(format!("`message[{index}].{key}` must be a string, got {}", kind_of(&other))))
+            }
             None => Err(EnvelopeError::Shape(format!("`message[{index}]` has no `{key}`"))),
         };
         let event = text("event")?;
@@ -295,14 +297,19 @@ mod tests {
         let shape = |bytes: &[u8]| decode(Some(bytes)).unwrap_err().to_string();
         assert_eq!(shape(b"[1]"), "unexpected message shape: expected a JSON object, got an array");
         assert_eq!(shape(br#"{"message":{}}"#), "unexpected message shape: `message` must be an array, got an object");
-        assert_eq!(shape(br#"{"message":[{"model_name":"A"}]}"#), "unexpected message shape: `message[0]` has no `event`");
+        assert_eq!(
+            shape(br#"{"message":[{"model_name":"A"}]}"#),
+            "unexpected message shape: `message[0]` has no `event`"
+        );
     }
 
     #[test]
     fn timestamps_use_milliseconds_and_parse_every_common_form() {
         let time = Utc.with_ymd_and_hms(2022, 8, 12, 13, 24, 24).unwrap();
         assert_eq!(format_timestamp(&time), "2022-08-12T13:24:24.000Z");
-        for text in ["2022-08-12T13:24:24.000Z", "2022-08-12T15:24:24+02:00", "2022-08-12 13:24:24", "2022-08-12T13:24:24"] {
+        for text in
+            ["2022-08-12T13:24:24.000Z", "2022-08-12T15:24:24+02:00", "2022-08-12 13:24:24", "2022-08-12T13:24:24"]
+        {
             assert_eq!(parse_timestamp(&json!(text)), Some(time), "{text}");
         }
         assert_eq!(parse_timestamp(&json!(1_660_310_664)), Some(time));

@@ -2,12 +2,14 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod config;
+pub mod consumer;
 pub mod db;
 pub mod envelope;
 pub mod error;
 pub mod migrate;
 pub mod naming;
 pub mod registry;
+pub mod replica;
 pub mod transport;
 
 pub use config::Config;
@@ -57,4 +59,15 @@ pub mod __private {
     pub use inventory;
 
     pub use crate::registry::{Tombstone, Topic, TopicDeclaration, TopicEntry, TopicReference, TopicReferenceEntry};
+
+    pub use crate::consumer::{ConsumedEvent, HandlerDeclaration, HandlerEntry, HandlerFuture};
+    pub use crate::replica::{Column, ColumnKind, DestroyStrategy, Replica, ReplicaDescriptor, ReplicaEntry};
+
+    /// Boxes a handler's future (used by `#[dionysus::consume]` on functions).
+    pub fn box_handler<'a, F>(future: F) -> HandlerFuture<'a>
+    where
+        F: ::core::future::Future<Output = crate::Result<()>> + Send + 'a,
+    {
+        ::std::boxed::Box::pin(future)
+    }
 }

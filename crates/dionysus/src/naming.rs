@@ -26,7 +26,9 @@ pub fn underscore(name: &str) -> String {
         let after = chars.get(i + 2).copied();
         let boundary = match next {
             // `([A-Z]+)(?=[A-Z][a-z])`: the end of a run of capitals before a capitalised word.
-            Some(n) if c.is_ascii_uppercase() && n.is_ascii_uppercase() => after.is_some_and(|a| a.is_ascii_lowercase()),
+            Some(n) if c.is_ascii_uppercase() && n.is_ascii_uppercase() => {
+                after.is_some_and(|a| a.is_ascii_lowercase())
+            }
             // `([a-z\d])(?=[A-Z])`
             Some(n) if (c.is_ascii_lowercase() || c.is_ascii_digit()) && n.is_ascii_uppercase() => true,
             _ => false,
@@ -100,8 +102,14 @@ struct Inflections {
 }
 
 /// ActiveSupport's irregular words, in definition order: `(singular, plural)`.
-const IRREGULARS: &[(&str, &str)] =
-    &[("person", "people"), ("man", "men"), ("child", "children"), ("sex", "sexes"), ("move", "moves"), ("zombie", "zombies")];
+const IRREGULARS: &[(&str, &str)] = &[
+    ("person", "people"),
+    ("man", "men"),
+    ("child", "children"),
+    ("sex", "sexes"),
+    ("move", "moves"),
+    ("zombie", "zombies"),
+];
 
 fn rules(list: Vec<(String, String)>) -> Vec<Rule> {
     // Later rules take precedence, as in ActiveSupport: keep them last-first.
@@ -186,7 +194,18 @@ fn inflections() -> &'static Inflections {
         Inflections {
             plurals: rules(plurals),
             singulars: rules(singulars),
-            uncountables: vec!["equipment", "information", "rice", "money", "species", "series", "fish", "sheep", "jeans", "police"],
+            uncountables: vec![
+                "equipment",
+                "information",
+                "rice",
+                "money",
+                "species",
+                "series",
+                "fish",
+                "sheep",
+                "jeans",
+                "police",
+            ],
         }
     })
 }
@@ -196,7 +215,9 @@ fn inflections() -> &'static Inflections {
 fn is_uncountable(word: &str) -> bool {
     let lower = word.to_lowercase();
     inflections().uncountables.iter().any(|uncountable| {
-        lower.strip_suffix(uncountable).is_some_and(|before| !before.ends_with(|c: char| c.is_alphanumeric() || c == '_'))
+        lower
+            .strip_suffix(uncountable)
+            .is_some_and(|before| !before.ends_with(|c: char| c.is_alphanumeric() || c == '_'))
     })
 }
 
@@ -231,7 +252,12 @@ mod tests {
         // Vector w18.
         let cases = [
             ("ExampleResource", 1, "ExampleResource:1", "example_resource"),
-            ("ExamplePublishableCancelableResource", 3, "ExamplePublishableCancelableResource:3", "example_publishable_cancelable_resource"),
+            (
+                "ExamplePublishableCancelableResource",
+                3,
+                "ExamplePublishableCancelableResource:3",
+                "example_publishable_cancelable_resource",
+            ),
             ("Bookings::Fee", 7, "Bookings::Fee:7", "bookings_fee"),
             ("BookingsFee", 7, "BookingsFee:7", "bookings_fee"),
         ];
@@ -239,7 +265,10 @@ mod tests {
             assert_eq!(message_key(class_name, id), key);
             assert_eq!(event_prefix(class_name), prefix);
         }
-        assert_eq!(event_name("ExamplePublishableCancelableResource", EventKind::Destroyed), "example_publishable_cancelable_resource_destroyed");
+        assert_eq!(
+            event_name("ExamplePublishableCancelableResource", EventKind::Destroyed),
+            "example_publishable_cancelable_resource_destroyed"
+        );
     }
 
     #[test]
