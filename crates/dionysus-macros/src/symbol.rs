@@ -16,6 +16,16 @@ pub(crate) const REPLICATION_FACTOR: Symbol = Symbol("replication_factor");
 pub(crate) const GENESIS_REPLICA: Symbol = Symbol("genesis_replica");
 pub(crate) const TOMBSTONE: Symbol = Symbol("tombstone");
 
+// #[derive(Consume)] / #[consume(...)]
+pub(crate) const TOPIC: Symbol = Symbol("topic");
+pub(crate) const MODEL: Symbol = Symbol("model");
+pub(crate) const SOFT_DELETE: Symbol = Symbol("soft_delete");
+pub(crate) const STRATEGY: Symbol = Symbol("strategy");
+pub(crate) const SYNCED_DATA: Symbol = Symbol("synced_data");
+pub(crate) const FROM: Symbol = Symbol("from");
+pub(crate) const SKIP: Symbol = Symbol("skip");
+pub(crate) const EVENT: Symbol = Symbol("event");
+
 impl PartialEq<Symbol> for Ident {
     fn eq(&self, word: &Symbol) -> bool {
         self == word.0

@@ -101,6 +101,23 @@ pub struct ReplicaDescriptor {
 }
 
 impl ReplicaDescriptor {
+    /// Placeholder used by the derive's error fallback; never registered.
+    #[doc(hidden)]
+    pub const INVALID: ReplicaDescriptor = ReplicaDescriptor {
+        model: "",
+        topic: "",
+        table: "",
+        columns: &[],
+        synced_id: "synced_id",
+        synced_updated_at: "synced_updated_at",
+        synced_created_at: None,
+        soft_delete: None,
+        strategy: DestroyStrategy::Destroy,
+        synced_data: None,
+        declared_by: "",
+        location: "",
+    };
+
     /// The column with this name.
     pub fn column(&self, name: &str) -> Option<&'static Column> {
         self.columns.iter().find(|column| column.name == name)
