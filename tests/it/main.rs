@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod consumer_models;
+mod consumer_vectors;
 mod kafka;
 mod migrations;
 mod topics;
