@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod consumer_kafka;
 mod consumer_models;
 mod consumer_vectors;
 mod kafka;

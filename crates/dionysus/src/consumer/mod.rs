@@ -76,8 +76,8 @@ pub enum ConsumerError {
 pub type Subscriber = Arc<dyn Fn(Notification<'_>) + Send + Sync>;
 
 /// Called after a batch's database commit, before the Kafka commit: `(topic, partition,
-/// next offset)`. Returning [`AfterCommit::Halt`] stops the partition's worker there, as if
-/// the process died (for crash tests).
+/// next offset)`. Returning [`AfterCommit::Halt`] stops the whole member there, without
+/// Kafka commit or notifications, as if the process died (for crash tests).
 #[doc(hidden)]
 pub type AfterCommitHook = Arc<dyn Fn(&str, i32, i64) -> AfterCommit + Send + Sync>;
 
@@ -151,6 +151,12 @@ pub struct ConsumerBuilder {
 }
 
 impl ConsumerBuilder {
+    /// Replaces the configuration given to [`Consumer::builder`].
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
     /// Uses this pool instead of one built from [`Config::database_url`].
     pub fn pool(mut self, pool: Pool) -> Self {
         self.pool = Some(pool);
@@ -163,7 +169,7 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Reads this topic too (by default: the topics of the replica models).
+    /// Reads this topic; without any, the consumer reads the topics of its replica models.
     pub fn topic(mut self, topic: impl Into<String>) -> Self {
         self.topics.push(topic.into());
         self
@@ -229,9 +235,11 @@ impl ConsumerBuilder {
         };
         let replicas = self.replicas.unwrap_or_else(|| Replicas::global().clone());
         let mut topics = self.topics;
-        for replica in replicas.iter() {
-            if !topics.iter().any(|topic| topic == replica.topic) {
-                topics.push(replica.topic.to_owned());
+        if topics.is_empty() {
+            for replica in replicas.iter() {
+                if !topics.iter().any(|topic| topic == replica.topic) {
+                    topics.push(replica.topic.to_owned());
+                }
             }
         }
         let rules = Rules {

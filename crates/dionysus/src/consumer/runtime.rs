@@ -185,9 +185,18 @@ impl Consumer {
 
         let mut workers: HashMap<(String, i32), Worker> = HashMap::new();
         let mut stream = consumer.stream();
+        // Cancelled by a worker whose after-commit hook halts: the whole member stops at
+        // once, as a crashed process would.
+        let halt = CancellationToken::new();
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = halt.cancelled() => {
+                    for worker in workers.values() {
+                        worker.handle.abort();
+                    }
+                    return Ok(());
+                }
                 next = tokio::time::timeout(Duration::from_millis(500), stream.next()) => next,
             };
             inner.health.beat();
@@ -224,6 +233,7 @@ impl Consumer {
                     consumer.clone(),
                     producer.clone(),
                     shutdown.clone(),
+                    halt.clone(),
                 ));
                 if let Some(old) = workers.insert(key.clone(), Worker { sender, revoked: current, handle }) {
                     drop(old.sender);
@@ -252,6 +262,7 @@ impl Consumer {
         consumer: Arc<StreamConsumer<GroupContext>>,
         producer: FutureProducer,
         shutdown: CancellationToken,
+        halt: CancellationToken,
     ) {
         let batch_size = self.inner.config.consumer.batch_size.max(1);
         loop {
@@ -315,6 +326,7 @@ impl Consumer {
             if let Some(next_offset) = outcome.next_offset {
                 if let Some(hook) = &self.inner.after_commit {
                     if hook(&topic, partition, next_offset) == AfterCommit::Halt {
+                        halt.cancel();
                         return;
                     }
                 }
