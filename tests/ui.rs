@@ -7,4 +7,6 @@ fn ui() {
     let cases = trybuild::TestCases::new();
     cases.pass("ui/topic/pass/*.rs");
     cases.compile_fail("ui/topic/fail/*.rs");
+    cases.pass("ui/consume/pass/*.rs");
+    cases.compile_fail("ui/consume/fail/*.rs");
 }

@@ -592,3 +592,28 @@ async fn changes_to_one_row_in_one_batch_apply_in_order() {
     assert_eq!(row(&mut conn, "rentals", 1).await.unwrap()["name"], "c", "the older third record is stale");
     assert_eq!(outcome.events[0].local_changes[0].changes["name"], json!(["a", "c"]));
 }
+
+static HANDLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[dionysus::consume(topic = "v8_rentals", event = "rental_recreated")]
+async fn count_recreated(event: &dionysus::consumer::ConsumedEvent) -> dionysus::Result<()> {
+    HANDLED.fetch_add(event.transformed_data.len(), std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
+/// `#[dionysus::consume]` handlers run after the commit, for their topic and event only;
+/// `rental_recreated` counts as a creation (C-7: classified by suffix).
+#[tokio::test(flavor = "multi_thread")]
+async fn handlers_run_after_commit_for_their_event() {
+    let db = replica_db().await;
+    let (consumer, _) = crate::consumer_models::consumer(&db, |b| b.handlers(true));
+    consumer
+        .process_batch(&[
+            event(0, "rental_recreated", "Rental", json!([{"id": 1, "name": "again"}, {"id": 2}])),
+            event(1, "rental_updated", "Rental", json!([{"id": 3}])),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(HANDLED.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(row(&mut db.connection().await, "rentals", 1).await.unwrap()["name"], "again");
+}

@@ -211,9 +211,13 @@ fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Model> {
                 ident,
                 format!(
                     "replica struct `{ident}` has no `{required}` field\n\
-                     help: add `pub {required}: {},` (the {} of the source record)",
+                     help: add `pub {required}: {},` ({})",
                     if required == "synced_id" { "i64" } else { "Option<DateTime<Utc>>" },
-                    if required == "synced_id" { "id" } else { "updated_at, for the timestamp guard" }
+                    if required == "synced_id" {
+                        "the source record's id"
+                    } else {
+                        "the source record's updated_at, compared by the timestamp guard"
+                    }
                 ),
             );
         }
@@ -278,7 +282,8 @@ fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Model> {
             .flatten()
             .collect();
         if !missing.is_empty() {
-            let span = input.attrs.iter().find(|a| a.path().is_ident("consume")).map_or(ident.span(), |a| a.span());
+            let span =
+                input.attrs.iter().find(|a| a.path().is_ident("consume")).map_or(ident.span(), |a| a.path().span());
             cx.syn_error(syn::Error::new(
                 span,
                 format!(

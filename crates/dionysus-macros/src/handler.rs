@@ -30,6 +30,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     };
     let mut topic = Attr::none(&cx, TOPIC);
     let mut event = Attr::none(&cx, EVENT);
+    let mut unknown_key = false;
     match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args) {
         Ok(metas) => {
             for meta in &metas {
@@ -39,6 +40,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
                 } else if path == &EVENT {
                     event.set_opt(path, attr::get_lit_str(&cx, EVENT, meta, r#"event = "rental_updated""#));
                 } else {
+                    unknown_key = true;
                     cx.syn_error(syn::Error::new(
                         attr::key_span(meta),
                         suggest::unknown_key_message("`#[dionysus::consume(...)]`", &attr::key_of(meta), KEYS),
@@ -72,7 +74,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     }
     let topic = topic.get();
     let event = event.get();
-    if topic.is_none() || event.is_none() {
+    if (topic.is_none() || event.is_none()) && !unknown_key {
         cx.syn_error(syn::Error::new(
             Span::call_site(),
             "missing `topic` or `event` in `#[dionysus::consume(...)]`\n\
