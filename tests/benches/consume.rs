@@ -189,6 +189,44 @@ async fn main() {
     let rows = count(&mut conn, "SELECT count(*) AS n FROM bench_rentals").await;
     assert_eq!(rows, total, "every message became a row");
 
+    // The same messages through `process_batch` without the broker (database path only).
+    conn.batch_execute(&format!("CREATE TABLE bench_direct ({COLUMNS})")).await.unwrap();
+    let direct_table = Box::leak(Box::new(dionysus::replica::ReplicaDescriptor {
+        table: "bench_direct",
+        ..dionysus::replica::ReplicaDescriptor { ..*BenchRental::DESCRIPTOR }
+    }));
+    let mut config =
+        dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+    config.kafka.group_id = Some("bench_direct".to_owned());
+    let direct = Consumer::builder(config)
+        .pool(db.pool(2))
+        .replicas(Replicas::new([&*direct_table]))
+        .topic("direct")
+        .handlers(false)
+        .build()
+        .unwrap();
+    let messages: Vec<dionysus::consumer::InboundMessage> = (1..=total)
+        .map(|i| {
+            let value = json!({"message": [{"event": "rental_created", "model_name": "Rental", "data": [record(i)]}]});
+            dionysus::consumer::InboundMessage {
+                topic: "direct".to_owned(),
+                partition: 0,
+                offset: i,
+                key: Some(format!("Rental:{i}").into_bytes()),
+                payload: Some(dionysus::envelope::to_json(&value).unwrap()),
+            }
+        })
+        .collect();
+    let started = Instant::now();
+    for chunk in messages.chunks(1000) {
+        direct.process_batch(chunk).await.unwrap();
+    }
+    let direct_wall = started.elapsed();
+    println!(
+        "dionysus process_batch without the broker (1 partition, batches of 1000): {:.0} msg/s",
+        total as f64 / direct_wall.as_secs_f64()
+    );
+
     // Raw baseline: the same rows, one server-side statement.
     let updates: Vec<String> = [
         "synced_created_at",

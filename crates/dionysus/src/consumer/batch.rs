@@ -192,7 +192,8 @@ impl Rules {
     fn check(&self, message: &InboundMessage, decoded: Decoded) -> Checked {
         let Decoded::Events(events) = decoded else { return Checked::Good(Vec::new()) };
         let topic = &message.topic;
-        let whole = message_array(message);
+        // The whole "message" array is only needed by filters (C-20).
+        let whole = if self.filters.is_empty() { Value::Null } else { message_array(message) };
         let import = self.import_topics.contains(topic.as_str());
         let mut work = Vec::with_capacity(events.len());
         let mut failure: Option<(&'static str, String)> = None;
