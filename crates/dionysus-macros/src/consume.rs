@@ -92,17 +92,9 @@ fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Model> {
     let mut soft_delete = Attr::none(cx, SOFT_DELETE);
     let mut strategy = Attr::none(cx, STRATEGY);
     let mut synced_data = Attr::none(cx, SYNCED_DATA);
-    let mut has_consume = false;
-    for attribute in input.attrs.iter().filter(|a| a.path().is_ident("consume")) {
-        has_consume = true;
-        let metas = match attribute.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated) {
-            Ok(metas) => metas,
-            Err(error) => {
-                cx.syn_error(error);
-                continue;
-            }
-        };
-        for meta in &metas {
+    let has_consume = input.attrs.iter().any(|a| a.path().is_ident("consume"));
+    {
+        for meta in &consume_metas(cx, &input.attrs) {
             let path = meta.path();
             if path == &TOPIC {
                 topic.set_opt(path, attr::get_lit_str(cx, TOPIC, meta, r#"topic = "v3_rentals""#));
@@ -146,15 +138,8 @@ fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Model> {
         }
         let mut from = Attr::none(cx, FROM);
         let mut skip = Attr::none(cx, SKIP);
-        for attribute in field.attrs.iter().filter(|a| a.path().is_ident("consume")) {
-            let metas = match attribute.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated) {
-                Ok(metas) => metas,
-                Err(error) => {
-                    cx.syn_error(error);
-                    continue;
-                }
-            };
-            for meta in &metas {
+        {
+            for meta in &consume_metas(cx, &field.attrs) {
                 let path = meta.path();
                 if path == &FROM {
                     let value = attr::get_lit_str(cx, FROM, meta, r#"from = "daily_price""#);
@@ -313,6 +298,19 @@ fn parse(cx: &Ctxt, input: &DeriveInput) -> Option<Model> {
         synced_data,
         fields,
     })
+}
+
+/// Every `key = value` of the `#[consume(...)]` attributes among `attrs`; syntax errors are
+/// recorded.
+fn consume_metas(cx: &Ctxt, attrs: &[syn::Attribute]) -> Vec<Meta> {
+    let mut metas = Vec::new();
+    for attribute in attrs.iter().filter(|a| a.path().is_ident("consume")) {
+        match attribute.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated) {
+            Ok(parsed) => metas.extend(parsed),
+            Err(error) => cx.syn_error(error),
+        }
+    }
+    metas
 }
 
 /// The column kind of a field type, and whether it is nullable.

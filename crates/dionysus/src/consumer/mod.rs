@@ -16,6 +16,22 @@
 //! * After the commit, event-bus subscribers and `#[dionysus::consume]` handlers are told
 //!   what changed (C-19).
 //!
+//! Where we differ from dionysus-rb behind the wire (documented choices):
+//!
+//! * offsets live in `dionysus_consumer_offsets`, written in the batch's transaction (the gem
+//!   relies on Kafka commits and re-applies a batch after a crash);
+//! * timestamps are compared as instants; equal timestamps apply, as in the gem;
+//! * a message whose model has no replica is dead-lettered by default
+//!   ([`UnknownModel::DeadLetter`]) and still reported on the event bus (C-17);
+//!   [`UnknownModel::Skip`] restores the gem's silent skip;
+//! * the `cancel` strategy sets the soft-delete column to the event's time (`updated_at`,
+//!   else `created_at`, else now) and keeps an existing cancellation time;
+//! * within a batch, aggregate roots are written before their sideloads (level by level); a
+//!   record appearing both as a sideload and later as a root in the same batch is ordered by
+//!   the timestamp guard rather than by message order;
+//! * the event bus is told after the Kafka commit; a process that dies between the database
+//!   commit and the notifications does not repeat them.
+//!
 //! Replica rules are `replica`'s; the wire format is `envelope`'s.
 
 mod batch;

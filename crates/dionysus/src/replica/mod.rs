@@ -2,7 +2,7 @@
 //!
 //! `#[derive(Consume)]` describes a diesel struct as a [`ReplicaDescriptor`] (table, columns,
 //! source model, soft-delete rules) and registers it; this module owns those descriptions,
-//! the canonical form of incoming records ([`deserialize`], dionysus-rb's C-6), and the
+//! the canonical form of incoming records ([`mod@deserialize`], dionysus-rb's C-6), and the
 //! persistence rules that turn a record into a row change ([`plan`], C-9 … C-14). Executing
 //! the changes against PostgreSQL is [`sql`]'s job; reading Kafka is `consumer`'s.
 
