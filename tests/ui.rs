@@ -9,4 +9,6 @@ fn ui() {
     cases.compile_fail("ui/topic/fail/*.rs");
     cases.pass("ui/publish/pass/*.rs");
     cases.compile_fail("ui/publish/fail/*.rs");
+    cases.pass("ui/consume/pass/*.rs");
+    cases.compile_fail("ui/consume/fail/*.rs");
 }

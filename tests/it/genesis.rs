@@ -63,14 +63,14 @@ async fn run_row(conn: &mut AsyncPgConnection, id: i64) -> GenesisRun {
         .unwrap()
 }
 
-/// 100 000 records spread over 4 s: batches follow the schedule (not a burst); aborted half
-/// way and resumed, it continues after its cursor, so at most the in-flight batch repeats;
+/// 100 000 records spread over 12 s: batches follow the schedule (at 3 s at most a quarter
+/// plus slack is out, where a burst would have sent far more); aborted there and resumed, it continues after its cursor, so at most the in-flight batch repeats;
 /// soft-deleted records are published as `_destroyed`.
 #[tokio::test(flavor = "multi_thread")]
 async fn genesis_is_throttled_and_resumes_after_an_abort() {
     const ITEMS: i64 = 100_000;
     let (_db, mut conn, genesis, topic) = setup(ITEMS).await;
-    let request = GenesisRequest { over: Duration::from_secs(4), ..GenesisRequest::new("GenesisItem", &topic) };
+    let request = GenesisRequest { over: Duration::from_secs(12), ..GenesisRequest::new("GenesisItem", &topic) };
     let run = genesis.start(&request).await.unwrap();
     assert_eq!(run.total_count, Some(ITEMS));
 
@@ -80,12 +80,9 @@ async fn genesis_is_throttled_and_resumes_after_an_abort() {
         let genesis = genesis.clone();
         async move { genesis.run(run.id, &ProgressBar::hidden(), &CancellationToken::new()).await }
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let midway = run_row(&mut conn, run.id).await.published_count;
-    assert!(
-        midway > 10_000 && midway < 70_000,
-        "1.5 s into 4 s: {midway} of {ITEMS} published — throttled, not a burst"
-    );
+    assert!(midway > 0 && midway <= 35_000, "3 s into 12 s: {midway} of {ITEMS} published — throttled, not a burst");
     first.abort();
     let _ = first.await;
     let stopped_at = run_row(&mut conn, run.id).await;
@@ -94,11 +91,11 @@ async fn genesis_is_throttled_and_resumes_after_an_abort() {
     let report = genesis.run(run.id, &ProgressBar::hidden(), &CancellationToken::new()).await.unwrap();
     let elapsed = started.elapsed();
     assert!(report.completed);
-    assert!(elapsed >= Duration::from_millis(3600), "spread over ~4 s, took {elapsed:?}");
+    assert!(elapsed >= Duration::from_secs(11), "spread over ~12 s, took {elapsed:?}");
     let finished = run_row(&mut conn, run.id).await;
     assert_eq!((finished.status.as_str(), finished.published_count), ("completed", ITEMS));
     let performed = report.performed.unwrap();
-    assert_eq!(performed.end_at - performed.start_at, chrono::Duration::seconds(4 + 60));
+    assert_eq!(performed.end_at - performed.start_at, chrono::Duration::seconds(12 + 60));
 
     // Read everything back: every record once, plus at most the batch in flight at the abort.
     let consumer: StreamConsumer = consumer_config(&kafka_config(), &unique_name("group")).create().unwrap();

@@ -4,6 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod consumer_kafka;
+mod consumer_models;
+mod consumer_vectors;
 mod genesis;
 mod kafka;
 mod migrations;

@@ -8,7 +8,9 @@
 //! errors together with a minimal stub, so the user sees the real mistake and not a cascade.
 
 mod attr;
+mod consume;
 mod ctxt;
+mod handler;
 mod publish;
 mod suggest;
 mod symbol;
@@ -33,4 +35,22 @@ pub fn topic(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_derive(Publishable, attributes(publish, publishable))]
 pub fn derive_publishable(input: TokenStream) -> TokenStream {
     publish::derive(input.into()).into()
+}
+
+/// Describes a diesel struct as a replica of another service's model: `#[derive(Consume)]`
+/// with `#[consume(topic = "v3_rentals", model = "Rental", soft_delete = "synced_canceled_at")]`.
+///
+/// See `dionysus::Consume` for the full documentation.
+#[proc_macro_derive(Consume, attributes(consume, diesel))]
+pub fn derive_consume(input: TokenStream) -> TokenStream {
+    consume::expand_derive(input.into()).into()
+}
+
+/// Registers an async handler for events of a topic:
+/// `#[dionysus::consume(topic = "v3_rentals", event = "rental_updated")]`.
+///
+/// See `dionysus::consume` for the full documentation.
+#[proc_macro_attribute]
+pub fn consume(args: TokenStream, item: TokenStream) -> TokenStream {
+    handler::expand(args.into(), item.into()).into()
 }

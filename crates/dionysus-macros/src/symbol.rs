@@ -28,6 +28,13 @@ pub(crate) const SERIALIZER: Symbol = Symbol("serializer");
 pub(crate) const MODEL_NAME: Symbol = Symbol("model_name");
 pub(crate) const SOFT_DELETE: Symbol = Symbol("soft_delete");
 pub(crate) const PUBLISH_UPDATES_AFTER_SOFT_DELETE: Symbol = Symbol("publish_updates_after_soft_delete");
+// #[derive(Consume)] / #[consume(...)]
+pub(crate) const MODEL: Symbol = Symbol("model");
+pub(crate) const STRATEGY: Symbol = Symbol("strategy");
+pub(crate) const SYNCED_DATA: Symbol = Symbol("synced_data");
+pub(crate) const FROM: Symbol = Symbol("from");
+pub(crate) const SKIP: Symbol = Symbol("skip");
+pub(crate) const EVENT: Symbol = Symbol("event");
 
 impl PartialEq<Symbol> for Ident {
     fn eq(&self, word: &Symbol) -> bool {

@@ -4,6 +4,7 @@
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod db;
 pub mod envelope;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod outbox;
 pub mod publishable;
 pub mod registry;
 pub mod relay;
+pub mod replica;
 pub mod schema;
 mod sender;
 pub mod serialize;
@@ -76,13 +78,97 @@ pub use dionysus_macros::topic;
 #[doc(inline)]
 pub use dionysus_macros::Publishable;
 
+/// Describes a diesel struct as a *replica* of another service's model, kept in sync by
+/// [`consumer::Consumer`].
+///
+/// ```
+/// use chrono::{DateTime, Utc};
+///
+/// diesel::table! {
+///     replicated_rentals (synced_id) {
+///         synced_id -> BigInt,
+///         synced_created_at -> Nullable<Timestamptz>,
+///         synced_updated_at -> Nullable<Timestamptz>,
+///         synced_canceled_at -> Nullable<Timestamptz>,
+///         name -> Nullable<Text>,
+///         price -> Nullable<Double>,
+///         synced_data -> Nullable<Jsonb>,
+///         local_note -> Nullable<Text>,
+///     }
+/// }
+///
+/// #[derive(dionysus::Consume)]
+/// #[diesel(table_name = replicated_rentals)]
+/// #[consume(topic = "v3_rentals", model = "Rental", soft_delete = "synced_canceled_at")]
+/// pub struct ReplicatedRental {
+///     pub synced_id: i64,
+///     pub synced_created_at: Option<DateTime<Utc>>,
+///     pub synced_updated_at: Option<DateTime<Utc>>,
+///     pub synced_canceled_at: Option<DateTime<Utc>>,
+///     pub name: Option<String>,
+///     #[consume(from = "daily_price")]
+///     pub price: Option<f64>,
+///     pub synced_data: Option<serde_json::Value>,
+///     #[consume(skip)]
+///     pub local_note: Option<String>,
+/// }
+///
+/// use dionysus::replica::Replica;
+/// assert_eq!(ReplicatedRental::DESCRIPTOR.table, "replicated_rentals");
+/// assert!(dionysus::replica::Replicas::global().find("rentals").is_some());
+/// ```
+///
+/// On the struct, `#[consume(...)]` takes:
+///
+/// | key | value | meaning |
+/// |---|---|---|
+/// | `topic` | string, required | the topic the records come from (checked by [`Registry::validate`]) |
+/// | `model` | string, required | the source model name on the wire (`model_name`), also matched against relationship names (`bookings` → `Booking`) |
+/// | `soft_delete` | field name | column set by `_destroyed` events instead of deleting the row; payloads without `canceled_at` clear it (restore) |
+/// | `strategy` | `"cancel"` (default with `soft_delete`) or `"destroy"` | what a `_destroyed` event without `canceled_at` does: set the soft-delete column, or delete the row |
+/// | `synced_data` | field name | jsonb column keeping the whole deserialized payload (default: a field named `synced_data`) |
+///
+/// On fields: `#[consume(from = "daily_price")]` takes the column's value from another
+/// payload attribute; `#[consume(skip)]` leaves a column to the application. The table is
+/// the struct's `#[diesel(table_name = ...)]`, which must have a unique index on
+/// `synced_id`. `synced_id` and `synced_updated_at` fields are required.
+///
+/// Mistakes are compile errors on the offending token: a missing required field or key, an
+/// unknown key (with a suggestion), a field type that cannot hold payload values, a
+/// `soft_delete` naming no field, a field whose column the diesel table lacks.
+#[doc(inline)]
+pub use dionysus_macros::Consume;
+
+/// Registers an async function as a handler of one event of a topic; it runs after the batch
+/// holding the event is committed. Use it with its path, `#[dionysus::consume(...)]`, so it
+/// never clashes with the `#[consume(...)]` helper attribute of `#[derive(Consume)]`.
+///
+/// ```
+/// #[dionysus::consume(topic = "v3_rentals", event = "rental_updated")]
+/// async fn notify(event: &dionysus::consumer::ConsumedEvent) -> dionysus::Result<()> {
+///     for change in &event.local_changes {
+///         let _ = (&change.model, &change.synced_id, &change.changes);
+///     }
+///     Ok(())
+/// }
+///
+/// assert!(dionysus::consumer::handlers().any(|h| h.matches("v3_rentals", "rental_updated")));
+/// ```
+///
+/// `event = "*"` handles every event of the topic.
+#[doc(inline)]
+pub use dionysus_macros::consume;
+
 /// The names most applications need, in one import.
 pub mod prelude {
     pub use crate::config::Config;
     pub use crate::outbox::Changeset;
     pub use crate::publishable::Publishable;
+
+    pub use crate::consumer::{ConsumedEvent, Consumer};
     pub use crate::registry::{Registry, Topic};
     pub use crate::topic;
+    pub use crate::Consume;
 }
 
 /// Items the macros' generated code refers to. Not a public API: it may change in any
@@ -94,6 +180,7 @@ pub mod __private {
     pub use inventory;
     pub use serde_json;
 
+    pub use crate::consumer::{ConsumedEvent, HandlerDeclaration, HandlerEntry, HandlerFuture};
     pub use crate::publishable::{
         attribute_value, load_erased, model_entry, publications_of, relation, BoxFuture, ColumnIn, Dependency, IdKind,
         ModelEntry, NotRelated, Observer, OtherBelongsToOwner, OwnerBelongsToOther, PartitionKeySource, PrimaryKeyType,
@@ -102,5 +189,14 @@ pub mod __private {
     pub use crate::registry::{
         ModelRegistration, Tombstone, Topic, TopicDeclaration, TopicEntry, TopicReference, TopicReferenceEntry,
     };
+    pub use crate::replica::{Column, ColumnKind, DestroyStrategy, Replica, ReplicaDescriptor, ReplicaEntry};
     pub use crate::serialize::{serialize_erased, DefaultSerializer};
+
+    /// Boxes a handler's future (used by `#[dionysus::consume]` on functions).
+    pub fn box_handler<'a, F>(future: F) -> HandlerFuture<'a>
+    where
+        F: ::core::future::Future<Output = crate::Result<()>> + Send + 'a,
+    {
+        ::std::boxed::Box::pin(future)
+    }
 }

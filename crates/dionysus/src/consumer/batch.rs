@@ -1,0 +1,514 @@
+//! One batch of one partition, from raw messages to committed replica rows: decode, check
+//! every record against its replica model (bad messages are set aside for the dead-letter
+//! topic, whole), remove duplicates (C-18), then apply everything inside the caller's
+//! transaction with set-based statements, level by level (aggregate roots, then their
+//! sideloads), in rounds so that a row touched twice in a batch sees its first change.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncPgConnection;
+use serde_json::{Map, Value};
+
+use super::dedup::remove_duplicates;
+use super::events::{ConsumedEvent, LocalChange, MessageFilter};
+use crate::envelope::{decode, Decoded, EnvelopeError};
+use crate::naming::{event_prefix, EventKind};
+use crate::replica::plan::{normalize_row, plan, prepare, Prepared, RecordError};
+use crate::replica::sql::{self, id_key};
+use crate::replica::{deserialize, Record, ReplicaDescriptor, Replicas, RowPlan};
+
+/// A message as read from Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundMessage {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key, e.g. `Rental:1`.
+    pub key: Option<Vec<u8>>,
+    /// Value; `None` is a Kafka null (a tombstone).
+    pub payload: Option<Vec<u8>>,
+}
+
+/// A message that cannot be processed and goes to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The original message.
+    pub message: InboundMessage,
+    /// Why, in a word: `oversized`, `malformed_json`, `invalid_envelope`, `invalid_record`,
+    /// `unknown_model`, `missing_id`, `wrong_type`, `database_rejected`.
+    pub reason: &'static str,
+    /// The error in full.
+    pub error: String,
+}
+
+/// What to do with a message whose model has no replica here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownModel {
+    /// Send it to the dead-letter topic (the default): a model nobody replicates on a
+    /// replicated topic is usually a missing declaration.
+    DeadLetter,
+    /// Skip it silently, as dionysus-rb does (C-17); it is still reported on the event bus.
+    Skip,
+}
+
+/// The batch rules a consumer applies (built by `ConsumerBuilder`).
+#[derive(Clone)]
+pub(crate) struct Rules {
+    pub(crate) replicas: Replicas,
+    pub(crate) import_topics: HashSet<String>,
+    pub(crate) filters: Vec<Arc<dyn MessageFilter>>,
+    pub(crate) remove_duplicates: bool,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) unknown_model: UnknownModel,
+    pub(crate) processing_mutex: bool,
+}
+
+/// A record checked against its replica, with its checked sideloads.
+#[derive(Debug)]
+struct Node {
+    replica: &'static ReplicaDescriptor,
+    prepared: Prepared,
+    /// Name under which local changes are reported.
+    change_name: String,
+    /// `(replica of the children, children)`; children of unknown models are left out.
+    has_many: Vec<(&'static ReplicaDescriptor, Vec<Node>)>,
+    has_one: Vec<Node>,
+}
+
+/// One event ready to apply.
+struct EventWork {
+    bus: ConsumedEvent,
+    kind: Option<EventKind>,
+    import: bool,
+    nodes: Vec<Node>,
+}
+
+enum Checked {
+    Good(Vec<EventWork>),
+    Bad(DeadLetter, Vec<ConsumedEvent>),
+}
+
+/// A batch checked and ready to apply.
+pub(crate) struct PreparedBatch {
+    /// Messages to send to the dead-letter topic before the batch is committed.
+    pub(crate) dead_letters: Vec<DeadLetter>,
+    /// In processing order: events to apply (and report) and events only to report.
+    work: Vec<Work>,
+    /// Processing-mutex names of every message (C-3), when the mutex is on.
+    pub(crate) locks: Vec<String>,
+}
+
+enum Work {
+    Apply(EventWork),
+    Report(ConsumedEvent),
+}
+
+/// `Dionysus-<key>`, the processing-mutex name of a message (C-3); a missing key gets a
+/// random UUID, which (as in dionysus-rb) excludes nothing.
+pub fn lock_name(key: Option<&[u8]>) -> String {
+    match key {
+        Some(key) => format!("Dionysus-{}", String::from_utf8_lossy(key)),
+        None => format!("Dionysus-{}", random_uuid()),
+    }
+}
+
+fn random_uuid() -> String {
+    let bits: u128 = rand::random();
+    let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+impl Rules {
+    /// Decodes and checks every message; nothing touches the database.
+    pub(crate) fn prepare(&self, messages: &[InboundMessage]) -> PreparedBatch {
+        let mut checked: Vec<(usize, Checked)> = Vec::with_capacity(messages.len());
+        let mut decoded_good: Vec<(usize, Decoded)> = Vec::new();
+        for (index, message) in messages.iter().enumerate() {
+            match self.decode(message) {
+                Ok(decoded) => decoded_good.push((index, decoded)),
+                Err((reason, error)) => {
+                    let dead = DeadLetter { message: message.clone(), reason, error };
+                    checked.push((index, Checked::Bad(dead, Vec::new())));
+                }
+            }
+        }
+        // C-18 over the messages that decoded.
+        let order: Vec<usize> = if self.remove_duplicates {
+            let refs: Vec<&Decoded> = decoded_good.iter().map(|(_, decoded)| decoded).collect();
+            remove_duplicates(&refs).unwrap_or_else(|| (0..decoded_good.len()).collect())
+        } else {
+            (0..decoded_good.len()).collect()
+        };
+        let mut slots: Vec<Option<(usize, Decoded)>> = decoded_good.into_iter().map(Some).collect();
+        let mut positioned: Vec<(usize, Checked)> = Vec::new();
+        for position in order {
+            if let Some((index, decoded)) = slots.get_mut(position).and_then(Option::take) {
+                positioned.push((index, self.check(&messages[index], decoded)));
+            }
+        }
+        // Dead letters first by offset; kept work in dedup order.
+        let mut dead_letters = Vec::new();
+        let mut work = Vec::new();
+        for (_, item) in checked.into_iter().chain(positioned) {
+            match item {
+                Checked::Good(events) => work.extend(events.into_iter().map(Work::Apply)),
+                Checked::Bad(dead, report) => {
+                    dead_letters.push(dead);
+                    work.extend(report.into_iter().map(Work::Report));
+                }
+            }
+        }
+        dead_letters.sort_by_key(|dead: &DeadLetter| dead.message.offset);
+        let locks = if self.processing_mutex {
+            messages.iter().map(|message| lock_name(message.key.as_deref())).collect()
+        } else {
+            Vec::new()
+        };
+        PreparedBatch { dead_letters, work, locks }
+    }
+
+    fn decode(&self, message: &InboundMessage) -> Result<Decoded, (&'static str, String)> {
+        let dead = |reason, error: String| (reason, error);
+        if let Some(payload) = &message.payload {
+            if payload.len() > self.max_message_bytes {
+                return Err(dead(
+                    "oversized",
+                    format!("payload of {} bytes exceeds the limit of {} bytes", payload.len(), self.max_message_bytes),
+                ));
+            }
+        }
+        decode(message.payload.as_deref()).map_err(|error| match error {
+            EnvelopeError::Json(_) => dead("malformed_json", error.to_string()),
+            EnvelopeError::Shape(_) => dead("invalid_envelope", error.to_string()),
+        })
+    }
+
+    fn check(&self, message: &InboundMessage, decoded: Decoded) -> Checked {
+        let Decoded::Events(events) = decoded else { return Checked::Good(Vec::new()) };
+        let topic = &message.topic;
+        // The whole "message" array is only needed by filters (C-20).
+        let whole = if self.filters.is_empty() { Value::Null } else { message_array(message) };
+        let import = self.import_topics.contains(topic.as_str());
+        let mut work = Vec::with_capacity(events.len());
+        let mut failure: Option<(&'static str, String)> = None;
+        for event in events {
+            let records = match deserialize(&event.data) {
+                Ok(records) => records,
+                Err(error) => {
+                    failure.get_or_insert(("invalid_record", format!("{} {}: {error}", event.model_name, event.event)));
+                    continue;
+                }
+            };
+            if let Some(filter) = self.filters.iter().find(|f| f.ignore_message(topic, &whole, &records)) {
+                filter.notify_about_ignored_message(topic, &whole);
+                continue;
+            }
+            let kind = EventKind::classify(&event.event);
+            let bus = ConsumedEvent {
+                topic: topic.clone(),
+                event_name: event.event.clone(),
+                model_name: event.model_name.clone(),
+                transformed_data: records,
+                local_changes: Vec::new(),
+            };
+            if kind.is_none() {
+                tracing::debug!(topic = %topic, event = %event.event, "unknown event type; not persisted");
+                work.push(EventWork { bus, kind, import, nodes: Vec::new() });
+                continue;
+            }
+            let Some(replica) = self.replicas.find(&event.model_name) else {
+                if self.unknown_model == UnknownModel::DeadLetter {
+                    failure.get_or_insert((
+                        "unknown_model",
+                        format!("no replica model for `{}` (event {} on {topic})", event.model_name, event.event),
+                    ));
+                } else {
+                    tracing::debug!(topic = %topic, model = %event.model_name, "unknown model; not persisted");
+                }
+                work.push(EventWork { bus, kind, import, nodes: Vec::new() });
+                continue;
+            };
+            let nodes: Result<Vec<Node>, RecordError> =
+                bus.transformed_data.iter().map(|record| self.node(replica, record, &event.model_name)).collect();
+            match nodes {
+                Ok(nodes) => work.push(EventWork { bus, kind, import, nodes }),
+                Err(error) => {
+                    tracing::error!(topic = %topic, offset = message.offset, "{error}");
+                    failure.get_or_insert((error.reason(), error.to_string()));
+                }
+            }
+        }
+        match failure {
+            None => Checked::Good(work),
+            Some((reason, error)) => {
+                // Unknown models are still reported (C-17), with no local changes.
+                let report =
+                    if reason == "unknown_model" { work.into_iter().map(|w| w.bus).collect() } else { Vec::new() };
+                Checked::Bad(DeadLetter { message: message.clone(), reason, error }, report)
+            }
+        }
+    }
+
+    fn node(
+        &self,
+        replica: &'static ReplicaDescriptor,
+        record: &Record,
+        change_name: &str,
+    ) -> Result<Node, RecordError> {
+        let prepared = prepare(replica, record)?;
+        let mut has_many = Vec::new();
+        for (name, children) in &record.has_many {
+            let (Some(children), Some(child)) = (children, self.replicas.find(name)) else { continue };
+            let nodes = children.iter().map(|c| self.node(child, c, name)).collect::<Result<Vec<_>, _>>()?;
+            has_many.push((child, nodes));
+        }
+        let mut has_one = Vec::new();
+        for (name, child_record) in &record.has_one {
+            let (Some(child_record), Some(child)) = (child_record, self.replicas.find(name)) else { continue };
+            has_one.push(self.node(child, child_record, name)?);
+        }
+        Ok(Node { replica, prepared, change_name: change_name.to_owned(), has_many, has_one })
+    }
+}
+
+fn message_array(message: &InboundMessage) -> Value {
+    message
+        .payload
+        .as_deref()
+        .and_then(|bytes| serde_json::from_slice::<Value>(bytes).ok())
+        .and_then(|value| value.get("message").cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// One record to apply at some level.
+struct Unit<'a> {
+    node: &'a Node,
+    kind: EventKind,
+    aggregate_root: bool,
+    import: bool,
+    event: usize,
+}
+
+/// A child replica and the `(parent id, child ids)` links to resolve on it.
+type Resolve = (&'static ReplicaDescriptor, Vec<(Value, Vec<Value>)>);
+
+/// Applies a prepared batch in the caller's transaction and returns the events to report.
+pub(crate) async fn apply(
+    conn: &mut AsyncPgConnection,
+    batch: &PreparedBatch,
+    now: DateTime<Utc>,
+) -> Result<Vec<ConsumedEvent>, diesel::result::Error> {
+    let mut events: Vec<ConsumedEvent> = Vec::with_capacity(batch.work.len());
+    let mut level: Vec<Unit<'_>> = Vec::new();
+    for work in &batch.work {
+        match work {
+            Work::Report(event) => events.push(event.clone()),
+            Work::Apply(work) => {
+                let index = events.len();
+                events.push(work.bus.clone());
+                let Some(kind) = work.kind else { continue };
+                let import = work.import && kind != EventKind::Updated;
+                level.extend(work.nodes.iter().map(|node| Unit {
+                    node,
+                    kind,
+                    aggregate_root: true,
+                    import,
+                    event: index,
+                }));
+            }
+        }
+    }
+    // (child table, foreign key) → [(parent id, child ids)] in order.
+    let mut resolves: BTreeMap<(&'static str, String), Resolve> = BTreeMap::new();
+    while !level.is_empty() {
+        let applied = apply_level(conn, &level, &mut events, now).await?;
+        let mut next = Vec::new();
+        for (unit, applied) in level.iter().zip(applied) {
+            if !applied || unit.import {
+                continue;
+            }
+            let parent = unit.node;
+            for (child, children) in &parent.has_many {
+                next.extend(children.iter().map(|node| Unit {
+                    node,
+                    kind: unit.kind,
+                    aggregate_root: false,
+                    import: false,
+                    event: unit.event,
+                }));
+                let foreign_key = format!("synced_{}_id", event_prefix(parent.replica.model));
+                if child.column(&foreign_key).is_some() {
+                    let ids = children.iter().map(|node| node.prepared.synced_id.clone()).collect();
+                    resolves
+                        .entry((child.table, foreign_key))
+                        .or_insert_with(|| (child, Vec::new()))
+                        .1
+                        .push((parent.prepared.synced_id.clone(), ids));
+                }
+            }
+            next.extend(parent.has_one.iter().map(|node| Unit {
+                node,
+                kind: unit.kind,
+                aggregate_root: false,
+                import: false,
+                event: unit.event,
+            }));
+        }
+        level = next;
+    }
+    for ((_, foreign_key), (child, links)) in resolves {
+        sql::resolve_to_many(conn, child, &foreign_key, final_links(links)).await?;
+    }
+    Ok(events)
+}
+
+/// The links that hold after applying `links` in order: a parent's later list replaces its
+/// earlier one, and a child listed by a later parent leaves the earlier parent's list.
+fn final_links(links: Vec<(Value, Vec<Value>)>) -> Vec<(Value, Vec<Value>)> {
+    let mut latest: Vec<(Value, Vec<Value>)> = Vec::new();
+    for (parent, ids) in links {
+        latest.retain(|(existing, _)| *existing != parent);
+        for (_, other_ids) in latest.iter_mut() {
+            other_ids.retain(|id| !ids.contains(id));
+        }
+        latest.push((parent, ids));
+    }
+    latest
+}
+
+/// Applies one level; returns for each unit whether it passed the timestamp guard.
+async fn apply_level(
+    conn: &mut AsyncPgConnection,
+    units: &[Unit<'_>],
+    events: &mut [ConsumedEvent],
+    now: DateTime<Utc>,
+) -> Result<Vec<bool>, diesel::result::Error> {
+    // Table → unit indices in order; a unit's round is how often its row came before.
+    let mut tables: Vec<(&'static ReplicaDescriptor, Vec<(usize, usize)>)> = Vec::new();
+    let mut seen: HashMap<(&'static str, String), usize> = HashMap::new();
+    for (index, unit) in units.iter().enumerate() {
+        let replica = unit.node.replica;
+        let key = (replica.table, id_key(&unit.node.prepared.synced_id));
+        let round = *seen.entry(key).and_modify(|round| *round += 1).or_insert(0);
+        match tables.iter_mut().find(|(table, _)| table.table == replica.table) {
+            Some((_, members)) => members.push((index, round)),
+            None => tables.push((replica, vec![(index, round)])),
+        }
+    }
+    let rounds = seen.values().copied().max().map_or(0, |max| max + 1);
+    let mut applied = vec![false; units.len()];
+    for round in 0..rounds {
+        for (replica, members) in &tables {
+            let members: Vec<usize> = members.iter().filter(|(_, r)| *r == round).map(|(index, _)| *index).collect();
+            if members.is_empty() {
+                continue;
+            }
+            let ids: Vec<Value> = members
+                .iter()
+                .filter(|&&index| !units[index].import)
+                .map(|&index| units[index].node.prepared.synced_id.clone())
+                .collect();
+            let mut rows = sql::load_rows(conn, replica, &ids).await?;
+            for row in rows.values_mut() {
+                normalize_row(replica, row);
+            }
+            let mut updates = Vec::new();
+            let mut inserts = Vec::new();
+            let mut imports = Vec::new();
+            let mut deletes = Vec::new();
+            for index in members {
+                let unit = &units[index];
+                let prepared = &unit.node.prepared;
+                if unit.import {
+                    applied[index] = true;
+                    if unit.kind == EventKind::Destroyed {
+                        deletes.push(prepared.synced_id.clone());
+                    } else {
+                        imports.push(import_row(replica, prepared));
+                    }
+                    continue;
+                }
+                let old = rows.get(&id_key(&prepared.synced_id));
+                let row_plan = plan(replica, unit.kind, unit.aggregate_root, prepared, old, now);
+                let changes = match row_plan {
+                    RowPlan::Stale => {
+                        tracing::debug!(table = replica.table, id = %prepared.synced_id, "stale record ignored");
+                        continue;
+                    }
+                    RowPlan::Nothing => Map::new(),
+                    RowPlan::Write { row, exists, changes } => {
+                        if exists {
+                            updates.push(row);
+                        } else {
+                            inserts.push(row);
+                        }
+                        changes
+                    }
+                    RowPlan::Delete { changes } => {
+                        deletes.push(prepared.synced_id.clone());
+                        changes
+                    }
+                };
+                applied[index] = true;
+                if let Some(event) = events.get_mut(unit.event) {
+                    event.add_change(LocalChange {
+                        model: unit.node.change_name.clone(),
+                        synced_id: prepared.synced_id.clone(),
+                        changes,
+                    });
+                }
+            }
+            sql::delete_rows(conn, replica, &deletes).await?;
+            sql::update_rows(conn, replica, updates).await?;
+            sql::insert_rows(conn, replica, inserts, true).await?;
+            sql::insert_rows(conn, replica, imports, false).await?;
+        }
+    }
+    Ok(applied)
+}
+
+/// The row import mode writes (C-8): the assigned columns, without `synced_data`.
+fn import_row(replica: &ReplicaDescriptor, prepared: &Prepared) -> Map<String, Value> {
+    let mut row = Map::new();
+    for (column, value) in &prepared.assignments {
+        if Some(column.name) != replica.synced_data {
+            row.insert(column.name.to_owned(), value.clone());
+        }
+    }
+    row.insert(replica.synced_id.to_owned(), prepared.synced_id.clone());
+    row
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn lock_names_use_the_key_or_a_uuid() {
+        // Vector c32.
+        assert_eq!(lock_name(Some(b"Rental:1")), "Dionysus-Rental:1");
+        let name = lock_name(None);
+        let uuid = name.strip_prefix("Dionysus-").unwrap();
+        assert_eq!(uuid.len(), 36);
+        assert_eq!(uuid.as_bytes()[14], b'4', "{uuid}");
+        assert_ne!(lock_name(None), name);
+    }
+
+    #[test]
+    fn later_links_win() {
+        let links = vec![
+            (json!(1), vec![json!(101), json!(102)]),
+            (json!(2), vec![json!(101)]),
+            (json!(1), vec![json!(102), json!(103)]),
+        ];
+        assert_eq!(final_links(links), vec![(json!(2), vec![json!(101)]), (json!(1), vec![json!(102), json!(103)])]);
+    }
+}

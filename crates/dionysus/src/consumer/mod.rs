@@ -1,0 +1,580 @@
+//! The consumer runtime: reads the declared topics in one consumer group and keeps the
+//! replica tables in sync, effectively once.
+//!
+//! * Partitions are processed concurrently, each strictly in order, in batches of up to
+//!   [`ConsumerConfig::batch_size`](crate::config::ConsumerConfig::batch_size) messages.
+//! * A batch is one PostgreSQL transaction: the partition's offset row is locked, messages
+//!   below the stored offset are skipped (already applied), every record is written with
+//!   set-based statements under the timestamp guard, and the next offset is stored — all or
+//!   nothing. The Kafka commit follows; on assignment the consumer seeks to the stored
+//!   offset, so a crash between the two commits applies nothing twice.
+//! * Bad messages (oversized, malformed JSON, unknown model, missing id, wrong types, or a
+//!   row the database rejects) go whole to the dead-letter topic with headers saying why;
+//!   the partition keeps moving.
+//! * Transient database errors are retried with backoff; the batch is retried as a whole,
+//!   so order is kept.
+//! * After the commit, event-bus subscribers and `#[dionysus::consume]` handlers are told
+//!   what changed (C-19).
+//!
+//! Where we differ from dionysus-rb behind the wire (documented choices):
+//!
+//! * offsets live in `dionysus_consumer_offsets`, written in the batch's transaction (the gem
+//!   relies on Kafka commits and re-applies a batch after a crash);
+//! * timestamps are compared as instants; equal timestamps apply, as in the gem;
+//! * a message whose model has no replica is dead-lettered by default
+//!   ([`UnknownModel::DeadLetter`]) and still reported on the event bus (C-17);
+//!   [`UnknownModel::Skip`] restores the gem's silent skip;
+//! * the `cancel` strategy sets the soft-delete column to the event's time (`updated_at`,
+//!   else `created_at`, else now) and keeps an existing cancellation time;
+//! * within a batch, aggregate roots are written before their sideloads (level by level); a
+//!   record appearing both as a sideload and later as a root in the same batch is ordered by
+//!   the timestamp guard rather than by message order;
+//! * the event bus is told after the Kafka commit; a process that dies between the database
+//!   commit and the notifications does not repeat them.
+//!
+//! Replica rules are `replica`'s; the wire format is `envelope`'s.
+
+mod batch;
+pub mod dedup;
+mod events;
+mod runtime;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+
+pub use batch::{lock_name, DeadLetter, InboundMessage, UnknownModel};
+use batch::{PreparedBatch, Rules};
+pub use events::{
+    handlers, ConsumedEvent, HandlerDeclaration, HandlerEntry, HandlerFuture, LocalChange, MessageFilter, Notification,
+};
+pub use runtime::DeadLetterHeaders;
+
+use crate::config::Config;
+use crate::db::{DbError, Pool};
+use crate::replica::{sql, Replicas};
+
+/// A consumer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumerError {
+    /// A database operation failed.
+    #[error("{what}: {source}")]
+    Database {
+        /// What was being done (topic, partition, offsets).
+        what: String,
+        /// diesel's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+    /// No database connection could be had.
+    #[error(transparent)]
+    Pool(#[from] DbError),
+    /// The broker could not be used.
+    #[error("{what}: {source}")]
+    Kafka {
+        /// What was being done.
+        what: String,
+        /// rdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The consumer was built without topics to read.
+    #[error("no topics to consume: declare a replica model with #[derive(Consume)] or add topics to the builder")]
+    NoTopics,
+}
+
+/// Event-bus subscriber: called after each committed batch (C-19).
+pub type Subscriber = Arc<dyn Fn(Notification<'_>) + Send + Sync>;
+
+/// Called after a batch's database commit, before the Kafka commit: `(topic, partition,
+/// next offset)`. Returning [`AfterCommit::Halt`] stops the whole member there, without
+/// Kafka commit or notifications, as if the process died (for crash tests).
+#[doc(hidden)]
+pub type AfterCommitHook = Arc<dyn Fn(&str, i32, i64) -> AfterCommit + Send + Sync>;
+
+/// What a worker does after a batch's database commit.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterCommit {
+    /// Commit to Kafka and go on.
+    Continue,
+    /// Stop without committing to Kafka.
+    Halt,
+}
+
+/// Liveness of a running consumer: the time of its last poll of the broker.
+#[derive(Debug, Clone)]
+pub struct Health {
+    started: Instant,
+    last_poll_ms: Arc<AtomicI64>,
+}
+
+impl Health {
+    fn new() -> Health {
+        Health { started: Instant::now(), last_poll_ms: Arc::new(AtomicI64::new(-1)) }
+    }
+
+    pub(crate) fn beat(&self) {
+        let elapsed = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.last_poll_ms.store(elapsed, Ordering::Relaxed);
+    }
+
+    /// Time since the consumer last polled the broker; `None` before the first poll.
+    pub fn since_last_poll(&self) -> Option<Duration> {
+        let last = self.last_poll_ms.load(Ordering::Relaxed);
+        let last = u64::try_from(last).ok()?;
+        Some(self.started.elapsed().saturating_sub(Duration::from_millis(last)))
+    }
+
+    /// Whether the consumer polled within `max_silence` (a liveness probe).
+    pub fn is_alive(&self, max_silence: Duration) -> bool {
+        self.since_last_poll().is_some_and(|since| since <= max_silence)
+    }
+}
+
+/// What applying one batch did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchOutcome {
+    /// The events processed, in order, with their local changes (what the event bus gets).
+    pub events: Vec<ConsumedEvent>,
+    /// Messages set aside for the dead-letter topic.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Messages skipped because the stored offset shows they were applied already.
+    pub already_applied: usize,
+    /// The partition's next offset as stored.
+    pub next_offset: Option<i64>,
+}
+
+/// Builds a [`Consumer`].
+pub struct ConsumerBuilder {
+    config: Config,
+    pool: Option<Pool>,
+    replicas: Option<Replicas>,
+    topics: Vec<String>,
+    import_topics: HashSet<String>,
+    filters: Vec<Arc<dyn MessageFilter>>,
+    subscribers: Vec<Subscriber>,
+    unknown_model: UnknownModel,
+    processing_mutex: bool,
+    kafka_properties: Vec<(String, String)>,
+    after_commit: Option<AfterCommitHook>,
+    handlers: bool,
+}
+
+impl ConsumerBuilder {
+    /// Replaces the configuration given to [`Consumer::builder`].
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Uses this pool instead of one built from [`Config::database_url`].
+    pub fn pool(mut self, pool: Pool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Replicates these models instead of every `#[derive(Consume)]` model of the binary.
+    pub fn replicas(mut self, replicas: Replicas) -> Self {
+        self.replicas = Some(replicas);
+        self
+    }
+
+    /// Reads this topic; without any, the consumer reads the topics of its replica models.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topics.push(topic.into());
+        self
+    }
+
+    /// Batch import mode for a topic (C-8): `_created` events are bulk-inserted (upserted
+    /// without timestamp guard, `synced_data` or relationships) and `_destroyed` events
+    /// bulk-deleted; `_updated` events take the normal path.
+    pub fn import(mut self, topic: impl Into<String>) -> Self {
+        self.import_topics.insert(topic.into());
+        self
+    }
+
+    /// Adds a message filter (C-20).
+    pub fn filter(mut self, filter: impl MessageFilter + 'static) -> Self {
+        self.filters.push(Arc::new(filter));
+        self
+    }
+
+    /// Adds an event-bus subscriber (C-19).
+    pub fn subscribe(mut self, subscriber: impl Fn(Notification<'_>) + Send + Sync + 'static) -> Self {
+        self.subscribers.push(Arc::new(subscriber));
+        self
+    }
+
+    /// What to do with messages of models that have no replica (default: dead-letter them).
+    pub fn unknown_model(mut self, policy: UnknownModel) -> Self {
+        self.unknown_model = policy;
+        self
+    }
+
+    /// Takes a PostgreSQL advisory lock named `Dionysus-<message key>` per message for the
+    /// batch's transaction (C-3's processing mutex), so other processes taking the same locks
+    /// exclude each other per record.
+    pub fn processing_mutex(mut self, on: bool) -> Self {
+        self.processing_mutex = on;
+        self
+    }
+
+    /// Sets a librdkafka property of the consumer (after the configured ones).
+    pub fn kafka_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.kafka_properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// Whether `#[dionysus::consume]` handlers run (default: true).
+    pub fn handlers(mut self, on: bool) -> Self {
+        self.handlers = on;
+        self
+    }
+
+    #[doc(hidden)]
+    pub fn after_db_commit(mut self, hook: impl Fn(&str, i32, i64) -> AfterCommit + Send + Sync + 'static) -> Self {
+        self.after_commit = Some(Arc::new(hook));
+        self
+    }
+
+    /// The consumer.
+    pub fn build(self) -> Result<Consumer, ConsumerError> {
+        let pool = match self.pool {
+            Some(pool) => pool,
+            None => crate::db::pool(&self.config.database_url, 8)?,
+        };
+        let replicas = self.replicas.unwrap_or_else(|| Replicas::global().clone());
+        let mut topics = self.topics;
+        if topics.is_empty() {
+            for replica in replicas.iter() {
+                if !topics.iter().any(|topic| topic == replica.topic) {
+                    topics.push(replica.topic.to_owned());
+                }
+            }
+        }
+        let rules = Rules {
+            replicas,
+            import_topics: self.import_topics,
+            filters: self.filters,
+            remove_duplicates: self.config.consumer.remove_duplicates,
+            max_message_bytes: self.config.consumer.max_message_bytes,
+            unknown_model: self.unknown_model,
+            processing_mutex: self.processing_mutex,
+        };
+        Ok(Consumer {
+            inner: Arc::new(Inner {
+                group: self.config.kafka.group_id(),
+                config: self.config,
+                pool,
+                rules,
+                topics,
+                subscribers: self.subscribers,
+                kafka_properties: self.kafka_properties,
+                after_commit: self.after_commit,
+                handlers: self.handlers,
+                health: Health::new(),
+            }),
+        })
+    }
+}
+
+struct Inner {
+    config: Config,
+    group: String,
+    pool: Pool,
+    rules: Rules,
+    topics: Vec<String>,
+    subscribers: Vec<Subscriber>,
+    kafka_properties: Vec<(String, String)>,
+    after_commit: Option<AfterCommitHook>,
+    handlers: bool,
+    health: Health,
+}
+
+/// A consumer of replica topics. Cheap to clone.
+#[derive(Clone)]
+pub struct Consumer {
+    inner: Arc<Inner>,
+}
+
+/// Whether a database error is worth retrying as is (connection trouble, serialization
+/// failures) rather than a verdict on the data.
+fn is_transient(error: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match error {
+        Error::DatabaseError(kind, info) => {
+            matches!(
+                kind,
+                DatabaseErrorKind::SerializationFailure
+                    | DatabaseErrorKind::ClosedConnection
+                    | DatabaseErrorKind::UnableToSendCommand
+                    | DatabaseErrorKind::ReadOnlyTransaction
+            ) || info.message().contains("deadlock")
+                || info.message().contains("connection")
+        }
+        Error::BrokenTransactionManager | Error::AlreadyInTransaction | Error::NotInTransaction => true,
+        _ => false,
+    }
+}
+
+impl Consumer {
+    /// A builder for a consumer with `config` (group name, batch size, dead-letter topic…).
+    pub fn builder(config: Config) -> ConsumerBuilder {
+        ConsumerBuilder {
+            config,
+            pool: None,
+            replicas: None,
+            topics: Vec::new(),
+            import_topics: HashSet::new(),
+            filters: Vec::new(),
+            subscribers: Vec::new(),
+            unknown_model: UnknownModel::DeadLetter,
+            processing_mutex: false,
+            kafka_properties: Vec::new(),
+            after_commit: None,
+            handlers: true,
+        }
+    }
+
+    /// The consumer group (`KafkaConfig::group_id`, CFG-2).
+    pub fn group(&self) -> &str {
+        &self.inner.group
+    }
+
+    /// The topics it reads.
+    pub fn topics(&self) -> &[String] {
+        &self.inner.topics
+    }
+
+    /// Its liveness.
+    pub fn health(&self) -> Health {
+        self.inner.health.clone()
+    }
+
+    /// Applies a batch of one partition's messages (ascending offsets) in one transaction,
+    /// storing the partition's next offset with it, and then notifies subscribers and
+    /// handlers. Dead letters are returned, not sent. This is what the Kafka loop does per
+    /// batch; it is public for embedding and tests.
+    pub async fn process_batch(&self, messages: &[InboundMessage]) -> Result<BatchOutcome, ConsumerError> {
+        let outcome = self.apply_with_retry(messages, &mut |_| Box::pin(async { Ok(()) })).await?;
+        self.notify(&outcome.events).await;
+        Ok(outcome)
+    }
+
+    /// One transaction for the batch; dead letters are handed to `dead_letter` before commit.
+    async fn apply_once(
+        &self,
+        conn: &mut AsyncPgConnection,
+        messages: &[InboundMessage],
+        dead_letter: &mut runtime::DeadLetterSink<'_>,
+    ) -> Result<BatchOutcome, ConsumerError> {
+        let Some(first) = messages.first() else { return Ok(BatchOutcome::default()) };
+        let (topic, partition) = (first.topic.clone(), first.partition);
+        let what = |step: &str| {
+            format!(
+                "{step} (group {}, {topic}/{partition}, offsets {}..={})",
+                self.inner.group,
+                first.offset,
+                messages.last().map_or(first.offset, |m| m.offset)
+            )
+        };
+        let db = |step: &'static str| {
+            let what = what(step);
+            move |source| ConsumerError::Database { what, source }
+        };
+        conn.batch_execute("BEGIN").await.map_err(db("beginning the batch transaction"))?;
+        let result = async {
+            let stored = sql::lock_offset(conn, &self.inner.group, &topic, partition)
+                .await
+                .map_err(db("locking the partition's offset"))?;
+            let fresh: Vec<InboundMessage> =
+                messages.iter().filter(|m| stored.is_none_or(|stored| m.offset >= stored)).cloned().collect();
+            let already_applied = messages.len() - fresh.len();
+            if let (Some(stored), Some(first)) = (stored, fresh.first()) {
+                if first.offset > stored {
+                    tracing::warn!(%topic, partition, stored, first = first.offset, "offsets missing between the stored offset and the batch (retention?)");
+                }
+            }
+            let Some(last) = fresh.last() else {
+                return Ok(BatchOutcome { already_applied, next_offset: stored, ..BatchOutcome::default() });
+            };
+            let next_offset = last.offset + 1;
+            let prepared: PreparedBatch = self.inner.rules.prepare(&fresh);
+            for dead in &prepared.dead_letters {
+                tracing::warn!(%topic, partition, offset = dead.message.offset, reason = dead.reason, error = %dead.error, "message sent to the dead-letter topic");
+                dead_letter(dead).await?;
+            }
+            sql::advisory_locks(conn, prepared.locks.clone()).await.map_err(db("taking processing locks"))?;
+            let events = batch::apply(conn, &prepared, Utc::now()).await.map_err(db("writing replica rows"))?;
+            sql::store_offset(conn, &self.inner.group, &topic, partition, next_offset)
+                .await
+                .map_err(db("storing the offset"))?;
+            Ok(BatchOutcome {
+                events,
+                dead_letters: prepared.dead_letters,
+                already_applied,
+                next_offset: Some(next_offset),
+            })
+        }
+        .await;
+        match result {
+            Ok(outcome) => {
+                conn.batch_execute("COMMIT").await.map_err(db("committing the batch"))?;
+                Ok(outcome)
+            }
+            Err(error) => {
+                if let Err(rollback) = conn.batch_execute("ROLLBACK").await {
+                    tracing::warn!(error = %rollback, "rollback failed");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// [`Consumer::apply_once`] with retries: transient errors back off and retry the whole
+    /// batch; an error that is about the data splits the batch so that only the offending
+    /// message is dead-lettered (`database_rejected`).
+    async fn apply_with_retry(
+        &self,
+        messages: &[InboundMessage],
+        dead_letter: &mut runtime::DeadLetterSink<'_>,
+    ) -> Result<BatchOutcome, ConsumerError> {
+        let mut attempt: u32 = 0;
+        loop {
+            let result = match crate::db::checkout(&self.inner.pool).await {
+                Ok(mut conn) => self.apply_once(&mut conn, messages, dead_letter).await,
+                Err(error) => Err(ConsumerError::Pool(error)),
+            };
+            match result {
+                Ok(outcome) => return Ok(outcome),
+                Err(ConsumerError::Database { source, what }) if !is_transient(&source) => {
+                    tracing::warn!(error = %source, %what, "batch rejected by the database; applying its messages one by one");
+                    return self.apply_one_by_one(messages, dead_letter, source).await;
+                }
+                Err(error @ (ConsumerError::Database { .. } | ConsumerError::Pool(_))) => {
+                    attempt = attempt.saturating_add(1);
+                    let delay = backoff(attempt);
+                    tracing::warn!(%error, attempt, ?delay, "transient database error; retrying the batch");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    async fn apply_one_by_one(
+        &self,
+        messages: &[InboundMessage],
+        dead_letter: &mut runtime::DeadLetterSink<'_>,
+        first_error: diesel::result::Error,
+    ) -> Result<BatchOutcome, ConsumerError> {
+        let mut total = BatchOutcome::default();
+        if messages.len() == 1 {
+            // This message alone is rejected: dead-letter it and store the offset past it.
+            let message = &messages[0];
+            let dead =
+                DeadLetter { message: message.clone(), reason: "database_rejected", error: first_error.to_string() };
+            dead_letter(&dead).await?;
+            let mut conn = crate::db::checkout(&self.inner.pool).await?;
+            let group = &self.inner.group;
+            let stored = async {
+                conn.batch_execute("BEGIN").await?;
+                let stored = sql::lock_offset(&mut conn, group, &message.topic, message.partition).await?;
+                if stored.is_none_or(|stored| message.offset >= stored) {
+                    sql::store_offset(&mut conn, group, &message.topic, message.partition, message.offset + 1).await?;
+                }
+                conn.batch_execute("COMMIT").await?;
+                Ok::<_, diesel::result::Error>(stored)
+            }
+            .await
+            .map_err(|source| ConsumerError::Database {
+                what: format!(
+                    "storing the offset past rejected message {}/{}@{}",
+                    message.topic, message.partition, message.offset
+                ),
+                source,
+            })?;
+            total.next_offset = Some(stored.map_or(message.offset + 1, |stored| stored.max(message.offset + 1)));
+            total.dead_letters.push(dead);
+            return Ok(total);
+        }
+        for message in messages {
+            let outcome = Box::pin(self.apply_with_retry(std::slice::from_ref(message), dead_letter)).await?;
+            total.events.extend(outcome.events);
+            total.dead_letters.extend(outcome.dead_letters);
+            total.already_applied += outcome.already_applied;
+            total.next_offset = outcome.next_offset.or(total.next_offset);
+        }
+        Ok(total)
+    }
+
+    /// Event bus then handlers, after a commit (C-19).
+    async fn notify(&self, events: &[ConsumedEvent]) {
+        for subscriber in &self.inner.subscribers {
+            subscriber(Notification::Batch(events));
+        }
+        for event in events {
+            for subscriber in &self.inner.subscribers {
+                subscriber(Notification::Event(event));
+            }
+        }
+        if !self.inner.handlers {
+            return;
+        }
+        for event in events {
+            for handler in handlers().filter(|handler| handler.matches(&event.topic, &event.event_name)) {
+                if let Err(error) = (handler.handler)(event).await {
+                    tracing::error!(handler = handler.declared_by, topic = %event.topic, event = %event.event_name, %error, "consume handler failed");
+                }
+            }
+        }
+    }
+}
+
+/// `100 ms × 2^attempt`, capped at 30 s.
+fn backoff(attempt: u32) -> Duration {
+    let millis = 100u64.saturating_mul(1u64 << attempt.min(9));
+    Duration::from_millis(millis.min(30_000))
+}
+
+/// Applies the framework migrations' consumer table check: the offsets table must exist.
+pub async fn check_offsets_table(database_url: &str) -> Result<(), ConsumerError> {
+    let mut conn = AsyncPgConnection::establish(database_url).await.map_err(|error| {
+        ConsumerError::Pool(DbError::Checkout(format!(
+            "cannot connect to {}: {error}",
+            crate::config::mask_password(database_url)
+        )))
+    })?;
+    conn.batch_execute("SELECT 1 FROM dionysus_consumer_offsets LIMIT 0").await.map_err(|source| {
+        ConsumerError::Database {
+            what: "checking dionysus_consumer_offsets (run `dionysus migrate`)".to_owned(),
+            source,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(3), Duration::from_millis(800));
+        assert_eq!(backoff(40), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn health_reports_liveness() {
+        let health = Health::new();
+        assert!(!health.is_alive(Duration::from_secs(1)));
+        health.beat();
+        assert!(health.is_alive(Duration::from_secs(1)));
+    }
+}

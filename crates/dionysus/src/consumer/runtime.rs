@@ -1,0 +1,374 @@
+//! The Kafka side of the consumer: the group subscription, seeking to the stored offsets on
+//! assignment, one worker per partition (in order within it, concurrent across them), the
+//! Kafka commit after the database commit, and the dead-letter producer.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use futures_util::StreamExt;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{AfterCommit, Consumer, ConsumerError, DeadLetter, InboundMessage};
+use crate::replica::sql;
+
+/// Header names of a dead-lettered message; the value is the original bytes and the key the
+/// original key.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetterHeaders;
+
+impl DeadLetterHeaders {
+    /// Why, in a word (`malformed_json`, `unknown_model`, …).
+    pub const REASON: &'static str = "dionysus-reason";
+    /// The full error.
+    pub const ERROR: &'static str = "dionysus-error";
+    /// Source topic.
+    pub const TOPIC: &'static str = "dionysus-source-topic";
+    /// Source partition (decimal).
+    pub const PARTITION: &'static str = "dionysus-source-partition";
+    /// Source offset (decimal).
+    pub const OFFSET: &'static str = "dionysus-source-offset";
+    /// Consumer group that gave up on it.
+    pub const GROUP: &'static str = "dionysus-consumer-group";
+}
+
+type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ConsumerError>> + Send + 'a>>;
+
+/// Where a batch's dead letters go before its commit.
+pub(crate) type DeadLetterSink<'a> = dyn FnMut(&DeadLetter) -> SinkFuture<'a> + Send + 'a;
+
+type Assignments = Arc<Mutex<HashMap<(String, i32), Arc<AtomicBool>>>>;
+
+/// Seeks newly assigned partitions to the offsets stored in PostgreSQL and tracks which
+/// partitions this member owns.
+struct GroupContext {
+    database_url: String,
+    group: String,
+    assignments: Assignments,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(&self, base_consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                match stored_offsets_blocking(&self.database_url, &self.group) {
+                    Ok(stored) => {
+                        for element in tpl.elements() {
+                            let key = (element.topic().to_owned(), element.partition());
+                            if let Some(offset) = stored.get(&key) {
+                                tracing::debug!(topic = %key.0, partition = key.1, offset, "seeking to the stored offset");
+                            }
+                        }
+                        let seeks: Vec<((String, i32), i64)> = tpl
+                            .elements()
+                            .iter()
+                            .filter_map(|e| {
+                                let key = (e.topic().to_owned(), e.partition());
+                                stored.get(&key).map(|offset| (key, *offset))
+                            })
+                            .collect();
+                        for ((topic, partition), offset) in seeks {
+                            if let Err(error) = tpl.set_partition_offset(&topic, partition, Offset::Offset(offset)) {
+                                tracing::warn!(%topic, partition, %error, "cannot seek to the stored offset");
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read stored offsets; starting from the committed ones (stored offsets still filter)");
+                    }
+                }
+                if let Ok(mut assignments) = self.assignments.lock() {
+                    for element in tpl.elements() {
+                        let flag = Arc::new(AtomicBool::new(false));
+                        if let Some(old) = assignments.insert((element.topic().to_owned(), element.partition()), flag) {
+                            old.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                if let Err(error) = base_consumer.assign(tpl) {
+                    tracing::error!(%error, "assigning partitions failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if let Ok(mut assignments) = self.assignments.lock() {
+                    for element in tpl.elements() {
+                        if let Some(flag) = assignments.remove(&(element.topic().to_owned(), element.partition())) {
+                            flag.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                if let Err(error) = base_consumer.unassign() {
+                    tracing::error!(%error, "unassigning partitions failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                if let Err(error) = base_consumer.unassign() {
+                    tracing::error!(%error, "unassigning partitions failed");
+                }
+            }
+        }
+    }
+
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
+}
+
+/// Reads the stored offsets from a helper thread with its own runtime, because librdkafka
+/// calls the rebalance callback synchronously.
+fn stored_offsets_blocking(database_url: &str, group: &str) -> Result<HashMap<(String, i32), i64>, String> {
+    let (url, group) = (database_url.to_owned(), group.to_owned());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        runtime.block_on(async move {
+            let mut conn = AsyncPgConnection::establish(&url).await.map_err(|e| e.to_string())?;
+            sql::stored_offsets(&mut conn, &group).await.map_err(|e| e.to_string())
+        })
+    })
+    .join()
+    .map_err(|_| "offset reader thread panicked".to_owned())?
+}
+
+struct Worker {
+    sender: mpsc::Sender<InboundMessage>,
+    revoked: Arc<AtomicBool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Consumer {
+    /// Consumes until `shutdown` is cancelled; in-flight batches are finished first.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
+        let inner = &self.inner;
+        if inner.topics.is_empty() {
+            return Err(ConsumerError::NoTopics);
+        }
+        let kafka = &inner.config.kafka;
+        let assignments: Assignments = Arc::default();
+        let context = GroupContext {
+            database_url: inner.config.database_url.clone(),
+            group: inner.group.clone(),
+            assignments: assignments.clone(),
+        };
+        let mut client = crate::transport::consumer_config(kafka, &inner.group);
+        for (key, value) in &inner.kafka_properties {
+            client.set(key, value);
+        }
+        let kafka_error = |what: String| move |source: KafkaError| ConsumerError::Kafka { what, source };
+        let consumer: Arc<StreamConsumer<GroupContext>> = Arc::new(
+            client
+                .create_with_context(context)
+                .map_err(kafka_error(format!("creating a consumer for {}", kafka.bootstrap_servers())))?,
+        );
+        let topics: Vec<&str> = inner.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(kafka_error(format!("subscribing to {topics:?}")))?;
+        let producer = crate::transport::producer(kafka).map_err(|error| ConsumerError::Kafka {
+            what: error.to_string(),
+            source: KafkaError::ClientCreation("dead-letter producer".to_owned()),
+        })?;
+        tracing::info!(group = %inner.group, topics = ?inner.topics, "consumer started");
+
+        let mut workers: HashMap<(String, i32), Worker> = HashMap::new();
+        let mut stream = consumer.stream();
+        // Cancelled by a worker whose after-commit hook halts: the whole member stops at
+        // once, as a crashed process would.
+        let halt = CancellationToken::new();
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = halt.cancelled() => {
+                    for worker in workers.values() {
+                        worker.handle.abort();
+                    }
+                    return Ok(());
+                }
+                next = tokio::time::timeout(Duration::from_millis(500), stream.next()) => next,
+            };
+            inner.health.beat();
+            let message = match next {
+                Err(_) => continue,
+                Ok(None) => break,
+                Ok(Some(Err(error))) => {
+                    tracing::warn!(%error, "Kafka consumer error");
+                    continue;
+                }
+                Ok(Some(Ok(message))) => message,
+            };
+            let inbound = InboundMessage {
+                topic: message.topic().to_owned(),
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+            };
+            drop(message);
+            let key = (inbound.topic.clone(), inbound.partition);
+            let current = assignments.lock().ok().and_then(|a| a.get(&key).cloned());
+            let Some(current) = current else {
+                tracing::debug!(topic = %key.0, partition = key.1, "message of a partition no longer assigned; dropped");
+                continue;
+            };
+            let reusable =
+                workers.get(&key).is_some_and(|w| Arc::ptr_eq(&w.revoked, &current) && !w.sender.is_closed());
+            if !reusable {
+                let (sender, receiver) = mpsc::channel(inner.config.consumer.batch_size.max(1) * 2);
+                let handle = tokio::spawn(self.clone().partition_worker(
+                    receiver,
+                    current.clone(),
+                    consumer.clone(),
+                    producer.clone(),
+                    shutdown.clone(),
+                    halt.clone(),
+                ));
+                if let Some(old) = workers.insert(key.clone(), Worker { sender, revoked: current, handle }) {
+                    drop(old.sender);
+                }
+            }
+            if let Some(worker) = workers.get(&key) {
+                if worker.sender.send(inbound).await.is_err() {
+                    tracing::debug!(topic = %key.0, partition = key.1, "partition worker stopped; message dropped");
+                }
+            }
+        }
+        let handles: Vec<_> = workers.into_values().map(|worker| worker.handle).collect();
+        for handle in handles {
+            if let Err(error) = handle.await {
+                tracing::warn!(%error, "partition worker ended abnormally");
+            }
+        }
+        tracing::info!(group = %inner.group, "consumer stopped");
+        Ok(())
+    }
+
+    async fn partition_worker(
+        self,
+        mut receiver: mpsc::Receiver<InboundMessage>,
+        revoked: Arc<AtomicBool>,
+        consumer: Arc<StreamConsumer<GroupContext>>,
+        producer: FutureProducer,
+        shutdown: CancellationToken,
+        halt: CancellationToken,
+    ) {
+        let batch_size = self.inner.config.consumer.batch_size.max(1);
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                first = receiver.recv() => first,
+            };
+            let Some(first) = first else { return };
+            let mut messages = vec![first];
+            while messages.len() < batch_size {
+                match receiver.try_recv() {
+                    Ok(message) => messages.push(message),
+                    Err(_) => break,
+                }
+            }
+            if revoked.load(Ordering::SeqCst) {
+                return;
+            }
+            let (topic, partition) = (messages[0].topic.clone(), messages[0].partition);
+            let span = tracing::info_span!(
+                "dionysus.consume.batch",
+                topic = %topic,
+                partition,
+                first_offset = messages[0].offset,
+                last_offset = messages.last().map_or(0, |m| m.offset),
+                count = messages.len(),
+            );
+            let started = Instant::now();
+            let mut attempt = 0u32;
+            let outcome = loop {
+                let mut sink = |dead: &DeadLetter| -> SinkFuture<'_> {
+                    let dead = dead.clone();
+                    let producer = producer.clone();
+                    let topic = self.inner.config.consumer.dead_letter_topic.clone();
+                    let group = self.inner.group.clone();
+                    Box::pin(async move { send_dead_letter(&producer, &topic, &group, &dead).await })
+                };
+                match self.apply_with_retry(&messages, &mut sink).instrument(span.clone()).await {
+                    Ok(outcome) => break outcome,
+                    Err(error) => {
+                        attempt = attempt.saturating_add(1);
+                        tracing::error!(parent: &span, %error, attempt, "batch failed; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(super::backoff(attempt)) => {}
+                        }
+                        if revoked.load(Ordering::SeqCst) {
+                            return;
+                        }
+                    }
+                }
+            };
+            tracing::info!(
+                parent: &span,
+                applied = outcome.events.len(),
+                dead_letters = outcome.dead_letters.len(),
+                already_applied = outcome.already_applied,
+                duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "batch committed"
+            );
+            if let Some(next_offset) = outcome.next_offset {
+                if let Some(hook) = &self.inner.after_commit {
+                    if hook(&topic, partition, next_offset) == AfterCommit::Halt {
+                        halt.cancel();
+                        return;
+                    }
+                }
+                let mut offsets = TopicPartitionList::new();
+                if offsets.add_partition_offset(&topic, partition, Offset::Offset(next_offset)).is_ok() {
+                    if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+                        tracing::debug!(%error, %topic, partition, "Kafka commit failed (the stored offset still holds)");
+                    }
+                }
+            }
+            self.notify(&outcome.events).await;
+        }
+    }
+}
+
+async fn send_dead_letter(
+    producer: &FutureProducer,
+    topic: &str,
+    group: &str,
+    dead: &DeadLetter,
+) -> Result<(), ConsumerError> {
+    let message = &dead.message;
+    let (partition, offset) = (message.partition.to_string(), message.offset.to_string());
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: DeadLetterHeaders::REASON, value: Some(dead.reason) })
+        .insert(Header { key: DeadLetterHeaders::ERROR, value: Some(dead.error.as_str()) })
+        .insert(Header { key: DeadLetterHeaders::TOPIC, value: Some(message.topic.as_str()) })
+        .insert(Header { key: DeadLetterHeaders::PARTITION, value: Some(partition.as_str()) })
+        .insert(Header { key: DeadLetterHeaders::OFFSET, value: Some(offset.as_str()) })
+        .insert(Header { key: DeadLetterHeaders::GROUP, value: Some(group) });
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+    if let Some(key) = &message.key {
+        record = record.key(key.as_slice());
+    }
+    if let Some(payload) = &message.payload {
+        record = record.payload(payload.as_slice());
+    }
+    producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(source, _)| ConsumerError::Kafka {
+        what: format!(
+            "sending {}/{}@{} to the dead-letter topic {topic}",
+            message.topic, message.partition, message.offset
+        ),
+        source,
+    })
+}

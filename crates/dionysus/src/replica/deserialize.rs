@@ -1,0 +1,224 @@
+//! The canonical form of an incoming record (dionysus-rb's `Deserializer`, C-6): link-derived
+//! keys first (`synced_<name>_id`, `synced_<singular>_ids`, `synced_<name>_type`), then
+//! `synced_id` and the `synced_*` timestamps, then every plain attribute as sent; sideloaded
+//! relationships are split off into `has_many` / `has_one`, recursively.
+
+use serde_json::{Map, Value};
+
+use crate::naming::singularize;
+
+/// Payload keys that never become plain attributes.
+const RESERVED: [&str; 5] = ["links", "id", "created_at", "updated_at", "canceled_at"];
+
+/// One deserialized record.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Record {
+    /// Attributes in dionysus-rb's order; the keys present are exactly the ones the payload
+    /// had (a timestamp key is present even when its value is `null`).
+    pub attributes: Map<String, Value>,
+    /// To-many relationships in link order: the link name and the sideloaded records, or
+    /// `None` when the link was sent without the records.
+    pub has_many: Vec<(String, Option<Vec<Record>>)>,
+    /// To-one relationships in link order: the link name (or the polymorphic type) and the
+    /// sideloaded record, when sent.
+    pub has_one: Vec<(String, Option<Record>)>,
+}
+
+impl Record {
+    /// The source id (`synced_id`), `None` when missing or `null`.
+    pub fn synced_id(&self) -> Option<&Value> {
+        self.attributes.get("synced_id").filter(|value| !value.is_null())
+    }
+
+    /// The record as dionysus-rb's event bus shows it: `{attributes, has_many, has_one}`.
+    pub fn to_json(&self) -> Value {
+        let has_many = self
+            .has_many
+            .iter()
+            .map(|(name, records)| {
+                let records =
+                    records.as_ref().map_or(Value::Null, |records| records.iter().map(Record::to_json).collect());
+                Value::Array(vec![Value::String(name.clone()), records])
+            })
+            .collect();
+        let has_one = self
+            .has_one
+            .iter()
+            .map(|(name, record)| {
+                Value::Array(vec![Value::String(name.clone()), record.as_ref().map_or(Value::Null, Record::to_json)])
+            })
+            .collect();
+        let mut object = Map::new();
+        object.insert("attributes".to_owned(), Value::Object(self.attributes.clone()));
+        object.insert("has_many".to_owned(), Value::Array(has_many));
+        object.insert("has_one".to_owned(), Value::Array(has_one));
+        Value::Object(object)
+    }
+}
+
+/// A record that cannot be deserialized.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeserializeError {
+    /// A record is not a JSON object.
+    #[error("record {path} must be a JSON object, got {found}")]
+    NotAnObject {
+        /// Where, e.g. `data[0].bookings[1]`.
+        path: String,
+        /// What was found.
+        found: String,
+    },
+    /// `links` is not an object.
+    #[error("`links` of record {path} must be an object, got {found}")]
+    LinksNotAnObject {
+        /// Where.
+        path: String,
+        /// What was found.
+        found: String,
+    },
+}
+
+/// Deserializes an event's `data` list.
+pub fn deserialize(data: &[Value]) -> Result<Vec<Record>, DeserializeError> {
+    data.iter().enumerate().map(|(index, item)| deserialize_at(item, &format!("data[{index}]"))).collect()
+}
+
+/// Deserializes one record.
+pub fn deserialize_one(item: &Value) -> Result<Record, DeserializeError> {
+    deserialize_at(item, "data[0]")
+}
+
+fn kind(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(_) => "a boolean".to_owned(),
+        Value::Number(_) => "a number".to_owned(),
+        Value::String(_) => "a string".to_owned(),
+        Value::Array(_) => "an array".to_owned(),
+        Value::Object(_) => "an object".to_owned(),
+    }
+}
+
+fn deserialize_at(item: &Value, path: &str) -> Result<Record, DeserializeError> {
+    let Value::Object(payload) = item else {
+        return Err(DeserializeError::NotAnObject { path: path.to_owned(), found: kind(item) });
+    };
+    let empty = Map::new();
+    let links = match payload.get("links") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(links)) => links,
+        Some(other) => return Err(DeserializeError::LinksNotAnObject { path: path.to_owned(), found: kind(other) }),
+    };
+
+    let mut record = Record::default();
+    let attributes = &mut record.attributes;
+    for (name, value) in links {
+        match value {
+            Value::Object(link) => {
+                attributes.insert(format!("synced_{name}_id"), link.get("id").cloned().unwrap_or(Value::Null));
+                attributes.insert(format!("synced_{name}_type"), link.get("type").cloned().unwrap_or(Value::Null));
+            }
+            Value::Array(ids) => {
+                attributes.insert(format!("synced_{}_ids", singularize(name)), Value::Array(ids.clone()));
+            }
+            other => {
+                attributes.insert(format!("synced_{name}_id"), other.clone());
+            }
+        }
+    }
+    attributes.insert("synced_id".to_owned(), payload.get("id").cloned().unwrap_or(Value::Null));
+    for (source, target) in [
+        ("created_at", "synced_created_at"),
+        ("updated_at", "synced_updated_at"),
+        ("canceled_at", "synced_canceled_at"),
+    ] {
+        if let Some(value) = payload.get(source) {
+            attributes.insert(target.to_owned(), value.clone());
+        }
+    }
+    for (key, value) in payload {
+        if RESERVED.contains(&key.as_str()) || links.contains_key(key) {
+            continue;
+        }
+        attributes.insert(key.clone(), value.clone());
+    }
+
+    for (name, link) in links {
+        let sideloaded = payload.get(name).filter(|value| !value.is_null());
+        let child_path = |index: usize| format!("{path}.{name}[{index}]");
+        if link.is_array() {
+            let records = match sideloaded {
+                None => None,
+                Some(Value::Array(items)) => Some(
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(index, item)| deserialize_at(item, &child_path(index)))
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+                Some(item) => Some(vec![deserialize_at(item, &child_path(0))?]),
+            };
+            record.has_many.push((name.clone(), records));
+        } else {
+            let model_name = match link {
+                Value::Object(object) => match object.get("type") {
+                    Some(Value::String(kind)) => kind.clone(),
+                    _ => name.clone(),
+                },
+                _ => name.clone(),
+            };
+            let sideloaded = sideloaded.map(|item| deserialize_at(item, &format!("{path}.{name}"))).transpose()?;
+            record.has_one.push((model_name, sideloaded));
+        }
+    }
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn vector(name: &str) -> Value {
+        let path = format!("{}/../../../shared/spec/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("cannot read {path}: {error}"));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Vector c20: the full canonical format, key order included.
+    #[test]
+    fn canonical_format_matches_the_gem() {
+        let vector = vector("c20_deserializer_canonical_format.json");
+        let data = vector["input"]["data"].as_array().unwrap();
+        let records = deserialize(data).unwrap();
+        let actual: Vec<Value> = records.iter().map(Record::to_json).collect();
+        assert_eq!(Value::Array(actual.clone()), vector["expected"]["deserialized"]);
+        let keys: Vec<&String> = records[0].attributes.keys().collect();
+        let expected: Vec<&String> =
+            vector["expected"]["deserialized"][0]["attributes"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, expected, "links-derived first, then synced_id and timestamps, then plain attributes");
+        assert!(deserialize(&[]).unwrap().is_empty(), "data null deserializes to nothing");
+    }
+
+    #[test]
+    fn timestamps_are_copied_only_when_present_and_raw() {
+        let record = deserialize_one(&json!({"id": 1, "updated_at": null, "created_at": "x"})).unwrap();
+        assert_eq!(record.attributes.get("synced_updated_at"), Some(&Value::Null));
+        assert_eq!(record.attributes.get("synced_created_at"), Some(&json!("x")));
+        assert!(!record.attributes.contains_key("synced_canceled_at"));
+        let record = deserialize_one(&json!({})).unwrap();
+        assert_eq!(record.attributes.get("synced_id"), Some(&Value::Null));
+        assert_eq!(record.synced_id(), None);
+    }
+
+    #[test]
+    fn bad_shapes_are_described() {
+        assert_eq!(
+            deserialize(&[json!(1)]).unwrap_err().to_string(),
+            "record data[0] must be a JSON object, got a number"
+        );
+        let error = deserialize(&[json!({"id": 1, "links": {"bookings": [1]}, "bookings": [2]})]).unwrap_err();
+        assert_eq!(error.to_string(), "record data[0].bookings[0] must be a JSON object, got a number");
+        assert!(deserialize(&[json!({"links": []})]).is_err());
+    }
+}

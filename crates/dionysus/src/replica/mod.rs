@@ -1,0 +1,175 @@
+//! Replica models: the tables a consumer keeps in sync with another service's records.
+//!
+//! `#[derive(Consume)]` describes a diesel struct as a [`ReplicaDescriptor`] (table, columns,
+//! source model, soft-delete rules) and registers it; this module owns those descriptions,
+//! the canonical form of incoming records ([`mod@deserialize`], dionysus-rb's C-6), and the
+//! persistence rules that turn a record into a row change ([`plan`], C-9 … C-14). Executing
+//! the changes against PostgreSQL is [`sql`]'s job; reading Kafka is `consumer`'s.
+
+pub mod deserialize;
+pub mod plan;
+pub mod sql;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+pub use deserialize::{deserialize, deserialize_one, Record};
+pub use plan::{ChangeSet, RowPlan};
+
+/// The shape of a replica column's values, derived from the field's Rust type. Incoming
+/// values are checked against it before anything is written, so a payload of the wrong type
+/// is rejected (dead-lettered) instead of failing the whole batch in the database.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// `i16`, `i32`, `i64`: a JSON integer or a string holding one.
+    Integer,
+    /// `f32`, `f64`: a JSON number or a string holding one.
+    Float,
+    /// `BigDecimal`: a JSON number or a numeric string.
+    Decimal,
+    /// `bool`.
+    Bool,
+    /// `String`: a string; numbers and booleans are written as their text.
+    Text,
+    /// `DateTime<Utc>`, `NaiveDateTime`: anything [`crate::envelope::parse_timestamp`] reads.
+    Timestamp,
+    /// `NaiveDate`: `YYYY-MM-DD` or a timestamp.
+    Date,
+    /// `serde_json::Value`: any JSON.
+    Json,
+    /// `Uuid`: a string.
+    Uuid,
+    /// `Vec<T>`: a JSON array.
+    Array,
+}
+
+/// One column of a replica table.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Column {
+    /// Column name in the table.
+    pub name: &'static str,
+    /// Key of the deserialized attributes this column takes its value from: the column's own
+    /// name unless `#[consume(from = "…")]` maps it (C-11).
+    pub source: &'static str,
+    /// The kind of values it accepts.
+    pub kind: ColumnKind,
+    /// Whether it accepts `NULL` (an `Option<…>` field).
+    pub nullable: bool,
+}
+
+/// What a `_destroyed` event does to the aggregate root's row (C-13).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DestroyStrategy {
+    /// dionysus-rb's default `cancel`: when the payload carries no `canceled_at`, the
+    /// soft-delete column is set to the event's time (its `updated_at`, else `created_at`,
+    /// else now). Needs a soft-delete column.
+    Cancel,
+    /// Delete the row, unless the payload's `canceled_at` soft-deletes it through the
+    /// soft-delete column.
+    Destroy,
+}
+
+/// Everything the runtime needs to know about a replica model; built at compile time by
+/// `#[derive(Consume)]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReplicaDescriptor {
+    /// The source model's name on the wire (`model_name`), e.g. `Rental`.
+    pub model: &'static str,
+    /// The topic the records come from, e.g. `v3_rentals` (checked by
+    /// [`crate::Registry::validate`]).
+    pub topic: &'static str,
+    /// Table name.
+    pub table: &'static str,
+    /// The columns the consumer writes, in declaration order.
+    pub columns: &'static [Column],
+    /// Column holding the source's id (unique index required).
+    pub synced_id: &'static str,
+    /// Column holding the source's `updated_at`; the timestamp guard compares with it.
+    pub synced_updated_at: &'static str,
+    /// Column holding the source's `created_at`, when the model has one.
+    pub synced_created_at: Option<&'static str>,
+    /// Column whose non-null value marks the row soft-deleted, when the model has one.
+    pub soft_delete: Option<&'static str>,
+    /// What a `_destroyed` event does.
+    pub strategy: DestroyStrategy,
+    /// Column keeping the whole deserialized payload (jsonb), when the model has one.
+    pub synced_data: Option<&'static str>,
+    /// Path of the struct, e.g. `my_app::ReplicatedRental`.
+    pub declared_by: &'static str,
+    /// `file:line` of the declaration.
+    pub location: &'static str,
+}
+
+impl ReplicaDescriptor {
+    /// Placeholder used by the derive's error fallback; never registered.
+    #[doc(hidden)]
+    pub const INVALID: ReplicaDescriptor = ReplicaDescriptor {
+        model: "",
+        topic: "",
+        table: "",
+        columns: &[],
+        synced_id: "synced_id",
+        synced_updated_at: "synced_updated_at",
+        synced_created_at: None,
+        soft_delete: None,
+        strategy: DestroyStrategy::Destroy,
+        synced_data: None,
+        declared_by: "",
+        location: "",
+    };
+
+    /// The column with this name.
+    pub fn column(&self, name: &str) -> Option<&'static Column> {
+        self.columns.iter().find(|column| column.name == name)
+    }
+
+    /// The key under which [`Replicas::find`] matches model names: `Rental`, `rentals` and
+    /// `rental` all give `rental` (singular, underscored, as dionysus-rb's model factory does).
+    pub fn lookup_key(name: &str) -> String {
+        crate::naming::singularize(&crate::naming::event_prefix(name))
+    }
+}
+
+/// Implemented by `#[derive(Consume)]`.
+pub trait Replica {
+    /// The description of this replica model.
+    const DESCRIPTOR: &'static ReplicaDescriptor;
+}
+
+#[doc(hidden)]
+pub struct ReplicaEntry(pub &'static ReplicaDescriptor);
+inventory::collect!(ReplicaEntry);
+
+/// The replica models a consumer knows, looked up by source model name (dionysus-rb's model
+/// factory).
+#[derive(Debug, Default, Clone)]
+pub struct Replicas {
+    by_key: BTreeMap<String, &'static ReplicaDescriptor>,
+}
+
+impl Replicas {
+    /// Every replica model linked into this binary.
+    pub fn global() -> &'static Replicas {
+        static GLOBAL: OnceLock<Replicas> = OnceLock::new();
+        GLOBAL.get_or_init(|| Replicas::new(inventory::iter::<ReplicaEntry>.into_iter().map(|entry| entry.0)))
+    }
+
+    /// The given replica models (for tests and explicit setups).
+    pub fn new(descriptors: impl IntoIterator<Item = &'static ReplicaDescriptor>) -> Replicas {
+        let by_key = descriptors
+            .into_iter()
+            .map(|descriptor| (ReplicaDescriptor::lookup_key(descriptor.model), descriptor))
+            .collect();
+        Replicas { by_key }
+    }
+
+    /// The replica of a model name (`Rental`) or a relationship name (`bookings`, `tax`).
+    pub fn find(&self, name: &str) -> Option<&'static ReplicaDescriptor> {
+        self.by_key.get(&ReplicaDescriptor::lookup_key(name)).copied()
+    }
+
+    /// Every replica model.
+    pub fn iter(&self) -> impl Iterator<Item = &'static ReplicaDescriptor> + '_ {
+        self.by_key.values().copied()
+    }
+}

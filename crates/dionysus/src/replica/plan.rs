@@ -1,0 +1,560 @@
+//! From a deserialized record to a row change, as dionysus-rb's persistor decides it, but as
+//! pure functions over JSON so the rules are tested without a database:
+//!
+//! * [`prepare`] checks the record against the replica's columns (C-9: an id is required;
+//!   values must fit the column types) and computes what would be assigned (C-11: the whole
+//!   attributes into `synced_data`, `from` mappings, only the model's columns);
+//! * [`plan`] applies the timestamp guard (C-10, parsed instants, ties apply), restore
+//!   (C-12) and remove (C-13, C-14) given the current row, and yields the new row and the
+//!   local changes (C-15).
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use serde_json::{Map, Number, Value};
+
+use super::{Column, ColumnKind, DestroyStrategy, Record, ReplicaDescriptor};
+use crate::envelope::parse_timestamp;
+use crate::naming::EventKind;
+
+/// Changed columns of one row: column → `[old, new]` (dionysus-rb's `local_changes` entry).
+pub type ChangeSet = Map<String, Value>;
+
+/// A record that cannot be stored in its replica table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The record has no `id` (C-9).
+    #[error("[Dionysus] synced_id nil for {model} record, that should never happen!")]
+    MissingId {
+        /// Source model.
+        model: String,
+    },
+    /// A value does not fit its column: model, id, key, column, value and what the column
+    /// accepts, in one sentence.
+    #[error("{0}")]
+    WrongType(String),
+}
+
+impl RecordError {
+    /// A short machine-readable reason, used in dead-letter headers.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RecordError::MissingId { .. } => "missing_id",
+            RecordError::WrongType { .. } => "wrong_type",
+        }
+    }
+}
+
+/// A record checked against its replica model, ready to be planned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// The source id, as it goes into the `synced_id` column.
+    pub synced_id: Value,
+    /// `updated_at`, else `created_at`, of the payload (C-10); `None` when neither is set.
+    pub event_time: Option<DateTime<Utc>>,
+    /// Whether the payload had a `canceled_at` key (even `null`).
+    pub has_canceled_at: bool,
+    /// Column → value, in column order, normalised for the column kind.
+    pub assignments: Vec<(&'static Column, Value)>,
+}
+
+/// What to do with one row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowPlan {
+    /// The record is older than the row (C-10): nothing is touched.
+    Stale,
+    /// Insert (when `exists` is false) or update the row to `row`.
+    Write {
+        /// The complete row after the change (for an insert: only the assigned columns).
+        row: Map<String, Value>,
+        /// Whether the row exists already.
+        exists: bool,
+        /// The changed columns.
+        changes: ChangeSet,
+    },
+    /// Delete the existing row (C-13 destroy).
+    Delete {
+        /// Every column of the row → `[old, null]`.
+        changes: ChangeSet,
+    },
+    /// Nothing to do: a destroy for a row that does not exist (C-14).
+    Nothing,
+}
+
+/// Checks `record` against `replica` and computes the assignments (C-9, C-11).
+pub fn prepare(replica: &ReplicaDescriptor, record: &Record) -> Result<Prepared, RecordError> {
+    let Some(synced_id) = record.synced_id().cloned() else {
+        return Err(RecordError::MissingId { model: replica.model.to_owned() });
+    };
+    let id_text = match &synced_id {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let attributes = &record.attributes;
+    let wrong = |key: &str, column: &str, value: &Value, expected: &str| {
+        let mut shown = value.to_string();
+        if shown.len() > 80 {
+            let mut end = 77;
+            while !shown.is_char_boundary(end) {
+                end -= 1;
+            }
+            shown.truncate(end);
+            shown.push_str("...");
+        }
+        RecordError::WrongType(format!(
+            "{} {id_text}: `{key}` = {shown} does not fit column `{column}` ({expected})",
+            replica.model
+        ))
+    };
+    let mut event_time = None;
+    for key in ["synced_updated_at", "synced_created_at"] {
+        match attributes.get(key) {
+            None | Some(Value::Null) => continue,
+            Some(value) => {
+                let time = parse_timestamp(value).ok_or_else(|| wrong(key, key, value, "a timestamp"))?;
+                event_time = Some(time);
+                break;
+            }
+        }
+    }
+    let mut assignments = Vec::with_capacity(replica.columns.len());
+    for column in replica.columns {
+        if Some(column.name) == replica.synced_data {
+            assignments.push((column, Value::Object(attributes.clone())));
+            continue;
+        }
+        let Some(value) = attributes.get(column.source) else { continue };
+        let value =
+            normalize(column.kind, value).map_err(|expected| wrong(column.source, column.name, value, expected))?;
+        if value.is_null() && !column.nullable {
+            return Err(wrong(column.source, column.name, &Value::Null, "a value: the column is not nullable"));
+        }
+        assignments.push((column, value));
+    }
+    Ok(Prepared { synced_id, event_time, has_canceled_at: attributes.contains_key("synced_canceled_at"), assignments })
+}
+
+/// The canonical text of a time in replica rows and local changes.
+pub fn canonical_time(time: &DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Normalises `value` for a column of `kind`; `Err` names what the column accepts.
+pub fn normalize(kind: ColumnKind, value: &Value) -> Result<Value, &'static str> {
+    if value.is_null() {
+        return Ok(Value::Null);
+    }
+    match kind {
+        ColumnKind::Json => Ok(value.clone()),
+        ColumnKind::Integer => match value {
+            Value::Number(number) if number.is_i64() || number.is_u64() => Ok(value.clone()),
+            Value::Number(number) => match number.as_f64() {
+                Some(float) if float.fract() == 0.0 && float.abs() < 9.0e15 => Ok(Value::from(float as i64)),
+                _ => Err("an integer"),
+            },
+            Value::String(text) => text.trim().parse::<i64>().map(Value::from).map_err(|_| "an integer"),
+            _ => Err("an integer"),
+        },
+        ColumnKind::Float => match value {
+            Value::Number(_) => Ok(value.clone()),
+            Value::String(text) => {
+                text.trim().parse::<f64>().ok().and_then(Number::from_f64).map(Value::Number).ok_or("a number")
+            }
+            _ => Err("a number"),
+        },
+        ColumnKind::Decimal => match value {
+            Value::Number(_) => Ok(value.clone()),
+            Value::String(text) if text.trim().parse::<f64>().is_ok_and(f64::is_finite) => {
+                Ok(Value::String(text.trim().to_owned()))
+            }
+            _ => Err("a decimal number"),
+        },
+        ColumnKind::Bool => match value {
+            Value::Bool(_) => Ok(value.clone()),
+            Value::String(text) if text == "true" || text == "false" => Ok(Value::Bool(text == "true")),
+            _ => Err("a boolean"),
+        },
+        ColumnKind::Text => match value {
+            Value::String(_) => Ok(value.clone()),
+            Value::Number(number) => Ok(Value::String(number.to_string())),
+            Value::Bool(boolean) => Ok(Value::String(boolean.to_string())),
+            _ => Err("a string"),
+        },
+        ColumnKind::Timestamp => {
+            parse_timestamp(value).map(|time| Value::String(canonical_time(&time))).ok_or("a timestamp")
+        }
+        ColumnKind::Date => {
+            if let Value::String(text) = value {
+                if let Ok(date) = NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d") {
+                    return Ok(Value::String(date.to_string()));
+                }
+            }
+            parse_timestamp(value).map(|time| Value::String(time.date_naive().to_string())).ok_or("a date")
+        }
+        ColumnKind::Uuid => match value {
+            Value::String(text) if is_uuid(text) => Ok(value.clone()),
+            _ => Err("a UUID string"),
+        },
+        ColumnKind::Array => match value {
+            Value::Array(_) => Ok(value.clone()),
+            _ => Err("an array"),
+        },
+    }
+}
+
+fn is_uuid(text: &str) -> bool {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Normalises a row read from the database (`to_jsonb(row)`) so it compares equal to
+/// normalised payload values.
+pub fn normalize_row(replica: &ReplicaDescriptor, row: &mut Map<String, Value>) {
+    for column in replica.columns {
+        if let Some(value) = row.get_mut(column.name) {
+            if let Ok(normalized) = normalize(column.kind, value) {
+                *value = normalized;
+            }
+        }
+    }
+}
+
+/// Decides what happens to the row of one prepared record (C-10, C-12, C-13, C-14).
+///
+/// `old` is the current row (normalised), `aggregate_root` is false for sideloaded records
+/// (which are never removed), `now` is used when a cancel has no event time.
+pub fn plan(
+    replica: &ReplicaDescriptor,
+    kind: EventKind,
+    aggregate_root: bool,
+    prepared: &Prepared,
+    old: Option<&Map<String, Value>>,
+    now: DateTime<Utc>,
+) -> RowPlan {
+    if let (Some(event_time), Some(old)) = (prepared.event_time, old) {
+        let local_time = old.get(replica.synced_updated_at).and_then(parse_timestamp);
+        if local_time.is_some_and(|local_time| event_time < local_time) {
+            return RowPlan::Stale;
+        }
+    }
+    let mut assigned: Vec<(&'static str, Value)> =
+        prepared.assignments.iter().map(|(column, value)| (column.name, value.clone())).collect();
+    let set = |assigned: &mut Vec<(&'static str, Value)>, name: &'static str, value: Value| match assigned
+        .iter_mut()
+        .find(|(column, _)| *column == name)
+    {
+        Some(slot) => slot.1 = value,
+        None => assigned.push((name, value)),
+    };
+    let has_canceled_at = prepared.has_canceled_at;
+    if kind == EventKind::Destroyed && aggregate_root {
+        let cancels = replica.strategy == DestroyStrategy::Cancel && replica.soft_delete.is_some();
+        match replica.soft_delete {
+            Some(column) if cancels && !has_canceled_at => {
+                let already = old.and_then(|old| old.get(column)).filter(|value| !value.is_null()).cloned();
+                let canceled_at =
+                    already.unwrap_or_else(|| Value::String(canonical_time(&prepared.event_time.unwrap_or(now))));
+                set(&mut assigned, column, canceled_at);
+            }
+            Some(_) if has_canceled_at => {}
+            _ => {
+                return match old {
+                    Some(old) => RowPlan::Delete {
+                        changes: old
+                            .iter()
+                            .filter(|(_, value)| !value.is_null())
+                            .map(|(name, value)| (name.clone(), Value::Array(vec![value.clone(), Value::Null])))
+                            .collect(),
+                    },
+                    None => RowPlan::Nothing,
+                }
+            }
+        }
+    } else if kind != EventKind::Destroyed || !aggregate_root {
+        if let Some(column) = replica.soft_delete {
+            if !has_canceled_at {
+                set(&mut assigned, column, Value::Null);
+            }
+        }
+    }
+    set(&mut assigned, replica.synced_id, prepared.synced_id.clone());
+
+    let mut row = old.cloned().unwrap_or_default();
+    let mut changes = ChangeSet::new();
+    for (name, value) in assigned {
+        let before = old.and_then(|old| old.get(name)).cloned().unwrap_or(Value::Null);
+        if before != value {
+            changes.insert(name.to_owned(), Value::Array(vec![before, value.clone()]));
+        }
+        row.insert(name.to_owned(), value);
+    }
+    RowPlan::Write { row, exists: old.is_some(), changes }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::replica::deserialize_one;
+
+    const fn column(name: &'static str, kind: ColumnKind, nullable: bool) -> Column {
+        Column { name, source: name, kind, nullable }
+    }
+
+    static COLUMNS: [Column; 7] = [
+        column("synced_id", ColumnKind::Integer, false),
+        column("synced_created_at", ColumnKind::Timestamp, true),
+        column("synced_updated_at", ColumnKind::Timestamp, true),
+        column("synced_canceled_at", ColumnKind::Timestamp, true),
+        column("synced_data", ColumnKind::Json, true),
+        column("name", ColumnKind::Text, true),
+        Column { name: "rental_type", source: "type", kind: ColumnKind::Text, nullable: true },
+    ];
+
+    static RENTAL: ReplicaDescriptor = ReplicaDescriptor {
+        model: "Rental",
+        topic: "v8_rentals",
+        table: "rentals",
+        columns: &COLUMNS,
+        synced_id: "synced_id",
+        synced_updated_at: "synced_updated_at",
+        synced_created_at: Some("synced_created_at"),
+        soft_delete: Some("synced_canceled_at"),
+        strategy: DestroyStrategy::Cancel,
+        synced_data: Some("synced_data"),
+        declared_by: "tests::Rental",
+        location: "plan.rs",
+    };
+
+    static DESTROYING: ReplicaDescriptor =
+        ReplicaDescriptor { soft_delete: None, strategy: DestroyStrategy::Destroy, ..RENTAL };
+
+    fn t(seconds: i64) -> String {
+        canonical_time(
+            &(DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z").unwrap().to_utc()
+                + chrono::Duration::seconds(seconds)),
+        )
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z").unwrap().to_utc()
+    }
+
+    fn row(value: Value) -> Map<String, Value> {
+        let mut row = value.as_object().unwrap().clone();
+        normalize_row(&RENTAL, &mut row);
+        row
+    }
+
+    fn run(replica: &ReplicaDescriptor, kind: EventKind, payload: Value, old: Option<Value>) -> RowPlan {
+        let record = deserialize_one(&payload).unwrap();
+        let prepared = prepare(replica, &record).unwrap();
+        let old = old.map(row);
+        plan(replica, kind, true, &prepared, old.as_ref(), now())
+    }
+
+    fn written(plan: &RowPlan) -> &Map<String, Value> {
+        match plan {
+            RowPlan::Write { row, .. } => row,
+            other => panic!("expected a write, got {other:?}"),
+        }
+    }
+
+    fn existing(updated: Option<i64>, created: Option<i64>) -> Value {
+        json!({"synced_id": 1, "name": "old name", "synced_updated_at": updated.map(t), "synced_created_at": created.map(t), "synced_canceled_at": null})
+    }
+
+    /// c01: id → synced_id, timestamps → synced_*, synced_data holds the attributes.
+    #[test]
+    fn create_new_record() {
+        let payload = json!({"links": {}, "id": 1, "name": "Villa Saganaki", "updated_at": "2024-01-01T00:01:41.000Z", "created_at": "2024-01-01T00:01:51.000Z"});
+        let plan = run(&RENTAL, EventKind::Created, payload, None);
+        let row = written(&plan);
+        assert_eq!(row["synced_id"], 1);
+        assert_eq!(row["synced_updated_at"], t(101));
+        assert_eq!(row["synced_created_at"], t(111));
+        assert_eq!(row["synced_canceled_at"], Value::Null);
+        assert_eq!(
+            row["synced_data"],
+            json!({"synced_id": 1, "synced_created_at": "2024-01-01T00:01:51.000Z", "synced_updated_at": "2024-01-01T00:01:41.000Z", "name": "Villa Saganaki"})
+        );
+        assert!(matches!(plan, RowPlan::Write { exists: false, .. }));
+    }
+
+    /// c02 / c03: newer applies, older is ignored.
+    #[test]
+    fn guard_applies_newer_and_ignores_older() {
+        let payload = |at: i64| json!({"id": 1, "name": "Villa Saganaki", "updated_at": t(at), "created_at": t(101)});
+        let plan = run(&RENTAL, EventKind::Updated, payload(11), Some(existing(Some(10), Some(10))));
+        assert_eq!(written(&plan)["name"], "Villa Saganaki");
+        assert_eq!(written(&plan)["synced_updated_at"], t(11));
+        assert_eq!(run(&RENTAL, EventKind::Updated, payload(9), Some(existing(Some(10), Some(10)))), RowPlan::Stale);
+        // Ties apply (deviation table: equal timestamps are applied, as in the gem).
+        assert!(matches!(
+            run(&RENTAL, EventKind::Updated, payload(10), Some(existing(Some(10), Some(10)))),
+            RowPlan::Write { .. }
+        ));
+    }
+
+    /// c05: the event time is updated_at, else created_at.
+    #[test]
+    fn created_at_is_the_fallback_event_time() {
+        let payload = |at: i64| json!({"id": 1, "name": "Villa Saganaki", "created_at": t(at)});
+        assert_eq!(run(&RENTAL, EventKind::Created, payload(9), Some(existing(Some(10), Some(10)))), RowPlan::Stale);
+        let plan = run(&RENTAL, EventKind::Created, payload(10), Some(existing(Some(10), Some(10))));
+        let row = written(&plan);
+        assert_eq!(
+            (&row["name"], &row["synced_updated_at"], &row["synced_created_at"]),
+            (&json!("Villa Saganaki"), &json!(t(10)), &json!(t(10)))
+        );
+    }
+
+    /// c06: no payload time applies; a NULL local synced_updated_at applies even when the
+    /// local synced_created_at is newer.
+    #[test]
+    fn guard_nil_cases_apply() {
+        let plan = run(
+            &RENTAL,
+            EventKind::Updated,
+            json!({"id": 1, "name": "Villa Saganaki"}),
+            Some(existing(Some(10), Some(10))),
+        );
+        assert_eq!(written(&plan)["synced_updated_at"], t(10));
+        let plan = run(
+            &RENTAL,
+            EventKind::Updated,
+            json!({"id": 1, "name": "Villa Saganaki", "updated_at": t(1)}),
+            Some(existing(None, Some(500))),
+        );
+        assert_eq!(
+            (&written(&plan)["name"], &written(&plan)["synced_updated_at"]),
+            (&json!("Villa Saganaki"), &json!(t(1)))
+        );
+    }
+
+    /// c08: canceled_at in the payload soft-deletes through the column.
+    #[test]
+    fn destroyed_with_canceled_at_soft_deletes_by_attribute() {
+        let payload = json!({"id": 1, "name": "Villa Saganaki", "updated_at": t(11), "created_at": t(101), "canceled_at": t(123)});
+        let plan = run(&RENTAL, EventKind::Destroyed, payload, Some(existing(Some(10), Some(10))));
+        assert_eq!(written(&plan)["synced_canceled_at"], t(123));
+        assert_eq!(written(&plan)["name"], "Villa Saganaki");
+    }
+
+    /// c09 / c13: without canceled_at the cancel strategy soft-deletes at the event time.
+    #[test]
+    fn destroyed_without_canceled_at_cancels() {
+        let plan = run(
+            &RENTAL,
+            EventKind::Destroyed,
+            json!({"id": 1, "name": "Villa Saganaki"}),
+            Some(existing(Some(10), None)),
+        );
+        assert_eq!(written(&plan)["synced_canceled_at"], canonical_time(&now()));
+        assert_eq!(written(&plan)["name"], "Villa Saganaki");
+        let plan = run(&RENTAL, EventKind::Destroyed, json!({"id": 2}), None);
+        assert_eq!(written(&plan)["synced_canceled_at"], canonical_time(&now()), "C-14: created already canceled");
+    }
+
+    /// c11: a stale destroy neither updates nor cancels.
+    #[test]
+    fn stale_destroy_is_ignored() {
+        let payload = json!({"id": 1, "updated_at": t(9), "created_at": t(101), "canceled_at": t(123)});
+        assert_eq!(run(&RENTAL, EventKind::Destroyed, payload, Some(existing(Some(10), Some(10)))), RowPlan::Stale);
+    }
+
+    /// Hard-destroy models delete existing rows and write nothing for unknown ones (C-14).
+    #[test]
+    fn destroy_strategy_deletes() {
+        let plan = run(&DESTROYING, EventKind::Destroyed, json!({"id": 1}), Some(existing(Some(10), Some(10))));
+        assert!(matches!(plan, RowPlan::Delete { .. }));
+        assert_eq!(run(&DESTROYING, EventKind::Destroyed, json!({"id": 1}), None), RowPlan::Nothing);
+    }
+
+    /// c14: a missing canceled_at restores; a present one (even null) is taken as sent.
+    #[test]
+    fn restore_semantics() {
+        let canceled = json!({"synced_id": 1, "name": "old name", "synced_canceled_at": t(101)});
+        let cases = [
+            (EventKind::Updated, json!({"id": 1, "name": "Villa Saganaki"}), Value::Null),
+            (EventKind::Updated, json!({"id": 1, "name": "Villa Saganaki", "canceled_at": t(121)}), json!(t(121))),
+            (EventKind::Created, json!({"id": 1, "name": "Villa Saganaki updated", "canceled_at": null}), Value::Null),
+            (EventKind::Created, json!({"id": 1, "name": "Villa Saganaki updated"}), Value::Null),
+        ];
+        for (kind, payload, expected) in cases {
+            let plan = run(&RENTAL, kind, payload.clone(), Some(canceled.clone()));
+            assert_eq!(written(&plan)["synced_canceled_at"], expected, "{payload}");
+        }
+    }
+
+    /// c29: `from` maps a remote key onto a local column; synced_data keeps the remote name.
+    #[test]
+    fn attribute_mapping() {
+        let payload = json!({"links": {"bookings": [123]}, "id": 1, "name": "Villa Saganaki", "type": "villa"});
+        let plan = run(
+            &RENTAL,
+            EventKind::Created,
+            payload,
+            Some(json!({"synced_id": 1, "name": "old name", "rental_type": null})),
+        );
+        let row = written(&plan);
+        assert_eq!(row["rental_type"], "villa");
+        assert_eq!(
+            row["synced_data"],
+            json!({"synced_booking_ids": [123], "synced_id": 1, "name": "Villa Saganaki", "type": "villa"})
+        );
+    }
+
+    /// c26 and bad input: a missing id and values of the wrong type are rejected.
+    #[test]
+    fn missing_id_and_wrong_types_are_rejected() {
+        let error = prepare(&RENTAL, &deserialize_one(&json!({})).unwrap()).unwrap_err();
+        assert!(error.to_string().contains("synced_id nil"), "{error}");
+        let error = prepare(&RENTAL, &deserialize_one(&json!({"id": "x"})).unwrap()).unwrap_err();
+        assert_eq!(error.reason(), "wrong_type");
+        let error = prepare(&RENTAL, &deserialize_one(&json!({"id": 1, "updated_at": "soon"})).unwrap()).unwrap_err();
+        assert_eq!(error.reason(), "wrong_type");
+        let error = prepare(&RENTAL, &deserialize_one(&json!({"id": 1, "name": {"a": 1}})).unwrap()).unwrap_err();
+        assert!(error.to_string().contains("does not fit column `name` (a string)"), "{error}");
+    }
+
+    /// C-15: local changes list old → new for changed columns only.
+    #[test]
+    fn local_changes_list_old_and_new_values() {
+        let plan = run(
+            &RENTAL,
+            EventKind::Updated,
+            json!({"id": 1, "name": "new", "updated_at": t(11)}),
+            Some(existing(Some(10), Some(10))),
+        );
+        let RowPlan::Write { changes, .. } = plan else { panic!() };
+        assert_eq!(changes["name"], json!(["old name", "new"]));
+        assert_eq!(changes["synced_updated_at"], json!([t(10), t(11)]));
+        assert!(!changes.contains_key("synced_id"));
+        assert!(!changes.contains_key("synced_canceled_at"), "null stays null");
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Applying the same record twice changes nothing the second time, and a record
+            /// never overwrites a row with a newer synced_updated_at.
+            #[test]
+            fn guard_is_idempotent_and_monotonic(local in 0i64..1000, event in 0i64..1000, name in "[a-z]{0,8}") {
+                let payload = json!({"id": 1, "name": name, "updated_at": t(event)});
+                let old = existing(Some(local), Some(0));
+                let plan = run(&RENTAL, EventKind::Updated, payload.clone(), Some(old));
+                if event < local {
+                    prop_assert_eq!(plan, RowPlan::Stale);
+                } else {
+                    let row = written(&plan).clone();
+                    let again = run(&RENTAL, EventKind::Updated, payload, Some(Value::Object(row)));
+                    let RowPlan::Write { changes, .. } = again else { panic!() };
+                    prop_assert!(changes.is_empty(), "{:?}", changes);
+                }
+            }
+        }
+    }
+}

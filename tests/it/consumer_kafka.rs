@@ -1,0 +1,327 @@
+//! The consumer against the broker: end to end with dead letters, a crash between the
+//! database commit and the Kafka commit, and two members of one group rebalancing
+//! mid-stream.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use dionysus::consumer::{AfterCommit, Consumer, DeadLetterHeaders, Notification, UnknownModel};
+use dionysus_tests::{create_topic, eventually, kafka_config, TestDb};
+use futures_util::StreamExt;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer_models::*;
+
+const WRITES_LOG: &str = "
+    CREATE TABLE rental_writes (n bigserial PRIMARY KEY, synced_id bigint, name text);
+    CREATE FUNCTION log_rental_write() RETURNS trigger AS $$
+    BEGIN INSERT INTO rental_writes (synced_id, name) VALUES (NEW.synced_id, NEW.name); RETURN NEW; END
+    $$ LANGUAGE plpgsql;
+    CREATE TRIGGER rental_writes AFTER INSERT OR UPDATE ON rentals FOR EACH ROW EXECUTE FUNCTION log_rental_write();
+";
+
+fn builder(
+    db: &TestDb,
+    kafka: &dionysus::config::KafkaConfig,
+    topic: &str,
+    dead_letters: &str,
+) -> dionysus::consumer::ConsumerBuilder {
+    let mut config =
+        dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+    config.consumer.dead_letter_topic = dead_letters.to_owned();
+    config.consumer.batch_size = 50;
+    Consumer::builder(config)
+        .pool(db.pool(4))
+        .replicas(replicas())
+        .topic(topic)
+        .handlers(false)
+        .unknown_model(UnknownModel::DeadLetter)
+        .kafka_property("session.timeout.ms", "6000")
+        .kafka_property("heartbeat.interval.ms", "500")
+}
+
+async fn send(producer: &FutureProducer, topic: &str, partition: i32, key: Option<&str>, value: Option<&[u8]>) {
+    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).partition(partition);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    if let Some(value) = value {
+        record = record.payload(value);
+    }
+    producer.send(record, Duration::from_secs(10)).await.map_err(|(error, _)| error).unwrap();
+}
+
+fn rental(event_name: &str, id: i64, name: &str, at: i64) -> Vec<u8> {
+    json!({"message": [{"event": event_name, "model_name": "Rental", "data": [{"id": id, "name": name, "updated_at": t(at)}]}]})
+        .to_string()
+        .into_bytes()
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+async fn count(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
+    diesel::sql_query(sql).get_result::<Count>(conn).await.unwrap().n
+}
+
+/// Waits until the sum of stored next offsets satisfies `done`.
+async fn wait_for_stored(conn: &mut AsyncPgConnection, done: impl Fn(i64) -> bool, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let stored = stored_total(conn).await;
+        if done(stored) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "stored offsets at {stored} after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn stored_total(conn: &mut AsyncPgConnection) -> i64 {
+    count(
+        conn,
+        "SELECT COALESCE(sum(next_offset), 0)::bigint AS n FROM dionysus_consumer_offsets WHERE next_offset >= 0",
+    )
+    .await
+}
+
+/// Create, update, stale update, malformed JSON, unknown model, soft delete, both tombstone
+/// encodings and a later create, through the broker: the replica ends right, the two bad
+/// messages are in the dead-letter topic with their reason and origin, and the partition
+/// kept moving.
+#[tokio::test(flavor = "multi_thread")]
+async fn consumes_end_to_end_and_dead_letters_bad_input() {
+    let db = replica_db().await;
+    let kafka = kafka_config();
+    let topic = create_topic(&kafka, "replica_e2e", 1).await;
+    let dead_letters = create_topic(&kafka, "dead_letters", 1).await;
+    let producer = dionysus::transport::producer(&kafka).unwrap();
+    let key = Some("Rental:1");
+    send(&producer, &topic, 0, key, Some(&rental("rental_created", 1, "first", 1))).await;
+    send(&producer, &topic, 0, key, Some(&rental("rental_updated", 1, "newest", 3))).await;
+    send(&producer, &topic, 0, key, Some(&rental("rental_updated", 1, "stale", 2))).await;
+    send(&producer, &topic, 0, Some("Bad:1"), Some(b"{oops")).await;
+    let unknown =
+        json!({"message": [{"event": "ghost_created", "model_name": "Ghost", "data": [{"id": 1}]}]}).to_string();
+    send(&producer, &topic, 0, Some("Ghost:1"), Some(unknown.as_bytes())).await;
+    send(&producer, &topic, 0, Some("Rental:2"), Some(&rental("rental_created", 2, "second", 1))).await;
+    let destroyed = json!({"message": [{"event": "rental_destroyed", "model_name": "Rental", "data": [{"id": 2, "canceled_at": t(5)}]}]});
+    send(&producer, &topic, 0, Some("Rental:2"), Some(destroyed.to_string().as_bytes())).await;
+    send(&producer, &topic, 0, Some("Rental:2"), Some(b"null")).await;
+    send(&producer, &topic, 0, Some("Rental:2"), None).await;
+    send(&producer, &topic, 0, Some("Rental:3"), Some(&rental("rental_created", 3, "after the bad ones", 1))).await;
+
+    let consumer = builder(&db, &kafka, &topic, &dead_letters).build().unwrap();
+    let health = consumer.health();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let (consumer, shutdown) = (consumer.clone(), shutdown.clone());
+        async move { consumer.run(shutdown).await }
+    });
+    let mut conn = db.connection().await;
+    wait_for_stored(&mut conn, |stored| stored == 10, Duration::from_secs(60)).await;
+    assert!(health.is_alive(Duration::from_secs(5)));
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    assert_eq!(row(&mut conn, "rentals", 1).await.unwrap()["name"], "newest");
+    let second = row(&mut conn, "rentals", 2).await.unwrap();
+    assert_eq!(instant(&second["synced_canceled_at"]), at(5), "soft-deleted; tombstones change nothing");
+    assert_eq!(row(&mut conn, "rentals", 3).await.unwrap()["name"], "after the bad ones");
+
+    let reader: StreamConsumer =
+        dionysus_tests::consumer_config(&kafka, &dionysus_tests::unique_name("dlq_reader")).create().unwrap();
+    reader.subscribe(&[&dead_letters]).unwrap();
+    let mut stream = reader.stream();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(30), stream.next()).await.unwrap().unwrap().unwrap();
+        let header = |name: &str| {
+            message
+                .headers()
+                .and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == name)
+                        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(header(DeadLetterHeaders::TOPIC), topic);
+        assert_eq!(header(DeadLetterHeaders::PARTITION), "0");
+        seen.push((
+            header(DeadLetterHeaders::REASON),
+            header(DeadLetterHeaders::OFFSET),
+            message.payload().map(<[u8]>::to_vec),
+        ));
+    }
+    assert_eq!(seen[0], ("malformed_json".to_owned(), "3".to_owned(), Some(b"{oops".to_vec())));
+    assert_eq!(seen[1], ("unknown_model".to_owned(), "4".to_owned(), Some(unknown.into_bytes())));
+}
+
+/// A crash after the database commit and before the Kafka commit: the next member starts
+/// from the offsets stored with the rows, and every change is written exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_between_db_commit_and_kafka_commit_applies_each_change_once() {
+    let db = replica_db().await;
+    db.connection().await.batch_execute(WRITES_LOG).await.unwrap();
+    let kafka = kafka_config();
+    let topic = create_topic(&kafka, "replica_crash", 1).await;
+    let producer = dionysus::transport::producer(&kafka).unwrap();
+    for id in 1..=10 {
+        send(&producer, &topic, 0, None, Some(&rental("rental_created", id, "created", 1))).await;
+    }
+    for id in 1..=10 {
+        send(&producer, &topic, 0, None, Some(&rental("rental_updated", id, "updated", 2))).await;
+    }
+    let events = Arc::new(AtomicUsize::new(0));
+    let halted = Arc::new(AtomicBool::new(false));
+    let small_batches = |db: &TestDb| {
+        let mut config =
+            dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+        config.consumer.batch_size = 4;
+        config
+    };
+    let first = {
+        let (halted, events) = (halted.clone(), events.clone());
+        builder(&db, &kafka, &topic, "unused_dead_letters")
+            .config(small_batches(&db))
+            .subscribe(move |n| {
+                if let Notification::Event(_) = n {
+                    events.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .after_db_commit(move |_, _, _| {
+                halted.store(true, Ordering::SeqCst);
+                AfterCommit::Halt
+            })
+            .build()
+            .unwrap()
+    };
+    let task = tokio::spawn(async move { first.run(CancellationToken::new()).await });
+    eventually(Duration::from_secs(60), || {
+        let halted = halted.clone();
+        async move { AtomicBool::load(&halted, Ordering::SeqCst).then_some(()) }
+    })
+    .await;
+    task.abort();
+    let _ = task.await;
+    let mut conn = db.connection().await;
+    let stored = stored_total(&mut conn).await;
+    assert!(stored > 0, "the first batch was committed to the database");
+
+    let events_after = Arc::new(AtomicUsize::new(0));
+    let second = {
+        let events_after = events_after.clone();
+        builder(&db, &kafka, &topic, "unused_dead_letters")
+            .config(small_batches(&db))
+            .subscribe(move |n| {
+                if let Notification::Event(_) = n {
+                    events_after.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { second.run(shutdown).await }
+    });
+    wait_for_stored(&mut conn, |stored| stored == 20, Duration::from_secs(60)).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM rental_writes").await, 20, "each change written once");
+    assert_eq!(AtomicUsize::load(&events, Ordering::SeqCst), 0, "the crashed member told nobody");
+    assert_eq!(
+        AtomicUsize::load(&events_after, Ordering::SeqCst) as i64,
+        20 - stored,
+        "the restarted member processed exactly what was not committed"
+    );
+    assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM rentals WHERE name = 'updated'").await, 10);
+}
+
+/// Two members of one group, the second joining mid-stream: the replica converges to the
+/// source (checksums equal) and no change is written twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_consumers_rebalancing_converge_to_the_source() {
+    let db = replica_db().await;
+    let mut conn = db.connection().await;
+    conn.batch_execute(WRITES_LOG).await.unwrap();
+    conn.batch_execute(
+        "CREATE TABLE source_rentals (synced_id bigint PRIMARY KEY, name text, synced_updated_at timestamptz)",
+    )
+    .await
+    .unwrap();
+    let kafka = kafka_config();
+    let topic = create_topic(&kafka, "replica_rebalance", 4).await;
+    let producer = dionysus::transport::producer(&kafka).unwrap();
+    let (ids, versions) = (60i64, 4i64);
+    let produce = |from: i64, to: i64| {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        async move {
+            for version in from..to {
+                for id in 1..=ids {
+                    let event_name = if version == 0 { "rental_created" } else { "rental_updated" };
+                    let value = rental(event_name, id, &format!("v{version}-{id}"), version * 10 + 1);
+                    let partition = i32::try_from(id % 4).unwrap();
+                    send(&producer, &topic, partition, Some(&format!("Rental:{id}")), Some(&value)).await;
+                }
+            }
+        }
+    };
+    produce(0, 2).await;
+    for id in 1..=ids {
+        let sql = format!(
+            "INSERT INTO source_rentals VALUES ({id}, 'v{}-{id}', '{}')",
+            versions - 1,
+            t((versions - 1) * 10 + 1)
+        );
+        conn.batch_execute(&sql).await.unwrap();
+    }
+    let member = |name: &str| {
+        let mut config =
+            dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+        // Every message is a change, so the write log can prove exactly-once.
+        config.consumer.remove_duplicates = false;
+        config.consumer.batch_size = 20;
+        let builder = builder(&db, &kafka, &topic, "unused_dead_letters")
+            .config(config)
+            .kafka_property("client.id", name.to_owned());
+        let consumer = builder.build().unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { consumer.run(shutdown).await }
+        });
+        (handle, shutdown)
+    };
+    let (first, stop_first) = member("member_a");
+    wait_for_stored(&mut conn, |stored| stored > 0, Duration::from_secs(60)).await;
+    let (second, stop_second) = member("member_b");
+    produce(2, versions).await;
+    let total = ids * versions;
+    wait_for_stored(&mut conn, |stored| stored == total, Duration::from_secs(90)).await;
+    stop_first.cancel();
+    stop_second.cancel();
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+
+    let checksum = |table: &str| {
+        format!(
+            "SELECT ('x' || substr(md5(string_agg(synced_id || ':' || name || ':' || extract(epoch FROM synced_updated_at), ',' ORDER BY synced_id)), 1, 15))::bit(60)::bigint AS n FROM {table}"
+        )
+    };
+    let source = count(&mut conn, &checksum("source_rentals")).await;
+    let replica = count(&mut conn, &checksum("rentals")).await;
+    assert_eq!(source, replica, "replica checksum equals the source's");
+    assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM rental_writes").await, total, "each change written once");
+}

@@ -1,0 +1,17 @@
+diesel::table! {
+    rentals (synced_id) {
+        synced_id -> BigInt,
+        synced_updated_at -> Nullable<Timestamptz>,
+        name -> Nullable<Text>,
+    }
+}
+
+#[derive(dionysus::Consume)]
+#[diesel(table_name = rentals)]
+#[consume(topic = "v3_rentals", model = "Rental")]
+pub struct Rental {
+    pub synced_id: i64,
+    pub name: Option<String>,
+}
+
+fn main() {}

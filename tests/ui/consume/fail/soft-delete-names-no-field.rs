@@ -1,0 +1,21 @@
+use chrono::{DateTime, Utc};
+
+diesel::table! {
+    rentals (synced_id) {
+        synced_id -> BigInt,
+        synced_updated_at -> Nullable<Timestamptz>,
+        name -> Nullable<Text>,
+    }
+}
+
+#[derive(dionysus::Consume)]
+#[diesel(table_name = rentals)]
+#[consume(topic = "v3_rentals", model = "Rental", soft_delete = "synced_canceld_at")]
+pub struct Rental {
+    pub synced_id: i64,
+    pub synced_updated_at: Option<DateTime<Utc>>,
+    pub synced_canceled_at: Option<DateTime<Utc>>,
+    pub name: Option<String>,
+}
+
+fn main() {}
