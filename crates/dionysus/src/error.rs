@@ -29,6 +29,15 @@ pub enum Error {
     /// A database query failed.
     #[error("database error: {0}")]
     Query(#[from] diesel::result::Error),
+    /// Writing outbox rows failed.
+    #[error("writing outbox rows: {0}")]
+    Outbox(#[from] crate::outbox::OutboxError),
+    /// The relay could not start or stopped on an error.
+    #[error(transparent)]
+    Relay(#[from] crate::relay::RelayError),
+    /// A genesis could not start or complete.
+    #[error(transparent)]
+    Genesis(#[from] crate::genesis::GenesisError),
 }
 
 /// `Result` with [`Error`].

@@ -132,16 +132,6 @@ pub enum OutboxError {
     },
 }
 
-impl From<OutboxError> for crate::Error {
-    fn from(error: OutboxError) -> Self {
-        match error {
-            OutboxError::Query { what, source } => {
-                crate::Error::Db(crate::db::DbError::Query { what: format!("writing outbox rows: {what}"), source })
-            }
-        }
-    }
-}
-
 /// Which columns of a record changed: `{"column": [old, new]}`, as Rails' saved changes.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Changeset(Map<String, Value>);

@@ -36,15 +36,18 @@ pub struct DefaultSerializer;
 
 impl<T: Publishable> Serializer<T> for DefaultSerializer {
     fn serialize(&self, record: &T, sideloads: &Sideloads) -> Result<Value, SerializeError> {
-        let json = Record::to_json(record).map_err(|source| SerializeError::Serde {
-            model: T::MODEL.model_name,
-            id: record.primary_key(),
-            source,
-        })?;
-        match json {
-            Value::Object(object) => Ok(Value::Object(sideloads.attach(object))),
-            other => Err(SerializeError::NotAnObject { model: T::MODEL.model_name, found: kind(&other) }),
-        }
+        default_serialize(record, sideloads)
+    }
+}
+
+/// [`DefaultSerializer`] for any record: its serde fields, `"links"`, then the sideloads.
+/// Also how sideloaded records are nested (with no sideloads of their own).
+pub fn default_serialize(record: &dyn Record, sideloads: &Sideloads) -> Result<Value, SerializeError> {
+    let model = record.model().model_name;
+    let json = record.to_json().map_err(|source| SerializeError::Serde { model, id: record.id(), source })?;
+    match json {
+        Value::Object(object) => Ok(Value::Object(sideloads.attach(object))),
+        other => Err(SerializeError::NotAnObject { model, found: kind(&other) }),
     }
 }
 
@@ -445,19 +448,8 @@ async fn load_dependency(
         what: format!("`with({})` dependencies of {}", other.model_name, owner_model.model_name),
         source,
     };
-    let nested = |record: &dyn Record| -> Result<Value, PlanError> {
-        let json = record.to_json().map_err(|source| SerializeError::Serde {
-            model: other.model_name,
-            id: record.id(),
-            source,
-        })?;
-        match json {
-            Value::Object(object) => Ok(Value::Object(Sideloads::default().attach(object))),
-            other_value => {
-                Err(SerializeError::NotAnObject { model: other.model_name, found: kind(&other_value) }.into())
-            }
-        }
-    };
+    let empty = Sideloads::default();
+    let nested = |record: &dyn Record| -> Result<Value, PlanError> { Ok(default_serialize(record, &empty)?) };
     let mut out = Vec::with_capacity(owners.len());
     match (dependency.relation)() {
         Relation::OtherHoldsKey(column) => {

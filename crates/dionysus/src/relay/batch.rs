@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::backoff;
 use super::monitor::{Monitor, RelayEvent};
 use crate::config::ProducerConfig;
-use crate::outbox::{Changeset, NewOutboxRow, OBSERVER_TOPIC};
+use crate::outbox::{Changeset, NewOutboxRow};
 use crate::publishable::{ColumnIn, Record, Relation};
 use crate::registry::Registry;
 use crate::sender::{self, Failure, Sender};
@@ -455,7 +455,6 @@ async fn expand_deferred_observers(
             }
         }
     }
-    debug_assert_ne!(row.topic, "", "{OBSERVER_TOPIC}");
     Ok(written)
 }
 

@@ -110,20 +110,6 @@ pub enum RelayError {
     },
 }
 
-impl From<RelayError> for crate::Error {
-    fn from(error: RelayError) -> Self {
-        match error {
-            RelayError::Registry(error) => crate::Error::Registry(error),
-            RelayError::Transport(error) => crate::Error::Transport(error),
-            RelayError::Db(error) => crate::Error::Db(error),
-            RelayError::Query { what, source } => crate::Error::Db(crate::db::DbError::Query { what, source }),
-            RelayError::Serve { address, source } => crate::Error::Db(crate::db::DbError::Checkout(format!(
-                "cannot serve /metrics and /health on {address}: {source}"
-            ))),
-        }
-    }
-}
-
 /// Builds a [`Relay`].
 #[must_use]
 pub struct RelayBuilder {
