@@ -120,6 +120,7 @@ async fn consumes_end_to_end_and_dead_letters_bad_input() {
     send(&producer, &topic, 0, Some("Rental:2"), None).await;
     send(&producer, &topic, 0, Some("Rental:3"), Some(&rental("rental_created", 3, "after the bad ones", 1))).await;
 
+    let prometheus = dionysus::telemetry::prometheus().expect("no other recorder in the tests");
     let consumer = builder(&db, &kafka, &topic, &dead_letters).build().unwrap();
     let health = consumer.health();
     let shutdown = CancellationToken::new();
@@ -137,6 +138,16 @@ async fn consumes_end_to_end_and_dead_letters_bad_input() {
     let second = row(&mut conn, "rentals", 2).await.unwrap();
     assert_eq!(instant(&second["synced_canceled_at"]), at(5), "soft-deleted; tombstones change nothing");
     assert_eq!(row(&mut conn, "rentals", 3).await.unwrap()["name"], "after the bad ones");
+    let metrics = prometheus.render();
+    let line = |name: &str| {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(name) && line.contains(&format!("topic=\"{topic}\"")))
+            .map(str::to_owned)
+    };
+    assert!(line("dionysus_consumer_messages_total{").is_some_and(|l| l.ends_with(" 10")), "{metrics}");
+    assert!(line("dionysus_consumer_dead_letters_total{").is_some_and(|l| l.ends_with(" 2")), "{metrics}");
+    assert!(line("dionysus_consumer_batch_seconds").is_some(), "{metrics}");
 
     let reader: StreamConsumer =
         dionysus_tests::consumer_config(&kafka, &dionysus_tests::unique_name("dlq_reader")).create().unwrap();

@@ -260,3 +260,67 @@ pub async fn seed(conn: &mut AsyncPgConnection, table: &str, row: Value) {
     };
     diesel::sql_query(sql).bind::<diesel::sql_types::Jsonb, _>(row).execute(conn).await.unwrap();
 }
+
+static HANDLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[dionysus::consume(topic = "v8_rentals", event = "rental_recreated")]
+async fn count_recreated(event: &dionysus::consumer::ConsumedEvent) -> dionysus::Result<()> {
+    HANDLED.fetch_add(event.transformed_data.len(), std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
+/// `#[dionysus::consume]` handlers run after the commit, for their topic and event only;
+/// `rental_recreated` counts as a creation (C-7: classified by suffix).
+#[tokio::test(flavor = "multi_thread")]
+async fn handlers_run_after_commit_for_their_event() {
+    let db = replica_db().await;
+    let (consumer, _) = consumer(&db, |b| b.handlers(true));
+    consumer
+        .process_batch(&[
+            event(0, "rental_recreated", "Rental", json!([{"id": 1, "name": "again"}, {"id": 2}])),
+            event(1, "rental_updated", "Rental", json!([{"id": 3}])),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(std::sync::atomic::AtomicUsize::load(&HANDLED, std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(row(&mut db.connection().await, "rentals", 1).await.unwrap()["name"], "again");
+}
+
+/// Without listeners for local changes, rows are written blind (typed arrays per column, or
+/// `jsonb` for a group with an array column) and PostgreSQL applies the rules the planned
+/// path applies in Rust: the timestamp guard, a repeated cancel keeping the first cancel
+/// time, a guarded destroy, and a sideload under an applied root.
+#[tokio::test(flavor = "multi_thread")]
+async fn blind_writes_follow_the_same_rules() {
+    let db = replica_db().await;
+    let (consumer, _) = consumer(&db, |b| b.local_changes(false));
+    let rental = |offset, name: &str, at: i64, links: Value| {
+        event(offset, "rental_updated", "Rental", json!([{"links": links, "id": 1, "name": name, "updated_at": t(at)}]))
+    };
+    // An array link puts the row in a `jsonb` group; plain rows go as typed arrays.
+    consumer.process_batch(&[rental(0, "first", 10, json!({"bookings": [7, 8]}))]).await.unwrap();
+    consumer.process_batch(&[rental(1, "typed", 11, json!({}))]).await.unwrap();
+    consumer.process_batch(&[rental(2, "stale", 9, json!({"bookings": [9]}))]).await.unwrap();
+    let mut conn = db.connection().await;
+    let rental_row = row(&mut conn, "rentals", 1).await.unwrap();
+    assert_eq!((&rental_row["name"], &rental_row["synced_booking_ids"]), (&json!("typed"), &json!([7, 8])));
+
+    // Cancel twice: the first cancel time stays.
+    let cancel = |offset, at: i64| event(offset, "rental_destroyed", "Rental", json!([{"id": 1, "updated_at": t(at)}]));
+    consumer.process_batch(&[cancel(3, 12)]).await.unwrap();
+    consumer.process_batch(&[cancel(4, 13)]).await.unwrap();
+    let canceled = row(&mut conn, "rentals", 1).await.unwrap();
+    assert_eq!(instant(&canceled["synced_canceled_at"]), at(12));
+
+    // Hard destroy is guarded: an older destroy leaves the row, a newer one removes it.
+    consumer
+        .process_batch(&[event(5, "client_updated", "Client", json!([{"id": 5, "name": "Rich", "updated_at": t(20)}]))])
+        .await
+        .unwrap();
+    let destroy =
+        |offset, at: i64| event(offset, "client_destroyed", "Client", json!([{"id": 5, "updated_at": t(at)}]));
+    consumer.process_batch(&[destroy(6, 19)]).await.unwrap();
+    assert_eq!(rows(&mut conn, "clients").await.len(), 1, "older destroy ignored");
+    consumer.process_batch(&[destroy(7, 21)]).await.unwrap();
+    assert!(rows(&mut conn, "clients").await.is_empty());
+}

@@ -19,6 +19,7 @@ pub mod replica;
 pub mod schema;
 mod sender;
 pub mod serialize;
+pub mod telemetry;
 pub mod transport;
 
 pub use config::Config;

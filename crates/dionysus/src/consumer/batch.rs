@@ -15,9 +15,10 @@ use super::dedup::remove_duplicates;
 use super::events::{ConsumedEvent, LocalChange, MessageFilter};
 use crate::envelope::{decode, Decoded, EnvelopeError};
 use crate::naming::{event_prefix, EventKind};
-use crate::replica::plan::{normalize_row, plan, prepare, Prepared, RecordError};
-use crate::replica::sql::{self, id_key};
-use crate::replica::{deserialize, Record, ReplicaDescriptor, Replicas, RowPlan};
+use crate::replica::deserialize::deserialize_owned;
+use crate::replica::plan::{guard_from_columns, intent, normalize_row, plan, prepare, Intent, Prepared, RecordError};
+use crate::replica::sql::{self, id_key, ColumnTypes, UpsertRow};
+use crate::replica::{Record, ReplicaDescriptor, Replicas, RowPlan};
 
 /// A message as read from Kafka.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +67,12 @@ pub(crate) struct Rules {
     pub(crate) max_message_bytes: usize,
     pub(crate) unknown_model: UnknownModel,
     pub(crate) processing_mutex: bool,
+    /// Whether local changes (C-15) are computed: only when an event-bus subscriber or a
+    /// handler of a consumed topic can see them. Computing them reads every row before it
+    /// is written; without them, rows are written blind and PostgreSQL applies the guard.
+    pub(crate) track_changes: bool,
+    /// Column types of the replica tables, read once.
+    pub(crate) column_types: ColumnTypes,
 }
 
 /// A record checked against its replica, with its checked sideloads.
@@ -101,6 +108,10 @@ pub(crate) struct PreparedBatch {
     work: Vec<Work>,
     /// Processing-mutex names of every message (C-3), when the mutex is on.
     pub(crate) locks: Vec<String>,
+    /// Whether anyone listens for local changes (C-15); see [`Rules::track_changes`].
+    track_changes: bool,
+    /// The consumer's cache of column types.
+    column_types: ColumnTypes,
 }
 
 enum Work {
@@ -170,7 +181,13 @@ impl Rules {
         } else {
             Vec::new()
         };
-        PreparedBatch { dead_letters, work, locks }
+        PreparedBatch {
+            dead_letters,
+            work,
+            locks,
+            track_changes: self.track_changes,
+            column_types: self.column_types.clone(),
+        }
     }
 
     fn decode(&self, message: &InboundMessage) -> Result<Decoded, (&'static str, String)> {
@@ -198,7 +215,7 @@ impl Rules {
         let mut work = Vec::with_capacity(events.len());
         let mut failure: Option<(&'static str, String)> = None;
         for event in events {
-            let records = match deserialize(&event.data) {
+            let records = match deserialize_owned(event.data) {
                 Ok(records) => records,
                 Err(error) => {
                     failure.get_or_insert(("invalid_record", format!("{} {}: {error}", event.model_name, event.event)));
@@ -299,35 +316,37 @@ struct Unit<'a> {
 type Resolve = (&'static ReplicaDescriptor, Vec<(Value, Vec<Value>)>);
 
 /// Applies a prepared batch in the caller's transaction and returns the events to report.
+/// Takes the batch's work (its events move into the result); the dead letters stay.
 pub(crate) async fn apply(
     conn: &mut AsyncPgConnection,
-    batch: &PreparedBatch,
+    batch: &mut PreparedBatch,
     now: DateTime<Utc>,
 ) -> Result<Vec<ConsumedEvent>, diesel::result::Error> {
-    let mut events: Vec<ConsumedEvent> = Vec::with_capacity(batch.work.len());
-    let mut level: Vec<Unit<'_>> = Vec::new();
-    for work in &batch.work {
-        match work {
-            Work::Report(event) => events.push(event.clone()),
-            Work::Apply(work) => {
+    let work = std::mem::take(&mut batch.work);
+    let mut events: Vec<ConsumedEvent> = Vec::with_capacity(work.len());
+    // (event index, kind, import, nodes): the records to apply, kept apart from the events.
+    let mut roots: Vec<(usize, EventKind, bool, Vec<Node>)> = Vec::new();
+    for item in work {
+        match item {
+            Work::Report(event) => events.push(event),
+            Work::Apply(EventWork { bus, kind, import, nodes }) => {
                 let index = events.len();
-                events.push(work.bus.clone());
-                let Some(kind) = work.kind else { continue };
-                let import = work.import && kind != EventKind::Updated;
-                level.extend(work.nodes.iter().map(|node| Unit {
-                    node,
-                    kind,
-                    aggregate_root: true,
-                    import,
-                    event: index,
-                }));
+                events.push(bus);
+                let Some(kind) = kind else { continue };
+                roots.push((index, kind, import && kind != EventKind::Updated, nodes));
             }
         }
     }
+    let mut level: Vec<Unit<'_>> = roots
+        .iter()
+        .flat_map(|(event, kind, import, nodes)| {
+            nodes.iter().map(|node| Unit { node, kind: *kind, aggregate_root: true, import: *import, event: *event })
+        })
+        .collect();
     // (child table, foreign key) → [(parent id, child ids)] in order.
     let mut resolves: BTreeMap<(&'static str, String), Resolve> = BTreeMap::new();
     while !level.is_empty() {
-        let applied = apply_level(conn, &level, &mut events, now).await?;
+        let applied = apply_level(conn, &level, &mut events, now, batch.track_changes, &batch.column_types).await?;
         let mut next = Vec::new();
         for (unit, applied) in level.iter().zip(applied) {
             if !applied || unit.import {
@@ -388,6 +407,8 @@ async fn apply_level(
     units: &[Unit<'_>],
     events: &mut [ConsumedEvent],
     now: DateTime<Utc>,
+    track_changes: bool,
+    column_types: &ColumnTypes,
 ) -> Result<Vec<bool>, diesel::result::Error> {
     // Table → unit indices in order; a unit's round is how often its row came before.
     let mut tables: Vec<(&'static ReplicaDescriptor, Vec<(usize, usize)>)> = Vec::new();
@@ -406,6 +427,47 @@ async fn apply_level(
     for round in 0..rounds {
         for (replica, members) in &tables {
             let members: Vec<usize> = members.iter().filter(|(_, r)| *r == round).map(|(index, _)| *index).collect();
+            if members.is_empty() {
+                continue;
+            }
+            // Without listeners for local changes, a record whose guard PostgreSQL can decide
+            // from the written columns is written blind; the rest read their rows first.
+            let mut upserts: Vec<(usize, UpsertRow)> = Vec::new();
+            let mut removals: Vec<usize> = Vec::new();
+            let mut exact: Vec<usize> = Vec::new();
+            for &index in &members {
+                let unit = &units[index];
+                if unit.import || track_changes {
+                    exact.push(index);
+                    continue;
+                }
+                let prepared = &unit.node.prepared;
+                match intent(replica, unit.kind, unit.aggregate_root, prepared, now) {
+                    Intent::Remove => removals.push(index),
+                    Intent::Write { assigned, keep } if guard_from_columns(replica, &assigned, prepared.event_time) => {
+                        upserts.push((index, UpsertRow { values: assigned, keep }));
+                    }
+                    Intent::Write { .. } => exact.push(index),
+                }
+            }
+            let keys: Vec<String> = upserts
+                .iter()
+                .map(|(index, _)| sql::row_key(replica, &units[*index].node.prepared.synced_id))
+                .collect();
+            let (indices, rows): (Vec<usize>, Vec<UpsertRow>) = upserts.into_iter().unzip();
+            let written = sql::upsert_rows(conn, replica, column_types, rows).await?;
+            for (index, key) in indices.into_iter().zip(keys) {
+                applied[index] = written.contains(&key);
+            }
+            let deletes: Vec<(Value, Option<DateTime<Utc>>)> = removals
+                .iter()
+                .map(|&index| (units[index].node.prepared.synced_id.clone(), units[index].node.prepared.event_time))
+                .collect();
+            let stale = sql::delete_guarded(conn, replica, deletes).await?;
+            for index in removals {
+                applied[index] = !stale.contains(&sql::row_key(replica, &units[index].node.prepared.synced_id));
+            }
+            let members = exact;
             if members.is_empty() {
                 continue;
             }
@@ -456,7 +518,7 @@ async fn apply_level(
                     }
                 };
                 applied[index] = true;
-                if let Some(event) = events.get_mut(unit.event) {
+                if let Some(event) = events.get_mut(unit.event).filter(|_| track_changes) {
                     event.add_change(LocalChange {
                         model: unit.node.change_name.clone(),
                         synced_id: prepared.synced_id.clone(),

@@ -41,7 +41,7 @@ pub fn remove_duplicates(batch: &[&Decoded]) -> Option<Vec<usize>> {
             Some(other) => other.to_string(),
         };
         let rank = match record.get("updated_at") {
-            Some(Value::String(text)) => parse_timestamp(&Value::String(text.clone())),
+            Some(value @ Value::String(_)) => parse_timestamp(value),
             _ => None,
         };
         keys.push((format!("{}{id}", event.event), rank));

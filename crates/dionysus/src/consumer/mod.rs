@@ -164,6 +164,7 @@ pub struct ConsumerBuilder {
     kafka_properties: Vec<(String, String)>,
     after_commit: Option<AfterCommitHook>,
     handlers: bool,
+    local_changes: Option<bool>,
 }
 
 impl ConsumerBuilder {
@@ -237,6 +238,18 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Whether events carry their local changes (C-15). By default they do exactly when
+    /// someone can see them: an event-bus subscriber, or a handler of a consumed topic.
+    ///
+    /// Local changes need every row read before it is written. Without them a batch is
+    /// written blind, in one statement per table, and PostgreSQL applies the timestamp guard
+    /// (several times faster). Turn them off when your subscribers do not look at
+    /// `local_changes`; events then report none.
+    pub fn local_changes(mut self, on: bool) -> Self {
+        self.local_changes = Some(on);
+        self
+    }
+
     #[doc(hidden)]
     pub fn after_db_commit(mut self, hook: impl Fn(&str, i32, i64) -> AfterCommit + Send + Sync + 'static) -> Self {
         self.after_commit = Some(Arc::new(hook));
@@ -266,6 +279,11 @@ impl ConsumerBuilder {
             max_message_bytes: self.config.consumer.max_message_bytes,
             unknown_model: self.unknown_model,
             processing_mutex: self.processing_mutex,
+            column_types: sql::ColumnTypes::default(),
+            track_changes: self.local_changes.unwrap_or_else(|| {
+                !self.subscribers.is_empty()
+                    || (self.handlers && handlers().any(|handler| topics.iter().any(|topic| *topic == handler.topic)))
+            }),
         };
         Ok(Consumer {
             inner: Arc::new(Inner {
@@ -339,6 +357,7 @@ impl Consumer {
             kafka_properties: Vec::new(),
             after_commit: None,
             handlers: true,
+            local_changes: None,
         }
     }
 
@@ -393,8 +412,13 @@ impl Consumer {
             let stored = sql::lock_offset(conn, &self.inner.group, &topic, partition)
                 .await
                 .map_err(db("locking the partition's offset"))?;
-            let fresh: Vec<InboundMessage> =
-                messages.iter().filter(|m| stored.is_none_or(|stored| m.offset >= stored)).cloned().collect();
+            let skip = messages.iter().take_while(|m| stored.is_some_and(|stored| m.offset < stored)).count();
+            let fresh: std::borrow::Cow<'_, [InboundMessage]> =
+                if messages[skip..].iter().all(|m| stored.is_none_or(|stored| m.offset >= stored)) {
+                    std::borrow::Cow::Borrowed(&messages[skip..])
+                } else {
+                    messages.iter().filter(|m| stored.is_none_or(|stored| m.offset >= stored)).cloned().collect()
+                };
             let already_applied = messages.len() - fresh.len();
             if let (Some(stored), Some(first)) = (stored, fresh.first()) {
                 if first.offset > stored {
@@ -405,13 +429,13 @@ impl Consumer {
                 return Ok(BatchOutcome { already_applied, next_offset: stored, ..BatchOutcome::default() });
             };
             let next_offset = last.offset + 1;
-            let prepared: PreparedBatch = self.inner.rules.prepare(&fresh);
+            let mut prepared: PreparedBatch = self.inner.rules.prepare(&fresh);
             for dead in &prepared.dead_letters {
                 tracing::warn!(%topic, partition, offset = dead.message.offset, reason = dead.reason, error = %dead.error, "message sent to the dead-letter topic");
                 dead_letter(dead).await?;
             }
             sql::advisory_locks(conn, prepared.locks.clone()).await.map_err(db("taking processing locks"))?;
-            let events = batch::apply(conn, &prepared, Utc::now()).await.map_err(db("writing replica rows"))?;
+            let events = batch::apply(conn, &mut prepared, Utc::now()).await.map_err(db("writing replica rows"))?;
             sql::store_offset(conn, &self.inner.group, &topic, partition, next_offset)
                 .await
                 .map_err(db("storing the offset"))?;

@@ -2,7 +2,7 @@
 //! assignment, one worker per partition (in order within it, concurrent across them), the
 //! Kafka commit after the database commit, and the dead-letter producer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,7 +60,20 @@ struct GroupContext {
     assignments: Assignments,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`, 5 s by default here): the lag
+    /// of every assigned partition as `dionysus_consumer_lag`.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, stats) in statistics.topics {
+            for (partition, stats) in stats.partitions {
+                if partition >= 0 && stats.consumer_lag >= 0 {
+                    let labels = [("topic", topic.clone()), ("partition", partition.to_string())];
+                    metrics::gauge!("dionysus_consumer_lag", &labels).set(stats.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn rebalance(&self, base_consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -147,8 +160,57 @@ fn stored_offsets_blocking(database_url: &str, group: &str) -> Result<HashMap<(S
 
 struct Worker {
     sender: mpsc::Sender<InboundMessage>,
+    /// Messages read for this partition that its channel had no room for yet, in order.
+    /// Buffering them here instead of waiting keeps one busy partition from holding up the
+    /// others (librdkafka hands out long runs of one partition's messages).
+    pending: VecDeque<InboundMessage>,
     revoked: Arc<AtomicBool>,
     handle: tokio::task::JoinHandle<()>,
+}
+
+impl Worker {
+    /// Moves pending messages into the channel while it has room.
+    fn flush(&mut self) {
+        while let Some(message) = self.pending.pop_front() {
+            match self.sender.try_send(message) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(message)) => {
+                    self.pending.push_front(message);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::debug!(dropped = self.pending.len() + 1, "partition worker stopped; messages dropped");
+                    self.pending.clear();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Counts a committed batch: messages consumed, dead letters, batch duration.
+fn record_batch_metrics(
+    topic: &str,
+    partition: i32,
+    messages: usize,
+    outcome: &super::BatchOutcome,
+    duration: Duration,
+) {
+    let labels = [("topic", topic.to_owned()), ("partition", partition.to_string())];
+    metrics::counter!("dionysus_consumer_messages_total", &labels).increment(messages as u64);
+    metrics::counter!("dionysus_consumer_dead_letters_total", &labels).increment(outcome.dead_letters.len() as u64);
+    metrics::histogram!("dionysus_consumer_batch_seconds", &labels).record(duration.as_secs_f64());
+}
+
+/// Waits until the first worker with pending messages has room for one; gives its key and
+/// the permit (`None` when the worker stopped).
+async fn room(
+    waiting: Option<((String, i32), mpsc::Sender<InboundMessage>)>,
+) -> ((String, i32), Option<mpsc::OwnedPermit<InboundMessage>>) {
+    match waiting {
+        Some((key, sender)) => (key, sender.reserve_owned().await.ok()),
+        None => std::future::pending().await,
+    }
 }
 
 impl Consumer {
@@ -166,6 +228,7 @@ impl Consumer {
             assignments: assignments.clone(),
         };
         let mut client = crate::transport::consumer_config(kafka, &inner.group);
+        client.set("statistics.interval.ms", "5000");
         for (key, value) in &inner.kafka_properties {
             client.set(key, value);
         }
@@ -188,16 +251,37 @@ impl Consumer {
         // Cancelled by a worker whose after-commit hook halts: the whole member stops at
         // once, as a crashed process would.
         let halt = CancellationToken::new();
+        // Messages buffered across all partitions before the reader waits for room.
+        let max_pending = inner.config.consumer.batch_size.max(1) * 8;
         loop {
+            let waiting = workers
+                .iter()
+                .find(|(_, worker)| !worker.pending.is_empty())
+                .map(|(key, worker)| (key.clone(), worker.sender.clone()));
+            let total_pending: usize = workers.values().map(|worker| worker.pending.len()).sum();
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                (key, permit) = room(waiting) => {
+                    if let Some(worker) = workers.get_mut(&key) {
+                        match (permit, worker.pending.pop_front()) {
+                            (Some(permit), Some(message)) => {
+                                permit.send(message);
+                                worker.flush();
+                            }
+                            (None, _) => worker.pending.clear(),
+                            (Some(_), None) => {}
+                        }
+                    }
+                    inner.health.beat();
+                    continue;
+                }
                 _ = halt.cancelled() => {
                     for worker in workers.values() {
                         worker.handle.abort();
                     }
                     return Ok(());
                 }
-                next = tokio::time::timeout(Duration::from_millis(500), stream.next()) => next,
+                next = tokio::time::timeout(Duration::from_millis(500), stream.next()), if total_pending < max_pending => next,
             };
             inner.health.beat();
             let message = match next {
@@ -235,16 +319,18 @@ impl Consumer {
                     shutdown.clone(),
                     halt.clone(),
                 ));
-                if let Some(old) = workers.insert(key.clone(), Worker { sender, revoked: current, handle }) {
+                let worker = Worker { sender, pending: VecDeque::new(), revoked: current, handle };
+                if let Some(old) = workers.insert(key.clone(), worker) {
                     drop(old.sender);
                 }
             }
-            if let Some(worker) = workers.get(&key) {
-                if worker.sender.send(inbound).await.is_err() {
-                    tracing::debug!(topic = %key.0, partition = key.1, "partition worker stopped; message dropped");
-                }
+            if let Some(worker) = workers.get_mut(&key) {
+                worker.pending.push_back(inbound);
+                worker.flush();
             }
         }
+        // In-flight work finishes on shutdown; what is still buffered is read again from the
+        // stored offsets by whoever consumes the partition next.
         let handles: Vec<_> = workers.into_values().map(|worker| worker.handle).collect();
         for handle in handles {
             if let Err(error) = handle.await {
@@ -323,6 +409,7 @@ impl Consumer {
                 duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 "batch committed"
             );
+            record_batch_metrics(&topic, partition, messages.len(), &outcome, started.elapsed());
             if let Some(next_offset) = outcome.next_offset {
                 if let Some(hook) = &self.inner.after_commit {
                     if hook(&topic, partition, next_offset) == AfterCommit::Halt {

@@ -370,13 +370,7 @@ impl Relay {
             helpers.spawn(monitor::health_file(path, self.inner.monitor.clone(), stall, background.clone()));
         }
         if let Some(address) = self.inner.serve {
-            let handle = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
-                Ok(handle) => Some(handle),
-                Err(error) => {
-                    tracing::warn!("not installing the Prometheus recorder ({error}); /metrics stays empty");
-                    None
-                }
-            };
+            let handle = crate::telemetry::prometheus();
             let listener = monitor::serve(address, handle, self.inner.monitor.clone(), stall, background.clone());
             let served = tokio::spawn(listener);
             tokio::select! {

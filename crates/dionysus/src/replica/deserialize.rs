@@ -7,9 +7,6 @@ use serde_json::{Map, Value};
 
 use crate::naming::singularize;
 
-/// Payload keys that never become plain attributes.
-const RESERVED: [&str; 5] = ["links", "id", "created_at", "updated_at", "canceled_at"];
-
 /// One deserialized record.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Record {
@@ -79,12 +76,17 @@ pub enum DeserializeError {
 
 /// Deserializes an event's `data` list.
 pub fn deserialize(data: &[Value]) -> Result<Vec<Record>, DeserializeError> {
-    data.iter().enumerate().map(|(index, item)| deserialize_at(item, &format!("data[{index}]"))).collect()
+    deserialize_owned(data.to_vec())
+}
+
+/// [`deserialize`], taking the list: values move into the records instead of being copied.
+pub fn deserialize_owned(data: Vec<Value>) -> Result<Vec<Record>, DeserializeError> {
+    data.into_iter().enumerate().map(|(index, item)| deserialize_at(item, &|| format!("data[{index}]"))).collect()
 }
 
 /// Deserializes one record.
 pub fn deserialize_one(item: &Value) -> Result<Record, DeserializeError> {
-    deserialize_at(item, "data[0]")
+    deserialize_at(item.clone(), &|| "data[0]".to_owned())
 }
 
 fn kind(value: &Value) -> String {
@@ -98,20 +100,35 @@ fn kind(value: &Value) -> String {
     }
 }
 
-fn deserialize_at(item: &Value, path: &str) -> Result<Record, DeserializeError> {
-    let Value::Object(payload) = item else {
-        return Err(DeserializeError::NotAnObject { path: path.to_owned(), found: kind(item) });
+/// `path` names the record in errors (only called on error).
+fn deserialize_at(item: Value, path: &dyn Fn() -> String) -> Result<Record, DeserializeError> {
+    let payload = match item {
+        Value::Object(payload) => payload,
+        other => return Err(DeserializeError::NotAnObject { path: path(), found: kind(&other) }),
     };
-    let empty = Map::new();
-    let links = match payload.get("links") {
-        None | Some(Value::Null) => &empty,
-        Some(Value::Object(links)) => links,
-        Some(other) => return Err(DeserializeError::LinksNotAnObject { path: path.to_owned(), found: kind(other) }),
-    };
+    // One pass over the payload, in its order, moving every value.
+    let mut links = Map::new();
+    let mut id = Value::Null;
+    let mut times: [Option<Value>; 3] = [None, None, None];
+    let mut rest: Vec<(String, Value)> = Vec::with_capacity(payload.len());
+    for (key, value) in payload {
+        match key.as_str() {
+            "links" => match value {
+                Value::Null => {}
+                Value::Object(object) => links = object,
+                other => return Err(DeserializeError::LinksNotAnObject { path: path(), found: kind(&other) }),
+            },
+            "id" => id = value,
+            "created_at" => times[0] = Some(value),
+            "updated_at" => times[1] = Some(value),
+            "canceled_at" => times[2] = Some(value),
+            _ => rest.push((key, value)),
+        }
+    }
 
     let mut record = Record::default();
     let attributes = &mut record.attributes;
-    for (name, value) in links {
+    for (name, value) in &links {
         match value {
             Value::Object(link) => {
                 attributes.insert(format!("synced_{name}_id"), link.get("id").cloned().unwrap_or(Value::Null));
@@ -125,37 +142,38 @@ fn deserialize_at(item: &Value, path: &str) -> Result<Record, DeserializeError> 
             }
         }
     }
-    attributes.insert("synced_id".to_owned(), payload.get("id").cloned().unwrap_or(Value::Null));
-    for (source, target) in [
-        ("created_at", "synced_created_at"),
-        ("updated_at", "synced_updated_at"),
-        ("canceled_at", "synced_canceled_at"),
-    ] {
-        if let Some(value) = payload.get(source) {
-            attributes.insert(target.to_owned(), value.clone());
+    attributes.insert("synced_id".to_owned(), id);
+    for (target, value) in ["synced_created_at", "synced_updated_at", "synced_canceled_at"].into_iter().zip(times) {
+        if let Some(value) = value {
+            attributes.insert(target.to_owned(), value);
         }
     }
-    for (key, value) in payload {
-        if RESERVED.contains(&key.as_str()) || links.contains_key(key) {
-            continue;
+    let mut sideloads: Vec<(String, Value)> = Vec::new();
+    for (key, value) in rest {
+        if links.contains_key(&key) {
+            sideloads.push((key, value));
+        } else {
+            attributes.insert(key, value);
         }
-        attributes.insert(key.clone(), value.clone());
     }
 
-    for (name, link) in links {
-        let sideloaded = payload.get(name).filter(|value| !value.is_null());
-        let child_path = |index: usize| format!("{path}.{name}[{index}]");
+    for (name, link) in &links {
+        let sideloaded = sideloads
+            .iter()
+            .position(|(key, _)| key == name)
+            .map(|position| sideloads.swap_remove(position).1)
+            .filter(|value| !value.is_null());
         if link.is_array() {
             let records = match sideloaded {
                 None => None,
                 Some(Value::Array(items)) => Some(
                     items
-                        .iter()
+                        .into_iter()
                         .enumerate()
-                        .map(|(index, item)| deserialize_at(item, &child_path(index)))
+                        .map(|(index, item)| deserialize_at(item, &|| format!("{}.{name}[{index}]", path())))
                         .collect::<Result<Vec<_>, _>>()?,
                 ),
-                Some(item) => Some(vec![deserialize_at(item, &child_path(0))?]),
+                Some(item) => Some(vec![deserialize_at(item, &|| format!("{}.{name}[0]", path()))?]),
             };
             record.has_many.push((name.clone(), records));
         } else {
@@ -166,7 +184,8 @@ fn deserialize_at(item: &Value, path: &str) -> Result<Record, DeserializeError> 
                 },
                 _ => name.clone(),
             };
-            let sideloaded = sideloaded.map(|item| deserialize_at(item, &format!("{path}.{name}"))).transpose()?;
+            let sideloaded =
+                sideloaded.map(|item| deserialize_at(item, &|| format!("{}.{name}", path()))).transpose()?;
             record.has_one.push((model_name, sideloaded));
         }
     }

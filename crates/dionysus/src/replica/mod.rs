@@ -10,7 +10,7 @@ pub mod deserialize;
 pub mod plan;
 pub mod sql;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
 pub use deserialize::{deserialize, deserialize_one, Record};
@@ -145,6 +145,8 @@ inventory::collect!(ReplicaEntry);
 #[derive(Debug, Default, Clone)]
 pub struct Replicas {
     by_key: BTreeMap<String, &'static ReplicaDescriptor>,
+    /// The same by the exact model name, so the usual lookup skips inflection.
+    by_model: HashMap<&'static str, &'static ReplicaDescriptor>,
 }
 
 impl Replicas {
@@ -156,15 +158,19 @@ impl Replicas {
 
     /// The given replica models (for tests and explicit setups).
     pub fn new(descriptors: impl IntoIterator<Item = &'static ReplicaDescriptor>) -> Replicas {
-        let by_key = descriptors
+        let by_key: BTreeMap<String, &'static ReplicaDescriptor> = descriptors
             .into_iter()
             .map(|descriptor| (ReplicaDescriptor::lookup_key(descriptor.model), descriptor))
             .collect();
-        Replicas { by_key }
+        let by_model = by_key.values().map(|descriptor| (descriptor.model, *descriptor)).collect();
+        Replicas { by_key, by_model }
     }
 
     /// The replica of a model name (`Rental`) or a relationship name (`bookings`, `tax`).
     pub fn find(&self, name: &str) -> Option<&'static ReplicaDescriptor> {
+        if let Some(descriptor) = self.by_model.get(name) {
+            return Some(descriptor);
+        }
         self.by_key.get(&ReplicaDescriptor::lookup_key(name)).copied()
     }
 

@@ -84,12 +84,12 @@ pub fn prepare(replica: &ReplicaDescriptor, record: &Record) -> Result<Prepared,
     let Some(synced_id) = record.synced_id().cloned() else {
         return Err(RecordError::MissingId { model: replica.model.to_owned() });
     };
-    let id_text = match &synced_id {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
-    };
     let attributes = &record.attributes;
     let wrong = |key: &str, column: &str, value: &Value, expected: &str| {
+        let id_text = match &synced_id {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
         let mut shown = value.to_string();
         if shown.len() > 80 {
             let mut end = 77;
@@ -217,10 +217,97 @@ pub fn normalize_row(replica: &ReplicaDescriptor, row: &mut Map<String, Value>) 
     }
 }
 
-/// Decides what happens to the row of one prepared record (C-10, C-12, C-13, C-14).
+/// What a record does to its row, decided without looking at the row: the part of
+/// dionysus-rb's persistence rules (C-12, C-13) that only depends on the event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intent {
+    /// Delete the row (C-13 destroy); a missing row is left alone (C-14).
+    Remove,
+    /// Write these columns (the synced id included).
+    Write {
+        /// Column → value.
+        assigned: Vec<(&'static str, Value)>,
+        /// A column whose stored non-null value wins over the assigned one: a repeated
+        /// cancel keeps the first cancel time.
+        keep: Option<&'static str>,
+    },
+}
+
+/// Decides what `kind` does to the row of `prepared`, before the stored row is known.
 ///
-/// `old` is the current row (normalised), `aggregate_root` is false for sideloaded records
-/// (which are never removed), `now` is used when a cancel has no event time.
+/// `aggregate_root` is false for sideloaded records (which are never removed), `now` is the
+/// cancel time when the event has no time of its own.
+pub fn intent(
+    replica: &ReplicaDescriptor,
+    kind: EventKind,
+    aggregate_root: bool,
+    prepared: &Prepared,
+    now: DateTime<Utc>,
+) -> Intent {
+    let mut assigned: Vec<(&'static str, Value)> =
+        prepared.assignments.iter().map(|(column, value)| (column.name, value.clone())).collect();
+    let mut keep = None;
+    let has_canceled_at = prepared.has_canceled_at;
+    if kind == EventKind::Destroyed && aggregate_root {
+        let cancels = replica.strategy == DestroyStrategy::Cancel && replica.soft_delete.is_some();
+        match replica.soft_delete {
+            Some(column) if cancels && !has_canceled_at => {
+                let canceled_at = Value::String(canonical_time(&prepared.event_time.unwrap_or(now)));
+                assign(&mut assigned, column, canceled_at);
+                keep = Some(column);
+            }
+            Some(_) if has_canceled_at => {}
+            _ => return Intent::Remove,
+        }
+    } else if let Some(column) = replica.soft_delete {
+        if !has_canceled_at {
+            assign(&mut assigned, column, Value::Null);
+        }
+    }
+    assign(&mut assigned, replica.synced_id, prepared.synced_id.clone());
+    Intent::Write { assigned, keep }
+}
+
+fn assign(assigned: &mut Vec<(&'static str, Value)>, name: &'static str, value: Value) {
+    match assigned.iter_mut().find(|(column, _)| *column == name) {
+        Some(slot) => slot.1 = value,
+        None => assigned.push((name, value)),
+    }
+}
+
+/// Whether the set-based write ([`crate::replica::sql::upsert_rows`]) decides the
+/// timestamp guard exactly as [`plan`] does: PostgreSQL sees the event time only through the
+/// written `synced_updated_at` (else the written `synced_created_at`), so that must be the
+/// event's time. It is whenever the payload carries `updated_at`, as producers send it.
+pub fn guard_from_columns(
+    replica: &ReplicaDescriptor,
+    assigned: &[(&'static str, Value)],
+    event_time: Option<DateTime<Utc>>,
+) -> bool {
+    let time_columns = [Some(replica.synced_updated_at), replica.synced_created_at];
+    if time_columns
+        .into_iter()
+        .flatten()
+        .any(|name| replica.column(name).is_none_or(|c| c.kind != ColumnKind::Timestamp))
+    {
+        return false;
+    }
+    let written =
+        |name: &str| assigned.iter().find(|(column, _)| *column == name).map(|(_, value)| parse_timestamp(value));
+    let Some(updated) = written(replica.synced_updated_at) else { return false };
+    let column_time = updated.or_else(|| replica.synced_created_at.and_then(written).flatten());
+    column_time == event_time
+}
+
+/// Whether the stored row's time makes the record stale (C-10): both times known and the
+/// event's older. Ties apply.
+pub fn is_stale(replica: &ReplicaDescriptor, prepared: &Prepared, old: &Map<String, Value>) -> bool {
+    let local_time = old.get(replica.synced_updated_at).and_then(parse_timestamp);
+    matches!((prepared.event_time, local_time), (Some(event_time), Some(local_time)) if event_time < local_time)
+}
+
+/// Decides what happens to the row of one prepared record (C-10, C-12, C-13, C-14), given
+/// the current row `old` (normalised); see [`intent`] for the other arguments.
 pub fn plan(
     replica: &ReplicaDescriptor,
     kind: EventKind,
@@ -229,54 +316,29 @@ pub fn plan(
     old: Option<&Map<String, Value>>,
     now: DateTime<Utc>,
 ) -> RowPlan {
-    if let (Some(event_time), Some(old)) = (prepared.event_time, old) {
-        let local_time = old.get(replica.synced_updated_at).and_then(parse_timestamp);
-        if local_time.is_some_and(|local_time| event_time < local_time) {
-            return RowPlan::Stale;
-        }
+    if old.is_some_and(|old| is_stale(replica, prepared, old)) {
+        return RowPlan::Stale;
     }
-    let mut assigned: Vec<(&'static str, Value)> =
-        prepared.assignments.iter().map(|(column, value)| (column.name, value.clone())).collect();
-    let set = |assigned: &mut Vec<(&'static str, Value)>, name: &'static str, value: Value| match assigned
-        .iter_mut()
-        .find(|(column, _)| *column == name)
-    {
-        Some(slot) => slot.1 = value,
-        None => assigned.push((name, value)),
+    let (mut assigned, keep) = match intent(replica, kind, aggregate_root, prepared, now) {
+        Intent::Write { assigned, keep } => (assigned, keep),
+        Intent::Remove => {
+            return match old {
+                Some(old) => RowPlan::Delete {
+                    changes: old
+                        .iter()
+                        .filter(|(_, value)| !value.is_null())
+                        .map(|(name, value)| (name.clone(), Value::Array(vec![value.clone(), Value::Null])))
+                        .collect(),
+                },
+                None => RowPlan::Nothing,
+            }
+        }
     };
-    let has_canceled_at = prepared.has_canceled_at;
-    if kind == EventKind::Destroyed && aggregate_root {
-        let cancels = replica.strategy == DestroyStrategy::Cancel && replica.soft_delete.is_some();
-        match replica.soft_delete {
-            Some(column) if cancels && !has_canceled_at => {
-                let already = old.and_then(|old| old.get(column)).filter(|value| !value.is_null()).cloned();
-                let canceled_at =
-                    already.unwrap_or_else(|| Value::String(canonical_time(&prepared.event_time.unwrap_or(now))));
-                set(&mut assigned, column, canceled_at);
-            }
-            Some(_) if has_canceled_at => {}
-            _ => {
-                return match old {
-                    Some(old) => RowPlan::Delete {
-                        changes: old
-                            .iter()
-                            .filter(|(_, value)| !value.is_null())
-                            .map(|(name, value)| (name.clone(), Value::Array(vec![value.clone(), Value::Null])))
-                            .collect(),
-                    },
-                    None => RowPlan::Nothing,
-                }
-            }
-        }
-    } else if kind != EventKind::Destroyed || !aggregate_root {
-        if let Some(column) = replica.soft_delete {
-            if !has_canceled_at {
-                set(&mut assigned, column, Value::Null);
-            }
+    if let Some(column) = keep {
+        if let Some(stored) = old.and_then(|old| old.get(column)).filter(|value| !value.is_null()) {
+            assign(&mut assigned, column, stored.clone());
         }
     }
-    set(&mut assigned, replica.synced_id, prepared.synced_id.clone());
-
     let mut row = old.cloned().unwrap_or_default();
     let mut changes = ChangeSet::new();
     for (name, value) in assigned {

@@ -6,14 +6,20 @@
 //! This module owns the statements; deciding which rows to write is `plan`'s job, and
 //! transactions and offsets belong to the consumer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
-use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Text};
+use chrono::{DateTime, Utc};
+
+use diesel::pg::Pg;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{Map, Value};
 
-use super::ReplicaDescriptor;
+use super::plan::canonical_time;
+use super::{Column, ColumnKind, ReplicaDescriptor};
 
 /// `"name"`, with embedded quotes doubled; a dotted name quotes each part (`"app"."rentals"`).
 pub fn quote_ident(name: &str) -> String {
@@ -157,6 +163,324 @@ pub async fn insert_rows(
     }
     Ok(written)
 }
+
+/// The key of a synced id as the database prints the column (`id::text`): [`id_key`],
+/// lowercased for UUID ids.
+pub fn row_key(replica: &ReplicaDescriptor, id: &Value) -> String {
+    let key = id_key(id);
+    match replica.column(replica.synced_id) {
+        Some(column) if column.kind == ColumnKind::Uuid => key.to_lowercase(),
+        _ => key,
+    }
+}
+
+/// A row for [`upsert_rows`]: the columns to write (the synced id included) and the column
+/// whose stored non-null value wins, if any.
+#[derive(Debug)]
+pub struct UpsertRow {
+    /// Column → value.
+    pub values: Vec<(&'static str, Value)>,
+    /// See [`crate::replica::plan::Intent::Write`].
+    pub keep: Option<&'static str>,
+}
+
+#[derive(QueryableByName)]
+struct KeyRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+}
+
+#[derive(QueryableByName)]
+struct TypeRow {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    sql_type: String,
+}
+
+/// Column name → SQL type of one table.
+type TypesOfTable = HashMap<String, String>;
+
+/// Rows of one [`upsert_rows`] statement: (written columns in table order, kept column) and
+/// each row's values in that order.
+type UpsertGroup = ((Vec<&'static Column>, Option<&'static str>), Vec<Vec<Value>>);
+
+/// The SQL types of replica tables' columns (`format_type`), read from the catalog once per
+/// table and consumer; a failed write forgets its table's entry, so an altered table is
+/// read again on the retry.
+#[derive(Debug, Clone, Default)]
+pub struct ColumnTypes {
+    tables: Arc<Mutex<HashMap<&'static str, Arc<TypesOfTable>>>>,
+}
+
+impl ColumnTypes {
+    async fn of(
+        &self,
+        conn: &mut AsyncPgConnection,
+        table: &'static str,
+    ) -> Result<Arc<HashMap<String, String>>, diesel::result::Error> {
+        if let Some(types) = self.tables.lock().ok().and_then(|tables| tables.get(table).cloned()) {
+            return Ok(types);
+        }
+        let rows: Vec<TypeRow> = diesel::sql_query(
+            "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS sql_type FROM pg_attribute a \
+             WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+        )
+        .bind::<Text, _>(quote_ident(table))
+        .load(conn)
+        .await?;
+        let types = Arc::new(rows.into_iter().map(|row| (row.name, row.sql_type)).collect::<HashMap<_, _>>());
+        if let Ok(mut tables) = self.tables.lock() {
+            tables.insert(table, types.clone());
+        }
+        Ok(types)
+    }
+
+    fn forget(&self, table: &str) {
+        if let Ok(mut tables) = self.tables.lock() {
+            tables.remove(table);
+        }
+    }
+}
+
+/// One column's values as a typed array parameter: numbers and booleans in binary, the rest
+/// as text cast by PostgreSQL to the column's type.
+enum ColumnArray {
+    Integer(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Bool(Vec<Option<bool>>),
+    Text(Vec<Option<String>>),
+}
+
+impl ColumnArray {
+    /// Whether `value` has an array form for a column of `kind` (array columns and integers
+    /// beyond `i64` do not: their group goes through `jsonb`).
+    fn fits(kind: ColumnKind, value: &Value) -> bool {
+        value.is_null()
+            || match kind {
+                ColumnKind::Integer => value.as_i64().is_some(),
+                ColumnKind::Float => value.as_f64().is_some(),
+                ColumnKind::Bool => value.is_boolean(),
+                ColumnKind::Json => true,
+                ColumnKind::Array => false,
+                ColumnKind::Text
+                | ColumnKind::Decimal
+                | ColumnKind::Timestamp
+                | ColumnKind::Date
+                | ColumnKind::Uuid => value.is_string() || value.is_number(),
+            }
+    }
+
+    /// The column's values (checked with [`ColumnArray::fits`]), moved out of `values`.
+    fn take(kind: ColumnKind, values: impl Iterator<Item = Value>) -> ColumnArray {
+        match kind {
+            ColumnKind::Integer => ColumnArray::Integer(values.map(|value| value.as_i64()).collect()),
+            ColumnKind::Float => ColumnArray::Float(values.map(|value| value.as_f64()).collect()),
+            ColumnKind::Bool => ColumnArray::Bool(values.map(|value| value.as_bool()).collect()),
+            ColumnKind::Json => ColumnArray::Text(
+                values.map(|value| if value.is_null() { None } else { Some(value.to_string()) }).collect(),
+            ),
+            _ => ColumnArray::Text(
+                values
+                    .map(|value| match value {
+                        Value::String(text) => Some(text),
+                        Value::Number(number) => Some(number.to_string()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The parameter's SQL, e.g. `$3::bigint[]` or `$4::text[]::timestamp with time zone[]`.
+    fn parameter(&self, position: usize, sql_type: Option<&str>) -> String {
+        match (self, sql_type) {
+            (ColumnArray::Integer(_), _) => format!("${position}::bigint[]"),
+            (ColumnArray::Float(_), _) => format!("${position}::double precision[]"),
+            (ColumnArray::Bool(_), _) => format!("${position}::boolean[]"),
+            (ColumnArray::Text(_), None | Some("text")) => format!("${position}::text[]"),
+            (ColumnArray::Text(_), Some(sql_type)) => format!("${position}::text[]::{sql_type}[]"),
+        }
+    }
+
+    fn bind<'a>(self, query: BoxedSqlQuery<'a, Pg, SqlQuery>) -> BoxedSqlQuery<'a, Pg, SqlQuery> {
+        match self {
+            ColumnArray::Integer(values) => query.bind::<Array<Nullable<BigInt>>, _>(values),
+            ColumnArray::Float(values) => query.bind::<Array<Nullable<Double>>, _>(values),
+            ColumnArray::Bool(values) => query.bind::<Array<Nullable<Bool>>, _>(values),
+            ColumnArray::Text(values) => query.bind::<Array<Nullable<Text>>, _>(values),
+        }
+    }
+}
+
+/// Inserts or updates rows without reading them first, the timestamp guard (C-10) decided
+/// by PostgreSQL from the written `synced_updated_at` (else `synced_created_at`): one
+/// statement per distinct column set, the values passed as one typed array per column.
+/// Returns the [`row_key`]s of the rows written — the others were stale.
+///
+/// Only exact when the written time columns carry the event's time; see
+/// [`crate::replica::plan::guard_from_columns`].
+pub async fn upsert_rows(
+    conn: &mut AsyncPgConnection,
+    replica: &'static ReplicaDescriptor,
+    types: &ColumnTypes,
+    rows: Vec<UpsertRow>,
+) -> Result<HashSet<String>, diesel::result::Error> {
+    if rows.is_empty() {
+        return Ok(HashSet::new());
+    }
+    // Rows grouped by (written columns in table order, kept column).
+    let mut groups: Vec<UpsertGroup> = Vec::new();
+    for UpsertRow { values, keep } in rows {
+        let mut cells: Vec<(&'static Column, Value)> =
+            values.into_iter().filter_map(|(name, value)| replica.column(name).map(|column| (column, value))).collect();
+        cells.sort_by_key(|(column, _)| column_position(replica, column));
+        let (columns, values): (Vec<&'static Column>, Vec<Value>) = cells.into_iter().unzip();
+        let shape = (columns, keep);
+        match groups.iter_mut().find(|(group, _)| *group == shape) {
+            Some((_, members)) => members.push(values),
+            None => groups.push((shape, vec![values])),
+        }
+    }
+    let column_types = types.of(conn, replica.table).await?;
+    let mut written = HashSet::new();
+    for ((columns, keep), members) in groups {
+        let result = upsert_group(conn, replica, &column_types, &columns, keep, members).await;
+        match result {
+            Ok(keys) => written.extend(keys),
+            Err(error) => {
+                types.forget(replica.table);
+                return Err(error);
+            }
+        }
+    }
+    Ok(written)
+}
+
+fn column_position(replica: &ReplicaDescriptor, column: &Column) -> usize {
+    replica.columns.iter().position(|candidate| std::ptr::eq(candidate, column)).unwrap_or(usize::MAX)
+}
+
+async fn upsert_group(
+    conn: &mut AsyncPgConnection,
+    replica: &ReplicaDescriptor,
+    column_types: &HashMap<String, String>,
+    columns: &[&'static Column],
+    keep: Option<&'static str>,
+    members: Vec<Vec<Value>>,
+) -> Result<Vec<String>, diesel::result::Error> {
+    let table = quote_ident(replica.table);
+    let id = quote_ident(replica.synced_id);
+    let updated = quote_ident(replica.synced_updated_at);
+    let has = |name: &str| columns.iter().any(|column| column.name == name);
+    let list: Vec<String> = columns.iter().map(|column| quote_ident(column.name)).collect();
+    let updates: Vec<String> = columns
+        .iter()
+        .filter(|column| column.name != replica.synced_id)
+        .map(|column| {
+            let name = quote_ident(column.name);
+            if keep == Some(column.name) {
+                format!("{name} = COALESCE(t.{name}, EXCLUDED.{name})")
+            } else {
+                format!("{name} = EXCLUDED.{name}")
+            }
+        })
+        .collect();
+    let event_time = match replica.synced_created_at.filter(|created| has(created)) {
+        Some(created) => format!("COALESCE(EXCLUDED.{updated}, EXCLUDED.{})", quote_ident(created)),
+        None if has(replica.synced_updated_at) => format!("EXCLUDED.{updated}"),
+        None => "NULL".to_owned(),
+    };
+    let conflict = if updates.is_empty() {
+        // Only the id: nothing to update, but an existing row still counts as written.
+        format!("DO UPDATE SET {id} = EXCLUDED.{id}")
+    } else {
+        format!(
+            "DO UPDATE SET {} WHERE t.{updated} IS NULL OR {event_time} IS NULL OR {event_time} >= t.{updated}",
+            updates.join(", ")
+        )
+    };
+    let tail = format!("ON CONFLICT ({id}) {conflict} RETURNING t.{id}::text AS id");
+    let list = list.join(", ");
+
+    let typed = columns
+        .iter()
+        .enumerate()
+        .all(|(position, column)| members.iter().all(|row| ColumnArray::fits(column.kind, &row[position])));
+    let keys: Vec<KeyRow> = if typed {
+        let mut members = members;
+        let arrays: Vec<ColumnArray> = columns
+            .iter()
+            .enumerate()
+            .map(|(position, column)| {
+                ColumnArray::take(column.kind, members.iter_mut().map(|row| std::mem::take(&mut row[position])))
+            })
+            .collect();
+        let parameters: Vec<String> = arrays
+            .iter()
+            .zip(columns)
+            .enumerate()
+            .map(|(index, (array, column))| {
+                array.parameter(index + 1, column_types.get(column.name).map(String::as_str))
+            })
+            .collect();
+        let sql = format!("INSERT INTO {table} AS t ({list}) SELECT * FROM unnest({}) {tail}", parameters.join(", "));
+        let mut query = diesel::sql_query(sql).into_boxed::<Pg>();
+        for array in arrays {
+            query = array.bind(query);
+        }
+        query.load(conn).await?
+    } else {
+        let rows: Vec<Value> = members
+            .into_iter()
+            .map(|values| Value::Object(columns.iter().map(|column| column.name.to_owned()).zip(values).collect()))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {table} AS t ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{table}, $1) {tail}"
+        );
+        diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(rows)).load(conn).await?
+    };
+    Ok(keys.into_iter().map(|key| key.id).collect())
+}
+
+/// Deletes the rows of the given `(synced id, event time)`s unless the stored row is newer
+/// (C-10), without reading them first. Returns the [`row_key`]s of the rows left alone
+/// because they were newer; a missing row is not an error (C-14).
+pub async fn delete_guarded(
+    conn: &mut AsyncPgConnection,
+    replica: &ReplicaDescriptor,
+    rows: Vec<(Value, Option<DateTime<Utc>>)>,
+) -> Result<HashSet<String>, diesel::result::Error> {
+    if rows.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let table = quote_ident(replica.table);
+    let id = quote_ident(replica.synced_id);
+    let updated = quote_ident(replica.synced_updated_at);
+    let payload: Vec<Value> = rows
+        .into_iter()
+        .map(|(synced_id, at)| {
+            let mut object = Map::new();
+            object.insert(replica.synced_id.to_owned(), synced_id);
+            object.insert(EVENT_TIME_KEY.to_owned(), at.map_or(Value::Null, |at| Value::String(canonical_time(&at))));
+            Value::Object(object)
+        })
+        .collect();
+    let guard = format!("(t.{updated} IS NULL OR s.at IS NULL OR s.at >= t.{updated})");
+    // The final SELECT sees the rows as they were before the DELETE: the ones still failing
+    // the guard are the stale ones.
+    let sql = format!(
+        "WITH s AS MATERIALIZED (SELECT (jsonb_populate_record(NULL::{table}, e.j)).{id} AS id, \
+                (e.j->>'{EVENT_TIME_KEY}')::timestamptz AS at FROM jsonb_array_elements($1) AS e(j)), \
+              d AS (DELETE FROM {table} AS t USING s WHERE t.{id} = s.id AND {guard} RETURNING 1) \
+         SELECT t.{id}::text AS id FROM {table} AS t JOIN s ON t.{id} = s.id WHERE NOT {guard}"
+    );
+    let stale: Vec<KeyRow> = diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(payload)).load(conn).await?;
+    Ok(stale.into_iter().map(|key| key.id).collect())
+}
+
+/// Key of the event time in [`delete_guarded`]'s payload; not a column name.
+const EVENT_TIME_KEY: &str = "dionysus:event_time";
 
 /// Deletes the rows of the given synced ids.
 pub async fn delete_rows(
