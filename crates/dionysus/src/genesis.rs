@@ -455,12 +455,8 @@ impl Genesis {
     fn check_topic(&self, model: &ModelEntry, topic: &str) -> Result<(), GenesisError> {
         let Some((declaration, _role @ (TopicRole::Primary | TopicRole::Genesis))) = self.registry.resolve(topic)
         else {
-            let mut known: Vec<String> = Vec::new();
-            for topic in self.registry.topics() {
-                known.push(topic.full_name.to_owned());
-                known.extend(topic.genesis_name());
-            }
-            return Err(GenesisError::UnknownTopic { topic: topic.to_owned(), known: known.join(", ") });
+            let known = self.registry.topic_names().join(", ");
+            return Err(GenesisError::UnknownTopic { topic: topic.to_owned(), known });
         };
         if !self.registry.publications_on(model.model_name, topic).is_empty() {
             return Ok(());
