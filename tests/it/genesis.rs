@@ -13,7 +13,7 @@ use dionysus::genesis::{Genesis, GenesisError, GenesisRequest, GenesisRun};
 use dionysus::replica::sql::stored_offsets;
 use dionysus::replica::{Replica, Replicas};
 use dionysus::serialize::{serialize_erased, DefaultSerializer};
-use dionysus_tests::{create_topic, kafka_config, registry_for, unique_name, TestDb};
+use dionysus_tests::{count, create_topic, kafka_config, registry_for, unique_name, TestDb};
 use indicatif::ProgressBar;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -203,16 +203,6 @@ async fn genesis_is_throttled_resumes_after_an_abort_and_the_replica_matches() {
     assert_eq!(canceled, ITEMS / 10, "soft-deleted records arrive as destroyed and are soft-deleted");
     let repeats = applied - ITEMS;
     assert!((0..=1000).contains(&repeats), "{repeats} messages published twice: more than the batch in flight");
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
-async fn count(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
-    diesel::sql_query(sql).get_result::<Count>(conn).await.unwrap().n
 }
 
 /// Requests are checked before anything is published.
