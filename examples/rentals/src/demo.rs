@@ -11,7 +11,6 @@
 //! 4. Runs a genesis of every published model, which brings the legacy records over.
 //! 5. Reports what was published and replicated, and compares checksums of both sides.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,22 +20,20 @@ use anyhow::{anyhow, bail, Context as _};
 use chrono::NaiveDate;
 use diesel::sql_types::{BigInt, Nullable, Text};
 // Not `RunQueryDsl`: its `load` would shadow `AtomicU64::load` here.
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use dionysus::config::{mask_password, Config};
 use dionysus::consumer::{Consumer, Notification};
 use dionysus::genesis::{Genesis, GenesisRequest};
 use dionysus::relay::Relay;
-use dionysus::transport::TopicSpec;
 use dionysus::{Registry, Topic};
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::compare::{self, COMPARED};
 use crate::consumer::RENTAL_UPDATES;
 use crate::producer::{self, Accounts, Bookings, Rentals};
+use crate::setup;
 
 const PRODUCER_DB: &str = "dionysus_rentals_producer";
 const CONSUMER_DB: &str = "dionysus_rentals_consumer";
@@ -76,12 +73,12 @@ async fn demo() -> anyhow::Result<bool> {
         )
     })?;
 
-    let producer_url = recreate_database(&base.database_url, PRODUCER_DB).await?;
-    let consumer_url = recreate_database(&base.database_url, CONSUMER_DB).await?;
+    let producer_url = setup::recreate_database(&base.database_url, PRODUCER_DB).await?;
+    let consumer_url = setup::recreate_database(&base.database_url, CONSUMER_DB).await?;
     dionysus::migrate(&producer_url).await?;
     dionysus::migrate(&consumer_url).await?;
-    let mut producer_db = connect(&producer_url).await?;
-    let mut replica_db = connect(&consumer_url).await?;
+    let mut producer_db = setup::connect(&producer_url).await?;
+    let mut replica_db = setup::connect(&consumer_url).await?;
     producer_db.batch_execute(producer::SCHEMA).await.context("creating the producer's tables")?;
     producer_db.batch_execute(&producer::legacy_sql()).await.context("writing the legacy records")?;
     replica_db.batch_execute(crate::consumer::SCHEMA).await.context("creating the replica tables")?;
@@ -91,7 +88,7 @@ async fn demo() -> anyhow::Result<bool> {
     let mut consumer_config = Config { database_url: consumer_url.clone(), ..base.clone() };
     consumer_config.kafka.group_id = Some(GROUP.to_owned());
     consumer_config.consumer.dead_letter_topic = DEAD_LETTERS.to_owned();
-    let topics = recreate_topics(&base, registry, &existing_topics).await?;
+    let topics = setup::recreate_topics(&base.kafka, registry, DEAD_LETTERS, &existing_topics).await?;
     let listed: Vec<String> = topics.iter().map(|t| format!("{} ({} partition(s))", t.name, t.partitions)).collect();
     println!("  topics         {}", listed.join(", "));
 
@@ -418,61 +415,4 @@ async fn wait_for_count(counter: &AtomicU64, at_least: u64) -> u64 {
 
 fn date(year: i32, month: u32, day: u32) -> NaiveDate {
     NaiveDate::from_ymd_opt(year, month, day).unwrap_or_default()
-}
-
-async fn connect(url: &str) -> anyhow::Result<AsyncPgConnection> {
-    AsyncPgConnection::establish(url).await.map_err(|error| {
-        anyhow!(
-            "cannot connect to PostgreSQL at {} ({error})\n       \
-             start it, or set DATABASE_URL to a server where user postgres may create databases",
-            mask_password(url)
-        )
-    })
-}
-
-/// Drops and creates database `name` on the server of `server_url`; returns its URL.
-async fn recreate_database(server_url: &str, name: &str) -> anyhow::Result<String> {
-    let mut server = connect(server_url).await?;
-    for statement in [format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"), format!("CREATE DATABASE \"{name}\"")]
-    {
-        server.batch_execute(&statement).await.with_context(|| format!("recreating database {name}"))?;
-    }
-    let (base, query) = server_url.split_once('?').map_or((server_url, None), |(base, query)| (base, Some(query)));
-    let host_start = base.find("://").map_or(0, |scheme| scheme + 3);
-    let base = base[host_start..].find('/').map_or(base, |slash| &base[..host_start + slash]);
-    Ok(match query {
-        Some(query) => format!("{base}/{name}?{query}"),
-        None => format!("{base}/{name}"),
-    })
-}
-
-/// Deletes the demo's topics if an earlier run left them, and creates them afresh.
-async fn recreate_topics(
-    config: &Config,
-    registry: &Registry,
-    existing: &BTreeMap<String, i32>,
-) -> anyhow::Result<Vec<TopicSpec>> {
-    let kafka = &config.kafka;
-    let mut specs = TopicSpec::for_registry(registry);
-    specs.push(TopicSpec { name: DEAD_LETTERS.to_owned(), partitions: 1, replication_factor: 1 });
-    let stale: Vec<&str> =
-        specs.iter().map(|spec| spec.name.as_str()).filter(|name| existing.contains_key(*name)).collect();
-    if !stale.is_empty() {
-        let admin: AdminClient<DefaultClientContext> = dionysus::transport::client_config(kafka).create()?;
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        for result in admin.delete_topics(&stale, &options).await? {
-            if let Err((topic, code)) = result {
-                bail!("cannot delete topic {topic} left by an earlier run ({code}); use a fresh broker (scripts/demo starts one)");
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while dionysus::transport::broker_topics(kafka).await?.keys().any(|name| stale.contains(&name.as_str())) {
-            if Instant::now() > deadline {
-                bail!("the topics of an earlier run are still there 30 s after deleting them: {stale:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    dionysus::transport::create_topics(kafka, &specs).await?;
-    Ok(specs)
 }

@@ -27,6 +27,7 @@ pub mod compare;
 pub mod consumer;
 pub mod demo;
 pub mod producer;
+pub mod setup;
 
 use std::process::ExitCode;
 
