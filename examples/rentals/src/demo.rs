@@ -69,7 +69,7 @@ async fn demo() -> anyhow::Result<bool> {
     let existing_topics = dionysus::transport::broker_topics(&base.kafka).await.map_err(|error| {
         anyhow!(
             "cannot reach the broker at {brokers} ({error})\n       \
-             run the demo with scripts/demo, which starts one, or set DIONYSUS_SEED_BROKER=host:port"
+             start a broker there, or run scripts/demo with DIONYSUS_SEED_BROKER unset: it starts one the way the tests do"
         )
     })?;
 
