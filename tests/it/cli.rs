@@ -6,15 +6,28 @@ use diesel_async::SimpleAsyncConnection;
 use dionysus::registry::Registry;
 use dionysus::serialize::{serialize_erased, DefaultSerializer};
 use dionysus_tests::{create_topic, kafka_config, registry_for, unique_name, TestDb};
+use rdkafka::producer::FutureRecord;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
+use crate::consumer_models::{replica_db, row, t};
 use crate::relay::Item;
 
 async fn cli(args: &[&str], registry: &'static Registry) -> (ExitCode, String, String) {
+    cli_until(args, registry, CancellationToken::new()).await
+}
+
+/// Runs the command line until it ends or `shutdown` is cancelled.
+async fn cli_until(
+    args: &[&str],
+    registry: &'static Registry,
+    shutdown: CancellationToken,
+) -> (ExitCode, String, String) {
     let mut out = Vec::new();
     let mut err = Vec::new();
     let mut argv = vec!["dionysus".to_owned()];
     argv.extend(args.iter().map(|a| (*a).to_owned()));
-    let code = dionysus::cli::run_with(argv, registry, &mut out, &mut err).await;
+    let code = dionysus::cli::run_until(argv, registry, &mut out, &mut err, shutdown).await;
     (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
 }
 
@@ -128,4 +141,121 @@ async fn genesis_names_an_unknown_model_and_usage_mistakes_exit_2() {
     let (code, _, err) = cli(&["--brokers", "kafka://k1:9092", "outbox", "stats"], registry).await;
     assert_eq!(code, ExitCode::FAILURE);
     assert!(err.contains("--brokers \"kafka://k1:9092\" is not valid: expected host:port without a protocol"), "{err}");
+}
+
+/// `consume` reads the named topic into the binary's replica tables (here the test models'
+/// `rentals`), creates the missing dead-letter topic, and stops cleanly on shutdown.
+#[tokio::test(flavor = "multi_thread")]
+async fn consume_fills_the_replica_and_stops_on_shutdown() {
+    let db = replica_db().await;
+    let kafka = kafka_config();
+    let topic = create_topic(&kafka, "cli_consume", 2).await;
+    let dead_letters = unique_name("cli_dead_letters");
+    let producer = dionysus::transport::producer(&kafka).unwrap();
+    for (event, id, name, at) in
+        [("rental_created", 1, "Loft", 1), ("rental_created", 2, "Chalet", 1), ("rental_updated", 1, "Loft 2", 2)]
+    {
+        let data = json!([{"id": id, "name": name, "updated_at": t(at)}]);
+        let payload = json!({"message": [{"event": event, "model_name": "Rental", "data": data}]}).to_string();
+        let key = format!("Rental:{id}");
+        let record = FutureRecord::to(&topic).key(&key).partition(0).payload(&payload);
+        producer.send(record, std::time::Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    }
+
+    let brokers = kafka.bootstrap_servers();
+    let group = unique_name("cli_group");
+    let args = [
+        "--database-url",
+        &db.url,
+        "--brokers",
+        &brokers,
+        "--kafka-property",
+        "session.timeout.ms=6000",
+        "--kafka-property",
+        "heartbeat.interval.ms=500",
+        "consume",
+        "--topic",
+        &topic,
+        "--group",
+        &group,
+        "--batch-size",
+        "2",
+        "--dead-letter-topic",
+        &dead_letters,
+    ]
+    .map(str::to_owned);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli_until(&args, empty(), shutdown).await
+        }
+    });
+    let mut conn = db.connection().await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let names = (row(&mut conn, "rentals", 1).await, row(&mut conn, "rentals", 2).await);
+        if let (Some(first), Some(second)) = names {
+            if first["name"] == "Loft 2" && second["name"] == "Chalet" {
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the replica did not fill within 60 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    let (code, out, err) = running.await.unwrap();
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    assert_eq!(
+        out,
+        format!(
+            "created the dead-letter topic {dead_letters}\n\
+             consuming {topic} as group {group}; stop with Ctrl-C or SIGTERM\n\
+             consumer stopped\n"
+        )
+    );
+}
+
+/// The likely mistakes of `consume`, each named with its fix: a misspelt topic (with the
+/// closest existing one), a database that is down or not migrated, an unreachable broker, an
+/// `--import` of a topic that is not consumed.
+#[tokio::test(flavor = "multi_thread")]
+async fn consume_names_an_unknown_topic_and_bad_urls() {
+    let db = TestDb::migrated().await;
+    let kafka = kafka_config();
+    let topic = create_topic(&kafka, "cli_consume_typo", 1).await;
+    let brokers = kafka.bootstrap_servers();
+    let misspelt = topic.replacen("typo", "tpyo", 1);
+    let (code, _, err) =
+        cli(&["--database-url", &db.url, "--brokers", &brokers, "consume", "--topic", &misspelt], empty()).await;
+    assert_eq!(code, ExitCode::FAILURE);
+    assert_eq!(
+        err,
+        format!("error: topic `{misspelt}` does not exist on the broker at {brokers}; did you mean `{topic}`?\n")
+    );
+
+    let down = "postgres://postgres@127.0.0.1:1/none";
+    let (code, _, err) =
+        cli(&["--database-url", down, "--brokers", &brokers, "consume", "--topic", &topic], empty()).await;
+    assert_eq!(code, ExitCode::FAILURE);
+    assert!(err.starts_with(&format!("error: cannot get a PostgreSQL connection: cannot connect to {down}")), "{err}");
+    assert!(err.ends_with("; is PostgreSQL running there? set --database-url or DATABASE_URL\n"), "{err}");
+
+    let unmigrated = TestDb::create().await;
+    let (code, _, err) =
+        cli(&["--database-url", &unmigrated.url, "--brokers", &brokers, "consume", "--topic", &topic], empty()).await;
+    assert_eq!(code, ExitCode::FAILURE);
+    assert!(err.starts_with("error: checking dionysus_consumer_offsets (run `dionysus migrate`)"), "{err}");
+
+    let (code, _, err) =
+        cli(&["--database-url", &db.url, "--brokers", "127.0.0.1:1", "consume", "--topic", &topic], empty()).await;
+    assert_eq!(code, ExitCode::FAILURE);
+    assert!(err.starts_with("error: fetching topic metadata from 127.0.0.1:1"), "{err}");
+    assert!(err.ends_with("is a broker running at 127.0.0.1:1? set --brokers or DIONYSUS_SEED_BROKER\n"), "{err}");
+
+    let (code, _, err) =
+        cli(&["--database-url", &db.url, "consume", "--topic", &topic, "--import", "other"], empty()).await;
+    assert_eq!(code, ExitCode::FAILURE);
+    assert_eq!(err, format!("error: --import other: not a consumed topic; consumed: {topic} (add it with --topic)\n"));
 }

@@ -135,6 +135,16 @@ pub async fn create_topic(kafka: &KafkaConfig, prefix: &str, partitions: i32) ->
     name
 }
 
+/// The `n` a query selects, e.g. `SELECT count(*) AS n FROM t`.
+pub async fn count(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(sql).get_result::<Count>(conn).await.unwrap().n
+}
+
 /// Polls `check` until it returns `Some`, for at most `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
 where

@@ -8,14 +8,16 @@
 //! }
 //! ```
 //!
-//! Subcommands: `migrate`, `copy-migrations`, `check`, `relay`, `genesis`, `outbox stats`,
-//! `outbox retry`, `outbox prune`. Settings come from the environment (see `config`) and
-//! the global flags, which win. Errors say what was wrong and how to fix it; the exit code is
-//! 1 for a failure and 2 for a usage mistake.
+//! Subcommands: `migrate`, `copy-migrations`, `check`, `relay`, `consume`, `genesis`,
+//! `outbox stats`, `outbox retry`, `outbox prune`. Settings come from the environment (see
+//! `config`) and the global flags, which win. Errors say what was wrong and how to fix it; the
+//! exit code is 1 for a failure and 2 for a usage mistake. `relay`, `consume` and `genesis`
+//! run until done or until SIGTERM / Ctrl-C, then finish their in-flight batch and stop.
 
 use std::ffi::OsString;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,7 +28,9 @@ use diesel_async::RunQueryDsl;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::consumer::{Consumer, ConsumerError, UnknownModel};
 use crate::registry::Registry;
+use crate::replica::Replicas;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +45,10 @@ struct Cli {
     /// Kafka brokers, host:port separated by `,` or `;` (default: $DIONYSUS_SEED_BROKER).
     #[arg(long, global = true, value_name = "HOST:PORT")]
     brokers: Option<String>,
+    /// A librdkafka property for every Kafka client, e.g. security.protocol=ssl; repeatable
+    /// (also: $DIONYSUS_KAFKA_<PROPERTY>).
+    #[arg(long = "kafka-property", global = true, value_name = "KEY=VALUE", value_parser = kafka_property)]
+    kafka_properties: Vec<(String, String)>,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,6 +83,39 @@ enum Command {
         /// Create missing topics instead of failing their rows.
         #[arg(long)]
         auto_create_topics: bool,
+    },
+    /// Keep the replica tables in sync: consume topics until SIGTERM / Ctrl-C.
+    Consume {
+        /// A topic to read; repeatable (default: the topics of every `#[derive(Consume)]`
+        /// replica and `#[dionysus::consume]` handler in this binary).
+        #[arg(long = "topic", value_name = "TOPIC")]
+        topics: Vec<String>,
+        /// Consumer group id (default: $DIONYSUS_CONSUMER_GROUP_ID, else derived from the
+        /// client id as dionysus-rb does).
+        #[arg(long, value_name = "ID")]
+        group: Option<String>,
+        /// Messages of one partition applied per database transaction (default:
+        /// $DIONYSUS_CONSUMER_BATCH_SIZE or 500).
+        #[arg(long)]
+        batch_size: Option<NonZeroUsize>,
+        /// Where messages that cannot be applied go, with the reason in headers (default:
+        /// $DIONYSUS_DEAD_LETTER_TOPIC or dionysus_dead_letters); created when missing.
+        #[arg(long, value_name = "TOPIC")]
+        dead_letter_topic: Option<String>,
+        /// Bulk import mode for one of the topics: `_created` events are upserted without
+        /// the timestamp guard, `_destroyed` events deleted; repeatable.
+        #[arg(long = "import", value_name = "TOPIC")]
+        imports: Vec<String>,
+        /// Skip messages of models that have no replica (default: dead-letter them).
+        #[arg(long)]
+        skip_unknown_models: bool,
+        /// Take a PostgreSQL advisory lock `Dionysus-<message key>` per message while its
+        /// batch is applied.
+        #[arg(long)]
+        processing_mutex: bool,
+        /// Do not run `#[dionysus::consume]` handlers.
+        #[arg(long)]
+        no_handlers: bool,
     },
     /// Re-publish every record of a model to a topic (or its `_genesis` replica).
     Genesis {
@@ -153,6 +194,19 @@ pub async fn run_with(
     out: &mut (dyn Write + Send),
     err: &mut (dyn Write + Send),
 ) -> ExitCode {
+    run_until(args, registry, out, err, CancellationToken::new()).await
+}
+
+/// [`run_with`], where the long-running subcommands (`relay`, `consume`, `genesis`) also stop
+/// when `shutdown` is cancelled, as they do on SIGTERM / Ctrl-C: for applications that run
+/// the command line next to other work, and for tests.
+pub async fn run_until(
+    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+    registry: &'static Registry,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
+    shutdown: CancellationToken,
+) -> ExitCode {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(error) => {
@@ -160,7 +214,7 @@ pub async fn run_with(
             return if error.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    match execute(cli, registry, out).await {
+    match execute(cli, registry, out, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message)) => {
             let _ = writeln!(err, "error: {message}");
@@ -185,7 +239,15 @@ fn config(cli: &Cli) -> Result<Config, Failure> {
             config.database_url = url.clone();
         }
     }
+    config.kafka.properties.extend(cli.kafka_properties.iter().cloned());
     Ok(config)
+}
+
+fn kafka_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, e.g. security.protocol=ssl, got {text:?}")),
+    }
 }
 
 fn duration(flag: &str, text: &str) -> Result<Duration, Failure> {
@@ -193,7 +255,12 @@ fn duration(flag: &str, text: &str) -> Result<Duration, Failure> {
         .map_err(|_| Failure(format!("{flag} {text:?} is not a duration; use e.g. 90s, 30m, 12h, 2d or 0.5d")))
 }
 
-async fn execute(cli: Cli, registry: &'static Registry, out: &mut (dyn Write + Send)) -> Result<(), Failure> {
+async fn execute(
+    cli: Cli,
+    registry: &'static Registry,
+    out: &mut (dyn Write + Send),
+    shutdown: CancellationToken,
+) -> Result<(), Failure> {
     let config = config(&cli)?;
     match cli.command {
         Command::Migrate => {
@@ -227,9 +294,52 @@ async fn execute(cli: Cli, registry: &'static Registry, out: &mut (dyn Write + S
                 builder = builder.health_file(path);
             }
             let relay = builder.build()?;
-            let shutdown = shutdown_on_signal();
+            listen_for_signals(&shutdown);
             writeln!(out, "relay running; stop with Ctrl-C or SIGTERM")?;
             relay.run(shutdown).await?;
+        }
+        Command::Consume {
+            topics,
+            group,
+            batch_size,
+            dead_letter_topic,
+            imports,
+            skip_unknown_models,
+            processing_mutex,
+            no_handlers,
+        } => {
+            let mut config = config;
+            if let Some(group) = group {
+                config.kafka.group_id = Some(group);
+            }
+            if let Some(size) = batch_size {
+                config.consumer.batch_size = size.get();
+            }
+            if let Some(topic) = dead_letter_topic {
+                config.consumer.dead_letter_topic = topic;
+            }
+            let topics = consume_topics(&config, registry, topics, &imports, out).await?;
+            let unknown_model = if skip_unknown_models { UnknownModel::Skip } else { UnknownModel::DeadLetter };
+            let mut builder = Consumer::builder(config)
+                .unknown_model(unknown_model)
+                .processing_mutex(processing_mutex)
+                .handlers(!no_handlers);
+            for topic in &topics {
+                builder = builder.topic(topic);
+            }
+            for topic in imports {
+                builder = builder.import(topic);
+            }
+            let consumer = builder.build()?;
+            listen_for_signals(&shutdown);
+            writeln!(
+                out,
+                "consuming {} as group {}; stop with Ctrl-C or SIGTERM",
+                topics.join(", "),
+                consumer.group()
+            )?;
+            consumer.run(shutdown).await?;
+            writeln!(out, "consumer stopped")?;
         }
         Command::Genesis { model, topic, from, to, over, batch_size, visible_only, resume } => {
             let pool = crate::db::pool(&config.database_url, 2)?;
@@ -258,7 +368,8 @@ async fn execute(cli: Cli, registry: &'static Registry, out: &mut (dyn Write + S
                 indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} records  {per_sec}  ETA {eta}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            let report = genesis.run(run_id, &progress, &shutdown_on_signal()).await?;
+            listen_for_signals(&shutdown);
+            let report = genesis.run(run_id, &progress, &shutdown).await?;
             if report.completed {
                 writeln!(out, "genesis run {run_id} completed: {} record(s) published", report.published)?;
             } else {
@@ -270,9 +381,9 @@ async fn execute(cli: Cli, registry: &'static Registry, out: &mut (dyn Write + S
     Ok(())
 }
 
-fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
+/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+fn listen_for_signals(shutdown: &CancellationToken) {
+    let cancel = shutdown.clone();
     tokio::spawn(async move {
         #[cfg(unix)]
         let terminate = async {
@@ -288,11 +399,73 @@ fn shutdown_on_signal() -> CancellationToken {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             () = terminate => {}
+            () = cancel.cancelled() => return,
         }
         tracing::info!("shutdown requested");
         cancel.cancel();
     });
-    token
+}
+
+/// The topics `consume` reads, checked before the consumer starts: the database is reachable
+/// and migrated, the broker is reachable and has every topic (a missing one is reported with
+/// the closest known name); a missing dead-letter topic is created.
+async fn consume_topics(
+    config: &Config,
+    registry: &Registry,
+    requested: Vec<String>,
+    imports: &[String],
+    out: &mut (dyn Write + Send),
+) -> Result<Vec<String>, Failure> {
+    let mut declared: Vec<String> = Replicas::global()
+        .iter()
+        .map(|replica| replica.topic.to_owned())
+        .chain(crate::consumer::handlers().map(|handler| handler.topic.to_owned()))
+        .collect();
+    declared.sort_unstable();
+    declared.dedup();
+    let topics = if requested.is_empty() { declared.clone() } else { requested };
+    if topics.is_empty() {
+        return Err(Failure(
+            "no topics to consume: this binary links no #[derive(Consume)] replica and no #[dionysus::consume] \
+             handler; name the topics with --topic"
+                .to_owned(),
+        ));
+    }
+    if let Some(import) = imports.iter().find(|import| !topics.contains(import)) {
+        return Err(Failure(format!(
+            "--import {import}: not a consumed topic; consumed: {} (add it with --topic)",
+            topics.join(", ")
+        )));
+    }
+    match crate::consumer::check_offsets_table(&config.database_url).await {
+        Ok(()) => {}
+        Err(ConsumerError::Pool(error)) => {
+            return Err(Failure(format!("{error}; is PostgreSQL running there? set --database-url or DATABASE_URL")))
+        }
+        Err(error) => return Err(error.into()),
+    }
+    let servers = config.kafka.bootstrap_servers();
+    let existing = crate::transport::broker_topics(&config.kafka).await.map_err(|error| {
+        Failure(format!("{error}; is a broker running at {servers}? set --brokers or DIONYSUS_SEED_BROKER"))
+    })?;
+    let mut problems = Vec::new();
+    for topic in topics.iter().filter(|topic| !existing.contains_key(topic.as_str())) {
+        let known = existing.keys().cloned().chain(declared.iter().cloned()).chain(registry.topic_names());
+        let hint = crate::registry::closest(topic, known.filter(|name| name != topic))
+            .map(|name| format!("; did you mean `{name}`?"))
+            .unwrap_or_default();
+        problems.push(format!("topic `{topic}` does not exist on the broker at {servers}{hint}"));
+    }
+    if !problems.is_empty() {
+        return Err(Failure(problems.join("\n       ")));
+    }
+    let dead_letters = &config.consumer.dead_letter_topic;
+    if !existing.contains_key(dead_letters) {
+        let spec = crate::transport::TopicSpec { name: dead_letters.clone(), partitions: 1, replication_factor: 1 };
+        crate::transport::create_topics(&config.kafka, &[spec]).await?;
+        writeln!(out, "created the dead-letter topic {dead_letters}")?;
+    }
+    Ok(topics)
 }
 
 async fn check(

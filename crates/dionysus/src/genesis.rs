@@ -3,7 +3,8 @@
 //! evenly over a duration, resumable.
 //!
 //! A run is a row of `dionysus_genesis_runs`. It pages through the model by primary key
-//! (keyset paging, one query per batch), publishes each record as `<model>_updated`, or
+//! (keyset paging, one query per batch; the page is serialized as loaded, only its
+//! `with(...)` sideloads are queried), publishes each record as `<model>_updated`, or
 //! `<model>_destroyed` when it is soft-deleted (G-6; genesis never emits `_created`),
 //! through the same envelope, key and partition rules as the relay, awaits the broker's
 //! acknowledgements, and only then moves the run's cursor. Killed and started again, it
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::naming::{self, EventKind};
-use crate::publishable::{Condition, IdValue, ModelEntry, RecordFilter};
+use crate::publishable::{Condition, IdValue, ModelEntry, Record, RecordFilter};
 use crate::registry::{Registry, TopicRole};
 use crate::schema::dionysus_genesis_runs as runs;
 use crate::sender::{self, Sender, TopicCache};
@@ -344,7 +345,7 @@ impl Genesis {
                     }
                 })
                 .collect();
-            if let Err(error) = self.publish_batch(&mut conn, &refs, cursor.as_deref()).await {
+            if let Err(error) = self.publish_batch(&mut conn, &refs, &page, cursor.as_deref()).await {
                 self.set_status(&mut conn, run_id, "failed", Some(&error.to_string())).await?;
                 return Err(error);
             }
@@ -389,11 +390,12 @@ impl Genesis {
         Ok(GenesisReport { run_id, published, completed: true, performed: Some(performed) })
     }
 
-    /// Publishes one batch, retrying it a few times before failing the run.
+    /// Publishes one batch of loaded records, retrying it a few times before failing the run.
     async fn publish_batch(
         &self,
         conn: &mut AsyncPgConnection,
         refs: &[RowRef],
+        page: &[Box<dyn Record>],
         after: Option<&str>,
     ) -> Result<(), GenesisError> {
         const ATTEMPTS: u32 = 5;
@@ -406,7 +408,7 @@ impl Genesis {
         };
         let mut last_error = String::new();
         for attempt in 1..=ATTEMPTS {
-            match self.try_publish(conn, &sender, refs).await {
+            match self.try_publish(conn, &sender, refs, page).await {
                 Ok(()) => return Ok(()),
                 Err(message) => {
                     tracing::warn!(attempt, "genesis batch after {after:?} failed: {message}");
@@ -423,8 +425,9 @@ impl Genesis {
         conn: &mut AsyncPgConnection,
         sender: &Sender<'_>,
         refs: &[RowRef],
+        page: &[Box<dyn Record>],
     ) -> Result<(), String> {
-        let plans = serialize::plan_rows(conn, self.registry, &self.config.producer, refs)
+        let plans = serialize::plan_loaded_rows(conn, self.registry, &self.config.producer, refs, page)
             .await
             .map_err(|error| error.to_string())?;
         let mut in_flight = Vec::with_capacity(plans.len());
@@ -455,12 +458,8 @@ impl Genesis {
     fn check_topic(&self, model: &ModelEntry, topic: &str) -> Result<(), GenesisError> {
         let Some((declaration, _role @ (TopicRole::Primary | TopicRole::Genesis))) = self.registry.resolve(topic)
         else {
-            let mut known: Vec<String> = Vec::new();
-            for topic in self.registry.topics() {
-                known.push(topic.full_name.to_owned());
-                known.extend(topic.genesis_name());
-            }
-            return Err(GenesisError::UnknownTopic { topic: topic.to_owned(), known: known.join(", ") });
+            let known = self.registry.topic_names().join(", ");
+            return Err(GenesisError::UnknownTopic { topic: topic.to_owned(), known });
         };
         if !self.registry.publications_on(model.model_name, topic).is_empty() {
             return Ok(());

@@ -382,19 +382,30 @@ impl Registry {
 
     /// The declared name closest to `name`, for "did you mean" hints.
     fn suggest(&self, name: &str) -> Option<String> {
-        let mut candidates: Vec<String> = Vec::new();
-        for topic in self.topics() {
-            candidates.push(topic.full_name.to_owned());
-            candidates.extend(topic.genesis_name());
-        }
-        let limit = (name.len() / 3).max(2);
-        candidates
-            .into_iter()
-            .map(|candidate| (edit_distance(name, &candidate), candidate))
-            .filter(|(distance, _)| *distance <= limit)
-            .min_by_key(|(distance, _)| *distance)
-            .map(|(_, candidate)| candidate)
+        closest(name, self.topic_names())
     }
+
+    /// Every declared topic name, each followed by its genesis replica's name when it has
+    /// one.
+    pub fn topic_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for topic in self.topics() {
+            names.push(topic.full_name.to_owned());
+            names.extend(topic.genesis_name());
+        }
+        names
+    }
+}
+
+/// The candidate closest to `name` within a few edits, for "did you mean" hints.
+pub(crate) fn closest(name: &str, candidates: impl IntoIterator<Item = String>) -> Option<String> {
+    let limit = (name.len() / 3).max(2);
+    candidates
+        .into_iter()
+        .map(|candidate| (edit_distance(name, &candidate), candidate))
+        .filter(|(distance, _)| *distance <= limit)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
 }
 
 fn describe(topic: &TopicDeclaration) -> String {

@@ -278,32 +278,45 @@ pub async fn plan_rows(
     config: &ProducerConfig,
     rows: &[RowRef],
 ) -> Result<Vec<RowPlan>, PlanError> {
-    // 1. Current records, one query per model.
     let mut ids_by_model: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for row in rows.iter().filter(|row| row.topic != crate::outbox::OBSERVER_TOPIC) {
         if registry.model(&row.resource_class).is_some() {
             ids_by_model.entry(row.resource_class.as_str()).or_default().push(row.resource_id.clone());
         }
     }
-    let mut records: HashMap<(String, String), Box<dyn Record>> = HashMap::new();
+    let mut loaded: Vec<Box<dyn Record>> = Vec::new();
     for (model_name, mut ids) in ids_by_model {
         let Some(model) = registry.model(model_name) else { continue };
         ids.sort_unstable();
         ids.dedup();
-        let loaded = model
-            .load_by_ids(conn, &ids)
-            .await
-            .map_err(|source| PlanError::Load { what: format!("{model_name} records {ids:?}"), source })?;
-        for record in loaded {
-            records.insert((model.model_name.to_owned(), record.id()), record);
-        }
+        loaded.extend(
+            model
+                .load_by_ids(conn, &ids)
+                .await
+                .map_err(|source| PlanError::Load { what: format!("{model_name} records {ids:?}"), source })?,
+        );
     }
+    plan_loaded_rows(conn, registry, config, rows, &loaded).await
+}
 
-    // 2. Sideloads, one query per (publication, dependency) over every record it publishes.
+/// [`plan_rows`] for rows whose current records the caller has loaded already (genesis
+/// pages through them): only the sideloads are queried. A row whose record is not in
+/// `loaded` is planned as a record that is gone.
+pub async fn plan_loaded_rows(
+    conn: &mut AsyncPgConnection,
+    registry: &Registry,
+    config: &ProducerConfig,
+    rows: &[RowRef],
+    loaded: &[Box<dyn Record>],
+) -> Result<Vec<RowPlan>, PlanError> {
+    let records: HashMap<(&str, String), &dyn Record> =
+        loaded.iter().map(|record| ((record.model().model_name, record.id()), record.as_ref())).collect();
+
+    // Sideloads, one query per (publication, dependency) over every record it publishes.
     let mut sideloads: HashMap<(usize, String), Sideloads> = HashMap::new();
     let mut wanted: BTreeMap<usize, (&'static Publication, Vec<&dyn Record>)> = BTreeMap::new();
     for row in rows {
-        let Some(record) = records.get(&(row.resource_class.clone(), row.resource_id.clone())) else {
+        let Some(&record) = records.get(&(row.resource_class.as_str(), row.resource_id.clone())) else {
             continue;
         };
         for publication in registry.publications_on(&row.resource_class, &row.topic) {
@@ -312,7 +325,7 @@ pub async fn plan_rows(
             }
             let entry = wanted.entry(publication as *const Publication as usize).or_insert((publication, Vec::new()));
             if !entry.1.iter().any(|r| r.id() == record.id()) {
-                entry.1.push(record.as_ref());
+                entry.1.push(record);
             }
         }
     }
@@ -323,7 +336,7 @@ pub async fn plan_rows(
         }
     }
 
-    // 3. Messages per row.
+    // Messages per row.
     let empty = Sideloads::default();
     let mut plans = Vec::with_capacity(rows.len());
     for row in rows {
@@ -344,12 +357,12 @@ pub async fn plan_rows(
             continue;
         };
         let genesis_only = matches!(registry.resolve(&row.topic), Some((_, TopicRole::Genesis)));
-        let record = records.get(&(model.model_name.to_owned(), row.resource_id.clone()));
+        let record = records.get(&(model.model_name, row.resource_id.clone())).copied();
         let data = match record {
             Some(record) => {
                 let address = *first as *const Publication as usize;
                 let record_sideloads = sideloads.get(&(address, record.id())).unwrap_or(&empty);
-                match (first.serialize)(record.as_ref(), record_sideloads) {
+                match (first.serialize)(record, record_sideloads) {
                     Ok(json) => json,
                     Err(error) => {
                         plans.push(RowPlan::Fail(error.into()));
@@ -369,8 +382,7 @@ pub async fn plan_rows(
             },
         };
         let stored_key = row.partition_key.clone().filter(|key| !key.is_empty());
-        let partition_key =
-            stored_key.or_else(|| record.and_then(|r| partition_key(first, r.as_ref(), registry, config)));
+        let partition_key = stored_key.or_else(|| record.and_then(|r| partition_key(first, r, registry, config)));
         let payload =
             match Envelope::single(row.event_name.clone(), model.model_name, Value::Array(vec![data])).encode() {
                 Ok(payload) => payload,

@@ -179,25 +179,28 @@ pub async fn partition_counts(
     kafka: &KafkaConfig,
     topics: &[String],
 ) -> Result<BTreeMap<String, Option<i32>>, TransportError> {
+    let existing = broker_topics(kafka).await?;
+    Ok(topics.iter().map(|name| (name.clone(), existing.get(name).copied())).collect())
+}
+
+/// Every topic the broker has, with its partition count.
+pub async fn broker_topics(kafka: &KafkaConfig) -> Result<BTreeMap<String, i32>, TransportError> {
     let config = client_config(kafka);
-    let topics = topics.to_vec();
     let servers = kafka.bootstrap_servers();
     tokio::task::spawn_blocking(move || {
         let consumer: rdkafka::consumer::BaseConsumer =
             config.create().map_err(kafka_error(format!("creating a Kafka client for {servers}")))?;
         let metadata = rdkafka::consumer::Consumer::fetch_metadata(&consumer, None, Duration::from_secs(10))
             .map_err(kafka_error(format!("fetching topic metadata from {servers}")))?;
-        let mut counts = BTreeMap::new();
-        for name in topics {
-            let count = metadata
-                .topics()
-                .iter()
-                .find(|topic| topic.name() == name && topic.error().is_none())
-                .and_then(|topic| i32::try_from(topic.partitions().len()).ok())
-                .filter(|count| *count > 0);
-            counts.insert(name, count);
-        }
-        Ok(counts)
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|topic| topic.error().is_none())
+            .filter_map(|topic| {
+                let count = i32::try_from(topic.partitions().len()).ok().filter(|count| *count > 0)?;
+                Some((topic.name().to_owned(), count))
+            })
+            .collect())
     })
     .await
     .unwrap_or_else(|join| {

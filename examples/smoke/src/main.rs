@@ -2,7 +2,7 @@
 //! migrations, creates the declared topics and sends one message through the broker and
 //! back.
 //!
-//! Run with: `scripts/demo` (starts a broker), or
+//! Run with (a broker and PostgreSQL running; `scripts/demo` runs the rentals example instead):
 //! `DIONYSUS_SEED_BROKER=127.0.0.1:9092 DATABASE_URL=postgres://… cargo run -p dionysus-example-smoke`.
 
 #![allow(clippy::print_stdout, reason = "a demo reports to its user on stdout")]
