@@ -108,7 +108,13 @@ async fn raw(
     }
 }
 
-async fn relay_drain(db: &TestDb, topic: &str, workers: usize, batch_size: usize) -> Duration {
+async fn relay_drain(
+    db: &TestDb,
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    workers: usize,
+    batch_size: usize,
+) -> Duration {
     let kafka = kafka_config();
     let config = Config {
         database_url: db.url.clone(),
@@ -122,7 +128,9 @@ async fn relay_drain(db: &TestDb, topic: &str, workers: usize, batch_size: usize
         },
         ..Config::default()
     };
+    // The producer the baselines use, already connected: all sides start warm.
     let relay = Relay::builder(config)
+        .producer(producer.clone())
         .registry(registry_for::<Item>(topic, PARTITIONS, "account_id", serialize_erased::<Item, DefaultSerializer>))
         .build()
         .unwrap();
@@ -215,7 +223,7 @@ async fn main() {
     for (workers, batch_size) in [(2, 1000), (4, 500), (1, 100)] {
         let topic = create_topic(&kafka, "bench_relay", PARTITIONS).await;
         fill(&mut conn, &topic).await;
-        let elapsed = relay_drain(&db, &topic, workers, batch_size).await;
+        let elapsed = relay_drain(&db, &producer, &topic, workers, batch_size).await;
         line(&format!("relay, {workers} worker(s), batch size {batch_size}"), elapsed, raw_elapsed);
     }
 }

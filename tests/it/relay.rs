@@ -522,3 +522,53 @@ async fn publish_after_commit_wakes_the_relay() {
     token.cancel();
     running.await.unwrap().unwrap();
 }
+
+/// Workers started together split the buckets at once, and a second relay joining later gets
+/// its share within a couple of seconds (not only after the lease expiry).
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_split_the_buckets_promptly() {
+    #[derive(diesel::QueryableByName)]
+    struct Held {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        held: i64,
+    }
+    async fn shares(conn: &mut AsyncPgConnection) -> Vec<i64> {
+        diesel::sql_query(
+            "SELECT count(*) AS held FROM dionysus_relay_leases \
+             WHERE owner IS NOT NULL AND lease_until > now() GROUP BY owner ORDER BY 1",
+        )
+        .load::<Held>(conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.held)
+        .collect()
+    }
+    let mut setup = setup(kafka_config(), 1, 1).await;
+    // A long expiry: only prompt rebalancing can pass this test.
+    let config = setup.config(|producer| (producer.relay_workers, producer.lock_expiry) = (2, Duration::from_secs(60)));
+    let token = CancellationToken::new();
+    let first = setup.relay(config.clone());
+    let running = tokio::spawn({
+        let (relay, token) = (first.clone(), token.clone());
+        async move { relay.run(token).await }
+    });
+    let started = std::time::Instant::now();
+    while shares(&mut setup.conn).await != [32, 32] {
+        assert!(started.elapsed() < Duration::from_secs(3), "two workers: {:?}", shares(&mut setup.conn).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = setup.relay(config.clone());
+    let joined = tokio::spawn({
+        let (relay, token) = (second.clone(), token.clone());
+        async move { relay.run(token).await }
+    });
+    let started = std::time::Instant::now();
+    while shares(&mut setup.conn).await != [16, 16, 16, 16] {
+        assert!(started.elapsed() < Duration::from_secs(5), "four workers: {:?}", shares(&mut setup.conn).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    token.cancel();
+    running.await.unwrap().unwrap();
+    joined.await.unwrap().unwrap();
+}

@@ -52,6 +52,7 @@ pub const MIGRATIONS: &[EmbeddedMigration] = embedded![
     "2026-11-23-000004_dionysus_genesis_runs",
     "2026-11-23-000005_dionysus_relay",
     "2026-11-23-000006_dionysus_genesis_visible_only",
+    "2026-11-23-000007_dionysus_outbox_lean_indexes",
 ];
 
 /// Failure to apply, revert or copy the framework migrations.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use rdkafka::producer::Producer;
 use serde_json::Value;
 
@@ -362,18 +362,31 @@ pub(crate) fn remove_consecutive_duplicates(rows: Vec<PendingRow>) -> (Vec<Pendi
     (kept, dropped)
 }
 
+/// Marks rows published. The commit does not wait for the WAL flush
+/// (`synchronous_commit = off` for this transaction only): a mark lost in a database crash
+/// only publishes its rows once more, which at-least-once delivery allows, and the flush
+/// wait is most of the statement's cost.
 async fn mark_published(conn: &mut AsyncPgConnection, ids: &[i64]) -> Result<(), diesel::result::Error> {
     if ids.is_empty() {
         return Ok(());
     }
-    diesel::sql_query(
+    conn.batch_execute("BEGIN; SET LOCAL synchronous_commit TO off").await?;
+    let updated = diesel::sql_query(
         "UPDATE dionysus_outbox SET published_at = now(), updated_at = now(), error_class = NULL, \
          error_message = NULL, retry_at = NULL, failed_at = NULL WHERE id = ANY($1)",
     )
     .bind::<Array<BigInt>, _>(ids)
     .execute(conn)
-    .await?;
-    Ok(())
+    .await;
+    match updated {
+        Ok(_) => conn.batch_execute("COMMIT").await,
+        Err(error) => {
+            if let Err(rollback) = conn.batch_execute("ROLLBACK").await {
+                tracing::warn!(error = %rollback, "rollback failed");
+            }
+            Err(error)
+        }
+    }
 }
 
 /// Turns a deferred observer row into `<owner>_updated` rows for every related record, page

@@ -2,6 +2,11 @@
 //! counts the live workers, and holds a fair share of the 64 buckets, renewing its leases
 //! well before they expire. Buckets of a worker that stopped heartbeating are taken over once
 //! their lease has expired; a worker that shuts down releases its buckets at once.
+//!
+//! Rebalancing is prompt: leases are maintained at least every second (more often than the
+//! expiry needs), a worker short of its share tries again every 100 ms, and a worker counts
+//! the other workers of its own relay as live from the start, so workers started together
+//! split the buckets at once instead of the first one taking them all.
 
 use std::time::{Duration, Instant};
 
@@ -28,13 +33,23 @@ struct Count {
 pub(crate) struct Leases {
     worker_id: String,
     expiry: Duration,
+    /// Workers of this relay process (all of them live, or about to be).
+    local_workers: i64,
+    /// The fair share computed at the last maintenance.
+    share: i64,
     buckets: Vec<i16>,
     renewed_at: Option<Instant>,
 }
 
+/// Longest time between two maintenances, whatever the expiry.
+const MAINTAIN_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
+/// How soon a worker short of its share tries to acquire buckets again.
+const HUNGRY_RETRY: Duration = Duration::from_millis(100);
+
 impl Leases {
-    pub(crate) fn new(worker_id: String, expiry: Duration) -> Leases {
-        Leases { worker_id, expiry, buckets: Vec::new(), renewed_at: None }
+    pub(crate) fn new(worker_id: String, expiry: Duration, local_workers: usize) -> Leases {
+        let local_workers = i64::try_from(local_workers.max(1)).unwrap_or(1);
+        Leases { worker_id, expiry, local_workers, share: BUCKETS, buckets: Vec::new(), renewed_at: None }
     }
 
     /// The buckets held now.
@@ -44,7 +59,11 @@ impl Leases {
 
     /// Whether the leases are due for renewal (a third of the expiry has passed).
     pub(crate) fn due(&self) -> bool {
-        self.renewed_at.is_none_or(|at| at.elapsed() >= self.expiry / 3)
+        let hungry = i64::try_from(self.buckets.len()).unwrap_or(i64::MAX) < self.share;
+        self.renewed_at.is_none_or(|at| {
+            let elapsed = at.elapsed();
+            elapsed >= (self.expiry / 3).min(MAINTAIN_AT_LEAST_EVERY) || (hungry && elapsed >= HUNGRY_RETRY)
+        })
     }
 
     /// Whether the leases are still certainly valid (renewed less than an expiry ago, with a
@@ -70,7 +89,9 @@ impl Leases {
         .bind::<Double, _>(expiry)
         .get_result(conn)
         .await?;
-        let share = (BUCKETS + live.count.max(1) - 1) / live.count.max(1);
+        let live = live.count.max(self.local_workers);
+        let share = (BUCKETS + live - 1) / live;
+        self.share = share;
 
         let renewed: Vec<Bucket> = diesel::sql_query(
             "UPDATE dionysus_relay_leases SET lease_until = now() + make_interval(secs => $2) \

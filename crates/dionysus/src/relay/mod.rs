@@ -444,7 +444,7 @@ impl Relay {
         let worker_id = format!("{}-{index}", self.inner.prefix);
         let config = &self.inner.config.producer;
         let monitor = &self.inner.monitor;
-        let mut leases = lease::Leases::new(worker_id.clone(), config.lock_expiry);
+        let mut leases = lease::Leases::new(worker_id.clone(), config.lock_expiry, config.relay_workers);
         monitor.emit(&RelayEvent::Started { worker: &worker_id });
         while !shutdown.is_cancelled() {
             let busy = match self.iteration(&mut leases).await {
@@ -555,7 +555,8 @@ impl Relay {
     }
 }
 
-/// Deletes published rows older than `age`, 1000 at a time so no statement holds many locks.
+/// Deletes published rows older than `age`, 1000 at a time (oldest ids first) so no statement
+/// holds many locks.
 pub async fn prune(pool: &Pool, age: Duration) -> Result<u64, RelayError> {
     use diesel_async::RunQueryDsl;
     let mut conn = crate::db::checkout(pool).await?;
@@ -564,7 +565,7 @@ pub async fn prune(pool: &Pool, age: Duration) -> Result<u64, RelayError> {
         let deleted = diesel::sql_query(
             "DELETE FROM dionysus_outbox WHERE id IN (SELECT id FROM dionysus_outbox \
              WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1) \
-             ORDER BY published_at LIMIT 1000)",
+             ORDER BY id LIMIT 1000)",
         )
         .bind::<diesel::sql_types::Double, _>(age.as_secs_f64())
         .execute(&mut conn)
