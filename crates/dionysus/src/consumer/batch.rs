@@ -281,13 +281,16 @@ impl Rules {
         let prepared = prepare(replica, record)?;
         let mut has_many = Vec::new();
         for (name, children) in &record.has_many {
-            let (Some(children), Some(child)) = (children, self.replicas.find(name)) else { continue };
+            // Links without sideloaded records (the usual case) need no model lookup.
+            let Some(children) = children else { continue };
+            let Some(child) = self.replicas.find(name) else { continue };
             let nodes = children.iter().map(|c| self.node(child, c, name)).collect::<Result<Vec<_>, _>>()?;
             has_many.push((child, nodes));
         }
         let mut has_one = Vec::new();
         for (name, child_record) in &record.has_one {
-            let (Some(child_record), Some(child)) = (child_record, self.replicas.find(name)) else { continue };
+            let Some(child_record) = child_record else { continue };
+            let Some(child) = self.replicas.find(name) else { continue };
             has_one.push(self.node(child, child_record, name)?);
         }
         Ok(Node { replica, prepared, change_name: change_name.to_owned(), has_many, has_one })
