@@ -108,13 +108,131 @@ async fn count(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
     diesel::sql_query(sql).get_result::<Count>(conn).await.unwrap().n
 }
 
+/// One record as the raw consumer reads it: a typed struct, no envelope rules.
+#[derive(serde::Deserialize)]
+struct RawRecord {
+    id: i64,
+    created_at: String,
+    updated_at: String,
+    name: String,
+    headline: String,
+    city: String,
+    country_code: String,
+    currency: String,
+    sleeps: i64,
+    bedrooms: i64,
+    bathrooms: i64,
+    surface: i64,
+    account_id: i64,
+    daily_price: f64,
+    latitude: f64,
+    longitude: f64,
+    published: bool,
+    instant_booking: bool,
+    checkin_at: String,
+    checkout_at: String,
+}
+
+#[derive(serde::Deserialize)]
+struct RawEvent {
+    data: Vec<RawRecord>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawEnvelope {
+    message: Vec<RawEvent>,
+}
+
+/// The least a hand-written consumer does for the same messages: read all partitions
+/// (assigned, no group), parse each payload into a typed struct, and write batches of 1000
+/// with one `INSERT … SELECT FROM unnest(typed arrays) ON CONFLICT … WHERE` and a commit.
+/// No offsets table, dead letters, duplicate removal or checks. Returns the time from the
+/// first message to the last commit.
+async fn raw_consumer(
+    conn: &mut AsyncPgConnection,
+    kafka: &dionysus::config::KafkaConfig,
+    topic: &str,
+    partitions: i32,
+    total: i64,
+) -> Duration {
+    use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Text};
+    use futures_util::StreamExt as _;
+    use rdkafka::consumer::{Consumer as _, StreamConsumer};
+    use rdkafka::message::Message as _;
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+    let consumer: StreamConsumer =
+        dionysus_tests::consumer_config(kafka, &dionysus_tests::unique_name("raw")).create().unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let sql = "INSERT INTO bench_raw_client SELECT * FROM unnest($1::bigint[], $2::text[]::timestamptz[], \
+               $3::text[]::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::int[], \
+               $10::int[], $11::int[], $12::int[], $13::bigint[], $14::float8[], $15::float8[], $16::float8[], \
+               $17::bool[], $18::bool[], $19::text[]::timestamptz[], $20::text[]::timestamptz[]) \
+               ON CONFLICT (synced_id) DO UPDATE SET name = EXCLUDED.name, synced_updated_at = EXCLUDED.synced_updated_at \
+               WHERE bench_raw_client.synced_updated_at IS NULL OR EXCLUDED.synced_updated_at >= bench_raw_client.synced_updated_at";
+    let mut stream = consumer.stream();
+    let mut started = None;
+    let mut seen = 0_i64;
+    while seen < total {
+        let mut records = Vec::with_capacity(1000);
+        while records.len() < 1000 && seen < total {
+            let message = stream.next().await.unwrap().unwrap();
+            started.get_or_insert_with(Instant::now);
+            seen += 1;
+            let envelope: RawEnvelope = serde_json::from_slice(message.payload().unwrap()).unwrap();
+            records.extend(envelope.message.into_iter().flat_map(|event| event.data));
+        }
+        macro_rules! column {
+            ($field:ident) => {
+                records.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+            };
+            ($field:ident as $ty:ty) => {
+                records.iter().map(|r| r.$field as $ty).collect::<Vec<_>>()
+            };
+        }
+        conn.batch_execute("BEGIN").await.unwrap();
+        diesel::sql_query(sql)
+            .bind::<Array<BigInt>, _>(column!(id))
+            .bind::<Array<Text>, _>(column!(created_at))
+            .bind::<Array<Text>, _>(column!(updated_at))
+            .bind::<Array<Text>, _>(column!(name))
+            .bind::<Array<Text>, _>(column!(headline))
+            .bind::<Array<Text>, _>(column!(city))
+            .bind::<Array<Text>, _>(column!(country_code))
+            .bind::<Array<Text>, _>(column!(currency))
+            .bind::<Array<Integer>, _>(column!(sleeps as i32))
+            .bind::<Array<Integer>, _>(column!(bedrooms as i32))
+            .bind::<Array<Integer>, _>(column!(bathrooms as i32))
+            .bind::<Array<Integer>, _>(column!(surface as i32))
+            .bind::<Array<BigInt>, _>(column!(account_id))
+            .bind::<Array<Double>, _>(column!(daily_price))
+            .bind::<Array<Double>, _>(column!(latitude))
+            .bind::<Array<Double>, _>(column!(longitude))
+            .bind::<Array<Bool>, _>(column!(published))
+            .bind::<Array<Bool>, _>(column!(instant_booking))
+            .bind::<Array<Text>, _>(column!(checkin_at))
+            .bind::<Array<Text>, _>(column!(checkout_at))
+            .execute(conn)
+            .await
+            .unwrap();
+        conn.batch_execute("COMMIT").await.unwrap();
+    }
+    started.map_or(Duration::ZERO, |started| started.elapsed())
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let total: i64 = std::env::var("DIONYSUS_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let partitions = 4;
     let db = TestDb::migrated().await;
     let mut conn = db.connection().await;
-    conn.batch_execute(&format!("CREATE TABLE bench_rentals ({COLUMNS}); CREATE TABLE bench_raw ({COLUMNS});"))
+    conn.batch_execute(&format!(
+        "CREATE TABLE bench_rentals ({COLUMNS}); CREATE TABLE bench_raw ({COLUMNS}); CREATE TABLE bench_raw_client ({COLUMNS});"
+    ))
         .await
         .unwrap();
 
@@ -301,8 +419,12 @@ async fn main() {
     .await;
     assert_eq!(same, total, "the consumer wrote the same rows as the baseline");
 
+    let client_wall = raw_consumer(&mut conn, &kafka, &topic, partitions, total).await;
+    assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM bench_raw_client").await, total);
+
     let rate = total as f64 / wall.as_secs_f64();
     let raw_rate = total as f64 / raw_wall.as_secs_f64();
+    let client_rate = total as f64 / client_wall.as_secs_f64();
     println!(
         "dionysus consumer: {total} messages in {:.2} s = {rate:.0} msg/s (wall, group join included)",
         wall.as_secs_f64()
@@ -313,8 +435,17 @@ async fn main() {
         raw_wall.as_secs_f64()
     );
     println!(
-        "ratio: {:.0}% of raw (wall), {:.0}% of raw (after first batch)",
+        "raw client-side consumer (typed parse, typed-array upsert, no group): {total} messages in {:.2} s = {client_rate:.0} msg/s",
+        client_wall.as_secs_f64()
+    );
+    println!(
+        "ratio to the server-side statement: {:.0}% (wall), {:.0}% (after first batch)",
         100.0 * rate / raw_rate,
         100.0 * steady_rate / raw_rate
+    );
+    println!(
+        "ratio to the raw client-side consumer: {:.0}% (wall), {:.0}% (after first batch)",
+        100.0 * rate / client_rate,
+        100.0 * steady_rate / client_rate
     );
 }

@@ -453,14 +453,26 @@ async fn apply_level(
                     Intent::Write { .. } => exact.push(index),
                 }
             }
-            let keys: Vec<String> = upserts
+            // Which rows passed the guard only matters for records with sideloads.
+            let with_children: Vec<bool> = upserts
                 .iter()
-                .map(|(index, _)| sql::row_key(replica, &units[*index].node.prepared.synced_id))
+                .map(|(index, _)| {
+                    let node = units[*index].node;
+                    !node.has_many.is_empty() || !node.has_one.is_empty()
+                })
+                .collect();
+            let returning = with_children.iter().any(|children| *children);
+            let keys: Vec<Option<String>> = upserts
+                .iter()
+                .zip(&with_children)
+                .map(|((index, _), children)| {
+                    children.then(|| sql::row_key(replica, &units[*index].node.prepared.synced_id))
+                })
                 .collect();
             let (indices, rows): (Vec<usize>, Vec<UpsertRow>) = upserts.into_iter().unzip();
-            let written = sql::upsert_rows(conn, replica, column_types, rows).await?;
+            let written = sql::upsert_rows(conn, replica, column_types, rows, returning).await?;
             for (index, key) in indices.into_iter().zip(keys) {
-                applied[index] = written.contains(&key);
+                applied[index] = key.is_none_or(|key| written.contains(&key));
             }
             let deletes: Vec<(Value, Option<DateTime<Utc>>)> = removals
                 .iter()

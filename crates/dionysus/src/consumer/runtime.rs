@@ -302,26 +302,31 @@ impl Consumer {
             };
             drop(message);
             let key = (inbound.topic.clone(), inbound.partition);
-            let current = assignments.lock().ok().and_then(|a| a.get(&key).cloned());
-            let Some(current) = current else {
-                tracing::debug!(topic = %key.0, partition = key.1, "message of a partition no longer assigned; dropped");
-                continue;
-            };
-            let reusable =
-                workers.get(&key).is_some_and(|w| Arc::ptr_eq(&w.revoked, &current) && !w.sender.is_closed());
-            if !reusable {
-                let (sender, receiver) = mpsc::channel(inner.config.consumer.batch_size.max(1) * 2);
-                let handle = tokio::spawn(self.clone().partition_worker(
-                    receiver,
-                    current.clone(),
-                    consumer.clone(),
-                    producer.clone(),
-                    shutdown.clone(),
-                    halt.clone(),
-                ));
-                let worker = Worker { sender, pending: VecDeque::new(), revoked: current, handle };
-                if let Some(old) = workers.insert(key.clone(), worker) {
-                    drop(old.sender);
+            // A worker whose assignment was not revoked is the current one (a new assignment
+            // of its partition revokes the old flag), so the usual message needs no lock.
+            let live = workers.get(&key).is_some_and(|w| !w.revoked.load(Ordering::SeqCst) && !w.sender.is_closed());
+            if !live {
+                let current = assignments.lock().ok().and_then(|a| a.get(&key).cloned());
+                let Some(current) = current else {
+                    tracing::debug!(topic = %key.0, partition = key.1, "message of a partition no longer assigned; dropped");
+                    continue;
+                };
+                let reusable =
+                    workers.get(&key).is_some_and(|w| Arc::ptr_eq(&w.revoked, &current) && !w.sender.is_closed());
+                if !reusable {
+                    let (sender, receiver) = mpsc::channel(inner.config.consumer.batch_size.max(1) * 2);
+                    let handle = tokio::spawn(self.clone().partition_worker(
+                        receiver,
+                        current.clone(),
+                        consumer.clone(),
+                        producer.clone(),
+                        shutdown.clone(),
+                        halt.clone(),
+                    ));
+                    let worker = Worker { sender, pending: VecDeque::new(), revoked: current, handle };
+                    if let Some(old) = workers.insert(key.clone(), worker) {
+                        drop(old.sender);
+                    }
                 }
             }
             if let Some(worker) = workers.get_mut(&key) {

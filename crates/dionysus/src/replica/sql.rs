@@ -316,7 +316,8 @@ impl ColumnArray {
 /// Inserts or updates rows without reading them first, the timestamp guard (C-10) decided
 /// by PostgreSQL from the written `synced_updated_at` (else `synced_created_at`): one
 /// statement per distinct column set, the values passed as one typed array per column.
-/// Returns the [`row_key`]s of the rows written — the others were stale.
+/// With `returning`, gives the [`row_key`]s of the rows written (the others were stale);
+/// without, an empty set.
 ///
 /// Only exact when the written time columns carry the event's time; see
 /// [`crate::replica::plan::guard_from_columns`].
@@ -325,6 +326,7 @@ pub async fn upsert_rows(
     replica: &'static ReplicaDescriptor,
     types: &ColumnTypes,
     rows: Vec<UpsertRow>,
+    returning: bool,
 ) -> Result<HashSet<String>, diesel::result::Error> {
     if rows.is_empty() {
         return Ok(HashSet::new());
@@ -345,7 +347,7 @@ pub async fn upsert_rows(
     let column_types = types.of(conn, replica.table).await?;
     let mut written = HashSet::new();
     for ((columns, keep), members) in groups {
-        let result = upsert_group(conn, replica, &column_types, &columns, keep, members).await;
+        let result = upsert_group(conn, replica, &column_types, &columns, keep, members, returning).await;
         match result {
             Ok(keys) => written.extend(keys),
             Err(error) => {
@@ -368,6 +370,7 @@ async fn upsert_group(
     columns: &[&'static Column],
     keep: Option<&'static str>,
     members: Vec<Vec<Value>>,
+    returning: bool,
 ) -> Result<Vec<String>, diesel::result::Error> {
     let table = quote_ident(replica.table);
     let id = quote_ident(replica.synced_id);
@@ -400,7 +403,11 @@ async fn upsert_group(
             updates.join(", ")
         )
     };
-    let tail = format!("ON CONFLICT ({id}) {conflict} RETURNING t.{id}::text AS id");
+    let tail = if returning {
+        format!("ON CONFLICT ({id}) {conflict} RETURNING t.{id}::text AS id")
+    } else {
+        format!("ON CONFLICT ({id}) {conflict}")
+    };
     let list = list.join(", ");
 
     let typed = columns
@@ -429,6 +436,10 @@ async fn upsert_group(
         for array in arrays {
             query = array.bind(query);
         }
+        if !returning {
+            query.execute(conn).await?;
+            return Ok(Vec::new());
+        }
         query.load(conn).await?
     } else {
         let rows: Vec<Value> = members
@@ -438,7 +449,12 @@ async fn upsert_group(
         let sql = format!(
             "INSERT INTO {table} AS t ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{table}, $1) {tail}"
         );
-        diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(rows)).load(conn).await?
+        let query = diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(rows));
+        if !returning {
+            query.execute(conn).await?;
+            return Ok(Vec::new());
+        }
+        query.load(conn).await?
     };
     Ok(keys.into_iter().map(|key| key.id).collect())
 }
