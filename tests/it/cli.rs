@@ -165,6 +165,10 @@ async fn consume_fills_the_replica_and_stops_on_shutdown() {
 
     let brokers = kafka.bootstrap_servers();
     let group = unique_name("cli_group");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let health_file = std::env::temp_dir().join(unique_name("consumer-health"));
+    let health_path = health_file.to_str().unwrap().to_owned();
     let args = [
         "--database-url",
         &db.url,
@@ -183,6 +187,10 @@ async fn consume_fills_the_replica_and_stops_on_shutdown() {
         "2",
         "--dead-letter-topic",
         &dead_letters,
+        "--serve",
+        &address,
+        "--health-file",
+        &health_path,
     ]
     .map(str::to_owned);
     let shutdown = CancellationToken::new();
@@ -205,8 +213,29 @@ async fn consume_fills_the_replica_and_stops_on_shutdown() {
         assert!(tokio::time::Instant::now() < deadline, "the replica did not fill within 60 s");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    let get = |path: &'static str| {
+        let address = address.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+            stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            response
+        }
+    };
+    let health = get("/health").await;
+    assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
+    let metrics = get("/metrics").await;
+    assert!(metrics.contains("dionysus_consumer_messages_total"), "{metrics}");
+    assert!(health_file.exists(), "the liveness file is kept while the consumer runs");
     shutdown.cancel();
     let (code, out, err) = running.await.unwrap();
+    dionysus_tests::eventually(std::time::Duration::from_secs(5), || {
+        let health_file = health_file.clone();
+        async move { (!health_file.exists()).then_some(()) }
+    })
+    .await;
     assert_eq!(code, ExitCode::SUCCESS, "{err}");
     assert_eq!(
         out,

@@ -116,6 +116,12 @@ enum Command {
         /// Do not run `#[dionysus::consume]` handlers.
         #[arg(long)]
         no_handlers: bool,
+        /// Serve /metrics and /health on this address, e.g. 0.0.0.0:9395.
+        #[arg(long, value_name = "ADDR")]
+        serve: Option<SocketAddr>,
+        /// Keep a liveness file at this path.
+        #[arg(long, value_name = "PATH")]
+        health_file: Option<PathBuf>,
     },
     /// Re-publish every record of a model to a topic (or its `_genesis` replica).
     Genesis {
@@ -307,6 +313,8 @@ async fn execute(
             skip_unknown_models,
             processing_mutex,
             no_handlers,
+            serve,
+            health_file,
         } => {
             let mut config = config;
             if let Some(group) = group {
@@ -324,6 +332,12 @@ async fn execute(
                 .unknown_model(unknown_model)
                 .processing_mutex(processing_mutex)
                 .handlers(!no_handlers);
+            if let Some(address) = serve {
+                builder = builder.serve(address);
+            }
+            if let Some(path) = health_file {
+                builder = builder.health_file(path);
+            }
             for topic in &topics {
                 builder = builder.topic(topic);
             }

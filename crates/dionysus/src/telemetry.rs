@@ -6,9 +6,16 @@
 //! `dionysus_consumer_dead_letters_total`, `dionysus_consumer_batch_seconds`, and
 //! `dionysus_consumer_lag` per topic and partition from librdkafka's statistics).
 
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// Whether a loop is healthy, asked by the endpoint and the liveness file.
+pub(crate) type Health = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// The Prometheus recorder, installed on first call. `None` when the application installed
 /// another `metrics` recorder first (its own exporter then sees dionysus' metrics).
@@ -23,4 +30,66 @@ pub fn prometheus() -> Option<PrometheusHandle> {
             }
         })
         .clone()
+}
+
+/// Keeps a liveness file: touched while `healthy()`, removed when not and on shutdown.
+/// Checked every `every`.
+pub(crate) async fn health_file(path: PathBuf, healthy: Health, every: Duration, shutdown: CancellationToken) {
+    loop {
+        if healthy() {
+            if let Err(error) = tokio::fs::write(&path, chrono::Utc::now().to_rfc3339()).await {
+                tracing::warn!("cannot write the health file {}: {error}", path.display());
+            }
+        } else {
+            let _ = tokio::fs::remove_file(&path).await;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+    let _ = tokio::fs::remove_file(&path).await;
+}
+
+/// Serves `GET /metrics` (Prometheus text, when a recorder handle is given) and `GET /health`
+/// (200 while `healthy()`, else 503 with `unhealthy` as the body) on a bound listener.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Option<PrometheusHandle>,
+    healthy: Health,
+    unhealthy: &'static str,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "serving /metrics and /health");
+    }
+    loop {
+        let (mut socket, _) = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => accepted?,
+        };
+        let metrics = metrics.clone();
+        let healthy = healthy.clone();
+        tokio::spawn(async move {
+            let mut request = [0_u8; 1024];
+            let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut request)).await;
+            let Ok(Ok(read)) = read else { return };
+            let line = String::from_utf8_lossy(&request[..read]);
+            let path = line.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = match path {
+                "/health" | "/healthz" if healthy() => ("200 OK", "ok\n".to_owned()),
+                "/health" | "/healthz" => ("503 Service Unavailable", format!("{unhealthy}\n")),
+                "/metrics" => match &metrics {
+                    Some(handle) => ("200 OK", handle.render()),
+                    None => ("404 Not Found", "metrics are not enabled\n".to_owned()),
+                },
+                _ => ("404 Not Found", "try /health or /metrics\n".to_owned()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        });
+    }
 }

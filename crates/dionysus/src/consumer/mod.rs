@@ -86,6 +86,15 @@ pub enum ConsumerError {
     /// The consumer was built without topics to read.
     #[error("no topics to consume: declare a replica model with #[derive(Consume)] or add topics to the builder")]
     NoTopics,
+    /// The metrics/health listener could not start.
+    #[error("cannot serve /metrics and /health on {address}: {source}")]
+    Serve {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Event-bus subscriber: called after each committed batch (C-19).
@@ -165,6 +174,8 @@ pub struct ConsumerBuilder {
     after_commit: Option<AfterCommitHook>,
     handlers: bool,
     local_changes: Option<bool>,
+    serve: Option<std::net::SocketAddr>,
+    health_file: Option<std::path::PathBuf>,
 }
 
 impl ConsumerBuilder {
@@ -250,6 +261,21 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Serves `/metrics` (Prometheus, through [`crate::telemetry::prometheus`]) and `/health`
+    /// on this address while the consumer runs. `/health` answers 200 while the consumer
+    /// polled the broker within [`Consumer::HEALTH_SILENCE`], else 503.
+    pub fn serve(mut self, address: std::net::SocketAddr) -> Self {
+        self.serve = Some(address);
+        self
+    }
+
+    /// Keeps a liveness file at this path while the consumer is healthy (see
+    /// [`ConsumerBuilder::serve`]); it is removed when the consumer stalls or stops.
+    pub fn health_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.health_file = Some(path.into());
+        self
+    }
+
     #[doc(hidden)]
     pub fn after_db_commit(mut self, hook: impl Fn(&str, i32, i64) -> AfterCommit + Send + Sync + 'static) -> Self {
         self.after_commit = Some(Arc::new(hook));
@@ -297,6 +323,8 @@ impl ConsumerBuilder {
                 after_commit: self.after_commit,
                 handlers: self.handlers,
                 health: Health::new(),
+                serve: self.serve,
+                health_file: self.health_file,
             }),
         })
     }
@@ -313,6 +341,8 @@ struct Inner {
     after_commit: Option<AfterCommitHook>,
     handlers: bool,
     health: Health,
+    serve: Option<std::net::SocketAddr>,
+    health_file: Option<std::path::PathBuf>,
 }
 
 /// A consumer of replica topics. Cheap to clone.
@@ -342,6 +372,10 @@ fn is_transient(error: &diesel::result::Error) -> bool {
 }
 
 impl Consumer {
+    /// How long a running consumer may go without polling the broker before `/health` and
+    /// the liveness file call it unhealthy (it polls at least twice a second when idle).
+    pub const HEALTH_SILENCE: Duration = Duration::from_secs(30);
+
     /// A builder for a consumer with `config` (group name, batch size, dead-letter topic…).
     pub fn builder(config: Config) -> ConsumerBuilder {
         ConsumerBuilder {
@@ -358,6 +392,8 @@ impl Consumer {
             after_commit: None,
             handlers: true,
             local_changes: None,
+            serve: None,
+            health_file: None,
         }
     }
 

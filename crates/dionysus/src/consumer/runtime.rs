@@ -220,6 +220,22 @@ impl Consumer {
         if inner.topics.is_empty() {
             return Err(ConsumerError::NoTopics);
         }
+        // Health endpoint and liveness file, until this function returns.
+        let telemetry = shutdown.child_token();
+        let _stop_telemetry = telemetry.clone().drop_guard();
+        let health = inner.health.clone();
+        let healthy: crate::telemetry::Health = Arc::new(move || health.is_alive(Consumer::HEALTH_SILENCE));
+        if let Some(address) = inner.serve {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|source| ConsumerError::Serve { address, source })?;
+            let metrics = crate::telemetry::prometheus();
+            let unhealthy = "[Dionysus Consumer] healthcheck failed: no broker poll for 30 s";
+            tokio::spawn(crate::telemetry::serve(listener, metrics, healthy.clone(), unhealthy, telemetry.clone()));
+        }
+        if let Some(path) = inner.health_file.clone() {
+            tokio::spawn(crate::telemetry::health_file(path, healthy, Duration::from_secs(1), telemetry.clone()));
+        }
         let kafka = &inner.config.kafka;
         let assignments: Assignments = Arc::default();
         let context = GroupContext {

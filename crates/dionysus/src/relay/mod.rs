@@ -366,13 +366,25 @@ impl Relay {
             let token = background.clone();
             helpers.spawn(async move { relay.listen(token).await });
         }
+        let monitor = self.inner.monitor.clone();
+        let healthy: crate::telemetry::Health = Arc::new(move || monitor.healthy(stall));
         if let Some(path) = self.inner.health_file.clone() {
-            helpers.spawn(monitor::health_file(path, self.inner.monitor.clone(), stall, background.clone()));
+            let every = (stall / 4).max(Duration::from_millis(100));
+            helpers.spawn(crate::telemetry::health_file(path, healthy.clone(), every, background.clone()));
         }
         if let Some(address) = self.inner.serve {
             let handle = crate::telemetry::prometheus();
-            let listener = monitor::serve(address, handle, self.inner.monitor.clone(), stall, background.clone());
-            let served = tokio::spawn(listener);
+            let unhealthy = "[Dionysus Producer Outbox healthcheck failed]";
+            let listener = match tokio::net::TcpListener::bind(address).await {
+                Ok(listener) => listener,
+                Err(source) => {
+                    shutdown.cancel();
+                    while tasks.join_next().await.is_some() {}
+                    return Err(RelayError::Serve { address, source });
+                }
+            };
+            let served =
+                tokio::spawn(crate::telemetry::serve(listener, handle, healthy, unhealthy, background.clone()));
             tokio::select! {
                 result = served => {
                     if let Ok(Err(source)) = result {

@@ -4,15 +4,12 @@
 //! gauges, and liveness: a heartbeat that turns unhealthy when the loop stalls, exposed as a
 //! file and an HTTP endpoint.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::sql_types::{BigInt, Double, Nullable};
 use diesel_async::RunQueryDsl;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// Something the relay did, as dionysus-rb's monitor names it (`outbox_producer.<name>`).
@@ -165,68 +162,5 @@ pub(crate) async fn gauges(pool: crate::db::Pool, every: Duration, shutdown: Can
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-    }
-}
-
-/// Keeps a liveness file: touched while healthy, removed when the loop stalls or stops.
-pub(crate) async fn health_file(path: PathBuf, monitor: Monitor, stall: Duration, shutdown: CancellationToken) {
-    let every = (stall / 4).max(Duration::from_millis(100));
-    loop {
-        if monitor.healthy(stall) {
-            if let Err(error) = tokio::fs::write(&path, chrono::Utc::now().to_rfc3339()).await {
-                tracing::warn!("cannot write the health file {}: {error}", path.display());
-            }
-        } else {
-            let _ = tokio::fs::remove_file(&path).await;
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(every) => {}
-        }
-    }
-    let _ = tokio::fs::remove_file(&path).await;
-}
-
-/// Serves `GET /metrics` (Prometheus text, when a recorder handle is given) and `GET /health`
-/// (200 while the loop is alive, 503 once it stalled) on `address`.
-pub(crate) async fn serve(
-    address: SocketAddr,
-    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    monitor: Monitor,
-    stall: Duration,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
-    tracing::info!(%address, "serving /metrics and /health");
-    loop {
-        let (mut socket, _) = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            accepted = listener.accept() => accepted?,
-        };
-        let metrics = metrics.clone();
-        let monitor = monitor.clone();
-        tokio::spawn(async move {
-            let mut request = [0_u8; 1024];
-            let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut request)).await;
-            let Ok(Ok(read)) = read else { return };
-            let line = String::from_utf8_lossy(&request[..read]);
-            let path = line.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/health" | "/healthz" if monitor.healthy(stall) => ("200 OK", "ok\n".to_owned()),
-                "/health" | "/healthz" => {
-                    ("503 Service Unavailable", "[Dionysus Producer Outbox healthcheck failed]\n".to_owned())
-                }
-                "/metrics" => match &metrics {
-                    Some(handle) => ("200 OK", handle.render()),
-                    None => ("404 Not Found", "metrics are not enabled\n".to_owned()),
-                },
-                _ => ("404 Not Found", "try /health or /metrics\n".to_owned()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
-        });
     }
 }
