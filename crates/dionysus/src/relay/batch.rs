@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz};
-use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use rdkafka::producer::Producer;
 use serde_json::Value;
 
@@ -370,23 +370,20 @@ async fn mark_published(conn: &mut AsyncPgConnection, ids: &[i64]) -> Result<(),
     if ids.is_empty() {
         return Ok(());
     }
-    conn.batch_execute("BEGIN; SET LOCAL synchronous_commit TO off").await?;
-    let updated = diesel::sql_query(
-        "UPDATE dionysus_outbox SET published_at = now(), updated_at = now(), error_class = NULL, \
-         error_message = NULL, retry_at = NULL, failed_at = NULL WHERE id = ANY($1)",
-    )
-    .bind::<Array<BigInt>, _>(ids)
-    .execute(conn)
-    .await;
-    match updated {
-        Ok(_) => conn.batch_execute("COMMIT").await,
-        Err(error) => {
-            if let Err(rollback) = conn.batch_execute("ROLLBACK").await {
-                tracing::warn!(error = %rollback, "rollback failed");
-            }
-            Err(error)
-        }
-    }
+    // Through diesel's transaction manager, so a worker aborted mid-way leaves a connection
+    // the pool recognises as broken instead of one holding an open transaction and its locks.
+    conn.transaction::<_, diesel::result::Error, _>(async |tx| {
+        diesel::sql_query("SET LOCAL synchronous_commit TO off").execute(tx).await?;
+        diesel::sql_query(
+            "UPDATE dionysus_outbox SET published_at = now(), updated_at = now(), error_class = NULL, \
+             error_message = NULL, retry_at = NULL, failed_at = NULL WHERE id = ANY($1)",
+        )
+        .bind::<Array<BigInt>, _>(ids)
+        .execute(tx)
+        .await?;
+        Ok(())
+    })
+    .await
 }
 
 /// Turns a deferred observer row into `<owner>_updated` rows for every related record, page
