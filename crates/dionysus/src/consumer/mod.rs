@@ -45,7 +45,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection, TransactionManager};
+
+/// The transaction manager of the consumer's connections.
+type Transactions = <AsyncPgConnection as AsyncConnection>::TransactionManager;
 
 pub use batch::{lock_name, DeadLetter, InboundMessage, UnknownModel};
 use batch::{PreparedBatch, Rules};
@@ -443,7 +446,10 @@ impl Consumer {
             let what = what(step);
             move |source| ConsumerError::Database { what, source }
         };
-        conn.batch_execute("BEGIN").await.map_err(db("beginning the batch transaction"))?;
+        // Begun and ended through diesel's transaction manager (not a bare `BEGIN`), so a
+        // worker stopped mid-batch leaves a connection the pool discards rather than one
+        // that still holds the batch's transaction and locks.
+        Transactions::begin_transaction(conn).await.map_err(db("beginning the batch transaction"))?;
         let result = async {
             let stored = sql::lock_offset(conn, &self.inner.group, &topic, partition)
                 .await
@@ -485,11 +491,11 @@ impl Consumer {
         .await;
         match result {
             Ok(outcome) => {
-                conn.batch_execute("COMMIT").await.map_err(db("committing the batch"))?;
+                Transactions::commit_transaction(conn).await.map_err(db("committing the batch"))?;
                 Ok(outcome)
             }
             Err(error) => {
-                if let Err(rollback) = conn.batch_execute("ROLLBACK").await {
+                if let Err(rollback) = Transactions::rollback_transaction(conn).await {
                     tracing::warn!(error = %rollback, "rollback failed");
                 }
                 Err(error)
@@ -544,12 +550,12 @@ impl Consumer {
             let mut conn = crate::db::checkout(&self.inner.pool).await?;
             let group = &self.inner.group;
             let stored = async {
-                conn.batch_execute("BEGIN").await?;
+                Transactions::begin_transaction(&mut *conn).await?;
                 let stored = sql::lock_offset(&mut conn, group, &message.topic, message.partition).await?;
                 if stored.is_none_or(|stored| message.offset >= stored) {
                     sql::store_offset(&mut conn, group, &message.topic, message.partition, message.offset + 1).await?;
                 }
-                conn.batch_execute("COMMIT").await?;
+                Transactions::commit_transaction(&mut *conn).await?;
                 Ok::<_, diesel::result::Error>(stored)
             }
             .await
