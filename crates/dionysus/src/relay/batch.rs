@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rdkafka::producer::Producer;
 use serde_json::Value;
 
@@ -362,28 +362,25 @@ pub(crate) fn remove_consecutive_duplicates(rows: Vec<PendingRow>) -> (Vec<Pendi
     (kept, dropped)
 }
 
-/// Marks rows published. The commit does not wait for the WAL flush
-/// (`synchronous_commit = off` for this transaction only): a mark lost in a database crash
-/// only publishes its rows once more, which at-least-once delivery allows, and the flush
-/// wait is most of the statement's cost.
+/// Marks rows published, in one autocommitted statement. Its commit does not wait for the
+/// WAL flush (`synchronous_commit` set off for this statement's transaction only): a mark
+/// lost in a database crash only publishes its rows once more, which at-least-once delivery
+/// allows, and the flush wait is most of the statement's cost. One statement, not an explicit
+/// transaction: a worker aborted mid-call cannot leave a transaction open on a pooled
+/// connection, holding these rows' locks.
 async fn mark_published(conn: &mut AsyncPgConnection, ids: &[i64]) -> Result<(), diesel::result::Error> {
     if ids.is_empty() {
         return Ok(());
     }
-    // Through diesel's transaction manager, so a worker aborted mid-way leaves a connection
-    // the pool recognises as broken instead of one holding an open transaction and its locks.
-    conn.transaction::<_, diesel::result::Error, _>(async |tx| {
-        diesel::sql_query("SET LOCAL synchronous_commit TO off").execute(tx).await?;
-        diesel::sql_query(
-            "UPDATE dionysus_outbox SET published_at = now(), updated_at = now(), error_class = NULL, \
-             error_message = NULL, retry_at = NULL, failed_at = NULL WHERE id = ANY($1)",
-        )
-        .bind::<Array<BigInt>, _>(ids)
-        .execute(tx)
-        .await?;
-        Ok(())
-    })
-    .await
+    diesel::sql_query(
+        "UPDATE dionysus_outbox SET published_at = now(), updated_at = now(), error_class = NULL, \
+         error_message = NULL, retry_at = NULL, failed_at = NULL \
+         WHERE id = ANY($1) AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL",
+    )
+    .bind::<Array<BigInt>, _>(ids)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Turns a deferred observer row into `<owner>_updated` rows for every related record, page
