@@ -80,12 +80,38 @@ fn single(name: &str, value: Value) -> Value {
     Value::Object(object)
 }
 
-/// The timestamp guard in SQL (C-10): the stored row is only overwritten when it has no
-/// `synced_updated_at`, or the incoming one is missing, or not older. `new` is the alias of
-/// the incoming row.
-fn guard(replica: &ReplicaDescriptor, new: &str) -> String {
+/// The timestamp guard in SQL (C-10): the stored row `t` is only overwritten when it has no
+/// `synced_updated_at`, or the incoming event time (`event_time`, an SQL expression) is
+/// missing, or not older.
+fn guard(replica: &ReplicaDescriptor, event_time: &str) -> String {
     let updated = quote_ident(replica.synced_updated_at);
-    format!("(t.{updated} IS NULL OR {new}.{updated} IS NULL OR {new}.{updated} >= t.{updated})")
+    format!("(t.{updated} IS NULL OR {event_time} IS NULL OR {event_time} >= t.{updated})")
+}
+
+/// The guard against the incoming row `new`'s own `synced_updated_at`.
+fn guard_row(replica: &ReplicaDescriptor, new: &str) -> String {
+    guard(replica, &format!("{new}.{}", quote_ident(replica.synced_updated_at)))
+}
+
+/// `column = EXCLUDED.column` for every column but the synced id; the `keep` column keeps
+/// its stored non-null value.
+fn set_from_excluded<'a>(
+    replica: &ReplicaDescriptor,
+    columns: impl IntoIterator<Item = &'a str>,
+    keep: Option<&str>,
+) -> Vec<String> {
+    columns
+        .into_iter()
+        .filter(|column| *column != replica.synced_id)
+        .map(|column| {
+            let name = quote_ident(column);
+            if keep == Some(column) {
+                format!("{name} = COALESCE(t.{name}, EXCLUDED.{name})")
+            } else {
+                format!("{name} = EXCLUDED.{name}")
+            }
+        })
+        .collect()
 }
 
 /// Updates existing rows to the given complete rows (every column of the model), guarded.
@@ -112,7 +138,7 @@ pub async fn update_rows(
         "UPDATE {table} AS t SET {} FROM jsonb_populate_recordset(NULL::{table}, $1) AS s \
          WHERE t.{id} = s.{id} AND {}",
         assignments.join(", "),
-        guard(replica, "s")
+        guard_row(replica, "s")
     );
     let rows: Vec<Value> = rows.into_iter().map(Value::Object).collect();
     diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(rows)).execute(conn).await
@@ -142,15 +168,11 @@ pub async fn insert_rows(
     let mut written = 0;
     for (columns, members) in groups {
         let list: Vec<String> = columns.iter().map(|column| quote_ident(column)).collect();
-        let updates: Vec<String> = columns
-            .iter()
-            .filter(|column| column.as_str() != replica.synced_id)
-            .map(|column| format!("{name} = EXCLUDED.{name}", name = quote_ident(column)))
-            .collect();
+        let updates = set_from_excluded(replica, columns.iter().map(String::as_str), None);
         let conflict = if updates.is_empty() {
             "DO NOTHING".to_owned()
         } else if guarded && columns.iter().any(|column| column == replica.synced_updated_at) {
-            format!("DO UPDATE SET {} WHERE {}", updates.join(", "), guard(replica, "EXCLUDED"))
+            format!("DO UPDATE SET {} WHERE {}", updates.join(", "), guard_row(replica, "EXCLUDED"))
         } else {
             format!("DO UPDATE SET {}", updates.join(", "))
         };
@@ -377,18 +399,7 @@ async fn upsert_group(
     let updated = quote_ident(replica.synced_updated_at);
     let has = |name: &str| columns.iter().any(|column| column.name == name);
     let list: Vec<String> = columns.iter().map(|column| quote_ident(column.name)).collect();
-    let updates: Vec<String> = columns
-        .iter()
-        .filter(|column| column.name != replica.synced_id)
-        .map(|column| {
-            let name = quote_ident(column.name);
-            if keep == Some(column.name) {
-                format!("{name} = COALESCE(t.{name}, EXCLUDED.{name})")
-            } else {
-                format!("{name} = EXCLUDED.{name}")
-            }
-        })
-        .collect();
+    let updates = set_from_excluded(replica, columns.iter().map(|column| column.name), keep);
     let event_time = match replica.synced_created_at.filter(|created| has(created)) {
         Some(created) => format!("COALESCE(EXCLUDED.{updated}, EXCLUDED.{})", quote_ident(created)),
         None if has(replica.synced_updated_at) => format!("EXCLUDED.{updated}"),
@@ -398,10 +409,7 @@ async fn upsert_group(
         // Only the id: nothing to update, but an existing row still counts as written.
         format!("DO UPDATE SET {id} = EXCLUDED.{id}")
     } else {
-        format!(
-            "DO UPDATE SET {} WHERE t.{updated} IS NULL OR {event_time} IS NULL OR {event_time} >= t.{updated}",
-            updates.join(", ")
-        )
+        format!("DO UPDATE SET {} WHERE {}", updates.join(", "), guard(replica, &event_time))
     };
     let tail = if returning {
         format!("ON CONFLICT ({id}) {conflict} RETURNING t.{id}::text AS id")
@@ -472,7 +480,6 @@ pub async fn delete_guarded(
     }
     let table = quote_ident(replica.table);
     let id = quote_ident(replica.synced_id);
-    let updated = quote_ident(replica.synced_updated_at);
     let payload: Vec<Value> = rows
         .into_iter()
         .map(|(synced_id, at)| {
@@ -482,7 +489,7 @@ pub async fn delete_guarded(
             Value::Object(object)
         })
         .collect();
-    let guard = format!("(t.{updated} IS NULL OR s.at IS NULL OR s.at >= t.{updated})");
+    let guard = guard(replica, "s.at");
     // The final SELECT sees the rows as they were before the DELETE: the ones still failing
     // the guard are the stale ones.
     let sql = format!(
