@@ -336,3 +336,97 @@ async fn two_consumers_rebalancing_converge_to_the_source() {
     assert_eq!(source, replica, "replica checksum equals the source's");
     assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM rental_writes").await, total, "each change written once");
 }
+
+/// Two partitions with a long backlog each, and slow writes (a trigger sleeps 2 ms per row):
+/// both partitions make progress together, instead of one partition's run of messages in
+/// librdkafka's queue holding up the other until it is done. The busy partition is paused
+/// and resumed many times on the way (batches of 10); nothing is lost or applied out of
+/// order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_partition_does_not_hold_up_the_others() {
+    let db = replica_db().await;
+    let mut conn = db.connection().await;
+    conn.batch_execute(
+        "CREATE FUNCTION slow_write() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$ LANGUAGE plpgsql;
+         CREATE TRIGGER slow_write BEFORE INSERT OR UPDATE ON rentals FOR EACH ROW EXECUTE FUNCTION slow_write();",
+    )
+    .await
+    .unwrap();
+    let kafka = kafka_config();
+    let topic = create_topic(&kafka, "replica_backlog", 2).await;
+    let producer = dionysus::transport::producer(&kafka).unwrap();
+    let per_partition = 1500i64;
+    for partition in 0..2 {
+        let values: Vec<Vec<u8>> = (1..=per_partition)
+            .map(|n| rental("rental_created", i64::from(partition) * 100_000 + n, "created", 1))
+            .collect();
+        for chunk in values.chunks(500) {
+            let sends = chunk.iter().map(|value| {
+                producer.send(
+                    FutureRecord::<str, [u8]>::to(&topic).partition(partition).payload(value),
+                    Duration::from_secs(30),
+                )
+            });
+            for result in futures_util::future::join_all(sends).await {
+                result.map_err(|(error, _)| error).unwrap();
+            }
+        }
+    }
+    let commits: Arc<std::sync::Mutex<Vec<(i32, i64)>>> = Arc::default();
+    let consumer = {
+        let mut config =
+            dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+        config.consumer.batch_size = 10;
+        let commits = commits.clone();
+        builder(&db, &kafka, &topic, "unused_dead_letters")
+            .config(config)
+            .after_db_commit(move |_, partition, next_offset| {
+                commits.lock().unwrap().push((partition, next_offset));
+                AfterCommit::Continue
+            })
+            .build()
+            .unwrap()
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { consumer.run(shutdown).await }
+    });
+    let stored = |partition: i32| {
+        format!(
+            "SELECT COALESCE(max(next_offset), 0)::bigint AS n FROM dionysus_consumer_offsets WHERE partition = {partition}"
+        )
+    };
+    // When the first partition is halfway, the other one has come a fair way too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut checked_halfway = false;
+    loop {
+        let (first, second) = (count(&mut conn, &stored(0)).await, count(&mut conn, &stored(1)).await);
+        if !checked_halfway && first.max(second) >= per_partition / 2 {
+            assert!(
+                first.min(second) >= per_partition / 10,
+                "one partition at {} of {per_partition} while the other is at {}",
+                first.max(second),
+                first.min(second)
+            );
+            checked_halfway = true;
+        }
+        if first == per_partition && second == per_partition {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "stored offsets at {first} and {second}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM rentals").await, 2 * per_partition, "no message lost");
+    let commits = commits.lock().unwrap().clone();
+    for partition in 0..2 {
+        let offsets: Vec<i64> = commits.iter().filter(|(p, _)| *p == partition).map(|(_, offset)| *offset).collect();
+        assert!(
+            offsets.windows(2).all(|pair| pair[0] < pair[1]),
+            "partition {partition} committed in order: {offsets:?}"
+        );
+        assert_eq!(offsets.last(), Some(&per_partition));
+    }
+}

@@ -2,7 +2,7 @@
 //! assignment, one worker per partition (in order within it, concurrent across them), the
 //! Kafka commit after the database commit, and the dead-letter producer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,12 +52,17 @@ pub(crate) type DeadLetterSink<'a> = dyn FnMut(&DeadLetter) -> SinkFuture<'a> + 
 
 type Assignments = Arc<Mutex<HashMap<(String, i32), Arc<AtomicBool>>>>;
 
+/// Partitions this member paused in librdkafka because their workers had enough buffered.
+/// librdkafka keeps a partition paused across a revocation, so a new assignment resumes it.
+type Paused = Arc<Mutex<HashSet<(String, i32)>>>;
+
 /// Seeks newly assigned partitions to the offsets stored in PostgreSQL and tracks which
 /// partitions this member owns.
 struct GroupContext {
     database_url: String,
     group: String,
     assignments: Assignments,
+    paused: Paused,
 }
 
 impl ClientContext for GroupContext {
@@ -105,6 +110,7 @@ impl ConsumerContext for GroupContext {
                         tracing::warn!(%error, "cannot read stored offsets; starting from the committed ones (stored offsets still filter)");
                     }
                 }
+                self.resume_paused(base_consumer, tpl);
                 if let Ok(mut assignments) = self.assignments.lock() {
                     for element in tpl.elements() {
                         let flag = Arc::new(AtomicBool::new(false));
@@ -143,6 +149,25 @@ impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
 }
 
+impl GroupContext {
+    /// Resumes the newly assigned partitions this member had paused, before they are
+    /// assigned (their fetch then starts at the assigned offset).
+    fn resume_paused(&self, base_consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let Ok(mut paused) = self.paused.lock() else { return };
+        let mut resume = TopicPartitionList::new();
+        for element in tpl.elements() {
+            if paused.remove(&(element.topic().to_owned(), element.partition())) {
+                resume.add_partition(element.topic(), element.partition());
+            }
+        }
+        if resume.count() > 0 {
+            if let Err(error) = base_consumer.resume(&resume) {
+                tracing::error!(%error, "resuming reassigned partitions failed");
+            }
+        }
+    }
+}
+
 /// Reads the stored offsets from a helper thread with its own runtime, because librdkafka
 /// calls the rebalance callback synchronously.
 fn stored_offsets_blocking(database_url: &str, group: &str) -> Result<HashMap<(String, i32), i64>, String> {
@@ -162,18 +187,66 @@ struct Worker {
     sender: mpsc::Sender<InboundMessage>,
     /// Messages read for this partition that its channel had no room for yet, in order.
     /// Buffering them here instead of waiting keeps one busy partition from holding up the
-    /// others (librdkafka hands out long runs of one partition's messages).
+    /// others (librdkafka hands out long runs of one partition's messages). Past
+    /// [`Backlog::pause`] the partition is paused in librdkafka until it drains.
     pending: VecDeque<InboundMessage>,
+    /// Payload bytes in `pending`.
+    pending_bytes: usize,
+    /// Whether this member paused the partition's fetching.
+    paused: bool,
     revoked: Arc<AtomicBool>,
     handle: tokio::task::JoinHandle<()>,
 }
 
+/// How much a partition may have buffered before it is paused, and how little before it
+/// is resumed: counted in messages and in payload bytes.
+#[derive(Debug, Clone, Copy)]
+struct Backlog {
+    messages: usize,
+    bytes: usize,
+}
+
+impl Backlog {
+    /// Pause at 8 batches or 64 MiB, resume at 3 batches and 16 MiB: the resumed fetch has
+    /// about three batches' time to arrive before the worker runs dry.
+    fn pause(batch_size: usize) -> Backlog {
+        Backlog { messages: batch_size * 8, bytes: 64 << 20 }
+    }
+
+    fn resume(batch_size: usize) -> Backlog {
+        Backlog { messages: batch_size * 3, bytes: 16 << 20 }
+    }
+}
+
 impl Worker {
+    fn new(
+        sender: mpsc::Sender<InboundMessage>,
+        revoked: Arc<AtomicBool>,
+        handle: tokio::task::JoinHandle<()>,
+    ) -> Worker {
+        Worker { sender, pending: VecDeque::new(), pending_bytes: 0, paused: false, revoked, handle }
+    }
+
+    fn push(&mut self, message: InboundMessage) {
+        self.pending_bytes += message.payload.as_ref().map_or(0, Vec::len);
+        self.pending.push_back(message);
+        self.flush();
+    }
+
+    fn reaches(&self, backlog: Backlog) -> bool {
+        self.pending.len() >= backlog.messages || self.pending_bytes >= backlog.bytes
+    }
+
+    fn within(&self, backlog: Backlog) -> bool {
+        self.pending.len() <= backlog.messages && self.pending_bytes <= backlog.bytes
+    }
+
     /// Moves pending messages into the channel while it has room.
     fn flush(&mut self) {
         while let Some(message) = self.pending.pop_front() {
+            let bytes = message.payload.as_ref().map_or(0, Vec::len);
             match self.sender.try_send(message) {
-                Ok(()) => {}
+                Ok(()) => self.pending_bytes -= bytes,
                 Err(mpsc::error::TrySendError::Full(message)) => {
                     self.pending.push_front(message);
                     return;
@@ -181,11 +254,66 @@ impl Worker {
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     tracing::debug!(dropped = self.pending.len() + 1, "partition worker stopped; messages dropped");
                     self.pending.clear();
+                    self.pending_bytes = 0;
                     return;
                 }
             }
         }
     }
+}
+
+/// The reader's workers by topic, then partition (looked up without allocating a key).
+#[derive(Default)]
+struct Workers(HashMap<String, HashMap<i32, Worker>>);
+
+impl Workers {
+    fn get(&self, topic: &str, partition: i32) -> Option<&Worker> {
+        self.0.get(topic).and_then(|partitions| partitions.get(&partition))
+    }
+
+    fn get_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Worker> {
+        self.0.get_mut(topic).and_then(|partitions| partitions.get_mut(&partition))
+    }
+
+    fn insert(&mut self, topic: &str, partition: i32, worker: Worker) -> Option<Worker> {
+        self.0.entry(topic.to_owned()).or_default().insert(partition, worker)
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&str, i32, &mut Worker)> {
+        self.0.iter_mut().flat_map(|(topic, partitions)| {
+            partitions.iter_mut().map(move |(partition, worker)| (topic.as_str(), *partition, worker))
+        })
+    }
+
+    fn into_handles(self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.0.into_values().flat_map(HashMap::into_values).map(|worker| worker.handle).collect()
+    }
+}
+
+/// Pauses or resumes one partition in librdkafka (pausing drops what librdkafka prefetched
+/// for it; resuming fetches again from the message after the last one handed out).
+fn pause_resume(
+    consumer: &StreamConsumer<GroupContext>,
+    paused: &Paused,
+    topic: &str,
+    partition: i32,
+    pause: bool,
+) -> bool {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    let result = if pause { consumer.pause(&list) } else { consumer.resume(&list) };
+    if let Err(error) = result {
+        tracing::warn!(%error, topic, partition, pause, "pausing or resuming a partition failed");
+        return false;
+    }
+    if let Ok(mut paused) = paused.lock() {
+        if pause {
+            paused.insert((topic.to_owned(), partition));
+        } else {
+            paused.remove(&(topic.to_owned(), partition));
+        }
+    }
+    true
 }
 
 /// Counts a committed batch: messages consumed, dead letters, batch duration.
@@ -200,17 +328,6 @@ fn record_batch_metrics(
     metrics::counter!("dionysus_consumer_messages_total", &labels).increment(messages as u64);
     metrics::counter!("dionysus_consumer_dead_letters_total", &labels).increment(outcome.dead_letters.len() as u64);
     metrics::histogram!("dionysus_consumer_batch_seconds", &labels).record(duration.as_secs_f64());
-}
-
-/// Waits until the first worker with pending messages has room for one; gives its key and
-/// the permit (`None` when the worker stopped).
-async fn room(
-    waiting: Option<((String, i32), mpsc::Sender<InboundMessage>)>,
-) -> ((String, i32), Option<mpsc::OwnedPermit<InboundMessage>>) {
-    match waiting {
-        Some((key, sender)) => (key, sender.reserve_owned().await.ok()),
-        None => std::future::pending().await,
-    }
 }
 
 impl Consumer {
@@ -238,10 +355,12 @@ impl Consumer {
         }
         let kafka = &inner.config.kafka;
         let assignments: Assignments = Arc::default();
+        let paused: Paused = Arc::default();
         let context = GroupContext {
             database_url: inner.config.database_url.clone(),
             group: inner.group.clone(),
             assignments: assignments.clone(),
+            paused: paused.clone(),
         };
         let mut client = crate::transport::consumer_config(kafka, &inner.group);
         client.set("statistics.interval.ms", "5000");
@@ -262,42 +381,41 @@ impl Consumer {
         })?;
         tracing::info!(group = %inner.group, topics = ?inner.topics, "consumer started");
 
-        let mut workers: HashMap<(String, i32), Worker> = HashMap::new();
+        let mut workers = Workers::default();
         let mut stream = consumer.stream();
         // Cancelled by a worker whose after-commit hook halts: the whole member stops at
         // once, as a crashed process would.
         let halt = CancellationToken::new();
-        // Messages buffered across all partitions before the reader waits for room.
-        let max_pending = inner.config.consumer.batch_size.max(1) * 8;
+        // Workers signal here when they took messages from their channel.
+        let drained = Arc::new(tokio::sync::Notify::new());
+        let batch_size = inner.config.consumer.batch_size.max(1);
+        // A partition with this much buffered is paused until it is down to `resume_at`;
+        // the others keep being read meanwhile.
+        let (pause_at, resume_at) = (Backlog::pause(batch_size), Backlog::resume(batch_size));
         loop {
-            let waiting = workers
-                .iter()
-                .find(|(_, worker)| !worker.pending.is_empty())
-                .map(|(key, worker)| (key.clone(), worker.sender.clone()));
-            let total_pending: usize = workers.values().map(|worker| worker.pending.len()).sum();
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                (key, permit) = room(waiting) => {
-                    if let Some(worker) = workers.get_mut(&key) {
-                        match (permit, worker.pending.pop_front()) {
-                            (Some(permit), Some(message)) => {
-                                permit.send(message);
-                                worker.flush();
-                            }
-                            (None, _) => worker.pending.clear(),
-                            (Some(_), None) => {}
+                () = drained.notified() => {
+                    for (topic, partition, worker) in workers.iter_mut() {
+                        worker.flush();
+                        if worker.paused
+                            && worker.within(resume_at)
+                            && !worker.revoked.load(Ordering::SeqCst)
+                            && pause_resume(&consumer, &paused, topic, partition, false)
+                        {
+                            worker.paused = false;
                         }
                     }
                     inner.health.beat();
                     continue;
                 }
                 _ = halt.cancelled() => {
-                    for worker in workers.values() {
-                        worker.handle.abort();
+                    for handle in workers.into_handles() {
+                        handle.abort();
                     }
                     return Ok(());
                 }
-                next = tokio::time::timeout(Duration::from_millis(500), stream.next()), if total_pending < max_pending => next,
+                next = tokio::time::timeout(Duration::from_millis(500), stream.next()) => next,
             };
             inner.health.beat();
             let message = match next {
@@ -309,51 +427,55 @@ impl Consumer {
                 }
                 Ok(Some(Ok(message))) => message,
             };
-            let inbound = InboundMessage {
-                topic: message.topic().to_owned(),
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-            };
-            drop(message);
-            let key = (inbound.topic.clone(), inbound.partition);
+            let (topic, partition) = (message.topic(), message.partition());
             // A worker whose assignment was not revoked is the current one (a new assignment
             // of its partition revokes the old flag), so the usual message needs no lock.
-            let live = workers.get(&key).is_some_and(|w| !w.revoked.load(Ordering::SeqCst) && !w.sender.is_closed());
+            let live = workers
+                .get(topic, partition)
+                .is_some_and(|w| !w.revoked.load(Ordering::SeqCst) && !w.sender.is_closed());
             if !live {
+                let key = (topic.to_owned(), partition);
                 let current = assignments.lock().ok().and_then(|a| a.get(&key).cloned());
                 let Some(current) = current else {
-                    tracing::debug!(topic = %key.0, partition = key.1, "message of a partition no longer assigned; dropped");
+                    tracing::debug!(topic, partition, "message of a partition no longer assigned; dropped");
                     continue;
                 };
-                let reusable =
-                    workers.get(&key).is_some_and(|w| Arc::ptr_eq(&w.revoked, &current) && !w.sender.is_closed());
+                let reusable = workers
+                    .get(topic, partition)
+                    .is_some_and(|w| Arc::ptr_eq(&w.revoked, &current) && !w.sender.is_closed());
                 if !reusable {
-                    let (sender, receiver) = mpsc::channel(inner.config.consumer.batch_size.max(1) * 2);
+                    let (sender, receiver) = mpsc::channel(batch_size * 2);
                     let handle = tokio::spawn(self.clone().partition_worker(
                         receiver,
                         current.clone(),
                         consumer.clone(),
                         producer.clone(),
+                        drained.clone(),
                         shutdown.clone(),
                         halt.clone(),
                     ));
-                    let worker = Worker { sender, pending: VecDeque::new(), revoked: current, handle };
-                    if let Some(old) = workers.insert(key.clone(), worker) {
+                    if let Some(old) = workers.insert(topic, partition, Worker::new(sender, current, handle)) {
                         drop(old.sender);
                     }
                 }
             }
-            if let Some(worker) = workers.get_mut(&key) {
-                worker.pending.push_back(inbound);
-                worker.flush();
+            let inbound = InboundMessage {
+                topic: topic.to_owned(),
+                partition,
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+            };
+            drop(message);
+            let Some(worker) = workers.get_mut(&inbound.topic, partition) else { continue };
+            if !worker.paused && worker.reaches(pause_at) {
+                worker.paused = pause_resume(&consumer, &paused, &inbound.topic, partition, true);
             }
+            worker.push(inbound);
         }
         // In-flight work finishes on shutdown; what is still buffered is read again from the
         // stored offsets by whoever consumes the partition next.
-        let handles: Vec<_> = workers.into_values().map(|worker| worker.handle).collect();
-        for handle in handles {
+        for handle in workers.into_handles() {
             if let Err(error) = handle.await {
                 tracing::warn!(%error, "partition worker ended abnormally");
             }
@@ -368,6 +490,7 @@ impl Consumer {
         revoked: Arc<AtomicBool>,
         consumer: Arc<StreamConsumer<GroupContext>>,
         producer: FutureProducer,
+        drained: Arc<tokio::sync::Notify>,
         shutdown: CancellationToken,
         halt: CancellationToken,
     ) {
@@ -385,6 +508,8 @@ impl Consumer {
                     Err(_) => break,
                 }
             }
+            // The reader refills the channel from what it buffered for this partition.
+            drained.notify_one();
             if revoked.load(Ordering::SeqCst) {
                 return;
             }
