@@ -262,6 +262,20 @@ impl Worker {
     }
 }
 
+/// What every partition worker shares with the reader.
+#[derive(Clone)]
+struct WorkerLinks {
+    /// For the Kafka commit after the database commit.
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    /// For dead letters.
+    producer: FutureProducer,
+    /// Notified when the worker took messages from its channel.
+    drained: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+    /// Cancelled when an after-commit hook halts the member.
+    halt: CancellationToken,
+}
+
 /// The reader's workers by topic, then partition (looked up without allocating a key).
 #[derive(Default)]
 struct Workers(HashMap<String, HashMap<i32, Worker>>);
@@ -388,6 +402,13 @@ impl Consumer {
         let halt = CancellationToken::new();
         // Workers signal here when they took messages from their channel.
         let drained = Arc::new(tokio::sync::Notify::new());
+        let links = WorkerLinks {
+            consumer: consumer.clone(),
+            producer,
+            drained: drained.clone(),
+            shutdown: shutdown.clone(),
+            halt: halt.clone(),
+        };
         let batch_size = inner.config.consumer.batch_size.max(1);
         // A partition with this much buffered is paused until it is down to `resume_at`;
         // the others keep being read meanwhile.
@@ -445,15 +466,7 @@ impl Consumer {
                     .is_some_and(|w| Arc::ptr_eq(&w.revoked, &current) && !w.sender.is_closed());
                 if !reusable {
                     let (sender, receiver) = mpsc::channel(batch_size * 2);
-                    let handle = tokio::spawn(self.clone().partition_worker(
-                        receiver,
-                        current.clone(),
-                        consumer.clone(),
-                        producer.clone(),
-                        drained.clone(),
-                        shutdown.clone(),
-                        halt.clone(),
-                    ));
+                    let handle = tokio::spawn(self.clone().partition_worker(receiver, current.clone(), links.clone()));
                     if let Some(old) = workers.insert(topic, partition, Worker::new(sender, current, handle)) {
                         drop(old.sender);
                     }
@@ -488,12 +501,9 @@ impl Consumer {
         self,
         mut receiver: mpsc::Receiver<InboundMessage>,
         revoked: Arc<AtomicBool>,
-        consumer: Arc<StreamConsumer<GroupContext>>,
-        producer: FutureProducer,
-        drained: Arc<tokio::sync::Notify>,
-        shutdown: CancellationToken,
-        halt: CancellationToken,
+        links: WorkerLinks,
     ) {
+        let WorkerLinks { consumer, producer, drained, shutdown, halt } = links;
         let batch_size = self.inner.config.consumer.batch_size.max(1);
         loop {
             let first = tokio::select! {
