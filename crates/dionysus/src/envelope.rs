@@ -103,14 +103,275 @@ pub struct DecodedEvent {
     /// Model name.
     pub model_name: String,
     /// Records.
-    pub data: Vec<Value>,
+    pub data: Vec<RawRecord>,
+}
+
+/// One entry of an event's `data` as sent. An object stays a list of its members in their
+/// order: the consumer builds its own map from it once, in its canonical key order, instead
+/// of a map first and then another.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawRecord {
+    /// A JSON object's members, in order (a repeated key appears twice).
+    Object(Vec<(String, Value)>),
+    /// Anything else (not a valid record, but kept to be reported).
+    Other(Value),
+}
+
+impl RawRecord {
+    /// A member's value; for a repeated key the last one, as a JSON map keeps it.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            RawRecord::Object(members) => members.iter().rev().find(|(name, _)| name == key).map(|(_, value)| value),
+            RawRecord::Other(_) => None,
+        }
+    }
+
+    /// The record as a JSON value.
+    pub fn into_value(self) -> Value {
+        match self {
+            RawRecord::Object(members) => Value::Object(members.into_iter().collect()),
+            RawRecord::Other(value) => value,
+        }
+    }
+}
+
+impl From<Value> for RawRecord {
+    fn from(value: Value) -> RawRecord {
+        match value {
+            Value::Object(object) => RawRecord::Object(object.into_iter().collect()),
+            other => RawRecord::Other(other),
+        }
+    }
 }
 
 /// Decodes a message value; `None` is a Kafka null.
+///
+/// The usual message is read in one pass straight into events and records. Anything the
+/// fast reader does not accept (bad JSON, an unexpected shape, a repeated envelope key) is
+/// read again as a plain JSON value, which decides and describes it.
 pub fn decode(value: Option<&[u8]>) -> Result<Decoded, EnvelopeError> {
     let Some(bytes) = value else { return Ok(Decoded::Tombstone) };
+    if let Ok(decoded) = serde_json::from_slice::<wire::Message>(bytes) {
+        return Ok(decoded.0);
+    }
     let json: Value = serde_json::from_slice(bytes).map_err(EnvelopeError::Json)?;
     decode_value(json)
+}
+
+/// The one-pass reader behind [`decode`]. It accepts exactly what [`decode_value`] accepts
+/// without error and yields the same result; everything else is an error here.
+mod wire {
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    use super::{Decoded, DecodedEvent, RawRecord};
+
+    /// A whole message value.
+    pub(super) struct Message(pub(super) Decoded);
+
+    impl<'de> Deserialize<'de> for Message {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Message, D::Error> {
+            deserializer.deserialize_any(MessageVisitor).map(Message)
+        }
+    }
+
+    struct MessageVisitor;
+
+    impl<'de> Visitor<'de> for MessageVisitor {
+        type Value = Decoded;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("a message object or null")
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Decoded, E> {
+            Ok(Decoded::Tombstone)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Decoded, A::Error> {
+            let mut events: Option<Option<Vec<DecodedEvent>>> = None;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key != "message" {
+                    map.next_value::<IgnoredAny>()?;
+                } else if events.is_some() {
+                    return Err(de::Error::duplicate_field("message"));
+                } else {
+                    events = Some(map.next_value::<Option<Events>>()?.map(|events| events.0));
+                }
+            }
+            Ok(match events.flatten() {
+                Some(events) => Decoded::Events(events),
+                None => Decoded::NoMessage,
+            })
+        }
+    }
+
+    struct Events(Vec<DecodedEvent>);
+
+    impl<'de> Deserialize<'de> for Events {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Events, D::Error> {
+            struct EventsVisitor;
+            impl<'de> Visitor<'de> for EventsVisitor {
+                type Value = Events;
+                fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    formatter.write_str("an array of events")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Events, A::Error> {
+                    let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(1));
+                    while let Some(event) = seq.next_element::<Event>()? {
+                        events.push(event.0);
+                    }
+                    Ok(Events(events))
+                }
+            }
+            deserializer.deserialize_seq(EventsVisitor)
+        }
+    }
+
+    struct Event(DecodedEvent);
+
+    impl<'de> Deserialize<'de> for Event {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Event, D::Error> {
+            struct EventVisitor;
+            impl<'de> Visitor<'de> for EventVisitor {
+                type Value = Event;
+                fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    formatter.write_str("an event object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
+                    let (mut event, mut model_name, mut data) = (None, None, None);
+                    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                        let slot_taken = match key.as_ref() {
+                            "event" => event.replace(map.next_value::<String>()?).is_some(),
+                            "model_name" => model_name.replace(map.next_value::<String>()?).is_some(),
+                            "data" => data.replace(map.next_value::<Data>()?.0).is_some(),
+                            _ => {
+                                map.next_value::<IgnoredAny>()?;
+                                false
+                            }
+                        };
+                        if slot_taken {
+                            return Err(de::Error::custom("repeated event key"));
+                        }
+                    }
+                    let event = event.ok_or_else(|| de::Error::missing_field("event"))?;
+                    let model_name = model_name.ok_or_else(|| de::Error::missing_field("model_name"))?;
+                    Ok(Event(DecodedEvent { event, model_name, data: data.unwrap_or_default() }))
+                }
+            }
+            deserializer.deserialize_map(EventVisitor)
+        }
+    }
+
+    /// `data`: `null` is no records, an array its records, anything else one record.
+    struct Data(Vec<RawRecord>);
+
+    impl<'de> Deserialize<'de> for Data {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Data, D::Error> {
+            struct DataVisitor;
+            impl<'de> Visitor<'de> for DataVisitor {
+                type Value = Data;
+                fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    formatter.write_str("records")
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<Data, E> {
+                    Ok(Data(Vec::new()))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Data, A::Error> {
+                    let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(1));
+                    while let Some(record) = seq.next_element_seed(RecordSeed)? {
+                        records.push(record);
+                    }
+                    Ok(Data(records))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Data, A::Error> {
+                    Ok(Data(vec![RecordVisitor.visit_map(map)?]))
+                }
+                fn visit_bool<E: de::Error>(self, value: bool) -> Result<Data, E> {
+                    Ok(Data(vec![RawRecord::Other(Value::Bool(value))]))
+                }
+                fn visit_i64<E: de::Error>(self, value: i64) -> Result<Data, E> {
+                    Ok(Data(vec![RawRecord::Other(Value::from(value))]))
+                }
+                fn visit_u64<E: de::Error>(self, value: u64) -> Result<Data, E> {
+                    Ok(Data(vec![RawRecord::Other(Value::from(value))]))
+                }
+                fn visit_f64<E: de::Error>(self, value: f64) -> Result<Data, E> {
+                    Ok(Data(vec![RawRecord::Other(Value::from(value))]))
+                }
+                fn visit_str<E: de::Error>(self, value: &str) -> Result<Data, E> {
+                    Ok(Data(vec![RawRecord::Other(Value::String(value.to_owned()))]))
+                }
+            }
+            deserializer.deserialize_any(DataVisitor)
+        }
+    }
+
+    /// One record: an object's members in order, or any other value.
+    struct RecordSeed;
+
+    impl<'de> DeserializeSeed<'de> for RecordSeed {
+        type Value = RawRecord;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<RawRecord, D::Error> {
+            // Objects are told apart from the rest by their first byte; anything else is
+            // read as a plain value.
+            deserializer.deserialize_any(RecordVisitor)
+        }
+    }
+
+    struct RecordVisitor;
+
+    impl<'de> Visitor<'de> for RecordVisitor {
+        type Value = RawRecord;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("a record")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRecord, A::Error> {
+            let mut members = Vec::with_capacity(map.size_hint().unwrap_or(24));
+            while let Some(key) = map.next_key::<String>()? {
+                members.push((key, map.next_value::<Value>()?));
+            }
+            Ok(RawRecord::Object(members))
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<RawRecord, E> {
+            Ok(RawRecord::Other(Value::Null))
+        }
+
+        fn visit_bool<E: de::Error>(self, value: bool) -> Result<RawRecord, E> {
+            Ok(RawRecord::Other(Value::Bool(value)))
+        }
+
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<RawRecord, E> {
+            Ok(RawRecord::Other(Value::from(value)))
+        }
+
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<RawRecord, E> {
+            Ok(RawRecord::Other(Value::from(value)))
+        }
+
+        fn visit_f64<E: de::Error>(self, value: f64) -> Result<RawRecord, E> {
+            Ok(RawRecord::Other(Value::from(value)))
+        }
+
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<RawRecord, E> {
+            Ok(RawRecord::Other(Value::String(value.to_owned())))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawRecord, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element::<Value>()? {
+                items.push(item);
+            }
+            Ok(RawRecord::Other(Value::Array(items)))
+        }
+    }
 }
 
 /// Decodes an already parsed value.
@@ -142,8 +403,8 @@ pub fn decode_value(json: Value) -> Result<Decoded, EnvelopeError> {
         let model_name = text("model_name")?;
         let data = match entry.remove("data") {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(records)) => records,
-            Some(record) => vec![record],
+            Some(Value::Array(records)) => records.into_iter().map(RawRecord::from).collect(),
+            Some(record) => vec![RawRecord::from(record)],
         };
         events.push(DecodedEvent { event, model_name, data });
     }
@@ -287,8 +548,63 @@ mod tests {
         ))
         .unwrap();
         let Decoded::Events(events) = decoded else { panic!("events expected") };
-        assert_eq!(events[0].data, vec![json!({"id": 1})]);
+        assert_eq!(events[0].data, vec![RawRecord::from(json!({"id": 1}))]);
         assert!(events[1].data.is_empty());
+    }
+
+    /// The one-pass reader gives what the plain-value reader gives, for every shape,
+    /// including the odd ones it hands over to the plain reader.
+    #[test]
+    fn the_fast_reader_agrees_with_the_plain_one() {
+        let cases: &[&[u8]] = &[
+            br#"{"message":[{"event":"a_created","model_name":"A","data":[{"id":1,"links":{"b":2},"x":[1,{"y":null}]}]}]}"#,
+            br#"{"message":[{"event":"a_created","model_name":"A","data":[{"id":1,"id":2,"n":"x","n":"y"}]}]}"#,
+            br#"{"message":[{"model_name":"A","extra":1,"event":"a_created","data":{"id":1}}],"other":{"k":[]}}"#,
+            br#"{"message":[{"event":"a","model_name":"A","data":[1,"s",true,null,[2],1.5,-3,{"id":18446744073709551615}]}]}"#,
+            br#"{"message":[{"event":"a","model_name":"A","data":7}]}"#,
+            br#"{"message":[{"event":"a","model_name":"A","data":"text"}]}"#,
+            br#"{"message":[{"event":"a","model_name":"A"}, {"event":"b","model_name":"B","data":null}]}"#,
+            br#"{"message":[{"event":"a","event":"b","model_name":"A","data":[]}]}"#,
+            br#"{"message":[],"message":[{"event":"a","model_name":"A","data":[]}]}"#,
+            br#"{"message":null}"#,
+            br#"{"other":1}"#,
+            br#"{}"#,
+            b"null",
+            br#"{"message":[["a_created","A",[]]]}"#,
+            br#"[{"message":[]}]"#,
+            br#"{"message":{}}"#,
+            br#"{"message":[{"event":1,"model_name":"A"}]}"#,
+            br#"{"message":[{"event":"a"}]}"#,
+            br#"{"message":[{"event":"a","model_name":"A","data":[{"s":"\u003cb\u003e \u2028 caf\u00e9"}]}]}"#,
+            b"{not json",
+            b"",
+            b"42",
+        ];
+        // Records compared as JSON values: a repeated key counts once, with its last value.
+        let normal = |decoded: Decoded| match decoded {
+            Decoded::Events(events) => Decoded::Events(
+                events
+                    .into_iter()
+                    .map(|event| DecodedEvent {
+                        data: event.data.into_iter().map(|record| RawRecord::from(record.into_value())).collect(),
+                        ..event
+                    })
+                    .collect(),
+            ),
+            other => other,
+        };
+        for case in cases {
+            let plain = serde_json::from_slice::<Value>(case).map_err(EnvelopeError::Json).and_then(decode_value);
+            let fast = decode(Some(case));
+            let (plain, fast) = (plain.map(normal), fast.map(normal));
+            match (plain, fast) {
+                (Ok(plain), Ok(fast)) => assert_eq!(plain, fast, "{}", String::from_utf8_lossy(case)),
+                (Err(plain), Err(fast)) => {
+                    assert_eq!(plain.to_string(), fast.to_string(), "{}", String::from_utf8_lossy(case));
+                }
+                (plain, fast) => panic!("{}: {plain:?} against {fast:?}", String::from_utf8_lossy(case)),
+            }
+        }
     }
 
     #[test]

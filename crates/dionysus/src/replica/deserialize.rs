@@ -5,6 +5,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::envelope::RawRecord;
 use crate::naming::singularize;
 
 /// One deserialized record.
@@ -76,17 +77,18 @@ pub enum DeserializeError {
 
 /// Deserializes an event's `data` list.
 pub fn deserialize(data: &[Value]) -> Result<Vec<Record>, DeserializeError> {
-    deserialize_owned(data.to_vec())
+    deserialize_owned(data.iter().cloned().map(RawRecord::from).collect())
 }
 
-/// [`deserialize`], taking the list: values move into the records instead of being copied.
-pub fn deserialize_owned(data: Vec<Value>) -> Result<Vec<Record>, DeserializeError> {
+/// [`deserialize`], taking the decoded records: values move into the records instead of
+/// being copied.
+pub fn deserialize_owned(data: Vec<RawRecord>) -> Result<Vec<Record>, DeserializeError> {
     data.into_iter().enumerate().map(|(index, item)| deserialize_at(item, &|| format!("data[{index}]"))).collect()
 }
 
 /// Deserializes one record.
 pub fn deserialize_one(item: &Value) -> Result<Record, DeserializeError> {
-    deserialize_at(item.clone(), &|| "data[0]".to_owned())
+    deserialize_at(RawRecord::from(item.clone()), &|| "data[0]".to_owned())
 }
 
 fn kind(value: &Value) -> String {
@@ -101,11 +103,12 @@ fn kind(value: &Value) -> String {
 }
 
 /// `path` names the record in errors (only called on error).
-fn deserialize_at(item: Value, path: &dyn Fn() -> String) -> Result<Record, DeserializeError> {
+fn deserialize_at(item: RawRecord, path: &dyn Fn() -> String) -> Result<Record, DeserializeError> {
     let payload = match item {
-        Value::Object(payload) => payload,
-        other => return Err(DeserializeError::NotAnObject { path: path(), found: kind(&other) }),
+        RawRecord::Object(payload) => payload,
+        RawRecord::Other(other) => return Err(DeserializeError::NotAnObject { path: path(), found: kind(&other) }),
     };
+    let members = payload.len();
     // One pass over the payload, in its order, moving every value.
     let mut links = Map::new();
     let mut id = Value::Null;
@@ -126,7 +129,7 @@ fn deserialize_at(item: Value, path: &dyn Fn() -> String) -> Result<Record, Dese
         }
     }
 
-    let mut record = Record::default();
+    let mut record = Record { attributes: Map::with_capacity(members + links.len() + 1), ..Record::default() };
     let attributes = &mut record.attributes;
     for (name, value) in &links {
         match value {
@@ -160,7 +163,7 @@ fn deserialize_at(item: Value, path: &dyn Fn() -> String) -> Result<Record, Dese
     for (name, link) in &links {
         let sideloaded = sideloads
             .iter()
-            .position(|(key, _)| key == name)
+            .rposition(|(key, _)| key == name)
             .map(|position| sideloads.swap_remove(position).1)
             .filter(|value| !value.is_null());
         if link.is_array() {
@@ -170,10 +173,12 @@ fn deserialize_at(item: Value, path: &dyn Fn() -> String) -> Result<Record, Dese
                     items
                         .into_iter()
                         .enumerate()
-                        .map(|(index, item)| deserialize_at(item, &|| format!("{}.{name}[{index}]", path())))
+                        .map(|(index, item)| {
+                            deserialize_at(RawRecord::from(item), &|| format!("{}.{name}[{index}]", path()))
+                        })
                         .collect::<Result<Vec<_>, _>>()?,
                 ),
-                Some(item) => Some(vec![deserialize_at(item, &|| format!("{}.{name}[0]", path()))?]),
+                Some(item) => Some(vec![deserialize_at(RawRecord::from(item), &|| format!("{}.{name}[0]", path()))?]),
             };
             record.has_many.push((name.clone(), records));
         } else {
@@ -184,8 +189,9 @@ fn deserialize_at(item: Value, path: &dyn Fn() -> String) -> Result<Record, Dese
                 },
                 _ => name.clone(),
             };
-            let sideloaded =
-                sideloaded.map(|item| deserialize_at(item, &|| format!("{}.{name}", path()))).transpose()?;
+            let sideloaded = sideloaded
+                .map(|item| deserialize_at(RawRecord::from(item), &|| format!("{}.{name}", path())))
+                .transpose()?;
             record.has_one.push((model_name, sideloaded));
         }
     }
