@@ -109,7 +109,7 @@ async fn count(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
 }
 
 /// One record as the raw consumer reads it: a typed struct, no envelope rules.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Clone)]
 struct RawRecord {
     id: i64,
     created_at: String,
@@ -155,7 +155,6 @@ async fn raw_consumer(
     partitions: i32,
     total: i64,
 ) -> Duration {
-    use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Text};
     use futures_util::StreamExt as _;
     use rdkafka::consumer::{Consumer as _, StreamConsumer};
     use rdkafka::message::Message as _;
@@ -168,12 +167,6 @@ async fn raw_consumer(
         assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
     }
     consumer.assign(&assignment).unwrap();
-    let sql = "INSERT INTO bench_raw_client SELECT * FROM unnest($1::bigint[], $2::text[]::timestamptz[], \
-               $3::text[]::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::int[], \
-               $10::int[], $11::int[], $12::int[], $13::bigint[], $14::float8[], $15::float8[], $16::float8[], \
-               $17::bool[], $18::bool[], $19::text[]::timestamptz[], $20::text[]::timestamptz[]) \
-               ON CONFLICT (synced_id) DO UPDATE SET name = EXCLUDED.name, synced_updated_at = EXCLUDED.synced_updated_at \
-               WHERE bench_raw_client.synced_updated_at IS NULL OR EXCLUDED.synced_updated_at >= bench_raw_client.synced_updated_at";
     let mut stream = consumer.stream();
     let mut started = None;
     let mut seen = 0_i64;
@@ -186,42 +179,86 @@ async fn raw_consumer(
             let envelope: RawEnvelope = serde_json::from_slice(message.payload().unwrap()).unwrap();
             records.extend(envelope.message.into_iter().flat_map(|event| event.data));
         }
-        macro_rules! column {
-            ($field:ident) => {
-                records.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
-            };
-            ($field:ident as $ty:ty) => {
-                records.iter().map(|r| r.$field as $ty).collect::<Vec<_>>()
-            };
-        }
-        conn.batch_execute("BEGIN").await.unwrap();
-        diesel::sql_query(sql)
-            .bind::<Array<BigInt>, _>(column!(id))
-            .bind::<Array<Text>, _>(column!(created_at))
-            .bind::<Array<Text>, _>(column!(updated_at))
-            .bind::<Array<Text>, _>(column!(name))
-            .bind::<Array<Text>, _>(column!(headline))
-            .bind::<Array<Text>, _>(column!(city))
-            .bind::<Array<Text>, _>(column!(country_code))
-            .bind::<Array<Text>, _>(column!(currency))
-            .bind::<Array<Integer>, _>(column!(sleeps as i32))
-            .bind::<Array<Integer>, _>(column!(bedrooms as i32))
-            .bind::<Array<Integer>, _>(column!(bathrooms as i32))
-            .bind::<Array<Integer>, _>(column!(surface as i32))
-            .bind::<Array<BigInt>, _>(column!(account_id))
-            .bind::<Array<Double>, _>(column!(daily_price))
-            .bind::<Array<Double>, _>(column!(latitude))
-            .bind::<Array<Double>, _>(column!(longitude))
-            .bind::<Array<Bool>, _>(column!(published))
-            .bind::<Array<Bool>, _>(column!(instant_booking))
-            .bind::<Array<Text>, _>(column!(checkin_at))
-            .bind::<Array<Text>, _>(column!(checkout_at))
-            .execute(conn)
-            .await
-            .unwrap();
-        conn.batch_execute("COMMIT").await.unwrap();
+        write_rows(conn, "bench_raw_client", &records).await;
     }
     started.map_or(Duration::ZERO, |started| started.elapsed())
+}
+
+/// One transaction writing `records` into `table` with a single
+/// `INSERT … SELECT FROM unnest(typed arrays) ON CONFLICT … WHERE`.
+async fn write_rows(conn: &mut AsyncPgConnection, table: &str, records: &[RawRecord]) {
+    use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Text};
+    let sql = format!(
+        "INSERT INTO {table} SELECT * FROM unnest($1::bigint[], $2::text[]::timestamptz[], \
+         $3::text[]::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::int[], \
+         $10::int[], $11::int[], $12::int[], $13::bigint[], $14::float8[], $15::float8[], $16::float8[], \
+         $17::bool[], $18::bool[], $19::text[]::timestamptz[], $20::text[]::timestamptz[]) \
+         ON CONFLICT (synced_id) DO UPDATE SET name = EXCLUDED.name, synced_updated_at = EXCLUDED.synced_updated_at \
+         WHERE {table}.synced_updated_at IS NULL OR EXCLUDED.synced_updated_at >= {table}.synced_updated_at"
+    );
+    macro_rules! column {
+        ($field:ident) => {
+            records.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+        };
+        ($field:ident as $ty:ty) => {
+            records.iter().map(|r| r.$field as $ty).collect::<Vec<_>>()
+        };
+    }
+    conn.batch_execute("BEGIN").await.unwrap();
+    diesel::sql_query(sql)
+        .bind::<Array<BigInt>, _>(column!(id))
+        .bind::<Array<Text>, _>(column!(created_at))
+        .bind::<Array<Text>, _>(column!(updated_at))
+        .bind::<Array<Text>, _>(column!(name))
+        .bind::<Array<Text>, _>(column!(headline))
+        .bind::<Array<Text>, _>(column!(city))
+        .bind::<Array<Text>, _>(column!(country_code))
+        .bind::<Array<Text>, _>(column!(currency))
+        .bind::<Array<Integer>, _>(column!(sleeps as i32))
+        .bind::<Array<Integer>, _>(column!(bedrooms as i32))
+        .bind::<Array<Integer>, _>(column!(bathrooms as i32))
+        .bind::<Array<Integer>, _>(column!(surface as i32))
+        .bind::<Array<BigInt>, _>(column!(account_id))
+        .bind::<Array<Double>, _>(column!(daily_price))
+        .bind::<Array<Double>, _>(column!(latitude))
+        .bind::<Array<Double>, _>(column!(longitude))
+        .bind::<Array<Bool>, _>(column!(published))
+        .bind::<Array<Bool>, _>(column!(instant_booking))
+        .bind::<Array<Text>, _>(column!(checkin_at))
+        .bind::<Array<Text>, _>(column!(checkout_at))
+        .execute(conn)
+        .await
+        .unwrap();
+    conn.batch_execute("COMMIT").await.unwrap();
+}
+
+/// The database side alone, as fast as a client can feed it: the rows already parsed into
+/// typed arrays (no Kafka, no JSON), written in transactions of 1000 from `partitions`
+/// connections at once. No consumer can be faster than this on the same machine.
+async fn write_ceiling(db: &TestDb, total: i64, partitions: usize) -> Duration {
+    let rows: Vec<RawRecord> = (1..=total).map(|i| serde_json::from_value(record(i)).unwrap()).collect();
+    let quarter = rows.len().div_ceil(partitions).max(1);
+    let mut connections = Vec::new();
+    for _ in 0..partitions {
+        connections.push(db.connection().await);
+    }
+    let parts: Vec<Vec<RawRecord>> = rows.chunks(quarter).map(<[RawRecord]>::to_vec).collect();
+    let started = Instant::now();
+    let tasks: Vec<_> = parts
+        .into_iter()
+        .zip(connections)
+        .map(|(part, mut conn)| {
+            tokio::spawn(async move {
+                for chunk in part.chunks(1000) {
+                    write_rows(&mut conn, "bench_ceiling", chunk).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    started.elapsed()
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -231,7 +268,8 @@ async fn main() {
     let db = TestDb::migrated().await;
     let mut conn = db.connection().await;
     conn.batch_execute(&format!(
-        "CREATE TABLE bench_rentals ({COLUMNS}); CREATE TABLE bench_raw ({COLUMNS}); CREATE TABLE bench_raw_client ({COLUMNS});"
+        "CREATE TABLE bench_rentals ({COLUMNS}); CREATE TABLE bench_raw ({COLUMNS}); CREATE TABLE bench_raw_client ({COLUMNS}); \
+         CREATE TABLE bench_ceiling ({COLUMNS});"
     ))
         .await
         .unwrap();
@@ -421,10 +459,13 @@ async fn main() {
 
     let client_wall = raw_consumer(&mut conn, &kafka, &topic, partitions, total).await;
     assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM bench_raw_client").await, total);
+    let ceiling_wall = write_ceiling(&db, total, partitions as usize).await;
+    assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM bench_ceiling").await, total);
 
     let rate = total as f64 / wall.as_secs_f64();
     let raw_rate = total as f64 / raw_wall.as_secs_f64();
     let client_rate = total as f64 / client_wall.as_secs_f64();
+    let ceiling_rate = total as f64 / ceiling_wall.as_secs_f64();
     println!(
         "dionysus consumer: {total} messages in {:.2} s = {rate:.0} msg/s (wall, group join included)",
         wall.as_secs_f64()
@@ -439,6 +480,11 @@ async fn main() {
         client_wall.as_secs_f64()
     );
     println!(
+        "client write ceiling (rows pre-parsed into typed arrays, {partitions} connections, no Kafka or JSON): {total} rows in {:.2} s = {ceiling_rate:.0} rows/s = {:.0}% of the server-side statement",
+        ceiling_wall.as_secs_f64(),
+        100.0 * ceiling_rate / raw_rate
+    );
+    println!(
         "ratio to the server-side statement: {:.0}% (wall), {:.0}% (after first batch)",
         100.0 * rate / raw_rate,
         100.0 * steady_rate / raw_rate
@@ -448,4 +494,5 @@ async fn main() {
         100.0 * rate / client_rate,
         100.0 * steady_rate / client_rate
     );
+    println!("ratio to the client write ceiling: {:.0}% (after first batch)", 100.0 * steady_rate / ceiling_rate);
 }
