@@ -169,6 +169,28 @@ mod wire {
 
     use super::{Decoded, DecodedEvent, RawRecord};
 
+    /// The visitor methods for booleans, numbers and strings, each giving
+    /// `RawRecord::Other(value)` passed through `$wrap`.
+    macro_rules! scalars {
+        ($output:ty, $wrap:expr) => {
+            fn visit_bool<E: de::Error>(self, value: bool) -> Result<$output, E> {
+                Ok($wrap(RawRecord::Other(Value::Bool(value))))
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<$output, E> {
+                Ok($wrap(RawRecord::Other(Value::from(value))))
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<$output, E> {
+                Ok($wrap(RawRecord::Other(Value::from(value))))
+            }
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<$output, E> {
+                Ok($wrap(RawRecord::Other(Value::from(value))))
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<$output, E> {
+                Ok($wrap(RawRecord::Other(Value::String(value.to_owned()))))
+            }
+        };
+    }
+
     /// A whole message value.
     pub(super) struct Message(pub(super) Decoded);
 
@@ -290,21 +312,7 @@ mod wire {
                 fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Data, A::Error> {
                     Ok(Data(vec![RecordVisitor.visit_map(map)?]))
                 }
-                fn visit_bool<E: de::Error>(self, value: bool) -> Result<Data, E> {
-                    Ok(Data(vec![RawRecord::Other(Value::Bool(value))]))
-                }
-                fn visit_i64<E: de::Error>(self, value: i64) -> Result<Data, E> {
-                    Ok(Data(vec![RawRecord::Other(Value::from(value))]))
-                }
-                fn visit_u64<E: de::Error>(self, value: u64) -> Result<Data, E> {
-                    Ok(Data(vec![RawRecord::Other(Value::from(value))]))
-                }
-                fn visit_f64<E: de::Error>(self, value: f64) -> Result<Data, E> {
-                    Ok(Data(vec![RawRecord::Other(Value::from(value))]))
-                }
-                fn visit_str<E: de::Error>(self, value: &str) -> Result<Data, E> {
-                    Ok(Data(vec![RawRecord::Other(Value::String(value.to_owned()))]))
-                }
+                scalars!(Data, |record| Data(vec![record]));
             }
             deserializer.deserialize_any(DataVisitor)
         }
@@ -344,25 +352,7 @@ mod wire {
             Ok(RawRecord::Other(Value::Null))
         }
 
-        fn visit_bool<E: de::Error>(self, value: bool) -> Result<RawRecord, E> {
-            Ok(RawRecord::Other(Value::Bool(value)))
-        }
-
-        fn visit_i64<E: de::Error>(self, value: i64) -> Result<RawRecord, E> {
-            Ok(RawRecord::Other(Value::from(value)))
-        }
-
-        fn visit_u64<E: de::Error>(self, value: u64) -> Result<RawRecord, E> {
-            Ok(RawRecord::Other(Value::from(value)))
-        }
-
-        fn visit_f64<E: de::Error>(self, value: f64) -> Result<RawRecord, E> {
-            Ok(RawRecord::Other(Value::from(value)))
-        }
-
-        fn visit_str<E: de::Error>(self, value: &str) -> Result<RawRecord, E> {
-            Ok(RawRecord::Other(Value::String(value.to_owned())))
-        }
+        scalars!(RawRecord, std::convert::identity);
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawRecord, A::Error> {
             let mut items = Vec::new();
