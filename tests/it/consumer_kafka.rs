@@ -430,3 +430,45 @@ async fn a_busy_partition_does_not_hold_up_the_others() {
         assert_eq!(offsets.last(), Some(&per_partition));
     }
 }
+
+/// Aborting the task that runs the consumer (or dropping its future) stops its partition
+/// workers too, as a crash would: no batch is committed afterwards. The graceful stop is the
+/// shutdown token.
+#[tokio::test(flavor = "multi_thread")]
+async fn aborting_the_consumer_task_stops_its_workers() {
+    let db = replica_db().await;
+    let mut conn = db.connection().await;
+    conn.batch_execute(
+        "CREATE FUNCTION slow_write() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(0.01); RETURN NEW; END $$ LANGUAGE plpgsql;
+         CREATE TRIGGER slow_write BEFORE INSERT OR UPDATE ON rentals FOR EACH ROW EXECUTE FUNCTION slow_write();",
+    )
+    .await
+    .unwrap();
+    let kafka = kafka_config();
+    let topic = create_topic(&kafka, "replica_abort", 1).await;
+    let producer = dionysus::transport::producer(&kafka).unwrap();
+    let values: Vec<Vec<u8>> = (1..=400).map(|id| rental("rental_created", id, "created", 1)).collect();
+    let sends = values.iter().map(|value| {
+        producer.send(FutureRecord::<str, [u8]>::to(&topic).partition(0).payload(value), Duration::from_secs(30))
+    });
+    for result in futures_util::future::join_all(sends).await {
+        result.map_err(|(error, _)| error).unwrap();
+    }
+    let consumer = {
+        let mut config =
+            dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+        config.consumer.batch_size = 50;
+        builder(&db, &kafka, &topic, "unused_dead_letters").config(config).build().unwrap()
+    };
+    let task = tokio::spawn(async move { consumer.run(CancellationToken::new()).await });
+    wait_for_stored(&mut conn, |stored| stored > 0, Duration::from_secs(60)).await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    // A commit already on its way to the database may still land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped_at = stored_total(&mut conn).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = stored_total(&mut conn).await;
+    assert!(stopped_at < 400, "the consumer was stopped before the end");
+    assert_eq!(later, stopped_at, "no batch committed after the consumer's task was aborted");
+}

@@ -277,8 +277,29 @@ struct WorkerLinks {
 }
 
 /// The reader's workers by topic, then partition (looked up without allocating a key).
+/// Dropping it (the consumer's task aborted or its future dropped) aborts the workers, as a
+/// crash would stop them; a graceful stop awaits them through [`Workers::into_handles`].
 #[derive(Default)]
 struct Workers(HashMap<String, HashMap<i32, Worker>>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for worker in self.0.values().flat_map(HashMap::values) {
+            worker.handle.abort();
+        }
+    }
+}
+
+/// Worker tasks being awaited; the ones still running when this is dropped are aborted.
+struct Handles(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            handle.abort();
+        }
+    }
+}
 
 impl Workers {
     fn get(&self, topic: &str, partition: i32) -> Option<&Worker> {
@@ -299,8 +320,9 @@ impl Workers {
         })
     }
 
-    fn into_handles(self) -> Vec<tokio::task::JoinHandle<()>> {
-        self.0.into_values().flat_map(HashMap::into_values).map(|worker| worker.handle).collect()
+    fn into_handles(mut self) -> Handles {
+        let workers = std::mem::take(&mut self.0);
+        Handles(workers.into_values().flat_map(HashMap::into_values).map(|worker| worker.handle).collect())
     }
 }
 
@@ -430,12 +452,8 @@ impl Consumer {
                     inner.health.beat();
                     continue;
                 }
-                _ = halt.cancelled() => {
-                    for handle in workers.into_handles() {
-                        handle.abort();
-                    }
-                    return Ok(());
-                }
+                // Dropping the workers aborts them.
+                _ = halt.cancelled() => return Ok(()),
                 next = tokio::time::timeout(Duration::from_millis(500), stream.next()) => next,
             };
             inner.health.beat();
@@ -488,7 +506,8 @@ impl Consumer {
         }
         // In-flight work finishes on shutdown; what is still buffered is read again from the
         // stored offsets by whoever consumes the partition next.
-        for handle in workers.into_handles() {
+        let mut handles = workers.into_handles();
+        for handle in &mut handles.0 {
             if let Err(error) = handle.await {
                 tracing::warn!(%error, "partition worker ended abnormally");
             }
