@@ -57,6 +57,29 @@ async fn send(producer: &FutureProducer, topic: &str, partition: i32, key: Optio
     producer.send(record, Duration::from_secs(10)).await.map_err(|(error, _)| error).unwrap();
 }
 
+/// Sends `values` to one partition, 500 in flight at a time.
+async fn send_many(producer: &FutureProducer, topic: &str, partition: i32, values: &[Vec<u8>]) {
+    for chunk in values.chunks(500) {
+        let sends = chunk.iter().map(|value| {
+            producer
+                .send(FutureRecord::<str, [u8]>::to(topic).partition(partition).payload(value), Duration::from_secs(30))
+        });
+        for result in futures_util::future::join_all(sends).await {
+            result.map_err(|(error, _)| error).unwrap();
+        }
+    }
+}
+
+/// Makes every write to `rentals` take `seconds` longer (a trigger sleeps).
+async fn slow_writes(conn: &mut AsyncPgConnection, seconds: f64) {
+    conn.batch_execute(&format!(
+        "CREATE FUNCTION slow_write() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$ LANGUAGE plpgsql;
+         CREATE TRIGGER slow_write BEFORE INSERT OR UPDATE ON rentals FOR EACH ROW EXECUTE FUNCTION slow_write();"
+    ))
+    .await
+    .unwrap();
+}
+
 fn rental(event_name: &str, id: i64, name: &str, at: i64) -> Vec<u8> {
     json!({"message": [{"event": event_name, "model_name": "Rental", "data": [{"id": id, "name": name, "updated_at": t(at)}]}]})
         .to_string()
@@ -346,12 +369,7 @@ async fn two_consumers_rebalancing_converge_to_the_source() {
 async fn a_busy_partition_does_not_hold_up_the_others() {
     let db = replica_db().await;
     let mut conn = db.connection().await;
-    conn.batch_execute(
-        "CREATE FUNCTION slow_write() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$ LANGUAGE plpgsql;
-         CREATE TRIGGER slow_write BEFORE INSERT OR UPDATE ON rentals FOR EACH ROW EXECUTE FUNCTION slow_write();",
-    )
-    .await
-    .unwrap();
+    slow_writes(&mut conn, 0.002).await;
     let kafka = kafka_config();
     let topic = create_topic(&kafka, "replica_backlog", 2).await;
     let producer = dionysus::transport::producer(&kafka).unwrap();
@@ -360,17 +378,7 @@ async fn a_busy_partition_does_not_hold_up_the_others() {
         let values: Vec<Vec<u8>> = (1..=per_partition)
             .map(|n| rental("rental_created", i64::from(partition) * 100_000 + n, "created", 1))
             .collect();
-        for chunk in values.chunks(500) {
-            let sends = chunk.iter().map(|value| {
-                producer.send(
-                    FutureRecord::<str, [u8]>::to(&topic).partition(partition).payload(value),
-                    Duration::from_secs(30),
-                )
-            });
-            for result in futures_util::future::join_all(sends).await {
-                result.map_err(|(error, _)| error).unwrap();
-            }
-        }
+        send_many(&producer, &topic, partition, &values).await;
     }
     let commits: Arc<std::sync::Mutex<Vec<(i32, i64)>>> = Arc::default();
     let consumer = {
@@ -438,22 +446,12 @@ async fn a_busy_partition_does_not_hold_up_the_others() {
 async fn aborting_the_consumer_task_stops_its_workers() {
     let db = replica_db().await;
     let mut conn = db.connection().await;
-    conn.batch_execute(
-        "CREATE FUNCTION slow_write() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(0.01); RETURN NEW; END $$ LANGUAGE plpgsql;
-         CREATE TRIGGER slow_write BEFORE INSERT OR UPDATE ON rentals FOR EACH ROW EXECUTE FUNCTION slow_write();",
-    )
-    .await
-    .unwrap();
+    slow_writes(&mut conn, 0.01).await;
     let kafka = kafka_config();
     let topic = create_topic(&kafka, "replica_abort", 1).await;
     let producer = dionysus::transport::producer(&kafka).unwrap();
     let values: Vec<Vec<u8>> = (1..=400).map(|id| rental("rental_created", id, "created", 1)).collect();
-    let sends = values.iter().map(|value| {
-        producer.send(FutureRecord::<str, [u8]>::to(&topic).partition(0).payload(value), Duration::from_secs(30))
-    });
-    for result in futures_util::future::join_all(sends).await {
-        result.map_err(|(error, _)| error).unwrap();
-    }
+    send_many(&producer, &topic, 0, &values).await;
     let consumer = {
         let mut config =
             dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
