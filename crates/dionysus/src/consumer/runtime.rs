@@ -488,6 +488,11 @@ impl Consumer {
                     if let Some(old) = workers.insert(topic, partition, Worker::new(sender, current, handle)) {
                         drop(old.sender);
                     }
+                    // A partition its previous worker paused (and no new assignment resumed)
+                    // would never be fetched again for the new one.
+                    if paused.lock().is_ok_and(|paused| paused.contains(&key)) {
+                        pause_resume(&consumer, &paused, topic, partition, false);
+                    }
                 }
             }
             let inbound = InboundMessage {
