@@ -16,7 +16,9 @@ use super::events::{ConsumedEvent, LocalChange, MessageFilter};
 use crate::envelope::{decode, Decoded, EnvelopeError};
 use crate::naming::{event_prefix, EventKind};
 use crate::replica::deserialize::deserialize_owned;
-use crate::replica::plan::{guard_from_columns, intent, normalize_row, plan, prepare, Intent, Prepared, RecordError};
+use crate::replica::plan::{
+    guard_from_prepared, normalize_row, plan, prepare, take_intent, Intent, Prepared, RecordError,
+};
 use crate::replica::sql::{self, id_key, ColumnTypes, UpsertRow};
 use crate::replica::{Record, ReplicaDescriptor, Replicas, RowPlan};
 
@@ -229,30 +231,30 @@ impl Rules {
             let kind = EventKind::classify(&event.event);
             let bus = ConsumedEvent {
                 topic: topic.clone(),
-                event_name: event.event.clone(),
-                model_name: event.model_name.clone(),
+                event_name: event.event,
+                model_name: event.model_name,
                 transformed_data: records,
                 local_changes: Vec::new(),
             };
             if kind.is_none() {
-                tracing::debug!(topic = %topic, event = %event.event, "unknown event type; not persisted");
+                tracing::debug!(topic = %topic, event = %bus.event_name, "unknown event type; not persisted");
                 work.push(EventWork { bus, kind, import, nodes: Vec::new() });
                 continue;
             }
-            let Some(replica) = self.replicas.find(&event.model_name) else {
+            let Some(replica) = self.replicas.find(&bus.model_name) else {
                 if self.unknown_model == UnknownModel::DeadLetter {
                     failure.get_or_insert((
                         "unknown_model",
-                        format!("no replica model for `{}` (event {} on {topic})", event.model_name, event.event),
+                        format!("no replica model for `{}` (event {} on {topic})", bus.model_name, bus.event_name),
                     ));
                 } else {
-                    tracing::debug!(topic = %topic, model = %event.model_name, "unknown model; not persisted");
+                    tracing::debug!(topic = %topic, model = %bus.model_name, "unknown model; not persisted");
                 }
                 work.push(EventWork { bus, kind, import, nodes: Vec::new() });
                 continue;
             };
             let nodes: Result<Vec<Node>, RecordError> =
-                bus.transformed_data.iter().map(|record| self.node(replica, record, &event.model_name)).collect();
+                bus.transformed_data.iter().map(|record| self.node(replica, record, &bus.model_name)).collect();
             match nodes {
                 Ok(nodes) => work.push(EventWork { bus, kind, import, nodes }),
                 Err(error) => {
@@ -306,9 +308,9 @@ fn message_array(message: &InboundMessage) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// One record to apply at some level.
-struct Unit<'a> {
-    node: &'a Node,
+/// One record to apply at some level (its node moves from level to level).
+struct Unit {
+    node: Node,
     kind: EventKind,
     aggregate_root: bool,
     import: bool,
@@ -340,47 +342,36 @@ pub(crate) async fn apply(
             }
         }
     }
-    let mut level: Vec<Unit<'_>> = roots
-        .iter()
+    let mut level: Vec<Unit> = roots
+        .into_iter()
         .flat_map(|(event, kind, import, nodes)| {
-            nodes.iter().map(|node| Unit { node, kind: *kind, aggregate_root: true, import: *import, event: *event })
+            nodes.into_iter().map(move |node| Unit { node, kind, aggregate_root: true, import, event })
         })
         .collect();
     // (child table, foreign key) → [(parent id, child ids)] in order.
     let mut resolves: BTreeMap<(&'static str, String), Resolve> = BTreeMap::new();
     while !level.is_empty() {
-        let applied = apply_level(conn, &level, &mut events, now, batch.track_changes, &batch.column_types).await?;
+        let applied = apply_level(conn, &mut level, &mut events, now, batch.track_changes, &batch.column_types).await?;
         let mut next = Vec::new();
-        for (unit, applied) in level.iter().zip(applied) {
+        for (unit, applied) in level.into_iter().zip(applied) {
             if !applied || unit.import {
                 continue;
             }
-            let parent = unit.node;
-            for (child, children) in &parent.has_many {
-                next.extend(children.iter().map(|node| Unit {
-                    node,
-                    kind: unit.kind,
-                    aggregate_root: false,
-                    import: false,
-                    event: unit.event,
-                }));
+            let Unit { node: parent, kind, event, .. } = unit;
+            let child = |node| Unit { node, kind, aggregate_root: false, import: false, event };
+            for (child_replica, children) in parent.has_many {
                 let foreign_key = format!("synced_{}_id", event_prefix(parent.replica.model));
-                if child.column(&foreign_key).is_some() {
+                if child_replica.column(&foreign_key).is_some() {
                     let ids = children.iter().map(|node| node.prepared.synced_id.clone()).collect();
                     resolves
-                        .entry((child.table, foreign_key))
-                        .or_insert_with(|| (child, Vec::new()))
+                        .entry((child_replica.table, foreign_key))
+                        .or_insert_with(|| (child_replica, Vec::new()))
                         .1
                         .push((parent.prepared.synced_id.clone(), ids));
                 }
+                next.extend(children.into_iter().map(child));
             }
-            next.extend(parent.has_one.iter().map(|node| Unit {
-                node,
-                kind: unit.kind,
-                aggregate_root: false,
-                import: false,
-                event: unit.event,
-            }));
+            next.extend(parent.has_one.into_iter().map(child));
         }
         level = next;
     }
@@ -407,7 +398,7 @@ fn final_links(links: Vec<(Value, Vec<Value>)>) -> Vec<(Value, Vec<Value>)> {
 /// Applies one level; returns for each unit whether it passed the timestamp guard.
 async fn apply_level(
     conn: &mut AsyncPgConnection,
-    units: &[Unit<'_>],
+    units: &mut [Unit],
     events: &mut [ConsumedEvent],
     now: DateTime<Utc>,
     track_changes: bool,
@@ -439,25 +430,22 @@ async fn apply_level(
             let mut removals: Vec<usize> = Vec::new();
             let mut exact: Vec<usize> = Vec::new();
             for &index in &members {
-                let unit = &units[index];
-                if unit.import || track_changes {
+                let unit = &mut units[index];
+                if unit.import || track_changes || !guard_from_prepared(replica, &unit.node.prepared) {
                     exact.push(index);
                     continue;
                 }
-                let prepared = &unit.node.prepared;
-                match intent(replica, unit.kind, unit.aggregate_root, prepared, now) {
+                // Written once from here: the values move into the statement.
+                match take_intent(replica, unit.kind, unit.aggregate_root, &mut unit.node.prepared, now) {
                     Intent::Remove => removals.push(index),
-                    Intent::Write { assigned, keep } if guard_from_columns(replica, &assigned, prepared.event_time) => {
-                        upserts.push((index, UpsertRow { values: assigned, keep }));
-                    }
-                    Intent::Write { .. } => exact.push(index),
+                    Intent::Write { assigned, keep } => upserts.push((index, UpsertRow { values: assigned, keep })),
                 }
             }
             // Which rows passed the guard only matters for records with sideloads.
             let with_children: Vec<bool> = upserts
                 .iter()
                 .map(|(index, _)| {
-                    let node = units[*index].node;
+                    let node = &units[*index].node;
                     !node.has_many.is_empty() || !node.has_one.is_empty()
                 })
                 .collect();

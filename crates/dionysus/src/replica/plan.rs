@@ -244,8 +244,32 @@ pub fn intent(
     prepared: &Prepared,
     now: DateTime<Utc>,
 ) -> Intent {
-    let mut assigned: Vec<(&'static str, Value)> =
-        prepared.assignments.iter().map(|(column, value)| (column.name, value.clone())).collect();
+    let assigned = prepared.assignments.iter().map(|(column, value)| (column.name, value.clone())).collect();
+    intent_with(replica, kind, aggregate_root, prepared, assigned, now)
+}
+
+/// [`intent`], moving the prepared values into the result instead of copying them: for a
+/// record that is written once and not planned again. `prepared.assignments` is left empty.
+pub fn take_intent(
+    replica: &ReplicaDescriptor,
+    kind: EventKind,
+    aggregate_root: bool,
+    prepared: &mut Prepared,
+    now: DateTime<Utc>,
+) -> Intent {
+    let assignments = std::mem::take(&mut prepared.assignments);
+    let assigned = assignments.into_iter().map(|(column, value)| (column.name, value)).collect();
+    intent_with(replica, kind, aggregate_root, prepared, assigned, now)
+}
+
+fn intent_with(
+    replica: &ReplicaDescriptor,
+    kind: EventKind,
+    aggregate_root: bool,
+    prepared: &Prepared,
+    mut assigned: Vec<(&'static str, Value)>,
+    now: DateTime<Utc>,
+) -> Intent {
     let mut keep = None;
     let has_canceled_at = prepared.has_canceled_at;
     if kind == EventKind::Destroyed && aggregate_root {
@@ -279,24 +303,26 @@ fn assign(assigned: &mut Vec<(&'static str, Value)>, name: &'static str, value: 
 /// timestamp guard exactly as [`plan`] does: PostgreSQL sees the event time only through the
 /// written `synced_updated_at` (else the written `synced_created_at`), so that must be the
 /// event's time. It is whenever the payload carries `updated_at`, as producers send it.
-pub fn guard_from_columns(
-    replica: &ReplicaDescriptor,
-    assigned: &[(&'static str, Value)],
-    event_time: Option<DateTime<Utc>>,
-) -> bool {
+///
+/// Decided from the prepared values, before [`intent`]: the intent writes only the
+/// soft-delete column and the synced id besides them, so the time columns it writes are
+/// these (a soft-delete column that is also a time column is left to the exact path).
+pub fn guard_from_prepared(replica: &ReplicaDescriptor, prepared: &Prepared) -> bool {
     let time_columns = [Some(replica.synced_updated_at), replica.synced_created_at];
-    if time_columns
-        .into_iter()
-        .flatten()
-        .any(|name| replica.column(name).is_none_or(|c| c.kind != ColumnKind::Timestamp))
+    if replica.soft_delete.is_some_and(|soft_delete| time_columns.contains(&Some(soft_delete)))
+        || time_columns
+            .into_iter()
+            .flatten()
+            .any(|name| replica.column(name).is_none_or(|c| c.kind != ColumnKind::Timestamp))
     {
         return false;
     }
-    let written =
-        |name: &str| assigned.iter().find(|(column, _)| *column == name).map(|(_, value)| parse_timestamp(value));
+    let written = |name: &str| {
+        prepared.assignments.iter().find(|(column, _)| column.name == name).map(|(_, value)| parse_timestamp(value))
+    };
     let Some(updated) = written(replica.synced_updated_at) else { return false };
     let column_time = updated.or_else(|| replica.synced_created_at.and_then(written).flatten());
-    column_time == event_time
+    column_time == prepared.event_time
 }
 
 /// Whether the stored row's time makes the record stale (C-10): both times known and the

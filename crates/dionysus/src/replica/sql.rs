@@ -342,7 +342,7 @@ impl ColumnArray {
 /// without, an empty set.
 ///
 /// Only exact when the written time columns carry the event's time; see
-/// [`crate::replica::plan::guard_from_columns`].
+/// [`crate::replica::plan::guard_from_prepared`].
 pub async fn upsert_rows(
     conn: &mut AsyncPgConnection,
     replica: &'static ReplicaDescriptor,
