@@ -26,16 +26,22 @@ const WRITES_LOG: &str = "
     CREATE TRIGGER rental_writes AFTER INSERT OR UPDATE ON rentals FOR EACH ROW EXECUTE FUNCTION log_rental_write();
 ";
 
+/// The test database and broker, with batches of `batch_size`.
+fn config(db: &TestDb, kafka: &dionysus::config::KafkaConfig, batch_size: usize) -> dionysus::Config {
+    let mut config =
+        dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+    config.consumer.batch_size = batch_size;
+    config
+}
+
 fn builder(
     db: &TestDb,
     kafka: &dionysus::config::KafkaConfig,
     topic: &str,
     dead_letters: &str,
 ) -> dionysus::consumer::ConsumerBuilder {
-    let mut config =
-        dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+    let mut config = config(db, kafka, 50);
     config.consumer.dead_letter_topic = dead_letters.to_owned();
-    config.consumer.batch_size = 50;
     Consumer::builder(config)
         .pool(db.pool(4))
         .replicas(replicas())
@@ -218,16 +224,10 @@ async fn crash_between_db_commit_and_kafka_commit_applies_each_change_once() {
     }
     let events = Arc::new(AtomicUsize::new(0));
     let halted = Arc::new(AtomicBool::new(false));
-    let small_batches = |db: &TestDb| {
-        let mut config =
-            dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
-        config.consumer.batch_size = 4;
-        config
-    };
     let first = {
         let (halted, events) = (halted.clone(), events.clone());
         builder(&db, &kafka, &topic, "unused_dead_letters")
-            .config(small_batches(&db))
+            .config(config(&db, &kafka, 4))
             .subscribe(move |n| {
                 if let Notification::Event(_) = n {
                     events.fetch_add(1, Ordering::SeqCst);
@@ -256,7 +256,7 @@ async fn crash_between_db_commit_and_kafka_commit_applies_each_change_once() {
     let second = {
         let events_after = events_after.clone();
         builder(&db, &kafka, &topic, "unused_dead_letters")
-            .config(small_batches(&db))
+            .config(config(&db, &kafka, 4))
             .subscribe(move |n| {
                 if let Notification::Event(_) = n {
                     events_after.fetch_add(1, Ordering::SeqCst);
@@ -322,11 +322,9 @@ async fn two_consumers_rebalancing_converge_to_the_source() {
         conn.batch_execute(&sql).await.unwrap();
     }
     let member = |name: &str| {
-        let mut config =
-            dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+        let mut config = config(&db, &kafka, 20);
         // Every message is a change, so the write log can prove exactly-once.
         config.consumer.remove_duplicates = false;
-        config.consumer.batch_size = 20;
         let builder = builder(&db, &kafka, &topic, "unused_dead_letters")
             .config(config)
             .kafka_property("client.id", name.to_owned());
@@ -382,12 +380,9 @@ async fn a_busy_partition_does_not_hold_up_the_others() {
     }
     let commits: Arc<std::sync::Mutex<Vec<(i32, i64)>>> = Arc::default();
     let consumer = {
-        let mut config =
-            dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
-        config.consumer.batch_size = 10;
         let commits = commits.clone();
         builder(&db, &kafka, &topic, "unused_dead_letters")
-            .config(config)
+            .config(config(&db, &kafka, 10))
             .after_db_commit(move |_, partition, next_offset| {
                 commits.lock().unwrap().push((partition, next_offset));
                 AfterCommit::Continue
@@ -452,12 +447,7 @@ async fn aborting_the_consumer_task_stops_its_workers() {
     let producer = dionysus::transport::producer(&kafka).unwrap();
     let values: Vec<Vec<u8>> = (1..=400).map(|id| rental("rental_created", id, "created", 1)).collect();
     send_many(&producer, &topic, 0, &values).await;
-    let consumer = {
-        let mut config =
-            dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
-        config.consumer.batch_size = 50;
-        builder(&db, &kafka, &topic, "unused_dead_letters").config(config).build().unwrap()
-    };
+    let consumer = builder(&db, &kafka, &topic, "unused_dead_letters").config(config(&db, &kafka, 50)).build().unwrap();
     let task = tokio::spawn(async move { consumer.run(CancellationToken::new()).await });
     wait_for_stored(&mut conn, |stored| stored > 0, Duration::from_secs(60)).await;
     task.abort();

@@ -163,7 +163,7 @@ pub fn decode(value: Option<&[u8]>) -> Result<Decoded, EnvelopeError> {
 mod wire {
     use std::fmt;
 
-    use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
     use serde::Deserialize;
     use serde_json::Value;
 
@@ -304,7 +304,7 @@ mod wire {
                 }
                 fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Data, A::Error> {
                     let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(1));
-                    while let Some(record) = seq.next_element_seed(RecordSeed)? {
+                    while let Some(record) = seq.next_element::<RawRecord>()? {
                         records.push(record);
                     }
                     Ok(Data(records))
@@ -319,14 +319,8 @@ mod wire {
     }
 
     /// One record: an object's members in order, or any other value.
-    struct RecordSeed;
-
-    impl<'de> DeserializeSeed<'de> for RecordSeed {
-        type Value = RawRecord;
-
-        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<RawRecord, D::Error> {
-            // Objects are told apart from the rest by their first byte; anything else is
-            // read as a plain value.
+    impl<'de> Deserialize<'de> for RawRecord {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RawRecord, D::Error> {
             deserializer.deserialize_any(RecordVisitor)
         }
     }
