@@ -16,4 +16,5 @@ mod kafka;
 mod migrations;
 mod producer;
 mod relay;
+mod relay_order;
 mod topics;

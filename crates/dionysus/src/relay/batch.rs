@@ -1,8 +1,10 @@
-//! One relay batch: read the pending rows of the worker's buckets in id order, hold back the
-//! keys that must wait, build the messages, produce them, and record every outcome in two
-//! statements (published rows; failed rows with their backoff).
+//! One relay batch: read the due rows of the worker's buckets in id order — leaving out every
+//! row whose key has an earlier row waiting for a retry, decided in the same statement with one
+//! clock — build the messages, produce them, settle the outcomes so that no row is marked
+//! published behind a failed row of its key, and record them in two statements (published
+//! rows; failed rows with their backoff).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -45,14 +47,6 @@ pub(crate) struct PendingRow {
     pub(crate) created_at: DateTime<Utc>,
 }
 
-#[derive(diesel::QueryableByName)]
-struct BlockedKey {
-    #[diesel(sql_type = Text)]
-    ordering_key: String,
-    #[diesel(sql_type = BigInt)]
-    first_id: i64,
-}
-
 /// What a batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchReport {
@@ -88,13 +82,12 @@ impl Batch<'_> {
         buckets: &[i16],
     ) -> Result<BatchReport, diesel::result::Error> {
         let started = Instant::now();
-        let rows = fetch(conn, buckets, self.config).await?;
+        let rows = fetch(conn, buckets, self.config.batch_size, self.config.strict_ordering, Clock::Database).await?;
         let mut report = BatchReport { read: rows.len(), ..BatchReport::default() };
         if rows.is_empty() {
             return Ok(report);
         }
-        let blocked = blocked_keys(conn, buckets, self.config.strict_ordering).await?;
-        let (eligible, held_back) = select_eligible(rows, &blocked, self.config.publishing_delay, Utc::now());
+        let (eligible, held_back) = hold_young_rows(rows, self.config.publishing_delay, Utc::now());
         report.held_back = held_back;
         let (eligible, duplicates) = if self.config.remove_consecutive_duplicates {
             remove_consecutive_duplicates(eligible)
@@ -112,35 +105,35 @@ impl Batch<'_> {
                     .map(|row| (row, Failure { class: "LoadError", message: error.to_string() }))
                     .collect();
                 report.failed = failures.len();
-                self.record_failures(conn, failures).await?;
+                self.record_failures(conn, failures, Clock::Database).await?;
                 return Ok(report);
             }
         };
 
-        let mut published: Vec<i64> = duplicates.iter().map(|row| row.id).collect();
         report.skipped += duplicates.len();
-        let mut failures: Vec<(&PendingRow, Failure)> = Vec::new();
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(eligible.len());
         let mut blocked_now: HashSet<&str> = HashSet::new();
         let mut in_flight: Vec<(usize, Vec<rdkafka::producer::DeliveryFuture>)> = Vec::new();
 
         for (index, (row, plan)) in eligible.iter().zip(plans).enumerate() {
             if blocked_now.contains(row.ordering_key.as_str()) {
-                report.held_back += 1;
+                outcomes.push(Outcome::NotSent);
                 continue;
             }
-            match plan {
+            let outcome = match plan {
                 RowPlan::Publish(messages) => match self.sender.send(&messages).await {
-                    Ok(deliveries) => in_flight.push((index, deliveries)),
-                    Err(failure) => {
-                        blocked_now.insert(&row.ordering_key);
-                        failures.push((row, failure));
+                    Ok(deliveries) => {
+                        in_flight.push((index, deliveries));
+                        Outcome::NotSent // replaced once its deliveries are settled
                     }
+                    Err(failure) => Outcome::Failed(failure),
                 },
                 RowPlan::Skip(reason) => {
-                    tracing::warn!(outbox_id = row.id, model = %row.resource_class, id = %row.resource_id, "{reason}");
+                    // Normal (a record destroyed before its update was published): said at
+                    // debug level and counted, not warned about.
+                    tracing::debug!(outbox_id = row.id, model = %row.resource_class, id = %row.resource_id, "{reason}");
                     metrics::counter!("dionysus_outbox_skipped_total", "reason" => "record_gone").increment(1);
-                    published.push(row.id);
-                    report.skipped += 1;
+                    Outcome::NothingToSend
                 }
                 RowPlan::DeferredObservers => {
                     match expand_deferred_observers(conn, self.registry, self.config, row).await {
@@ -150,49 +143,63 @@ impl Batch<'_> {
                                 rows = written,
                                 "expanded a deferred observer row into outbox rows"
                             );
-                            published.push(row.id);
-                            report.skipped += 1;
+                            Outcome::NothingToSend
                         }
-                        Err(error) => {
-                            blocked_now.insert(&row.ordering_key);
-                            failures.push((row, Failure { class: "ObserverError", message: error.to_string() }));
-                        }
+                        Err(error) => Outcome::Failed(Failure { class: "ObserverError", message: error.to_string() }),
                     }
                 }
                 RowPlan::Fail(error) => {
-                    blocked_now.insert(&row.ordering_key);
-                    failures.push((row, Failure { class: plan_error_class(&error), message: error.to_string() }));
+                    Outcome::Failed(Failure { class: plan_error_class(&error), message: error.to_string() })
                 }
+            };
+            if matches!(outcome, Outcome::Failed(_)) {
+                blocked_now.insert(&row.ordering_key);
             }
+            outcomes.push(outcome);
         }
 
         // Deliveries time out in the producer before the leases expire; the extra bound
         // protects against a producer configured otherwise.
         let deadline = tokio::time::Instant::now() + self.delivery_timeout + Duration::from_secs(2);
         for (index, deliveries) in in_flight {
-            let row = &eligible[index];
             let outcome = sender::await_deliveries(deliveries, deadline).await;
-            if let Err(failure) = &outcome {
-                report.producer_failed |= failure.fatal;
-            }
-            match outcome {
-                Ok(()) => {
-                    published.push(row.id);
-                    report.published += 1;
-                    let latency = (Utc::now() - row.created_at).to_std().unwrap_or_default();
-                    metrics::histogram!("dionysus_outbox_commit_to_ack_seconds").record(latency.as_secs_f64());
-                    self.monitor.emit(&RelayEvent::Published { outbox_id: row.id, topic: &row.topic });
+            outcomes[index] = match outcome {
+                Ok(()) => Outcome::Delivered,
+                Err(failure) => {
+                    report.producer_failed |= failure.fatal;
+                    Outcome::Failed(failure.into())
                 }
-                Err(failure) => failures.push((row, failure.into())),
-            }
+            };
         }
-
         if self.sender.producer.client().fatal_error().is_some() {
             report.producer_failed = true;
         }
+
+        let settled = settle(&eligible, outcomes);
+        if settled.redelivered > 0 {
+            tracing::warn!(
+                rows = settled.redelivered,
+                "rows were delivered after an earlier row of their key failed; they stay pending and go again after it"
+            );
+            metrics::counter!("dionysus_relay_redelivered_behind_failure_total").increment(settled.redelivered as u64);
+        }
+        for row in &settled.delivered {
+            let latency = (Utc::now() - row.created_at).to_std().unwrap_or_default();
+            metrics::histogram!("dionysus_outbox_commit_to_ack_seconds").record(latency.as_secs_f64());
+            self.monitor.emit(&RelayEvent::Published { outbox_id: row.id, topic: &row.topic });
+        }
+        report.published = settled.delivered.len();
+        report.skipped += settled.nothing_to_send.len();
+        report.held_back += settled.left_pending;
+        let published: Vec<i64> = duplicates
+            .iter()
+            .chain(settled.delivered.iter().copied())
+            .chain(settled.nothing_to_send.iter().copied())
+            .map(|row| row.id)
+            .collect();
         mark_published(conn, &published).await?;
-        report.failed = failures.len();
-        self.record_failures(conn, failures).await?;
+        report.failed = settled.failures.len();
+        self.record_failures(conn, settled.failures, Clock::Database).await?;
         metrics::counter!("dionysus_outbox_published_total").increment(report.published as u64);
         metrics::histogram!("dionysus_relay_batch_seconds").record(started.elapsed().as_secs_f64());
         Ok(report)
@@ -202,53 +209,191 @@ impl Batch<'_> {
         &self,
         conn: &mut AsyncPgConnection,
         failures: Vec<(&PendingRow, Failure)>,
+        clock: Clock,
     ) -> Result<(), diesel::result::Error> {
         if failures.is_empty() {
             return Ok(());
         }
-        let mut ids = Vec::with_capacity(failures.len());
-        let mut classes = Vec::with_capacity(failures.len());
-        let mut messages = Vec::with_capacity(failures.len());
-        let mut delays = Vec::with_capacity(failures.len());
-        let mut parks = Vec::with_capacity(failures.len());
+        let fatal = self.sender.producer.client().fatal_error();
+        let mut parked_rows = 0;
         for (row, failure) in &failures {
             let attempts = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
-            let decision = backoff::decide(self.config, attempts, rand::random::<f64>());
-            tracing::warn!(
+            let parked = attempts >= self.config.max_attempts;
+            parked_rows += usize::from(parked);
+            tracing::debug!(
                 outbox_id = row.id, model = %row.resource_class, id = %row.resource_id, topic = %row.topic,
-                attempts, parked = decision.park, error_class = failure.class, "publishing failed: {}", failure.message
+                attempts, parked, error_class = failure.class, "publishing failed: {}", failure.message
             );
             metrics::counter!("dionysus_outbox_failures_total", "error_class" => failure.class).increment(1);
-            if decision.park {
+            if parked {
                 metrics::counter!("dionysus_outbox_parked_total").increment(1);
             }
             self.monitor.emit(&RelayEvent::PublishingFailed {
                 outbox_id: row.id,
                 error_class: failure.class,
                 error_message: &failure.message,
-                parked: decision.park,
+                parked,
             });
-            ids.push(row.id);
-            classes.push(failure.class.to_owned());
-            messages.push(failure.message.clone());
-            delays.push(decision.delay.as_secs_f64());
-            parks.push(decision.park);
         }
-        diesel::sql_query(
-            "UPDATE dionysus_outbox AS o SET attempts = o.attempts + 1, error_class = f.class, \
-             error_message = f.message, retry_at = now() + make_interval(secs => f.delay), \
-             failed_at = CASE WHEN f.park THEN now() ELSE NULL END, updated_at = now() \
-             FROM unnest($1, $2, $3, $4, $5) AS f(id, class, message, delay, park) WHERE o.id = f.id",
-        )
-        .bind::<Array<BigInt>, _>(ids)
-        .bind::<Array<Text>, _>(classes)
-        .bind::<Array<Text>, _>(messages)
-        .bind::<Array<Double>, _>(delays)
-        .bind::<Array<Bool>, _>(parks)
-        .execute(conn)
-        .await?;
-        Ok(())
+        log_failures(&failures, fatal.as_ref().map(|(_, reason)| reason.as_str()), parked_rows);
+        record_failures(conn, self.config, &failures, clock, rand::random::<f64>).await
     }
+}
+
+/// One warning per kind of failure in a batch (not one per row: a broker outage fails every
+/// row of every batch alike). A producer that failed fatally — librdkafka's idempotent
+/// producer gives up after delivery timeouts, and its errors then name transactional fencing
+/// although no transactions are used — is explained in one line.
+fn log_failures(failures: &[(&PendingRow, Failure)], fatal: Option<&str>, parked: usize) {
+    if let Some(reason) = fatal {
+        tracing::warn!(
+            rows = failures.len(),
+            parked,
+            "idempotent producer reset after delivery timeouts ({reason}); {} rows will be retried",
+            failures.len() - parked
+        );
+        return;
+    }
+    let mut kinds: Vec<(&str, &str, usize, i64)> = Vec::new();
+    for (row, failure) in failures {
+        match kinds.iter_mut().find(|(class, message, _, _)| *class == failure.class && *message == failure.message) {
+            Some(kind) => kind.2 += 1,
+            None => kinds.push((failure.class, failure.message.as_str(), 1, row.id)),
+        }
+    }
+    for (class, message, rows, first_id) in kinds {
+        tracing::warn!(
+            error_class = class,
+            rows,
+            first_outbox_id = first_id,
+            parked,
+            "publishing failed for {rows} row(s), retried with backoff: {message}"
+        );
+    }
+}
+
+/// The time a batch decides by: the database's `now()` (production), or a given instant
+/// (simulations of retry schedules). Either way one batch reads a single clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Clock {
+    /// `now()` of the statement's transaction.
+    Database,
+    /// A fixed instant.
+    At(DateTime<Utc>),
+}
+
+impl Clock {
+    fn instant(self) -> Option<DateTime<Utc>> {
+        match self {
+            Clock::Database => None,
+            Clock::At(at) => Some(at),
+        }
+    }
+}
+
+/// What happened to one eligible row of a batch, before settling.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Every message of the row was acknowledged by the broker.
+    Delivered,
+    /// The row sends nothing (record gone, deferred observers expanded): marked published.
+    NothingToSend,
+    /// Planning, sending or delivery failed.
+    Failed(Failure),
+    /// Not sent: an earlier row of its key failed in this batch.
+    NotSent,
+}
+
+/// The outcomes of a batch, settled so that no row is marked published behind a failed row of
+/// its key.
+#[derive(Debug)]
+pub(crate) struct Settled<'r> {
+    /// Rows to mark published, delivered.
+    pub(crate) delivered: Vec<&'r PendingRow>,
+    /// Rows to mark published that sent nothing.
+    pub(crate) nothing_to_send: Vec<&'r PendingRow>,
+    /// Rows to record as failed (retried later, or parked).
+    pub(crate) failures: Vec<(&'r PendingRow, Failure)>,
+    /// Rows left pending as they were (behind a failed row of their key).
+    pub(crate) left_pending: usize,
+    /// Of those, rows that had been delivered: they go again once the failed row is through.
+    pub(crate) redelivered: usize,
+}
+
+/// Settles a batch's outcomes (`outcomes[i]` belongs to `rows[i]`, rows in id order). Once a
+/// row of a key failed, a later row of that key that was nevertheless delivered (the producer
+/// may drop a timed-out message and deliver the next one) is left pending rather than marked
+/// published: it is sent again after the failed row, so the last message of the key on the
+/// wire is the latest one and no later row is marked done ahead of an earlier one.
+pub(crate) fn settle(rows: &[PendingRow], outcomes: Vec<Outcome>) -> Settled<'_> {
+    let mut settled = Settled {
+        delivered: Vec::new(),
+        nothing_to_send: Vec::new(),
+        failures: Vec::new(),
+        left_pending: 0,
+        redelivered: 0,
+    };
+    let mut failed_keys: HashSet<&str> = HashSet::new();
+    for (row, outcome) in rows.iter().zip(outcomes) {
+        let behind_failure = failed_keys.contains(row.ordering_key.as_str());
+        match outcome {
+            Outcome::Delivered if behind_failure => {
+                settled.left_pending += 1;
+                settled.redelivered += 1;
+            }
+            Outcome::Delivered => settled.delivered.push(row),
+            Outcome::NothingToSend => settled.nothing_to_send.push(row),
+            Outcome::Failed(failure) => {
+                failed_keys.insert(&row.ordering_key);
+                settled.failures.push((row, failure));
+            }
+            Outcome::NotSent => settled.left_pending += 1,
+        }
+    }
+    settled
+}
+
+/// Records failed rows in one statement: attempts + 1, the error, `retry_at` after the
+/// backoff (from `clock`), `failed_at` once parked. `jitter` draws a number in `[0, 1)` per row.
+pub(crate) async fn record_failures(
+    conn: &mut AsyncPgConnection,
+    config: &ProducerConfig,
+    failures: &[(&PendingRow, Failure)],
+    clock: Clock,
+    mut jitter: impl FnMut() -> f64,
+) -> Result<(), diesel::result::Error> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(failures.len());
+    let mut classes = Vec::with_capacity(failures.len());
+    let mut messages = Vec::with_capacity(failures.len());
+    let mut delays = Vec::with_capacity(failures.len());
+    let mut parks = Vec::with_capacity(failures.len());
+    for (row, failure) in failures {
+        let attempts = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
+        let decision = backoff::decide(config, attempts, jitter());
+        ids.push(row.id);
+        classes.push(failure.class.to_owned());
+        messages.push(failure.message.clone());
+        delays.push(decision.delay.as_secs_f64());
+        parks.push(decision.park);
+    }
+    diesel::sql_query(
+        "UPDATE dionysus_outbox AS o SET attempts = o.attempts + 1, error_class = f.class, \
+         error_message = f.message, retry_at = COALESCE($6, now()) + make_interval(secs => f.delay), \
+         failed_at = CASE WHEN f.park THEN COALESCE($6, now()) ELSE NULL END, updated_at = now() \
+         FROM unnest($1, $2, $3, $4, $5) AS f(id, class, message, delay, park) WHERE o.id = f.id",
+    )
+    .bind::<Array<BigInt>, _>(ids)
+    .bind::<Array<Text>, _>(classes)
+    .bind::<Array<Text>, _>(messages)
+    .bind::<Array<Double>, _>(delays)
+    .bind::<Array<Bool>, _>(parks)
+    .bind::<Nullable<Timestamptz>, _>(clock.instant())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 fn plan_error_class(error: &serialize::PlanError) -> &'static str {
@@ -272,64 +417,60 @@ fn row_ref(row: &PendingRow) -> RowRef {
     }
 }
 
-/// Pending rows of `buckets` that are due, in id order. Rows waiting for a retry are not
-/// read; the keys they hold back are found by [`blocked_keys`].
-async fn fetch(
+/// The rows of `buckets` that may be published now, in id order, at most `limit`: pending,
+/// due (no retry, or its time has come), and not behind an earlier pending row of their key
+/// that waits for a retry (or, with `strict`, is parked).
+///
+/// One statement, so one snapshot and one clock decide both "due" and "held back". Deciding
+/// them in two statements with two `now()`s lets a row whose `retry_at` falls between the two
+/// be neither read nor holding back its key, and its key's later rows overtake it. Leaving the
+/// held-back rows out here (rather than reading and dropping them) also keeps one busy key
+/// waiting for a retry from filling every batch and starving the other keys of its buckets.
+pub(crate) async fn fetch(
     conn: &mut AsyncPgConnection,
     buckets: &[i16],
-    config: &ProducerConfig,
+    limit: usize,
+    strict: bool,
+    clock: Clock,
 ) -> Result<Vec<PendingRow>, diesel::result::Error> {
     diesel::sql_query(
-        "SELECT id, resource_class, resource_id, event_name, topic, partition_key, changeset, attempts, \
-                ordering_key, created_at \
-         FROM dionysus_outbox \
-         WHERE published_at IS NULL AND failed_at IS NULL AND ordering_bucket = ANY($1) \
-           AND (retry_at IS NULL OR retry_at <= now()) \
-         ORDER BY id LIMIT $2",
+        "WITH clock AS (SELECT COALESCE($4, now()) AS now), \
+         waiting AS ( \
+             SELECT ordering_key, min(id) AS first_id FROM dionysus_outbox, clock \
+             WHERE published_at IS NULL AND ordering_bucket = ANY($1) \
+               AND ((failed_at IS NULL AND retry_at > clock.now) OR ($3 AND failed_at IS NOT NULL)) \
+             GROUP BY ordering_key) \
+         SELECT o.id, o.resource_class, o.resource_id, o.event_name, o.topic, o.partition_key, o.changeset, \
+                o.attempts, o.ordering_key, o.created_at \
+         FROM dionysus_outbox o, clock \
+         WHERE o.published_at IS NULL AND o.failed_at IS NULL AND o.ordering_bucket = ANY($1) \
+           AND (o.retry_at IS NULL OR o.retry_at <= clock.now) \
+           AND NOT EXISTS (SELECT 1 FROM waiting w WHERE w.ordering_key = o.ordering_key AND w.first_id < o.id) \
+         ORDER BY o.id LIMIT $2",
     )
     .bind::<Array<SmallInt>, _>(buckets)
-    .bind::<BigInt, _>(i64::try_from(config.batch_size).unwrap_or(i64::MAX))
+    .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
+    .bind::<Bool, _>(strict)
+    .bind::<Nullable<Timestamptz>, _>(clock.instant())
     .load(conn)
     .await
 }
 
-/// Keys whose earliest pending row waits for a retry (or, in strict mode, is parked): later
-/// rows of those keys wait too.
-async fn blocked_keys(
-    conn: &mut AsyncPgConnection,
-    buckets: &[i16],
-    strict: bool,
-) -> Result<HashMap<String, i64>, diesel::result::Error> {
-    let keys: Vec<BlockedKey> = diesel::sql_query(
-        "SELECT ordering_key, min(id) AS first_id FROM dionysus_outbox \
-         WHERE published_at IS NULL AND ordering_bucket = ANY($1) \
-           AND ((failed_at IS NULL AND retry_at > now()) OR ($2 AND failed_at IS NOT NULL)) \
-         GROUP BY ordering_key",
-    )
-    .bind::<Array<SmallInt>, _>(buckets)
-    .bind::<Bool, _>(strict)
-    .load(conn)
-    .await?;
-    Ok(keys.into_iter().map(|key| (key.ordering_key, key.first_id)).collect())
-}
-
-/// Splits rows (in id order) into those that may go now and the number held back: a row waits
-/// when an earlier row of its key waits for a retry, or is younger than the publishing delay.
-pub(crate) fn select_eligible(
-    rows: Vec<PendingRow>,
-    blocked: &HashMap<String, i64>,
-    delay: Duration,
-    now: DateTime<Utc>,
-) -> (Vec<PendingRow>, usize) {
+/// Splits rows (in id order) into those that may go now and the number held back by the
+/// publishing delay: a row younger than the delay waits, and so does every later row of its
+/// key.
+pub(crate) fn hold_young_rows(rows: Vec<PendingRow>, delay: Duration, now: DateTime<Utc>) -> (Vec<PendingRow>, usize) {
+    if delay.is_zero() {
+        return (rows, 0);
+    }
     let horizon = now - chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::zero());
     let mut young: HashSet<String> = HashSet::new();
     let mut held = 0;
     let mut eligible = Vec::with_capacity(rows.len());
     for row in rows {
-        let behind_retry = blocked.get(&row.ordering_key).is_some_and(|first| *first < row.id);
-        if behind_retry || young.contains(&row.ordering_key) {
+        if young.contains(&row.ordering_key) {
             held += 1;
-        } else if !delay.is_zero() && row.created_at > horizon {
+        } else if row.created_at > horizon {
             young.insert(row.ordering_key.clone());
             held += 1;
         } else {
@@ -368,7 +509,7 @@ pub(crate) fn remove_consecutive_duplicates(rows: Vec<PendingRow>) -> (Vec<Pendi
 /// allows, and the flush wait is most of the statement's cost. One statement, not an explicit
 /// transaction: a worker aborted mid-call cannot leave a transaction open on a pooled
 /// connection, holding these rows' locks.
-async fn mark_published(conn: &mut AsyncPgConnection, ids: &[i64]) -> Result<(), diesel::result::Error> {
+pub(crate) async fn mark_published(conn: &mut AsyncPgConnection, ids: &[i64]) -> Result<(), diesel::result::Error> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -487,23 +628,43 @@ mod tests {
     }
 
     #[test]
-    fn rows_behind_a_retrying_row_of_their_key_wait() {
-        let rows =
-            vec![row(1, "a", ("R", "1"), "e", 0), row(2, "b", ("R", "2"), "e", 0), row(3, "a", ("R", "3"), "e", 0)];
-        let blocked = HashMap::from([("a".to_owned(), 0_i64)]);
-        let (eligible, held) = select_eligible(rows, &blocked, Duration::ZERO, Utc::now());
-        assert_eq!(eligible.iter().map(|r| r.id).collect::<Vec<_>>(), [2]);
-        assert_eq!(held, 2);
-    }
-
-    #[test]
     fn publishing_delay_holds_young_rows_and_their_successors() {
         let now = Utc.timestamp_opt(100, 0).single().unwrap();
         let rows =
             vec![row(1, "a", ("R", "1"), "e", 98), row(2, "b", ("R", "2"), "e", 90), row(3, "a", ("R", "3"), "e", 50)];
-        let (eligible, held) = select_eligible(rows, &HashMap::new(), Duration::from_secs(5), now);
+        let (eligible, held) = hold_young_rows(rows, Duration::from_secs(5), now);
         assert_eq!(eligible.iter().map(|r| r.id).collect::<Vec<_>>(), [2], "row 3 is old but must follow row 1");
         assert_eq!(held, 2);
+    }
+
+    fn failed() -> Outcome {
+        Outcome::Failed(Failure { class: "KafkaError", message: "Message timed out".to_owned() })
+    }
+
+    #[test]
+    fn a_row_delivered_behind_a_failed_row_of_its_key_stays_pending() {
+        let rows = vec![
+            row(1, "a", ("R", "1"), "e", 0),
+            row(2, "b", ("R", "2"), "e", 0),
+            row(3, "a", ("R", "3"), "e", 0),
+            row(4, "a", ("R", "4"), "e", 0),
+            row(5, "b", ("R", "5"), "e", 0),
+        ];
+        let outcomes = vec![failed(), Outcome::Delivered, Outcome::Delivered, failed(), Outcome::NothingToSend];
+        let settled = settle(&rows, outcomes);
+        assert_eq!(settled.delivered.iter().map(|r| r.id).collect::<Vec<_>>(), [2], "row 3 is behind row 1");
+        assert_eq!(settled.nothing_to_send.iter().map(|r| r.id).collect::<Vec<_>>(), [5]);
+        assert_eq!(settled.failures.iter().map(|(r, _)| r.id).collect::<Vec<_>>(), [1, 4]);
+        assert_eq!((settled.left_pending, settled.redelivered), (1, 1));
+    }
+
+    #[test]
+    fn rows_not_sent_behind_a_failure_are_left_as_they_were() {
+        let rows = vec![row(1, "a", ("R", "1"), "e", 0), row(2, "a", ("R", "2"), "e", 0)];
+        let settled = settle(&rows, vec![failed(), Outcome::NotSent]);
+        assert!(settled.delivered.is_empty());
+        assert_eq!(settled.failures.len(), 1);
+        assert_eq!((settled.left_pending, settled.redelivered), (1, 0));
     }
 
     #[test]
