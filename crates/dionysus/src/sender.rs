@@ -22,11 +22,13 @@ pub(crate) struct Failure {
     pub(crate) message: String,
 }
 
-/// A delivery that failed; `fatal` when the producer cannot deliver anything any more.
+/// A delivery that failed; `fatal` when the producer cannot deliver anything any more,
+/// `timed_out` when no report came before the deadline (the message may still be queued).
 #[derive(Debug)]
 pub(crate) struct DeliveryFailure {
     pub(crate) message: String,
     pub(crate) fatal: bool,
+    pub(crate) timed_out: bool,
 }
 
 impl From<DeliveryFailure> for Failure {
@@ -140,14 +142,19 @@ pub(crate) async fn await_deliveries(
     for delivery in deliveries {
         let result = match tokio::time::timeout_at(deadline, delivery).await {
             Ok(Ok(Ok(_))) => Ok(()),
-            Ok(Ok(Err((error, _message)))) => Err(DeliveryFailure { fatal: fatal(&error), message: error.to_string() }),
+            Ok(Ok(Err((error, _message)))) => {
+                Err(DeliveryFailure { fatal: fatal(&error), message: error.to_string(), timed_out: false })
+            }
             Ok(Err(_canceled)) => Err(DeliveryFailure {
                 message: "the producer dropped the message before delivery".to_owned(),
                 fatal: false,
+                timed_out: false,
             }),
-            Err(_elapsed) => {
-                Err(DeliveryFailure { message: "no delivery report before the deadline".to_owned(), fatal: false })
-            }
+            Err(_elapsed) => Err(DeliveryFailure {
+                message: "no delivery report before the deadline".to_owned(),
+                fatal: false,
+                timed_out: true,
+            }),
         };
         if let (Ok(()), Err(failure)) = (&outcome, result) {
             outcome = Err(failure);

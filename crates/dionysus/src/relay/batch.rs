@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use rdkafka::producer::Producer;
+use rdkafka::producer::{Producer, PurgeConfig};
 use serde_json::Value;
 
 use super::backoff;
@@ -158,11 +158,27 @@ impl Batch<'_> {
             outcomes.push(outcome);
         }
 
-        // Deliveries time out in the producer before the leases expire; the extra bound
-        // protects against a producer configured otherwise.
-        let deadline = tokio::time::Instant::now() + self.delivery_timeout + Duration::from_secs(2);
+        // The producer never times a message out on its own: dropping a queued message that
+        // timed out and delivering the next one would reorder a key. At the deadline (well
+        // before the leases expire) every message still queued or in flight is purged at once,
+        // so what reached the broker is a prefix of each partition's messages, and the producer
+        // is replaced. Rows after the purge count as failed, even if a report was on its way.
+        let deadline = tokio::time::Instant::now() + self.delivery_timeout;
+        let mut purged = false;
         for (index, deliveries) in in_flight {
             let outcome = sender::await_deliveries(deliveries, deadline).await;
+            if let Err(failure) = &outcome {
+                if failure.timed_out && !purged {
+                    purged = true;
+                    report.producer_failed = true;
+                    self.sender.producer.purge(PurgeConfig::default().queue().inflight());
+                    tracing::warn!(
+                        timeout = ?self.delivery_timeout,
+                        "no delivery reports before the deadline (broker unreachable?); purged the producer's \
+                         queue, the rows will be retried"
+                    );
+                }
+            }
             outcomes[index] = match outcome {
                 Ok(()) => Outcome::Delivered,
                 Err(failure) => {

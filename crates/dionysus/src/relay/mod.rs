@@ -47,8 +47,9 @@
 //! * **Handover.** A worker gives buckets back only between batches (rebalancing, shutdown).
 //!   A worker that dies keeps its leases until they expire (`lock_expiry`); then another
 //!   takes them over and publishes whatever was not marked published — at least once. A
-//!   worker starts a batch only while its leases are fresh, and its deliveries time out
-//!   before its leases do, so a stalled worker's messages cannot land after its successor's.
+//!   worker starts a batch only while its leases are fresh, and purges what is still
+//!   undelivered at a deadline (0.8 × `lock_expiry`) before its leases expire, so a stalled
+//!   worker's messages cannot be sent after its successor's.
 //!
 //! Failures: a row that fails (serialization, missing topic, delivery) is retried after
 //! `base × 2^attempts` (±20 % jitter, capped); after `max_attempts` it is parked
@@ -152,9 +153,10 @@ impl RelayBuilder {
         self
     }
 
-    /// The producer (default: an idempotent one from the configuration, whose deliveries
-    /// time out before the leases do). Bring your own only with `enable.idempotence=true`
-    /// and `message.timeout.ms` below the lock expiry.
+    /// The producer (default: an idempotent one from the configuration). Bring your own only
+    /// with `enable.idempotence=true`, and `message.timeout.ms=0` (the relay purges undelivered
+    /// messages at its own deadline; a producer timing messages out itself may drop one and
+    /// deliver the next, which reorders a key).
     pub fn producer(mut self, producer: FutureProducer) -> Self {
         self.producer = Some(producer);
         self
@@ -212,7 +214,9 @@ impl RelayBuilder {
             Some(producer) => (producer, None),
             None => {
                 let mut settings = crate::transport::producer_config(&self.config.kafka);
-                settings.set("message.timeout.ms", delivery_timeout.as_millis().to_string());
+                // No timeout inside the producer: the batch purges at its own deadline (see
+                // `batch`), so a timed-out message can never be dropped ahead of the next one.
+                settings.set("message.timeout.ms", "0");
                 (create_producer(&settings, &self.config.kafka)?, Some(settings))
             }
         };
