@@ -13,6 +13,7 @@ mod consumer_vectors;
 mod consumer_vectors_blind;
 mod genesis;
 mod kafka;
+mod layout;
 mod migrations;
 mod producer;
 mod relay;

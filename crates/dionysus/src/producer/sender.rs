@@ -12,8 +12,8 @@ use rdkafka::util::Timeout;
 use tokio::sync::Mutex;
 
 use crate::config::KafkaConfig;
+use crate::producer::plan::OutgoingMessage;
 use crate::registry::Registry;
-use crate::serialize::OutgoingMessage;
 
 /// Why a message could not be sent; `class` is what the outbox records as `error_class`.
 #[derive(Debug)]
@@ -58,9 +58,10 @@ impl Sender<'_> {
         let mut deliveries = Vec::with_capacity(messages.len());
         for message in messages {
             let partition = match &message.partition_key {
-                Some(key) => {
-                    Some(crate::transport::partition_for(key.as_bytes(), self.partition_count(&message.topic).await?))
-                }
+                Some(key) => Some(crate::wire::partition::partition_for(
+                    key.as_bytes(),
+                    self.partition_count(&message.topic).await?,
+                )),
                 None => None,
             };
             let mut record = FutureRecord::<str, [u8]>::to(&message.topic).key(&message.key);
@@ -100,19 +101,19 @@ impl Sender<'_> {
         if let Some(count) = self.topics.partitions.lock().await.get(topic) {
             return Ok(*count);
         }
-        let counts = crate::transport::partition_counts(self.kafka, &[topic.to_owned()])
+        let counts = crate::kafka::partition_counts(self.kafka, &[topic.to_owned()])
             .await
             .map_err(|error| Failure { class: "KafkaError", message: error.to_string() })?;
         let count = match counts.get(topic).copied().flatten() {
             Some(count) => count,
             None if self.auto_create_topics => {
                 let declaration = self.registry.resolve(topic).map(|(declaration, _)| declaration);
-                let spec = crate::transport::TopicSpec {
+                let spec = crate::kafka::TopicSpec {
                     name: topic.to_owned(),
                     partitions: declaration.and_then(|d| d.partitions).unwrap_or(1),
                     replication_factor: i32::from(declaration.and_then(|d| d.replication_factor).unwrap_or(1)),
                 };
-                crate::transport::create_topics(self.kafka, std::slice::from_ref(&spec))
+                crate::kafka::create_topics(self.kafka, std::slice::from_ref(&spec))
                     .await
                     .map_err(|error| Failure { class: "KafkaError", message: error.to_string() })?;
                 tracing::info!(topic, partitions = spec.partitions, "created a missing topic (auto_create_topics)");

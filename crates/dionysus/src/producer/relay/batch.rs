@@ -16,11 +16,11 @@ use serde_json::Value;
 use super::backoff;
 use super::monitor::{Monitor, RelayEvent};
 use crate::config::ProducerConfig;
-use crate::outbox::{Changeset, NewOutboxRow};
-use crate::publishable::{ColumnIn, Record, Relation};
+use crate::producer::outbox::{owner_updated_row, related_owners_filter, Changeset, NewOutboxRow};
+use crate::producer::plan::{self, PlanError, RowPlan, RowRef};
+use crate::producer::sender::{self, Failure, Sender};
+use crate::registry::model::{Condition, IdValue, Record, Relation};
 use crate::registry::Registry;
-use crate::sender::{self, Failure, Sender};
-use crate::serialize::{self, RowPlan, RowRef};
 
 /// A pending row as the relay reads it.
 #[derive(Debug, Clone, diesel::QueryableByName)]
@@ -96,7 +96,7 @@ impl Batch<'_> {
         };
 
         let references: Vec<RowRef> = eligible.iter().map(row_ref).collect();
-        let plans = match serialize::plan_rows(conn, self.registry, self.config, &references).await {
+        let plans = match plan::plan_rows(conn, self.registry, self.config, &references).await {
             Ok(plans) => plans,
             Err(error) => {
                 // Loading failed for the whole batch: every row fails alike and is retried.
@@ -412,13 +412,13 @@ pub(crate) async fn record_failures(
     Ok(())
 }
 
-fn plan_error_class(error: &serialize::PlanError) -> &'static str {
+fn plan_error_class(error: &PlanError) -> &'static str {
     match error {
-        serialize::PlanError::UnknownModel(_) => "UnknownModel",
-        serialize::PlanError::NotPublishedOnTopic { .. } => "NotPublishedOnTopic",
-        serialize::PlanError::Serialize(_) => "SerializeError",
-        serialize::PlanError::Envelope(_) => "EnvelopeError",
-        serialize::PlanError::Load { .. } => "LoadError",
+        PlanError::UnknownModel(_) => "UnknownModel",
+        PlanError::NotPublishedOnTopic { .. } => "NotPublishedOnTopic",
+        PlanError::Serialize(_) => "SerializeError",
+        PlanError::Envelope(_) => "EnvelopeError",
+        PlanError::Load { .. } => "LoadError",
     }
 }
 
@@ -565,48 +565,34 @@ async fn expand_deferred_observers(
             continue;
         }
         let owner = publication.model;
-        let mut filter_base = crate::publishable::RecordFilter::default();
-        match (observer.relation)() {
-            Relation::OwnerHoldsKey(column) => {
-                let filter = ColumnIn::parse(column, model.id_kind, std::slice::from_ref(&row.resource_id))
-                    .map_err(|e| e.to_string())?;
-                filter_base = filter_base.and(crate::publishable::Condition::In(filter));
-            }
-            Relation::OtherHoldsKey(column) => {
-                // The observed record holds the owner's key: take it from the record, or from
-                // the changeset when the record is gone.
-                let key = record
-                    .as_ref()
-                    .and_then(|record| record.attribute(column))
-                    .or_else(|| changeset.get(column).map(|(old, _)| old.clone()))
-                    .filter(|value| !value.is_null());
-                let Some(key) = key else { continue };
-                let filter = ColumnIn::parse(owner.primary_key, owner.id_kind, &[serialize::id_text(&key)])
-                    .map_err(|e| e.to_string())?;
-                filter_base = filter_base.and(crate::publishable::Condition::In(filter));
-            }
-        }
+        let relation = (observer.relation)();
+        // The observed record holds the owner's key: take it from the record, or from the
+        // changeset when the record is gone.
+        let key = match relation {
+            Relation::OtherHoldsKey(column) => record
+                .as_ref()
+                .and_then(|record| record.attribute(column))
+                .or_else(|| changeset.get(column).map(|(old, _)| old.clone())),
+            Relation::OwnerHoldsKey(_) => None,
+        };
+        let Some(filter_base) =
+            related_owners_filter(owner, model, &row.resource_id, relation, key.as_ref()).map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
         let mut after: Option<String> = None;
         loop {
             let mut filter = filter_base.clone();
             if let Some(last) = &after {
-                let value = crate::publishable::IdValue::parse(owner.primary_key, owner.id_kind, last)
-                    .map_err(|e| e.to_string())?;
-                filter = filter.and(crate::publishable::Condition::After { column: owner.primary_key, value });
+                let value = IdValue::parse(owner.primary_key, owner.id_kind, last).map_err(|e| e.to_string())?;
+                filter = filter.and(Condition::After { column: owner.primary_key, value });
             }
             let page = (owner.load)(conn, filter, Some(PAGE)).await.map_err(|e| e.to_string())?;
             let Some(last) = page.last() else { break };
             after = Some(last.id());
             let rows: Vec<NewOutboxRow> = page
                 .iter()
-                .map(|owner_record| NewOutboxRow {
-                    resource_class: owner.model_name.to_owned(),
-                    resource_id: owner_record.id(),
-                    event_name: crate::naming::event_name(owner.model_name, crate::naming::EventKind::Updated),
-                    topic: publication.topic.to_owned(),
-                    partition_key: serialize::partition_key(publication, owner_record.as_ref(), registry, config),
-                    changeset: Value::Object(serde_json::Map::new()),
-                })
+                .map(|owner_record| owner_updated_row(publication, owner_record.as_ref(), registry, config))
                 .collect();
             written += rows.len();
             diesel::insert_into(crate::schema::dionysus_outbox::table)

@@ -95,7 +95,7 @@ pub enum RelayError {
     Registry(#[from] crate::registry::RegistryError),
     /// The producer could not be created.
     #[error(transparent)]
-    Transport(#[from] crate::transport::TransportError),
+    Transport(#[from] crate::kafka::TransportError),
     /// The database could not be used.
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
@@ -213,7 +213,7 @@ impl RelayBuilder {
         let (producer, producer_settings) = match self.producer {
             Some(producer) => (producer, None),
             None => {
-                let mut settings = crate::transport::producer_config(&self.config.kafka);
+                let mut settings = crate::kafka::producer_config(&self.config.kafka);
                 // No timeout inside the producer: the batch purges at its own deadline (see
                 // `batch`), so a timed-out message can never be dropped ahead of the next one.
                 settings.set("message.timeout.ms", "0");
@@ -231,7 +231,7 @@ impl RelayBuilder {
                 pool,
                 producer: std::sync::RwLock::new(Arc::new(producer)),
                 producer_settings,
-                topics: crate::sender::TopicCache::default(),
+                topics: crate::producer::sender::TopicCache::default(),
                 monitor: monitor::Monitor::new(self.observer),
                 serve: self.serve,
                 health_file: self.health_file,
@@ -247,8 +247,8 @@ impl RelayBuilder {
 fn create_producer(
     settings: &rdkafka::ClientConfig,
     kafka: &crate::config::KafkaConfig,
-) -> Result<FutureProducer, crate::transport::TransportError> {
-    settings.create().map_err(|source| crate::transport::TransportError::Kafka {
+) -> Result<FutureProducer, crate::kafka::TransportError> {
+    settings.create().map_err(|source| crate::kafka::TransportError::Kafka {
         what: format!("creating the relay's producer for {}", kafka.bootstrap_servers()),
         source,
     })
@@ -263,7 +263,7 @@ struct Inner {
     producer: std::sync::RwLock<Arc<FutureProducer>>,
     /// How to build a new one; `None` for a producer given by the application.
     producer_settings: Option<rdkafka::ClientConfig>,
-    topics: crate::sender::TopicCache,
+    topics: crate::producer::sender::TopicCache,
     monitor: monitor::Monitor,
     serve: Option<SocketAddr>,
     health_file: Option<PathBuf>,
@@ -341,7 +341,7 @@ impl Relay {
         batch::Batch {
             registry: self.inner.registry,
             config: &self.inner.config.producer,
-            sender: crate::sender::Sender {
+            sender: crate::producer::sender::Sender {
                 producer,
                 topics: &self.inner.topics,
                 kafka: &self.inner.config.kafka,
@@ -590,7 +590,7 @@ pub mod simulation {
 
     use super::batch::{self, Clock, Outcome, PendingRow};
     use crate::config::ProducerConfig;
-    use crate::sender::Failure;
+    use crate::producer::sender::Failure;
 
     /// The rows one batch read.
     #[derive(Debug)]

@@ -12,7 +12,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::OnceLock;
 
-use crate::publishable::{Dependency, ModelEntry, Observer, Publication, Publishable};
+pub mod model;
+
+use model::{Dependency, ModelEntry, Observer, Publication};
+
+/// The pseudo-topic of deferred observer rows in the outbox (never produced to Kafka, W-16).
+pub const OBSERVER_TOPIC: &str = "__outbox_observer__";
 
 /// How a tombstone (the "this record is gone" message) is written on a topic.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -221,8 +226,8 @@ impl Registry {
     }
 
     /// Adds the model `T` and its publications.
-    pub fn with_model<T: Publishable>(self) -> Registry {
-        self.with_models([crate::publishable::model_entry::<T>()])
+    pub fn with_model<T: model::Model>(self) -> Registry {
+        self.with_models([T::entry()])
     }
 
     /// Every publishable model.
