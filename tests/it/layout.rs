@@ -5,8 +5,8 @@
 //! imports it back.
 //!
 //! Layers, bottom up: `wire` and `config` (nothing of the crate), then `schema`, `db`,
-//! `telemetry`, `registry`, `migrate`, `kafka`, then `producer` and `consumer` (never each
-//! other), then `error`, then `cli`.
+//! `telemetry`, `registry`, `handle`, `migrate`, `kafka`, then `producer` and `consumer`
+//! (never each other), then `error`, then `cli`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -19,10 +19,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("telemetry", &[]),
     ("db", &["config"]),
     ("registry", &["wire"]),
+    ("handle", &["config", "registry"]),
     ("migrate", &["config", "db"]),
     ("kafka", &["config", "registry"]),
-    ("producer", &["wire", "config", "schema", "db", "telemetry", "registry", "kafka"]),
-    ("consumer", &["wire", "config", "schema", "db", "telemetry", "registry", "kafka"]),
+    ("producer", &["wire", "config", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
+    ("consumer", &["wire", "config", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
     ("error", &["wire", "config", "db", "registry", "migrate", "kafka", "producer", "consumer"]),
     (
         "cli",
@@ -33,6 +34,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "db",
             "telemetry",
             "registry",
+            "handle",
             "migrate",
             "kafka",
             "producer",

@@ -408,7 +408,7 @@ fn non_empty(var: &str, value: String) -> Result<String, ConfigError> {
     }
 }
 
-fn parse_brokers(var: &str, value: &str) -> Result<Vec<String>, ConfigError> {
+pub(crate) fn parse_brokers(var: &str, value: &str) -> Result<Vec<String>, ConfigError> {
     let brokers: Vec<String> =
         value.split([';', ',']).map(str::trim).filter(|b| !b.is_empty()).map(str::to_owned).collect();
     let invalid = |expected: &str| ConfigError::Invalid {

@@ -8,6 +8,7 @@ pub mod consumer;
 #[doc(hidden)]
 pub mod db;
 pub mod error;
+mod handle;
 pub mod kafka;
 pub mod migrate;
 pub mod producer;
@@ -19,6 +20,7 @@ pub mod wire;
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use handle::{AlreadyInstalled, Dionysus};
 pub use migrate::{copy_migrations, migrate};
 pub use producer::outbox::Changeset;
 pub use producer::publishable::Publishable;

@@ -27,9 +27,12 @@ use diesel::sql_types::{BigInt, Double, Nullable, Text};
 use diesel_async::RunQueryDsl;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::consumer::replica::Replicas;
 use crate::consumer::{Consumer, ConsumerError, UnknownModel};
+use crate::handle::Dionysus;
 use crate::registry::Registry;
 
 #[derive(Debug, Parser)]
@@ -38,7 +41,7 @@ use crate::registry::Registry;
     version,
     about = "Keep data in sync between services through Kafka: outbox relay, genesis and tools."
 )]
-struct Cli {
+struct Args {
     /// PostgreSQL URL (default: $DATABASE_URL).
     #[arg(long, global = true, value_name = "URL")]
     database_url: Option<String>,
@@ -186,67 +189,123 @@ impl<E: std::fmt::Display> From<E> for Failure {
     }
 }
 
-/// Parses the process arguments and runs the subcommand with the binary's registry.
-pub async fn run() -> ExitCode {
-    let mut out = std::io::stdout();
-    let mut err = std::io::stderr();
-    run_with(std::env::args_os(), Registry::global(), &mut out, &mut err).await
+/// The command line over a [`Dionysus`] handle (see [`Dionysus::cli`]): the handle's
+/// configuration, overridden by the global flags.
+#[derive(Debug, Clone)]
+pub struct Cli {
+    source: Source,
 }
 
-/// Runs the command line given by `args` against `registry`, writing to `out` and `err`.
+/// Where the command line takes its configuration and declarations from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// A handle the application built.
+    Handle(Dionysus),
+    /// The global handle ([`Dionysus::global`]), read once the arguments are parsed.
+    Global,
+    /// The environment, with these declarations.
+    Environment(Arc<Registry>),
+}
+
+impl Cli {
+    /// The command line over `handle`.
+    pub fn new(handle: Dionysus) -> Cli {
+        Cli { source: Source::Handle(handle) }
+    }
+
+    /// Parses the process arguments and runs the subcommand.
+    pub async fn run(&self) -> ExitCode {
+        let mut out = std::io::stdout();
+        let mut err = std::io::stderr();
+        self.run_until(std::env::args_os(), &mut out, &mut err, CancellationToken::new()).await
+    }
+
+    /// Runs the command line given by `args`, writing to `out` and `err`; the long-running
+    /// subcommands (`relay`, `consume`, `genesis`) also stop when `shutdown` is cancelled, as
+    /// they do on SIGTERM / Ctrl-C: for applications that run the command line next to other
+    /// work, and for tests.
+    pub async fn run_until(
+        &self,
+        args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+        out: &mut (dyn Write + Send),
+        err: &mut (dyn Write + Send),
+        shutdown: CancellationToken,
+    ) -> ExitCode {
+        let args = match Args::try_parse_from(args) {
+            Ok(args) => args,
+            Err(error) => {
+                let _ = if error.use_stderr() { write!(err, "{error}") } else { write!(out, "{error}") };
+                return if error.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            }
+        };
+        let outcome = match self.handle(&args) {
+            Ok(handle) => execute(args, &handle, out, shutdown).await,
+            Err(failure) => Err(failure),
+        };
+        match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(Failure(message)) => {
+                let _ = writeln!(err, "error: {message}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    /// The handle the subcommand runs with: the source's, with the global flags applied.
+    fn handle(&self, args: &Args) -> Result<Dionysus, Failure> {
+        let base = match &self.source {
+            Source::Handle(handle) => handle.clone(),
+            Source::Global => Dionysus::global()?.clone(),
+            Source::Environment(registry) => {
+                Dionysus::with_registry(Config::from_env()?.with_env_kafka_properties(), registry.clone())
+            }
+        };
+        let brokers = match &args.brokers {
+            Some(brokers) => Some(
+                crate::config::parse_brokers("--brokers", brokers)
+                    .map_err(|error| Failure(error.to_string().replace("--brokers=", "--brokers ")))?,
+            ),
+            None => None,
+        };
+        Ok(base.configure(|config| {
+            if let Some(url) = &args.database_url {
+                config.database_url = url.clone();
+            }
+            if let Some(brokers) = brokers {
+                config.kafka.brokers = brokers;
+            }
+            config.kafka.properties.extend(args.kafka_properties.iter().cloned());
+        }))
+    }
+}
+
+/// Parses the process arguments and runs the subcommand with the global handle
+/// ([`Dionysus::global`]: the installed one, or the environment and the binary's
+/// declarations).
+pub async fn run() -> ExitCode {
+    Cli { source: Source::Global }.run().await
+}
+
+/// Runs the command line given by `args` against `registry`, with settings from the
+/// environment and the flags, writing to `out` and `err`.
 pub async fn run_with(
     args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
-    registry: &'static Registry,
+    registry: &Registry,
     out: &mut (dyn Write + Send),
     err: &mut (dyn Write + Send),
 ) -> ExitCode {
     run_until(args, registry, out, err, CancellationToken::new()).await
 }
 
-/// [`run_with`], where the long-running subcommands (`relay`, `consume`, `genesis`) also stop
-/// when `shutdown` is cancelled, as they do on SIGTERM / Ctrl-C: for applications that run
-/// the command line next to other work, and for tests.
+/// [`run_with`], also stopping the long-running subcommands when `shutdown` is cancelled.
 pub async fn run_until(
     args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
-    registry: &'static Registry,
+    registry: &Registry,
     out: &mut (dyn Write + Send),
     err: &mut (dyn Write + Send),
     shutdown: CancellationToken,
 ) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
-        Ok(cli) => cli,
-        Err(error) => {
-            let _ = if error.use_stderr() { write!(err, "{error}") } else { write!(out, "{error}") };
-            return if error.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
-        }
-    };
-    match execute(cli, registry, out, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(message)) => {
-            let _ = writeln!(err, "error: {message}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn config(cli: &Cli) -> Result<Config, Failure> {
-    let mut config = Config::from_env()?.with_env_kafka_properties();
-    if let Some(url) = &cli.database_url {
-        config.database_url = url.clone();
-    }
-    if let Some(brokers) = &cli.brokers {
-        config = Config::from_lookup(|name| match name {
-            "DIONYSUS_SEED_BROKER" => Some(brokers.clone()),
-            other => std::env::var(other).ok(),
-        })
-        .map_err(|error| Failure(error.to_string().replace("DIONYSUS_SEED_BROKER=", "--brokers ")))?
-        .with_env_kafka_properties();
-        if let Some(url) = &cli.database_url {
-            config.database_url = url.clone();
-        }
-    }
-    config.kafka.properties.extend(cli.kafka_properties.iter().cloned());
-    Ok(config)
+    Cli { source: Source::Environment(Arc::new(registry.clone())) }.run_until(args, out, err, shutdown).await
 }
 
 fn kafka_property(text: &str) -> Result<(String, String), String> {
@@ -262,13 +321,14 @@ fn duration(flag: &str, text: &str) -> Result<Duration, Failure> {
 }
 
 async fn execute(
-    cli: Cli,
-    registry: &'static Registry,
+    args: Args,
+    handle: &Dionysus,
     out: &mut (dyn Write + Send),
     shutdown: CancellationToken,
 ) -> Result<(), Failure> {
-    let config = config(&cli)?;
-    match cli.command {
+    let config = handle.config().clone();
+    let registry = handle.registry();
+    match args.command {
         Command::Migrate => {
             let applied = crate::migrate(&config.database_url).await?;
             if applied.is_empty() {
@@ -289,7 +349,7 @@ async fn execute(
         Command::Check { offline } => check(&config, registry, offline, out).await?,
         Command::Relay { workers, serve, health_file, auto_create_topics } => {
             let mut builder = crate::producer::relay::Relay::builder(config)
-                .registry(registry)
+                .registry(handle.registry_arc())
                 .auto_create_topics(auto_create_topics);
             if let Some(workers) = workers {
                 builder = builder.workers(workers);
@@ -358,7 +418,7 @@ async fn execute(
         }
         Command::Genesis { model, topic, from, to, over, batch_size, visible_only, resume } => {
             let pool = crate::db::pool(&config.database_url, 2)?;
-            let genesis = crate::producer::genesis::Genesis::new(config, registry, pool)?;
+            let genesis = crate::producer::genesis::Genesis::new(config, handle.registry_arc(), pool)?;
             let run_id = match resume {
                 Some(id) => id,
                 None => {
@@ -605,4 +665,11 @@ async fn outbox(config: &Config, command: OutboxCommand, out: &mut (dyn Write + 
         OutboxCommand::Prune { .. } => {}
     }
     Ok(())
+}
+
+impl Dionysus {
+    /// The command line over this handle: the global flags override its configuration.
+    pub fn cli(&self) -> Cli {
+        Cli::new(self.clone())
+    }
 }

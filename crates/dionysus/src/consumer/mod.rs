@@ -65,6 +65,7 @@ pub use runtime::DeadLetterHeaders;
 use crate::config::Config;
 use crate::consumer::replica::{sql, Replicas};
 use crate::db::{DbError, Pool};
+use crate::handle::Dionysus;
 
 /// A consumer failed.
 #[derive(Debug, thiserror::Error)]
@@ -628,6 +629,13 @@ pub async fn check_offsets_table(database_url: &str) -> Result<(), ConsumerError
             source,
         }
     })
+}
+
+impl Dionysus {
+    /// A consumer builder over this handle's configuration.
+    pub fn consumer(&self) -> ConsumerBuilder {
+        Consumer::builder(self.config().clone())
+    }
 }
 
 #[cfg(test)]

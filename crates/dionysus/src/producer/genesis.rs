@@ -13,6 +13,7 @@
 //! duration, where dionysus-rb truncates to whole days), and the end emits a "genesis
 //! performed" event (W-17). Genesis writes no outbox rows.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,6 +24,7 @@ use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::handle::Dionysus;
 use crate::producer::plan::{self, RowPlan, RowRef};
 use crate::producer::sender::{self, Sender, TopicCache};
 use crate::registry::model::{Condition, IdValue, ModelEntry, Record, RecordFilter};
@@ -207,7 +209,7 @@ pub struct GenesisReport {
 /// Runs geneses.
 pub struct Genesis {
     config: Config,
-    registry: &'static Registry,
+    registry: Arc<Registry>,
     pool: crate::db::Pool,
     producer: FutureProducer,
     topics: TopicCache,
@@ -221,7 +223,12 @@ impl std::fmt::Debug for Genesis {
 
 impl Genesis {
     /// A genesis runner over `registry`, with its own idempotent producer.
-    pub fn new(config: Config, registry: &'static Registry, pool: crate::db::Pool) -> Result<Genesis, GenesisError> {
+    pub fn new(
+        config: Config,
+        registry: impl Into<Arc<Registry>>,
+        pool: crate::db::Pool,
+    ) -> Result<Genesis, GenesisError> {
+        let registry = registry.into();
         let producer = crate::kafka::producer(&config.kafka)?;
         Ok(Genesis { config, registry, pool, producer, topics: TopicCache::default() })
     }
@@ -403,7 +410,7 @@ impl Genesis {
             producer: &self.producer,
             topics: &self.topics,
             kafka: &self.config.kafka,
-            registry: self.registry,
+            registry: &self.registry,
             auto_create_topics: false,
         };
         let mut last_error = String::new();
@@ -427,7 +434,7 @@ impl Genesis {
         refs: &[RowRef],
         page: &[Box<dyn Record>],
     ) -> Result<(), String> {
-        let plans = plan::plan_loaded_rows(conn, self.registry, &self.config.producer, refs, page)
+        let plans = plan::plan_loaded_rows(conn, &self.registry, &self.config.producer, refs, page)
             .await
             .map_err(|error| error.to_string())?;
         let mut in_flight = Vec::with_capacity(plans.len());
@@ -548,5 +555,14 @@ impl Genesis {
             .await
             .map(drop)
             .map_err(query(format!("updating genesis run {run_id}")))
+    }
+}
+
+impl Dionysus {
+    /// A genesis runner over this handle's configuration and declarations, with a pool of
+    /// `connections` to the configured database.
+    pub fn genesis(&self, connections: usize) -> Result<Genesis, GenesisError> {
+        let pool = crate::db::pool(&self.config().database_url, connections.max(1))?;
+        Genesis::new(self.config().clone(), self.registry_arc(), pool)
     }
 }

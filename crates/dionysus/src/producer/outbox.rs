@@ -45,7 +45,6 @@
 //! key, and a destroyed dependency still knows its parent.
 
 use std::collections::HashSet;
-use std::sync::OnceLock;
 
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{Map, Value};
@@ -54,6 +53,7 @@ use diesel::result::QueryResult;
 
 use super::publishable::{partition_key, Publishable};
 use crate::config::ProducerConfig;
+use crate::handle::Dionysus;
 use crate::registry::model::{ColumnIn, ModelEntry, Publication, Record, RecordFilter, Relation};
 use crate::registry::{Registry, OBSERVER_TOPIC};
 use crate::schema::dionysus_outbox;
@@ -121,6 +121,9 @@ pub struct OutboxRow {
 /// Writing outbox rows failed; the caller's transaction should roll back.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
+    /// The global configuration could not be read from the environment.
+    #[error("reading the dionysus configuration")]
+    Config(#[source] crate::config::ConfigError),
     /// A query failed.
     #[error("{what}: {source}")]
     Query {
@@ -231,15 +234,6 @@ enum Change {
     Destroyed,
 }
 
-static GLOBAL_CONFIG: OnceLock<ProducerConfig> = OnceLock::new();
-
-/// Sets the producer configuration the free functions ([`created`], [`updated`],
-/// [`destroyed`]) use. Call it once at start-up; later calls are ignored and return `false`.
-/// Without it, [`ProducerConfig::default`] applies.
-pub fn configure(config: ProducerConfig) -> bool {
-    GLOBAL_CONFIG.set(config).is_ok()
-}
-
 /// Writes outbox rows with a registry and a configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Outbox<'a> {
@@ -248,11 +242,10 @@ pub struct Outbox<'a> {
 }
 
 impl Outbox<'static> {
-    /// The binary's registry and the configuration given to [`configure`].
-    pub fn global() -> Outbox<'static> {
-        static DEFAULT: OnceLock<ProducerConfig> = OnceLock::new();
-        let config = GLOBAL_CONFIG.get().unwrap_or_else(|| DEFAULT.get_or_init(ProducerConfig::default));
-        Outbox { registry: Registry::global(), config }
+    /// The writer of the global handle ([`Dionysus::global`](crate::Dionysus::global)): the
+    /// installed one, or the environment's settings with the binary's declarations.
+    pub fn global() -> Result<Outbox<'static>, OutboxError> {
+        Dionysus::global().map(|handle| handle.outbox()).map_err(OutboxError::Config)
     }
 }
 
@@ -549,18 +542,18 @@ fn dedupe(rows: Vec<NewOutboxRow>) -> Vec<NewOutboxRow> {
         .collect()
 }
 
-/// [`Outbox::created`] with the global registry and configuration.
+/// [`Outbox::created`] with the global handle's declarations and configuration.
 pub async fn created<T: Publishable>(conn: &mut AsyncPgConnection, record: &T) -> Result<usize, OutboxError> {
-    Outbox::global().created(conn, record).await
+    Outbox::global()?.created(conn, record).await
 }
 
-/// [`Outbox::updated`] with the global registry and configuration.
+/// [`Outbox::updated`] with the global handle's declarations and configuration.
 pub async fn updated<T: Publishable>(
     conn: &mut AsyncPgConnection,
     record: &T,
     changeset: &Changeset,
 ) -> Result<usize, OutboxError> {
-    Outbox::global().updated(conn, record, changeset).await
+    Outbox::global()?.updated(conn, record, changeset).await
 }
 
 /// [`Outbox::updated`] with the changeset computed from the record before and after.
@@ -569,12 +562,19 @@ pub async fn updated_from<T: Publishable>(
     before: &T,
     after: &T,
 ) -> Result<usize, OutboxError> {
-    Outbox::global().updated(conn, after, &Changeset::between(before, after)).await
+    Outbox::global()?.updated(conn, after, &Changeset::between(before, after)).await
 }
 
-/// [`Outbox::destroyed`] with the global registry and configuration.
+/// [`Outbox::destroyed`] with the global handle's declarations and configuration.
 pub async fn destroyed<T: Publishable>(conn: &mut AsyncPgConnection, record: &T) -> Result<usize, OutboxError> {
-    Outbox::global().destroyed(conn, record).await
+    Outbox::global()?.destroyed(conn, record).await
+}
+
+impl Dionysus {
+    /// The outbox writer, for writes inside the application's transactions.
+    pub fn outbox(&self) -> Outbox<'_> {
+        Outbox::new(self.registry(), &self.config().producer)
+    }
 }
 
 #[cfg(test)]

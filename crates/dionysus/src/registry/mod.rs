@@ -152,7 +152,7 @@ pub struct ModelRegistration(pub fn() -> &'static ModelEntry);
 inventory::collect!(ModelRegistration);
 
 /// Everything declared, in one place.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Registry {
     by_name: BTreeMap<&'static str, Vec<&'static TopicDeclaration>>,
     references: Vec<&'static TopicReference>,
@@ -160,6 +160,13 @@ pub struct Registry {
     models: Vec<&'static ModelEntry>,
     /// Every `#[publish(...)]` of those models.
     publications: Vec<&'static Publication>,
+}
+
+impl From<&Registry> for std::sync::Arc<Registry> {
+    /// A shared copy (a registry holds references to its declarations, so copying it is cheap).
+    fn from(registry: &Registry) -> Self {
+        std::sync::Arc::new(registry.clone())
+    }
 }
 
 /// Whether a topic name denotes a declared topic itself or its genesis replica.

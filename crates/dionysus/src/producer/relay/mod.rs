@@ -85,6 +85,7 @@ pub use monitor::{RelayEvent, RelayObserver};
 
 use crate::config::Config;
 use crate::db::Pool;
+use crate::handle::Dionysus;
 use crate::registry::Registry;
 
 /// The relay could not start or stopped on an error.
@@ -123,7 +124,7 @@ pub enum RelayError {
 #[must_use]
 pub struct RelayBuilder {
     config: Config,
-    registry: &'static Registry,
+    registry: Arc<Registry>,
     pool: Option<Pool>,
     producer: Option<FutureProducer>,
     observer: Option<Arc<dyn RelayObserver>>,
@@ -141,8 +142,8 @@ impl std::fmt::Debug for RelayBuilder {
 
 impl RelayBuilder {
     /// The registry to publish from (default: [`Registry::global`]).
-    pub fn registry(mut self, registry: &'static Registry) -> Self {
-        self.registry = registry;
+    pub fn registry(mut self, registry: impl Into<Arc<Registry>>) -> Self {
+        self.registry = registry.into();
         self
     }
 
@@ -256,7 +257,7 @@ fn create_producer(
 
 struct Inner {
     config: Config,
-    registry: &'static Registry,
+    registry: Arc<Registry>,
     pool: Pool,
     /// Replaced when it fails fatally (an idempotent producer is fenced once its deliveries
     /// time out, e.g. while the broker is unreachable).
@@ -291,7 +292,7 @@ impl Relay {
     pub fn builder(config: Config) -> RelayBuilder {
         RelayBuilder {
             config,
-            registry: Registry::global(),
+            registry: Arc::new(Registry::global().clone()),
             pool: None,
             producer: None,
             observer: None,
@@ -339,13 +340,13 @@ impl Relay {
 
     fn batch<'a>(&'a self, producer: &'a FutureProducer) -> batch::Batch<'a> {
         batch::Batch {
-            registry: self.inner.registry,
+            registry: &self.inner.registry,
             config: &self.inner.config.producer,
             sender: crate::producer::sender::Sender {
                 producer,
                 topics: &self.inner.topics,
                 kafka: &self.inner.config.kafka,
-                registry: self.inner.registry,
+                registry: &self.inner.registry,
                 auto_create_topics: self.inner.auto_create_topics,
             },
             monitor: &self.inner.monitor,
@@ -664,5 +665,12 @@ pub async fn prune(pool: &Pool, age: Duration) -> Result<u64, RelayError> {
         if deleted < 1000 {
             return Ok(total);
         }
+    }
+}
+
+impl Dionysus {
+    /// A relay builder over this handle's configuration and declarations.
+    pub fn relay(&self) -> RelayBuilder {
+        Relay::builder(self.config().clone()).registry(self.registry_arc())
     }
 }
