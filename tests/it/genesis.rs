@@ -14,7 +14,6 @@ use dionysus::consumer::Consumer;
 use dionysus::genesis::{Genesis, GenesisError, GenesisRequest, GenesisRun};
 use dionysus::serialize::{serialize_erased, DefaultSerializer};
 use dionysus_tests::{count, create_topic, kafka_config, registry_for, unique_name, TestDb};
-use indicatif::ProgressBar;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -133,7 +132,7 @@ async fn genesis_is_throttled_resumes_after_an_abort_and_the_replica_matches() {
     let started = Instant::now();
     let first = tokio::spawn({
         let genesis = genesis.clone();
-        async move { genesis.run(run.id, &ProgressBar::hidden(), &CancellationToken::new()).await }
+        async move { genesis.run(run.id, &(), &CancellationToken::new()).await }
     });
     // The published count each second for 5 s.
     let mut samples = vec![0];
@@ -152,7 +151,7 @@ async fn genesis_is_throttled_resumes_after_an_abort_and_the_replica_matches() {
     let stopped_at = run_row(&mut conn, run.id).await;
     assert_eq!(stopped_at.status, "running", "an aborted run is left to be resumed");
 
-    let report = genesis.run(run.id, &ProgressBar::hidden(), &CancellationToken::new()).await.unwrap();
+    let report = genesis.run(run.id, &(), &CancellationToken::new()).await.unwrap();
     let elapsed = started.elapsed();
     assert!(report.completed);
     assert!(elapsed >= OVER - Duration::from_millis(500), "spread over ~{OVER:?}, took {elapsed:?}");
@@ -227,6 +226,6 @@ async fn bad_requests_are_explained() {
     let visible = GenesisRequest { visible_only: true, ..GenesisRequest::new("GenesisItem", &topic) };
     let run = genesis.start(&visible).await.unwrap();
     assert_eq!(run.total_count, Some(3), "none of the 3 is soft-deleted");
-    let report = genesis.run(run.id, &ProgressBar::hidden(), &CancellationToken::new()).await.unwrap();
+    let report = genesis.run(run.id, &(), &CancellationToken::new()).await.unwrap();
     assert_eq!(report.published, 3);
 }

@@ -1,4 +1,4 @@
-#![doc = include_str!("../../../README.md")]
+#![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "cli")]
@@ -159,15 +159,17 @@ pub use dionysus_macros::Consume;
 pub use dionysus_macros::consume;
 
 /// The names most applications need, in one import.
+///
+///
+/// `use dionysus::prelude::*;` brings the derives (`#[derive(Publishable, Consume)]`, with the
+/// `Publishable` trait), `#[topic(...)]`, the handle and the types most code names. Handlers
+/// keep their path, `#[dionysus::consume(...)]`, so they never clash with the `#[consume(...)]`
+/// helper attribute of `#[derive(Consume)]`.
 pub mod prelude {
     pub use crate::config::Config;
-    pub use crate::producer::outbox::Changeset;
-    pub use crate::producer::publishable::Publishable;
-
     pub use crate::consumer::{ConsumedEvent, Consumer};
     pub use crate::registry::{Registry, Topic};
-    pub use crate::topic;
-    pub use crate::Consume;
+    pub use crate::{topic, Changeset, Consume, Dionysus, Publishable};
 }
 
 /// Items the macros' generated code refers to. Not a public API: it may change in any

@@ -38,8 +38,8 @@ macro_rules! embedded {
     ($($dir:literal),* $(,)?) => {
         &[$(EmbeddedMigration {
             name: $dir,
-            up: include_str!(concat!("../../../migrations/", $dir, "/up.sql")),
-            down: include_str!(concat!("../../../migrations/", $dir, "/down.sql")),
+            up: include_str!(concat!("../migrations/", $dir, "/up.sql")),
+            down: include_str!(concat!("../migrations/", $dir, "/down.sql")),
         }),*]
     };
 }

@@ -290,7 +290,7 @@ impl Demo {
             let run = genesis.start(&request).await?;
             let bar = ProgressBar::new(0).with_style(style.clone()).with_prefix(model);
             let started = Instant::now();
-            let report = genesis.run(run.id, &bar, &CancellationToken::new()).await?;
+            let report = genesis.run(run.id, &Bar(bar.clone()), &CancellationToken::new()).await?;
             bar.finish_and_clear();
             println!(
                 "{:21}{model:<8} {} records to {topic} in {:.1} s{}",
@@ -416,4 +416,18 @@ async fn wait_for_count(counter: &AtomicU64, at_least: u64) -> u64 {
 
 fn date(year: i32, month: u32, day: u32) -> NaiveDate {
     NaiveDate::from_ymd_opt(year, month, day).unwrap_or_default()
+}
+
+/// A genesis run drawn as a progress bar.
+struct Bar(ProgressBar);
+
+impl dionysus::genesis::Progress for Bar {
+    fn started(&self, total: u64, done: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
+    }
+
+    fn advanced(&self, records: u64) {
+        self.0.inc(records);
+    }
 }

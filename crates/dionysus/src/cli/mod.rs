@@ -444,7 +444,7 @@ async fn execute(
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             listen_for_signals(&shutdown);
-            let report = genesis.run(run_id, &progress, &shutdown).await?;
+            let report = genesis.run(run_id, &Bar(progress), &shutdown).await?;
             if report.completed {
                 writeln!(out, "genesis run {run_id} completed: {} record(s) published", report.published)?;
             } else {
@@ -454,6 +454,24 @@ async fn execute(
         Command::Outbox(command) => outbox(&config, command, out).await?,
     }
     Ok(())
+}
+
+/// A genesis run drawn as a progress bar.
+struct Bar(indicatif::ProgressBar);
+
+impl crate::producer::genesis::Progress for Bar {
+    fn started(&self, total: u64, done: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
+    }
+
+    fn advanced(&self, records: u64) {
+        self.0.inc(records);
+    }
+
+    fn finished(&self) {
+        self.0.finish();
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM or Ctrl-C.

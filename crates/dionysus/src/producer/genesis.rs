@@ -16,10 +16,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, RetryableWithContext};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use indicatif::ProgressBar;
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
@@ -206,6 +206,24 @@ pub struct GenesisReport {
     pub performed: Option<GenesisPerformed>,
 }
 
+/// Told how a genesis run advances, e.g. to draw a progress bar (the command line draws one
+/// with indicatif). Every method does nothing by default; `()` is the listener that listens to
+/// nothing.
+pub trait Progress: Send + Sync {
+    /// The run starts (or resumes) with `total` records, `done` of them already published.
+    fn started(&self, total: u64, done: u64) {
+        let _ = (total, done);
+    }
+    /// `records` more were published.
+    fn advanced(&self, records: u64) {
+        let _ = records;
+    }
+    /// The run completed.
+    fn finished(&self) {}
+}
+
+impl Progress for () {}
+
 /// Runs geneses.
 pub struct Genesis {
     config: Config,
@@ -273,11 +291,11 @@ impl Genesis {
     }
 
     /// Runs (or resumes) run `run_id` until it completes or `shutdown` is cancelled,
-    /// advancing `progress` (use `ProgressBar::hidden()` for none).
+    /// telling `progress` how it advances (`&()` for nobody).
     pub async fn run(
         &self,
         run_id: i64,
-        progress: &ProgressBar,
+        progress: &dyn Progress,
         shutdown: &CancellationToken,
     ) -> Result<GenesisReport, GenesisError> {
         let mut conn = crate::db::checkout(&self.pool).await?;
@@ -304,8 +322,7 @@ impl Genesis {
 
         let batch_size = i64::from(run.batch_size.max(1));
         let total = run.total_count.unwrap_or(0).max(run.published_count);
-        progress.set_length(u64::try_from(total).unwrap_or(0));
-        progress.set_position(u64::try_from(run.published_count).unwrap_or(0));
+        progress.started(u64::try_from(total).unwrap_or(0), u64::try_from(run.published_count).unwrap_or(0));
         let over = Duration::from_secs_f64(run.spread_seconds.max(0.0));
         let deadline = started_at + chrono::Duration::from_std(over).unwrap_or_else(|_| chrono::Duration::zero());
         let remaining_batches = ((total - run.published_count).max(0) + batch_size - 1) / batch_size;
@@ -367,7 +384,7 @@ impl Genesis {
                 .execute(&mut conn)
                 .await
                 .map_err(query(format!("advancing genesis run {run_id}")))?;
-            progress.inc(u64::try_from(count).unwrap_or(0));
+            progress.advanced(u64::try_from(count).unwrap_or(0));
             cursor = Some(last);
             batch_index += 1;
             if count < batch_size {
@@ -379,7 +396,7 @@ impl Genesis {
             .execute(&mut conn)
             .await
             .map_err(query(format!("completing genesis run {run_id}")))?;
-        progress.finish();
+        progress.finished();
         let safety = chrono::Duration::from_std(self.config.producer.genesis_consistency_safety_delay)
             .unwrap_or_else(|_| chrono::Duration::zero());
         let performed = GenesisPerformed {
@@ -398,14 +415,13 @@ impl Genesis {
     }
 
     /// Publishes one batch of loaded records, retrying it a few times before failing the run.
-    async fn publish_batch(
+    async fn publish_batch<'c>(
         &self,
-        conn: &mut AsyncPgConnection,
+        conn: &'c mut AsyncPgConnection,
         refs: &[RowRef],
         page: &[Box<dyn Record>],
         after: Option<&str>,
     ) -> Result<(), GenesisError> {
-        const ATTEMPTS: u32 = 5;
         let sender = Sender {
             producer: &self.producer,
             topics: &self.topics,
@@ -413,18 +429,28 @@ impl Genesis {
             registry: &self.registry,
             auto_create_topics: false,
         };
-        let mut last_error = String::new();
-        for attempt in 1..=ATTEMPTS {
-            match self.try_publish(conn, &sender, refs, page).await {
-                Ok(()) => return Ok(()),
-                Err(message) => {
-                    tracing::warn!(attempt, "genesis batch after {after:?} failed: {message}");
-                    last_error = message;
-                    tokio::time::sleep(Duration::from_millis(200) * 2_u32.pow(attempt)).await;
-                }
+        // A batch that fails is tried again a few times (the broker may be restarting); its
+        // run stays resumable from the last published batch if it still fails.
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(400))
+            .with_max_delay(Duration::from_secs(10))
+            .with_max_times(4)
+            .with_jitter();
+        let attempt = |conn: &'c mut AsyncPgConnection| {
+            let sender = &sender;
+            async move {
+                let outcome = self.try_publish(conn, sender, refs, page).await;
+                (conn, outcome)
             }
-        }
-        Err(GenesisError::Publish { after: after.map(str::to_owned), message: last_error })
+        };
+        let (_, outcome) = attempt
+            .retry(backoff)
+            .context(conn)
+            .notify(|message: &String, wait| {
+                tracing::warn!(?wait, "genesis batch after {after:?} failed, trying again: {message}");
+            })
+            .await;
+        outcome.map_err(|message| GenesisError::Publish { after: after.map(str::to_owned), message })
     }
 
     async fn try_publish(

@@ -414,7 +414,7 @@ pub(crate) fn closest(name: &str, candidates: impl IntoIterator<Item = String>) 
     let limit = (name.len() / 3).max(2);
     candidates
         .into_iter()
-        .map(|candidate| (edit_distance(name, &candidate), candidate))
+        .map(|candidate| (strsim::osa_distance(name, &candidate), candidate))
         .filter(|(distance, _)| *distance <= limit)
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, candidate)| candidate)
@@ -422,31 +422,6 @@ pub(crate) fn closest(name: &str, candidates: impl IntoIterator<Item = String>) 
 
 fn describe(topic: &TopicDeclaration) -> String {
     format!("{} ({})", topic.declared_by, topic.location)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    // Optimal string alignment: insertions, deletions, substitutions and transpositions of
-    // adjacent characters (`nmae` → `name`) each cost 1.
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
 }
 
 /// One problem found by [`Registry::validate`].
