@@ -12,6 +12,7 @@ pub mod genesis;
 pub mod migrate;
 pub mod naming;
 pub mod outbox;
+pub mod partition_key;
 pub mod publishable;
 pub mod registry;
 pub mod relay;
@@ -182,6 +183,9 @@ pub mod __private {
     pub use serde_json;
 
     pub use crate::consumer::{ConsumedEvent, HandlerDeclaration, HandlerEntry, HandlerFuture};
+    pub use crate::partition_key::{
+        integer_partition_key, topic_partition_key, FieldFound, FieldMissing, FieldName, FieldOf, FieldProbe, NoField,
+    };
     pub use crate::publishable::{
         attribute_value, load_erased, model_entry, publications_of, relation, BoxFuture, ColumnIn, Dependency, IdKind,
         ModelEntry, NotRelated, Observer, OtherBelongsToOwner, OwnerBelongsToOther, PartitionKeySource, PrimaryKeyType,
@@ -190,7 +194,9 @@ pub mod __private {
     pub use crate::registry::{
         ModelRegistration, Tombstone, Topic, TopicDeclaration, TopicEntry, TopicReference, TopicReferenceEntry,
     };
-    pub use crate::replica::{Column, ColumnKind, DestroyStrategy, Replica, ReplicaDescriptor, ReplicaEntry};
+    pub use crate::replica::{
+        payload_column, Column, ColumnKind, ColumnType, DestroyStrategy, Replica, ReplicaDescriptor, ReplicaEntry,
+    };
     pub use crate::serialize::{serialize_erased, DefaultSerializer};
 
     /// Boxes a handler's future (used by `#[dionysus::consume]` on functions).

@@ -6,6 +6,7 @@
 //! persistence rules that turn a record into a row change ([`plan`], C-9 … C-14). Executing
 //! the changes against PostgreSQL is [`sql`]'s job; reading Kafka is `consumer`'s.
 
+mod column_type;
 pub mod deserialize;
 pub mod plan;
 pub mod sql;
@@ -13,12 +14,16 @@ pub mod sql;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
+#[doc(hidden)]
+pub use column_type::payload_column;
+pub use column_type::{ColumnType, PayloadColumn};
 pub use deserialize::{deserialize, deserialize_one, Record};
 pub use plan::{ChangeSet, RowPlan};
 
-/// The shape of a replica column's values, derived from the field's Rust type. Incoming
-/// values are checked against it before anything is written, so a payload of the wrong type
-/// is rejected (dead-lettered) instead of failing the whole batch in the database.
+/// The shape of a replica column's values, derived from the field's Rust type through
+/// [`ColumnType`]. Incoming values are checked against it before anything is written, so a
+/// payload of the wrong type is rejected (dead-lettered) instead of failing the whole batch
+/// in the database.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum ColumnKind {
     /// `i16`, `i32`, `i64`: a JSON integer or a string holding one.
