@@ -119,6 +119,11 @@ pub trait Topic {
     const DECLARATION: &'static TopicDeclaration;
     /// The topic's full name on the broker.
     const NAME: &'static str = Self::DECLARATION.full_name;
+    /// The declaration's `partition_key` as a type-level name
+    /// ([`crate::partition_key::FieldName`]), so models published on the topic can have the
+    /// field it names checked by the compiler.
+    #[doc(hidden)]
+    type PartitionKeyField;
 }
 
 /// A declaration that names a topic by string (a publisher, a consumer, a handler), checked
