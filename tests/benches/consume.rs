@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use dionysus::consumer::replica::{Replica, Replicas};
 use dionysus::consumer::Consumer;
-use dionysus::replica::{Replica, Replicas};
 use dionysus_tests::{create_topic, kafka_config, TestDb};
 use futures_util::future::join_all;
 use rdkafka::producer::FutureRecord;
@@ -277,12 +277,12 @@ async fn main() {
     // Produce (not measured).
     let kafka = kafka_config();
     let topic = create_topic(&kafka, "bench_rentals", partitions).await;
-    let producer = dionysus::transport::producer(&kafka).unwrap();
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
     let started = Instant::now();
     let payloads: Vec<(String, Vec<u8>)> = (1..=total)
         .map(|i| {
             let value = json!({"message": [{"event": "rental_created", "model_name": "Rental", "data": [record(i)]}]});
-            (format!("Rental:{i}"), dionysus::envelope::to_json(&value).unwrap())
+            (format!("Rental:{i}"), dionysus::wire::envelope::to_json(&value).unwrap())
         })
         .collect();
     for chunk in payloads.chunks(5_000) {
@@ -347,9 +347,9 @@ async fn main() {
 
     // The same messages through `process_batch` without the broker (database path only).
     conn.batch_execute(&format!("CREATE TABLE bench_direct ({COLUMNS})")).await.unwrap();
-    let direct_table = Box::leak(Box::new(dionysus::replica::ReplicaDescriptor {
+    let direct_table = Box::leak(Box::new(dionysus::consumer::replica::ReplicaDescriptor {
         table: "bench_direct",
-        ..dionysus::replica::ReplicaDescriptor { ..*BenchRental::DESCRIPTOR }
+        ..dionysus::consumer::replica::ReplicaDescriptor { ..*BenchRental::DESCRIPTOR }
     }));
     let mut config =
         dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
@@ -369,7 +369,7 @@ async fn main() {
                 partition: 0,
                 offset: i,
                 key: Some(format!("Rental:{i}").into_bytes()),
-                payload: Some(dionysus::envelope::to_json(&value).unwrap()),
+                payload: Some(dionysus::wire::envelope::to_json(&value).unwrap()),
             }
         })
         .collect();

@@ -93,7 +93,7 @@ async fn raw(
             let record = FutureRecord::to(topic)
                 .key(&key)
                 .payload(&payloads[index])
-                .partition(dionysus::transport::partition_for(partition_key.as_bytes(), PARTITIONS));
+                .partition(dionysus::wire::partition::partition_for(partition_key.as_bytes(), PARTITIONS));
             deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
         }
         for delivery in deliveries {
@@ -184,11 +184,11 @@ async fn main() {
         .iter()
         .map(|item| {
             let data = serde_json::json!([{"id": item.id, "account_id": item.account_id, "name": item.name, "daily_price": item.daily_price, "links": {}}]);
-            dionysus::envelope::Envelope::single("item_updated", "Item", data).encode().unwrap()
+            dionysus::wire::envelope::Envelope::single("item_updated", "Item", data).encode().unwrap()
         })
         .collect();
     let kafka = kafka_config();
-    let producer = dionysus::transport::producer(&kafka).unwrap();
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
 
     // The broker's own ceiling: the same payloads produced with no database at all.
     let produce_topic = create_topic(&kafka, "bench_produce", PARTITIONS).await;
@@ -202,7 +202,7 @@ async fn main() {
             let record = FutureRecord::to(&produce_topic)
                 .key(&key)
                 .payload(&payloads[usize::try_from(item - 1).unwrap()])
-                .partition(dionysus::transport::partition_for(partition_key.as_bytes(), PARTITIONS));
+                .partition(dionysus::wire::partition::partition_for(partition_key.as_bytes(), PARTITIONS));
             deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
         }
         for delivery in deliveries {

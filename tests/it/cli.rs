@@ -152,7 +152,7 @@ async fn consume_fills_the_replica_and_stops_on_shutdown() {
     let kafka = kafka_config();
     let topic = create_topic(&kafka, "cli_consume", 2).await;
     let dead_letters = unique_name("cli_dead_letters");
-    let producer = dionysus::transport::producer(&kafka).unwrap();
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
     for (event, id, name, at) in
         [("rental_created", 1, "Loft", 1), ("rental_created", 2, "Chalet", 1), ("rental_updated", 1, "Loft 2", 2)]
     {

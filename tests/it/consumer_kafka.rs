@@ -133,7 +133,7 @@ async fn consumes_end_to_end_and_dead_letters_bad_input() {
     let kafka = kafka_config();
     let topic = create_topic(&kafka, "replica_e2e", 1).await;
     let dead_letters = create_topic(&kafka, "dead_letters", 1).await;
-    let producer = dionysus::transport::producer(&kafka).unwrap();
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
     let key = Some("Rental:1");
     send(&producer, &topic, 0, key, Some(&rental("rental_created", 1, "first", 1))).await;
     send(&producer, &topic, 0, key, Some(&rental("rental_updated", 1, "newest", 3))).await;
@@ -215,7 +215,7 @@ async fn crash_between_db_commit_and_kafka_commit_applies_each_change_once() {
     db.connection().await.batch_execute(WRITES_LOG).await.unwrap();
     let kafka = kafka_config();
     let topic = create_topic(&kafka, "replica_crash", 1).await;
-    let producer = dionysus::transport::producer(&kafka).unwrap();
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
     for id in 1..=10 {
         send(&producer, &topic, 0, None, Some(&rental("rental_created", id, "created", 1))).await;
     }
@@ -297,7 +297,7 @@ async fn two_consumers_rebalancing_converge_to_the_source() {
     .unwrap();
     let kafka = kafka_config();
     let topic = create_topic(&kafka, "replica_rebalance", 4).await;
-    let producer = dionysus::transport::producer(&kafka).unwrap();
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
     let (ids, versions) = (60i64, 4i64);
     let produce = |from: i64, to: i64| {
         let (producer, topic) = (producer.clone(), topic.clone());
@@ -370,7 +370,7 @@ async fn a_busy_partition_does_not_hold_up_the_others() {
     slow_writes(&mut conn, 0.002).await;
     let kafka = kafka_config();
     let topic = create_topic(&kafka, "replica_backlog", 2).await;
-    let producer = dionysus::transport::producer(&kafka).unwrap();
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
     let per_partition = 1500i64;
     for partition in 0..2 {
         let values: Vec<Vec<u8>> = (1..=per_partition)
@@ -444,7 +444,7 @@ async fn aborting_the_consumer_task_stops_its_workers() {
     slow_writes(&mut conn, 0.01).await;
     let kafka = kafka_config();
     let topic = create_topic(&kafka, "replica_abort", 1).await;
-    let producer = dionysus::transport::producer(&kafka).unwrap();
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
     let values: Vec<Vec<u8>> = (1..=400).map(|id| rental("rental_created", id, "created", 1)).collect();
     send_many(&producer, &topic, 0, &values).await;
     let consumer = builder(&db, &kafka, &topic, "unused_dead_letters").config(config(&db, &kafka, 50)).build().unwrap();

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use dionysus::consumer::replica::{Replica, Replicas};
 use dionysus::consumer::{Consumer, InboundMessage, Notification, UnknownModel};
-use dionysus::replica::{Replica, Replicas};
 use dionysus_tests::TestDb;
 use serde_json::{json, Value};
 
@@ -240,7 +240,7 @@ pub async fn row(conn: &mut AsyncPgConnection, table: &str, synced_id: i64) -> O
 
 /// A timestamp column as an instant (`None` for NULL).
 pub fn instant(value: &Value) -> Option<DateTime<Utc>> {
-    dionysus::envelope::parse_timestamp(value)
+    dionysus::wire::envelope::parse_timestamp(value)
 }
 
 /// `T(n)` as an instant.

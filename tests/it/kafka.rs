@@ -14,7 +14,7 @@ use rdkafka::util::Timeout;
 async fn messages_with_key_headers_and_tombstones_round_trip() {
     let kafka = kafka_config();
     let topic = create_topic(&kafka, "roundtrip", 1).await;
-    let producer = dionysus::transport::producer(&kafka).unwrap();
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
 
     let value = r#"{"message":[{"event":"rental_created","model_name":"Rental","data":[{"id":1}]}]}"#;
     let headers = OwnedHeaders::new().insert(Header { key: "origin", value: Some("it") });
@@ -62,12 +62,12 @@ async fn messages_with_key_headers_and_tombstones_round_trip() {
 }
 
 /// librdkafka's default partitioner, which dionysus-rb's producer uses with the partition
-/// key, picks the same partition as `dionysus::transport::partition_for`.
+/// key, picks the same partition as `dionysus::wire::partition::partition_for`.
 #[tokio::test(flavor = "multi_thread")]
 async fn partition_choice_matches_librdkafkas_default_partitioner() {
     let kafka = kafka_config();
     let topic = create_topic(&kafka, "partitions", 12).await;
-    let producer = dionysus::transport::producer(&kafka).unwrap();
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
     for account_id in 0..40 {
         let partition_key = account_id.to_string();
         let delivery = producer
@@ -77,7 +77,7 @@ async fn partition_choice_matches_librdkafkas_default_partitioner() {
             .unwrap();
         assert_eq!(
             delivery.partition,
-            dionysus::transport::partition_for(partition_key.as_bytes(), 12),
+            dionysus::wire::partition::partition_for(partition_key.as_bytes(), 12),
             "partition key {partition_key}"
         );
     }

@@ -1,8 +1,8 @@
 //! Declared topics reach the broker: creation from the registry (genesis replicas included)
 //! and partition counts read back.
 
+use dionysus::kafka::{self, TopicCreation, TopicSpec};
 use dionysus::registry::{Registry, TopicDeclaration};
-use dionysus::transport::{self, TopicCreation, TopicSpec};
 use dionysus::Topic;
 use dionysus_tests::{kafka_config, unique_name};
 
@@ -21,15 +21,14 @@ async fn declared_topics_are_created_with_their_partitions() {
 
     let specs = TopicSpec::for_registry(&registry);
     assert_eq!(specs.len(), 2, "the topic and its genesis replica");
-    let created = transport::create_topics(&kafka, &specs).await.unwrap();
+    let created = kafka::create_topics(&kafka, &specs).await.unwrap();
     assert!(created.iter().all(|c| matches!(c, TopicCreation::Created(_))), "{created:?}");
-    let again = transport::create_topics(&kafka, &specs).await.unwrap();
+    let again = kafka::create_topics(&kafka, &specs).await.unwrap();
     assert!(again.iter().all(|c| matches!(c, TopicCreation::AlreadyExists(_))), "{again:?}");
 
     let genesis = format!("{name}_genesis");
     let missing = unique_name("missing");
-    let counts =
-        transport::partition_counts(&kafka, &[name.to_owned(), genesis.clone(), missing.clone()]).await.unwrap();
+    let counts = kafka::partition_counts(&kafka, &[name.to_owned(), genesis.clone(), missing.clone()]).await.unwrap();
     assert_eq!(counts[name], Some(3));
     assert_eq!(counts[&genesis], Some(3));
     assert_eq!(counts[&missing], None);

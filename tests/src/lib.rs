@@ -122,7 +122,7 @@ pub fn kafka_config() -> KafkaConfig {
 
 /// Consumer settings for tests: fast group joins (the defaults take ~20 s with this broker).
 pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
-    let mut config = dionysus::transport::consumer_config(kafka, group_id);
+    let mut config = dionysus::kafka::consumer_config(kafka, group_id);
     config.set("session.timeout.ms", "6000").set("heartbeat.interval.ms", "500");
     config
 }
@@ -130,8 +130,8 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
 /// A new topic with a unique name derived from `prefix`.
 pub async fn create_topic(kafka: &KafkaConfig, prefix: &str, partitions: i32) -> String {
     let name = unique_name(prefix);
-    let spec = dionysus::transport::TopicSpec { name: name.clone(), partitions, replication_factor: 1 };
-    dionysus::transport::create_topics(kafka, &[spec]).await.unwrap();
+    let spec = dionysus::kafka::TopicSpec { name: name.clone(), partitions, replication_factor: 1 };
+    dionysus::kafka::create_topics(kafka, &[spec]).await.unwrap();
     name
 }
 
@@ -230,11 +230,11 @@ pub fn registry_for<T: dionysus::Publishable>(
     partitions: i32,
     partition_key: &'static str,
     serialize: fn(
-        &dyn dionysus::publishable::Record,
+        &dyn dionysus::registry::model::Record,
         &dionysus::serialize::Sideloads,
     ) -> Result<serde_json::Value, dionysus::serialize::SerializeError>,
 ) -> &'static dionysus::Registry {
-    use dionysus::publishable::{PartitionKeySource, Publication};
+    use dionysus::registry::model::{PartitionKeySource, Publication};
     use dionysus::registry::{Tombstone, TopicDeclaration};
     let name: &'static str = Box::leak(topic.to_owned().into_boxed_str());
     let declaration: &'static TopicDeclaration = Box::leak(Box::new(TopicDeclaration {
@@ -250,7 +250,7 @@ pub fn registry_for<T: dionysus::Publishable>(
         location: file!(),
     }));
     let publication: &'static Publication = Box::leak(Box::new(Publication {
-        model: dionysus::publishable::model_entry::<T>(),
+        model: dionysus::producer::publishable::model_entry::<T>(),
         topic: name,
         partition_key: PartitionKeySource::Attribute(partition_key),
         with: &[],

@@ -3,9 +3,9 @@
 
 use crate::config::ConfigError;
 use crate::db::DbError;
+use crate::kafka::TransportError;
 use crate::migrate::MigrationError;
 use crate::registry::RegistryError;
-use crate::transport::TransportError;
 
 /// Any dionysus error.
 #[derive(Debug, thiserror::Error)]
@@ -31,13 +31,13 @@ pub enum Error {
     Query(#[from] diesel::result::Error),
     /// Writing outbox rows failed.
     #[error("writing outbox rows: {0}")]
-    Outbox(#[from] crate::outbox::OutboxError),
+    Outbox(#[from] crate::producer::outbox::OutboxError),
     /// The relay could not start or stopped on an error.
     #[error(transparent)]
-    Relay(#[from] crate::relay::RelayError),
+    Relay(#[from] crate::producer::relay::RelayError),
     /// A genesis could not start or complete.
     #[error(transparent)]
-    Genesis(#[from] crate::genesis::GenesisError),
+    Genesis(#[from] crate::producer::genesis::GenesisError),
 }
 
 /// `Result` with [`Error`].

@@ -5,29 +5,24 @@
 pub mod cli;
 pub mod config;
 pub mod consumer;
+#[doc(hidden)]
 pub mod db;
-pub mod envelope;
 pub mod error;
-pub mod genesis;
+pub mod kafka;
 pub mod migrate;
-pub mod naming;
-pub mod outbox;
-pub mod partition_key;
-pub mod publishable;
+pub mod producer;
 pub mod registry;
-pub mod relay;
-pub mod replica;
+#[doc(hidden)]
 pub mod schema;
-mod sender;
-pub mod serialize;
 pub mod telemetry;
-pub mod transport;
+pub mod wire;
 
 pub use config::Config;
 pub use error::{Error, Result};
 pub use migrate::{copy_migrations, migrate};
-pub use outbox::Changeset;
-pub use publishable::Publishable;
+pub use producer::outbox::Changeset;
+pub use producer::publishable::Publishable;
+pub use producer::{genesis, outbox, relay, serialize};
 pub use registry::{Registry, Topic};
 
 /// Declares a Kafka topic on a unit struct and registers it.
@@ -83,10 +78,10 @@ pub use dionysus_macros::topic;
 /// partition key as Ruby's `value.to_i.to_s`: integers unchanged, but a text key such as
 /// `"k007"` becomes `"0"`, so every row lands on one partition (and one relay bucket). A field
 /// named by `partition_key`, or by the `partition_key` of a topic given as a type, must
-/// therefore implement [`partition_key::IntegerPartitionKey`] (integers, their `Option`s and
-/// aliases); anything else is a compile error on the key. Use `partition_key_with` to send
-/// the text as is, or `partition_key_to_i` to keep the gem's rule byte for byte, e.g. when a
-/// Ruby producer writes the same topic.
+/// therefore implement [`producer::partition_key::IntegerPartitionKey`] (integers, their
+/// `Option`s and aliases); anything else is a compile error on the key. Use
+/// `partition_key_with` to send the text as is, or `partition_key_to_i` to keep the gem's
+/// rule byte for byte, e.g. when a Ruby producer writes the same topic.
 ///
 /// ```
 /// use diesel::prelude::*;
@@ -149,9 +144,9 @@ pub use dionysus_macros::Publishable;
 ///     pub local_note: Option<String>,
 /// }
 ///
-/// use dionysus::replica::Replica;
+/// use dionysus::consumer::replica::Replica;
 /// assert_eq!(ReplicatedRental::DESCRIPTOR.table, "replicated_rentals");
-/// assert!(dionysus::replica::Replicas::global().find("rentals").is_some());
+/// assert!(dionysus::consumer::replica::Replicas::global().find("rentals").is_some());
 /// ```
 ///
 /// On the struct, `#[consume(...)]` takes:
@@ -170,9 +165,10 @@ pub use dionysus_macros::Publishable;
 /// `synced_id`. `synced_id` and `synced_updated_at` fields are required.
 ///
 /// A column's kind (what payload values it accepts) and nullability come from its field's
-/// type through [`replica::ColumnType`]: integers, floats, `bool`, `String`, `DateTime<Utc>`,
-/// `NaiveDateTime`, `NaiveDate`, `serde_json::Value` (and `BigDecimal`, `Uuid` with the
-/// `bigdecimal`, `uuid` features), a `Vec` of these, an `Option` of any; type aliases work.
+/// type through [`consumer::replica::ColumnType`]: integers, floats, `bool`, `String`,
+/// `DateTime<Utc>`, `NaiveDateTime`, `NaiveDate`, `serde_json::Value` (and `BigDecimal`,
+/// `Uuid` with the `bigdecimal`, `uuid` features), a `Vec` of these, an `Option` of any;
+/// type aliases work.
 ///
 /// Mistakes are compile errors on the offending token: a missing required field or key, an
 /// unknown key (with a suggestion), a field type that cannot hold payload values, a
@@ -203,8 +199,8 @@ pub use dionysus_macros::consume;
 /// The names most applications need, in one import.
 pub mod prelude {
     pub use crate::config::Config;
-    pub use crate::outbox::Changeset;
-    pub use crate::publishable::Publishable;
+    pub use crate::producer::outbox::Changeset;
+    pub use crate::producer::publishable::Publishable;
 
     pub use crate::consumer::{ConsumedEvent, Consumer};
     pub use crate::registry::{Registry, Topic};
@@ -221,28 +217,33 @@ pub mod __private {
     pub use inventory;
     pub use serde_json;
 
+    pub use crate::consumer::replica::{
+        payload_column, Column, ColumnKind, ColumnType, DestroyStrategy, Replica, ReplicaDescriptor, ReplicaEntry,
+    };
     pub use crate::consumer::{ConsumedEvent, HandlerDeclaration, HandlerEntry, HandlerFuture};
-    pub use crate::partition_key::{
+    pub use crate::producer::partition_key::{
         integer_partition_key, topic_partition_key, FieldFound, FieldMissing, FieldName, FieldOf, FieldProbe, NoField,
     };
-    pub use crate::publishable::{
-        attribute_value, load_erased, model_entry, publications_of, relation, BoxFuture, ColumnIn, Dependency, IdKind,
-        ModelEntry, NotRelated, Observer, OtherBelongsToOwner, OwnerBelongsToOther, PartitionKeySource, PrimaryKeyType,
-        Publication, Publishable, Record, RecordFilter, Relation, RelationProbe, SoftDelete,
+    pub use crate::producer::publishable::{
+        attribute_value, load_erased, model_entry, publications_of, relation, NotRelated, OtherBelongsToOwner,
+        OwnerBelongsToOther, PrimaryKeyType, Publishable, RelationProbe,
+    };
+    pub use crate::producer::serialize::{serialize_erased, DefaultSerializer};
+    pub use crate::registry::model::{
+        BoxFuture, ColumnIn, Dependency, IdKind, ModelEntry, Observer, PartitionKeySource, Publication, Record,
+        RecordFilter, Relation, SoftDelete,
     };
     pub use crate::registry::{
         ModelRegistration, Tombstone, Topic, TopicDeclaration, TopicEntry, TopicReference, TopicReferenceEntry,
     };
-    pub use crate::replica::{
-        payload_column, Column, ColumnKind, ColumnType, DestroyStrategy, Replica, ReplicaDescriptor, ReplicaEntry,
-    };
-    pub use crate::serialize::{serialize_erased, DefaultSerializer};
 
-    /// Boxes a handler's future (used by `#[dionysus::consume]` on functions).
-    pub fn box_handler<'a, F>(future: F) -> HandlerFuture<'a>
+    /// Boxes a handler's future (used by `#[dionysus::consume]` on functions); the
+    /// handler's error may be any error type.
+    pub fn box_handler<'a, F, E>(future: F) -> HandlerFuture<'a>
     where
-        F: ::core::future::Future<Output = crate::Result<()>> + Send + 'a,
+        F: ::core::future::Future<Output = ::core::result::Result<(), E>> + Send + 'a,
+        E: Into<crate::consumer::HandlerError>,
     {
-        ::std::boxed::Box::pin(future)
+        ::std::boxed::Box::pin(async move { future.await.map_err(Into::into) })
     }
 }

@@ -66,7 +66,7 @@ async fn demo() -> anyhow::Result<bool> {
     println!("dionysus rentals demo: PostgreSQL at {}, broker at {brokers}", mask_password(&base.database_url));
     let registry = Registry::global();
     registry.validate()?;
-    let existing_topics = dionysus::transport::broker_topics(&base.kafka).await.map_err(|error| {
+    let existing_topics = dionysus::kafka::broker_topics(&base.kafka).await.map_err(|error| {
         anyhow!(
             "cannot reach the broker at {brokers} ({error})\n       \
              start a broker there, or run scripts/demo with DIONYSUS_SEED_BROKER unset: it starts one the way the tests do"
@@ -332,7 +332,8 @@ impl Demo {
             }
             let backlog = self.count("SELECT count(*) AS n FROM dionysus_outbox WHERE published_at IS NULL").await?;
             let published = self.relay_published().await? + self.genesis_published;
-            let applied: i64 = dionysus::replica::sql::stored_offsets(&mut self.replica, GROUP).await?.values().sum();
+            let applied: i64 =
+                dionysus::consumer::replica::sql::stored_offsets(&mut self.replica, GROUP).await?.values().sum();
             if backlog == 0 && applied >= published {
                 return Ok(started.elapsed());
             }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use dionysus::config::{mask_password, KafkaConfig};
-use dionysus::transport::TopicSpec;
+use dionysus::kafka::TopicSpec;
 use dionysus::Registry;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -52,7 +52,7 @@ pub async fn recreate_topics(
     let stale: Vec<&str> =
         specs.iter().map(|spec| spec.name.as_str()).filter(|name| existing.contains_key(*name)).collect();
     if !stale.is_empty() {
-        let admin: AdminClient<DefaultClientContext> = dionysus::transport::client_config(kafka).create()?;
+        let admin: AdminClient<DefaultClientContext> = dionysus::kafka::client_config(kafka).create()?;
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         for result in admin.delete_topics(&stale, &options).await? {
             if let Err((topic, code)) = result {
@@ -60,13 +60,13 @@ pub async fn recreate_topics(
             }
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        while dionysus::transport::broker_topics(kafka).await?.keys().any(|name| stale.contains(&name.as_str())) {
+        while dionysus::kafka::broker_topics(kafka).await?.keys().any(|name| stale.contains(&name.as_str())) {
             if Instant::now() > deadline {
                 bail!("the topics of an earlier run are still there 30 s after deleting them: {stale:?}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    dionysus::transport::create_topics(kafka, &specs).await?;
+    dionysus::kafka::create_topics(kafka, &specs).await?;
     Ok(specs)
 }

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use dionysus::kafka::{self, TopicSpec};
 use dionysus::prelude::*;
-use dionysus::transport::{self, TopicSpec};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
@@ -30,12 +30,12 @@ async fn main() -> anyhow::Result<()> {
     let applied = dionysus::migrate(&config.database_url).await?;
     println!("migrations applied: {}", applied.len());
 
-    let created = transport::create_topics(&config.kafka, &TopicSpec::for_registry(registry)).await?;
+    let created = kafka::create_topics(&config.kafka, &TopicSpec::for_registry(registry)).await?;
     println!("topics: {created:?}");
 
-    let producer = transport::producer(&config.kafka)?;
+    let producer = kafka::producer(&config.kafka)?;
     let value = r#"{"message":[{"event":"rental_created","model_name":"Rental","data":[{"id":1,"account_id":2}]}]}"#;
-    let partition = transport::partition_for(b"2", 3);
+    let partition = dionysus::wire::partition::partition_for(b"2", 3);
     let delivery = producer
         .send(
             FutureRecord::to(Rentals::NAME).key("Rental:1").partition(partition).payload(value),
@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
     println!("published Rental:1 to {}[{}] at offset {}", Rentals::NAME, delivery.partition, delivery.offset);
 
     let group = format!("smoke-{}", std::process::id());
-    let consumer: StreamConsumer = transport::consumer_config(&config.kafka, &group)
+    let consumer: StreamConsumer = kafka::consumer_config(&config.kafka, &group)
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
         .create()?;

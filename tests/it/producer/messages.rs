@@ -1,13 +1,14 @@
-//! From outbox rows to Kafka messages with `dionysus::serialize::plan_rows`, on real
+//! From outbox rows to Kafka messages with `dionysus::producer::plan::plan_rows`, on real
 //! PostgreSQL but without a broker: topic(s), key, partition key and the exact value bytes
 //! (vectors w01, w02, w15, p20, p22, p23, p24, p26, p29, p30, w27).
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use dionysus::config::ProducerConfig;
-use dionysus::outbox::{Changeset, Outbox, OutboxRow, OBSERVER_TOPIC};
+use dionysus::outbox::{Changeset, Outbox, OutboxRow};
+use dionysus::producer::plan::{plan_rows, tombstone_messages, OutgoingMessage, PlanError, RowPlan, RowRef};
 use dionysus::registry::Registry;
-use dionysus::serialize::{plan_rows, tombstone_messages, OutgoingMessage, PlanError, RowPlan, RowRef};
+use dionysus::registry::OBSERVER_TOPIC;
 use serde_json::{json, Value};
 
 use super::spec_b::{
@@ -392,9 +393,11 @@ async fn tombstones_default_to_the_records_keys() {
 /// not have gives no partition key; values render as Ruby's `to_i.to_s`.
 #[test]
 fn partition_key_sources_follow_p16() {
-    use dionysus::publishable::{PartitionKeySource, Publication, Publishable};
+    use dionysus::producer::publishable::partition_key;
+    use dionysus::registry::model::{PartitionKeySource, Publication};
     use dionysus::registry::{Tombstone, TopicDeclaration};
-    use dionysus::serialize::{partition_key, DefaultSerializer};
+    use dionysus::serialize::DefaultSerializer;
+    use dionysus::Publishable;
 
     fn topic(partition_key: Option<&'static str>) -> &'static TopicDeclaration {
         Box::leak(Box::new(TopicDeclaration {

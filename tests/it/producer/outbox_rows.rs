@@ -12,7 +12,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use dionysus::config::ProducerConfig;
-use dionysus::outbox::{Changeset, Outbox, OBSERVER_TOPIC};
+use dionysus::outbox::{Changeset, Outbox};
+use dionysus::registry::OBSERVER_TOPIC;
 use serde_json::json;
 
 use super::spec_a::{

@@ -13,14 +13,14 @@ use serde_json::{Map, Value};
 
 use super::dedup::remove_duplicates;
 use super::events::{ConsumedEvent, LocalChange, MessageFilter};
-use crate::envelope::{decode, Decoded, EnvelopeError};
-use crate::naming::{event_prefix, EventKind};
-use crate::replica::deserialize::deserialize_owned;
-use crate::replica::plan::{
+use crate::consumer::replica::deserialize::deserialize_owned;
+use crate::consumer::replica::plan::{
     guard_from_prepared, normalize_row, plan, prepare, take_intent, Intent, Prepared, RecordError,
 };
-use crate::replica::sql::{self, id_key, ColumnTypes, UpsertRow};
-use crate::replica::{Record, ReplicaDescriptor, Replicas, RowPlan};
+use crate::consumer::replica::sql::{self, id_key, ColumnTypes, UpsertRow};
+use crate::consumer::replica::{Record, ReplicaDescriptor, Replicas, RowPlan};
+use crate::wire::envelope::{decode, Decoded, EnvelopeError};
+use crate::wire::naming::{event_prefix, EventKind};
 
 /// A message as read from Kafka.
 #[derive(Debug, Clone, PartialEq, Eq)]

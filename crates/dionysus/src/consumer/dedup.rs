@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::envelope::{parse_timestamp, Decoded};
+use crate::wire::envelope::{parse_timestamp, Decoded};
 
 #[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Rank {
@@ -72,7 +72,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::envelope::decode_value;
+    use crate::wire::envelope::decode_value;
 
     fn message(event: &str, record: Value) -> Decoded {
         decode_value(json!({"message": [{"event": event, "model_name": "Booking", "data": [record]}]})).unwrap()

@@ -9,7 +9,7 @@ use std::pin::Pin;
 
 use serde_json::{Map, Value};
 
-use crate::replica::{ChangeSet, Record};
+use crate::consumer::replica::{ChangeSet, Record};
 
 /// The changes made to one local row: `[model name, synced id]` and column → `[old, new]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,8 +112,11 @@ where
     }
 }
 
+/// A handler's own error: any error type of the application (`dionysus::Error` included).
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// The future a handler returns.
-pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = crate::Result<()>> + Send + 'a>>;
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
 
 /// A handler declared with `#[dionysus::consume(topic = "v3_rentals", event =
 /// "rental_updated")]`; runs after the batch holding the event is committed.

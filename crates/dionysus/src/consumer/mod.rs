@@ -40,6 +40,7 @@
 mod batch;
 pub mod dedup;
 mod events;
+pub mod replica;
 mod runtime;
 
 use std::collections::HashSet;
@@ -56,13 +57,14 @@ type Transactions = <AsyncPgConnection as AsyncConnection>::TransactionManager;
 pub use batch::{lock_name, DeadLetter, InboundMessage, UnknownModel};
 use batch::{PreparedBatch, Rules};
 pub use events::{
-    handlers, ConsumedEvent, HandlerDeclaration, HandlerEntry, HandlerFuture, LocalChange, MessageFilter, Notification,
+    handlers, ConsumedEvent, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFuture, LocalChange, MessageFilter,
+    Notification,
 };
 pub use runtime::DeadLetterHeaders;
 
 use crate::config::Config;
+use crate::consumer::replica::{sql, Replicas};
 use crate::db::{DbError, Pool};
-use crate::replica::{sql, Replicas};
 
 /// A consumer failed.
 #[derive(Debug, thiserror::Error)]

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{AfterCommit, Consumer, ConsumerError, DeadLetter, InboundMessage};
-use crate::replica::sql;
+use crate::consumer::replica::sql;
 
 /// Header names of a dead-lettered message; the value is the original bytes and the key the
 /// original key.
@@ -398,7 +398,7 @@ impl Consumer {
             assignments: assignments.clone(),
             paused: paused.clone(),
         };
-        let mut client = crate::transport::consumer_config(kafka, &inner.group);
+        let mut client = crate::kafka::consumer_config(kafka, &inner.group);
         client.set("statistics.interval.ms", "5000");
         for (key, value) in &inner.kafka_properties {
             client.set(key, value);
@@ -411,7 +411,7 @@ impl Consumer {
         );
         let topics: Vec<&str> = inner.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(kafka_error(format!("subscribing to {topics:?}")))?;
-        let producer = crate::transport::producer(kafka).map_err(|error| ConsumerError::Kafka {
+        let producer = crate::kafka::producer(kafka).map_err(|error| ConsumerError::Kafka {
             what: error.to_string(),
             source: KafkaError::ClientCreation("dead-letter producer".to_owned()),
         })?;

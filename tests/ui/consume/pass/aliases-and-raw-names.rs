@@ -27,7 +27,7 @@ pub struct Rental {
 }
 
 fn main() {
-    use dionysus::replica::{ColumnKind, Replica};
+    use dionysus::consumer::replica::{ColumnKind, Replica};
     let column = |name: &str| Rental::DESCRIPTOR.column(name).map(|column| (column.kind, column.nullable));
     assert_eq!(column("price"), Some((ColumnKind::Float, true)));
     assert_eq!(column("synced_updated_at"), Some((ColumnKind::Timestamp, true)));

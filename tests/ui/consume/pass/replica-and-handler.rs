@@ -42,7 +42,7 @@ async fn notify(event: &ConsumedEvent) -> dionysus::Result<()> {
 }
 
 fn main() {
-    use dionysus::replica::Replica;
+    use dionysus::consumer::replica::Replica;
     let descriptor = ReplicatedRental::DESCRIPTOR;
     assert_eq!(descriptor.model, "Rental");
     assert_eq!(descriptor.column("price").map(|c| c.source), Some("daily_price"));

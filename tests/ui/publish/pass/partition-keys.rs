@@ -47,7 +47,7 @@ pub struct Note {
 }
 
 fn main() {
-    use dionysus::publishable::PartitionKeySource;
+    use dionysus::registry::model::PartitionKeySource;
     use dionysus::Publishable;
     assert!(matches!(Rental::PUBLICATIONS[1].partition_key, PartitionKeySource::Attribute("account_id")));
     assert!(matches!(Rental::PUBLICATIONS[2].partition_key, PartitionKeySource::Attribute("code")));

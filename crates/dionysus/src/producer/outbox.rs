@@ -50,15 +50,15 @@ use std::sync::OnceLock;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{Map, Value};
 
-use crate::config::ProducerConfig;
-use crate::naming::{self, EventKind};
-use crate::publishable::{ColumnIn, ModelEntry, Publishable, Record, Relation};
-use crate::registry::Registry;
-use crate::schema::dionysus_outbox;
-use crate::serialize::{id_text, partition_key};
+use diesel::result::QueryResult;
 
-/// The pseudo-topic of deferred observer rows (never produced to Kafka, W-16).
-pub const OBSERVER_TOPIC: &str = "__outbox_observer__";
+use super::publishable::{partition_key, Publishable};
+use crate::config::ProducerConfig;
+use crate::registry::model::{ColumnIn, ModelEntry, Publication, Record, RecordFilter, Relation};
+use crate::registry::{Registry, OBSERVER_TOPIC};
+use crate::schema::dionysus_outbox;
+use crate::wire::naming::{self, EventKind};
+use crate::wire::record::id_text;
 
 /// An outbox row to insert.
 #[derive(Debug, Clone, PartialEq, Eq, diesel::Insertable)]
@@ -386,7 +386,7 @@ impl<'a> Outbox<'a> {
         for (publication, dependency) in self.registry.dependents_of(model) {
             let owners = self.related_owners(conn, record, publication.model, (dependency.relation)(), None).await?;
             for owner in owners {
-                rows.push(self.owner_updated_row(publication, owner.as_ref()));
+                rows.push(owner_updated_row(publication, owner.as_ref(), self.registry, self.config));
             }
         }
 
@@ -421,21 +421,10 @@ impl<'a> Outbox<'a> {
                 continue;
             }
             for owner in owners {
-                rows.push(self.owner_updated_row(publication, owner.as_ref()));
+                rows.push(owner_updated_row(publication, owner.as_ref(), self.registry, self.config));
             }
         }
         Ok(rows)
-    }
-
-    fn owner_updated_row(&self, publication: &crate::publishable::Publication, owner: &dyn Record) -> NewOutboxRow {
-        NewOutboxRow {
-            resource_class: publication.model.model_name.to_owned(),
-            resource_id: owner.id(),
-            event_name: naming::event_name(publication.model.model_name, EventKind::Updated),
-            topic: publication.topic.to_owned(),
-            partition_key: partition_key(publication, owner, self.registry, self.config),
-            changeset: Value::Object(Map::new()),
-        }
     }
 
     /// The event of a change for the model's own topics, or `None` when nothing is written
@@ -468,7 +457,7 @@ impl<'a> Outbox<'a> {
     }
 
     /// Records of `owner_model` related to `record` (of another model) through `relation`
-    /// (seen from the owner).
+    /// (seen from the owner), at most `limit`.
     async fn related_owners(
         &self,
         conn: &mut AsyncPgConnection,
@@ -477,31 +466,60 @@ impl<'a> Outbox<'a> {
         relation: Relation,
         limit: Option<i64>,
     ) -> Result<Vec<Box<dyn Record>>, OutboxError> {
-        let what = |detail: String| {
-            format!(
-                "finding {} related to {} {}: {detail}",
-                owner_model.model_name,
-                record.model().model_name,
-                record.id()
-            )
+        let model = record.model();
+        let key = match relation {
+            Relation::OtherHoldsKey(column) => record.attribute(column),
+            Relation::OwnerHoldsKey(_) => None,
         };
-        match relation {
-            Relation::OtherHoldsKey(column) => {
-                let Some(key) = record.attribute(column).filter(|value| !value.is_null()) else {
-                    return Ok(Vec::new());
-                };
-                owner_model
-                    .load_by_ids(conn, &[id_text(&key)])
-                    .await
-                    .map_err(|source| OutboxError::Query { what: what(format!("{column} = {key}")), source })
-            }
-            Relation::OwnerHoldsKey(column) => {
-                let filter = ColumnIn::parse(column, record.model().id_kind, &[record.id()])
-                    .map_err(|source| OutboxError::Query { what: what(column.to_owned()), source })?;
-                (owner_model.load)(conn, filter.into(), limit)
-                    .await
-                    .map_err(|source| OutboxError::Query { what: what(format!("{column} = {}", record.id())), source })
-            }
+        let query_error = |source| OutboxError::Query {
+            what: format!("finding {} related to {} {}", owner_model.model_name, model.model_name, record.id()),
+            source,
+        };
+        let Some(filter) =
+            related_owners_filter(owner_model, model, &record.id(), relation, key.as_ref()).map_err(query_error)?
+        else {
+            return Ok(Vec::new());
+        };
+        (owner_model.load)(conn, filter, limit).await.map_err(query_error)
+    }
+}
+
+/// The `<owner>_updated` row that republishes `owner` on `publication`'s topic (a `with(...)`
+/// parent or an observing record), with the owner's own key and partition key.
+pub(crate) fn owner_updated_row(
+    publication: &Publication,
+    owner: &dyn Record,
+    registry: &Registry,
+    config: &ProducerConfig,
+) -> NewOutboxRow {
+    NewOutboxRow {
+        resource_class: publication.model.model_name.to_owned(),
+        resource_id: owner.id(),
+        event_name: naming::event_name(publication.model.model_name, EventKind::Updated),
+        topic: publication.topic.to_owned(),
+        partition_key: partition_key(publication, owner, registry, config),
+        changeset: Value::Object(Map::new()),
+    }
+}
+
+/// The filter selecting the `owner` records related to one record (`other_id`) of `other`
+/// through `relation` (seen from the owner). When the other record holds the key, `key` is its
+/// value (from the record, or from a changeset when the record is gone); `None` when no owner
+/// can match (a null key).
+pub(crate) fn related_owners_filter(
+    owner: &ModelEntry,
+    other: &ModelEntry,
+    other_id: &str,
+    relation: Relation,
+    key: Option<&Value>,
+) -> QueryResult<Option<RecordFilter>> {
+    match relation {
+        Relation::OtherHoldsKey(_) => match key.filter(|value| !value.is_null()) {
+            Some(key) => Ok(Some(ColumnIn::parse(owner.primary_key, owner.id_kind, &[id_text(key)])?.into())),
+            None => Ok(None),
+        },
+        Relation::OwnerHoldsKey(column) => {
+            Ok(Some(ColumnIn::parse(column, other.id_kind, &[other_id.to_owned()])?.into()))
         }
     }
 }

@@ -36,7 +36,7 @@ pub enum ColumnKind {
     Bool,
     /// `String`: a string; numbers and booleans are written as their text.
     Text,
-    /// `DateTime<Utc>`, `NaiveDateTime`: anything [`crate::envelope::parse_timestamp`] reads.
+    /// `DateTime<Utc>`, `NaiveDateTime`: anything [`crate::wire::envelope::parse_timestamp`] reads.
     Timestamp,
     /// `NaiveDate`: `YYYY-MM-DD` or a timestamp.
     Date,
@@ -131,7 +131,7 @@ impl ReplicaDescriptor {
     /// The key under which [`Replicas::find`] matches model names: `Rental`, `rentals` and
     /// `rental` all give `rental` (singular, underscored, as dionysus-rb's model factory does).
     pub fn lookup_key(name: &str) -> String {
-        crate::naming::singularize(&crate::naming::event_prefix(name))
+        crate::wire::naming::singularize(&crate::wire::naming::event_prefix(name))
     }
 }
 

@@ -28,9 +28,9 @@ use diesel_async::RunQueryDsl;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::consumer::replica::Replicas;
 use crate::consumer::{Consumer, ConsumerError, UnknownModel};
 use crate::registry::Registry;
-use crate::replica::Replicas;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -288,8 +288,9 @@ async fn execute(
         }
         Command::Check { offline } => check(&config, registry, offline, out).await?,
         Command::Relay { workers, serve, health_file, auto_create_topics } => {
-            let mut builder =
-                crate::relay::Relay::builder(config).registry(registry).auto_create_topics(auto_create_topics);
+            let mut builder = crate::producer::relay::Relay::builder(config)
+                .registry(registry)
+                .auto_create_topics(auto_create_topics);
             if let Some(workers) = workers {
                 builder = builder.workers(workers);
             }
@@ -357,7 +358,7 @@ async fn execute(
         }
         Command::Genesis { model, topic, from, to, over, batch_size, visible_only, resume } => {
             let pool = crate::db::pool(&config.database_url, 2)?;
-            let genesis = crate::genesis::Genesis::new(config, registry, pool)?;
+            let genesis = crate::producer::genesis::Genesis::new(config, registry, pool)?;
             let run_id = match resume {
                 Some(id) => id,
                 None => {
@@ -365,7 +366,7 @@ async fn execute(
                         return Err(Failure("genesis needs --model and --topic (or --resume RUN_ID)".to_owned()));
                     };
                     let over = over.as_deref().map(|text| duration("--over", text)).transpose()?.unwrap_or_default();
-                    let request = crate::genesis::GenesisRequest {
+                    let request = crate::producer::genesis::GenesisRequest {
                         model,
                         topic,
                         window: from.zip(to),
@@ -459,7 +460,7 @@ async fn consume_topics(
         Err(error) => return Err(error.into()),
     }
     let servers = config.kafka.bootstrap_servers();
-    let existing = crate::transport::broker_topics(&config.kafka).await.map_err(|error| {
+    let existing = crate::kafka::broker_topics(&config.kafka).await.map_err(|error| {
         Failure(format!("{error}; is a broker running at {servers}? set --brokers or DIONYSUS_SEED_BROKER"))
     })?;
     let mut problems = Vec::new();
@@ -475,8 +476,8 @@ async fn consume_topics(
     }
     let dead_letters = &config.consumer.dead_letter_topic;
     if !existing.contains_key(dead_letters) {
-        let spec = crate::transport::TopicSpec { name: dead_letters.clone(), partitions: 1, replication_factor: 1 };
-        crate::transport::create_topics(&config.kafka, &[spec]).await?;
+        let spec = crate::kafka::TopicSpec { name: dead_letters.clone(), partitions: 1, replication_factor: 1 };
+        crate::kafka::create_topics(&config.kafka, &[spec]).await?;
         writeln!(out, "created the dead-letter topic {dead_letters}")?;
     }
     Ok(topics)
@@ -509,9 +510,9 @@ async fn check(
         Err(error) => problems.push(error.to_string()),
     }
     if !offline {
-        let specs = crate::transport::TopicSpec::for_registry(registry);
+        let specs = crate::kafka::TopicSpec::for_registry(registry);
         let names: Vec<String> = specs.iter().map(|spec| spec.name.clone()).collect();
-        match crate::transport::partition_counts(&config.kafka, &names).await {
+        match crate::kafka::partition_counts(&config.kafka, &names).await {
             Ok(counts) => {
                 for spec in &specs {
                     match counts.get(&spec.name).copied().flatten() {
@@ -545,7 +546,7 @@ async fn outbox(config: &Config, command: OutboxCommand, out: &mut (dyn Write + 
     let pool = crate::db::pool(&config.database_url, 1)?;
     if let OutboxCommand::Prune { older_than } = &command {
         let age = duration("--older-than", older_than)?;
-        let deleted = crate::relay::prune(&pool, age).await?;
+        let deleted = crate::producer::relay::prune(&pool, age).await?;
         writeln!(out, "pruned {deleted} published row(s) older than {older_than}")?;
         return Ok(());
     }

@@ -5,8 +5,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::envelope::RawRecord;
-use crate::naming::singularize;
+use crate::wire::envelope::RawRecord;
+use crate::wire::naming::singularize;
 
 /// One deserialized record.
 #[derive(Debug, Clone, PartialEq, Default)]

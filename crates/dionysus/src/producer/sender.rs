@@ -12,8 +12,8 @@ use rdkafka::util::Timeout;
 use tokio::sync::Mutex;
 
 use crate::config::KafkaConfig;
+use crate::producer::plan::OutgoingMessage;
 use crate::registry::Registry;
-use crate::serialize::OutgoingMessage;
 
 /// Why a message could not be sent; `class` is what the outbox records as `error_class`.
 #[derive(Debug)]
@@ -22,11 +22,13 @@ pub(crate) struct Failure {
     pub(crate) message: String,
 }
 
-/// A delivery that failed; `fatal` when the producer cannot deliver anything any more.
+/// A delivery that failed; `fatal` when the producer cannot deliver anything any more,
+/// `timed_out` when no report came before the deadline (the message may still be queued).
 #[derive(Debug)]
 pub(crate) struct DeliveryFailure {
     pub(crate) message: String,
     pub(crate) fatal: bool,
+    pub(crate) timed_out: bool,
 }
 
 impl From<DeliveryFailure> for Failure {
@@ -56,9 +58,10 @@ impl Sender<'_> {
         let mut deliveries = Vec::with_capacity(messages.len());
         for message in messages {
             let partition = match &message.partition_key {
-                Some(key) => {
-                    Some(crate::transport::partition_for(key.as_bytes(), self.partition_count(&message.topic).await?))
-                }
+                Some(key) => Some(crate::wire::partition::partition_for(
+                    key.as_bytes(),
+                    self.partition_count(&message.topic).await?,
+                )),
                 None => None,
             };
             let mut record = FutureRecord::<str, [u8]>::to(&message.topic).key(&message.key);
@@ -98,19 +101,19 @@ impl Sender<'_> {
         if let Some(count) = self.topics.partitions.lock().await.get(topic) {
             return Ok(*count);
         }
-        let counts = crate::transport::partition_counts(self.kafka, &[topic.to_owned()])
+        let counts = crate::kafka::partition_counts(self.kafka, &[topic.to_owned()])
             .await
             .map_err(|error| Failure { class: "KafkaError", message: error.to_string() })?;
         let count = match counts.get(topic).copied().flatten() {
             Some(count) => count,
             None if self.auto_create_topics => {
                 let declaration = self.registry.resolve(topic).map(|(declaration, _)| declaration);
-                let spec = crate::transport::TopicSpec {
+                let spec = crate::kafka::TopicSpec {
                     name: topic.to_owned(),
                     partitions: declaration.and_then(|d| d.partitions).unwrap_or(1),
                     replication_factor: i32::from(declaration.and_then(|d| d.replication_factor).unwrap_or(1)),
                 };
-                crate::transport::create_topics(self.kafka, std::slice::from_ref(&spec))
+                crate::kafka::create_topics(self.kafka, std::slice::from_ref(&spec))
                     .await
                     .map_err(|error| Failure { class: "KafkaError", message: error.to_string() })?;
                 tracing::info!(topic, partitions = spec.partitions, "created a missing topic (auto_create_topics)");
@@ -140,14 +143,19 @@ pub(crate) async fn await_deliveries(
     for delivery in deliveries {
         let result = match tokio::time::timeout_at(deadline, delivery).await {
             Ok(Ok(Ok(_))) => Ok(()),
-            Ok(Ok(Err((error, _message)))) => Err(DeliveryFailure { fatal: fatal(&error), message: error.to_string() }),
+            Ok(Ok(Err((error, _message)))) => {
+                Err(DeliveryFailure { fatal: fatal(&error), message: error.to_string(), timed_out: false })
+            }
             Ok(Err(_canceled)) => Err(DeliveryFailure {
                 message: "the producer dropped the message before delivery".to_owned(),
                 fatal: false,
+                timed_out: false,
             }),
-            Err(_elapsed) => {
-                Err(DeliveryFailure { message: "no delivery report before the deadline".to_owned(), fatal: false })
-            }
+            Err(_elapsed) => Err(DeliveryFailure {
+                message: "no delivery report before the deadline".to_owned(),
+                fatal: false,
+                timed_out: true,
+            }),
         };
         if let (Ok(()), Err(failure)) = (&outcome, result) {
             outcome = Err(failure);

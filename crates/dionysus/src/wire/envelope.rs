@@ -412,7 +412,7 @@ pub fn format_timestamp(time: &DateTime<Utc>) -> String {
 }
 
 /// Serde helpers writing times as [`format_timestamp`] does, for model fields:
-/// `#[serde(with = "dionysus::envelope::timestamp")]`.
+/// `#[serde(with = "dionysus::wire::envelope::timestamp")]`.
 pub mod timestamp {
     use chrono::{DateTime, Utc};
     use serde::{Deserialize, Deserializer, Serializer};

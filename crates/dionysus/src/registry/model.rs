@@ -1,57 +1,30 @@
-//! What `#[derive(Publishable)]` produces and the relay, genesis and the outbox writer
-//! consume: the [`Publishable`] trait (identity, reflective attribute access, loaders that
-//! fetch current records by ids in one query), and the `const` registry entries that describe
-//! each model ([`ModelEntry`]) and each `#[publish(...)]` ([`Publication`]) with its `with(...)`
-//! dependencies and `observe(...)` observers.
+//! What the runtime knows of each publishable model and each `#[publish(...)]`: the `const`
+//! entries `#[derive(Publishable)]` generates ([`ModelEntry`], [`Publication`] with its
+//! `with(...)` [`Dependency`]s and `observe(...)` [`Observer`]s), the type-erased [`Record`]
+//! the relay and genesis handle, and the [`RecordFilter`] records are loaded with.
 //!
-//! Generated code is a trait impl plus these entries; everything they point at is an ordinary
-//! generic function of this module. Relations between models are found through diesel's
-//! `belongs_to` associations ([`relation`]), in either direction.
-//!
-//! This module does not write outbox rows (`outbox`) nor build messages (`serialize`).
+//! This module is vocabulary only: it does not load, serialize or publish anything (that is
+//! `produce`), and the typed [`Publishable`](crate::Publishable) trait lives with the producer.
 
 use std::any::{Any, TypeId};
 use std::future::Future;
 use std::pin::Pin;
 
-use diesel::associations::BelongsTo;
 use diesel::pg::Pg;
 use diesel::result::QueryResult;
 use diesel::sql_types::{Array, BigInt, Bool, Text};
-use diesel::Column;
 use diesel_async::AsyncPgConnection;
-use serde::Serialize;
 use serde_json::Value;
+
+use crate::wire::record::{SerializeError, Sideloads};
 
 /// A boxed future, as the loaders return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A diesel model whose changes are published. Implemented by `#[derive(Publishable)]`.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not publishable",
-    label = "not a `#[derive(dionysus::Publishable)]` model",
-    note = "add `#[derive(dionysus::Publishable)]` to `{Self}` (a model that is only a `with(...)` dependency or observed needs no `#[publish(...)]`)"
-)]
-pub trait Publishable: Serialize + Send + Sync + Sized + 'static {
-    /// The model's description.
-    const MODEL: ModelEntry;
-    /// One entry per `#[publish(...)]`, in declaration order.
-    const PUBLICATIONS: &'static [Publication];
-
-    /// The primary key as text (how the outbox stores it).
-    fn primary_key(&self) -> String;
-
-    /// The JSON value of a field (`None` when the model has no such field), as a serializer
-    /// would write it (timestamps with milliseconds, see [`attribute_value`]).
-    fn attribute(&self, name: &str) -> Option<Value>;
-
-    /// Current records of the model's table matching `filter`, ordered by primary key, at
-    /// most `limit`.
-    fn load_filtered<'a>(
-        conn: &'a mut AsyncPgConnection,
-        filter: RecordFilter,
-        limit: Option<i64>,
-    ) -> BoxFuture<'a, QueryResult<Vec<Self>>>;
+/// A type with a model entry: every [`Publishable`](crate::Publishable) model.
+pub trait Model: 'static {
+    /// Its entry.
+    fn entry() -> &'static ModelEntry;
 }
 
 /// A type-erased publishable record, for code that handles any model (relay, genesis).
@@ -60,43 +33,12 @@ pub trait Record: Any + Send + Sync {
     fn model(&self) -> &'static ModelEntry;
     /// Primary key as text.
     fn id(&self) -> String;
-    /// See [`Publishable::attribute`].
+    /// See [`Publishable::attribute`](crate::Publishable::attribute).
     fn attribute(&self, name: &str) -> Option<Value>;
     /// The record as serde serializes it (a JSON object for structs).
     fn to_json(&self) -> Result<Value, serde_json::Error>;
     /// For downcasting to the concrete model.
     fn as_any(&self) -> &dyn Any;
-}
-
-impl<T: Publishable> Record for T {
-    fn model(&self) -> &'static ModelEntry {
-        model_entry::<T>()
-    }
-
-    fn id(&self) -> String {
-        self.primary_key()
-    }
-
-    fn attribute(&self, name: &str) -> Option<Value> {
-        Publishable::attribute(self, name)
-    }
-
-    fn to_json(&self) -> Result<Value, serde_json::Error> {
-        serde_json::to_value(self).map(normalize_timestamps)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-/// The `'static` model entry of `T` (promoted from the associated constant).
-pub fn model_entry<T: Publishable>() -> &'static ModelEntry {
-    struct Holder<T>(T);
-    impl<T: Publishable> Holder<T> {
-        const ENTRY: &'static ModelEntry = &T::MODEL;
-    }
-    Holder::<T>::ENTRY
 }
 
 /// How a model's primary key is typed, which decides how ids are bound in queries and
@@ -108,21 +50,6 @@ pub enum IdKind {
     /// `text`/`varchar`: bound as `text[]`, written as JSON strings.
     Text,
 }
-
-/// Implemented for the primary-key types dionysus supports.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a supported primary-key type for a publishable model",
-    note = "dionysus supports integer (i16, i32, i64) and text (String) primary keys"
-)]
-pub trait PrimaryKeyType {
-    /// Its kind.
-    const KIND: IdKind;
-}
-
-macro_rules! primary_key_types {
-    ($($ty:ty => $kind:ident),*) => {$(impl PrimaryKeyType for $ty { const KIND: IdKind = IdKind::$kind; })*};
-}
-primary_key_types!(i16 => Integer, i32 => Integer, i64 => Integer, String => Text);
 
 /// Loads the records matching a filter, at most `limit`, as erased records.
 pub type ErasedLoader = for<'a> fn(
@@ -387,23 +314,6 @@ impl diesel::query_builder::QueryFragment<Pg> for RecordFilter {
     }
 }
 
-/// The erased loader of `T`, stored in its [`ModelEntry`].
-pub fn load_erased<T: Publishable>(
-    conn: &mut AsyncPgConnection,
-    filter: RecordFilter,
-    limit: Option<i64>,
-) -> BoxFuture<'_, QueryResult<Vec<Box<dyn Record>>>> {
-    Box::pin(async move {
-        let records = T::load_filtered(conn, filter, limit).await?;
-        Ok(records.into_iter().map(|record| Box::new(record) as Box<dyn Record>).collect())
-    })
-}
-
-/// `T::PUBLICATIONS`, as a function pointer for [`ModelEntry::publications`].
-pub fn publications_of<T: Publishable>() -> &'static [Publication] {
-    T::PUBLICATIONS
-}
-
 /// One `#[publish(...)]`: a model published on a topic.
 #[derive(Debug)]
 pub struct Publication {
@@ -418,7 +328,7 @@ pub struct Publication {
     /// `observe(...)`: models whose changes republish related records of this model.
     pub observe: &'static [Observer],
     /// Serializes one record (with its sideloads) into the JSON object put in `data`.
-    pub serialize: fn(&dyn Record, &crate::serialize::Sideloads) -> Result<Value, crate::serialize::SerializeError>,
+    pub serialize: fn(&dyn Record, &Sideloads) -> Result<Value, SerializeError>,
     /// `file:line` of the declaration.
     pub location: &'static str,
 }
@@ -468,202 +378,9 @@ pub enum Relation {
     OwnerHoldsKey(&'static str),
 }
 
-/// Probe used by generated code to find a [`Relation`] through diesel's `BelongsTo` impls,
-/// trying `Other: BelongsTo<Owner>` first, then `Owner: BelongsTo<Other>` (autoref
-/// specialisation: `(&&&RelationProbe::<Other, Owner>::NEW).relation()`).
-#[doc(hidden)]
-pub struct RelationProbe<Other, Owner>(std::marker::PhantomData<fn() -> (Other, Owner)>);
-
-impl<Other, Owner> RelationProbe<Other, Owner> {
-    #[doc(hidden)]
-    pub const NEW: Self = RelationProbe(std::marker::PhantomData);
-}
-
-#[doc(hidden)]
-pub trait OtherBelongsToOwner {
-    fn relation(&self) -> Relation;
-}
-
-impl<Other, Owner> OtherBelongsToOwner for &&RelationProbe<Other, Owner>
-where
-    Other: BelongsTo<Owner>,
-{
-    fn relation(&self) -> Relation {
-        Relation::OtherHoldsKey(<<Other as BelongsTo<Owner>>::ForeignKeyColumn as Column>::NAME)
-    }
-}
-
-#[doc(hidden)]
-pub trait OwnerBelongsToOther {
-    fn relation(&self) -> Relation;
-}
-
-impl<Other, Owner> OwnerBelongsToOther for &RelationProbe<Other, Owner>
-where
-    Owner: BelongsTo<Other>,
-{
-    fn relation(&self) -> Relation {
-        Relation::OwnerHoldsKey(<<Owner as BelongsTo<Other>>::ForeignKeyColumn as Column>::NAME)
-    }
-}
-
-/// Returned by the probe when neither model belongs to the other.
-#[doc(hidden)]
-pub struct Unrelated;
-
-#[doc(hidden)]
-pub trait NotRelated {
-    fn relation(&self) -> Unrelated;
-}
-
-impl<Other, Owner> NotRelated for RelationProbe<Other, Owner> {
-    fn relation(&self) -> Unrelated {
-        Unrelated
-    }
-}
-
-/// Accepts only a found [`Relation`]; the probe's `Unrelated` fails here with a message
-/// naming both models.
-#[doc(hidden)]
-#[diagnostic::on_unimplemented(
-    message = "`{Other}` and `{Owner}` are not related through a diesel association",
-    label = "no `belongs_to` between `{Other}` and `{Owner}`",
-    note = "derive diesel's `Associations` with `#[diesel(belongs_to({Owner}))]` on `{Other}` (or `belongs_to({Other})` on `{Owner}`), or name the key column with `via = \"column\"`"
-)]
-pub trait FoundRelation<Other, Owner> {
-    fn into_relation(self) -> Relation;
-}
-
-impl<Other, Owner> FoundRelation<Other, Owner> for Relation {
-    fn into_relation(self) -> Relation {
-        self
-    }
-}
-
-/// Used by generated code: the relation found by the probe, or a compile error.
-#[doc(hidden)]
-pub fn relation<Other, Owner, R: FoundRelation<Other, Owner>>(found: R) -> Relation {
-    found.into_relation()
-}
-
-/// JSON value of a field, with timestamps written as ActiveSupport writes them.
-pub fn attribute_value<T: Serialize + ?Sized>(value: &T) -> Value {
-    serde_json::to_value(value).map(normalize_timestamps).unwrap_or(Value::Null)
-}
-
-/// Rewrites every string that is an RFC 3339 timestamp with the millisecond precision
-/// dionysus-rb uses (`2022-08-12T13:24:24.000Z`); other values are unchanged. chrono writes
-/// `2022-08-12T13:24:24Z` or nanoseconds; the instant is the same either way.
-pub fn normalize_timestamps(value: Value) -> Value {
-    match value {
-        Value::String(text) => Value::String(normalize_timestamp_text(text)),
-        Value::Array(items) => Value::Array(items.into_iter().map(normalize_timestamps).collect()),
-        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, normalize_timestamps(v))).collect()),
-        other => other,
-    }
-}
-
-fn normalize_timestamp_text(text: String) -> String {
-    let bytes = text.as_bytes();
-    let looks_like = bytes.len() >= 20
-        && bytes.len() <= 40
-        && bytes[4] == b'-'
-        && bytes[7] == b'-'
-        && bytes[10] == b'T'
-        && bytes[13] == b':'
-        && bytes[16] == b':';
-    if !looks_like {
-        return text;
-    }
-    match chrono::DateTime::parse_from_rfc3339(&text) {
-        Ok(time) if text.ends_with('Z') => crate::envelope::format_timestamp(&time.with_timezone(&chrono::Utc)),
-        Ok(time) => time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        Err(_) => text,
-    }
-}
-
-/// A partition key from an attribute value, rendered as dionysus-rb renders it (Ruby's
-/// `value.to_i.to_s`, P-26): integers as decimal strings, `null` as `"0"`, strings by their
-/// leading integer (`"12abc"` → `"12"`, `"abc"` → `"0"`), floats truncated.
-pub fn partition_key_from_value(value: &Value) -> String {
-    match value {
-        Value::Null => "0".to_owned(),
-        Value::Bool(flag) => u8::from(*flag).to_string(),
-        Value::Number(number) => match (number.as_i64(), number.as_u64(), number.as_f64()) {
-            (Some(int), _, _) => int.to_string(),
-            (None, Some(uint), _) => uint.to_string(),
-            (None, None, Some(float)) if float.is_finite() => format!("{}", float.trunc() as i128),
-            _ => "0".to_owned(),
-        },
-        Value::String(text) => leading_integer(text),
-        Value::Array(_) | Value::Object(_) => "0".to_owned(),
-    }
-}
-
-/// Ruby's `String#to_i`: optional leading whitespace, an optional sign, then digits
-/// (underscores between digits allowed); anything else gives 0.
-fn leading_integer(text: &str) -> String {
-    let trimmed = text.trim_start();
-    let (negative, rest) = match trimmed.as_bytes().first() {
-        Some(b'-') => (true, &trimmed[1..]),
-        Some(b'+') => (false, &trimmed[1..]),
-        _ => (false, trimmed),
-    };
-    let mut digits = String::new();
-    let mut previous_digit = false;
-    for c in rest.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            previous_digit = true;
-        } else if c == '_' && previous_digit {
-            previous_digit = false;
-        } else {
-            break;
-        }
-    }
-    let digits = digits.trim_start_matches('0');
-    match (digits.is_empty(), negative) {
-        (true, _) => "0".to_owned(),
-        (false, true) => format!("-{digits}"),
-        (false, false) => digits.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
-
-    #[test]
-    fn partition_keys_render_like_ruby_to_i() {
-        // Vector p16: attribute keys go through to_i.to_s.
-        let cases = [
-            (json!(1), "1"),
-            (json!(2), "2"),
-            (Value::Null, "0"),
-            (json!("12abc"), "12"),
-            (json!("abc"), "0"),
-            (json!("  -7x"), "-7"),
-            (json!("1_000"), "1000"),
-            (json!("007"), "7"),
-            (json!(3.9), "3"),
-            (json!("550e8400-e29b-41d4-a716-446655440000"), "550"),
-        ];
-        for (value, expected) in cases {
-            assert_eq!(partition_key_from_value(&value), expected, "{value}");
-        }
-    }
-
-    #[test]
-    fn timestamps_are_normalised_to_milliseconds() {
-        let value = json!({"a": "2022-08-12T13:24:24Z", "b": ["2022-08-12T13:24:24.123456789Z"], "c": "2022-08-12 not a time", "d": 5});
-        assert_eq!(
-            normalize_timestamps(value),
-            json!({"a": "2022-08-12T13:24:24.000Z", "b": ["2022-08-12T13:24:24.123Z"], "c": "2022-08-12 not a time", "d": 5})
-        );
-        assert_eq!(normalize_timestamps(json!("2022-08-12T15:24:24+02:00")), json!("2022-08-12T15:24:24.000+02:00"));
-    }
 
     #[test]
     fn integer_ids_are_parsed_and_rejected_clearly() {

@@ -202,7 +202,7 @@ pub fn row_key(replica: &ReplicaDescriptor, id: &Value) -> String {
 pub struct UpsertRow {
     /// Column → value.
     pub values: Vec<(&'static str, Value)>,
-    /// See [`crate::replica::plan::Intent::Write`].
+    /// See [`crate::consumer::replica::plan::Intent::Write`].
     pub keep: Option<&'static str>,
 }
 
@@ -342,7 +342,7 @@ impl ColumnArray {
 /// without, an empty set.
 ///
 /// Only exact when the written time columns carry the event's time; see
-/// [`crate::replica::plan::guard_from_prepared`].
+/// [`crate::consumer::replica::plan::guard_from_prepared`].
 pub async fn upsert_rows(
     conn: &mut AsyncPgConnection,
     replica: &'static ReplicaDescriptor,

@@ -23,12 +23,12 @@ use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::naming::{self, EventKind};
-use crate::publishable::{Condition, IdValue, ModelEntry, Record, RecordFilter};
+use crate::producer::plan::{self, RowPlan, RowRef};
+use crate::producer::sender::{self, Sender, TopicCache};
+use crate::registry::model::{Condition, IdValue, ModelEntry, Record, RecordFilter};
 use crate::registry::{Registry, TopicRole};
 use crate::schema::dionysus_genesis_runs as runs;
-use crate::sender::{self, Sender, TopicCache};
-use crate::serialize::{self, RowPlan, RowRef};
+use crate::wire::naming::{self, EventKind};
 
 /// What to re-publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,7 +183,7 @@ pub enum GenesisError {
     Db(#[from] crate::db::DbError),
     /// The producer could not be created.
     #[error(transparent)]
-    Transport(#[from] crate::transport::TransportError),
+    Transport(#[from] crate::kafka::TransportError),
 }
 
 fn query(what: impl Into<String>) -> impl FnOnce(diesel::result::Error) -> GenesisError {
@@ -222,7 +222,7 @@ impl std::fmt::Debug for Genesis {
 impl Genesis {
     /// A genesis runner over `registry`, with its own idempotent producer.
     pub fn new(config: Config, registry: &'static Registry, pool: crate::db::Pool) -> Result<Genesis, GenesisError> {
-        let producer = crate::transport::producer(&config.kafka)?;
+        let producer = crate::kafka::producer(&config.kafka)?;
         Ok(Genesis { config, registry, pool, producer, topics: TopicCache::default() })
     }
 
@@ -427,7 +427,7 @@ impl Genesis {
         refs: &[RowRef],
         page: &[Box<dyn Record>],
     ) -> Result<(), String> {
-        let plans = serialize::plan_loaded_rows(conn, self.registry, &self.config.producer, refs, page)
+        let plans = plan::plan_loaded_rows(conn, self.registry, &self.config.producer, refs, page)
             .await
             .map_err(|error| error.to_string())?;
         let mut in_flight = Vec::with_capacity(plans.len());

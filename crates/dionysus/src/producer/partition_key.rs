@@ -1,7 +1,7 @@
 //! Which fields may be a partition key attribute, decided by the compiler.
 //!
 //! dionysus-rb turns an attribute partition key into text with Ruby's `value.to_i.to_s`
-//! ([`crate::publishable::partition_key_from_value`] implements that rule, P-26): an integer
+//! ([`crate::wire::partition::partition_key_from_value`] implements that rule, P-26): an integer
 //! stays itself, but a text such as `"k007"` becomes `"0"`, so every row of a model keyed by
 //! text would land on one partition (and one relay bucket). `#[derive(Publishable)]`
 //! therefore accepts a field as `partition_key` only when its type implements
@@ -16,7 +16,7 @@
 //! ([`FieldOf`]), and a probe checks the named field when the model has one.
 //!
 //! This module owns those compile-time rules only; computing partition keys at run time is
-//! `publishable`'s and `serialize`'s job. A topic named by a string, and the configured
+//! `wire::partition`'s and the planner's job. A topic named by a string, and the configured
 //! default partition key, are only known at run time and are not checked here.
 
 use std::marker::PhantomData;

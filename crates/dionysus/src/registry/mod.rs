@@ -12,7 +12,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::OnceLock;
 
-use crate::publishable::{Dependency, ModelEntry, Observer, Publication, Publishable};
+pub mod model;
+
+use model::{Dependency, ModelEntry, Observer, Publication};
+
+/// The pseudo-topic of deferred observer rows in the outbox (never produced to Kafka, W-16).
+pub const OBSERVER_TOPIC: &str = "__outbox_observer__";
 
 /// How a tombstone (the "this record is gone" message) is written on a topic.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -119,9 +124,9 @@ pub trait Topic {
     const DECLARATION: &'static TopicDeclaration;
     /// The topic's full name on the broker.
     const NAME: &'static str = Self::DECLARATION.full_name;
-    /// The declaration's `partition_key` as a type-level name
-    /// ([`crate::partition_key::FieldName`]), so models published on the topic can have the
-    /// field it names checked by the compiler.
+    /// The declaration's `partition_key` as a type-level field name, so models published on
+    /// the topic can have the field it names checked by the compiler (see the `Publishable`
+    /// derive).
     #[doc(hidden)]
     type PartitionKeyField;
 }
@@ -226,8 +231,8 @@ impl Registry {
     }
 
     /// Adds the model `T` and its publications.
-    pub fn with_model<T: Publishable>(self) -> Registry {
-        self.with_models([crate::publishable::model_entry::<T>()])
+    pub fn with_model<T: model::Model>(self) -> Registry {
+        self.with_models([T::entry()])
     }
 
     /// Every publishable model.

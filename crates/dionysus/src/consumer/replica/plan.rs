@@ -12,8 +12,8 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde_json::{Map, Number, Value};
 
 use super::{Column, ColumnKind, DestroyStrategy, Record, ReplicaDescriptor};
-use crate::envelope::parse_timestamp;
-use crate::naming::EventKind;
+use crate::wire::envelope::parse_timestamp;
+use crate::wire::naming::EventKind;
 
 /// Changed columns of one row: column → `[old, new]` (dionysus-rb's `local_changes` entry).
 pub type ChangeSet = Map<String, Value>;
@@ -299,7 +299,7 @@ fn assign(assigned: &mut Vec<(&'static str, Value)>, name: &'static str, value: 
     }
 }
 
-/// Whether the set-based write ([`crate::replica::sql::upsert_rows`]) decides the
+/// Whether the set-based write ([`crate::consumer::replica::sql::upsert_rows`]) decides the
 /// timestamp guard exactly as [`plan`] does: PostgreSQL sees the event time only through the
 /// written `synced_updated_at` (else the written `synced_created_at`), so that must be the
 /// event's time. It is whenever the payload carries `updated_at`, as producers send it.
@@ -382,7 +382,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::replica::deserialize_one;
+    use crate::consumer::replica::deserialize_one;
 
     const fn column(name: &'static str, kind: ColumnKind, nullable: bool) -> Column {
         Column { name, source: name, kind, nullable }

@@ -9,18 +9,22 @@
 //! (`dionysus_relay_leases`); workers heartbeat, count the live ones and hold a fair share.
 //! A worker repeatedly:
 //!
-//! 1. reads the due, pending rows of its buckets **in id order** (a partial index on
-//!    `(ordering_bucket, id)` keeps this an index range scan however large the table);
-//! 2. holds back every row whose key has an earlier row waiting for a retry (so a failing row
-//!    never lets later rows of its key overtake it), or that is younger than the publishing
-//!    delay;
+//! 1. reads the due, pending rows of its buckets **in id order**, leaving out every row whose
+//!    key has an earlier row waiting for a retry (or, in strict mode, parked) — in **one
+//!    statement, with one clock**, so a retry falling due while the batch looks cannot leave a
+//!    row neither read nor holding back its key (a partial index on `(ordering_bucket, id)`
+//!    keeps this an index range scan however large the table);
+//! 2. holds back rows younger than the publishing delay, and every later row of their key;
 //! 3. loads the records, one query per model, and builds the messages (`serialize`);
 //! 4. produces them with an idempotent producer (`acks=all`), choosing the partition from the
 //!    partition key as librdkafka's default partitioner does, and awaits every delivery
 //!    report;
-//! 5. marks the acknowledged rows published in one statement and records the failed ones
-//!    (attempts, error, `retry_at` with backoff and jitter, `failed_at` once parked) in
-//!    another.
+//! 5. settles the outcomes in id order: once a row of a key failed, a later row of that key
+//!    is not marked published even if it was delivered (the idempotent producer drops a
+//!    message that timed out in its queue and may deliver the next one); it stays pending and
+//!    goes again after the failed row. Then it marks the published rows in one statement and
+//!    records the failed ones (attempts, error, `retry_at` with backoff and jitter,
+//!    `failed_at` once parked) in another.
 //!
 //! Why this is correct:
 //!
@@ -30,6 +34,10 @@
 //! * **Order within a worker.** Rows go to the producer in id order and a batch completes
 //!   before the next starts; one key maps to one partition; the idempotent producer keeps a
 //!   partition's messages in order, also across its internal retries.
+//! * **Order across retries.** A row is marked published only when every earlier row of its
+//!   key is: a failed row holds its key back from the next batches until it goes through (or
+//!   is parked), and within a batch nothing behind it is marked. A property test drives these
+//!   rules through random retry schedules and batch boundaries (`tests/it/relay_order.rs`).
 //! * **Id order is commit order for a key where it matters.** Two changes of one record are
 //!   serialised by the record's row lock and each writes its outbox row after its change, so
 //!   the later commit has the larger id. Concurrent transactions on *different* records of one
@@ -39,8 +47,9 @@
 //! * **Handover.** A worker gives buckets back only between batches (rebalancing, shutdown).
 //!   A worker that dies keeps its leases until they expire (`lock_expiry`); then another
 //!   takes them over and publishes whatever was not marked published — at least once. A
-//!   worker starts a batch only while its leases are fresh, and its deliveries time out
-//!   before its leases do, so a stalled worker's messages cannot land after its successor's.
+//!   worker starts a batch only while its leases are fresh, and purges what is still
+//!   undelivered at a deadline (0.8 × `lock_expiry`) before its leases expire, so a stalled
+//!   worker's messages cannot be sent after its successor's.
 //!
 //! Failures: a row that fails (serialization, missing topic, delivery) is retried after
 //! `base × 2^attempts` (±20 % jitter, capped); after `max_attempts` it is parked
@@ -86,7 +95,7 @@ pub enum RelayError {
     Registry(#[from] crate::registry::RegistryError),
     /// The producer could not be created.
     #[error(transparent)]
-    Transport(#[from] crate::transport::TransportError),
+    Transport(#[from] crate::kafka::TransportError),
     /// The database could not be used.
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
@@ -144,9 +153,10 @@ impl RelayBuilder {
         self
     }
 
-    /// The producer (default: an idempotent one from the configuration, whose deliveries
-    /// time out before the leases do). Bring your own only with `enable.idempotence=true`
-    /// and `message.timeout.ms` below the lock expiry.
+    /// The producer (default: an idempotent one from the configuration). Bring your own only
+    /// with `enable.idempotence=true`, and `message.timeout.ms=0` (the relay purges undelivered
+    /// messages at its own deadline; a producer timing messages out itself may drop one and
+    /// deliver the next, which reorders a key).
     pub fn producer(mut self, producer: FutureProducer) -> Self {
         self.producer = Some(producer);
         self
@@ -203,8 +213,10 @@ impl RelayBuilder {
         let (producer, producer_settings) = match self.producer {
             Some(producer) => (producer, None),
             None => {
-                let mut settings = crate::transport::producer_config(&self.config.kafka);
-                settings.set("message.timeout.ms", delivery_timeout.as_millis().to_string());
+                let mut settings = crate::kafka::producer_config(&self.config.kafka);
+                // No timeout inside the producer: the batch purges at its own deadline (see
+                // `batch`), so a timed-out message can never be dropped ahead of the next one.
+                settings.set("message.timeout.ms", "0");
                 (create_producer(&settings, &self.config.kafka)?, Some(settings))
             }
         };
@@ -219,7 +231,7 @@ impl RelayBuilder {
                 pool,
                 producer: std::sync::RwLock::new(Arc::new(producer)),
                 producer_settings,
-                topics: crate::sender::TopicCache::default(),
+                topics: crate::producer::sender::TopicCache::default(),
                 monitor: monitor::Monitor::new(self.observer),
                 serve: self.serve,
                 health_file: self.health_file,
@@ -235,8 +247,8 @@ impl RelayBuilder {
 fn create_producer(
     settings: &rdkafka::ClientConfig,
     kafka: &crate::config::KafkaConfig,
-) -> Result<FutureProducer, crate::transport::TransportError> {
-    settings.create().map_err(|source| crate::transport::TransportError::Kafka {
+) -> Result<FutureProducer, crate::kafka::TransportError> {
+    settings.create().map_err(|source| crate::kafka::TransportError::Kafka {
         what: format!("creating the relay's producer for {}", kafka.bootstrap_servers()),
         source,
     })
@@ -251,7 +263,7 @@ struct Inner {
     producer: std::sync::RwLock<Arc<FutureProducer>>,
     /// How to build a new one; `None` for a producer given by the application.
     producer_settings: Option<rdkafka::ClientConfig>,
-    topics: crate::sender::TopicCache,
+    topics: crate::producer::sender::TopicCache,
     monitor: monitor::Monitor,
     serve: Option<SocketAddr>,
     health_file: Option<PathBuf>,
@@ -318,7 +330,7 @@ impl Relay {
         }
         match create_producer(settings, &self.inner.config.kafka) {
             Ok(producer) => {
-                tracing::warn!("the producer failed fatally (fenced or broken); replaced it with a new one");
+                tracing::info!("replaced the relay's producer after its fatal error");
                 *current = Arc::new(producer);
             }
             Err(error) => tracing::error!("replacing the failed producer: {error}"),
@@ -329,7 +341,7 @@ impl Relay {
         batch::Batch {
             registry: self.inner.registry,
             config: &self.inner.config.producer,
-            sender: crate::sender::Sender {
+            sender: crate::producer::sender::Sender {
                 producer,
                 topics: &self.inner.topics,
                 kafka: &self.inner.config.kafka,
@@ -563,6 +575,71 @@ impl Relay {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(Duration::from_secs(60)) => {}
             }
+        }
+    }
+}
+
+#[doc(hidden)]
+pub mod simulation {
+    //! The steps of a batch with a given clock and given delivery outcomes, so property tests
+    //! can drive the relay's ordering rules through arbitrary retry schedules and batch
+    //! boundaries against a real outbox table. Not a public API: it may change in any release.
+
+    use chrono::{DateTime, Utc};
+    use diesel_async::AsyncPgConnection;
+
+    use super::batch::{self, Clock, Outcome, PendingRow};
+    use crate::config::ProducerConfig;
+    use crate::producer::sender::Failure;
+
+    /// The rows one batch read.
+    #[derive(Debug)]
+    pub struct SimBatch {
+        rows: Vec<PendingRow>,
+        at: DateTime<Utc>,
+    }
+
+    impl SimBatch {
+        /// Reads a batch over every bucket as the relay would at `at`.
+        pub async fn fetch(
+            conn: &mut AsyncPgConnection,
+            config: &ProducerConfig,
+            at: DateTime<Utc>,
+        ) -> Result<SimBatch, diesel::result::Error> {
+            let all: Vec<i16> = (0..64).collect();
+            let rows = batch::fetch(conn, &all, config.batch_size, config.strict_ordering, Clock::At(at)).await?;
+            Ok(SimBatch { rows, at })
+        }
+
+        /// `(outbox id, ordering key)` of the rows read, in id order.
+        pub fn rows(&self) -> Vec<(i64, String)> {
+            self.rows.iter().map(|row| (row.id, row.ordering_key.clone())).collect()
+        }
+
+        /// Settles and records the batch: `delivered[i]` tells whether row `i` was
+        /// acknowledged. Returns the ids marked published.
+        pub async fn settle(
+            self,
+            conn: &mut AsyncPgConnection,
+            config: &ProducerConfig,
+            delivered: &[bool],
+            jitter: impl FnMut() -> f64,
+        ) -> Result<Vec<i64>, diesel::result::Error> {
+            let outcomes = delivered
+                .iter()
+                .map(|ok| {
+                    if *ok {
+                        Outcome::Delivered
+                    } else {
+                        Outcome::Failed(Failure { class: "KafkaError", message: "Local: Message timed out".to_owned() })
+                    }
+                })
+                .collect();
+            let settled = batch::settle(&self.rows, outcomes);
+            let published: Vec<i64> = settled.delivered.iter().map(|row| row.id).collect();
+            batch::mark_published(conn, &published).await?;
+            batch::record_failures(conn, config, &settled.failures, Clock::At(self.at), jitter).await?;
+            Ok(published)
         }
     }
 }

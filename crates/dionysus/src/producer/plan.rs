@@ -1,6 +1,6 @@
 //! From outbox rows to Kafka messages: loading the current records (one query per model per
 //! batch), sideloading `with(...)` dependencies (one query per dependency per batch),
-//! serializing through each publication's [`Serializer`], and wrapping the result in the
+//! serializing through each publication's serializer, and wrapping the result in the
 //! dionysus-rb envelope with its key, partition key and topic(s).
 //!
 //! [`plan_rows`] is what the relay calls; it needs a database connection but no broker, so
@@ -12,165 +12,14 @@ use std::collections::{BTreeMap, HashMap};
 use diesel_async::AsyncPgConnection;
 use serde_json::{Map, Value};
 
+use super::publishable::partition_key;
+use super::serialize::default_serialize;
 use crate::config::ProducerConfig;
-use crate::envelope::{Envelope, JSON_NULL_TOMBSTONE};
-use crate::naming::{self, EventKind};
-use crate::publishable::{
-    partition_key_from_value, ColumnIn, Dependency, PartitionKeySource, Publication, Publishable, Record, Relation,
-};
-use crate::registry::{Registry, Tombstone, TopicRole};
-
-/// Turns one record and its sideloads into the JSON object placed in a message's `data`.
-///
-/// Implement it on a unit struct and name it with `#[publish(serializer = MySerializer)]`.
-pub trait Serializer<T>: Default + Send + Sync + 'static {
-    /// The record's JSON object.
-    fn serialize(&self, record: &T, sideloads: &Sideloads) -> Result<Value, SerializeError>;
-}
-
-/// The default serializer: the record's serde fields in declaration order, then `"links"`,
-/// then each sideload, the shape of dionysus-rb's ModelSerializer (W-9). Timestamps are
-/// written with milliseconds.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct DefaultSerializer;
-
-impl<T: Publishable> Serializer<T> for DefaultSerializer {
-    fn serialize(&self, record: &T, sideloads: &Sideloads) -> Result<Value, SerializeError> {
-        default_serialize(record, sideloads)
-    }
-}
-
-/// [`DefaultSerializer`] for any record: its serde fields, `"links"`, then the sideloads.
-/// Also how sideloaded records are nested (with no sideloads of their own).
-pub fn default_serialize(record: &dyn Record, sideloads: &Sideloads) -> Result<Value, SerializeError> {
-    let model = record.model().model_name;
-    let json = record.to_json().map_err(|source| SerializeError::Serde { model, id: record.id(), source })?;
-    match json {
-        Value::Object(object) => Ok(Value::Object(sideloads.attach(object))),
-        other => Err(SerializeError::NotAnObject { model, found: kind(&other) }),
-    }
-}
-
-/// Used by generated code: the erased serializer of a publication.
-#[doc(hidden)]
-pub fn serialize_erased<T: Publishable, S: Serializer<T>>(
-    record: &dyn Record,
-    sideloads: &Sideloads,
-) -> Result<Value, SerializeError> {
-    match record.as_any().downcast_ref::<T>() {
-        Some(record) => S::default().serialize(record, sideloads),
-        None => Err(SerializeError::WrongModel { expected: T::MODEL.model_name, found: record.model().model_name }),
-    }
-}
-
-/// Serializing a record failed; the outbox row is retried later.
-#[derive(Debug, thiserror::Error)]
-pub enum SerializeError {
-    /// serde failed.
-    #[error("serializing {model} {id}: {source}")]
-    Serde {
-        /// Model name.
-        model: &'static str,
-        /// Primary key.
-        id: String,
-        /// serde's error.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The serializer produced something else than a JSON object.
-    #[error("the serializer of {model} must produce a JSON object, got {found}")]
-    NotAnObject {
-        /// Model name.
-        model: &'static str,
-        /// What it produced.
-        found: &'static str,
-    },
-    /// A serializer was handed a record of another model (a registry mix-up).
-    #[error("serializer of {expected} was given a {found} record")]
-    WrongModel {
-        /// The serializer's model.
-        expected: &'static str,
-        /// The record's model.
-        found: &'static str,
-    },
-    /// A custom serializer's own error.
-    #[error("{0}")]
-    Custom(String),
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// The sideloaded `with(...)` dependencies of one record, in declaration order.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Sideloads {
-    entries: Vec<(String, Sideload)>,
-}
-
-/// One sideloaded dependency.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Sideload {
-    /// A to-one dependency (the record holds its key): the nested object, or `None` when the
-    /// key is null or the record is gone. Linked by its id.
-    One {
-        /// The dependency's id (its link), `null` when absent.
-        link: Value,
-        /// The nested record.
-        record: Option<Value>,
-    },
-    /// A to-many dependency (they hold the record's key). Linked by their ids.
-    Many(Vec<(Value, Value)>),
-}
-
-impl Sideloads {
-    /// Adds a sideload under `name`.
-    pub fn push(&mut self, name: String, sideload: Sideload) {
-        self.entries.push((name, sideload));
-    }
-
-    /// The sideloads, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Sideload)> {
-        self.entries.iter().map(|(name, sideload)| (name.as_str(), sideload))
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// Appends `"links"` (merged into an existing `links` object) and the nested records to a
-    /// serialized record, as dionysus-rb's ModelSerializer lays them out.
-    pub fn attach(&self, mut object: Map<String, Value>) -> Map<String, Value> {
-        let mut links = match object.remove("links") {
-            Some(Value::Object(links)) => links,
-            _ => Map::new(),
-        };
-        for (name, sideload) in &self.entries {
-            let link = match sideload {
-                Sideload::One { link, .. } => link.clone(),
-                Sideload::Many(records) => Value::Array(records.iter().map(|(id, _)| id.clone()).collect()),
-            };
-            links.insert(name.clone(), link);
-        }
-        object.insert("links".to_owned(), Value::Object(links));
-        for (name, sideload) in &self.entries {
-            let nested = match sideload {
-                Sideload::One { record, .. } => record.clone().unwrap_or(Value::Null),
-                Sideload::Many(records) => Value::Array(records.iter().map(|(_, record)| record.clone()).collect()),
-            };
-            object.insert(name.clone(), nested);
-        }
-        object
-    }
-}
+use crate::registry::model::{ColumnIn, Dependency, ModelEntry, Publication, Record, Relation};
+use crate::registry::{Registry, Tombstone, TopicRole, OBSERVER_TOPIC};
+use crate::wire::envelope::{Envelope, JSON_NULL_TOMBSTONE};
+use crate::wire::naming::{self, EventKind};
+use crate::wire::record::{id_text, SerializeError, Sideload, Sideloads};
 
 /// A message ready for the producer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,7 +86,7 @@ pub enum PlanError {
     Serialize(#[from] SerializeError),
     /// Building the value failed.
     #[error(transparent)]
-    Envelope(#[from] crate::envelope::EnvelopeError),
+    Envelope(#[from] crate::wire::envelope::EnvelopeError),
     /// Loading records failed (the whole batch is retried).
     #[error("loading {what}: {source}")]
     Load {
@@ -249,27 +98,6 @@ pub enum PlanError {
     },
 }
 
-/// The partition key of a record for a publication: the publication's own source, else the
-/// topic's `partition_key`, else the configured default (P-26). An attribute the model does
-/// not have gives `None` (no partition key).
-pub fn partition_key(
-    publication: &Publication,
-    record: &dyn Record,
-    registry: &Registry,
-    config: &ProducerConfig,
-) -> Option<String> {
-    let attribute = match publication.partition_key {
-        PartitionKeySource::Resolver(resolve) => return resolve(record),
-        PartitionKeySource::Attribute(name) => name,
-        PartitionKeySource::Inherit => registry
-            .topic(publication.topic)
-            .and_then(|topic| topic.partition_key)
-            .filter(|key| !key.is_empty())
-            .unwrap_or(&config.default_partition_key),
-    };
-    record.attribute(attribute).map(|value| partition_key_from_value(&value))
-}
-
 /// Plans every row of a batch: loads the records of each model in one query, the sideloads
 /// of each dependency in one query, and builds the messages of each row in order.
 pub async fn plan_rows(
@@ -279,7 +107,7 @@ pub async fn plan_rows(
     rows: &[RowRef],
 ) -> Result<Vec<RowPlan>, PlanError> {
     let mut ids_by_model: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for row in rows.iter().filter(|row| row.topic != crate::outbox::OBSERVER_TOPIC) {
+    for row in rows.iter().filter(|row| row.topic != OBSERVER_TOPIC) {
         if registry.model(&row.resource_class).is_some() {
             ids_by_model.entry(row.resource_class.as_str()).or_default().push(row.resource_id.clone());
         }
@@ -340,7 +168,7 @@ pub async fn plan_loaded_rows(
     let empty = Sideloads::default();
     let mut plans = Vec::with_capacity(rows.len());
     for row in rows {
-        if row.topic == crate::outbox::OBSERVER_TOPIC {
+        if row.topic == OBSERVER_TOPIC {
             plans.push(RowPlan::DeferredObservers);
             continue;
         }
@@ -421,7 +249,7 @@ fn destinations(registry: &Registry, topic: &str, genesis_only: bool) -> Vec<Str
 }
 
 /// The record of a `_destroyed` row whose row is gone: `{"links":{},"<pk>":<id>}` (W-11).
-fn deleted_record(model: &crate::publishable::ModelEntry, id: &str) -> Value {
+fn deleted_record(model: &ModelEntry, id: &str) -> Value {
     let mut object = Map::new();
     object.insert("links".to_owned(), Value::Object(Map::new()));
     object.insert(model.primary_key.to_owned(), model.id_json(id));
@@ -505,14 +333,6 @@ async fn load_dependency(
     Ok(out)
 }
 
-/// An id value as the text the outbox and loaders use.
-pub(crate) fn id_text(value: &Value) -> String {
-    match value {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
-    }
-}
-
 /// The messages of a tombstone for `record` on `publication`'s topic (and its genesis
 /// replica): dionysus-rb's TombstonePublisher (P-30). `key` and `partition_key` default to
 /// the record's key and computed partition key; passing `Some` uses the value verbatim.
@@ -544,45 +364,18 @@ pub fn tombstone_messages(
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
-
-    #[test]
-    fn sideloads_follow_the_model_serializer_layout() {
-        // Vector w15, second case: links hold the ids, then the nested records follow.
-        let mut sideloads = Sideloads::default();
-        sideloads.push(
-            "account".into(),
-            Sideload::One { link: json!(2), record: Some(json!({"id": "2_from_account", "links": {}})) },
-        );
-        sideloads
-            .push("bookings".into(), Sideload::Many(vec![(json!(3), json!({"id": "3_from_booking", "links": {}}))]));
-        let record = json!({"id": 1, "name": "name"});
-        let Value::Object(object) = record else { unreachable!() };
-        let serialized = Value::Object(sideloads.attach(object));
-        assert_eq!(
-            serde_json::to_string(&serialized).unwrap(),
-            r#"{"id":1,"name":"name","links":{"account":2,"bookings":[3]},"account":{"id":"2_from_account","links":{}},"bookings":[{"id":"3_from_booking","links":{}}]}"#
-        );
-        // First case: no dependencies, empty links.
-        let Value::Object(object) = json!({"id": 1, "name": "name"}) else { unreachable!() };
-        assert_eq!(
-            serde_json::to_string(&Sideloads::default().attach(object)).unwrap(),
-            r#"{"id":1,"name":"name","links":{}}"#
-        );
-    }
 
     #[test]
     fn deleted_records_put_links_first() {
         // Vector p22/W-11: `{"links":{},"id":10}` with the id cast to the key's type.
-        let model = crate::publishable::ModelEntry {
+        let model = ModelEntry {
             model_name: "ExampleResource",
             table: "example_resources",
             primary_key: "id",
-            id_kind: crate::publishable::IdKind::Integer,
+            id_kind: crate::registry::model::IdKind::Integer,
             attributes: &["id"],
-            soft_delete: crate::publishable::SoftDelete::Configured,
+            soft_delete: crate::registry::model::SoftDelete::Configured,
             publish_updates_after_soft_delete: false,
             type_id: std::any::TypeId::of::<()>,
             publications: || &[],

@@ -86,16 +86,6 @@ pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, TransportError> {
         .map_err(kafka_error(format!("creating a Kafka producer for {}", kafka.bootstrap_servers())))
 }
 
-/// The partition dionysus-rb's producer (librdkafka's default `consistent_random`
-/// partitioner) picks for a non-empty partition key: CRC-32 of its bytes modulo the partition
-/// count. Messages of one partition key land where the Ruby producer puts them.
-pub fn partition_for(partition_key: &[u8], partition_count: i32) -> i32 {
-    let count = u32::try_from(partition_count.max(1)).unwrap_or(1);
-    let partition = crc32fast::hash(partition_key) % count;
-    // `partition < count <= i32::MAX`, so the conversion cannot fail.
-    i32::try_from(partition).unwrap_or(0)
-}
-
 /// A topic to create on the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {
@@ -214,15 +204,6 @@ pub async fn broker_topics(kafka: &KafkaConfig) -> Result<BTreeMap<String, i32>,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn partition_is_crc32_of_the_partition_key() {
-        // CRC-32 (IEEE) of "2" is 0x1ad5be0d.
-        assert_eq!(crc32fast::hash(b"2"), 0x1ad5_be0d);
-        assert_eq!(partition_for(b"2", 12), (0x1ad5_be0d_u32 % 12) as i32);
-        assert_eq!(partition_for(b"anything", 1), 0);
-        assert_eq!(partition_for(b"x", 0), 0);
-    }
 
     #[test]
     fn genesis_replica_adds_a_topic_spec() {

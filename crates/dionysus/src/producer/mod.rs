@@ -1,0 +1,15 @@
+//! The producing side: the [`Publishable`](publishable::Publishable) trait a model derives,
+//! the outbox writer called in the application's transaction, the planner that turns outbox
+//! rows into messages (loading records, sideloading dependencies, serializing), the relay that
+//! publishes them in order, genesis that re-publishes everything, and the sender they share.
+//!
+//! Built on the wire format (`wire`) and the declarations (`registry`); nothing here consumes.
+
+pub mod genesis;
+pub mod outbox;
+pub mod partition_key;
+pub mod plan;
+pub mod publishable;
+pub mod relay;
+pub(crate) mod sender;
+pub mod serialize;

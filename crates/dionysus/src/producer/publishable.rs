@@ -1,0 +1,226 @@
+//! The [`Publishable`] trait `#[derive(Publishable)]` implements (identity, reflective
+//! attribute access, a loader that fetches current records in one query), the generic
+//! functions its generated registry entries point at, the probes that find how two models are
+//! related through diesel's `belongs_to` associations ([`relation`]), and the rule that picks a
+//! record's partition key.
+//!
+//! The entries themselves are declarations (`registry::model`); writing outbox rows is
+//! `outbox`'s and building messages `plan`'s.
+
+use std::any::Any;
+
+use diesel::associations::BelongsTo;
+use diesel::result::QueryResult;
+use diesel::Column;
+use diesel_async::AsyncPgConnection;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::ProducerConfig;
+use crate::registry::model::{
+    BoxFuture, IdKind, Model, ModelEntry, PartitionKeySource, Publication, Record, RecordFilter, Relation,
+};
+use crate::registry::Registry;
+use crate::wire::partition::partition_key_from_value;
+use crate::wire::time::normalize_timestamps;
+
+/// A diesel model whose changes are published. Implemented by `#[derive(Publishable)]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not publishable",
+    label = "not a `#[derive(dionysus::Publishable)]` model",
+    note = "add `#[derive(dionysus::Publishable)]` to `{Self}` (a model that is only a `with(...)` dependency or observed needs no `#[publish(...)]`)"
+)]
+pub trait Publishable: Serialize + Send + Sync + Sized + 'static {
+    /// The model's description.
+    const MODEL: ModelEntry;
+    /// One entry per `#[publish(...)]`, in declaration order.
+    const PUBLICATIONS: &'static [Publication];
+
+    /// The primary key as text (how the outbox stores it).
+    fn primary_key(&self) -> String;
+
+    /// The JSON value of a field (`None` when the model has no such field), as a serializer
+    /// would write it (timestamps with milliseconds, see [`attribute_value`]).
+    fn attribute(&self, name: &str) -> Option<Value>;
+
+    /// Current records of the model's table matching `filter`, ordered by primary key, at
+    /// most `limit`.
+    fn load_filtered<'a>(
+        conn: &'a mut AsyncPgConnection,
+        filter: RecordFilter,
+        limit: Option<i64>,
+    ) -> BoxFuture<'a, QueryResult<Vec<Self>>>;
+}
+
+impl<T: Publishable> Record for T {
+    fn model(&self) -> &'static ModelEntry {
+        model_entry::<T>()
+    }
+
+    fn id(&self) -> String {
+        self.primary_key()
+    }
+
+    fn attribute(&self, name: &str) -> Option<Value> {
+        Publishable::attribute(self, name)
+    }
+
+    fn to_json(&self) -> Result<Value, serde_json::Error> {
+        serde_json::to_value(self).map(normalize_timestamps)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The `'static` model entry of `T` (promoted from the associated constant).
+pub fn model_entry<T: Publishable>() -> &'static ModelEntry {
+    struct Holder<T>(T);
+    impl<T: Publishable> Holder<T> {
+        const ENTRY: &'static ModelEntry = &T::MODEL;
+    }
+    Holder::<T>::ENTRY
+}
+
+impl<T: Publishable> Model for T {
+    fn entry() -> &'static ModelEntry {
+        model_entry::<T>()
+    }
+}
+
+/// Implemented for the primary-key types dionysus supports.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a supported primary-key type for a publishable model",
+    note = "dionysus supports integer (i16, i32, i64) and text (String) primary keys"
+)]
+pub trait PrimaryKeyType {
+    /// Its kind.
+    const KIND: IdKind;
+}
+
+macro_rules! primary_key_types {
+    ($($ty:ty => $kind:ident),*) => {$(impl PrimaryKeyType for $ty { const KIND: IdKind = IdKind::$kind; })*};
+}
+primary_key_types!(i16 => Integer, i32 => Integer, i64 => Integer, String => Text);
+
+/// The erased loader of `T`, stored in its [`ModelEntry`].
+pub fn load_erased<T: Publishable>(
+    conn: &mut AsyncPgConnection,
+    filter: RecordFilter,
+    limit: Option<i64>,
+) -> BoxFuture<'_, QueryResult<Vec<Box<dyn Record>>>> {
+    Box::pin(async move {
+        let records = T::load_filtered(conn, filter, limit).await?;
+        Ok(records.into_iter().map(|record| Box::new(record) as Box<dyn Record>).collect())
+    })
+}
+
+/// `T::PUBLICATIONS`, as a function pointer for [`ModelEntry::publications`].
+pub fn publications_of<T: Publishable>() -> &'static [Publication] {
+    T::PUBLICATIONS
+}
+
+/// Probe used by generated code to find a [`Relation`] through diesel's `BelongsTo` impls,
+/// trying `Other: BelongsTo<Owner>` first, then `Owner: BelongsTo<Other>` (autoref
+/// specialisation: `(&&&RelationProbe::<Other, Owner>::NEW).relation()`).
+#[doc(hidden)]
+pub struct RelationProbe<Other, Owner>(std::marker::PhantomData<fn() -> (Other, Owner)>);
+
+impl<Other, Owner> RelationProbe<Other, Owner> {
+    #[doc(hidden)]
+    pub const NEW: Self = RelationProbe(std::marker::PhantomData);
+}
+
+#[doc(hidden)]
+pub trait OtherBelongsToOwner {
+    fn relation(&self) -> Relation;
+}
+
+impl<Other, Owner> OtherBelongsToOwner for &&RelationProbe<Other, Owner>
+where
+    Other: BelongsTo<Owner>,
+{
+    fn relation(&self) -> Relation {
+        Relation::OtherHoldsKey(<<Other as BelongsTo<Owner>>::ForeignKeyColumn as Column>::NAME)
+    }
+}
+
+#[doc(hidden)]
+pub trait OwnerBelongsToOther {
+    fn relation(&self) -> Relation;
+}
+
+impl<Other, Owner> OwnerBelongsToOther for &RelationProbe<Other, Owner>
+where
+    Owner: BelongsTo<Other>,
+{
+    fn relation(&self) -> Relation {
+        Relation::OwnerHoldsKey(<<Owner as BelongsTo<Other>>::ForeignKeyColumn as Column>::NAME)
+    }
+}
+
+/// Returned by the probe when neither model belongs to the other.
+#[doc(hidden)]
+pub struct Unrelated;
+
+#[doc(hidden)]
+pub trait NotRelated {
+    fn relation(&self) -> Unrelated;
+}
+
+impl<Other, Owner> NotRelated for RelationProbe<Other, Owner> {
+    fn relation(&self) -> Unrelated {
+        Unrelated
+    }
+}
+
+/// Accepts only a found [`Relation`]; the probe's `Unrelated` fails here with a message
+/// naming both models.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Other}` and `{Owner}` are not related through a diesel association",
+    label = "no `belongs_to` between `{Other}` and `{Owner}`",
+    note = "derive diesel's `Associations` with `#[diesel(belongs_to({Owner}))]` on `{Other}` (or `belongs_to({Other})` on `{Owner}`), or name the key column with `via = \"column\"`"
+)]
+pub trait FoundRelation<Other, Owner> {
+    fn into_relation(self) -> Relation;
+}
+
+impl<Other, Owner> FoundRelation<Other, Owner> for Relation {
+    fn into_relation(self) -> Relation {
+        self
+    }
+}
+
+/// Used by generated code: the relation found by the probe, or a compile error.
+#[doc(hidden)]
+pub fn relation<Other, Owner, R: FoundRelation<Other, Owner>>(found: R) -> Relation {
+    found.into_relation()
+}
+
+/// JSON value of a field, with timestamps written as ActiveSupport writes them.
+pub fn attribute_value<T: Serialize + ?Sized>(value: &T) -> Value {
+    serde_json::to_value(value).map(normalize_timestamps).unwrap_or(Value::Null)
+}
+
+/// The partition key of a record for a publication: the publication's own source, else the
+/// topic's `partition_key`, else the configured default (P-26). An attribute the model does
+/// not have gives `None` (no partition key).
+pub fn partition_key(
+    publication: &Publication,
+    record: &dyn Record,
+    registry: &Registry,
+    config: &ProducerConfig,
+) -> Option<String> {
+    let attribute = match publication.partition_key {
+        PartitionKeySource::Resolver(resolve) => return resolve(record),
+        PartitionKeySource::Attribute(name) => name,
+        PartitionKeySource::Inherit => registry
+            .topic(publication.topic)
+            .and_then(|topic| topic.partition_key)
+            .filter(|key| !key.is_empty())
+            .unwrap_or(&config.default_partition_key),
+    };
+    record.attribute(attribute).map(|value| partition_key_from_value(&value))
+}

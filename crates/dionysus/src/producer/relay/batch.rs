@@ -1,0 +1,686 @@
+//! One relay batch: read the due rows of the worker's buckets in id order — leaving out every
+//! row whose key has an earlier row waiting for a retry, decided in the same statement with one
+//! clock — build the messages, produce them, settle the outcomes so that no row is marked
+//! published behind a failed row of its key, and record them in two statements (published
+//! rows; failed rows with their backoff).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rdkafka::producer::{Producer, PurgeConfig};
+use serde_json::Value;
+
+use super::backoff;
+use super::monitor::{Monitor, RelayEvent};
+use crate::config::ProducerConfig;
+use crate::producer::outbox::{owner_updated_row, related_owners_filter, Changeset, NewOutboxRow};
+use crate::producer::plan::{self, PlanError, RowPlan, RowRef};
+use crate::producer::sender::{self, Failure, Sender};
+use crate::registry::model::{Condition, IdValue, Record, Relation};
+use crate::registry::Registry;
+
+/// A pending row as the relay reads it.
+#[derive(Debug, Clone, diesel::QueryableByName)]
+pub(crate) struct PendingRow {
+    #[diesel(sql_type = BigInt)]
+    pub(crate) id: i64,
+    #[diesel(sql_type = Text)]
+    pub(crate) resource_class: String,
+    #[diesel(sql_type = Text)]
+    pub(crate) resource_id: String,
+    #[diesel(sql_type = Text)]
+    pub(crate) event_name: String,
+    #[diesel(sql_type = Text)]
+    pub(crate) topic: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) partition_key: Option<String>,
+    #[diesel(sql_type = Jsonb)]
+    pub(crate) changeset: Value,
+    #[diesel(sql_type = Integer)]
+    pub(crate) attempts: i32,
+    #[diesel(sql_type = Text)]
+    pub(crate) ordering_key: String,
+    #[diesel(sql_type = Timestamptz)]
+    pub(crate) created_at: DateTime<Utc>,
+}
+
+/// What a batch did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Rows read.
+    pub read: usize,
+    /// Rows published (acknowledged by the broker for every destination).
+    pub published: usize,
+    /// Rows marked published with nothing to send (gone records, removed duplicates,
+    /// expanded observer rows).
+    pub skipped: usize,
+    /// Rows that failed and will be retried (or were parked).
+    pub failed: usize,
+    /// Rows left for a later batch because an earlier row of their key must go first.
+    pub held_back: usize,
+    /// The producer hit a fatal error (e.g. fenced after timed-out deliveries) and must be
+    /// replaced before the next batch.
+    pub producer_failed: bool,
+}
+
+pub(crate) struct Batch<'a> {
+    pub(crate) registry: &'a Registry,
+    pub(crate) config: &'a ProducerConfig,
+    pub(crate) sender: Sender<'a>,
+    pub(crate) monitor: &'a Monitor,
+    pub(crate) delivery_timeout: Duration,
+}
+
+impl Batch<'_> {
+    /// Runs one batch over `buckets`.
+    pub(crate) async fn run(
+        &self,
+        conn: &mut AsyncPgConnection,
+        buckets: &[i16],
+    ) -> Result<BatchReport, diesel::result::Error> {
+        let started = Instant::now();
+        let rows = fetch(conn, buckets, self.config.batch_size, self.config.strict_ordering, Clock::Database).await?;
+        let mut report = BatchReport { read: rows.len(), ..BatchReport::default() };
+        if rows.is_empty() {
+            return Ok(report);
+        }
+        let (eligible, held_back) = hold_young_rows(rows, self.config.publishing_delay, Utc::now());
+        report.held_back = held_back;
+        let (eligible, duplicates) = if self.config.remove_consecutive_duplicates {
+            remove_consecutive_duplicates(eligible)
+        } else {
+            (eligible, Vec::new())
+        };
+
+        let references: Vec<RowRef> = eligible.iter().map(row_ref).collect();
+        let plans = match plan::plan_rows(conn, self.registry, self.config, &references).await {
+            Ok(plans) => plans,
+            Err(error) => {
+                // Loading failed for the whole batch: every row fails alike and is retried.
+                let failures: Vec<(&PendingRow, Failure)> = eligible
+                    .iter()
+                    .map(|row| (row, Failure { class: "LoadError", message: error.to_string() }))
+                    .collect();
+                report.failed = failures.len();
+                self.record_failures(conn, failures, Clock::Database).await?;
+                return Ok(report);
+            }
+        };
+
+        report.skipped += duplicates.len();
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(eligible.len());
+        let mut blocked_now: HashSet<&str> = HashSet::new();
+        let mut in_flight: Vec<(usize, Vec<rdkafka::producer::DeliveryFuture>)> = Vec::new();
+
+        for (index, (row, plan)) in eligible.iter().zip(plans).enumerate() {
+            if blocked_now.contains(row.ordering_key.as_str()) {
+                outcomes.push(Outcome::NotSent);
+                continue;
+            }
+            let outcome = match plan {
+                RowPlan::Publish(messages) => match self.sender.send(&messages).await {
+                    Ok(deliveries) => {
+                        in_flight.push((index, deliveries));
+                        Outcome::NotSent // replaced once its deliveries are settled
+                    }
+                    Err(failure) => Outcome::Failed(failure),
+                },
+                RowPlan::Skip(reason) => {
+                    // Normal (a record destroyed before its update was published): said at
+                    // debug level and counted, not warned about.
+                    tracing::debug!(outbox_id = row.id, model = %row.resource_class, id = %row.resource_id, "{reason}");
+                    metrics::counter!("dionysus_outbox_skipped_total", "reason" => "record_gone").increment(1);
+                    Outcome::NothingToSend
+                }
+                RowPlan::DeferredObservers => {
+                    match expand_deferred_observers(conn, self.registry, self.config, row).await {
+                        Ok(written) => {
+                            tracing::info!(
+                                outbox_id = row.id,
+                                rows = written,
+                                "expanded a deferred observer row into outbox rows"
+                            );
+                            Outcome::NothingToSend
+                        }
+                        Err(error) => Outcome::Failed(Failure { class: "ObserverError", message: error.to_string() }),
+                    }
+                }
+                RowPlan::Fail(error) => {
+                    Outcome::Failed(Failure { class: plan_error_class(&error), message: error.to_string() })
+                }
+            };
+            if matches!(outcome, Outcome::Failed(_)) {
+                blocked_now.insert(&row.ordering_key);
+            }
+            outcomes.push(outcome);
+        }
+
+        // The producer never times a message out on its own: dropping a queued message that
+        // timed out and delivering the next one would reorder a key. At the deadline (well
+        // before the leases expire) every message still queued or in flight is purged at once,
+        // so what reached the broker is a prefix of each partition's messages, and the producer
+        // is replaced. Rows after the purge count as failed, even if a report was on its way.
+        let deadline = tokio::time::Instant::now() + self.delivery_timeout;
+        let mut purged = false;
+        for (index, deliveries) in in_flight {
+            let outcome = sender::await_deliveries(deliveries, deadline).await;
+            if let Err(failure) = &outcome {
+                if failure.timed_out && !purged {
+                    purged = true;
+                    report.producer_failed = true;
+                    self.sender.producer.purge(PurgeConfig::default().queue().inflight());
+                    tracing::warn!(
+                        timeout = ?self.delivery_timeout,
+                        "no delivery reports before the deadline (broker unreachable?); purged the producer's \
+                         queue, the rows will be retried"
+                    );
+                }
+            }
+            outcomes[index] = match outcome {
+                Ok(()) => Outcome::Delivered,
+                Err(failure) => {
+                    report.producer_failed |= failure.fatal;
+                    Outcome::Failed(failure.into())
+                }
+            };
+        }
+        if self.sender.producer.client().fatal_error().is_some() {
+            report.producer_failed = true;
+        }
+
+        let settled = settle(&eligible, outcomes);
+        if settled.redelivered > 0 {
+            tracing::warn!(
+                rows = settled.redelivered,
+                "rows were delivered after an earlier row of their key failed; they stay pending and go again after it"
+            );
+            metrics::counter!("dionysus_relay_redelivered_behind_failure_total").increment(settled.redelivered as u64);
+        }
+        for row in &settled.delivered {
+            let latency = (Utc::now() - row.created_at).to_std().unwrap_or_default();
+            metrics::histogram!("dionysus_outbox_commit_to_ack_seconds").record(latency.as_secs_f64());
+            self.monitor.emit(&RelayEvent::Published { outbox_id: row.id, topic: &row.topic });
+        }
+        report.published = settled.delivered.len();
+        report.skipped += settled.nothing_to_send.len();
+        report.held_back += settled.left_pending;
+        let published: Vec<i64> = duplicates
+            .iter()
+            .chain(settled.delivered.iter().copied())
+            .chain(settled.nothing_to_send.iter().copied())
+            .map(|row| row.id)
+            .collect();
+        mark_published(conn, &published).await?;
+        report.failed = settled.failures.len();
+        self.record_failures(conn, settled.failures, Clock::Database).await?;
+        metrics::counter!("dionysus_outbox_published_total").increment(report.published as u64);
+        metrics::histogram!("dionysus_relay_batch_seconds").record(started.elapsed().as_secs_f64());
+        Ok(report)
+    }
+
+    async fn record_failures(
+        &self,
+        conn: &mut AsyncPgConnection,
+        failures: Vec<(&PendingRow, Failure)>,
+        clock: Clock,
+    ) -> Result<(), diesel::result::Error> {
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let fatal = self.sender.producer.client().fatal_error();
+        let mut parked_rows = 0;
+        for (row, failure) in &failures {
+            let attempts = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
+            let parked = attempts >= self.config.max_attempts;
+            parked_rows += usize::from(parked);
+            tracing::debug!(
+                outbox_id = row.id, model = %row.resource_class, id = %row.resource_id, topic = %row.topic,
+                attempts, parked, error_class = failure.class, "publishing failed: {}", failure.message
+            );
+            metrics::counter!("dionysus_outbox_failures_total", "error_class" => failure.class).increment(1);
+            if parked {
+                metrics::counter!("dionysus_outbox_parked_total").increment(1);
+            }
+            self.monitor.emit(&RelayEvent::PublishingFailed {
+                outbox_id: row.id,
+                error_class: failure.class,
+                error_message: &failure.message,
+                parked,
+            });
+        }
+        log_failures(&failures, fatal.as_ref().map(|(_, reason)| reason.as_str()), parked_rows);
+        record_failures(conn, self.config, &failures, clock, rand::random::<f64>).await
+    }
+}
+
+/// One warning per kind of failure in a batch (not one per row: a broker outage fails every
+/// row of every batch alike). A producer that failed fatally — librdkafka's idempotent
+/// producer gives up after delivery timeouts, and its errors then name transactional fencing
+/// although no transactions are used — is explained in one line.
+fn log_failures(failures: &[(&PendingRow, Failure)], fatal: Option<&str>, parked: usize) {
+    if let Some(reason) = fatal {
+        tracing::warn!(
+            rows = failures.len(),
+            parked,
+            "idempotent producer reset after delivery timeouts ({reason}); {} rows will be retried",
+            failures.len() - parked
+        );
+        return;
+    }
+    let mut kinds: Vec<(&str, &str, usize, i64)> = Vec::new();
+    for (row, failure) in failures {
+        match kinds.iter_mut().find(|(class, message, _, _)| *class == failure.class && *message == failure.message) {
+            Some(kind) => kind.2 += 1,
+            None => kinds.push((failure.class, failure.message.as_str(), 1, row.id)),
+        }
+    }
+    for (class, message, rows, first_id) in kinds {
+        tracing::warn!(
+            error_class = class,
+            rows,
+            first_outbox_id = first_id,
+            parked,
+            "publishing failed for {rows} row(s), retried with backoff: {message}"
+        );
+    }
+}
+
+/// The time a batch decides by: the database's `now()` (production), or a given instant
+/// (simulations of retry schedules). Either way one batch reads a single clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Clock {
+    /// `now()` of the statement's transaction.
+    Database,
+    /// A fixed instant.
+    At(DateTime<Utc>),
+}
+
+impl Clock {
+    fn instant(self) -> Option<DateTime<Utc>> {
+        match self {
+            Clock::Database => None,
+            Clock::At(at) => Some(at),
+        }
+    }
+}
+
+/// What happened to one eligible row of a batch, before settling.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Every message of the row was acknowledged by the broker.
+    Delivered,
+    /// The row sends nothing (record gone, deferred observers expanded): marked published.
+    NothingToSend,
+    /// Planning, sending or delivery failed.
+    Failed(Failure),
+    /// Not sent: an earlier row of its key failed in this batch.
+    NotSent,
+}
+
+/// The outcomes of a batch, settled so that no row is marked published behind a failed row of
+/// its key.
+#[derive(Debug)]
+pub(crate) struct Settled<'r> {
+    /// Rows to mark published, delivered.
+    pub(crate) delivered: Vec<&'r PendingRow>,
+    /// Rows to mark published that sent nothing.
+    pub(crate) nothing_to_send: Vec<&'r PendingRow>,
+    /// Rows to record as failed (retried later, or parked).
+    pub(crate) failures: Vec<(&'r PendingRow, Failure)>,
+    /// Rows left pending as they were (behind a failed row of their key).
+    pub(crate) left_pending: usize,
+    /// Of those, rows that had been delivered: they go again once the failed row is through.
+    pub(crate) redelivered: usize,
+}
+
+/// Settles a batch's outcomes (`outcomes[i]` belongs to `rows[i]`, rows in id order). Once a
+/// row of a key failed, a later row of that key that was nevertheless delivered (the producer
+/// may drop a timed-out message and deliver the next one) is left pending rather than marked
+/// published: it is sent again after the failed row, so the last message of the key on the
+/// wire is the latest one and no later row is marked done ahead of an earlier one.
+pub(crate) fn settle(rows: &[PendingRow], outcomes: Vec<Outcome>) -> Settled<'_> {
+    let mut settled = Settled {
+        delivered: Vec::new(),
+        nothing_to_send: Vec::new(),
+        failures: Vec::new(),
+        left_pending: 0,
+        redelivered: 0,
+    };
+    let mut failed_keys: HashSet<&str> = HashSet::new();
+    for (row, outcome) in rows.iter().zip(outcomes) {
+        let behind_failure = failed_keys.contains(row.ordering_key.as_str());
+        match outcome {
+            Outcome::Delivered if behind_failure => {
+                settled.left_pending += 1;
+                settled.redelivered += 1;
+            }
+            Outcome::Delivered => settled.delivered.push(row),
+            Outcome::NothingToSend => settled.nothing_to_send.push(row),
+            Outcome::Failed(failure) => {
+                failed_keys.insert(&row.ordering_key);
+                settled.failures.push((row, failure));
+            }
+            Outcome::NotSent => settled.left_pending += 1,
+        }
+    }
+    settled
+}
+
+/// Records failed rows in one statement: attempts + 1, the error, `retry_at` after the
+/// backoff (from `clock`), `failed_at` once parked. `jitter` draws a number in `[0, 1)` per row.
+pub(crate) async fn record_failures(
+    conn: &mut AsyncPgConnection,
+    config: &ProducerConfig,
+    failures: &[(&PendingRow, Failure)],
+    clock: Clock,
+    mut jitter: impl FnMut() -> f64,
+) -> Result<(), diesel::result::Error> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(failures.len());
+    let mut classes = Vec::with_capacity(failures.len());
+    let mut messages = Vec::with_capacity(failures.len());
+    let mut delays = Vec::with_capacity(failures.len());
+    let mut parks = Vec::with_capacity(failures.len());
+    for (row, failure) in failures {
+        let attempts = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
+        let decision = backoff::decide(config, attempts, jitter());
+        ids.push(row.id);
+        classes.push(failure.class.to_owned());
+        messages.push(failure.message.clone());
+        delays.push(decision.delay.as_secs_f64());
+        parks.push(decision.park);
+    }
+    diesel::sql_query(
+        "UPDATE dionysus_outbox AS o SET attempts = o.attempts + 1, error_class = f.class, \
+         error_message = f.message, retry_at = COALESCE($6, now()) + make_interval(secs => f.delay), \
+         failed_at = CASE WHEN f.park THEN COALESCE($6, now()) ELSE NULL END, updated_at = now() \
+         FROM unnest($1, $2, $3, $4, $5) AS f(id, class, message, delay, park) WHERE o.id = f.id",
+    )
+    .bind::<Array<BigInt>, _>(ids)
+    .bind::<Array<Text>, _>(classes)
+    .bind::<Array<Text>, _>(messages)
+    .bind::<Array<Double>, _>(delays)
+    .bind::<Array<Bool>, _>(parks)
+    .bind::<Nullable<Timestamptz>, _>(clock.instant())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn plan_error_class(error: &PlanError) -> &'static str {
+    match error {
+        PlanError::UnknownModel(_) => "UnknownModel",
+        PlanError::NotPublishedOnTopic { .. } => "NotPublishedOnTopic",
+        PlanError::Serialize(_) => "SerializeError",
+        PlanError::Envelope(_) => "EnvelopeError",
+        PlanError::Load { .. } => "LoadError",
+    }
+}
+
+fn row_ref(row: &PendingRow) -> RowRef {
+    RowRef {
+        id: row.id,
+        resource_class: row.resource_class.clone(),
+        resource_id: row.resource_id.clone(),
+        event_name: row.event_name.clone(),
+        topic: row.topic.clone(),
+        partition_key: row.partition_key.clone(),
+    }
+}
+
+/// The rows of `buckets` that may be published now, in id order, at most `limit`: pending,
+/// due (no retry, or its time has come), and not behind an earlier pending row of their key
+/// that waits for a retry (or, with `strict`, is parked).
+///
+/// One statement, so one snapshot and one clock decide both "due" and "held back". Deciding
+/// them in two statements with two `now()`s lets a row whose `retry_at` falls between the two
+/// be neither read nor holding back its key, and its key's later rows overtake it. Leaving the
+/// held-back rows out here (rather than reading and dropping them) also keeps one busy key
+/// waiting for a retry from filling every batch and starving the other keys of its buckets.
+pub(crate) async fn fetch(
+    conn: &mut AsyncPgConnection,
+    buckets: &[i16],
+    limit: usize,
+    strict: bool,
+    clock: Clock,
+) -> Result<Vec<PendingRow>, diesel::result::Error> {
+    diesel::sql_query(
+        "WITH clock AS (SELECT COALESCE($4, now()) AS now), \
+         waiting AS ( \
+             SELECT ordering_key, min(id) AS first_id FROM dionysus_outbox, clock \
+             WHERE published_at IS NULL AND ordering_bucket = ANY($1) \
+               AND ((failed_at IS NULL AND retry_at > clock.now) OR ($3 AND failed_at IS NOT NULL)) \
+             GROUP BY ordering_key) \
+         SELECT o.id, o.resource_class, o.resource_id, o.event_name, o.topic, o.partition_key, o.changeset, \
+                o.attempts, o.ordering_key, o.created_at \
+         FROM dionysus_outbox o, clock \
+         WHERE o.published_at IS NULL AND o.failed_at IS NULL AND o.ordering_bucket = ANY($1) \
+           AND (o.retry_at IS NULL OR o.retry_at <= clock.now) \
+           AND NOT EXISTS (SELECT 1 FROM waiting w WHERE w.ordering_key = o.ordering_key AND w.first_id < o.id) \
+         ORDER BY o.id LIMIT $2",
+    )
+    .bind::<Array<SmallInt>, _>(buckets)
+    .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
+    .bind::<Bool, _>(strict)
+    .bind::<Nullable<Timestamptz>, _>(clock.instant())
+    .load(conn)
+    .await
+}
+
+/// Splits rows (in id order) into those that may go now and the number held back by the
+/// publishing delay: a row younger than the delay waits, and so does every later row of its
+/// key.
+pub(crate) fn hold_young_rows(rows: Vec<PendingRow>, delay: Duration, now: DateTime<Utc>) -> (Vec<PendingRow>, usize) {
+    if delay.is_zero() {
+        return (rows, 0);
+    }
+    let horizon = now - chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::zero());
+    let mut young: HashSet<String> = HashSet::new();
+    let mut held = 0;
+    let mut eligible = Vec::with_capacity(rows.len());
+    for row in rows {
+        if young.contains(&row.ordering_key) {
+            held += 1;
+        } else if row.created_at > horizon {
+            young.insert(row.ordering_key.clone());
+            held += 1;
+        } else {
+            eligible.push(row);
+        }
+    }
+    (eligible, held)
+}
+
+/// dionysus-rb's DuplicatesFilter (P-18): of each run of consecutive rows with equal
+/// `(resource_class, resource_id, event_name, topic)`, only the last is published; the others
+/// are returned to be marked published.
+pub(crate) fn remove_consecutive_duplicates(rows: Vec<PendingRow>) -> (Vec<PendingRow>, Vec<PendingRow>) {
+    let mut kept: Vec<PendingRow> = Vec::with_capacity(rows.len());
+    let mut dropped = Vec::new();
+    for row in rows {
+        let same = kept.last().is_some_and(|last| {
+            last.resource_class == row.resource_class
+                && last.resource_id == row.resource_id
+                && last.event_name == row.event_name
+                && last.topic == row.topic
+        });
+        if same {
+            if let Some(previous) = kept.pop() {
+                dropped.push(previous);
+            }
+        }
+        kept.push(row);
+    }
+    (kept, dropped)
+}
+
+/// Marks rows published, in one autocommitted statement. Its commit does not wait for the
+/// WAL flush (`synchronous_commit` set off for this statement's transaction only): a mark
+/// lost in a database crash only publishes its rows once more, which at-least-once delivery
+/// allows, and the flush wait is most of the statement's cost. One statement, not an explicit
+/// transaction: a worker aborted mid-call cannot leave a transaction open on a pooled
+/// connection, holding these rows' locks.
+pub(crate) async fn mark_published(conn: &mut AsyncPgConnection, ids: &[i64]) -> Result<(), diesel::result::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    diesel::sql_query(
+        "UPDATE dionysus_outbox SET published_at = now(), updated_at = now(), error_class = NULL, \
+         error_message = NULL, retry_at = NULL, failed_at = NULL \
+         WHERE id = ANY($1) AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL",
+    )
+    .bind::<Array<BigInt>, _>(ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Turns a deferred observer row into `<owner>_updated` rows for every related record, page
+/// by page (P-25: too many to write inside the application's transaction).
+async fn expand_deferred_observers(
+    conn: &mut AsyncPgConnection,
+    registry: &Registry,
+    config: &ProducerConfig,
+    row: &PendingRow,
+) -> Result<usize, String> {
+    const PAGE: i64 = 1000;
+    let Some(model) = registry.model(&row.resource_class) else {
+        return Err(format!("no publishable model is named `{}`", row.resource_class));
+    };
+    let changeset = Changeset::from_json(&row.changeset);
+    let record: Option<Box<dyn Record>> = model
+        .load_by_ids(conn, std::slice::from_ref(&row.resource_id))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next();
+    let mut written = 0;
+    for (publication, observer) in registry.observers_of(model) {
+        if !observer.columns.iter().any(|column| changeset.contains(column)) {
+            continue;
+        }
+        let owner = publication.model;
+        let relation = (observer.relation)();
+        // The observed record holds the owner's key: take it from the record, or from the
+        // changeset when the record is gone.
+        let key = match relation {
+            Relation::OtherHoldsKey(column) => record
+                .as_ref()
+                .and_then(|record| record.attribute(column))
+                .or_else(|| changeset.get(column).map(|(old, _)| old.clone())),
+            Relation::OwnerHoldsKey(_) => None,
+        };
+        let Some(filter_base) =
+            related_owners_filter(owner, model, &row.resource_id, relation, key.as_ref()).map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
+        let mut after: Option<String> = None;
+        loop {
+            let mut filter = filter_base.clone();
+            if let Some(last) = &after {
+                let value = IdValue::parse(owner.primary_key, owner.id_kind, last).map_err(|e| e.to_string())?;
+                filter = filter.and(Condition::After { column: owner.primary_key, value });
+            }
+            let page = (owner.load)(conn, filter, Some(PAGE)).await.map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id());
+            let rows: Vec<NewOutboxRow> = page
+                .iter()
+                .map(|owner_record| owner_updated_row(publication, owner_record.as_ref(), registry, config))
+                .collect();
+            written += rows.len();
+            diesel::insert_into(crate::schema::dionysus_outbox::table)
+                .values(&rows)
+                .execute(conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            if i64::try_from(page.len()).unwrap_or(0) < PAGE {
+                break;
+            }
+        }
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn row(id: i64, key: &str, class_id: (&str, &str), event: &str, created: i64) -> PendingRow {
+        PendingRow {
+            id,
+            resource_class: class_id.0.to_owned(),
+            resource_id: class_id.1.to_owned(),
+            event_name: event.to_owned(),
+            topic: "t".to_owned(),
+            partition_key: Some(key.to_owned()),
+            changeset: Value::Null,
+            attempts: 0,
+            ordering_key: key.to_owned(),
+            created_at: Utc.timestamp_opt(created, 0).single().unwrap(),
+        }
+    }
+
+    #[test]
+    fn publishing_delay_holds_young_rows_and_their_successors() {
+        let now = Utc.timestamp_opt(100, 0).single().unwrap();
+        let rows =
+            vec![row(1, "a", ("R", "1"), "e", 98), row(2, "b", ("R", "2"), "e", 90), row(3, "a", ("R", "3"), "e", 50)];
+        let (eligible, held) = hold_young_rows(rows, Duration::from_secs(5), now);
+        assert_eq!(eligible.iter().map(|r| r.id).collect::<Vec<_>>(), [2], "row 3 is old but must follow row 1");
+        assert_eq!(held, 2);
+    }
+
+    fn failed() -> Outcome {
+        Outcome::Failed(Failure { class: "KafkaError", message: "Message timed out".to_owned() })
+    }
+
+    #[test]
+    fn a_row_delivered_behind_a_failed_row_of_its_key_stays_pending() {
+        let rows = vec![
+            row(1, "a", ("R", "1"), "e", 0),
+            row(2, "b", ("R", "2"), "e", 0),
+            row(3, "a", ("R", "3"), "e", 0),
+            row(4, "a", ("R", "4"), "e", 0),
+            row(5, "b", ("R", "5"), "e", 0),
+        ];
+        let outcomes = vec![failed(), Outcome::Delivered, Outcome::Delivered, failed(), Outcome::NothingToSend];
+        let settled = settle(&rows, outcomes);
+        assert_eq!(settled.delivered.iter().map(|r| r.id).collect::<Vec<_>>(), [2], "row 3 is behind row 1");
+        assert_eq!(settled.nothing_to_send.iter().map(|r| r.id).collect::<Vec<_>>(), [5]);
+        assert_eq!(settled.failures.iter().map(|(r, _)| r.id).collect::<Vec<_>>(), [1, 4]);
+        assert_eq!((settled.left_pending, settled.redelivered), (1, 1));
+    }
+
+    #[test]
+    fn rows_not_sent_behind_a_failure_are_left_as_they_were() {
+        let rows = vec![row(1, "a", ("R", "1"), "e", 0), row(2, "a", ("R", "2"), "e", 0)];
+        let settled = settle(&rows, vec![failed(), Outcome::NotSent]);
+        assert!(settled.delivered.is_empty());
+        assert_eq!(settled.failures.len(), 1);
+        assert_eq!((settled.left_pending, settled.redelivered), (1, 0));
+    }
+
+    #[test]
+    fn only_consecutive_duplicates_collapse_to_the_last() {
+        // Vector p33.
+        let rows = vec![
+            row(1, "k", ("R", "1"), "r_updated", 0),
+            row(2, "k", ("R", "1"), "r_updated", 0),
+            row(3, "k", ("R", "2"), "r_updated", 0),
+            row(4, "k", ("R", "1"), "r_updated", 0),
+            row(5, "k", ("R", "1"), "r_destroyed", 0),
+        ];
+        let (kept, dropped) = remove_consecutive_duplicates(rows);
+        assert_eq!(kept.iter().map(|r| r.id).collect::<Vec<_>>(), [2, 3, 4, 5]);
+        assert_eq!(dropped.iter().map(|r| r.id).collect::<Vec<_>>(), [1]);
+    }
+}
