@@ -1,13 +1,40 @@
-//! Which Rust types a replica field may have, decided by the compiler: `#[derive(Consume)]`
-//! reads each column's [`ColumnKind`] and nullability from the field type's [`ColumnType`]
-//! impl, so type aliases work and a type that cannot hold payload values (a `Vec` of
-//! anything, a type that merely ends in `Value`) is a compile error on the field's type.
-//! [`PayloadColumn`] does the same for the column keeping the whole payload.
+//! The kinds of replica columns ([`ColumnKind`]) and which Rust types a replica field may
+//! have, decided by the compiler: `#[derive(Consume)]` reads each column's kind and
+//! nullability from the field type's [`ColumnType`] impl, so type aliases work and a type
+//! that cannot hold payload values (a `Vec` of anything, a type that merely ends in `Value`)
+//! is a compile error on the field's type. [`PayloadColumn`] does the same for the column
+//! keeping the whole payload.
 //!
-//! This module only classifies types; what a kind accepts at run time is
-//! [`super::plan::normalize`]'s business.
+//! This module only classifies; what a kind accepts at run time is the replica planner's
+//! business (`plan::normalize`).
 
-use super::ColumnKind;
+/// The shape of a replica column's values, derived from the field's Rust type through
+/// [`ColumnType`]. Incoming values are checked against it before anything is written, so a
+/// payload of the wrong type is rejected (dead-lettered) instead of failing the whole batch
+/// in the database.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// `i16`, `i32`, `i64`: a JSON integer or a string holding one.
+    Integer,
+    /// `f32`, `f64`: a JSON number or a string holding one.
+    Float,
+    /// `BigDecimal`: a JSON number or a numeric string.
+    Decimal,
+    /// `bool`.
+    Bool,
+    /// `String`: a string; numbers and booleans are written as their text.
+    Text,
+    /// `DateTime<Utc>`, `NaiveDateTime`: anything [`crate::wire::envelope::parse_timestamp`] reads.
+    Timestamp,
+    /// `NaiveDate`: `YYYY-MM-DD` or a timestamp.
+    Date,
+    /// `serde_json::Value`: any JSON.
+    Json,
+    /// `Uuid`: a string.
+    Uuid,
+    /// `Vec<T>`: a JSON array.
+    Array,
+}
 
 /// A field type of a replica struct: the [`ColumnKind`] of its values and whether it
 /// accepts `NULL` (an `Option`).
