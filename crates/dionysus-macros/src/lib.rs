@@ -10,8 +10,12 @@
 mod attr;
 mod consume;
 mod ctxt;
+mod diesel;
+mod field_name;
 mod handler;
 mod publish;
+#[cfg(test)]
+mod snapshot_tests;
 mod suggest;
 mod symbol;
 mod topic;
@@ -43,7 +47,7 @@ pub fn derive_publishable(input: TokenStream) -> TokenStream {
 /// See `dionysus::Consume` for the full documentation.
 #[proc_macro_derive(Consume, attributes(consume, diesel))]
 pub fn derive_consume(input: TokenStream) -> TokenStream {
-    consume::expand_derive(input.into()).into()
+    consume::derive(input.into()).into()
 }
 
 /// Registers an async handler for events of a topic:

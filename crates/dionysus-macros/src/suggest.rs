@@ -1,50 +1,35 @@
-//! "Did you mean" hints for misspelt keys.
+//! "Did you mean" hints for misspelt keys and names, and the one message every macro gives
+//! for an unknown key. The distance is `strsim`'s optimal string alignment, so a swap of two
+//! neighbouring letters (`nmae` → `name`) counts as one edit.
 
-/// The candidate closest to `word`, when it is close enough to be a likely typo.
+/// The candidate closest to `word`, when it is close enough to be a likely typo: at most one
+/// edit per three characters (at least one).
 pub(crate) fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (word.len() / 3).max(1);
+    let limit = (word.chars().count() / 3).max(1);
     candidates
         .into_iter()
-        .map(|candidate| (edit_distance(word, candidate), candidate))
+        .map(|candidate| (strsim::osa_distance(word, candidate), candidate))
         .filter(|(distance, _)| *distance <= limit)
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, candidate)| candidate)
 }
 
-/// A sentence listing the accepted keys, with a hint when one is close to `word`.
-pub(crate) fn unknown_key_message(what: &str, word: &str, keys: &[&str]) -> String {
-    let mut message = format!("unknown key `{word}` in {what}");
-    if let Some(hint) = closest(word, keys.iter().copied()) {
-        message.push_str(&format!("; did you mean `{hint}`?"));
+/// `; did you mean `hint`?` when a candidate is close to `word`, else nothing.
+pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    match closest(word, candidates) {
+        Some(hint) => format!("; did you mean `{hint}`?"),
+        None => String::new(),
     }
-    message.push_str(&format!("\naccepted keys: {}", keys.join(", ")));
-    message
 }
 
-/// Edit distance between two words.
-fn edit_distance(a: &str, b: &str) -> usize {
-    // Optimal string alignment: insertions, deletions, substitutions and transpositions of
-    // adjacent characters (`nmae` → `name`) each cost 1.
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
+/// A sentence naming an unknown key of `what`, a hint when one is close, and the accepted
+/// keys.
+pub(crate) fn unknown_key_message(what: &str, word: &str, keys: &[&str]) -> String {
+    format!(
+        "unknown key `{word}` in {what}{}\naccepted keys: {}",
+        did_you_mean(word, keys.iter().copied()),
+        keys.join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -56,6 +41,20 @@ mod tests {
         let keys = ["partition_key", "partitions", "name"];
         assert_eq!(closest("partiton_key", keys), Some("partition_key"));
         assert_eq!(closest("nmae", keys), Some("name"));
+        assert_eq!(closest("partitons", keys), Some("partitions"));
         assert_eq!(closest("color", keys), None);
+        assert_eq!(closest("", keys), None);
+    }
+
+    #[test]
+    fn unknown_key_message_lists_the_accepted_keys() {
+        assert_eq!(
+            unknown_key_message("`#[publish(...)]`", "topik", &["topic", "with"]),
+            "unknown key `topik` in `#[publish(...)]`; did you mean `topic`?\naccepted keys: topic, with"
+        );
+        assert_eq!(
+            unknown_key_message("`#[publish(...)]`", "color", &["topic"]),
+            "unknown key `color` in `#[publish(...)]`\naccepted keys: topic"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Names of attribute keys, one constant each, so a key is spelt once.
+//! Names of attributes and of their keys, one constant each, so a key is spelt once.
 
 use std::fmt::{self, Display};
 
@@ -8,6 +8,7 @@ use syn::{Ident, Path};
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Symbol(pub(crate) &'static str);
 
+// #[dionysus::topic(...)]
 pub(crate) const NAMESPACE: Symbol = Symbol("namespace");
 pub(crate) const NAME: Symbol = Symbol("name");
 pub(crate) const PARTITION_KEY: Symbol = Symbol("partition_key");
@@ -16,10 +17,12 @@ pub(crate) const REPLICATION_FACTOR: Symbol = Symbol("replication_factor");
 pub(crate) const GENESIS_REPLICA: Symbol = Symbol("genesis_replica");
 pub(crate) const TOMBSTONE: Symbol = Symbol("tombstone");
 
+// #[derive(Publishable)]: #[publish(...)], #[publishable(...)]
 pub(crate) const PUBLISH: Symbol = Symbol("publish");
 pub(crate) const PUBLISHABLE: Symbol = Symbol("publishable");
 pub(crate) const TOPIC: Symbol = Symbol("topic");
 pub(crate) const PARTITION_KEY_WITH: Symbol = Symbol("partition_key_with");
+pub(crate) const PARTITION_KEY_TO_I: Symbol = Symbol("partition_key_to_i");
 pub(crate) const WITH: Symbol = Symbol("with");
 pub(crate) const OBSERVE: Symbol = Symbol("observe");
 pub(crate) const COLUMNS: Symbol = Symbol("columns");
@@ -28,13 +31,19 @@ pub(crate) const SERIALIZER: Symbol = Symbol("serializer");
 pub(crate) const MODEL_NAME: Symbol = Symbol("model_name");
 pub(crate) const SOFT_DELETE: Symbol = Symbol("soft_delete");
 pub(crate) const PUBLISH_UPDATES_AFTER_SOFT_DELETE: Symbol = Symbol("publish_updates_after_soft_delete");
-// #[derive(Consume)] / #[consume(...)]
+// #[derive(Consume)]: #[consume(...)]; #[dionysus::consume(...)]
+pub(crate) const CONSUME: Symbol = Symbol("consume");
 pub(crate) const MODEL: Symbol = Symbol("model");
 pub(crate) const STRATEGY: Symbol = Symbol("strategy");
 pub(crate) const SYNCED_DATA: Symbol = Symbol("synced_data");
 pub(crate) const FROM: Symbol = Symbol("from");
 pub(crate) const SKIP: Symbol = Symbol("skip");
 pub(crate) const EVENT: Symbol = Symbol("event");
+// #[diesel(...)], read by every derive
+pub(crate) const DIESEL: Symbol = Symbol("diesel");
+pub(crate) const TABLE_NAME: Symbol = Symbol("table_name");
+pub(crate) const PRIMARY_KEY: Symbol = Symbol("primary_key");
+pub(crate) const COLUMN_NAME: Symbol = Symbol("column_name");
 
 impl PartialEq<Symbol> for Ident {
     fn eq(&self, word: &Symbol) -> bool {

@@ -42,7 +42,7 @@ pub use registry::{Registry, Topic};
 /// |---|---|---|
 /// | `name` | string, required | name within the namespace |
 /// | `namespace` | string | the full name is `<namespace>_<name>` (dionysus-rb's naming) |
-/// | `partition_key` | field name (string or identifier) | attribute whose value picks the partition, for publishers that do not name their own |
+/// | `partition_key` | field name (string or identifier) | attribute whose value picks the partition, for publishers that do not name their own; an integer field of each model published with `topic = ThisType` (checked at compile time, see [`Publishable`](derive@Publishable)) |
 /// | `partitions` | integer ≥ 1 | expected partition count (checked by `dionysus check`, used when creating the topic) |
 /// | `replication_factor` | integer ≥ 1 | used when creating the topic |
 /// | `genesis_replica` | `true`/`false`, or the bare flag | also publish everything to `<full name>_genesis` |
@@ -63,8 +63,9 @@ pub use dionysus_macros::topic;
 /// | key | value | meaning |
 /// |---|---|---|
 /// | `topic` | `"v3_rentals"` or a `#[topic]` type | the topic (strings are checked by [`Registry::validate`], types by the compiler) |
-/// | `partition_key` | a field name | the partition key attribute (checked at compile time) |
+/// | `partition_key` | a field name | the partition key attribute: an integer field (checked at compile time) |
 /// | `partition_key_with` | `path::to::fn` | `fn(&Model) -> Option<String>` computing the partition key |
+/// | `partition_key_to_i` | flag | accept any field type and send Ruby's `to_i` of it, as dionysus-rb does |
 /// | `with(A, B)` | publishable models related through `belongs_to` | sideloaded dependencies; their changes republish this model |
 /// | `observe(M, columns(a, b), via = "col")` | a publishable model, its fields, optionally this model's key column | republish related records when those columns of `M` change |
 /// | `serializer` | a type implementing [`serialize::Serializer`] | replaces the default serializer |
@@ -74,6 +75,39 @@ pub use dionysus_macros::topic;
 /// default: soft-deletable when the model has the configured `soft_delete_column`), and the
 /// flag `publish_updates_after_soft_delete`. A model that is only a dependency or observed
 /// derives `Publishable` without any `#[publish]`.
+///
+/// **Partition keys, a deliberate deviation from dionysus-rb.** The gem sends an attribute
+/// partition key as Ruby's `value.to_i.to_s`: integers unchanged, but a text key such as
+/// `"k007"` becomes `"0"`, so every row lands on one partition (and one relay bucket). A field
+/// named by `partition_key`, or by the `partition_key` of a topic given as a type, must
+/// therefore implement [`producer::partition_key::IntegerPartitionKey`] (integers, their
+/// `Option`s and aliases); anything else is a compile error on the key. Use
+/// `partition_key_with` to send the text as is, or `partition_key_to_i` to keep the gem's
+/// rule byte for byte, e.g. when a Ruby producer writes the same topic.
+///
+/// ```
+/// use diesel::prelude::*;
+///
+/// diesel::table! { rentals (id) { id -> BigInt, account_id -> BigInt, code -> Text } }
+///
+/// #[derive(Queryable, Selectable, serde::Serialize, dionysus::Publishable)]
+/// #[diesel(table_name = rentals)]
+/// #[publish(topic = "v3_rentals", partition_key = account_id)]
+/// #[publish(topic = "v3_rentals_by_code", partition_key_with = code_key)]
+/// #[publish(topic = "v3_rentals_ruby", partition_key = code, partition_key_to_i)]
+/// pub struct Rental {
+///     pub id: i64,
+///     pub account_id: i64,
+///     pub code: String,
+/// }
+///
+/// fn code_key(rental: &Rental) -> Option<String> {
+///     Some(rental.code.clone())
+/// }
+/// ```
+///
+/// A mistake in these attributes is one compile error on the offending token; the derive
+/// then still emits a placeholder impl, so uses of the model add no errors of their own.
 #[doc(inline)]
 pub use dionysus_macros::Publishable;
 
@@ -132,6 +166,12 @@ pub use dionysus_macros::Publishable;
 /// the struct's `#[diesel(table_name = ...)]`, which must have a unique index on
 /// `synced_id`. `synced_id` and `synced_updated_at` fields are required.
 ///
+/// A column's kind (what payload values it accepts) and nullability come from its field's
+/// type through [`consumer::replica::ColumnType`]: integers, floats, `bool`, `String`,
+/// `DateTime<Utc>`, `NaiveDateTime`, `NaiveDate`, `serde_json::Value` (and `BigDecimal`,
+/// `Uuid` with the `bigdecimal`, `uuid` features), a `Vec` of these, an `Option` of any;
+/// type aliases work.
+///
 /// Mistakes are compile errors on the offending token: a missing required field or key, an
 /// unknown key (with a suggestion), a field type that cannot hold payload values, a
 /// `soft_delete` naming no field, a field whose column the diesel table lacks.
@@ -181,8 +221,13 @@ pub mod __private {
     pub use inventory;
     pub use serde_json;
 
-    pub use crate::consumer::replica::{Column, ColumnKind, DestroyStrategy, Replica, ReplicaDescriptor, ReplicaEntry};
+    pub use crate::consumer::replica::{
+        payload_column, Column, ColumnKind, ColumnType, DestroyStrategy, Replica, ReplicaDescriptor, ReplicaEntry,
+    };
     pub use crate::consumer::{ConsumedEvent, HandlerDeclaration, HandlerEntry, HandlerFuture};
+    pub use crate::producer::partition_key::{
+        integer_partition_key, topic_partition_key, FieldFound, FieldMissing, FieldName, FieldOf, FieldProbe, NoField,
+    };
     pub use crate::producer::publishable::{
         attribute_value, load_erased, model_entry, publications_of, relation, NotRelated, OtherBelongsToOwner,
         OwnerBelongsToOther, PrimaryKeyType, Publishable, RelationProbe,

@@ -1,116 +1,48 @@
 //! Code generation for a valid publishable model: an `impl Publishable` whose constants point
-//! at generic runtime functions, the type-level checks that need the compiler (a `with(...)`
-//! model is publishable and related, observed columns exist), and the registry entry.
+//! at generic runtime functions, the registry entry, and the checks that need the compiler
+//! (a `with(...)` model is publishable and related, observed columns exist, a partition key
+//! field is an integer). It cannot fail: `validate` has checked every name it looks up.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::DeriveInput;
+use syn::Path;
 
-use super::ast::{Model, PartitionKey, SoftDelete, TopicRef};
+use super::ast::{Model, Observe, PartitionKey, Publication, SoftDelete, TopicRef};
+use crate::field_name;
 
 pub(crate) fn expand(model: &Model) -> TokenStream {
     let ident = &model.ident;
+    let Some(primary_key) = model.primary_key_field() else { return super::fallback::stub(ident) };
     let ident_str = ident.to_string();
     let model_name = &model.model_name;
     let table = &model.table;
     let table_str = table.segments.last().map(|segment| segment.ident.to_string()).unwrap_or_default();
-    let pk_ident = &model.primary_key.ident;
-    let pk_column = &model.primary_key.column;
-    let pk_column_ident = syn::Ident::new(pk_column, model.primary_key.ident.span());
-    let pk_ty = &model.primary_key.ty;
+    let pk_ident = &primary_key.ident;
+    let pk_column = &primary_key.column;
+    let pk_column_ident = format_ident!("{}", pk_column, span = pk_ident.span());
+    let pk_ty = &primary_key.ty;
     let columns: Vec<&str> = model.fields.iter().map(|field| field.column.as_str()).collect();
-    let field_idents: Vec<&syn::Ident> = model.fields.iter().map(|field| &field.ident).collect();
+    let field_idents: Vec<&Ident> = model.fields.iter().map(|field| &field.ident).collect();
     let soft_delete = match &model.soft_delete {
         SoftDelete::Configured => quote!(__d::SoftDelete::Configured),
-        SoftDelete::Column(column) => quote!(__d::SoftDelete::Column(#column)),
+        SoftDelete::Column(column) => {
+            let column = &column.value;
+            quote!(__d::SoftDelete::Column(#column))
+        }
         SoftDelete::Disabled => quote!(__d::SoftDelete::Disabled),
     };
     let publish_updates = model.publish_updates_after_soft_delete;
 
     let mut helpers = Vec::new();
-    let mut publications = Vec::new();
-    for (index, publication) in model.publications.iter().enumerate() {
-        let topic = match &publication.topic {
-            TopicRef::Name(name) => quote!(#name),
-            TopicRef::Type(path) => quote_spanned!(path.span()=> <#path as __d::Topic>::NAME),
-        };
-        let partition_key = match &publication.partition_key {
-            PartitionKey::Inherit => quote!(__d::PartitionKeySource::Inherit),
-            PartitionKey::Attribute(name) => quote!(__d::PartitionKeySource::Attribute(#name)),
-            PartitionKey::Resolver(path) => {
-                let function = format_ident!("__dionysus_partition_key_{}", index);
-                helpers.push(quote_spanned! {path.span()=>
-                    fn #function(record: &dyn __d::Record) -> ::core::option::Option<::std::string::String> {
-                        let resolve: fn(&#ident) -> ::core::option::Option<::std::string::String> = #path;
-                        record.as_any().downcast_ref::<#ident>().and_then(resolve)
-                    }
-                });
-                quote!(__d::PartitionKeySource::Resolver(#function))
-            }
-        };
-        let mut dependencies = Vec::new();
-        for (position, dependency) in publication.with.iter().enumerate() {
-            let relation = format_ident!("__dionysus_with_{}_{}", index, position);
-            let span = dependency.span();
-            helpers.push(quote_spanned! {span=>
-                fn #relation() -> __d::Relation {
-                    #[allow(unused_imports)]
-                    use __d::{NotRelated as _, OtherBelongsToOwner as _, OwnerBelongsToOther as _};
-                    __d::relation::<#dependency, #ident, _>((&&&__d::RelationProbe::<#dependency, #ident>::NEW).relation())
-                }
-            });
-            dependencies.push(quote_spanned! {span=>
-                __d::Dependency { model: __d::model_entry::<#dependency>, relation: #relation }
-            });
-        }
-        let mut observers = Vec::new();
-        for (position, observe) in publication.observe.iter().enumerate() {
-            let observed = &observe.model;
-            let relation = format_ident!("__dionysus_observe_{}_{}", index, position);
-            let check = format_ident!("__dionysus_observe_columns_{}_{}", index, position);
-            let columns = &observe.columns;
-            let column_names: Vec<String> = columns.iter().map(|column| column.to_string()).collect();
-            let accesses = columns.iter().map(|column| quote_spanned!(column.span()=> let _ = &observed.#column;));
-            let span = observed.span();
-            helpers.push(quote_spanned! {span=>
-                #[allow(dead_code)]
-                fn #check(observed: &#observed) {
-                    #(#accesses)*
-                }
-            });
-            let relation_body = match &observe.via {
-                Some(column) => quote!(__d::Relation::OwnerHoldsKey(#column)),
-                None => quote_spanned! {span=>
-                    #[allow(unused_imports)]
-                    use __d::{NotRelated as _, OtherBelongsToOwner as _, OwnerBelongsToOther as _};
-                    __d::relation::<#observed, #ident, _>((&&&__d::RelationProbe::<#observed, #ident>::NEW).relation())
-                },
-            };
-            helpers.push(quote! {
-                fn #relation() -> __d::Relation { #relation_body }
-            });
-            observers.push(quote_spanned! {span=>
-                __d::Observer { model: __d::model_entry::<#observed>, columns: &[#(#column_names),*], relation: #relation }
-            });
-        }
-        let serializer = match &publication.serializer {
-            Some(path) => quote_spanned!(path.span()=> #path),
-            None => quote!(__d::DefaultSerializer),
-        };
-        let span = publication.span;
-        let location = quote_spanned!(span=> ::core::concat!(::core::file!(), ":", ::core::line!()));
-        publications.push(quote! {
-            __d::Publication {
-                model: &<#ident as __d::Publishable>::MODEL,
-                topic: #topic,
-                partition_key: #partition_key,
-                with: &[#(#dependencies),*],
-                observe: &[#(#observers),*],
-                serialize: __d::serialize_erased::<#ident, #serializer>,
-                location: #location,
-            }
-        });
+    let publications: Vec<TokenStream> = model
+        .publications
+        .iter()
+        .enumerate()
+        .map(|(index, publication)| expand_publication(model, index, publication, &mut helpers))
+        .collect();
+    if model.publications.iter().any(checks_topic_partition_key) {
+        helpers.extend(field_names(model));
     }
 
     quote! {
@@ -175,8 +107,165 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     }
 }
 
-/// On error: nothing but the errors (the struct itself is not ours to re-emit; a derive only
-/// adds items). No placeholder impl is emitted, because a wrong one would publish nothing.
-pub(crate) fn fallback(_input: &DeriveInput, _model: Option<&Model>) -> TokenStream {
-    TokenStream::new()
+/// One `Publication` constant; its helper functions and checks go to `helpers`.
+fn expand_publication(
+    model: &Model,
+    index: usize,
+    publication: &Publication,
+    helpers: &mut Vec<TokenStream>,
+) -> TokenStream {
+    let ident = &model.ident;
+    let topic = match &publication.topic {
+        TopicRef::Name(name) => quote!(#name),
+        TopicRef::Type(path) => quote_spanned!(path.span()=> <#path as __d::Topic>::NAME),
+    };
+    helpers.extend(partition_key_check(model, index, publication));
+    let partition_key = match &publication.partition_key {
+        PartitionKey::Inherit => quote!(__d::PartitionKeySource::Inherit),
+        PartitionKey::Field(name) => {
+            let name = &name.value;
+            quote!(__d::PartitionKeySource::Attribute(#name))
+        }
+        PartitionKey::Resolver(path) => {
+            let function = format_ident!("__dionysus_partition_key_{}", index);
+            helpers.push(quote_spanned! {path.span()=>
+                fn #function(record: &dyn __d::Record) -> ::core::option::Option<::std::string::String> {
+                    let resolve: fn(&#ident) -> ::core::option::Option<::std::string::String> = #path;
+                    record.as_any().downcast_ref::<#ident>().and_then(resolve)
+                }
+            });
+            quote!(__d::PartitionKeySource::Resolver(#function))
+        }
+    };
+    let dependencies = publication.with.iter().enumerate().map(|(position, dependency)| {
+        let relation = format_ident!("__dionysus_with_{}_{}", index, position);
+        let span = dependency.span();
+        let probe = relation_probe(dependency, ident);
+        helpers.push(quote_spanned! {span=>
+            fn #relation() -> __d::Relation { #probe }
+        });
+        quote_spanned! {span=>
+            __d::Dependency { model: __d::model_entry::<#dependency>, relation: #relation }
+        }
+    });
+    let dependencies: Vec<TokenStream> = dependencies.collect();
+    let observers: Vec<TokenStream> = publication
+        .observe
+        .iter()
+        .enumerate()
+        .map(|(position, observe)| expand_observer(ident, index, position, observe, helpers))
+        .collect();
+    let serializer = match &publication.serializer {
+        Some(path) => quote_spanned!(path.span()=> #path),
+        None => quote!(__d::DefaultSerializer),
+    };
+    let location = quote_spanned!(publication.span=> ::core::concat!(::core::file!(), ":", ::core::line!()));
+    quote! {
+        __d::Publication {
+            model: &<#ident as __d::Publishable>::MODEL,
+            topic: #topic,
+            partition_key: #partition_key,
+            with: &[#(#dependencies),*],
+            observe: &[#(#observers),*],
+            serialize: __d::serialize_erased::<#ident, #serializer>,
+            location: #location,
+        }
+    }
+}
+
+/// The relation between the owner and another model, found through diesel's `belongs_to`.
+fn relation_probe(other: &Path, owner: &Ident) -> TokenStream {
+    quote_spanned! {other.span()=>
+        #[allow(unused_imports)]
+        use __d::{NotRelated as _, OtherBelongsToOwner as _, OwnerBelongsToOther as _};
+        __d::relation::<#other, #owner, _>((&&&__d::RelationProbe::<#other, #owner>::NEW).relation())
+    }
+}
+
+/// One `Observer` constant, plus its relation function and the field accesses that check the
+/// observed columns exist.
+fn expand_observer(
+    ident: &Ident,
+    index: usize,
+    position: usize,
+    observe: &Observe,
+    helpers: &mut Vec<TokenStream>,
+) -> TokenStream {
+    let observed = &observe.model;
+    let span = observed.span();
+    let relation = format_ident!("__dionysus_observe_{}_{}", index, position);
+    let check = format_ident!("__dionysus_observe_columns_{}_{}", index, position);
+    let column_names: Vec<String> = observe.columns.iter().map(|column| column.to_string()).collect();
+    let accesses = observe.columns.iter().map(|column| quote_spanned!(column.span()=> let _ = &observed.#column;));
+    helpers.push(quote_spanned! {span=>
+        #[allow(dead_code)]
+        fn #check(observed: &#observed) {
+            #(#accesses)*
+        }
+    });
+    let relation_body = match &observe.via {
+        Some(column) => {
+            let column = &column.value;
+            quote!(__d::Relation::OwnerHoldsKey(#column))
+        }
+        None => relation_probe(observed, ident),
+    };
+    helpers.push(quote! {
+        fn #relation() -> __d::Relation { #relation_body }
+    });
+    quote_spanned! {span=>
+        __d::Observer { model: __d::model_entry::<#observed>, columns: &[#(#column_names),*], relation: #relation }
+    }
+}
+
+/// Whether a publication's partition key is its topic's, named by type, to be checked.
+fn checks_topic_partition_key(publication: &Publication) -> bool {
+    matches!((&publication.topic, &publication.partition_key), (TopicRef::Type(_), PartitionKey::Inherit))
+        && publication.partition_key_to_i.is_none()
+}
+
+/// The check that a partition key field is an integer (dionysus-rb's `to_i` rule), unless the
+/// publication opted into `to_i` with `partition_key_to_i`.
+fn partition_key_check(model: &Model, index: usize, publication: &Publication) -> Option<TokenStream> {
+    if publication.partition_key_to_i.is_some() {
+        return None;
+    }
+    match (&publication.topic, &publication.partition_key) {
+        (_, PartitionKey::Field(name)) => {
+            let ty = &model.field(&name.value)?.ty;
+            // An alias named where the key was written puts the error on that token.
+            let alias = format_ident!("__DionysusPartitionKey{}", index, span = name.span);
+            Some(quote! {
+                type #alias = #ty;
+                const _: () = __d::integer_partition_key::<#alias>();
+            })
+        }
+        (TopicRef::Type(topic), PartitionKey::Inherit) => {
+            let ident = &model.ident;
+            let function = format_ident!("__dionysus_topic_partition_key_{}", index);
+            Some(quote_spanned! {topic.span()=>
+                #[allow(dead_code)]
+                fn #function() {
+                    #[allow(unused_imports)]
+                    use __d::{FieldFound as _, FieldMissing as _};
+                    __d::topic_partition_key(
+                        (&&__d::FieldProbe::<#ident, <#topic as __d::Topic>::PartitionKeyField>::NEW).probe(),
+                    );
+                }
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `FieldOf` for every field, so a topic's partition key can find its type.
+fn field_names(model: &Model) -> impl Iterator<Item = TokenStream> + '_ {
+    let ident = &model.ident;
+    model.fields.iter().map(move |field| {
+        let name = field_name::type_of(&field.column);
+        let ty = &field.ty;
+        quote! {
+            impl __d::FieldOf<#name> for #ident { type Type = #ty; }
+        }
+    })
 }

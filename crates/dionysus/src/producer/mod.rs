@@ -7,6 +7,7 @@
 
 pub mod genesis;
 pub mod outbox;
+pub mod partition_key;
 pub mod plan;
 pub mod publishable;
 pub mod relay;

@@ -124,6 +124,11 @@ pub trait Topic {
     const DECLARATION: &'static TopicDeclaration;
     /// The topic's full name on the broker.
     const NAME: &'static str = Self::DECLARATION.full_name;
+    /// The declaration's `partition_key` as a type-level field name, so models published on
+    /// the topic can have the field it names checked by the compiler (see the `Publishable`
+    /// derive).
+    #[doc(hidden)]
+    type PartitionKeyField;
 }
 
 /// A declaration that names a topic by string (a publisher, a consumer, a handler), checked

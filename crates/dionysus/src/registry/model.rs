@@ -87,6 +87,22 @@ pub struct ModelEntry {
 }
 
 impl ModelEntry {
+    /// Placeholder used by the derive's error fallback; never registered.
+    #[doc(hidden)]
+    pub const INVALID: ModelEntry = ModelEntry {
+        model_name: "",
+        table: "",
+        primary_key: "",
+        id_kind: IdKind::Integer,
+        attributes: &[],
+        soft_delete: SoftDelete::Disabled,
+        publish_updates_after_soft_delete: false,
+        type_id: TypeId::of::<ModelEntry>,
+        publications: || &[],
+        load: |_, _, _| Box::pin(async { Ok(Vec::new()) }),
+        rust_name: "",
+    };
+
     /// The soft-delete column, if the model is soft-deletable given the configured default
     /// column name.
     pub fn soft_delete_column<'a>(&'a self, configured: &'a str) -> Option<&'a str> {

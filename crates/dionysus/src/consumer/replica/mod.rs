@@ -6,6 +6,7 @@
 //! persistence rules that turn a record into a row change ([`plan`], C-9 … C-14). Executing
 //! the changes against PostgreSQL is [`sql`]'s job; reading Kafka is `consumer`'s.
 
+mod column_type;
 pub mod deserialize;
 pub mod plan;
 pub mod sql;
@@ -13,35 +14,11 @@ pub mod sql;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
+#[doc(hidden)]
+pub use column_type::payload_column;
+pub use column_type::{ColumnKind, ColumnType, PayloadColumn};
 pub use deserialize::{deserialize, deserialize_one, Record};
 pub use plan::{ChangeSet, RowPlan};
-
-/// The shape of a replica column's values, derived from the field's Rust type. Incoming
-/// values are checked against it before anything is written, so a payload of the wrong type
-/// is rejected (dead-lettered) instead of failing the whole batch in the database.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum ColumnKind {
-    /// `i16`, `i32`, `i64`: a JSON integer or a string holding one.
-    Integer,
-    /// `f32`, `f64`: a JSON number or a string holding one.
-    Float,
-    /// `BigDecimal`: a JSON number or a numeric string.
-    Decimal,
-    /// `bool`.
-    Bool,
-    /// `String`: a string; numbers and booleans are written as their text.
-    Text,
-    /// `DateTime<Utc>`, `NaiveDateTime`: anything [`crate::wire::envelope::parse_timestamp`] reads.
-    Timestamp,
-    /// `NaiveDate`: `YYYY-MM-DD` or a timestamp.
-    Date,
-    /// `serde_json::Value`: any JSON.
-    Json,
-    /// `Uuid`: a string.
-    Uuid,
-    /// `Vec<T>`: a JSON array.
-    Array,
-}
 
 /// One column of a replica table.
 #[derive(Debug, PartialEq, Eq)]

@@ -1,0 +1,18 @@
+use diesel::prelude::*;
+use serde::Serialize;
+
+diesel::table! { rentals (id) { id -> BigInt, account_id -> BigInt } }
+
+#[derive(Queryable, Selectable, Identifiable, Serialize, dionysus::Publishable)]
+#[diesel(table_name = rentals)]
+#[publish(topic = "v3_rentals", partition_key = account_id, partition_key_with = key_of)]
+pub struct Rental {
+    pub id: i64,
+    pub account_id: i64,
+}
+
+fn key_of(rental: &Rental) -> Option<String> {
+    Some(rental.account_id.to_string())
+}
+
+fn main() {}
