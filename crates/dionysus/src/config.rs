@@ -105,8 +105,11 @@ pub struct ProducerConfig {
     pub default_partition_key: String,
     /// Outbox rows a relay worker claims per batch (100).
     pub batch_size: usize,
-    /// How long a claim on outbox rows lasts; a worker that dies releases its rows after it
-    /// (10 s).
+    /// How long a relay worker's lease on its buckets lasts (10 s). A worker that dies has its
+    /// buckets taken over about this long after it died (within a second either way); one
+    /// stopped gracefully releases them at once. A batch waits at most 0.8 × this for the
+    /// broker before its undelivered messages are purged and retried, so a shorter expiry
+    /// hands a dead worker's keys over sooner but gives up on a slow broker sooner too.
     pub lock_expiry: Duration,
     /// Pause of a relay worker when it found nothing to publish (0.2 s).
     pub idle_sleep: Duration,
