@@ -8,6 +8,9 @@
 //! | `DIONYSUS_CLIENT_ID` | [`KafkaConfig::client_id`] | text | `dionysus` |
 //! | `DIONYSUS_CONSUMER_GROUP_PREFIX` | [`KafkaConfig::consumer_group_prefix`] | text | `dionysus_consumer_group_for` |
 //! | `DIONYSUS_CONSUMER_GROUP_ID` | [`KafkaConfig::group_id`] | text | `<client_id>_<prefix>_<client_id>` |
+//! | `DIONYSUS_CONSUMER_SESSION_TIMEOUT_MS` | [`KafkaConfig::session_timeout`] | milliseconds, or a duration (`6s`) | `6000` |
+//! | `DIONYSUS_CONSUMER_HEARTBEAT_INTERVAL_MS` | [`KafkaConfig::heartbeat_interval`] | milliseconds, or a duration, below the session timeout | `500` |
+//! | `DIONYSUS_CONSUMER_GROUP_INSTANCE_ID` | [`KafkaConfig::group_instance_id`] | text, stable per process (e.g. the pod name) | none |
 //! | `DIONYSUS_SOFT_DELETE_COLUMN` | [`ProducerConfig::soft_delete_column`] | column name | `canceled_at` |
 //! | `DIONYSUS_DEFAULT_PARTITION_KEY` | [`ProducerConfig::default_partition_key`] | attribute name | `account_id` |
 //! | `DIONYSUS_OUTBOX_BATCH_SIZE` | [`ProducerConfig::batch_size`] | integer ≥ 1 | `100` |
@@ -31,6 +34,18 @@
 //! | `DIONYSUS_CONSUMER_MAX_MESSAGE_BYTES` | [`ConsumerConfig::max_message_bytes`] | integer ≥ 1 | `10485760` |
 //! | `DIONYSUS_REMOVE_DUPLICATES` | [`ConsumerConfig::remove_duplicates`] | boolean | `true` |
 //! | `DIONYSUS_KAFKA_<PROPERTY>` | [`KafkaConfig::properties`] | any librdkafka property, `_` for `.` | none |
+//!
+//! A consumer that dies without leaving its group (a crash, kill -9, a lost host) holds its
+//! partitions until the broker has missed its heartbeats for the session timeout; then the
+//! group rebalances and the other members take them over. The defaults (6 s, the lowest a
+//! Kafka broker accepts unless `group.min.session.timeout.ms` is lowered, and a heartbeat
+//! every 500 ms, so the others hear of the rebalance at once) keep that pause under 10 s; with
+//! librdkafka's 45 s default it is nearly a minute. A consumer stopped with SIGTERM leaves its
+//! group at once. With `DIONYSUS_CONSUMER_GROUP_INSTANCE_ID` set to a name that stays the same
+//! across restarts of one process (static membership, e.g. a StatefulSet's pod name), a broker
+//! that supports it (Kafka 2.3 and later) hands a restarted member its partitions back without
+//! a rebalance; a name that changes with every start only leaves a stale member behind until
+//! its session times out.
 //!
 //! Booleans accept `true/false`, `1/0`, `yes/no`, `on/off`. Durations accept a bare number
 //! in the unit the variable names, or a number with a unit: `ms`, `s`, `m`, `h`, `d`
@@ -66,6 +81,15 @@ pub struct KafkaConfig {
     /// Explicit consumer `group.id`; when `None`, [`KafkaConfig::group_id`] derives the name
     /// dionysus-rb deployments use.
     pub group_id: Option<String>,
+    /// How long the group waits for a consumer's heartbeat before it gives the consumer's
+    /// partitions to the other members (`session.timeout.ms`, 6 s).
+    pub session_timeout: Duration,
+    /// How often a consumer heartbeats to its group (`heartbeat.interval.ms`, 500 ms);
+    /// shorter than the session timeout.
+    pub heartbeat_interval: Duration,
+    /// Static group membership (`group.instance.id`): a name for this consumer process that
+    /// stays the same when it restarts (none: dynamic membership).
+    pub group_instance_id: Option<String>,
     /// Extra librdkafka properties applied to every client (e.g. `security.protocol`).
     pub properties: BTreeMap<String, String>,
 }
@@ -81,8 +105,11 @@ pub struct ProducerConfig {
     pub default_partition_key: String,
     /// Outbox rows a relay worker claims per batch (100).
     pub batch_size: usize,
-    /// How long a claim on outbox rows lasts; a worker that dies releases its rows after it
-    /// (10 s).
+    /// How long a relay worker's lease on its buckets lasts (10 s). A worker that dies has its
+    /// buckets taken over about this long after it died (within a second either way); one
+    /// stopped gracefully releases them at once. A batch waits at most 0.8 × this for the
+    /// broker before its undelivered messages are purged and retried, so a shorter expiry
+    /// hands a dead worker's keys over sooner but gives up on a slow broker sooner too.
     pub lock_expiry: Duration,
     /// Pause of a relay worker when it found nothing to publish (0.2 s).
     pub idle_sleep: Duration,
@@ -160,6 +187,9 @@ impl Default for KafkaConfig {
             client_id: "dionysus".to_owned(),
             consumer_group_prefix: "dionysus_consumer_group_for".to_owned(),
             group_id: None,
+            session_timeout: Duration::from_secs(6),
+            heartbeat_interval: Duration::from_millis(500),
+            group_instance_id: None,
             properties: BTreeMap::new(),
         }
     }
@@ -275,6 +305,28 @@ impl Config {
         env.string("DIONYSUS_CONSUMER_GROUP_PREFIX", &mut self.kafka.consumer_group_prefix)?;
         if let Some(value) = lookup("DIONYSUS_CONSUMER_GROUP_ID") {
             self.kafka.group_id = Some(non_empty("DIONYSUS_CONSUMER_GROUP_ID", value)?);
+        }
+        env.duration("DIONYSUS_CONSUMER_SESSION_TIMEOUT_MS", Unit::Millis, &mut self.kafka.session_timeout)?;
+        env.duration("DIONYSUS_CONSUMER_HEARTBEAT_INTERVAL_MS", Unit::Millis, &mut self.kafka.heartbeat_interval)?;
+        if let Some(value) = lookup("DIONYSUS_CONSUMER_GROUP_INSTANCE_ID") {
+            self.kafka.group_instance_id = Some(non_empty("DIONYSUS_CONSUMER_GROUP_INSTANCE_ID", value)?);
+        }
+        if self.kafka.session_timeout < Duration::from_millis(1) {
+            return Err(ConfigError::Invalid {
+                var: "DIONYSUS_CONSUMER_SESSION_TIMEOUT_MS".to_owned(),
+                value: format!("{}ms", self.kafka.session_timeout.as_millis()),
+                expected: "at least 1 ms (Kafka brokers accept 6000 ms and more by default)".to_owned(),
+            });
+        }
+        if self.kafka.heartbeat_interval.is_zero() || self.kafka.heartbeat_interval >= self.kafka.session_timeout {
+            return Err(ConfigError::Invalid {
+                var: "DIONYSUS_CONSUMER_HEARTBEAT_INTERVAL_MS".to_owned(),
+                value: format!("{}ms", self.kafka.heartbeat_interval.as_millis()),
+                expected: format!(
+                    "at least 1 ms and shorter than the session timeout ({} ms), e.g. a third of it",
+                    self.kafka.session_timeout.as_millis()
+                ),
+            });
         }
 
         let producer = &mut self.producer;
@@ -554,6 +606,38 @@ mod tests {
             assert!(text.starts_with(&format!("{var}=")), "{text}");
             assert!(text.contains(expected), "{var}={value}: {text}");
         }
+    }
+
+    #[test]
+    fn group_membership_defaults_bound_a_dead_consumers_pause() {
+        let config = Config::default();
+        assert_eq!(config.kafka.session_timeout, Duration::from_secs(6));
+        assert_eq!(config.kafka.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(config.kafka.group_instance_id, None);
+        let config = from(&[
+            ("DIONYSUS_CONSUMER_SESSION_TIMEOUT_MS", "10s"),
+            ("DIONYSUS_CONSUMER_HEARTBEAT_INTERVAL_MS", "2500"),
+            ("DIONYSUS_CONSUMER_GROUP_INSTANCE_ID", "replicas-0"),
+        ])
+        .unwrap();
+        assert_eq!(config.kafka.session_timeout, Duration::from_secs(10));
+        assert_eq!(config.kafka.heartbeat_interval, Duration::from_millis(2500));
+        assert_eq!(config.kafka.group_instance_id.as_deref(), Some("replicas-0"));
+    }
+
+    #[test]
+    fn heartbeat_must_be_shorter_than_the_session() {
+        let error = from(&[
+            ("DIONYSUS_CONSUMER_SESSION_TIMEOUT_MS", "6000"),
+            ("DIONYSUS_CONSUMER_HEARTBEAT_INTERVAL_MS", "6s"),
+        ])
+        .unwrap_err();
+        assert!(error.to_string().starts_with("DIONYSUS_CONSUMER_HEARTBEAT_INTERVAL_MS="), "{error}");
+        assert!(error.to_string().contains("shorter than the session timeout (6000 ms)"), "{error}");
+        let error = from(&[("DIONYSUS_CONSUMER_SESSION_TIMEOUT_MS", "0")]).unwrap_err();
+        assert!(error.to_string().starts_with("DIONYSUS_CONSUMER_SESSION_TIMEOUT_MS="), "{error}");
+        let error = from(&[("DIONYSUS_CONSUMER_GROUP_INSTANCE_ID", " ")]).unwrap_err();
+        assert!(error.to_string().contains("a non-empty value"), "{error}");
     }
 
     #[test]

@@ -64,7 +64,9 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
 }
 
 /// Settings of a consumer in `group_id`: offsets are committed by dionysus (never
-/// automatically), and a new group starts from the earliest message.
+/// automatically), a new group starts from the earliest message, and the group notices a
+/// dead member within [`KafkaConfig::session_timeout`] (static membership with
+/// [`KafkaConfig::group_instance_id`]). Extra properties override all of these.
 pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     let mut config = client_config(kafka);
     config
@@ -72,7 +74,12 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", kafka.session_timeout.as_millis().to_string())
+        .set("heartbeat.interval.ms", kafka.heartbeat_interval.as_millis().to_string());
+    if let Some(instance) = &kafka.group_instance_id {
+        config.set("group.instance.id", instance);
+    }
     for (key, value) in &kafka.properties {
         config.set(key, value);
     }
@@ -204,6 +211,23 @@ pub async fn broker_topics(kafka: &KafkaConfig) -> Result<BTreeMap<String, i32>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consumers_notice_a_dead_member_within_the_session_timeout() {
+        let mut kafka = KafkaConfig::default();
+        let config = consumer_config(&kafka, "group");
+        assert_eq!(config.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(config.get("heartbeat.interval.ms"), Some("500"));
+        assert_eq!(config.get("group.instance.id"), None);
+
+        kafka.session_timeout = Duration::from_secs(10);
+        kafka.group_instance_id = Some("replicas-0".to_owned());
+        kafka.properties.insert("heartbeat.interval.ms".to_owned(), "3000".to_owned());
+        let config = consumer_config(&kafka, "group");
+        assert_eq!(config.get("session.timeout.ms"), Some("10000"));
+        assert_eq!(config.get("group.instance.id"), Some("replicas-0"));
+        assert_eq!(config.get("heartbeat.interval.ms"), Some("3000"), "an explicit property wins");
+    }
 
     #[test]
     fn genesis_replica_adds_a_topic_spec() {

@@ -6,7 +6,11 @@
 //! Rebalancing is prompt: leases are maintained at least every second (more often than the
 //! expiry needs), a worker short of its share tries again every 100 ms, and a worker counts
 //! the other workers of its own relay as live from the start, so workers started together
-//! split the buckets at once instead of the first one taking them all.
+//! split the buckets at once instead of the first one taking them all. So a dead worker's
+//! buckets move between `lock_expiry` − 1 s and `lock_expiry` + 1 s after it died (its last
+//! renewal was at most a second before; the others look at least every second after), and a
+//! worker that shuts down has its buckets taken within about a second. The fault suite
+//! (`tests/faults`) measures both.
 
 use std::time::{Duration, Instant};
 
