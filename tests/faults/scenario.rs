@@ -216,7 +216,7 @@ impl Run<'_> {
             format!("consumer-{}#{}", slot.letter, slot.starts)
         };
         slot.app =
-            Some(self.launcher.spawn(&name, Role::Consumer, &["consume"], &[("DATABASE_URL", self.dst.clone())]));
+            Some(self.launcher.spawn(&name, Role::Consumer, &["consume", "--dead-letter-unknown-models"], &[("DATABASE_URL", self.dst.clone())]));
     }
 
     fn at(&self) -> f64 {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use dionysus::consumer::replica::{Replica, Replicas};
-use dionysus::consumer::{Consumer, InboundMessage, Notification, UnknownModel};
+use dionysus::consumer::{Consumer, InboundMessage, Notification};
 use dionysus_tests::TestDb;
 use serde_json::{json, Value};
 
@@ -191,7 +191,6 @@ pub fn consumer(
     let builder = Consumer::builder(config)
         .pool(db.pool(4))
         .replicas(replicas())
-        .unknown_model(UnknownModel::DeadLetter)
         .handlers(false)
         .subscribe(move |notification| {
             let entry = match notification {

@@ -390,32 +390,53 @@ async fn c21_duplicates_are_removed_before_persisting() {
     assert_eq!(seen.lock().unwrap()[0].0, "batch");
 }
 
-/// c23: an unknown model persists nothing, is reported on the bus with empty local changes,
-/// and (our addition) goes to the dead-letter topic with reason `unknown_model`.
+/// c23 (C-17, C-5): by default an unknown model's records are skipped, the message's other
+/// events are applied, and the unknown event is still reported on the bus with empty local
+/// changes; nothing goes to the dead-letter topic.
 #[tokio::test(flavor = "multi_thread")]
-async fn c23_unknown_model() {
+async fn c23_unknown_model_is_skipped_and_the_other_events_apply() {
     let db = replica_db().await;
+    let mut conn = db.connection().await;
     let (consumer, seen) = vector_consumer(&db, |b| b);
-    let outcome = consumer
-        .process_batch(&[event(0, "unknown_created", "Unknown", json!([{"id": 1, "name": "x"}]))])
-        .await
-        .unwrap();
-    assert_eq!(outcome.dead_letters.len(), 1);
-    assert_eq!(outcome.dead_letters[0].reason, "unknown_model");
-    let expected = json!({"topic_name": "v8_rentals", "event_name": "unknown_created", "model_name": "Unknown",
+    let payload = json!({"message": [
+        {"event": "unknown_created", "model_name": "Unknown", "data": [{"id": 1, "name": "x"}]},
+        {"event": "rental_created", "model_name": "Rental", "data": [{"id": 7, "name": "Villa", "updated_at": t(5)}]},
+    ]});
+    let bytes = serde_json::to_vec(&payload).unwrap();
+    let outcome = consumer.process_batch(&[message(0, Some("Rental:7"), Some(&bytes))]).await.unwrap();
+    assert!(outcome.dead_letters.is_empty(), "{:?}", outcome.dead_letters);
+    assert_eq!(row(&mut conn, "rentals", 7).await.unwrap()["name"], "Villa", "the other event applies");
+    let unknown = json!({"topic_name": "v8_rentals", "event_name": "unknown_created", "model_name": "Unknown",
         "transformed_data": [{"attributes": {"synced_id": 1, "name": "x"}, "has_many": [], "has_one": []}],
         "local_changes": []});
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen, [("batch".to_owned(), json!([expected.clone()])), ("event".to_owned(), expected)]);
+    assert_eq!(seen[1], ("event".to_owned(), unknown));
+    assert_eq!(seen[2].1["model_name"], "Rental");
+    assert_eq!(outcome.events.len(), 2);
+}
 
-    // With the gem's behaviour chosen, it is skipped without a dead letter.
-    let (consumer, _) = vector_consumer(&db, |b| b.unknown_model(dionysus::consumer::UnknownModel::Skip));
-    let outcome = consumer
-        .process_batch(&[event(1, "unknown_created", "Unknown", json!([{"id": 1, "name": "x"}]))])
-        .await
-        .unwrap();
-    assert!(outcome.dead_letters.is_empty());
-    assert_eq!(outcome.events.len(), 1);
+/// c23 with [`UnknownModel::DeadLetter`] chosen: the message goes whole to the dead-letter
+/// topic (reason `unknown_model`), so its other events are not applied; the unknown event is
+/// still reported on the bus with empty local changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn c23_unknown_model_dead_letter_when_chosen() {
+    let db = replica_db().await;
+    let mut conn = db.connection().await;
+    let (consumer, seen) =
+        vector_consumer(&db, |b| b.unknown_model(dionysus::consumer::UnknownModel::DeadLetter));
+    let payload = json!({"message": [
+        {"event": "unknown_created", "model_name": "Unknown", "data": [{"id": 1, "name": "x"}]},
+        {"event": "rental_created", "model_name": "Rental", "data": [{"id": 7, "name": "Villa"}]},
+    ]});
+    let bytes = serde_json::to_vec(&payload).unwrap();
+    let outcome = consumer.process_batch(&[message(0, Some("Rental:7"), Some(&bytes))]).await.unwrap();
+    assert_eq!(outcome.dead_letters.len(), 1);
+    assert_eq!(outcome.dead_letters[0].reason, "unknown_model");
+    assert!(row(&mut conn, "rentals", 7).await.is_none());
+    let expected = json!({"topic_name": "v8_rentals", "event_name": "unknown_created", "model_name": "Unknown",
+        "transformed_data": [{"attributes": {"synced_id": 1, "name": "x"}, "has_many": [], "has_one": []}],
+        "local_changes": []});
+    assert_eq!(seen.lock().unwrap()[1], ("event".to_owned(), expected));
 }
 
 /// c25: an unknown event type is not persisted and is no error.

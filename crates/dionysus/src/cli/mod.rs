@@ -109,9 +109,10 @@ enum Command {
         /// the timestamp guard, `_destroyed` events deleted; repeatable.
         #[arg(long = "import", value_name = "TOPIC")]
         imports: Vec<String>,
-        /// Skip messages of models that have no replica (default: dead-letter them).
+        /// Dead-letter a message whole when one of its events is of a model that has no
+        /// replica (default: skip that event's records and apply the others, as dionysus-rb).
         #[arg(long)]
-        skip_unknown_models: bool,
+        dead_letter_unknown_models: bool,
         /// Take a PostgreSQL advisory lock `Dionysus-<message key>` per message while its
         /// batch is applied.
         #[arg(long)]
@@ -371,7 +372,7 @@ async fn execute(
             batch_size,
             dead_letter_topic,
             imports,
-            skip_unknown_models,
+            dead_letter_unknown_models,
             processing_mutex,
             no_handlers,
             serve,
@@ -388,7 +389,8 @@ async fn execute(
                 config.consumer.dead_letter_topic = topic;
             }
             let topics = consume_topics(&config, registry, topics, &imports, out).await?;
-            let unknown_model = if skip_unknown_models { UnknownModel::Skip } else { UnknownModel::DeadLetter };
+            let unknown_model =
+                if dead_letter_unknown_models { UnknownModel::DeadLetter } else { UnknownModel::Skip };
             let mut builder = Consumer::builder(config)
                 .unknown_model(unknown_model)
                 .processing_mutex(processing_mutex)

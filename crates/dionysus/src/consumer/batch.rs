@@ -52,11 +52,14 @@ pub struct DeadLetter {
 /// What to do with a message whose model has no replica here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnknownModel {
-    /// Send it to the dead-letter topic (the default): a model nobody replicates on a
-    /// replicated topic is usually a missing declaration.
-    DeadLetter,
-    /// Skip it silently, as dionysus-rb does (C-17); it is still reported on the event bus.
+    /// Skip the unknown model's records and apply the message's other events, as
+    /// dionysus-rb does (C-17, the default); the event is still reported on the event bus,
+    /// with no local changes, and logged at debug level.
     Skip,
+    /// Send the whole message to the dead-letter topic (reason `unknown_model`), so none of
+    /// its events is applied: for topics where a model nobody replicates means a missing
+    /// declaration. The unknown event is still reported on the event bus.
+    DeadLetter,
 }
 
 /// The batch rules a consumer applies (built by `ConsumerBuilder`).

@@ -11,8 +11,8 @@
 //!   set-based statements under the timestamp guard, and the next offset is stored — all or
 //!   nothing. The Kafka commit follows; on assignment the consumer seeks to the stored
 //!   offset, so a crash between the two commits applies nothing twice.
-//! * Bad messages (oversized, malformed JSON, unknown model, missing id, wrong types, or a
-//!   row the database rejects) go whole to the dead-letter topic with headers saying why;
+//! * Bad messages (oversized, malformed JSON, missing id, wrong types, or a row the
+//!   database rejects; an unknown model only with [`UnknownModel::DeadLetter`]) go whole to the dead-letter topic with headers saying why;
 //!   the partition keeps moving.
 //! * Transient database errors are retried with backoff; the batch is retried as a whole,
 //!   so order is kept.
@@ -24,9 +24,10 @@
 //! * offsets live in `dionysus_consumer_offsets`, written in the batch's transaction (the gem
 //!   relies on Kafka commits and re-applies a batch after a crash);
 //! * timestamps are compared as instants; equal timestamps apply, as in the gem;
-//! * a message whose model has no replica is dead-lettered by default
-//!   ([`UnknownModel::DeadLetter`]) and still reported on the event bus (C-17);
-//!   [`UnknownModel::Skip`] restores the gem's silent skip;
+//! * as in the gem (C-17), the records of a model that has no replica are skipped, the
+//!   message's other events applied, and the unknown event still reported on the event bus
+//!   ([`UnknownModel::Skip`], the default); [`UnknownModel::DeadLetter`] sends such a message
+//!   whole to the dead-letter topic instead;
 //! * the `cancel` strategy sets the soft-delete column to the event's time (`updated_at`,
 //!   else `created_at`, else now) and keeps an existing cancellation time;
 //! * within a batch, aggregate roots are written before their sideloads (level by level); a
@@ -232,7 +233,8 @@ impl ConsumerBuilder {
         self
     }
 
-    /// What to do with messages of models that have no replica (default: dead-letter them).
+    /// What to do with events of models that have no replica (default: [`UnknownModel::Skip`],
+    /// as dionysus-rb: skip them and apply the message's other events).
     pub fn unknown_model(mut self, policy: UnknownModel) -> Self {
         self.unknown_model = policy;
         self
@@ -395,7 +397,7 @@ impl Consumer {
             import_topics: HashSet::new(),
             filters: Vec::new(),
             subscribers: Vec::new(),
-            unknown_model: UnknownModel::DeadLetter,
+            unknown_model: UnknownModel::Skip,
             processing_mutex: false,
             kafka_properties: Vec::new(),
             after_commit: None,
