@@ -215,8 +215,12 @@ impl Run<'_> {
         } else {
             format!("consumer-{}#{}", slot.letter, slot.starts)
         };
-        slot.app =
-            Some(self.launcher.spawn(&name, Role::Consumer, &["consume", "--dead-letter-unknown-models"], &[("DATABASE_URL", self.dst.clone())]));
+        slot.app = Some(self.launcher.spawn(
+            &name,
+            Role::Consumer,
+            &["consume", "--dead-letter-unknown-models"],
+            &[("DATABASE_URL", self.dst.clone())],
+        ));
     }
 
     fn at(&self) -> f64 {

@@ -188,11 +188,8 @@ pub fn consumer(
     config.kafka.client_id = "dionysus_test".to_owned();
     let seen: Seen = Arc::default();
     let recorder = seen.clone();
-    let builder = Consumer::builder(config)
-        .pool(db.pool(4))
-        .replicas(replicas())
-        .handlers(false)
-        .subscribe(move |notification| {
+    let builder = Consumer::builder(config).pool(db.pool(4)).replicas(replicas()).handlers(false).subscribe(
+        move |notification| {
             let entry = match notification {
                 Notification::Batch(events) => {
                     ("batch".to_owned(), Value::Array(events.iter().map(|e| e.to_json()).collect()))
@@ -200,7 +197,8 @@ pub fn consumer(
                 Notification::Event(event) => ("event".to_owned(), event.to_json()),
             };
             recorder.lock().unwrap().push(entry);
-        });
+        },
+    );
     (configure(builder).build().unwrap(), seen)
 }
 

@@ -422,8 +422,7 @@ async fn c23_unknown_model_is_skipped_and_the_other_events_apply() {
 async fn c23_unknown_model_dead_letter_when_chosen() {
     let db = replica_db().await;
     let mut conn = db.connection().await;
-    let (consumer, seen) =
-        vector_consumer(&db, |b| b.unknown_model(dionysus::consumer::UnknownModel::DeadLetter));
+    let (consumer, seen) = vector_consumer(&db, |b| b.unknown_model(dionysus::consumer::UnknownModel::DeadLetter));
     let payload = json!({"message": [
         {"event": "unknown_created", "model_name": "Unknown", "data": [{"id": 1, "name": "x"}]},
         {"event": "rental_created", "model_name": "Rental", "data": [{"id": 7, "name": "Villa"}]},

@@ -7,6 +7,7 @@ mod cli;
 mod config_env;
 mod consumer_kafka;
 mod consumer_models;
+mod consumer_names;
 mod consumer_vectors;
 // The vectors run a second time with local changes off (rows written blind); see `tracked()`.
 #[allow(clippy::duplicate_mod)]

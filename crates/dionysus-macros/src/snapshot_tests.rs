@@ -84,10 +84,10 @@ fn replica_with_a_mistake_is_the_error_and_a_placeholder() {
     let input = quote! {
         #[derive(Consume)]
         #[diesel(table_name = replicated_rentals)]
-        #[consume(topic = "v3_rentals", model = "Rental", strategy = "cancel")]
+        #[consume(topic = "v3_rentals", model = "Rental", synced_updated_at = "remote_updated_at")]
         pub struct ReplicatedRental {
             pub synced_id: i64,
-            pub synced_updated_at: Option<DateTime<Utc>>,
+            pub remote_updatd_at: Option<DateTime<Utc>>,
         }
     };
     insta::assert_snapshot!(pretty(crate::consume::derive(input)));

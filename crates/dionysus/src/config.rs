@@ -33,6 +33,11 @@
 //! | `DIONYSUS_CONSUMER_BATCH_SIZE` | [`ConsumerConfig::batch_size`] | integer ≥ 1 | `500` |
 //! | `DIONYSUS_CONSUMER_MAX_MESSAGE_BYTES` | [`ConsumerConfig::max_message_bytes`] | integer ≥ 1 | `10485760` |
 //! | `DIONYSUS_REMOVE_DUPLICATES` | [`ConsumerConfig::remove_duplicates`] | boolean | `true` |
+//! | `DIONYSUS_SYNCED_ID_ATTRIBUTE` | [`ConsumerConfig::synced_id_attribute`] | column name | `synced_id` |
+//! | `DIONYSUS_SYNCED_CREATED_AT_ATTRIBUTE` | [`ConsumerConfig::synced_created_at_attribute`] | column name | `synced_created_at` |
+//! | `DIONYSUS_SYNCED_UPDATED_AT_ATTRIBUTE` | [`ConsumerConfig::synced_updated_at_attribute`] | column name | `synced_updated_at` |
+//! | `DIONYSUS_SOFT_DELETED_AT_ATTRIBUTE` | [`ConsumerConfig::soft_deleted_at_attribute`] | column name | `synced_canceled_at` |
+//! | `DIONYSUS_SYNCED_DATA_ATTRIBUTE` | [`ConsumerConfig::synced_data_attribute`] | column name | `synced_data` |
 //! | `DIONYSUS_KAFKA_<PROPERTY>` | [`KafkaConfig::properties`] | any librdkafka property, `_` for `.` | none |
 //!
 //! A consumer that dies without leaving its group (a crash, kill -9, a lost host) holds its
@@ -157,13 +162,19 @@ pub struct ConsumerConfig {
     /// Whether batches are deduplicated before persisting, as dionysus-rb's
     /// RemoveDuplicatesStrategy does (true).
     pub remove_duplicates: bool,
-    /// Replica column holding the source's `id` (`synced_id`).
+    /// Replica column holding the source's `id` (`synced_id`). This and the other
+    /// `*_attribute` names apply to every replica whose declaration does not name the role's
+    /// column itself (C-11); a timestamp column of a name other than the attribute's is set
+    /// to `NULL` when the payload lacks the key.
     pub synced_id_attribute: String,
-    /// Replica column holding the source's `created_at` (`synced_created_at`).
+    /// Replica column holding the source's `created_at` (`synced_created_at`); the timestamp
+    /// guard compares with it when the replica has no `synced_updated_at` column (C-10).
     pub synced_created_at_attribute: String,
-    /// Replica column holding the source's `updated_at` (`synced_updated_at`).
+    /// Replica column holding the source's `updated_at` (`synced_updated_at`); the timestamp
+    /// guard compares with it.
     pub synced_updated_at_attribute: String,
-    /// Replica column holding the source's `canceled_at` (`synced_canceled_at`).
+    /// Replica column holding the source's `canceled_at` (`synced_canceled_at`): a replica
+    /// with it soft-deletes (strategy `cancel` unless it declares another).
     pub soft_deleted_at_attribute: String,
     /// Replica column holding the whole payload (`synced_data`).
     pub synced_data_attribute: String,
@@ -380,6 +391,11 @@ impl Config {
         env.count("DIONYSUS_CONSUMER_BATCH_SIZE", &mut consumer.batch_size, 1)?;
         env.count("DIONYSUS_CONSUMER_MAX_MESSAGE_BYTES", &mut consumer.max_message_bytes, 1)?;
         env.boolean("DIONYSUS_REMOVE_DUPLICATES", &mut consumer.remove_duplicates)?;
+        env.string("DIONYSUS_SYNCED_ID_ATTRIBUTE", &mut consumer.synced_id_attribute)?;
+        env.string("DIONYSUS_SYNCED_CREATED_AT_ATTRIBUTE", &mut consumer.synced_created_at_attribute)?;
+        env.string("DIONYSUS_SYNCED_UPDATED_AT_ATTRIBUTE", &mut consumer.synced_updated_at_attribute)?;
+        env.string("DIONYSUS_SOFT_DELETED_AT_ATTRIBUTE", &mut consumer.soft_deleted_at_attribute)?;
+        env.string("DIONYSUS_SYNCED_DATA_ATTRIBUTE", &mut consumer.synced_data_attribute)?;
         Ok(())
     }
 }
@@ -573,8 +589,13 @@ mod tests {
             ("DIONYSUS_RB_THREADS_NUMBER", "4"),
             ("DIONYSUS_OUTBOX_RETENTION_SECONDS", "off"),
             ("DIONYSUS_KAFKA_SECURITY_PROTOCOL", "ssl"),
+            ("DIONYSUS_SYNCED_UPDATED_AT_ATTRIBUTE", "remote_updated_at"),
+            ("DIONYSUS_SYNCED_DATA_ATTRIBUTE", "payload"),
         ])
         .unwrap();
+        assert_eq!(config.consumer.synced_updated_at_attribute, "remote_updated_at");
+        assert_eq!(config.consumer.synced_data_attribute, "payload");
+        assert_eq!(config.consumer.synced_id_attribute, "synced_id");
         assert_eq!(config.database_url, "postgres://u@db/app");
         assert_eq!(config.kafka.brokers, ["k1:9092", "k2:9093"]);
         assert_eq!(config.kafka.bootstrap_servers(), "k1:9092,k2:9093");

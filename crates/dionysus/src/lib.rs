@@ -157,14 +157,25 @@ pub use dionysus_macros::Publishable;
 /// |---|---|---|
 /// | `topic` | string, required | the topic the records come from (checked by [`Registry::validate`]) |
 /// | `model` | string, required | the source model name on the wire (`model_name`), also matched against relationship names (`bookings` → `Booking`) |
-/// | `soft_delete` | field name | column set by `_destroyed` events instead of deleting the row; payloads without `canceled_at` clear it (restore) |
-/// | `strategy` | `"cancel"` (default with `soft_delete`) or `"destroy"` | what a `_destroyed` event without `canceled_at` does: set the soft-delete column, or delete the row |
-/// | `synced_data` | field name | jsonb column keeping the whole deserialized payload (default: a field named `synced_data`) |
+/// | `soft_delete` | field name | column set by `_destroyed` events instead of deleting the row; payloads without `canceled_at` clear it (restore). Default: the column of the configured `soft_deleted_at_attribute` (`synced_canceled_at`), if any |
+/// | `strategy` | `"cancel"` (default with a soft-delete column) or `"destroy"` | what a `_destroyed` event without `canceled_at` does: set the soft-delete column, or delete the row |
+/// | `cancel` | `set(column = "status", value = "cancelled")` | a cancel strategy of the model's own (C-13): a `_destroyed` event keeps the row and sets the column to the value (a string, an integer or a boolean); no soft-delete column needed |
+/// | `synced_id`, `synced_created_at`, `synced_updated_at` | field name | the column holding the source's id / `created_at` / `updated_at` (C-11) |
+/// | `synced_data` | field name | jsonb column keeping the whole deserialized payload |
 ///
 /// On fields: `#[consume(from = "daily_price")]` takes the column's value from another
-/// payload attribute; `#[consume(skip)]` leaves a column to the application. The table is
-/// the struct's `#[diesel(table_name = ...)]`, which must have a unique index on
-/// `synced_id`. `synced_id` and `synced_updated_at` fields are required.
+/// payload attribute; `#[consume(skip)]` leaves a column to the application;
+/// `#[consume(synced_id)]`, `#[consume(synced_updated_at)]` (and `synced_created_at`,
+/// `soft_delete`, `synced_data`) name the field's column for that role. The table is the
+/// struct's `#[diesel(table_name = ...)]`, which must have a unique index on the synced id.
+///
+/// Roles the declaration does not name take the column of the configured name
+/// ([`config::ConsumerConfig`]`::synced_id_attribute` and the others, defaults `synced_id`,
+/// `synced_created_at`, `synced_updated_at`, `synced_canceled_at`, `synced_data`) when the
+/// table has one; building a consumer fails when no column holds the synced id. As in
+/// dionysus-rb, a timestamp column whose name is not the attribute's own is set to `NULL`
+/// when the payload lacks the key. The timestamp guard compares with the `synced_updated_at`
+/// column, or with `synced_created_at` when the model has none (C-10).
 ///
 /// A column's kind (what payload values it accepts) and nullability come from its field's
 /// type through [`consumer::replica::ColumnType`]: integers, floats, `bool`, `String`,
@@ -172,9 +183,10 @@ pub use dionysus_macros::Publishable;
 /// `Uuid` with the `bigdecimal`, `uuid` features), a `Vec` of these, an `Option` of any;
 /// type aliases work.
 ///
-/// Mistakes are compile errors on the offending token: a missing required field or key, an
-/// unknown key (with a suggestion), a field type that cannot hold payload values, a
-/// `soft_delete` naming no field, a field whose column the diesel table lacks.
+/// Mistakes are compile errors on the offending token: a missing required key, an unknown key
+/// (with a suggestion), a field type that cannot hold payload values, a role or `cancel =
+/// set(column = ...)` naming no field, a role named twice, a field whose column the diesel
+/// table lacks.
 #[doc(inline)]
 pub use dionysus_macros::Consume;
 
@@ -222,7 +234,8 @@ pub mod __private {
     pub use serde_json;
 
     pub use crate::consumer::replica::{
-        payload_column, Column, ColumnKind, ColumnType, DestroyStrategy, Replica, ReplicaDescriptor, ReplicaEntry,
+        payload_column, CancelValue, Column, ColumnKind, ColumnType, DestroyStrategy, NamedRoles, Replica,
+        ReplicaDescriptor, ReplicaEntry,
     };
     pub use crate::consumer::{ConsumedEvent, HandlerDeclaration, HandlerEntry, HandlerFuture};
     pub use crate::producer::partition_key::{

@@ -6,6 +6,7 @@ use proc_macro2::Span;
 use syn::{Generics, Ident, LitStr, Path, Type};
 
 use crate::attr::Name;
+use crate::symbol::Symbol;
 
 /// A replica struct.
 pub(crate) struct Replica {
@@ -17,10 +18,17 @@ pub(crate) struct Replica {
     pub(crate) table_given: bool,
     pub(crate) topic: Option<LitStr>,
     pub(crate) model: Option<LitStr>,
+    /// The attribute roles named by `#[consume(role = "column")]` or a field's
+    /// `#[consume(role)]` (C-11); the others are resolved at run time.
+    pub(crate) synced_id: Option<Name>,
+    pub(crate) synced_created_at: Option<Name>,
+    pub(crate) synced_updated_at: Option<Name>,
     pub(crate) soft_delete: Option<Name>,
-    pub(crate) strategy: Option<(Strategy, LitStr)>,
     /// `synced_data = field`, when given.
     pub(crate) synced_data: Option<Name>,
+    pub(crate) strategy: Option<(Strategy, LitStr)>,
+    /// `cancel = set(column = "status", value = "cancelled")`.
+    pub(crate) cancel: Option<Cancel>,
     /// The first `consume` attribute's key, where missing keys are reported.
     pub(crate) consume_span: Option<Span>,
     /// Whether every `consume` attribute parsed (otherwise missing keys are not reported).
@@ -44,15 +52,48 @@ impl Replica {
         }
     }
 
-    /// What a `_destroyed` event does: the given strategy, else `cancel` when there is a
-    /// soft-delete column.
+    /// A role's column with the default attribute names: the named one, else the field of
+    /// the default name, if any.
+    pub(crate) fn role(&self, named: Option<&Name>, default: &str) -> Option<&Field> {
+        match named {
+            Some(name) => self.field(&name.value),
+            None => self.field(default),
+        }
+    }
+
+    /// The soft-delete column with the default attribute names.
+    pub(crate) fn soft_delete_field(&self) -> Option<&Field> {
+        self.role(self.soft_delete.as_ref(), "synced_canceled_at")
+    }
+
+    /// Whether the declaration chooses what a `_destroyed` event does.
+    pub(crate) fn strategy_named(&self) -> bool {
+        self.strategy.is_some() || self.cancel.is_some()
+    }
+
+    /// What a `_destroyed` event does with the default attribute names: the given strategy,
+    /// else `cancel` when there is a soft-delete column.
     pub(crate) fn strategy(&self) -> Strategy {
-        match (&self.strategy, &self.soft_delete) {
+        match (&self.strategy, self.soft_delete_field()) {
             (Some((strategy, _)), _) => *strategy,
             (None, Some(_)) => Strategy::Cancel,
             (None, None) => Strategy::Destroy,
         }
     }
+}
+
+/// `cancel = set(column = "status", value = "cancelled")`: the row is kept and the column
+/// set to the value.
+pub(crate) struct Cancel {
+    pub(crate) column: Name,
+    pub(crate) value: CancelValue,
+}
+
+/// A value `cancel = set(...)` writes.
+pub(crate) enum CancelValue {
+    Text(String),
+    Integer(i64),
+    Bool(bool),
 }
 
 /// A replica column's field.
@@ -62,6 +103,9 @@ pub(crate) struct Field {
     pub(crate) ty: Type,
     /// `#[consume(from = "attribute")]`.
     pub(crate) from: Option<LitStr>,
+    /// Roles this field's `#[consume(...)]` names it for (`synced_updated_at`, …), each with
+    /// the span of its key.
+    pub(crate) roles: Vec<(Symbol, Span)>,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq)]

@@ -8,7 +8,9 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use super::ast::{Replica, Strategy};
+use syn::LitStr;
+
+use super::ast::{Cancel, CancelValue, Replica, Strategy};
 use crate::diesel;
 
 pub(crate) fn expand(replica: &Replica) -> TokenStream {
@@ -18,14 +20,10 @@ pub(crate) fn expand(replica: &Replica) -> TokenStream {
         return super::fallback(ident);
     };
     let table_name = table.segments.last().map(|segment| segment.ident.to_string()).unwrap_or_default();
-    let soft_delete = replica.soft_delete.as_ref().map(|name| name.value.as_str());
     let columns = replica.fields.iter().map(|field| {
         let name = &field.column.value;
-        let source = match (&field.from, soft_delete) {
-            (Some(from), _) => from.value(),
-            (None, Some(soft)) if soft == name => "synced_canceled_at".to_owned(),
-            (None, _) => name.clone(),
-        };
+        // A role column's attribute is chosen at run time (`ReplicaDescriptor::timestamp_role`).
+        let source = field.from.as_ref().map_or_else(|| name.clone(), LitStr::value);
         let ty = &field.ty;
         quote! {
             __d::Column {
@@ -36,14 +34,37 @@ pub(crate) fn expand(replica: &Replica) -> TokenStream {
             }
         }
     });
-    let created = option(replica.field("synced_created_at").map(|_| "synced_created_at"));
-    let soft_delete = option(soft_delete);
+    // Each role with the default attribute names; the consumer resolves the ones not named
+    // here against the configured names.
+    let column_of = |field: Option<&super::ast::Field>| option(field.map(|field| field.column.value.as_str()));
+    let synced_id = replica.synced_id.as_ref().map_or("synced_id", |name| name.value.as_str());
+    let updated = column_of(replica.role(replica.synced_updated_at.as_ref(), "synced_updated_at"));
+    let created = column_of(replica.role(replica.synced_created_at.as_ref(), "synced_created_at"));
+    let soft_delete = column_of(replica.soft_delete_field());
     let synced_data = replica.synced_data_field();
-    let synced_data_name = option(synced_data.map(|field| field.column.value.as_str()));
-    let strategy = match replica.strategy() {
-        Strategy::Cancel => quote!(Cancel),
-        Strategy::Destroy => quote!(Destroy),
+    let synced_data_name = column_of(synced_data);
+    let strategy = match (&replica.cancel, replica.strategy()) {
+        (Some(Cancel { column, value }), _) => {
+            let column = &column.value;
+            let value = match value {
+                CancelValue::Text(text) => quote!(Text(#text)),
+                CancelValue::Integer(number) => quote!(Integer(#number)),
+                CancelValue::Bool(flag) => quote!(Bool(#flag)),
+            };
+            quote!(Set { column: #column, value: __d::CancelValue::#value })
+        }
+        (None, Strategy::Cancel) => quote!(Cancel),
+        (None, Strategy::Destroy) => quote!(Destroy),
     };
+    let named = |name: &Option<crate::attr::Name>| name.is_some();
+    let (named_id, named_created, named_updated, named_soft, named_data, named_strategy) = (
+        named(&replica.synced_id),
+        named(&replica.synced_created_at),
+        named(&replica.synced_updated_at),
+        named(&replica.soft_delete),
+        named(&replica.synced_data),
+        replica.strategy_named(),
+    );
     let column_checks = replica.fields.iter().filter_map(|field| {
         let column = diesel::ident(&field.column)?;
         Some(quote_spanned!(field.ident.span()=> let _ = #table::#column;))
@@ -65,12 +86,20 @@ pub(crate) fn expand(replica: &Replica) -> TokenStream {
                     topic: #topic,
                     table: #table_name,
                     columns: &[#(#columns),*],
-                    synced_id: "synced_id",
-                    synced_updated_at: "synced_updated_at",
+                    synced_id: #synced_id,
+                    synced_updated_at: #updated,
                     synced_created_at: #created,
                     soft_delete: #soft_delete,
                     strategy: __d::DestroyStrategy::#strategy,
                     synced_data: #synced_data_name,
+                    named: __d::NamedRoles {
+                        synced_id: #named_id,
+                        synced_created_at: #named_created,
+                        synced_updated_at: #named_updated,
+                        soft_delete: #named_soft,
+                        synced_data: #named_data,
+                        strategy: #named_strategy,
+                    },
                     declared_by: ::core::concat!(::core::module_path!(), "::", #ident_str),
                     location: ::core::concat!(::core::file!(), ":", ::core::line!()),
                 };

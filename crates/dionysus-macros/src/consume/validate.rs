@@ -1,46 +1,39 @@
-//! Rules across a replica struct's settings and fields: the required keys, table and
-//! columns are there, settings that name a field name one, `strategy = "cancel"` has a
-//! soft-delete column. Every broken rule is recorded; which field types can hold payload
-//! values is for the compiler (see `expand`).
+//! Rules across a replica struct's settings and fields: the required keys and table are
+//! there, settings that name a field (attribute roles, `cancel = set(column = …)`) name one,
+//! one destroy strategy at most. Every broken rule is recorded; which field types can hold
+//! payload values is for the compiler (see `expand`), and roles left open (resolved against
+//! the configured names, C-11) are checked when the consumer is built.
 
-use super::ast::{Replica, Strategy};
+use super::ast::Replica;
 use crate::attr::Name;
 use crate::ctxt::Ctxt;
 use crate::suggest;
-use crate::symbol::{Symbol, SOFT_DELETE, SYNCED_DATA};
-
-/// The columns every replica has, with the field that adds one and what it holds.
-const REQUIRED: [(&str, &str, &str); 2] = [
-    ("synced_id", "i64", "the source record's id"),
-    ("synced_updated_at", "Option<DateTime<Utc>>", "the source record's updated_at, compared by the timestamp guard"),
-];
+use crate::symbol::{Symbol, CANCEL, SOFT_DELETE, SYNCED_CREATED_AT, SYNCED_DATA, SYNCED_ID, SYNCED_UPDATED_AT};
 
 pub(crate) fn check(cx: &Ctxt, replica: &Replica) {
     let ident = &replica.ident;
     if !replica.generics.params.is_empty() {
         cx.error_spanned_by(&replica.generics, "a replica struct cannot have generic parameters");
     }
-    for (column, ty, meaning) in REQUIRED {
-        if replica.field(column).is_none() {
-            cx.error_spanned_by(
-                ident,
-                format!(
-                    "replica struct `{ident}` has no `{column}` field\nhelp: add `pub {column}: {ty},` ({meaning})"
-                ),
-            );
+    // Roles left open are resolved against the configured names when the consumer is
+    // built, which also reports a missing synced id column.
+    let roles = [
+        (SYNCED_ID, &replica.synced_id),
+        (SYNCED_CREATED_AT, &replica.synced_created_at),
+        (SYNCED_UPDATED_AT, &replica.synced_updated_at),
+        (SOFT_DELETE, &replica.soft_delete),
+        (SYNCED_DATA, &replica.synced_data),
+    ];
+    for (key, name) in roles {
+        if let Some(name) = name {
+            check_field(cx, replica, key, name);
         }
     }
-    if let Some(name) = &replica.soft_delete {
-        check_field(cx, replica, SOFT_DELETE, name);
-    }
-    if let Some(name) = &replica.synced_data {
-        check_field(cx, replica, SYNCED_DATA, name);
-    }
-    if let (Some((Strategy::Cancel, lit)), None) = (&replica.strategy, &replica.soft_delete) {
-        cx.error_spanned_by(
-            lit,
-            "strategy \"cancel\" sets the soft-delete column; add `soft_delete = \"synced_canceled_at\"`",
-        );
+    if let Some(cancel) = &replica.cancel {
+        check_field(cx, replica, CANCEL, &cancel.column);
+        if let Some((_, lit)) = &replica.strategy {
+            cx.error_spanned_by(lit, "`cancel = set(...)` is the destroy strategy already; remove `strategy`");
+        }
     }
 
     let missing: Vec<&str> = [("`topic`", replica.topic.is_none()), ("`model`", replica.model.is_none())]

@@ -389,8 +389,7 @@ async fn execute(
                 config.consumer.dead_letter_topic = topic;
             }
             let topics = consume_topics(&config, registry, topics, &imports, out).await?;
-            let unknown_model =
-                if dead_letter_unknown_models { UnknownModel::DeadLetter } else { UnknownModel::Skip };
+            let unknown_model = if dead_letter_unknown_models { UnknownModel::DeadLetter } else { UnknownModel::Skip };
             let mut builder = Consumer::builder(config)
                 .unknown_model(unknown_model)
                 .processing_mutex(processing_mutex)

@@ -96,6 +96,9 @@ pub enum ConsumerError {
     /// The consumer was built without topics to read.
     #[error("no topics to consume: declare a replica model with #[derive(Consume)] or add topics to the builder")]
     NoTopics,
+    /// A replica model cannot work with the configured attribute names (C-11).
+    #[error(transparent)]
+    Replica(#[from] replica::ReplicaError),
     /// The metrics/health listener could not start.
     #[error("cannot serve /metrics and /health on {address}: {source}")]
     Serve {
@@ -299,15 +302,16 @@ impl ConsumerBuilder {
             Some(pool) => pool,
             None => crate::db::pool(&self.config.database_url, 8)?,
         };
-        let replicas = self.replicas.unwrap_or_else(|| Replicas::global().clone());
+        let declared = self.replicas.as_ref().unwrap_or_else(|| Replicas::global());
         let mut topics = self.topics;
         if topics.is_empty() {
-            for replica in replicas.iter() {
+            for replica in declared.iter() {
                 if !topics.iter().any(|topic| topic == replica.topic) {
                     topics.push(replica.topic.to_owned());
                 }
             }
         }
+        let replicas = declared.configured(&self.config.consumer, &topics)?;
         let rules = Rules {
             replicas,
             import_topics: self.import_topics,

@@ -8,16 +8,19 @@
 
 mod column_type;
 pub mod deserialize;
+mod names;
 pub mod plan;
 pub mod sql;
 
 use std::collections::{BTreeMap, HashMap};
+
 use std::sync::OnceLock;
 
 #[doc(hidden)]
 pub use column_type::payload_column;
 pub use column_type::{ColumnKind, ColumnType, PayloadColumn};
 pub use deserialize::{deserialize, deserialize_one, Record};
+pub use names::ReplicaError;
 pub use plan::{ChangeSet, RowPlan};
 
 /// One column of a replica table.
@@ -44,10 +47,64 @@ pub enum DestroyStrategy {
     /// Delete the row, unless the payload's `canceled_at` soft-deletes it through the
     /// soft-delete column.
     Destroy,
+    /// A cancel strategy of the model's own (`#[consume(cancel = set(column = "status",
+    /// value = "cancelled"))]`): the row is kept and `column` set to `value`. Applied
+    /// whenever the gem would call the strategy method: always without a soft-delete
+    /// column, and with one when the payload has no `canceled_at`.
+    Set {
+        /// The column the strategy sets.
+        column: &'static str,
+        /// The value it sets.
+        value: CancelValue,
+    },
+}
+
+/// The value a [`DestroyStrategy::Set`] writes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum CancelValue {
+    /// A text.
+    Text(&'static str),
+    /// An integer.
+    Integer(i64),
+    /// A boolean.
+    Bool(bool),
+}
+
+impl CancelValue {
+    /// The value as JSON, as rows are built.
+    pub fn to_json(self) -> serde_json::Value {
+        match self {
+            CancelValue::Text(text) => serde_json::Value::from(text),
+            CancelValue::Integer(number) => serde_json::Value::from(number),
+            CancelValue::Bool(flag) => serde_json::Value::from(flag),
+        }
+    }
+}
+
+/// The attribute roles a replica declaration names itself (C-11): `#[consume(synced_id =
+/// "…")]`, a field's `#[consume(synced_updated_at)]`, `soft_delete = "…"`, …. A role it does
+/// not name takes the column of the configured name
+/// ([`ConsumerConfig`](crate::config::ConsumerConfig)`::*_attribute`) when the consumer is
+/// built, if the table has one.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamedRoles {
+    /// `synced_id`.
+    pub synced_id: bool,
+    /// `synced_created_at`.
+    pub synced_created_at: bool,
+    /// `synced_updated_at`.
+    pub synced_updated_at: bool,
+    /// `soft_delete` (the configured `soft_deleted_at_attribute`).
+    pub soft_delete: bool,
+    /// `synced_data`.
+    pub synced_data: bool,
+    /// `strategy` or `cancel`; otherwise `cancel` with a soft-delete column, else `destroy`.
+    pub strategy: bool,
 }
 
 /// Everything the runtime needs to know about a replica model; built at compile time by
-/// `#[derive(Consume)]`.
+/// `#[derive(Consume)]` with the default attribute names, and resolved against the
+/// configured names when a consumer is built ([`ReplicaDescriptor::configured`]).
 #[derive(Debug, PartialEq, Eq)]
 pub struct ReplicaDescriptor {
     /// The source model's name on the wire (`model_name`), e.g. `Rental`.
@@ -61,8 +118,9 @@ pub struct ReplicaDescriptor {
     pub columns: &'static [Column],
     /// Column holding the source's id (unique index required).
     pub synced_id: &'static str,
-    /// Column holding the source's `updated_at`; the timestamp guard compares with it.
-    pub synced_updated_at: &'static str,
+    /// Column holding the source's `updated_at`, when the model has one; the timestamp guard
+    /// compares with it, else with [`ReplicaDescriptor::synced_created_at`] (C-10).
+    pub synced_updated_at: Option<&'static str>,
     /// Column holding the source's `created_at`, when the model has one.
     pub synced_created_at: Option<&'static str>,
     /// Column whose non-null value marks the row soft-deleted, when the model has one.
@@ -71,6 +129,8 @@ pub struct ReplicaDescriptor {
     pub strategy: DestroyStrategy,
     /// Column keeping the whole deserialized payload (jsonb), when the model has one.
     pub synced_data: Option<&'static str>,
+    /// The roles named by the declaration; the others follow the configuration.
+    pub named: NamedRoles,
     /// Path of the struct, e.g. `my_app::ReplicatedRental`.
     pub declared_by: &'static str,
     /// `file:line` of the declaration.
@@ -86,11 +146,19 @@ impl ReplicaDescriptor {
         table: "",
         columns: &[],
         synced_id: "synced_id",
-        synced_updated_at: "synced_updated_at",
+        synced_updated_at: None,
         synced_created_at: None,
         soft_delete: None,
         strategy: DestroyStrategy::Destroy,
         synced_data: None,
+        named: NamedRoles {
+            synced_id: false,
+            synced_created_at: false,
+            synced_updated_at: false,
+            soft_delete: false,
+            synced_data: false,
+            strategy: false,
+        },
         declared_by: "",
         location: "",
     };
@@ -98,6 +166,28 @@ impl ReplicaDescriptor {
     /// The column with this name.
     pub fn column(&self, name: &str) -> Option<&'static Column> {
         self.columns.iter().find(|column| column.name == name)
+    }
+
+    /// The column the timestamp guard compares with (C-10): `synced_updated_at` when the
+    /// model has one (even when its value is `NULL`), else `synced_created_at`; none when the
+    /// model has neither, and then every record applies.
+    pub fn guard_column(&self) -> Option<&'static str> {
+        self.synced_updated_at.or(self.synced_created_at)
+    }
+
+    /// The deserialized attribute (C-6) a role column takes its value from, when `column`
+    /// holds one of the source's timestamps: `synced_created_at`, `synced_updated_at` or
+    /// `synced_canceled_at`.
+    pub fn timestamp_role(&self, column: &str) -> Option<&'static str> {
+        if self.synced_updated_at == Some(column) {
+            Some("synced_updated_at")
+        } else if self.synced_created_at == Some(column) {
+            Some("synced_created_at")
+        } else if self.soft_delete == Some(column) {
+            Some("synced_canceled_at")
+        } else {
+            None
+        }
     }
 
     /// The key under which [`Replicas::find`] matches model names: `Rental`, `rentals` and

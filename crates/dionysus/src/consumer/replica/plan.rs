@@ -121,7 +121,14 @@ pub fn prepare(replica: &ReplicaDescriptor, record: &Record) -> Result<Prepared,
             assignments.push((column, Value::Object(attributes.clone())));
             continue;
         }
-        let Some(value) = attributes.get(column.source) else { continue };
+        // A timestamp column takes its role's attribute (C-11); with a name other than the
+        // attribute's, it is assigned NULL when the payload lacks the key.
+        let role = if column.source == column.name { replica.timestamp_role(column.name) } else { None };
+        let value = match attributes.get(role.unwrap_or(column.source)) {
+            Some(value) => value,
+            None if column.nullable && role.is_some_and(|role| role != column.name) => &Value::Null,
+            None => continue,
+        };
         let value =
             normalize(column.kind, value).map_err(|expected| wrong(column.source, column.name, value, expected))?;
         if value.is_null() && !column.nullable {
@@ -273,14 +280,21 @@ fn intent_with(
     let mut keep = None;
     let has_canceled_at = prepared.has_canceled_at;
     if kind == EventKind::Destroyed && aggregate_root {
-        let cancels = replica.strategy == DestroyStrategy::Cancel && replica.soft_delete.is_some();
-        match replica.soft_delete {
-            Some(column) if cancels && !has_canceled_at => {
+        // C-13: the strategy runs unless the payload's canceled_at soft-deletes the row
+        // through the soft-delete column; without a strategy the row is deleted.
+        match (replica.strategy, replica.soft_delete) {
+            (DestroyStrategy::Set { column, value }, soft_delete) if !(has_canceled_at && soft_delete.is_some()) => {
+                let value = value.to_json();
+                let value =
+                    replica.column(column).and_then(|target| normalize(target.kind, &value).ok()).unwrap_or(value);
+                assign(&mut assigned, column, value);
+            }
+            (DestroyStrategy::Cancel, Some(column)) if !has_canceled_at => {
                 let canceled_at = Value::String(canonical_time(&prepared.event_time.unwrap_or(now)));
                 assign(&mut assigned, column, canceled_at);
                 keep = Some(column);
             }
-            Some(_) if has_canceled_at => {}
+            (_, Some(_)) if has_canceled_at => {}
             _ => return Intent::Remove,
         }
     } else if let Some(column) = replica.soft_delete {
@@ -301,15 +315,19 @@ fn assign(assigned: &mut Vec<(&'static str, Value)>, name: &'static str, value: 
 
 /// Whether the set-based write ([`crate::consumer::replica::sql::upsert_rows`]) decides the
 /// timestamp guard exactly as [`plan`] does: PostgreSQL sees the event time only through the
-/// written `synced_updated_at` (else the written `synced_created_at`), so that must be the
-/// event's time. It is whenever the payload carries `updated_at`, as producers send it.
+/// written `synced_updated_at` (else the written `synced_created_at`, which is also the guard
+/// column of a model without `synced_updated_at`), so that must be the event's time. It is whenever the payload carries `updated_at`, as producers send it.
 ///
 /// Decided from the prepared values, before [`intent`]: the intent writes only the
 /// soft-delete column and the synced id besides them, so the time columns it writes are
 /// these (a soft-delete column that is also a time column is left to the exact path).
 pub fn guard_from_prepared(replica: &ReplicaDescriptor, prepared: &Prepared) -> bool {
-    let time_columns = [Some(replica.synced_updated_at), replica.synced_created_at];
-    if replica.soft_delete.is_some_and(|soft_delete| time_columns.contains(&Some(soft_delete)))
+    let time_columns = [replica.synced_updated_at, replica.synced_created_at];
+    let strategy_column = match replica.strategy {
+        DestroyStrategy::Set { column, .. } => Some(column),
+        _ => None,
+    };
+    if [replica.soft_delete, strategy_column].into_iter().flatten().any(|name| time_columns.contains(&Some(name)))
         || time_columns
             .into_iter()
             .flatten()
@@ -320,15 +338,25 @@ pub fn guard_from_prepared(replica: &ReplicaDescriptor, prepared: &Prepared) -> 
     let written = |name: &str| {
         prepared.assignments.iter().find(|(column, _)| column.name == name).map(|(_, value)| parse_timestamp(value))
     };
-    let Some(updated) = written(replica.synced_updated_at) else { return false };
-    let column_time = updated.or_else(|| replica.synced_created_at.and_then(written).flatten());
+    let column_time = match (replica.synced_updated_at, replica.synced_created_at) {
+        (Some(updated), created) => {
+            let Some(updated) = written(updated) else { return false };
+            updated.or_else(|| created.and_then(written).flatten())
+        }
+        (None, Some(created)) => {
+            let Some(created) = written(created) else { return false };
+            created
+        }
+        // No guard column: PostgreSQL applies every record, as `plan` does.
+        (None, None) => return true,
+    };
     column_time == prepared.event_time
 }
 
 /// Whether the stored row's time makes the record stale (C-10): both times known and the
-/// event's older. Ties apply.
+/// event's older. The stored time is the [`ReplicaDescriptor::guard_column`]'s. Ties apply.
 pub fn is_stale(replica: &ReplicaDescriptor, prepared: &Prepared, old: &Map<String, Value>) -> bool {
-    let local_time = old.get(replica.synced_updated_at).and_then(parse_timestamp);
+    let local_time = replica.guard_column().and_then(|column| old.get(column)).and_then(parse_timestamp);
     matches!((prepared.event_time, local_time), (Some(event_time), Some(local_time)) if event_time < local_time)
 }
 
@@ -404,11 +432,19 @@ mod tests {
         table: "rentals",
         columns: &COLUMNS,
         synced_id: "synced_id",
-        synced_updated_at: "synced_updated_at",
+        synced_updated_at: Some("synced_updated_at"),
         synced_created_at: Some("synced_created_at"),
         soft_delete: Some("synced_canceled_at"),
         strategy: DestroyStrategy::Cancel,
         synced_data: Some("synced_data"),
+        named: crate::consumer::replica::NamedRoles {
+            synced_id: false,
+            synced_created_at: false,
+            synced_updated_at: false,
+            soft_delete: true,
+            synced_data: false,
+            strategy: false,
+        },
         declared_by: "tests::Rental",
         location: "plan.rs",
     };
@@ -619,6 +655,82 @@ mod tests {
         assert_eq!(changes["synced_updated_at"], json!([t(10), t(11)]));
         assert!(!changes.contains_key("synced_id"));
         assert!(!changes.contains_key("synced_canceled_at"), "null stays null");
+    }
+
+    static NO_UPDATED_AT: ReplicaDescriptor = ReplicaDescriptor { synced_updated_at: None, ..RENTAL };
+
+    /// C-10: without a `synced_updated_at` column the guard compares with the local
+    /// `synced_created_at`; the event time is still `updated_at`, else `created_at`.
+    #[test]
+    fn guard_falls_back_to_synced_created_at() {
+        let old = || Some(existing(Some(50), Some(10)));
+        let payload = |updated: Option<i64>, created: i64| json!({"id": 1, "name": "new", "updated_at": updated.map(t), "created_at": t(created)});
+        assert_eq!(run(&NO_UPDATED_AT, EventKind::Updated, payload(Some(9), 20), old()), RowPlan::Stale);
+        assert_eq!(run(&NO_UPDATED_AT, EventKind::Updated, payload(None, 9), old()), RowPlan::Stale);
+        assert!(matches!(run(&NO_UPDATED_AT, EventKind::Updated, payload(Some(10), 1), old()), RowPlan::Write { .. }));
+        // With the column, its (newer) value decides.
+        assert_eq!(run(&RENTAL, EventKind::Updated, payload(Some(20), 20), old()), RowPlan::Stale);
+        let prepared = prepare(&NO_UPDATED_AT, &deserialize_one(&payload(None, 20)).unwrap()).unwrap();
+        assert!(guard_from_prepared(&NO_UPDATED_AT, &prepared), "the written created_at is the event time");
+        let prepared = prepare(&NO_UPDATED_AT, &deserialize_one(&payload(Some(30), 20)).unwrap()).unwrap();
+        assert!(!guard_from_prepared(&NO_UPDATED_AT, &prepared), "PostgreSQL would compare created_at");
+    }
+
+    static REMOTE_COLUMNS: [Column; 4] = [
+        column("synced_id", ColumnKind::Integer, false),
+        column("remote_created_at", ColumnKind::Timestamp, true),
+        column("remote_updated_at", ColumnKind::Timestamp, true),
+        column("deleted_at", ColumnKind::Timestamp, true),
+    ];
+
+    static REMOTE: ReplicaDescriptor = ReplicaDescriptor {
+        columns: &REMOTE_COLUMNS,
+        synced_updated_at: Some("remote_updated_at"),
+        synced_created_at: Some("remote_created_at"),
+        soft_delete: Some("deleted_at"),
+        synced_data: None,
+        ..RENTAL
+    };
+
+    /// C-11: timestamp columns of other names take their attribute, and NULL when the
+    /// payload lacks it; with the attribute's own name, an absent key is not assigned.
+    #[test]
+    fn renamed_timestamp_columns_take_their_attribute_or_null() {
+        let prepared = prepare(&REMOTE, &deserialize_one(&json!({"id": 1, "updated_at": t(5)})).unwrap()).unwrap();
+        let assigned: Vec<(&str, Value)> =
+            prepared.assignments.iter().map(|(column, value)| (column.name, value.clone())).collect();
+        assert_eq!(
+            assigned,
+            [
+                ("synced_id", json!(1)),
+                ("remote_created_at", Value::Null),
+                ("remote_updated_at", json!(t(5))),
+                ("deleted_at", Value::Null)
+            ]
+        );
+        let prepared = prepare(&RENTAL, &deserialize_one(&json!({"id": 1, "updated_at": t(5)})).unwrap()).unwrap();
+        assert!(prepared.assignments.iter().all(|(column, _)| column.name != "synced_created_at"));
+    }
+
+    static SETTING: ReplicaDescriptor = ReplicaDescriptor {
+        soft_delete: None,
+        strategy: DestroyStrategy::Set { column: "name", value: super::super::CancelValue::Text("cancelled") },
+        ..RENTAL
+    };
+
+    /// C-13: a strategy without a soft-delete column keeps the row and applies; with
+    /// `canceled_at` and a soft-delete column the attribute soft-deletes instead.
+    #[test]
+    fn cancel_strategy_sets_its_column() {
+        let plan = run(&SETTING, EventKind::Destroyed, json!({"id": 1, "name": "x"}), Some(existing(Some(10), None)));
+        assert_eq!(written(&plan)["name"], "cancelled");
+        let plan = run(&SETTING, EventKind::Destroyed, json!({"id": 2, "canceled_at": t(3)}), None);
+        assert_eq!(written(&plan)["name"], "cancelled", "no soft-delete column: the strategy runs");
+        let with_column = ReplicaDescriptor { soft_delete: Some("synced_canceled_at"), ..SETTING };
+        let plan = run(&with_column, EventKind::Destroyed, json!({"id": 1, "name": "x", "canceled_at": t(3)}), None);
+        assert_eq!((&written(&plan)["name"], &written(&plan)["synced_canceled_at"]), (&json!("x"), &json!(t(3))));
+        let plan = run(&SETTING, EventKind::Updated, json!({"id": 1, "name": "back"}), Some(existing(Some(10), None)));
+        assert_eq!(written(&plan)["name"], "back", "other events take the payload");
     }
 
     mod properties {

@@ -81,16 +81,26 @@ fn single(name: &str, value: Value) -> Value {
 }
 
 /// The timestamp guard in SQL (C-10): the stored row `t` is only overwritten when it has no
-/// `synced_updated_at`, or the incoming event time (`event_time`, an SQL expression) is
-/// missing, or not older.
+/// time in its [`ReplicaDescriptor::guard_column`], or the incoming event time (`event_time`,
+/// an SQL expression) is missing, or not older. Without a guard column every record applies.
 fn guard(replica: &ReplicaDescriptor, event_time: &str) -> String {
-    let updated = quote_ident(replica.synced_updated_at);
-    format!("(t.{updated} IS NULL OR {event_time} IS NULL OR {event_time} >= t.{updated})")
+    match replica.guard_column() {
+        Some(column) => {
+            let local = quote_ident(column);
+            format!("(t.{local} IS NULL OR {event_time} IS NULL OR {event_time} >= t.{local})")
+        }
+        None => "TRUE".to_owned(),
+    }
 }
 
-/// The guard against the incoming row `new`'s own `synced_updated_at`.
+/// The guard against the incoming row `new`'s own `synced_updated_at`: a second line of
+/// defence for rows already planned; a model without that column relies on the plan and the
+/// row lock alone.
 fn guard_row(replica: &ReplicaDescriptor, new: &str) -> String {
-    guard(replica, &format!("{new}.{}", quote_ident(replica.synced_updated_at)))
+    match replica.synced_updated_at {
+        Some(updated) => guard(replica, &format!("{new}.{}", quote_ident(updated))),
+        None => "TRUE".to_owned(),
+    }
 }
 
 /// `column = EXCLUDED.column` for every column but the synced id; the `keep` column keeps
@@ -171,7 +181,7 @@ pub async fn insert_rows(
         let updates = set_from_excluded(replica, columns.iter().map(String::as_str), None);
         let conflict = if updates.is_empty() {
             "DO NOTHING".to_owned()
-        } else if guarded && columns.iter().any(|column| column == replica.synced_updated_at) {
+        } else if guarded && columns.iter().any(|column| Some(column.as_str()) == replica.synced_updated_at) {
             format!("DO UPDATE SET {} WHERE {}", updates.join(", "), guard_row(replica, "EXCLUDED"))
         } else {
             format!("DO UPDATE SET {}", updates.join(", "))
@@ -396,14 +406,16 @@ async fn upsert_group(
 ) -> Result<Vec<String>, diesel::result::Error> {
     let table = quote_ident(replica.table);
     let id = quote_ident(replica.synced_id);
-    let updated = quote_ident(replica.synced_updated_at);
-    let has = |name: &str| columns.iter().any(|column| column.name == name);
+    let has = |name: &&str| columns.iter().any(|column| column.name == *name);
     let list: Vec<String> = columns.iter().map(|column| quote_ident(column.name)).collect();
     let updates = set_from_excluded(replica, columns.iter().map(|column| column.name), keep);
-    let event_time = match replica.synced_created_at.filter(|created| has(created)) {
-        Some(created) => format!("COALESCE(EXCLUDED.{updated}, EXCLUDED.{})", quote_ident(created)),
-        None if has(replica.synced_updated_at) => format!("EXCLUDED.{updated}"),
-        None => "NULL".to_owned(),
+    // The event time as `plan::guard_from_prepared` checked it is written.
+    let event_time = match (replica.synced_updated_at.filter(has), replica.synced_created_at.filter(has)) {
+        (Some(updated), Some(created)) => {
+            format!("COALESCE(EXCLUDED.{}, EXCLUDED.{})", quote_ident(updated), quote_ident(created))
+        }
+        (Some(time), None) | (None, Some(time)) => format!("EXCLUDED.{}", quote_ident(time)),
+        (None, None) => "NULL".to_owned(),
     };
     let conflict = if updates.is_empty() {
         // Only the id: nothing to update, but an existing row still counts as written.

@@ -3,16 +3,17 @@ use chrono::{DateTime, Utc};
 diesel::table! {
     rentals (synced_id) {
         synced_id -> BigInt,
-        synced_updated_at -> Nullable<Timestamptz>,
+        remote_updated_at -> Nullable<Timestamptz>,
         name -> Nullable<Text>,
     }
 }
 
 #[derive(dionysus::Consume)]
 #[diesel(table_name = rentals)]
-#[consume(topic = "v3_rentals", model = "Rental")]
+#[consume(topic = "v3_rentals", model = "Rental", synced_updated_at = "remote_update_at")]
 pub struct Rental {
-    pub synced_updated_at: Option<DateTime<Utc>>,
+    pub synced_id: i64,
+    pub remote_updated_at: Option<DateTime<Utc>>,
     pub name: Option<String>,
 }
 
