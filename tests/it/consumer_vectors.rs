@@ -526,9 +526,11 @@ async fn c31_import_mode() {
     let (consumer, _) = vector_consumer(&db, |b| b.import(TOPIC));
     consumer.process_batch(&[event(0, "rental_updated", "Rental", data)]).await.unwrap();
     assert_eq!(row(&mut conn, "rentals", 1).await.unwrap()["name"], "old name");
-    // unknown model: nothing, no error (dead-lettered by our default policy).
+    // unknown model: skipped, no error, still reported (C-8, C-17).
     let outcome = consumer.process_batch(&[event(1, "unknown_created", "Unknown", json!([{"id": 1}]))]).await.unwrap();
-    assert_eq!(outcome.dead_letters.len(), 1);
+    assert!(outcome.dead_letters.is_empty());
+    assert_eq!(outcome.events.len(), 1);
+    assert!(outcome.events[0].local_changes.is_empty());
 }
 
 /// c32: with the processing mutex on, each message takes `Dionysus-<key>` as an advisory lock
