@@ -66,6 +66,8 @@ fn cases() -> Vec<Case> {
         // Its dead letter is over librdkafka's default 1,000,000 bytes.
         bad("two_megabytes_of_text", vec![b'x'; 2 << 20], "malformed_json"),
         bad("over_the_limit", vec![b'y'; (10 << 20) + 1], "oversized"),
+        // Larger than the dead-letter producer takes: sent as prefix, length and digest.
+        bad("far_over_the_limit", vec![b'z'; 12 << 20], "oversized"),
         // PostgreSQL repeats "connection" in its error: still the message's fault.
         bad(
             "connection_in_a_bigint_array",
@@ -259,6 +261,16 @@ async fn hostile_messages_are_dead_lettered_once_and_the_partition_moves_on() {
     assert_eq!(got, expected, "each bad message dead-lettered exactly once, with its reason");
     for (dead, case) in read.iter().filter_map(|r| Some((r, cases.get(usize::try_from(r.offset / 2).ok()?)?))) {
         let original = case.value.as_deref().unwrap_or_default();
+        eprintln!(
+            "{}: {} bytes dead-lettered as {} bytes ({})",
+            case.name,
+            original.len(),
+            dead.value.len(),
+            dead.reason
+        );
+        if case.name == "far_over_the_limit" {
+            assert!(dead.headers.contains_key(DeadLetterHeaders::ORIGINAL_LENGTH), "cut");
+        }
         match dead.headers.get(DeadLetterHeaders::ORIGINAL_LENGTH) {
             None => assert_eq!(dead.value, original, "{} is dead-lettered whole", case.name),
             Some(length) => {
@@ -390,6 +402,38 @@ async fn health_names_a_partition_that_stopped_advancing() {
     task.await.unwrap().unwrap();
 }
 
+/// A dead letter that cannot be sent (a topic name no broker accepts) stalls its partition
+/// loudly: `/health` names the partition and the dead-letter topic, nothing is committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_that_cannot_be_sent_stalls_the_partition_loudly() {
+    let db = replica_db().await;
+    let kafka = kafka_config();
+    let topic = create_topic(&kafka, "hostile_unsendable", 1).await;
+    let producer = big_producer(&kafka);
+    send(&producer, &topic, Some(b"bad"), Some(b"{oops")).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut config = config(&db, &kafka, &"x".repeat(300));
+    config.consumer.retry_attempts = 1;
+    let consumer = builder(config, &db, &topic).serve(address).build().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let (consumer, shutdown) = (consumer.clone(), shutdown.clone());
+        async move { consumer.run(shutdown).await }
+    });
+    let health = dionysus_tests::eventually(Duration::from_secs(60), || async move {
+        let response = http_get(address, "/health").await?;
+        (response.starts_with("HTTP/1.1 503") && response.contains("stalled")).then_some(response)
+    })
+    .await;
+    assert!(health.contains(&format!("partition {topic}/0 stalled")), "{health}");
+    assert!(health.contains("dead-letter topic"), "{health}");
+    let mut conn = db.connection().await;
+    assert_eq!(stored(&mut conn, &topic).await, -1, "nothing committed");
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("stopped within 10 s").unwrap().unwrap();
+}
+
 async fn row_exists(db: &TestDb, id: i64) -> bool {
     let mut conn = db.connection().await;
     row(&mut conn, "rentals", id).await.is_some()
@@ -467,14 +511,15 @@ async fn consume_process_stops_on_sigterm_while_retrying() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("retrying") {
+        // Past the bounded attempts: the partition waits, retrying slowly.
+        if text.contains("partition stalled") {
             break;
         }
         assert!(child.try_wait().unwrap().is_none(), "consume exited early:\n{text}");
         assert!(Instant::now() < deadline, "consume never retried:\n{text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let signalled = Instant::now();
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());

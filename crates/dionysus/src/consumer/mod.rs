@@ -292,7 +292,12 @@ impl ConsumerBuilder {
 
     /// Serves `/metrics` (Prometheus, through [`crate::telemetry::prometheus`]) and `/health`
     /// on this address while the consumer runs. `/health` answers 200 while the consumer
-    /// polled the broker within [`Consumer::HEALTH_SILENCE`], else 503.
+    /// polled the broker within [`Consumer::HEALTH_SILENCE`] and every partition moves; else
+    /// 503 with the reason: no poll, a partition waiting on a batch that keeps failing for a
+    /// reason that is not its messages' or on a dead letter that cannot be sent, or a
+    /// partition that has not committed for
+    /// [`ConsumerConfig::stall_timeout`](crate::config::ConsumerConfig::stall_timeout) while
+    /// messages of it wait.
     pub fn serve(mut self, address: std::net::SocketAddr) -> Self {
         self.serve = Some(address);
         self
