@@ -614,6 +614,30 @@ mod tests {
     }
 
     #[test]
+    fn encryption_keys_are_read_current_first_and_never_echoed() {
+        const VAR: &str = "DIONYSUS_OUTBOX_ENCRYPTION_KEYS";
+        assert!(Config::default().producer.outbox_encryption_keys.is_empty(), "off by default");
+        let config = from(&[(
+            VAR,
+            "new:AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=, old:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+        )])
+        .unwrap();
+        let keys = &config.producer.outbox_encryption_keys;
+        assert_eq!(keys.current().map(|key| key.id.as_str()), Some("new"));
+        assert_eq!(keys.get("old").map(|key| key.secret), Some([1; 32]));
+        assert!(!format!("{keys:?}").contains("AQEB"), "Debug redacts the secrets");
+        let short = from(&[(VAR, "k:c2VjcmV0")]).unwrap_err().to_string();
+        assert_eq!(
+            short,
+            "DIONYSUS_OUTBOX_ENCRYPTION_KEYS=\"key `k` of 6 bytes\" is not valid: expected standard base64 of exactly 32 bytes"
+        );
+        let unpaired = from(&[(VAR, "c2VjcmV0")]).unwrap_err().to_string();
+        assert!(!unpaired.contains("c2VjcmV0"), "{unpaired}");
+        let twice = "a:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=,a:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        assert!(from(&[(VAR, twice)]).is_err());
+    }
+
+    #[test]
     fn defaults_mirror_the_gem() {
         let config = Config::default();
         assert_eq!(config.producer.batch_size, 100);

@@ -259,6 +259,45 @@ async fn observer_overflow_is_deferred() {
     assert!(matches!(plans[0], RowPlan::DeferredObservers));
 }
 
+/// P-12: with encryption keys configured, the changeset of a deferred observer row is stored
+/// sealed (a JSON string without the changed values) with its key id, rows without a
+/// changeset stay as they are, and the changeset opens with that key only.
+#[tokio::test(flavor = "multi_thread")]
+async fn observer_changesets_are_sealed_at_rest() {
+    use dionysus::config::EncryptionKeys;
+    use dionysus::producer::seal::SealError;
+
+    let (_db, mut conn) = database().await;
+    example_resource(&mut conn, 5, Some(2), Some(3)).await;
+    let record = diesel::insert_into(epcr::table)
+        .values((epcr::id.eq(3_i64), epcr::account_id.eq(424_242_i64)))
+        .returning(ExamplePublishableCancelableResource::as_returning())
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    let keys = |text: &str| EncryptionKeys::parse("DIONYSUS_OUTBOX_ENCRYPTION_KEYS", text).unwrap();
+    let sealing = keys("k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
+    let config = ProducerConfig {
+        observers_inline_maximum_size: 0,
+        outbox_encryption_keys: sealing.clone(),
+        ..config().clone()
+    };
+    Outbox::new(registry(), &config).created(&mut conn, &record).await.unwrap();
+    let rows = outbox_rows(&mut conn).await;
+    let deferred = rows.iter().find(|row| row.topic == OBSERVER_TOPIC).unwrap();
+    assert_eq!(deferred.encryption_key_id.as_deref(), Some("k1"));
+    let stored = deferred.changeset.as_str().expect("a sealed changeset is a JSON string");
+    assert!(!stored.contains("424242") && !stored.contains("account_id"), "{stored}");
+    let opened = deferred.changeset(&sealing).unwrap();
+    assert_eq!(opened.get("account_id"), Some((&Value::Null, &json!(424_242))));
+    for row in rows.iter().filter(|row| row.topic != OBSERVER_TOPIC) {
+        assert_eq!((row.changeset.clone(), row.encryption_key_id.clone()), (json!({}), None), "nothing to seal");
+    }
+    let wrong = keys("k1:AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=");
+    assert_eq!(deferred.changeset(&wrong), Err(SealError::Rejected { key_id: "k1".into() }));
+    assert!(matches!(deferred.changeset(&EncryptionKeys::default()), Err(SealError::UnknownKey { .. })));
+}
+
 /// p29: a row on the genesis name of a topic without a genesis replica cannot be published.
 #[tokio::test(flavor = "multi_thread")]
 async fn genesis_only_without_a_replica_is_an_error() {

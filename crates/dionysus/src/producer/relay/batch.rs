@@ -17,7 +17,7 @@ use super::backoff;
 use super::monitor::{Monitor, RelayEvent};
 use crate::config::ProducerConfig;
 use crate::producer::outbox::open_changeset;
-use crate::producer::outbox::{owner_updated_row, related_owners_filter, NewOutboxRow};
+use crate::producer::outbox::{owner_updated_row, related_owners_filter, Changeset, NewOutboxRow};
 use crate::producer::plan::{self, Composed, PlanError, RowPlan, RowRef};
 use crate::producer::sender::{self, Failure, Sender};
 use crate::registry::model::{Condition, IdValue, Record, Relation};
@@ -142,8 +142,15 @@ impl Batch<'_> {
                     metrics::counter!("dionysus_outbox_skipped_total", "reason" => "record_gone").increment(1);
                     Outcome::NothingToSend
                 }
-                RowPlan::DeferredObservers => {
-                    match expand_deferred_observers(conn, self.registry, self.config, row).await {
+                RowPlan::DeferredObservers => match open_changeset(
+                    &self.config.outbox_encryption_keys,
+                    row.encryption_key_id.as_deref(),
+                    &row.changeset,
+                ) {
+                    Err(error) => Outcome::Failed(Failure { class: SEAL_ERROR, message: error.to_string() }),
+                    Ok(changeset) => match expand_deferred_observers(conn, self.registry, self.config, row, &changeset)
+                        .await
+                    {
                         Ok(written) => {
                             tracing::info!(
                                 outbox_id = row.id,
@@ -153,8 +160,8 @@ impl Batch<'_> {
                             Outcome::NothingToSend
                         }
                         Err(error) => Outcome::Failed(Failure { class: "ObserverError", message: error.to_string() }),
-                    }
-                }
+                    },
+                },
                 RowPlan::Fail(error) => {
                     Outcome::Failed(Failure { class: plan_error_class(&error), message: error.to_string() })
                 }
@@ -400,7 +407,9 @@ pub(crate) async fn record_failures(
         classes.push(failure.class.to_owned());
         messages.push(failure.message.clone());
         delays.push(decision.delay.as_secs_f64());
-        parks.push(decision.park);
+        // A row that does not open lacks a key of ours, not a fault of its own: it waits,
+        // retried with backoff, however long the key is missing (never parked).
+        parks.push(decision.park && failure.class != SEAL_ERROR);
     }
     diesel::sql_query(
         "UPDATE dionysus_outbox AS o SET attempts = o.attempts + 1, error_class = f.class, \
@@ -419,6 +428,9 @@ pub(crate) async fn record_failures(
     Ok(())
 }
 
+/// The error class of a row that could not be opened with the configured keys.
+const SEAL_ERROR: &str = "SealError";
+
 fn plan_error_class(error: &PlanError) -> &'static str {
     match error {
         PlanError::UnknownModel(_) => "UnknownModel",
@@ -428,7 +440,7 @@ fn plan_error_class(error: &PlanError) -> &'static str {
         PlanError::Load { .. } => "LoadError",
         PlanError::UnknownTopic(_) => "UnknownTopic",
         PlanError::NoGenesisReplica(_) => "NoGenesisReplica",
-        PlanError::Sealed(_) => "SealError",
+        PlanError::Sealed(_) => SEAL_ERROR,
     }
 }
 
@@ -562,13 +574,12 @@ async fn expand_deferred_observers(
     registry: &Registry,
     config: &ProducerConfig,
     row: &PendingRow,
+    changeset: &Changeset,
 ) -> Result<usize, String> {
     const PAGE: i64 = 1000;
     let Some(model) = registry.model(&row.resource_class) else {
         return Err(format!("no publishable model is named `{}`", row.resource_class));
     };
-    let changeset = open_changeset(&config.outbox_encryption_keys, row.encryption_key_id.as_deref(), &row.changeset)
-        .map_err(|error| error.to_string())?;
     let record: Option<Box<dyn Record>> = model
         .load_by_ids(conn, std::slice::from_ref(&row.resource_id))
         .await
