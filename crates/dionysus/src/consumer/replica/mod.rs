@@ -102,6 +102,18 @@ pub struct NamedRoles {
     pub strategy: bool,
 }
 
+impl NamedRoles {
+    /// No role named: every one follows the configuration.
+    pub const NONE: NamedRoles = NamedRoles {
+        synced_id: false,
+        synced_created_at: false,
+        synced_updated_at: false,
+        soft_delete: false,
+        synced_data: false,
+        strategy: false,
+    };
+}
+
 /// Everything the runtime needs to know about a replica model; built at compile time by
 /// `#[derive(Consume)]` with the default attribute names, and resolved against the
 /// configured names when a consumer is built ([`ReplicaDescriptor::configured`]).
@@ -151,14 +163,7 @@ impl ReplicaDescriptor {
         soft_delete: None,
         strategy: DestroyStrategy::Destroy,
         synced_data: None,
-        named: NamedRoles {
-            synced_id: false,
-            synced_created_at: false,
-            synced_updated_at: false,
-            soft_delete: false,
-            synced_data: false,
-            strategy: false,
-        },
+        named: NamedRoles::NONE,
         declared_by: "",
         location: "",
     };

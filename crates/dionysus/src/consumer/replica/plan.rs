@@ -437,14 +437,7 @@ mod tests {
         soft_delete: Some("synced_canceled_at"),
         strategy: DestroyStrategy::Cancel,
         synced_data: Some("synced_data"),
-        named: crate::consumer::replica::NamedRoles {
-            synced_id: false,
-            synced_created_at: false,
-            synced_updated_at: false,
-            soft_delete: true,
-            synced_data: false,
-            strategy: false,
-        },
+        named: crate::consumer::replica::NamedRoles { soft_delete: true, ..crate::consumer::replica::NamedRoles::NONE },
         declared_by: "tests::Rental",
         location: "plan.rs",
     };
