@@ -227,8 +227,10 @@ async fn tombstones_through_the_outbox_follow_p30() {
 async fn respond_is_announced_per_topic() {
     use tracing_subscriber::layer::SubscriberExt;
 
+    /// The fields of each captured event, in order.
+    type Events = Vec<Vec<(String, String)>>;
     #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<Vec<(String, String)>>>>);
+    struct Capture(Arc<Mutex<Events>>);
     struct Fields<'a>(&'a mut Vec<(String, String)>);
     impl tracing::field::Visit for Fields<'_> {
         fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
