@@ -227,9 +227,11 @@ async fn tombstones_through_the_outbox_follow_p30() {
 async fn respond_is_announced_per_topic() {
     use tracing_subscriber::layer::SubscriberExt;
 
+    /// An event's fields, `(name, value)`.
+    type EventFields = Vec<(String, String)>;
     #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<Vec<(String, String)>>>>);
-    struct Fields<'a>(&'a mut Vec<(String, String)>);
+    struct Capture(Arc<Mutex<Vec<EventFields>>>);
+    struct Fields<'a>(&'a mut EventFields);
     impl tracing::field::Visit for Fields<'_> {
         fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
             self.0.push((field.name().to_owned(), format!("{value:?}")));
@@ -258,9 +260,8 @@ async fn respond_is_announced_per_topic() {
         .await
         .unwrap();
     let events = capture.0.lock().unwrap().clone();
-    let field = |event: &Vec<(String, String)>, name: &str| {
-        event.iter().find(|(field, _)| field == name).map(|(_, value)| value.clone())
-    };
+    let field =
+        |event: &EventFields, name: &str| event.iter().find(|(field, _)| field == name).map(|(_, value)| value.clone());
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(field(&events[0], "topic_name").as_deref(), Some("v102_rentals"));
     assert_eq!(field(&events[1], "topic_name").as_deref(), Some("v102_rentals_genesis"));
