@@ -34,6 +34,9 @@
 //! | `DIONYSUS_CONSUMER_BATCH_SIZE` | [`ConsumerConfig::batch_size`] | integer ≥ 1 | `500` |
 //! | `DIONYSUS_CONSUMER_MAX_MESSAGE_BYTES` | [`ConsumerConfig::max_message_bytes`] | integer ≥ 1 | `10485760` |
 //! | `DIONYSUS_REMOVE_DUPLICATES` | [`ConsumerConfig::remove_duplicates`] | boolean | `true` |
+//! | `DIONYSUS_CONSUMER_RETRY_ATTEMPTS` | [`ConsumerConfig::retry_attempts`] | integer ≥ 1 | `5` |
+//! | `DIONYSUS_CONSUMER_STALL_TIMEOUT_SECONDS` | [`ConsumerConfig::stall_timeout`] | seconds, or a duration | `60` |
+//! | `DIONYSUS_CONSUMER_MAX_FUTURE_SKEW_SECONDS` | [`ConsumerConfig::max_future_skew`] | seconds, or a duration | `1d` |
 //! | `DIONYSUS_KAFKA_<PROPERTY>` | [`KafkaConfig::properties`] | any librdkafka property, `_` for `.` | none |
 //!
 //! A consumer that dies without leaving its group (a crash, kill -9, a lost host) holds its
@@ -232,6 +235,18 @@ pub struct ConsumerConfig {
     /// Whether batches are deduplicated before persisting, as dionysus-rb's
     /// RemoveDuplicatesStrategy does (true).
     pub remove_duplicates: bool,
+    /// Attempts at a batch that fails for a reason that is not its messages' (the database
+    /// or the dead-letter topic unreachable, a deadlock…) before its partition is reported
+    /// unhealthy (5). The partition then waits: the batch is retried every 30 s, nothing is
+    /// dead-lettered and nothing committed until it goes through.
+    pub retry_attempts: u32,
+    /// How long a partition may go without committing while messages of it are waiting
+    /// before `/health` and the liveness file report it (60 s).
+    pub stall_timeout: Duration,
+    /// How far in the future an event's `updated_at` (else `created_at`) may be (1 day);
+    /// beyond it the message is dead-lettered as `timestamp_in_future`, since a stored
+    /// future time would make every genuine later update of its record look stale.
+    pub max_future_skew: Duration,
     /// Replica column holding the source's `id` (`synced_id`).
     pub synced_id_attribute: String,
     /// Replica column holding the source's `created_at` (`synced_created_at`).
@@ -303,6 +318,9 @@ impl Default for ConsumerConfig {
             batch_size: 500,
             max_message_bytes: 10 * 1024 * 1024,
             remove_duplicates: true,
+            retry_attempts: 5,
+            stall_timeout: Duration::from_secs(60),
+            max_future_skew: Duration::from_secs(86_400),
             synced_id_attribute: "synced_id".to_owned(),
             synced_created_at_attribute: "synced_created_at".to_owned(),
             synced_updated_at_attribute: "synced_updated_at".to_owned(),
@@ -459,6 +477,15 @@ impl Config {
         env.count("DIONYSUS_CONSUMER_BATCH_SIZE", &mut consumer.batch_size, 1)?;
         env.count("DIONYSUS_CONSUMER_MAX_MESSAGE_BYTES", &mut consumer.max_message_bytes, 1)?;
         env.boolean("DIONYSUS_REMOVE_DUPLICATES", &mut consumer.remove_duplicates)?;
+        let mut retry_attempts = consumer.retry_attempts as usize;
+        env.count("DIONYSUS_CONSUMER_RETRY_ATTEMPTS", &mut retry_attempts, 1)?;
+        consumer.retry_attempts = u32::try_from(retry_attempts).map_err(|_| ConfigError::Invalid {
+            var: "DIONYSUS_CONSUMER_RETRY_ATTEMPTS".to_owned(),
+            value: retry_attempts.to_string(),
+            expected: format!("an integer between 1 and {}", u32::MAX),
+        })?;
+        env.duration("DIONYSUS_CONSUMER_STALL_TIMEOUT_SECONDS", Unit::Seconds, &mut consumer.stall_timeout)?;
+        env.duration("DIONYSUS_CONSUMER_MAX_FUTURE_SKEW_SECONDS", Unit::Seconds, &mut consumer.max_future_skew)?;
         Ok(())
     }
 }
