@@ -251,11 +251,11 @@ fn respond_is_announced_per_topic() {
 async fn respond_announcements() {
     use tracing_subscriber::layer::SubscriberExt;
 
-    /// The fields of each captured event, in order.
-    type Events = Vec<Vec<(String, String)>>;
+    /// An event's fields, `(name, value)`.
+    type EventFields = Vec<(String, String)>;
     #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Events>>);
-    struct Fields<'a>(&'a mut Vec<(String, String)>);
+    struct Capture(Arc<Mutex<Vec<EventFields>>>);
+    struct Fields<'a>(&'a mut EventFields);
     impl tracing::field::Visit for Fields<'_> {
         fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
             self.0.push((field.name().to_owned(), format!("{value:?}")));
@@ -279,14 +279,16 @@ async fn respond_announcements() {
     let (_db, mut conn) = database().await;
     let records = [resource(&mut conn, 1, 7).await];
     let outbox = Outbox::new(registry(), config());
+    // A test running beside this one may register the event's callsite while this thread's
+    // subscriber is being installed; recompute which subscribers want it before the call.
+    tracing::callsite::rebuild_interest_cache();
     outbox
         .respond(&mut conn, "v102_rentals", Respond::new().entry("example_resource_updated", &records))
         .await
         .unwrap();
     let events = capture.0.lock().unwrap().clone();
-    let field = |event: &Vec<(String, String)>, name: &str| {
-        event.iter().find(|(field, _)| field == name).map(|(_, value)| value.clone())
-    };
+    let field =
+        |event: &EventFields, name: &str| event.iter().find(|(field, _)| field == name).map(|(_, value)| value.clone());
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(field(&events[0], "topic_name").as_deref(), Some("v102_rentals"));
     assert_eq!(field(&events[1], "topic_name").as_deref(), Some("v102_rentals_genesis"));
