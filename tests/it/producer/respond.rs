@@ -279,9 +279,6 @@ async fn respond_announcements() {
     let (_db, mut conn) = database().await;
     let records = [resource(&mut conn, 1, 7).await];
     let outbox = Outbox::new(registry(), config());
-    // A test running beside this one may register the event's callsite while this thread's
-    // subscriber is being installed; recompute which subscribers want it before the call.
-    tracing::callsite::rebuild_interest_cache();
     outbox
         .respond(&mut conn, "v102_rentals", Respond::new().entry("example_resource_updated", &records))
         .await
