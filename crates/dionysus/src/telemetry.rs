@@ -3,8 +3,10 @@
 //!
 //! Metric names: `dionysus_outbox_*` and `dionysus_relay_*` come from the relay,
 //! `dionysus_consumer_*` from the consumer (`dionysus_consumer_messages_total`,
-//! `dionysus_consumer_dead_letters_total`, `dionysus_consumer_batch_seconds`, and
-//! `dionysus_consumer_lag` per topic and partition from librdkafka's statistics).
+//! `dionysus_consumer_dead_letters_total`, `dionysus_consumer_batch_seconds`,
+//! `dionysus_consumer_dead_letter_failures_total`, `dionysus_consumer_partition_stalled` (1
+//! while a partition waits on a fault), and `dionysus_consumer_lag` per topic and partition
+//! from librdkafka's statistics).
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

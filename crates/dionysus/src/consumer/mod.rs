@@ -482,7 +482,10 @@ impl Consumer {
     /// Applies a batch of one partition's messages (ascending offsets) in one transaction,
     /// storing the partition's next offset with it, and then notifies subscribers and
     /// handlers. Dead letters are returned, not sent. This is what the Kafka loop does per
-    /// batch; it is public for embedding and tests.
+    /// batch; it is public for embedding and tests. A batch failing for a reason that is not
+    /// its messages' is tried
+    /// [`ConsumerConfig::retry_attempts`](crate::config::ConsumerConfig::retry_attempts) times,
+    /// then the error is returned (the Kafka loop then lets the partition wait).
     pub async fn process_batch(&self, messages: &[InboundMessage]) -> Result<BatchOutcome, ConsumerError> {
         let never = CancellationToken::new();
         let outcome = self.apply_with_retry(messages, &mut |_| Box::pin(async { Ok(()) }), &never).await?;
