@@ -115,7 +115,7 @@ pub enum ConsumerError {
     NoTopics,
     /// A replica model cannot work with the configured attribute names (C-11).
     #[error(transparent)]
-    Replica(#[from] replica::ReplicaError),
+    Replica(#[from] replica::names::ReplicaError),
     /// The consumer was asked to stop while a batch waited to be retried.
     #[error("stopping: the batch was left to be read again from the stored offset")]
     Stopped,

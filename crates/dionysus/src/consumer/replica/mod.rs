@@ -8,7 +8,7 @@
 
 mod column_type;
 pub mod deserialize;
-mod names;
+pub mod names;
 pub mod plan;
 pub mod sql;
 
@@ -20,7 +20,6 @@ use std::sync::OnceLock;
 pub use column_type::payload_column;
 pub use column_type::{ColumnKind, ColumnType, PayloadColumn};
 pub use deserialize::{deserialize, deserialize_one, Record};
-pub use names::ReplicaError;
 pub use plan::{ChangeSet, RowPlan};
 
 /// One column of a replica table.
