@@ -14,8 +14,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-/// Whether a loop is healthy, asked by the endpoint and the liveness file.
-pub(crate) type Health = Arc<dyn Fn() -> bool + Send + Sync>;
+/// Whether a loop is healthy, asked by the endpoint and the liveness file: `Err` carries the
+/// reason, printed in the endpoint's 503 body and logged when the liveness file is removed.
+pub(crate) type Health = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// The Prometheus recorder, installed on first call. `None` when the application installed
 /// another `metrics` recorder first (its own exporter then sees dionysus' metrics).
@@ -32,16 +33,25 @@ pub fn prometheus() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// Keeps a liveness file: touched while `healthy()`, removed when not and on shutdown.
-/// Checked every `every`.
+/// Keeps a liveness file: touched while `healthy()`, removed (with the reason logged once per
+/// change of reason) when not, and on shutdown. Checked every `every`.
 pub(crate) async fn health_file(path: PathBuf, healthy: Health, every: Duration, shutdown: CancellationToken) {
+    let mut reported: Option<String> = None;
     loop {
-        if healthy() {
-            if let Err(error) = tokio::fs::write(&path, chrono::Utc::now().to_rfc3339()).await {
-                tracing::warn!("cannot write the health file {}: {error}", path.display());
+        match healthy() {
+            Ok(()) => {
+                reported = None;
+                if let Err(error) = tokio::fs::write(&path, chrono::Utc::now().to_rfc3339()).await {
+                    tracing::warn!("cannot write the health file {}: {error}", path.display());
+                }
             }
-        } else {
-            let _ = tokio::fs::remove_file(&path).await;
+            Err(reason) => {
+                if reported.as_deref() != Some(reason.as_str()) {
+                    tracing::error!("unhealthy, removing the health file {}: {reason}", path.display());
+                    reported = Some(reason);
+                }
+                let _ = tokio::fs::remove_file(&path).await;
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -52,12 +62,11 @@ pub(crate) async fn health_file(path: PathBuf, healthy: Health, every: Duration,
 }
 
 /// Serves `GET /metrics` (Prometheus text, when a recorder handle is given) and `GET /health`
-/// (200 while `healthy()`, else 503 with `unhealthy` as the body) on a bound listener.
+/// (200 while `healthy()`, else 503 with the reason as the body) on a bound listener.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Option<PrometheusHandle>,
     healthy: Health,
-    unhealthy: &'static str,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     if let Ok(address) = listener.local_addr() {
@@ -77,8 +86,10 @@ pub(crate) async fn serve(
             let line = String::from_utf8_lossy(&request[..read]);
             let path = line.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
-                "/health" | "/healthz" if healthy() => ("200 OK", "ok\n".to_owned()),
-                "/health" | "/healthz" => ("503 Service Unavailable", format!("{unhealthy}\n")),
+                "/health" | "/healthz" => match healthy() {
+                    Ok(()) => ("200 OK", "ok\n".to_owned()),
+                    Err(reason) => ("503 Service Unavailable", format!("{reason}\n")),
+                },
                 "/metrics" => match &metrics {
                     Some(handle) => ("200 OK", handle.render()),
                     None => ("404 Not Found", "metrics are not enabled\n".to_owned()),

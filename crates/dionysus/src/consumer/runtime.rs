@@ -377,14 +377,19 @@ impl Consumer {
         let telemetry = shutdown.child_token();
         let _stop_telemetry = telemetry.clone().drop_guard();
         let health = inner.health.clone();
-        let healthy: crate::telemetry::Health = Arc::new(move || health.is_alive(Consumer::HEALTH_SILENCE));
+        let healthy: crate::telemetry::Health = Arc::new(move || {
+            if health.is_alive(Consumer::HEALTH_SILENCE) {
+                Ok(())
+            } else {
+                Err("[Dionysus Consumer] healthcheck failed: no broker poll for 30 s".to_owned())
+            }
+        });
         if let Some(address) = inner.serve {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .map_err(|source| ConsumerError::Serve { address, source })?;
             let metrics = crate::telemetry::prometheus();
-            let unhealthy = "[Dionysus Consumer] healthcheck failed: no broker poll for 30 s";
-            tokio::spawn(crate::telemetry::serve(listener, metrics, healthy.clone(), unhealthy, telemetry.clone()));
+            tokio::spawn(crate::telemetry::serve(listener, metrics, healthy.clone(), telemetry.clone()));
         }
         if let Some(path) = inner.health_file.clone() {
             tokio::spawn(crate::telemetry::health_file(path, healthy, Duration::from_secs(1), telemetry.clone()));

@@ -380,14 +380,19 @@ impl Relay {
             helpers.spawn(async move { relay.listen(token).await });
         }
         let monitor = self.inner.monitor.clone();
-        let healthy: crate::telemetry::Health = Arc::new(move || monitor.healthy(stall));
+        let healthy: crate::telemetry::Health = Arc::new(move || {
+            if monitor.healthy(stall) {
+                Ok(())
+            } else {
+                Err(format!("[Dionysus Producer Outbox healthcheck failed] no relay loop completed for {stall:?}"))
+            }
+        });
         if let Some(path) = self.inner.health_file.clone() {
             let every = (stall / 4).max(Duration::from_millis(100));
             helpers.spawn(crate::telemetry::health_file(path, healthy.clone(), every, background.clone()));
         }
         if let Some(address) = self.inner.serve {
             let handle = crate::telemetry::prometheus();
-            let unhealthy = "[Dionysus Producer Outbox healthcheck failed]";
             let listener = match tokio::net::TcpListener::bind(address).await {
                 Ok(listener) => listener,
                 Err(source) => {
@@ -396,8 +401,7 @@ impl Relay {
                     return Err(RelayError::Serve { address, source });
                 }
             };
-            let served =
-                tokio::spawn(crate::telemetry::serve(listener, handle, healthy, unhealthy, background.clone()));
+            let served = tokio::spawn(crate::telemetry::serve(listener, handle, healthy, background.clone()));
             tokio::select! {
                 result = served => {
                     if let Ok(Err(source)) = result {
