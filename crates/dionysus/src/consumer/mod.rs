@@ -619,8 +619,9 @@ fn backoff(attempt: u32) -> Duration {
 pub async fn check_offsets_table(database_url: &str) -> Result<(), ConsumerError> {
     let mut conn = AsyncPgConnection::establish(database_url).await.map_err(|error| {
         ConsumerError::Pool(DbError::Checkout(format!(
-            "cannot connect to {}: {error}",
-            crate::config::mask_password(database_url)
+            "cannot connect to {}: {}",
+            crate::config::redact(database_url),
+            crate::db::redact_connection_error(error)
         )))
     })?;
     conn.batch_execute("SELECT 1 FROM dionysus_consumer_offsets LIMIT 0").await.map_err(|source| {
