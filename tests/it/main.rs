@@ -5,6 +5,7 @@
 
 mod cli;
 mod config_env;
+mod consumer_bounds;
 mod consumer_kafka;
 mod consumer_models;
 mod consumer_vectors;

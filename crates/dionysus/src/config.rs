@@ -32,6 +32,7 @@
 //! | `DIONYSUS_DEAD_LETTER_TOPIC` | [`ConsumerConfig::dead_letter_topic`] | topic name | `dionysus_dead_letters` |
 //! | `DIONYSUS_CONSUMER_BATCH_SIZE` | [`ConsumerConfig::batch_size`] | integer ≥ 1 | `500` |
 //! | `DIONYSUS_CONSUMER_MAX_MESSAGE_BYTES` | [`ConsumerConfig::max_message_bytes`] | integer ≥ 1 | `10485760` |
+//! | `DIONYSUS_CONSUMER_MAX_RECORDS_PER_MESSAGE` | [`ConsumerConfig::max_records_per_message`] | integer ≥ 1 | `100000` |
 //! | `DIONYSUS_REMOVE_DUPLICATES` | [`ConsumerConfig::remove_duplicates`] | boolean | `true` |
 //! | `DIONYSUS_KAFKA_<PROPERTY>` | [`KafkaConfig::properties`] | any librdkafka property, `_` for `.` | none |
 //!
@@ -158,6 +159,10 @@ pub struct ConsumerConfig {
     pub batch_size: usize,
     /// Larger payloads go to the dead-letter topic unprocessed (10 MiB).
     pub max_message_bytes: usize,
+    /// Records in one message at most, sideloaded ones included (100,000); a message with
+    /// more goes to the dead-letter topic as `too_many_records`, before any of its records
+    /// is checked or written. Bounds the work and memory one message can cost.
+    pub max_records_per_message: usize,
     /// Whether batches are deduplicated before persisting, as dionysus-rb's
     /// RemoveDuplicatesStrategy does (true).
     pub remove_duplicates: bool,
@@ -230,6 +235,7 @@ impl Default for ConsumerConfig {
             dead_letter_topic: "dionysus_dead_letters".to_owned(),
             batch_size: 500,
             max_message_bytes: 10 * 1024 * 1024,
+            max_records_per_message: 100_000,
             remove_duplicates: true,
             synced_id_attribute: "synced_id".to_owned(),
             synced_created_at_attribute: "synced_created_at".to_owned(),
@@ -383,6 +389,7 @@ impl Config {
         env.string("DIONYSUS_DEAD_LETTER_TOPIC", &mut consumer.dead_letter_topic)?;
         env.count("DIONYSUS_CONSUMER_BATCH_SIZE", &mut consumer.batch_size, 1)?;
         env.count("DIONYSUS_CONSUMER_MAX_MESSAGE_BYTES", &mut consumer.max_message_bytes, 1)?;
+        env.count("DIONYSUS_CONSUMER_MAX_RECORDS_PER_MESSAGE", &mut consumer.max_records_per_message, 1)?;
         env.boolean("DIONYSUS_REMOVE_DUPLICATES", &mut consumer.remove_duplicates)?;
         Ok(())
     }

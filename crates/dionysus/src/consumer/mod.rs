@@ -312,6 +312,7 @@ impl ConsumerBuilder {
             filters: self.filters,
             remove_duplicates: self.config.consumer.remove_duplicates,
             max_message_bytes: self.config.consumer.max_message_bytes,
+            max_records: self.config.consumer.max_records_per_message,
             unknown_model: self.unknown_model,
             processing_mutex: self.processing_mutex,
             column_types: sql::ColumnTypes::default(),

@@ -114,11 +114,13 @@ fn set_from_excluded<'a>(
         .collect()
 }
 
-/// Updates existing rows to the given complete rows (every column of the model), guarded.
+/// Updates existing rows to the given complete rows (every column of the model), under the
+/// timestamp guard unless `guarded` is false (the caller decided it on the locked row).
 pub async fn update_rows(
     conn: &mut AsyncPgConnection,
     replica: &ReplicaDescriptor,
     rows: Vec<Map<String, Value>>,
+    guarded: bool,
 ) -> Result<usize, diesel::result::Error> {
     if rows.is_empty() {
         return Ok(0);
@@ -134,11 +136,11 @@ pub async fn update_rows(
     if assignments.is_empty() {
         return Ok(0);
     }
+    let guard = if guarded { guard_row(replica, "s") } else { "TRUE".to_owned() };
     let sql = format!(
         "UPDATE {table} AS t SET {} FROM jsonb_populate_recordset(NULL::{table}, $1) AS s \
-         WHERE t.{id} = s.{id} AND {}",
+         WHERE t.{id} = s.{id} AND {guard}",
         assignments.join(", "),
-        guard_row(replica, "s")
     );
     let rows: Vec<Value> = rows.into_iter().map(Value::Object).collect();
     diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(rows)).execute(conn).await
@@ -155,12 +157,16 @@ pub async fn insert_rows(
 ) -> Result<usize, diesel::result::Error> {
     // One statement per distinct column set, in first-appearance order.
     let mut groups: Vec<(Vec<String>, Vec<Value>)> = Vec::new();
+    let mut slots: HashMap<Vec<String>, usize> = HashMap::new();
     for row in rows {
         let mut columns: Vec<String> = row.keys().cloned().collect();
         columns.sort();
-        match groups.iter_mut().find(|(group, _)| *group == columns) {
-            Some((_, members)) => members.push(Value::Object(row)),
-            None => groups.push((columns, vec![Value::Object(row)])),
+        match slots.get(&columns) {
+            Some(&slot) => groups[slot].1.push(Value::Object(row)),
+            None => {
+                slots.insert(columns.clone(), groups.len());
+                groups.push((columns, vec![Value::Object(row)]));
+            }
         }
     }
     let table = quote_ident(replica.table);
@@ -355,15 +361,25 @@ pub async fn upsert_rows(
     }
     // Rows grouped by (written columns in table order, kept column).
     let mut groups: Vec<UpsertGroup> = Vec::new();
+    // Shape (column positions, kept column) → its group.
+    let mut slots: HashMap<(Vec<usize>, Option<&'static str>), usize> = HashMap::new();
     for UpsertRow { values, keep } in rows {
-        let mut cells: Vec<(&'static Column, Value)> =
-            values.into_iter().filter_map(|(name, value)| replica.column(name).map(|column| (column, value))).collect();
-        cells.sort_by_key(|(column, _)| column_position(replica, column));
-        let (columns, values): (Vec<&'static Column>, Vec<Value>) = cells.into_iter().unzip();
-        let shape = (columns, keep);
-        match groups.iter_mut().find(|(group, _)| *group == shape) {
-            Some((_, members)) => members.push(values),
-            None => groups.push((shape, vec![values])),
+        let mut cells: Vec<(usize, &'static Column, Value)> = values
+            .into_iter()
+            .filter_map(|(name, value)| {
+                replica.column(name).map(|column| (column_position(replica, column), column, value))
+            })
+            .collect();
+        cells.sort_by_key(|(position, _, _)| *position);
+        let positions: Vec<usize> = cells.iter().map(|(position, _, _)| *position).collect();
+        let (columns, values): (Vec<&'static Column>, Vec<Value>) =
+            cells.into_iter().map(|(_, column, value)| (column, value)).unzip();
+        match slots.get(&(positions.clone(), keep)) {
+            Some(&slot) => groups[slot].1.push(values),
+            None => {
+                slots.insert((positions, keep), groups.len());
+                groups.push(((columns, keep), vec![values]));
+            }
         }
     }
     let column_types = types.of(conn, replica.table).await?;
