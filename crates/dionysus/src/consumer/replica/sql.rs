@@ -563,14 +563,20 @@ pub async fn resolve_to_many(
             Value::Object(object)
         })
         .collect();
+    // Parents and (parent, child) pairs as rows, joined on equality (hash joins): linear in
+    // the links and the table, however many parents the batch links.
+    let pairs = "c AS MATERIALIZED (SELECT l->'parent' AS parent, i AS child \
+                 FROM jsonb_array_elements($1) AS l, jsonb_array_elements(l->'ids') AS i)";
     let detach = format!(
-        "UPDATE {table} AS t SET {fk} = NULL FROM jsonb_array_elements($1) AS p(link) \
-         WHERE to_jsonb(t.{fk}) = p.link->'parent' AND NOT (p.link->'ids' @> jsonb_build_array(to_jsonb(t.{id})))"
+        "WITH p AS MATERIALIZED (SELECT l->'parent' AS parent FROM jsonb_array_elements($1) AS l), {pairs} \
+         UPDATE {table} AS t SET {fk} = NULL FROM p \
+         WHERE to_jsonb(t.{fk}) = p.parent \
+         AND NOT EXISTS (SELECT 1 FROM c WHERE c.parent = p.parent AND c.child = to_jsonb(t.{id}))"
     );
     let attach = format!(
-        "UPDATE {table} AS t SET {fk} = (jsonb_populate_record(NULL::{table}, jsonb_build_object('{key}', p.link->'parent'))).{fk} \
-         FROM jsonb_array_elements($1) AS p(link) \
-         WHERE p.link->'ids' @> jsonb_build_array(to_jsonb(t.{id})) AND to_jsonb(t.{fk}) IS DISTINCT FROM p.link->'parent'",
+        "WITH {pairs} \
+         UPDATE {table} AS t SET {fk} = (jsonb_populate_record(NULL::{table}, jsonb_build_object('{key}', c.parent))).{fk} \
+         FROM c WHERE to_jsonb(t.{id}) = c.child AND to_jsonb(t.{fk}) IS DISTINCT FROM c.parent",
         key = foreign_key.replace('\'', "''"),
     );
     let payload = Value::Array(payload);
