@@ -6,8 +6,10 @@
 //!
 //! Metric names: `dionysus_outbox_*` and `dionysus_relay_*` come from the relay,
 //! `dionysus_consumer_*` from the consumer (`dionysus_consumer_messages_total`,
-//! `dionysus_consumer_dead_letters_total`, `dionysus_consumer_batch_seconds`, and
-//! `dionysus_consumer_lag` per topic and partition from librdkafka's statistics).
+//! `dionysus_consumer_dead_letters_total`, `dionysus_consumer_batch_seconds`,
+//! `dionysus_consumer_dead_letter_failures_total`, `dionysus_consumer_partition_stalled` (1
+//! while a partition waits on a fault), and `dionysus_consumer_lag` per topic and partition
+//! from librdkafka's statistics).
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -92,7 +94,7 @@ impl Default for ServeLimits {
 }
 
 /// Serves `GET`/`HEAD` `/metrics` (Prometheus text, when a recorder handle is given) and
-/// `/health` (200 while `healthy()`, else 503 with the reason as the body) on a bound
+/// `/health` (200 while `healthy()`, else 503 with `unhealthy` and the reason as the body) on a bound
 /// listener, over HTTP/1.1, until `shutdown`; other methods get 405, other paths 404.
 ///
 /// Hostile clients cannot stop it: a failed `accept()` is logged and retried after a pause,
@@ -102,9 +104,10 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Option<PrometheusHandle>,
     healthy: Health,
+    unhealthy: &'static str,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    serve_with(listener, metrics, healthy, ServeLimits::default(), shutdown).await;
+    serve_with(listener, metrics, healthy, unhealthy, ServeLimits::default(), shutdown).await;
     Ok(())
 }
 
@@ -113,13 +116,14 @@ pub(crate) async fn serve_with(
     listener: tokio::net::TcpListener,
     metrics: Option<PrometheusHandle>,
     healthy: Health,
+    unhealthy: &'static str,
     limits: ServeLimits,
     shutdown: CancellationToken,
 ) {
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "serving /metrics and /health");
     }
-    let router = router(metrics, healthy);
+    let router = router(metrics, healthy, unhealthy);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections.max(1)));
     let mut accept_failures = 0u64;
     loop {
@@ -168,7 +172,7 @@ pub(crate) async fn serve_with(
     }
 }
 
-fn router(metrics: Option<PrometheusHandle>, healthy: Health) -> axum::Router {
+fn router(metrics: Option<PrometheusHandle>, healthy: Health, unhealthy: &'static str) -> axum::Router {
     use axum::http::{header, Method, StatusCode};
     use axum::routing::get;
     type Reply = (StatusCode, [(header::HeaderName, &'static str); 1], String);
@@ -180,7 +184,7 @@ fn router(metrics: Option<PrometheusHandle>, healthy: Health) -> axum::Router {
         async move {
             match healthy() {
                 Ok(()) => reply(StatusCode::OK, "ok\n".to_owned()),
-                Err(reason) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+                Err(reason) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{unhealthy}: {reason}\n")),
             }
         }
     };
@@ -219,7 +223,8 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve_with(listener, None, healthy, ServeLimits::default(), shutdown.clone()));
+        let server =
+            tokio::spawn(serve_with(listener, None, healthy, "[unhealthy]", ServeLimits::default(), shutdown.clone()));
         (address, server, shutdown)
     }
 
@@ -275,7 +280,7 @@ mod tests {
         let (address, _server, shutdown) = start(Arc::new(|| Err("partition t/3 stalled for 61 s".to_owned()))).await;
         let response = exchange(address, &[b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"]).await.unwrap();
         assert_eq!(status(&response), "503", "{response}");
-        assert!(response.ends_with("partition t/3 stalled for 61 s\n"), "{response}");
+        assert!(response.ends_with("[unhealthy]: partition t/3 stalled for 61 s\n"), "{response}");
         shutdown.cancel();
     }
 

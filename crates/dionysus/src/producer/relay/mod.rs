@@ -384,7 +384,7 @@ impl Relay {
             if monitor.healthy(stall) {
                 Ok(())
             } else {
-                Err(format!("[Dionysus Producer Outbox healthcheck failed] no relay loop completed for {stall:?}"))
+                Err(format!("no relay loop finished within {} ms", stall.as_millis()))
             }
         });
         if let Some(path) = self.inner.health_file.clone() {
@@ -393,6 +393,7 @@ impl Relay {
         }
         if let Some(address) = self.inner.serve {
             let handle = crate::telemetry::prometheus();
+            let unhealthy = "[Dionysus Producer Outbox healthcheck failed]";
             let listener = match tokio::net::TcpListener::bind(address).await {
                 Ok(listener) => listener,
                 Err(source) => {
@@ -401,7 +402,8 @@ impl Relay {
                     return Err(RelayError::Serve { address, source });
                 }
             };
-            let served = tokio::spawn(crate::telemetry::serve(listener, handle, healthy, background.clone()));
+            let served =
+                tokio::spawn(crate::telemetry::serve(listener, handle, healthy, unhealthy, background.clone()));
             tokio::select! {
                 result = served => {
                     if let Ok(Err(source)) = result {
