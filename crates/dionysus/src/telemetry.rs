@@ -1,8 +1,8 @@
 //! The process's Prometheus recorder for the `metrics` crate, shared by everything that
 //! serves `/metrics` (the relay) and by applications that render it themselves.
 //!
-//! It also owns the `/metrics` + `/health` endpoint ([`serve`]) and the liveness file
-//! ([`health_file`]); what "healthy" means is the caller's (relay, consumer).
+//! It also owns the `/metrics` + `/health` endpoint and the liveness file of the relay and
+//! the consumer; what "healthy" means is the caller's.
 //!
 //! Metric names: `dionysus_outbox_*` and `dionysus_relay_*` come from the relay,
 //! `dionysus_consumer_*` from the consumer (`dionysus_consumer_messages_total`,
