@@ -54,6 +54,49 @@ async fn migrate_applies_and_names_a_bad_url() {
     );
 }
 
+/// No form of a password in `--database-url` or a Kafka property reaches the output of
+/// `migrate`, `check` or `consume`.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_check_and_consume_never_print_a_password() {
+    let urls = [
+        "postgres://postgres:hunter2@127.0.0.1:1/none",
+        "postgres://postgres@127.0.0.1:1/none?password=hunter2&sslmode=disable",
+        "host=127.0.0.1 port=1 user=postgres password=hunter2 dbname=none",
+        "host=127.0.0.1 port=1 user=postgres password='hunter2 with spaces' dbname=none",
+        "host=127.0.0.1 port=1 user=postgres sslpassword=hunter2 dbname=none",
+    ];
+    for url in urls {
+        for command in [&["migrate"][..], &["check", "--offline"][..]] {
+            let mut args = vec!["--database-url", url];
+            args.extend_from_slice(command);
+            let (code, out, err) = cli(&args, empty()).await;
+            assert_eq!(code, ExitCode::FAILURE, "{command:?} with {url}: {out}{err}");
+            assert!(!out.contains("hunter2") && !err.contains("hunter2"), "{command:?} with {url}: {out}{err}");
+            assert!(err.contains("127.0.0.1"), "the message still says where: {err}");
+        }
+    }
+    let db = TestDb::migrated().await;
+    let kafka = kafka_config();
+    let brokers = kafka.bootstrap_servers();
+    // A misspelt property is rejected by librdkafka, which repeats its value.
+    for property in ["sasl.pasword=hunter2", "sasl.oauthbearer.client.secrte=hunter2"] {
+        let args = [
+            "--database-url",
+            &db.url,
+            "--brokers",
+            &brokers,
+            "--kafka-property",
+            property,
+            "consume",
+            "--topic",
+            "cli_secret_never_consumed",
+        ];
+        let (code, out, err) = cli_until(&args, empty(), CancellationToken::new()).await;
+        assert_eq!(code, ExitCode::FAILURE, "{property}: {out}{err}");
+        assert!(!out.contains("hunter2") && !err.contains("hunter2"), "{property}: {out}{err}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn copy_migrations_writes_files() {
     let dir = std::env::temp_dir().join(unique_name("cli-migrations"));

@@ -48,6 +48,30 @@ fn with_raw_id(id: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+fn valid(name: &'static str, value: Vec<u8>, writes: i64) -> Case {
+    Case { name, key: Some(name.as_bytes().to_vec()), value: Some(value), dead_letter: None, writes: Some(writes) }
+}
+
+/// One `rental_updated` event with these records.
+fn rentals(records: impl Iterator<Item = Value>) -> Vec<u8> {
+    let data: Vec<Value> = records.collect();
+    json!({"message": [{"event": "rental_updated", "model_name": "Rental", "data": data}]}).to_string().into_bytes()
+}
+
+/// Rental `id` with `count` to-one links, each with its sideloaded booking.
+fn link_names(id: i64, count: usize) -> Vec<u8> {
+    let mut record = serde_json::Map::new();
+    let mut links = serde_json::Map::new();
+    record.insert("id".to_owned(), json!(id));
+    record.insert("updated_at".to_owned(), json!(t(1)));
+    for n in 0..count {
+        links.insert(format!("l{n}"), json!({"id": 50_000 + n, "type": "Booking"}));
+        record.insert(format!("l{n}"), json!({"id": 50_000 + n, "start_at": n}));
+    }
+    record.insert("links".to_owned(), Value::Object(links));
+    rentals(std::iter::once(Value::Object(record)))
+}
+
 fn bad(name: &'static str, value: Vec<u8>, reason: &'static str) -> Case {
     Case { name, key: Some(name.as_bytes().to_vec()), value: Some(value), dead_letter: Some(reason), writes: None }
 }
@@ -99,6 +123,15 @@ fn cases() -> Vec<Case> {
                 .into_bytes(),
             "unknown_model",
         ),
+        // Bounded work: 100,000 copies of one id (folded in one pass), 50,000 link names each
+        // with its sideloaded record (indexed once), one record over the record cap.
+        valid(
+            "copies_of_one_id",
+            rentals((0..100_000).map(|n| json!({"id": 9, "name": format!("copy {n}"), "updated_at": t(1)}))),
+            9,
+        ),
+        valid("many_link_names", link_names(10, 50_000), 10),
+        bad("too_many_records", rentals((0..100_001).map(|n| json!({"id": 100_000 + n}))), "too_many_records"),
         // With the processing mutex on, a key with NUL names a lock by its digest.
         Case {
             name: "nul_in_the_key",

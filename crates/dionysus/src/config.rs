@@ -33,6 +33,7 @@
 //! | `DIONYSUS_DEAD_LETTER_TOPIC` | [`ConsumerConfig::dead_letter_topic`] | topic name | `dionysus_dead_letters` |
 //! | `DIONYSUS_CONSUMER_BATCH_SIZE` | [`ConsumerConfig::batch_size`] | integer ≥ 1 | `500` |
 //! | `DIONYSUS_CONSUMER_MAX_MESSAGE_BYTES` | [`ConsumerConfig::max_message_bytes`] | integer ≥ 1 | `10485760` |
+//! | `DIONYSUS_CONSUMER_MAX_RECORDS_PER_MESSAGE` | [`ConsumerConfig::max_records_per_message`] | integer ≥ 1 | `100000` |
 //! | `DIONYSUS_REMOVE_DUPLICATES` | [`ConsumerConfig::remove_duplicates`] | boolean | `true` |
 //! | `DIONYSUS_CONSUMER_RETRY_ATTEMPTS` | [`ConsumerConfig::retry_attempts`] | integer ≥ 1 | `5` |
 //! | `DIONYSUS_CONSUMER_STALL_TIMEOUT_SECONDS` | [`ConsumerConfig::stall_timeout`] | seconds, or a duration | `60` |
@@ -63,10 +64,13 @@
 //! connections.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Everything dionysus can be configured with.
-#[derive(Debug, Clone, PartialEq)]
+use regex::Regex;
+
+/// Everything dionysus can be configured with. Its `Debug` hides secrets ([`redact`]).
+#[derive(Clone, PartialEq)]
 pub struct Config {
     /// PostgreSQL URL of the application database (outbox, offsets, replicas).
     pub database_url: String,
@@ -78,8 +82,9 @@ pub struct Config {
     pub consumer: ConsumerConfig,
 }
 
-/// Kafka connection settings.
-#[derive(Debug, Clone, PartialEq)]
+/// Kafka connection settings. Its `Debug` hides the values of secret properties
+/// ([`is_secret_name`]).
+#[derive(Clone, PartialEq)]
 pub struct KafkaConfig {
     /// Seed brokers, `host:port` each (dionysus-rb's `DIONYSUS_SEED_BROKER`).
     pub brokers: Vec<String>,
@@ -237,6 +242,10 @@ pub struct ConsumerConfig {
     pub batch_size: usize,
     /// Larger payloads go to the dead-letter topic unprocessed (10 MiB).
     pub max_message_bytes: usize,
+    /// Records in one message at most, sideloaded ones included (100,000); a message with
+    /// more goes to the dead-letter topic as `too_many_records`, before any of its records
+    /// is checked or written. Bounds the work and memory one message can cost.
+    pub max_records_per_message: usize,
     /// Whether batches are deduplicated before persisting, as dionysus-rb's
     /// RemoveDuplicatesStrategy does (true).
     pub remove_duplicates: bool,
@@ -328,6 +337,7 @@ impl Default for ConsumerConfig {
             dead_letter_topic: "dionysus_dead_letters".to_owned(),
             batch_size: 500,
             max_message_bytes: 10 * 1024 * 1024,
+            max_records_per_message: 100_000,
             remove_duplicates: true,
             retry_attempts: 5,
             stall_timeout: Duration::from_secs(60),
@@ -361,7 +371,7 @@ impl KafkaConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// A variable is set to a value of the wrong form.
-    #[error("{var}={value:?} is not valid: expected {expected}")]
+    #[error("{var}={shown:?} is not valid: expected {expected}", shown = redact(.value))]
     Invalid {
         /// The environment variable.
         var: String,
@@ -487,6 +497,7 @@ impl Config {
         env.string("DIONYSUS_DEAD_LETTER_TOPIC", &mut consumer.dead_letter_topic)?;
         env.count("DIONYSUS_CONSUMER_BATCH_SIZE", &mut consumer.batch_size, 1)?;
         env.count("DIONYSUS_CONSUMER_MAX_MESSAGE_BYTES", &mut consumer.max_message_bytes, 1)?;
+        env.count("DIONYSUS_CONSUMER_MAX_RECORDS_PER_MESSAGE", &mut consumer.max_records_per_message, 1)?;
         env.boolean("DIONYSUS_REMOVE_DUPLICATES", &mut consumer.remove_duplicates)?;
         env.string("DIONYSUS_SYNCED_ID_ATTRIBUTE", &mut consumer.synced_id_attribute)?;
         env.string("DIONYSUS_SYNCED_CREATED_AT_ATTRIBUTE", &mut consumer.synced_created_at_attribute)?;
@@ -638,14 +649,98 @@ pub(crate) fn parse_duration(var: &str, value: &str, default_unit: Unit) -> Resu
         })
 }
 
-/// The URL with any password replaced by `***`, for messages and logs.
-pub fn mask_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &redact(&self.database_url))
+            .field("kafka", &self.kafka)
+            .field("producer", &self.producer)
+            .field("consumer", &self.consumer)
+            .finish()
     }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, String> =
+            self.properties.iter().map(|(name, value)| (name.as_str(), shown_value(name, value))).collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("client_id", &self.client_id)
+            .field("consumer_group_prefix", &self.consumer_group_prefix)
+            .field("group_id", &self.group_id)
+            .field("session_timeout", &self.session_timeout)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("group_instance_id", &self.group_instance_id)
+            .field("properties", &properties)
+            .finish()
+    }
+}
+
+/// What a redacted secret is shown as.
+pub const REDACTED: &str = "***";
+
+/// Whether a setting named `name` (a librdkafka property, a connection keyword, an
+/// environment variable) holds a secret: its name contains `password`, `passwd`, `secret`,
+/// `key` or `token`, in any case. `passfile` (a path) is not a secret.
+pub fn is_secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "passwd", "secret", "key", "token"].iter().any(|word| name.contains(word))
+}
+
+/// `text` with every secret it carries replaced by [`REDACTED`], for messages and logs.
+///
+/// Recognised, anywhere in the text:
+/// * the password of a URL's userinfo: `postgres://user:secret@host/db`;
+/// * `name=value` pairs whose name [is a secret's](is_secret_name), as URL query parameters
+///   (`?password=…&sslpassword=…`), connection-string keywords (`password=…`,
+///   `password = '…'` with quotes and backslash escapes) and Kafka properties
+///   (`sasl.password=…`, `ssl.key.password=…`, `sasl.oauthbearer.client.secret=…`).
+///
+/// Everything else (hosts, users, database names, `passfile`) is kept, so the message still
+/// says where it went wrong. Every error and log line that may carry a connection string or
+/// Kafka settings goes through here.
+pub fn redact(text: &str) -> String {
+    static USERINFO: OnceLock<Option<Regex>> = OnceLock::new();
+    static PAIR: OnceLock<Option<Regex>> = OnceLock::new();
+    // scheme://user:password@ — a password ends at the last `@` before the path, query or
+    // fragment (an unencoded `@` in it stays hidden).
+    let userinfo =
+        USERINFO.get_or_init(|| Regex::new(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*:)[^\s/?#]*@").ok());
+    // name = value, the value quoted ('…' or "…", backslash escapes) or up to a separator.
+    let pair = PAIR.get_or_init(|| {
+        Regex::new(
+            r#"(?P<name>[A-Za-z0-9_.\-]+)(?P<eq>[ \t]*=[ \t]*)(?P<value>'(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?|[^\s&;,'"]*)"#,
+        )
+        .ok()
+    });
+    // The patterns are constant; were one ever rejected, nothing of the text is shown.
+    let (Some(userinfo), Some(pair)) = (userinfo, pair) else { return REDACTED.to_owned() };
+    let text = userinfo.replace_all(text, |captures: &regex::Captures<'_>| format!("{}{REDACTED}@", &captures["head"]));
+    pair.replace_all(&text, |captures: &regex::Captures<'_>| {
+        let name = &captures["name"];
+        if is_secret_name(name) && !captures["value"].is_empty() {
+            format!("{name}{}{REDACTED}", &captures["eq"])
+        } else {
+            captures[0].to_owned()
+        }
+    })
+    .into_owned()
+}
+
+/// A setting's value as `Debug` shows it: [`REDACTED`] for a secret's, else [`redact`]ed.
+/// (Errors about a secret setting describe its value instead of repeating it.)
+fn shown_value(var: &str, value: &str) -> String {
+    if is_secret_name(var) {
+        REDACTED.to_owned()
+    } else {
+        redact(value)
+    }
+}
+
+/// The URL (or connection string) with any password replaced by `***`: [`redact`].
+pub fn mask_password(url: &str) -> String {
+    redact(url)
 }
 
 #[cfg(test)]
@@ -803,5 +898,69 @@ mod tests {
     fn passwords_are_masked() {
         assert_eq!(mask_password("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(mask_password("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn redact_hides_a_url_userinfo_password() {
+        assert_eq!(redact("postgres://u:s3cr%40t@db.internal:5432/app"), "postgres://u:***@db.internal:5432/app");
+        assert_eq!(redact("cannot reach postgresql://u:p@ss@h/db now"), "cannot reach postgresql://u:***@h/db now");
+        assert_eq!(redact("postgres://u@h:5432/db"), "postgres://u@h:5432/db", "no password, nothing hidden");
+        assert_eq!(redact("postgres://h:5432/db"), "postgres://h:5432/db", "a port is not a password");
+    }
+
+    #[test]
+    fn redact_hides_password_query_parameters() {
+        assert_eq!(
+            redact("postgres://u@h/db?password=hunter2&sslmode=require"),
+            "postgres://u@h/db?password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact("postgres://u@h/db?sslmode=require&sslpassword=k3y&passfile=/run/pgpass"),
+            "postgres://u@h/db?sslmode=require&sslpassword=***&passfile=/run/pgpass",
+            "passfile is a path and stays"
+        );
+    }
+
+    #[test]
+    fn redact_hides_key_value_connection_string_passwords() {
+        assert_eq!(redact("host=h user=u password=hunter2 dbname=app"), "host=h user=u password=*** dbname=app");
+        assert_eq!(redact("host=h password = hunter2"), "host=h password = ***");
+        assert_eq!(redact(r"host=h password='it\'s a secret' dbname=app"), "host=h password=*** dbname=app");
+        assert_eq!(redact(r#"host=h password="two words" port=5432"#), "host=h password=*** port=5432");
+        assert_eq!(redact("host=h PASSWORD=x sslpassword=y"), "host=h PASSWORD=*** sslpassword=***");
+        assert_eq!(redact("host=h password=''"), "host=h password=***");
+    }
+
+    #[test]
+    fn redact_hides_secret_kafka_properties() {
+        let text = "sasl.password=p1 sasl.username=bob ssl.key.password=p2 sasl.oauthbearer.client.secret=p3 \
+                    sasl.oauthbearer.token.endpoint.url=https://idp security.protocol=SASL_SSL";
+        let redacted = redact(text);
+        for secret in ["p1", "p2", "p3", "https://idp"] {
+            assert!(!redacted.contains(secret), "{secret} in {redacted}");
+        }
+        assert!(
+            redacted.contains("sasl.username=bob") && redacted.contains("security.protocol=SASL_SSL"),
+            "{redacted}"
+        );
+        assert_eq!(redact("DIONYSUS_KAFKA_SASL_PASSWORD=x"), "DIONYSUS_KAFKA_SASL_PASSWORD=***");
+        assert!(is_secret_name("SSL_KEY_PASSWORD") && is_secret_name("sasl.oauthbearer.client.secret"));
+        assert!(!is_secret_name("passfile") && !is_secret_name("security.protocol"));
+    }
+
+    #[test]
+    fn config_debug_and_errors_hide_secrets() {
+        let mut config = Config { database_url: "postgres://u:hunter2@h/db".to_owned(), ..Config::default() };
+        config.kafka.properties.insert("sasl.password".to_owned(), "p1".to_owned());
+        config.kafka.properties.insert("security.protocol".to_owned(), "SASL_SSL".to_owned());
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2") && !debug.contains("p1"), "{debug}");
+        assert!(debug.contains("SASL_SSL") && debug.contains("postgres://u:***@h/db"), "{debug}");
+        let error = ConfigError::Invalid {
+            var: "DATABASE_URL".to_owned(),
+            value: "host=h password=hunter2".to_owned(),
+            expected: "x".to_owned(),
+        };
+        assert!(!error.to_string().contains("hunter2"), "{error}");
     }
 }

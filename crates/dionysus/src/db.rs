@@ -44,10 +44,23 @@ pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {
     DeadPool::builder(manager)
         .max_size(max_size.max(1))
         .build()
-        .map_err(|source| DbError::Build { url: crate::config::mask_password(database_url), source })
+        .map_err(|source| DbError::Build { url: crate::config::redact(database_url), source })
 }
 
 /// A connection from the pool, with a readable error when the database cannot be reached.
 pub async fn checkout(pool: &Pool) -> Result<PooledConnection, DbError> {
-    pool.get().await.map_err(|error| DbError::Checkout(error.to_string()))
+    pool.get().await.map_err(|error| DbError::Checkout(crate::config::redact(&error.to_string())))
+}
+
+/// `error` with secrets taken out of its text ([`crate::config::redact`]): PostgreSQL's
+/// client library may repeat parts of a connection string it cannot parse.
+pub fn redact_connection_error(error: diesel::ConnectionError) -> diesel::ConnectionError {
+    use diesel::ConnectionError;
+    match error {
+        ConnectionError::BadConnection(text) => ConnectionError::BadConnection(crate::config::redact(&text)),
+        ConnectionError::InvalidConnectionUrl(text) => {
+            ConnectionError::InvalidConnectionUrl(crate::config::redact(&text))
+        }
+        other => other,
+    }
 }

@@ -32,7 +32,29 @@ pub enum TransportError {
 
 fn kafka_error(what: impl Into<String>) -> impl FnOnce(KafkaError) -> TransportError {
     let what = what.into();
-    move |source| TransportError::Kafka { what, source }
+    move |source| TransportError::Kafka { what, source: redact_error(source) }
+}
+
+/// `error` with no secret in its text: librdkafka's configuration errors repeat the
+/// property's value, which is hidden when the name is a secret's
+/// ([`crate::config::is_secret_name`]) or unknown to librdkafka (a misspelt `sasl.pasword`
+/// may well hold a password); other texts go through [`crate::config::redact`].
+pub fn redact_error(error: KafkaError) -> KafkaError {
+    use crate::config::{is_secret_name, redact, REDACTED};
+    use rdkafka::types::RDKafkaConfRes;
+    match error {
+        KafkaError::ClientConfig(result, description, name, value) => {
+            let value = if is_secret_name(&name) || result == RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN {
+                REDACTED.to_owned()
+            } else {
+                redact(&value)
+            };
+            let description = redact(&description);
+            KafkaError::ClientConfig(result, description, name, value)
+        }
+        KafkaError::ClientCreation(text) => KafkaError::ClientCreation(redact(&text)),
+        other => other,
+    }
 }
 
 /// Settings shared by every client: brokers, client id and extra properties.
@@ -211,6 +233,44 @@ pub async fn broker_topics(kafka: &KafkaConfig) -> Result<BTreeMap<String, i32>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// librdkafka repeats a rejected property's value in its error; a misspelt secret's name
+    /// (`sasl.pasword`) gives no hint, so an unknown property's value is never shown.
+    #[test]
+    fn client_errors_never_show_a_secret() {
+        for (name, value) in
+            [("sasl.pasword", "hunter2"), ("sasl.password", "hunter2"), ("ssl.key.password", "hunter2")]
+        {
+            let mut kafka = KafkaConfig::default();
+            kafka.properties.insert(name.to_owned(), value.to_owned());
+            let error = match producer(&kafka) {
+                Ok(_) if name != "sasl.pasword" => continue,
+                Ok(_) => panic!("librdkafka accepted {name}"),
+                Err(error) => error,
+            };
+            let text = format!("{error} / {error:?}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+        let raw = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN,
+            "No such configuration property: \"sasl.pasword\"".to_owned(),
+            "sasl.pasword".to_owned(),
+            "hunter2".to_owned(),
+        );
+        assert!(raw.to_string().contains("hunter2"), "the unredacted error shows it: {raw}");
+        let redacted = redact_error(raw);
+        assert!(
+            !redacted.to_string().contains("hunter2") && redacted.to_string().contains("sasl.pasword"),
+            "{redacted}"
+        );
+        let invalid = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value for configuration property \"linger.ms\"".to_owned(),
+            "linger.ms".to_owned(),
+            "soon".to_owned(),
+        );
+        assert!(redact_error(invalid).to_string().contains("soon"), "a plain setting's value helps and stays");
+    }
 
     #[test]
     fn consumers_notice_a_dead_member_within_the_session_timeout() {

@@ -136,8 +136,10 @@ where
 {
     let url = database_url.to_owned();
     let task = tokio::task::spawn_blocking(move || {
-        let mut harness = Harness::establish(&url)
-            .map_err(|source| MigrationError::Connect { url: crate::config::mask_password(&url), source })?;
+        let mut harness = Harness::establish(&url).map_err(|source| MigrationError::Connect {
+            url: crate::config::redact(&url),
+            source: crate::db::redact_connection_error(source),
+        })?;
         work(&mut harness).map_err(|error| MigrationError::Failed(error.to_string()))
     });
     task.await.map_err(|error| MigrationError::Task(error.to_string()))?

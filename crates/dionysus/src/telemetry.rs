@@ -1,6 +1,9 @@
 //! The process's Prometheus recorder for the `metrics` crate, shared by everything that
 //! serves `/metrics` (the relay) and by applications that render it themselves.
 //!
+//! It also owns the `/metrics` + `/health` endpoint and the liveness file of the relay and
+//! the consumer; what "healthy" means is the caller's.
+//!
 //! Metric names: `dionysus_outbox_*` and `dionysus_relay_*` come from the relay,
 //! `dionysus_consumer_*` from the consumer (`dionysus_consumer_messages_total`,
 //! `dionysus_consumer_dead_letters_total`, `dionysus_consumer_batch_seconds`,
@@ -13,11 +16,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// Whether a loop is healthy, asked by the endpoint and the liveness file: `Err` carries the
-/// reason, printed by a 503 `/health`.
+/// reason, printed in the endpoint's 503 body and logged when the liveness file is removed.
 pub(crate) type Health = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// The Prometheus recorder, installed on first call. `None` when the application installed
@@ -35,16 +37,25 @@ pub fn prometheus() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// Keeps a liveness file: touched while `healthy()`, removed when not and on shutdown.
-/// Checked every `every`.
+/// Keeps a liveness file: touched while `healthy()`, removed (with the reason logged once per
+/// change of reason) when not, and on shutdown. Checked every `every`.
 pub(crate) async fn health_file(path: PathBuf, healthy: Health, every: Duration, shutdown: CancellationToken) {
+    let mut reported: Option<String> = None;
     loop {
-        if healthy().is_ok() {
-            if let Err(error) = tokio::fs::write(&path, chrono::Utc::now().to_rfc3339()).await {
-                tracing::warn!("cannot write the health file {}: {error}", path.display());
+        match healthy() {
+            Ok(()) => {
+                reported = None;
+                if let Err(error) = tokio::fs::write(&path, chrono::Utc::now().to_rfc3339()).await {
+                    tracing::warn!("cannot write the health file {}: {error}", path.display());
+                }
             }
-        } else {
-            let _ = tokio::fs::remove_file(&path).await;
+            Err(reason) => {
+                if reported.as_deref() != Some(reason.as_str()) {
+                    tracing::error!("unhealthy, removing the health file {}: {reason}", path.display());
+                    reported = Some(reason);
+                }
+                let _ = tokio::fs::remove_file(&path).await;
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -54,9 +65,41 @@ pub(crate) async fn health_file(path: PathBuf, healthy: Health, every: Duration,
     let _ = tokio::fs::remove_file(&path).await;
 }
 
-/// Serves `GET /metrics` (Prometheus text, when a recorder handle is given) and `GET /health`
-/// (200 while `healthy()`, else 503 with `unhealthy` and the reason as the body) on a bound
-/// listener.
+/// Limits of the `/metrics` + `/health` endpoint. It answers probes and scrapes: few
+/// clients, tiny requests, so anything beyond these is refused rather than queued.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServeLimits {
+    /// Connections served at once; one more is accepted and closed at once.
+    pub(crate) connections: usize,
+    /// How long a client may take to send its request head.
+    pub(crate) request_head: Duration,
+    /// How long one connection may last, request and response.
+    pub(crate) connection: Duration,
+    /// Bytes of request head buffered at most (larger heads get 431).
+    pub(crate) request_bytes: usize,
+    /// Pause after a failed `accept()` (e.g. out of file descriptors) before the next.
+    pub(crate) accept_pause: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            connections: 256,
+            request_head: Duration::from_secs(2),
+            connection: Duration::from_secs(5),
+            request_bytes: 16 * 1024,
+            accept_pause: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Serves `GET`/`HEAD` `/metrics` (Prometheus text, when a recorder handle is given) and
+/// `/health` (200 while `healthy()`, else 503 with `unhealthy` and the reason as the body) on a bound
+/// listener, over HTTP/1.1, until `shutdown`; other methods get 405, other paths 404.
+///
+/// Hostile clients cannot stop it: a failed `accept()` is logged and retried after a pause,
+/// connections beyond [`ServeLimits::connections`] are closed at once, and each connection
+/// is bounded in time and request size. It returns only on shutdown.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Option<PrometheusHandle>,
@@ -64,38 +107,237 @@ pub(crate) async fn serve(
     unhealthy: &'static str,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(listener, metrics, healthy, unhealthy, ServeLimits::default(), shutdown).await;
+    Ok(())
+}
+
+/// [`serve`] with explicit limits.
+pub(crate) async fn serve_with(
+    listener: tokio::net::TcpListener,
+    metrics: Option<PrometheusHandle>,
+    healthy: Health,
+    unhealthy: &'static str,
+    limits: ServeLimits,
+    shutdown: CancellationToken,
+) {
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "serving /metrics and /health");
     }
+    let router = router(metrics, healthy, unhealthy);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections.max(1)));
+    let mut accept_failures = 0u64;
     loop {
-        let (mut socket, _) = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            accepted = listener.accept() => accepted?,
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
         };
-        let metrics = metrics.clone();
-        let healthy = healthy.clone();
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                accept_failures += 1;
+                // Logged once per burst: a flood would otherwise log thousands of lines.
+                if accept_failures.is_power_of_two() {
+                    tracing::warn!(
+                        failures = accept_failures,
+                        "/metrics and /health: accept failed ({error}); retrying"
+                    );
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(limits.accept_pause) => continue,
+                }
+            }
+        };
+        accept_failures = 0;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // At the cap: closing at once keeps the backlog moving for the next client.
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection_shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let mut request = [0_u8; 1024];
-            let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut request)).await;
-            let Ok(Ok(read)) = read else { return };
-            let line = String::from_utf8_lossy(&request[..read]);
-            let path = line.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/health" | "/healthz" => match healthy() {
-                    Ok(()) => ("200 OK", "ok\n".to_owned()),
-                    Err(reason) => ("503 Service Unavailable", format!("{unhealthy}: {reason}\n")),
-                },
-                "/metrics" => match &metrics {
-                    Some(handle) => ("200 OK", handle.render()),
-                    None => ("404 Not Found", "metrics are not enabled\n".to_owned()),
-                },
-                _ => ("404 Not Found", "try /health or /metrics\n".to_owned()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.request_head)
+                .max_buf_size(limits.request_bytes.max(8192))
+                .keep_alive(false);
+            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                () = connection_shutdown.cancelled() => {}
+                _ = tokio::time::timeout(limits.connection, connection) => {}
+            }
         });
+    }
+}
+
+fn router(metrics: Option<PrometheusHandle>, healthy: Health, unhealthy: &'static str) -> axum::Router {
+    use axum::http::{header, Method, StatusCode};
+    use axum::routing::get;
+    type Reply = (StatusCode, [(header::HeaderName, &'static str); 1], String);
+    fn reply(status: StatusCode, body: String) -> Reply {
+        (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body)
+    }
+    let health = move || {
+        let healthy = healthy.clone();
+        async move {
+            match healthy() {
+                Ok(()) => reply(StatusCode::OK, "ok\n".to_owned()),
+                Err(reason) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{unhealthy}: {reason}\n")),
+            }
+        }
+    };
+    let render = move || {
+        let metrics = metrics.clone();
+        async move {
+            match metrics {
+                Some(handle) => reply(StatusCode::OK, handle.render()),
+                None => reply(StatusCode::NOT_FOUND, "metrics are not enabled\n".to_owned()),
+            }
+        }
+    };
+    axum::Router::new()
+        .route("/health", get(health.clone()))
+        .route("/healthz", get(health))
+        .route("/metrics", get(render))
+        .fallback(|method: Method| async move {
+            if method == Method::GET || method == Method::HEAD {
+                reply(StatusCode::NOT_FOUND, "try /health or /metrics\n".to_owned())
+            } else {
+                reply(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".to_owned())
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    async fn start(healthy: Health) -> (SocketAddr, tokio::task::JoinHandle<()>, CancellationToken) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server =
+            tokio::spawn(serve_with(listener, None, healthy, "[unhealthy]", ServeLimits::default(), shutdown.clone()));
+        (address, server, shutdown)
+    }
+
+    fn fine() -> Health {
+        Arc::new(|| Ok(()))
+    }
+
+    /// Sends `parts` (pausing between them) and reads the response to its end.
+    async fn exchange(address: SocketAddr, parts: &[&[u8]]) -> std::io::Result<String> {
+        let mut stream = TcpStream::connect(address).await?;
+        for (index, part) in parts.iter().enumerate() {
+            if index > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            stream.write_all(part).await?;
+        }
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+            .await
+            .map_err(|_| std::io::Error::other("no response within 5 s"))??;
+        Ok(String::from_utf8_lossy(&response).into_owned())
+    }
+
+    fn status(response: &str) -> &str {
+        response.split_whitespace().nth(1).unwrap_or("")
+    }
+
+    #[tokio::test]
+    async fn answers_health_and_metrics_and_refuses_other_methods() {
+        let (address, _server, shutdown) = start(fine()).await;
+        let get = exchange(address, &[b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"]).await.unwrap();
+        assert_eq!(status(&get), "200", "{get}");
+        assert!(get.ends_with("ok\n"), "{get}");
+        let head = exchange(address, &[b"HEAD /health HTTP/1.1\r\nhost: x\r\n\r\n"]).await.unwrap();
+        assert_eq!(status(&head), "200", "{head}");
+        assert!(!head.ends_with("ok\n"), "HEAD has no body: {head}");
+        for request in [
+            &b"POST /health HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"[..],
+            b"DELETE /x HTTP/1.1\r\nhost: x\r\n\r\n",
+        ] {
+            let response = exchange(address, &[request]).await.unwrap();
+            assert_eq!(status(&response), "405", "{response}");
+        }
+        let missing = exchange(address, &[b"GET /nothing HTTP/1.1\r\nhost: x\r\n\r\n"]).await.unwrap();
+        assert_eq!(status(&missing), "404", "{missing}");
+        let metrics = exchange(address, &[b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n"]).await.unwrap();
+        assert_eq!(status(&metrics), "404", "no recorder given: {metrics}");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn unhealthy_answers_503_with_the_reason() {
+        let (address, _server, shutdown) = start(Arc::new(|| Err("partition t/3 stalled for 61 s".to_owned()))).await;
+        let response = exchange(address, &[b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"]).await.unwrap();
+        assert_eq!(status(&response), "503", "{response}");
+        assert!(response.ends_with("[unhealthy]: partition t/3 stalled for 61 s\n"), "{response}");
+        shutdown.cancel();
+    }
+
+    /// A request split over several writes, and one with a 4 KB header, are answered.
+    #[tokio::test]
+    async fn split_and_larger_requests_are_answered() {
+        let (address, _server, shutdown) = start(fine()).await;
+        let response = exchange(address, &[b"GET /hea", b"lth HTTP/1.1\r\nho", b"st: x\r\n", b"\r\n"]).await.unwrap();
+        assert_eq!(status(&response), "200", "{response}");
+        let cookie = format!("GET /health HTTP/1.1\r\nhost: x\r\ncookie: {}\r\n\r\n", "c".repeat(4096));
+        let response = exchange(address, &[cookie.as_bytes()]).await.unwrap();
+        assert_eq!(status(&response), "200", "{response}");
+        let huge = format!("GET /health HTTP/1.1\r\nhost: x\r\ncookie: {}\r\n\r\n", "c".repeat(64 * 1024));
+        let response = exchange(address, &[huge.as_bytes()]).await.unwrap_or_default();
+        assert_ne!(status(&response), "200", "a 64 KB head is refused: {response}");
+        shutdown.cancel();
+    }
+
+    /// 2,000 idle connections and 300 junk requests: the server keeps running and `/health`
+    /// answers again within seconds, the idle connections still open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_answers_after_a_connection_flood() {
+        let (address, server, shutdown) = start(fine()).await;
+        let mut idle = Vec::new();
+        for _ in 0..2000 {
+            match TcpStream::connect(address).await {
+                Ok(stream) => idle.push(stream),
+                Err(error) => panic!("connecting the flood: {error}"),
+            }
+        }
+        let junk: Vec<Vec<u8>> = (0..300u32)
+            .map(|index| match index % 3 {
+                0 => format!("{index}\r\n\r\n\x00\x01garbage").into_bytes(),
+                1 => format!("GET /{} HTTP/1.1\r\n\r\n", "x".repeat(usize::try_from(index).unwrap() * 40)).into_bytes(),
+                _ => b"GET /health HTTP/9.9\r\nhost\r\n\r\n".to_vec(),
+            })
+            .collect();
+        let junk_sent = futures_util::future::join_all(
+            junk.iter().map(|bytes| async move { exchange(address, &[bytes.as_slice()]).await }),
+        )
+        .await;
+        assert_eq!(junk_sent.len(), 300);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let answered = loop {
+            if let Ok(response) = exchange(address, &[b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"]).await {
+                if status(&response) == "200" {
+                    break true;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(answered, "/health did not answer within 15 s of the flood");
+        assert!(!server.is_finished(), "the server stopped");
+        drop(idle);
+        shutdown.cancel();
     }
 }

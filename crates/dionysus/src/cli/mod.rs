@@ -249,7 +249,9 @@ impl Cli {
         match outcome {
             Ok(()) => ExitCode::SUCCESS,
             Err(Failure(message)) => {
-                let _ = writeln!(err, "error: {message}");
+                // Every error is built with its secrets redacted; this is the last line of
+                // defence for a text that came from elsewhere.
+                let _ = writeln!(err, "error: {}", crate::config::redact(&message));
                 ExitCode::FAILURE
             }
         }

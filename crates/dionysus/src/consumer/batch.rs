@@ -2,7 +2,10 @@
 //! every record against its replica model (bad messages are set aside for the dead-letter
 //! topic, whole), remove duplicates (C-18), then apply everything inside the caller's
 //! transaction with set-based statements, level by level (aggregate roots, then their
-//! sideloads), in rounds so that a row touched twice in a batch sees its first change.
+//! sideloads). A row touched by several messages is written once per message, in order; a
+//! row touched several times by one message is read once and its changes are folded in
+//! order in memory. Either way each change sees the ones before it, and the work per message
+//! is linear in its size; its records are capped ([`Rules::max_records`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -43,8 +46,8 @@ pub struct DeadLetter {
     /// The original message.
     pub message: InboundMessage,
     /// Why, in a word: `oversized`, `malformed_json`, `invalid_envelope`, `invalid_record`,
-    /// `unknown_model`, `missing_id`, `invalid_id`, `wrong_type`, `timestamp_in_future`,
-    /// `database_rejected`.
+    /// `too_many_records`, `unknown_model`, `missing_id`, `invalid_id`, `wrong_type`,
+    /// `timestamp_in_future`, `database_rejected`.
     pub reason: &'static str,
     /// The error in full.
     pub error: String,
@@ -71,6 +74,8 @@ pub(crate) struct Rules {
     pub(crate) filters: Vec<Arc<dyn MessageFilter>>,
     pub(crate) remove_duplicates: bool,
     pub(crate) max_message_bytes: usize,
+    /// Records per message at most, sideloads included (`too_many_records` beyond).
+    pub(crate) max_records: usize,
     pub(crate) unknown_model: UnknownModel,
     pub(crate) processing_mutex: bool,
     /// How far in the future an event time may be before its message is dead-lettered.
@@ -97,6 +102,8 @@ struct Node {
 
 /// One event ready to apply.
 struct EventWork {
+    /// Offset of the message it came from.
+    message: i64,
     bus: ConsumedEvent,
     kind: Option<EventKind>,
     import: bool,
@@ -271,6 +278,8 @@ impl Rules {
         let import = self.import_topics.contains(topic.as_str());
         let mut work = Vec::with_capacity(events.len());
         let mut failure: Option<(&'static str, String)> = None;
+        // Records of the message so far, sideloads included; counted before any is checked.
+        let mut records_seen = 0usize;
         for event in events {
             let records = match deserialize_owned(event.data) {
                 Ok(records) => records,
@@ -279,6 +288,16 @@ impl Rules {
                     continue;
                 }
             };
+            records_seen = records_seen.saturating_add(records.iter().map(count_records).sum::<usize>());
+            if records_seen > self.max_records {
+                let error = format!(
+                    "more than {} records in one message (sideloaded ones included); the limit is \
+                     DIONYSUS_CONSUMER_MAX_RECORDS_PER_MESSAGE",
+                    self.max_records
+                );
+                let dead = DeadLetter { message: message.clone(), reason: "too_many_records", error };
+                return Checked::Bad(dead, Vec::new());
+            }
             if let Some(filter) = self.filters.iter().find(|f| f.ignore_message(topic, &whole, &records)) {
                 filter.notify_about_ignored_message(topic, &whole);
                 continue;
@@ -293,7 +312,7 @@ impl Rules {
             };
             if kind.is_none() {
                 tracing::debug!(topic = %topic, event = %bus.event_name, "unknown event type; not persisted");
-                work.push(EventWork { bus, kind, import, nodes: Vec::new() });
+                work.push(EventWork { message: message.offset, bus, kind, import, nodes: Vec::new() });
                 continue;
             }
             let Some(replica) = self.replicas.find(&bus.model_name) else {
@@ -305,13 +324,13 @@ impl Rules {
                 } else {
                     tracing::debug!(topic = %topic, model = %bus.model_name, "unknown model; not persisted");
                 }
-                work.push(EventWork { bus, kind, import, nodes: Vec::new() });
+                work.push(EventWork { message: message.offset, bus, kind, import, nodes: Vec::new() });
                 continue;
             };
             let nodes: Result<Vec<Node>, Rejection> =
                 bus.transformed_data.iter().map(|record| self.node(replica, record, &bus.model_name, latest)).collect();
             match nodes {
-                Ok(nodes) => work.push(EventWork { bus, kind, import, nodes }),
+                Ok(nodes) => work.push(EventWork { message: message.offset, bus, kind, import, nodes }),
                 Err(Rejection { reason, error }) => {
                     tracing::error!(topic = %topic, offset = message.offset, reason, "{error}");
                     failure.get_or_insert((reason, error));
@@ -387,6 +406,13 @@ impl Rules {
     }
 }
 
+/// A record and its sideloaded records, recursively.
+fn count_records(record: &Record) -> usize {
+    let many: usize = record.has_many.iter().flat_map(|(_, records)| records.iter().flatten()).map(count_records).sum();
+    let one: usize = record.has_one.iter().filter_map(|(_, record)| record.as_ref()).map(count_records).sum();
+    1 + many + one
+}
+
 fn message_array(message: &InboundMessage) -> Value {
     message
         .payload
@@ -403,6 +429,8 @@ struct Unit {
     aggregate_root: bool,
     import: bool,
     event: usize,
+    /// Offset of the message it came from.
+    message: i64,
 }
 
 /// A child replica and the `(parent id, child ids)` links to resolve on it.
@@ -417,23 +445,24 @@ pub(crate) async fn apply(
 ) -> Result<Vec<ConsumedEvent>, diesel::result::Error> {
     let work = std::mem::take(&mut batch.work);
     let mut events: Vec<ConsumedEvent> = Vec::with_capacity(work.len());
-    // (event index, kind, import, nodes): the records to apply, kept apart from the events.
-    let mut roots: Vec<(usize, EventKind, bool, Vec<Node>)> = Vec::new();
+    // (event index, message, kind, import, nodes): the records to apply, kept apart from the
+    // events.
+    let mut roots: Vec<(usize, i64, EventKind, bool, Vec<Node>)> = Vec::new();
     for item in work {
         match item {
             Work::Report(event) => events.push(event),
-            Work::Apply(EventWork { bus, kind, import, nodes }) => {
+            Work::Apply(EventWork { message, bus, kind, import, nodes }) => {
                 let index = events.len();
                 events.push(bus);
                 let Some(kind) = kind else { continue };
-                roots.push((index, kind, import && kind != EventKind::Updated, nodes));
+                roots.push((index, message, kind, import && kind != EventKind::Updated, nodes));
             }
         }
     }
     let mut level: Vec<Unit> = roots
         .into_iter()
-        .flat_map(|(event, kind, import, nodes)| {
-            nodes.into_iter().map(move |node| Unit { node, kind, aggregate_root: true, import, event })
+        .flat_map(|(event, message, kind, import, nodes)| {
+            nodes.into_iter().map(move |node| Unit { node, kind, aggregate_root: true, import, event, message })
         })
         .collect();
     // (child table, foreign key) → [(parent id, child ids)] in order.
@@ -445,8 +474,8 @@ pub(crate) async fn apply(
             if !applied || unit.import {
                 continue;
             }
-            let Unit { node: parent, kind, event, .. } = unit;
-            let child = |node| Unit { node, kind, aggregate_root: false, import: false, event };
+            let Unit { node: parent, kind, event, message, .. } = unit;
+            let child = |node| Unit { node, kind, aggregate_root: false, import: false, event, message };
             for (child_replica, children) in parent.has_many {
                 let foreign_key = format!("synced_{}_id", event_prefix(parent.replica.model));
                 if child_replica.column(&foreign_key).is_some() {
@@ -471,19 +500,43 @@ pub(crate) async fn apply(
 
 /// The links that hold after applying `links` in order: a parent's later list replaces its
 /// earlier one, and a child listed by a later parent leaves the earlier parent's list.
+///
+/// Linear: a parent's last list is the one that holds, and a child stays in it only when no
+/// later list (of any parent) names it.
 fn final_links(links: Vec<(Value, Vec<Value>)>) -> Vec<(Value, Vec<Value>)> {
-    let mut latest: Vec<(Value, Vec<Value>)> = Vec::new();
-    for (parent, ids) in links {
-        latest.retain(|(existing, _)| *existing != parent);
-        for (_, other_ids) in latest.iter_mut() {
-            other_ids.retain(|id| !ids.contains(id));
+    let mut last_list: HashMap<String, usize> = HashMap::new();
+    let mut last_naming: HashMap<String, usize> = HashMap::new();
+    for (position, (parent, ids)) in links.iter().enumerate() {
+        last_list.insert(link_key(parent), position);
+        for id in ids {
+            last_naming.insert(link_key(id), position);
         }
-        latest.push((parent, ids));
     }
-    latest
+    links
+        .into_iter()
+        .enumerate()
+        .filter(|(position, (parent, _))| last_list.get(&link_key(parent)) == Some(position))
+        .map(|(position, (parent, ids))| {
+            let ids = ids.into_iter().filter(|id| last_naming.get(&link_key(id)) == Some(&position)).collect();
+            (parent, ids)
+        })
+        .collect()
+}
+
+/// A key equal for equal JSON values: their text (ids are scalars).
+fn link_key(value: &Value) -> String {
+    value.to_string()
 }
 
 /// Applies one level; returns for each unit whether it passed the timestamp guard.
+///
+/// A row touched by several messages of the batch is written once per message, in rounds,
+/// so that each message's change sees the ones before it (and row triggers see one write per
+/// message). Within a round, a row touched by one unit is written as the unit says (blind,
+/// or after reading it when local changes are wanted); a row touched several times by one
+/// message is read once and its changes are folded in order in memory ([`fold_repeats`]),
+/// only the final row being written. Work and statements stay linear in the number of units
+/// however often one message repeats an id; rounds are bounded by the messages in the batch.
 async fn apply_level(
     conn: &mut AsyncPgConnection,
     units: &mut [Unit],
@@ -492,138 +545,285 @@ async fn apply_level(
     track_changes: bool,
     column_types: &ColumnTypes,
 ) -> Result<Vec<bool>, diesel::result::Error> {
-    // Table → unit indices in order; a unit's round is how often its row came before.
-    let mut tables: Vec<(&'static ReplicaDescriptor, Vec<(usize, usize)>)> = Vec::new();
-    let mut seen: HashMap<(&'static str, String), usize> = HashMap::new();
+    // Round → tables → unit indices in order. A unit's round counts the earlier messages
+    // that touched its row; units of one message share a round.
+    type Tables = Vec<(&'static ReplicaDescriptor, Vec<usize>)>;
+    let mut rounds: Vec<(Tables, HashMap<&'static str, usize>)> = Vec::new();
+    let mut last: HashMap<(&'static str, String), (i64, usize)> = HashMap::new();
+    // (round, table, row) → how many units of the round touch the row.
+    let mut touches: HashMap<(usize, &'static str, String), usize> = HashMap::new();
     for (index, unit) in units.iter().enumerate() {
         let replica = unit.node.replica;
-        let key = (replica.table, id_key(&unit.node.prepared.synced_id));
-        let round = *seen.entry(key).and_modify(|round| *round += 1).or_insert(0);
-        match tables.iter_mut().find(|(table, _)| table.table == replica.table) {
-            Some((_, members)) => members.push((index, round)),
-            None => tables.push((replica, vec![(index, round)])),
+        let key = id_key(&unit.node.prepared.synced_id);
+        let round = match last.get(&(replica.table, key.clone())) {
+            Some(&(message, round)) if message == unit.message => round,
+            Some(&(_, round)) => round + 1,
+            None => 0,
+        };
+        last.insert((replica.table, key.clone()), (unit.message, round));
+        *touches.entry((round, replica.table, key)).or_insert(0) += 1;
+        if rounds.len() <= round {
+            rounds.resize_with(round + 1, Default::default);
         }
+        let (tables, slots) = &mut rounds[round];
+        let slot = *slots.entry(replica.table).or_insert_with(|| {
+            tables.push((replica, Vec::new()));
+            tables.len() - 1
+        });
+        tables[slot].1.push(index);
     }
-    let rounds = seen.values().copied().max().map_or(0, |max| max + 1);
+    drop(last);
     let mut applied = vec![false; units.len()];
-    for round in 0..rounds {
-        for (replica, members) in &tables {
-            let members: Vec<usize> = members.iter().filter(|(_, r)| *r == round).map(|(index, _)| *index).collect();
-            if members.is_empty() {
-                continue;
-            }
-            // Without listeners for local changes, a record whose guard PostgreSQL can decide
-            // from the written columns is written blind; the rest read their rows first.
-            let mut upserts: Vec<(usize, UpsertRow)> = Vec::new();
-            let mut removals: Vec<usize> = Vec::new();
-            let mut exact: Vec<usize> = Vec::new();
-            for &index in &members {
-                let unit = &mut units[index];
-                if unit.import || track_changes || !guard_from_prepared(replica, &unit.node.prepared) {
-                    exact.push(index);
-                    continue;
-                }
-                // Written once from here: the values move into the statement.
-                match take_intent(replica, unit.kind, unit.aggregate_root, &mut unit.node.prepared, now) {
-                    Intent::Remove => removals.push(index),
-                    Intent::Write { assigned, keep } => upserts.push((index, UpsertRow { values: assigned, keep })),
-                }
-            }
-            // Which rows passed the guard only matters for records with sideloads.
-            let with_children: Vec<bool> = upserts
-                .iter()
-                .map(|(index, _)| {
-                    let node = &units[*index].node;
-                    !node.has_many.is_empty() || !node.has_one.is_empty()
-                })
-                .collect();
-            let returning = with_children.iter().any(|children| *children);
-            let keys: Vec<Option<String>> = upserts
-                .iter()
-                .zip(&with_children)
-                .map(|((index, _), children)| {
-                    children.then(|| sql::row_key(replica, &units[*index].node.prepared.synced_id))
-                })
-                .collect();
-            let (indices, rows): (Vec<usize>, Vec<UpsertRow>) = upserts.into_iter().unzip();
-            let written = sql::upsert_rows(conn, replica, column_types, rows, returning).await?;
-            for (index, key) in indices.into_iter().zip(keys) {
-                applied[index] = key.is_none_or(|key| written.contains(&key));
-            }
-            let deletes: Vec<(Value, Option<DateTime<Utc>>)> = removals
-                .iter()
-                .map(|&index| (units[index].node.prepared.synced_id.clone(), units[index].node.prepared.event_time))
-                .collect();
-            let stale = sql::delete_guarded(conn, replica, deletes).await?;
-            for index in removals {
-                applied[index] = !stale.contains(&sql::row_key(replica, &units[index].node.prepared.synced_id));
-            }
-            let members = exact;
-            if members.is_empty() {
-                continue;
-            }
-            let ids: Vec<Value> = members
-                .iter()
-                .filter(|&&index| !units[index].import)
-                .map(|&index| units[index].node.prepared.synced_id.clone())
-                .collect();
-            let mut rows = sql::load_rows(conn, replica, &ids).await?;
-            for row in rows.values_mut() {
-                normalize_row(replica, row);
-            }
-            let mut updates = Vec::new();
-            let mut inserts = Vec::new();
-            let mut imports = Vec::new();
-            let mut deletes = Vec::new();
-            for index in members {
-                let unit = &units[index];
-                let prepared = &unit.node.prepared;
-                if unit.import {
-                    applied[index] = true;
-                    if unit.kind == EventKind::Destroyed {
-                        deletes.push(prepared.synced_id.clone());
-                    } else {
-                        imports.push(import_row(replica, prepared));
-                    }
-                    continue;
-                }
-                let old = rows.get(&id_key(&prepared.synced_id));
-                let row_plan = plan(replica, unit.kind, unit.aggregate_root, prepared, old, now);
-                let changes = match row_plan {
-                    RowPlan::Stale => {
-                        tracing::debug!(table = replica.table, id = %prepared.synced_id, "stale record ignored");
-                        continue;
-                    }
-                    RowPlan::Nothing => Map::new(),
-                    RowPlan::Write { row, exists, changes } => {
-                        if exists {
-                            updates.push(row);
-                        } else {
-                            inserts.push(row);
-                        }
-                        changes
-                    }
-                    RowPlan::Delete { changes } => {
-                        deletes.push(prepared.synced_id.clone());
-                        changes
-                    }
-                };
-                applied[index] = true;
-                if let Some(event) = events.get_mut(unit.event).filter(|_| track_changes) {
-                    event.add_change(LocalChange {
-                        model: unit.node.change_name.clone(),
-                        synced_id: prepared.synced_id.clone(),
-                        changes,
-                    });
-                }
-            }
-            sql::delete_rows(conn, replica, &deletes).await?;
-            sql::update_rows(conn, replica, updates).await?;
-            sql::insert_rows(conn, replica, inserts, true).await?;
-            sql::insert_rows(conn, replica, imports, false).await?;
+    for (round, (tables, _)) in rounds.iter().enumerate() {
+        for &(replica, ref all_members) in tables {
+            let (repeated, members): (Vec<usize>, Vec<usize>) = all_members.iter().partition(|&&index| {
+                let key = id_key(&units[index].node.prepared.synced_id);
+                touches.get(&(round, replica.table, key)).is_some_and(|n| *n > 1)
+            });
+            fold_repeats(conn, replica, units, &repeated, events, &mut applied, now, track_changes).await?;
+            apply_once(conn, replica, units, members, events, &mut applied, now, track_changes, column_types).await?;
         }
     }
     Ok(applied)
+}
+
+/// Applies the units of `replica` whose rows no other unit of the round touches.
+#[allow(clippy::too_many_arguments)]
+async fn apply_once(
+    conn: &mut AsyncPgConnection,
+    replica: &'static ReplicaDescriptor,
+    units: &mut [Unit],
+    members: Vec<usize>,
+    events: &mut [ConsumedEvent],
+    applied: &mut [bool],
+    now: DateTime<Utc>,
+    track_changes: bool,
+    column_types: &ColumnTypes,
+) -> Result<(), diesel::result::Error> {
+    if members.is_empty() {
+        return Ok(());
+    }
+    // Without listeners for local changes, a record whose guard PostgreSQL can decide
+    // from the written columns is written blind; the rest read their rows first.
+    let mut upserts: Vec<(usize, UpsertRow)> = Vec::new();
+    let mut removals: Vec<usize> = Vec::new();
+    let mut exact: Vec<usize> = Vec::new();
+    for &index in &members {
+        let unit = &mut units[index];
+        if unit.import || track_changes || !guard_from_prepared(replica, &unit.node.prepared) {
+            exact.push(index);
+            continue;
+        }
+        // Written once from here: the values move into the statement.
+        match take_intent(replica, unit.kind, unit.aggregate_root, &mut unit.node.prepared, now) {
+            Intent::Remove => removals.push(index),
+            Intent::Write { assigned, keep } => upserts.push((index, UpsertRow { values: assigned, keep })),
+        }
+    }
+    // Which rows passed the guard only matters for records with sideloads.
+    let with_children: Vec<bool> = upserts
+        .iter()
+        .map(|(index, _)| {
+            let node = &units[*index].node;
+            !node.has_many.is_empty() || !node.has_one.is_empty()
+        })
+        .collect();
+    let returning = with_children.iter().any(|children| *children);
+    let keys: Vec<Option<String>> = upserts
+        .iter()
+        .zip(&with_children)
+        .map(|((index, _), children)| children.then(|| sql::row_key(replica, &units[*index].node.prepared.synced_id)))
+        .collect();
+    let (indices, rows): (Vec<usize>, Vec<UpsertRow>) = upserts.into_iter().unzip();
+    let written = sql::upsert_rows(conn, replica, column_types, rows, returning).await?;
+    for (index, key) in indices.into_iter().zip(keys) {
+        applied[index] = key.is_none_or(|key| written.contains(&key));
+    }
+    let deletes: Vec<(Value, Option<DateTime<Utc>>)> = removals
+        .iter()
+        .map(|&index| (units[index].node.prepared.synced_id.clone(), units[index].node.prepared.event_time))
+        .collect();
+    let stale = sql::delete_guarded(conn, replica, deletes).await?;
+    for index in removals {
+        applied[index] = !stale.contains(&sql::row_key(replica, &units[index].node.prepared.synced_id));
+    }
+    let members = exact;
+    if members.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Value> = members
+        .iter()
+        .filter(|&&index| !units[index].import)
+        .map(|&index| units[index].node.prepared.synced_id.clone())
+        .collect();
+    let mut rows = sql::load_rows(conn, replica, &ids).await?;
+    for row in rows.values_mut() {
+        normalize_row(replica, row);
+    }
+    let mut updates = Vec::new();
+    let mut inserts = Vec::new();
+    let mut imports = Vec::new();
+    let mut deletes = Vec::new();
+    for index in members {
+        let unit = &units[index];
+        let prepared = &unit.node.prepared;
+        if unit.import {
+            applied[index] = true;
+            if unit.kind == EventKind::Destroyed {
+                deletes.push(prepared.synced_id.clone());
+            } else {
+                imports.push(import_row(replica, prepared));
+            }
+            continue;
+        }
+        let old = rows.get(&id_key(&prepared.synced_id));
+        let row_plan = plan(replica, unit.kind, unit.aggregate_root, prepared, old, now);
+        let changes = match row_plan {
+            RowPlan::Stale => {
+                tracing::debug!(table = replica.table, id = %prepared.synced_id, "stale record ignored");
+                continue;
+            }
+            RowPlan::Nothing => Map::new(),
+            RowPlan::Write { row, exists, changes } => {
+                if exists {
+                    updates.push(row);
+                } else {
+                    inserts.push(row);
+                }
+                changes
+            }
+            RowPlan::Delete { changes } => {
+                deletes.push(prepared.synced_id.clone());
+                changes
+            }
+        };
+        applied[index] = true;
+        if let Some(event) = events.get_mut(unit.event).filter(|_| track_changes) {
+            event.add_change(LocalChange {
+                model: unit.node.change_name.clone(),
+                synced_id: prepared.synced_id.clone(),
+                changes,
+            });
+        }
+    }
+    sql::delete_rows(conn, replica, &deletes).await?;
+    sql::update_rows(conn, replica, updates, true).await?;
+    sql::insert_rows(conn, replica, inserts, true).await?;
+    sql::insert_rows(conn, replica, imports, false).await?;
+    Ok(())
+}
+
+/// Applies the units of `replica` whose rows several units of one message touch
+/// (`repeated`, in order):
+/// each row is read once (locked), every unit is planned against the row the previous ones
+/// left, in memory, and only the outcome is written: the final row, or its deletion (and a
+/// re-insert when it was deleted and written again).
+#[allow(clippy::too_many_arguments)]
+async fn fold_repeats(
+    conn: &mut AsyncPgConnection,
+    replica: &'static ReplicaDescriptor,
+    units: &[Unit],
+    repeated: &[usize],
+    events: &mut [ConsumedEvent],
+    applied: &mut [bool],
+    now: DateTime<Utc>,
+    track_changes: bool,
+) -> Result<(), diesel::result::Error> {
+    if repeated.is_empty() {
+        return Ok(());
+    }
+    // Row key → the units touching it, rows in order of first appearance.
+    let mut chains: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut slots: HashMap<String, usize> = HashMap::new();
+    for &index in repeated {
+        let key = id_key(&units[index].node.prepared.synced_id);
+        match slots.get(&key) {
+            Some(&slot) => chains[slot].1.push(index),
+            None => {
+                slots.insert(key.clone(), chains.len());
+                chains.push((key, vec![index]));
+            }
+        }
+    }
+    drop(slots);
+    let ids: Vec<Value> = chains.iter().map(|(_, chain)| units[chain[0]].node.prepared.synced_id.clone()).collect();
+    let mut rows = sql::load_rows(conn, replica, &ids).await?;
+    let mut updates = Vec::new();
+    let mut inserts = Vec::new();
+    let mut imports = Vec::new();
+    let mut deletes = Vec::new();
+    for ((key, chain), id) in chains.into_iter().zip(ids) {
+        let original = rows.remove(&key).map(|mut row| {
+            normalize_row(replica, &mut row);
+            row
+        });
+        let existed = original.is_some();
+        let mut state = original;
+        // Whether the stored row was deleted on the way (a later write then re-inserts).
+        let mut deleted = false;
+        let mut imported_last = false;
+        for index in chain {
+            let unit = &units[index];
+            let prepared = &unit.node.prepared;
+            if unit.import {
+                applied[index] = true;
+                if unit.kind == EventKind::Destroyed {
+                    deleted |= state.take().is_some();
+                } else {
+                    // An import overwrites the columns it has, unguarded (C-8).
+                    let row = state.get_or_insert_with(Map::new);
+                    row.extend(import_row(replica, prepared));
+                    imported_last = true;
+                }
+                continue;
+            }
+            let changes = match plan(replica, unit.kind, unit.aggregate_root, prepared, state.as_ref(), now) {
+                RowPlan::Stale => {
+                    tracing::debug!(table = replica.table, id = %prepared.synced_id, "stale record ignored");
+                    continue;
+                }
+                RowPlan::Nothing => Map::new(),
+                RowPlan::Write { row, changes, .. } => {
+                    state = Some(row);
+                    imported_last = false;
+                    changes
+                }
+                RowPlan::Delete { changes } => {
+                    deleted |= state.take().is_some();
+                    changes
+                }
+            };
+            applied[index] = true;
+            if let Some(event) = events.get_mut(unit.event).filter(|_| track_changes) {
+                event.add_change(LocalChange {
+                    model: unit.node.change_name.clone(),
+                    synced_id: prepared.synced_id.clone(),
+                    changes,
+                });
+            }
+        }
+        match state {
+            None if existed => deletes.push(id),
+            None => {}
+            // The stored row, changed: every column is known, and the guard was decided here.
+            Some(row) if existed && !deleted => updates.push(row),
+            Some(row) => {
+                if existed {
+                    deletes.push(id);
+                }
+                if imported_last {
+                    imports.push(row);
+                } else {
+                    inserts.push(row);
+                }
+            }
+        }
+    }
+    sql::delete_rows(conn, replica, &deletes).await?;
+    sql::update_rows(conn, replica, updates, false).await?;
+    sql::insert_rows(conn, replica, inserts, true).await?;
+    sql::insert_rows(conn, replica, imports, false).await?;
+    Ok(())
 }
 
 /// The row import mode writes (C-8): the assigned columns, without `synced_data`.
@@ -703,5 +903,29 @@ mod tests {
             (json!(1), vec![json!(102), json!(103)]),
         ];
         assert_eq!(final_links(links), vec![(json!(2), vec![json!(101)]), (json!(1), vec![json!(102), json!(103)])]);
+    }
+
+    /// The definition, applied step by step (quadratic): the reference for [`final_links`].
+    fn final_links_stepwise(links: Vec<(Value, Vec<Value>)>) -> Vec<(Value, Vec<Value>)> {
+        let mut latest: Vec<(Value, Vec<Value>)> = Vec::new();
+        for (parent, ids) in links {
+            latest.retain(|(existing, _)| *existing != parent);
+            for (_, other_ids) in latest.iter_mut() {
+                other_ids.retain(|id| !ids.contains(id));
+            }
+            latest.push((parent, ids));
+        }
+        latest
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn final_links_match_the_stepwise_definition(
+            links in proptest::collection::vec((0u8..4, proptest::collection::vec(0u8..6, 0..5)), 0..12)
+        ) {
+            let links: Vec<(Value, Vec<Value>)> =
+                links.into_iter().map(|(parent, ids)| (json!(parent), ids.into_iter().map(|id| json!(id)).collect())).collect();
+            proptest::prop_assert_eq!(final_links(links.clone()), final_links_stepwise(links));
+        }
     }
 }

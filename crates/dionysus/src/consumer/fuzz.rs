@@ -68,6 +68,7 @@ fn rules(max_message_bytes: usize) -> Rules {
         filters: Vec::new(),
         remove_duplicates: true,
         max_message_bytes,
+        max_records: 100_000,
         unknown_model: UnknownModel::DeadLetter,
         processing_mutex: true,
         max_future_skew: Duration::from_secs(86_400),

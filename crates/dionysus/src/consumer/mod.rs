@@ -343,6 +343,7 @@ impl ConsumerBuilder {
             filters: self.filters,
             remove_duplicates: self.config.consumer.remove_duplicates,
             max_message_bytes: self.config.consumer.max_message_bytes,
+            max_records: self.config.consumer.max_records_per_message,
             unknown_model: self.unknown_model,
             processing_mutex: self.processing_mutex,
             max_future_skew: self.config.consumer.max_future_skew,
@@ -734,8 +735,9 @@ fn backoff(attempt: u32) -> Duration {
 pub async fn check_offsets_table(database_url: &str) -> Result<(), ConsumerError> {
     let mut conn = AsyncPgConnection::establish(database_url).await.map_err(|error| {
         ConsumerError::Pool(DbError::Checkout(format!(
-            "cannot connect to {}: {error}",
-            crate::config::mask_password(database_url)
+            "cannot connect to {}: {}",
+            crate::config::redact(database_url),
+            crate::db::redact_connection_error(error)
         )))
     })?;
     conn.batch_execute("SELECT 1 FROM dionysus_consumer_offsets LIMIT 0").await.map_err(|source| {

@@ -201,7 +201,9 @@ fn stored_offsets_blocking(database_url: &str, group: &str) -> Result<HashMap<(S
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
         runtime.block_on(async move {
-            let mut conn = AsyncPgConnection::establish(&url).await.map_err(|e| e.to_string())?;
+            let mut conn = AsyncPgConnection::establish(&url)
+                .await
+                .map_err(|e| crate::db::redact_connection_error(e).to_string())?;
             sql::stored_offsets(&mut conn, &group).await.map_err(|e| e.to_string())
         })
     })
@@ -436,7 +438,9 @@ impl Consumer {
         for (key, value) in &inner.kafka_properties {
             client.set(key, value);
         }
-        let kafka_error = |what: String| move |source: KafkaError| ConsumerError::Kafka { what, source };
+        let kafka_error = |what: String| {
+            move |source: KafkaError| ConsumerError::Kafka { what, source: crate::kafka::redact_error(source) }
+        };
         let consumer: Arc<StreamConsumer<GroupContext>> = Arc::new(
             client
                 .create_with_context(context)

@@ -3,6 +3,8 @@
 //! `synced_id` and the `synced_*` timestamps, then every plain attribute as sent; sideloaded
 //! relationships are split off into `has_many` / `has_one`, recursively.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 
 use crate::wire::envelope::RawRecord;
@@ -151,21 +153,19 @@ fn deserialize_at(item: RawRecord, path: &dyn Fn() -> String) -> Result<Record, 
             attributes.insert(target.to_owned(), value);
         }
     }
-    let mut sideloads: Vec<(String, Value)> = Vec::new();
+    // Sideloads indexed once by link name (keys of one object are unique), so each link
+    // finds its records in constant time however many links a record has.
+    let mut sideloads: HashMap<String, Value> = HashMap::new();
     for (key, value) in rest {
         if links.contains_key(&key) {
-            sideloads.push((key, value));
+            sideloads.insert(key, value);
         } else {
             attributes.insert(key, value);
         }
     }
 
     for (name, link) in &links {
-        let sideloaded = sideloads
-            .iter()
-            .rposition(|(key, _)| key == name)
-            .map(|position| sideloads.swap_remove(position).1)
-            .filter(|value| !value.is_null());
+        let sideloaded = sideloads.remove(name).filter(|value| !value.is_null());
         if link.is_array() {
             let records = match sideloaded {
                 None => None,

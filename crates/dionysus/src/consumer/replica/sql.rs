@@ -124,11 +124,13 @@ fn set_from_excluded<'a>(
         .collect()
 }
 
-/// Updates existing rows to the given complete rows (every column of the model), guarded.
+/// Updates existing rows to the given complete rows (every column of the model), under the
+/// timestamp guard unless `guarded` is false (the caller decided it on the locked row).
 pub async fn update_rows(
     conn: &mut AsyncPgConnection,
     replica: &ReplicaDescriptor,
     rows: Vec<Map<String, Value>>,
+    guarded: bool,
 ) -> Result<usize, diesel::result::Error> {
     if rows.is_empty() {
         return Ok(0);
@@ -144,11 +146,11 @@ pub async fn update_rows(
     if assignments.is_empty() {
         return Ok(0);
     }
+    let guard = if guarded { guard_row(replica, "s") } else { "TRUE".to_owned() };
     let sql = format!(
         "UPDATE {table} AS t SET {} FROM jsonb_populate_recordset(NULL::{table}, $1) AS s \
-         WHERE t.{id} = s.{id} AND {}",
+         WHERE t.{id} = s.{id} AND {guard}",
         assignments.join(", "),
-        guard_row(replica, "s")
     );
     let rows: Vec<Value> = rows.into_iter().map(Value::Object).collect();
     diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(rows)).execute(conn).await
@@ -165,12 +167,16 @@ pub async fn insert_rows(
 ) -> Result<usize, diesel::result::Error> {
     // One statement per distinct column set, in first-appearance order.
     let mut groups: Vec<(Vec<String>, Vec<Value>)> = Vec::new();
+    let mut slots: HashMap<Vec<String>, usize> = HashMap::new();
     for row in rows {
         let mut columns: Vec<String> = row.keys().cloned().collect();
         columns.sort();
-        match groups.iter_mut().find(|(group, _)| *group == columns) {
-            Some((_, members)) => members.push(Value::Object(row)),
-            None => groups.push((columns, vec![Value::Object(row)])),
+        match slots.get(&columns) {
+            Some(&slot) => groups[slot].1.push(Value::Object(row)),
+            None => {
+                slots.insert(columns.clone(), groups.len());
+                groups.push((columns, vec![Value::Object(row)]));
+            }
         }
     }
     let table = quote_ident(replica.table);
@@ -365,15 +371,25 @@ pub async fn upsert_rows(
     }
     // Rows grouped by (written columns in table order, kept column).
     let mut groups: Vec<UpsertGroup> = Vec::new();
+    // Shape (column positions, kept column) → its group.
+    let mut slots: HashMap<(Vec<usize>, Option<&'static str>), usize> = HashMap::new();
     for UpsertRow { values, keep } in rows {
-        let mut cells: Vec<(&'static Column, Value)> =
-            values.into_iter().filter_map(|(name, value)| replica.column(name).map(|column| (column, value))).collect();
-        cells.sort_by_key(|(column, _)| column_position(replica, column));
-        let (columns, values): (Vec<&'static Column>, Vec<Value>) = cells.into_iter().unzip();
-        let shape = (columns, keep);
-        match groups.iter_mut().find(|(group, _)| *group == shape) {
-            Some((_, members)) => members.push(values),
-            None => groups.push((shape, vec![values])),
+        let mut cells: Vec<(usize, &'static Column, Value)> = values
+            .into_iter()
+            .filter_map(|(name, value)| {
+                replica.column(name).map(|column| (column_position(replica, column), column, value))
+            })
+            .collect();
+        cells.sort_by_key(|(position, _, _)| *position);
+        let positions: Vec<usize> = cells.iter().map(|(position, _, _)| *position).collect();
+        let (columns, values): (Vec<&'static Column>, Vec<Value>) =
+            cells.into_iter().map(|(_, column, value)| (column, value)).unzip();
+        match slots.get(&(positions.clone(), keep)) {
+            Some(&slot) => groups[slot].1.push(values),
+            None => {
+                slots.insert((positions, keep), groups.len());
+                groups.push(((columns, keep), vec![values]));
+            }
         }
     }
     let column_types = types.of(conn, replica.table).await?;
@@ -559,14 +575,20 @@ pub async fn resolve_to_many(
             Value::Object(object)
         })
         .collect();
+    // Parents and (parent, child) pairs as rows, joined on equality (hash joins): linear in
+    // the links and the table, however many parents the batch links.
+    let pairs = "c AS MATERIALIZED (SELECT l->'parent' AS parent, i AS child \
+                 FROM jsonb_array_elements($1) AS l, jsonb_array_elements(l->'ids') AS i)";
     let detach = format!(
-        "UPDATE {table} AS t SET {fk} = NULL FROM jsonb_array_elements($1) AS p(link) \
-         WHERE to_jsonb(t.{fk}) = p.link->'parent' AND NOT (p.link->'ids' @> jsonb_build_array(to_jsonb(t.{id})))"
+        "WITH p AS MATERIALIZED (SELECT l->'parent' AS parent FROM jsonb_array_elements($1) AS l), {pairs} \
+         UPDATE {table} AS t SET {fk} = NULL FROM p \
+         WHERE to_jsonb(t.{fk}) = p.parent \
+         AND NOT EXISTS (SELECT 1 FROM c WHERE c.parent = p.parent AND c.child = to_jsonb(t.{id}))"
     );
     let attach = format!(
-        "UPDATE {table} AS t SET {fk} = (jsonb_populate_record(NULL::{table}, jsonb_build_object('{key}', p.link->'parent'))).{fk} \
-         FROM jsonb_array_elements($1) AS p(link) \
-         WHERE p.link->'ids' @> jsonb_build_array(to_jsonb(t.{id})) AND to_jsonb(t.{fk}) IS DISTINCT FROM p.link->'parent'",
+        "WITH {pairs} \
+         UPDATE {table} AS t SET {fk} = (jsonb_populate_record(NULL::{table}, jsonb_build_object('{key}', c.parent))).{fk} \
+         FROM c WHERE to_jsonb(t.{id}) = c.child AND to_jsonb(t.{fk}) IS DISTINCT FROM c.parent",
         key = foreign_key.replace('\'', "''"),
     );
     let payload = Value::Array(payload);

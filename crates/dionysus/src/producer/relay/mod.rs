@@ -251,7 +251,7 @@ fn create_producer(
 ) -> Result<FutureProducer, crate::kafka::TransportError> {
     settings.create().map_err(|source| crate::kafka::TransportError::Kafka {
         what: format!("creating the relay's producer for {}", kafka.bootstrap_servers()),
-        source,
+        source: crate::kafka::redact_error(source),
     })
 }
 
@@ -437,6 +437,7 @@ impl Relay {
             let mut conn = match connected {
                 Ok(conn) => conn,
                 Err(error) => {
+                    let error = crate::db::redact_connection_error(error);
                     tracing::warn!("cannot connect to listen for outbox notifications: {error}");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
