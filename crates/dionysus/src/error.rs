@@ -6,6 +6,7 @@ use crate::db::DbError;
 use crate::kafka::TransportError;
 use crate::migrate::MigrationError;
 use crate::registry::RegistryError;
+pub use crate::telemetry::Report;
 
 /// Any dionysus error.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,21 @@ pub enum Error {
     /// A genesis could not start or complete.
     #[error(transparent)]
     Genesis(#[from] crate::producer::genesis::GenesisError),
+    /// A consumer could not start or stopped on an error.
+    #[error(transparent)]
+    Consumer(#[from] crate::consumer::ConsumerError),
+    /// The application's own error, e.g. from a `#[dionysus::consume]` handler:
+    /// `Err(dionysus::Error::App(error.into()))`, or [`Error::app`].
+    #[error(transparent)]
+    App(Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl Error {
+    /// Wraps an application's own error (anything that converts into a boxed error: any
+    /// `std::error::Error + Send + Sync`, a `String`, an `anyhow::Error`).
+    pub fn app(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Error {
+        Error::App(error.into())
+    }
 }
 
 /// `Result` with [`Error`].

@@ -4,7 +4,10 @@
 //! Metric names: `dionysus_outbox_*` and `dionysus_relay_*` come from the relay,
 //! `dionysus_consumer_*` from the consumer (`dionysus_consumer_messages_total`,
 //! `dionysus_consumer_dead_letters_total`, `dionysus_consumer_batch_seconds`, and
-//! `dionysus_consumer_lag` per topic and partition from librdkafka's statistics).
+//! `dionysus_consumer_lag` per topic and partition from librdkafka's statistics,
+//! `dionysus_consumer_handler_errors_total` per handler and reason).
+//!
+//! Also how errors are written to logs: [`Report`], an error with its chain of sources.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -91,5 +94,34 @@ pub(crate) async fn serve(
             );
             let _ = socket.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+/// An error with its chain of sources on one line, `outer: inner: innermost`, for logs and
+/// the command line. Every error of the crate describes its own layer only and leaves its
+/// source to this chain, so each message appears once.
+///
+/// ```
+/// let error = std::io::Error::other("disk full");
+/// assert_eq!(dionysus::error::Report(&error).to_string(), "disk full");
+/// ```
+#[derive(Clone, Copy)]
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }

@@ -43,7 +43,8 @@ pub struct DeadLetter {
     /// The original message.
     pub message: InboundMessage,
     /// Why, in a word: `oversized`, `malformed_json`, `invalid_envelope`, `invalid_record`,
-    /// `unknown_model`, `missing_id`, `wrong_type`, `database_rejected`.
+    /// `unknown_model`, `missing_id`, `wrong_type`, `database_rejected`, and for a handler
+    /// running inside the batch's transaction `handler_input_invalid` or `handler_failed`.
     pub reason: &'static str,
     /// The error in full.
     pub error: String,
@@ -231,6 +232,8 @@ impl Rules {
             let kind = EventKind::classify(&event.event);
             let bus = ConsumedEvent {
                 topic: topic.clone(),
+                partition: message.partition,
+                offset: message.offset,
                 event_name: event.event,
                 model_name: event.model_name,
                 transformed_data: records,

@@ -40,6 +40,7 @@
 mod batch;
 pub mod dedup;
 mod events;
+mod handler;
 pub mod replica;
 mod runtime;
 
@@ -56,9 +57,10 @@ type Transactions = <AsyncPgConnection as AsyncConnection>::TransactionManager;
 
 pub use batch::{lock_name, DeadLetter, InboundMessage, UnknownModel};
 use batch::{PreparedBatch, Rules};
-pub use events::{
-    handlers, ConsumedEvent, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFuture, LocalChange, MessageFilter,
-    Notification,
+pub use events::{ConsumedEvent, LocalChange, MessageFilter, Notification};
+pub use handler::{
+    handlers, records_as, Context, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFn, HandlerFuture,
+    HandlerOutput,
 };
 pub use runtime::DeadLetterHeaders;
 
@@ -66,6 +68,7 @@ use crate::config::Config;
 use crate::consumer::replica::{sql, Replicas};
 use crate::db::{DbError, Pool};
 use crate::handle::Dionysus;
+use crate::telemetry::Report;
 
 /// A consumer failed.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +94,22 @@ pub enum ConsumerError {
         /// rdkafka's error.
         #[source]
         source: rdkafka::error::KafkaError,
+    },
+    /// A handler running inside the batch's transaction failed on a message; the batch was
+    /// rolled back.
+    #[error("handler {handler} failed on {topic}/{partition}@{offset}")]
+    Handler {
+        /// Path of the handler function.
+        handler: &'static str,
+        /// Topic of the message.
+        topic: String,
+        /// Partition of the message.
+        partition: i32,
+        /// Offset of the message.
+        offset: i64,
+        /// What went wrong.
+        #[source]
+        source: HandlerError,
     },
     /// The consumer was built without topics to read.
     #[error("no topics to consume: declare a replica model with #[derive(Consume)] or add topics to the builder")]
@@ -320,6 +339,8 @@ impl ConsumerBuilder {
                     || (self.handlers && handlers().any(|handler| topics.iter().any(|topic| *topic == handler.topic)))
             }),
         };
+        let (in_transaction, after_commit): (Vec<_>, Vec<_>) =
+            handlers().filter(|_| self.handlers).partition(|handler| handler.in_transaction);
         Ok(Consumer {
             inner: Arc::new(Inner {
                 group: self.config.kafka.group_id(),
@@ -330,7 +351,8 @@ impl ConsumerBuilder {
                 subscribers: self.subscribers,
                 kafka_properties: self.kafka_properties,
                 after_commit: self.after_commit,
-                handlers: self.handlers,
+                in_transaction,
+                after_commit_handlers: after_commit,
                 health: Health::new(),
                 serve: self.serve,
                 health_file: self.health_file,
@@ -348,7 +370,10 @@ struct Inner {
     subscribers: Vec<Subscriber>,
     kafka_properties: Vec<(String, String)>,
     after_commit: Option<AfterCommitHook>,
-    handlers: bool,
+    /// Handlers of the consumed topics that run inside a batch's transaction.
+    in_transaction: Vec<&'static HandlerDeclaration>,
+    /// Handlers of the consumed topics that run after a batch's commit.
+    after_commit_handlers: Vec<&'static HandlerDeclaration>,
     health: Health,
     serve: Option<std::net::SocketAddr>,
     health_file: Option<std::path::PathBuf>,
@@ -427,7 +452,7 @@ impl Consumer {
     /// batch; it is public for embedding and tests.
     pub async fn process_batch(&self, messages: &[InboundMessage]) -> Result<BatchOutcome, ConsumerError> {
         let outcome = self.apply_with_retry(messages, &mut |_| Box::pin(async { Ok(()) })).await?;
-        self.notify(&outcome.events).await;
+        self.notify(messages, &outcome.events).await;
         Ok(outcome)
     }
 
@@ -484,6 +509,7 @@ impl Consumer {
             }
             sql::advisory_locks(conn, prepared.locks.clone()).await.map_err(db("taking processing locks"))?;
             let events = batch::apply(conn, &mut prepared, Utc::now()).await.map_err(db("writing replica rows"))?;
+            self.run_in_transaction(conn, &fresh, &events, &prepared.dead_letters).await?;
             sql::store_offset(conn, &self.inner.group, &topic, partition, next_offset)
                 .await
                 .map_err(db("storing the offset"))?;
@@ -525,15 +551,21 @@ impl Consumer {
             };
             match result {
                 Ok(outcome) => return Ok(outcome),
-                Err(ConsumerError::Database { source, what }) if !is_transient(&source) => {
-                    tracing::warn!(error = %source, %what, "batch rejected by the database; applying its messages one by one");
-                    return self.apply_one_by_one(messages, dead_letter, source).await;
-                }
-                Err(error @ (ConsumerError::Database { .. } | ConsumerError::Pool(_))) => {
+                Err(error) if is_retryable(&error) => {
                     attempt = attempt.saturating_add(1);
                     let delay = backoff(attempt);
-                    tracing::warn!(%error, attempt, ?delay, "transient database error; retrying the batch");
+                    tracing::warn!(error = %Report(&error), attempt, ?delay, "transient database error; retrying the batch");
                     tokio::time::sleep(delay).await;
+                }
+                Err(ConsumerError::Database { source, what }) => {
+                    tracing::warn!(error = %Report(&source), %what, "batch rejected by the database; applying its messages one by one");
+                    let rejection = Rejection { reason: "database_rejected", error: Report(&source).to_string() };
+                    return self.apply_one_by_one(messages, dead_letter, rejection).await;
+                }
+                Err(ConsumerError::Handler { source, handler, .. }) => {
+                    tracing::warn!(error = %Report(&source), handler, "a handler failed inside the batch's transaction; applying its messages one by one");
+                    let rejection = Rejection { reason: source.reason(), error: Report(&source).to_string() };
+                    return self.apply_one_by_one(messages, dead_letter, rejection).await;
                 }
                 Err(other) => return Err(other),
             }
@@ -544,14 +576,13 @@ impl Consumer {
         &self,
         messages: &[InboundMessage],
         dead_letter: &mut runtime::DeadLetterSink<'_>,
-        first_error: diesel::result::Error,
+        rejection: Rejection,
     ) -> Result<BatchOutcome, ConsumerError> {
         let mut total = BatchOutcome::default();
         if messages.len() == 1 {
             // This message alone is rejected: dead-letter it and store the offset past it.
             let message = &messages[0];
-            let dead =
-                DeadLetter { message: message.clone(), reason: "database_rejected", error: first_error.to_string() };
+            let dead = DeadLetter { message: message.clone(), reason: rejection.reason, error: rejection.error };
             dead_letter(&dead).await?;
             let mut conn = crate::db::checkout(&self.inner.pool).await?;
             let group = &self.inner.group;
@@ -586,8 +617,42 @@ impl Consumer {
         Ok(total)
     }
 
-    /// Event bus then handlers, after a commit (C-19).
-    async fn notify(&self, events: &[ConsumedEvent]) {
+    /// Runs the `in_transaction` handlers of a batch's events on the batch's connection,
+    /// inside its transaction; the first failure fails the batch. Events of messages set
+    /// aside for the dead-letter topic are not handled.
+    async fn run_in_transaction(
+        &self,
+        conn: &mut AsyncPgConnection,
+        messages: &[InboundMessage],
+        events: &[ConsumedEvent],
+        dead_letters: &[DeadLetter],
+    ) -> Result<(), ConsumerError> {
+        if self.inner.in_transaction.is_empty() {
+            return Ok(());
+        }
+        for event in events {
+            if dead_letters.iter().any(|dead| dead.message.offset == event.offset) {
+                continue;
+            }
+            for declaration in self.inner.in_transaction.iter().filter(|h| h.matches(&event.topic, &event.event_name)) {
+                let Some(message) = message_of(messages, event) else { continue };
+                let mut ctx = Context::new(event, message, conn, true);
+                (declaration.handler)(&mut ctx).await.map_err(|source| ConsumerError::Handler {
+                    handler: declaration.declared_by,
+                    topic: event.topic.clone(),
+                    partition: event.partition,
+                    offset: event.offset,
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Event bus then after-commit handlers, after a commit (C-19). A handler's failure
+    /// (including a record that does not deserialize into its input) is logged and counted
+    /// in `dionysus_consumer_handler_errors_total`; the batch is committed already.
+    async fn notify(&self, messages: &[InboundMessage], events: &[ConsumedEvent]) {
         for subscriber in &self.inner.subscribers {
             subscriber(Notification::Batch(events));
         }
@@ -596,16 +661,59 @@ impl Consumer {
                 subscriber(Notification::Event(event));
             }
         }
-        if !self.inner.handlers {
+        if self.inner.after_commit_handlers.is_empty() {
             return;
         }
+        // One pooled connection for the batch's handlers, checked out when first needed.
+        let mut conn: Option<crate::db::PooledConnection> = None;
         for event in events {
-            for handler in handlers().filter(|handler| handler.matches(&event.topic, &event.event_name)) {
-                if let Err(error) = (handler.handler)(event).await {
-                    tracing::error!(handler = handler.declared_by, topic = %event.topic, event = %event.event_name, %error, "consume handler failed");
+            for declaration in
+                self.inner.after_commit_handlers.iter().filter(|h| h.matches(&event.topic, &event.event_name))
+            {
+                let Some(message) = message_of(messages, event) else { continue };
+                let conn = match &mut conn {
+                    Some(conn) => conn,
+                    None => match crate::db::checkout(&self.inner.pool).await {
+                        Ok(checked_out) => conn.insert(checked_out),
+                        Err(error) => {
+                            metrics::counter!("dionysus_consumer_handler_errors_total", "handler" => declaration.declared_by, "reason" => "no_connection").increment(1);
+                            tracing::error!(handler = declaration.declared_by, topic = %event.topic, partition = event.partition, offset = event.offset, error = %Report(&error), "consume handlers of a committed batch not run: no database connection");
+                            return;
+                        }
+                    },
+                };
+                let mut ctx = Context::new(event, message, conn, false);
+                if let Err(error) = (declaration.handler)(&mut ctx).await {
+                    metrics::counter!("dionysus_consumer_handler_errors_total", "handler" => declaration.declared_by, "reason" => error.reason()).increment(1);
+                    tracing::error!(handler = declaration.declared_by, topic = %event.topic, partition = event.partition, offset = event.offset, event = %event.event_name, error = %Report(&error), "consume handler failed");
                 }
             }
         }
+    }
+}
+
+/// Why a message alone was rejected: its dead-letter reason and error.
+struct Rejection {
+    reason: &'static str,
+    error: String,
+}
+
+/// Whether a batch that failed with `error` is retried as a whole, as is: the failure is
+/// ours (connection trouble, serialization failures), not the data's.
+fn is_retryable(error: &ConsumerError) -> bool {
+    match error {
+        ConsumerError::Database { source, .. } => is_transient(source),
+        ConsumerError::Pool(_) => true,
+        ConsumerError::Handler { source, .. } => handler::transient_cause(source, is_transient),
+        _ => false,
+    }
+}
+
+/// The message an event came from (a batch's messages are in ascending offsets).
+fn message_of<'m>(messages: &'m [InboundMessage], event: &ConsumedEvent) -> Option<&'m InboundMessage> {
+    match messages.binary_search_by_key(&event.offset, |message| message.offset) {
+        Ok(index) => messages.get(index),
+        Err(_) => messages.iter().find(|message| message.offset == event.offset),
     }
 }
 

@@ -604,7 +604,7 @@ impl Consumer {
                     }
                 }
             }
-            self.notify(&outcome.events).await;
+            self.notify(&messages, &outcome.events).await;
         }
     }
 }
