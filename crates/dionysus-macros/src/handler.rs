@@ -203,10 +203,13 @@ fn expand_valid(handler: &Handler, input: &Input<'_>) -> TokenStream {
         ReturnType::Type(_, ty) => ty.span(),
         ReturnType::Default => name.span(),
     };
+    // The output check is spanned on the return type, so a wrong one is reported there.
     let finish = |call: TokenStream| {
-        quote_spanned! {output_span=>
-            __d::HandlerOutput::into_handler_result(#call.await)
-        }
+        let convert = quote_spanned! {output_span=> __d::HandlerOutput::into_handler_result(output)};
+        quote! {{
+            let output = #call.await;
+            #convert
+        }}
     };
     let body = match input {
         Input::Event => finish(quote! { #name(ctx.event()) }),
