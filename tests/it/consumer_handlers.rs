@@ -77,7 +77,14 @@ static TYPED: Mutex<Vec<Sighting>> = Mutex::new(Vec::new());
 #[dionysus::consume(topic = "v8_handled", event = "rental_typed_updated")]
 async fn typed(ctx: &mut dionysus::Context<'_>, rental: RentalIn) -> Result<(), std::io::Error> {
     let key = ctx.key().map(|key| String::from_utf8_lossy(key).into_owned());
-    TYPED.lock().unwrap().push((ctx.topic().to_owned(), ctx.partition(), ctx.offset(), key, rental.synced_id, rental.name));
+    TYPED.lock().unwrap().push((
+        ctx.topic().to_owned(),
+        ctx.partition(),
+        ctx.offset(),
+        key,
+        rental.synced_id,
+        rental.name,
+    ));
     Ok(())
 }
 
@@ -121,9 +128,8 @@ async fn vec_handler_receives_every_record_after_the_commit() {
 async fn audited_in_transaction(ctx: &mut dionysus::Context<'_>, rental: RentalIn) -> dionysus::Result<()> {
     assert!(ctx.in_transaction());
     // Inside the batch's transaction: the replica row is there already, uncommitted.
-    let name: Option<String> = row(ctx.conn(), "rentals", rental.synced_id).await.and_then(|row| {
-        row["name"].as_str().map(str::to_owned)
-    });
+    let name: Option<String> =
+        row(ctx.conn(), "rentals", rental.synced_id).await.and_then(|row| row["name"].as_str().map(str::to_owned));
     audit(ctx.conn(), rental.synced_id, &format!("saw {}", name.unwrap_or_default())).await?;
     Ok(())
 }
@@ -135,7 +141,11 @@ async fn in_transaction_handler_writes_commit_with_the_replica_rows() {
     let db = audit_db().await;
     let (consumer, _) = consumer(&db, |b| b.handlers(true));
     let outcome = consumer
-        .process_batch(&[rental_event(0, "rental_audited_updated", json!([{"id": 5, "name": "five", "updated_at": t(1)}]))])
+        .process_batch(&[rental_event(
+            0,
+            "rental_audited_updated",
+            json!([{"id": 5, "name": "five", "updated_at": t(1)}]),
+        )])
         .await
         .unwrap();
     assert!(outcome.dead_letters.is_empty());
@@ -175,7 +185,8 @@ async fn in_transaction_handler_failure_rolls_back_its_write_and_the_batch() {
     assert!(row(&mut conn, "rentals", 1).await.is_none(), "the replica row rolled back");
 
     // Among others: only the failing message is set aside.
-    let outcome = consumer.process_batch(&[refused(1, 2, "fine"), refused(2, 3, "refuse"), refused(3, 4, "fine")]).await.unwrap();
+    let outcome =
+        consumer.process_batch(&[refused(1, 2, "fine"), refused(2, 3, "refuse"), refused(3, 4, "fine")]).await.unwrap();
     let dead: Vec<(i64, &str)> = outcome.dead_letters.iter().map(|dead| (dead.message.offset, dead.reason)).collect();
     assert_eq!(dead, [(2, "handler_failed")]);
     assert_eq!(outcome.next_offset, Some(4));
@@ -186,8 +197,10 @@ async fn in_transaction_handler_failure_rolls_back_its_write_and_the_batch() {
     assert!(row(&mut conn, "rentals", 4).await.is_some());
     assert_eq!(count(&mut conn, "SELECT next_offset AS n FROM dionysus_consumer_offsets").await, 4);
     // Subscribers hear of the committed events only.
-    let events: Vec<Value> = seen.lock().unwrap().iter().filter(|(kind, _)| kind == "event").map(|(_, e)| e.clone()).collect();
-    let ids: Vec<&Value> = events.iter().map(|event| &event["transformed_data"][0]["attributes"]["synced_id"]).collect();
+    let events: Vec<Value> =
+        seen.lock().unwrap().iter().filter(|(kind, _)| kind == "event").map(|(_, e)| e.clone()).collect();
+    let ids: Vec<&Value> =
+        events.iter().map(|event| &event["transformed_data"][0]["attributes"]["synced_id"]).collect();
     assert_eq!(ids, [&json!(2), &json!(4)]);
 }
 

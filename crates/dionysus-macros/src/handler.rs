@@ -100,7 +100,12 @@ fn parse(cx: &Ctxt, args: TokenStream, item: TokenStream) -> Option<Handler> {
              help: the correct format looks like `#[dionysus::consume(topic = \"v3_rentals\", event = \"rental_updated\")]`",
         ));
     }
-    Some(Handler { function: function?, topic: topic?, event: event?, in_transaction: in_transaction.get().unwrap_or(false) })
+    Some(Handler {
+        function: function?,
+        topic: topic?,
+        event: event?,
+        in_transaction: in_transaction.get().unwrap_or(false),
+    })
 }
 
 /// Checks the function's shape; `None` when an error was recorded.
@@ -155,10 +160,7 @@ fn check_signature<'a>(cx: &Ctxt, function: &'a ItemFn) -> Option<Input<'a>> {
                 None
             }
             _ => {
-                fail(
-                    first,
-                    "a consume handler takes the context first: `ctx: &mut dionysus::Context<'_>`".to_owned(),
-                );
+                fail(first, "a consume handler takes the context first: `ctx: &mut dionysus::Context<'_>`".to_owned());
                 None
             }
         },

@@ -226,9 +226,8 @@ pub fn records_as<T: DeserializeOwned>(event: &ConsumedEvent) -> Result<Vec<T>, 
         .iter()
         .enumerate()
         .map(|(index, record)| {
-            serde_json::from_value(Value::Object(record.attributes.clone())).map_err(|source| {
-                HandlerError::InvalidInput { index, target: std::any::type_name::<T>(), source }
-            })
+            serde_json::from_value(Value::Object(record.attributes.clone()))
+                .map_err(|source| HandlerError::InvalidInput { index, target: std::any::type_name::<T>(), source })
         })
         .collect()
 }
