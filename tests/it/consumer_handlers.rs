@@ -6,14 +6,20 @@
 //! the topic [`TOPIC`], which no other test consumes with handlers on.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use dionysus::consumer::InboundMessage;
-use dionysus_tests::{count, TestDb};
+use dionysus::consumer::{Consumer, DeadLetterHeaders, InboundMessage};
+use dionysus_tests::{count, create_topic, kafka_config, TestDb};
+use futures_util::StreamExt;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::FutureRecord;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::consumer_models::{consumer, replica_db, row, t};
+use crate::consumer_models::{consumer, replica_db, replicas, row, t};
+use tokio_util::sync::CancellationToken;
 
 const TOPIC: &str = "v8_handled";
 
@@ -265,4 +271,97 @@ async fn after_commit_handler_failure_leaves_the_batch_alone() {
     let mut conn = db.connection().await;
     assert!(row(&mut conn, "rentals", 1).await.is_some());
     assert!(row(&mut conn, "rentals", 2).await.is_some());
+}
+
+/// A topic of its own for the test through the broker; it outlives test runs, so that test
+/// uses ids unique to its run.
+const BROKER_TOPIC: &str = "v8_handled_through_broker";
+
+#[dionysus::consume(topic = "v8_handled_through_broker", event = "rental_updated", in_transaction)]
+async fn audited_through_the_broker(ctx: &mut dionysus::Context<'_>, rental: RentalIn) -> dionysus::Result<()> {
+    let note = format!("offset {}", ctx.offset());
+    audit(ctx.conn(), rental.synced_id, &note).await?;
+    if rental.name.as_deref() == Some("refuse") {
+        return Err(dionysus::Error::app("refused through the broker"));
+    }
+    Ok(())
+}
+
+/// Through the broker, an `in_transaction` handler's write commits with the replica row of a
+/// good message, and the message it fails on goes to the dead-letter topic as
+/// `handler_failed` with nothing of it kept; the partition moves on.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_transaction_handler_through_the_broker() {
+    let db = audit_db().await;
+    let kafka = kafka_config();
+    let spec = dionysus::kafka::TopicSpec { name: BROKER_TOPIC.to_owned(), partitions: 1, replication_factor: 1 };
+    dionysus::kafka::create_topics(&kafka, &[spec]).await.unwrap();
+    let dead_letters = create_topic(&kafka, "handler_dead_letters", 1).await;
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
+    let refused = chrono::Utc::now().timestamp_micros();
+    let good = refused + 1;
+    for (id, name) in [(refused, "refuse"), (good, "good")] {
+        let payload = json!({"message": [{"event": "rental_updated", "model_name": "Rental",
+            "data": [{"id": id, "name": name, "updated_at": t(1)}]}]})
+        .to_string();
+        let key = format!("Rental:{id}");
+        let record: FutureRecord<'_, str, str> =
+            FutureRecord::to(BROKER_TOPIC).partition(0).key(key.as_str()).payload(payload.as_str());
+        producer.send(record, Duration::from_secs(10)).await.map_err(|(error, _)| error).unwrap();
+    }
+
+    let mut config =
+        dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+    config.consumer.dead_letter_topic = dead_letters.clone();
+    let consumer = Consumer::builder(config)
+        .pool(db.pool(4))
+        .replicas(replicas())
+        .topic(BROKER_TOPIC)
+        .kafka_property("session.timeout.ms", "6000")
+        .kafka_property("heartbeat.interval.ms", "500")
+        .build()
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let (consumer, shutdown) = (consumer.clone(), shutdown.clone());
+        async move { consumer.run(shutdown).await }
+    });
+    let mut conn = db.connection().await;
+    // The good message comes after the refused one on the partition: once it is applied, the
+    // refused one is settled.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while row(&mut conn, "rentals", good).await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the good message was not applied within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    let audit: Vec<i64> = audited(&mut conn).await.into_iter().map(|(id, _)| id).filter(|id| *id >= refused).collect();
+    assert_eq!(audit, [good], "the refused message's audit row rolled back");
+    assert!(row(&mut conn, "rentals", refused).await.is_none(), "the refused message's replica row rolled back");
+
+    let reader: StreamConsumer =
+        dionysus_tests::consumer_config(&kafka, &dionysus_tests::unique_name("handler_dlq_reader")).create().unwrap();
+    reader.subscribe(&[&dead_letters]).unwrap();
+    // Earlier runs' refused messages are dead-lettered here too, before this run's.
+    let mut stream = reader.stream();
+    let key = format!("Rental:{refused}");
+    let (reason, error) = loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), stream.next()).await.unwrap().unwrap().unwrap();
+        if message.key() != Some(key.as_bytes()) {
+            continue;
+        }
+        let header = |name: &str| {
+            message.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+            })
+        };
+        break (header(DeadLetterHeaders::REASON), header(DeadLetterHeaders::ERROR));
+    };
+    assert_eq!(reason.as_deref(), Some("handler_failed"));
+    assert!(error.is_some_and(|error| error.contains("refused through the broker")));
 }
