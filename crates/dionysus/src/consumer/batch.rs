@@ -19,6 +19,7 @@ use crate::consumer::replica::plan::{
 };
 use crate::consumer::replica::sql::{self, id_key, ColumnTypes, UpsertRow};
 use crate::consumer::replica::{Record, ReplicaDescriptor, Replicas, RowPlan};
+use crate::telemetry::Report;
 use crate::wire::envelope::{decode, Decoded, EnvelopeError};
 use crate::wire::naming::{event_prefix, EventKind};
 
@@ -204,8 +205,8 @@ impl Rules {
             }
         }
         decode(message.payload.as_deref()).map_err(|error| match error {
-            EnvelopeError::Json(_) => dead("malformed_json", error.to_string()),
-            EnvelopeError::Shape(_) => dead("invalid_envelope", error.to_string()),
+            EnvelopeError::Json(_) => dead("malformed_json", Report(&error).to_string()),
+            EnvelopeError::Shape(_) => dead("invalid_envelope", Report(&error).to_string()),
         })
     }
 

@@ -74,20 +74,36 @@ use crate::telemetry::Report;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConsumerError {
-    /// A database operation failed.
-    #[error("{what}: {source}")]
+    /// A database operation on a batch failed.
+    #[error("{step} (group {group}, {topic}/{partition}, offsets {first_offset}..={last_offset})")]
     Database {
-        /// What was being done (topic, partition, offsets).
-        what: String,
+        /// What was being done, e.g. `writing replica rows`.
+        step: &'static str,
+        /// The consumer group.
+        group: String,
+        /// The batch's topic.
+        topic: String,
+        /// The batch's partition.
+        partition: i32,
+        /// The batch's first offset.
+        first_offset: i64,
+        /// The batch's last offset.
+        last_offset: i64,
         /// diesel's error.
         #[source]
         source: diesel::result::Error,
     },
+    /// The offsets table cannot be read.
+    #[error("checking dionysus_consumer_offsets (run `dionysus migrate`)")]
+    OffsetsTable(#[source] diesel::result::Error),
+    /// The broker client could not be set up.
+    #[error(transparent)]
+    Transport(#[from] crate::kafka::TransportError),
     /// No database connection could be had.
     #[error(transparent)]
     Pool(#[from] DbError),
     /// The broker could not be used.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Kafka {
         /// What was being done.
         what: String,
@@ -115,7 +131,7 @@ pub enum ConsumerError {
     #[error("no topics to consume: declare a replica model with #[derive(Consume)] or add topics to the builder")]
     NoTopics,
     /// The metrics/health listener could not start.
-    #[error("cannot serve /metrics and /health on {address}: {source}")]
+    #[error("cannot serve /metrics and /health on {address}")]
     Serve {
         /// The address.
         address: std::net::SocketAddr,
@@ -465,17 +481,18 @@ impl Consumer {
     ) -> Result<BatchOutcome, ConsumerError> {
         let Some(first) = messages.first() else { return Ok(BatchOutcome::default()) };
         let (topic, partition) = (first.topic.clone(), first.partition);
-        let what = |step: &str| {
-            format!(
-                "{step} (group {}, {topic}/{partition}, offsets {}..={})",
-                self.inner.group,
-                first.offset,
-                messages.last().map_or(first.offset, |m| m.offset)
-            )
-        };
+        let last_offset = messages.last().map_or(first.offset, |m| m.offset);
         let db = |step: &'static str| {
-            let what = what(step);
-            move |source| ConsumerError::Database { what, source }
+            let (group, topic) = (self.inner.group.clone(), topic.clone());
+            move |source| ConsumerError::Database {
+                step,
+                group,
+                topic,
+                partition,
+                first_offset: first.offset,
+                last_offset,
+                source,
+            }
         };
         // Begun and ended through diesel's transaction manager (not a bare `BEGIN`), so a
         // worker stopped mid-batch leaves a connection the pool discards rather than one
@@ -557,8 +574,8 @@ impl Consumer {
                     tracing::warn!(error = %Report(&error), attempt, ?delay, "transient database error; retrying the batch");
                     tokio::time::sleep(delay).await;
                 }
-                Err(ConsumerError::Database { source, what }) => {
-                    tracing::warn!(error = %Report(&source), %what, "batch rejected by the database; applying its messages one by one");
+                Err(ConsumerError::Database { source, step, topic, partition, first_offset, last_offset, .. }) => {
+                    tracing::warn!(error = %Report(&source), step, %topic, partition, first_offset, last_offset, "batch rejected by the database; applying its messages one by one");
                     let rejection = Rejection { reason: "database_rejected", error: Report(&source).to_string() };
                     return self.apply_one_by_one(messages, dead_letter, rejection).await;
                 }
@@ -597,10 +614,12 @@ impl Consumer {
             }
             .await
             .map_err(|source| ConsumerError::Database {
-                what: format!(
-                    "storing the offset past rejected message {}/{}@{}",
-                    message.topic, message.partition, message.offset
-                ),
+                step: "storing the offset past a rejected message",
+                group: group.clone(),
+                topic: message.topic.clone(),
+                partition: message.partition,
+                first_offset: message.offset,
+                last_offset: message.offset,
                 source,
             })?;
             total.next_offset = Some(stored.map_or(message.offset + 1, |stored| stored.max(message.offset + 1)));
@@ -725,18 +744,10 @@ fn backoff(attempt: u32) -> Duration {
 
 /// Applies the framework migrations' consumer table check: the offsets table must exist.
 pub async fn check_offsets_table(database_url: &str) -> Result<(), ConsumerError> {
-    let mut conn = AsyncPgConnection::establish(database_url).await.map_err(|error| {
-        ConsumerError::Pool(DbError::Checkout(format!(
-            "cannot connect to {}: {error}",
-            crate::config::mask_password(database_url)
-        )))
+    let mut conn = AsyncPgConnection::establish(database_url).await.map_err(|source| {
+        ConsumerError::Pool(DbError::Connect { url: crate::config::mask_password(database_url), source })
     })?;
-    conn.batch_execute("SELECT 1 FROM dionysus_consumer_offsets LIMIT 0").await.map_err(|source| {
-        ConsumerError::Database {
-            what: "checking dionysus_consumer_offsets (run `dionysus migrate`)".to_owned(),
-            source,
-        }
-    })
+    conn.batch_execute("SELECT 1 FROM dionysus_consumer_offsets LIMIT 0").await.map_err(ConsumerError::OffsetsTable)
 }
 
 impl Dionysus {

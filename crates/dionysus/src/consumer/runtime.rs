@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use super::{AfterCommit, Consumer, ConsumerError, DeadLetter, InboundMessage};
 use crate::consumer::replica::sql;
+use crate::telemetry::Report;
 
 /// Header names of a dead-lettered message; the value is the original bytes and the key the
 /// original key.
@@ -411,10 +412,7 @@ impl Consumer {
         );
         let topics: Vec<&str> = inner.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(kafka_error(format!("subscribing to {topics:?}")))?;
-        let producer = crate::kafka::producer(kafka).map_err(|error| ConsumerError::Kafka {
-            what: error.to_string(),
-            source: KafkaError::ClientCreation("dead-letter producer".to_owned()),
-        })?;
+        let producer = crate::kafka::producer(kafka).map_err(ConsumerError::Transport)?;
         tracing::info!(group = %inner.group, topics = ?inner.topics, "consumer started");
 
         let mut workers = Workers::default();
@@ -570,7 +568,7 @@ impl Consumer {
                     Ok(outcome) => break outcome,
                     Err(error) => {
                         attempt = attempt.saturating_add(1);
-                        tracing::error!(parent: &span, %error, attempt, "batch failed; retrying");
+                        tracing::error!(parent: &span, error = %Report(&error), attempt, "batch failed; retrying");
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
                             _ = tokio::time::sleep(super::backoff(attempt)) => {}

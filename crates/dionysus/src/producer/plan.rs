@@ -88,7 +88,7 @@ pub enum PlanError {
     #[error(transparent)]
     Envelope(#[from] crate::wire::envelope::EnvelopeError),
     /// Loading records failed (the whole batch is retried).
-    #[error("loading {what}: {source}")]
+    #[error("loading {what}")]
     Load {
         /// What was loaded.
         what: String,
