@@ -106,9 +106,9 @@ pub(crate) async fn serve(
 /// assert_eq!(dionysus::error::Report(&error).to_string(), "disk full");
 /// ```
 #[derive(Clone, Copy)]
-pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+pub struct Report<'a, E: ?Sized = dyn std::error::Error + 'static>(pub &'a E);
 
-impl std::fmt::Display for Report<'_> {
+impl<E: std::error::Error + ?Sized> std::fmt::Display for Report<'_, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.0)?;
         let mut source = self.0.source();
@@ -120,7 +120,7 @@ impl std::fmt::Display for Report<'_> {
     }
 }
 
-impl std::fmt::Debug for Report<'_> {
+impl<E: std::error::Error + ?Sized> std::fmt::Debug for Report<'_, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Display::fmt(self, f)
     }
