@@ -150,6 +150,9 @@ enum Command {
         /// Skip soft-deleted records.
         #[arg(long)]
         visible_only: bool,
+        /// Only records whose column equals the value (repeatable; every filter must hold).
+        #[arg(long = "where", value_name = "COLUMN=VALUE", value_parser = column_equals)]
+        conditions: Vec<(String, String)>,
         /// Resume an unfinished run by id instead of starting one.
         #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["model", "topic"])]
         resume: Option<i64>,
@@ -418,7 +421,7 @@ async fn execute(
             consumer.run(shutdown).await?;
             writeln!(out, "consumer stopped")?;
         }
-        Command::Genesis { model, topic, from, to, over, batch_size, visible_only, resume } => {
+        Command::Genesis { model, topic, from, to, over, batch_size, visible_only, conditions, resume } => {
             let pool = crate::db::pool(&config.database_url, 2)?;
             let genesis = crate::producer::genesis::Genesis::new(config, handle.registry_arc(), pool)?;
             let run_id = match resume {
@@ -435,6 +438,7 @@ async fn execute(
                         over,
                         batch_size,
                         visible_only,
+                        conditions,
                     };
                     let run = genesis.start(&request).await?;
                     writeln!(out, "genesis run {} started: {} record(s)", run.id, run.total_count.unwrap_or(0))?;
@@ -456,6 +460,14 @@ async fn execute(
         Command::Outbox(command) => outbox(&config, command, out).await?,
     }
     Ok(())
+}
+
+/// Parses `--where column=value`.
+fn column_equals(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((column, value)) if !column.trim().is_empty() => Ok((column.trim().to_owned(), value.to_owned())),
+        _ => Err(format!("expected COLUMN=VALUE, e.g. account_id=7, got `{text}`")),
+    }
 }
 
 /// A genesis run drawn as a progress bar.
