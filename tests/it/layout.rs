@@ -24,7 +24,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("kafka", &["config", "registry"]),
     ("producer", &["wire", "config", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
     ("consumer", &["wire", "config", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
-    ("error", &["wire", "config", "db", "registry", "migrate", "kafka", "producer", "consumer"]),
+    ("error", &["wire", "config", "db", "telemetry", "registry", "migrate", "kafka", "producer", "consumer"]),
     (
         "cli",
         &[

@@ -7,6 +7,7 @@ mod cli;
 mod compatibility;
 mod config_env;
 mod consumer_bounds;
+mod consumer_handlers;
 mod consumer_kafka;
 mod consumer_models;
 mod consumer_names;

@@ -1,36 +1,63 @@
-//! `#[dionysus::consume(topic = "…", event = "…")]` on an `async fn(&ConsumedEvent) ->
-//! dionysus::Result<()>`: reads the arguments (in the same style as every other macro) and
-//! checks the signature, then keeps the function and registers it, through a small wrapper
-//! that boxes its future, as a `HandlerDeclaration` in `inventory`, plus a topic reference.
-//! On error it emits the errors and the function unchanged.
+//! `#[dionysus::consume(topic = "…", event = "…", in_transaction)]` on an async handler
+//! function: reads the arguments (in the same style as every other macro), checks the
+//! function's shape (one error on the offending parameter, naming the accepted shapes), then
+//! keeps the function and registers a wrapper that builds its input from the context, as a
+//! `HandlerDeclaration` in `inventory`, plus a topic reference. On error it emits the errors
+//! and the function unchanged.
+//!
+//! Accepted shapes, told apart by how the parameters are written:
+//! * `(ctx: &mut Context<'_>, rental: T)`: called once per record of the event;
+//! * `(ctx: &mut Context<'_>, rentals: Vec<T>)`: called once with every record;
+//! * `(ctx: &mut Context<'_>)`: called once per event;
+//! * `(event: &ConsumedEvent)`: the untyped form, called once per event.
 
 use proc_macro2::{Span, TokenStream};
-use quote::quote;
-use syn::{FnArg, ItemFn, LitStr};
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{FnArg, GenericArgument, ItemFn, LitStr, PathArguments, ReturnType, Type};
 
 use crate::attr::{self, Attr};
 use crate::ctxt::{self, Ctxt};
 use crate::symbol::*;
 
-const KEYS: &[Symbol] = &[TOPIC, EVENT];
+const KEYS: &[Symbol] = &[TOPIC, EVENT, IN_TRANSACTION];
+
+/// The shapes a handler may have, as said in every signature error.
+const SHAPES: &str = "help: a consume handler is one of
+    async fn f(ctx: &mut dionysus::Context<'_>, rental: Rental) -> Result<(), E>        // once per record
+    async fn f(ctx: &mut dionysus::Context<'_>, rentals: Vec<Rental>) -> Result<(), E>  // once, all records
+    async fn f(ctx: &mut dionysus::Context<'_>) -> Result<(), E>
+    async fn f(event: &dionysus::consumer::ConsumedEvent) -> Result<(), E>
+where `Rental: serde::Deserialize` and `E` is an error type (`dionysus::Error`, any std error)";
 
 /// A handler declaration.
 struct Handler {
     function: ItemFn,
     topic: LitStr,
     event: LitStr,
+    in_transaction: bool,
+}
+
+/// How the function takes its input.
+enum Input<'a> {
+    /// `(event: &ConsumedEvent)`.
+    Event,
+    /// `(ctx: &mut Context<'_>)`.
+    Context,
+    /// `(ctx, record: T)`, once per record.
+    Record(&'a Type),
+    /// `(ctx, records: Vec<T>)`.
+    Records(&'a Type),
 }
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let cx = Ctxt::new();
     let handler = parse(&cx, args, item.clone());
-    if let Some(handler) = &handler {
-        check_signature(&cx, &handler.function);
-    }
-    match (cx.check(), handler) {
-        (Ok(()), Some(handler)) => expand_valid(&handler),
-        (Err(error), _) => ctxt::with_fallback(error, item),
-        (Ok(()), None) => item,
+    let input = handler.as_ref().and_then(|handler| check_signature(&cx, &handler.function));
+    match (cx.check(), &handler, input) {
+        (Ok(()), Some(handler), Some(input)) => expand_valid(handler, &input),
+        (Err(error), _, _) => ctxt::with_fallback(error, item),
+        (Ok(()), _, _) => item,
     }
 }
 
@@ -40,21 +67,25 @@ fn parse(cx: &Ctxt, args: TokenStream, item: TokenStream) -> Option<Handler> {
         Err(_) => {
             cx.syn_error(syn::Error::new(
                 Span::call_site(),
-                "`#[dionysus::consume(...)]` goes on an `async fn(&dionysus::consumer::ConsumedEvent) -> \
-                 dionysus::Result<()>`\n\
-                 help: on a replica struct, use `#[derive(dionysus::Consume)]` with `#[consume(...)]`",
+                format!(
+                    "`#[dionysus::consume(...)]` goes on an async handler function\n{SHAPES}\n\
+                     help: on a replica struct, use `#[derive(dionysus::Consume)]` with `#[consume(...)]`"
+                ),
             ));
             None
         }
     };
     let mut topic = Attr::none(cx, TOPIC);
     let mut event = Attr::none(cx, EVENT);
+    let mut in_transaction = Attr::none(cx, IN_TRANSACTION);
     let mut unknown_key = false;
     let complete = attr::each_in_args(cx, args, |meta| {
         if meta.path == TOPIC {
             topic.set_opt(&meta.path, attr::string(cx, TOPIC, &meta, r#"topic = "v3_rentals""#)?);
         } else if meta.path == EVENT {
             event.set_opt(&meta.path, attr::string(cx, EVENT, &meta, r#"event = "rental_updated""#)?);
+        } else if meta.path == IN_TRANSACTION {
+            in_transaction.set_opt(&meta.path, attr::flag(cx, IN_TRANSACTION, &meta)?);
         } else {
             unknown_key = true;
             attr::unknown(cx, &meta, "`#[dionysus::consume(...)]`", KEYS)?;
@@ -69,36 +100,141 @@ fn parse(cx: &Ctxt, args: TokenStream, item: TokenStream) -> Option<Handler> {
              help: the correct format looks like `#[dionysus::consume(topic = \"v3_rentals\", event = \"rental_updated\")]`",
         ));
     }
-    Some(Handler { function: function?, topic: topic?, event: event? })
+    Some(Handler {
+        function: function?,
+        topic: topic?,
+        event: event?,
+        in_transaction: in_transaction.get().unwrap_or(false),
+    })
 }
 
-fn check_signature(cx: &Ctxt, function: &ItemFn) {
+/// Checks the function's shape; `None` when an error was recorded.
+fn check_signature<'a>(cx: &Ctxt, function: &'a ItemFn) -> Option<Input<'a>> {
     let signature = &function.sig;
+    let mut valid = true;
+    let mut fail = |tokens: &dyn quote::ToTokens, message: String| {
+        cx.error_spanned_by(tokens.to_token_stream(), format!("{message}\n{SHAPES}"));
+        valid = false;
+    };
     if signature.asyncness.is_none() {
-        cx.error_spanned_by(signature.fn_token, "a consume handler must be an `async fn`");
+        fail(&signature.fn_token, "a consume handler must be an `async fn`".to_owned());
     }
     if !signature.generics.params.is_empty() {
-        cx.error_spanned_by(&signature.generics, "a consume handler cannot have generic parameters");
+        fail(&signature.generics, "a consume handler cannot have generic parameters".to_owned());
     }
-    match signature.inputs.first() {
+    if let ReturnType::Default = signature.output {
+        fail(&signature.ident, "a consume handler returns `Result<(), E>`".to_owned());
+    }
+    let mut inputs = signature.inputs.iter();
+    let input = match inputs.next() {
+        None => {
+            fail(&signature.ident, "a consume handler takes the context: `ctx: &mut dionysus::Context<'_>`".to_owned());
+            None
+        }
         Some(FnArg::Receiver(receiver)) => {
-            cx.error_spanned_by(receiver, "a consume handler is a free function, not a method");
+            fail(receiver, "a consume handler is a free function, not a method".to_owned());
+            None
         }
-        None => cx.error_spanned_by(
-            &signature.inputs,
-            "a consume handler takes the event: `event: &dionysus::consumer::ConsumedEvent`",
-        ),
-        Some(FnArg::Typed(_)) if signature.inputs.len() > 1 => {
-            cx.error_spanned_by(&signature.inputs, "a consume handler takes exactly one argument, the event")
-        }
-        Some(FnArg::Typed(_)) => {}
+        Some(FnArg::Typed(first)) => match &*first.ty {
+            Type::Reference(reference) if reference.mutability.is_some() => match inputs.next() {
+                None => Some(Input::Context),
+                Some(FnArg::Typed(second)) => match &*second.ty {
+                    Type::Reference(_) => {
+                        fail(&second.ty, "a consume handler takes its record by value: `rental: Rental`".to_owned());
+                        None
+                    }
+                    ty => Some(vec_item(ty).map_or(Input::Record(ty), Input::Records)),
+                },
+                Some(receiver) => {
+                    fail(receiver, "a consume handler is a free function, not a method".to_owned());
+                    None
+                }
+            },
+            Type::Reference(_) => Some(Input::Event),
+            ty if last_segment_is(ty, "ConsumedEvent") => {
+                fail(
+                    ty,
+                    "a consume handler takes the event by reference: `event: &dionysus::consumer::ConsumedEvent`"
+                        .to_owned(),
+                );
+                None
+            }
+            _ => {
+                fail(first, "a consume handler takes the context first: `ctx: &mut dionysus::Context<'_>`".to_owned());
+                None
+            }
+        },
+    };
+    let expected = match input {
+        Some(Input::Event | Input::Context) => 1,
+        _ => 2,
+    };
+    if let Some(extra) = signature.inputs.iter().nth(expected) {
+        fail(extra, format!("a consume handler of this shape takes {expected} parameter(s); this one is extra"));
+    }
+    if valid {
+        input
+    } else {
+        None
     }
 }
 
-fn expand_valid(handler: &Handler) -> TokenStream {
-    let Handler { function, topic, event } = handler;
+/// `T` of a parameter written `Vec<T>`.
+fn vec_item(ty: &Type) -> Option<&Type> {
+    let Type::Path(path) = ty else { return None };
+    let segment = path.path.segments.last()?;
+    if segment.ident != "Vec" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(arguments) = &segment.arguments else { return None };
+    match arguments.args.first() {
+        Some(GenericArgument::Type(item)) if arguments.args.len() == 1 => Some(item),
+        _ => None,
+    }
+}
+
+fn last_segment_is(ty: &Type, name: &str) -> bool {
+    matches!(ty, Type::Path(path) if path.path.segments.last().is_some_and(|segment| segment.ident == name))
+}
+
+fn expand_valid(handler: &Handler, input: &Input<'_>) -> TokenStream {
+    let Handler { function, topic, event, in_transaction } = handler;
     let name = &function.sig.ident;
     let name_str = name.to_string();
+    let output_span = match &function.sig.output {
+        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Default => name.span(),
+    };
+    // The output check is spanned on the return type, so a wrong one is reported there.
+    let finish = |call: TokenStream| {
+        let convert = quote_spanned! {output_span=> __d::HandlerOutput::into_handler_result(output)};
+        quote! {{
+            let output = #call.await;
+            #convert
+        }}
+    };
+    let body = match input {
+        Input::Event => finish(quote! { #name(ctx.event()) }),
+        Input::Context => finish(quote! { #name(&mut *ctx) }),
+        Input::Record(ty) => {
+            let call = finish(quote! { #name(&mut *ctx, record) });
+            let records = quote_spanned! {ty.span()=> __d::records_as::<#ty>(ctx.event())};
+            quote! {
+                for record in #records? {
+                    #call?;
+                }
+                ::core::result::Result::Ok(())
+            }
+        }
+        Input::Records(ty) => {
+            let call = finish(quote! { #name(&mut *ctx, records) });
+            let records = quote_spanned! {ty.span()=> __d::records_as::<#ty>(ctx.event())};
+            quote! {
+                let records = #records?;
+                #call
+            }
+        }
+    };
     quote! {
         #function
 
@@ -106,8 +242,8 @@ fn expand_valid(handler: &Handler) -> TokenStream {
         const _: () = {
             use ::dionysus::__private as __d;
 
-            fn __dionysus_handler<'a>(event: &'a __d::ConsumedEvent) -> __d::HandlerFuture<'a> {
-                __d::box_handler(#name(event))
+            fn __dionysus_handler<'a, 'b>(ctx: &'a mut __d::Context<'b>) -> __d::HandlerFuture<'a> {
+                __d::box_handler(async move { #body })
             }
 
             __d::inventory::submit! {
@@ -115,6 +251,7 @@ fn expand_valid(handler: &Handler) -> TokenStream {
                     topic: #topic,
                     event: #event,
                     handler: __dionysus_handler,
+                    in_transaction: #in_transaction,
                     declared_by: ::core::concat!(::core::module_path!(), "::", #name_str),
                     location: ::core::concat!(::core::file!(), ":", ::core::line!()),
                 })

@@ -15,7 +15,7 @@ pub type PooledConnection = diesel_async::pooled_connection::deadpool::Object<As
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// Building the pool failed.
-    #[error("cannot build a PostgreSQL pool for {url}: {source}")]
+    #[error("cannot build a PostgreSQL pool for {url}")]
     Build {
         /// URL with the password masked.
         url: String,
@@ -24,10 +24,19 @@ pub enum DbError {
         source: BuildError,
     },
     /// No connection could be had from the pool.
-    #[error("cannot get a PostgreSQL connection: {0}")]
-    Checkout(String),
+    #[error("cannot get a PostgreSQL connection from the pool")]
+    Checkout(#[source] diesel_async::pooled_connection::deadpool::PoolError),
+    /// A connection could not be opened.
+    #[error("cannot connect to PostgreSQL at {url}")]
+    Connect {
+        /// URL with the password masked.
+        url: String,
+        /// diesel's error.
+        #[source]
+        source: diesel::ConnectionError,
+    },
     /// A query failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Query {
         /// What was being done, with the entity.
         what: String,
@@ -49,7 +58,7 @@ pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {
 
 /// A connection from the pool, with a readable error when the database cannot be reached.
 pub async fn checkout(pool: &Pool) -> Result<PooledConnection, DbError> {
-    pool.get().await.map_err(|error| DbError::Checkout(crate::config::redact(&error.to_string())))
+    pool.get().await.map_err(|error| DbError::Checkout(redact_pool_error(error)))
 }
 
 /// `error` with secrets taken out of its text ([`crate::config::redact`]): PostgreSQL's
@@ -60,6 +69,20 @@ pub fn redact_connection_error(error: diesel::ConnectionError) -> diesel::Connec
         ConnectionError::BadConnection(text) => ConnectionError::BadConnection(crate::config::redact(&text)),
         ConnectionError::InvalidConnectionUrl(text) => {
             ConnectionError::InvalidConnectionUrl(crate::config::redact(&text))
+        }
+        other => other,
+    }
+}
+
+/// A pool error whose connection error is redacted ([`redact_connection_error`]).
+fn redact_pool_error(
+    error: diesel_async::pooled_connection::deadpool::PoolError,
+) -> diesel_async::pooled_connection::deadpool::PoolError {
+    use diesel_async::pooled_connection::deadpool::PoolError as Deadpool;
+    use diesel_async::pooled_connection::PoolError;
+    match error {
+        Deadpool::Backend(PoolError::ConnectionError(error)) => {
+            Deadpool::Backend(PoolError::ConnectionError(redact_connection_error(error)))
         }
         other => other,
     }

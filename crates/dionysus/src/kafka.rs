@@ -20,7 +20,7 @@ use crate::registry::{Registry, TopicDeclaration};
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// rdkafka reported an error while doing `what`.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Kafka {
         /// What was being done, with the entity (topic, broker list).
         what: String,

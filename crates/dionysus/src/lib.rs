@@ -19,6 +19,7 @@ pub mod telemetry;
 pub mod wire;
 
 pub use config::Config;
+pub use consumer::Context;
 pub use error::{Error, Result};
 pub use handle::{AlreadyInstalled, Dionysus};
 pub use migrate::{copy_migrations, migrate};
@@ -191,13 +192,33 @@ pub use dionysus_macros::Publishable;
 #[doc(inline)]
 pub use dionysus_macros::Consume;
 
-/// Registers an async function as a handler of one event of a topic; it runs after the batch
-/// holding the event is committed. Use it with its path, `#[dionysus::consume(...)]`, so it
-/// never clashes with the `#[consume(...)]` helper attribute of `#[derive(Consume)]`.
+/// Registers an async function as a handler of one event of a topic. It runs after the batch
+/// holding the event is committed, or, with `in_transaction`, inside the batch's transaction.
+/// Use it with its path, `#[dionysus::consume(...)]`, so it never clashes with the
+/// `#[consume(...)]` helper attribute of `#[derive(Consume)]`.
 ///
 /// ```
+/// use dionysus::Context;
+///
+/// #[derive(serde::Deserialize)]
+/// struct Rental {
+///     synced_id: i64,
+/// }
+///
 /// #[dionysus::consume(topic = "v3_rentals", event = "rental_updated")]
-/// async fn notify(event: &dionysus::consumer::ConsumedEvent) -> dionysus::Result<()> {
+/// async fn one(ctx: &mut Context<'_>, rental: Rental) -> dionysus::Result<()> {
+///     let _ = (ctx.topic(), ctx.partition(), ctx.offset(), rental.synced_id);
+///     Ok(())
+/// }
+///
+/// #[dionysus::consume(topic = "v3_rentals", event = "rental_destroyed", in_transaction)]
+/// async fn all(ctx: &mut Context<'_>, rentals: Vec<Rental>) -> dionysus::Result<()> {
+///     let _ = (ctx.conn(), rentals.len());
+///     Ok(())
+/// }
+///
+/// #[dionysus::consume(topic = "v3_rentals", event = "*")]
+/// async fn untyped(event: &dionysus::consumer::ConsumedEvent) -> dionysus::Result<()> {
 ///     for change in &event.local_changes {
 ///         let _ = (&change.model, &change.synced_id, &change.changes);
 ///     }
@@ -207,7 +228,19 @@ pub use dionysus_macros::Consume;
 /// assert!(dionysus::consumer::handlers().any(|h| h.matches("v3_rentals", "rental_updated")));
 /// ```
 ///
-/// `event = "*"` handles every event of the topic.
+/// | key | value | meaning |
+/// |---|---|---|
+/// | `topic` | string, required | the topic of the events |
+/// | `event` | string, required | the event name, or `"*"` for every event of the topic |
+/// | `in_transaction` | flag | run inside the batch's transaction: the handler's writes through [`Context::conn`] commit with the replica rows and the stored offset; its error rolls the batch back, and the message it fails on is dead-lettered (`handler_failed`, or `handler_input_invalid` when a record does not deserialize into its input) |
+///
+/// The function takes `ctx: &mut Context<'_>` and optionally a record (`rental: T`, called
+/// once per record) or every record (`rentals: Vec<T>`) of the event, `T: serde::Deserialize`
+/// read from each record's attributes (`synced_id`, `synced_updated_at`, …, the other
+/// attributes as sent); or, untyped, `event: &consumer::ConsumedEvent`. It returns
+/// `Result<(), E>` for any error type `E` (`dionysus::Error`, a std error, `anyhow::Error`).
+/// After the commit, a failure or a record that does not fit is logged and counted in
+/// `dionysus_consumer_handler_errors_total`; the batch stays committed.
 #[doc(inline)]
 pub use dionysus_macros::consume;
 
@@ -220,7 +253,7 @@ pub use dionysus_macros::consume;
 /// helper attribute of `#[derive(Consume)]`.
 pub mod prelude {
     pub use crate::config::Config;
-    pub use crate::consumer::{ConsumedEvent, Consumer};
+    pub use crate::consumer::{ConsumedEvent, Consumer, Context};
     pub use crate::registry::{Registry, Topic};
     pub use crate::{topic, Changeset, Consume, Dionysus, Publishable};
 }
@@ -238,7 +271,10 @@ pub mod __private {
         payload_column, CancelValue, Column, ColumnKind, ColumnType, DestroyStrategy, NamedRoles, Replica,
         ReplicaDescriptor, ReplicaEntry,
     };
-    pub use crate::consumer::{ConsumedEvent, HandlerDeclaration, HandlerEntry, HandlerFuture};
+    pub use crate::consumer::{
+        records_as, ConsumedEvent, Context, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFuture,
+        HandlerOutput,
+    };
     pub use crate::producer::partition_key::{
         integer_partition_key, topic_partition_key, FieldFound, FieldMissing, FieldName, FieldOf, FieldProbe, NoField,
     };
@@ -256,13 +292,11 @@ pub mod __private {
         TopicReferenceEntry,
     };
 
-    /// Boxes a handler's future (used by `#[dionysus::consume]` on functions); the
-    /// handler's error may be any error type.
-    pub fn box_handler<'a, F, E>(future: F) -> HandlerFuture<'a>
+    /// Boxes a handler's future (used by `#[dionysus::consume]` on functions).
+    pub fn box_handler<'a, F>(future: F) -> HandlerFuture<'a>
     where
-        F: ::core::future::Future<Output = ::core::result::Result<(), E>> + Send + 'a,
-        E: Into<crate::consumer::HandlerError>,
+        F: ::core::future::Future<Output = ::core::result::Result<(), HandlerError>> + Send + 'a,
     {
-        ::std::boxed::Box::pin(async move { future.await.map_err(Into::into) })
+        ::std::boxed::Box::pin(future)
     }
 }

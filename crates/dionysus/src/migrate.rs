@@ -62,7 +62,7 @@ pub const MIGRATIONS: &[EmbeddedMigration] = embedded![
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
     /// The database could not be reached.
-    #[error("cannot connect to PostgreSQL at {url} to run the dionysus migrations: {source}")]
+    #[error("cannot connect to PostgreSQL at {url} to run the dionysus migrations")]
     Connect {
         /// The URL, with any password masked.
         url: String,
@@ -71,13 +71,13 @@ pub enum MigrationError {
         source: diesel::ConnectionError,
     },
     /// A migration failed; nothing of that migration was kept (each runs in a transaction).
-    #[error("dionysus migration failed: {0}")]
-    Failed(String),
+    #[error("a dionysus migration failed")]
+    Failed(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     /// The blocking migration task could not run.
-    #[error("the migration task was cancelled or panicked: {0}")]
-    Task(String),
+    #[error("the migration task was cancelled or panicked")]
+    Task(#[source] tokio::task::JoinError),
     /// Writing migration files failed.
-    #[error("cannot write migration files to {path}: {source}")]
+    #[error("cannot write migration files to {path}")]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -140,9 +140,9 @@ where
             url: crate::config::redact(&url),
             source: crate::db::redact_connection_error(source),
         })?;
-        work(&mut harness).map_err(|error| MigrationError::Failed(error.to_string()))
+        work(&mut harness).map_err(MigrationError::Failed)
     });
-    task.await.map_err(|error| MigrationError::Task(error.to_string()))?
+    task.await.map_err(MigrationError::Task)?
 }
 
 /// Outcome of [`copy_migrations`].

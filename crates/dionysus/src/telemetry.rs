@@ -8,8 +8,11 @@
 //! `dionysus_consumer_*` from the consumer (`dionysus_consumer_messages_total`,
 //! `dionysus_consumer_dead_letters_total`, `dionysus_consumer_batch_seconds`,
 //! `dionysus_consumer_dead_letter_failures_total`, `dionysus_consumer_partition_stalled` (1
-//! while a partition waits on a fault), and `dionysus_consumer_lag` per topic and partition
-//! from librdkafka's statistics).
+//! while a partition waits on a fault), `dionysus_consumer_handler_errors_total` per handler
+//! and reason, and `dionysus_consumer_lag` per topic and partition from librdkafka's
+//! statistics).
+//!
+//! Also how errors are written to logs: [`Report`], an error with its chain of sources.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -208,6 +211,35 @@ fn router(metrics: Option<PrometheusHandle>, healthy: Health, unhealthy: &'stati
                 reply(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".to_owned())
             }
         })
+}
+
+/// An error with its chain of sources on one line, `outer: inner: innermost`, for logs and
+/// the command line. Every error of the crate describes its own layer only and leaves its
+/// source to this chain, so each message appears once.
+///
+/// ```
+/// let error = std::io::Error::other("disk full");
+/// assert_eq!(dionysus::error::Report(&error).to_string(), "disk full");
+/// ```
+#[derive(Clone, Copy)]
+pub struct Report<'a, E: ?Sized = dyn std::error::Error + 'static>(pub &'a E);
+
+impl<E: std::error::Error + ?Sized> std::fmt::Display for Report<'_, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}
+
+impl<E: std::error::Error + ?Sized> std::fmt::Debug for Report<'_, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 #[cfg(test)]

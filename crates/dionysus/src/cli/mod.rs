@@ -34,6 +34,7 @@ use crate::consumer::replica::Replicas;
 use crate::consumer::{Consumer, ConsumerError, UnknownModel};
 use crate::handle::Dionysus;
 use crate::registry::Registry;
+use crate::telemetry::Report;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -187,9 +188,10 @@ enum OutboxCommand {
 #[derive(Debug)]
 struct Failure(String);
 
-impl<E: std::fmt::Display> From<E> for Failure {
+/// An error becomes its whole chain, each layer once (`outer: inner: innermost`).
+impl<E: std::error::Error + 'static> From<E> for Failure {
     fn from(error: E) -> Self {
-        Failure(error.to_string())
+        Failure(Report(&error).to_string())
     }
 }
 
@@ -548,13 +550,16 @@ async fn consume_topics(
     match crate::consumer::check_offsets_table(&config.database_url).await {
         Ok(()) => {}
         Err(ConsumerError::Pool(error)) => {
-            return Err(Failure(format!("{error}; is PostgreSQL running there? set --database-url or DATABASE_URL")))
+            return Err(Failure(format!(
+                "{}; is PostgreSQL running there? set --database-url or DATABASE_URL",
+                Report(&error)
+            )))
         }
         Err(error) => return Err(error.into()),
     }
     let servers = config.kafka.bootstrap_servers();
     let existing = crate::kafka::broker_topics(&config.kafka).await.map_err(|error| {
-        Failure(format!("{error}; is a broker running at {servers}? set --brokers or DIONYSUS_SEED_BROKER"))
+        Failure(format!("{}; is a broker running at {servers}? set --brokers or DIONYSUS_SEED_BROKER", Report(&error)))
     })?;
     let mut problems = Vec::new();
     for topic in topics.iter().filter(|topic| !existing.contains_key(topic.as_str())) {
@@ -600,7 +605,7 @@ async fn check(
             pending.len(),
             pending.join(", ")
         )),
-        Err(error) => problems.push(error.to_string()),
+        Err(error) => problems.push(Report(&error).to_string()),
     }
     if !offline {
         let specs = crate::kafka::TopicSpec::for_registry(registry);
@@ -624,7 +629,7 @@ async fn check(
                 }
                 writeln!(out, "broker: {} topic(s) checked on {}", specs.len(), config.kafka.bootstrap_servers())?;
             }
-            Err(error) => problems.push(error.to_string()),
+            Err(error) => problems.push(Report(&error).to_string()),
         }
     }
     if problems.is_empty() {

@@ -22,6 +22,7 @@ use crate::consumer::replica::plan::{
 };
 use crate::consumer::replica::sql::{self, id_key, ColumnTypes, UpsertRow};
 use crate::consumer::replica::{ColumnKind, Record, ReplicaDescriptor, Replicas, RowPlan};
+use crate::telemetry::Report;
 use crate::wire::envelope::{decode, Decoded, EnvelopeError};
 use crate::wire::naming::{event_prefix, EventKind};
 
@@ -47,7 +48,8 @@ pub struct DeadLetter {
     pub message: InboundMessage,
     /// Why, in a word: `oversized`, `malformed_json`, `invalid_envelope`, `invalid_record`,
     /// `too_many_records`, `unknown_model`, `missing_id`, `invalid_id`, `wrong_type`,
-    /// `timestamp_in_future`, `database_rejected`.
+    /// `timestamp_in_future`, `database_rejected`, and for a handler running inside the batch's
+    /// transaction `handler_input_invalid` or `handler_failed`.
     pub reason: &'static str,
     /// The error in full.
     pub error: String,
@@ -265,8 +267,8 @@ impl Rules {
             }
         }
         decode(message.payload.as_deref()).map_err(|error| match error {
-            EnvelopeError::Json(_) => dead("malformed_json", error.to_string()),
-            EnvelopeError::Shape(_) => dead("invalid_envelope", error.to_string()),
+            EnvelopeError::Json(_) => dead("malformed_json", Report(&error).to_string()),
+            EnvelopeError::Shape(_) => dead("invalid_envelope", Report(&error).to_string()),
         })
     }
 
@@ -305,6 +307,8 @@ impl Rules {
             let kind = EventKind::classify(&event.event);
             let bus = ConsumedEvent {
                 topic: topic.clone(),
+                partition: message.partition,
+                offset: message.offset,
                 event_name: event.event,
                 model_name: event.model_name,
                 transformed_data: records,

@@ -1,11 +1,7 @@
 //! What the consumer tells the application after a batch is committed (C-19): every processed
 //! event with its deserialized records and the local changes it made, first as one batch
 //! notification (`dionysus.consume_batch`), then one per event (`dionysus.consume`); plus the
-//! handler functions declared with `#[dionysus::consume(topic = …, event = …)]` and the
-//! message filters (C-20).
-
-use std::future::Future;
-use std::pin::Pin;
+//! message filters (C-20). Handlers declared with `#[dionysus::consume]` are `handler`'s.
 
 use serde_json::{Map, Value};
 
@@ -28,6 +24,10 @@ pub struct LocalChange {
 pub struct ConsumedEvent {
     /// Topic the message came from.
     pub topic: String,
+    /// Partition of the message.
+    pub partition: i32,
+    /// Offset of the message (several events of one message share it).
+    pub offset: i64,
     /// Event name, e.g. `rental_updated`.
     pub event_name: String,
     /// Model name as sent, e.g. `Rental`.
@@ -109,43 +109,5 @@ where
 {
     fn ignore_message(&self, topic: &str, message: &Value, transformed_data: &[Record]) -> bool {
         self(topic, message, transformed_data)
-    }
-}
-
-/// A handler's own error: any error type of the application (`dionysus::Error` included).
-pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// The future a handler returns.
-pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
-
-/// A handler declared with `#[dionysus::consume(topic = "v3_rentals", event =
-/// "rental_updated")]`; runs after the batch holding the event is committed.
-#[derive(Debug)]
-pub struct HandlerDeclaration {
-    /// Topic of the events it handles.
-    pub topic: &'static str,
-    /// Event name it handles (`rental_updated`), or `*` for every event of the topic.
-    pub event: &'static str,
-    /// The function.
-    pub handler: for<'a> fn(&'a ConsumedEvent) -> HandlerFuture<'a>,
-    /// Path of the function.
-    pub declared_by: &'static str,
-    /// `file:line`.
-    pub location: &'static str,
-}
-
-#[doc(hidden)]
-pub struct HandlerEntry(pub &'static HandlerDeclaration);
-inventory::collect!(HandlerEntry);
-
-/// Every handler linked into this binary.
-pub fn handlers() -> impl Iterator<Item = &'static HandlerDeclaration> {
-    inventory::iter::<HandlerEntry>.into_iter().map(|entry| entry.0)
-}
-
-impl HandlerDeclaration {
-    /// Whether this handler wants `event` of `topic`.
-    pub fn matches(&self, topic: &str, event: &str) -> bool {
-        self.topic == topic && (self.event == "*" || self.event == event)
     }
 }

@@ -56,6 +56,7 @@ pub mod dedup;
 mod events;
 #[cfg(test)]
 mod fuzz;
+mod handler;
 mod progress;
 pub mod replica;
 mod runtime;
@@ -74,9 +75,10 @@ type Transactions = <AsyncPgConnection as AsyncConnection>::TransactionManager;
 
 pub use batch::{lock_name, DeadLetter, InboundMessage, UnknownModel};
 use batch::{PreparedBatch, Rules};
-pub use events::{
-    handlers, ConsumedEvent, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFuture, LocalChange, MessageFilter,
-    Notification,
+pub use events::{ConsumedEvent, LocalChange, MessageFilter, Notification};
+pub use handler::{
+    handlers, records_as, Context, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFn, HandlerFuture,
+    HandlerOutput,
 };
 pub use runtime::DeadLetterHeaders;
 
@@ -84,31 +86,64 @@ use crate::config::Config;
 use crate::consumer::replica::{sql, Replicas};
 use crate::db::{DbError, Pool};
 use crate::handle::Dionysus;
+use crate::telemetry::Report;
 
 /// A consumer failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConsumerError {
-    /// A database operation failed.
-    #[error("{what}: {source}")]
+    /// A database operation on a batch failed.
+    #[error("{step} (group {group}, {topic}/{partition}, offsets {first_offset}..={last_offset})")]
     Database {
-        /// What was being done (topic, partition, offsets).
-        what: String,
+        /// What was being done, e.g. `writing replica rows`.
+        step: &'static str,
+        /// The consumer group.
+        group: String,
+        /// The batch's topic.
+        topic: String,
+        /// The batch's partition.
+        partition: i32,
+        /// The batch's first offset.
+        first_offset: i64,
+        /// The batch's last offset.
+        last_offset: i64,
         /// diesel's error.
         #[source]
         source: diesel::result::Error,
     },
+    /// The offsets table cannot be read.
+    #[error("checking dionysus_consumer_offsets (run `dionysus migrate`)")]
+    OffsetsTable(#[source] diesel::result::Error),
+    /// The broker client could not be set up.
+    #[error(transparent)]
+    Transport(#[from] crate::kafka::TransportError),
     /// No database connection could be had.
     #[error(transparent)]
     Pool(#[from] DbError),
     /// The broker could not be used.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Kafka {
         /// What was being done.
         what: String,
         /// rdkafka's error.
         #[source]
         source: rdkafka::error::KafkaError,
+    },
+    /// A handler running inside the batch's transaction failed on a message; the batch was
+    /// rolled back.
+    #[error("handler {handler} failed on {topic}/{partition}@{offset}")]
+    Handler {
+        /// Path of the handler function.
+        handler: &'static str,
+        /// Topic of the message.
+        topic: String,
+        /// Partition of the message.
+        partition: i32,
+        /// Offset of the message.
+        offset: i64,
+        /// What went wrong.
+        #[source]
+        source: HandlerError,
     },
     /// The consumer was built without topics to read.
     #[error("no topics to consume: declare a replica model with #[derive(Consume)] or add topics to the builder")]
@@ -120,7 +155,7 @@ pub enum ConsumerError {
     #[error("stopping: the batch was left to be read again from the stored offset")]
     Stopped,
     /// The metrics/health listener could not start.
-    #[error("cannot serve /metrics and /health on {address}: {source}")]
+    #[error("cannot serve /metrics and /health on {address}")]
     Serve {
         /// The address.
         address: std::net::SocketAddr,
@@ -353,6 +388,8 @@ impl ConsumerBuilder {
                     || (self.handlers && handlers().any(|handler| topics.iter().any(|topic| *topic == handler.topic)))
             }),
         };
+        let (in_transaction, after_commit): (Vec<_>, Vec<_>) =
+            handlers().filter(|_| self.handlers).partition(|handler| handler.in_transaction);
         let progress = Arc::new(progress::Progress::new(self.config.consumer.stall_timeout));
         Ok(Consumer {
             inner: Arc::new(Inner {
@@ -365,7 +402,8 @@ impl ConsumerBuilder {
                 subscribers: self.subscribers,
                 kafka_properties: self.kafka_properties,
                 after_commit: self.after_commit,
-                handlers: self.handlers,
+                in_transaction,
+                after_commit_handlers: after_commit,
                 health: Health::new(),
                 serve: self.serve,
                 health_file: self.health_file,
@@ -383,7 +421,10 @@ struct Inner {
     subscribers: Vec<Subscriber>,
     kafka_properties: Vec<(String, String)>,
     after_commit: Option<AfterCommitHook>,
-    handlers: bool,
+    /// Handlers of the consumed topics that run inside a batch's transaction.
+    in_transaction: Vec<&'static HandlerDeclaration>,
+    /// Handlers of the consumed topics that run after a batch's commit.
+    after_commit_handlers: Vec<&'static HandlerDeclaration>,
     health: Health,
     progress: Arc<progress::Progress>,
     serve: Option<std::net::SocketAddr>,
@@ -490,7 +531,7 @@ impl Consumer {
     pub async fn process_batch(&self, messages: &[InboundMessage]) -> Result<BatchOutcome, ConsumerError> {
         let never = CancellationToken::new();
         let outcome = self.apply_with_retry(messages, &mut |_| Box::pin(async { Ok(()) }), &never).await?;
-        self.notify(&outcome.events).await;
+        self.notify(messages, &outcome.events).await;
         Ok(outcome)
     }
 
@@ -503,17 +544,18 @@ impl Consumer {
     ) -> Result<BatchOutcome, ConsumerError> {
         let Some(first) = messages.first() else { return Ok(BatchOutcome::default()) };
         let (topic, partition) = (first.topic.clone(), first.partition);
-        let what = |step: &str| {
-            format!(
-                "{step} (group {}, {topic}/{partition}, offsets {}..={})",
-                self.inner.group,
-                first.offset,
-                messages.last().map_or(first.offset, |m| m.offset)
-            )
-        };
+        let last_offset = messages.last().map_or(first.offset, |m| m.offset);
         let db = |step: &'static str| {
-            let what = what(step);
-            move |source| ConsumerError::Database { what, source }
+            let (group, topic) = (self.inner.group.clone(), topic.clone());
+            move |source| ConsumerError::Database {
+                step,
+                group,
+                topic,
+                partition,
+                first_offset: first.offset,
+                last_offset,
+                source,
+            }
         };
         // Begun and ended through diesel's transaction manager (not a bare `BEGIN`), so a
         // worker stopped mid-batch leaves a connection the pool discards rather than one
@@ -547,6 +589,7 @@ impl Consumer {
             }
             sql::advisory_locks(conn, prepared.locks.clone()).await.map_err(db("taking processing locks"))?;
             let events = batch::apply(conn, &mut prepared, Utc::now()).await.map_err(db("writing replica rows"))?;
+            self.run_in_transaction(conn, &fresh, &events, &prepared.dead_letters).await?;
             sql::store_offset(conn, &self.inner.group, &topic, partition, next_offset)
                 .await
                 .map_err(db("storing the offset"))?;
@@ -598,27 +641,44 @@ impl Consumer {
             };
             let transient = match &error {
                 ConsumerError::Pool(_) => true,
-                ConsumerError::Database { source, what } => match verdict(source) {
+                ConsumerError::Database { source, .. } => match verdict(source) {
                     Verdict::Transient => true,
                     Verdict::Rejected if messages.len() == 1 => {
-                        return self.reject(&messages[0], dead_letter, source).await;
+                        return self
+                            .reject(&messages[0], dead_letter, "database_rejected", Report(source).to_string())
+                            .await;
                     }
                     Verdict::Undetermined if messages.len() == 1 => {
                         undetermined += 1;
                         if !self.database_answers().await {
                             true
                         } else if undetermined >= REJECTION_CONFIRMATIONS {
-                            return self.reject(&messages[0], dead_letter, source).await;
+                            return self
+                                .reject(&messages[0], dead_letter, "database_rejected", Report(source).to_string())
+                                .await;
                         } else {
-                            tracing::warn!(error = %source, %what, undetermined, "message failed alone; trying it again before dead-lettering it");
+                            tracing::warn!(error = %Report(&error), undetermined, "message failed alone; trying it again before dead-lettering it");
                             false
                         }
                     }
                     Verdict::Rejected | Verdict::Undetermined => {
-                        tracing::warn!(error = %source, %what, "batch rejected by the database; applying its messages one by one");
+                        tracing::warn!(error = %Report(&error), "batch rejected by the database; applying its messages one by one");
                         return self.apply_one_by_one(messages, dead_letter, shutdown).await;
                     }
                 },
+                // A handler's own database trouble is the consumer's, not the message's.
+                ConsumerError::Handler { source, .. }
+                    if handler::transient_cause(source, |error| verdict(error) == Verdict::Transient) =>
+                {
+                    true
+                }
+                ConsumerError::Handler { source, .. } if messages.len() == 1 => {
+                    return self.reject(&messages[0], dead_letter, source.reason(), Report(source).to_string()).await;
+                }
+                ConsumerError::Handler { handler, .. } => {
+                    tracing::warn!(error = %Report(&error), handler, "a handler failed inside the batch's transaction; applying its messages one by one");
+                    return self.apply_one_by_one(messages, dead_letter, shutdown).await;
+                }
                 _ => return Err(error),
             };
             let delay = if transient {
@@ -627,7 +687,7 @@ impl Consumer {
                     return Err(error);
                 }
                 let delay = backoff(attempt);
-                tracing::warn!(%error, attempt, ?delay, "batch failed for a reason that is not its messages'; retrying it");
+                tracing::warn!(error = %Report(&error), attempt, ?delay, "batch failed for a reason that is not its messages'; retrying it");
                 delay
             } else {
                 backoff(undetermined)
@@ -648,16 +708,17 @@ impl Consumer {
         }
     }
 
-    /// Dead-letters `message`, which the database rejected alone, and stores the offset
-    /// past it.
+    /// Dead-letters `message`, which failed alone (rejected by the database, or by an
+    /// `in_transaction` handler), and stores the offset past it.
     async fn reject(
         &self,
         message: &InboundMessage,
         dead_letter: &mut runtime::DeadLetterSink<'_>,
-        error: &diesel::result::Error,
+        reason: &'static str,
+        error: String,
     ) -> Result<BatchOutcome, ConsumerError> {
-        let dead = DeadLetter { message: message.clone(), reason: "database_rejected", error: error.to_string() };
-        tracing::warn!(topic = %message.topic, partition = message.partition, offset = message.offset, error = %dead.error, "message rejected by the database; sent to the dead-letter topic");
+        let dead = DeadLetter { message: message.clone(), reason, error };
+        tracing::warn!(topic = %message.topic, partition = message.partition, offset = message.offset, reason, error = %dead.error, "message rejected alone; sent to the dead-letter topic");
         dead_letter(&dead).await?;
         let mut conn = crate::db::checkout(&self.inner.pool).await?;
         let group = &self.inner.group;
@@ -672,10 +733,12 @@ impl Consumer {
         }
         .await
         .map_err(|source| ConsumerError::Database {
-            what: format!(
-                "storing the offset past rejected message {}/{}@{}",
-                message.topic, message.partition, message.offset
-            ),
+            step: "storing the offset past a rejected message",
+            group: group.clone(),
+            topic: message.topic.clone(),
+            partition: message.partition,
+            first_offset: message.offset,
+            last_offset: message.offset,
             source,
         })?;
         Ok(BatchOutcome {
@@ -702,8 +765,42 @@ impl Consumer {
         Ok(total)
     }
 
-    /// Event bus then handlers, after a commit (C-19).
-    async fn notify(&self, events: &[ConsumedEvent]) {
+    /// Runs the `in_transaction` handlers of a batch's events on the batch's connection,
+    /// inside its transaction; the first failure fails the batch. Events of messages set
+    /// aside for the dead-letter topic are not handled.
+    async fn run_in_transaction(
+        &self,
+        conn: &mut AsyncPgConnection,
+        messages: &[InboundMessage],
+        events: &[ConsumedEvent],
+        dead_letters: &[DeadLetter],
+    ) -> Result<(), ConsumerError> {
+        if self.inner.in_transaction.is_empty() {
+            return Ok(());
+        }
+        for event in events {
+            if dead_letters.iter().any(|dead| dead.message.offset == event.offset) {
+                continue;
+            }
+            for declaration in self.inner.in_transaction.iter().filter(|h| h.matches(&event.topic, &event.event_name)) {
+                let Some(message) = message_of(messages, event) else { continue };
+                let mut ctx = Context::new(event, message, conn, true);
+                (declaration.handler)(&mut ctx).await.map_err(|source| ConsumerError::Handler {
+                    handler: declaration.declared_by,
+                    topic: event.topic.clone(),
+                    partition: event.partition,
+                    offset: event.offset,
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Event bus then after-commit handlers, after a commit (C-19). A handler's failure
+    /// (including a record that does not deserialize into its input) is logged and counted
+    /// in `dionysus_consumer_handler_errors_total`; the batch is committed already.
+    async fn notify(&self, messages: &[InboundMessage], events: &[ConsumedEvent]) {
         for subscriber in &self.inner.subscribers {
             subscriber(Notification::Batch(events));
         }
@@ -712,16 +809,42 @@ impl Consumer {
                 subscriber(Notification::Event(event));
             }
         }
-        if !self.inner.handlers {
+        if self.inner.after_commit_handlers.is_empty() {
             return;
         }
+        // One pooled connection for the batch's handlers, checked out when first needed.
+        let mut conn: Option<crate::db::PooledConnection> = None;
         for event in events {
-            for handler in handlers().filter(|handler| handler.matches(&event.topic, &event.event_name)) {
-                if let Err(error) = (handler.handler)(event).await {
-                    tracing::error!(handler = handler.declared_by, topic = %event.topic, event = %event.event_name, %error, "consume handler failed");
+            for declaration in
+                self.inner.after_commit_handlers.iter().filter(|h| h.matches(&event.topic, &event.event_name))
+            {
+                let Some(message) = message_of(messages, event) else { continue };
+                let conn = match &mut conn {
+                    Some(conn) => conn,
+                    None => match crate::db::checkout(&self.inner.pool).await {
+                        Ok(checked_out) => conn.insert(checked_out),
+                        Err(error) => {
+                            metrics::counter!("dionysus_consumer_handler_errors_total", "handler" => declaration.declared_by, "reason" => "no_connection").increment(1);
+                            tracing::error!(handler = declaration.declared_by, topic = %event.topic, partition = event.partition, offset = event.offset, error = %Report(&error), "consume handlers of a committed batch not run: no database connection");
+                            return;
+                        }
+                    },
+                };
+                let mut ctx = Context::new(event, message, conn, false);
+                if let Err(error) = (declaration.handler)(&mut ctx).await {
+                    metrics::counter!("dionysus_consumer_handler_errors_total", "handler" => declaration.declared_by, "reason" => error.reason()).increment(1);
+                    tracing::error!(handler = declaration.declared_by, topic = %event.topic, partition = event.partition, offset = event.offset, event = %event.event_name, error = %Report(&error), "consume handler failed");
                 }
             }
         }
+    }
+}
+
+/// The message an event came from (a batch's messages are in ascending offsets).
+fn message_of<'m>(messages: &'m [InboundMessage], event: &ConsumedEvent) -> Option<&'m InboundMessage> {
+    match messages.binary_search_by_key(&event.offset, |message| message.offset) {
+        Ok(index) => messages.get(index),
+        Err(_) => messages.iter().find(|message| message.offset == event.offset),
     }
 }
 
@@ -733,19 +856,13 @@ fn backoff(attempt: u32) -> Duration {
 
 /// Applies the framework migrations' consumer table check: the offsets table must exist.
 pub async fn check_offsets_table(database_url: &str) -> Result<(), ConsumerError> {
-    let mut conn = AsyncPgConnection::establish(database_url).await.map_err(|error| {
-        ConsumerError::Pool(DbError::Checkout(format!(
-            "cannot connect to {}: {}",
-            crate::config::redact(database_url),
-            crate::db::redact_connection_error(error)
-        )))
+    let mut conn = AsyncPgConnection::establish(database_url).await.map_err(|source| {
+        ConsumerError::Pool(DbError::Connect {
+            url: crate::config::redact(database_url),
+            source: crate::db::redact_connection_error(source),
+        })
     })?;
-    conn.batch_execute("SELECT 1 FROM dionysus_consumer_offsets LIMIT 0").await.map_err(|source| {
-        ConsumerError::Database {
-            what: "checking dionysus_consumer_offsets (run `dionysus migrate`)".to_owned(),
-            source,
-        }
-    })
+    conn.batch_execute("SELECT 1 FROM dionysus_consumer_offsets LIMIT 0").await.map_err(ConsumerError::OffsetsTable)
 }
 
 impl Dionysus {

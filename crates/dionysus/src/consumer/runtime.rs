@@ -28,6 +28,7 @@ use super::batch::sha256_hex;
 use super::progress::Progress;
 use super::{AfterCommit, Consumer, ConsumerError, DeadLetter, InboundMessage};
 use crate::consumer::replica::sql;
+use crate::telemetry::Report;
 
 /// Header names of a dead-lettered message; the value is the original bytes and the key the
 /// original key.
@@ -645,7 +646,10 @@ impl Consumer {
                         self.inner.progress.fault(
                             &topic,
                             partition,
-                            format!("batch from offset {offset} keeps failing (attempt {attempt}; retrying): {error}"),
+                            format!(
+                                "batch from offset {offset} keeps failing (attempt {attempt}; retrying): {}",
+                                Report(&error)
+                            ),
                         );
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
@@ -681,7 +685,7 @@ impl Consumer {
                     }
                 }
             }
-            self.notify(&outcome.events).await;
+            self.notify(&messages, &outcome.events).await;
         }
     }
 }

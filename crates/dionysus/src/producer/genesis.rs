@@ -30,6 +30,7 @@ use crate::producer::sender::{self, Sender, TopicCache};
 use crate::registry::model::{Condition, IdValue, ModelEntry, Record, RecordFilter};
 use crate::registry::{Registry, TopicRole};
 use crate::schema::dionysus_genesis_runs as runs;
+use crate::telemetry::Report;
 use crate::wire::naming::{self, EventKind};
 
 /// What to re-publish.
@@ -204,7 +205,7 @@ pub enum GenesisError {
     #[error("genesis run {0} does not exist or is already completed")]
     NoSuchRun(i64),
     /// A query failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Query {
         /// What was being done.
         what: String,
@@ -415,7 +416,7 @@ impl Genesis {
                 })
                 .collect();
             if let Err(error) = self.publish_batch(&mut conn, &refs, &page, cursor.as_deref()).await {
-                self.set_status(&mut conn, run_id, "failed", Some(&error.to_string())).await?;
+                self.set_status(&mut conn, run_id, "failed", Some(&Report(&error).to_string())).await?;
                 return Err(error);
             }
             let count = i64::try_from(page.len()).unwrap_or(0);
@@ -507,7 +508,7 @@ impl Genesis {
     ) -> Result<(), String> {
         let plans = plan::plan_loaded_rows(conn, &self.registry, &self.config.producer, refs, page)
             .await
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| Report(&error).to_string())?;
         let mut in_flight = Vec::with_capacity(plans.len());
         for plan in plans {
             match plan {

@@ -165,7 +165,7 @@ pub enum OutboxError {
     #[error("reading the dionysus configuration")]
     Config(#[source] crate::config::ConfigError),
     /// A query failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Query {
         /// What was being done, with the model and id.
         what: String,

@@ -112,7 +112,7 @@ pub enum PlanError {
     #[error(transparent)]
     Sealed(#[from] super::seal::SealError),
     /// Loading records failed (the whole batch is retried).
-    #[error("loading {what}: {source}")]
+    #[error("loading {what}")]
     Load {
         /// What was loaded.
         what: String,

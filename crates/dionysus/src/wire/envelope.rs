@@ -51,7 +51,7 @@ impl Envelope {
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
     /// The bytes are not JSON.
-    #[error("malformed JSON: {0}")]
+    #[error("malformed JSON")]
     Json(#[source] serde_json::Error),
     /// The JSON does not have the envelope's shape.
     #[error("unexpected message shape: {0}")]

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 #[derive(Debug, thiserror::Error)]
 pub enum SerializeError {
     /// serde failed.
-    #[error("serializing {model} {id}: {source}")]
+    #[error("serializing {model} {id}")]
     Serde {
         /// Model name.
         model: &'static str,

@@ -22,6 +22,7 @@ use crate::producer::plan::{self, Composed, PlanError, RowPlan, RowRef};
 use crate::producer::sender::{self, Failure, Sender};
 use crate::registry::model::{Condition, IdValue, Record, Relation};
 use crate::registry::Registry;
+use crate::telemetry::Report;
 
 /// A pending row as the relay reads it.
 #[derive(Debug, Clone, diesel::QueryableByName)]
@@ -109,7 +110,7 @@ impl Batch<'_> {
                 // Loading failed for the whole batch: every row fails alike and is retried.
                 let failures: Vec<(&PendingRow, Failure)> = eligible
                     .iter()
-                    .map(|row| (row, Failure { class: "LoadError", message: error.to_string() }))
+                    .map(|row| (row, Failure { class: "LoadError", message: Report(&error).to_string() }))
                     .collect();
                 report.failed = failures.len();
                 self.record_failures(conn, failures, Clock::Database).await?;
@@ -163,7 +164,7 @@ impl Batch<'_> {
                     },
                 },
                 RowPlan::Fail(error) => {
-                    Outcome::Failed(Failure { class: plan_error_class(&error), message: error.to_string() })
+                    Outcome::Failed(Failure { class: plan_error_class(&error), message: Report(&error).to_string() })
                 }
             };
             if matches!(outcome, Outcome::Failed(_)) {

@@ -87,6 +87,7 @@ use crate::config::Config;
 use crate::db::Pool;
 use crate::handle::Dionysus;
 use crate::registry::Registry;
+use crate::telemetry::Report;
 
 /// The relay could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +102,7 @@ pub enum RelayError {
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
     /// A query failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Query {
         /// What was being done.
         what: String,
@@ -110,7 +111,7 @@ pub enum RelayError {
         source: diesel::result::Error,
     },
     /// The metrics/health listener could not start.
-    #[error("cannot serve /metrics and /health on {address}: {source}")]
+    #[error("cannot serve /metrics and /health on {address}")]
     Serve {
         /// The address.
         address: SocketAddr,
@@ -334,7 +335,7 @@ impl Relay {
                 tracing::info!("replaced the relay's producer after its fatal error");
                 *current = Arc::new(producer);
             }
-            Err(error) => tracing::error!("replacing the failed producer: {error}"),
+            Err(error) => tracing::error!("replacing the failed producer: {}", Report(&error)),
         }
     }
 
@@ -438,7 +439,7 @@ impl Relay {
                 Ok(conn) => conn,
                 Err(error) => {
                     let error = crate::db::redact_connection_error(error);
-                    tracing::warn!("cannot connect to listen for outbox notifications: {error}");
+                    tracing::warn!("cannot connect to listen for outbox notifications: {}", Report(&error));
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -446,7 +447,7 @@ impl Relay {
                 }
             };
             if let Err(error) = diesel::sql_query("LISTEN dionysus_outbox").execute(&mut conn).await {
-                tracing::warn!("LISTEN dionysus_outbox failed: {error}");
+                tracing::warn!("LISTEN dionysus_outbox failed: {}", Report(&error));
                 continue;
             }
             let mut notifications = std::pin::pin!(conn.notifications_stream());
@@ -456,7 +457,7 @@ impl Relay {
                     next = notifications.next() => match next {
                         Some(Ok(_)) => self.inner.wake.notify_waiters(),
                         Some(Err(error)) => {
-                            tracing::warn!("outbox notifications failed, reconnecting: {error}");
+                            tracing::warn!("outbox notifications failed, reconnecting: {}", Report(&error));
                             break;
                         }
                         None => break,
@@ -483,8 +484,8 @@ impl Relay {
                 Ok(busy) => busy,
                 Err(error) => {
                     leases.invalidate();
-                    monitor.emit(&RelayEvent::Error { worker: &worker_id, error_message: &error.to_string() });
-                    tracing::warn!(worker = %worker_id, "relay iteration failed, retrying: {error}");
+                    monitor.emit(&RelayEvent::Error { worker: &worker_id, error_message: &Report(&error).to_string() });
+                    tracing::warn!(worker = %worker_id, "relay iteration failed, retrying: {}", Report(&error));
                     false
                 }
             };
@@ -501,11 +502,11 @@ impl Relay {
         match crate::db::checkout(&self.inner.pool).await {
             Ok(mut conn) => {
                 if let Err(error) = leases.release(&mut conn).await {
-                    tracing::warn!(worker = %worker_id, "releasing buckets failed (they expire on their own): {error}");
+                    tracing::warn!(worker = %worker_id, "releasing buckets failed (they expire on their own): {}", Report(&error));
                 }
             }
             Err(error) => {
-                tracing::warn!(worker = %worker_id, "releasing buckets failed (they expire on their own): {error}")
+                tracing::warn!(worker = %worker_id, "releasing buckets failed (they expire on their own): {}", Report(&error))
             }
         }
         monitor.emit(&RelayEvent::Stopped { worker: &worker_id });
@@ -577,7 +578,7 @@ impl Relay {
             match self.prune(age).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "pruned published outbox rows"),
-                Err(error) => tracing::warn!("pruning published outbox rows failed: {error}"),
+                Err(error) => tracing::warn!("pruning published outbox rows failed: {}", Report(&error)),
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,

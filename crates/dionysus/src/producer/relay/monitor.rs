@@ -155,7 +155,7 @@ pub(crate) async fn gauges(pool: crate::db::Pool, every: Duration, shutdown: Can
                     metrics::gauge!("dionysus_outbox_oldest_unpublished_seconds")
                         .set(backlog.oldest_seconds.unwrap_or(0.0));
                 }
-                Err(error) => tracing::warn!("reading the outbox backlog failed: {error}"),
+                Err(error) => tracing::warn!("reading the outbox backlog failed: {}", crate::telemetry::Report(&error)),
             }
         }
         tokio::select! {
