@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
@@ -63,9 +63,18 @@ struct GroupContext {
     group: String,
     assignments: Assignments,
     paused: Paused,
+    logs: crate::kafka::Logs,
 }
 
 impl ClientContext for GroupContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        crate::kafka::Logs::line(level, facility, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.logs.report(&error, reason);
+    }
+
     /// librdkafka's statistics (every `statistics.interval.ms`, 5 s by default here): the lag
     /// of every assigned partition as `dionysus_consumer_lag`.
     fn stats(&self, statistics: rdkafka::Statistics) {
@@ -268,7 +277,7 @@ struct WorkerLinks {
     /// For the Kafka commit after the database commit.
     consumer: Arc<StreamConsumer<GroupContext>>,
     /// For dead letters.
-    producer: FutureProducer,
+    producer: crate::kafka::Producer,
     /// Notified when the worker took messages from its channel.
     drained: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
@@ -397,6 +406,7 @@ impl Consumer {
             group: inner.group.clone(),
             assignments: assignments.clone(),
             paused: paused.clone(),
+            logs: crate::kafka::Logs::default(),
         };
         let mut client = crate::kafka::consumer_config(kafka, &inner.group);
         client.set("statistics.interval.ms", "5000");
@@ -610,7 +620,7 @@ impl Consumer {
 }
 
 async fn send_dead_letter(
-    producer: &FutureProducer,
+    producer: &crate::kafka::Producer,
     topic: &str,
     group: &str,
     dead: &DeadLetter,
