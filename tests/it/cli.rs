@@ -104,6 +104,13 @@ async fn outbox_stats_retry_and_prune() {
     assert_eq!(code, ExitCode::SUCCESS);
     assert!(out.contains("backlog: 1 row(s)"), "{out}");
     assert!(out.contains("parked (failed): 1 row(s)") && out.contains("SerializeError"), "{out}");
+    let (code, out, _) = cli(&["--database-url", url, "outbox", "stats", "--json"], empty()).await;
+    assert_eq!(code, ExitCode::SUCCESS);
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["backlog"], 1, "{out}");
+    assert_eq!(stats["retrying"], 0, "{out}");
+    assert!(stats["oldest_unpublished_seconds"].as_f64().is_some_and(|s| s >= 0.0), "{out}");
+    assert_eq!(stats["parked"], json!({"total": 1, "by_error_class": {"SerializeError": 1}}), "{out}");
 
     let (_, out, _) =
         cli(&["--database-url", url, "outbox", "retry", "--error-class", "SerializeError"], empty()).await;
@@ -290,4 +297,54 @@ async fn consume_names_an_unknown_topic_and_bad_urls() {
         cli(&["--database-url", &db.url, "consume", "--topic", &topic, "--import", "other"], empty()).await;
     assert_eq!(code, ExitCode::from(2));
     assert_eq!(err, format!("error: --import other: not a consumed topic; consumed: {topic} (add it with --topic)\n"));
+}
+
+/// `topics create` creates the declared topics with their partitions and is idempotent;
+/// `topics list` shows declared next to existing counts and flags a mismatch; the relay
+/// refuses to start while a declared topic is missing and says how to create it.
+#[tokio::test(flavor = "multi_thread")]
+async fn topics_create_is_idempotent_and_list_flags_mismatches() {
+    let db = TestDb::migrated().await;
+    let kafka = kafka_config();
+    let brokers = kafka.bootstrap_servers();
+    let topic = unique_name("cli_topics");
+    let registry = registry_for::<Item>(&topic, 3, "account_id", serialize_erased::<Item, DefaultSerializer>);
+    let args = |command: &'static [&'static str]| {
+        let mut args = vec!["--database-url", db.url.as_str(), "--brokers", brokers.as_str()];
+        args.extend_from_slice(command);
+        args
+    };
+
+    let (code, _, err) = cli(&args(&["relay"]), registry).await;
+    assert_eq!(code, ExitCode::FAILURE);
+    assert_eq!(
+        err,
+        format!(
+            "error: topic `{topic}` does not exist on the broker at {brokers}; run `dionysus topics create` or pass \
+             --auto-create-topics\n"
+        )
+    );
+    let (code, out, _) = cli(&args(&["topics", "list"]), registry).await;
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert!(out.lines().any(|l| l.starts_with(&topic) && l.ends_with("missing  <- run `topics create`")), "{out}");
+
+    let (code, out, err) = cli(&args(&["topics", "create"]), registry).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    assert_eq!(out, format!("created {topic} (3 partition(s), replication factor 1)\n"));
+    let counts = dionysus::kafka::partition_counts(&kafka, std::slice::from_ref(&topic)).await.unwrap();
+    assert_eq!(counts[&topic], Some(3));
+
+    let (code, out, err) = cli(&args(&["topics", "create"]), registry).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    assert_eq!(out, format!("exists  {topic}\n"));
+    let (_, out, _) = cli(&args(&["topics", "list"]), registry).await;
+    let line = out.lines().find(|l| l.starts_with(&topic)).unwrap();
+    assert_eq!(line.split_whitespace().collect::<Vec<_>>(), [topic.as_str(), "3", "3"], "{out}");
+
+    let five = registry_for::<Item>(&topic, 5, "account_id", serialize_erased::<Item, DefaultSerializer>);
+    let (_, out, _) = cli(&args(&["topics", "list"]), five).await;
+    assert!(out.contains("<- partition count differs from the declaration"), "{out}");
+    let (code, out, _) = cli(&args(&["topics", "create"]), five).await;
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert_eq!(out, format!("exists  {topic} (3 partition(s), 5 declared: not changed)\n"));
 }

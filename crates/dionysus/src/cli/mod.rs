@@ -167,12 +167,30 @@ enum Command {
     /// Inspect and repair the outbox.
     #[command(subcommand)]
     Outbox(OutboxCommand),
+    /// Create and inspect the declared topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Create the declared topics (and their genesis replicas) that the broker does not have,
+    /// with their declared partitions and replication factor; existing ones are left alone.
+    Create,
+    /// The declared topics next to what the broker has: partition counts, missing topics,
+    /// mismatches.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
 enum OutboxCommand {
     /// Backlog, age of the oldest unpublished row, parked rows by error class.
-    Stats,
+    Stats {
+        /// Print one JSON object: `backlog`, `retrying`, `oldest_unpublished_seconds`,
+        /// `parked` (`total`, `by_error_class`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Make parked (failed) rows publishable again.
     Retry {
         /// Only this row.
@@ -528,6 +546,7 @@ async fn execute(
             }
         }
         Command::Outbox(command) => outbox(&config, command, out).await?,
+        Command::Topics(command) => topics(&config, registry, command, out).await?,
     }
     Ok(())
 }
@@ -676,6 +695,67 @@ async fn preflight_with(
     Ok(existing)
 }
 
+async fn topics(
+    config: &Config,
+    registry: &Registry,
+    command: TopicsCommand,
+    out: &mut (dyn Write + Send),
+) -> Result<(), Failure> {
+    let specs = crate::kafka::TopicSpec::for_registry(registry);
+    if specs.is_empty() {
+        writeln!(out, "no topics are declared in this binary (#[dionysus::topic])")?;
+        return Ok(());
+    }
+    let servers = config.kafka.bootstrap_servers();
+    let unreachable = |error: crate::kafka::TransportError| {
+        Failure::new(format!("{error}; is a broker running at {servers}? set --brokers or DIONYSUS_SEED_BROKER"))
+    };
+    let existing = crate::kafka::broker_topics(&config.kafka).await.map_err(unreachable)?;
+    match command {
+        TopicsCommand::Create => {
+            let missing: Vec<_> = specs.iter().filter(|spec| !existing.contains_key(&spec.name)).cloned().collect();
+            let created = crate::kafka::create_topics(&config.kafka, &missing).await?;
+            for spec in &specs {
+                let was_created = created.contains(&crate::kafka::TopicCreation::Created(spec.name.clone()));
+                match existing.get(&spec.name) {
+                    _ if was_created => writeln!(
+                        out,
+                        "created {} ({} partition(s), replication factor {})",
+                        spec.name, spec.partitions, spec.replication_factor
+                    )?,
+                    Some(&found) if found != spec.partitions && declares_partitions(registry, &spec.name) => writeln!(
+                        out,
+                        "exists  {} ({found} partition(s), {} declared: not changed)",
+                        spec.name, spec.partitions
+                    )?,
+                    _ => writeln!(out, "exists  {}", spec.name)?,
+                }
+            }
+        }
+        TopicsCommand::List => {
+            let width = specs.iter().map(|spec| spec.name.len()).max().unwrap_or(0);
+            writeln!(out, "{:<width$}  {:>8}  {:>9}", "topic", "declared", "on broker")?;
+            for spec in &specs {
+                let (found, note) = match existing.get(&spec.name) {
+                    None => ("missing".to_owned(), "  <- run `topics create`"),
+                    Some(&found) if found != spec.partitions && declares_partitions(registry, &spec.name) => {
+                        (found.to_string(), "  <- partition count differs from the declaration")
+                    }
+                    Some(found) => (found.to_string(), ""),
+                };
+                writeln!(out, "{:<width$}  {:>8}  {found:>9}{note}", spec.name, spec.partitions)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the declaration behind topic `name` sets its partition count (else 1 is only the
+/// default and any count on the broker is fine).
+fn declares_partitions(registry: &Registry, name: &str) -> bool {
+    registry.resolve(name).is_some_and(|(declaration, _)| declaration.partitions.is_some())
+}
+
 async fn check(
     config: &Config,
     registry: &Registry,
@@ -748,7 +828,7 @@ async fn outbox(config: &Config, command: OutboxCommand, out: &mut (dyn Write + 
     }
     let mut conn = crate::db::checkout(&pool).await?;
     match command {
-        OutboxCommand::Stats => {
+        OutboxCommand::Stats { json } => {
             #[derive(diesel::QueryableByName)]
             struct Stats {
                 #[diesel(sql_type = BigInt)]
@@ -778,9 +858,23 @@ async fn outbox(config: &Config, command: OutboxCommand, out: &mut (dyn Write + 
             )
             .load(&mut conn)
             .await?;
+            let total: i64 = parked.iter().map(|p| p.count).sum();
+            if json {
+                let by_class: serde_json::Map<String, serde_json::Value> = parked
+                    .iter()
+                    .map(|row| (row.error_class.clone().unwrap_or_else(|| "-".to_owned()), row.count.into()))
+                    .collect();
+                let report = serde_json::json!({
+                    "backlog": stats.backlog,
+                    "retrying": stats.retrying,
+                    "oldest_unpublished_seconds": stats.oldest_seconds.unwrap_or(0.0),
+                    "parked": { "total": total, "by_error_class": by_class },
+                });
+                writeln!(out, "{report}")?;
+                return Ok(());
+            }
             writeln!(out, "backlog: {} row(s), {} waiting for a retry", stats.backlog, stats.retrying)?;
             writeln!(out, "oldest unpublished: {:.1} s", stats.oldest_seconds.unwrap_or(0.0))?;
-            let total: i64 = parked.iter().map(|p| p.count).sum();
             writeln!(out, "parked (failed): {total} row(s)")?;
             for row in parked {
                 writeln!(out, "  {:<24} {}", row.error_class.unwrap_or_else(|| "-".to_owned()), row.count)?;
