@@ -96,6 +96,8 @@ impl ClientContext for Logs {
     }
 }
 
+impl rdkafka::consumer::ConsumerContext for Logs {}
+
 impl ProducerContext for Logs {
     type DeliveryOpaque = ();
 

@@ -9,10 +9,16 @@
 //! ```
 //!
 //! Subcommands: `migrate`, `copy-migrations`, `check`, `relay`, `consume`, `genesis`,
-//! `outbox stats`, `outbox retry`, `outbox prune`. Settings come from the environment (see
-//! `config`) and the global flags, which win. Errors say what was wrong and how to fix it; the
-//! exit code is 1 for a failure and 2 for a usage mistake. `relay`, `consume` and `genesis`
-//! run until done or until SIGTERM / Ctrl-C, then finish their in-flight batch and stop.
+//! `outbox stats|retry|prune`, `topics create|list`, `dlq list|replay`. Settings come from
+//! the environment (see `config`) and the global flags, which win. Errors say what was wrong
+//! and how to fix it; the exit code is 1 for a failure and 2 for a usage mistake, which is
+//! found before any I/O. `relay`, `consume` and `genesis` first check that the database is
+//! migrated, the broker reachable and their topics there, then run until done or until
+//! SIGTERM / Ctrl-C, finish their in-flight batch and stop. `run` logs to stderr (module
+//! `logs`) unless the application installed a `tracing` subscriber.
+//!
+//! This module owns the command line: parsing, start-up checks and what is printed. The work
+//! itself belongs to the relay, the consumer, genesis and the migrations.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -37,6 +43,7 @@ use crate::registry::Registry;
 
 use self::logs::LogFormat;
 
+mod dlq;
 mod logs;
 
 #[derive(Debug, Parser)]
@@ -170,6 +177,42 @@ enum Command {
     /// Create and inspect the declared topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// List and replay the messages the consumer dead-lettered.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Dead-lettered messages: reason, source topic/partition/offset, key and error.
+    List {
+        /// The dead-letter topic (default: $DIONYSUS_DEAD_LETTER_TOPIC or dionysus_dead_letters).
+        #[arg(long, value_name = "TOPIC")]
+        dead_letter_topic: Option<String>,
+        #[command(flatten)]
+        filter: dlq::Filter,
+        /// At most this many messages.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Re-publish dead-lettered messages to their source topic with their original key and
+    /// headers, once what rejected them is fixed. Reads from where the previous replay of
+    /// the same --group stopped; messages the filters leave out are passed over too (replay
+    /// them with another --group).
+    Replay {
+        /// The dead-letter topic (default: $DIONYSUS_DEAD_LETTER_TOPIC or dionysus_dead_letters).
+        #[arg(long, value_name = "TOPIC")]
+        dead_letter_topic: Option<String>,
+        #[command(flatten)]
+        filter: dlq::Filter,
+        /// At most this many messages per run.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+        /// The consumer group whose position on the dead-letter topic records what was
+        /// replayed (default: <dead-letter topic>-replay).
+        #[arg(long, value_name = "ID")]
+        group: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -547,6 +590,15 @@ async fn execute(
         }
         Command::Outbox(command) => outbox(&config, command, out).await?,
         Command::Topics(command) => topics(&config, registry, command, out).await?,
+        Command::Dlq(DlqCommand::List { dead_letter_topic, filter, limit }) => {
+            let topic = dead_letter_topic.unwrap_or_else(|| config.consumer.dead_letter_topic.clone());
+            dlq::list(&config, topic, filter, limit, out).await?;
+        }
+        Command::Dlq(DlqCommand::Replay { dead_letter_topic, filter, limit, group }) => {
+            let topic = dead_letter_topic.unwrap_or_else(|| config.consumer.dead_letter_topic.clone());
+            let group = group.unwrap_or_else(|| format!("{topic}-replay"));
+            dlq::replay(&config, topic, group, filter, limit, out).await?;
+        }
     }
     Ok(())
 }
