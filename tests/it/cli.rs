@@ -138,6 +138,35 @@ async fn genesis_names_an_unknown_model_and_usage_mistakes_exit_2() {
     assert_eq!(code, ExitCode::FAILURE);
     assert!(err.contains("no publishable model is named `Rental`; known models: Item"), "{err}");
 
+    let (code, _, err) = cli(
+        &[
+            "--database-url",
+            &db.url,
+            "--brokers",
+            &brokers,
+            "genesis",
+            "--model",
+            "Item",
+            "--topic",
+            &topic,
+            "--where",
+            "account_id=1",
+            "--where",
+            "nmae=x",
+        ],
+        registry,
+    )
+    .await;
+    assert_eq!(code, ExitCode::FAILURE);
+    assert!(
+        err.contains("model `Item` has no column `nmae` to filter genesis by; its columns: id, account_id, name"),
+        "{err}"
+    );
+    let (code, _, err) =
+        cli(&["genesis", "--model", "Item", "--topic", &topic, "--where", "account_id"], registry).await;
+    assert_eq!(code, ExitCode::from(2));
+    assert!(err.contains("expected COLUMN=VALUE, e.g. account_id=7, got `account_id`"), "{err}");
+
     let (code, _, err) =
         cli(&["--database-url", "postgres://postgres@127.0.0.1:1/none", "genesis", "--model", "Item"], registry).await;
     assert_eq!(code, ExitCode::from(2), "a usage mistake is reported before any I/O");

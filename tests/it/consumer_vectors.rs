@@ -569,7 +569,7 @@ async fn bad_messages_are_dead_lettered_and_the_batch_moves_on() {
     let reasons: Vec<(i64, &str)> = outcome.dead_letters.iter().map(|d| (d.message.offset, d.reason)).collect();
     assert_eq!(
         reasons,
-        [(0, "malformed_json"), (1, "wrong_type"), (2, "wrong_type"), (3, "invalid_envelope"), (4, "oversized")]
+        [(0, "malformed_json"), (1, "wrong_type"), (2, "invalid_id"), (3, "invalid_envelope"), (4, "oversized")]
     );
     assert_eq!(outcome.next_offset, Some(6));
     let names: Vec<Value> = rows(&mut conn, "rentals").await.iter().map(|r| r["name"].clone()).collect();

@@ -229,3 +229,35 @@ async fn bad_requests_are_explained() {
     let report = genesis.run(run.id, &(), &CancellationToken::new()).await.unwrap();
     assert_eq!(report.published, 3);
 }
+
+/// G-4 `query_conditions`: `--where column=value` filters keep only the matching records (every
+/// filter must hold), are stored with the run so a resumed run selects the same records, and
+/// a column the model lacks is refused before anything is recorded, naming the columns.
+#[tokio::test(flavor = "multi_thread")]
+async fn genesis_where_filters_select_only_matching_records() {
+    // account_id = i % 50 for i in 1..=200: account 7 has ids 7, 57, 107, 157; of those,
+    // none is a multiple of 10, so none is soft-deleted.
+    let (_db, mut conn, genesis, topic) = setup(200).await;
+    let request = GenesisRequest::new("GenesisItem", &topic).filter_eq("account_id", "7");
+    let run = genesis.start(&request).await.unwrap();
+    assert_eq!(run.total_count, Some(4));
+    assert_eq!(run_row(&mut conn, run.id).await.conditions(), [("account_id".to_owned(), "7".to_owned())]);
+    let report = genesis.run(run.id, &(), &CancellationToken::new()).await.unwrap();
+    assert_eq!(report.published, 4);
+
+    let both = GenesisRequest::new("GenesisItem", &topic).filter_eq("account_id", "7").filter_eq("id", "57");
+    let run = genesis.start(&both).await.unwrap();
+    assert_eq!(run.total_count, Some(1), "every filter must hold");
+    assert_eq!(genesis.run(run.id, &(), &CancellationToken::new()).await.unwrap().published, 1);
+
+    let injection = GenesisRequest::new("GenesisItem", &topic).filter_eq("account_id", "7' OR '1'='1");
+    let run = genesis.start(&injection).await.unwrap();
+    assert_eq!(run.total_count, Some(0), "values are bound, not spliced into the SQL");
+
+    let error =
+        genesis.start(&GenesisRequest::new("GenesisItem", &topic).filter_eq("acount_id", "7")).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "model `GenesisItem` has no column `acount_id` to filter genesis by; its columns: id, account_id, canceled_at"
+    );
+}

@@ -14,6 +14,7 @@ mod consumer_vectors;
 #[path = "consumer_vectors.rs"]
 mod consumer_vectors_blind;
 mod genesis;
+mod hostile;
 mod kafka;
 mod layout;
 mod migrations;

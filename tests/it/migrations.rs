@@ -67,6 +67,9 @@ async fn migrations_create_the_framework_tables_and_revert_cleanly() {
             "updated_at",
             "ordering_key",
             "ordering_bucket",
+            "message",
+            "message_key",
+            "encryption_key_id",
         ]
     );
     let changeset = columns.iter().find(|c| c.table_name == "dionysus_outbox" && c.column_name == "changeset").unwrap();

@@ -608,3 +608,100 @@ async fn workers_split_the_buckets_promptly() {
     running.await.unwrap().unwrap();
     joined.await.unwrap().unwrap();
 }
+
+/// P-12: with `DIONYSUS_OUTBOX_ENCRYPTION_KEYS` set, a composed message is stored sealed (its
+/// text is not in the row) with the id of the key that sealed it. A relay without that key,
+/// or with another secret under its id, publishes nothing and loses nothing: the row fails
+/// with a clear error, is retried, and is never parked (a missing key is our fault, not the
+/// row's). After a key rotation (new key first, the old one still listed) the relay opens the
+/// row and publishes the original message.
+#[tokio::test(flavor = "multi_thread")]
+async fn sealed_rows_are_unreadable_and_wait_for_their_key() {
+    use dionysus::config::EncryptionKeys;
+    use dionysus::outbox::Outbox;
+    use dionysus::producer::respond::Respond;
+
+    const OLD: &str = "old:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    const OTHER_SECRET_SAME_ID: &str = "old:AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+    const NEW: &str = "new:AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=";
+    let keys = |text: &str| EncryptionKeys::parse("DIONYSUS_OUTBOX_ENCRYPTION_KEYS", text).unwrap();
+
+    let mut setup = setup(kafka_config(), 1, 3).await;
+    setup.conn.batch_execute("UPDATE relay_items SET name = 'jane@example.com' WHERE id = 2").await.unwrap();
+    let item: Item = relay_items::table.find(2).select(Item::as_select()).first(&mut setup.conn).await.unwrap();
+    let writer = setup.config(|p| p.outbox_encryption_keys = keys(OLD));
+    let items = [item];
+    Outbox::new(setup.registry, &writer.producer)
+        .respond(&mut setup.conn, &setup.topic, Respond::new().entry("item_updated", &items))
+        .await
+        .unwrap();
+
+    #[derive(QueryableByName, Debug)]
+    struct Stored {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        message: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        encryption_key_id: String,
+    }
+    let stored: Stored = diesel::sql_query("SELECT message, encryption_key_id FROM dionysus_outbox")
+        .get_result(&mut setup.conn)
+        .await
+        .unwrap();
+    assert_eq!(stored.encryption_key_id, "old");
+    assert!(!stored.message.contains("jane") && !stored.message.contains("item_updated"), "{}", stored.message);
+
+    #[derive(QueryableByName, Debug)]
+    struct Failed {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        error_class: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        error_message: String,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        attempts: i32,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        parked: bool,
+    }
+    async fn failed(conn: &mut AsyncPgConnection) -> Failed {
+        diesel::sql_query(
+            "SELECT error_class, error_message, attempts, failed_at IS NOT NULL AS parked FROM dionysus_outbox \
+             WHERE published_at IS NULL",
+        )
+        .get_result::<Failed>(conn)
+        .await
+        .unwrap()
+    }
+    for (relay_keys, expected) in [
+        ("", "sealed with key `old`, which is not configured (configured: none)"),
+        (NEW, "sealed with key `old`, which is not configured (configured: new)"),
+        (OTHER_SECRET_SAME_ID, "sealed with key `old` does not open: wrong key for that id, or altered data"),
+    ] {
+        let relay = setup.relay(setup.config(|p| {
+            p.outbox_encryption_keys = keys(relay_keys);
+            p.max_attempts = 1;
+            p.retry_backoff_base = Duration::from_millis(1);
+            p.retry_backoff_cap = Duration::from_millis(1);
+        }));
+        relay.drain().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        relay.drain().await.unwrap();
+        let row = failed(&mut setup.conn).await;
+        assert_eq!(row.error_class, "SealError");
+        assert!(row.error_message.contains(expected), "{}", row.error_message);
+        assert!(row.attempts >= 1 && !row.parked, "retried, never parked past max_attempts: {row:?}");
+    }
+
+    let rotated = format!("{NEW},{OLD}");
+    let relay = setup.relay(setup.config(|p| p.outbox_encryption_keys = keys(&rotated)));
+    run_until(&relay, &mut setup, "published_at IS NULL", Duration::from_secs(30)).await;
+    let consumer: StreamConsumer = consumer_config(&setup.kafka, &unique_name("group")).create().unwrap();
+    consumer.subscribe(&[setup.topic.as_str()]).unwrap();
+    let message =
+        tokio::time::timeout(Duration::from_secs(30), consumer.stream().next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(message.key(), Some(&b"Item:2"[..]));
+    let value: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+    assert_eq!(
+        value,
+        serde_json::json!({"message": [{"event": "item_updated", "model_name": "Item",
+            "data": [{"id": 2, "account_id": 2, "name": "jane@example.com", "links": {}}]}]})
+    );
+}

@@ -242,6 +242,7 @@ pub fn registry_for<T: dionysus::Publishable>(
         name,
         full_name: name,
         partition_key: None,
+        partition_key_with: None,
         partitions: Some(partitions.max(1)),
         replication_factor: None,
         genesis_replica: false,

@@ -29,10 +29,14 @@
 //! | `DIONYSUS_OUTBOX_RETENTION_SECONDS` | [`ProducerConfig::retention`] | seconds, a duration, or `off` | `3d` |
 //! | `DIONYSUS_GENESIS_CONSISTENCY_SAFETY_DELAY_SECONDS` | [`ProducerConfig::genesis_consistency_safety_delay`] | seconds, or a duration | `60` |
 //! | `DIONYSUS_PUBLISHER_SERVICE_NAME` | [`ProducerConfig::publisher_service_name`] | text | `dionysus` |
+//! | `DIONYSUS_OUTBOX_ENCRYPTION_KEYS` | [`ProducerConfig::outbox_encryption_keys`] | `id:base64,…` of 32-byte keys, the first is current | none (not encrypted) |
 //! | `DIONYSUS_DEAD_LETTER_TOPIC` | [`ConsumerConfig::dead_letter_topic`] | topic name | `dionysus_dead_letters` |
 //! | `DIONYSUS_CONSUMER_BATCH_SIZE` | [`ConsumerConfig::batch_size`] | integer ≥ 1 | `500` |
 //! | `DIONYSUS_CONSUMER_MAX_MESSAGE_BYTES` | [`ConsumerConfig::max_message_bytes`] | integer ≥ 1 | `10485760` |
 //! | `DIONYSUS_REMOVE_DUPLICATES` | [`ConsumerConfig::remove_duplicates`] | boolean | `true` |
+//! | `DIONYSUS_CONSUMER_RETRY_ATTEMPTS` | [`ConsumerConfig::retry_attempts`] | integer ≥ 1 | `5` |
+//! | `DIONYSUS_CONSUMER_STALL_TIMEOUT_SECONDS` | [`ConsumerConfig::stall_timeout`] | seconds, or a duration | `60` |
+//! | `DIONYSUS_CONSUMER_MAX_FUTURE_SKEW_SECONDS` | [`ConsumerConfig::max_future_skew`] | seconds, or a duration | `1d` |
 //! | `DIONYSUS_KAFKA_<PROPERTY>` | [`KafkaConfig::properties`] | any librdkafka property, `_` for `.` | none |
 //!
 //! A consumer that dies without leaving its group (a crash, kill -9, a lost host) holds its
@@ -101,7 +105,8 @@ pub struct ProducerConfig {
     /// Column whose non-null value marks a record as soft-deleted (`canceled_at`).
     pub soft_delete_column: String,
     /// Attribute used as partition key when neither the publisher nor the topic name one
-    /// (`account_id`).
+    /// (`account_id`). A function in its place (dionysus-rb's callable default) is code, so it
+    /// is given to the registry: `Registry::with_default_partition_key`.
     pub default_partition_key: String,
     /// Outbox rows a relay worker claims per batch (100).
     pub batch_size: usize,
@@ -143,6 +148,79 @@ pub struct ProducerConfig {
     pub genesis_consistency_safety_delay: Duration,
     /// Name of this service in genesis events (`dionysus`).
     pub publisher_service_name: String,
+    /// Keys sealing the outbox's changesets and composed messages at rest (dionysus-rb's
+    /// encrypted changesets, P-12); none by default. The first key seals new rows; every key
+    /// opens the rows sealed with it, so a key is rotated by putting a new one first and
+    /// dropping the old one once no pending row uses it.
+    pub outbox_encryption_keys: EncryptionKeys,
+}
+
+/// Length of an outbox encryption key in bytes (XChaCha20-Poly1305's key).
+pub const ENCRYPTION_KEY_BYTES: usize = 32;
+
+/// One outbox encryption key: an id stored with every row it seals, and 32 secret bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncryptionKey {
+    /// Stored with each row, so the row is opened with the key that sealed it.
+    pub id: String,
+    /// The secret.
+    pub secret: [u8; ENCRYPTION_KEY_BYTES],
+}
+
+impl std::fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptionKey").field("id", &self.id).field("secret", &"<redacted>").finish()
+    }
+}
+
+/// The outbox encryption keys, current first; empty: rows are stored in the clear.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncryptionKeys(pub Vec<EncryptionKey>);
+
+impl EncryptionKeys {
+    /// Parses `id:base64,id:base64` (standard base64 of 32 bytes each; ids unique, without
+    /// `:` or `,`). Errors name the variable and the key id, never the secret.
+    pub fn parse(var: &str, text: &str) -> Result<EncryptionKeys, ConfigError> {
+        use base64::Engine as _;
+        let invalid = |value: String, expected: &str| ConfigError::Invalid {
+            var: var.to_owned(),
+            value,
+            expected: expected.to_owned(),
+        };
+        let mut keys: Vec<EncryptionKey> = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+            let Some((id, encoded)) = part.split_once(':') else {
+                return Err(invalid("<redacted>".to_owned(), "`id:base64` pairs separated by `,`"));
+            };
+            let id = id.trim();
+            if id.is_empty() || keys.iter().any(|key| key.id == id) {
+                return Err(invalid(format!("key id `{id}`"), "a non-empty key id, each id once"));
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .map_err(|_| invalid(format!("key `{id}`"), "standard base64 of 32 random bytes"))?;
+            let secret: [u8; ENCRYPTION_KEY_BYTES] = bytes.try_into().map_err(|bytes: Vec<u8>| {
+                invalid(format!("key `{id}` of {} bytes", bytes.len()), "standard base64 of exactly 32 bytes")
+            })?;
+            keys.push(EncryptionKey { id: id.to_owned(), secret });
+        }
+        Ok(EncryptionKeys(keys))
+    }
+
+    /// The key new rows are sealed with (the first), if encryption is on.
+    pub fn current(&self) -> Option<&EncryptionKey> {
+        self.0.first()
+    }
+
+    /// The key with this id.
+    pub fn get(&self, id: &str) -> Option<&EncryptionKey> {
+        self.0.iter().find(|key| key.id == id)
+    }
+
+    /// Whether no key is configured (rows are stored in the clear).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Consumer-side settings.
@@ -157,6 +235,18 @@ pub struct ConsumerConfig {
     /// Whether batches are deduplicated before persisting, as dionysus-rb's
     /// RemoveDuplicatesStrategy does (true).
     pub remove_duplicates: bool,
+    /// Attempts at a batch that fails for a reason that is not its messages' (the database
+    /// or the dead-letter topic unreachable, a deadlock…) before its partition is reported
+    /// unhealthy (5). The partition then waits: the batch is retried every 30 s, nothing is
+    /// dead-lettered and nothing committed until it goes through.
+    pub retry_attempts: u32,
+    /// How long a partition may go without committing while messages of it are waiting
+    /// before `/health` and the liveness file report it (60 s).
+    pub stall_timeout: Duration,
+    /// How far in the future an event's `updated_at` (else `created_at`) may be (1 day);
+    /// beyond it the message is dead-lettered as `timestamp_in_future`, since a stored
+    /// future time would make every genuine later update of its record look stale.
+    pub max_future_skew: Duration,
     /// Replica column holding the source's `id` (`synced_id`).
     pub synced_id_attribute: String,
     /// Replica column holding the source's `created_at` (`synced_created_at`).
@@ -216,6 +306,7 @@ impl Default for ProducerConfig {
             retention: Some(Duration::from_secs(3 * 86_400)),
             genesis_consistency_safety_delay: Duration::from_secs(60),
             publisher_service_name: "dionysus".to_owned(),
+            outbox_encryption_keys: EncryptionKeys::default(),
         }
     }
 }
@@ -227,6 +318,9 @@ impl Default for ConsumerConfig {
             batch_size: 500,
             max_message_bytes: 10 * 1024 * 1024,
             remove_duplicates: true,
+            retry_attempts: 5,
+            stall_timeout: Duration::from_secs(60),
+            max_future_skew: Duration::from_secs(86_400),
             synced_id_attribute: "synced_id".to_owned(),
             synced_created_at_attribute: "synced_created_at".to_owned(),
             synced_updated_at_attribute: "synced_updated_at".to_owned(),
@@ -364,6 +458,9 @@ impl Config {
             &mut producer.genesis_consistency_safety_delay,
         )?;
         env.string("DIONYSUS_PUBLISHER_SERVICE_NAME", &mut producer.publisher_service_name)?;
+        if let Some(value) = lookup("DIONYSUS_OUTBOX_ENCRYPTION_KEYS") {
+            producer.outbox_encryption_keys = EncryptionKeys::parse("DIONYSUS_OUTBOX_ENCRYPTION_KEYS", &value)?;
+        }
         if producer.retry_backoff_cap < producer.retry_backoff_base {
             return Err(ConfigError::Invalid {
                 var: "DIONYSUS_RETRY_BACKOFF_CAP_SECONDS".to_owned(),
@@ -380,6 +477,15 @@ impl Config {
         env.count("DIONYSUS_CONSUMER_BATCH_SIZE", &mut consumer.batch_size, 1)?;
         env.count("DIONYSUS_CONSUMER_MAX_MESSAGE_BYTES", &mut consumer.max_message_bytes, 1)?;
         env.boolean("DIONYSUS_REMOVE_DUPLICATES", &mut consumer.remove_duplicates)?;
+        let mut retry_attempts = consumer.retry_attempts as usize;
+        env.count("DIONYSUS_CONSUMER_RETRY_ATTEMPTS", &mut retry_attempts, 1)?;
+        consumer.retry_attempts = u32::try_from(retry_attempts).map_err(|_| ConfigError::Invalid {
+            var: "DIONYSUS_CONSUMER_RETRY_ATTEMPTS".to_owned(),
+            value: retry_attempts.to_string(),
+            expected: format!("an integer between 1 and {}", u32::MAX),
+        })?;
+        env.duration("DIONYSUS_CONSUMER_STALL_TIMEOUT_SECONDS", Unit::Seconds, &mut consumer.stall_timeout)?;
+        env.duration("DIONYSUS_CONSUMER_MAX_FUTURE_SKEW_SECONDS", Unit::Seconds, &mut consumer.max_future_skew)?;
         Ok(())
     }
 }
@@ -532,6 +638,30 @@ mod tests {
 
     fn from(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_vars(vars.iter().copied())
+    }
+
+    #[test]
+    fn encryption_keys_are_read_current_first_and_never_echoed() {
+        const VAR: &str = "DIONYSUS_OUTBOX_ENCRYPTION_KEYS";
+        assert!(Config::default().producer.outbox_encryption_keys.is_empty(), "off by default");
+        let config = from(&[(
+            VAR,
+            "new:AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=, old:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+        )])
+        .unwrap();
+        let keys = &config.producer.outbox_encryption_keys;
+        assert_eq!(keys.current().map(|key| key.id.as_str()), Some("new"));
+        assert_eq!(keys.get("old").map(|key| key.secret), Some([1; 32]));
+        assert!(!format!("{keys:?}").contains("AQEB"), "Debug redacts the secrets");
+        let short = from(&[(VAR, "k:c2VjcmV0")]).unwrap_err().to_string();
+        assert_eq!(
+            short,
+            "DIONYSUS_OUTBOX_ENCRYPTION_KEYS=\"key `k` of 6 bytes\" is not valid: expected standard base64 of exactly 32 bytes"
+        );
+        let unpaired = from(&[(VAR, "c2VjcmV0")]).unwrap_err().to_string();
+        assert!(!unpaired.contains("c2VjcmV0"), "{unpaired}");
+        let twice = "a:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=,a:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        assert!(from(&[(VAR, twice)]).is_err());
     }
 
     #[test]

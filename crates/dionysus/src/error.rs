@@ -32,6 +32,9 @@ pub enum Error {
     /// Writing outbox rows failed.
     #[error("writing outbox rows: {0}")]
     Outbox(#[from] crate::producer::outbox::OutboxError),
+    /// A composed message could not be written to the outbox.
+    #[error(transparent)]
+    Respond(#[from] crate::producer::respond::RespondError),
     /// The relay could not start or stopped on an error.
     #[error(transparent)]
     Relay(#[from] crate::producer::relay::RelayError),

@@ -43,6 +43,7 @@ pub use registry::{Registry, Topic};
 /// | `name` | string, required | name within the namespace |
 /// | `namespace` | string | the full name is `<namespace>_<name>` (dionysus-rb's naming) |
 /// | `partition_key` | field name (string or identifier) | attribute whose value picks the partition, for publishers that do not name their own; an integer field of each model published with `topic = ThisType` (checked at compile time, see [`Publishable`](derive@Publishable)) |
+/// | `partition_key_with` | `path::to::fn` | `fn(&dyn Record) -> Option<String>` computing the partition key of records published on the topic without their own (dionysus-rb's callable partition key); not with `partition_key` |
 /// | `partitions` | integer ≥ 1 | expected partition count (checked by `dionysus check`, used when creating the topic) |
 /// | `replication_factor` | integer ≥ 1 | used when creating the topic |
 /// | `genesis_replica` | `true`/`false`, or the bare flag | also publish everything to `<full name>_genesis` |
@@ -238,7 +239,8 @@ pub mod __private {
         RecordFilter, Relation, SoftDelete,
     };
     pub use crate::registry::{
-        ModelRegistration, Tombstone, Topic, TopicDeclaration, TopicEntry, TopicReference, TopicReferenceEntry,
+        ModelRegistration, PartitionKeyWith, Tombstone, Topic, TopicDeclaration, TopicEntry, TopicReference,
+        TopicReferenceEntry,
     };
 
     /// Boxes a handler's future (used by `#[dionysus::consume]` on functions); the

@@ -53,6 +53,9 @@ pub const MIGRATIONS: &[EmbeddedMigration] = embedded![
     "2026-11-23-000005_dionysus_relay",
     "2026-11-23-000006_dionysus_genesis_visible_only",
     "2026-11-23-000007_dionysus_outbox_lean_indexes",
+    "2026-12-02-000010_dionysus_genesis_conditions",
+    "2026-12-02-000011_dionysus_outbox_messages",
+    "2026-12-02-000012_dionysus_outbox_encryption",
 ];
 
 /// Failure to apply, revert or copy the framework migrations.

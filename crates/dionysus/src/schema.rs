@@ -37,6 +37,13 @@ diesel::table! {
         ordering_key -> Nullable<Text>,
         /// One of 64 buckets of the ordering key; each is leased to one relay worker.
         ordering_bucket -> Nullable<SmallInt>,
+        /// The value of a message the application composed, as JSON text (sealed when
+        /// `encryption_key_id` is set); NULL for rows built from the current record.
+        message -> Nullable<Text>,
+        /// The Kafka key of a composed message.
+        message_key -> Nullable<Text>,
+        /// The key that sealed `changeset` and `message`; NULL when they are in the clear.
+        encryption_key_id -> Nullable<Text>,
     }
 }
 
@@ -115,5 +122,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         /// Skip soft-deleted records.
         visible_only -> Bool,
+        /// Equality filters, `[["column", "value"], …]`.
+        conditions -> Jsonb,
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! Metric names: `dionysus_outbox_*` and `dionysus_relay_*` come from the relay,
 //! `dionysus_consumer_*` from the consumer (`dionysus_consumer_messages_total`,
-//! `dionysus_consumer_dead_letters_total`, `dionysus_consumer_batch_seconds`, and
-//! `dionysus_consumer_lag` per topic and partition from librdkafka's statistics).
+//! `dionysus_consumer_dead_letters_total`, `dionysus_consumer_batch_seconds`,
+//! `dionysus_consumer_dead_letter_failures_total`, `dionysus_consumer_partition_stalled` (1
+//! while a partition waits on a fault), and `dionysus_consumer_lag` per topic and partition
+//! from librdkafka's statistics).
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -14,8 +16,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-/// Whether a loop is healthy, asked by the endpoint and the liveness file.
-pub(crate) type Health = Arc<dyn Fn() -> bool + Send + Sync>;
+/// Whether a loop is healthy, asked by the endpoint and the liveness file: `Err` carries the
+/// reason, printed by a 503 `/health`.
+pub(crate) type Health = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Every metric dionysus emits: name, kind, unit and what it says (its `# HELP` line).
 pub const METRICS: &[(&str, Kind, Unit, &str)] = &[
@@ -139,7 +142,7 @@ pub fn prometheus() -> Option<PrometheusHandle> {
 /// Checked every `every`.
 pub(crate) async fn health_file(path: PathBuf, healthy: Health, every: Duration, shutdown: CancellationToken) {
     loop {
-        if healthy() {
+        if healthy().is_ok() {
             if let Err(error) = tokio::fs::write(&path, chrono::Utc::now().to_rfc3339()).await {
                 tracing::warn!("cannot write the health file {}: {error}", path.display());
             }
@@ -155,7 +158,8 @@ pub(crate) async fn health_file(path: PathBuf, healthy: Health, every: Duration,
 }
 
 /// Serves `GET /metrics` (Prometheus text, when a recorder handle is given) and `GET /health`
-/// (200 while `healthy()`, else 503 with `unhealthy` as the body) on a bound listener.
+/// (200 while `healthy()`, else 503 with `unhealthy` and the reason as the body) on a bound
+/// listener.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Option<PrometheusHandle>,
@@ -180,8 +184,10 @@ pub(crate) async fn serve(
             let line = String::from_utf8_lossy(&request[..read]);
             let path = line.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
-                "/health" | "/healthz" if healthy() => ("200 OK", "ok\n".to_owned()),
-                "/health" | "/healthz" => ("503 Service Unavailable", format!("{unhealthy}\n")),
+                "/health" | "/healthz" => match healthy() {
+                    Ok(()) => ("200 OK", "ok\n".to_owned()),
+                    Err(reason) => ("503 Service Unavailable", format!("{unhealthy}: {reason}\n")),
+                },
                 "/metrics" => match &metrics {
                     Some(handle) => ("200 OK", handle.render()),
                     None => ("404 Not Found", "metrics are not enabled\n".to_owned()),

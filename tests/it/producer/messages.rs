@@ -25,6 +25,7 @@ fn reference(row: &OutboxRow) -> RowRef {
         event_name: row.event_name.clone(),
         topic: row.topic.clone(),
         partition_key: row.partition_key.clone(),
+        composed: None,
     }
 }
 
@@ -36,6 +37,7 @@ fn synthetic(class: &str, id: i64, event: &str, topic: &str, partition_key: Opti
         event_name: event.to_owned(),
         topic: topic.to_owned(),
         partition_key: partition_key.map(str::to_owned),
+        composed: None,
     }
 }
 
@@ -257,6 +259,45 @@ async fn observer_overflow_is_deferred() {
     assert!(matches!(plans[0], RowPlan::DeferredObservers));
 }
 
+/// P-12: with encryption keys configured, the changeset of a deferred observer row is stored
+/// sealed (a JSON string without the changed values) with its key id, rows without a
+/// changeset stay as they are, and the changeset opens with that key only.
+#[tokio::test(flavor = "multi_thread")]
+async fn observer_changesets_are_sealed_at_rest() {
+    use dionysus::config::EncryptionKeys;
+    use dionysus::producer::seal::SealError;
+
+    let (_db, mut conn) = database().await;
+    example_resource(&mut conn, 5, Some(2), Some(3)).await;
+    let record = diesel::insert_into(epcr::table)
+        .values((epcr::id.eq(3_i64), epcr::account_id.eq(424_242_i64)))
+        .returning(ExamplePublishableCancelableResource::as_returning())
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    let keys = |text: &str| EncryptionKeys::parse("DIONYSUS_OUTBOX_ENCRYPTION_KEYS", text).unwrap();
+    let sealing = keys("k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
+    let config = ProducerConfig {
+        observers_inline_maximum_size: 0,
+        outbox_encryption_keys: sealing.clone(),
+        ..config().clone()
+    };
+    Outbox::new(registry(), &config).created(&mut conn, &record).await.unwrap();
+    let rows = outbox_rows(&mut conn).await;
+    let deferred = rows.iter().find(|row| row.topic == OBSERVER_TOPIC).unwrap();
+    assert_eq!(deferred.encryption_key_id.as_deref(), Some("k1"));
+    let stored = deferred.changeset.as_str().expect("a sealed changeset is a JSON string");
+    assert!(!stored.contains("424242") && !stored.contains("account_id"), "{stored}");
+    let opened = deferred.changeset(&sealing).unwrap();
+    assert_eq!(opened.get("account_id"), Some((&Value::Null, &json!(424_242))));
+    for row in rows.iter().filter(|row| row.topic != OBSERVER_TOPIC) {
+        assert_eq!((row.changeset.clone(), row.encryption_key_id.clone()), (json!({}), None), "nothing to seal");
+    }
+    let wrong = keys("k1:AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=");
+    assert_eq!(deferred.changeset(&wrong), Err(SealError::Rejected { key_id: "k1".into() }));
+    assert!(matches!(deferred.changeset(&EncryptionKeys::default()), Err(SealError::UnknownKey { .. })));
+}
+
 /// p29: a row on the genesis name of a topic without a genesis replica cannot be published.
 #[tokio::test(flavor = "multi_thread")]
 async fn genesis_only_without_a_replica_is_an_error() {
@@ -357,7 +398,7 @@ async fn tombstones_default_to_the_records_keys() {
     let (_db, mut conn) = database().await;
     let record = example_resource(&mut conn, 20, Some(10), None).await;
     let publication = registry().publications_on("ExampleResource", "v102_rentals")[0];
-    let defaults = tombstone_messages(registry(), config(), publication, &record, None, None);
+    let defaults = tombstone_messages(registry(), config(), publication, &record, None, None, false).unwrap();
     let null = Some(b"null".to_vec());
     assert_eq!(
         defaults,
@@ -383,7 +424,9 @@ async fn tombstones_default_to_the_records_keys() {
         &record,
         Some("#WhateverItTakes".into()),
         Some(Some("Smily".into())),
-    );
+        false,
+    )
+    .unwrap();
     assert_eq!(explicit[0].key, "#WhateverItTakes");
     assert_eq!(explicit[1].partition_key.as_deref(), Some("Smily"));
     assert_eq!(explicit[1].payload, null);
@@ -405,6 +448,7 @@ fn partition_key_sources_follow_p16() {
             name: "p16",
             full_name: "p16",
             partition_key,
+            partition_key_with: None,
             partitions: None,
             replication_factor: None,
             genesis_replica: false,
@@ -448,4 +492,64 @@ fn partition_key_sources_follow_p16() {
             "topic {topic_key:?}, default {default_key}, account_id {account_id:?}"
         );
     }
+}
+
+/// A record's id times ten, as the gem's spec lambda (`id * 10`).
+fn ten_times_id(record: &dyn dionysus::registry::model::Record) -> Option<String> {
+    record.attribute("id")?.as_i64().map(|id| (id * 10).to_string())
+}
+
+/// The gem's default lambda (`id * 10 + 1`); `None` for records without an id.
+fn ten_times_id_plus_one(record: &dyn dionysus::registry::model::Record) -> Option<String> {
+    record.attribute("id")?.as_i64().map(|id| (id * 10 + 1).to_string())
+}
+
+/// A topic whose partition key is a function.
+#[dionysus::topic(name = "p26_callable", partition_key_with = ten_times_id)]
+pub struct CallableKeyTopic;
+
+/// A topic naming no partition key.
+#[dionysus::topic(name = "p26_plain")]
+pub struct PlainTopic;
+
+diesel::table! { p26_items (id) { id -> BigInt, account_id -> BigInt } }
+
+#[derive(Debug, Queryable, Selectable, serde::Serialize, dionysus::Publishable)]
+#[diesel(table_name = p26_items)]
+#[publish(topic = CallableKeyTopic)]
+#[publish(topic = PlainTopic)]
+#[publish(topic = "p26_own", partition_key = account_id)]
+pub struct P26Item {
+    pub id: i64,
+    pub account_id: i64,
+}
+
+/// P-26 callables: a topic declared with `partition_key_with` computes the key of every model
+/// published on it without a key of its own (spec: lambda `id*10` → `"10"`); a registry's
+/// default function does the same where the topic names none, in place of the configured
+/// default attribute (spec: default lambda `id*10+1` → `"11"`); a publication's own key still
+/// wins, and without a default function the configured attribute applies.
+#[test]
+fn callable_partition_keys_on_topics_and_as_the_default() {
+    use dionysus::producer::publishable::partition_key;
+    use dionysus::Topic;
+
+    let record = P26Item { id: 1, account_id: 2 };
+    let base = Registry::new([CallableKeyTopic::DECLARATION, PlainTopic::DECLARATION], []).with_model::<P26Item>();
+    let with_default = base.clone().with_default_partition_key(ten_times_id_plus_one);
+    let key = |registry: &Registry, topic: &str| {
+        let publication = registry.publications_on("P26Item", topic)[0];
+        partition_key(publication, &record, registry, &ProducerConfig::default())
+    };
+    assert_eq!(key(&base, "p26_callable").as_deref(), Some("10"));
+    assert_eq!(key(&with_default, "p26_callable").as_deref(), Some("10"), "the topic's function beats the default");
+    assert_eq!(key(&base, "p26_plain").as_deref(), Some("2"), "configured default attribute `account_id`");
+    assert_eq!(key(&with_default, "p26_plain").as_deref(), Some("11"));
+    assert_eq!(key(&with_default, "p26_own").as_deref(), Some("2"), "the publication's own key wins");
+
+    // Tombstones (P-30) compute their partition key the same way.
+    let publication = with_default.publications_on("P26Item", "p26_plain")[0];
+    let tombstone =
+        tombstone_messages(&with_default, &ProducerConfig::default(), publication, &record, None, None, false).unwrap();
+    assert_eq!(tombstone[0].partition_key.as_deref(), Some("11"));
 }

@@ -6,6 +6,7 @@
 
 mod messages;
 mod outbox_rows;
+mod respond;
 mod rollback;
 pub(crate) mod spec_a;
 pub(crate) mod spec_b;

@@ -19,6 +19,7 @@ pub(super) fn expand(topic: &Topic) -> TokenStream {
     };
     let namespace = option(topic.namespace.as_ref());
     let partition_key = option(topic.partition_key.as_ref().map(|key| &key.value));
+    let partition_key_with = option(topic.partition_key_with.as_ref().map(|path| quote!(__d::PartitionKeyWith(#path))));
     let partitions = option(topic.partitions.as_ref());
     let replication_factor = option(topic.replication_factor.as_ref());
     let genesis_replica = topic.genesis_replica;
@@ -34,6 +35,7 @@ pub(super) fn expand(topic: &Topic) -> TokenStream {
             name: #name,
             full_name: #full_name,
             partition_key: #partition_key,
+            partition_key_with: #partition_key_with,
             partitions: #partitions,
             replication_factor: #replication_factor,
             genesis_replica: #genesis_replica,

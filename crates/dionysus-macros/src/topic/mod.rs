@@ -22,6 +22,8 @@ pub(crate) struct Topic {
     /// Where `name` was written.
     pub(crate) name_span: proc_macro2::Span,
     pub(crate) partition_key: Option<Name>,
+    /// `partition_key_with = path::to::fn`: `fn(&dyn Record) -> Option<String>`.
+    pub(crate) partition_key_with: Option<syn::Path>,
     pub(crate) partitions: Option<i32>,
     pub(crate) replication_factor: Option<i16>,
     pub(crate) genesis_replica: bool,

@@ -3,6 +3,7 @@
 //! unit struct without generic parameters.
 
 use proc_macro2::{Span, TokenStream};
+use syn::spanned::Spanned;
 use syn::{Fields, Item, ItemStruct, LitStr};
 
 use super::Topic;
@@ -10,7 +11,8 @@ use crate::attr::{self, Attr, Name};
 use crate::ctxt::Ctxt;
 use crate::symbol::*;
 
-const KEYS: &[Symbol] = &[NAMESPACE, NAME, PARTITION_KEY, PARTITIONS, REPLICATION_FACTOR, GENESIS_REPLICA, TOMBSTONE];
+const KEYS: &[Symbol] =
+    &[NAMESPACE, NAME, PARTITION_KEY, PARTITION_KEY_WITH, PARTITIONS, REPLICATION_FACTOR, GENESIS_REPLICA, TOMBSTONE];
 
 /// Kafka's limit on topic name length.
 pub(super) const MAX_TOPIC_NAME: usize = 249;
@@ -21,6 +23,7 @@ pub(super) struct Args {
     name: String,
     name_span: Span,
     partition_key: Option<Name>,
+    partition_key_with: Option<syn::Path>,
     partitions: Option<i32>,
     replication_factor: Option<i16>,
     genesis_replica: bool,
@@ -35,6 +38,7 @@ impl Args {
             name: self.name,
             name_span: self.name_span,
             partition_key: self.partition_key,
+            partition_key_with: self.partition_key_with,
             partitions: self.partitions,
             replication_factor: self.replication_factor,
             genesis_replica: self.genesis_replica,
@@ -72,6 +76,7 @@ pub(super) fn args(cx: &Ctxt, args: TokenStream) -> Option<Args> {
     let mut namespace = Attr::none(cx, NAMESPACE);
     let mut name = Attr::none(cx, NAME);
     let mut partition_key = Attr::none(cx, PARTITION_KEY);
+    let mut partition_key_with = Attr::none(cx, PARTITION_KEY_WITH);
     let mut partitions = Attr::none(cx, PARTITIONS);
     let mut replication_factor = Attr::none(cx, REPLICATION_FACTOR);
     let mut genesis_replica = Attr::none(cx, GENESIS_REPLICA);
@@ -89,6 +94,10 @@ pub(super) fn args(cx: &Ctxt, args: TokenStream) -> Option<Args> {
         } else if meta.path == PARTITION_KEY {
             let value = attr::name(cx, PARTITION_KEY, &meta, r#"partition_key = "account_id""#)?;
             partition_key.set_opt(&meta.path, value.and_then(|name| field_name(cx, name)));
+        } else if meta.path == PARTITION_KEY_WITH {
+            let what = "a function `fn(&dyn Record) -> Option<String>`";
+            let path = attr::path(cx, PARTITION_KEY_WITH, &meta, what, "partition_key_with = keys::of_record")?;
+            partition_key_with.set_opt(&meta.path, path.map(|path| (meta.path.span(), path)));
         } else if meta.path == PARTITIONS {
             partitions.set_opt(&meta.path, attr::positive_int::<i32>(cx, PARTITIONS, &meta, "partitions = 12")?);
         } else if meta.path == REPLICATION_FACTOR {
@@ -117,11 +126,23 @@ pub(super) fn args(cx: &Ctxt, args: TokenStream) -> Option<Args> {
         // Otherwise the value, or the arguments' syntax, was wrong, and that is recorded.
         return None;
     };
+    let partition_key = partition_key.get();
+    let partition_key_with = match (partition_key_with.get(), &partition_key) {
+        (Some((span, _)), Some(_)) => {
+            cx.syn_error(syn::Error::new(
+                span,
+                "give either `partition_key` (a field) or `partition_key_with` (a function), not both",
+            ));
+            None
+        }
+        (given, _) => given.map(|(_, path)| path),
+    };
     Some(Args {
         namespace: namespace.get(),
         name,
         name_span,
-        partition_key: partition_key.get(),
+        partition_key,
+        partition_key_with,
         partitions: partitions.get(),
         replication_factor: replication_factor.get(),
         genesis_replica: genesis_replica.get().unwrap_or(false),

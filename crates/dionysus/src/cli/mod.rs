@@ -167,6 +167,9 @@ enum Command {
         /// Skip soft-deleted records.
         #[arg(long)]
         visible_only: bool,
+        /// Only records whose column equals the value (repeatable; every filter must hold).
+        #[arg(long = "where", value_name = "COLUMN=VALUE", value_parser = column_equals)]
+        conditions: Vec<(String, String)>,
         /// Resume an unfinished run by id instead of starting one.
         #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["model", "topic"])]
         resume: Option<i64>,
@@ -545,7 +548,7 @@ async fn execute(
             consumer.run(shutdown).await?;
             writeln!(out, "consumer stopped")?;
         }
-        Command::Genesis { model, topic, from, to, over, batch_size, visible_only, resume } => {
+        Command::Genesis { model, topic, from, to, over, batch_size, visible_only, conditions, resume } => {
             let request = match resume {
                 Some(_) => None,
                 None => {
@@ -560,6 +563,7 @@ async fn execute(
                         over,
                         batch_size,
                         visible_only,
+                        conditions,
                     })
                 }
             };
@@ -601,6 +605,14 @@ async fn execute(
         }
     }
     Ok(())
+}
+
+/// Parses `--where column=value`.
+fn column_equals(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((column, value)) if !column.trim().is_empty() => Ok((column.trim().to_owned(), value.to_owned())),
+        _ => Err(format!("expected COLUMN=VALUE, e.g. account_id=7, got `{text}`")),
+    }
 }
 
 /// A genesis run drawn as a progress bar.

@@ -18,7 +18,7 @@ use crate::consumer::replica::plan::{
     guard_from_prepared, normalize_row, plan, prepare, take_intent, Intent, Prepared, RecordError,
 };
 use crate::consumer::replica::sql::{self, id_key, ColumnTypes, UpsertRow};
-use crate::consumer::replica::{Record, ReplicaDescriptor, Replicas, RowPlan};
+use crate::consumer::replica::{ColumnKind, Record, ReplicaDescriptor, Replicas, RowPlan};
 use crate::wire::envelope::{decode, Decoded, EnvelopeError};
 use crate::wire::naming::{event_prefix, EventKind};
 
@@ -43,7 +43,8 @@ pub struct DeadLetter {
     /// The original message.
     pub message: InboundMessage,
     /// Why, in a word: `oversized`, `malformed_json`, `invalid_envelope`, `invalid_record`,
-    /// `unknown_model`, `missing_id`, `wrong_type`, `database_rejected`.
+    /// `unknown_model`, `missing_id`, `invalid_id`, `wrong_type`, `timestamp_in_future`,
+    /// `database_rejected`.
     pub reason: &'static str,
     /// The error in full.
     pub error: String,
@@ -69,6 +70,8 @@ pub(crate) struct Rules {
     pub(crate) max_message_bytes: usize,
     pub(crate) unknown_model: UnknownModel,
     pub(crate) processing_mutex: bool,
+    /// How far in the future an event time may be before its message is dead-lettered.
+    pub(crate) max_future_skew: std::time::Duration,
     /// Whether local changes (C-15) are computed: only when an event-bus subscriber or a
     /// handler of a consumed topic can see them. Computing them reads every row before it
     /// is written; without them, rows are written blind and PostgreSQL applies the guard.
@@ -122,11 +125,59 @@ enum Work {
 }
 
 /// `Dionysus-<key>`, the processing-mutex name of a message (C-3); a missing key gets a
-/// random UUID, which (as in dionysus-rb) excludes nothing.
+/// random UUID, which (as in dionysus-rb) excludes nothing. A key PostgreSQL text cannot
+/// carry (a NUL byte, invalid UTF-8) is named by its digest, `Dionysus-sha256:<hex>`, so any
+/// key bytes give a usable lock that only that key takes.
 pub fn lock_name(key: Option<&[u8]>) -> String {
     match key {
-        Some(key) => format!("Dionysus-{}", String::from_utf8_lossy(key)),
+        Some(key) => match std::str::from_utf8(key) {
+            Ok(text) if !text.contains('\0') => format!("Dionysus-{text}"),
+            _ => format!("Dionysus-sha256:{}", sha256_hex(key)),
+        },
         None => format!("Dionysus-{}", random_uuid()),
+    }
+}
+
+/// SHA-256 in lowercase hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    let digest = sha2::Sha256::digest(bytes);
+    let mut hex = String::with_capacity(64);
+    for byte in digest.iter() {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// Why a record is set aside: the dead letter's reason and error.
+#[derive(Debug)]
+struct Rejection {
+    reason: &'static str,
+    error: String,
+}
+
+impl From<RecordError> for Rejection {
+    fn from(error: RecordError) -> Rejection {
+        Rejection { reason: error.reason(), error: error.to_string() }
+    }
+}
+
+/// Whether `id` is an integer id as written in its one canonical form: a JSON integer that
+/// fits a BIGINT, or a string of decimal digits without sign, padding or leading zeros
+/// (`-0`, `80.0`, `8e1`, `" 80"`, `"080"` are not), so that the id checked is the id written.
+fn is_canonical_integer_id(id: &Value) -> bool {
+    match id {
+        Value::Number(number) => number.is_i64() || (number.is_u64() && number.as_i64().is_some()),
+        Value::String(text) => {
+            let digits = text.strip_prefix('-').unwrap_or(text);
+            !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && (digits == "0" || !digits.starts_with('0'))
+                && !(text.starts_with('-') && digits == "0")
+                && text.parse::<i64>().is_ok()
+        }
+        _ => false,
     }
 }
 
@@ -142,6 +193,7 @@ impl Rules {
     pub(crate) fn prepare(&self, messages: &[InboundMessage]) -> PreparedBatch {
         let mut checked: Vec<(usize, Checked)> = Vec::with_capacity(messages.len());
         let mut decoded_good: Vec<(usize, Decoded)> = Vec::new();
+        let latest = Utc::now() + chrono::TimeDelta::from_std(self.max_future_skew).unwrap_or(chrono::TimeDelta::MAX);
         for (index, message) in messages.iter().enumerate() {
             match self.decode(message) {
                 Ok(decoded) => decoded_good.push((index, decoded)),
@@ -162,7 +214,7 @@ impl Rules {
         let mut positioned: Vec<(usize, Checked)> = Vec::new();
         for position in order {
             if let Some((index, decoded)) = slots.get_mut(position).and_then(Option::take) {
-                positioned.push((index, self.check(&messages[index], decoded)));
+                positioned.push((index, self.check(&messages[index], decoded, latest)));
             }
         }
         // Dead letters first by offset; kept work in dedup order.
@@ -208,7 +260,7 @@ impl Rules {
         })
     }
 
-    fn check(&self, message: &InboundMessage, decoded: Decoded) -> Checked {
+    fn check(&self, message: &InboundMessage, decoded: Decoded, latest: DateTime<Utc>) -> Checked {
         let Decoded::Events(events) = decoded else { return Checked::Good(Vec::new()) };
         let topic = &message.topic;
         // The whole "message" array is only needed by filters (C-20).
@@ -253,13 +305,13 @@ impl Rules {
                 work.push(EventWork { bus, kind, import, nodes: Vec::new() });
                 continue;
             };
-            let nodes: Result<Vec<Node>, RecordError> =
-                bus.transformed_data.iter().map(|record| self.node(replica, record, &bus.model_name)).collect();
+            let nodes: Result<Vec<Node>, Rejection> =
+                bus.transformed_data.iter().map(|record| self.node(replica, record, &bus.model_name, latest)).collect();
             match nodes {
                 Ok(nodes) => work.push(EventWork { bus, kind, import, nodes }),
-                Err(error) => {
-                    tracing::error!(topic = %topic, offset = message.offset, "{error}");
-                    failure.get_or_insert((error.reason(), error.to_string()));
+                Err(Rejection { reason, error }) => {
+                    tracing::error!(topic = %topic, offset = message.offset, reason, "{error}");
+                    failure.get_or_insert((reason, error));
                 }
             }
         }
@@ -274,26 +326,59 @@ impl Rules {
         }
     }
 
+    /// Checks `record` (and its sideloads) against `replica`; event times after `latest` are
+    /// refused.
     fn node(
         &self,
         replica: &'static ReplicaDescriptor,
         record: &Record,
         change_name: &str,
-    ) -> Result<Node, RecordError> {
+        latest: DateTime<Utc>,
+    ) -> Result<Node, Rejection> {
+        if let Some(id) = record.synced_id() {
+            let integer = replica.column(replica.synced_id).is_some_and(|c| c.kind == ColumnKind::Integer);
+            if integer && !is_canonical_integer_id(id) {
+                let mut shown = id.to_string();
+                if shown.len() > 80 {
+                    shown = format!("{}...", &shown[..shown.floor_char_boundary(77)]);
+                }
+                return Err(Rejection {
+                    reason: "invalid_id",
+                    error: format!(
+                        "{} id {shown} is not an integer id in canonical form (a JSON integer, or decimal digits \
+                         without sign, fraction, exponent or leading zeros)",
+                        replica.model
+                    ),
+                });
+            }
+        }
         let prepared = prepare(replica, record)?;
+        if let Some(time) = prepared.event_time.filter(|time| *time > latest) {
+            return Err(Rejection {
+                reason: "timestamp_in_future",
+                error: format!(
+                    "{} {}: event time {} is more than {} s in the future; stored, it would make every \
+                     later update of the record look stale",
+                    replica.model,
+                    prepared.synced_id,
+                    time.to_rfc3339(),
+                    self.max_future_skew.as_secs()
+                ),
+            });
+        }
         let mut has_many = Vec::new();
         for (name, children) in &record.has_many {
             // Links without sideloaded records (the usual case) need no model lookup.
             let Some(children) = children else { continue };
             let Some(child) = self.replicas.find(name) else { continue };
-            let nodes = children.iter().map(|c| self.node(child, c, name)).collect::<Result<Vec<_>, _>>()?;
+            let nodes = children.iter().map(|c| self.node(child, c, name, latest)).collect::<Result<Vec<_>, _>>()?;
             has_many.push((child, nodes));
         }
         let mut has_one = Vec::new();
         for (name, child_record) in &record.has_one {
             let Some(child_record) = child_record else { continue };
             let Some(child) = self.replicas.find(name) else { continue };
-            has_one.push(self.node(child, child_record, name)?);
+            has_one.push(self.node(child, child_record, name, latest)?);
         }
         Ok(Node { replica, prepared, change_name: change_name.to_owned(), has_many, has_one })
     }
@@ -565,6 +650,46 @@ mod tests {
         assert_eq!(uuid.len(), 36);
         assert_eq!(uuid.as_bytes()[14], b'4', "{uuid}");
         assert_ne!(lock_name(None), name);
+    }
+
+    #[test]
+    fn lock_names_of_keys_text_cannot_carry_are_digests() {
+        let with_nul = lock_name(Some(b"Rental:\0:1"));
+        assert_eq!(with_nul, format!("Dionysus-sha256:{}", sha256_hex(b"Rental:\0:1")));
+        assert_ne!(lock_name(Some(b"Rental:\0:2")), with_nul);
+        let invalid = lock_name(Some(b"Rental:\xff"));
+        assert!(invalid.starts_with("Dionysus-sha256:"), "{invalid}");
+        assert_ne!(invalid, lock_name(Some(b"Rental:\xfe")));
+    }
+
+    #[test]
+    fn integer_ids_are_checked_as_written() {
+        for good in [json!(0), json!(80), json!(-3), json!(i64::MAX), json!("80"), json!("0"), json!("-12")] {
+            assert!(is_canonical_integer_id(&good), "{good}");
+        }
+        let bad: Vec<Value> = vec![
+            serde_json::from_str("-0").unwrap(),
+            serde_json::from_str("80.0").unwrap(),
+            serde_json::from_str("8e1").unwrap(),
+            json!(u64::MAX),
+            json!("-0"),
+            json!("080"),
+            json!(" 80"),
+            json!("8e1"),
+            json!("+8"),
+            json!(""),
+            json!("99999999999999999999"),
+            json!(true),
+            json!([1]),
+        ];
+        for bad in bad {
+            assert!(!is_canonical_integer_id(&bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sha256_is_the_standard_digest() {
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

@@ -14,8 +14,21 @@
 //! * Bad messages (oversized, malformed JSON, unknown model, missing id, wrong types, or a
 //!   row the database rejects) go whole to the dead-letter topic with headers saying why;
 //!   the partition keeps moving.
-//! * Transient database errors are retried with backoff; the batch is retried as a whole,
-//!   so order is kept.
+//! * A batch that fails for a reason that is not its messages' (the connection broke, a
+//!   serialization failure or deadlock, the dead-letter topic unreachable) is retried as a
+//!   whole, so order is kept, up to
+//!   [`ConsumerConfig::retry_attempts`](crate::config::ConsumerConfig::retry_attempts) times;
+//!   then its partition waits, retrying every 30 s, and `/health` names it: nothing is
+//!   dead-lettered or committed for our own faults. Every wait watches the shutdown token.
+//! * Whether a database error is the message's fault is decided by its kind (which the
+//!   driver derives from the SQLSTATE: integrity violations 23xxx are the data's, 40001 and
+//!   25006 and broken connections are transient), never by its text. For a SQLSTATE the
+//!   driver does not expose (data exceptions 22xxx as well as deadlocks 40P01, lock and
+//!   resource errors 55P03, 53xxx, 57Pxx), the message is held at fault only when it fails
+//!   alone, three times, while the database answers otherwise.
+//! * `/health` reports a partition with a fault, and one that has not committed for
+//!   [`ConsumerConfig::stall_timeout`](crate::config::ConsumerConfig::stall_timeout) while
+//!   messages of it wait.
 //! * After the commit, event-bus subscribers and `#[dionysus::consume]` handlers are told
 //!   what changed (C-19).
 //!
@@ -40,6 +53,9 @@
 mod batch;
 pub mod dedup;
 mod events;
+#[cfg(test)]
+mod fuzz;
+mod progress;
 pub mod replica;
 mod runtime;
 
@@ -50,6 +66,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection, TransactionManager};
+use tokio_util::sync::CancellationToken;
 
 /// The transaction manager of the consumer's connections.
 type Transactions = <AsyncPgConnection as AsyncConnection>::TransactionManager;
@@ -95,6 +112,9 @@ pub enum ConsumerError {
     /// The consumer was built without topics to read.
     #[error("no topics to consume: declare a replica model with #[derive(Consume)] or add topics to the builder")]
     NoTopics,
+    /// The consumer was asked to stop while a batch waited to be retried.
+    #[error("stopping: the batch was left to be read again from the stored offset")]
+    Stopped,
     /// The metrics/health listener could not start.
     #[error("cannot serve /metrics and /health on {address}: {source}")]
     Serve {
@@ -272,7 +292,12 @@ impl ConsumerBuilder {
 
     /// Serves `/metrics` (Prometheus, through [`crate::telemetry::prometheus`]) and `/health`
     /// on this address while the consumer runs. `/health` answers 200 while the consumer
-    /// polled the broker within [`Consumer::HEALTH_SILENCE`], else 503.
+    /// polled the broker within [`Consumer::HEALTH_SILENCE`] and every partition moves; else
+    /// 503 with the reason: no poll, a partition waiting on a batch that keeps failing for a
+    /// reason that is not its messages' or on a dead letter that cannot be sent, or a
+    /// partition that has not committed for
+    /// [`ConsumerConfig::stall_timeout`](crate::config::ConsumerConfig::stall_timeout) while
+    /// messages of it wait.
     pub fn serve(mut self, address: std::net::SocketAddr) -> Self {
         self.serve = Some(address);
         self
@@ -314,14 +339,17 @@ impl ConsumerBuilder {
             max_message_bytes: self.config.consumer.max_message_bytes,
             unknown_model: self.unknown_model,
             processing_mutex: self.processing_mutex,
+            max_future_skew: self.config.consumer.max_future_skew,
             column_types: sql::ColumnTypes::default(),
             track_changes: self.local_changes.unwrap_or_else(|| {
                 !self.subscribers.is_empty()
                     || (self.handlers && handlers().any(|handler| topics.iter().any(|topic| *topic == handler.topic)))
             }),
         };
+        let progress = Arc::new(progress::Progress::new(self.config.consumer.stall_timeout));
         Ok(Consumer {
             inner: Arc::new(Inner {
+                progress,
                 group: self.config.kafka.group_id(),
                 config: self.config,
                 pool,
@@ -350,6 +378,7 @@ struct Inner {
     after_commit: Option<AfterCommitHook>,
     handlers: bool,
     health: Health,
+    progress: Arc<progress::Progress>,
     serve: Option<std::net::SocketAddr>,
     health_file: Option<std::path::PathBuf>,
 }
@@ -360,25 +389,48 @@ pub struct Consumer {
     inner: Arc<Inner>,
 }
 
-/// Whether a database error is worth retrying as is (connection trouble, serialization
-/// failures) rather than a verdict on the data.
-fn is_transient(error: &diesel::result::Error) -> bool {
-    use diesel::result::{DatabaseErrorKind, Error};
+/// What a failed database operation says about the batch, by the error's kind (the driver
+/// derives it from the SQLSTATE), never by its text: PostgreSQL repeats the offending input
+/// in its messages, so a message could otherwise choose its own verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Not the messages' fault and worth retrying as is: no SQLSTATE at all (the connection
+    /// broke), a closed connection, a serialization failure (40001), a read-only transaction
+    /// (25006, a standby after a failover), a confused transaction state.
+    Transient,
+    /// The data is rejected: an integrity violation (23xxx) or a value that cannot be encoded.
+    Rejected,
+    /// A SQLSTATE the driver does not expose: a data exception (22xxx) as well as a deadlock
+    /// (40P01), an unavailable lock (55P03), exhausted resources (53xxx) or an administrator's
+    /// shutdown (57Pxx). Decided by isolating the message (see [`Consumer::apply_with_retry`]).
+    Undetermined,
+}
+
+fn verdict(error: &diesel::result::Error) -> Verdict {
+    use diesel::result::{DatabaseErrorKind as Kind, Error};
     match error {
-        Error::DatabaseError(kind, info) => {
-            matches!(
-                kind,
-                DatabaseErrorKind::SerializationFailure
-                    | DatabaseErrorKind::ClosedConnection
-                    | DatabaseErrorKind::UnableToSendCommand
-                    | DatabaseErrorKind::ReadOnlyTransaction
-            ) || info.message().contains("deadlock")
-                || info.message().contains("connection")
-        }
-        Error::BrokenTransactionManager | Error::AlreadyInTransaction | Error::NotInTransaction => true,
-        _ => false,
+        Error::DatabaseError(kind, _) => match kind {
+            Kind::SerializationFailure
+            | Kind::ReadOnlyTransaction
+            | Kind::ClosedConnection
+            | Kind::UnableToSendCommand => Verdict::Transient,
+            Kind::UniqueViolation
+            | Kind::ForeignKeyViolation
+            | Kind::NotNullViolation
+            | Kind::CheckViolation
+            | Kind::RestrictViolation
+            | Kind::ExclusionViolation => Verdict::Rejected,
+            _ => Verdict::Undetermined,
+        },
+        Error::SerializationError(_) => Verdict::Rejected,
+        Error::BrokenTransactionManager | Error::AlreadyInTransaction | Error::NotInTransaction => Verdict::Transient,
+        _ => Verdict::Undetermined,
     }
 }
+
+/// How often a message alone must fail with an [`Verdict::Undetermined`] error, the database
+/// answering otherwise, before it is dead-lettered as `database_rejected`.
+const REJECTION_CONFIRMATIONS: u32 = 3;
 
 impl Consumer {
     /// How long a running consumer may go without polling the broker before `/health` and
@@ -424,9 +476,13 @@ impl Consumer {
     /// Applies a batch of one partition's messages (ascending offsets) in one transaction,
     /// storing the partition's next offset with it, and then notifies subscribers and
     /// handlers. Dead letters are returned, not sent. This is what the Kafka loop does per
-    /// batch; it is public for embedding and tests.
+    /// batch; it is public for embedding and tests. A batch failing for a reason that is not
+    /// its messages' is tried
+    /// [`ConsumerConfig::retry_attempts`](crate::config::ConsumerConfig::retry_attempts) times,
+    /// then the error is returned (the Kafka loop then lets the partition wait).
     pub async fn process_batch(&self, messages: &[InboundMessage]) -> Result<BatchOutcome, ConsumerError> {
-        let outcome = self.apply_with_retry(messages, &mut |_| Box::pin(async { Ok(()) })).await?;
+        let never = CancellationToken::new();
+        let outcome = self.apply_with_retry(messages, &mut |_| Box::pin(async { Ok(()) }), &never).await?;
         self.notify(&outcome.events).await;
         Ok(outcome)
     }
@@ -509,75 +565,128 @@ impl Consumer {
         }
     }
 
-    /// [`Consumer::apply_once`] with retries: transient errors back off and retry the whole
-    /// batch; an error that is about the data splits the batch so that only the offending
-    /// message is dead-lettered (`database_rejected`).
+    /// [`Consumer::apply_once`] with retries. A batch failing for a [`Verdict::Transient`]
+    /// reason (or without a connection) is retried whole, with backoff, up to
+    /// `retry_attempts` times; then the error is returned and the caller lets the partition
+    /// wait. A batch the database rejects, or fails with an [`Verdict::Undetermined`] error,
+    /// is split so that only the offending message is dead-lettered (`database_rejected`).
+    /// Every wait ends early with [`ConsumerError::Stopped`] when `shutdown` is cancelled.
     async fn apply_with_retry(
         &self,
         messages: &[InboundMessage],
         dead_letter: &mut runtime::DeadLetterSink<'_>,
+        shutdown: &CancellationToken,
     ) -> Result<BatchOutcome, ConsumerError> {
+        let attempts = self.inner.config.consumer.retry_attempts.max(1);
         let mut attempt: u32 = 0;
+        let mut undetermined: u32 = 0;
         loop {
             let result = match crate::db::checkout(&self.inner.pool).await {
                 Ok(mut conn) => self.apply_once(&mut conn, messages, dead_letter).await,
                 Err(error) => Err(ConsumerError::Pool(error)),
             };
-            match result {
+            let error = match result {
                 Ok(outcome) => return Ok(outcome),
-                Err(ConsumerError::Database { source, what }) if !is_transient(&source) => {
-                    tracing::warn!(error = %source, %what, "batch rejected by the database; applying its messages one by one");
-                    return self.apply_one_by_one(messages, dead_letter, source).await;
+                Err(error) => error,
+            };
+            let transient = match &error {
+                ConsumerError::Pool(_) => true,
+                ConsumerError::Database { source, what } => match verdict(source) {
+                    Verdict::Transient => true,
+                    Verdict::Rejected if messages.len() == 1 => {
+                        return self.reject(&messages[0], dead_letter, source).await;
+                    }
+                    Verdict::Undetermined if messages.len() == 1 => {
+                        undetermined += 1;
+                        if !self.database_answers().await {
+                            true
+                        } else if undetermined >= REJECTION_CONFIRMATIONS {
+                            return self.reject(&messages[0], dead_letter, source).await;
+                        } else {
+                            tracing::warn!(error = %source, %what, undetermined, "message failed alone; trying it again before dead-lettering it");
+                            false
+                        }
+                    }
+                    Verdict::Rejected | Verdict::Undetermined => {
+                        tracing::warn!(error = %source, %what, "batch rejected by the database; applying its messages one by one");
+                        return self.apply_one_by_one(messages, dead_letter, shutdown).await;
+                    }
+                },
+                _ => return Err(error),
+            };
+            let delay = if transient {
+                attempt = attempt.saturating_add(1);
+                if attempt >= attempts {
+                    return Err(error);
                 }
-                Err(error @ (ConsumerError::Database { .. } | ConsumerError::Pool(_))) => {
-                    attempt = attempt.saturating_add(1);
-                    let delay = backoff(attempt);
-                    tracing::warn!(%error, attempt, ?delay, "transient database error; retrying the batch");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(other) => return Err(other),
+                let delay = backoff(attempt);
+                tracing::warn!(%error, attempt, ?delay, "batch failed for a reason that is not its messages'; retrying it");
+                delay
+            } else {
+                backoff(undetermined)
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return Err(ConsumerError::Stopped),
+                () = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// Whether the database runs a trivial statement: tells a message the database rejects
+    /// from a database that rejects everything.
+    async fn database_answers(&self) -> bool {
+        match crate::db::checkout(&self.inner.pool).await {
+            Ok(mut conn) => conn.batch_execute("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Dead-letters `message`, which the database rejected alone, and stores the offset
+    /// past it.
+    async fn reject(
+        &self,
+        message: &InboundMessage,
+        dead_letter: &mut runtime::DeadLetterSink<'_>,
+        error: &diesel::result::Error,
+    ) -> Result<BatchOutcome, ConsumerError> {
+        let dead = DeadLetter { message: message.clone(), reason: "database_rejected", error: error.to_string() };
+        tracing::warn!(topic = %message.topic, partition = message.partition, offset = message.offset, error = %dead.error, "message rejected by the database; sent to the dead-letter topic");
+        dead_letter(&dead).await?;
+        let mut conn = crate::db::checkout(&self.inner.pool).await?;
+        let group = &self.inner.group;
+        let stored = async {
+            Transactions::begin_transaction(&mut *conn).await?;
+            let stored = sql::lock_offset(&mut conn, group, &message.topic, message.partition).await?;
+            if stored.is_none_or(|stored| message.offset >= stored) {
+                sql::store_offset(&mut conn, group, &message.topic, message.partition, message.offset + 1).await?;
+            }
+            Transactions::commit_transaction(&mut *conn).await?;
+            Ok::<_, diesel::result::Error>(stored)
+        }
+        .await
+        .map_err(|source| ConsumerError::Database {
+            what: format!(
+                "storing the offset past rejected message {}/{}@{}",
+                message.topic, message.partition, message.offset
+            ),
+            source,
+        })?;
+        Ok(BatchOutcome {
+            next_offset: Some(stored.map_or(message.offset + 1, |stored| stored.max(message.offset + 1))),
+            dead_letters: vec![dead],
+            ..BatchOutcome::default()
+        })
     }
 
     async fn apply_one_by_one(
         &self,
         messages: &[InboundMessage],
         dead_letter: &mut runtime::DeadLetterSink<'_>,
-        first_error: diesel::result::Error,
+        shutdown: &CancellationToken,
     ) -> Result<BatchOutcome, ConsumerError> {
         let mut total = BatchOutcome::default();
-        if messages.len() == 1 {
-            // This message alone is rejected: dead-letter it and store the offset past it.
-            let message = &messages[0];
-            let dead =
-                DeadLetter { message: message.clone(), reason: "database_rejected", error: first_error.to_string() };
-            dead_letter(&dead).await?;
-            let mut conn = crate::db::checkout(&self.inner.pool).await?;
-            let group = &self.inner.group;
-            let stored = async {
-                Transactions::begin_transaction(&mut *conn).await?;
-                let stored = sql::lock_offset(&mut conn, group, &message.topic, message.partition).await?;
-                if stored.is_none_or(|stored| message.offset >= stored) {
-                    sql::store_offset(&mut conn, group, &message.topic, message.partition, message.offset + 1).await?;
-                }
-                Transactions::commit_transaction(&mut *conn).await?;
-                Ok::<_, diesel::result::Error>(stored)
-            }
-            .await
-            .map_err(|source| ConsumerError::Database {
-                what: format!(
-                    "storing the offset past rejected message {}/{}@{}",
-                    message.topic, message.partition, message.offset
-                ),
-                source,
-            })?;
-            total.next_offset = Some(stored.map_or(message.offset + 1, |stored| stored.max(message.offset + 1)));
-            total.dead_letters.push(dead);
-            return Ok(total);
-        }
         for message in messages {
-            let outcome = Box::pin(self.apply_with_retry(std::slice::from_ref(message), dead_letter)).await?;
+            let outcome = Box::pin(self.apply_with_retry(std::slice::from_ref(message), dead_letter, shutdown)).await?;
             total.events.extend(outcome.events);
             total.dead_letters.extend(outcome.dead_letters);
             total.already_applied += outcome.already_applied;

@@ -1,6 +1,8 @@
 //! The Kafka side of the consumer: the group subscription, seeking to the stored offsets on
 //! assignment, one worker per partition (in order within it, concurrent across them), the
-//! Kafka commit after the database commit, and the dead-letter producer.
+//! Kafka commit after the database commit, and the dead-letter producer (whose messages
+//! always fit: a value too large for the dead-letter topic is replaced by a prefix, its
+//! length and its SHA-256).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -22,6 +24,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::batch::sha256_hex;
+use super::progress::Progress;
 use super::{AfterCommit, Consumer, ConsumerError, DeadLetter, InboundMessage};
 use crate::consumer::replica::sql;
 
@@ -43,7 +47,27 @@ impl DeadLetterHeaders {
     pub const OFFSET: &'static str = "dionysus-source-offset";
     /// Consumer group that gave up on it.
     pub const GROUP: &'static str = "dionysus-consumer-group";
+    /// Set when the dead letter carries only the first bytes of the original value (the
+    /// whole did not fit the dead-letter topic): the original length in bytes (decimal).
+    pub const ORIGINAL_LENGTH: &'static str = "dionysus-original-length";
+    /// With [`DeadLetterHeaders::ORIGINAL_LENGTH`]: the SHA-256 of the original value (hex).
+    pub const ORIGINAL_SHA256: &'static str = "dionysus-original-sha256";
+    /// With [`DeadLetterHeaders::ORIGINAL_LENGTH`], when the key was cut too: its length.
+    pub const ORIGINAL_KEY_LENGTH: &'static str = "dionysus-original-key-length";
 }
+
+/// Bytes of the original value a dead letter keeps when the whole does not fit.
+const DEAD_LETTER_PREFIX_BYTES: usize = 64 * 1024;
+/// Bytes of the original key a cut dead letter keeps.
+const DEAD_LETTER_KEY_BYTES: usize = 4 * 1024;
+/// Bytes of the error text in a dead letter's header.
+const DEAD_LETTER_ERROR_BYTES: usize = 4 * 1024;
+/// Room for the key and headers above the largest value a dead letter carries.
+const DEAD_LETTER_MARGIN_BYTES: usize = 1 << 20;
+/// How long the broker may take to acknowledge one dead letter.
+const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight batches may take to finish once the consumer is asked to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
 
 type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ConsumerError>> + Send + 'a>>;
 
@@ -63,6 +87,7 @@ struct GroupContext {
     group: String,
     assignments: Assignments,
     paused: Paused,
+    progress: Arc<Progress>,
     logs: crate::kafka::Logs,
 }
 
@@ -139,6 +164,7 @@ impl ConsumerContext for GroupContext {
                         if let Some(flag) = assignments.remove(&(element.topic().to_owned(), element.partition())) {
                             flag.store(true, Ordering::SeqCst);
                         }
+                        self.progress.forget(element.topic(), element.partition());
                     }
                 }
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
@@ -277,7 +303,7 @@ struct WorkerLinks {
     /// For the Kafka commit after the database commit.
     consumer: Arc<StreamConsumer<GroupContext>>,
     /// For dead letters.
-    producer: crate::kafka::Producer,
+    dead_letters: DeadLetters,
     /// Notified when the worker took messages from its channel.
     drained: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
@@ -386,13 +412,19 @@ impl Consumer {
         let telemetry = shutdown.child_token();
         let _stop_telemetry = telemetry.clone().drop_guard();
         let health = inner.health.clone();
-        let healthy: crate::telemetry::Health = Arc::new(move || health.is_alive(Consumer::HEALTH_SILENCE));
+        let progress = inner.progress.clone();
+        let healthy: crate::telemetry::Health = Arc::new(move || {
+            if !health.is_alive(Consumer::HEALTH_SILENCE) {
+                return Err(format!("no broker poll for {} s", Consumer::HEALTH_SILENCE.as_secs()));
+            }
+            progress.check()
+        });
         if let Some(address) = inner.serve {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .map_err(|source| ConsumerError::Serve { address, source })?;
             let metrics = crate::telemetry::prometheus();
-            let unhealthy = "[Dionysus Consumer] healthcheck failed: no broker poll for 30 s";
+            let unhealthy = "[Dionysus Consumer] healthcheck failed";
             tokio::spawn(crate::telemetry::serve(listener, metrics, healthy.clone(), unhealthy, telemetry.clone()));
         }
         if let Some(path) = inner.health_file.clone() {
@@ -407,6 +439,7 @@ impl Consumer {
             assignments: assignments.clone(),
             paused: paused.clone(),
             logs: crate::kafka::Logs::default(),
+            progress: inner.progress.clone(),
         };
         let mut client = crate::kafka::consumer_config(kafka, &inner.group);
         client.set("statistics.interval.ms", "5000");
@@ -421,10 +454,20 @@ impl Consumer {
         );
         let topics: Vec<&str> = inner.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(kafka_error(format!("subscribing to {topics:?}")))?;
-        let producer = crate::kafka::producer(kafka).map_err(|error| ConsumerError::Kafka {
-            what: error.to_string(),
-            source: KafkaError::ClientCreation("dead-letter producer".to_owned()),
-        })?;
+        // The largest dead letter is a whole message of the largest size consumed plus its
+        // key and headers; librdkafka's default (1,000,000 bytes) would refuse most of them.
+        let largest = inner.config.consumer.max_message_bytes.saturating_add(DEAD_LETTER_MARGIN_BYTES);
+        let producer: crate::kafka::Producer = crate::kafka::producer_config(kafka)
+            .set("message.max.bytes", largest.min(1_000_000_000).to_string())
+            .set("message.timeout.ms", DEAD_LETTER_TIMEOUT.as_millis().to_string())
+            .create_with_context(crate::kafka::Logs::default())
+            .map_err(kafka_error(format!("creating the dead-letter producer for {}", kafka.bootstrap_servers())))?;
+        let dead_letters = DeadLetters {
+            producer,
+            topic: inner.config.consumer.dead_letter_topic.clone(),
+            group: inner.group.clone(),
+            attempts: inner.config.consumer.retry_attempts.max(1),
+        };
         tracing::info!(group = %inner.group, topics = ?inner.topics, "consumer started");
 
         let mut workers = Workers::default();
@@ -436,7 +479,7 @@ impl Consumer {
         let drained = Arc::new(tokio::sync::Notify::new());
         let links = WorkerLinks {
             consumer: consumer.clone(),
-            producer,
+            dead_letters,
             drained: drained.clone(),
             shutdown: shutdown.clone(),
             halt: halt.clone(),
@@ -505,6 +548,7 @@ impl Consumer {
                     }
                 }
             }
+            inner.progress.received(topic, partition, message.offset());
             let inbound = InboundMessage {
                 topic: topic.to_owned(),
                 partition,
@@ -521,12 +565,21 @@ impl Consumer {
         }
         // In-flight work finishes on shutdown; what is still buffered is read again from the
         // stored offsets by whoever consumes the partition next.
+        // A batch stuck on a database that does not answer is abandoned after the grace
+        // period (its transaction is never committed; the connection is discarded).
         let mut handles = workers.into_handles();
-        for handle in &mut handles.0 {
-            if let Err(error) = handle.await {
-                tracing::warn!(%error, "partition worker ended abnormally");
+        let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            for handle in &mut handles.0 {
+                if let Err(error) = handle.await {
+                    tracing::warn!(%error, "partition worker ended abnormally");
+                }
             }
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight batches did not finish in time; abandoned (read again from the stored offsets)");
         }
+        drop(handles);
         tracing::info!(group = %inner.group, "consumer stopped");
         Ok(())
     }
@@ -537,7 +590,7 @@ impl Consumer {
         revoked: Arc<AtomicBool>,
         links: WorkerLinks,
     ) {
-        let WorkerLinks { consumer, producer, drained, shutdown, halt } = links;
+        let WorkerLinks { consumer, dead_letters, drained, shutdown, halt } = links;
         let batch_size = self.inner.config.consumer.batch_size.max(1);
         loop {
             let first = tokio::select! {
@@ -568,19 +621,38 @@ impl Consumer {
             );
             let started = Instant::now();
             let mut attempt = 0u32;
+            // Offsets of this batch already dead-lettered: a retry of the batch, or its split
+            // after a database rejection, does not send them again.
+            let sent: Arc<Mutex<HashSet<i64>>> = Arc::default();
             let outcome = loop {
                 let mut sink = |dead: &DeadLetter| -> SinkFuture<'_> {
                     let dead = dead.clone();
-                    let producer = producer.clone();
-                    let topic = self.inner.config.consumer.dead_letter_topic.clone();
-                    let group = self.inner.group.clone();
-                    Box::pin(async move { send_dead_letter(&producer, &topic, &group, &dead).await })
+                    let (dead_letters, sent, shutdown) = (dead_letters.clone(), sent.clone(), shutdown.clone());
+                    Box::pin(async move {
+                        let offset = dead.message.offset;
+                        if sent.lock().is_ok_and(|sent| sent.contains(&offset)) {
+                            return Ok(());
+                        }
+                        dead_letters.send(&dead, &shutdown).await?;
+                        if let Ok(mut sent) = sent.lock() {
+                            sent.insert(offset);
+                        }
+                        Ok(())
+                    })
                 };
-                match self.apply_with_retry(&messages, &mut sink).instrument(span.clone()).await {
+                match self.apply_with_retry(&messages, &mut sink, &shutdown).instrument(span.clone()).await {
                     Ok(outcome) => break outcome,
                     Err(error) => {
+                        if shutdown.is_cancelled() {
+                            return;
+                        }
                         attempt = attempt.saturating_add(1);
-                        tracing::error!(parent: &span, %error, attempt, "batch failed; retrying");
+                        let offset = messages[0].offset;
+                        self.inner.progress.fault(
+                            &topic,
+                            partition,
+                            format!("batch from offset {offset} keeps failing (attempt {attempt}; retrying): {error}"),
+                        );
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
                             _ = tokio::time::sleep(super::backoff(attempt)) => {}
@@ -601,6 +673,7 @@ impl Consumer {
             );
             record_batch_metrics(&topic, partition, messages.len(), &outcome, started.elapsed());
             if let Some(next_offset) = outcome.next_offset {
+                self.inner.progress.committed(&topic, partition, next_offset);
                 if let Some(hook) = &self.inner.after_commit {
                     if hook(&topic, partition, next_offset) == AfterCommit::Halt {
                         halt.cancel();
@@ -619,33 +692,174 @@ impl Consumer {
     }
 }
 
-async fn send_dead_letter(
-    producer: &crate::kafka::Producer,
-    topic: &str,
-    group: &str,
-    dead: &DeadLetter,
-) -> Result<(), ConsumerError> {
+/// The dead-letter producer and where its messages go.
+#[derive(Clone)]
+struct DeadLetters {
+    producer: crate::kafka::Producer,
+    topic: String,
+    group: String,
+    /// Sends of one dead letter before its partition is reported stalled.
+    attempts: u32,
+}
+
+impl DeadLetters {
+    /// Sends `dead`, whole when it fits the dead-letter topic and cut to a prefix with its
+    /// length and digest when it does not; retried up to `attempts` times.
+    async fn send(&self, dead: &DeadLetter, shutdown: &CancellationToken) -> Result<(), ConsumerError> {
+        let message = &dead.message;
+        let mut cut = false;
+        let mut attempt = 0u32;
+        loop {
+            let record = dead_letter_record(&self.group, dead, cut);
+            let sent = tokio::select! {
+                () = shutdown.cancelled() => return Err(ConsumerError::Stopped),
+                sent = self.producer.send(record.to_future_record(&self.topic), DEAD_LETTER_TIMEOUT) => sent,
+            };
+            let source = match sent {
+                Ok(_) => {
+                    if cut {
+                        tracing::warn!(topic = %message.topic, partition = message.partition, offset = message.offset, bytes = message.payload.as_ref().map_or(0, Vec::len), "dead letter too large for the dead-letter topic; sent its first bytes, length and SHA-256");
+                    }
+                    return Ok(());
+                }
+                Err((source, _)) => source,
+            };
+            if !cut && is_too_large(&source) {
+                cut = true;
+                continue;
+            }
+            attempt = attempt.saturating_add(1);
+            let labels = [("topic", message.topic.clone()), ("partition", message.partition.to_string())];
+            metrics::counter!("dionysus_consumer_dead_letter_failures_total", &labels).increment(1);
+            if attempt >= self.attempts {
+                return Err(ConsumerError::Kafka {
+                    what: format!(
+                        "sending {}/{}@{} to the dead-letter topic {} ({attempt} attempts)",
+                        message.topic, message.partition, message.offset, self.topic
+                    ),
+                    source,
+                });
+            }
+            tracing::warn!(error = %source, attempt, topic = %message.topic, partition = message.partition, offset = message.offset, "sending a dead letter failed; retrying");
+            tokio::select! {
+                () = shutdown.cancelled() => return Err(ConsumerError::Stopped),
+                () = tokio::time::sleep(super::backoff(attempt)) => {}
+            }
+        }
+    }
+}
+
+fn is_too_large(error: &KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode;
+    matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidRecord))
+}
+
+/// A dead letter as produced: owned key, value and header values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DeadLetterRecord {
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl DeadLetterRecord {
+    fn to_future_record<'a>(&'a self, topic: &'a str) -> FutureRecord<'a, [u8], [u8]> {
+        let headers = self.headers.iter().fold(OwnedHeaders::new(), |headers, (key, value)| {
+            headers.insert(Header { key, value: Some(value.as_str()) })
+        });
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+        if let Some(key) = &self.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(payload) = &self.payload {
+            record = record.payload(payload.as_slice());
+        }
+        record
+    }
+}
+
+/// The dead letter of `dead`: the original key and value with headers saying why, or, when
+/// `cut`, the first [`DEAD_LETTER_PREFIX_BYTES`] of the value (and at most
+/// [`DEAD_LETTER_KEY_BYTES`] of the key) with the original length and SHA-256.
+fn dead_letter_record(group: &str, dead: &DeadLetter, cut: bool) -> DeadLetterRecord {
     let message = &dead.message;
-    let (partition, offset) = (message.partition.to_string(), message.offset.to_string());
-    let headers = OwnedHeaders::new()
-        .insert(Header { key: DeadLetterHeaders::REASON, value: Some(dead.reason) })
-        .insert(Header { key: DeadLetterHeaders::ERROR, value: Some(dead.error.as_str()) })
-        .insert(Header { key: DeadLetterHeaders::TOPIC, value: Some(message.topic.as_str()) })
-        .insert(Header { key: DeadLetterHeaders::PARTITION, value: Some(partition.as_str()) })
-        .insert(Header { key: DeadLetterHeaders::OFFSET, value: Some(offset.as_str()) })
-        .insert(Header { key: DeadLetterHeaders::GROUP, value: Some(group) });
-    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
-    if let Some(key) = &message.key {
-        record = record.key(key.as_slice());
+    let mut headers = vec![
+        (DeadLetterHeaders::REASON, dead.reason.to_owned()),
+        (DeadLetterHeaders::ERROR, prefix_str(&dead.error, DEAD_LETTER_ERROR_BYTES).to_owned()),
+        (DeadLetterHeaders::TOPIC, message.topic.clone()),
+        (DeadLetterHeaders::PARTITION, message.partition.to_string()),
+        (DeadLetterHeaders::OFFSET, message.offset.to_string()),
+        (DeadLetterHeaders::GROUP, group.to_owned()),
+    ];
+    if !cut {
+        return DeadLetterRecord { key: message.key.clone(), payload: message.payload.clone(), headers };
     }
-    if let Some(payload) = &message.payload {
-        record = record.payload(payload.as_slice());
+    let payload = message.payload.as_deref().map(|payload| {
+        headers.push((DeadLetterHeaders::ORIGINAL_LENGTH, payload.len().to_string()));
+        headers.push((DeadLetterHeaders::ORIGINAL_SHA256, sha256_hex(payload)));
+        payload[..payload.len().min(DEAD_LETTER_PREFIX_BYTES)].to_vec()
+    });
+    let key = message.key.as_deref().map(|key| {
+        if key.len() > DEAD_LETTER_KEY_BYTES {
+            headers.push((DeadLetterHeaders::ORIGINAL_KEY_LENGTH, key.len().to_string()));
+        }
+        key[..key.len().min(DEAD_LETTER_KEY_BYTES)].to_vec()
+    });
+    DeadLetterRecord { key, payload, headers }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn prefix_str(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
     }
-    producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(source, _)| ConsumerError::Kafka {
-        what: format!(
-            "sending {}/{}@{} to the dead-letter topic {topic}",
-            message.topic, message.partition, message.offset
-        ),
-        source,
-    })
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dead(payload: Vec<u8>, key: Vec<u8>) -> DeadLetter {
+        DeadLetter {
+            message: InboundMessage {
+                topic: "t".to_owned(),
+                partition: 2,
+                offset: 7,
+                key: Some(key),
+                payload: Some(payload),
+            },
+            reason: "oversized",
+            error: "é".repeat(5000),
+        }
+    }
+
+    fn header<'a>(record: &'a DeadLetterRecord, name: &str) -> Option<&'a str> {
+        record.headers.iter().find(|(key, _)| *key == name).map(|(_, value)| value.as_str())
+    }
+
+    #[test]
+    fn a_dead_letter_is_whole_unless_cut() {
+        let record = dead_letter_record("g", &dead(b"abc".to_vec(), b"k".to_vec()), false);
+        assert_eq!(record.payload.as_deref(), Some(&b"abc"[..]));
+        assert_eq!(header(&record, DeadLetterHeaders::REASON), Some("oversized"));
+        assert_eq!(header(&record, DeadLetterHeaders::ORIGINAL_LENGTH), None);
+        // The error text is bounded, on a character boundary.
+        let error = header(&record, DeadLetterHeaders::ERROR).unwrap();
+        assert!(error.len() <= DEAD_LETTER_ERROR_BYTES && error.len() > DEAD_LETTER_ERROR_BYTES - 2, "{}", error.len());
+    }
+
+    #[test]
+    fn a_cut_dead_letter_keeps_a_prefix_its_length_and_digest() {
+        let payload = vec![b'x'; 3 << 20];
+        let key = vec![b'k'; 10_000];
+        let record = dead_letter_record("g", &dead(payload.clone(), key), true);
+        assert_eq!(record.payload.as_ref().map(Vec::len), Some(DEAD_LETTER_PREFIX_BYTES));
+        assert_eq!(record.key.as_ref().map(Vec::len), Some(DEAD_LETTER_KEY_BYTES));
+        assert_eq!(header(&record, DeadLetterHeaders::ORIGINAL_LENGTH), Some("3145728"));
+        assert_eq!(header(&record, DeadLetterHeaders::ORIGINAL_KEY_LENGTH), Some("10000"));
+        assert_eq!(header(&record, DeadLetterHeaders::ORIGINAL_SHA256), Some(sha256_hex(&payload).as_str()));
+        assert_eq!(header(&record, DeadLetterHeaders::REASON), Some("oversized"));
+    }
 }

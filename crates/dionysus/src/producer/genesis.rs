@@ -47,6 +47,11 @@ pub struct GenesisRequest {
     pub batch_size: usize,
     /// Skip soft-deleted records (they are published as `_destroyed` otherwise).
     pub visible_only: bool,
+    /// Only records whose column equals the value, for every `(column, value)` (dionysus-rb's
+    /// `query_conditions`, G-4). Columns must be fields of the model; values are bound as
+    /// parameters and compared with the column's text form (`account_id = "7"` matches the
+    /// integer 7, a boolean column matches `"true"`/`"false"`).
+    pub conditions: Vec<(String, String)>,
 }
 
 impl GenesisRequest {
@@ -59,7 +64,14 @@ impl GenesisRequest {
             over: Duration::ZERO,
             batch_size: 1000,
             visible_only: false,
+            conditions: Vec::new(),
         }
+    }
+
+    /// Adds an equality filter (`--where column=value`).
+    pub fn filter_eq(mut self, column: impl Into<String>, value: impl Into<String>) -> GenesisRequest {
+        self.conditions.push((column.into(), value.into()));
+        self
     }
 }
 
@@ -102,6 +114,24 @@ pub struct GenesisRun {
     pub updated_at: DateTime<Utc>,
     /// Skip soft-deleted records.
     pub visible_only: bool,
+    /// Equality filters, `[["column", "value"], …]` (see [`GenesisRequest::conditions`]).
+    pub conditions: serde_json::Value,
+}
+
+impl GenesisRun {
+    /// The run's equality filters as `(column, value)` pairs.
+    pub fn conditions(&self) -> Vec<(String, String)> {
+        let Some(pairs) = self.conditions.as_array() else { return Vec::new() };
+        pairs
+            .iter()
+            .filter_map(|pair| match pair.as_array().map(Vec::as_slice) {
+                Some([serde_json::Value::String(column), serde_json::Value::String(value)]) => {
+                    Some((column.clone(), value.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// dionysus-rb's `Genesis::Performed` event: the window in which consumers receive the run.
@@ -155,6 +185,16 @@ pub enum GenesisError {
         topic: String,
         /// Its topics.
         published: String,
+    },
+    /// A `--where` filter names a column the model does not have.
+    #[error("model `{model}` has no column `{column}` to filter genesis by; its columns: {columns}")]
+    UnknownColumn {
+        /// Model.
+        model: String,
+        /// The column given.
+        column: String,
+        /// The model's columns.
+        columns: String,
     },
     /// A window needs an `updated_at` column.
     #[error("model `{0}` has no `updated_at` column, so it cannot be filtered by a time window")]
@@ -257,8 +297,10 @@ impl Genesis {
         if request.window.is_some() && !model.attributes.contains(&"updated_at") {
             return Err(GenesisError::NoUpdatedAt(model.model_name.to_owned()));
         }
+        let conditions = conditions_of(model, &request.conditions)?;
         let mut conn = crate::db::checkout(&self.pool).await?;
-        let total = self.count(&mut conn, model, request).await?;
+        let total = self.count(&mut conn, model, request, &conditions).await?;
+        let stored: Vec<[&str; 2]> = request.conditions.iter().map(|(c, v)| [c.as_str(), v.as_str()]).collect();
         diesel::insert_into(runs::table)
             .values((
                 runs::model.eq(model.model_name),
@@ -270,6 +312,7 @@ impl Genesis {
                 runs::total_count.eq(total),
                 runs::status.eq("pending"),
                 runs::visible_only.eq(request.visible_only),
+                runs::conditions.eq(serde_json::json!(stored)),
             ))
             .returning(GenesisRun::as_returning())
             .get_result(&mut conn)
@@ -307,10 +350,11 @@ impl Genesis {
             .map_err(query(format!("reading genesis run {run_id}")))?
             .ok_or(GenesisError::NoSuchRun(run_id))?;
         let visible_only = run.visible_only;
+        let model = self.model(&run.model)?;
+        let conditions = conditions_of(model, &run.conditions())?;
         if run.status == "completed" {
             return Err(GenesisError::NoSuchRun(run_id));
         }
-        let model = self.model(&run.model)?;
         self.check_topic(model, &run.topic)?;
         let started_at = run.started_at.unwrap_or_else(Utc::now);
         diesel::update(runs::table.find(run_id))
@@ -346,7 +390,7 @@ impl Genesis {
                 () = tokio::time::sleep_until(due) => {}
                 () = shutdown.cancelled() => continue,
             }
-            let filter = self.filter(model, &run, visible_only, cursor.as_deref())?;
+            let filter = self.filter(model, &run, visible_only, &conditions, cursor.as_deref())?;
             let page = (model.load)(&mut conn, filter, Some(batch_size))
                 .await
                 .map_err(query(format!("loading {} after {cursor:?}", model.model_name)))?;
@@ -365,6 +409,7 @@ impl Genesis {
                         event_name: naming::event_name(model.model_name, kind),
                         topic: run.topic.clone(),
                         partition_key: None,
+                        composed: None,
                     }
                 })
                 .collect();
@@ -516,6 +561,7 @@ impl Genesis {
         model: &ModelEntry,
         run: &GenesisRun,
         visible_only: bool,
+        conditions: &[(&'static str, String)],
         cursor: Option<&str>,
     ) -> Result<RecordFilter, GenesisError> {
         let mut filter = RecordFilter::default();
@@ -533,6 +579,9 @@ impl Genesis {
                 filter = filter.and(Condition::IsNull(column));
             }
         }
+        for (column, value) in conditions {
+            filter = filter.and(Condition::TextEquals { column, value: value.clone() });
+        }
         Ok(filter)
     }
 
@@ -541,6 +590,7 @@ impl Genesis {
         conn: &mut AsyncPgConnection,
         model: &ModelEntry,
         request: &GenesisRequest,
+        conditions: &[(&'static str, String)],
     ) -> Result<i64, GenesisError> {
         #[derive(QueryableByName)]
         struct Count {
@@ -553,17 +603,27 @@ impl Genesis {
                 sql.push_str(&format!(" AND \"{column}\" IS NULL"));
             }
         }
-        let count: Count = match request.window {
-            Some((from, to)) => {
-                diesel::sql_query(format!("{sql} AND updated_at BETWEEN $1 AND $2"))
-                    .bind::<diesel::sql_types::Timestamptz, _>(from)
-                    .bind::<diesel::sql_types::Timestamptz, _>(to)
-                    .get_result(conn)
-                    .await
-            }
-            None => diesel::sql_query(sql).get_result(conn).await,
+        let mut parameter = 0;
+        let mut next = || {
+            parameter += 1;
+            parameter
+        };
+        if request.window.is_some() {
+            sql.push_str(&format!(" AND updated_at BETWEEN ${} AND ${}", next(), next()));
         }
-        .map_err(query(format!("counting {} records", model.model_name)))?;
+        for (column, _) in conditions {
+            sql.push_str(&format!(" AND \"{column}\"::text = ${}", next()));
+        }
+        let mut statement = diesel::sql_query(sql).into_boxed::<diesel::pg::Pg>();
+        if let Some((from, to)) = request.window {
+            statement =
+                statement.bind::<diesel::sql_types::Timestamptz, _>(from).bind::<diesel::sql_types::Timestamptz, _>(to);
+        }
+        for (_, value) in conditions {
+            statement = statement.bind::<diesel::sql_types::Text, _>(value.clone());
+        }
+        let count: Count =
+            statement.get_result(conn).await.map_err(query(format!("counting {} records", model.model_name)))?;
         Ok(count.count)
     }
 
@@ -581,6 +641,25 @@ impl Genesis {
             .map(drop)
             .map_err(query(format!("updating genesis run {run_id}")))
     }
+}
+
+/// Checks `--where` columns against the model's columns (its fields), giving each as the
+/// model's own `'static` column name.
+fn conditions_of(
+    model: &ModelEntry,
+    conditions: &[(String, String)],
+) -> Result<Vec<(&'static str, String)>, GenesisError> {
+    conditions
+        .iter()
+        .map(|(column, value)| match model.attributes.iter().copied().find(|a| a == column) {
+            Some(known) => Ok((known, value.clone())),
+            None => Err(GenesisError::UnknownColumn {
+                model: model.model_name.to_owned(),
+                column: column.clone(),
+                columns: model.attributes.join(", "),
+            }),
+        })
+        .collect()
 }
 
 impl Dionysus {

@@ -11,5 +11,7 @@ pub mod partition_key;
 pub mod plan;
 pub mod publishable;
 pub mod relay;
+pub mod respond;
+pub mod seal;
 pub(crate) mod sender;
 pub mod serialize;

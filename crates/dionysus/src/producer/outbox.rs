@@ -52,7 +52,8 @@ use serde_json::{Map, Value};
 use diesel::result::QueryResult;
 
 use super::publishable::{partition_key, Publishable};
-use crate::config::ProducerConfig;
+use super::seal::{self, SealError};
+use crate::config::{EncryptionKey, EncryptionKeys, ProducerConfig};
 use crate::handle::Dionysus;
 use crate::registry::model::{ColumnIn, ModelEntry, Publication, Record, RecordFilter, Relation};
 use crate::registry::{Registry, OBSERVER_TOPIC};
@@ -79,6 +80,12 @@ pub struct NewOutboxRow {
     pub partition_key: Option<String>,
     /// Changeset (observer rows only; `{}` otherwise).
     pub changeset: Value,
+    /// The value of a composed message, as JSON text (see [`Outbox::respond`]).
+    pub message: Option<String>,
+    /// The Kafka key of a composed message.
+    pub message_key: Option<String>,
+    /// The key that sealed `changeset` and `message` (set when the row is written).
+    pub encryption_key_id: Option<String>,
 }
 
 /// An outbox row as stored.
@@ -116,11 +123,44 @@ pub struct OutboxRow {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// Changed at.
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// The value of a composed message, as JSON text (sealed when `encryption_key_id` is set).
+    pub message: Option<String>,
+    /// The Kafka key of a composed message.
+    pub message_key: Option<String>,
+    /// The key that sealed `changeset` and `message`; `None` when they are in the clear.
+    pub encryption_key_id: Option<String>,
+}
+
+impl OutboxRow {
+    /// The row's changeset, opened with `keys` when it was sealed.
+    pub fn changeset(&self, keys: &EncryptionKeys) -> Result<Changeset, SealError> {
+        open_changeset(keys, self.encryption_key_id.as_deref(), &self.changeset)
+    }
+}
+
+/// A stored changeset, opened with `keys` when `key_id` says it was sealed.
+pub(crate) fn open_changeset(
+    keys: &EncryptionKeys,
+    key_id: Option<&str>,
+    stored: &Value,
+) -> Result<Changeset, SealError> {
+    match (key_id, stored) {
+        (Some(key_id), Value::String(sealed)) => {
+            let plain = seal::open(keys, key_id, sealed)?;
+            let value: Value =
+                serde_json::from_slice(&plain).map_err(|_| SealError::Rejected { key_id: key_id.to_owned() })?;
+            Ok(Changeset::from_json(&value))
+        }
+        (_, stored) => Ok(Changeset::from_json(stored)),
+    }
 }
 
 /// Writing outbox rows failed; the caller's transaction should roll back.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
+    /// Sealing a row with the configured encryption key failed.
+    #[error(transparent)]
+    Seal(#[from] SealError),
     /// The global configuration could not be read from the environment.
     #[error("reading the dionysus configuration")]
     Config(#[source] crate::config::ConfigError),
@@ -237,8 +277,8 @@ enum Change {
 /// Writes outbox rows with a registry and a configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Outbox<'a> {
-    registry: &'a Registry,
-    config: &'a ProducerConfig,
+    pub(super) registry: &'a Registry,
+    pub(super) config: &'a ProducerConfig,
 }
 
 impl Outbox<'static> {
@@ -326,8 +366,16 @@ impl<'a> Outbox<'a> {
         self.insert(conn, rows).await
     }
 
-    async fn insert(&self, conn: &mut AsyncPgConnection, rows: Vec<NewOutboxRow>) -> Result<usize, OutboxError> {
+    pub(super) async fn insert(
+        &self,
+        conn: &mut AsyncPgConnection,
+        rows: Vec<NewOutboxRow>,
+    ) -> Result<usize, OutboxError> {
         let rows = dedupe(rows);
+        let rows = match self.config.outbox_encryption_keys.current() {
+            Some(key) => rows.into_iter().map(|row| seal_row(key, row)).collect::<Result<Vec<_>, _>>()?,
+            None => rows,
+        };
         let result = match rows.as_slice() {
             [] => return Ok(0),
             // One row (the common case) is a statement of fixed shape, prepared once per
@@ -372,6 +420,9 @@ impl<'a> Outbox<'a> {
                 topic: publication.topic.to_owned(),
                 partition_key: partition_key(publication, record, self.registry, self.config),
                 changeset: Value::Object(Map::new()),
+                message: None,
+                message_key: None,
+                encryption_key_id: None,
             });
         }
 
@@ -409,6 +460,9 @@ impl<'a> Outbox<'a> {
                         topic: OBSERVER_TOPIC.to_owned(),
                         partition_key: None,
                         changeset: changeset.to_json(),
+                        message: None,
+                        message_key: None,
+                        encryption_key_id: None,
                     });
                 }
                 continue;
@@ -492,6 +546,9 @@ pub(crate) fn owner_updated_row(
         topic: publication.topic.to_owned(),
         partition_key: partition_key(publication, owner, registry, config),
         changeset: Value::Object(Map::new()),
+        message: None,
+        message_key: None,
+        encryption_key_id: None,
     }
 }
 
@@ -515,6 +572,23 @@ pub(crate) fn related_owners_filter(
             Ok(Some(ColumnIn::parse(column, other.id_kind, &[other_id.to_owned()])?.into()))
         }
     }
+}
+
+/// Seals what a row carries beyond ids (a non-empty changeset, a composed message) with `key`
+/// (P-12); a row with neither stays as it is.
+fn seal_row(key: &EncryptionKey, mut row: NewOutboxRow) -> Result<NewOutboxRow, OutboxError> {
+    let has_changeset = row.changeset.as_object().is_some_and(|changeset| !changeset.is_empty());
+    if !has_changeset && row.message.is_none() {
+        return Ok(row);
+    }
+    if has_changeset {
+        row.changeset = Value::String(seal::seal(key, row.changeset.to_string().as_bytes())?);
+    }
+    if let Some(message) = &row.message {
+        row.message = Some(seal::seal(key, message.as_bytes())?);
+    }
+    row.encryption_key_id = Some(key.id.clone());
+    Ok(row)
 }
 
 /// `nil`, `""` and `[]` are blank (Ruby's `blank?` for the values a column holds).
@@ -600,6 +674,9 @@ mod tests {
             topic: topic.into(),
             partition_key: None,
             changeset: json!({}),
+            message: None,
+            message_key: None,
+            encryption_key_id: None,
         };
         let rows = dedupe(vec![row("a"), row("b"), row("a")]);
         assert_eq!(rows.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>(), ["a", "b"]);

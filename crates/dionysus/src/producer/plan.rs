@@ -50,6 +50,21 @@ pub struct RowRef {
     pub topic: String,
     /// Partition key stored when the row was written.
     pub partition_key: Option<String>,
+    /// The message the application composed, when the row carries one (published as is).
+    pub composed: Option<Composed>,
+}
+
+/// A message composed by the application and stored in its outbox row
+/// ([`Outbox::respond`](crate::outbox::Outbox::respond)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Composed {
+    /// The Kafka key.
+    pub key: String,
+    /// The value as JSON text (`null` for a tombstone), or sealed when `encryption_key_id` is
+    /// set.
+    pub value: String,
+    /// The key that sealed `value`.
+    pub encryption_key_id: Option<String>,
 }
 
 /// What to do with one outbox row.
@@ -87,6 +102,15 @@ pub enum PlanError {
     /// Building the value failed.
     #[error(transparent)]
     Envelope(#[from] crate::wire::envelope::EnvelopeError),
+    /// The topic of a composed message is not declared (or has no genesis replica).
+    #[error("`{0}` is not a declared topic nor the genesis replica of one")]
+    UnknownTopic(String),
+    /// `genesis_only` on a topic without a genesis replica (P-28).
+    #[error("cannot execute genesis-only as there is no genesis topic for `{0}`")]
+    NoGenesisReplica(String),
+    /// A sealed row could not be opened (a missing or wrong key): it is not published.
+    #[error(transparent)]
+    Sealed(#[from] super::seal::SealError),
     /// Loading records failed (the whole batch is retried).
     #[error("loading {what}: {source}")]
     Load {
@@ -107,7 +131,7 @@ pub async fn plan_rows(
     rows: &[RowRef],
 ) -> Result<Vec<RowPlan>, PlanError> {
     let mut ids_by_model: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for row in rows.iter().filter(|row| row.topic != OBSERVER_TOPIC) {
+    for row in rows.iter().filter(|row| row.topic != OBSERVER_TOPIC && row.composed.is_none()) {
         if registry.model(&row.resource_class).is_some() {
             ids_by_model.entry(row.resource_class.as_str()).or_default().push(row.resource_id.clone());
         }
@@ -172,6 +196,13 @@ pub async fn plan_loaded_rows(
             plans.push(RowPlan::DeferredObservers);
             continue;
         }
+        if let Some(composed) = &row.composed {
+            plans.push(match composed_messages(registry, config, row, composed) {
+                Ok(messages) => RowPlan::Publish(messages),
+                Err(error) => RowPlan::Fail(error),
+            });
+            continue;
+        }
         let Some(model) = registry.model(&row.resource_class) else {
             plans.push(RowPlan::Fail(PlanError::UnknownModel(row.resource_class.clone())));
             continue;
@@ -234,6 +265,37 @@ pub async fn plan_loaded_rows(
     Ok(plans)
 }
 
+/// The messages of a row carrying a composed message: its value as stored (opened first when
+/// sealed), to the row's topic and its genesis replica, or to the replica only when the row's
+/// topic is the replica's name.
+fn composed_messages(
+    registry: &Registry,
+    config: &ProducerConfig,
+    row: &RowRef,
+    composed: &Composed,
+) -> Result<Vec<OutgoingMessage>, PlanError> {
+    let Some((declaration, role)) = registry.resolve(&row.topic) else {
+        return Err(PlanError::UnknownTopic(row.topic.clone()));
+    };
+    let value = match &composed.encryption_key_id {
+        Some(key_id) => super::seal::open(&config.outbox_encryption_keys, key_id, &composed.value)?,
+        None => composed.value.clone().into_bytes(),
+    };
+    let payload = match (value.as_slice(), declaration.tombstone) {
+        (JSON_NULL_TOMBSTONE, Tombstone::KafkaNull) => None,
+        _ => Some(value),
+    };
+    Ok(destinations(registry, declaration.full_name, role == TopicRole::Genesis)
+        .into_iter()
+        .map(|topic| OutgoingMessage {
+            topic,
+            key: composed.key.clone(),
+            partition_key: row.partition_key.clone(),
+            payload: payload.clone(),
+        })
+        .collect())
+}
+
 /// The topics a message for `topic` goes to: the topic itself (unless genesis-only) and its
 /// genesis replica when it has one (P-28, G-8).
 fn destinations(registry: &Registry, topic: &str, genesis_only: bool) -> Vec<String> {
@@ -257,7 +319,7 @@ fn deleted_record(model: &ModelEntry, id: &str) -> Value {
 }
 
 /// Loads the sideloads of `owners` (records of `publication`'s model) for every dependency.
-async fn load_sideloads(
+pub(crate) async fn load_sideloads(
     conn: &mut AsyncPgConnection,
     publication: &Publication,
     owners: &[&dyn Record],
@@ -333,9 +395,12 @@ async fn load_dependency(
     Ok(out)
 }
 
-/// The messages of a tombstone for `record` on `publication`'s topic (and its genesis
-/// replica): dionysus-rb's TombstonePublisher (P-30). `key` and `partition_key` default to
-/// the record's key and computed partition key; passing `Some` uses the value verbatim.
+/// The messages of a tombstone for `record` on `publication`'s topic and its genesis replica,
+/// or on the replica only when `genesis_only`: dionysus-rb's TombstonePublisher (P-30). `key`
+/// and `partition_key` default to the record's key and computed partition key; passing
+/// `Some` uses the value verbatim. Genesis-only on a topic without a replica is an error
+/// (P-28). To publish a tombstone through the outbox, use
+/// [`Outbox::tombstone`](crate::outbox::Outbox::tombstone).
 pub fn tombstone_messages(
     registry: &Registry,
     config: &ProducerConfig,
@@ -343,7 +408,12 @@ pub fn tombstone_messages(
     record: &dyn Record,
     key: Option<String>,
     partition_key_override: Option<Option<String>>,
-) -> Vec<OutgoingMessage> {
+    genesis_only: bool,
+) -> Result<Vec<OutgoingMessage>, PlanError> {
+    let replicated = registry.topic(publication.topic).is_some_and(|topic| topic.genesis_replica);
+    if genesis_only && !replicated {
+        return Err(PlanError::NoGenesisReplica(publication.topic.to_owned()));
+    }
     let key = key.unwrap_or_else(|| naming::message_key(record.model().model_name, record.id()));
     let partition_key =
         partition_key_override.unwrap_or_else(|| self::partition_key(publication, record, registry, config));
@@ -351,7 +421,7 @@ pub fn tombstone_messages(
         Some(Tombstone::KafkaNull) => None,
         _ => Some(JSON_NULL_TOMBSTONE.to_vec()),
     };
-    destinations(registry, publication.topic, false)
+    Ok(destinations(registry, publication.topic, genesis_only)
         .into_iter()
         .map(|topic| OutgoingMessage {
             topic,
@@ -359,7 +429,7 @@ pub fn tombstone_messages(
             partition_key: partition_key.clone(),
             payload: payload.clone(),
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]

@@ -204,9 +204,10 @@ pub fn attribute_value<T: Serialize + ?Sized>(value: &T) -> Value {
     serde_json::to_value(value).map(normalize_timestamps).unwrap_or(Value::Null)
 }
 
-/// The partition key of a record for a publication: the publication's own source, else the
-/// topic's `partition_key`, else the configured default (P-26). An attribute the model does
-/// not have gives `None` (no partition key).
+/// The partition key of a record for a publication (P-26): the publication's own source, else
+/// the topic's `partition_key` (an attribute or a function), else the registry's default
+/// function, else the configured default attribute. An attribute the model does not have
+/// gives `None` (no partition key), as does a function returning `None`.
 pub fn partition_key(
     publication: &Publication,
     record: &dyn Record,
@@ -216,11 +217,19 @@ pub fn partition_key(
     let attribute = match publication.partition_key {
         PartitionKeySource::Resolver(resolve) => return resolve(record),
         PartitionKeySource::Attribute(name) => name,
-        PartitionKeySource::Inherit => registry
-            .topic(publication.topic)
-            .and_then(|topic| topic.partition_key)
-            .filter(|key| !key.is_empty())
-            .unwrap_or(&config.default_partition_key),
+        PartitionKeySource::Inherit => {
+            let topic = registry.topic(publication.topic);
+            if let Some(resolve) = topic.and_then(|topic| topic.partition_key_with) {
+                return (resolve.0)(record);
+            }
+            match topic.and_then(|topic| topic.partition_key).filter(|key| !key.is_empty()) {
+                Some(attribute) => attribute,
+                None => match registry.default_partition_key() {
+                    Some(resolve) => return resolve(record),
+                    None => &config.default_partition_key,
+                },
+            }
+        }
     };
     record.attribute(attribute).map(|value| partition_key_from_value(&value))
 }

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 pub mod model;
 
-use model::{Dependency, ModelEntry, Observer, Publication};
+use model::{Dependency, ModelEntry, Observer, PartitionKeyFn, Publication};
 
 /// The pseudo-topic of deferred observer rows in the outbox (never produced to Kafka, W-16).
 pub const OBSERVER_TOPIC: &str = "__outbox_observer__";
@@ -42,6 +42,9 @@ pub struct TopicDeclaration {
     /// The record attribute whose value chooses the partition, when the publisher does not
     /// give its own; falls back to the configured default partition key.
     pub partition_key: Option<&'static str>,
+    /// A function computing the partition key, when the publisher does not give its own
+    /// (`partition_key_with = path` on the declaration); exclusive with `partition_key`.
+    pub partition_key_with: Option<PartitionKeyWith>,
     /// Number of partitions the topic is expected to have (checked by `dionysus check`, used
     /// when creating topics).
     pub partitions: Option<i32>,
@@ -65,6 +68,7 @@ impl TopicDeclaration {
         name: "",
         full_name: "",
         partition_key: None,
+        partition_key_with: None,
         partitions: None,
         replication_factor: None,
         genesis_replica: false,
@@ -87,6 +91,9 @@ impl TopicDeclaration {
             }
         };
         compare("partition_key", format!("{:?}", self.partition_key), format!("{:?}", other.partition_key));
+        if self.partition_key_with != other.partition_key_with {
+            compare("partition_key_with", "a function".to_owned(), "another function".to_owned());
+        }
         compare("partitions", format!("{:?}", self.partitions), format!("{:?}", other.partitions));
         compare(
             "replication_factor",
@@ -98,6 +105,19 @@ impl TopicDeclaration {
         differences
     }
 }
+
+/// A topic's partition key function (`partition_key_with = path` on `#[dionysus::topic]`).
+/// Two declarations are equal when they name the same function.
+#[derive(Copy, Clone, Debug)]
+pub struct PartitionKeyWith(pub PartitionKeyFn);
+
+impl PartialEq for PartitionKeyWith {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::fn_addr_eq(self.0, other.0)
+    }
+}
+
+impl Eq for PartitionKeyWith {}
 
 /// `<namespace>_<name>`, the topic naming rule shared with dionysus-rb.
 pub fn topic_name(namespace: Option<&str>, name: &str) -> String {
@@ -165,6 +185,8 @@ pub struct Registry {
     models: Vec<&'static ModelEntry>,
     /// Every `#[publish(...)]` of those models.
     publications: Vec<&'static Publication>,
+    /// The partition key function of publications whose topic names none.
+    default_partition_key: Option<PartitionKeyFn>,
 }
 
 impl From<&Registry> for std::sync::Arc<Registry> {
@@ -210,7 +232,7 @@ impl Registry {
         }
         let mut references: Vec<_> = references.into_iter().collect();
         references.sort_by(|a, b| a.topic.cmp(b.topic).then(a.location.cmp(b.location)));
-        Registry { by_name, references, models: Vec::new(), publications: Vec::new() }
+        Registry { by_name, references, models: Vec::new(), publications: Vec::new(), default_partition_key: None }
     }
 
     /// Adds publishable models and their publications (each model once).
@@ -235,6 +257,21 @@ impl Registry {
             self.publications.push(publication);
         }
         self
+    }
+
+    /// Makes `resolve` the default partition key (dionysus-rb's callable
+    /// `default_partition_key`, P-26): used for every publication that names no partition key
+    /// of its own on a topic that names none, in place of the configured default attribute
+    /// (`DIONYSUS_DEFAULT_PARTITION_KEY`). A function is code, so it is declared with the
+    /// registry rather than read from the environment.
+    pub fn with_default_partition_key(mut self, resolve: PartitionKeyFn) -> Registry {
+        self.default_partition_key = Some(resolve);
+        self
+    }
+
+    /// The default partition key function, if one was given.
+    pub fn default_partition_key(&self) -> Option<PartitionKeyFn> {
+        self.default_partition_key
     }
 
     /// Adds the model `T` and its publications.
@@ -542,6 +579,7 @@ mod tests {
             name: full_name,
             full_name,
             partition_key: None,
+            partition_key_with: None,
             partitions,
             replication_factor: None,
             genesis_replica: false,

@@ -208,6 +208,14 @@ pub enum Condition {
     },
     /// `"column" IS NULL`, e.g. only records that are not soft-deleted.
     IsNull(&'static str),
+    /// `"column"::text = $1`: an equality filter given as text (genesis `--where`), so it
+    /// works whatever the column's type.
+    TextEquals {
+        /// Column (a field of the model, checked before the filter is built).
+        column: &'static str,
+        /// The value, bound as a parameter.
+        value: String,
+    },
 }
 
 /// One typed id value.
@@ -308,6 +316,11 @@ impl diesel::query_builder::QueryFragment<Pg> for RecordFilter {
                     out.push_identifier(column)?;
                     out.push_sql(" IS NULL");
                 }
+                Condition::TextEquals { column, value } => {
+                    out.push_identifier(column)?;
+                    out.push_sql("::text = ");
+                    out.push_bind_param::<Text, String>(value)?;
+                }
             }
         }
         Ok(())
@@ -333,10 +346,17 @@ pub struct Publication {
     pub location: &'static str,
 }
 
+/// A function computing a record's partition key (dionysus-rb's callable partition key, P-26):
+/// on a publication (`partition_key_with`), on a topic declaration, or as the default of a
+/// registry ([`Registry::with_default_partition_key`](crate::Registry::with_default_partition_key)).
+/// `None` means no partition key (the producer then partitions by the message key).
+pub type PartitionKeyFn = fn(&dyn Record) -> Option<String>;
+
 /// Where a publication's partition key comes from.
 #[derive(Copy, Clone, Debug)]
 pub enum PartitionKeySource {
-    /// Not given: the topic's `partition_key`, else the configured default.
+    /// Not given: the topic's `partition_key` (an attribute or a function), else the
+    /// registry's default function, else the configured default attribute.
     Inherit,
     /// A field of the model.
     Attribute(&'static str),

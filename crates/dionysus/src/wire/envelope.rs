@@ -12,6 +12,8 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::record::kind;
+
 /// The JSON text dionysus-rb sends as a tombstone.
 pub const JSON_NULL_TOMBSTONE: &[u8] = b"null";
 
@@ -363,13 +365,13 @@ pub fn decode_value(json: Value) -> Result<Decoded, EnvelopeError> {
     let mut object = match json {
         Value::Null => return Ok(Decoded::Tombstone),
         Value::Object(object) => object,
-        other => return Err(EnvelopeError::Shape(format!("expected a JSON object, got {}", kind_of(&other)))),
+        other => return Err(EnvelopeError::Shape(format!("expected a JSON object, got {}", kind(&other)))),
     };
     let Some(message) = object.remove("message") else { return Ok(Decoded::NoMessage) };
     let entries = match message {
         Value::Array(entries) => entries,
         Value::Null => return Ok(Decoded::NoMessage),
-        other => return Err(EnvelopeError::Shape(format!("`message` must be an array, got {}", kind_of(&other)))),
+        other => return Err(EnvelopeError::Shape(format!("`message` must be an array, got {}", kind(&other)))),
     };
     let mut events = Vec::with_capacity(entries.len());
     for (index, entry) in entries.into_iter().enumerate() {
@@ -379,7 +381,7 @@ pub fn decode_value(json: Value) -> Result<Decoded, EnvelopeError> {
         let mut text = |key: &str| match entry.remove(key) {
             Some(Value::String(text)) => Ok(text),
             Some(other) => {
-                Err(EnvelopeError::Shape(format!("`message[{index}].{key}` must be a string, got {}", kind_of(&other))))
+                Err(EnvelopeError::Shape(format!("`message[{index}].{key}` must be a string, got {}", kind(&other))))
             }
             None => Err(EnvelopeError::Shape(format!("`message[{index}]` has no `{key}`"))),
         };
@@ -393,17 +395,6 @@ pub fn decode_value(json: Value) -> Result<Decoded, EnvelopeError> {
         events.push(DecodedEvent { event, model_name, data });
     }
     Ok(Decoded::Events(events))
-}
-
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// A time as ActiveSupport writes it in JSON: `2022-08-12T13:24:24.000Z`.

@@ -16,8 +16,9 @@ use serde_json::Value;
 use super::backoff;
 use super::monitor::{Monitor, RelayEvent};
 use crate::config::ProducerConfig;
+use crate::producer::outbox::open_changeset;
 use crate::producer::outbox::{owner_updated_row, related_owners_filter, Changeset, NewOutboxRow};
-use crate::producer::plan::{self, PlanError, RowPlan, RowRef};
+use crate::producer::plan::{self, Composed, PlanError, RowPlan, RowRef};
 use crate::producer::sender::{self, Failure, Sender};
 use crate::registry::model::{Condition, IdValue, Record, Relation};
 use crate::registry::Registry;
@@ -45,6 +46,12 @@ pub(crate) struct PendingRow {
     pub(crate) ordering_key: String,
     #[diesel(sql_type = Timestamptz)]
     pub(crate) created_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) message: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) message_key: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) encryption_key_id: Option<String>,
 }
 
 /// What a batch did.
@@ -135,8 +142,15 @@ impl Batch<'_> {
                     metrics::counter!("dionysus_outbox_skipped_total", "reason" => "record_gone").increment(1);
                     Outcome::NothingToSend
                 }
-                RowPlan::DeferredObservers => {
-                    match expand_deferred_observers(conn, self.registry, self.config, row).await {
+                RowPlan::DeferredObservers => match open_changeset(
+                    &self.config.outbox_encryption_keys,
+                    row.encryption_key_id.as_deref(),
+                    &row.changeset,
+                ) {
+                    Err(error) => Outcome::Failed(Failure { class: SEAL_ERROR, message: error.to_string() }),
+                    Ok(changeset) => match expand_deferred_observers(conn, self.registry, self.config, row, &changeset)
+                        .await
+                    {
                         Ok(written) => {
                             tracing::info!(
                                 outbox_id = row.id,
@@ -146,8 +160,8 @@ impl Batch<'_> {
                             Outcome::NothingToSend
                         }
                         Err(error) => Outcome::Failed(Failure { class: "ObserverError", message: error.to_string() }),
-                    }
-                }
+                    },
+                },
                 RowPlan::Fail(error) => {
                     Outcome::Failed(Failure { class: plan_error_class(&error), message: error.to_string() })
                 }
@@ -393,7 +407,9 @@ pub(crate) async fn record_failures(
         classes.push(failure.class.to_owned());
         messages.push(failure.message.clone());
         delays.push(decision.delay.as_secs_f64());
-        parks.push(decision.park);
+        // A row that does not open lacks a key of ours, not a fault of its own: it waits,
+        // retried with backoff, however long the key is missing (never parked).
+        parks.push(decision.park && failure.class != SEAL_ERROR);
     }
     diesel::sql_query(
         "UPDATE dionysus_outbox AS o SET attempts = o.attempts + 1, error_class = f.class, \
@@ -412,6 +428,9 @@ pub(crate) async fn record_failures(
     Ok(())
 }
 
+/// The error class of a row that could not be opened with the configured keys.
+const SEAL_ERROR: &str = "SealError";
+
 fn plan_error_class(error: &PlanError) -> &'static str {
     match error {
         PlanError::UnknownModel(_) => "UnknownModel",
@@ -419,6 +438,9 @@ fn plan_error_class(error: &PlanError) -> &'static str {
         PlanError::Serialize(_) => "SerializeError",
         PlanError::Envelope(_) => "EnvelopeError",
         PlanError::Load { .. } => "LoadError",
+        PlanError::UnknownTopic(_) => "UnknownTopic",
+        PlanError::NoGenesisReplica(_) => "NoGenesisReplica",
+        PlanError::Sealed(_) => SEAL_ERROR,
     }
 }
 
@@ -430,6 +452,11 @@ fn row_ref(row: &PendingRow) -> RowRef {
         event_name: row.event_name.clone(),
         topic: row.topic.clone(),
         partition_key: row.partition_key.clone(),
+        composed: row.message.as_ref().map(|value| Composed {
+            key: row.message_key.clone().unwrap_or_else(|| format!("{}:{}", row.resource_class, row.resource_id)),
+            value: value.clone(),
+            encryption_key_id: row.encryption_key_id.clone(),
+        }),
     }
 }
 
@@ -457,7 +484,7 @@ pub(crate) async fn fetch(
                AND ((failed_at IS NULL AND retry_at > clock.now) OR ($3 AND failed_at IS NOT NULL)) \
              GROUP BY ordering_key) \
          SELECT o.id, o.resource_class, o.resource_id, o.event_name, o.topic, o.partition_key, o.changeset, \
-                o.attempts, o.ordering_key, o.created_at \
+                o.attempts, o.ordering_key, o.created_at, o.message, o.message_key, o.encryption_key_id \
          FROM dionysus_outbox o, clock \
          WHERE o.published_at IS NULL AND o.failed_at IS NULL AND o.ordering_bucket = ANY($1) \
            AND (o.retry_at IS NULL OR o.retry_at <= clock.now) \
@@ -547,12 +574,12 @@ async fn expand_deferred_observers(
     registry: &Registry,
     config: &ProducerConfig,
     row: &PendingRow,
+    changeset: &Changeset,
 ) -> Result<usize, String> {
     const PAGE: i64 = 1000;
     let Some(model) = registry.model(&row.resource_class) else {
         return Err(format!("no publishable model is named `{}`", row.resource_class));
     };
-    let changeset = Changeset::from_json(&row.changeset);
     let record: Option<Box<dyn Record>> = model
         .load_by_ids(conn, std::slice::from_ref(&row.resource_id))
         .await
@@ -626,6 +653,9 @@ mod tests {
             attempts: 0,
             ordering_key: key.to_owned(),
             created_at: Utc.timestamp_opt(created, 0).single().unwrap(),
+            message: None,
+            message_key: None,
+            encryption_key_id: None,
         }
     }
 

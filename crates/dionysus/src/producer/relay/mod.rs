@@ -379,7 +379,13 @@ impl Relay {
             helpers.spawn(async move { relay.listen(token).await });
         }
         let monitor = self.inner.monitor.clone();
-        let healthy: crate::telemetry::Health = Arc::new(move || monitor.healthy(stall));
+        let healthy: crate::telemetry::Health = Arc::new(move || {
+            if monitor.healthy(stall) {
+                Ok(())
+            } else {
+                Err(format!("no relay loop finished within {} ms", stall.as_millis()))
+            }
+        });
         if let Some(path) = self.inner.health_file.clone() {
             let every = (stall / 4).max(Duration::from_millis(100));
             helpers.spawn(crate::telemetry::health_file(path, healthy.clone(), every, background.clone()));

@@ -1,0 +1,1 @@
+ALTER TABLE dionysus_genesis_runs DROP COLUMN IF EXISTS conditions;

@@ -1,0 +1,1 @@
+ALTER TABLE dionysus_outbox DROP COLUMN IF EXISTS encryption_key_id;
