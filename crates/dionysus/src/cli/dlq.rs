@@ -13,10 +13,37 @@ use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::Failure;
 use crate::config::Config;
 use crate::consumer::DeadLetterHeaders;
 use crate::kafka::Logs;
+
+/// A `dlq` command that failed, with what to do about it.
+#[derive(Debug)]
+pub(crate) struct Failure(String);
+
+impl Failure {
+    fn from_message(message: impl Into<String>) -> Failure {
+        Failure(message.into())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(error: std::io::Error) -> Failure {
+        Failure(error.to_string())
+    }
+}
+
+impl From<crate::kafka::TransportError> for Failure {
+    fn from(error: crate::kafka::TransportError) -> Failure {
+        Failure(error.to_string())
+    }
+}
 
 /// Which dead letters a command applies to.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -93,7 +120,7 @@ fn read(
     let timeout = Duration::from_secs(10);
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
-        .map_err(|error| Failure::new(format!("reading the metadata of {topic}: {error}")))?;
+        .map_err(|error| Failure::from_message(format!("reading the metadata of {topic}: {error}")))?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -101,7 +128,7 @@ fn read(
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     if partitions.is_empty() {
-        return Err(Failure::new(format!(
+        return Err(Failure::from_message(format!(
             "the dead-letter topic `{topic}` does not exist: nothing was dead-lettered there (or set \
              --dead-letter-topic / DIONYSUS_DEAD_LETTER_TOPIC)"
         )));
@@ -114,7 +141,7 @@ fn read(
         }
         let found = consumer
             .committed_offsets(wanted, timeout)
-            .map_err(|error| Failure::new(format!("reading the committed offsets of {topic}: {error}")))?;
+            .map_err(|error| Failure::from_message(format!("reading the committed offsets of {topic}: {error}")))?;
         for element in found.elements() {
             if let Offset::Offset(offset) = element.offset() {
                 committed.insert(element.partition(), offset);
@@ -127,21 +154,21 @@ fn read(
     for partition in partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, partition, timeout)
-            .map_err(|error| Failure::new(format!("reading the offsets of {topic}/{partition}: {error}")))?;
+            .map_err(|error| Failure::from_message(format!("reading the offsets of {topic}/{partition}: {error}")))?;
         let from = committed.get(&partition).copied().unwrap_or(low).max(low);
         next.insert(partition, from);
         if from < high {
             ends.insert(partition, high);
             start
                 .add_partition_offset(topic, partition, Offset::Offset(from))
-                .map_err(|error| Failure::new(error.to_string()))?;
+                .map_err(|error| Failure::from_message(error.to_string()))?;
         }
     }
     let mut outcome = Read { matching: Vec::new(), read: 0, next };
     if ends.is_empty() {
         return Ok(outcome);
     }
-    consumer.assign(&start).map_err(|error| Failure::new(format!("reading {topic}: {error}")))?;
+    consumer.assign(&start).map_err(|error| Failure::from_message(format!("reading {topic}: {error}")))?;
     let deadline = Instant::now() + READ_LIMIT;
     while !ends.is_empty() && outcome.matching.len() < limit {
         if Instant::now() > deadline {
@@ -149,7 +176,7 @@ fn read(
             break;
         }
         let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
-        let message = message.map_err(|error| Failure::new(format!("reading {topic}: {error}")))?;
+        let message = message.map_err(|error| Failure::from_message(format!("reading {topic}: {error}")))?;
         let (partition, offset) = (message.partition(), message.offset());
         let Some(&end) = ends.get(&partition) else { continue };
         if offset >= end {
@@ -181,7 +208,7 @@ fn read(
 
 fn consumer(config: &Config, group: &str) -> Result<BaseConsumer<Logs>, Failure> {
     crate::kafka::consumer_config(&config.kafka, group).create_with_context(Logs::default()).map_err(|error| {
-        Failure::new(format!("creating a Kafka consumer for {}: {error}", config.kafka.bootstrap_servers()))
+        Failure::from_message(format!("creating a Kafka consumer for {}: {error}", config.kafka.bootstrap_servers()))
     })
 }
 
@@ -199,7 +226,7 @@ pub(crate) async fn list(
         read(&consumer, &topic, &filter, limit, false).map(|found| (found.matching, found.read))
     })
     .await
-    .map_err(|error| Failure::new(format!("reading the dead-letter topic: {error}")))??;
+    .map_err(|error| Failure::from_message(format!("reading the dead-letter topic: {error}")))??;
     for letter in &letters {
         let field = |name: &str| letter.header(name).unwrap_or_else(|| "-".to_owned());
         writeln!(
@@ -239,7 +266,7 @@ pub(crate) async fn replay(
         Ok::<_, Failure>((consumer, found))
     })
     .await
-    .map_err(|error| Failure::new(format!("reading the dead-letter topic: {error}")))??;
+    .map_err(|error| Failure::from_message(format!("reading the dead-letter topic: {error}")))??;
     let producer = crate::kafka::producer(&config.kafka)?;
     let mut sent = 0_usize;
     for letter in &found.matching {
@@ -259,7 +286,7 @@ pub(crate) async fn replay(
             record = record.payload(payload.as_slice());
         }
         producer.send(record, Duration::from_secs(30)).await.map_err(|(error, _)| {
-            Failure::new(format!(
+            Failure::from_message(format!(
                 "re-publishing dead letter {}@{} to {source}: {error}; {sent} sent, the dead-letter position is \
                  not committed (a new replay sends them again)",
                 letter.partition, letter.offset
@@ -271,12 +298,12 @@ pub(crate) async fn replay(
     for (partition, offset) in &found.next {
         position
             .add_partition_offset(&topic, *partition, Offset::Offset(*offset))
-            .map_err(|error| Failure::new(error.to_string()))?;
+            .map_err(|error| Failure::from_message(error.to_string()))?;
     }
     tokio::task::spawn_blocking(move || consumer.commit(&position, CommitMode::Sync))
         .await
-        .map_err(|error| Failure::new(format!("committing the dead-letter position: {error}")))?
-        .map_err(|error| Failure::new(format!("committing the dead-letter position of {topic}: {error}")))?;
+        .map_err(|error| Failure::from_message(format!("committing the dead-letter position: {error}")))?
+        .map_err(|error| Failure::from_message(format!("committing the dead-letter position of {topic}: {error}")))?;
     writeln!(
         out,
         "replayed {sent} dead letter(s) of {} read; {} left out by the filters",
