@@ -5,6 +5,7 @@
 
 mod cli;
 mod cli_process;
+mod compatibility;
 mod config_env;
 mod consumer_kafka;
 mod consumer_models;

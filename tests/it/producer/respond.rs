@@ -223,15 +223,39 @@ async fn tombstones_through_the_outbox_follow_p30() {
 
 /// The `dionysus.respond` notification (the gem's event bus): one tracing event per
 /// destination topic, with the topic, key, partition key and message as `payload`.
-#[tokio::test(flavor = "current_thread")]
-async fn respond_is_announced_per_topic() {
+///
+/// Tracing caches per callsite whether anyone listens, and other tests of this binary hit the
+/// same callsite concurrently with no subscriber on their thread; so the assertions run in a
+/// child process of this binary where this test runs alone.
+#[test]
+fn respond_is_announced_per_topic() {
+    const CHILD: &str = "DIONYSUS_TEST_RESPOND_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(respond_announcements());
+        return;
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["producer::respond::respond_is_announced_per_topic", "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "child failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+async fn respond_announcements() {
     use tracing_subscriber::layer::SubscriberExt;
 
-    /// The fields of each captured event, in order.
-    type Events = Vec<Vec<(String, String)>>;
+    /// An event's fields, `(name, value)`.
+    type EventFields = Vec<(String, String)>;
     #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Events>>);
-    struct Fields<'a>(&'a mut Vec<(String, String)>);
+    struct Capture(Arc<Mutex<Vec<EventFields>>>);
+    struct Fields<'a>(&'a mut EventFields);
     impl tracing::field::Visit for Fields<'_> {
         fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
             self.0.push((field.name().to_owned(), format!("{value:?}")));
@@ -260,9 +284,8 @@ async fn respond_is_announced_per_topic() {
         .await
         .unwrap();
     let events = capture.0.lock().unwrap().clone();
-    let field = |event: &Vec<(String, String)>, name: &str| {
-        event.iter().find(|(field, _)| field == name).map(|(_, value)| value.clone())
-    };
+    let field =
+        |event: &EventFields, name: &str| event.iter().find(|(field, _)| field == name).map(|(_, value)| value.clone());
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(field(&events[0], "topic_name").as_deref(), Some("v102_rentals"));
     assert_eq!(field(&events[1], "topic_name").as_deref(), Some("v102_rentals_genesis"));
