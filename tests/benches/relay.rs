@@ -69,12 +69,7 @@ async fn fill(conn: &mut AsyncPgConnection, topic: &str) {
     conn.batch_execute("VACUUM ANALYZE dionysus_outbox").await.unwrap();
 }
 
-async fn raw(
-    conn: &mut AsyncPgConnection,
-    producer: &rdkafka::producer::FutureProducer,
-    topic: &str,
-    payloads: &[Vec<u8>],
-) {
+async fn raw(conn: &mut AsyncPgConnection, producer: &dionysus::kafka::Producer, topic: &str, payloads: &[Vec<u8>]) {
     loop {
         let rows: Vec<Claimed> = diesel::sql_query(
             "SELECT id, resource_id, partition_key FROM dionysus_outbox WHERE published_at IS NULL ORDER BY id LIMIT 1000",
@@ -110,7 +105,7 @@ async fn raw(
 
 async fn relay_drain(
     db: &TestDb,
-    producer: &rdkafka::producer::FutureProducer,
+    producer: &dionysus::kafka::Producer,
     topic: &str,
     workers: usize,
     batch_size: usize,

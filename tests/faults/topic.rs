@@ -8,7 +8,7 @@ use dionysus::config::KafkaConfig;
 use dionysus::consumer::DeadLetterHeaders;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 /// How long reading goes on past the high watermarks without a new message.
@@ -36,7 +36,7 @@ const POISON: [&[u8]; 6] = [
 
 /// Produces every poison value to each partition of `topic`; returns where they landed.
 pub async fn produce_poison(kafka: &KafkaConfig, topic: &str, partitions: i32) -> BTreeSet<(i32, i64)> {
-    let producer: FutureProducer = dionysus::kafka::producer_config(kafka).create().expect("a poison producer");
+    let producer: dionysus::kafka::Producer = dionysus::kafka::producer(kafka).expect("a poison producer");
     let mut landed = BTreeSet::new();
     for partition in 0..partitions {
         for (index, value) in POISON.iter().enumerate() {

@@ -147,6 +147,13 @@ async fn outbox_stats_retry_and_prune() {
     assert_eq!(code, ExitCode::SUCCESS);
     assert!(out.contains("backlog: 1 row(s)"), "{out}");
     assert!(out.contains("parked (failed): 1 row(s)") && out.contains("SerializeError"), "{out}");
+    let (code, out, _) = cli(&["--database-url", url, "outbox", "stats", "--json"], empty()).await;
+    assert_eq!(code, ExitCode::SUCCESS);
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["backlog"], 1, "{out}");
+    assert_eq!(stats["retrying"], 0, "{out}");
+    assert!(stats["oldest_unpublished_seconds"].as_f64().is_some_and(|s| s >= 0.0), "{out}");
+    assert_eq!(stats["parked"], json!({"total": 1, "by_error_class": {"SerializeError": 1}}), "{out}");
 
     let (_, out, _) =
         cli(&["--database-url", url, "outbox", "retry", "--error-class", "SerializeError"], empty()).await;
@@ -155,7 +162,7 @@ async fn outbox_stats_retry_and_prune() {
     assert_eq!(out, "pruned 1 published row(s) older than 3d\n");
 
     let (code, _, err) = cli(&["--database-url", url, "outbox", "prune", "--older-than", "three days"], empty()).await;
-    assert_eq!(code, ExitCode::FAILURE);
+    assert_eq!(code, ExitCode::from(2));
     assert!(err.contains("--older-than \"three days\" is not a duration; use e.g. 90s"), "{err}");
 }
 
@@ -203,8 +210,9 @@ async fn genesis_names_an_unknown_model_and_usage_mistakes_exit_2() {
     assert_eq!(code, ExitCode::from(2));
     assert!(err.contains("expected COLUMN=VALUE, e.g. account_id=7, got `account_id`"), "{err}");
 
-    let (code, _, err) = cli(&["genesis", "--model", "Item"], registry).await;
-    assert_eq!(code, ExitCode::FAILURE);
+    let (code, _, err) =
+        cli(&["--database-url", "postgres://postgres@127.0.0.1:1/none", "genesis", "--model", "Item"], registry).await;
+    assert_eq!(code, ExitCode::from(2), "a usage mistake is reported before any I/O");
     assert!(err.contains("genesis needs --model and --topic"), "{err}");
 
     let (code, _, err) = cli(&["publish-everything"], registry).await;
@@ -212,7 +220,7 @@ async fn genesis_names_an_unknown_model_and_usage_mistakes_exit_2() {
     assert!(err.contains("unrecognized subcommand"), "{err}");
 
     let (code, _, err) = cli(&["--brokers", "kafka://k1:9092", "outbox", "stats"], registry).await;
-    assert_eq!(code, ExitCode::FAILURE);
+    assert_eq!(code, ExitCode::from(2));
     assert!(err.contains("--brokers \"kafka://k1:9092\" is not valid: expected host:port without a protocol"), "{err}");
 }
 
@@ -348,7 +356,14 @@ async fn consume_names_an_unknown_topic_and_bad_urls() {
     let (code, _, err) =
         cli(&["--database-url", &unmigrated.url, "--brokers", &brokers, "consume", "--topic", &topic], empty()).await;
     assert_eq!(code, ExitCode::FAILURE);
-    assert!(err.starts_with("error: checking dionysus_consumer_offsets (run `dionysus migrate`)"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "is not migrated: {} dionysus migration(s) pending",
+            dionysus::migrate::MIGRATIONS.len()
+        )),
+        "{err}"
+    );
+    assert!(err.ends_with("; run `dionysus migrate`\n"), "{err}");
 
     let (code, _, err) =
         cli(&["--database-url", &db.url, "--brokers", "127.0.0.1:1", "consume", "--topic", &topic], empty()).await;
@@ -358,6 +373,162 @@ async fn consume_names_an_unknown_topic_and_bad_urls() {
 
     let (code, _, err) =
         cli(&["--database-url", &db.url, "consume", "--topic", &topic, "--import", "other"], empty()).await;
-    assert_eq!(code, ExitCode::FAILURE);
+    assert_eq!(code, ExitCode::from(2));
     assert_eq!(err, format!("error: --import other: not a consumed topic; consumed: {topic} (add it with --topic)\n"));
+}
+
+/// `topics create` creates the declared topics with their partitions and is idempotent;
+/// `topics list` shows declared next to existing counts and flags a mismatch; the relay
+/// refuses to start while a declared topic is missing and says how to create it.
+#[tokio::test(flavor = "multi_thread")]
+async fn topics_create_is_idempotent_and_list_flags_mismatches() {
+    let db = TestDb::migrated().await;
+    let kafka = kafka_config();
+    let brokers = kafka.bootstrap_servers();
+    let topic = unique_name("cli_topics");
+    let registry = registry_for::<Item>(&topic, 3, "account_id", serialize_erased::<Item, DefaultSerializer>);
+    let args = |command: &'static [&'static str]| {
+        let mut args = vec!["--database-url", db.url.as_str(), "--brokers", brokers.as_str()];
+        args.extend_from_slice(command);
+        args
+    };
+
+    let (code, _, err) = cli(&args(&["relay"]), registry).await;
+    assert_eq!(code, ExitCode::FAILURE);
+    assert_eq!(
+        err,
+        format!(
+            "error: topic `{topic}` does not exist on the broker at {brokers}; run `dionysus topics create` or pass \
+             --auto-create-topics\n"
+        )
+    );
+    let (code, out, _) = cli(&args(&["topics", "list"]), registry).await;
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert!(out.lines().any(|l| l.starts_with(&topic) && l.ends_with("missing  <- run `topics create`")), "{out}");
+
+    let (code, out, err) = cli(&args(&["topics", "create"]), registry).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    assert_eq!(out, format!("created {topic} (3 partition(s), replication factor 1)\n"));
+    let counts = dionysus::kafka::partition_counts(&kafka, std::slice::from_ref(&topic)).await.unwrap();
+    assert_eq!(counts[&topic], Some(3));
+
+    let (code, out, err) = cli(&args(&["topics", "create"]), registry).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    assert_eq!(out, format!("exists  {topic}\n"));
+    let (_, out, _) = cli(&args(&["topics", "list"]), registry).await;
+    let line = out.lines().find(|l| l.starts_with(&topic)).unwrap();
+    assert_eq!(line.split_whitespace().collect::<Vec<_>>(), [topic.as_str(), "3", "3"], "{out}");
+
+    let five = registry_for::<Item>(&topic, 5, "account_id", serialize_erased::<Item, DefaultSerializer>);
+    let (_, out, _) = cli(&args(&["topics", "list"]), five).await;
+    assert!(out.contains("<- partition count differs from the declaration"), "{out}");
+    let (code, out, _) = cli(&args(&["topics", "create"]), five).await;
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert_eq!(out, format!("exists  {topic} (3 partition(s), 5 declared: not changed)\n"));
+}
+
+/// A message the replica rejects goes to the dead-letter topic; `dlq list` shows it with its
+/// reason and source; once the table is fixed, `dlq replay` re-publishes it to its source
+/// topic with its key and the running consumer applies it; a second replay sends nothing.
+/// Also measures how long the consumer's first group join takes with the default session
+/// settings (the first row applied bounds it).
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_replay_brings_a_rejected_message_back_into_the_replica() {
+    let db = replica_db().await;
+    let mut conn = db.connection().await;
+    conn.batch_execute("ALTER TABLE rentals ADD CONSTRAINT rentals_no_bad_names CHECK (name <> 'Bad')").await.unwrap();
+    let kafka = kafka_config();
+    let topic = create_topic(&kafka, "cli_dlq", 1).await;
+    let dead_letters = unique_name("cli_dlq_dead_letters");
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
+    for (id, name) in [(1, "Loft"), (7, "Bad"), (8, "Chalet")] {
+        let data = json!([{"id": id, "name": name, "updated_at": t(1)}]);
+        let payload =
+            json!({"message": [{"event": "rental_created", "model_name": "Rental", "data": data}]}).to_string();
+        let key = format!("Rental:{id}");
+        let record = FutureRecord::to(&topic).key(&key).partition(0).payload(&payload);
+        producer.send(record, std::time::Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    }
+    let brokers = kafka.bootstrap_servers();
+    let group = unique_name("cli_dlq_group");
+    let base = ["--database-url", &db.url, "--brokers", &brokers].map(str::to_owned);
+    let consume =
+        ["consume", "--topic", &topic, "--group", &group, "--batch-size", "1", "--dead-letter-topic", &dead_letters]
+            .map(str::to_owned);
+    let shutdown = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        let args: Vec<String> = base.iter().chain(&consume).cloned().collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli_until(&args, empty(), shutdown).await
+        }
+    });
+    dionysus_tests::eventually(std::time::Duration::from_secs(60), || {
+        let url = db.url.clone();
+        async move {
+            let mut conn =
+                <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url).await.ok()?;
+            row(&mut conn, "rentals", 1).await.map(drop)
+        }
+    })
+    .await;
+    let first_row = started.elapsed();
+    println!("first group join and first row applied after {:.1} s", first_row.as_secs_f64());
+    assert!(first_row < std::time::Duration::from_secs(10), "first join took {first_row:?}");
+    dionysus_tests::eventually(std::time::Duration::from_secs(60), || {
+        let url = db.url.clone();
+        async move {
+            let mut conn =
+                <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url).await.ok()?;
+            row(&mut conn, "rentals", 8).await.map(drop)
+        }
+    })
+    .await;
+    assert_eq!(row(&mut conn, "rentals", 7).await, None);
+
+    let dlq = |command: &[&str]| {
+        let mut args: Vec<&str> = base.iter().map(String::as_str).collect();
+        args.extend_from_slice(command);
+        args.extend_from_slice(&["--dead-letter-topic", &dead_letters]);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let args = dlq(&["dlq", "list", "--reason", "database_rejected"]);
+    let (code, out, err) = cli(&args.iter().map(String::as_str).collect::<Vec<_>>(), empty()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].starts_with(&format!("0@0  reason=database_rejected  source={topic}/0@1  key=Rental:7  error=")),
+        "{out}"
+    );
+    assert!(lines[0].contains("rentals_no_bad_names"), "{out}");
+    assert_eq!(lines[1], "1 dead letter(s) listed of 1 read");
+
+    conn.batch_execute("ALTER TABLE rentals DROP CONSTRAINT rentals_no_bad_names").await.unwrap();
+    let args = dlq(&["dlq", "replay", "--topic", &topic]);
+    let (code, out, err) = cli(&args.iter().map(String::as_str).collect::<Vec<_>>(), empty()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    assert_eq!(out, "replayed 1 dead letter(s) of 1 read; 0 left out by the filters\n");
+    let replayed = dionysus_tests::eventually(std::time::Duration::from_secs(60), || {
+        let url = db.url.clone();
+        async move {
+            let mut conn =
+                <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url).await.ok()?;
+            row(&mut conn, "rentals", 7).await
+        }
+    })
+    .await;
+    assert_eq!(replayed["name"], "Bad");
+    let (code, out, _) = cli(&args.iter().map(String::as_str).collect::<Vec<_>>(), empty()).await;
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert_eq!(
+        out, "replayed 0 dead letter(s) of 0 read; 0 left out by the filters\n",
+        "the first replay's position is committed"
+    );
+
+    shutdown.cancel();
+    let (code, _, err) = running.await.unwrap();
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
 }

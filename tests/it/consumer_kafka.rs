@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use dionysus::consumer::{AfterCommit, Consumer, DeadLetterHeaders, Notification, UnknownModel};
+use dionysus::kafka::Producer;
 use dionysus_tests::{create_topic, eventually, kafka_config, TestDb};
 use futures_util::StreamExt;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -52,7 +53,7 @@ fn builder(
         .kafka_property("heartbeat.interval.ms", "500")
 }
 
-async fn send(producer: &FutureProducer, topic: &str, partition: i32, key: Option<&str>, value: Option<&[u8]>) {
+async fn send(producer: &Producer, topic: &str, partition: i32, key: Option<&str>, value: Option<&[u8]>) {
     let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).partition(partition);
     if let Some(key) = key {
         record = record.key(key);
@@ -64,7 +65,7 @@ async fn send(producer: &FutureProducer, topic: &str, partition: i32, key: Optio
 }
 
 /// Sends `values` to one partition, 500 in flight at a time.
-async fn send_many(producer: &FutureProducer, topic: &str, partition: i32, values: &[Vec<u8>]) {
+async fn send_many(producer: &Producer, topic: &str, partition: i32, values: &[Vec<u8>]) {
     for chunk in values.chunks(500) {
         let sends = chunk.iter().map(|value| {
             producer

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod cli_process;
 mod compatibility;
 mod config_env;
 mod consumer_bounds;

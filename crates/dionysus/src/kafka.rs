@@ -5,13 +5,14 @@
 //! `envelope`, and when (ordering, retries) to `relay`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, ProducerContext};
+use rdkafka::ClientContext;
 
 use crate::config::KafkaConfig;
 use crate::registry::{Registry, TopicDeclaration};
@@ -57,9 +58,92 @@ pub fn redact_error(error: KafkaError) -> KafkaError {
     }
 }
 
+/// A producer whose librdkafka logs and errors go to `tracing` once each (see [`Logs`]).
+pub type Producer = FutureProducer<Logs>;
+
+/// The client context of dionysus' Kafka clients: librdkafka's log lines become `tracing`
+/// events (target `librdkafka`, with the facility as a field), and its error callbacks are
+/// reported once: a broker connection failure or "all brokers down" is already the subject
+/// of a log line and goes to `debug`; any other error is logged once, even when rdkafka
+/// hands it over twice in a row.
+#[derive(Debug, Default)]
+pub struct Logs {
+    last_error: Mutex<Option<(String, Instant)>>,
+}
+
+impl Logs {
+    /// Reports a librdkafka log line (the body of [`ClientContext::log`]).
+    pub(crate) fn line(level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
+    /// Reports a librdkafka error callback (the body of [`ClientContext::error`]).
+    pub(crate) fn report(&self, error: &KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        if matches!(code, Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)) {
+            tracing::debug!(target: "librdkafka", %error, "{reason}");
+            return;
+        }
+        let text = format!("{error}: {reason}");
+        let now = Instant::now();
+        if let Ok(mut last) = self.last_error.lock() {
+            if last
+                .as_ref()
+                .is_some_and(|(previous, at)| *previous == text && now.duration_since(*at) < Duration::from_secs(1))
+            {
+                return;
+            }
+            *last = Some((text, now));
+        }
+        tracing::error!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+impl ClientContext for Logs {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        Logs::line(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.report(&error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Logs {}
+
+impl ProducerContext for Logs {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
+/// The librdkafka log level matching what the current `tracing` subscriber lets through for
+/// the `librdkafka` target, so librdkafka does not format lines nobody prints.
+fn log_level() -> RDKafkaLogLevel {
+    if tracing::enabled!(target: "librdkafka", tracing::Level::DEBUG) {
+        RDKafkaLogLevel::Debug
+    } else if tracing::enabled!(target: "librdkafka", tracing::Level::INFO) {
+        RDKafkaLogLevel::Info
+    } else if tracing::enabled!(target: "librdkafka", tracing::Level::WARN) {
+        RDKafkaLogLevel::Warning
+    } else {
+        RDKafkaLogLevel::Error
+    }
+}
+
 /// Settings shared by every client: brokers, client id and extra properties.
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
+    config.set_log_level(log_level());
     config.set("bootstrap.servers", kafka.bootstrap_servers()).set("client.id", &kafka.client_id);
     for (key, value) in &kafka.properties {
         config.set(key, value);
@@ -109,9 +193,9 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
 }
 
 /// A producer with [`producer_config`].
-pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, TransportError> {
+pub fn producer(kafka: &KafkaConfig) -> Result<Producer, TransportError> {
     producer_config(kafka)
-        .create()
+        .create_with_context(Logs::default())
         .map_err(kafka_error(format!("creating a Kafka producer for {}", kafka.bootstrap_servers())))
 }
 
@@ -155,9 +239,9 @@ pub enum TopicCreation {
     AlreadyExists(String),
 }
 
-fn admin(kafka: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, TransportError> {
+fn admin(kafka: &KafkaConfig) -> Result<AdminClient<Logs>, TransportError> {
     client_config(kafka)
-        .create()
+        .create_with_context(Logs::default())
         .map_err(kafka_error(format!("creating a Kafka admin client for {}", kafka.bootstrap_servers())))
 }
 
@@ -207,9 +291,14 @@ pub async fn broker_topics(kafka: &KafkaConfig) -> Result<BTreeMap<String, i32>,
     let config = client_config(kafka);
     let servers = kafka.bootstrap_servers();
     tokio::task::spawn_blocking(move || {
-        let consumer: rdkafka::consumer::BaseConsumer =
-            config.create().map_err(kafka_error(format!("creating a Kafka client for {servers}")))?;
-        let metadata = rdkafka::consumer::Consumer::fetch_metadata(&consumer, None, Duration::from_secs(10))
+        // A producer's client, because its background thread serves librdkafka's log lines
+        // while the metadata request waits: a broker that cannot be reached is reported as
+        // it happens, not only when the wait ends.
+        let producer: rdkafka::producer::ThreadedProducer<Logs> = config
+            .create_with_context(Logs::default())
+            .map_err(kafka_error(format!("creating a Kafka client for {servers}")))?;
+        let metadata = rdkafka::producer::Producer::client(&producer)
+            .fetch_metadata(None, Duration::from_secs(10))
             .map_err(kafka_error(format!("fetching topic metadata from {servers}")))?;
         Ok(metadata
             .topics()

@@ -25,13 +25,128 @@ use tokio_util::sync::CancellationToken;
 /// reason, printed in the endpoint's 503 body and logged when the liveness file is removed.
 pub(crate) type Health = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// The Prometheus recorder, installed on first call. `None` when the application installed
-/// another `metrics` recorder first (its own exporter then sees dionysus' metrics).
+/// Every metric dionysus emits: name, kind, unit and what it says (its `# HELP` line).
+pub const METRICS: &[(&str, Kind, Unit, &str)] = &[
+    ("dionysus_outbox_backlog", Kind::Gauge, Unit::Count, "Outbox rows waiting to be published (not parked)."),
+    (
+        "dionysus_outbox_oldest_unpublished_seconds",
+        Kind::Gauge,
+        Unit::Seconds,
+        "Age of the oldest outbox row waiting to be published.",
+    ),
+    (
+        "dionysus_outbox_published_total",
+        Kind::Counter,
+        Unit::Count,
+        "Outbox rows published and acknowledged by the broker.",
+    ),
+    (
+        "dionysus_outbox_commit_to_ack_seconds",
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time from an outbox row's commit to the broker's acknowledgement of its message.",
+    ),
+    (
+        "dionysus_outbox_failures_total",
+        Kind::Counter,
+        Unit::Count,
+        "Failed publication attempts of outbox rows, by error class.",
+    ),
+    (
+        "dionysus_outbox_parked_total",
+        Kind::Counter,
+        Unit::Count,
+        "Outbox rows parked after their last attempt failed (see `outbox retry`).",
+    ),
+    ("dionysus_outbox_skipped_total", Kind::Counter, Unit::Count, "Outbox rows settled without a message, by reason."),
+    ("dionysus_relay_batch_seconds", Kind::Histogram, Unit::Seconds, "Time the relay took per outbox batch."),
+    (
+        "dionysus_relay_redelivered_behind_failure_total",
+        Kind::Counter,
+        Unit::Count,
+        "Rows delivered after an earlier row of their key failed; they stay pending and go again.",
+    ),
+    (
+        "dionysus_consumer_messages_total",
+        Kind::Counter,
+        Unit::Count,
+        "Messages the consumer applied, by topic and partition.",
+    ),
+    (
+        "dionysus_consumer_dead_letters_total",
+        Kind::Counter,
+        Unit::Count,
+        "Messages sent to the dead-letter topic, by topic and partition.",
+    ),
+    ("dionysus_consumer_batch_seconds", Kind::Histogram, Unit::Seconds, "Time the consumer took per applied batch."),
+    (
+        "dionysus_consumer_dead_letter_failures_total",
+        Kind::Counter,
+        Unit::Count,
+        "Failed sends to the dead-letter topic, by source topic and partition (the partition waits).",
+    ),
+    (
+        "dionysus_consumer_partition_stalled",
+        Kind::Gauge,
+        Unit::Count,
+        "1 while a partition waits on a fault of ours (database, dead-letter topic), else 0.",
+    ),
+    (
+        "dionysus_consumer_lag",
+        Kind::Gauge,
+        Unit::Count,
+        "Messages of a partition not yet consumed, as librdkafka reports it.",
+    ),
+];
+
+/// The kind of a metric in [`METRICS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// A distribution of observations.
+    Histogram,
+}
+
+/// The unit of a metric in [`METRICS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// A number of things.
+    Count,
+    /// Seconds.
+    Seconds,
+}
+
+/// Describes every metric of [`METRICS`] to the installed `metrics` recorder (its `# HELP`
+/// lines). Done when dionysus installs its Prometheus recorder; an application with a
+/// recorder of its own calls it once that recorder is installed.
+pub fn describe() {
+    for &(name, kind, unit, help) in METRICS {
+        let unit = match unit {
+            Unit::Count => metrics::Unit::Count,
+            Unit::Seconds => metrics::Unit::Seconds,
+        };
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, unit, help),
+            Kind::Gauge => metrics::describe_gauge!(name, unit, help),
+            Kind::Histogram => metrics::describe_histogram!(name, unit, help),
+        }
+    }
+}
+
+/// The Prometheus recorder, installed (and the metrics described, see [`describe`]) on first
+/// call. `None` when the application installed another `metrics` recorder first (its own
+/// exporter then sees dionysus' metrics).
 pub fn prometheus() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(handle) => Some(handle),
+            Ok(handle) => {
+                describe();
+                Some(handle)
+            }
             Err(error) => {
                 tracing::warn!("not installing the Prometheus recorder ({error}); dionysus' /metrics stays empty");
                 None
@@ -371,5 +486,61 @@ mod tests {
         assert!(!server.is_finished(), "the server stopped");
         drop(idle);
         shutdown.cancel();
+    }
+
+    /// Every metric the sources emit is described, and every described metric is emitted.
+    #[test]
+    fn every_metric_has_a_description() {
+        fn sources(dir: &std::path::Path, found: &mut Vec<String>) {
+            let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    sources(&path, found);
+                } else if path.extension().is_some_and(|ext| ext == "rs") && !path.ends_with("telemetry.rs") {
+                    found.push(std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+                }
+            }
+        }
+        let mut found = Vec::new();
+        sources(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut found);
+        let pattern = regex::Regex::new(r#"metrics::(counter|gauge|histogram)!\(\s*"([a-z_]+)""#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut emitted: Vec<(&str, &str)> = found
+            .iter()
+            .flat_map(|source| pattern.captures_iter(source))
+            .map(|c| {
+                let (_, [kind, name]) = c.extract();
+                (name, kind)
+            })
+            .collect();
+        emitted.sort_unstable();
+        emitted.dedup();
+        let mut described: Vec<(&str, &str)> = METRICS
+            .iter()
+            .map(|(name, kind, _, _)| {
+                let kind = match kind {
+                    Kind::Counter => "counter",
+                    Kind::Gauge => "gauge",
+                    Kind::Histogram => "histogram",
+                };
+                (*name, kind)
+            })
+            .collect();
+        described.sort_unstable();
+        assert_eq!(emitted, described);
+    }
+
+    /// The Prometheus text carries a `# HELP` line for each metric that has a value.
+    #[test]
+    fn prometheus_text_has_help_lines() {
+        let handle = prometheus().unwrap_or_else(|| panic!("the recorder installs in this test binary"));
+        metrics::counter!("dionysus_outbox_published_total").increment(1);
+        metrics::gauge!("dionysus_consumer_lag", "topic" => "t", "partition" => "0").set(3.0);
+        metrics::histogram!("dionysus_relay_batch_seconds").record(0.5);
+        let text = handle.render();
+        for name in ["dionysus_outbox_published_total", "dionysus_consumer_lag", "dionysus_relay_batch_seconds"] {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+        }
     }
 }

@@ -9,10 +9,16 @@
 //! ```
 //!
 //! Subcommands: `migrate`, `copy-migrations`, `check`, `relay`, `consume`, `genesis`,
-//! `outbox stats`, `outbox retry`, `outbox prune`. Settings come from the environment (see
-//! `config`) and the global flags, which win. Errors say what was wrong and how to fix it; the
-//! exit code is 1 for a failure and 2 for a usage mistake. `relay`, `consume` and `genesis`
-//! run until done or until SIGTERM / Ctrl-C, then finish their in-flight batch and stop.
+//! `outbox stats|retry|prune`, `topics create|list`, `dlq list|replay`. Settings come from
+//! the environment (see `config`) and the global flags, which win. Errors say what was wrong
+//! and how to fix it; the exit code is 1 for a failure and 2 for a usage mistake, which is
+//! found before any I/O. `relay`, `consume` and `genesis` first check that the database is
+//! migrated, the broker reachable and their topics there, then run until done or until
+//! SIGTERM / Ctrl-C, finish their in-flight batch and stop. `run` logs to stderr (module
+//! `logs`) unless the application installed a `tracing` subscriber.
+//!
+//! This module owns the command line: parsing, start-up checks and what is printed. The work
+//! itself belongs to the relay, the consumer, genesis and the migrations.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -31,10 +37,15 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::consumer::replica::Replicas;
-use crate::consumer::{Consumer, ConsumerError, UnknownModel};
+use crate::consumer::{Consumer, UnknownModel};
 use crate::handle::Dionysus;
 use crate::registry::Registry;
 use crate::telemetry::Report;
+
+use self::logs::LogFormat;
+
+mod dlq;
+mod logs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,6 +64,13 @@ struct Args {
     /// (also: $DIONYSUS_KAFKA_<PROPERTY>).
     #[arg(long = "kafka-property", global = true, value_name = "KEY=VALUE", value_parser = kafka_property)]
     kafka_properties: Vec<(String, String)>,
+    /// Which logs to print, e.g. debug or dionysus=debug,librdkafka=warn (default: $RUST_LOG,
+    /// else info).
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// How to print logs.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -161,12 +179,66 @@ enum Command {
     /// Inspect and repair the outbox.
     #[command(subcommand)]
     Outbox(OutboxCommand),
+    /// Create and inspect the declared topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// List and replay the messages the consumer dead-lettered.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Dead-lettered messages: reason, source topic/partition/offset, key and error.
+    List {
+        /// The dead-letter topic (default: $DIONYSUS_DEAD_LETTER_TOPIC or dionysus_dead_letters).
+        #[arg(long, value_name = "TOPIC")]
+        dead_letter_topic: Option<String>,
+        #[command(flatten)]
+        filter: dlq::Filter,
+        /// At most this many messages.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Re-publish dead-lettered messages to their source topic with their original key and
+    /// headers, once what rejected them is fixed. Reads from where the previous replay of
+    /// the same --group stopped; messages the filters leave out are passed over too (replay
+    /// them with another --group).
+    Replay {
+        /// The dead-letter topic (default: $DIONYSUS_DEAD_LETTER_TOPIC or dionysus_dead_letters).
+        #[arg(long, value_name = "TOPIC")]
+        dead_letter_topic: Option<String>,
+        #[command(flatten)]
+        filter: dlq::Filter,
+        /// At most this many messages per run.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+        /// The consumer group whose position on the dead-letter topic records what was
+        /// replayed (default: <dead-letter topic>-replay).
+        #[arg(long, value_name = "ID")]
+        group: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Create the declared topics (and their genesis replicas) that the broker does not have,
+    /// with their declared partitions and replication factor; existing ones are left alone.
+    Create,
+    /// The declared topics next to what the broker has: partition counts, missing topics,
+    /// mismatches.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
 enum OutboxCommand {
     /// Backlog, age of the oldest unpublished row, parked rows by error class.
-    Stats,
+    Stats {
+        /// Print one JSON object: `backlog`, `retrying`, `oldest_unpublished_seconds`,
+        /// `parked` (`total`, `by_error_class`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Make parked (failed) rows publishable again.
     Retry {
         /// Only this row.
@@ -186,12 +258,28 @@ enum OutboxCommand {
 
 /// A failure of a subcommand, with what to do about it.
 #[derive(Debug)]
-struct Failure(String);
+struct Failure {
+    message: String,
+    /// The exit code: 1 for a failure, 2 for a usage mistake.
+    code: u8,
+}
+
+impl Failure {
+    /// A failure met while doing the work (exit code 1).
+    fn new(message: impl Into<String>) -> Failure {
+        Failure { message: message.into(), code: 1 }
+    }
+
+    /// A mistake in the command line, found before any I/O (exit code 2).
+    fn usage(message: impl Into<String>) -> Failure {
+        Failure { message: message.into(), code: 2 }
+    }
+}
 
 /// An error becomes its whole chain, each layer once (`outer: inner: innermost`).
 impl<E: std::error::Error + 'static> From<E> for Failure {
     fn from(error: E) -> Self {
-        Failure(Report(&error).to_string())
+        Failure::new(Report(&error).to_string())
     }
 }
 
@@ -219,11 +307,13 @@ impl Cli {
         Cli { source: Source::Handle(handle) }
     }
 
-    /// Parses the process arguments and runs the subcommand.
+    /// Parses the process arguments and runs the subcommand, logging to stderr (see
+    /// `--log-level` and `--log-format`) unless the application installed a global `tracing`
+    /// subscriber of its own.
     pub async fn run(&self) -> ExitCode {
         let mut out = std::io::stdout();
         let mut err = std::io::stderr();
-        self.run_until(std::env::args_os(), &mut out, &mut err, CancellationToken::new()).await
+        self.run_parsed(std::env::args_os(), &mut out, &mut err, CancellationToken::new(), true).await
     }
 
     /// Runs the command line given by `args`, writing to `out` and `err`; the long-running
@@ -237,6 +327,23 @@ impl Cli {
         err: &mut (dyn Write + Send),
         shutdown: CancellationToken,
     ) -> ExitCode {
+        self.run_parsed(args, out, err, shutdown, false).await
+    }
+
+    /// Parses `args` and runs the subcommand; with `install_logs`, first installs the log
+    /// subscriber the flags ask for.
+    async fn run_parsed(
+        &self,
+        args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+        out: &mut (dyn Write + Send),
+        err: &mut (dyn Write + Send),
+        shutdown: CancellationToken,
+        install_logs: bool,
+    ) -> ExitCode {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let program = <[OsString]>::first(&args)
+            .and_then(|first| std::path::Path::new(first).file_name())
+            .map_or_else(|| "dionysus".to_owned(), |name| name.to_string_lossy().into_owned());
         let args = match Args::try_parse_from(args) {
             Ok(args) => args,
             Err(error) => {
@@ -244,17 +351,23 @@ impl Cli {
                 return if error.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
             }
         };
+        if install_logs {
+            if let Err(message) = logs::install(args.log_level.as_deref(), args.log_format) {
+                let _ = writeln!(err, "error: {message}");
+                return ExitCode::from(2);
+            }
+        }
         let outcome = match self.handle(&args) {
-            Ok(handle) => execute(args, &handle, out, shutdown).await,
+            Ok(handle) => execute(args, &program, &handle, out, shutdown).await,
             Err(failure) => Err(failure),
         };
         match outcome {
             Ok(()) => ExitCode::SUCCESS,
-            Err(Failure(message)) => {
+            Err(Failure { message, code }) => {
                 // Every error is built with its secrets redacted; this is the last line of
                 // defence for a text that came from elsewhere.
                 let _ = writeln!(err, "error: {}", crate::config::redact(&message));
-                ExitCode::FAILURE
+                ExitCode::from(code)
             }
         }
     }
@@ -271,7 +384,7 @@ impl Cli {
         let brokers = match &args.brokers {
             Some(brokers) => Some(
                 crate::config::parse_brokers("--brokers", brokers)
-                    .map_err(|error| Failure(error.to_string().replace("--brokers=", "--brokers ")))?,
+                    .map_err(|error| Failure::usage(error.to_string().replace("--brokers=", "--brokers ")))?,
             ),
             None => None,
         };
@@ -325,11 +438,12 @@ fn kafka_property(text: &str) -> Result<(String, String), String> {
 
 fn duration(flag: &str, text: &str) -> Result<Duration, Failure> {
     crate::config::parse_duration(flag, text, crate::config::Unit::Seconds)
-        .map_err(|_| Failure(format!("{flag} {text:?} is not a duration; use e.g. 90s, 30m, 12h, 2d or 0.5d")))
+        .map_err(|_| Failure::usage(format!("{flag} {text:?} is not a duration; use e.g. 90s, 30m, 12h, 2d or 0.5d")))
 }
 
 async fn execute(
     args: Args,
+    program: &str,
     handle: &Dionysus,
     out: &mut (dyn Write + Send),
     shutdown: CancellationToken,
@@ -338,6 +452,15 @@ async fn execute(
     let registry = handle.registry();
     match args.command {
         Command::Migrate => {
+            if args.database_url.is_none()
+                && std::env::var_os("DATABASE_URL").is_none()
+                && config.database_url == Config::default().database_url
+            {
+                return Err(Failure::usage(
+                    "migrate needs to be told which database to migrate: set DATABASE_URL or pass --database-url \
+                     postgres://user@host:port/database",
+                ));
+            }
             let applied = crate::migrate(&config.database_url).await?;
             if applied.is_empty() {
                 writeln!(out, "the database is up to date")?;
@@ -356,6 +479,12 @@ async fn execute(
         }
         Command::Check { offline } => check(&config, registry, offline, out).await?,
         Command::Relay { workers, serve, health_file, auto_create_topics } => {
+            let declared: Vec<String> = if auto_create_topics {
+                Vec::new()
+            } else {
+                crate::kafka::TopicSpec::for_registry(registry).into_iter().map(|spec| spec.name).collect()
+            };
+            preflight(&config, program, &declared, "relay").await?;
             let mut builder = crate::producer::relay::Relay::builder(config)
                 .registry(handle.registry_arc())
                 .auto_create_topics(auto_create_topics);
@@ -395,7 +524,7 @@ async fn execute(
             if let Some(topic) = dead_letter_topic {
                 config.consumer.dead_letter_topic = topic;
             }
-            let topics = consume_topics(&config, registry, topics, &imports, out).await?;
+            let topics = consume_topics(&config, program, registry, topics, &imports, out).await?;
             let unknown_model = if dead_letter_unknown_models { UnknownModel::DeadLetter } else { UnknownModel::Skip };
             let mut builder = Consumer::builder(config)
                 .unknown_model(unknown_model)
@@ -425,16 +554,14 @@ async fn execute(
             writeln!(out, "consumer stopped")?;
         }
         Command::Genesis { model, topic, from, to, over, batch_size, visible_only, conditions, resume } => {
-            let pool = crate::db::pool(&config.database_url, 2)?;
-            let genesis = crate::producer::genesis::Genesis::new(config, handle.registry_arc(), pool)?;
-            let run_id = match resume {
-                Some(id) => id,
+            let request = match resume {
+                Some(_) => None,
                 None => {
                     let (Some(model), Some(topic)) = (model, topic) else {
-                        return Err(Failure("genesis needs --model and --topic (or --resume RUN_ID)".to_owned()));
+                        return Err(Failure::usage("genesis needs --model and --topic (or --resume RUN_ID)"));
                     };
                     let over = over.as_deref().map(|text| duration("--over", text)).transpose()?.unwrap_or_default();
-                    let request = crate::producer::genesis::GenesisRequest {
+                    Some(crate::producer::genesis::GenesisRequest {
                         model,
                         topic,
                         window: from.zip(to),
@@ -442,7 +569,17 @@ async fn execute(
                         batch_size,
                         visible_only,
                         conditions,
-                    };
+                    })
+                }
+            };
+            let topics: Vec<String> = request.iter().map(|request| request.topic.clone()).collect();
+            preflight(&config, program, &topics, "genesis").await?;
+            let pool = crate::db::pool(&config.database_url, 2)?;
+            let genesis = crate::producer::genesis::Genesis::new(config, handle.registry_arc(), pool)?;
+            let run_id = match (resume, request) {
+                (Some(id), _) => id,
+                (None, None) => return Err(Failure::usage("genesis needs --model and --topic (or --resume RUN_ID)")),
+                (None, Some(request)) => {
                     let run = genesis.start(&request).await?;
                     writeln!(out, "genesis run {} started: {} record(s)", run.id, run.total_count.unwrap_or(0))?;
                     run.id
@@ -461,6 +598,16 @@ async fn execute(
             }
         }
         Command::Outbox(command) => outbox(&config, command, out).await?,
+        Command::Topics(command) => topics(&config, registry, command, out).await?,
+        Command::Dlq(DlqCommand::List { dead_letter_topic, filter, limit }) => {
+            let topic = dead_letter_topic.unwrap_or_else(|| config.consumer.dead_letter_topic.clone());
+            dlq::list(&config, topic, filter, limit, out).await?;
+        }
+        Command::Dlq(DlqCommand::Replay { dead_letter_topic, filter, limit, group }) => {
+            let topic = dead_letter_topic.unwrap_or_else(|| config.consumer.dead_letter_topic.clone());
+            let group = group.unwrap_or_else(|| format!("{topic}-replay"));
+            dlq::replay(&config, topic, group, filter, limit, out).await?;
+        }
     }
     Ok(())
 }
@@ -521,6 +668,7 @@ fn listen_for_signals(shutdown: &CancellationToken) {
 /// the closest known name); a missing dead-letter topic is created.
 async fn consume_topics(
     config: &Config,
+    program: &str,
     registry: &Registry,
     requested: Vec<String>,
     imports: &[String],
@@ -535,43 +683,20 @@ async fn consume_topics(
     declared.dedup();
     let topics = if requested.is_empty() { declared.clone() } else { requested };
     if topics.is_empty() {
-        return Err(Failure(
+        return Err(Failure::usage(
             "no topics to consume: this binary links no #[derive(Consume)] replica and no #[dionysus::consume] \
              handler; name the topics with --topic"
                 .to_owned(),
         ));
     }
     if let Some(import) = imports.iter().find(|import| !topics.contains(import)) {
-        return Err(Failure(format!(
+        return Err(Failure::usage(format!(
             "--import {import}: not a consumed topic; consumed: {} (add it with --topic)",
             topics.join(", ")
         )));
     }
-    match crate::consumer::check_offsets_table(&config.database_url).await {
-        Ok(()) => {}
-        Err(ConsumerError::Pool(error)) => {
-            return Err(Failure(format!(
-                "{}; is PostgreSQL running there? set --database-url or DATABASE_URL",
-                Report(&error)
-            )))
-        }
-        Err(error) => return Err(error.into()),
-    }
-    let servers = config.kafka.bootstrap_servers();
-    let existing = crate::kafka::broker_topics(&config.kafka).await.map_err(|error| {
-        Failure(format!("{}; is a broker running at {servers}? set --brokers or DIONYSUS_SEED_BROKER", Report(&error)))
-    })?;
-    let mut problems = Vec::new();
-    for topic in topics.iter().filter(|topic| !existing.contains_key(topic.as_str())) {
-        let known = existing.keys().cloned().chain(declared.iter().cloned()).chain(registry.topic_names());
-        let hint = crate::registry::closest(topic, known.filter(|name| name != topic))
-            .map(|name| format!("; did you mean `{name}`?"))
-            .unwrap_or_default();
-        problems.push(format!("topic `{topic}` does not exist on the broker at {servers}{hint}"));
-    }
-    if !problems.is_empty() {
-        return Err(Failure(problems.join("\n       ")));
-    }
+    let known: Vec<String> = declared.iter().cloned().chain(registry.topic_names()).collect();
+    let existing = preflight_with(config, program, &topics, &known, None).await?;
     let dead_letters = &config.consumer.dead_letter_topic;
     if !existing.contains_key(dead_letters) {
         let spec = crate::kafka::TopicSpec { name: dead_letters.clone(), partitions: 1, replication_factor: 1 };
@@ -579,6 +704,125 @@ async fn consume_topics(
         writeln!(out, "created the dead-letter topic {dead_letters}")?;
     }
     Ok(topics)
+}
+
+/// The start-up checks of a long-running subcommand: the database is reachable and has the
+/// framework's migrations, the broker is reachable, and each of `topics` exists on it. Each
+/// failure says the fix.
+async fn preflight(config: &Config, program: &str, topics: &[String], subcommand: &str) -> Result<(), Failure> {
+    let flag = (subcommand == "relay").then_some("--auto-create-topics");
+    preflight_with(config, program, topics, &[], flag).await.map(drop)
+}
+
+/// [`preflight`], with more names to suggest for a misspelt topic and the flag that would
+/// create missing topics instead; returns the broker's topics with their partition counts.
+async fn preflight_with(
+    config: &Config,
+    program: &str,
+    topics: &[String],
+    known: &[String],
+    create_flag: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, i32>, Failure> {
+    match crate::migrate::pending(&config.database_url).await {
+        Ok(pending) if pending.is_empty() => {}
+        Ok(pending) => {
+            return Err(Failure::new(format!(
+                "the database at {} is not migrated: {} dionysus migration(s) pending ({}); run `{program} migrate`",
+                crate::config::mask_password(&config.database_url),
+                pending.len(),
+                pending.join(", ")
+            )))
+        }
+        Err(crate::migrate::MigrationError::Connect { url, source }) => {
+            return Err(Failure::new(format!(
+                "cannot connect to PostgreSQL at {url}: {}; is PostgreSQL running there? set --database-url or \
+                 DATABASE_URL",
+                source.to_string().trim_end()
+            )))
+        }
+        Err(error) => return Err(error.into()),
+    }
+    let servers = config.kafka.bootstrap_servers();
+    let existing = crate::kafka::broker_topics(&config.kafka).await.map_err(|error| {
+        Failure::new(format!("{error}; is a broker running at {servers}? set --brokers or DIONYSUS_SEED_BROKER"))
+    })?;
+    let mut problems = Vec::new();
+    for topic in topics.iter().filter(|topic| !existing.contains_key(topic.as_str())) {
+        let candidates = existing.keys().chain(known).filter(|name| *name != topic).cloned();
+        let hint = match crate::registry::closest(topic, candidates) {
+            Some(name) => format!("; did you mean `{name}`?"),
+            None => match create_flag {
+                Some(flag) => format!("; run `{program} topics create` or pass {flag}"),
+                None => format!("; run `{program} topics create`"),
+            },
+        };
+        problems.push(format!("topic `{topic}` does not exist on the broker at {servers}{hint}"));
+    }
+    if !problems.is_empty() {
+        return Err(Failure::new(problems.join("\n       ")));
+    }
+    Ok(existing)
+}
+
+async fn topics(
+    config: &Config,
+    registry: &Registry,
+    command: TopicsCommand,
+    out: &mut (dyn Write + Send),
+) -> Result<(), Failure> {
+    let specs = crate::kafka::TopicSpec::for_registry(registry);
+    if specs.is_empty() {
+        writeln!(out, "no topics are declared in this binary (#[dionysus::topic])")?;
+        return Ok(());
+    }
+    let servers = config.kafka.bootstrap_servers();
+    let unreachable = |error: crate::kafka::TransportError| {
+        Failure::new(format!("{error}; is a broker running at {servers}? set --brokers or DIONYSUS_SEED_BROKER"))
+    };
+    let existing = crate::kafka::broker_topics(&config.kafka).await.map_err(unreachable)?;
+    match command {
+        TopicsCommand::Create => {
+            let missing: Vec<_> = specs.iter().filter(|spec| !existing.contains_key(&spec.name)).cloned().collect();
+            let created = crate::kafka::create_topics(&config.kafka, &missing).await?;
+            for spec in &specs {
+                let was_created = created.contains(&crate::kafka::TopicCreation::Created(spec.name.clone()));
+                match existing.get(&spec.name) {
+                    _ if was_created => writeln!(
+                        out,
+                        "created {} ({} partition(s), replication factor {})",
+                        spec.name, spec.partitions, spec.replication_factor
+                    )?,
+                    Some(&found) if found != spec.partitions && declares_partitions(registry, &spec.name) => writeln!(
+                        out,
+                        "exists  {} ({found} partition(s), {} declared: not changed)",
+                        spec.name, spec.partitions
+                    )?,
+                    _ => writeln!(out, "exists  {}", spec.name)?,
+                }
+            }
+        }
+        TopicsCommand::List => {
+            let width = specs.iter().map(|spec| spec.name.len()).max().unwrap_or(0);
+            writeln!(out, "{:<width$}  {:>8}  {:>9}", "topic", "declared", "on broker")?;
+            for spec in &specs {
+                let (found, note) = match existing.get(&spec.name) {
+                    None => ("missing".to_owned(), "  <- run `topics create`"),
+                    Some(&found) if found != spec.partitions && declares_partitions(registry, &spec.name) => {
+                        (found.to_string(), "  <- partition count differs from the declaration")
+                    }
+                    Some(found) => (found.to_string(), ""),
+                };
+                writeln!(out, "{:<width$}  {:>8}  {found:>9}{note}", spec.name, spec.partitions)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the declaration behind topic `name` sets its partition count (else 1 is only the
+/// default and any count on the broker is fine).
+fn declares_partitions(registry: &Registry, name: &str) -> bool {
+    registry.resolve(name).is_some_and(|(declaration, _)| declaration.partitions.is_some())
 }
 
 async fn check(
@@ -636,21 +880,24 @@ async fn check(
         writeln!(out, "ok")?;
         Ok(())
     } else {
-        Err(Failure(format!("{} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))))
+        Err(Failure::new(format!("{} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))))
     }
 }
 
 async fn outbox(config: &Config, command: OutboxCommand, out: &mut (dyn Write + Send)) -> Result<(), Failure> {
+    let age = match &command {
+        OutboxCommand::Prune { older_than } => Some(duration("--older-than", older_than)?),
+        _ => None,
+    };
     let pool = crate::db::pool(&config.database_url, 1)?;
-    if let OutboxCommand::Prune { older_than } = &command {
-        let age = duration("--older-than", older_than)?;
+    if let (OutboxCommand::Prune { older_than }, Some(age)) = (&command, age) {
         let deleted = crate::producer::relay::prune(&pool, age).await?;
         writeln!(out, "pruned {deleted} published row(s) older than {older_than}")?;
         return Ok(());
     }
     let mut conn = crate::db::checkout(&pool).await?;
     match command {
-        OutboxCommand::Stats => {
+        OutboxCommand::Stats { json } => {
             #[derive(diesel::QueryableByName)]
             struct Stats {
                 #[diesel(sql_type = BigInt)]
@@ -680,9 +927,23 @@ async fn outbox(config: &Config, command: OutboxCommand, out: &mut (dyn Write + 
             )
             .load(&mut conn)
             .await?;
+            let total: i64 = parked.iter().map(|p| p.count).sum();
+            if json {
+                let by_class: serde_json::Map<String, serde_json::Value> = parked
+                    .iter()
+                    .map(|row| (row.error_class.clone().unwrap_or_else(|| "-".to_owned()), row.count.into()))
+                    .collect();
+                let report = serde_json::json!({
+                    "backlog": stats.backlog,
+                    "retrying": stats.retrying,
+                    "oldest_unpublished_seconds": stats.oldest_seconds.unwrap_or(0.0),
+                    "parked": { "total": total, "by_error_class": by_class },
+                });
+                writeln!(out, "{report}")?;
+                return Ok(());
+            }
             writeln!(out, "backlog: {} row(s), {} waiting for a retry", stats.backlog, stats.retrying)?;
             writeln!(out, "oldest unpublished: {:.1} s", stats.oldest_seconds.unwrap_or(0.0))?;
-            let total: i64 = parked.iter().map(|p| p.count).sum();
             writeln!(out, "parked (failed): {total} row(s)")?;
             for row in parked {
                 writeln!(out, "  {:<24} {}", row.error_class.unwrap_or_else(|| "-".to_owned()), row.count)?;

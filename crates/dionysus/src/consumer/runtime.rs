@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
@@ -89,9 +89,18 @@ struct GroupContext {
     assignments: Assignments,
     paused: Paused,
     progress: Arc<Progress>,
+    logs: crate::kafka::Logs,
 }
 
 impl ClientContext for GroupContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        crate::kafka::Logs::line(level, facility, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.logs.report(&error, reason);
+    }
+
     /// librdkafka's statistics (every `statistics.interval.ms`, 5 s by default here): the lag
     /// of every assigned partition as `dionysus_consumer_lag`.
     fn stats(&self, statistics: rdkafka::Statistics) {
@@ -432,6 +441,7 @@ impl Consumer {
             group: inner.group.clone(),
             assignments: assignments.clone(),
             paused: paused.clone(),
+            logs: crate::kafka::Logs::default(),
             progress: inner.progress.clone(),
         };
         let mut client = crate::kafka::consumer_config(kafka, &inner.group);
@@ -452,10 +462,10 @@ impl Consumer {
         // The largest dead letter is a whole message of the largest size consumed plus its
         // key and headers; librdkafka's default (1,000,000 bytes) would refuse most of them.
         let largest = inner.config.consumer.max_message_bytes.saturating_add(DEAD_LETTER_MARGIN_BYTES);
-        let producer: FutureProducer = crate::kafka::producer_config(kafka)
+        let producer: crate::kafka::Producer = crate::kafka::producer_config(kafka)
             .set("message.max.bytes", largest.min(1_000_000_000).to_string())
             .set("message.timeout.ms", DEAD_LETTER_TIMEOUT.as_millis().to_string())
-            .create()
+            .create_with_context(crate::kafka::Logs::default())
             .map_err(kafka_error(format!("creating the dead-letter producer for {}", kafka.bootstrap_servers())))?;
         let dead_letters = DeadLetters {
             producer,
@@ -693,7 +703,7 @@ impl Consumer {
 /// The dead-letter producer and where its messages go.
 #[derive(Clone)]
 struct DeadLetters {
-    producer: FutureProducer,
+    producer: crate::kafka::Producer,
     topic: String,
     group: String,
     /// Sends of one dead letter before its partition is reported stalled.

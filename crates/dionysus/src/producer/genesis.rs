@@ -20,7 +20,6 @@ use backon::{ExponentialBuilder, RetryableWithContext};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -270,7 +269,7 @@ pub struct Genesis {
     config: Config,
     registry: Arc<Registry>,
     pool: crate::db::Pool,
-    producer: FutureProducer,
+    producer: crate::kafka::Producer,
     topics: TopicCache,
 }
 

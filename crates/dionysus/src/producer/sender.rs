@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use rdkafka::util::Timeout;
 use tokio::sync::Mutex;
 
@@ -44,7 +44,7 @@ pub(crate) struct TopicCache {
 }
 
 pub(crate) struct Sender<'a> {
-    pub(crate) producer: &'a FutureProducer,
+    pub(crate) producer: &'a crate::kafka::Producer,
     pub(crate) topics: &'a TopicCache,
     pub(crate) kafka: &'a KafkaConfig,
     pub(crate) registry: &'a Registry,

@@ -76,7 +76,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -127,7 +126,7 @@ pub struct RelayBuilder {
     config: Config,
     registry: Arc<Registry>,
     pool: Option<Pool>,
-    producer: Option<FutureProducer>,
+    producer: Option<crate::kafka::Producer>,
     observer: Option<Arc<dyn RelayObserver>>,
     serve: Option<SocketAddr>,
     health_file: Option<PathBuf>,
@@ -159,7 +158,7 @@ impl RelayBuilder {
     /// with `enable.idempotence=true`, and `message.timeout.ms=0` (the relay purges undelivered
     /// messages at its own deadline; a producer timing messages out itself may drop one and
     /// deliver the next, which reorders a key).
-    pub fn producer(mut self, producer: FutureProducer) -> Self {
+    pub fn producer(mut self, producer: crate::kafka::Producer) -> Self {
         self.producer = Some(producer);
         self
     }
@@ -249,8 +248,8 @@ impl RelayBuilder {
 fn create_producer(
     settings: &rdkafka::ClientConfig,
     kafka: &crate::config::KafkaConfig,
-) -> Result<FutureProducer, crate::kafka::TransportError> {
-    settings.create().map_err(|source| crate::kafka::TransportError::Kafka {
+) -> Result<crate::kafka::Producer, crate::kafka::TransportError> {
+    settings.create_with_context(crate::kafka::Logs::default()).map_err(|source| crate::kafka::TransportError::Kafka {
         what: format!("creating the relay's producer for {}", kafka.bootstrap_servers()),
         source: crate::kafka::redact_error(source),
     })
@@ -262,7 +261,7 @@ struct Inner {
     pool: Pool,
     /// Replaced when it fails fatally (an idempotent producer is fenced once its deliveries
     /// time out, e.g. while the broker is unreachable).
-    producer: std::sync::RwLock<Arc<FutureProducer>>,
+    producer: std::sync::RwLock<Arc<crate::kafka::Producer>>,
     /// How to build a new one; `None` for a producer given by the application.
     producer_settings: Option<rdkafka::ClientConfig>,
     topics: crate::producer::sender::TopicCache,
@@ -309,7 +308,7 @@ impl Relay {
         &self.inner.pool
     }
 
-    fn producer(&self) -> Arc<FutureProducer> {
+    fn producer(&self) -> Arc<crate::kafka::Producer> {
         match self.inner.producer.read() {
             Ok(producer) => producer.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -318,7 +317,7 @@ impl Relay {
 
     /// Replaces a producer that failed fatally (all workers share it; the first to notice
     /// replaces it, the others pick the new one up).
-    fn replace_producer(&self, failed: &Arc<FutureProducer>) {
+    fn replace_producer(&self, failed: &Arc<crate::kafka::Producer>) {
         let Some(settings) = &self.inner.producer_settings else {
             tracing::error!("the application's producer failed fatally and cannot be replaced; rows will keep failing");
             return;
@@ -339,7 +338,7 @@ impl Relay {
         }
     }
 
-    fn batch<'a>(&'a self, producer: &'a FutureProducer) -> batch::Batch<'a> {
+    fn batch<'a>(&'a self, producer: &'a crate::kafka::Producer) -> batch::Batch<'a> {
         batch::Batch {
             registry: &self.inner.registry,
             config: &self.inner.config.producer,
