@@ -86,6 +86,12 @@ pub const METRICS: &[(&str, Kind, Unit, &str)] = &[
         "Failed sends to the dead-letter topic, by source topic and partition (the partition waits).",
     ),
     (
+        "dionysus_consumer_handler_errors_total",
+        Kind::Counter,
+        Unit::Count,
+        "Failures of handlers run after the commit, by handler and reason (the batch stays committed).",
+    ),
+    (
         "dionysus_consumer_partition_stalled",
         Kind::Gauge,
         Unit::Count,
