@@ -702,12 +702,8 @@ async fn apply_once(
             }
         };
         applied[index] = true;
-        if let Some(event) = events.get_mut(unit.event).filter(|_| track_changes) {
-            event.add_change(LocalChange {
-                model: unit.node.change_name.clone(),
-                synced_id: prepared.synced_id.clone(),
-                changes,
-            });
+        if track_changes {
+            report_change(events, unit, changes);
         }
     }
     sql::delete_rows(conn, replica, &deletes).await?;
@@ -798,12 +794,8 @@ async fn fold_repeats(
                 }
             };
             applied[index] = true;
-            if let Some(event) = events.get_mut(unit.event).filter(|_| track_changes) {
-                event.add_change(LocalChange {
-                    model: unit.node.change_name.clone(),
-                    synced_id: prepared.synced_id.clone(),
-                    changes,
-                });
+            if track_changes {
+                report_change(events, unit, changes);
             }
         }
         match state {
@@ -831,6 +823,17 @@ async fn fold_repeats(
 }
 
 /// The row import mode writes (C-8): the assigned columns, without `synced_data`.
+/// Adds what applying `unit` changed to its event's local changes (C-15).
+fn report_change(events: &mut [ConsumedEvent], unit: &Unit, changes: crate::consumer::replica::ChangeSet) {
+    if let Some(event) = events.get_mut(unit.event) {
+        event.add_change(LocalChange {
+            model: unit.node.change_name.clone(),
+            synced_id: unit.node.prepared.synced_id.clone(),
+            changes,
+        });
+    }
+}
+
 fn import_row(replica: &ReplicaDescriptor, prepared: &Prepared) -> Map<String, Value> {
     let mut row = Map::new();
     for (column, value) in &prepared.assignments {

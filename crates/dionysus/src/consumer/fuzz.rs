@@ -30,7 +30,7 @@ const REASONS: [&str; 10] = [
 ];
 
 const fn column(name: &'static str, kind: ColumnKind, nullable: bool) -> Column {
-    Column { name, source: name, kind, nullable }
+    Column::named(name, kind, nullable)
 }
 
 static COLUMNS: [Column; 9] = [

@@ -36,6 +36,13 @@ pub struct Column {
     pub nullable: bool,
 }
 
+impl Column {
+    /// A column that takes its value from the attribute of its own name.
+    pub const fn named(name: &'static str, kind: ColumnKind, nullable: bool) -> Column {
+        Column { name, source: name, kind, nullable }
+    }
+}
+
 /// What a `_destroyed` event does to the aggregate root's row (C-13).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum DestroyStrategy {

@@ -413,7 +413,7 @@ mod tests {
     use crate::consumer::replica::deserialize_one;
 
     const fn column(name: &'static str, kind: ColumnKind, nullable: bool) -> Column {
-        Column { name, source: name, kind, nullable }
+        Column::named(name, kind, nullable)
     }
 
     static COLUMNS: [Column; 7] = [
