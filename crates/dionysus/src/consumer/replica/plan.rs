@@ -11,7 +11,9 @@
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde_json::{Map, Number, Value};
 
-use super::{Column, ColumnKind, DestroyStrategy, Record, ReplicaDescriptor};
+use super::column_type::ColumnKind;
+use super::descriptor::{Column, DestroyStrategy, ReplicaDescriptor};
+use super::deserialize::Record;
 use crate::wire::envelope::parse_timestamp;
 use crate::wire::naming::EventKind;
 
