@@ -318,11 +318,6 @@ fn top_level_modules_follow_the_layers() {
     assert!(violations.is_empty(), "imports against the layers:\n{}", violations.join("\n"));
 }
 
-/// Cycles between a consumer folder's `mod.rs` and its files, left until the consumer's
-/// `mod.rs` files become facades (declarations and re-exports only).
-const KNOWN_CYCLES: &[&str] =
-    &["consumer -> consumer::runtime -> consumer", "consumer::runtime -> consumer -> consumer::runtime"];
-
 #[test]
 fn no_file_imports_a_file_that_imports_it_back() {
     let tree = Tree::read();
@@ -353,6 +348,5 @@ fn no_file_imports_a_file_that_imports_it_back() {
             }
         }
     }
-    cycles.retain(|cycle| !KNOWN_CYCLES.contains(&cycle.as_str()));
     assert!(cycles.is_empty(), "import cycles:\n{}", cycles.into_iter().collect::<Vec<_>>().join("\n"));
 }

@@ -5,8 +5,6 @@
 //! length and its SHA-256).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,9 +22,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::apply::{AfterCommit, BatchOutcome, Consumer, ConsumerError, SinkFuture};
 use super::batch::sha256_hex;
+use super::batch::{DeadLetter, InboundMessage};
 use super::progress::Progress;
-use super::{AfterCommit, Consumer, ConsumerError, DeadLetter, InboundMessage};
 use crate::consumer::replica::sql;
 use crate::telemetry::Report;
 
@@ -69,11 +68,6 @@ const DEAD_LETTER_MARGIN_BYTES: usize = 1 << 20;
 const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight batches may take to finish once the consumer is asked to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
-
-type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ConsumerError>> + Send + 'a>>;
-
-/// Where a batch's dead letters go before its commit.
-pub(crate) type DeadLetterSink<'a> = dyn FnMut(&DeadLetter) -> SinkFuture<'a> + Send + 'a;
 
 type Assignments = Arc<Mutex<HashMap<(String, i32), Arc<AtomicBool>>>>;
 
@@ -391,13 +385,7 @@ fn pause_resume(
 }
 
 /// Counts a committed batch: messages consumed, dead letters, batch duration.
-fn record_batch_metrics(
-    topic: &str,
-    partition: i32,
-    messages: usize,
-    outcome: &super::BatchOutcome,
-    duration: Duration,
-) {
+fn record_batch_metrics(topic: &str, partition: i32, messages: usize, outcome: &BatchOutcome, duration: Duration) {
     let labels = [("topic", topic.to_owned()), ("partition", partition.to_string())];
     metrics::counter!("dionysus_consumer_messages_total", &labels).increment(messages as u64);
     metrics::counter!("dionysus_consumer_dead_letters_total", &labels).increment(outcome.dead_letters.len() as u64);
@@ -663,7 +651,7 @@ impl Consumer {
                         );
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(super::backoff(attempt)) => {}
+                            _ = tokio::time::sleep(super::apply::backoff(attempt)) => {}
                         }
                         if revoked.load(Ordering::SeqCst) {
                             return;
@@ -751,7 +739,7 @@ impl DeadLetters {
             tracing::warn!(error = %source, attempt, topic = %message.topic, partition = message.partition, offset = message.offset, "sending a dead letter failed; retrying");
             tokio::select! {
                 () = shutdown.cancelled() => return Err(ConsumerError::Stopped),
-                () = tokio::time::sleep(super::backoff(attempt)) => {}
+                () = tokio::time::sleep(super::apply::backoff(attempt)) => {}
             }
         }
     }

@@ -1,0 +1,840 @@
+//! The consumer itself: its builder, its settings and how one batch is applied — prepared,
+//! written in one transaction with its stored offset, retried or split when the database
+//! refuses it, and announced after the commit. Reading Kafka and keeping partitions moving is
+//! `runtime`'s; turning records into row changes is `replica`'s.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection, TransactionManager};
+use std::future::Future;
+use std::pin::Pin;
+use tokio_util::sync::CancellationToken;
+
+/// The transaction manager of the consumer's connections.
+type Transactions = <AsyncPgConnection as AsyncConnection>::TransactionManager;
+
+use super::batch::{DeadLetter, InboundMessage, PreparedBatch, Rules, UnknownModel};
+use super::events::{ConsumedEvent, MessageFilter, Notification};
+use super::handler::{handlers, Context, HandlerDeclaration, HandlerError};
+use super::{batch, handler, progress, replica};
+
+use crate::config::Config;
+use crate::consumer::replica::{sql, Replicas};
+use crate::db::{DbError, Pool};
+use crate::handle::Dionysus;
+use crate::telemetry::Report;
+
+/// A consumer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumerError {
+    /// A database operation on a batch failed.
+    #[error("{step} (group {group}, {topic}/{partition}, offsets {first_offset}..={last_offset})")]
+    Database {
+        /// What was being done, e.g. `writing replica rows`.
+        step: &'static str,
+        /// The consumer group.
+        group: String,
+        /// The batch's topic.
+        topic: String,
+        /// The batch's partition.
+        partition: i32,
+        /// The batch's first offset.
+        first_offset: i64,
+        /// The batch's last offset.
+        last_offset: i64,
+        /// diesel's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+    /// The offsets table cannot be read.
+    #[error("checking dionysus_consumer_offsets (run `dionysus migrate`)")]
+    OffsetsTable(#[source] diesel::result::Error),
+    /// The broker client could not be set up.
+    #[error(transparent)]
+    Transport(#[from] crate::kafka::TransportError),
+    /// No database connection could be had.
+    #[error(transparent)]
+    Pool(#[from] DbError),
+    /// The broker could not be used.
+    #[error("{what}")]
+    Kafka {
+        /// What was being done.
+        what: String,
+        /// rdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A handler running inside the batch's transaction failed on a message; the batch was
+    /// rolled back.
+    #[error("handler {handler} failed on {topic}/{partition}@{offset}")]
+    Handler {
+        /// Path of the handler function.
+        handler: &'static str,
+        /// Topic of the message.
+        topic: String,
+        /// Partition of the message.
+        partition: i32,
+        /// Offset of the message.
+        offset: i64,
+        /// What went wrong.
+        #[source]
+        source: HandlerError,
+    },
+    /// The consumer was built without topics to read.
+    #[error("no topics to consume: declare a replica model with #[derive(Consume)] or add topics to the builder")]
+    NoTopics,
+    /// A replica model cannot work with the configured attribute names (C-11).
+    #[error(transparent)]
+    Replica(#[from] replica::names::ReplicaError),
+    /// The consumer was asked to stop while a batch waited to be retried.
+    #[error("stopping: the batch was left to be read again from the stored offset")]
+    Stopped,
+    /// The metrics/health listener could not start.
+    #[error("cannot serve /metrics and /health on {address}")]
+    Serve {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Event-bus subscriber: called after each committed batch (C-19).
+pub type Subscriber = Arc<dyn Fn(Notification<'_>) + Send + Sync>;
+
+/// Called after a batch's database commit, before the Kafka commit: `(topic, partition,
+/// next offset)`. Returning [`AfterCommit::Halt`] stops the whole member there, without
+/// Kafka commit or notifications, as if the process died (for crash tests).
+#[doc(hidden)]
+pub type AfterCommitHook = Arc<dyn Fn(&str, i32, i64) -> AfterCommit + Send + Sync>;
+
+/// What a worker does after a batch's database commit.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterCommit {
+    /// Commit to Kafka and go on.
+    Continue,
+    /// Stop without committing to Kafka.
+    Halt,
+}
+
+/// Liveness of a running consumer: the time of its last poll of the broker.
+#[derive(Debug, Clone)]
+pub struct Health {
+    started: Instant,
+    last_poll_ms: Arc<AtomicI64>,
+}
+
+impl Health {
+    fn new() -> Health {
+        Health { started: Instant::now(), last_poll_ms: Arc::new(AtomicI64::new(-1)) }
+    }
+
+    pub(crate) fn beat(&self) {
+        let elapsed = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.last_poll_ms.store(elapsed, Ordering::Relaxed);
+    }
+
+    /// Time since the consumer last polled the broker; `None` before the first poll.
+    pub fn since_last_poll(&self) -> Option<Duration> {
+        let last = self.last_poll_ms.load(Ordering::Relaxed);
+        let last = u64::try_from(last).ok()?;
+        Some(self.started.elapsed().saturating_sub(Duration::from_millis(last)))
+    }
+
+    /// Whether the consumer polled within `max_silence` (a liveness probe).
+    pub fn is_alive(&self, max_silence: Duration) -> bool {
+        self.since_last_poll().is_some_and(|since| since <= max_silence)
+    }
+}
+
+/// What applying one batch did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchOutcome {
+    /// The events processed, in order, with their local changes (what the event bus gets).
+    pub events: Vec<ConsumedEvent>,
+    /// Messages set aside for the dead-letter topic.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Messages skipped because the stored offset shows they were applied already.
+    pub already_applied: usize,
+    /// The partition's next offset as stored.
+    pub next_offset: Option<i64>,
+}
+
+/// Builds a [`Consumer`].
+pub struct ConsumerBuilder {
+    config: Config,
+    pool: Option<Pool>,
+    replicas: Option<Replicas>,
+    topics: Vec<String>,
+    import_topics: HashSet<String>,
+    filters: Vec<Arc<dyn MessageFilter>>,
+    subscribers: Vec<Subscriber>,
+    unknown_model: UnknownModel,
+    processing_mutex: bool,
+    kafka_properties: Vec<(String, String)>,
+    after_commit: Option<AfterCommitHook>,
+    handlers: bool,
+    local_changes: Option<bool>,
+    serve: Option<std::net::SocketAddr>,
+    health_file: Option<std::path::PathBuf>,
+}
+
+impl ConsumerBuilder {
+    /// Replaces the configuration given to [`Consumer::builder`].
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Uses this pool instead of one built from [`Config::database_url`].
+    pub fn pool(mut self, pool: Pool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Replicates these models instead of every `#[derive(Consume)]` model of the binary.
+    pub fn replicas(mut self, replicas: Replicas) -> Self {
+        self.replicas = Some(replicas);
+        self
+    }
+
+    /// Reads this topic; without any, the consumer reads the topics of its replica models.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topics.push(topic.into());
+        self
+    }
+
+    /// Batch import mode for a topic (C-8): `_created` events are bulk-inserted (upserted
+    /// without timestamp guard, `synced_data` or relationships) and `_destroyed` events
+    /// bulk-deleted; `_updated` events take the normal path.
+    pub fn import(mut self, topic: impl Into<String>) -> Self {
+        self.import_topics.insert(topic.into());
+        self
+    }
+
+    /// Adds a message filter (C-20).
+    pub fn filter(mut self, filter: impl MessageFilter + 'static) -> Self {
+        self.filters.push(Arc::new(filter));
+        self
+    }
+
+    /// Adds an event-bus subscriber (C-19).
+    pub fn subscribe(mut self, subscriber: impl Fn(Notification<'_>) + Send + Sync + 'static) -> Self {
+        self.subscribers.push(Arc::new(subscriber));
+        self
+    }
+
+    /// What to do with events of models that have no replica (default: [`UnknownModel::Skip`],
+    /// as dionysus-rb: skip them and apply the message's other events).
+    pub fn unknown_model(mut self, policy: UnknownModel) -> Self {
+        self.unknown_model = policy;
+        self
+    }
+
+    /// Takes a PostgreSQL advisory lock named `Dionysus-<message key>` per message for the
+    /// batch's transaction (C-3's processing mutex), so other processes taking the same locks
+    /// exclude each other per record.
+    pub fn processing_mutex(mut self, on: bool) -> Self {
+        self.processing_mutex = on;
+        self
+    }
+
+    /// Sets a librdkafka property of the consumer (after the configured ones).
+    pub fn kafka_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.kafka_properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// Whether `#[dionysus::consume]` handlers run (default: true).
+    pub fn handlers(mut self, on: bool) -> Self {
+        self.handlers = on;
+        self
+    }
+
+    /// Whether events carry their local changes (C-15). By default they do exactly when
+    /// someone can see them: an event-bus subscriber, or a handler of a consumed topic.
+    ///
+    /// Local changes need every row read before it is written. Without them a batch is
+    /// written blind, in one statement per table, and PostgreSQL applies the timestamp guard
+    /// (several times faster). Turn them off when your subscribers do not look at
+    /// `local_changes`; events then report none.
+    pub fn local_changes(mut self, on: bool) -> Self {
+        self.local_changes = Some(on);
+        self
+    }
+
+    /// Serves `/metrics` (Prometheus, through [`crate::telemetry::prometheus`]) and `/health`
+    /// on this address while the consumer runs. `/health` answers 200 while the consumer
+    /// polled the broker within [`Consumer::HEALTH_SILENCE`] and every partition moves; else
+    /// 503 with the reason: no poll, a partition waiting on a batch that keeps failing for a
+    /// reason that is not its messages' or on a dead letter that cannot be sent, or a
+    /// partition that has not committed for
+    /// [`ConsumerConfig::stall_timeout`](crate::config::ConsumerConfig::stall_timeout) while
+    /// messages of it wait.
+    pub fn serve(mut self, address: std::net::SocketAddr) -> Self {
+        self.serve = Some(address);
+        self
+    }
+
+    /// Keeps a liveness file at this path while the consumer is healthy (see
+    /// [`ConsumerBuilder::serve`]); it is removed when the consumer stalls or stops.
+    pub fn health_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.health_file = Some(path.into());
+        self
+    }
+
+    #[doc(hidden)]
+    pub fn after_db_commit(mut self, hook: impl Fn(&str, i32, i64) -> AfterCommit + Send + Sync + 'static) -> Self {
+        self.after_commit = Some(Arc::new(hook));
+        self
+    }
+
+    /// The consumer.
+    pub fn build(self) -> Result<Consumer, ConsumerError> {
+        let pool = match self.pool {
+            Some(pool) => pool,
+            None => crate::db::pool(&self.config.database_url, 8)?,
+        };
+        let declared = self.replicas.as_ref().unwrap_or_else(|| Replicas::global());
+        let mut topics = self.topics;
+        if topics.is_empty() {
+            for replica in declared.iter() {
+                if !topics.iter().any(|topic| topic == replica.topic) {
+                    topics.push(replica.topic.to_owned());
+                }
+            }
+        }
+        let replicas = declared.configured(&self.config.consumer, &topics)?;
+        let rules = Rules {
+            replicas,
+            import_topics: self.import_topics,
+            filters: self.filters,
+            remove_duplicates: self.config.consumer.remove_duplicates,
+            max_message_bytes: self.config.consumer.max_message_bytes,
+            max_records: self.config.consumer.max_records_per_message,
+            unknown_model: self.unknown_model,
+            processing_mutex: self.processing_mutex,
+            max_future_skew: self.config.consumer.max_future_skew,
+            column_types: sql::ColumnTypes::default(),
+            track_changes: self.local_changes.unwrap_or_else(|| {
+                !self.subscribers.is_empty()
+                    || (self.handlers && handlers().any(|handler| topics.iter().any(|topic| *topic == handler.topic)))
+            }),
+        };
+        let (in_transaction, after_commit): (Vec<_>, Vec<_>) =
+            handlers().filter(|_| self.handlers).partition(|handler| handler.in_transaction);
+        let progress = Arc::new(progress::Progress::new(self.config.consumer.stall_timeout));
+        Ok(Consumer {
+            inner: Arc::new(Inner {
+                progress,
+                group: self.config.kafka.group_id(),
+                config: self.config,
+                pool,
+                rules,
+                topics,
+                subscribers: self.subscribers,
+                kafka_properties: self.kafka_properties,
+                after_commit: self.after_commit,
+                in_transaction,
+                after_commit_handlers: after_commit,
+                health: Health::new(),
+                serve: self.serve,
+                health_file: self.health_file,
+            }),
+        })
+    }
+}
+
+pub(super) struct Inner {
+    pub(super) config: Config,
+    pub(super) group: String,
+    pub(super) pool: Pool,
+    pub(super) rules: Rules,
+    pub(super) topics: Vec<String>,
+    pub(super) subscribers: Vec<Subscriber>,
+    pub(super) kafka_properties: Vec<(String, String)>,
+    pub(super) after_commit: Option<AfterCommitHook>,
+    /// Handlers of the consumed topics that run inside a batch's transaction.
+    pub(super) in_transaction: Vec<&'static HandlerDeclaration>,
+    /// Handlers of the consumed topics that run after a batch's commit.
+    pub(super) after_commit_handlers: Vec<&'static HandlerDeclaration>,
+    pub(super) health: Health,
+    pub(super) progress: Arc<progress::Progress>,
+    pub(super) serve: Option<std::net::SocketAddr>,
+    pub(super) health_file: Option<std::path::PathBuf>,
+}
+
+/// A consumer of replica topics. Cheap to clone.
+#[derive(Clone)]
+pub struct Consumer {
+    pub(super) inner: Arc<Inner>,
+}
+
+/// What a failed database operation says about the batch, by the error's kind (the driver
+/// derives it from the SQLSTATE), never by its text: PostgreSQL repeats the offending input
+/// in its messages, so a message could otherwise choose its own verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Not the messages' fault and worth retrying as is: no SQLSTATE at all (the connection
+    /// broke), a closed connection, a serialization failure (40001), a read-only transaction
+    /// (25006, a standby after a failover), a confused transaction state.
+    Transient,
+    /// The data is rejected: an integrity violation (23xxx) or a value that cannot be encoded.
+    Rejected,
+    /// A SQLSTATE the driver does not expose: a data exception (22xxx) as well as a deadlock
+    /// (40P01), an unavailable lock (55P03), exhausted resources (53xxx) or an administrator's
+    /// shutdown (57Pxx). Decided by isolating the message (see [`Consumer::apply_with_retry`]).
+    Undetermined,
+}
+
+fn verdict(error: &diesel::result::Error) -> Verdict {
+    use diesel::result::{DatabaseErrorKind as Kind, Error};
+    match error {
+        Error::DatabaseError(kind, _) => match kind {
+            Kind::SerializationFailure
+            | Kind::ReadOnlyTransaction
+            | Kind::ClosedConnection
+            | Kind::UnableToSendCommand => Verdict::Transient,
+            Kind::UniqueViolation
+            | Kind::ForeignKeyViolation
+            | Kind::NotNullViolation
+            | Kind::CheckViolation
+            | Kind::RestrictViolation
+            | Kind::ExclusionViolation => Verdict::Rejected,
+            _ => Verdict::Undetermined,
+        },
+        Error::SerializationError(_) => Verdict::Rejected,
+        Error::BrokenTransactionManager | Error::AlreadyInTransaction | Error::NotInTransaction => Verdict::Transient,
+        _ => Verdict::Undetermined,
+    }
+}
+
+/// How often a message alone must fail with an [`Verdict::Undetermined`] error, the database
+/// answering otherwise, before it is dead-lettered as `database_rejected`.
+const REJECTION_CONFIRMATIONS: u32 = 3;
+
+impl Consumer {
+    /// How long a running consumer may go without polling the broker before `/health` and
+    /// the liveness file call it unhealthy (it polls at least twice a second when idle).
+    pub const HEALTH_SILENCE: Duration = Duration::from_secs(30);
+
+    /// A builder for a consumer with `config` (group name, batch size, dead-letter topic…).
+    pub fn builder(config: Config) -> ConsumerBuilder {
+        ConsumerBuilder {
+            config,
+            pool: None,
+            replicas: None,
+            topics: Vec::new(),
+            import_topics: HashSet::new(),
+            filters: Vec::new(),
+            subscribers: Vec::new(),
+            unknown_model: UnknownModel::Skip,
+            processing_mutex: false,
+            kafka_properties: Vec::new(),
+            after_commit: None,
+            handlers: true,
+            local_changes: None,
+            serve: None,
+            health_file: None,
+        }
+    }
+
+    /// The consumer group (`KafkaConfig::group_id`, CFG-2).
+    pub fn group(&self) -> &str {
+        &self.inner.group
+    }
+
+    /// The topics it reads.
+    pub fn topics(&self) -> &[String] {
+        &self.inner.topics
+    }
+
+    /// Its liveness.
+    pub fn health(&self) -> Health {
+        self.inner.health.clone()
+    }
+
+    /// Applies a batch of one partition's messages (ascending offsets) in one transaction,
+    /// storing the partition's next offset with it, and then notifies subscribers and
+    /// handlers. Dead letters are returned, not sent. This is what the Kafka loop does per
+    /// batch; it is public for embedding and tests. A batch failing for a reason that is not
+    /// its messages' is tried
+    /// [`ConsumerConfig::retry_attempts`](crate::config::ConsumerConfig::retry_attempts) times,
+    /// then the error is returned (the Kafka loop then lets the partition wait).
+    pub async fn process_batch(&self, messages: &[InboundMessage]) -> Result<BatchOutcome, ConsumerError> {
+        let never = CancellationToken::new();
+        let outcome = self.apply_with_retry(messages, &mut |_| Box::pin(async { Ok(()) }), &never).await?;
+        self.notify(messages, &outcome.events).await;
+        Ok(outcome)
+    }
+
+    /// One transaction for the batch; dead letters are handed to `dead_letter` before commit.
+    async fn apply_once(
+        &self,
+        conn: &mut AsyncPgConnection,
+        messages: &[InboundMessage],
+        dead_letter: &mut DeadLetterSink<'_>,
+    ) -> Result<BatchOutcome, ConsumerError> {
+        let Some(first) = messages.first() else { return Ok(BatchOutcome::default()) };
+        let (topic, partition) = (first.topic.clone(), first.partition);
+        let last_offset = messages.last().map_or(first.offset, |m| m.offset);
+        let db = |step: &'static str| {
+            let (group, topic) = (self.inner.group.clone(), topic.clone());
+            move |source| ConsumerError::Database {
+                step,
+                group,
+                topic,
+                partition,
+                first_offset: first.offset,
+                last_offset,
+                source,
+            }
+        };
+        // Begun and ended through diesel's transaction manager (not a bare `BEGIN`), so a
+        // worker stopped mid-batch leaves a connection the pool discards rather than one
+        // that still holds the batch's transaction and locks.
+        Transactions::begin_transaction(conn).await.map_err(db("beginning the batch transaction"))?;
+        let result = async {
+            let stored = sql::lock_offset(conn, &self.inner.group, &topic, partition)
+                .await
+                .map_err(db("locking the partition's offset"))?;
+            let skip = messages.iter().take_while(|m| stored.is_some_and(|stored| m.offset < stored)).count();
+            let fresh: std::borrow::Cow<'_, [InboundMessage]> =
+                if messages[skip..].iter().all(|m| stored.is_none_or(|stored| m.offset >= stored)) {
+                    std::borrow::Cow::Borrowed(&messages[skip..])
+                } else {
+                    messages.iter().filter(|m| stored.is_none_or(|stored| m.offset >= stored)).cloned().collect()
+                };
+            let already_applied = messages.len() - fresh.len();
+            if let (Some(stored), Some(first)) = (stored, fresh.first()) {
+                if first.offset > stored {
+                    tracing::warn!(%topic, partition, stored, first = first.offset, "offsets missing between the stored offset and the batch (retention?)");
+                }
+            }
+            let Some(last) = fresh.last() else {
+                return Ok(BatchOutcome { already_applied, next_offset: stored, ..BatchOutcome::default() });
+            };
+            let next_offset = last.offset + 1;
+            let mut prepared: PreparedBatch = self.inner.rules.prepare(&fresh);
+            for dead in &prepared.dead_letters {
+                tracing::warn!(%topic, partition, offset = dead.message.offset, reason = dead.reason, error = %dead.error, "message sent to the dead-letter topic");
+                dead_letter(dead).await?;
+            }
+            sql::advisory_locks(conn, prepared.locks.clone()).await.map_err(db("taking processing locks"))?;
+            let events = batch::apply(conn, &mut prepared, Utc::now()).await.map_err(db("writing replica rows"))?;
+            self.run_in_transaction(conn, &fresh, &events, &prepared.dead_letters).await?;
+            sql::store_offset(conn, &self.inner.group, &topic, partition, next_offset)
+                .await
+                .map_err(db("storing the offset"))?;
+            Ok(BatchOutcome {
+                events,
+                dead_letters: prepared.dead_letters,
+                already_applied,
+                next_offset: Some(next_offset),
+            })
+        }
+        .await;
+        match result {
+            Ok(outcome) => {
+                Transactions::commit_transaction(conn).await.map_err(db("committing the batch"))?;
+                Ok(outcome)
+            }
+            Err(error) => {
+                if let Err(rollback) = Transactions::rollback_transaction(conn).await {
+                    tracing::warn!(error = %rollback, "rollback failed");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// [`Consumer::apply_once`] with retries. A batch failing for a [`Verdict::Transient`]
+    /// reason (or without a connection) is retried whole, with backoff, up to
+    /// `retry_attempts` times; then the error is returned and the caller lets the partition
+    /// wait. A batch the database rejects, or fails with an [`Verdict::Undetermined`] error,
+    /// is split so that only the offending message is dead-lettered (`database_rejected`).
+    /// Every wait ends early with [`ConsumerError::Stopped`] when `shutdown` is cancelled.
+    pub(super) async fn apply_with_retry(
+        &self,
+        messages: &[InboundMessage],
+        dead_letter: &mut DeadLetterSink<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<BatchOutcome, ConsumerError> {
+        let attempts = self.inner.config.consumer.retry_attempts.max(1);
+        let mut attempt: u32 = 0;
+        let mut undetermined: u32 = 0;
+        loop {
+            let result = match crate::db::checkout(&self.inner.pool).await {
+                Ok(mut conn) => self.apply_once(&mut conn, messages, dead_letter).await,
+                Err(error) => Err(ConsumerError::Pool(error)),
+            };
+            let error = match result {
+                Ok(outcome) => return Ok(outcome),
+                Err(error) => error,
+            };
+            let transient = match &error {
+                ConsumerError::Pool(_) => true,
+                ConsumerError::Database { source, .. } => match verdict(source) {
+                    Verdict::Transient => true,
+                    Verdict::Rejected if messages.len() == 1 => {
+                        return self
+                            .reject(&messages[0], dead_letter, "database_rejected", Report(source).to_string())
+                            .await;
+                    }
+                    Verdict::Undetermined if messages.len() == 1 => {
+                        undetermined += 1;
+                        if !self.database_answers().await {
+                            true
+                        } else if undetermined >= REJECTION_CONFIRMATIONS {
+                            return self
+                                .reject(&messages[0], dead_letter, "database_rejected", Report(source).to_string())
+                                .await;
+                        } else {
+                            tracing::warn!(error = %Report(&error), undetermined, "message failed alone; trying it again before dead-lettering it");
+                            false
+                        }
+                    }
+                    Verdict::Rejected | Verdict::Undetermined => {
+                        tracing::warn!(error = %Report(&error), "batch rejected by the database; applying its messages one by one");
+                        return self.apply_one_by_one(messages, dead_letter, shutdown).await;
+                    }
+                },
+                // A handler's own database trouble is the consumer's, not the message's.
+                ConsumerError::Handler { source, .. }
+                    if handler::transient_cause(source, |error| verdict(error) == Verdict::Transient) =>
+                {
+                    true
+                }
+                ConsumerError::Handler { source, .. } if messages.len() == 1 => {
+                    return self.reject(&messages[0], dead_letter, source.reason(), Report(source).to_string()).await;
+                }
+                ConsumerError::Handler { handler, .. } => {
+                    tracing::warn!(error = %Report(&error), handler, "a handler failed inside the batch's transaction; applying its messages one by one");
+                    return self.apply_one_by_one(messages, dead_letter, shutdown).await;
+                }
+                _ => return Err(error),
+            };
+            let delay = if transient {
+                attempt = attempt.saturating_add(1);
+                if attempt >= attempts {
+                    return Err(error);
+                }
+                let delay = backoff(attempt);
+                tracing::warn!(error = %Report(&error), attempt, ?delay, "batch failed for a reason that is not its messages'; retrying it");
+                delay
+            } else {
+                backoff(undetermined)
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return Err(ConsumerError::Stopped),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Whether the database runs a trivial statement: tells a message the database rejects
+    /// from a database that rejects everything.
+    async fn database_answers(&self) -> bool {
+        match crate::db::checkout(&self.inner.pool).await {
+            Ok(mut conn) => conn.batch_execute("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Dead-letters `message`, which failed alone (rejected by the database, or by an
+    /// `in_transaction` handler), and stores the offset past it.
+    async fn reject(
+        &self,
+        message: &InboundMessage,
+        dead_letter: &mut DeadLetterSink<'_>,
+        reason: &'static str,
+        error: String,
+    ) -> Result<BatchOutcome, ConsumerError> {
+        let dead = DeadLetter { message: message.clone(), reason, error };
+        tracing::warn!(topic = %message.topic, partition = message.partition, offset = message.offset, reason, error = %dead.error, "message rejected alone; sent to the dead-letter topic");
+        dead_letter(&dead).await?;
+        let mut conn = crate::db::checkout(&self.inner.pool).await?;
+        let group = &self.inner.group;
+        let stored = async {
+            Transactions::begin_transaction(&mut *conn).await?;
+            let stored = sql::lock_offset(&mut conn, group, &message.topic, message.partition).await?;
+            if stored.is_none_or(|stored| message.offset >= stored) {
+                sql::store_offset(&mut conn, group, &message.topic, message.partition, message.offset + 1).await?;
+            }
+            Transactions::commit_transaction(&mut *conn).await?;
+            Ok::<_, diesel::result::Error>(stored)
+        }
+        .await
+        .map_err(|source| ConsumerError::Database {
+            step: "storing the offset past a rejected message",
+            group: group.clone(),
+            topic: message.topic.clone(),
+            partition: message.partition,
+            first_offset: message.offset,
+            last_offset: message.offset,
+            source,
+        })?;
+        Ok(BatchOutcome {
+            next_offset: Some(stored.map_or(message.offset + 1, |stored| stored.max(message.offset + 1))),
+            dead_letters: vec![dead],
+            ..BatchOutcome::default()
+        })
+    }
+
+    async fn apply_one_by_one(
+        &self,
+        messages: &[InboundMessage],
+        dead_letter: &mut DeadLetterSink<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<BatchOutcome, ConsumerError> {
+        let mut total = BatchOutcome::default();
+        for message in messages {
+            let outcome = Box::pin(self.apply_with_retry(std::slice::from_ref(message), dead_letter, shutdown)).await?;
+            total.events.extend(outcome.events);
+            total.dead_letters.extend(outcome.dead_letters);
+            total.already_applied += outcome.already_applied;
+            total.next_offset = outcome.next_offset.or(total.next_offset);
+        }
+        Ok(total)
+    }
+
+    /// Runs the `in_transaction` handlers of a batch's events on the batch's connection,
+    /// inside its transaction; the first failure fails the batch. Events of messages set
+    /// aside for the dead-letter topic are not handled.
+    async fn run_in_transaction(
+        &self,
+        conn: &mut AsyncPgConnection,
+        messages: &[InboundMessage],
+        events: &[ConsumedEvent],
+        dead_letters: &[DeadLetter],
+    ) -> Result<(), ConsumerError> {
+        if self.inner.in_transaction.is_empty() {
+            return Ok(());
+        }
+        for event in events {
+            if dead_letters.iter().any(|dead| dead.message.offset == event.offset) {
+                continue;
+            }
+            for declaration in self.inner.in_transaction.iter().filter(|h| h.matches(&event.topic, &event.event_name)) {
+                let Some(message) = message_of(messages, event) else { continue };
+                let mut ctx = Context::new(event, message, conn, true);
+                (declaration.handler)(&mut ctx).await.map_err(|source| ConsumerError::Handler {
+                    handler: declaration.declared_by,
+                    topic: event.topic.clone(),
+                    partition: event.partition,
+                    offset: event.offset,
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Event bus then after-commit handlers, after a commit (C-19). A handler's failure
+    /// (including a record that does not deserialize into its input) is logged and counted
+    /// in `dionysus_consumer_handler_errors_total`; the batch is committed already.
+    pub(super) async fn notify(&self, messages: &[InboundMessage], events: &[ConsumedEvent]) {
+        for subscriber in &self.inner.subscribers {
+            subscriber(Notification::Batch(events));
+        }
+        for event in events {
+            for subscriber in &self.inner.subscribers {
+                subscriber(Notification::Event(event));
+            }
+        }
+        if self.inner.after_commit_handlers.is_empty() {
+            return;
+        }
+        // One pooled connection for the batch's handlers, checked out when first needed.
+        let mut conn: Option<crate::db::PooledConnection> = None;
+        for event in events {
+            for declaration in
+                self.inner.after_commit_handlers.iter().filter(|h| h.matches(&event.topic, &event.event_name))
+            {
+                let Some(message) = message_of(messages, event) else { continue };
+                let conn = match &mut conn {
+                    Some(conn) => conn,
+                    None => match crate::db::checkout(&self.inner.pool).await {
+                        Ok(checked_out) => conn.insert(checked_out),
+                        Err(error) => {
+                            metrics::counter!("dionysus_consumer_handler_errors_total", "handler" => declaration.declared_by, "reason" => "no_connection").increment(1);
+                            tracing::error!(handler = declaration.declared_by, topic = %event.topic, partition = event.partition, offset = event.offset, error = %Report(&error), "consume handlers of a committed batch not run: no database connection");
+                            return;
+                        }
+                    },
+                };
+                let mut ctx = Context::new(event, message, conn, false);
+                if let Err(error) = (declaration.handler)(&mut ctx).await {
+                    metrics::counter!("dionysus_consumer_handler_errors_total", "handler" => declaration.declared_by, "reason" => error.reason()).increment(1);
+                    tracing::error!(handler = declaration.declared_by, topic = %event.topic, partition = event.partition, offset = event.offset, event = %event.event_name, error = %Report(&error), "consume handler failed");
+                }
+            }
+        }
+    }
+}
+
+/// The message an event came from (a batch's messages are in ascending offsets).
+fn message_of<'m>(messages: &'m [InboundMessage], event: &ConsumedEvent) -> Option<&'m InboundMessage> {
+    match messages.binary_search_by_key(&event.offset, |message| message.offset) {
+        Ok(index) => messages.get(index),
+        Err(_) => messages.iter().find(|message| message.offset == event.offset),
+    }
+}
+
+/// `100 ms × 2^attempt`, capped at 30 s.
+pub(super) fn backoff(attempt: u32) -> Duration {
+    let millis = 100u64.saturating_mul(1u64 << attempt.min(9));
+    Duration::from_millis(millis.min(30_000))
+}
+
+/// Applies the framework migrations' consumer table check: the offsets table must exist.
+pub async fn check_offsets_table(database_url: &str) -> Result<(), ConsumerError> {
+    let mut conn = AsyncPgConnection::establish(database_url).await.map_err(|source| {
+        ConsumerError::Pool(DbError::Connect {
+            url: crate::config::redact(database_url),
+            source: crate::db::redact_connection_error(source),
+        })
+    })?;
+    conn.batch_execute("SELECT 1 FROM dionysus_consumer_offsets LIMIT 0").await.map_err(ConsumerError::OffsetsTable)
+}
+
+impl Dionysus {
+    /// A consumer builder over this handle's configuration.
+    pub fn consumer(&self) -> ConsumerBuilder {
+        Consumer::builder(self.config().clone())
+    }
+}
+
+/// What a dead-letter send returns.
+pub(super) type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ConsumerError>> + Send + 'a>>;
+
+/// Where a batch's dead letters go once its outcome is final: the runtime's producer, or
+/// nowhere for [`Consumer::process_batch`].
+pub(crate) type DeadLetterSink<'a> = dyn FnMut(&DeadLetter) -> SinkFuture<'a> + Send + 'a;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(3), Duration::from_millis(800));
+        assert_eq!(backoff(40), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn health_reports_liveness() {
+        let health = Health::new();
+        assert!(!health.is_alive(Duration::from_secs(1)));
+        health.beat();
+        assert!(health.is_alive(Duration::from_secs(1)));
+    }
+}
