@@ -168,6 +168,7 @@ pub struct BatchOutcome {
 }
 
 /// Builds a [`Consumer`].
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct ConsumerBuilder {
     config: Config,
     pool: Option<Pool>,
