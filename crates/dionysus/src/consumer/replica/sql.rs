@@ -18,8 +18,9 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{Map, Value};
 
+use super::column_type::ColumnKind;
+use super::descriptor::{Column, ReplicaDescriptor};
 use super::plan::canonical_time;
-use super::{Column, ColumnKind, ReplicaDescriptor};
 
 /// `"name"`, with embedded quotes doubled; a dotted name quotes each part (`"app"."rentals"`).
 pub fn quote_ident(name: &str) -> String {
