@@ -46,6 +46,9 @@ diesel::table! {
     }
 }
 
+#[dionysus::topic(name = "bench_hostile")]
+pub struct BenchHostile;
+
 #[allow(dead_code)]
 #[derive(dionysus::Consume)]
 #[diesel(table_name = hostile_rentals)]

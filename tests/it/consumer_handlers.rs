@@ -80,6 +80,9 @@ struct RentalIn {
 type Sighting = (String, i32, i64, Option<String>, i64, Option<String>);
 static TYPED: Mutex<Vec<Sighting>> = Mutex::new(Vec::new());
 
+#[dionysus::topic(name = "v8_handled")]
+pub struct Handled;
+
 #[dionysus::consume(topic = "v8_handled", event = "rental_typed_updated")]
 async fn typed(ctx: &mut dionysus::Context<'_>, rental: RentalIn) -> Result<(), std::io::Error> {
     let key = ctx.key().map(|key| String::from_utf8_lossy(key).into_owned());
@@ -276,6 +279,9 @@ async fn after_commit_handler_failure_leaves_the_batch_alone() {
 /// A topic of its own for the test through the broker; it outlives test runs, so that test
 /// uses ids unique to its run.
 const BROKER_TOPIC: &str = "v8_handled_through_broker";
+
+#[dionysus::topic(name = "v8_handled_through_broker")]
+pub struct HandledThroughTheBroker;
 
 #[dionysus::consume(topic = "v8_handled_through_broker", event = "rental_updated", in_transaction)]
 async fn audited_through_the_broker(ctx: &mut dionysus::Context<'_>, rental: RentalIn) -> dionysus::Result<()> {

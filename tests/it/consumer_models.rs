@@ -64,6 +64,10 @@ diesel::table! {
     }
 }
 
+/// The vectors' topic (a consumer checks that the topics it reads are declared).
+#[dionysus::topic(name = "v8_rentals")]
+pub struct VectorRentals;
+
 #[allow(dead_code)]
 #[derive(dionysus::Consume)]
 #[diesel(table_name = rentals)]

@@ -22,6 +22,15 @@ diesel::table! {
     }
 }
 
+#[dionysus::topic(name = "names_guests")]
+pub struct Guests;
+#[dionysus::topic(name = "names_units")]
+pub struct Units;
+#[dionysus::topic(name = "names_rooms")]
+pub struct Rooms;
+#[dionysus::topic(name = "names_orders")]
+pub struct Orders;
+
 /// No `synced_updated_at`: the guard compares with `synced_created_at` (C-10).
 #[allow(dead_code)]
 #[derive(dionysus::Consume)]

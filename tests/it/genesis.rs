@@ -72,6 +72,9 @@ diesel::table! {
     }
 }
 
+#[dionysus::topic(name = "it_genesis_items")]
+pub struct GenesisItems;
+
 /// The consumer's side of `GenesisItem`.
 #[allow(dead_code)]
 #[derive(dionysus::Consume)]

@@ -20,12 +20,13 @@ type Transactions = <AsyncPgConnection as AsyncConnection>::TransactionManager;
 use super::batch::{DeadLetter, InboundMessage, PreparedBatch, Rules, UnknownModel};
 use super::events::{ConsumedEvent, MessageFilter, Notification};
 use super::handler::{handlers, Context, HandlerDeclaration, HandlerError};
-use super::{batch, handler, progress, replica};
+use super::{batch, declarations, handler, progress, replica};
 
 use crate::config::Config;
 use crate::consumer::replica::{sql, Replicas};
 use crate::db::{DbError, Pool};
 use crate::handle::Dionysus;
+use crate::registry::Registry;
 use crate::telemetry::Report;
 
 /// A consumer failed.
@@ -88,6 +89,42 @@ pub enum ConsumerError {
     /// The consumer was built without topics to read.
     #[error("no topics to consume: declare a replica model with #[derive(Consume)] or add topics to the builder")]
     NoTopics,
+    /// The declarations of the topics the consumer reads have problems (a topic declared
+    /// twice, a replica or handler naming a topic no `#[dionysus::topic]` declares).
+    #[error(transparent)]
+    Declarations(#[from] crate::registry::RegistryError),
+    /// A replica table does not fit its model (found at start-up): each problem says its fix.
+    #[error(transparent)]
+    Setup(#[from] replica::SetupError),
+    /// A batch failed, and a replica table it writes does not fit its model: the setup's
+    /// fault, not the messages'. Nothing was dead-lettered or committed; the partition waits
+    /// and retries until the table is fixed.
+    #[error(
+        "{step} failed (group {group}, {topic}/{partition}, offsets {first_offset}..={last_offset}: {failure}); \
+         the partition waits until the replica tables are fixed"
+    )]
+    SetupFault {
+        /// What was being done.
+        step: &'static str,
+        /// The consumer group.
+        group: String,
+        /// The batch's topic.
+        topic: String,
+        /// The batch's partition.
+        partition: i32,
+        /// The batch's first offset.
+        first_offset: i64,
+        /// The batch's last offset.
+        last_offset: i64,
+        /// The database's error on the batch.
+        failure: Box<diesel::result::Error>,
+        /// What is wrong with the tables.
+        #[source]
+        source: replica::SetupError,
+    },
+    /// The replica tables could not be checked against their models.
+    #[error("checking the replica tables against their models")]
+    TableCheck(#[source] diesel::result::Error),
     /// A replica model cannot work with the configured attribute names (C-11).
     #[error(transparent)]
     Replica(#[from] replica::names::ReplicaError),
@@ -185,6 +222,7 @@ pub struct ConsumerBuilder {
     local_changes: Option<bool>,
     serve: Option<std::net::SocketAddr>,
     health_file: Option<std::path::PathBuf>,
+    registry: Option<Arc<Registry>>,
 }
 
 impl ConsumerBuilder {
@@ -291,13 +329,24 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Checks these declarations instead of the binary's ([`Registry::global`]) when the
+    /// consumer is built (see [`ConsumerBuilder::build`]).
+    pub fn registry(mut self, registry: impl Into<Arc<Registry>>) -> Self {
+        self.registry = Some(registry.into());
+        self
+    }
+
     #[doc(hidden)]
     pub fn after_db_commit(mut self, hook: impl Fn(&str, i32, i64) -> AfterCommit + Send + Sync + 'static) -> Self {
         self.after_commit = Some(Arc::new(hook));
         self
     }
 
-    /// The consumer.
+    /// The consumer, once its declarations are checked: a problem of the registry that
+    /// concerns a topic it reads fails the build ([`ConsumerError::Declarations`]); a handler
+    /// waiting for an event that no model declared on its topic emits is logged as a warning
+    /// (another service may send it). Its replica tables are checked when it runs
+    /// ([`Consumer::check_tables`]).
     pub fn build(self) -> Result<Consumer, ConsumerError> {
         let pool = match self.pool {
             Some(pool) => pool,
@@ -313,6 +362,13 @@ impl ConsumerBuilder {
             }
         }
         let replicas = declared.configured(&self.config.consumer, &topics)?;
+        let registry: &Registry = self.registry.as_deref().unwrap_or_else(|| Registry::global());
+        declarations::registry_problems(registry, &topics)?;
+        let consumed_handlers = handlers().filter(|handler| self.handlers && topics.iter().any(|t| t == handler.topic));
+        let declared_replicas: Vec<_> = declared.iter().collect();
+        for warning in declarations::handler_warnings(registry, &declared_replicas, consumed_handlers) {
+            tracing::warn!(handler = warning.handler, topic = warning.topic, event = warning.event, "{warning}");
+        }
         let rules = Rules {
             replicas,
             import_topics: self.import_topics,
@@ -421,6 +477,38 @@ fn verdict(error: &diesel::result::Error) -> Verdict {
 /// answering otherwise, before it is dead-lettered as `database_rejected`.
 const REJECTION_CONFIRMATIONS: u32 = 3;
 
+/// The step of a batch that writes its messages' records.
+const WRITING_ROWS: &str = "writing replica rows";
+/// The step that commits a batch (deferred constraints are checked there).
+const COMMITTING: &str = "committing the batch";
+
+/// Whether a database error in `step` may be a message's fault: only writing the records and
+/// committing them depend on what the messages say. The other steps (the transaction, the
+/// partition's offset row, the processing locks) are the consumer's own statements, whose
+/// failures are never dead-lettered.
+fn messages_may_be_at_fault(step: &str) -> bool {
+    step == WRITING_ROWS || step == COMMITTING
+}
+
+/// `error`, a failed batch, as the fault of the tables described by `unfit`.
+fn setup_fault(error: ConsumerError, unfit: replica::SetupError) -> ConsumerError {
+    match error {
+        ConsumerError::Database { step, group, topic, partition, first_offset, last_offset, source } => {
+            ConsumerError::SetupFault {
+                step,
+                group,
+                topic,
+                partition,
+                first_offset,
+                last_offset,
+                failure: Box::new(source),
+                source: unfit,
+            }
+        }
+        other => other,
+    }
+}
+
 impl Consumer {
     /// How long a running consumer may go without polling the broker before `/health` and
     /// the liveness file call it unhealthy (it polls at least twice a second when idle).
@@ -444,6 +532,7 @@ impl Consumer {
             local_changes: None,
             serve: None,
             health_file: None,
+            registry: None,
         }
     }
 
@@ -529,7 +618,7 @@ impl Consumer {
                 dead_letter(dead).await?;
             }
             sql::advisory_locks(conn, prepared.locks.clone()).await.map_err(db("taking processing locks"))?;
-            let events = batch::apply(conn, &mut prepared, Utc::now()).await.map_err(db("writing replica rows"))?;
+            let events = batch::apply(conn, &mut prepared, Utc::now()).await.map_err(db(WRITING_ROWS))?;
             self.run_in_transaction(conn, &fresh, &events, &prepared.dead_letters).await?;
             sql::store_offset(conn, &self.inner.group, &topic, partition, next_offset)
                 .await
@@ -544,7 +633,7 @@ impl Consumer {
         .await;
         match result {
             Ok(outcome) => {
-                Transactions::commit_transaction(conn).await.map_err(db("committing the batch"))?;
+                Transactions::commit_transaction(conn).await.map_err(db(COMMITTING))?;
                 Ok(outcome)
             }
             Err(error) => {
@@ -582,30 +671,38 @@ impl Consumer {
             };
             let transient = match &error {
                 ConsumerError::Pool(_) => true,
-                ConsumerError::Database { source, .. } => match verdict(source) {
-                    Verdict::Transient => true,
-                    Verdict::Rejected if messages.len() == 1 => {
-                        return self
-                            .reject(&messages[0], dead_letter, "database_rejected", Report(source).to_string())
-                            .await;
-                    }
-                    Verdict::Undetermined if messages.len() == 1 => {
-                        undetermined += 1;
-                        if !self.database_answers().await {
-                            true
-                        } else if undetermined >= REJECTION_CONFIRMATIONS {
+                ConsumerError::Database { source, .. } if verdict(source) == Verdict::Transient => true,
+                // The consumer's own statements: the partition waits (see `messages_may_be_at_fault`).
+                ConsumerError::Database { step, .. } if !messages_may_be_at_fault(step) => return Err(error),
+                ConsumerError::Database { source, .. } => match self.unfit_tables(messages).await {
+                    // The catalog cannot be read: the database is not answering.
+                    Err(_) => true,
+                    Ok(Some(unfit)) => return Err(setup_fault(error, unfit)),
+                    Ok(None) => match verdict(source) {
+                        Verdict::Transient => true,
+                        Verdict::Rejected if messages.len() == 1 => {
                             return self
                                 .reject(&messages[0], dead_letter, "database_rejected", Report(source).to_string())
                                 .await;
-                        } else {
-                            tracing::warn!(error = %Report(&error), undetermined, "message failed alone; trying it again before dead-lettering it");
-                            false
                         }
-                    }
-                    Verdict::Rejected | Verdict::Undetermined => {
-                        tracing::warn!(error = %Report(&error), "batch rejected by the database; applying its messages one by one");
-                        return self.apply_one_by_one(messages, dead_letter, shutdown).await;
-                    }
+                        Verdict::Undetermined if messages.len() == 1 => {
+                            undetermined += 1;
+                            if !self.database_answers().await {
+                                true
+                            } else if undetermined >= REJECTION_CONFIRMATIONS {
+                                return self
+                                    .reject(&messages[0], dead_letter, "database_rejected", Report(source).to_string())
+                                    .await;
+                            } else {
+                                tracing::warn!(error = %Report(&error), undetermined, "message failed alone; trying it again before dead-lettering it");
+                                false
+                            }
+                        }
+                        Verdict::Rejected | Verdict::Undetermined => {
+                            tracing::warn!(error = %Report(&error), "batch rejected by the database; applying its messages one by one");
+                            return self.apply_one_by_one(messages, dead_letter, shutdown).await;
+                        }
+                    },
                 },
                 // A handler's own database trouble is the consumer's, not the message's.
                 ConsumerError::Handler { source, .. }
@@ -637,6 +734,51 @@ impl Consumer {
                 () = shutdown.cancelled() => return Err(ConsumerError::Stopped),
                 () = tokio::time::sleep(delay) => {}
             }
+        }
+    }
+
+    /// What is wrong with the tables `messages` write, checked against the catalog
+    /// ([`Consumer::check_tables`]'s check, for these tables only): `None` when they fit
+    /// their models. An error means the catalog could not be read.
+    async fn unfit_tables(&self, messages: &[InboundMessage]) -> Result<Option<replica::SetupError>, ConsumerError> {
+        let replicas = self.inner.rules.prepare(messages).replicas();
+        if replicas.is_empty() {
+            return Ok(None);
+        }
+        let mut conn = crate::db::checkout(&self.inner.pool).await?;
+        let problems = replica::check_tables(&mut conn, &replicas).await.map_err(ConsumerError::TableCheck)?;
+        Ok((!problems.is_empty()).then_some(replica::SetupError { problems }))
+    }
+
+    /// Checks the replica tables of the topics this consumer reads (and of their genesis
+    /// replicas) against their models: each table exists, has every column the model writes
+    /// with a type that holds its values, a unique index on the synced id, no required
+    /// column the model leaves out, and the privileges the consumer needs.
+    /// [`Consumer::run`] does it first; a batch that fails has its own tables checked again
+    /// before any of its messages is dead-lettered, and waits while they do not fit.
+    ///
+    /// [`ConsumerError::Setup`] lists every problem with its fix (SQL to run).
+    pub async fn check_tables(&self) -> Result<(), ConsumerError> {
+        let topics = &self.inner.topics;
+        let replicas: Vec<&'static replica::ReplicaDescriptor> = self
+            .inner
+            .rules
+            .replicas
+            .iter()
+            .filter(|replica| {
+                let genesis = crate::registry::genesis_topic_name(replica.topic);
+                topics.iter().any(|topic| *topic == replica.topic || *topic == genesis)
+            })
+            .collect();
+        if replicas.is_empty() {
+            return Ok(());
+        }
+        let mut conn = crate::db::checkout(&self.inner.pool).await?;
+        let problems = replica::check_tables(&mut conn, &replicas).await.map_err(ConsumerError::TableCheck)?;
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConsumerError::Setup(replica::SetupError { problems }))
         }
     }
 
@@ -807,9 +949,9 @@ pub async fn check_offsets_table(database_url: &str) -> Result<(), ConsumerError
 }
 
 impl Dionysus {
-    /// A consumer builder over this handle's configuration.
+    /// A consumer builder over this handle's configuration and declarations.
     pub fn consumer(&self) -> ConsumerBuilder {
-        Consumer::builder(self.config().clone())
+        Consumer::builder(self.config().clone()).registry(self.registry_arc())
     }
 }
 

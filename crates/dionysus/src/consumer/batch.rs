@@ -136,6 +136,37 @@ enum Work {
     Report(ConsumedEvent),
 }
 
+impl PreparedBatch {
+    /// The replicas whose tables the batch writes (its records', their sideloads' and the
+    /// children its links resolve), each once.
+    pub(crate) fn replicas(&self) -> Vec<&'static ReplicaDescriptor> {
+        let mut found: Vec<&'static ReplicaDescriptor> = Vec::new();
+        let mut add = |replica: &'static ReplicaDescriptor| {
+            if !found.iter().any(|known| std::ptr::eq(*known, replica)) {
+                found.push(replica);
+            }
+        };
+        let mut pending: Vec<&Node> = self
+            .work
+            .iter()
+            .filter_map(|work| match work {
+                Work::Apply(event) => Some(event.nodes.iter()),
+                Work::Report(_) => None,
+            })
+            .flatten()
+            .collect();
+        while let Some(node) = pending.pop() {
+            add(node.replica);
+            for (replica, children) in &node.has_many {
+                add(replica);
+                pending.extend(children);
+            }
+            pending.extend(&node.has_one);
+        }
+        found
+    }
+}
+
 /// `Dionysus-<key>`, the processing-mutex name of a message (C-3); a missing key gets a
 /// random UUID, which (as in dionysus-rb) excludes nothing. A key PostgreSQL text cannot
 /// carry (a NUL byte, invalid UTF-8) is named by its digest, `Dionysus-sha256:<hex>`, so any
@@ -900,6 +931,49 @@ mod tests {
     #[test]
     fn sha256_is_the_standard_digest() {
         assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    static ID_ONLY: [crate::consumer::replica::Column; 1] =
+        [crate::consumer::replica::Column::named("synced_id", ColumnKind::Integer, false)];
+
+    const fn replica(model: &'static str, table: &'static str) -> ReplicaDescriptor {
+        ReplicaDescriptor { model, table, columns: &ID_ONLY, ..ReplicaDescriptor::INVALID }
+    }
+
+    static RENTALS: ReplicaDescriptor = replica("Rental", "rentals");
+    static BOOKINGS: ReplicaDescriptor = replica("Booking", "bookings");
+    static TAXES: ReplicaDescriptor = replica("Tax", "taxes");
+
+    #[test]
+    fn a_prepared_batch_names_the_tables_it_writes_once_each() {
+        let rules = Rules {
+            replicas: Replicas::new([&RENTALS, &BOOKINGS, &TAXES]),
+            import_topics: HashSet::new(),
+            filters: Vec::new(),
+            remove_duplicates: false,
+            max_message_bytes: 1 << 20,
+            max_records: 100,
+            unknown_model: UnknownModel::Skip,
+            processing_mutex: false,
+            max_future_skew: std::time::Duration::from_secs(60),
+            track_changes: false,
+            column_types: ColumnTypes::default(),
+        };
+        let message = |offset: i64, model: &str| InboundMessage {
+            topic: "t".to_owned(),
+            partition: 0,
+            offset,
+            key: None,
+            payload: Some(
+                json!({"message": [{"event": "x_updated", "model_name": model, "data": [{"id": offset}]}]})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        };
+        let messages = [message(1, "Booking"), message(2, "Rental"), message(3, "Ghost"), message(4, "Booking")];
+        let tables: Vec<&str> = rules.prepare(&messages).replicas().iter().map(|replica| replica.table).collect();
+        assert_eq!(tables.len(), 2, "{tables:?}");
+        assert!(tables.contains(&"rentals") && tables.contains(&"bookings"), "{tables:?}");
     }
 
     #[test]

@@ -24,8 +24,20 @@
 //!   driver derives from the SQLSTATE: integrity violations 23xxx are the data's, 40001 and
 //!   25006 and broken connections are transient), never by its text. For a SQLSTATE the
 //!   driver does not expose (data exceptions 22xxx as well as deadlocks 40P01, lock and
-//!   resource errors 55P03, 53xxx, 57Pxx), the message is held at fault only when it fails
-//!   alone, three times, while the database answers otherwise.
+//!   resource errors 55P03, 53xxx, 57Pxx, and a missing column, table or privilege), the
+//!   message is held at fault only when it fails alone, three times, while the database
+//!   answers otherwise.
+//! * Before a failed batch is split or any of its messages blamed, the tables it writes are
+//!   checked against their models in the catalog (`replica::setup`: columns and types, the
+//!   unique index on the synced id, required columns, privileges). A table that does not fit
+//!   is the setup's fault: nothing is dead-lettered or committed, the partition waits and
+//!   retries, `/health` names it with the fix, and it moves again by itself once the table
+//!   is fixed. The consumer's own statements (its offset row, its processing locks) are
+//!   never a message's fault either. [`Consumer::run`] starts by checking the tables of the
+//!   topics it reads, and fails with the fixes when they do not fit.
+//! * [`ConsumerBuilder::build`] checks the declarations of the topics it reads (each
+//!   declared once, by a `#[dionysus::topic]`) and warns about handlers waiting for an event
+//!   that no model declared on their topic emits.
 //! * `/health` reports a partition with a fault, and one that has not committed for
 //!   [`ConsumerConfig::stall_timeout`](crate::config::ConsumerConfig::stall_timeout) while
 //!   messages of it wait.
@@ -53,6 +65,7 @@
 
 mod apply;
 mod batch;
+mod declarations;
 pub mod dedup;
 mod events;
 #[cfg(test)]
@@ -67,6 +80,7 @@ pub use apply::{
     Subscriber,
 };
 pub use batch::{lock_name, DeadLetter, InboundMessage, UnknownModel};
+pub(crate) use declarations::handler_warnings;
 pub use events::{ConsumedEvent, LocalChange, MessageFilter, Notification};
 pub use handler::{
     handlers, records_as, Context, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFn, HandlerFuture,

@@ -393,12 +393,15 @@ fn record_batch_metrics(topic: &str, partition: i32, messages: usize, outcome: &
 }
 
 impl Consumer {
-    /// Consumes until `shutdown` is cancelled; in-flight batches are finished first.
+    /// Consumes until `shutdown` is cancelled; in-flight batches are finished first. It
+    /// starts by checking the replica tables of its topics ([`Consumer::check_tables`]) and
+    /// fails at once, saying the fixes, when they do not fit their models.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         let inner = &self.inner;
         if inner.topics.is_empty() {
             return Err(ConsumerError::NoTopics);
         }
+        self.check_tables().await?;
         // Health endpoint and liveness file, until this function returns.
         let telemetry = shutdown.child_token();
         let _stop_telemetry = telemetry.clone().drop_guard();
