@@ -149,11 +149,11 @@ fn good(n: usize) -> Vec<u8> {
 }
 
 /// A producer for messages up to 20 MB.
-fn big_producer(kafka: &dionysus::config::KafkaConfig) -> FutureProducer {
+pub(crate) fn big_producer(kafka: &dionysus::config::KafkaConfig) -> FutureProducer {
     dionysus::kafka::producer_config(kafka).set("message.max.bytes", "20000000").create().unwrap()
 }
 
-async fn send(producer: &FutureProducer, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
+pub(crate) async fn send(producer: &FutureProducer, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
     let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).partition(0);
     if let Some(key) = key {
         record = record.key(key);
@@ -183,7 +183,7 @@ fn builder(config: dionysus::Config, db: &TestDb, topic: &str) -> dionysus::cons
         .kafka_property("heartbeat.interval.ms", "500")
 }
 
-async fn stored(conn: &mut diesel_async::AsyncPgConnection, topic: &str) -> i64 {
+pub(crate) async fn stored(conn: &mut diesel_async::AsyncPgConnection, topic: &str) -> i64 {
     dionysus_tests::count(
         conn,
         &format!(
@@ -194,15 +194,15 @@ async fn stored(conn: &mut diesel_async::AsyncPgConnection, topic: &str) -> i64 
 }
 
 /// A dead letter as read back: reason, source offset, value, header map.
-struct Read {
-    reason: String,
-    offset: i64,
-    value: Vec<u8>,
-    headers: BTreeMap<String, String>,
+pub(crate) struct Read {
+    pub(crate) reason: String,
+    pub(crate) offset: i64,
+    pub(crate) value: Vec<u8>,
+    pub(crate) headers: BTreeMap<String, String>,
 }
 
 /// Reads the dead-letter topic for `quiet` after the last message (and at most `timeout`).
-async fn read_dead_letters(
+pub(crate) async fn read_dead_letters(
     kafka: &dionysus::config::KafkaConfig,
     topic: &str,
     expected: usize,
@@ -472,7 +472,7 @@ async fn row_exists(db: &TestDb, id: i64) -> bool {
     row(&mut conn, "rentals", id).await.is_some()
 }
 
-async fn http_get(address: std::net::SocketAddr, path: &str) -> Option<String> {
+pub(crate) async fn http_get(address: std::net::SocketAddr, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
     stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.ok()?;
