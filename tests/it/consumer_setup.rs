@@ -130,6 +130,26 @@ async fn check_reports_replica_table_problems_and_a_handler_event_typo_with_thei
     }
     let (code, out, err) = cli(&check, registry).await;
     assert_eq!(code, ExitCode::SUCCESS, "{out}{err}");
+
+    // A role that may only read the table: the fix grants what the consumer needs.
+    let role = unique_name("setup_reader");
+    conn.batch_execute(&format!(
+        "CREATE ROLE \"{role}\" LOGIN; GRANT SELECT ON setup_widgets, __diesel_schema_migrations TO \"{role}\""
+    ))
+    .await
+    .unwrap();
+    let (_, rest) = db.url.split_once("://").unwrap();
+    let as_role = format!("postgres://{role}@{}", rest.split_once('@').map_or(rest, |(_, host)| host));
+    let check_as_role = ["--database-url", as_role.as_str(), "check", "--offline"];
+    let (code, out, err) = cli(&check_as_role, registry).await;
+    assert_eq!(code, ExitCode::FAILURE, "{out}{err}");
+    assert!(err.contains(&format!("role `{role}` lacks INSERT, UPDATE, DELETE on it")), "{err}");
+    for fix in fixes_in(err) {
+        conn.batch_execute(&fix).await.unwrap();
+    }
+    let (code, out, err) = cli(&check_as_role, registry).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}{err}");
+    conn.batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\"")).await.unwrap();
 }
 
 /// A topic's `partition_key` that no model published on it has is a problem `check`
@@ -233,8 +253,9 @@ async fn a_consumer_does_not_start_on_a_replica_table_that_does_not_fit() {
     assert!(!out.contains("consuming"), "{out}");
 }
 
-/// Without the broker: a batch writing a column the table lacks fails as a setup fault —
-/// nothing dead-lettered, no offset stored — and applies once the column is added.
+/// Without the broker: a batch writing a column the table lacks, or into a table with a
+/// required column the model does not write, fails as a setup fault — nothing
+/// dead-lettered, no offset stored — and applies once the table is fixed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_on_a_table_missing_a_column_is_a_setup_fault_not_a_dead_letter() {
     let db = TestDb::migrated().await;
@@ -266,6 +287,15 @@ async fn a_batch_on_a_table_missing_a_column_is_a_setup_fault_not_a_dead_letter(
     assert_eq!(stored(&mut conn, &topic).await, -1, "no offset stored");
 
     conn.batch_execute("ALTER TABLE setup_widgets ADD COLUMN name text").await.unwrap();
+    // A required column the model does not write: every insert breaks it, whatever it says.
+    conn.batch_execute("ALTER TABLE setup_widgets ADD COLUMN owner text NOT NULL").await.unwrap();
+    let error = consumer.process_batch(&messages).await.unwrap_err();
+    let text = dionysus::error::Report(&error).to_string();
+    assert!(matches!(error, ConsumerError::SetupFault { .. }), "{text}");
+    assert!(text.contains("column `owner` is NOT NULL without a default"), "{text}");
+    assert_eq!(stored(&mut conn, &topic).await, -1, "no offset stored");
+
+    conn.batch_execute("ALTER TABLE setup_widgets ALTER COLUMN owner DROP NOT NULL").await.unwrap();
     let outcome = consumer.process_batch(&messages).await.unwrap();
     assert_eq!(outcome.dead_letters, []);
     assert_eq!(outcome.next_offset, Some(2));
