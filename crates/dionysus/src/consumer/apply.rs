@@ -557,7 +557,9 @@ impl Consumer {
     /// batch; it is public for embedding and tests. A batch failing for a reason that is not
     /// its messages' is tried
     /// [`ConsumerConfig::retry_attempts`](crate::config::ConsumerConfig::retry_attempts) times,
-    /// then the error is returned (the Kafka loop then lets the partition wait).
+    /// then the error is returned (the Kafka loop then lets the partition wait); one failing
+    /// because a table it writes does not fit its model returns
+    /// [`ConsumerError::SetupFault`] at once, with nothing dead-lettered or stored.
     pub async fn process_batch(&self, messages: &[InboundMessage]) -> Result<BatchOutcome, ConsumerError> {
         let never = CancellationToken::new();
         let outcome = self.apply_with_retry(messages, &mut |_| Box::pin(async { Ok(()) }), &never).await?;
@@ -648,9 +650,12 @@ impl Consumer {
     /// [`Consumer::apply_once`] with retries. A batch failing for a [`Verdict::Transient`]
     /// reason (or without a connection) is retried whole, with backoff, up to
     /// `retry_attempts` times; then the error is returned and the caller lets the partition
-    /// wait. A batch the database rejects, or fails with an [`Verdict::Undetermined`] error,
-    /// is split so that only the offending message is dead-lettered (`database_rejected`).
-    /// Every wait ends early with [`ConsumerError::Stopped`] when `shutdown` is cancelled.
+    /// wait, as it does at once for a failure of the consumer's own statements and for a
+    /// batch whose tables do not fit their models ([`ConsumerError::SetupFault`], checked
+    /// before any message is blamed). A batch the database rejects, or fails with an
+    /// [`Verdict::Undetermined`] error, is split so that only the offending message is
+    /// dead-lettered (`database_rejected`). Every wait ends early with
+    /// [`ConsumerError::Stopped`] when `shutdown` is cancelled.
     pub(super) async fn apply_with_retry(
         &self,
         messages: &[InboundMessage],
