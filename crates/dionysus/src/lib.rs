@@ -16,6 +16,8 @@ pub mod registry;
 #[doc(hidden)]
 pub mod schema;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wire;
 
 pub use config::Config;

@@ -53,6 +53,8 @@
 
 mod apply;
 mod batch;
+#[cfg(feature = "testing")]
+pub(crate) mod calls;
 pub mod dedup;
 mod events;
 #[cfg(test)]
