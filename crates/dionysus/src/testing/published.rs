@@ -503,10 +503,10 @@ fn contains(record: &Value, wanted: &Value) -> bool {
 #[macro_export]
 macro_rules! __dionysus_assert_published {
     ($published:expr, $model:literal, $event:expr $(, $field:ident = $value:expr)* $(,)?) => {
-        $crate::testing::Expected::model($model).event($event)$(.$field($value))*.assert_published(&$published)
+        $crate::__private::Expected::model($model).event($event)$(.$field($value))*.assert_published(&$published)
     };
     ($published:expr, $model:ty, $event:expr $(, $field:ident = $value:expr)* $(,)?) => {
-        $crate::testing::Expected::of::<$model>().event($event)$(.$field($value))*.assert_published(&$published)
+        $crate::__private::Expected::of::<$model>().event($event)$(.$field($value))*.assert_published(&$published)
     };
 }
 
@@ -525,16 +525,16 @@ macro_rules! __dionysus_assert_published {
 #[macro_export]
 macro_rules! __dionysus_assert_not_published {
     ($published:expr, $model:literal $(,)?) => {
-        $crate::testing::Expected::model($model).assert_not_published(&$published)
+        $crate::__private::Expected::model($model).assert_not_published(&$published)
     };
     ($published:expr, $model:literal, $event:expr $(, $field:ident = $value:expr)* $(,)?) => {
-        $crate::testing::Expected::model($model).event($event)$(.$field($value))*.assert_not_published(&$published)
+        $crate::__private::Expected::model($model).event($event)$(.$field($value))*.assert_not_published(&$published)
     };
     ($published:expr, $model:ty $(,)?) => {
-        $crate::testing::Expected::of::<$model>().assert_not_published(&$published)
+        $crate::__private::Expected::of::<$model>().assert_not_published(&$published)
     };
     ($published:expr, $model:ty, $event:expr $(, $field:ident = $value:expr)* $(,)?) => {
-        $crate::testing::Expected::of::<$model>().event($event)$(.$field($value))*.assert_not_published(&$published)
+        $crate::__private::Expected::of::<$model>().event($event)$(.$field($value))*.assert_not_published(&$published)
     };
 }
 
