@@ -247,13 +247,7 @@ fn consumer(db: &TestDatabase) -> Consumer {
 }
 
 async fn replica_name(conn: &mut AsyncPgConnection, id: i64) -> Option<Option<String>> {
-    kit_replicated_rentals::table
-        .find(id)
-        .select(kit_replicated_rentals::name)
-        .first(conn)
-        .await
-        .optional()
-        .unwrap()
+    kit_replicated_rentals::table.find(id).select(kit_replicated_rentals::name).first(conn).await.optional().unwrap()
 }
 
 /// An envelope goes through the consumer's batch path: the replica row is written, the
@@ -264,9 +258,12 @@ async fn consume_applies_envelopes_and_reports_what_changed() {
     let (db, mut conn) = database().await;
     let consumer = consumer(&db);
 
-    let created = consume(&consumer, [envelope("KitRental", "kit_rental_created", json!({"id": 1, "name": "Loft", "updated_at": t(1)}))])
-        .await
-        .unwrap();
+    let created = consume(
+        &consumer,
+        [envelope("KitRental", "kit_rental_created", json!({"id": 1, "name": "Loft", "updated_at": t(1)}))],
+    )
+    .await
+    .unwrap();
     assert_eq!(created.rows_written(), 1);
     let change = created.change_of("KitRental", &json!(1)).unwrap();
     assert_eq!(change.changes.get("name"), Some(&json!([null, "Loft"])));
@@ -292,13 +289,19 @@ async fn consume_applies_envelopes_and_reports_what_changed() {
     assert!(updated.handler_calls[0].handler.ends_with("kit_rental_renamed"), "{:?}", updated.handler_calls[0]);
     let failure = updated.handler_calls[1].failure.as_ref().unwrap();
     assert!(failure.report.contains("renaming to `refused` is refused"), "{}", failure.report);
-    assert_eq!(replica_name(&mut conn, 2).await, Some(Some("refused".to_owned())), "an after-commit handler fails alone");
+    assert_eq!(
+        replica_name(&mut conn, 2).await,
+        Some(Some("refused".to_owned())),
+        "an after-commit handler fails alone"
+    );
     assert_eq!(updated.rows_written(), 2);
 
-    let stale =
-        consume(&consumer, [envelope("KitRental", "kit_rental_updated", json!({"id": 1, "name": "Old", "updated_at": t(0)}))])
-            .await
-            .unwrap();
+    let stale = consume(
+        &consumer,
+        [envelope("KitRental", "kit_rental_updated", json!({"id": 1, "name": "Old", "updated_at": t(0)}))],
+    )
+    .await
+    .unwrap();
     assert_eq!(stale.rows_written(), 0);
     assert_eq!(replica_name(&mut conn, 1).await, Some(Some("Loft 2".to_owned())));
 }
@@ -509,7 +512,10 @@ async fn relay_and_consumer_run_end_to_end_on_the_embedded_cluster() {
     shutdown.cancel();
     relay_task.await.unwrap().unwrap();
     consumer_task.await.unwrap().unwrap();
-    assert_eq!(count(&mut source_conn, "SELECT count(*) AS n FROM dionysus_outbox WHERE published_at IS NULL").await, 0);
+    assert_eq!(
+        count(&mut source_conn, "SELECT count(*) AS n FROM dionysus_outbox WHERE published_at IS NULL").await,
+        0
+    );
     drop(kafka);
 }
 

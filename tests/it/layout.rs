@@ -41,7 +41,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "consumer",
             "error",
         ],
-    ),    (
+    ),
+    (
         "testing",
         &[
             "wire",

@@ -79,7 +79,9 @@ impl Options {
             match arg {
                 "--embedded" => options.embedded = true,
                 "--database-prefix" => match args.next() {
-                    Some(prefix) if !prefix.is_empty() && !prefix.contains('"') => options.database_prefix = prefix.to_owned(),
+                    Some(prefix) if !prefix.is_empty() && !prefix.contains('"') => {
+                        options.database_prefix = prefix.to_owned()
+                    }
                     _ => return Err("--database-prefix needs a name".to_owned()),
                 },
                 other => return Err(format!("unknown demo argument `{other}`")),

@@ -24,13 +24,15 @@ use dionysus_example_rentals::demo;
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        None | Some("demo" | "--embedded" | "--database-prefix") => match demo::Options::parse(&args) {
-            Ok(options) => demo::run(options).await,
-            Err(problem) => {
-                eprintln!("error: {problem}\nusage: dionysus-example-rentals [demo] [--embedded] [--database-prefix NAME]");
-                ExitCode::from(2)
+        None | Some("demo" | "--embedded" | "--database-prefix") => {
+            match demo::Options::parse(&args) {
+                Ok(options) => demo::run(options).await,
+                Err(problem) => {
+                    eprintln!("error: {problem}\nusage: dionysus-example-rentals [demo] [--embedded] [--database-prefix NAME]");
+                    ExitCode::from(2)
+                }
             }
-        },
+        }
         Some(_) => dionysus::cli::run().await,
     }
 }

@@ -29,7 +29,8 @@ async fn the_demo_runs_on_an_embedded_cluster_without_a_broker_process() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
 
-    let server = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let server =
+        std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let mut admin = setup::connect(&server).await.unwrap();
     for side in ["producer", "consumer"] {
         admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{prefix}_{side}\" WITH (FORCE)")).await.unwrap();

@@ -23,9 +23,7 @@ use super::{example_resources as er, outbox_rows};
 
 /// A handle over a spec's declarations and producer settings.
 fn handle(registry: &Registry, producer: &ProducerConfig) -> Dionysus {
-    let mut config = Config::default();
-    config.producer = producer.clone();
-    Dionysus::with_registry(config, registry.clone())
+    Dionysus::with_registry(Config::default(), registry.clone()).configure(|config| config.producer = producer.clone())
 }
 
 /// An outbox row as the gem's specs write it by hand.
@@ -74,7 +72,12 @@ fn sent(published: &Published, outbox_id: Option<i64>) -> Vec<(String, String, O
         .collect()
 }
 
-fn message(topic: &str, key: &str, partition_key: Option<&str>, value: &str) -> (String, String, Option<String>, String) {
+fn message(
+    topic: &str,
+    key: &str,
+    partition_key: Option<&str>,
+    value: &str,
+) -> (String, String, Option<String>, String) {
     (topic.to_owned(), key.to_owned(), partition_key.map(str::to_owned), value.to_owned())
 }
 

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::consumer::calls::{recording, HandlerCall};
 use crate::consumer::replica::sql::stored_offsets;
-use crate::consumer::{Consumer, ConsumerError, ConsumedEvent, DeadLetter, InboundMessage, LocalChange};
+use crate::consumer::{ConsumedEvent, Consumer, ConsumerError, DeadLetter, InboundMessage, LocalChange};
 use crate::producer::publishable::{model_entry, Publishable};
 use crate::producer::serialize::{default_serialize, SerializeError, Sideloads};
 use crate::wire::envelope::{Envelope, JSON_NULL_TOMBSTONE};

@@ -90,7 +90,10 @@ pub trait PublishableFixture: Publishable {
 
     /// Restores a soft-deleted `record` (clears its soft-delete column); returns it as it is
     /// now.
-    fn restore(_conn: &mut AsyncPgConnection, _record: &Self) -> impl Future<Output = Result<Self, FixtureError>> + Send {
+    fn restore(
+        _conn: &mut AsyncPgConnection,
+        _record: &Self,
+    ) -> impl Future<Output = Result<Self, FixtureError>> + Send {
         async { Err(FixtureError::from(StepNotProvided)) }
     }
 
@@ -224,12 +227,21 @@ impl fmt::Display for ContractReport {
     }
 }
 
-/// The contract of model `T`; check it with [`Contract::check`].
+/// The publishable contract of model `T` (dionysus-rb's "Transactional Outbox Publishable"
+/// shared behaviour); check it with [`Contract::check`].
+///
+/// The check creates, updates, soft-deletes and restores (when the model is soft-deletable)
+/// and destroys a record through `T`'s [`PublishableFixture`], in one transaction that it
+/// rolls back. After each step it reads what the relay would send for the rows the step wrote
+/// ([`published_with`]) and expects exactly one message of the step's event for the record on
+/// each topic the model is published on: `_created`, `_updated`, `_destroyed` for the soft
+/// delete, `_created` for the restore, `_destroyed` for the destroy. Rows the step writes for
+/// other models (`with(...)` parents, observers) are allowed and reported.
 pub fn publishable_contract<T: PublishableFixture>() -> Contract<T> {
     Contract { handle: None, model: PhantomData }
 }
 
-/// The publishable contract of one model (see the [module docs](self)).
+/// The publishable contract of one model, from [`publishable_contract`].
 #[derive(Debug)]
 #[must_use = "a contract checks nothing until `check` is awaited"]
 pub struct Contract<T> {
@@ -262,7 +274,13 @@ impl<T: PublishableFixture> Contract<T> {
         }
         let soft_delete = model.soft_delete_column(&handle.config().producer.soft_delete_column).map(str::to_owned);
         Transactions::begin_transaction(conn).await.map_err(|e| ContractError::Transaction("beginning", e))?;
-        let mut run = Run { handle: &handle, model: model.model_name, topics: &topics, seen: 0, report: ContractReport::default() };
+        let mut run = Run {
+            handle: &handle,
+            model: model.model_name,
+            topics: &topics,
+            seen: 0,
+            report: ContractReport::default(),
+        };
         let result = run.steps::<T>(conn, soft_delete).await;
         let rolled_back = Transactions::rollback_transaction(conn).await;
         result?;
@@ -286,7 +304,8 @@ impl Run<'_> {
         conn: &mut AsyncPgConnection,
         soft_delete: Option<String>,
     ) -> Result<(), ContractError> {
-        let fixture = |step| move |source: FixtureError| ContractError::Fixture { model: self_model::<T>(), step, source };
+        let fixture =
+            |step| move |source: FixtureError| ContractError::Fixture { model: self_model::<T>(), step, source };
         let record = T::create(conn).await.map_err(fixture(Step::Create))?;
         self.expect(conn, Step::Create, &record.primary_key()).await?;
         let record = T::update(conn, &record).await.map_err(fixture(Step::Update))?;
@@ -319,7 +338,8 @@ impl Run<'_> {
     /// Checks the rows written since the last step: one message of the step's event for
     /// record `id` on each of the model's topics, and no other message of the record there.
     async fn expect(&mut self, conn: &mut AsyncPgConnection, step: Step, id: &str) -> Result<(), ContractError> {
-        let all = published_with(self.handle, conn).await.map_err(|source| ContractError::Published { step, source })?;
+        let all =
+            published_with(self.handle, conn).await.map_err(|source| ContractError::Published { step, source })?;
         let found = all.since(self.seen);
         self.seen = all.last_outbox_id().unwrap_or(self.seen).max(self.seen);
         let event = event_name(self.model, step.event());

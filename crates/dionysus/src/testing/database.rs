@@ -128,8 +128,10 @@ impl TestDatabaseBuilder {
         };
         // A copy fails while anyone is connected to the template (its builder may still be
         // disconnecting): retry for a while.
-        retry(&mut admin, &statement, Duration::from_secs(10)).await.map_err(|source| {
-            TestDatabaseError::Query { step: "creating the test database", database: name.clone(), source }
+        retry(&mut admin, &statement, Duration::from_secs(10)).await.map_err(|source| TestDatabaseError::Query {
+            step: "creating the test database",
+            database: name.clone(),
+            source,
         })?;
         Ok(TestDatabase { url: with_database(&server_url, &name), server_url, name, keep: false })
     }
@@ -137,6 +139,11 @@ impl TestDatabaseBuilder {
 
 /// A database of its own for one test; dropped (with every connection to it) when the value
 /// is dropped.
+///
+/// It is a copy of a template built once per schema — the framework migrations and the SQL
+/// given to [`TestDatabaseBuilder::sql`], named after their hash, built under an advisory
+/// lock so that concurrent test processes build it once — which is faster than migrating
+/// each database. Templates (`dionysus_tpl_…`) stay on the server for the next run.
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -211,7 +218,8 @@ impl Drop for TestDatabase {
         // Drop runs inside or outside a runtime; a thread with a runtime of its own works in
         // both.
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
             runtime.block_on(async move {
                 let mut admin = connect(&server_url).await.map_err(|e| crate::telemetry::Report(&e).to_string())?;
                 admin

@@ -5,21 +5,8 @@
 //!
 //! The cluster lives on a thread of its own (librdkafka's handle may not move between
 //! threads); [`EmbeddedKafka`] talks to that thread and can be shared freely. Dropping it
-//! stops the cluster: stop the relay and consumers first.
-//!
-//! # What the mock cluster cannot do
-//!
-//! It speaks enough of the protocol for producers (idempotent ones included), consumer
-//! groups and offset commits, which is all the relay and the consumer need. It has **no
-//! admin API**: topics are created here ([`EmbeddedKafkaBuilder::topic`],
-//! [`EmbeddedKafka::create_topic`]), not by `dionysus topics create` or the relay's
-//! `auto_create_topics`, and a topic's partition count cannot change. It keeps messages **in
-//! memory only**, for as long as this value lives, and enforces no size limit on them (the
-//! dead-letter topic's cut of oversized messages is never needed). It has no TLS or SASL:
-//! [`EmbeddedKafka::configure`] drops such settings, with a warning. A consumer group's first
-//! join waits 3 s (the cluster's initial rebalance delay). Transactions, which dionysus does
-//! not use, are supported. [`EmbeddedKafka`] logs these limits when it starts, and warns
-//! about what a configuration asks that it cannot do.
+//! stops the cluster: stop the relay and consumers first. What the mock cluster cannot do is
+//! documented on [`EmbeddedKafka`].
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -159,8 +146,23 @@ fn serve(brokers: i32, started: &mpsc::Sender<Result<String, KafkaError>>, comma
     }
 }
 
-/// A Kafka cluster in this process (librdkafka's mock cluster) with the declared topics.
-/// See the [module docs](self) for what it cannot do.
+/// A Kafka cluster in this process (librdkafka's mock cluster) with the declared topics, so
+/// a test runs the real relay and the real consumer with PostgreSQL as the only service. It
+/// runs on a thread of its own; dropping it stops it (stop the relay and consumers first).
+///
+/// # What it cannot do
+///
+/// It speaks enough of the protocol for producers (idempotent ones included), consumer
+/// groups and offset commits, which is all the relay and the consumer need. It has **no
+/// admin API**: topics are created by this type ([`EmbeddedKafkaBuilder::topic`],
+/// [`EmbeddedKafka::create_topic`]), not by `dionysus topics create` or the relay's
+/// `auto_create_topics`, and a topic's partition count cannot change. It keeps messages **in
+/// memory only**, for as long as this value lives, and enforces no size limit on them (the
+/// dead-letter topic's cut of oversized messages is never needed). It has no TLS or SASL:
+/// [`EmbeddedKafka::configure`] drops such settings, with a warning. A consumer group's first
+/// join waits 3 s (the cluster's initial rebalance delay). Transactions, which dionysus does
+/// not use, are supported. It logs these limits when it starts, and warns
+/// about what a configuration asks that it cannot do.
 ///
 /// ```no_run
 /// # fn example() -> Result<(), Box<dyn std::error::Error>> {

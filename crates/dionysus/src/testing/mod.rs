@@ -71,8 +71,8 @@ pub use published::{
     published, published_with, Expected, Published, PublishedError, PublishedMessage, SkipReason, SkippedRow,
 };
 
-pub use crate::consumer::calls::{HandlerCall, HandlerFailure};
 #[doc(inline)]
 pub use crate::__dionysus_assert_not_published as assert_not_published;
 #[doc(inline)]
 pub use crate::__dionysus_assert_published as assert_published;
+pub use crate::consumer::calls::{HandlerCall, HandlerFailure};

@@ -54,8 +54,12 @@ pub enum PublishedError {
 }
 
 /// The messages of the pending outbox rows, as the relay of the [global
-/// handle](crate::Dionysus::global) would send them now. Call it inside the test's
-/// transaction, after the writes.
+/// handle](crate::Dionysus::global) would send them now: the rows read and planned by the
+/// relay's own batch code on `conn`, so inside a test's transaction its uncommitted rows
+/// count. Nothing is changed: no row is marked published, deferred observer rows are not
+/// expanded (they are listed in [`Published::skipped`]), and the publishing delay is not
+/// applied. A row the relay could not publish (an undeclared topic, a serializer's error) is
+/// an error.
 pub async fn published(conn: &mut AsyncPgConnection) -> Result<Published, PublishedError> {
     let handle = Dionysus::global().map_err(PublishedError::Config)?;
     published_with(handle, conn).await
@@ -186,7 +190,11 @@ impl PublishedMessage {
 
 impl fmt::Display for PublishedMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{} `{}` of {} {} on {} key {}", self.outbox_id, self.event_name, self.model_name, self.id, self.topic, self.key)?;
+        write!(
+            f,
+            "#{} `{}` of {} {} on {} key {}",
+            self.outbox_id, self.event_name, self.model_name, self.id, self.topic, self.key
+        )?;
         if let Some(partition_key) = &self.partition_key {
             write!(f, " partition key {partition_key}")?;
         }
@@ -296,7 +304,10 @@ impl Published {
     }
 
     fn filter(&self, keep: impl Fn(&PublishedMessage) -> bool) -> Published {
-        Published { messages: self.messages.iter().filter(|m| keep(m)).cloned().collect(), skipped: self.skipped.clone() }
+        Published {
+            messages: self.messages.iter().filter(|m| keep(m)).cloned().collect(),
+            skipped: self.skipped.clone(),
+        }
     }
 }
 
@@ -589,8 +600,14 @@ mod tests {
         })
         .unwrap_err();
         let text = failure.downcast_ref::<String>().unwrap();
-        assert!(text.starts_with("expected a message of Rental `rental_updated` on v3_rentals, found 0; published:"), "{text}");
-        assert!(text.contains("#1 `rental_created` of Rental 1 on v3_rentals_genesis key Rental:1 partition key 2"), "{text}");
+        assert!(
+            text.starts_with("expected a message of Rental `rental_updated` on v3_rentals, found 0; published:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("#1 `rental_created` of Rental 1 on v3_rentals_genesis key Rental:1 partition key 2"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -282,8 +282,11 @@ pub(crate) async fn plan_batch(
     config: &ProducerConfig,
     eligible: Vec<PendingRow>,
 ) -> Planned {
-    let (eligible, duplicates) =
-        if config.remove_consecutive_duplicates { remove_consecutive_duplicates(eligible) } else { (eligible, Vec::new()) };
+    let (eligible, duplicates) = if config.remove_consecutive_duplicates {
+        remove_consecutive_duplicates(eligible)
+    } else {
+        (eligible, Vec::new())
+    };
     let references: Vec<RowRef> = eligible.iter().map(row_ref).collect();
     let plans = plan::plan_rows(conn, registry, config, &references).await;
     Planned { eligible, duplicates, plans }
@@ -319,7 +322,8 @@ pub(crate) async fn preview(
     config: &ProducerConfig,
     buckets: &[i16],
 ) -> Result<Vec<(PendingRow, RowPreview)>, PreviewError> {
-    let rows = fetch(conn, buckets, usize::MAX, config.strict_ordering, Clock::Database).await.map_err(PreviewError::Read)?;
+    let rows =
+        fetch(conn, buckets, usize::MAX, config.strict_ordering, Clock::Database).await.map_err(PreviewError::Read)?;
     let Planned { eligible, duplicates, plans } = plan_batch(conn, registry, config, rows).await;
     let plans = plans.map_err(PreviewError::Plan)?;
     let mut previews: Vec<(PendingRow, RowPreview)> = eligible
