@@ -304,8 +304,8 @@ impl Run<'_> {
         conn: &mut AsyncPgConnection,
         soft_delete: Option<String>,
     ) -> Result<(), ContractError> {
-        let fixture =
-            |step| move |source: FixtureError| ContractError::Fixture { model: self_model::<T>(), step, source };
+        let model = self.model;
+        let fixture = |step| move |source: FixtureError| ContractError::Fixture { model, step, source };
         let record = T::create(conn).await.map_err(fixture(Step::Create))?;
         self.expect(conn, Step::Create, &record.primary_key()).await?;
         let record = T::update(conn, &record).await.map_err(fixture(Step::Update))?;
@@ -316,9 +316,9 @@ impl Run<'_> {
                     let column = column.clone();
                     move |source: FixtureError| {
                         if source.downcast_ref::<StepNotProvided>().is_some() {
-                            ContractError::StepMissing { model: self_model::<T>(), column }
+                            ContractError::StepMissing { model, column }
                         } else {
-                            ContractError::Fixture { model: self_model::<T>(), step, source }
+                            ContractError::Fixture { model, step, source }
                         }
                     }
                 };
@@ -360,8 +360,4 @@ impl Run<'_> {
             found,
         })
     }
-}
-
-fn self_model<T: Publishable>() -> &'static str {
-    model_entry::<T>().model_name
 }

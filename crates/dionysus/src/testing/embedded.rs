@@ -36,6 +36,9 @@ pub enum EmbeddedKafkaError {
         #[source]
         source: KafkaError,
     },
+    /// The cluster's thread could not be started.
+    #[error("starting the embedded cluster's thread")]
+    Thread(#[source] std::io::Error),
     /// The cluster's thread is gone (it panicked).
     #[error("the embedded cluster's thread stopped")]
     Stopped,
@@ -95,7 +98,7 @@ impl EmbeddedKafkaBuilder {
         let thread = std::thread::Builder::new()
             .name("dionysus-embedded-kafka".to_owned())
             .spawn(move || serve(brokers, &started, &receiver))
-            .map_err(|_| EmbeddedKafkaError::Stopped)?;
+            .map_err(EmbeddedKafkaError::Thread)?;
         let bootstrap = match ready.recv() {
             Ok(Ok(bootstrap)) => bootstrap,
             Ok(Err(error)) => return Err(EmbeddedKafkaError::Start(error)),
