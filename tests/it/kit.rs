@@ -306,6 +306,46 @@ async fn consume_applies_envelopes_and_reports_what_changed() {
     assert_eq!(replica_name(&mut conn, 1).await, Some(Some("Loft 2".to_owned())));
 }
 
+/// What the relay would send for a record's row, handed to the consumer as it is, lands in
+/// the replica; a record's own envelope (without the database) does the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn published_messages_and_record_envelopes_feed_the_consumer_as_sent() {
+    let (db, mut conn) = database().await;
+    let handle = handle(&db);
+    let rental = insert(&mut conn, 9, "Round trip").await;
+    handle.outbox().created(&mut conn, &rental).await.unwrap();
+    let sent = testing::published_with(&handle, &mut conn).await.unwrap();
+    let consumer = consumer(&db);
+    let consumed = consume(&consumer, sent.iter().map(|message| message.to_message())).await.unwrap();
+    assert_eq!(consumed.events[0].topic, "kit_rentals");
+    assert_eq!(replica_name(&mut conn, rental.id).await, Some(Some("Round trip".to_owned())));
+
+    let renamed = KitRental { name: "From the record".to_owned(), updated_at: Utc::now(), ..rental };
+    let message = testing::envelope_of(&renamed, "kit_rental_updated").unwrap();
+    assert_eq!(message.key_text(), Some(format!("KitRental:{}", renamed.id)));
+    let consumed = consume(&consumer, [message]).await.unwrap();
+    assert_eq!(consumed.rows_written(), 1);
+    assert_eq!(replica_name(&mut conn, renamed.id).await, Some(Some("From the record".to_owned())));
+}
+
+/// With `remove_consecutive_duplicates`, the relay sends only the last of a run of equal
+/// rows; `published` shows the others as skipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn published_follows_the_relays_duplicate_removal() {
+    let (db, mut conn) = database().await;
+    let handle = handle(&db).configure(|config| config.producer.remove_consecutive_duplicates = true);
+    let rental = insert(&mut conn, 9, "Twice").await;
+    let changed = dionysus::Changeset::new().with("name", json!("Once"), json!("Twice"));
+    for _ in 0..2 {
+        handle.outbox().updated(&mut conn, &rental, &changed).await.unwrap();
+    }
+    let sent = testing::published_with(&handle, &mut conn).await.unwrap();
+    assert_eq!(sent.len(), 1);
+    let skipped: Vec<(i64, testing::SkipReason)> =
+        sent.skipped().iter().map(|row| (row.outbox_id, row.reason)).collect();
+    assert_eq!(skipped, [(sent.messages()[0].outbox_id - 1, testing::SkipReason::ConsecutiveDuplicate)]);
+}
+
 /// `consume_invalid` says why a message is rejected, and fails when it is accepted.
 #[tokio::test(flavor = "multi_thread")]
 async fn consume_invalid_names_the_reason() {
@@ -313,6 +353,9 @@ async fn consume_invalid_names_the_reason() {
     let consumer = consumer(&db);
     let malformed = consume_invalid(&consumer, TestMessage::raw("{\"message\": [")).await.unwrap();
     assert_eq!(malformed.reason, "malformed_json");
+    let both =
+        consume(&consumer, [TestMessage::raw("[1"), TestMessage::kafka_null().key("KitRental:9")]).await.unwrap();
+    assert_eq!(both.dead_letter_reasons(), ["malformed_json"], "a Kafka null is a tombstone, not a bad message");
     let no_id =
         consume_invalid(&consumer, envelope("KitRental", "kit_rental_created", json!({"name": "x"}))).await.unwrap();
     assert_eq!(no_id.reason, "missing_id");
@@ -548,6 +591,7 @@ fn embedded_kafka_drops_settings_it_cannot_speak() {
     config.kafka.properties.insert("compression.type".to_owned(), "lz4".to_owned());
     kafka.configure(&mut config);
     assert_eq!(config.kafka.bootstrap_servers(), kafka.bootstrap_servers());
+    assert_eq!(kafka.kafka_config().bootstrap_servers(), kafka.bootstrap_servers());
     assert_eq!(config.kafka.properties.keys().collect::<Vec<_>>(), ["compression.type"]);
     kafka.create_topic("kit_extra", 5).unwrap();
     assert_eq!(kafka.topics().get("kit_extra"), Some(&3), "an existing topic is left as it is");

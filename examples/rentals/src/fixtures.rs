@@ -1,7 +1,7 @@
 //! The producer's fixture for the testing kit's publishable contract
 //! (`dionysus::testing::publishable_contract`): every step goes through the service's own
-//! functions in [`producer`](crate::producer), so the contract checks what the service really
-//! writes — not what the outbox writer would write if it were called.
+//! functions ([`crate::producer`]), so the contract checks what the service really writes —
+//! not what the outbox writer would write if it were called.
 //!
 //! An application keeps such fixtures next to its models (behind a test-support feature if it
 //! wants them out of its release build); the example always builds them.
