@@ -6,7 +6,7 @@
 //!
 //! Layers, bottom up: `wire` and `config` (nothing of the crate), then `schema`, `db`,
 //! `telemetry`, `registry`, `handle`, `migrate`, `kafka`, then `producer` and `consumer`
-//! (never each other), then `error`, then `cli`.
+//! (never each other), then `error`, then `cli` and `testing`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -27,6 +27,23 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("error", &["wire", "config", "db", "telemetry", "registry", "migrate", "kafka", "producer", "consumer"]),
     (
         "cli",
+        &[
+            "wire",
+            "config",
+            "schema",
+            "db",
+            "telemetry",
+            "registry",
+            "handle",
+            "migrate",
+            "kafka",
+            "producer",
+            "consumer",
+            "error",
+        ],
+    ),
+    (
+        "testing",
         &[
             "wire",
             "config",

@@ -21,6 +21,7 @@ mod consumer_vectors_blind;
 mod genesis;
 mod hostile;
 mod kafka;
+mod kit;
 mod layout;
 mod migrations;
 mod producer;

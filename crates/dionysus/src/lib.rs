@@ -16,6 +16,8 @@ pub mod registry;
 #[doc(hidden)]
 pub mod schema;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wire;
 
 pub use config::Config;
@@ -291,6 +293,9 @@ pub mod __private {
         ModelRegistration, PartitionKeyWith, Tombstone, Topic, TopicDeclaration, TopicEntry, TopicReference,
         TopicReferenceEntry,
     };
+    /// What `assert_published!` and `assert_not_published!` build.
+    #[cfg(feature = "testing")]
+    pub use crate::testing::Expected;
 
     /// Boxes a handler's future (used by `#[dionysus::consume]` on functions).
     pub fn box_handler<'a, F>(future: F) -> HandlerFuture<'a>

@@ -409,6 +409,7 @@ impl ConsumerBuilder {
     }
 }
 
+#[derive(Clone)]
 pub(super) struct Inner {
     pub(super) config: Config,
     pub(super) group: String,
@@ -873,7 +874,10 @@ impl Consumer {
             for declaration in self.inner.in_transaction.iter().filter(|h| h.matches(&event.topic, &event.event_name)) {
                 let Some(message) = message_of(messages, event) else { continue };
                 let mut ctx = Context::new(event, message, conn, true);
-                (declaration.handler)(&mut ctx).await.map_err(|source| ConsumerError::Handler {
+                let result = (declaration.handler)(&mut ctx).await;
+                #[cfg(feature = "testing")]
+                super::calls::record(declaration, event, result.as_ref().map(|_| ()));
+                result.map_err(|source| ConsumerError::Handler {
                     handler: declaration.declared_by,
                     topic: event.topic.clone(),
                     partition: event.partition,
@@ -919,12 +923,36 @@ impl Consumer {
                     },
                 };
                 let mut ctx = Context::new(event, message, conn, false);
-                if let Err(error) = (declaration.handler)(&mut ctx).await {
+                let result = (declaration.handler)(&mut ctx).await;
+                #[cfg(feature = "testing")]
+                super::calls::record(declaration, event, result.as_ref().map(|_| ()));
+                if let Err(error) = result {
                     metrics::counter!("dionysus_consumer_handler_errors_total", "handler" => declaration.declared_by, "reason" => error.reason()).increment(1);
                     tracing::error!(handler = declaration.declared_by, topic = %event.topic, partition = event.partition, offset = event.offset, event = %event.event_name, error = %Report(&error), "consume handler failed");
                 }
             }
         }
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Consumer {
+    /// This consumer computing local changes (C-15) whatever its settings, so the testing kit
+    /// can report what a batch changed.
+    pub(crate) fn with_local_changes(&self) -> Consumer {
+        let mut inner = (*self.inner).clone();
+        inner.rules.track_changes = true;
+        Consumer { inner: Arc::new(inner) }
+    }
+
+    /// The consumer's connection pool.
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// The replica models it writes.
+    pub(crate) fn replicas(&self) -> &Replicas {
+        &self.inner.rules.replicas
     }
 }
 

@@ -65,6 +65,8 @@
 
 mod apply;
 mod batch;
+#[cfg(feature = "testing")]
+pub(crate) mod calls;
 mod declarations;
 pub mod dedup;
 mod events;

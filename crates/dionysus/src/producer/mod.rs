@@ -15,3 +15,4 @@ pub mod respond;
 pub mod seal;
 pub(crate) mod sender;
 pub mod serialize;
+mod suppress;

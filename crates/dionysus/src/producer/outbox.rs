@@ -43,6 +43,9 @@
 //! Resolving dependencies and observers when the change is written (dionysus-rb resolves them
 //! when publishing) gives every row its own partition key, so the relay keeps their order per
 //! key, and a destroyed dependency still knows its parent.
+//!
+//! Inside a [`Suppress::scope`] (data migrations, seeds) the writer writes no rows for the
+//! suppressed models.
 
 use std::collections::HashSet;
 
@@ -53,6 +56,8 @@ use diesel::result::QueryResult;
 
 use super::publishable::{partition_key, Publishable};
 use super::seal::{self, SealError};
+use super::suppress;
+pub use super::suppress::Suppress;
 use crate::config::{EncryptionKey, EncryptionKeys, ProducerConfig};
 use crate::handle::Dionysus;
 use crate::registry::model::{ColumnIn, ModelEntry, Publication, Record, RecordFilter, Relation};
@@ -371,7 +376,7 @@ impl<'a> Outbox<'a> {
         conn: &mut AsyncPgConnection,
         rows: Vec<NewOutboxRow>,
     ) -> Result<usize, OutboxError> {
-        let rows = dedupe(rows);
+        let rows = dedupe(rows.into_iter().filter(|row| !suppress::is_suppressed(&row.resource_class)).collect());
         let rows = match self.config.outbox_encryption_keys.current() {
             Some(key) => rows.into_iter().map(|row| seal_row(key, row)).collect::<Result<Vec<_>, _>>()?,
             None => rows,
@@ -403,7 +408,7 @@ impl<'a> Outbox<'a> {
         change: Change,
         changeset: &Changeset,
     ) -> Result<Vec<NewOutboxRow>, OutboxError> {
-        if !self.config.transactional_outbox_enabled {
+        if !self.config.transactional_outbox_enabled || suppress::everything_suppressed() {
             return Ok(Vec::new());
         }
         let model = record.model();

@@ -97,14 +97,8 @@ impl Batch<'_> {
         }
         let (eligible, held_back) = hold_young_rows(rows, self.config.publishing_delay, Utc::now());
         report.held_back = held_back;
-        let (eligible, duplicates) = if self.config.remove_consecutive_duplicates {
-            remove_consecutive_duplicates(eligible)
-        } else {
-            (eligible, Vec::new())
-        };
-
-        let references: Vec<RowRef> = eligible.iter().map(row_ref).collect();
-        let plans = match plan::plan_rows(conn, self.registry, self.config, &references).await {
+        let Planned { eligible, duplicates, plans } = plan_batch(conn, self.registry, self.config, eligible).await;
+        let plans = match plans {
             Ok(plans) => plans,
             Err(error) => {
                 // Loading failed for the whole batch: every row fails alike and is retried.
@@ -269,6 +263,77 @@ impl Batch<'_> {
         log_failures(&failures, fatal.as_ref().map(|(_, reason)| reason.as_str()), parked_rows);
         record_failures(conn, self.config, &failures, clock, rand::random::<f64>).await
     }
+}
+
+/// Rows of a batch ready to send: the eligible rows left after consecutive duplicates were
+/// removed (when configured), those duplicates (marked published unsent), and the plan of
+/// each eligible row, or the error that failed the whole batch's loading.
+pub(crate) struct Planned {
+    pub(crate) eligible: Vec<PendingRow>,
+    pub(crate) duplicates: Vec<PendingRow>,
+    pub(crate) plans: Result<Vec<RowPlan>, PlanError>,
+}
+
+/// What a batch does with its eligible rows before sending anything: removes consecutive
+/// duplicates when configured, loads the records and plans every row.
+pub(crate) async fn plan_batch(
+    conn: &mut AsyncPgConnection,
+    registry: &Registry,
+    config: &ProducerConfig,
+    eligible: Vec<PendingRow>,
+) -> Planned {
+    let (eligible, duplicates) = if config.remove_consecutive_duplicates {
+        remove_consecutive_duplicates(eligible)
+    } else {
+        (eligible, Vec::new())
+    };
+    let references: Vec<RowRef> = eligible.iter().map(row_ref).collect();
+    let plans = plan::plan_rows(conn, registry, config, &references).await;
+    Planned { eligible, duplicates, plans }
+}
+
+/// One pending row as a batch would treat it now.
+#[derive(Debug)]
+pub(crate) enum RowPreview {
+    /// Planned (messages to send, nothing to send, deferred observers, or a failure).
+    Planned(RowPlan),
+    /// A consecutive duplicate: marked published without being sent.
+    Duplicate,
+}
+
+/// Reading or planning the pending rows failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PreviewError {
+    /// The pending rows could not be read.
+    #[error("reading the pending outbox rows")]
+    Read(#[source] diesel::result::Error),
+    /// Loading the records of the rows failed.
+    #[error(transparent)]
+    Plan(PlanError),
+}
+
+/// Every pending, due row of `buckets` in id order, each with what a batch would do with it
+/// now: the same reading and planning as [`Batch::run`] (on the caller's connection, so a
+/// transaction sees its own uncommitted rows), without the publishing delay, without sending
+/// and without marking or writing anything.
+pub(crate) async fn preview(
+    conn: &mut AsyncPgConnection,
+    registry: &Registry,
+    config: &ProducerConfig,
+    buckets: &[i16],
+) -> Result<Vec<(PendingRow, RowPreview)>, PreviewError> {
+    let rows =
+        fetch(conn, buckets, usize::MAX, config.strict_ordering, Clock::Database).await.map_err(PreviewError::Read)?;
+    let Planned { eligible, duplicates, plans } = plan_batch(conn, registry, config, rows).await;
+    let plans = plans.map_err(PreviewError::Plan)?;
+    let mut previews: Vec<(PendingRow, RowPreview)> = eligible
+        .into_iter()
+        .zip(plans)
+        .map(|(row, plan)| (row, RowPreview::Planned(plan)))
+        .chain(duplicates.into_iter().map(|row| (row, RowPreview::Duplicate)))
+        .collect();
+    previews.sort_by_key(|(row, _)| row.id);
+    Ok(previews)
 }
 
 /// One warning per kind of failure in a batch (not one per row: a broker outage fails every

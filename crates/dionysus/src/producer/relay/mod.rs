@@ -80,6 +80,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use batch::BatchReport;
+pub(crate) use batch::{PendingRow, PreviewError, RowPreview};
 pub use monitor::{RelayEvent, RelayObserver};
 
 use crate::config::Config;
@@ -650,6 +651,18 @@ pub mod simulation {
             Ok(published)
         }
     }
+}
+
+/// Every pending row of the outbox in id order, with what the relay would do with it now
+/// (see `batch::preview`): read and planned on `conn` as a batch does, nothing sent or
+/// marked.
+pub(crate) async fn preview(
+    conn: &mut diesel_async::AsyncPgConnection,
+    registry: &Registry,
+    config: &crate::config::ProducerConfig,
+) -> Result<Vec<(PendingRow, RowPreview)>, PreviewError> {
+    let all: Vec<i16> = (0..i16::try_from(lease::BUCKETS).unwrap_or(64)).collect();
+    batch::preview(conn, registry, config, &all).await
 }
 
 /// Deletes published rows older than `age`, 1000 at a time (oldest ids first) so no statement
