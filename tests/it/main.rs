@@ -23,6 +23,7 @@ mod kafka;
 mod layout;
 mod migrations;
 mod producer;
+mod readme;
 mod relay;
 mod relay_order;
 mod topics;
