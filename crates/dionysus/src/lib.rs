@@ -16,7 +16,7 @@
 //! | [`producer`] | the producing half: [`Publishable`], the [`outbox`] writer, message planning, the [`relay`], [`genesis`] | consuming |
 //! | [`consumer`] | the consuming half: the runtime, batches, offsets, dead letters, [`consumer::replica`] tables, handlers ([`Context`]) | producing |
 //! | [`kafka`] | how we talk to the broker: client settings, topic creation and inspection | what is sent |
-//! | [`migrate`] | the framework's own tables | the application's tables |
+//! | [`migrate`](mod@migrate) | the framework's own tables | the application's tables |
 //! | [`telemetry`] | the `/metrics` + `/health` endpoint, the liveness file, error reports | what "healthy" means for each part |
 //! | [`error`] | [`Error`], into which every module's error converts | the errors themselves |
 //! | `cli` (feature `cli`) | the `dionysus` command line an application embeds | the work each subcommand starts |
