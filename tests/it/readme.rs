@@ -243,6 +243,7 @@ fn the_readme_app_built_in_a_fresh_directory_gets_a_product_into_the_replica() {
     let dir = std::env::temp_dir().join(unique_name("dionysus_readme"));
     std::fs::create_dir_all(&dir).unwrap();
     let (expected_ddl, steps) = write_project(&dir, &readme);
+    eprintln!("the README's app is in {} (removed when the test passes)", dir.display());
     assert!(
         Command::new("psql").arg("--version").output().is_ok_and(|output| output.status.success()),
         "the README's steps use psql, PostgreSQL's client: install it (apt-get install postgresql-client)"
