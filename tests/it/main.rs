@@ -25,6 +25,7 @@ mod kit;
 mod layout;
 mod migrations;
 mod producer;
+mod readme;
 mod relay;
 mod relay_order;
 mod topics;

@@ -1,5 +1,8 @@
 //! Configuration: one typed struct whose [`Default`] mirrors dionysus-rb's producer and
-//! consumer defaults, overridable from environment variables.
+//! consumer defaults, overridable from environment variables. It is read once, when the
+//! application builds its handle ([`Dionysus::from_env`](crate::Dionysus::from_env); code
+//! overrides go through [`Dionysus::configure`](crate::Dionysus::configure)), and every part
+//! built from the handle reads the same values.
 //!
 //! | variable | field | form | default |
 //! |---|---|---|---|

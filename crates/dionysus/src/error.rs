@@ -1,5 +1,9 @@
 //! The crate's top-level error: every module's error converts into it, so application code
-//! can use one `dionysus::Result`.
+//! can use one `dionysus::Result`, and a handler's own error travels in [`Error::App`].
+//!
+//! This module only gathers: each error, its message and its context fields belong to the
+//! module that raises it, and printing an error with its chain of causes is
+//! [`Report`]'s (`telemetry`).
 
 use crate::config::ConfigError;
 use crate::db::DbError;

@@ -2,7 +2,7 @@
 //! inspection through the admin API, and the partition choice dionysus-rb's producer makes.
 //!
 //! This module owns how we talk to the broker; what is sent (envelopes, keys) belongs to
-//! `envelope`, and when (ordering, retries) to `relay`.
+//! `wire`, and when (ordering, retries) to the relay and the consumer.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

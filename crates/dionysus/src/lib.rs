@@ -1,4 +1,25 @@
-#![doc = include_str!("../README.md")]
+// The README is the crate's front page. Its code blocks are compiled by the test suite as a
+// reader would copy them (`tests/it/readme.rs`), not as doc tests.
+#![cfg_attr(not(doctest), doc = include_str!("../README.md"))]
+//!
+//! ## The crate, module by module
+//!
+//! Imports point one way: `wire` and `config` at the bottom, then the declarations and the
+//! plumbing, then the two halves, which never import each other, then the command line.
+//!
+//! | module | owns | leaves to others |
+//! |---|---|---|
+//! | [`wire`] | the format shared with dionysus-rb: envelopes, keys, event names, partition key rules, times | what is sent, and when |
+//! | [`config`] | [`Config`]: every setting, its default and its environment variable | who reads which setting |
+//! | [`Dionysus`] | the handle: one configuration and one registry, from which every part is built | the parts themselves |
+//! | [`registry`] | the declarations the macros collect, and their consistency ([`Registry::validate`]) | the broker and the database |
+//! | [`producer`] | the producing half: [`Publishable`], the [`outbox`] writer, message planning, the [`relay`], [`genesis`] | consuming |
+//! | [`consumer`] | the consuming half: the runtime, batches, offsets, dead letters, [`consumer::replica`] tables, handlers ([`Context`]) | producing |
+//! | [`kafka`] | how we talk to the broker: client settings, topic creation and inspection | what is sent |
+//! | [`migrate`](mod@migrate) | the framework's own tables | the application's tables |
+//! | [`telemetry`] | the `/metrics` + `/health` endpoint, the liveness file, error reports | what "healthy" means for each part |
+//! | [`error`] | [`Error`], into which every module's error converts | the errors themselves |
+//! | `cli` (feature `cli`) | the `dionysus` command line an application embeds | the work each subcommand starts |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "cli")]

@@ -8,8 +8,8 @@
 //! }
 //! ```
 //!
-//! Subcommands: `migrate`, `copy-migrations`, `check`, `relay`, `consume`, `genesis`,
-//! `outbox stats|retry|prune`, `topics create|list`, `dlq list|replay`. Settings come from
+//! Subcommands: `migrate`, `copy-migrations`, `check`, `replica-ddl`, `relay`, `consume`,
+//! `genesis`, `outbox stats|retry|prune`, `topics create|list`, `dlq list|replay`. Settings come from
 //! the environment (see `config`) and the global flags, which win. Errors say what was wrong
 //! and how to fix it; the exit code is 1 for a failure and 2 for a usage mistake, which is
 //! found before any I/O. `relay`, `consume` and `genesis` first check that the database is
@@ -93,6 +93,14 @@ enum Command {
         /// Do not contact the broker.
         #[arg(long)]
         offline: bool,
+    },
+    /// Print the `CREATE TABLE` statement of each replica table this binary declares
+    /// (`#[derive(Consume)]`): its columns with their types, and the key on the synced id.
+    /// Apply it with e.g. `replica-ddl | psql "$DATABASE_URL"`, or paste it into a migration.
+    ReplicaDdl {
+        /// Only the replica kept in this table; repeatable.
+        #[arg(long = "table", value_name = "TABLE")]
+        tables: Vec<String>,
     },
     /// Publish the outbox until SIGTERM / Ctrl-C.
     Relay {
@@ -481,6 +489,7 @@ async fn execute(
             }
         }
         Command::Check { offline } => check(&config, registry, offline, out).await?,
+        Command::ReplicaDdl { tables } => replica_ddl(&config, Replicas::global(), &tables, out)?,
         Command::Relay { workers, serve, health_file, auto_create_topics } => {
             let declared: Vec<String> = if auto_create_topics {
                 Vec::new()
@@ -822,6 +831,54 @@ async fn topics(
         }
     }
     Ok(())
+}
+
+/// Writes the `CREATE TABLE` statement of each replica (of `tables`, when given), by table
+/// name, resolved against the configured attribute names as the consumer resolves them.
+fn replica_ddl(
+    config: &Config,
+    replicas: &Replicas,
+    tables: &[String],
+    out: &mut (dyn Write + Send),
+) -> Result<(), Failure> {
+    let mut declared: Vec<_> = replicas.iter().collect();
+    if declared.is_empty() {
+        return Err(Failure::usage(
+            "this binary links no #[derive(Consume)] replica, so no table to print; declare one and call \
+             dionysus::cli::run() from the binary that links it",
+        ));
+    }
+    declared.sort_by_key(|replica| replica.table);
+    if let Some(unknown) = tables.iter().find(|table| !declared.iter().any(|replica| replica.table == table.as_str())) {
+        let names: Vec<&str> = declared.iter().map(|replica| replica.table).collect();
+        let hint = crate::registry::closest(unknown, names.iter().map(|name| (*name).to_owned()))
+            .map_or_else(String::new, |name| format!("; did you mean `{name}`?"));
+        return Err(Failure::usage(format!(
+            "--table {unknown}: no replica is kept in that table{hint} (replica tables: {})",
+            names.join(", ")
+        )));
+    }
+    let selected =
+        declared.into_iter().filter(|replica| tables.is_empty() || tables.iter().any(|t| t == replica.table));
+    let mut problems = Vec::new();
+    let mut printed = 0;
+    for replica in selected {
+        match replica.configured(&config.consumer) {
+            Ok(replica) => {
+                if printed > 0 {
+                    writeln!(out)?;
+                }
+                write!(out, "{}", replica.create_table())?;
+                printed += 1;
+            }
+            Err(error) => problems.push(error.to_string()),
+        }
+    }
+    match problems.len() {
+        0 => Ok(()),
+        1 => Err(Failure::new(problems.remove(0))),
+        n => Err(Failure::new(format!("{n} replicas cannot be used:\n  - {}", problems.join("\n  - ")))),
+    }
 }
 
 /// Whether the declaration behind topic `name` sets its partition count (else 1 is only the

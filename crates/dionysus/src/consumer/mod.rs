@@ -61,7 +61,11 @@
 //! * the event bus is told after the Kafka commit; a process that dies between the database
 //!   commit and the notifications does not repeat them.
 //!
-//! Replica rules are `replica`'s; the wire format is `envelope`'s.
+//! An application starts one from its handle, [`Dionysus::consumer`](crate::Dionysus::consumer),
+//! which reads the topics of the binary's `#[derive(Consume)]` replicas unless told others.
+//!
+//! Replica rules (which row a record becomes, the table a declaration expects) are
+//! [`replica`]'s; the wire format is `wire`'s; producing is not this module's business.
 
 mod apply;
 mod batch;

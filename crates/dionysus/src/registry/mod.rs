@@ -4,8 +4,10 @@
 //! them as a whole (duplicates, conflicts, references to undeclared topics, a topic's
 //! `partition_key` that none of its models has) before any message is read or written.
 //!
-//! This module owns the declarations and their consistency. It does not talk to the broker:
-//! checking that declared topics exist there is `transport`'s job.
+//! This module owns the declarations and their consistency. It does not talk to the broker
+//! or the database: creating and checking the declared topics there is `kafka`'s job (and
+//! `dionysus check`'s), and what a declaration makes happen belongs to the producer and the
+//! consumer.
 
 use std::any::TypeId;
 use std::collections::BTreeMap;

@@ -3,12 +3,14 @@
 //! `#[derive(Consume)]` describes a diesel struct as a [`ReplicaDescriptor`] (table, columns,
 //! source model, soft-delete rules) and registers it; this module owns those descriptions,
 //! the canonical form of incoming records ([`mod@deserialize`], dionysus-rb's C-6), and the
-//! persistence rules that turn a record into a row change ([`plan`], C-9 … C-14), and what a
-//! replica table must be for those changes to be written (`setup`: the check against the
-//! catalog, each problem with its fix). Executing the changes against PostgreSQL is
-//! [`sql`]'s job; reading Kafka is `consumer`'s.
+//! persistence rules that turn a record into a row change ([`plan`], C-9 … C-14), the table a
+//! declaration expects ([`ReplicaDescriptor::create_table`]), and what an existing replica table
+//! must be for those changes to be written (`setup`: the check against the catalog, each problem
+//! with its fix). Executing the changes against PostgreSQL is [`sql`]'s job; reading Kafka is
+//! `consumer`'s.
 
 mod column_type;
+mod ddl;
 mod descriptor;
 pub mod deserialize;
 pub mod names;

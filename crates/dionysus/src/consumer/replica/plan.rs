@@ -425,7 +425,7 @@ mod tests {
         column("synced_canceled_at", ColumnKind::Timestamp, true),
         column("synced_data", ColumnKind::Json, true),
         column("name", ColumnKind::Text, true),
-        Column { name: "rental_type", source: "type", kind: ColumnKind::Text, nullable: true },
+        Column { name: "rental_type", source: "type", kind: ColumnKind::Text, nullable: true, sql_type: "text" },
     ];
 
     static RENTAL: ReplicaDescriptor = ReplicaDescriptor {
