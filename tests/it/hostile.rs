@@ -165,8 +165,9 @@ async fn send(producer: &FutureProducer, topic: &str, key: Option<&[u8]>, value:
 }
 
 fn config(db: &TestDb, kafka: &dionysus::config::KafkaConfig, dead_letters: &str) -> dionysus::Config {
-    let mut config =
-        dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+    let mut config = dionysus::Config::default();
+    config.database_url = db.url.clone();
+    config.kafka = kafka.clone();
     config.consumer.dead_letter_topic = dead_letters.to_owned();
     config.consumer.batch_size = 50;
     config

@@ -21,7 +21,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("registry", &["wire"]),
     ("handle", &["config", "registry"]),
     ("migrate", &["config", "db"]),
-    ("kafka", &["config", "registry"]),
+    ("kafka", &["wire", "config", "registry"]),
     ("producer", &["wire", "config", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
     ("consumer", &["wire", "config", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
     ("error", &["wire", "config", "db", "telemetry", "registry", "migrate", "kafka", "producer", "consumer"]),

@@ -25,4 +25,5 @@ mod migrations;
 mod producer;
 mod relay;
 mod relay_order;
+mod surface;
 mod topics;

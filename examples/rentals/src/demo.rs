@@ -21,7 +21,7 @@ use chrono::NaiveDate;
 use diesel::sql_types::{BigInt, Nullable, Text};
 // Not `RunQueryDsl`: its `load` would shadow `AtomicU64::load` here.
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
-use dionysus::config::{mask_password, Config};
+use dionysus::config::{redact, Config};
 use dionysus::consumer::{Consumer, Notification};
 use dionysus::genesis::{Genesis, GenesisRequest};
 use dionysus::relay::Relay;
@@ -63,7 +63,7 @@ pub async fn run() -> ExitCode {
 async fn demo() -> anyhow::Result<bool> {
     let base = Config::from_env()?.with_env_kafka_properties();
     let brokers = base.kafka.bootstrap_servers();
-    println!("dionysus rentals demo: PostgreSQL at {}, broker at {brokers}", mask_password(&base.database_url));
+    println!("dionysus rentals demo: PostgreSQL at {}, broker at {brokers}", redact(&base.database_url));
     let registry = Registry::global();
     registry.validate()?;
     let existing_topics = dionysus::kafka::broker_topics(&base.kafka).await.map_err(|error| {
@@ -84,8 +84,10 @@ async fn demo() -> anyhow::Result<bool> {
     replica_db.batch_execute(crate::consumer::SCHEMA).await.context("creating the replica tables")?;
     println!("  databases      {PRODUCER_DB} (producer), {CONSUMER_DB} (consumer): migrated, tables created");
 
-    let producer_config = Config { database_url: producer_url.clone(), ..base.clone() };
-    let mut consumer_config = Config { database_url: consumer_url.clone(), ..base.clone() };
+    let mut producer_config = base.clone();
+    producer_config.database_url = producer_url.clone();
+    let mut consumer_config = base.clone();
+    consumer_config.database_url = consumer_url.clone();
     consumer_config.kafka.group_id = Some(GROUP.to_owned());
     consumer_config.consumer.dead_letter_topic = DEAD_LETTERS.to_owned();
     let topics = setup::recreate_topics(&base.kafka, registry, DEAD_LETTERS, &existing_topics).await?;
@@ -152,10 +154,10 @@ async fn demo() -> anyhow::Result<bool> {
     let matches = demo.compare().await?;
     println!();
     println!("explore (the databases stay until the next run):");
-    println!("  cargo run -p dionysus-example-rentals -- --database-url {} outbox stats", mask_password(&producer_url));
+    println!("  cargo run -p dionysus-example-rentals -- --database-url {} outbox stats", redact(&producer_url));
     println!(
         "  psql {} -c 'SELECT synced_id, name, synced_canceled_at FROM rentals ORDER BY synced_id LIMIT 5'",
-        mask_password(&consumer_url)
+        redact(&consumer_url)
     );
     Ok(matches)
 }
@@ -332,8 +334,7 @@ impl Demo {
             }
             let backlog = self.count("SELECT count(*) AS n FROM dionysus_outbox WHERE published_at IS NULL").await?;
             let published = self.relay_published().await? + self.genesis_published;
-            let applied: i64 =
-                dionysus::consumer::replica::sql::stored_offsets(&mut self.replica, GROUP).await?.values().sum();
+            let applied: i64 = dionysus::consumer::stored_offsets(&mut self.replica, GROUP).await?.values().sum();
             if backlog == 0 && applied >= published {
                 return Ok(started.elapsed());
             }

@@ -1,12 +1,14 @@
-//! From outbox rows to Kafka messages with `dionysus::producer::plan::plan_rows`, on real
+//! From outbox rows to Kafka messages with `dionysus::__internals::producer::plan::plan_rows`, on real
 //! PostgreSQL but without a broker: topic(s), key, partition key and the exact value bytes
 //! (vectors w01, w02, w15, p20, p22, p23, p24, p26, p29, p30, w27).
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use dionysus::__internals::producer::plan::{
+    plan_rows, tombstone_messages, OutgoingMessage, PlanError, RowPlan, RowRef,
+};
 use dionysus::config::ProducerConfig;
 use dionysus::outbox::{Changeset, Outbox, OutboxRow};
-use dionysus::producer::plan::{plan_rows, tombstone_messages, OutgoingMessage, PlanError, RowPlan, RowRef};
 use dionysus::registry::Registry;
 use dionysus::registry::OBSERVER_TOPIC;
 use serde_json::{json, Value};
@@ -250,7 +252,8 @@ async fn observer_overflow_is_deferred() {
         .get_result(&mut conn)
         .await
         .unwrap();
-    let config = ProducerConfig { observers_inline_maximum_size: 0, ..config().clone() };
+    let mut config = config().clone();
+    config.observers_inline_maximum_size = 0;
     Outbox::new(registry(), &config).created(&mut conn, &record).await.unwrap();
     let rows = outbox_rows(&mut conn).await;
     let deferred: Vec<RowRef> = rows.iter().filter(|row| row.topic == OBSERVER_TOPIC).map(reference).collect();
@@ -265,7 +268,7 @@ async fn observer_overflow_is_deferred() {
 #[tokio::test(flavor = "multi_thread")]
 async fn observer_changesets_are_sealed_at_rest() {
     use dionysus::config::EncryptionKeys;
-    use dionysus::producer::seal::SealError;
+    use dionysus::outbox::SealError;
 
     let (_db, mut conn) = database().await;
     example_resource(&mut conn, 5, Some(2), Some(3)).await;
@@ -277,11 +280,9 @@ async fn observer_changesets_are_sealed_at_rest() {
         .unwrap();
     let keys = |text: &str| EncryptionKeys::parse("DIONYSUS_OUTBOX_ENCRYPTION_KEYS", text).unwrap();
     let sealing = keys("k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
-    let config = ProducerConfig {
-        observers_inline_maximum_size: 0,
-        outbox_encryption_keys: sealing.clone(),
-        ..config().clone()
-    };
+    let mut config = config().clone();
+    config.observers_inline_maximum_size = 0;
+    config.outbox_encryption_keys = sealing.clone();
     Outbox::new(registry(), &config).created(&mut conn, &record).await.unwrap();
     let rows = outbox_rows(&mut conn).await;
     let deferred = rows.iter().find(|row| row.topic == OBSERVER_TOPIC).unwrap();
@@ -436,7 +437,7 @@ async fn tombstones_default_to_the_records_keys() {
 /// not have gives no partition key; values render as Ruby's `to_i.to_s`.
 #[test]
 fn partition_key_sources_follow_p16() {
-    use dionysus::producer::publishable::partition_key;
+    use dionysus::__internals::producer::partition_key;
     use dionysus::registry::model::{PartitionKeySource, Publication};
     use dionysus::registry::{Tombstone, TopicDeclaration};
     use dionysus::serialize::DefaultSerializer;
@@ -473,7 +474,11 @@ fn partition_key_sources_follow_p16() {
         created_at: chrono::Utc::now(),
         updated_at: chrono::Utc::now(),
     };
-    let default = |key: &str| ProducerConfig { default_partition_key: key.to_owned(), ..ProducerConfig::default() };
+    let default = |key: &str| {
+        let mut config = ProducerConfig::default();
+        config.default_partition_key = key.to_owned();
+        config
+    };
     type Case = (Option<&'static str>, &'static str, Option<i64>, Option<&'static str>);
     let cases: [Case; 6] = [
         (Some("id"), "account_id", Some(2), Some("1")),
@@ -531,7 +536,7 @@ pub struct P26Item {
 /// wins, and without a default function the configured attribute applies.
 #[test]
 fn callable_partition_keys_on_topics_and_as_the_default() {
-    use dionysus::producer::publishable::partition_key;
+    use dionysus::__internals::producer::partition_key;
     use dionysus::Topic;
 
     let record = P26Item { id: 1, account_id: 2 };

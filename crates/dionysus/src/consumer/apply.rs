@@ -51,20 +51,34 @@ pub enum ConsumerError {
         #[source]
         source: diesel::result::Error,
     },
-    /// The offsets table cannot be read.
-    #[error("checking dionysus_consumer_offsets (run `dionysus migrate`)")]
-    OffsetsTable(#[source] diesel::result::Error),
     /// The broker client could not be set up.
     #[error(transparent)]
     Transport(#[from] crate::kafka::TransportError),
     /// No database connection could be had.
     #[error(transparent)]
     Pool(#[from] DbError),
-    /// The broker could not be used.
-    #[error("{what}")]
-    Kafka {
-        /// What was being done.
-        what: String,
+    /// Subscribing to the topics failed.
+    #[error("subscribing to {topics:?}")]
+    Subscribe {
+        /// The topics.
+        topics: Vec<String>,
+        /// rdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A message could not be sent to the dead-letter topic; its partition waits.
+    #[error("sending {topic}/{partition}@{offset} to the dead-letter topic {dead_letter_topic} ({attempts} attempts)")]
+    DeadLetter {
+        /// Topic of the message.
+        topic: String,
+        /// Partition of the message.
+        partition: i32,
+        /// Offset of the message.
+        offset: i64,
+        /// The dead-letter topic.
+        dead_letter_topic: String,
+        /// Attempts made.
+        attempts: u32,
         /// rdkafka's error.
         #[source]
         source: rdkafka::error::KafkaError,
@@ -469,6 +483,7 @@ impl Consumer {
     /// its messages' is tried
     /// [`ConsumerConfig::retry_attempts`](crate::config::ConsumerConfig::retry_attempts) times,
     /// then the error is returned (the Kafka loop then lets the partition wait).
+    #[doc(hidden)]
     pub async fn process_batch(&self, messages: &[InboundMessage]) -> Result<BatchOutcome, ConsumerError> {
         let never = CancellationToken::new();
         let outcome = self.apply_with_retry(messages, &mut |_| Box::pin(async { Ok(()) }), &never).await?;
@@ -571,6 +586,7 @@ impl Consumer {
         let attempts = self.inner.config.consumer.retry_attempts.max(1);
         let mut attempt: u32 = 0;
         let mut undetermined: u32 = 0;
+        let (mut transient_delays, mut undetermined_delays) = (retry_delays(), retry_delays());
         loop {
             let result = match crate::db::checkout(&self.inner.pool).await {
                 Ok(mut conn) => self.apply_once(&mut conn, messages, dead_letter).await,
@@ -627,11 +643,11 @@ impl Consumer {
                 if attempt >= attempts {
                     return Err(error);
                 }
-                let delay = backoff(attempt);
+                let delay = next_delay(&mut transient_delays);
                 tracing::warn!(error = %Report(&error), attempt, ?delay, "batch failed for a reason that is not its messages'; retrying it");
                 delay
             } else {
-                backoff(undetermined)
+                next_delay(&mut undetermined_delays)
             };
             tokio::select! {
                 () = shutdown.cancelled() => return Err(ConsumerError::Stopped),
@@ -789,21 +805,23 @@ fn message_of<'m>(messages: &'m [InboundMessage], event: &ConsumedEvent) -> Opti
     }
 }
 
-/// `100 ms × 2^attempt`, capped at 30 s.
-pub(super) fn backoff(attempt: u32) -> Duration {
-    let millis = 100u64.saturating_mul(1u64 << attempt.min(9));
-    Duration::from_millis(millis.min(30_000))
+/// The waits between attempts at a batch or a dead letter: 200 ms, doubling, at most 30 s,
+/// never ending (the callers count attempts themselves).
+pub(super) fn retry_delays() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder as _;
+    retry_schedule().without_max_times().build()
 }
 
-/// Applies the framework migrations' consumer table check: the offsets table must exist.
-pub async fn check_offsets_table(database_url: &str) -> Result<(), ConsumerError> {
-    let mut conn = AsyncPgConnection::establish(database_url).await.map_err(|source| {
-        ConsumerError::Pool(DbError::Connect {
-            url: crate::config::redact(database_url),
-            source: crate::db::redact_connection_error(source),
-        })
-    })?;
-    conn.batch_execute("SELECT 1 FROM dionysus_consumer_offsets LIMIT 0").await.map_err(ConsumerError::OffsetsTable)
+/// [`retry_delays`] as a builder, for `backon`'s `retry`.
+pub(super) fn retry_schedule() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+}
+
+/// The next wait of `delays` (the cap, should the schedule ever end).
+pub(super) fn next_delay(delays: &mut backon::ExponentialBackoff) -> Duration {
+    delays.next().unwrap_or(Duration::from_secs(30))
 }
 
 impl Dionysus {
@@ -825,10 +843,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(1), Duration::from_millis(200));
-        assert_eq!(backoff(3), Duration::from_millis(800));
-        assert_eq!(backoff(40), Duration::from_secs(30));
+    fn retry_delays_grow_and_are_capped() {
+        let delays: Vec<Duration> = retry_delays().take(12).collect();
+        assert_eq!(delays[0], Duration::from_millis(200));
+        assert_eq!(delays[2], Duration::from_millis(800));
+        assert_eq!(delays[11], Duration::from_secs(30));
+        assert!(delays.windows(2).all(|pair| pair[0] <= pair[1]), "{delays:?}");
     }
 
     #[test]

@@ -51,25 +51,20 @@
 //!
 //! Replica rules are `replica`'s; the wire format is `envelope`'s.
 
-mod apply;
-mod batch;
-pub mod dedup;
-mod events;
+pub(crate) mod apply;
+pub(crate) mod batch;
+pub(crate) mod dedup;
+pub(crate) mod events;
 #[cfg(test)]
 mod fuzz;
-mod handler;
+pub(crate) mod handler;
 mod progress;
 pub mod replica;
-mod runtime;
+pub(crate) mod runtime;
 
-pub use apply::{
-    check_offsets_table, AfterCommit, AfterCommitHook, BatchOutcome, Consumer, ConsumerBuilder, ConsumerError, Health,
-    Subscriber,
-};
-pub use batch::{lock_name, DeadLetter, InboundMessage, UnknownModel};
+pub use apply::{Consumer, ConsumerBuilder, ConsumerError, Health, Subscriber};
+pub use batch::UnknownModel;
 pub use events::{ConsumedEvent, LocalChange, MessageFilter, Notification};
-pub use handler::{
-    handlers, records_as, Context, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFn, HandlerFuture,
-    HandlerOutput,
-};
+pub use handler::{handlers, Context, HandlerDeclaration, HandlerError};
+pub use replica::sql::stored_offsets;
 pub use runtime::DeadLetterHeaders;

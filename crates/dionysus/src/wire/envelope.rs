@@ -42,7 +42,7 @@ impl Envelope {
     }
 
     /// The compact JSON bytes, escaped as ActiveSupport does.
-    pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
         to_json(self)
     }
 }
@@ -59,8 +59,8 @@ pub enum EnvelopeError {
 }
 
 /// Serializes to compact JSON with ActiveSupport's escaping.
-pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EnvelopeError> {
-    let text = serde_json::to_string(value).map_err(EnvelopeError::Json)?;
+pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let text = serde_json::to_string(value)?;
     Ok(escape_like_active_support(&text).into_bytes())
 }
 

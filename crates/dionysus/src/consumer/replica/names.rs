@@ -15,6 +15,7 @@ use crate::config::ConsumerConfig;
 /// A replica declaration that cannot work with the configured attribute names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("replica model `{model}` ({declared_by}, {location}): {problem}")]
+#[non_exhaustive]
 pub struct ReplicaError {
     /// The source model.
     pub model: String,

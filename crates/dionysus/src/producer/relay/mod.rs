@@ -90,6 +90,7 @@ use crate::telemetry::Report;
 
 /// The relay could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RelayError {
     /// The declarations are inconsistent.
     #[error(transparent)]
@@ -100,11 +101,11 @@ pub enum RelayError {
     /// The database could not be used.
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
-    /// A query failed.
-    #[error("{what}")]
+    /// A query of the relay's own failed.
+    #[error("{operation}")]
     Query {
         /// What was being done.
-        what: String,
+        operation: RelayOperation,
         /// diesel's error.
         #[source]
         source: diesel::result::Error,
@@ -118,6 +119,31 @@ pub enum RelayError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What the relay was doing when a query failed (in [`RelayError::Query`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RelayOperation {
+    /// Taking, renewing or releasing bucket leases.
+    MaintainLeases,
+    /// Publishing a batch of outbox rows.
+    PublishBatch,
+    /// Draining the outbox ([`Relay::drain`]).
+    Drain,
+    /// Deleting published rows past their retention.
+    Prune,
+}
+
+impl std::fmt::Display for RelayOperation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RelayOperation::MaintainLeases => "maintaining relay bucket leases",
+            RelayOperation::PublishBatch => "publishing an outbox batch",
+            RelayOperation::Drain => "draining the outbox",
+            RelayOperation::Prune => "pruning published outbox rows",
+        })
+    }
 }
 
 /// Builds a [`Relay`].
@@ -249,10 +275,9 @@ fn create_producer(
     settings: &rdkafka::ClientConfig,
     kafka: &crate::config::KafkaConfig,
 ) -> Result<crate::kafka::Producer, crate::kafka::TransportError> {
-    settings.create_with_context(crate::kafka::Logs::default()).map_err(|source| crate::kafka::TransportError::Kafka {
-        what: format!("creating the relay's producer for {}", kafka.bootstrap_servers()),
-        source: crate::kafka::redact_error(source),
-    })
+    settings
+        .create_with_context(crate::kafka::Logs::default())
+        .map_err(crate::kafka::kafka_error(crate::kafka::KafkaOperation::CreateProducer, kafka))
 }
 
 struct Inner {
@@ -483,7 +508,7 @@ impl Relay {
                 Ok(busy) => busy,
                 Err(error) => {
                     leases.invalidate();
-                    monitor.emit(&RelayEvent::Error { worker: &worker_id, error_message: &Report(&error).to_string() });
+                    monitor.emit(&RelayEvent::Error { worker: &worker_id, error: &error });
                     tracing::warn!(worker = %worker_id, "relay iteration failed, retrying: {}", Report(&error));
                     false
                 }
@@ -518,7 +543,7 @@ impl Relay {
             leases
                 .maintain(&mut conn)
                 .await
-                .map_err(|source| RelayError::Query { what: "maintaining relay bucket leases".to_owned(), source })?;
+                .map_err(|source| RelayError::Query { operation: RelayOperation::MaintainLeases, source })?;
         }
         if leases.buckets().is_empty() || !leases.valid() {
             return Ok(false);
@@ -531,7 +556,7 @@ impl Relay {
             .run(&mut conn, &buckets)
             .instrument(span.clone())
             .await
-            .map_err(|source| RelayError::Query { what: "publishing an outbox batch".to_owned(), source })?;
+            .map_err(|source| RelayError::Query { operation: RelayOperation::PublishBatch, source })?;
         span.record("read", report.read);
         if report.producer_failed {
             self.replace_producer(&producer);
@@ -552,7 +577,7 @@ impl Relay {
                 .batch(&producer)
                 .run(&mut conn, &all)
                 .await
-                .map_err(|source| RelayError::Query { what: "draining the outbox".to_owned(), source })?;
+                .map_err(|source| RelayError::Query { operation: RelayOperation::Drain, source })?;
             if report.producer_failed {
                 self.replace_producer(&producer);
             }
@@ -588,7 +613,7 @@ impl Relay {
 }
 
 #[doc(hidden)]
-pub mod simulation {
+pub(crate) mod simulation {
     //! The steps of a batch with a given clock and given delivery outcomes, so property tests
     //! can drive the relay's ordering rules through arbitrary retry schedules and batch
     //! boundaries against a real outbox table. Not a public API: it may change in any release.
@@ -654,7 +679,7 @@ pub mod simulation {
 
 /// Deletes published rows older than `age`, 1000 at a time (oldest ids first) so no statement
 /// holds many locks.
-pub async fn prune(pool: &Pool, age: Duration) -> Result<u64, RelayError> {
+pub(crate) async fn prune(pool: &Pool, age: Duration) -> Result<u64, RelayError> {
     use diesel_async::RunQueryDsl;
     let mut conn = crate::db::checkout(pool).await?;
     let mut total = 0_u64;
@@ -667,7 +692,7 @@ pub async fn prune(pool: &Pool, age: Duration) -> Result<u64, RelayError> {
         .bind::<diesel::sql_types::Double, _>(age.as_secs_f64())
         .execute(&mut conn)
         .await
-        .map_err(|source| RelayError::Query { what: "pruning published outbox rows".to_owned(), source })?;
+        .map_err(|source| RelayError::Query { operation: RelayOperation::Prune, source })?;
         total += deleted as u64;
         if deleted < 1000 {
             return Ok(total);
