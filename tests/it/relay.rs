@@ -463,8 +463,8 @@ async fn missing_topic_is_a_clear_error_unless_auto_created() {
     assert_eq!(report.published, 5);
 }
 
-/// `/health` answers 200 and the liveness file exists while the relay runs; the file is
-/// removed when it stops.
+/// `/health` answers 200 (as `check_health` does) and the liveness file exists while the
+/// relay runs; the file is removed when it stops.
 #[tokio::test(flavor = "multi_thread")]
 async fn health_endpoint_and_file_follow_the_loop() {
     let setup = setup(kafka_config(), 1, 1).await;
@@ -492,6 +492,7 @@ async fn health_endpoint_and_file_follow_the_loop() {
     })
     .await;
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert_eq!(relay.check_health(), Ok(()));
     eventually(Duration::from_secs(10), || {
         let file = file.clone();
         async move { file.exists().then_some(()) }

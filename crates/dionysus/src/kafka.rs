@@ -31,7 +31,7 @@ pub enum TransportError {
         brokers: String,
         /// rdkafka's error (secrets taken out).
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// The broker refused to create a topic.
     #[error("creating topic `{topic}` on {brokers}")]
@@ -42,7 +42,7 @@ pub enum TransportError {
         brokers: String,
         /// The broker's answer.
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// The task that waited for the broker stopped before it answered.
     #[error("{} {brokers}", operation.phrase())]
@@ -92,7 +92,7 @@ impl KafkaOperation {
 /// The error of `operation` on the brokers of `kafka`, with secrets taken out of rdkafka's.
 pub(crate) fn kafka_error(operation: KafkaOperation, kafka: &KafkaConfig) -> impl FnOnce(KafkaError) -> TransportError {
     let brokers = kafka.bootstrap_servers();
-    move |source| TransportError::Kafka { operation, brokers, source: redact_error(source) }
+    move |source| TransportError::Kafka { operation, brokers, source: Box::new(redact_error(source)) }
 }
 
 /// `error` with no secret in its text: librdkafka's configuration errors repeat the
@@ -326,7 +326,7 @@ pub async fn create_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<
                 return Err(TransportError::CreateTopic {
                     topic: name,
                     brokers: kafka.bootstrap_servers(),
-                    source: KafkaError::AdminOp(code),
+                    source: Box::new(KafkaError::AdminOp(code)),
                 })
             }
         }

@@ -21,7 +21,8 @@ pub use consumer::Context;
 pub use error::{Error, Result};
 pub use handle::{AlreadyInstalled, Dionysus};
 pub use migrate::{copy_migrations, migrate};
-pub use producer::outbox::Changeset;
+#[doc(no_inline)]
+pub use outbox::Changeset;
 pub use producer::partition_key::IntegerPartitionKey;
 pub use producer::publishable::Publishable;
 pub use producer::{genesis, outbox, relay, respond, serialize};
@@ -273,7 +274,7 @@ pub mod __private {
     pub use crate::consumer::handler::{
         records_as, Context, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFuture, HandlerOutput,
     };
-    pub use crate::consumer::replica::column_type::{payload_column, ColumnKind, ColumnType};
+    pub use crate::consumer::replica::column_type::{payload_column, ColumnKind, ColumnType, PayloadColumn};
     pub use crate::consumer::replica::descriptor::{
         CancelValue, Column, DestroyStrategy, NamedRoles, Replica, ReplicaDescriptor, ReplicaEntry,
     };

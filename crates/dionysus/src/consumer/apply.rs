@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::consumer::replica::{sql, Replicas};
 use crate::db::{DbError, Pool};
 use crate::handle::Dionysus;
-use crate::telemetry::Report;
+use crate::telemetry::{Report, Unhealthy};
 
 /// A consumer failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,7 @@ pub enum ConsumerError {
         topics: Vec<String>,
         /// rdkafka's error.
         #[source]
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
     /// A message could not be sent to the dead-letter topic; its partition waits.
     #[error("sending {topic}/{partition}@{offset} to the dead-letter topic {dead_letter_topic} ({attempts} attempts)")]
@@ -81,7 +81,7 @@ pub enum ConsumerError {
         attempts: u32,
         /// rdkafka's error.
         #[source]
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
     /// A handler running inside the batch's transaction failed on a message; the batch was
     /// rolled back.
@@ -197,6 +197,7 @@ pub struct ConsumerBuilder {
     after_commit: Option<AfterCommitHook>,
     handlers: bool,
     local_changes: Option<bool>,
+    #[cfg(feature = "metrics")]
     serve: Option<std::net::SocketAddr>,
     health_file: Option<std::path::PathBuf>,
 }
@@ -286,20 +287,16 @@ impl ConsumerBuilder {
     }
 
     /// Serves `/metrics` (Prometheus, through [`crate::telemetry::prometheus`]) and `/health`
-    /// on this address while the consumer runs. `/health` answers 200 while the consumer
-    /// polled the broker within [`Consumer::HEALTH_SILENCE`] and every partition moves; else
-    /// 503 with the reason: no poll, a partition waiting on a batch that keeps failing for a
-    /// reason that is not its messages' or on a dead letter that cannot be sent, or a
-    /// partition that has not committed for
-    /// [`ConsumerConfig::stall_timeout`](crate::config::ConsumerConfig::stall_timeout) while
-    /// messages of it wait.
+    /// on this address while the consumer runs. `/health` answers 200 while
+    /// [`Consumer::check_health`] does, else 503 with its reason. With the `metrics` feature.
+    #[cfg(feature = "metrics")]
     pub fn serve(mut self, address: std::net::SocketAddr) -> Self {
         self.serve = Some(address);
         self
     }
 
     /// Keeps a liveness file at this path while the consumer is healthy (see
-    /// [`ConsumerBuilder::serve`]); it is removed when the consumer stalls or stops.
+    /// [`Consumer::check_health`]); it is removed when the consumer stalls or stops.
     pub fn health_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.health_file = Some(path.into());
         self
@@ -360,6 +357,7 @@ impl ConsumerBuilder {
                 in_transaction,
                 after_commit_handlers: after_commit,
                 health: Health::new(),
+                #[cfg(feature = "metrics")]
                 serve: self.serve,
                 health_file: self.health_file,
             }),
@@ -382,6 +380,7 @@ pub(super) struct Inner {
     pub(super) after_commit_handlers: Vec<&'static HandlerDeclaration>,
     pub(super) health: Health,
     pub(super) progress: Arc<progress::Progress>,
+    #[cfg(feature = "metrics")]
     pub(super) serve: Option<std::net::SocketAddr>,
     pub(super) health_file: Option<std::path::PathBuf>,
 }
@@ -456,6 +455,7 @@ impl Consumer {
             after_commit: None,
             handlers: true,
             local_changes: None,
+            #[cfg(feature = "metrics")]
             serve: None,
             health_file: None,
         }
@@ -474,6 +474,20 @@ impl Consumer {
     /// Its liveness.
     pub fn health(&self) -> Health {
         self.inner.health.clone()
+    }
+
+    /// Whether the running consumer is healthy, as `/health` and the liveness file see it: it
+    /// polled the broker within [`Consumer::HEALTH_SILENCE`] and every partition moves. Else
+    /// the reason: no poll (or not running), a partition waiting on a batch that keeps
+    /// failing for a reason that is not its messages' or on a dead letter that cannot be
+    /// sent, or a partition that has not committed for
+    /// [`ConsumerConfig::stall_timeout`](crate::config::ConsumerConfig::stall_timeout) while
+    /// messages of it wait.
+    pub fn check_health(&self) -> Result<(), Unhealthy> {
+        if !self.inner.health.is_alive(Consumer::HEALTH_SILENCE) {
+            return Err(Unhealthy::new(format!("no broker poll for {} s", Consumer::HEALTH_SILENCE.as_secs())));
+        }
+        self.inner.progress.check().map_err(Unhealthy::new)
     }
 
     /// Applies a batch of one partition's messages (ascending offsets) in one transaction,
@@ -844,11 +858,8 @@ mod tests {
 
     #[test]
     fn retry_delays_grow_and_are_capped() {
-        let delays: Vec<Duration> = retry_delays().take(12).collect();
-        assert_eq!(delays[0], Duration::from_millis(200));
-        assert_eq!(delays[2], Duration::from_millis(800));
-        assert_eq!(delays[11], Duration::from_secs(30));
-        assert!(delays.windows(2).all(|pair| pair[0] <= pair[1]), "{delays:?}");
+        let millis: Vec<u128> = retry_delays().take(12).map(|delay| delay.as_millis()).collect();
+        assert_eq!(millis, [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000, 30000]);
     }
 
     #[test]

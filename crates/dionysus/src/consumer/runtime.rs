@@ -402,14 +402,9 @@ impl Consumer {
         // Health endpoint and liveness file, until this function returns.
         let telemetry = shutdown.child_token();
         let _stop_telemetry = telemetry.clone().drop_guard();
-        let health = inner.health.clone();
-        let progress = inner.progress.clone();
-        let healthy: crate::telemetry::Health = Arc::new(move || {
-            if !health.is_alive(Consumer::HEALTH_SILENCE) {
-                return Err(format!("no broker poll for {} s", Consumer::HEALTH_SILENCE.as_secs()));
-            }
-            progress.check()
-        });
+        let consumer = self.clone();
+        let healthy: crate::telemetry::Health = Arc::new(move || consumer.check_health());
+        #[cfg(feature = "metrics")]
         if let Some(address) = inner.serve {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
@@ -443,7 +438,7 @@ impl Consumer {
         let topics: Vec<&str> = inner.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(|source| ConsumerError::Subscribe {
             topics: inner.topics.clone(),
-            source: crate::kafka::redact_error(source),
+            source: Box::new(crate::kafka::redact_error(source)),
         })?;
         // The largest dead letter is a whole message of the largest size consumed plus its
         // key and headers; librdkafka's default (1,000,000 bytes) would refuse most of them.
@@ -737,7 +732,7 @@ impl DeadLetters {
                 offset: message.offset,
                 dead_letter_topic: self.topic.clone(),
                 attempts: self.attempts,
-                source,
+                source: Box::new(source),
             }),
         }
     }

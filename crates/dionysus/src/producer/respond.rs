@@ -9,7 +9,7 @@
 //! # #[diesel(table_name = rentals)]
 //! # #[publish(topic = "v3_rentals")]
 //! # struct Rental { id: i64, account_id: i64 }
-//! use dionysus::producer::respond::{Respond, TombstoneOptions};
+//! use dionysus::respond::{Respond, TombstoneOptions};
 //!
 //! async fn publish(
 //!     tx: &mut diesel_async::AsyncPgConnection,

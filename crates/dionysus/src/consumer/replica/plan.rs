@@ -33,13 +33,13 @@ pub(crate) enum RecordError {
     #[error("{model} {id}: `{key}` = {value} does not fit column `{column}` ({expected})")]
     WrongType {
         /// Source model.
-        model: String,
+        model: &'static str,
         /// The record's id, as text.
         id: String,
         /// The payload attribute.
-        key: String,
+        key: &'static str,
         /// The replica column.
-        column: String,
+        column: &'static str,
         /// The value as JSON, cut to 80 characters.
         value: String,
         /// What the column accepts, e.g. "a timestamp".
@@ -99,7 +99,7 @@ pub(crate) fn prepare(replica: &ReplicaDescriptor, record: &Record) -> Result<Pr
         return Err(RecordError::MissingId { model: replica.model.to_owned() });
     };
     let attributes = &record.attributes;
-    let wrong = |key: &str, column: &str, value: &Value, expected: &'static str| {
+    let wrong = |key: &'static str, column: &'static str, value: &Value, expected: &'static str| {
         let id_text = match &synced_id {
             Value::String(text) => text.clone(),
             other => other.to_string(),
@@ -113,14 +113,7 @@ pub(crate) fn prepare(replica: &ReplicaDescriptor, record: &Record) -> Result<Pr
             shown.truncate(end);
             shown.push_str("...");
         }
-        RecordError::WrongType {
-            model: replica.model.to_owned(),
-            id: id_text.clone(),
-            key: key.to_owned(),
-            column: column.to_owned(),
-            value: shown,
-            expected,
-        }
+        RecordError::WrongType { model: replica.model, id: id_text.clone(), key, column, value: shown, expected }
     };
     let mut event_time = None;
     for key in ["synced_updated_at", "synced_created_at"] {

@@ -86,7 +86,7 @@ use crate::config::Config;
 use crate::db::Pool;
 use crate::handle::Dionysus;
 use crate::registry::Registry;
-use crate::telemetry::Report;
+use crate::telemetry::{Report, Unhealthy};
 
 /// The relay could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +154,7 @@ pub struct RelayBuilder {
     pool: Option<Pool>,
     producer: Option<crate::kafka::Producer>,
     observer: Option<Arc<dyn RelayObserver>>,
+    #[cfg(feature = "metrics")]
     serve: Option<SocketAddr>,
     health_file: Option<PathBuf>,
     auto_create_topics: bool,
@@ -162,7 +163,7 @@ pub struct RelayBuilder {
 
 impl std::fmt::Debug for RelayBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelayBuilder").field("config", &self.config).field("serve", &self.serve).finish_non_exhaustive()
+        f.debug_struct("RelayBuilder").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -202,7 +203,9 @@ impl RelayBuilder {
     }
 
     /// Serves `/metrics` (Prometheus) and `/health` on this address; installs the Prometheus
-    /// recorder for the `metrics` crate unless another recorder is installed.
+    /// recorder for the `metrics` crate unless another recorder is installed. With the
+    /// `metrics` feature.
+    #[cfg(feature = "metrics")]
     pub fn serve(mut self, address: SocketAddr) -> Self {
         self.serve = Some(address);
         self
@@ -260,6 +263,7 @@ impl RelayBuilder {
                 producer_settings,
                 topics: crate::producer::sender::TopicCache::default(),
                 monitor: monitor::Monitor::new(self.observer),
+                #[cfg(feature = "metrics")]
                 serve: self.serve,
                 health_file: self.health_file,
                 auto_create_topics: self.auto_create_topics,
@@ -291,6 +295,7 @@ struct Inner {
     producer_settings: Option<rdkafka::ClientConfig>,
     topics: crate::producer::sender::TopicCache,
     monitor: monitor::Monitor,
+    #[cfg(feature = "metrics")]
     serve: Option<SocketAddr>,
     health_file: Option<PathBuf>,
     auto_create_topics: bool,
@@ -321,6 +326,7 @@ impl Relay {
             pool: None,
             producer: None,
             observer: None,
+            #[cfg(feature = "metrics")]
             serve: None,
             health_file: None,
             auto_create_topics: false,
@@ -404,18 +410,13 @@ impl Relay {
             let token = background.clone();
             helpers.spawn(async move { relay.listen(token).await });
         }
-        let monitor = self.inner.monitor.clone();
-        let healthy: crate::telemetry::Health = Arc::new(move || {
-            if monitor.healthy(stall) {
-                Ok(())
-            } else {
-                Err(format!("no relay loop finished within {} ms", stall.as_millis()))
-            }
-        });
+        let relay = self.clone();
+        let healthy: crate::telemetry::Health = Arc::new(move || relay.check_health());
         if let Some(path) = self.inner.health_file.clone() {
             let every = (stall / 4).max(Duration::from_millis(100));
             helpers.spawn(crate::telemetry::health_file(path, healthy.clone(), every, background.clone()));
         }
+        #[cfg(feature = "metrics")]
         if let Some(address) = self.inner.serve {
             let handle = crate::telemetry::prometheus();
             let unhealthy = "[Dionysus Producer Outbox healthcheck failed]";
@@ -488,6 +489,18 @@ impl Relay {
                     },
                 }
             }
+        }
+    }
+
+    /// Whether the relay is healthy, as `/health` and the liveness file see it: a worker
+    /// finished a loop within the stall threshold (three lease expiries, ten idle sleeps, at
+    /// least 30 s).
+    pub fn check_health(&self) -> Result<(), Unhealthy> {
+        let stall = self.stall_threshold();
+        if self.inner.monitor.healthy(stall) {
+            Ok(())
+        } else {
+            Err(Unhealthy::new(format!("no relay loop finished within {} ms", stall.as_millis())))
         }
     }
 
