@@ -8,8 +8,9 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
+use super::column_type::ColumnKind;
+use super::descriptor::{DestroyStrategy, ReplicaDescriptor, Replicas};
 use super::plan::normalize;
-use super::{ColumnKind, DestroyStrategy, ReplicaDescriptor, Replicas};
 use crate::config::ConsumerConfig;
 
 /// A replica declaration that cannot work with the configured attribute names.
