@@ -84,7 +84,7 @@ mod tests {
              duplicate key value violates unique constraint \"rentals_pkey\""
         );
         let consumer = Error::from(ConsumerError::Database {
-            step: "writing replica rows",
+            step: crate::consumer::BatchStep::WriteRows,
             group: "billing".to_owned(),
             topic: "v3_rentals".to_owned(),
             partition: 2,

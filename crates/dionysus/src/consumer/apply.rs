@@ -35,8 +35,8 @@ pub enum ConsumerError {
     /// A database operation on a batch failed.
     #[error("{step} (group {group}, {topic}/{partition}, offsets {first_offset}..={last_offset})")]
     Database {
-        /// What was being done, e.g. `writing replica rows`.
-        step: &'static str,
+        /// What was being done.
+        step: BatchStep,
         /// The consumer group.
         group: String,
         /// The batch's topic.
@@ -117,6 +117,40 @@ pub enum ConsumerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A step of a batch's transaction (in [`ConsumerError::Database`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BatchStep {
+    /// Beginning the transaction.
+    Begin,
+    /// Locking the partition's offset row.
+    LockOffset,
+    /// Taking the processing locks (`processing_mutex`).
+    ProcessingLocks,
+    /// Writing the replica rows.
+    WriteRows,
+    /// Storing the partition's next offset.
+    StoreOffset,
+    /// Committing.
+    Commit,
+    /// Storing the offset past a message that was dead-lettered alone.
+    SkipRejected,
+}
+
+impl std::fmt::Display for BatchStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BatchStep::Begin => "beginning the batch transaction",
+            BatchStep::LockOffset => "locking the partition's offset",
+            BatchStep::ProcessingLocks => "taking processing locks",
+            BatchStep::WriteRows => "writing replica rows",
+            BatchStep::StoreOffset => "storing the offset",
+            BatchStep::Commit => "committing the batch",
+            BatchStep::SkipRejected => "storing the offset past a rejected message",
+        })
+    }
 }
 
 /// Event-bus subscriber: called after each committed batch (C-19).
@@ -515,7 +549,7 @@ impl Consumer {
         let Some(first) = messages.first() else { return Ok(BatchOutcome::default()) };
         let (topic, partition) = (first.topic.clone(), first.partition);
         let last_offset = messages.last().map_or(first.offset, |m| m.offset);
-        let db = |step: &'static str| {
+        let db = |step: BatchStep| {
             let (group, topic) = (self.inner.group.clone(), topic.clone());
             move |source| ConsumerError::Database {
                 step,
@@ -530,11 +564,11 @@ impl Consumer {
         // Begun and ended through diesel's transaction manager (not a bare `BEGIN`), so a
         // worker stopped mid-batch leaves a connection the pool discards rather than one
         // that still holds the batch's transaction and locks.
-        Transactions::begin_transaction(conn).await.map_err(db("beginning the batch transaction"))?;
+        Transactions::begin_transaction(conn).await.map_err(db(BatchStep::Begin))?;
         let result = async {
             let stored = sql::lock_offset(conn, &self.inner.group, &topic, partition)
                 .await
-                .map_err(db("locking the partition's offset"))?;
+                .map_err(db(BatchStep::LockOffset))?;
             let skip = messages.iter().take_while(|m| stored.is_some_and(|stored| m.offset < stored)).count();
             let fresh: std::borrow::Cow<'_, [InboundMessage]> =
                 if messages[skip..].iter().all(|m| stored.is_none_or(|stored| m.offset >= stored)) {
@@ -557,12 +591,12 @@ impl Consumer {
                 tracing::warn!(%topic, partition, offset = dead.message.offset, reason = dead.reason, error = %dead.error, "message sent to the dead-letter topic");
                 dead_letter(dead).await?;
             }
-            sql::advisory_locks(conn, prepared.locks.clone()).await.map_err(db("taking processing locks"))?;
-            let events = batch::apply(conn, &mut prepared, Utc::now()).await.map_err(db("writing replica rows"))?;
+            sql::advisory_locks(conn, prepared.locks.clone()).await.map_err(db(BatchStep::ProcessingLocks))?;
+            let events = batch::apply(conn, &mut prepared, Utc::now()).await.map_err(db(BatchStep::WriteRows))?;
             self.run_in_transaction(conn, &fresh, &events, &prepared.dead_letters).await?;
             sql::store_offset(conn, &self.inner.group, &topic, partition, next_offset)
                 .await
-                .map_err(db("storing the offset"))?;
+                .map_err(db(BatchStep::StoreOffset))?;
             Ok(BatchOutcome {
                 events,
                 dead_letters: prepared.dead_letters,
@@ -573,7 +607,7 @@ impl Consumer {
         .await;
         match result {
             Ok(outcome) => {
-                Transactions::commit_transaction(conn).await.map_err(db("committing the batch"))?;
+                Transactions::commit_transaction(conn).await.map_err(db(BatchStep::Commit))?;
                 Ok(outcome)
             }
             Err(error) => {
@@ -704,7 +738,7 @@ impl Consumer {
         }
         .await
         .map_err(|source| ConsumerError::Database {
-            step: "storing the offset past a rejected message",
+            step: BatchStep::SkipRejected,
             group: group.clone(),
             topic: message.topic.clone(),
             partition: message.partition,

@@ -62,7 +62,7 @@ mod progress;
 pub mod replica;
 pub(crate) mod runtime;
 
-pub use apply::{Consumer, ConsumerBuilder, ConsumerError, Health, Subscriber};
+pub use apply::{BatchStep, Consumer, ConsumerBuilder, ConsumerError, Health, Subscriber};
 pub use batch::UnknownModel;
 pub use events::{ConsumedEvent, LocalChange, MessageFilter, Notification};
 pub use handler::{handlers, Context, HandlerDeclaration, HandlerError};
