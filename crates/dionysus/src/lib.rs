@@ -181,9 +181,9 @@ pub use dionysus_macros::Publishable;
 ///
 /// A column's kind (what payload values it accepts) and nullability come from its field's
 /// type through [`consumer::replica::ColumnType`]: integers, floats, `bool`, `String`,
-/// `DateTime<Utc>`, `NaiveDateTime`, `NaiveDate`, `serde_json::Value` (and `BigDecimal`,
-/// `Uuid` with the `bigdecimal`, `uuid` features), a `Vec` of these, an `Option` of any;
-/// type aliases work.
+/// `DateTime<Utc>`, `NaiveDateTime`, `NaiveDate`, `serde_json::Value`, `Uuid` (and
+/// `BigDecimal` with the `bigdecimal` feature), a `Vec` of these, an `Option` of any; type
+/// aliases work.
 ///
 /// Mistakes are compile errors on the offending token: a missing required key, an unknown key
 /// (with a suggestion), a field type that cannot hold payload values, a role or `cancel =
@@ -194,8 +194,9 @@ pub use dionysus_macros::Consume;
 
 /// Registers an async function as a handler of one event of a topic. It runs after the batch
 /// holding the event is committed, or, with `in_transaction`, inside the batch's transaction.
-/// Use it with its path, `#[dionysus::consume(...)]`, so it never clashes with the
-/// `#[consume(...)]` helper attribute of `#[derive(Consume)]`.
+/// Write it `#[dionysus::consume(...)]`, or `#[consume(...)]` with the prelude imported: on a
+/// function it is this attribute, on a `#[derive(Consume)]` struct the derive's helper, so
+/// both live in one module.
 ///
 /// ```
 /// use dionysus::Context;
@@ -247,9 +248,9 @@ pub use dionysus_macros::consume;
 /// The names most applications need, in one import.
 ///
 /// `use dionysus::prelude::*;` brings the derives (`#[derive(Publishable, Consume)]`, with the
-/// `Publishable` trait), `#[topic(...)]`, the handle and the types most code names. Handlers
-/// keep their path, `#[dionysus::consume(...)]`, so they never clash with the `#[consume(...)]`
-/// helper attribute of `#[derive(Consume)]`.
+/// `Publishable` trait; their `#[publish(...)]`, `#[publishable(...)]` and `#[consume(...)]`
+/// helpers come with them), the attributes `#[topic(...)]` and `#[consume(...)]` (on handler
+/// functions), the handle and the types most code names.
 pub mod prelude {
     #[doc(no_inline)]
     pub use crate::config::Config;
@@ -258,7 +259,7 @@ pub mod prelude {
     #[doc(no_inline)]
     pub use crate::registry::{Registry, Topic};
     #[doc(no_inline)]
-    pub use crate::{topic, Changeset, Consume, Dionysus, Publishable};
+    pub use crate::{consume, topic, Changeset, Consume, Dionysus, Publishable};
 }
 
 /// Items the macros' generated code refers to (`::dionysus::__private::…`), and the crates
