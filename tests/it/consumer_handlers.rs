@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use dionysus::consumer::{Consumer, DeadLetterHeaders, InboundMessage};
+use dionysus::__internals::consumer::InboundMessage;
+use dionysus::consumer::{Consumer, DeadLetterHeaders};
 use dionysus_tests::{count, create_topic, kafka_config, TestDb};
 use futures_util::StreamExt;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
@@ -316,8 +317,9 @@ async fn in_transaction_handler_through_the_broker() {
         producer.send(record, Duration::from_secs(10)).await.map_err(|(error, _)| error).unwrap();
     }
 
-    let mut config =
-        dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+    let mut config = dionysus::Config::default();
+    config.database_url = db.url.clone();
+    config.kafka = kafka.clone();
     config.consumer.dead_letter_topic = dead_letters.clone();
     let consumer = Consumer::builder(config)
         .pool(db.pool(4))

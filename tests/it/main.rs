@@ -28,4 +28,5 @@ mod producer;
 mod readme;
 mod relay;
 mod relay_order;
+mod surface;
 mod topics;

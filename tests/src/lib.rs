@@ -71,7 +71,10 @@ pub fn brokers() -> String {
 
 /// Kafka settings for tests: the test broker and a unique client id.
 pub fn kafka_config() -> KafkaConfig {
-    KafkaConfig { brokers: vec![brokers()], client_id: unique_name("dionysus_it"), ..KafkaConfig::default() }
+    let mut kafka = KafkaConfig::default();
+    kafka.brokers = vec![brokers()];
+    kafka.client_id = unique_name("dionysus_it");
+    kafka
 }
 
 /// Consumer settings for tests: fast group joins (the defaults take ~20 s with this broker).
@@ -146,11 +149,10 @@ impl PrivateBroker {
     }
 
     pub fn kafka_config(&self) -> KafkaConfig {
-        KafkaConfig {
-            brokers: vec![self.address.clone()],
-            client_id: unique_name("dionysus_it"),
-            ..KafkaConfig::default()
-        }
+        let mut kafka = KafkaConfig::default();
+        kafka.brokers = vec![self.address.clone()];
+        kafka.client_id = unique_name("dionysus_it");
+        kafka
     }
 
     fn signal(&self, signal: &str) {
@@ -205,7 +207,7 @@ pub fn registry_for<T: dionysus::Publishable>(
         location: file!(),
     }));
     let publication: &'static Publication = Box::leak(Box::new(Publication {
-        model: dionysus::producer::publishable::model_entry::<T>(),
+        model: <T as dionysus::registry::model::Model>::entry(),
         topic: name,
         partition_key: PartitionKeySource::Attribute(partition_key),
         with: &[],

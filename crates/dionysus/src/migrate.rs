@@ -60,6 +60,7 @@ pub const MIGRATIONS: &[EmbeddedMigration] = embedded![
 
 /// Failure to apply, revert or copy the framework migrations.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MigrationError {
     /// The database could not be reached.
     #[error("cannot connect to PostgreSQL at {url} to run the dionysus migrations")]

@@ -24,7 +24,7 @@ use chrono::NaiveDate;
 use diesel::sql_types::{BigInt, Nullable, Text};
 // Not `RunQueryDsl`: its `load` would shadow `AtomicU64::load` here.
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
-use dionysus::config::{mask_password, Config};
+use dionysus::config::{redact, Config};
 use dionysus::consumer::{Consumer, Notification};
 use dionysus::genesis::{Genesis, GenesisRequest};
 use dionysus::kafka::TopicSpec;
@@ -155,8 +155,10 @@ async fn demo(options: &Options) -> anyhow::Result<bool> {
     replica_db.batch_execute(crate::consumer::SCHEMA).await.context("creating the replica tables")?;
     println!("  databases      {producer_name} (producer), {consumer_name} (consumer): migrated, tables created");
 
-    let producer_config = Config { database_url: producer_url.clone(), ..base.clone() };
-    let mut consumer_config = Config { database_url: consumer_url.clone(), ..base.clone() };
+    let mut producer_config = base.clone();
+    producer_config.database_url = producer_url.clone();
+    let mut consumer_config = base.clone();
+    consumer_config.database_url = consumer_url.clone();
     consumer_config.kafka.group_id = Some(GROUP.to_owned());
     consumer_config.consumer.dead_letter_topic = DEAD_LETTERS.to_owned();
     let topics = match &embedded {
@@ -411,8 +413,7 @@ impl Demo {
             }
             let backlog = self.count("SELECT count(*) AS n FROM dionysus_outbox WHERE published_at IS NULL").await?;
             let published = self.relay_published().await? + self.genesis_published;
-            let applied: i64 =
-                dionysus::consumer::replica::sql::stored_offsets(&mut self.replica, GROUP).await?.values().sum();
+            let applied: i64 = dionysus::consumer::stored_offsets(&mut self.replica, GROUP).await?.values().sum();
             if backlog == 0 && applied >= published {
                 return Ok(started.elapsed());
             }

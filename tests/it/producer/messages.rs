@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use dionysus::config::{Config, ProducerConfig};
 use dionysus::outbox::{Changeset, NewOutboxRow, Outbox, OutboxRow};
-use dionysus::producer::plan::{tombstone_messages, OutgoingMessage, PlanError};
+use dionysus::__internals::producer::plan::{tombstone_messages, OutgoingMessage, PlanError};
 use dionysus::registry::Registry;
 use dionysus::registry::OBSERVER_TOPIC;
 use dionysus::schema::dionysus_outbox;
@@ -266,7 +266,8 @@ async fn observer_overflow_is_deferred() {
         .get_result(&mut conn)
         .await
         .unwrap();
-    let config = ProducerConfig { observers_inline_maximum_size: 0, ..config().clone() };
+    let mut config = config().clone();
+    config.observers_inline_maximum_size = 0;
     Outbox::new(registry(), &config).created(&mut conn, &record).await.unwrap();
     let rows = outbox_rows(&mut conn).await;
     let deferred: Vec<&OutboxRow> = rows.iter().filter(|row| row.topic == OBSERVER_TOPIC).collect();
@@ -283,7 +284,7 @@ async fn observer_overflow_is_deferred() {
 #[tokio::test(flavor = "multi_thread")]
 async fn observer_changesets_are_sealed_at_rest() {
     use dionysus::config::EncryptionKeys;
-    use dionysus::producer::seal::SealError;
+    use dionysus::outbox::SealError;
 
     let (_db, mut conn) = database().await;
     example_resource(&mut conn, 5, Some(2), Some(3)).await;
@@ -295,11 +296,9 @@ async fn observer_changesets_are_sealed_at_rest() {
         .unwrap();
     let keys = |text: &str| EncryptionKeys::parse("DIONYSUS_OUTBOX_ENCRYPTION_KEYS", text).unwrap();
     let sealing = keys("k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
-    let config = ProducerConfig {
-        observers_inline_maximum_size: 0,
-        outbox_encryption_keys: sealing.clone(),
-        ..config().clone()
-    };
+    let mut config = config().clone();
+    config.observers_inline_maximum_size = 0;
+    config.outbox_encryption_keys = sealing.clone();
     Outbox::new(registry(), &config).created(&mut conn, &record).await.unwrap();
     let rows = outbox_rows(&mut conn).await;
     let deferred = rows.iter().find(|row| row.topic == OBSERVER_TOPIC).unwrap();
@@ -458,7 +457,7 @@ async fn tombstones_default_to_the_records_keys() {
 /// not have gives no partition key; values render as Ruby's `to_i.to_s`.
 #[test]
 fn partition_key_sources_follow_p16() {
-    use dionysus::producer::publishable::partition_key;
+    use dionysus::__internals::producer::partition_key;
     use dionysus::registry::model::{PartitionKeySource, Publication};
     use dionysus::registry::{Tombstone, TopicDeclaration};
     use dionysus::serialize::DefaultSerializer;
@@ -495,7 +494,11 @@ fn partition_key_sources_follow_p16() {
         created_at: chrono::Utc::now(),
         updated_at: chrono::Utc::now(),
     };
-    let default = |key: &str| ProducerConfig { default_partition_key: key.to_owned(), ..ProducerConfig::default() };
+    let default = |key: &str| {
+        let mut config = ProducerConfig::default();
+        config.default_partition_key = key.to_owned();
+        config
+    };
     type Case = (Option<&'static str>, &'static str, Option<i64>, Option<&'static str>);
     let cases: [Case; 6] = [
         (Some("id"), "account_id", Some(2), Some("1")),
@@ -553,7 +556,7 @@ pub struct P26Item {
 /// wins, and without a default function the configured attribute applies.
 #[test]
 fn callable_partition_keys_on_topics_and_as_the_default() {
-    use dionysus::producer::publishable::partition_key;
+    use dionysus::__internals::producer::partition_key;
     use dionysus::Topic;
 
     let record = P26Item { id: 1, account_id: 2 };

@@ -742,7 +742,7 @@ async fn preflight_with(
         Ok(pending) => {
             return Err(Failure::new(format!(
                 "the database at {} is not migrated: {} dionysus migration(s) pending ({}); run `{program} migrate`",
-                crate::config::mask_password(&config.database_url),
+                crate::config::redact(&config.database_url),
                 pending.len(),
                 pending.join(", ")
             )))

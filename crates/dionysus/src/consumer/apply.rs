@@ -27,7 +27,7 @@ use crate::consumer::replica::{sql, Replicas};
 use crate::db::{DbError, Pool};
 use crate::handle::Dionysus;
 use crate::registry::Registry;
-use crate::telemetry::Report;
+use crate::telemetry::{Report, Unhealthy};
 
 /// A consumer failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +36,8 @@ pub enum ConsumerError {
     /// A database operation on a batch failed.
     #[error("{step} (group {group}, {topic}/{partition}, offsets {first_offset}..={last_offset})")]
     Database {
-        /// What was being done, e.g. `writing replica rows`.
-        step: &'static str,
+        /// What was being done.
+        step: BatchStep,
         /// The consumer group.
         group: String,
         /// The batch's topic.
@@ -52,23 +52,37 @@ pub enum ConsumerError {
         #[source]
         source: diesel::result::Error,
     },
-    /// The offsets table cannot be read.
-    #[error("checking dionysus_consumer_offsets (run `dionysus migrate`)")]
-    OffsetsTable(#[source] diesel::result::Error),
     /// The broker client could not be set up.
     #[error(transparent)]
     Transport(#[from] crate::kafka::TransportError),
     /// No database connection could be had.
     #[error(transparent)]
     Pool(#[from] DbError),
-    /// The broker could not be used.
-    #[error("{what}")]
-    Kafka {
-        /// What was being done.
-        what: String,
+    /// Subscribing to the topics failed.
+    #[error("subscribing to {topics:?}")]
+    Subscribe {
+        /// The topics.
+        topics: Vec<String>,
         /// rdkafka's error.
         #[source]
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    /// A message could not be sent to the dead-letter topic; its partition waits.
+    #[error("sending {topic}/{partition}@{offset} to the dead-letter topic {dead_letter_topic} ({attempts} attempts)")]
+    DeadLetter {
+        /// Topic of the message.
+        topic: String,
+        /// Partition of the message.
+        partition: i32,
+        /// Offset of the message.
+        offset: i64,
+        /// The dead-letter topic.
+        dead_letter_topic: String,
+        /// Attempts made.
+        attempts: u32,
+        /// rdkafka's error.
+        #[source]
+        source: Box<rdkafka::error::KafkaError>,
     },
     /// A handler running inside the batch's transaction failed on a message; the batch was
     /// rolled back.
@@ -105,7 +119,7 @@ pub enum ConsumerError {
     )]
     SetupFault {
         /// What was being done.
-        step: &'static str,
+        step: BatchStep,
         /// The consumer group.
         group: String,
         /// The batch's topic.
@@ -140,6 +154,40 @@ pub enum ConsumerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A step of a batch's transaction (in [`ConsumerError::Database`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BatchStep {
+    /// Beginning the transaction.
+    Begin,
+    /// Locking the partition's offset row.
+    LockOffset,
+    /// Taking the processing locks (`processing_mutex`).
+    ProcessingLocks,
+    /// Writing the replica rows.
+    WriteRows,
+    /// Storing the partition's next offset.
+    StoreOffset,
+    /// Committing.
+    Commit,
+    /// Storing the offset past a message that was dead-lettered alone.
+    SkipRejected,
+}
+
+impl std::fmt::Display for BatchStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BatchStep::Begin => "beginning the batch transaction",
+            BatchStep::LockOffset => "locking the partition's offset",
+            BatchStep::ProcessingLocks => "taking processing locks",
+            BatchStep::WriteRows => "writing replica rows",
+            BatchStep::StoreOffset => "storing the offset",
+            BatchStep::Commit => "committing the batch",
+            BatchStep::SkipRejected => "storing the offset past a rejected message",
+        })
+    }
 }
 
 /// Event-bus subscriber: called after each committed batch (C-19).
@@ -220,6 +268,7 @@ pub struct ConsumerBuilder {
     after_commit: Option<AfterCommitHook>,
     handlers: bool,
     local_changes: Option<bool>,
+    #[cfg(feature = "metrics")]
     serve: Option<std::net::SocketAddr>,
     health_file: Option<std::path::PathBuf>,
     registry: Option<Arc<Registry>>,
@@ -310,20 +359,16 @@ impl ConsumerBuilder {
     }
 
     /// Serves `/metrics` (Prometheus, through [`crate::telemetry::prometheus`]) and `/health`
-    /// on this address while the consumer runs. `/health` answers 200 while the consumer
-    /// polled the broker within [`Consumer::HEALTH_SILENCE`] and every partition moves; else
-    /// 503 with the reason: no poll, a partition waiting on a batch that keeps failing for a
-    /// reason that is not its messages' or on a dead letter that cannot be sent, or a
-    /// partition that has not committed for
-    /// [`ConsumerConfig::stall_timeout`](crate::config::ConsumerConfig::stall_timeout) while
-    /// messages of it wait.
+    /// on this address while the consumer runs. `/health` answers 200 while
+    /// [`Consumer::check_health`] does, else 503 with its reason. With the `metrics` feature.
+    #[cfg(feature = "metrics")]
     pub fn serve(mut self, address: std::net::SocketAddr) -> Self {
         self.serve = Some(address);
         self
     }
 
     /// Keeps a liveness file at this path while the consumer is healthy (see
-    /// [`ConsumerBuilder::serve`]); it is removed when the consumer stalls or stops.
+    /// [`Consumer::check_health`]); it is removed when the consumer stalls or stops.
     pub fn health_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.health_file = Some(path.into());
         self
@@ -402,6 +447,7 @@ impl ConsumerBuilder {
                 in_transaction,
                 after_commit_handlers: after_commit,
                 health: Health::new(),
+                #[cfg(feature = "metrics")]
                 serve: self.serve,
                 health_file: self.health_file,
             }),
@@ -425,6 +471,7 @@ pub(super) struct Inner {
     pub(super) after_commit_handlers: Vec<&'static HandlerDeclaration>,
     pub(super) health: Health,
     pub(super) progress: Arc<progress::Progress>,
+    #[cfg(feature = "metrics")]
     pub(super) serve: Option<std::net::SocketAddr>,
     pub(super) health_file: Option<std::path::PathBuf>,
 }
@@ -478,17 +525,12 @@ fn verdict(error: &diesel::result::Error) -> Verdict {
 /// answering otherwise, before it is dead-lettered as `database_rejected`.
 const REJECTION_CONFIRMATIONS: u32 = 3;
 
-/// The step of a batch that writes its messages' records.
-const WRITING_ROWS: &str = "writing replica rows";
-/// The step that commits a batch (deferred constraints are checked there).
-const COMMITTING: &str = "committing the batch";
-
 /// Whether a database error in `step` may be a message's fault: only writing the records and
 /// committing them depend on what the messages say. The other steps (the transaction, the
 /// partition's offset row, the processing locks) are the consumer's own statements, whose
 /// failures are never dead-lettered.
-fn messages_may_be_at_fault(step: &str) -> bool {
-    step == WRITING_ROWS || step == COMMITTING
+fn messages_may_be_at_fault(step: BatchStep) -> bool {
+    matches!(step, BatchStep::WriteRows | BatchStep::Commit)
 }
 
 /// `error`, a failed batch, as the fault of the tables described by `unfit`.
@@ -531,6 +573,7 @@ impl Consumer {
             after_commit: None,
             handlers: true,
             local_changes: None,
+            #[cfg(feature = "metrics")]
             serve: None,
             health_file: None,
             registry: None,
@@ -552,6 +595,20 @@ impl Consumer {
         self.inner.health.clone()
     }
 
+    /// Whether the running consumer is healthy, as `/health` and the liveness file see it: it
+    /// polled the broker within [`Consumer::HEALTH_SILENCE`] and every partition moves. Else
+    /// the reason: no poll (or not running), a partition waiting on a batch that keeps
+    /// failing for a reason that is not its messages' or on a dead letter that cannot be
+    /// sent, or a partition that has not committed for
+    /// [`ConsumerConfig::stall_timeout`](crate::config::ConsumerConfig::stall_timeout) while
+    /// messages of it wait.
+    pub fn check_health(&self) -> Result<(), Unhealthy> {
+        if !self.inner.health.is_alive(Consumer::HEALTH_SILENCE) {
+            return Err(Unhealthy::new(format!("no broker poll for {} s", Consumer::HEALTH_SILENCE.as_secs())));
+        }
+        self.inner.progress.check().map_err(Unhealthy::new)
+    }
+
     /// Applies a batch of one partition's messages (ascending offsets) in one transaction,
     /// storing the partition's next offset with it, and then notifies subscribers and
     /// handlers. Dead letters are returned, not sent. This is what the Kafka loop does per
@@ -561,6 +618,7 @@ impl Consumer {
     /// then the error is returned (the Kafka loop then lets the partition wait); one failing
     /// because a table it writes does not fit its model returns
     /// [`ConsumerError::SetupFault`] at once, with nothing dead-lettered or stored.
+    #[doc(hidden)]
     pub async fn process_batch(&self, messages: &[InboundMessage]) -> Result<BatchOutcome, ConsumerError> {
         let never = CancellationToken::new();
         let outcome = self.apply_with_retry(messages, &mut |_| Box::pin(async { Ok(()) }), &never).await?;
@@ -578,7 +636,7 @@ impl Consumer {
         let Some(first) = messages.first() else { return Ok(BatchOutcome::default()) };
         let (topic, partition) = (first.topic.clone(), first.partition);
         let last_offset = messages.last().map_or(first.offset, |m| m.offset);
-        let db = |step: &'static str| {
+        let db = |step: BatchStep| {
             let (group, topic) = (self.inner.group.clone(), topic.clone());
             move |source| ConsumerError::Database {
                 step,
@@ -593,11 +651,11 @@ impl Consumer {
         // Begun and ended through diesel's transaction manager (not a bare `BEGIN`), so a
         // worker stopped mid-batch leaves a connection the pool discards rather than one
         // that still holds the batch's transaction and locks.
-        Transactions::begin_transaction(conn).await.map_err(db("beginning the batch transaction"))?;
+        Transactions::begin_transaction(conn).await.map_err(db(BatchStep::Begin))?;
         let result = async {
             let stored = sql::lock_offset(conn, &self.inner.group, &topic, partition)
                 .await
-                .map_err(db("locking the partition's offset"))?;
+                .map_err(db(BatchStep::LockOffset))?;
             let skip = messages.iter().take_while(|m| stored.is_some_and(|stored| m.offset < stored)).count();
             let fresh: std::borrow::Cow<'_, [InboundMessage]> =
                 if messages[skip..].iter().all(|m| stored.is_none_or(|stored| m.offset >= stored)) {
@@ -620,12 +678,12 @@ impl Consumer {
                 tracing::warn!(%topic, partition, offset = dead.message.offset, reason = dead.reason, error = %dead.error, "message sent to the dead-letter topic");
                 dead_letter(dead).await?;
             }
-            sql::advisory_locks(conn, prepared.locks.clone()).await.map_err(db("taking processing locks"))?;
-            let events = batch::apply(conn, &mut prepared, Utc::now()).await.map_err(db(WRITING_ROWS))?;
+            sql::advisory_locks(conn, prepared.locks.clone()).await.map_err(db(BatchStep::ProcessingLocks))?;
+            let events = batch::apply(conn, &mut prepared, Utc::now()).await.map_err(db(BatchStep::WriteRows))?;
             self.run_in_transaction(conn, &fresh, &events, &prepared.dead_letters).await?;
             sql::store_offset(conn, &self.inner.group, &topic, partition, next_offset)
                 .await
-                .map_err(db("storing the offset"))?;
+                .map_err(db(BatchStep::StoreOffset))?;
             Ok(BatchOutcome {
                 events,
                 dead_letters: prepared.dead_letters,
@@ -636,7 +694,7 @@ impl Consumer {
         .await;
         match result {
             Ok(outcome) => {
-                Transactions::commit_transaction(conn).await.map_err(db(COMMITTING))?;
+                Transactions::commit_transaction(conn).await.map_err(db(BatchStep::Commit))?;
                 Ok(outcome)
             }
             Err(error) => {
@@ -666,6 +724,7 @@ impl Consumer {
         let attempts = self.inner.config.consumer.retry_attempts.max(1);
         let mut attempt: u32 = 0;
         let mut undetermined: u32 = 0;
+        let (mut transient_delays, mut undetermined_delays) = (retry_delays(), retry_delays());
         loop {
             let result = match crate::db::checkout(&self.inner.pool).await {
                 Ok(mut conn) => self.apply_once(&mut conn, messages, dead_letter).await,
@@ -730,11 +789,11 @@ impl Consumer {
                 if attempt >= attempts {
                     return Err(error);
                 }
-                let delay = backoff(attempt);
+                let delay = next_delay(&mut transient_delays);
                 tracing::warn!(error = %Report(&error), attempt, ?delay, "batch failed for a reason that is not its messages'; retrying it");
                 delay
             } else {
-                backoff(undetermined)
+                next_delay(&mut undetermined_delays)
             };
             tokio::select! {
                 () = shutdown.cancelled() => return Err(ConsumerError::Stopped),
@@ -822,7 +881,7 @@ impl Consumer {
         }
         .await
         .map_err(|source| ConsumerError::Database {
-            step: "storing the offset past a rejected message",
+            step: BatchStep::SkipRejected,
             group: group.clone(),
             topic: message.topic.clone(),
             partition: message.partition,
@@ -964,21 +1023,23 @@ fn message_of<'m>(messages: &'m [InboundMessage], event: &ConsumedEvent) -> Opti
     }
 }
 
-/// `100 ms × 2^attempt`, capped at 30 s.
-pub(super) fn backoff(attempt: u32) -> Duration {
-    let millis = 100u64.saturating_mul(1u64 << attempt.min(9));
-    Duration::from_millis(millis.min(30_000))
+/// The waits between attempts at a batch or a dead letter: 200 ms, doubling, at most 30 s,
+/// never ending (the callers count attempts themselves).
+pub(super) fn retry_delays() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder as _;
+    retry_schedule().without_max_times().build()
 }
 
-/// Applies the framework migrations' consumer table check: the offsets table must exist.
-pub async fn check_offsets_table(database_url: &str) -> Result<(), ConsumerError> {
-    let mut conn = AsyncPgConnection::establish(database_url).await.map_err(|source| {
-        ConsumerError::Pool(DbError::Connect {
-            url: crate::config::redact(database_url),
-            source: crate::db::redact_connection_error(source),
-        })
-    })?;
-    conn.batch_execute("SELECT 1 FROM dionysus_consumer_offsets LIMIT 0").await.map_err(ConsumerError::OffsetsTable)
+/// [`retry_delays`] as a builder, for `backon`'s `retry`.
+pub(super) fn retry_schedule() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+}
+
+/// The next wait of `delays` (the cap, should the schedule ever end).
+pub(super) fn next_delay(delays: &mut backon::ExponentialBackoff) -> Duration {
+    delays.next().unwrap_or(Duration::from_secs(30))
 }
 
 impl Dionysus {
@@ -1000,10 +1061,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(1), Duration::from_millis(200));
-        assert_eq!(backoff(3), Duration::from_millis(800));
-        assert_eq!(backoff(40), Duration::from_secs(30));
+    fn retry_delays_grow_and_are_capped() {
+        let millis: Vec<u128> = retry_delays().take(12).map(|delay| delay.as_millis()).collect();
+        assert_eq!(millis, [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000, 30000]);
     }
 
     #[test]

@@ -17,11 +17,12 @@ use serde_json::{Map, Value};
 use super::dedup::remove_duplicates;
 use super::events::{ConsumedEvent, LocalChange, MessageFilter};
 use crate::consumer::replica::deserialize::deserialize_owned;
+use crate::consumer::replica::plan::RowPlan;
 use crate::consumer::replica::plan::{
     guard_from_prepared, normalize_row, plan, prepare, take_intent, Intent, Prepared, RecordError,
 };
 use crate::consumer::replica::sql::{self, id_key, ColumnTypes, UpsertRow};
-use crate::consumer::replica::{ColumnKind, Record, ReplicaDescriptor, Replicas, RowPlan};
+use crate::consumer::replica::{ColumnKind, Record, ReplicaDescriptor, Replicas};
 use crate::telemetry::Report;
 use crate::wire::envelope::{decode, Decoded, EnvelopeError};
 use crate::wire::naming::{event_prefix, EventKind};
@@ -224,11 +225,9 @@ fn is_canonical_integer_id(id: &Value) -> bool {
     }
 }
 
+/// A random (version 4) UUID, hyphenated.
 fn random_uuid() -> String {
-    let bits: u128 = rand::random();
-    let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let hex = format!("{bits:032x}");
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid().hyphenated().to_string()
 }
 
 impl Rules {

@@ -67,29 +67,24 @@
 //! Replica rules (which row a record becomes, the table a declaration expects) are
 //! [`replica`]'s; the wire format is `wire`'s; producing is not this module's business.
 
-mod apply;
-mod batch;
+pub(crate) mod apply;
+pub(crate) mod batch;
 #[cfg(feature = "testing")]
 pub(crate) mod calls;
 mod declarations;
-pub mod dedup;
-mod events;
+pub(crate) mod dedup;
+pub(crate) mod events;
 #[cfg(test)]
 mod fuzz;
-mod handler;
+pub(crate) mod handler;
 mod progress;
 pub mod replica;
-mod runtime;
+pub(crate) mod runtime;
 
-pub use apply::{
-    check_offsets_table, AfterCommit, AfterCommitHook, BatchOutcome, Consumer, ConsumerBuilder, ConsumerError, Health,
-    Subscriber,
-};
-pub use batch::{lock_name, DeadLetter, InboundMessage, UnknownModel};
+pub use apply::{BatchStep, Consumer, ConsumerBuilder, ConsumerError, Health, Subscriber};
+pub use batch::UnknownModel;
 pub(crate) use declarations::handler_warnings;
 pub use events::{ConsumedEvent, LocalChange, MessageFilter, Notification};
-pub use handler::{
-    handlers, records_as, Context, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFn, HandlerFuture,
-    HandlerOutput,
-};
+pub use handler::{handlers, Context, HandlerDeclaration, HandlerError};
+pub use replica::sql::stored_offsets;
 pub use runtime::DeadLetterHeaders;

@@ -11,12 +11,12 @@
 
 pub mod genesis;
 pub mod outbox;
-pub mod partition_key;
-pub mod plan;
-pub mod publishable;
+pub(crate) mod partition_key;
+pub(crate) mod plan;
+pub(crate) mod publishable;
 pub mod relay;
 pub mod respond;
-pub mod seal;
+pub(crate) mod seal;
 pub(crate) mod sender;
 pub mod serialize;
 mod suppress;

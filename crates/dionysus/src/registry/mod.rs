@@ -238,6 +238,7 @@ impl Registry {
     }
 
     /// Adds publishable models and their publications (each model once).
+    #[must_use]
     pub fn with_models(mut self, models: impl IntoIterator<Item = &'static ModelEntry>) -> Registry {
         for model in models {
             if self.models.iter().any(|known| std::ptr::eq(*known, model)) {
@@ -251,6 +252,7 @@ impl Registry {
 
     /// Adds publications built at run time (their models too, without their declared
     /// publications), e.g. a model published on a topic whose name is only known then.
+    #[must_use]
     pub fn with_publications(mut self, publications: impl IntoIterator<Item = &'static Publication>) -> Registry {
         for publication in publications {
             if !self.models.iter().any(|known| std::ptr::eq(*known, publication.model)) {
@@ -266,6 +268,7 @@ impl Registry {
     /// of its own on a topic that names none, in place of the configured default attribute
     /// (`DIONYSUS_DEFAULT_PARTITION_KEY`). A function is code, so it is declared with the
     /// registry rather than read from the environment.
+    #[must_use]
     pub fn with_default_partition_key(mut self, resolve: PartitionKeyFn) -> Registry {
         self.default_partition_key = Some(resolve);
         self
@@ -277,6 +280,7 @@ impl Registry {
     }
 
     /// Adds the model `T` and its publications.
+    #[must_use]
     pub fn with_model<T: model::Model>(self) -> Registry {
         self.with_models([T::entry()])
     }
@@ -501,6 +505,7 @@ fn describe(topic: &TopicDeclaration) -> String {
 
 /// One problem found by [`Registry::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Problem {
     /// The same topic is declared twice with identical settings.
     DuplicateTopic {
@@ -612,6 +617,7 @@ impl fmt::Display for Problem {
 
 /// Every problem [`Registry::validate`] found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub struct RegistryError {
     /// The problems, in a stable order (by topic name).
     pub problems: Vec<Problem>,

@@ -60,14 +60,14 @@ impl ColumnKind {
 /// `NULL` (an `Option`) and the PostgreSQL type of its column.
 ///
 /// Implemented for `i16`, `i32`, `i64`, `f32`, `f64`, `bool`, `String`, `DateTime<Utc>`,
-/// `NaiveDateTime`, `NaiveDate`, `serde_json::Value`, `bigdecimal::BigDecimal` (feature
-/// `bigdecimal`) and `uuid::Uuid` (feature `uuid`), for a `Vec` of one of these or of its
+/// `NaiveDateTime`, `NaiveDate`, `serde_json::Value`, `uuid::Uuid` and
+/// `bigdecimal::BigDecimal` (feature `bigdecimal`), for a `Vec` of one of these or of its
 /// `Option`, and for an `Option` of any of them. Implement it for your own type when its
 /// column holds one of these kinds.
 #[diagnostic::on_unimplemented(
     message = "the field type `{Self}` cannot hold a replica column's values",
     label = "not a replica column type",
-    note = "replica fields are i16, i32, i64, f32, f64, bool, String, DateTime<Utc>, NaiveDateTime, NaiveDate, serde_json::Value, BigDecimal (feature `bigdecimal`), Uuid (feature `uuid`), a Vec of one of these, or an Option of any of them",
+    note = "replica fields are i16, i32, i64, f32, f64, bool, String, DateTime<Utc>, NaiveDateTime, NaiveDate, serde_json::Value, Uuid, BigDecimal (feature `bigdecimal`), a Vec of one of these, or an Option of any of them",
     note = "mark the field `#[consume(skip)]` to leave its column to the application"
 )]
 pub trait ColumnType {
@@ -117,7 +117,6 @@ column_types! {
 #[cfg(feature = "bigdecimal")]
 column_types! { bigdecimal::BigDecimal => Decimal, "numeric" }
 
-#[cfg(feature = "uuid")]
 column_types! { uuid::Uuid => Uuid, "uuid" }
 
 /// A field type that can keep the whole deserialized payload (`synced_data`):
@@ -187,7 +186,6 @@ mod tests {
         assert_eq!(shape::<Option<bigdecimal::BigDecimal>>(), (ColumnKind::Decimal, true));
     }
 
-    #[cfg(feature = "uuid")]
     #[test]
     fn uuids_are_uuid_columns() {
         assert_eq!(shape::<uuid::Uuid>(), (ColumnKind::Uuid, false));

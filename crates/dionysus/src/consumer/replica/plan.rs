@@ -22,22 +22,34 @@ pub type ChangeSet = Map<String, Value>;
 
 /// A record that cannot be stored in its replica table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RecordError {
+pub(crate) enum RecordError {
     /// The record has no `id` (C-9).
     #[error("[Dionysus] synced_id nil for {model} record, that should never happen!")]
     MissingId {
         /// Source model.
         model: String,
     },
-    /// A value does not fit its column: model, id, key, column, value and what the column
-    /// accepts, in one sentence.
-    #[error("{0}")]
-    WrongType(String),
+    /// A value does not fit its column.
+    #[error("{model} {id}: `{key}` = {value} does not fit column `{column}` ({expected})")]
+    WrongType {
+        /// Source model.
+        model: &'static str,
+        /// The record's id, as text.
+        id: String,
+        /// The payload attribute.
+        key: &'static str,
+        /// The replica column.
+        column: &'static str,
+        /// The value as JSON, cut to 80 characters.
+        value: String,
+        /// What the column accepts, e.g. "a timestamp".
+        expected: &'static str,
+    },
 }
 
 impl RecordError {
     /// A short machine-readable reason, used in dead-letter headers.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             RecordError::MissingId { .. } => "missing_id",
             RecordError::WrongType { .. } => "wrong_type",
@@ -47,7 +59,7 @@ impl RecordError {
 
 /// A record checked against its replica model, ready to be planned.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// The source id, as it goes into the `synced_id` column.
     pub synced_id: Value,
     /// `updated_at`, else `created_at`, of the payload (C-10); `None` when neither is set.
@@ -60,7 +72,7 @@ pub struct Prepared {
 
 /// What to do with one row.
 #[derive(Debug, Clone, PartialEq)]
-pub enum RowPlan {
+pub(crate) enum RowPlan {
     /// The record is older than the row (C-10): nothing is touched.
     Stale,
     /// Insert (when `exists` is false) or update the row to `row`.
@@ -82,12 +94,12 @@ pub enum RowPlan {
 }
 
 /// Checks `record` against `replica` and computes the assignments (C-9, C-11).
-pub fn prepare(replica: &ReplicaDescriptor, record: &Record) -> Result<Prepared, RecordError> {
+pub(crate) fn prepare(replica: &ReplicaDescriptor, record: &Record) -> Result<Prepared, RecordError> {
     let Some(synced_id) = record.synced_id().cloned() else {
         return Err(RecordError::MissingId { model: replica.model.to_owned() });
     };
     let attributes = &record.attributes;
-    let wrong = |key: &str, column: &str, value: &Value, expected: &str| {
+    let wrong = |key: &'static str, column: &'static str, value: &Value, expected: &'static str| {
         let id_text = match &synced_id {
             Value::String(text) => text.clone(),
             other => other.to_string(),
@@ -101,10 +113,7 @@ pub fn prepare(replica: &ReplicaDescriptor, record: &Record) -> Result<Prepared,
             shown.truncate(end);
             shown.push_str("...");
         }
-        RecordError::WrongType(format!(
-            "{} {id_text}: `{key}` = {shown} does not fit column `{column}` ({expected})",
-            replica.model
-        ))
+        RecordError::WrongType { model: replica.model, id: id_text.clone(), key, column, value: shown, expected }
     };
     let mut event_time = None;
     for key in ["synced_updated_at", "synced_created_at"] {
@@ -142,12 +151,12 @@ pub fn prepare(replica: &ReplicaDescriptor, record: &Record) -> Result<Prepared,
 }
 
 /// The canonical text of a time in replica rows and local changes.
-pub fn canonical_time(time: &DateTime<Utc>) -> String {
+pub(crate) fn canonical_time(time: &DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 /// Normalises `value` for a column of `kind`; `Err` names what the column accepts.
-pub fn normalize(kind: ColumnKind, value: &Value) -> Result<Value, &'static str> {
+pub(crate) fn normalize(kind: ColumnKind, value: &Value) -> Result<Value, &'static str> {
     if value.is_null() {
         return Ok(Value::Null);
     }
@@ -216,7 +225,7 @@ fn is_uuid(text: &str) -> bool {
 
 /// Normalises a row read from the database (`to_jsonb(row)`) so it compares equal to
 /// normalised payload values.
-pub fn normalize_row(replica: &ReplicaDescriptor, row: &mut Map<String, Value>) {
+pub(crate) fn normalize_row(replica: &ReplicaDescriptor, row: &mut Map<String, Value>) {
     for column in replica.columns {
         if let Some(value) = row.get_mut(column.name) {
             if let Ok(normalized) = normalize(column.kind, value) {
@@ -229,7 +238,7 @@ pub fn normalize_row(replica: &ReplicaDescriptor, row: &mut Map<String, Value>) 
 /// What a record does to its row, decided without looking at the row: the part of
 /// dionysus-rb's persistence rules (C-12, C-13) that only depends on the event.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Intent {
+pub(crate) enum Intent {
     /// Delete the row (C-13 destroy); a missing row is left alone (C-14).
     Remove,
     /// Write these columns (the synced id included).
@@ -246,7 +255,7 @@ pub enum Intent {
 ///
 /// `aggregate_root` is false for sideloaded records (which are never removed), `now` is the
 /// cancel time when the event has no time of its own.
-pub fn intent(
+pub(crate) fn intent(
     replica: &ReplicaDescriptor,
     kind: EventKind,
     aggregate_root: bool,
@@ -259,7 +268,7 @@ pub fn intent(
 
 /// [`intent`], moving the prepared values into the result instead of copying them: for a
 /// record that is written once and not planned again. `prepared.assignments` is left empty.
-pub fn take_intent(
+pub(crate) fn take_intent(
     replica: &ReplicaDescriptor,
     kind: EventKind,
     aggregate_root: bool,
@@ -323,7 +332,7 @@ fn assign(assigned: &mut Vec<(&'static str, Value)>, name: &'static str, value: 
 /// Decided from the prepared values, before [`intent`]: the intent writes only the
 /// soft-delete column and the synced id besides them, so the time columns it writes are
 /// these (a soft-delete column that is also a time column is left to the exact path).
-pub fn guard_from_prepared(replica: &ReplicaDescriptor, prepared: &Prepared) -> bool {
+pub(crate) fn guard_from_prepared(replica: &ReplicaDescriptor, prepared: &Prepared) -> bool {
     let time_columns = [replica.synced_updated_at, replica.synced_created_at];
     let strategy_column = match replica.strategy {
         DestroyStrategy::Set { column, .. } => Some(column),
@@ -357,14 +366,14 @@ pub fn guard_from_prepared(replica: &ReplicaDescriptor, prepared: &Prepared) -> 
 
 /// Whether the stored row's time makes the record stale (C-10): both times known and the
 /// event's older. The stored time is the [`ReplicaDescriptor::guard_column`]'s. Ties apply.
-pub fn is_stale(replica: &ReplicaDescriptor, prepared: &Prepared, old: &Map<String, Value>) -> bool {
+pub(crate) fn is_stale(replica: &ReplicaDescriptor, prepared: &Prepared, old: &Map<String, Value>) -> bool {
     let local_time = replica.guard_column().and_then(|column| old.get(column)).and_then(parse_timestamp);
     matches!((prepared.event_time, local_time), (Some(event_time), Some(local_time)) if event_time < local_time)
 }
 
 /// Decides what happens to the row of one prepared record (C-10, C-12, C-13, C-14), given
 /// the current row `old` (normalised); see [`intent`] for the other arguments.
-pub fn plan(
+pub(crate) fn plan(
     replica: &ReplicaDescriptor,
     kind: EventKind,
     aggregate_root: bool,
@@ -412,7 +421,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::consumer::replica::deserialize_one;
+    use crate::consumer::replica::deserialize::deserialize_one;
 
     const fn column(name: &'static str, kind: ColumnKind, nullable: bool) -> Column {
         Column::named(name, kind, nullable)

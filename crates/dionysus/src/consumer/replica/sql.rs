@@ -23,12 +23,12 @@ use super::descriptor::{Column, ReplicaDescriptor};
 use super::plan::canonical_time;
 
 /// `"name"`, with embedded quotes doubled; a dotted name quotes each part (`"app"."rentals"`).
-pub fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     name.split('.').map(|part| format!("\"{}\"", part.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
 }
 
 /// The key identifying a row by its synced id in maps: the id's text.
-pub fn id_key(id: &Value) -> String {
+pub(crate) fn id_key(id: &Value) -> String {
     match id {
         Value::String(text) => text.clone(),
         other => other.to_string(),
@@ -49,7 +49,7 @@ struct OffsetRow {
 
 /// The current rows of the given synced ids, locked for this transaction (`FOR UPDATE`),
 /// keyed by [`id_key`].
-pub async fn load_rows(
+pub(crate) async fn load_rows(
     conn: &mut AsyncPgConnection,
     replica: &ReplicaDescriptor,
     ids: &[Value],
@@ -127,7 +127,7 @@ fn set_from_excluded<'a>(
 
 /// Updates existing rows to the given complete rows (every column of the model), under the
 /// timestamp guard unless `guarded` is false (the caller decided it on the locked row).
-pub async fn update_rows(
+pub(crate) async fn update_rows(
     conn: &mut AsyncPgConnection,
     replica: &ReplicaDescriptor,
     rows: Vec<Map<String, Value>>,
@@ -160,7 +160,7 @@ pub async fn update_rows(
 /// Inserts new rows; each row only sets the columns it has (the others take their
 /// defaults). A row that appeared meanwhile is updated under the timestamp guard unless
 /// `guarded` is false (import mode, C-8).
-pub async fn insert_rows(
+pub(crate) async fn insert_rows(
     conn: &mut AsyncPgConnection,
     replica: &ReplicaDescriptor,
     rows: Vec<Map<String, Value>>,
@@ -205,7 +205,7 @@ pub async fn insert_rows(
 
 /// The key of a synced id as the database prints the column (`id::text`): [`id_key`],
 /// lowercased for UUID ids.
-pub fn row_key(replica: &ReplicaDescriptor, id: &Value) -> String {
+pub(crate) fn row_key(replica: &ReplicaDescriptor, id: &Value) -> String {
     let key = id_key(id);
     match replica.column(replica.synced_id) {
         Some(column) if column.kind == ColumnKind::Uuid => key.to_lowercase(),
@@ -216,7 +216,7 @@ pub fn row_key(replica: &ReplicaDescriptor, id: &Value) -> String {
 /// A row for [`upsert_rows`]: the columns to write (the synced id included) and the column
 /// whose stored non-null value wins, if any.
 #[derive(Debug)]
-pub struct UpsertRow {
+pub(crate) struct UpsertRow {
     /// Column → value.
     pub values: Vec<(&'static str, Value)>,
     /// See [`crate::consumer::replica::plan::Intent::Write`].
@@ -248,7 +248,7 @@ type UpsertGroup = ((Vec<&'static Column>, Option<&'static str>), Vec<Vec<Value>
 /// table and consumer; a failed write forgets its table's entry, so an altered table is
 /// read again on the retry.
 #[derive(Debug, Clone, Default)]
-pub struct ColumnTypes {
+pub(crate) struct ColumnTypes {
     tables: Arc<Mutex<HashMap<&'static str, Arc<TypesOfTable>>>>,
 }
 
@@ -360,7 +360,7 @@ impl ColumnArray {
 ///
 /// Only exact when the written time columns carry the event's time; see
 /// [`crate::consumer::replica::plan::guard_from_prepared`].
-pub async fn upsert_rows(
+pub(crate) async fn upsert_rows(
     conn: &mut AsyncPgConnection,
     replica: &'static ReplicaDescriptor,
     types: &ColumnTypes,
@@ -499,7 +499,7 @@ async fn upsert_group(
 /// Deletes the rows of the given `(synced id, event time)`s unless the stored row is newer
 /// (C-10), without reading them first. Returns the [`row_key`]s of the rows left alone
 /// because they were newer; a missing row is not an error (C-14).
-pub async fn delete_guarded(
+pub(crate) async fn delete_guarded(
     conn: &mut AsyncPgConnection,
     replica: &ReplicaDescriptor,
     rows: Vec<(Value, Option<DateTime<Utc>>)>,
@@ -535,7 +535,7 @@ pub async fn delete_guarded(
 const EVENT_TIME_KEY: &str = "dionysus:event_time";
 
 /// Deletes the rows of the given synced ids.
-pub async fn delete_rows(
+pub(crate) async fn delete_rows(
     conn: &mut AsyncPgConnection,
     replica: &ReplicaDescriptor,
     ids: &[Value],
@@ -555,7 +555,7 @@ pub async fn delete_rows(
 /// Resolves to-many relationships (C-16 `resolve_to_many_association`): for each
 /// `(parent id, child ids)`, the listed children get `foreign_key = parent` and the other
 /// children of that parent are detached (`foreign_key = NULL`).
-pub async fn resolve_to_many(
+pub(crate) async fn resolve_to_many(
     conn: &mut AsyncPgConnection,
     child: &ReplicaDescriptor,
     foreign_key: &str,
@@ -600,7 +600,10 @@ pub async fn resolve_to_many(
 
 /// Takes the per-message processing locks (C-3's processing mutex) as PostgreSQL advisory
 /// transaction locks, all in one statement and in a fixed order so batches cannot deadlock.
-pub async fn advisory_locks(conn: &mut AsyncPgConnection, names: Vec<String>) -> Result<(), diesel::result::Error> {
+pub(crate) async fn advisory_locks(
+    conn: &mut AsyncPgConnection,
+    names: Vec<String>,
+) -> Result<(), diesel::result::Error> {
     if names.is_empty() {
         return Ok(());
     }
@@ -617,7 +620,7 @@ pub async fn advisory_locks(conn: &mut AsyncPgConnection, names: Vec<String>) ->
 /// The stored next offset of a partition, locking its row for this transaction (the row is
 /// created with `-1`, "nothing stored", when missing), so two consumers of one partition
 /// serialize here.
-pub async fn lock_offset(
+pub(crate) async fn lock_offset(
     conn: &mut AsyncPgConnection,
     group: &str,
     topic: &str,
@@ -637,7 +640,7 @@ pub async fn lock_offset(
 }
 
 /// Stores the next offset of a partition (in the batch's transaction).
-pub async fn store_offset(
+pub(crate) async fn store_offset(
     conn: &mut AsyncPgConnection,
     group: &str,
     topic: &str,
@@ -667,7 +670,9 @@ struct StoredOffset {
     next_offset: i64,
 }
 
-/// Every stored offset of a group: `(topic, partition) → next offset`.
+/// How far a consumer group got: for every partition it has applied messages of, the next
+/// offset it will read, `(topic, partition) → next offset`, as stored with the replica rows
+/// (`dionysus_consumer_offsets`).
 pub async fn stored_offsets(
     conn: &mut AsyncPgConnection,
     group: &str,
