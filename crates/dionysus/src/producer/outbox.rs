@@ -73,7 +73,7 @@ use crate::wire::record::id_text;
 // `None` is written as NULL, not as DEFAULT, so the statement's SQL never varies and stays
 // prepared.
 #[diesel(treat_none_as_default_value = false)]
-pub(crate) struct NewOutboxRow {
+pub struct NewOutboxRow {
     /// Model name.
     pub resource_class: String,
     /// Record id as text.
