@@ -100,7 +100,7 @@ async fn check_reports_replica_table_problems_and_a_handler_event_typo_with_thei
     assert!(out.contains("waits for event `widget_craeted` on topic `setup_widgets`"), "{out}");
     assert!(out.contains("did you mean `widget_created`?"), "{out}");
     assert!(err.contains("replica table `setup_widgets` of "), "{err}");
-    assert!(err.contains("the table does not exist; fix: CREATE TABLE \"setup_widgets\" ("), "{err}");
+    assert!(err.contains("the table does not exist; fix: CREATE TABLE setup_widgets ("), "{err}");
     let fixes = fixes_in(err);
     assert_eq!(fixes.len(), 1, "{fixes:?}");
     conn.batch_execute(&fixes[0]).await.unwrap();

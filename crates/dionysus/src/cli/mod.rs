@@ -981,7 +981,7 @@ async fn replica_tables(
 ) -> Result<Vec<crate::consumer::replica::TableProblem>, String> {
     let pool = crate::db::pool(&config.database_url, 1).map_err(|error| Report(&error).to_string())?;
     let mut conn = crate::db::checkout(&pool).await.map_err(|error| Report(&error).to_string())?;
-    crate::consumer::replica::check_tables(&mut *conn, replicas)
+    crate::consumer::replica::check_tables(&mut conn, replicas)
         .await
         .map_err(|error| format!("checking the replica tables: {}", Report(&error)))
 }

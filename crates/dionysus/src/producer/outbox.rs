@@ -68,6 +68,7 @@ use crate::wire::naming::{self, EventKind};
 use crate::wire::record::id_text;
 
 /// An outbox row to insert.
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq, diesel::Insertable)]
 #[diesel(table_name = dionysus_outbox)]
 // `None` is written as NULL, not as DEFAULT, so the statement's SQL never varies and stays
