@@ -529,7 +529,7 @@ impl Consumer {
                 dead_letter(dead).await?;
             }
             sql::advisory_locks(conn, prepared.locks.clone()).await.map_err(db("taking processing locks"))?;
-            let events = batch::apply(conn, &mut prepared, Utc::now()).await.map_err(db("writing replica rows"))?;
+            let events = batch::apply(conn, &mut prepared, &self.inner.rules.replicas, Utc::now()).await.map_err(db("writing replica rows"))?;
             self.run_in_transaction(conn, &fresh, &events, &prepared.dead_letters).await?;
             sql::store_offset(conn, &self.inner.group, &topic, partition, next_offset)
                 .await
