@@ -1235,7 +1235,42 @@ mod tests {
         latest
     }
 
+    /// Ids as they come: integers, large and negative ones, floats, digit strings with
+    /// signs, padding and leading zeros, other text, and the odd non-scalar.
+    fn any_id() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (-20i64..20).prop_map(|n| json!(n)),
+            any::<i64>().prop_map(|n| json!(n)),
+            (i64::MAX as u64..=u64::MAX).prop_map(|n| json!(n)),
+            (-3.0f64..3.0).prop_map(|f| json!(f)),
+            "[-+ 0]{0,2}[0-9]{1,3}".prop_map(|text| json!(text)),
+            "[a-c]{0,2}".prop_map(|text| json!(text)),
+            Just(json!(true)),
+            Just(Value::Null),
+            Just(json!([1])),
+        ]
+    }
+
     proptest::proptest! {
+        /// Rows are told apart exactly as the text keys of the database's rows are.
+        #[test]
+        fn row_keys_equal_exactly_when_id_keys_do(a in any_id(), b in any_id()) {
+            proptest::prop_assert_eq!(RowKey::of(&a) == RowKey::of(&b), id_key(&a) == id_key(&b), "{} {}", a, b);
+        }
+
+        /// Local changes and links are told apart exactly as `Value`s are, and equal values
+        /// hash alike.
+        #[test]
+        fn exact_keys_follow_value_equality(a in any_id(), b in any_id()) {
+            proptest::prop_assert_eq!(Exact(&a) == Exact(&b), a == b);
+            if a == b {
+                use std::hash::BuildHasher;
+                let hasher = std::collections::hash_map::RandomState::new();
+                proptest::prop_assert_eq!(hasher.hash_one(Exact(&a)), hasher.hash_one(Exact(&b)));
+            }
+        }
+
         #[test]
         fn final_links_match_the_stepwise_definition(
             links in proptest::collection::vec((0u8..4, proptest::collection::vec(0u8..6, 0..5)), 0..12)

@@ -714,4 +714,39 @@ mod tests {
         assert_eq!(parse_timestamp(&json!("yesterday")), None);
         assert_eq!(parse_timestamp(&Value::Null), None);
     }
+
+    /// Logs what it is handed: `(event, index, id)`.
+    #[derive(Default)]
+    struct Log(Vec<(usize, usize, Value)>);
+
+    impl ReadRecords for Log {
+        type Record = Value;
+
+        fn start(&mut self) {
+            self.0.clear();
+        }
+
+        fn read(&mut self, event: usize, index: usize, record: RawRecord) -> Value {
+            self.0.push((event, index, record.get("id").cloned().unwrap_or(Value::Null)));
+            record.into_value()
+        }
+    }
+
+    #[test]
+    fn a_reader_gets_each_record_once_in_order_even_when_the_message_is_read_again() {
+        let fast = br#"{"message":[{"event":"a","model_name":"A","data":[{"id":1},{"id":2}]},
+            {"data":{"id":3},"event":"b","model_name":"B"}]}"#;
+        let mut log = Log::default();
+        let Decoded::Events(events) = decode_with(Some(fast), &mut log).unwrap() else { panic!() };
+        assert_eq!(log.0, [(0, 0, json!(1)), (0, 1, json!(2)), (1, 0, json!(3))]);
+        assert_eq!(events[1].data, [json!({"id": 3})]);
+        // A repeated envelope key: the one-pass reader gives up after reading records, the
+        // message is read again, and the reader starts over.
+        let again = br#"{"message":[{"event":"a","model_name":"A","data":[{"id":1}]}],
+            "message":[{"event":"a","model_name":"A","data":[{"id":7},{"id":8}]}]}"#;
+        let Decoded::Events(events) = decode_with(Some(again), &mut log).unwrap() else { panic!() };
+        assert_eq!(log.0, [(0, 0, json!(7)), (0, 1, json!(8))]);
+        assert_eq!(events[0].data.len(), 2);
+        assert_eq!(decode(Some(again)).unwrap(), decode_value(serde_json::from_slice(again).unwrap()).unwrap());
+    }
 }
