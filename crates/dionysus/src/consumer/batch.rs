@@ -14,10 +14,11 @@
 //! most [`ROWS_PER_STATEMENT`] rows per statement: a row's values (and `synced_data`, as
 //! JSON text made from the record) exist only while their statement is built and runs.
 //! What remains is bookkeeping of a few dozen bytes per record. The event-bus form is the
-//! floor: a `serde_json` map per record, about ten times the JSON of a small record; the
-//! consumer's resident memory rises by at most about 16 times the message it applies
-//! (`tests/it/hostile.rs` holds it to that for the costliest shape of many records). Local
-//! changes (C-15), when someone listens, add their own old and new values.
+//! floor: a `serde_json` map per record, about ten times the JSON of a small record. The
+//! consumer's resident memory rises by at most 16 times a message of many records
+//! (`tests/it/hostile.rs` holds it to that); records made mostly of sideloads cost up to
+//! about 25 times, each sideload being a record of its own. Local changes (C-15), when
+//! someone listens, add their own old and new values.
 
 use std::borrow::Borrow;
 use std::collections::hash_map::Entry;
