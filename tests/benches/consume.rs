@@ -282,7 +282,7 @@ async fn main() {
     let payloads: Vec<(String, Vec<u8>)> = (1..=total)
         .map(|i| {
             let value = json!({"message": [{"event": "rental_created", "model_name": "Rental", "data": [record(i)]}]});
-            (format!("Rental:{i}"), dionysus::wire::envelope::to_json(&value).unwrap())
+            (format!("Rental:{i}"), dionysus::__internals::wire::envelope::to_json(&value).unwrap())
         })
         .collect();
     for chunk in payloads.chunks(5_000) {
@@ -302,8 +302,9 @@ async fn main() {
     drop(payloads);
 
     // dionysus consumer.
-    let mut config =
-        dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+    let mut config = dionysus::Config::default();
+    config.database_url = db.url.clone();
+    config.kafka = kafka.clone();
     config.consumer.batch_size = 1000;
     let consumer = Consumer::builder(config)
         .pool(db.pool(8))
@@ -351,8 +352,9 @@ async fn main() {
         table: "bench_direct",
         ..dionysus::consumer::replica::ReplicaDescriptor { ..*BenchRental::DESCRIPTOR }
     }));
-    let mut config =
-        dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+    let mut config = dionysus::Config::default();
+    config.database_url = db.url.clone();
+    config.kafka = kafka.clone();
     config.kafka.group_id = Some("bench_direct".to_owned());
     let direct = Consumer::builder(config)
         .pool(db.pool(4))
@@ -361,15 +363,15 @@ async fn main() {
         .handlers(false)
         .build()
         .unwrap();
-    let messages: Vec<dionysus::consumer::InboundMessage> = (1..=total)
+    let messages: Vec<dionysus::__internals::consumer::InboundMessage> = (1..=total)
         .map(|i| {
             let value = json!({"message": [{"event": "rental_created", "model_name": "Rental", "data": [record(i)]}]});
-            dionysus::consumer::InboundMessage {
+            dionysus::__internals::consumer::InboundMessage {
                 topic: "direct".to_owned(),
                 partition: 0,
                 offset: i,
                 key: Some(format!("Rental:{i}").into_bytes()),
-                payload: Some(dionysus::wire::envelope::to_json(&value).unwrap()),
+                payload: Some(dionysus::__internals::wire::envelope::to_json(&value).unwrap()),
             }
         })
         .collect();
@@ -392,10 +394,13 @@ async fn main() {
         .chunks(quarter.max(1))
         .enumerate()
         .map(|(partition, part)| {
-            let part: Vec<dionysus::consumer::InboundMessage> = part
+            let part: Vec<dionysus::__internals::consumer::InboundMessage> = part
                 .iter()
                 .cloned()
-                .map(|message| dionysus::consumer::InboundMessage { partition: partition as i32, ..message })
+                .map(|message| dionysus::__internals::consumer::InboundMessage {
+                    partition: partition as i32,
+                    ..message
+                })
                 .collect();
             let direct = direct.clone();
             tokio::spawn(async move {

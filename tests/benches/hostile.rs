@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use diesel_async::SimpleAsyncConnection;
+use dionysus::__internals::consumer::InboundMessage;
 use dionysus::consumer::replica::{Replica, Replicas};
-use dionysus::consumer::{Consumer, InboundMessage, UnknownModel};
+use dionysus::consumer::{Consumer, UnknownModel};
 use dionysus_tests::TestDb;
 use serde_json::Value;
 
@@ -45,6 +46,9 @@ diesel::table! {
         synced_rental_id -> Nullable<BigInt>,
     }
 }
+
+#[dionysus::topic(name = "bench_hostile")]
+pub struct BenchHostile;
 
 #[allow(dead_code)]
 #[derive(dionysus::Consume)]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use dionysus::config::{Config, ProducerConfig};
+use dionysus::config::Config;
 use dionysus::relay::Relay;
 use dionysus::serialize::{serialize_erased, DefaultSerializer};
 use dionysus_tests::{create_topic, kafka_config, registry_for, TestDb};
@@ -88,7 +88,7 @@ async fn raw(conn: &mut AsyncPgConnection, producer: &dionysus::kafka::Producer,
             let record = FutureRecord::to(topic)
                 .key(&key)
                 .payload(&payloads[index])
-                .partition(dionysus::wire::partition::partition_for(partition_key.as_bytes(), PARTITIONS));
+                .partition(dionysus::kafka::partition_for(partition_key.as_bytes(), PARTITIONS));
             deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
         }
         for delivery in deliveries {
@@ -111,18 +111,13 @@ async fn relay_drain(
     batch_size: usize,
 ) -> Duration {
     let kafka = kafka_config();
-    let config = Config {
-        database_url: db.url.clone(),
-        kafka,
-        producer: ProducerConfig {
-            relay_workers: workers,
-            batch_size,
-            idle_sleep: Duration::from_millis(20),
-            retention: None,
-            ..ProducerConfig::default()
-        },
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.database_url = db.url.clone();
+    config.kafka = kafka;
+    config.producer.relay_workers = workers;
+    config.producer.batch_size = batch_size;
+    config.producer.idle_sleep = Duration::from_millis(20);
+    config.producer.retention = None;
     // The producer the baselines use, already connected: all sides start warm.
     let relay = Relay::builder(config)
         .producer(producer.clone())
@@ -179,7 +174,7 @@ async fn main() {
         .iter()
         .map(|item| {
             let data = serde_json::json!([{"id": item.id, "account_id": item.account_id, "name": item.name, "daily_price": item.daily_price, "links": {}}]);
-            dionysus::wire::envelope::Envelope::single("item_updated", "Item", data).encode().unwrap()
+            dionysus::__internals::wire::envelope::Envelope::single("item_updated", "Item", data).encode().unwrap()
         })
         .collect();
     let kafka = kafka_config();
@@ -197,7 +192,7 @@ async fn main() {
             let record = FutureRecord::to(&produce_topic)
                 .key(&key)
                 .payload(&payloads[usize::try_from(item - 1).unwrap()])
-                .partition(dionysus::wire::partition::partition_for(partition_key.as_bytes(), PARTITIONS));
+                .partition(dionysus::kafka::partition_for(partition_key.as_bytes(), PARTITIONS));
             deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
         }
         for delivery in deliveries {

@@ -10,7 +10,7 @@ use rdkafka::producer::FutureRecord;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer_models::{replica_db, row, t};
+use crate::consumer_models::{message, replica_db, row, t};
 use crate::relay::Item;
 
 async fn cli(args: &[&str], registry: &'static Registry) -> (ExitCode, String, String) {
@@ -531,4 +531,60 @@ async fn dlq_replay_brings_a_rejected_message_back_into_the_replica() {
     shutdown.cancel();
     let (code, _, err) = running.await.unwrap();
     assert_eq!(code, ExitCode::SUCCESS, "{err}");
+}
+
+/// `replica-ddl` prints the table each `#[derive(Consume)]` of the binary expects: its
+/// columns with the types of their fields, `NOT NULL` for the fields that are no `Option`,
+/// the synced id as the key. Tables created from it take a rental with its sideloaded
+/// bookings through the consumer.
+#[tokio::test(flavor = "multi_thread")]
+async fn replica_ddl_prints_tables_the_consumer_writes_into() {
+    let mut args = vec!["replica-ddl"];
+    for table in ["accounts", "bookings", "clients", "rentals", "taxes"] {
+        args.extend(["--table", table]);
+    }
+    let (code, out, err) = cli(&args, empty()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    assert_eq!(out.matches("CREATE TABLE").count(), 5, "{out}");
+    assert!(
+        out.contains(
+            "): Booking from v8_rentals\n\
+             CREATE TABLE bookings (\n    \
+                 synced_id bigint PRIMARY KEY,\n    \
+                 synced_created_at timestamp with time zone,\n    \
+                 synced_updated_at timestamp with time zone,\n    \
+                 synced_data jsonb,\n    \
+                 start_at bigint,\n    \
+                 synced_rental_id bigint\n\
+             );\n"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("-- it::consumer_models::Booking (tests/it/consumer_models.rs:"), "{out}");
+    assert!(out.contains("    synced_booking_ids bigint[]\n);"), "{out}");
+
+    let db = TestDb::migrated().await;
+    db.connection().await.batch_execute(&out).await.unwrap();
+    let (consumer, _) = crate::consumer_models::consumer(&db, |builder| builder);
+    let rental = json!({"id": 1, "name": "Villa", "updated_at": t(0), "links": {"bookings": [10]},
+                        "bookings": [{"id": 10, "start_at": 5, "updated_at": t(0)}]});
+    let payload = json!({"message": [{"event": "rental_created", "model_name": "Rental", "data": [rental]}]});
+    let outcome =
+        consumer.process_batch(&[message(0, Some("Rental:1"), Some(payload.to_string().as_bytes()))]).await.unwrap();
+    assert!(outcome.dead_letters.is_empty(), "{:?}", outcome.dead_letters);
+    let mut conn = db.connection().await;
+    assert_eq!(row(&mut conn, "rentals", 1).await.unwrap()["name"], "Villa");
+    assert_eq!(row(&mut conn, "bookings", 10).await.unwrap()["synced_rental_id"], 1);
+}
+
+/// A table no replica is kept in is a usage mistake, with the closest replica table.
+#[tokio::test(flavor = "multi_thread")]
+async fn replica_ddl_of_an_unknown_table_suggests_the_closest() {
+    let (code, out, err) = cli(&["replica-ddl", "--table", "bokings"], empty()).await;
+    assert_eq!(code, ExitCode::from(2), "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.starts_with("error: --table bokings: no replica is kept in that table; did you mean `bookings`?"),
+        "{err}"
+    );
 }

@@ -125,7 +125,8 @@ async fn many_copies_of_one_id_leave_the_last_applicable_version() {
 }
 
 fn bounded(db: &TestDb, max_records: usize) -> Consumer {
-    let mut config = dionysus::Config { database_url: db.url.clone(), ..dionysus::Config::default() };
+    let mut config = dionysus::Config::default();
+    config.database_url = db.url.clone();
     config.consumer.max_records_per_message = max_records;
     Consumer::builder(config)
         .pool(db.pool(2))

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use dionysus::consumer::{Consumer, DeadLetterHeaders, InboundMessage};
+use dionysus::__internals::consumer::InboundMessage;
+use dionysus::consumer::{Consumer, DeadLetterHeaders};
 use dionysus_tests::{count, create_topic, kafka_config, TestDb};
 use futures_util::StreamExt;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
@@ -79,6 +80,9 @@ struct RentalIn {
 /// Where the typed handler saw what: (topic, partition, offset, key, synced_id, name).
 type Sighting = (String, i32, i64, Option<String>, i64, Option<String>);
 static TYPED: Mutex<Vec<Sighting>> = Mutex::new(Vec::new());
+
+#[dionysus::topic(name = "v8_handled")]
+pub struct Handled;
 
 #[dionysus::consume(topic = "v8_handled", event = "rental_typed_updated")]
 async fn typed(ctx: &mut dionysus::Context<'_>, rental: RentalIn) -> Result<(), std::io::Error> {
@@ -277,6 +281,9 @@ async fn after_commit_handler_failure_leaves_the_batch_alone() {
 /// uses ids unique to its run.
 const BROKER_TOPIC: &str = "v8_handled_through_broker";
 
+#[dionysus::topic(name = "v8_handled_through_broker")]
+pub struct HandledThroughTheBroker;
+
 #[dionysus::consume(topic = "v8_handled_through_broker", event = "rental_updated", in_transaction)]
 async fn audited_through_the_broker(ctx: &mut dionysus::Context<'_>, rental: RentalIn) -> dionysus::Result<()> {
     let note = format!("offset {}", ctx.offset());
@@ -310,8 +317,9 @@ async fn in_transaction_handler_through_the_broker() {
         producer.send(record, Duration::from_secs(10)).await.map_err(|(error, _)| error).unwrap();
     }
 
-    let mut config =
-        dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+    let mut config = dionysus::Config::default();
+    config.database_url = db.url.clone();
+    config.kafka = kafka.clone();
     config.consumer.dead_letter_topic = dead_letters.clone();
     let consumer = Consumer::builder(config)
         .pool(db.pool(4))

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use dionysus::consumer::{AfterCommit, Consumer, DeadLetterHeaders, Notification, UnknownModel};
+use dionysus::__internals::consumer::AfterCommit;
+use dionysus::consumer::{Consumer, DeadLetterHeaders, Notification, UnknownModel};
 use dionysus::kafka::Producer;
 use dionysus_tests::{create_topic, eventually, kafka_config, TestDb};
 use futures_util::StreamExt;
@@ -29,8 +30,9 @@ const WRITES_LOG: &str = "
 
 /// The test database and broker, with batches of `batch_size`.
 fn config(db: &TestDb, kafka: &dionysus::config::KafkaConfig, batch_size: usize) -> dionysus::Config {
-    let mut config =
-        dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+    let mut config = dionysus::Config::default();
+    config.database_url = db.url.clone();
+    config.kafka = kafka.clone();
     config.consumer.batch_size = batch_size;
     config
 }

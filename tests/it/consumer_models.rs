@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use dionysus::__internals::consumer::InboundMessage;
 use dionysus::consumer::replica::{Replica, Replicas};
-use dionysus::consumer::{Consumer, InboundMessage, Notification};
+use dionysus::consumer::{Consumer, Notification};
 use dionysus_tests::TestDb;
 use serde_json::{json, Value};
 
@@ -63,6 +64,10 @@ diesel::table! {
         name -> Nullable<Text>,
     }
 }
+
+/// The vectors' topic (a consumer checks that the topics it reads are declared).
+#[dionysus::topic(name = "v8_rentals")]
+pub struct VectorRentals;
 
 #[allow(dead_code)]
 #[derive(dionysus::Consume)]
@@ -184,7 +189,8 @@ pub fn consumer(
     db: &TestDb,
     configure: impl FnOnce(dionysus::consumer::ConsumerBuilder) -> dionysus::consumer::ConsumerBuilder,
 ) -> (Consumer, Seen) {
-    let mut config = dionysus::Config { database_url: db.url.clone(), ..dionysus::Config::default() };
+    let mut config = dionysus::Config::default();
+    config.database_url = db.url.clone();
     config.kafka.client_id = "dionysus_test".to_owned();
     let seen: Seen = Arc::default();
     let recorder = seen.clone();
@@ -237,7 +243,7 @@ pub async fn row(conn: &mut AsyncPgConnection, table: &str, synced_id: i64) -> O
 
 /// A timestamp column as an instant (`None` for NULL).
 pub fn instant(value: &Value) -> Option<DateTime<Utc>> {
-    dionysus::wire::envelope::parse_timestamp(value)
+    dionysus::__internals::wire::envelope::parse_timestamp(value)
 }
 
 /// `T(n)` as an instant.

@@ -6,8 +6,9 @@
 
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use dionysus::__internals::consumer::InboundMessage;
 use dionysus::consumer::replica::{Replica, ReplicaDescriptor, Replicas};
-use dionysus::consumer::{Consumer, ConsumerBuilder, ConsumerError, InboundMessage};
+use dionysus::consumer::{Consumer, ConsumerBuilder, ConsumerError};
 use dionysus::Config;
 use dionysus_tests::TestDb;
 use serde_json::{json, Value};
@@ -21,6 +22,15 @@ diesel::table! {
         name -> Nullable<Text>,
     }
 }
+
+#[dionysus::topic(name = "names_guests")]
+pub struct Guests;
+#[dionysus::topic(name = "names_units")]
+pub struct Units;
+#[dionysus::topic(name = "names_rooms")]
+pub struct Rooms;
+#[dionysus::topic(name = "names_orders")]
+pub struct Orders;
 
 /// No `synced_updated_at`: the guard compares with `synced_created_at` (C-10).
 #[allow(dead_code)]
@@ -129,7 +139,8 @@ async fn names_db() -> TestDb {
 }
 
 fn config(db: &TestDb) -> Config {
-    let mut config = Config { database_url: db.url.clone(), ..Config::default() };
+    let mut config = Config::default();
+    config.database_url = db.url.clone();
     config.kafka.client_id = "dionysus_test".to_owned();
     config
 }

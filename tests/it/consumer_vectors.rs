@@ -226,7 +226,7 @@ async fn c14_soft_delete_then_restore() {
     }
 }
 
-fn sideloaded(event_name: &str) -> dionysus::consumer::InboundMessage {
+fn sideloaded(event_name: &str) -> dionysus::__internals::consumer::InboundMessage {
     event(
         0,
         event_name,
@@ -553,7 +553,7 @@ async fn c32_processing_mutex_locks_by_message_key() {
     assert!(!task.is_finished(), "the batch waits for the lock");
     holder.batch_execute("COMMIT").await.unwrap();
     assert_eq!(task.await.unwrap().unwrap(), Some(1));
-    assert_eq!(dionysus::consumer::lock_name(Some(b"Rental:1")), "Dionysus-Rental:1");
+    assert_eq!(dionysus::__internals::consumer::lock_name(Some(b"Rental:1")), "Dionysus-Rental:1");
 }
 
 /// c34: the group is `<client_id>_<prefix>_<client_id>` (the gem's Karafka < 2.4 form) and

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use dionysus::config::{Config, ProducerConfig};
-use dionysus::consumer::replica::sql::stored_offsets;
 use dionysus::consumer::replica::{Replica, Replicas};
+use dionysus::consumer::stored_offsets;
 use dionysus::consumer::Consumer;
 use dionysus::genesis::{Genesis, GenesisError, GenesisRequest, GenesisRun};
 use dionysus::serialize::{serialize_erased, DefaultSerializer};
@@ -48,14 +48,16 @@ async fn setup(items: i64) -> (TestDb, AsyncPgConnection, Genesis, String) {
     let topic = create_topic(&kafka, "genesis", 4).await;
     let registry =
         registry_for::<GenesisItem>(&topic, 4, "account_id", serialize_erased::<GenesisItem, DefaultSerializer>);
-    let config =
-        Config { database_url: db.url.clone(), kafka, producer: ProducerConfig::default(), ..Config::default() };
+    let mut config = Config::default();
+    config.database_url = db.url.clone();
+    config.kafka = kafka;
+    config.producer = ProducerConfig::default();
     let genesis = Genesis::new(config, registry, db.pool(2)).unwrap();
     (db, conn, genesis, topic)
 }
 
 async fn run_row(conn: &mut AsyncPgConnection, id: i64) -> GenesisRun {
-    dionysus::schema::dionysus_genesis_runs::table
+    dionysus::__internals::schema::dionysus_genesis_runs::table
         .find(id)
         .select(GenesisRun::as_select())
         .get_result(conn)
@@ -71,6 +73,9 @@ diesel::table! {
         account_id -> Nullable<BigInt>,
     }
 }
+
+#[dionysus::topic(name = "it_genesis_items")]
+pub struct GenesisItems;
 
 /// The consumer's side of `GenesisItem`.
 #[allow(dead_code)]
@@ -162,7 +167,9 @@ async fn genesis_is_throttled_resumes_after_an_abort_and_the_replica_matches() {
 
     // A consumer reads the topic into the replica table.
     let group = unique_name("genesis_replica");
-    let mut config = Config { database_url: db.url.clone(), kafka: kafka_config(), ..Config::default() };
+    let mut config = Config::default();
+    config.database_url = db.url.clone();
+    config.kafka = kafka_config();
     config.kafka.group_id = Some(group.clone());
     let consumer = Consumer::builder(config)
         .pool(db.pool(4))

@@ -149,11 +149,11 @@ fn good(n: usize) -> Vec<u8> {
 }
 
 /// A producer for messages up to 20 MB.
-fn big_producer(kafka: &dionysus::config::KafkaConfig) -> FutureProducer {
+pub(crate) fn big_producer(kafka: &dionysus::config::KafkaConfig) -> FutureProducer {
     dionysus::kafka::producer_config(kafka).set("message.max.bytes", "20000000").create().unwrap()
 }
 
-async fn send(producer: &FutureProducer, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
+pub(crate) async fn send(producer: &FutureProducer, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
     let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).partition(0);
     if let Some(key) = key {
         record = record.key(key);
@@ -165,8 +165,9 @@ async fn send(producer: &FutureProducer, topic: &str, key: Option<&[u8]>, value:
 }
 
 fn config(db: &TestDb, kafka: &dionysus::config::KafkaConfig, dead_letters: &str) -> dionysus::Config {
-    let mut config =
-        dionysus::Config { database_url: db.url.clone(), kafka: kafka.clone(), ..dionysus::Config::default() };
+    let mut config = dionysus::Config::default();
+    config.database_url = db.url.clone();
+    config.kafka = kafka.clone();
     config.consumer.dead_letter_topic = dead_letters.to_owned();
     config.consumer.batch_size = 50;
     config
@@ -183,7 +184,7 @@ fn builder(config: dionysus::Config, db: &TestDb, topic: &str) -> dionysus::cons
         .kafka_property("heartbeat.interval.ms", "500")
 }
 
-async fn stored(conn: &mut diesel_async::AsyncPgConnection, topic: &str) -> i64 {
+pub(crate) async fn stored(conn: &mut diesel_async::AsyncPgConnection, topic: &str) -> i64 {
     dionysus_tests::count(
         conn,
         &format!(
@@ -194,15 +195,15 @@ async fn stored(conn: &mut diesel_async::AsyncPgConnection, topic: &str) -> i64 
 }
 
 /// A dead letter as read back: reason, source offset, value, header map.
-struct Read {
-    reason: String,
-    offset: i64,
-    value: Vec<u8>,
-    headers: BTreeMap<String, String>,
+pub(crate) struct Read {
+    pub(crate) reason: String,
+    pub(crate) offset: i64,
+    pub(crate) value: Vec<u8>,
+    pub(crate) headers: BTreeMap<String, String>,
 }
 
 /// Reads the dead-letter topic for `quiet` after the last message (and at most `timeout`).
-async fn read_dead_letters(
+pub(crate) async fn read_dead_letters(
     kafka: &dionysus::config::KafkaConfig,
     topic: &str,
     expected: usize,
@@ -391,8 +392,8 @@ async fn a_batch_failing_for_our_reason_waits_unhealthy_and_dead_letters_nothing
     );
 }
 
-/// `/health` names a partition with messages waiting that has not committed for the stall
-/// timeout (here: its batch holds a lock the test keeps).
+/// `/health` (and `Consumer::check_health`) names a partition with messages waiting that has
+/// not committed for the stall timeout (here: its batch holds a lock the test keeps).
 #[tokio::test(flavor = "multi_thread")]
 async fn health_names_a_partition_that_stopped_advancing() {
     let db = replica_db().await;
@@ -404,6 +405,8 @@ async fn health_names_a_partition_that_stopped_advancing() {
     let mut config = config(&db, &kafka, "unused_dead_letters");
     config.consumer.stall_timeout = Duration::from_secs(2);
     let consumer = builder(config, &db, &topic).serve(address).build().unwrap();
+    let idle = consumer.check_health().unwrap_err();
+    assert!(idle.reason().starts_with("no broker poll"), "not running yet: {idle}");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn({
         let (consumer, shutdown) = (consumer.clone(), shutdown.clone());
@@ -425,12 +428,16 @@ async fn health_names_a_partition_that_stopped_advancing() {
     .await;
     eprintln!("stall reported {:?} after the message arrived (bound 2 s)", sent.elapsed());
     assert!(health.contains(&format!("partition {topic}/0 has not advanced")), "{health}");
+    let unhealthy = consumer.check_health().unwrap_err();
+    let reason = format!("partition {topic}/0 has not advanced for ");
+    assert!(unhealthy.reason().starts_with(&reason), "the handle says what /health says: {unhealthy}");
     conn.batch_execute("ROLLBACK").await.unwrap();
     dionysus_tests::eventually(Duration::from_secs(30), || async move {
         let response = http_get(address, "/health").await?;
         response.starts_with("HTTP/1.1 200").then_some(())
     })
     .await;
+    assert_eq!(consumer.check_health(), Ok(()));
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
@@ -472,7 +479,7 @@ async fn row_exists(db: &TestDb, id: i64) -> bool {
     row(&mut conn, "rentals", id).await.is_some()
 }
 
-async fn http_get(address: std::net::SocketAddr, path: &str) -> Option<String> {
+pub(crate) async fn http_get(address: std::net::SocketAddr, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
     stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.ok()?;

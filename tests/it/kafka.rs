@@ -62,7 +62,7 @@ async fn messages_with_key_headers_and_tombstones_round_trip() {
 }
 
 /// librdkafka's default partitioner, which dionysus-rb's producer uses with the partition
-/// key, picks the same partition as `dionysus::wire::partition::partition_for`.
+/// key, picks the same partition as `dionysus::kafka::partition_for`.
 #[tokio::test(flavor = "multi_thread")]
 async fn partition_choice_matches_librdkafkas_default_partitioner() {
     let kafka = kafka_config();
@@ -77,7 +77,7 @@ async fn partition_choice_matches_librdkafkas_default_partitioner() {
             .unwrap();
         assert_eq!(
             delivery.partition,
-            dionysus::wire::partition::partition_for(partition_key.as_bytes(), 12),
+            dionysus::kafka::partition_for(partition_key.as_bytes(), 12),
             "partition key {partition_key}"
         );
     }

@@ -12,6 +12,7 @@ mod consumer_handlers;
 mod consumer_kafka;
 mod consumer_models;
 mod consumer_names;
+mod consumer_setup;
 mod consumer_vectors;
 // The vectors run a second time with local changes off (rows written blind); see `tracked()`.
 #[allow(clippy::duplicate_mod)]
@@ -20,9 +21,12 @@ mod consumer_vectors_blind;
 mod genesis;
 mod hostile;
 mod kafka;
+mod kit;
 mod layout;
 mod migrations;
 mod producer;
+mod readme;
 mod relay;
 mod relay_order;
+mod surface;
 mod topics;

@@ -45,7 +45,7 @@ struct PoisonAware;
 impl Serializer<Item> for PoisonAware {
     fn serialize(&self, record: &Item, sideloads: &Sideloads) -> Result<serde_json::Value, SerializeError> {
         if record.name == "poison" {
-            return Err(SerializeError::Custom(format!("Item {} is poisoned", record.id)));
+            return Err(SerializeError::custom(format!("Item {} is poisoned", record.id)));
         }
         DefaultSerializer.serialize(record, sideloads)
     }
@@ -84,16 +84,18 @@ async fn setup(kafka: KafkaConfig, partitions: i32, items: i64) -> Setup {
 
 impl Setup {
     fn config(&self, tweak: impl FnOnce(&mut ProducerConfig)) -> Config {
-        let mut producer = ProducerConfig {
-            idle_sleep: Duration::from_millis(20),
-            lock_expiry: Duration::from_secs(2),
-            retry_backoff_base: Duration::from_millis(20),
-            retry_backoff_cap: Duration::from_millis(100),
-            retention: None,
-            ..ProducerConfig::default()
-        };
+        let mut producer = ProducerConfig::default();
+        producer.idle_sleep = Duration::from_millis(20);
+        producer.lock_expiry = Duration::from_secs(2);
+        producer.retry_backoff_base = Duration::from_millis(20);
+        producer.retry_backoff_cap = Duration::from_millis(100);
+        producer.retention = None;
         tweak(&mut producer);
-        Config { database_url: self.db.url.clone(), kafka: self.kafka.clone(), producer, ..Config::default() }
+        let mut config = Config::default();
+        config.database_url = self.db.url.clone();
+        config.kafka = self.kafka.clone();
+        config.producer = producer;
+        config
     }
 
     fn relay(&self, config: Config) -> Relay {
@@ -310,9 +312,9 @@ async fn aborted_worker_loses_nothing() {
         let url = setup.db.url.clone();
         async move {
             let mut conn = <AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url).await.ok()?;
-            let published: Vec<i64> = dionysus::schema::dionysus_outbox::table
-                .select(dionysus::schema::dionysus_outbox::id)
-                .filter(dionysus::schema::dionysus_outbox::published_at.is_not_null())
+            let published: Vec<i64> = dionysus::__internals::schema::dionysus_outbox::table
+                .select(dionysus::__internals::schema::dionysus_outbox::id)
+                .filter(dionysus::__internals::schema::dionysus_outbox::published_at.is_not_null())
                 .limit(1)
                 .load(&mut conn)
                 .await
@@ -461,8 +463,8 @@ async fn missing_topic_is_a_clear_error_unless_auto_created() {
     assert_eq!(report.published, 5);
 }
 
-/// `/health` answers 200 and the liveness file exists while the relay runs; the file is
-/// removed when it stops.
+/// `/health` answers 200 (as `check_health` does) and the liveness file exists while the
+/// relay runs; the file is removed when it stops.
 #[tokio::test(flavor = "multi_thread")]
 async fn health_endpoint_and_file_follow_the_loop() {
     let setup = setup(kafka_config(), 1, 1).await;
@@ -490,6 +492,7 @@ async fn health_endpoint_and_file_follow_the_loop() {
     })
     .await;
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert_eq!(relay.check_health(), Ok(()));
     eventually(Duration::from_secs(10), || {
         let file = file.clone();
         async move { file.exists().then_some(()) }
@@ -619,7 +622,7 @@ async fn workers_split_the_buckets_promptly() {
 async fn sealed_rows_are_unreadable_and_wait_for_their_key() {
     use dionysus::config::EncryptionKeys;
     use dionysus::outbox::Outbox;
-    use dionysus::producer::respond::Respond;
+    use dionysus::respond::Respond;
 
     const OLD: &str = "old:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
     const OTHER_SECRET_SAME_ID: &str = "old:AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
+use dionysus::__internals::producer::simulation::SimBatch;
 use dionysus::config::ProducerConfig;
-use dionysus::relay::simulation::SimBatch;
 use dionysus_tests::TestDb;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
@@ -74,13 +74,11 @@ async fn run_case(conn: &mut AsyncPgConnection, case: &Case) -> Result<(), TestC
     ))
     .await
     .unwrap();
-    let config = ProducerConfig {
-        batch_size: case.batch_size,
-        retry_backoff_base: Duration::from_millis(20),
-        retry_backoff_cap: Duration::from_millis(100),
-        max_attempts: 1000,
-        ..ProducerConfig::default()
-    };
+    let mut config = ProducerConfig::default();
+    config.batch_size = case.batch_size;
+    config.retry_backoff_base = Duration::from_millis(20);
+    config.retry_backoff_cap = Duration::from_millis(100);
+    config.max_attempts = 1000;
     // Outbox ids are 1-based, in the order of `case.keys`.
     let key_of = |id: i64| case.keys[usize::try_from(id - 1).unwrap()];
     let mut remaining: HashMap<i64, u8> = (1..).zip(case.failures.iter().copied()).collect();

@@ -1,81 +1,53 @@
 //! Test support shared by the integration tests and benchmarks: a fresh PostgreSQL database
-//! per test (created, migrated on request, dropped afterwards), the broker started by
-//! `scripts/test`, and unique topic names, so tests run in parallel and leave nothing behind.
+//! per test (the testing kit's, created from a template, migrated on request, dropped
+//! afterwards), the broker started by `scripts/test`, and unique topic names, so tests run in
+//! parallel and leave nothing behind.
 //!
 //! Without the services, helpers panic with a message saying how to start them; tests never
 //! skip silently.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use dionysus::config::KafkaConfig;
+use dionysus::telemetry::Report;
+use dionysus::testing::TestDatabase;
 use rdkafka::config::ClientConfig;
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A name unique across test binaries running at the same time: `<prefix>_<pid>_<n>_<random>`.
-pub fn unique_name(prefix: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let random: u32 = rand::random();
-    format!("{prefix}_{}_{n}_{random:08x}", std::process::id())
-}
+/// A name unique across test binaries running at the same time (the testing kit's).
+pub use dionysus::testing::unique_name;
 
 /// The server URL tests use (`DATABASE_URL`, default: local server, user postgres).
 pub fn server_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let prefix = match base.rfind('/') {
-        Some(slash) if base[..slash].contains("//") && slash > base.find("//").unwrap() + 1 => &base[..slash],
-        _ => base,
-    };
-    match query {
-        Some(query) => format!("{prefix}/{database}?{query}"),
-        None => format!("{prefix}/{database}"),
-    }
-}
-
-async fn admin_connection() -> AsyncPgConnection {
-    let url = server_url();
-    AsyncPgConnection::establish(&url).await.unwrap_or_else(|error| {
-        panic!(
-            "cannot connect to PostgreSQL at {url}: {error}\n\
-             Run the tests with scripts/test, or start PostgreSQL \
-             (pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start) \
-             and set DATABASE_URL to a server where you may create databases."
-        )
-    })
-}
-
-/// A database of its own for one test; dropped (with every connection to it) when the value
-/// is dropped.
+/// A database of its own for one test (the testing kit's [`TestDatabase`], copied from a
+/// template), dropped with every connection to it when the value is dropped.
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    _database: TestDatabase,
 }
 
 impl TestDb {
     /// A new, empty database.
     pub async fn create() -> TestDb {
-        let name = unique_name("dionysus_test");
-        let mut admin = admin_connection().await;
-        diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await.unwrap();
-        TestDb { url: with_database(&server_url(), &name), name }
+        TestDb::build(TestDatabase::builder().server_url(server_url()).migrations(false)).await
     }
 
     /// A new database with the framework migrations applied.
     pub async fn migrated() -> TestDb {
-        let db = TestDb::create().await;
-        dionysus::migrate(&db.url).await.unwrap();
-        db
+        TestDb::build(TestDatabase::builder().server_url(server_url())).await
+    }
+
+    async fn build(builder: dionysus::testing::TestDatabaseBuilder) -> TestDb {
+        let database = builder.create().await.unwrap_or_else(|error| {
+            panic!("{}\nRun the tests with scripts/test, which checks PostgreSQL first.", Report(&error))
+        });
+        TestDb { name: database.name().to_owned(), url: database.url().to_owned(), _database: database }
     }
 
     pub async fn connection(&self) -> AsyncPgConnection {
@@ -84,24 +56,6 @@ impl TestDb {
 
     pub fn pool(&self, size: usize) -> dionysus::db::Pool {
         dionysus::db::pool(&self.url, size).unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs inside or outside a runtime; a thread with its own runtime works in both.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                let mut admin = admin_connection().await;
-                diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut admin).await
-            })
-        })
-        .join();
-        if let Ok(Err(error)) = dropped {
-            eprintln!("warning: could not drop test database {}: {error}", self.name);
-        }
     }
 }
 
@@ -117,7 +71,10 @@ pub fn brokers() -> String {
 
 /// Kafka settings for tests: the test broker and a unique client id.
 pub fn kafka_config() -> KafkaConfig {
-    KafkaConfig { brokers: vec![brokers()], client_id: unique_name("dionysus_it"), ..KafkaConfig::default() }
+    let mut kafka = KafkaConfig::default();
+    kafka.brokers = vec![brokers()];
+    kafka.client_id = unique_name("dionysus_it");
+    kafka
 }
 
 /// Consumer settings for tests: fast group joins (the defaults take ~20 s with this broker).
@@ -192,11 +149,10 @@ impl PrivateBroker {
     }
 
     pub fn kafka_config(&self) -> KafkaConfig {
-        KafkaConfig {
-            brokers: vec![self.address.clone()],
-            client_id: unique_name("dionysus_it"),
-            ..KafkaConfig::default()
-        }
+        let mut kafka = KafkaConfig::default();
+        kafka.brokers = vec![self.address.clone()];
+        kafka.client_id = unique_name("dionysus_it");
+        kafka
     }
 
     fn signal(&self, signal: &str) {
@@ -251,7 +207,7 @@ pub fn registry_for<T: dionysus::Publishable>(
         location: file!(),
     }));
     let publication: &'static Publication = Box::leak(Box::new(Publication {
-        model: dionysus::producer::publishable::model_entry::<T>(),
+        model: <T as dionysus::registry::model::Model>::entry(),
         topic: name,
         partition_key: PartitionKeySource::Attribute(partition_key),
         with: &[],
@@ -260,16 +216,4 @@ pub fn registry_for<T: dionysus::Publishable>(
         location: file!(),
     }));
     Box::leak(Box::new(dionysus::Registry::new([declaration], []).with_publications([publication])))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn database_is_replaced_in_urls() {
-        assert_eq!(with_database("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
-        assert_eq!(with_database("postgres://u@h:5432", "x"), "postgres://u@h:5432/x");
-        assert_eq!(with_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
-    }
 }

@@ -1,5 +1,8 @@
 //! Configuration: one typed struct whose [`Default`] mirrors dionysus-rb's producer and
-//! consumer defaults, overridable from environment variables.
+//! consumer defaults, overridable from environment variables. It is read once, when the
+//! application builds its handle ([`Dionysus::from_env`](crate::Dionysus::from_env); code
+//! overrides go through [`Dionysus::configure`](crate::Dionysus::configure)), and every part
+//! built from the handle reads the same values.
 //!
 //! | variable | field | form | default |
 //! |---|---|---|---|
@@ -71,6 +74,7 @@ use regex::Regex;
 
 /// Everything dionysus can be configured with. Its `Debug` hides secrets ([`redact`]).
 #[derive(Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Config {
     /// PostgreSQL URL of the application database (outbox, offsets, replicas).
     pub database_url: String,
@@ -82,9 +86,10 @@ pub struct Config {
     pub consumer: ConsumerConfig,
 }
 
-/// Kafka connection settings. Its `Debug` hides the values of secret properties
-/// ([`is_secret_name`]).
+/// Kafka connection settings. Its `Debug` hides the values of secret properties (those whose
+/// name contains `password`, `passwd`, `secret`, `key` or `token`).
 #[derive(Clone, PartialEq)]
+#[non_exhaustive]
 pub struct KafkaConfig {
     /// Seed brokers, `host:port` each (dionysus-rb's `DIONYSUS_SEED_BROKER`).
     pub brokers: Vec<String>,
@@ -111,6 +116,7 @@ pub struct KafkaConfig {
 /// Producer-side settings. Defaults are dionysus-rb's, except where this crate deliberately
 /// does better (backoff cap, attempt limit), as documented per field.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ProducerConfig {
     /// Column whose non-null value marks a record as soft-deleted (`canceled_at`).
     pub soft_delete_column: String,
@@ -170,11 +176,19 @@ pub const ENCRYPTION_KEY_BYTES: usize = 32;
 
 /// One outbox encryption key: an id stored with every row it seals, and 32 secret bytes.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EncryptionKey {
     /// Stored with each row, so the row is opened with the key that sealed it.
     pub id: String,
     /// The secret.
     pub secret: [u8; ENCRYPTION_KEY_BYTES],
+}
+
+impl EncryptionKey {
+    /// A key with this id and secret (32 random bytes).
+    pub fn new(id: impl Into<String>, secret: [u8; ENCRYPTION_KEY_BYTES]) -> EncryptionKey {
+        EncryptionKey { id: id.into(), secret }
+    }
 }
 
 impl std::fmt::Debug for EncryptionKey {
@@ -235,6 +249,7 @@ impl EncryptionKeys {
 
 /// Consumer-side settings.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ConsumerConfig {
     /// Topic that receives messages that cannot be processed (`dionysus_dead_letters`).
     pub dead_letter_topic: String,
@@ -369,6 +384,7 @@ impl KafkaConfig {
 
 /// A setting that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// A variable is set to a value of the wrong form.
     #[error("{var}={shown:?} is not valid: expected {expected}", shown = redact(.value))]
@@ -678,21 +694,22 @@ impl std::fmt::Debug for KafkaConfig {
 }
 
 /// What a redacted secret is shown as.
-pub const REDACTED: &str = "***";
+pub(crate) const REDACTED: &str = "***";
 
 /// Whether a setting named `name` (a librdkafka property, a connection keyword, an
 /// environment variable) holds a secret: its name contains `password`, `passwd`, `secret`,
 /// `key` or `token`, in any case. `passfile` (a path) is not a secret.
-pub fn is_secret_name(name: &str) -> bool {
+pub(crate) fn is_secret_name(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     ["password", "passwd", "secret", "key", "token"].iter().any(|word| name.contains(word))
 }
 
-/// `text` with every secret it carries replaced by [`REDACTED`], for messages and logs.
+/// `text` with every secret it carries replaced by `***`, for messages and logs.
 ///
 /// Recognised, anywhere in the text:
 /// * the password of a URL's userinfo: `postgres://user:secret@host/db`;
-/// * `name=value` pairs whose name [is a secret's](is_secret_name), as URL query parameters
+/// * `name=value` pairs whose name is a secret's (it contains `password`, `passwd`, `secret`,
+///   `key` or `token`, in any case), as URL query parameters
 ///   (`?password=…&sslpassword=…`), connection-string keywords (`password=…`,
 ///   `password = '…'` with quotes and backslash escapes) and Kafka properties
 ///   (`sasl.password=…`, `ssl.key.password=…`, `sasl.oauthbearer.client.secret=…`).
@@ -736,11 +753,6 @@ fn shown_value(var: &str, value: &str) -> String {
     } else {
         redact(value)
     }
-}
-
-/// The URL (or connection string) with any password replaced by `***`: [`redact`].
-pub fn mask_password(url: &str) -> String {
-    redact(url)
 }
 
 #[cfg(test)]
@@ -896,8 +908,8 @@ mod tests {
 
     #[test]
     fn passwords_are_masked() {
-        assert_eq!(mask_password("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-        assert_eq!(mask_password("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub type PooledConnection = diesel_async::pooled_connection::deadpool::Object<As
 
 /// The pool could not be set up or a connection could not be had.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DbError {
     /// Building the pool failed.
     #[error("cannot build a PostgreSQL pool for {url}")]
@@ -26,28 +27,10 @@ pub enum DbError {
     /// No connection could be had from the pool.
     #[error("cannot get a PostgreSQL connection from the pool")]
     Checkout(#[source] diesel_async::pooled_connection::deadpool::PoolError),
-    /// A connection could not be opened.
-    #[error("cannot connect to PostgreSQL at {url}")]
-    Connect {
-        /// URL with the password masked.
-        url: String,
-        /// diesel's error.
-        #[source]
-        source: diesel::ConnectionError,
-    },
-    /// A query failed.
-    #[error("{what}")]
-    Query {
-        /// What was being done, with the entity.
-        what: String,
-        /// diesel's error.
-        #[source]
-        source: diesel::result::Error,
-    },
 }
 
 /// A pool of at most `max_size` connections to `database_url`. Connections are opened
-/// lazily, so this does not fail when the database is down; [`checkout`] does.
+/// lazily, so this does not fail when the database is down; taking a connection does.
 pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
     DeadPool::builder(manager)
@@ -57,13 +40,13 @@ pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {
 }
 
 /// A connection from the pool, with a readable error when the database cannot be reached.
-pub async fn checkout(pool: &Pool) -> Result<PooledConnection, DbError> {
+pub(crate) async fn checkout(pool: &Pool) -> Result<PooledConnection, DbError> {
     pool.get().await.map_err(|error| DbError::Checkout(redact_pool_error(error)))
 }
 
 /// `error` with secrets taken out of its text ([`crate::config::redact`]): PostgreSQL's
 /// client library may repeat parts of a connection string it cannot parse.
-pub fn redact_connection_error(error: diesel::ConnectionError) -> diesel::ConnectionError {
+pub(crate) fn redact_connection_error(error: diesel::ConnectionError) -> diesel::ConnectionError {
     use diesel::ConnectionError;
     match error {
         ConnectionError::BadConnection(text) => ConnectionError::BadConnection(crate::config::redact(&text)),

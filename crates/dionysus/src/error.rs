@@ -1,5 +1,9 @@
 //! The crate's top-level error: every module's error converts into it, so application code
-//! can use one `dionysus::Result`.
+//! can use one `dionysus::Result`, and a handler's own error travels in [`Error::App`].
+//!
+//! This module only gathers: each error, its message and its context fields belong to the
+//! module that raises it, and printing an error with its chain of causes is
+//! [`Report`]'s (`telemetry`).
 
 use crate::config::ConfigError;
 use crate::db::DbError;
@@ -77,17 +81,14 @@ mod tests {
 
     #[test]
     fn a_nested_diesel_error_prints_once_in_the_chain() {
-        let outbox = Error::from(OutboxError::Query {
-            what: "inserting outbox rows for Rental 7".to_owned(),
-            source: database_rejection(),
-        });
+        let outbox = Error::from(OutboxError::Insert { rows: 2, source: database_rejection() });
         assert_eq!(
             Report(&outbox).to_string(),
-            "writing outbox rows: inserting outbox rows for Rental 7: \
+            "writing outbox rows: inserting 2 outbox row(s): \
              duplicate key value violates unique constraint \"rentals_pkey\""
         );
         let consumer = Error::from(ConsumerError::Database {
-            step: "writing replica rows",
+            step: crate::consumer::BatchStep::WriteRows,
             group: "billing".to_owned(),
             topic: "v3_rentals".to_owned(),
             partition: 2,

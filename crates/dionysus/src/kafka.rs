@@ -2,7 +2,7 @@
 //! inspection through the admin API, and the partition choice dionysus-rb's producer makes.
 //!
 //! This module owns how we talk to the broker; what is sent (envelopes, keys) belongs to
-//! `envelope`, and when (ordering, retries) to `relay`.
+//! `wire`, and when (ordering, retries) to the relay and the consumer.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -16,31 +16,90 @@ use rdkafka::ClientContext;
 
 use crate::config::KafkaConfig;
 use crate::registry::{Registry, TopicDeclaration};
+pub use crate::wire::partition::partition_for;
 
 /// A broker operation that failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
-    /// rdkafka reported an error while doing `what`.
-    #[error("{what}")]
+    /// rdkafka reported an error.
+    #[error("{} {brokers}", operation.phrase())]
     Kafka {
-        /// What was being done, with the entity (topic, broker list).
-        what: String,
-        /// rdkafka's error.
+        /// What was being done.
+        operation: KafkaOperation,
+        /// The brokers it was done with (`bootstrap.servers`).
+        brokers: String,
+        /// rdkafka's error (secrets taken out).
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
+    },
+    /// The broker refused to create a topic.
+    #[error("creating topic `{topic}` on {brokers}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// The brokers (`bootstrap.servers`).
+        brokers: String,
+        /// The broker's answer.
+        #[source]
+        source: Box<KafkaError>,
+    },
+    /// The task that waited for the broker stopped before it answered.
+    #[error("{} {brokers}", operation.phrase())]
+    Task {
+        /// What was being done.
+        operation: KafkaOperation,
+        /// The brokers (`bootstrap.servers`).
+        brokers: String,
+        /// Why the task stopped.
+        #[source]
+        source: tokio::task::JoinError,
     },
 }
 
-fn kafka_error(what: impl Into<String>) -> impl FnOnce(KafkaError) -> TransportError {
-    let what = what.into();
-    move |source| TransportError::Kafka { what, source: redact_error(source) }
+/// What dionysus was doing with the broker when it failed (in [`TransportError`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KafkaOperation {
+    /// Creating a producer.
+    CreateProducer,
+    /// Creating a consumer.
+    CreateConsumer,
+    /// Creating an admin client.
+    CreateAdminClient,
+    /// Creating a client to read topic metadata.
+    CreateMetadataClient,
+    /// Reading topic metadata.
+    FetchMetadata,
+    /// Creating topics.
+    CreateTopics,
+}
+
+impl KafkaOperation {
+    /// The operation as the start of a sentence that ends with the broker list.
+    fn phrase(self) -> &'static str {
+        match self {
+            KafkaOperation::CreateProducer => "creating a Kafka producer for",
+            KafkaOperation::CreateConsumer => "creating a Kafka consumer for",
+            KafkaOperation::CreateAdminClient => "creating a Kafka admin client for",
+            KafkaOperation::CreateMetadataClient => "creating a Kafka client for",
+            KafkaOperation::FetchMetadata => "fetching topic metadata from",
+            KafkaOperation::CreateTopics => "creating topics on",
+        }
+    }
+}
+
+/// The error of `operation` on the brokers of `kafka`, with secrets taken out of rdkafka's.
+pub(crate) fn kafka_error(operation: KafkaOperation, kafka: &KafkaConfig) -> impl FnOnce(KafkaError) -> TransportError {
+    let brokers = kafka.bootstrap_servers();
+    move |source| TransportError::Kafka { operation, brokers, source: Box::new(redact_error(source)) }
 }
 
 /// `error` with no secret in its text: librdkafka's configuration errors repeat the
 /// property's value, which is hidden when the name is a secret's
 /// ([`crate::config::is_secret_name`]) or unknown to librdkafka (a misspelt `sasl.pasword`
 /// may well hold a password); other texts go through [`crate::config::redact`].
-pub fn redact_error(error: KafkaError) -> KafkaError {
+pub(crate) fn redact_error(error: KafkaError) -> KafkaError {
     use crate::config::{is_secret_name, redact, REDACTED};
     use rdkafka::types::RDKafkaConfRes;
     match error {
@@ -196,7 +255,7 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
 pub fn producer(kafka: &KafkaConfig) -> Result<Producer, TransportError> {
     producer_config(kafka)
         .create_with_context(Logs::default())
-        .map_err(kafka_error(format!("creating a Kafka producer for {}", kafka.bootstrap_servers())))
+        .map_err(kafka_error(KafkaOperation::CreateProducer, kafka))
 }
 
 /// A topic to create on the broker.
@@ -242,7 +301,7 @@ pub enum TopicCreation {
 fn admin(kafka: &KafkaConfig) -> Result<AdminClient<Logs>, TransportError> {
     client_config(kafka)
         .create_with_context(Logs::default())
-        .map_err(kafka_error(format!("creating a Kafka admin client for {}", kafka.bootstrap_servers())))
+        .map_err(kafka_error(KafkaOperation::CreateAdminClient, kafka))
 }
 
 /// Creates the topics that do not exist yet; existing ones are left untouched.
@@ -256,19 +315,18 @@ pub async fn create_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<
         .map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication_factor)))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics(&new_topics, &options)
-        .await
-        .map_err(kafka_error(format!("creating topics on {}", kafka.bootstrap_servers())))?;
+    let results =
+        admin.create_topics(&new_topics, &options).await.map_err(kafka_error(KafkaOperation::CreateTopics, kafka))?;
     let mut outcome = Vec::with_capacity(results.len());
     for result in results {
         match result {
             Ok(name) => outcome.push(TopicCreation::Created(name)),
             Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => outcome.push(TopicCreation::AlreadyExists(name)),
             Err((name, code)) => {
-                return Err(TransportError::Kafka {
-                    what: format!("creating topic `{name}` on {}", kafka.bootstrap_servers()),
-                    source: KafkaError::AdminOp(code),
+                return Err(TransportError::CreateTopic {
+                    topic: name,
+                    brokers: kafka.bootstrap_servers(),
+                    source: Box::new(KafkaError::AdminOp(code)),
                 })
             }
         }
@@ -289,17 +347,17 @@ pub async fn partition_counts(
 /// Every topic the broker has, with its partition count.
 pub async fn broker_topics(kafka: &KafkaConfig) -> Result<BTreeMap<String, i32>, TransportError> {
     let config = client_config(kafka);
-    let servers = kafka.bootstrap_servers();
+    let (create_error, fetch_error) =
+        (kafka_error(KafkaOperation::CreateMetadataClient, kafka), kafka_error(KafkaOperation::FetchMetadata, kafka));
     tokio::task::spawn_blocking(move || {
         // A producer's client, because its background thread serves librdkafka's log lines
         // while the metadata request waits: a broker that cannot be reached is reported as
         // it happens, not only when the wait ends.
-        let producer: rdkafka::producer::ThreadedProducer<Logs> = config
-            .create_with_context(Logs::default())
-            .map_err(kafka_error(format!("creating a Kafka client for {servers}")))?;
+        let producer: rdkafka::producer::ThreadedProducer<Logs> =
+            config.create_with_context(Logs::default()).map_err(create_error)?;
         let metadata = rdkafka::producer::Producer::client(&producer)
             .fetch_metadata(None, Duration::from_secs(10))
-            .map_err(kafka_error(format!("fetching topic metadata from {servers}")))?;
+            .map_err(fetch_error)?;
         Ok(metadata
             .topics()
             .iter()
@@ -311,10 +369,11 @@ pub async fn broker_topics(kafka: &KafkaConfig) -> Result<BTreeMap<String, i32>,
             .collect())
     })
     .await
-    .unwrap_or_else(|join| {
-        Err(TransportError::Kafka {
-            what: format!("fetching topic metadata: task failed: {join}"),
-            source: KafkaError::Canceled,
+    .unwrap_or_else(|source| {
+        Err(TransportError::Task {
+            operation: KafkaOperation::FetchMetadata,
+            brokers: kafka.bootstrap_servers(),
+            source,
         })
     })
 }

@@ -1,31 +1,54 @@
-#![doc = include_str!("../README.md")]
+// The README is the crate's front page. Its code blocks are compiled by the test suite as a
+// reader would copy them (`tests/it/readme.rs`), not as doc tests.
+#![cfg_attr(not(doctest), doc = include_str!("../README.md"))]
+//!
+//! ## The crate, module by module
+//!
+//! Imports point one way: `wire` and `config` at the bottom, then the declarations and the
+//! plumbing, then the two halves, which never import each other, then the command line.
+//!
+//! | module | owns | leaves to others |
+//! |---|---|---|
+//! | [`wire`] | the format shared with dionysus-rb: envelopes, keys, event names, partition key rules, times | what is sent, and when |
+//! | [`config`] | [`Config`]: every setting, its default and its environment variable | who reads which setting |
+//! | [`Dionysus`] | the handle: one configuration and one registry, from which every part is built | the parts themselves |
+//! | [`registry`] | the declarations the macros collect, and their consistency ([`Registry::validate`]) | the broker and the database |
+//! | [`producer`] | the producing half: [`Publishable`], the [`outbox`] writer, message planning, the [`relay`], [`genesis`] | consuming |
+//! | [`consumer`] | the consuming half: the runtime, batches, offsets, dead letters, [`consumer::replica`] tables, handlers ([`Context`]) | producing |
+//! | [`kafka`] | how we talk to the broker: client settings, topic creation and inspection | what is sent |
+//! | [`migrate`](mod@migrate) | the framework's own tables | the application's tables |
+//! | [`telemetry`] | the `/metrics` + `/health` endpoint, the liveness file, error reports | what "healthy" means for each part |
+//! | [`error`] | [`Error`], into which every module's error converts | the errors themselves |
+//! | `cli` (feature `cli`) | the `dionysus` command line an application embeds | the work each subcommand starts |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
 pub mod consumer;
-#[doc(hidden)]
 pub mod db;
 pub mod error;
 mod handle;
 pub mod kafka;
 pub mod migrate;
-pub mod producer;
+mod producer;
 pub mod registry;
-#[doc(hidden)]
-pub mod schema;
+mod schema;
 pub mod telemetry;
-pub mod wire;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod wire;
 
 pub use config::Config;
 pub use consumer::Context;
 pub use error::{Error, Result};
 pub use handle::{AlreadyInstalled, Dionysus};
 pub use migrate::{copy_migrations, migrate};
-pub use producer::outbox::Changeset;
+#[doc(no_inline)]
+pub use outbox::Changeset;
+pub use producer::partition_key::IntegerPartitionKey;
 pub use producer::publishable::Publishable;
-pub use producer::{genesis, outbox, relay, serialize};
+pub use producer::{genesis, outbox, relay, respond, serialize};
 pub use registry::{Registry, Topic};
 
 /// Declares a Kafka topic on a unit struct and registers it.
@@ -82,7 +105,7 @@ pub use dionysus_macros::topic;
 /// partition key as Ruby's `value.to_i.to_s`: integers unchanged, but a text key such as
 /// `"k007"` becomes `"0"`, so every row lands on one partition (and one relay bucket). A field
 /// named by `partition_key`, or by the `partition_key` of a topic given as a type, must
-/// therefore implement [`producer::partition_key::IntegerPartitionKey`] (integers, their
+/// therefore implement [`IntegerPartitionKey`] (integers, their
 /// `Option`s and aliases); anything else is a compile error on the key. Use
 /// `partition_key_with` to send the text as is, or `partition_key_to_i` to keep the gem's
 /// rule byte for byte, e.g. when a Ruby producer writes the same topic.
@@ -181,9 +204,9 @@ pub use dionysus_macros::Publishable;
 ///
 /// A column's kind (what payload values it accepts) and nullability come from its field's
 /// type through [`consumer::replica::ColumnType`]: integers, floats, `bool`, `String`,
-/// `DateTime<Utc>`, `NaiveDateTime`, `NaiveDate`, `serde_json::Value` (and `BigDecimal`,
-/// `Uuid` with the `bigdecimal`, `uuid` features), a `Vec` of these, an `Option` of any;
-/// type aliases work.
+/// `DateTime<Utc>`, `NaiveDateTime`, `NaiveDate`, `serde_json::Value`, `Uuid` (and
+/// `BigDecimal` with the `bigdecimal` feature), a `Vec` of these, an `Option` of any; type
+/// aliases work.
 ///
 /// Mistakes are compile errors on the offending token: a missing required key, an unknown key
 /// (with a suggestion), a field type that cannot hold payload values, a role or `cancel =
@@ -194,8 +217,9 @@ pub use dionysus_macros::Consume;
 
 /// Registers an async function as a handler of one event of a topic. It runs after the batch
 /// holding the event is committed, or, with `in_transaction`, inside the batch's transaction.
-/// Use it with its path, `#[dionysus::consume(...)]`, so it never clashes with the
-/// `#[consume(...)]` helper attribute of `#[derive(Consume)]`.
+/// Write it `#[dionysus::consume(...)]`, or `#[consume(...)]` with the prelude imported: on a
+/// function it is this attribute, on a `#[derive(Consume)]` struct the derive's helper, so
+/// both live in one module.
 ///
 /// ```
 /// use dionysus::Context;
@@ -246,20 +270,24 @@ pub use dionysus_macros::consume;
 
 /// The names most applications need, in one import.
 ///
-///
 /// `use dionysus::prelude::*;` brings the derives (`#[derive(Publishable, Consume)]`, with the
-/// `Publishable` trait), `#[topic(...)]`, the handle and the types most code names. Handlers
-/// keep their path, `#[dionysus::consume(...)]`, so they never clash with the `#[consume(...)]`
-/// helper attribute of `#[derive(Consume)]`.
+/// `Publishable` trait; their `#[publish(...)]`, `#[publishable(...)]` and `#[consume(...)]`
+/// helpers come with them), the attributes `#[topic(...)]` and `#[consume(...)]` (on handler
+/// functions), the handle and the types most code names.
 pub mod prelude {
+    #[doc(no_inline)]
     pub use crate::config::Config;
+    #[doc(no_inline)]
     pub use crate::consumer::{ConsumedEvent, Consumer, Context};
+    #[doc(no_inline)]
     pub use crate::registry::{Registry, Topic};
-    pub use crate::{topic, Changeset, Consume, Dionysus, Publishable};
+    #[doc(no_inline)]
+    pub use crate::{consume, topic, Changeset, Consume, Dionysus, Publishable};
 }
 
-/// Items the macros' generated code refers to. Not a public API: it may change in any
-/// release.
+/// Items the macros' generated code refers to (`::dionysus::__private::…`), and the crates
+/// it needs, so users add no dependency for an expansion. Not a public API: it may change in
+/// any release.
 #[doc(hidden)]
 pub mod __private {
     pub use diesel;
@@ -267,14 +295,14 @@ pub mod __private {
     pub use inventory;
     pub use serde_json;
 
-    pub use crate::consumer::replica::{
-        payload_column, CancelValue, Column, ColumnKind, ColumnType, DestroyStrategy, NamedRoles, Replica,
-        ReplicaDescriptor, ReplicaEntry,
+    pub use crate::consumer::handler::{
+        records_as, Context, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFuture, HandlerOutput,
     };
-    pub use crate::consumer::{
-        records_as, ConsumedEvent, Context, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFuture,
-        HandlerOutput,
+    pub use crate::consumer::replica::column_type::{payload_column, ColumnKind, ColumnType, PayloadColumn};
+    pub use crate::consumer::replica::descriptor::{
+        CancelValue, Column, DestroyStrategy, NamedRoles, Replica, ReplicaDescriptor, ReplicaEntry,
     };
+    pub use crate::consumer::ConsumedEvent;
     pub use crate::producer::partition_key::{
         integer_partition_key, topic_partition_key, FieldFound, FieldMissing, FieldName, FieldOf, FieldProbe, NoField,
     };
@@ -291,6 +319,9 @@ pub mod __private {
         ModelRegistration, PartitionKeyWith, Tombstone, Topic, TopicDeclaration, TopicEntry, TopicReference,
         TopicReferenceEntry,
     };
+    /// What `assert_published!` and `assert_not_published!` build.
+    #[cfg(feature = "testing")]
+    pub use crate::testing::Expected;
 
     /// Boxes a handler's future (used by `#[dionysus::consume]` on functions).
     pub fn box_handler<'a, F>(future: F) -> HandlerFuture<'a>
@@ -298,5 +329,47 @@ pub mod __private {
         F: ::core::future::Future<Output = ::core::result::Result<(), HandlerError>> + Send + 'a,
     {
         ::std::boxed::Box::pin(future)
+    }
+}
+
+/// What the project's own integration tests, benchmarks, fault suite and tools reach beneath
+/// the public API: the wire rules, the planners, the SQL of the replica writer, the framework
+/// schema, the batch entry points of the consumer. Not a public API: it may change in any
+/// release.
+///
+/// A hidden module rather than a `test-support` feature: the test package, its benchmarks and
+/// its fault-injection binaries all need it, and items reached only through a feature would
+/// be unreachable (and warned about) in every build without it. Applications testing their
+/// own code use the public API.
+#[doc(hidden)]
+pub mod __internals {
+    /// The wire format shared with dionysus-rb.
+    pub mod wire {
+        pub use crate::wire::{envelope, naming, partition, record, time};
+    }
+
+    /// The framework's tables as diesel sees them.
+    pub mod schema {
+        pub use crate::schema::*;
+    }
+
+    /// The producing side's internals.
+    pub mod producer {
+        pub use crate::producer::publishable::partition_key;
+
+        /// Outbox rows to messages.
+        pub mod plan {
+            pub use crate::producer::plan::*;
+        }
+        /// The relay's batch steps with a given clock and outcomes.
+        pub mod simulation {
+            pub use crate::producer::relay::simulation::*;
+        }
+    }
+
+    /// The consumer's batch entry point.
+    pub mod consumer {
+        pub use crate::consumer::apply::{AfterCommit, AfterCommitHook, BatchOutcome};
+        pub use crate::consumer::batch::{lock_name, DeadLetter, InboundMessage};
     }
 }

@@ -60,6 +60,7 @@ pub const MIGRATIONS: &[EmbeddedMigration] = embedded![
 
 /// Failure to apply, revert or copy the framework migrations.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MigrationError {
     /// The database could not be reached.
     #[error("cannot connect to PostgreSQL at {url} to run the dionysus migrations")]
@@ -116,12 +117,34 @@ pub async fn revert_all(database_url: &str) -> Result<Vec<String>, MigrationErro
     .await
 }
 
-/// Versions of the framework migrations not yet applied to the database.
+/// Names of the framework migrations not yet applied to the database. It only reads: a role
+/// that may not create tables (a consumer's, which `check` and `consume` run as) can ask,
+/// where diesel's own `pending_migrations` would first create its bookkeeping table.
 pub async fn pending(database_url: &str) -> Result<Vec<String>, MigrationError> {
+    #[derive(diesel::QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        found: bool,
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Applied {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        version: String,
+    }
     with_harness(database_url, |harness| {
-        harness
-            .pending_migrations(FrameworkMigrations)
-            .map(|pending| pending.iter().map(|m| m.name().to_string()).collect())
+        use diesel::RunQueryDsl;
+        let found: Vec<Found> =
+            diesel::sql_query("SELECT to_regclass('__diesel_schema_migrations') IS NOT NULL AS found").load(harness)?;
+        let applied: Vec<Applied> = if found.first().is_some_and(|row| row.found) {
+            diesel::sql_query("SELECT version::text AS version FROM __diesel_schema_migrations").load(harness)?
+        } else {
+            Vec::new()
+        };
+        Ok(MIGRATIONS
+            .iter()
+            .filter(|migration| !applied.iter().any(|row| row.version == version_of(migration.name)))
+            .map(|migration| migration.name.to_owned())
+            .collect())
     })
     .await
 }

@@ -1,4 +1,6 @@
 //! Diesel schema of the framework tables created by the embedded migrations (`migrate`).
+//! It only describes them: the migrations own the tables, and the relay and the consumer
+//! own what is written to them.
 
 diesel::table! {
     /// The transactional outbox.

@@ -1,8 +1,15 @@
-//! The process's Prometheus recorder for the `metrics` crate, shared by everything that
-//! serves `/metrics` (the relay) and by applications that render it themselves.
+//! What dionysus tells operators: the metrics it records through the `metrics` crate
+//! ([`METRICS`], described to the installed recorder by [`describe`]), the liveness file of
+//! the relay and the consumer, why one is unhealthy ([`Unhealthy`]), and how errors are
+//! written to logs ([`Report`], an error with its chain of sources). What "healthy" means is
+//! the relay's and the consumer's.
 //!
-//! It also owns the `/metrics` + `/health` endpoint and the liveness file of the relay and
-//! the consumer; what "healthy" means is the caller's.
+//! With the `metrics` feature (on by default) it also owns the process's Prometheus recorder
+//! ([`prometheus`], shared by everything that serves `/metrics` and by applications that
+//! render it themselves) and the `/metrics` + `/health` endpoint the relay's and the
+//! consumer's `serve` start. Without it, metrics go to whatever recorder the application
+//! installs, and health is asked of the relay and the consumer (`check_health`) or read from
+//! the liveness file.
 //!
 //! Metric names: `dionysus_outbox_*` and `dionysus_relay_*` come from the relay,
 //! `dionysus_consumer_*` from the consumer (`dionysus_consumer_messages_total`,
@@ -11,19 +18,38 @@
 //! while a partition waits on a fault), `dionysus_consumer_handler_errors_total` per handler
 //! and reason, and `dionysus_consumer_lag` per topic and partition from librdkafka's
 //! statistics).
-//!
-//! Also how errors are written to logs: [`Report`], an error with its chain of sources.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+#[cfg(feature = "metrics")]
+use std::sync::OnceLock;
 use std::time::Duration;
 
+#[cfg(feature = "metrics")]
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-/// Whether a loop is healthy, asked by the endpoint and the liveness file: `Err` carries the
-/// reason, printed in the endpoint's 503 body and logged when the liveness file is removed.
-pub(crate) type Health = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// Why a running relay or consumer is unhealthy: the reason `/health` answers 503 with, and
+/// the liveness file's removal logs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Unhealthy {
+    reason: String,
+}
+
+impl Unhealthy {
+    pub(crate) fn new(reason: impl Into<String>) -> Unhealthy {
+        Unhealthy { reason: reason.into() }
+    }
+
+    /// The reason, e.g. `partition v3_rentals/2 has not committed for 61 s`.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// Whether a loop is healthy, asked by the endpoint and the liveness file.
+pub(crate) type Health = Arc<dyn Fn() -> Result<(), Unhealthy> + Send + Sync>;
 
 /// Every metric dionysus emits: name, kind, unit and what it says (its `# HELP` line).
 pub const METRICS: &[(&str, Kind, Unit, &str)] = &[
@@ -145,6 +171,7 @@ pub fn describe() {
 /// The Prometheus recorder, installed (and the metrics described, see [`describe`]) on first
 /// call. `None` when the application installed another `metrics` recorder first (its own
 /// exporter then sees dionysus' metrics).
+#[cfg(feature = "metrics")]
 pub fn prometheus() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
@@ -173,10 +200,10 @@ pub(crate) async fn health_file(path: PathBuf, healthy: Health, every: Duration,
                     tracing::warn!("cannot write the health file {}: {error}", path.display());
                 }
             }
-            Err(reason) => {
-                if reported.as_deref() != Some(reason.as_str()) {
-                    tracing::error!("unhealthy, removing the health file {}: {reason}", path.display());
-                    reported = Some(reason);
+            Err(unhealthy) => {
+                if reported.as_deref() != Some(unhealthy.reason()) {
+                    tracing::error!("unhealthy, removing the health file {}: {unhealthy}", path.display());
+                    reported = Some(unhealthy.reason);
                 }
                 let _ = tokio::fs::remove_file(&path).await;
             }
@@ -189,6 +216,7 @@ pub(crate) async fn health_file(path: PathBuf, healthy: Health, every: Duration,
     let _ = tokio::fs::remove_file(&path).await;
 }
 
+#[cfg(feature = "metrics")]
 /// Limits of the `/metrics` + `/health` endpoint. It answers probes and scrapes: few
 /// clients, tiny requests, so anything beyond these is refused rather than queued.
 #[derive(Debug, Clone, Copy)]
@@ -205,6 +233,7 @@ pub(crate) struct ServeLimits {
     pub(crate) accept_pause: Duration,
 }
 
+#[cfg(feature = "metrics")]
 impl Default for ServeLimits {
     fn default() -> Self {
         ServeLimits {
@@ -217,6 +246,7 @@ impl Default for ServeLimits {
     }
 }
 
+#[cfg(feature = "metrics")]
 /// Serves `GET`/`HEAD` `/metrics` (Prometheus text, when a recorder handle is given) and
 /// `/health` (200 while `healthy()`, else 503 with `unhealthy` and the reason as the body) on a bound
 /// listener, over HTTP/1.1, until `shutdown`; other methods get 405, other paths 404.
@@ -235,6 +265,7 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+#[cfg(feature = "metrics")]
 /// [`serve`] with explicit limits.
 pub(crate) async fn serve_with(
     listener: tokio::net::TcpListener,
@@ -296,6 +327,7 @@ pub(crate) async fn serve_with(
     }
 }
 
+#[cfg(feature = "metrics")]
 fn router(metrics: Option<PrometheusHandle>, healthy: Health, unhealthy: &'static str) -> axum::Router {
     use axum::http::{header, Method, StatusCode};
     use axum::routing::get;
@@ -365,134 +397,7 @@ impl<E: std::error::Error + ?Sized> std::fmt::Debug for Report<'_, E> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-
     use super::*;
-
-    async fn start(healthy: Health) -> (SocketAddr, tokio::task::JoinHandle<()>, CancellationToken) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let server =
-            tokio::spawn(serve_with(listener, None, healthy, "[unhealthy]", ServeLimits::default(), shutdown.clone()));
-        (address, server, shutdown)
-    }
-
-    fn fine() -> Health {
-        Arc::new(|| Ok(()))
-    }
-
-    /// Sends `parts` (pausing between them) and reads the response to its end.
-    async fn exchange(address: SocketAddr, parts: &[&[u8]]) -> std::io::Result<String> {
-        let mut stream = TcpStream::connect(address).await?;
-        for (index, part) in parts.iter().enumerate() {
-            if index > 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            stream.write_all(part).await?;
-        }
-        let mut response = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
-            .await
-            .map_err(|_| std::io::Error::other("no response within 5 s"))??;
-        Ok(String::from_utf8_lossy(&response).into_owned())
-    }
-
-    fn status(response: &str) -> &str {
-        response.split_whitespace().nth(1).unwrap_or("")
-    }
-
-    #[tokio::test]
-    async fn answers_health_and_metrics_and_refuses_other_methods() {
-        let (address, _server, shutdown) = start(fine()).await;
-        let get = exchange(address, &[b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"]).await.unwrap();
-        assert_eq!(status(&get), "200", "{get}");
-        assert!(get.ends_with("ok\n"), "{get}");
-        let head = exchange(address, &[b"HEAD /health HTTP/1.1\r\nhost: x\r\n\r\n"]).await.unwrap();
-        assert_eq!(status(&head), "200", "{head}");
-        assert!(!head.ends_with("ok\n"), "HEAD has no body: {head}");
-        for request in [
-            &b"POST /health HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"[..],
-            b"DELETE /x HTTP/1.1\r\nhost: x\r\n\r\n",
-        ] {
-            let response = exchange(address, &[request]).await.unwrap();
-            assert_eq!(status(&response), "405", "{response}");
-        }
-        let missing = exchange(address, &[b"GET /nothing HTTP/1.1\r\nhost: x\r\n\r\n"]).await.unwrap();
-        assert_eq!(status(&missing), "404", "{missing}");
-        let metrics = exchange(address, &[b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n"]).await.unwrap();
-        assert_eq!(status(&metrics), "404", "no recorder given: {metrics}");
-        shutdown.cancel();
-    }
-
-    #[tokio::test]
-    async fn unhealthy_answers_503_with_the_reason() {
-        let (address, _server, shutdown) = start(Arc::new(|| Err("partition t/3 stalled for 61 s".to_owned()))).await;
-        let response = exchange(address, &[b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"]).await.unwrap();
-        assert_eq!(status(&response), "503", "{response}");
-        assert!(response.ends_with("[unhealthy]: partition t/3 stalled for 61 s\n"), "{response}");
-        shutdown.cancel();
-    }
-
-    /// A request split over several writes, and one with a 4 KB header, are answered.
-    #[tokio::test]
-    async fn split_and_larger_requests_are_answered() {
-        let (address, _server, shutdown) = start(fine()).await;
-        let response = exchange(address, &[b"GET /hea", b"lth HTTP/1.1\r\nho", b"st: x\r\n", b"\r\n"]).await.unwrap();
-        assert_eq!(status(&response), "200", "{response}");
-        let cookie = format!("GET /health HTTP/1.1\r\nhost: x\r\ncookie: {}\r\n\r\n", "c".repeat(4096));
-        let response = exchange(address, &[cookie.as_bytes()]).await.unwrap();
-        assert_eq!(status(&response), "200", "{response}");
-        let huge = format!("GET /health HTTP/1.1\r\nhost: x\r\ncookie: {}\r\n\r\n", "c".repeat(64 * 1024));
-        let response = exchange(address, &[huge.as_bytes()]).await.unwrap_or_default();
-        assert_ne!(status(&response), "200", "a 64 KB head is refused: {response}");
-        shutdown.cancel();
-    }
-
-    /// 2,000 idle connections and 300 junk requests: the server keeps running and `/health`
-    /// answers again within seconds, the idle connections still open.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn health_answers_after_a_connection_flood() {
-        let (address, server, shutdown) = start(fine()).await;
-        let mut idle = Vec::new();
-        for _ in 0..2000 {
-            match TcpStream::connect(address).await {
-                Ok(stream) => idle.push(stream),
-                Err(error) => panic!("connecting the flood: {error}"),
-            }
-        }
-        let junk: Vec<Vec<u8>> = (0..300u32)
-            .map(|index| match index % 3 {
-                0 => format!("{index}\r\n\r\n\x00\x01garbage").into_bytes(),
-                1 => format!("GET /{} HTTP/1.1\r\n\r\n", "x".repeat(usize::try_from(index).unwrap() * 40)).into_bytes(),
-                _ => b"GET /health HTTP/9.9\r\nhost\r\n\r\n".to_vec(),
-            })
-            .collect();
-        let junk_sent = futures_util::future::join_all(
-            junk.iter().map(|bytes| async move { exchange(address, &[bytes.as_slice()]).await }),
-        )
-        .await;
-        assert_eq!(junk_sent.len(), 300);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        let answered = loop {
-            if let Ok(response) = exchange(address, &[b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"]).await {
-                if status(&response) == "200" {
-                    break true;
-                }
-            }
-            if tokio::time::Instant::now() > deadline {
-                break false;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        assert!(answered, "/health did not answer within 15 s of the flood");
-        assert!(!server.is_finished(), "the server stopped");
-        drop(idle);
-        shutdown.cancel();
-    }
 
     /// Every metric the sources emit is described, and every described metric is emitted.
     #[test]
@@ -537,16 +442,158 @@ mod tests {
         assert_eq!(emitted, described);
     }
 
-    /// The Prometheus text carries a `# HELP` line for each metric that has a value.
-    #[test]
-    fn prometheus_text_has_help_lines() {
-        let handle = prometheus().unwrap_or_else(|| panic!("the recorder installs in this test binary"));
-        metrics::counter!("dionysus_outbox_published_total").increment(1);
-        metrics::gauge!("dionysus_consumer_lag", "topic" => "t", "partition" => "0").set(3.0);
-        metrics::histogram!("dionysus_relay_batch_seconds").record(0.5);
-        let text = handle.render();
-        for name in ["dionysus_outbox_published_total", "dionysus_consumer_lag", "dionysus_relay_batch_seconds"] {
-            assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+    /// The endpoint and the Prometheus recorder.
+    #[cfg(feature = "metrics")]
+    mod endpoint {
+        use std::net::SocketAddr;
+
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpStream;
+
+        use super::super::*;
+
+        async fn start(healthy: Health) -> (SocketAddr, tokio::task::JoinHandle<()>, CancellationToken) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let shutdown = CancellationToken::new();
+            let server = tokio::spawn(serve_with(
+                listener,
+                None,
+                healthy,
+                "[unhealthy]",
+                ServeLimits::default(),
+                shutdown.clone(),
+            ));
+            (address, server, shutdown)
+        }
+
+        fn fine() -> Health {
+            Arc::new(|| Ok(()))
+        }
+
+        /// Sends `parts` (pausing between them) and reads the response to its end.
+        async fn exchange(address: SocketAddr, parts: &[&[u8]]) -> std::io::Result<String> {
+            let mut stream = TcpStream::connect(address).await?;
+            for (index, part) in parts.iter().enumerate() {
+                if index > 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                stream.write_all(part).await?;
+            }
+            let mut response = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+                .await
+                .map_err(|_| std::io::Error::other("no response within 5 s"))??;
+            Ok(String::from_utf8_lossy(&response).into_owned())
+        }
+
+        fn status(response: &str) -> &str {
+            response.split_whitespace().nth(1).unwrap_or("")
+        }
+
+        #[tokio::test]
+        async fn answers_health_and_metrics_and_refuses_other_methods() {
+            let (address, _server, shutdown) = start(fine()).await;
+            let get = exchange(address, &[b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"]).await.unwrap();
+            assert_eq!(status(&get), "200", "{get}");
+            assert!(get.ends_with("ok\n"), "{get}");
+            let head = exchange(address, &[b"HEAD /health HTTP/1.1\r\nhost: x\r\n\r\n"]).await.unwrap();
+            assert_eq!(status(&head), "200", "{head}");
+            assert!(!head.ends_with("ok\n"), "HEAD has no body: {head}");
+            for request in [
+                &b"POST /health HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"[..],
+                b"DELETE /x HTTP/1.1\r\nhost: x\r\n\r\n",
+            ] {
+                let response = exchange(address, &[request]).await.unwrap();
+                assert_eq!(status(&response), "405", "{response}");
+            }
+            let missing = exchange(address, &[b"GET /nothing HTTP/1.1\r\nhost: x\r\n\r\n"]).await.unwrap();
+            assert_eq!(status(&missing), "404", "{missing}");
+            let metrics = exchange(address, &[b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n"]).await.unwrap();
+            assert_eq!(status(&metrics), "404", "no recorder given: {metrics}");
+            shutdown.cancel();
+        }
+
+        #[tokio::test]
+        async fn unhealthy_answers_503_with_the_reason() {
+            let (address, _server, shutdown) =
+                start(Arc::new(|| Err(Unhealthy::new("partition t/3 stalled for 61 s")))).await;
+            let response = exchange(address, &[b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"]).await.unwrap();
+            assert_eq!(status(&response), "503", "{response}");
+            assert!(response.ends_with("[unhealthy]: partition t/3 stalled for 61 s\n"), "{response}");
+            shutdown.cancel();
+        }
+
+        /// A request split over several writes, and one with a 4 KB header, are answered.
+        #[tokio::test]
+        async fn split_and_larger_requests_are_answered() {
+            let (address, _server, shutdown) = start(fine()).await;
+            let response =
+                exchange(address, &[b"GET /hea", b"lth HTTP/1.1\r\nho", b"st: x\r\n", b"\r\n"]).await.unwrap();
+            assert_eq!(status(&response), "200", "{response}");
+            let cookie = format!("GET /health HTTP/1.1\r\nhost: x\r\ncookie: {}\r\n\r\n", "c".repeat(4096));
+            let response = exchange(address, &[cookie.as_bytes()]).await.unwrap();
+            assert_eq!(status(&response), "200", "{response}");
+            let huge = format!("GET /health HTTP/1.1\r\nhost: x\r\ncookie: {}\r\n\r\n", "c".repeat(64 * 1024));
+            let response = exchange(address, &[huge.as_bytes()]).await.unwrap_or_default();
+            assert_ne!(status(&response), "200", "a 64 KB head is refused: {response}");
+            shutdown.cancel();
+        }
+
+        /// 2,000 idle connections and 300 junk requests: the server keeps running and `/health`
+        /// answers again within seconds, the idle connections still open.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn health_answers_after_a_connection_flood() {
+            let (address, server, shutdown) = start(fine()).await;
+            let mut idle = Vec::new();
+            for _ in 0..2000 {
+                match TcpStream::connect(address).await {
+                    Ok(stream) => idle.push(stream),
+                    Err(error) => panic!("connecting the flood: {error}"),
+                }
+            }
+            let junk: Vec<Vec<u8>> = (0..300u32)
+                .map(|index| match index % 3 {
+                    0 => format!("{index}\r\n\r\n\x00\x01garbage").into_bytes(),
+                    1 => format!("GET /{} HTTP/1.1\r\n\r\n", "x".repeat(usize::try_from(index).unwrap() * 40))
+                        .into_bytes(),
+                    _ => b"GET /health HTTP/9.9\r\nhost\r\n\r\n".to_vec(),
+                })
+                .collect();
+            let junk_sent = futures_util::future::join_all(
+                junk.iter().map(|bytes| async move { exchange(address, &[bytes.as_slice()]).await }),
+            )
+            .await;
+            assert_eq!(junk_sent.len(), 300);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            let answered = loop {
+                if let Ok(response) = exchange(address, &[b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"]).await {
+                    if status(&response) == "200" {
+                        break true;
+                    }
+                }
+                if tokio::time::Instant::now() > deadline {
+                    break false;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            assert!(answered, "/health did not answer within 15 s of the flood");
+            assert!(!server.is_finished(), "the server stopped");
+            drop(idle);
+            shutdown.cancel();
+        }
+
+        /// The Prometheus text carries a `# HELP` line for each metric that has a value.
+        #[test]
+        fn prometheus_text_has_help_lines() {
+            let handle = prometheus().unwrap_or_else(|| panic!("the recorder installs in this test binary"));
+            metrics::counter!("dionysus_outbox_published_total").increment(1);
+            metrics::gauge!("dionysus_consumer_lag", "topic" => "t", "partition" => "0").set(3.0);
+            metrics::histogram!("dionysus_relay_batch_seconds").record(0.5);
+            let text = handle.render();
+            for name in ["dionysus_outbox_published_total", "dionysus_consumer_lag", "dionysus_relay_batch_seconds"] {
+                assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+            }
         }
     }
 }

@@ -197,7 +197,7 @@ pub struct ReplicatedBooking {
     pub nights: Option<i32>,
 }
 
-/// `rental_updated` events the consumer applied (see [`count_rental_updates`]).
+/// `rental_updated` events the consumer applied (counted by the handler `count_rental_updates`).
 pub static RENTAL_UPDATES: AtomicU64 = AtomicU64::new(0);
 
 /// A handler: runs after each committed batch for every `rental_updated` event; the event

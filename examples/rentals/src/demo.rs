@@ -1,10 +1,13 @@
 //! The scripted demo: both services in one process, talking only through the broker.
 //!
 //! 1. Recreates the producer's and the consumer's databases (`dionysus_rentals_producer`,
-//!    `dionysus_rentals_consumer`; kept afterwards to look around), applies the framework
-//!    migrations and each service's tables, and writes "legacy" records with plain SQL.
-//! 2. Recreates the demo topics and starts the relay (producer database) and the consumer
-//!    (consumer database) as tasks.
+//!    `dionysus_rentals_consumer`, or another prefix with `--database-prefix`; kept afterwards
+//!    to look around), applies the framework migrations and each service's tables, and writes
+//!    "legacy" records with plain SQL.
+//! 2. Recreates the demo topics — on the broker, or with `--embedded` on an embedded Kafka
+//!    cluster in this process (librdkafka's mock cluster, from `dionysus::testing`; no broker
+//!    process) — and starts the relay (producer database) and the consumer (consumer
+//!    database) as tasks.
 //! 3. Makes the scripted changes through the outbox — create, update, soft delete, a
 //!    dependency change, an observed-column change, destroy — and after each waits until the
 //!    relay has published everything and the consumer has applied everything.
@@ -21,10 +24,12 @@ use chrono::NaiveDate;
 use diesel::sql_types::{BigInt, Nullable, Text};
 // Not `RunQueryDsl`: its `load` would shadow `AtomicU64::load` here.
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
-use dionysus::config::{mask_password, Config};
+use dionysus::config::{redact, Config};
 use dionysus::consumer::{Consumer, Notification};
 use dionysus::genesis::{Genesis, GenesisRequest};
+use dionysus::kafka::TopicSpec;
 use dionysus::relay::Relay;
+use dionysus::testing::EmbeddedKafka;
 use dionysus::{Registry, Topic};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::task::JoinHandle;
@@ -35,8 +40,6 @@ use crate::consumer::RENTAL_UPDATES;
 use crate::producer::{self, Accounts, Bookings, Rentals};
 use crate::setup;
 
-const PRODUCER_DB: &str = "dionysus_rentals_producer";
-const CONSUMER_DB: &str = "dionysus_rentals_consumer";
 const DEAD_LETTERS: &str = "demo_dead_letters";
 const GROUP: &str = "dionysus_rentals_demo";
 const IN_SYNC_WITHIN: Duration = Duration::from_secs(60);
@@ -48,9 +51,57 @@ const REPLICA_COUNTS: &str =
     (SELECT count(*) FROM rentals WHERE synced_canceled_at IS NOT NULL), (SELECT count(*) FROM bookings_fees),
     (SELECT count(*) FROM bookings_fees WHERE synced_rental_id IS NULL), (SELECT count(*) FROM bookings)) AS fact";
 
+/// How the demo runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// On an embedded Kafka cluster in this process instead of the broker of
+    /// `DIONYSUS_SEED_BROKER`.
+    pub embedded: bool,
+    /// The databases are `<prefix>_producer` and `<prefix>_consumer`.
+    pub database_prefix: String,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { embedded: false, database_prefix: "dionysus_rentals".to_owned() }
+    }
+}
+
+impl Options {
+    /// Reads `[demo] [--embedded] [--database-prefix NAME]`.
+    pub fn parse(args: &[String]) -> Result<Options, String> {
+        let mut options = Options::default();
+        let mut args = args.iter().map(String::as_str).peekable();
+        if args.peek() == Some(&"demo") {
+            args.next();
+        }
+        while let Some(arg) = args.next() {
+            match arg {
+                "--embedded" => options.embedded = true,
+                "--database-prefix" => match args.next() {
+                    Some(prefix) if !prefix.is_empty() && !prefix.contains('"') => {
+                        options.database_prefix = prefix.to_owned()
+                    }
+                    _ => return Err("--database-prefix needs a name".to_owned()),
+                },
+                other => return Err(format!("unknown demo argument `{other}`")),
+            }
+        }
+        Ok(options)
+    }
+
+    fn producer_db(&self) -> String {
+        format!("{}_producer", self.database_prefix)
+    }
+
+    fn consumer_db(&self) -> String {
+        format!("{}_consumer", self.database_prefix)
+    }
+}
+
 /// Runs the demo; the exit code fails when anything went wrong or the replica differs.
-pub async fn run() -> ExitCode {
-    match demo().await {
+pub async fn run(options: Options) -> ExitCode {
+    match demo(&options).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
@@ -60,21 +111,41 @@ pub async fn run() -> ExitCode {
     }
 }
 
-async fn demo() -> anyhow::Result<bool> {
-    let base = Config::from_env()?.with_env_kafka_properties();
-    let brokers = base.kafka.bootstrap_servers();
-    println!("dionysus rentals demo: PostgreSQL at {}, broker at {brokers}", mask_password(&base.database_url));
+async fn demo(options: &Options) -> anyhow::Result<bool> {
+    let mut base = Config::from_env()?.with_env_kafka_properties();
     let registry = Registry::global();
     registry.validate()?;
-    let existing_topics = dionysus::kafka::broker_topics(&base.kafka).await.map_err(|error| {
-        anyhow!(
-            "cannot reach the broker at {brokers} ({error})\n       \
-             start a broker there, or run scripts/demo with DIONYSUS_SEED_BROKER unset: it starts one the way the tests do"
-        )
-    })?;
+    // The embedded cluster lives until the demo returns, after the relay and consumer stop.
+    let embedded = if options.embedded {
+        let kafka = EmbeddedKafka::builder().registry(registry.clone()).topic(DEAD_LETTERS, 1).start()?;
+        kafka.configure(&mut base);
+        Some(kafka)
+    } else {
+        None
+    };
+    let brokers = base.kafka.bootstrap_servers();
+    let postgres = mask_password(&base.database_url);
+    match &embedded {
+        Some(_) => println!(
+            "dionysus rentals demo: PostgreSQL at {postgres}, embedded Kafka cluster at {brokers} (librdkafka's mock \
+             cluster in this process; no broker process)"
+        ),
+        None => println!("dionysus rentals demo: PostgreSQL at {postgres}, broker at {brokers}"),
+    }
+    let existing_topics = match &embedded {
+        Some(_) => Default::default(),
+        None => dionysus::kafka::broker_topics(&base.kafka).await.map_err(|error| {
+            anyhow!(
+                "cannot reach the broker at {brokers} ({error})\n       \
+                 start a broker there, run scripts/demo with DIONYSUS_SEED_BROKER unset (it starts one the way the \
+                 tests do), or run scripts/demo --embedded"
+            )
+        })?,
+    };
 
-    let producer_url = setup::recreate_database(&base.database_url, PRODUCER_DB).await?;
-    let consumer_url = setup::recreate_database(&base.database_url, CONSUMER_DB).await?;
+    let (producer_name, consumer_name) = (options.producer_db(), options.consumer_db());
+    let producer_url = setup::recreate_database(&base.database_url, &producer_name).await?;
+    let consumer_url = setup::recreate_database(&base.database_url, &consumer_name).await?;
     dionysus::migrate(&producer_url).await?;
     dionysus::migrate(&consumer_url).await?;
     let mut producer_db = setup::connect(&producer_url).await?;
@@ -82,13 +153,23 @@ async fn demo() -> anyhow::Result<bool> {
     producer_db.batch_execute(producer::SCHEMA).await.context("creating the producer's tables")?;
     producer_db.batch_execute(&producer::legacy_sql()).await.context("writing the legacy records")?;
     replica_db.batch_execute(crate::consumer::SCHEMA).await.context("creating the replica tables")?;
-    println!("  databases      {PRODUCER_DB} (producer), {CONSUMER_DB} (consumer): migrated, tables created");
+    println!("  databases      {producer_name} (producer), {consumer_name} (consumer): migrated, tables created");
 
-    let producer_config = Config { database_url: producer_url.clone(), ..base.clone() };
-    let mut consumer_config = Config { database_url: consumer_url.clone(), ..base.clone() };
+    let mut producer_config = base.clone();
+    producer_config.database_url = producer_url.clone();
+    let mut consumer_config = base.clone();
+    consumer_config.database_url = consumer_url.clone();
     consumer_config.kafka.group_id = Some(GROUP.to_owned());
     consumer_config.consumer.dead_letter_topic = DEAD_LETTERS.to_owned();
-    let topics = setup::recreate_topics(&base.kafka, registry, DEAD_LETTERS, &existing_topics).await?;
+    let topics = match &embedded {
+        // A fresh cluster: its topics were created when it started.
+        Some(kafka) => kafka
+            .topics()
+            .into_iter()
+            .map(|(name, partitions)| TopicSpec { name, partitions, replication_factor: 1 })
+            .collect(),
+        None => setup::recreate_topics(&base.kafka, registry, DEAD_LETTERS, &existing_topics).await?,
+    };
     let listed: Vec<String> = topics.iter().map(|t| format!("{} ({} partition(s))", t.name, t.partitions)).collect();
     println!("  topics         {}", listed.join(", "));
 
@@ -140,6 +221,13 @@ async fn demo() -> anyhow::Result<bool> {
     result?;
 
     println!();
+    println!("explore (the databases stay until the next run):");
+    println!("  cargo run -p dionysus-example-rentals -- --database-url {} outbox stats", mask_password(&producer_url));
+    println!(
+        "  psql {} -c 'SELECT synced_id, name, synced_canceled_at FROM rentals ORDER BY synced_id LIMIT 5'",
+        mask_password(&consumer_url)
+    );
+    println!();
     println!("report");
     let relay_published = demo.relay_published().await?;
     println!(
@@ -149,15 +237,8 @@ async fn demo() -> anyhow::Result<bool> {
     );
     println!("  events consumed   {}", consumed.load(Ordering::Relaxed));
     println!("  replica rows      {}", demo.fact(REPLICA_COUNTS).await?);
-    let matches = demo.compare().await?;
-    println!();
-    println!("explore (the databases stay until the next run):");
-    println!("  cargo run -p dionysus-example-rentals -- --database-url {} outbox stats", mask_password(&producer_url));
-    println!(
-        "  psql {} -c 'SELECT synced_id, name, synced_canceled_at FROM rentals ORDER BY synced_id LIMIT 5'",
-        mask_password(&consumer_url)
-    );
-    Ok(matches)
+    // The verdict is the last line.
+    demo.compare().await
 }
 
 /// The running demo: both databases and the service tasks.
@@ -332,8 +413,7 @@ impl Demo {
             }
             let backlog = self.count("SELECT count(*) AS n FROM dionysus_outbox WHERE published_at IS NULL").await?;
             let published = self.relay_published().await? + self.genesis_published;
-            let applied: i64 =
-                dionysus::consumer::replica::sql::stored_offsets(&mut self.replica, GROUP).await?.values().sum();
+            let applied: i64 = dionysus::consumer::stored_offsets(&mut self.replica, GROUP).await?.values().sum();
             if backlog == 0 && applied >= published {
                 return Ok(started.elapsed());
             }

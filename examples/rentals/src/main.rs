@@ -1,19 +1,14 @@
-//! The rentals example: two services that share nothing but the broker.
+//! The rentals example's binary: the scripted demo, or the dionysus command line with the
+//! example's declarations linked in — which is how an application embeds it.
 //!
-//! * [`producer`] — a rentals service: accounts, rentals, bookings and bookings fees in its
-//!   own database, published through the transactional outbox (`with(...)` sideloads,
-//!   `observe(...)`, soft delete).
-//! * [`consumer`] — another service keeping replica tables of those records in a second
-//!   database, with `#[derive(Consume)]` models and a `#[dionysus::consume]` handler.
-//!
-//! Run with: `scripts/demo` (starts a broker the way the tests do), or, with a broker and
+//! Run with: `scripts/demo` (starts a broker the way the tests do), `scripts/demo --embedded`
+//! (an embedded Kafka cluster in the process: only PostgreSQL needed), or, with a broker and
 //! PostgreSQL running, `DIONYSUS_SEED_BROKER=127.0.0.1:9092 cargo run -p dionysus-example-rentals`.
 //!
-//! Without arguments (or with `demo`) the binary runs the scripted demo in one process: it
-//! creates both databases, the topics, starts the relay and the consumer, makes a series of
-//! changes, runs a genesis and checks that the replica matches the source. Any other
-//! arguments go to the dionysus command line, with this binary's declarations linked in —
-//! which is how an application embeds it:
+//! Without arguments (or with `demo`, `--embedded`, `--database-prefix NAME`) the binary runs
+//! the scripted demo in one process: it creates both databases, the topics, starts the relay
+//! and the consumer, makes a series of changes, runs a genesis and checks that the replica
+//! matches the source. Any other arguments go to the dionysus command line:
 //!
 //! ```text
 //! cargo run -p dionysus-example-rentals -- --help
@@ -21,20 +16,23 @@
 //! cargo run -p dionysus-example-rentals -- --database-url postgres://postgres@127.0.0.1/dionysus_rentals_consumer consume
 //! ```
 
-#![allow(clippy::print_stdout, reason = "a demo reports to its user on stdout")]
-
-pub mod compare;
-pub mod consumer;
-pub mod demo;
-pub mod producer;
-pub mod setup;
-
 use std::process::ExitCode;
+
+use dionysus_example_rentals::demo;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
-        None | Some("demo") => demo::run().await,
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None | Some("demo" | "--embedded" | "--database-prefix") => {
+            match demo::Options::parse(&args) {
+                Ok(options) => demo::run(options).await,
+                Err(problem) => {
+                    eprintln!("error: {problem}\nusage: dionysus-example-rentals [demo] [--embedded] [--database-prefix NAME]");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Some(_) => dionysus::cli::run().await,
     }
 }

@@ -333,6 +333,18 @@ pub async fn cancel_rental(conn: &mut AsyncPgConnection, id: i64) -> dionysus::R
     update(conn, before, diesel::update(rentals::table.find(id)).set(change).returning(Rental::as_returning())).await
 }
 
+/// Restores a soft-deleted rental: published as `rental_created`.
+pub async fn restore_rental(conn: &mut AsyncPgConnection, id: i64) -> dionysus::Result<Rental> {
+    let change = (rentals::canceled_at.eq(None::<DateTime<Utc>>), rentals::updated_at.eq(Utc::now()));
+    let before = rentals::table.find(id).select(Rental::as_select());
+    update(conn, before, diesel::update(rentals::table.find(id)).set(change).returning(Rental::as_returning())).await
+}
+
+/// Deletes a rental that has no fees or bookings (published as `rental_destroyed`).
+pub async fn destroy_rental(conn: &mut AsyncPgConnection, id: i64) -> dionysus::Result<Rental> {
+    destroy(conn, diesel::delete(rentals::table.find(id)).returning(Rental::as_returning())).await
+}
+
 /// Changes the length of a booking.
 pub async fn change_nights(conn: &mut AsyncPgConnection, id: i64, nights: i32) -> dionysus::Result<Booking> {
     let change = (bookings::nights.eq(nights), bookings::updated_at.eq(Utc::now()));

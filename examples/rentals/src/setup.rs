@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
-use dionysus::config::{mask_password, KafkaConfig};
+use dionysus::config::{redact, KafkaConfig};
 use dionysus::kafka::TopicSpec;
 use dionysus::Registry;
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -18,7 +18,7 @@ pub async fn connect(url: &str) -> anyhow::Result<AsyncPgConnection> {
         anyhow!(
             "cannot connect to PostgreSQL at {} ({error})\n       \
              start it, or set DATABASE_URL to a server where user postgres may create databases",
-            mask_password(url)
+            redact(url)
         )
     })
 }

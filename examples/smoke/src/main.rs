@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
 
     let producer = kafka::producer(&config.kafka)?;
     let value = r#"{"message":[{"event":"rental_created","model_name":"Rental","data":[{"id":1,"account_id":2}]}]}"#;
-    let partition = dionysus::wire::partition::partition_for(b"2", 3);
+    let partition = kafka::partition_for(b"2", 3);
     let delivery = producer
         .send(
             FutureRecord::to(Rentals::NAME).key("Rental:1").partition(partition).payload(value),

@@ -1,14 +1,18 @@
-//! From outbox rows to Kafka messages with `dionysus::producer::plan::plan_rows`, on real
-//! PostgreSQL but without a broker: topic(s), key, partition key and the exact value bytes
-//! (vectors w01, w02, w15, p20, p22, p23, p24, p26, p29, p30, w27).
+//! From outbox rows to Kafka messages through the testing kit's `published_with` — the
+//! relay's own reading and planning of pending rows — on real PostgreSQL but without a
+//! broker: topic(s), key, partition key and the exact value bytes (vectors w01, w02, w15,
+//! p20, p22, p23, p24, p26, p29, p30, w27).
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use dionysus::config::ProducerConfig;
-use dionysus::outbox::{Changeset, Outbox, OutboxRow};
-use dionysus::producer::plan::{plan_rows, tombstone_messages, OutgoingMessage, PlanError, RowPlan, RowRef};
+use dionysus::__internals::producer::plan::{tombstone_messages, OutgoingMessage, PlanError};
+use dionysus::config::{Config, ProducerConfig};
+use dionysus::outbox::{Changeset, NewOutboxRow, Outbox, OutboxRow};
 use dionysus::registry::Registry;
 use dionysus::registry::OBSERVER_TOPIC;
+use dionysus::schema::dionysus_outbox;
+use dionysus::testing::{published_with, Published, PublishedError, SkipReason};
+use dionysus::Dionysus;
 use serde_json::{json, Value};
 
 use super::spec_b::{
@@ -17,53 +21,64 @@ use super::spec_b::{
 use super::{database, example_publishable_cancelable_resources as epcr, example_publishable_resources as epr};
 use super::{example_resources as er, outbox_rows};
 
-fn reference(row: &OutboxRow) -> RowRef {
-    RowRef {
-        id: row.id,
-        resource_class: row.resource_class.clone(),
-        resource_id: row.resource_id.clone(),
-        event_name: row.event_name.clone(),
-        topic: row.topic.clone(),
-        partition_key: row.partition_key.clone(),
-        composed: None,
-    }
+/// A handle over a spec's declarations and producer settings.
+fn handle(registry: &Registry, producer: &ProducerConfig) -> Dionysus {
+    Dionysus::with_registry(Config::default(), registry.clone()).configure(|config| config.producer = producer.clone())
 }
 
-fn synthetic(class: &str, id: i64, event: &str, topic: &str, partition_key: Option<&str>) -> RowRef {
-    RowRef {
-        id: 1,
+/// An outbox row as the gem's specs write it by hand.
+fn row(class: &str, id: i64, event: &str, topic: &str, partition_key: Option<&str>) -> NewOutboxRow {
+    NewOutboxRow {
         resource_class: class.to_owned(),
         resource_id: id.to_string(),
         event_name: event.to_owned(),
         topic: topic.to_owned(),
         partition_key: partition_key.map(str::to_owned),
-        composed: None,
+        changeset: json!({}),
+        message: None,
+        message_key: None,
+        encryption_key_id: None,
     }
 }
 
-async fn plan(
+/// What the relay would send for the pending rows after writing `rows` into the outbox.
+async fn publish(
     conn: &mut AsyncPgConnection,
     registry: &Registry,
     config: &ProducerConfig,
-    rows: &[RowRef],
-) -> Vec<RowPlan> {
-    plan_rows(conn, registry, config, rows).await.unwrap()
+    rows: &[NewOutboxRow],
+) -> Result<Published, PublishedError> {
+    if !rows.is_empty() {
+        diesel::insert_into(dionysus_outbox::table).values(rows).execute(conn).await.unwrap();
+    }
+    published_with(&handle(registry, config), conn).await
 }
 
-fn messages(plan: &RowPlan) -> &[OutgoingMessage] {
-    match plan {
-        RowPlan::Publish(messages) => messages,
-        other => panic!("expected messages, got {other:?}"),
-    }
+/// Forgets every outbox row (between two declarations tried on one database).
+async fn clear_outbox(conn: &mut AsyncPgConnection) {
+    diesel::delete(dionysus_outbox::table).execute(conn).await.unwrap();
 }
 
-fn message(topic: &str, key: &str, partition_key: Option<&str>, value: &str) -> OutgoingMessage {
-    OutgoingMessage {
-        topic: topic.to_owned(),
-        key: key.to_owned(),
-        partition_key: partition_key.map(str::to_owned),
-        payload: Some(value.as_bytes().to_vec()),
-    }
+/// `(topic, key, partition key, value)` of each message (of the outbox row `outbox_id`, when
+/// given), in order.
+fn sent(published: &Published, outbox_id: Option<i64>) -> Vec<(String, String, Option<String>, String)> {
+    published
+        .iter()
+        .filter(|message| outbox_id.is_none_or(|id| message.outbox_id == id))
+        .map(|message| {
+            let value = message.payload.as_deref().map(|bytes| String::from_utf8(bytes.to_vec()).unwrap());
+            (message.topic.clone(), message.key.clone(), message.partition_key.clone(), value.unwrap_or_default())
+        })
+        .collect()
+}
+
+fn message(
+    topic: &str,
+    key: &str,
+    partition_key: Option<&str>,
+    value: &str,
+) -> (String, String, Option<String>, String) {
+    (topic.to_owned(), key.to_owned(), partition_key.map(str::to_owned), value.to_owned())
 }
 
 async fn example_resource(
@@ -94,10 +109,10 @@ fn envelope(event: &str, id: i64) -> String {
 async fn created_row_becomes_one_message_with_the_standard_envelope() {
     let (_db, mut conn) = database().await;
     example_resource(&mut conn, 1, Some(2), None).await;
-    let rows = [synthetic("ExampleResource", 1, "example_resource_created", "v102_rentals", None)];
-    let plans = plan(&mut conn, spec_b::w01::registry(), &ProducerConfig::default(), &rows).await;
+    let rows = [row("ExampleResource", 1, "example_resource_created", "v102_rentals", None)];
+    let published = publish(&mut conn, spec_b::w01::registry(), &ProducerConfig::default(), &rows).await.unwrap();
     assert_eq!(
-        messages(&plans[0]),
+        sent(&published, None),
         [message(
             "v102_rentals",
             "ExampleResource:1",
@@ -113,11 +128,11 @@ async fn created_row_becomes_one_message_with_the_standard_envelope() {
 async fn genesis_replica_gets_every_message_and_the_stored_partition_key_wins() {
     let (_db, mut conn) = database().await;
     example_resource(&mut conn, 5, Some(2), None).await;
-    let rows = [synthetic("ExampleResource", 5, "example_resource_created", "v102_rentals", Some("123123"))];
-    let plans = plan(&mut conn, registry(), config(), &rows).await;
+    let rows = [row("ExampleResource", 5, "example_resource_created", "v102_rentals", Some("123123"))];
+    let published = publish(&mut conn, registry(), config(), &rows).await.unwrap();
     let value = envelope("example_resource_created", 5);
     assert_eq!(
-        messages(&plans[0]),
+        sent(&published, None),
         [
             message("v102_rentals", "ExampleResource:5", Some("123123"), &value),
             message("v102_rentals_genesis", "ExampleResource:5", Some("123123"), &value),
@@ -146,10 +161,10 @@ async fn dependency_change_publishes_its_parent() {
         ("ExampleResource", "5", "example_resource_updated")
     );
     assert!(rows.iter().any(|row| row.topic == "v102_other_rentals"), "every parent topic gets a row");
-    let plans = plan(&mut conn, registry(), config(), &[reference(on_rentals[0])]).await;
+    let published = publish(&mut conn, registry(), config(), &[]).await.unwrap();
     let value = envelope("example_resource_updated", 5);
     assert_eq!(
-        messages(&plans[0]),
+        sent(&published, Some(on_rentals[0].id)),
         [
             message("v102_rentals", "ExampleResource:5", Some("2"), &value),
             message("v102_rentals_genesis", "ExampleResource:5", Some("2"), &value),
@@ -190,11 +205,12 @@ async fn dependency_with_many_parents_republishes_each_with_its_own_keys() {
         .await
         .unwrap();
     Outbox::new(registry(), config()).updated(&mut conn, &after, &Changeset::between(&child, &after)).await.unwrap();
-    let rows: Vec<RowRef> =
-        outbox_rows(&mut conn).await.iter().filter(|row| row.topic == "v102_rentals").map(reference).collect();
-    let plans = plan(&mut conn, registry(), config(), &rows).await;
-    let firsts: Vec<(String, Option<String>)> =
-        plans.iter().map(|plan| (messages(plan)[0].key.clone(), messages(plan)[0].partition_key.clone())).collect();
+    let published = publish(&mut conn, registry(), config(), &[]).await.unwrap();
+    let firsts: Vec<(String, Option<String>)> = published
+        .on_topic("v102_rentals")
+        .iter()
+        .map(|message| (message.key.clone(), message.partition_key.clone()))
+        .collect();
     assert_eq!(
         firsts,
         [
@@ -223,14 +239,14 @@ async fn observed_column_change_publishes_the_related_record() {
         .await
         .unwrap();
     Outbox::new(registry(), config()).updated(&mut conn, &after, &Changeset::between(&before, &after)).await.unwrap();
-    let rows: Vec<RowRef> =
-        outbox_rows(&mut conn).await.iter().filter(|row| row.topic == "v102_observer_to_one").map(reference).collect();
+    let rows: Vec<OutboxRow> =
+        outbox_rows(&mut conn).await.into_iter().filter(|row| row.topic == "v102_observer_to_one").collect();
     assert_eq!(rows.len(), 1);
-    let plans = plan(&mut conn, registry(), config(), &rows).await;
+    let published = publish(&mut conn, registry(), config(), &[]).await.unwrap();
     let value = envelope("example_resource_updated", 5);
     // The topic has no partition key and the specs' default is `id`.
     assert_eq!(
-        messages(&plans[0]),
+        sent(&published, Some(rows[0].id)),
         [
             message("v102_observer_to_one", "ExampleResource:5", Some("5"), &value),
             message("v102_observer_to_one_genesis", "ExampleResource:5", Some("5"), &value),
@@ -250,13 +266,16 @@ async fn observer_overflow_is_deferred() {
         .get_result(&mut conn)
         .await
         .unwrap();
-    let config = ProducerConfig { observers_inline_maximum_size: 0, ..config().clone() };
+    let mut config = config().clone();
+    config.observers_inline_maximum_size = 0;
     Outbox::new(registry(), &config).created(&mut conn, &record).await.unwrap();
     let rows = outbox_rows(&mut conn).await;
-    let deferred: Vec<RowRef> = rows.iter().filter(|row| row.topic == OBSERVER_TOPIC).map(reference).collect();
+    let deferred: Vec<&OutboxRow> = rows.iter().filter(|row| row.topic == OBSERVER_TOPIC).collect();
     assert_eq!(deferred.len(), 1, "one deferred row however many observers matched");
-    let plans = plan(&mut conn, registry(), &config, &deferred).await;
-    assert!(matches!(plans[0], RowPlan::DeferredObservers));
+    let published = publish(&mut conn, registry(), &config, &[]).await.unwrap();
+    let skipped: Vec<(i64, SkipReason)> = published.skipped().iter().map(|row| (row.outbox_id, row.reason)).collect();
+    assert_eq!(skipped, [(deferred[0].id, SkipReason::DeferredObservers)]);
+    assert!(published.iter().all(|message| message.outbox_id != deferred[0].id), "nothing sent for it");
 }
 
 /// P-12: with encryption keys configured, the changeset of a deferred observer row is stored
@@ -265,7 +284,7 @@ async fn observer_overflow_is_deferred() {
 #[tokio::test(flavor = "multi_thread")]
 async fn observer_changesets_are_sealed_at_rest() {
     use dionysus::config::EncryptionKeys;
-    use dionysus::producer::seal::SealError;
+    use dionysus::outbox::SealError;
 
     let (_db, mut conn) = database().await;
     example_resource(&mut conn, 5, Some(2), Some(3)).await;
@@ -277,11 +296,9 @@ async fn observer_changesets_are_sealed_at_rest() {
         .unwrap();
     let keys = |text: &str| EncryptionKeys::parse("DIONYSUS_OUTBOX_ENCRYPTION_KEYS", text).unwrap();
     let sealing = keys("k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
-    let config = ProducerConfig {
-        observers_inline_maximum_size: 0,
-        outbox_encryption_keys: sealing.clone(),
-        ..config().clone()
-    };
+    let mut config = config().clone();
+    config.observers_inline_maximum_size = 0;
+    config.outbox_encryption_keys = sealing.clone();
     Outbox::new(registry(), &config).created(&mut conn, &record).await.unwrap();
     let rows = outbox_rows(&mut conn).await;
     let deferred = rows.iter().find(|row| row.topic == OBSERVER_TOPIC).unwrap();
@@ -303,18 +320,16 @@ async fn observer_changesets_are_sealed_at_rest() {
 async fn genesis_only_without_a_replica_is_an_error() {
     let (_db, mut conn) = database().await;
     example_resource(&mut conn, 5, Some(2), None).await;
-    let rows = [synthetic("ExampleResource", 5, "example_resource_updated", "v102_rentals_genesis", None)];
-    let plans = plan(&mut conn, spec_b::w01::registry(), &ProducerConfig::default(), &rows).await;
-    match &plans[0] {
-        RowPlan::Fail(error @ PlanError::NotPublishedOnTopic { .. }) => {
+    let rows = [row("ExampleResource", 5, "example_resource_updated", "v102_rentals_genesis", None)];
+    match publish(&mut conn, spec_b::w01::registry(), &ProducerConfig::default(), &rows).await {
+        Err(PublishedError::Unpublishable { source: error @ PlanError::NotPublishedOnTopic { .. }, .. }) => {
             assert_eq!(error.to_string(), "model `ExampleResource` is not published on topic `v102_rentals_genesis`");
         }
         other => panic!("expected a failure, got {other:?}"),
     }
     // On a replicated topic the genesis name means "the replica only".
-    let rows = [synthetic("ExampleResource", 5, "example_resource_updated", "v102_rentals_genesis", None)];
-    let plans = plan(&mut conn, registry(), config(), &rows).await;
-    let topics: Vec<&str> = messages(&plans[0]).iter().map(|m| m.topic.as_str()).collect();
+    let published = publish(&mut conn, registry(), config(), &[]).await.unwrap();
+    let topics: Vec<&str> = published.iter().map(|m| m.topic.as_str()).collect();
     assert_eq!(topics, ["v102_rentals_genesis"]);
 }
 
@@ -324,20 +339,26 @@ async fn genesis_only_without_a_replica_is_an_error() {
 async fn gone_records_follow_the_missing_resource_rules() {
     let (_db, mut conn) = database().await;
     let rows = [
-        synthetic("ExampleResource", 10, "example_resource_updated", "v102_rentals", None),
-        synthetic("ExampleResource", 10, "example_resource_destroyed", "v102_rentals", Some("4")),
+        row("ExampleResource", 10, "example_resource_updated", "v102_rentals", None),
+        row("ExampleResource", 10, "example_resource_destroyed", "v102_rentals", Some("4")),
     ];
     let registry = spec_b::w15::registry();
-    let plans = plan(&mut conn, registry, &ProducerConfig::default(), &rows).await;
-    assert!(matches!(&plans[0], RowPlan::Fail(PlanError::NotPublishedOnTopic { .. })), "{:?}", plans[0]);
+    let failed = publish(&mut conn, registry, &ProducerConfig::default(), &rows).await;
+    assert!(
+        matches!(&failed, Err(PublishedError::Unpublishable { source: PlanError::NotPublishedOnTopic { .. }, .. })),
+        "{failed:?}"
+    );
+    clear_outbox(&mut conn).await;
     let rows = [
-        synthetic("ExampleResource", 10, "example_resource_updated", "v15_rentals", None),
-        synthetic("ExampleResource", 10, "example_resource_destroyed", "v15_rentals", Some("4")),
+        row("ExampleResource", 10, "example_resource_updated", "v15_rentals", None),
+        row("ExampleResource", 10, "example_resource_destroyed", "v15_rentals", Some("4")),
     ];
-    let plans = plan(&mut conn, registry, &ProducerConfig::default(), &rows).await;
-    assert!(matches!(&plans[0], RowPlan::Skip(reason) if reason.contains("no longer exists")), "{:?}", plans[0]);
+    let published = publish(&mut conn, registry, &ProducerConfig::default(), &rows).await.unwrap();
+    let skipped: Vec<(&str, SkipReason)> =
+        published.skipped().iter().map(|row| (row.event_name.as_str(), row.reason)).collect();
+    assert_eq!(skipped, [("example_resource_updated", SkipReason::RecordGone)]);
     assert_eq!(
-        messages(&plans[1]),
+        sent(&published, None),
         [message(
             "v15_rentals",
             "ExampleResource:10",
@@ -365,11 +386,11 @@ async fn default_serializer_sideloads_with_dependencies() {
         .await
         .unwrap();
     let rows = [
-        synthetic("ExampleResource", 1, "example_resource_updated", "v15_rentals", None),
-        synthetic("ExampleResource", 2, "example_resource_updated", "v15_rentals", None),
+        row("ExampleResource", 1, "example_resource_updated", "v15_rentals", None),
+        row("ExampleResource", 2, "example_resource_updated", "v15_rentals", None),
     ];
-    let plans = plan(&mut conn, spec_b::w15::registry(), &ProducerConfig::default(), &rows).await;
-    let value: Value = serde_json::from_slice(messages(&plans[0])[0].payload.as_deref().unwrap()).unwrap();
+    let published = publish(&mut conn, spec_b::w15::registry(), &ProducerConfig::default(), &rows).await.unwrap();
+    let value: Value = published.messages()[0].value().unwrap();
     let ts = "2022-08-12T13:24:24.000Z";
     let nested = |id: i64| json!({"id": id, "account_id": null, "example_resource_id": 1, "created_at": ts, "updated_at": ts, "links": {}});
     assert_eq!(
@@ -383,7 +404,7 @@ async fn default_serializer_sideloads_with_dependencies() {
     );
     let keys: Vec<&String> = value["message"][0]["data"][0].as_object().unwrap().keys().collect();
     assert_eq!(keys[5], "links", "links follow the attributes");
-    let second: Value = serde_json::from_slice(messages(&plans[1])[0].payload.as_deref().unwrap()).unwrap();
+    let second: Value = published.messages()[1].value().unwrap();
     assert_eq!(
         second["message"][0]["data"][0]["links"],
         json!({"example_publishable_resources": [], "example_publishable_cancelable_resource": null})
@@ -436,7 +457,7 @@ async fn tombstones_default_to_the_records_keys() {
 /// not have gives no partition key; values render as Ruby's `to_i.to_s`.
 #[test]
 fn partition_key_sources_follow_p16() {
-    use dionysus::producer::publishable::partition_key;
+    use dionysus::__internals::producer::partition_key;
     use dionysus::registry::model::{PartitionKeySource, Publication};
     use dionysus::registry::{Tombstone, TopicDeclaration};
     use dionysus::serialize::DefaultSerializer;
@@ -473,7 +494,11 @@ fn partition_key_sources_follow_p16() {
         created_at: chrono::Utc::now(),
         updated_at: chrono::Utc::now(),
     };
-    let default = |key: &str| ProducerConfig { default_partition_key: key.to_owned(), ..ProducerConfig::default() };
+    let default = |key: &str| {
+        let mut config = ProducerConfig::default();
+        config.default_partition_key = key.to_owned();
+        config
+    };
     type Case = (Option<&'static str>, &'static str, Option<i64>, Option<&'static str>);
     let cases: [Case; 6] = [
         (Some("id"), "account_id", Some(2), Some("1")),
@@ -531,7 +556,7 @@ pub struct P26Item {
 /// wins, and without a default function the configured attribute applies.
 #[test]
 fn callable_partition_keys_on_topics_and_as_the_default() {
-    use dionysus::producer::publishable::partition_key;
+    use dionysus::__internals::producer::partition_key;
     use dionysus::Topic;
 
     let record = P26Item { id: 1, account_id: 2 };

@@ -12,8 +12,8 @@ pub(crate) mod spec_a;
 pub(crate) mod spec_b;
 
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use dionysus::__internals::schema::dionysus_outbox;
 use dionysus::outbox::OutboxRow;
-use dionysus::schema::dionysus_outbox;
 use dionysus_tests::TestDb;
 
 /// The tables of dionysus-rb's spec suite.

@@ -56,7 +56,9 @@ async fn cancelable(
 }
 
 fn no_inline_observers() -> ProducerConfig {
-    ProducerConfig { observers_inline_maximum_size: 0, ..ProducerConfig::default() }
+    let mut config = ProducerConfig::default();
+    config.observers_inline_maximum_size = 0;
+    config
 }
 
 /// p04: a create writes one `_created` row per topic of the model, in declaration order,
@@ -334,7 +336,7 @@ async fn destroy_writes_destroyed_rows_and_republishes_observers() {
         ]
     );
 
-    diesel::delete(dionysus::schema::dionysus_outbox::table).execute(&mut conn).await.unwrap();
+    diesel::delete(dionysus::__internals::schema::dionysus_outbox::table).execute(&mut conn).await.unwrap();
     Outbox::new(registry(), &no_inline_observers()).destroyed(&mut conn, &record).await.unwrap();
     let rows = outbox_rows(&mut conn).await;
     assert_eq!(rows[2].topic, OBSERVER_TOPIC);
@@ -346,7 +348,8 @@ async fn destroy_writes_destroyed_rows_and_republishes_observers() {
 async fn disabled_outbox_writes_nothing() {
     let (_db, mut conn) = database().await;
     let record = cancelable(&mut conn, None).await;
-    let config = ProducerConfig { transactional_outbox_enabled: false, ..ProducerConfig::default() };
+    let mut config = ProducerConfig::default();
+    config.transactional_outbox_enabled = false;
     assert_eq!(Outbox::new(registry(), &config).created(&mut conn, &record).await.unwrap(), 0);
     assert!(outbox_rows(&mut conn).await.is_empty());
 }

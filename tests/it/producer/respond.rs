@@ -6,9 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use dionysus::__internals::producer::plan::{
+    plan_rows, tombstone_messages, Composed, OutgoingMessage, PlanError, RowPlan, RowRef,
+};
 use dionysus::outbox::{Outbox, OutboxRow};
-use dionysus::producer::plan::{plan_rows, tombstone_messages, Composed, OutgoingMessage, PlanError, RowPlan, RowRef};
-use dionysus::producer::respond::{Respond, RespondError, TombstoneOptions};
+use dionysus::respond::{Respond, RespondError, TombstoneOptions};
 use serde_json::{json, Value};
 
 use super::spec_b::{self, config, registry, ExamplePublishableCancelableResource, ExampleResource};

@@ -106,7 +106,11 @@ pub fn registry() -> &'static Registry {
 /// The specs' configuration: default partition key `id`.
 pub fn config() -> &'static ProducerConfig {
     static CONFIG: std::sync::OnceLock<ProducerConfig> = std::sync::OnceLock::new();
-    CONFIG.get_or_init(|| ProducerConfig { default_partition_key: "id".to_owned(), ..ProducerConfig::default() })
+    CONFIG.get_or_init(|| {
+        let mut config = ProducerConfig::default();
+        config.default_partition_key = "id".to_owned();
+        config
+    })
 }
 
 /// w01's declaration: `v102_rentals` without a genesis replica.

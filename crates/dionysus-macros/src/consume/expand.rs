@@ -1,8 +1,8 @@
 //! Code generation for a valid replica struct: an `impl Replica` whose descriptor is a
-//! constant (each column's kind and nullability read from its field type's `ColumnType`),
-//! its registry entry and topic reference, and the checks that need the compiler (each
-//! column exists on the diesel table, the payload column is a JSON value). It cannot fail:
-//! `validate` has checked every name it looks up.
+//! constant (each column's kind, nullability and SQL type read from its field type's
+//! `ColumnType`), its registry entry and topic reference, and the checks that need the
+//! compiler (each column exists on the diesel table, the payload column is a JSON value). It
+//! cannot fail: `validate` has checked every name it looks up.
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
@@ -31,6 +31,7 @@ pub(crate) fn expand(replica: &Replica) -> TokenStream {
                 source: #source,
                 kind: <#ty as __d::ColumnType>::KIND,
                 nullable: <#ty as __d::ColumnType>::NULLABLE,
+                sql_type: <#ty as __d::ColumnType>::SQL_TYPE,
             }
         }
     });

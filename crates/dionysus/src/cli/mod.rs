@@ -8,14 +8,15 @@
 //! }
 //! ```
 //!
-//! Subcommands: `migrate`, `copy-migrations`, `check`, `relay`, `consume`, `genesis`,
-//! `outbox stats|retry|prune`, `topics create|list`, `dlq list|replay`. Settings come from
+//! Subcommands: `migrate`, `copy-migrations`, `check`, `replica-ddl`, `relay`, `consume`,
+//! `genesis`, `outbox stats|retry|prune`, `topics create|list`, `dlq list|replay`. Settings come from
 //! the environment (see `config`) and the global flags, which win. Errors say what was wrong
 //! and how to fix it; the exit code is 1 for a failure and 2 for a usage mistake, which is
 //! found before any I/O. `relay`, `consume` and `genesis` first check that the database is
-//! migrated, the broker reachable and their topics there, then run until done or until
-//! SIGTERM / Ctrl-C, finish their in-flight batch and stop. `run` logs to stderr (module
-//! `logs`) unless the application installed a `tracing` subscriber.
+//! migrated, the broker reachable and their topics there (`consume` also that its replica
+//! tables fit their models), then run until done or until SIGTERM / Ctrl-C, finish their
+//! in-flight batch and stop. `run` logs to stderr (module `logs`) unless the application
+//! installed a `tracing` subscriber.
 //!
 //! This module owns the command line: parsing, start-up checks and what is printed. The work
 //! itself belongs to the relay, the consumer, genesis and the migrations.
@@ -84,12 +85,22 @@ enum Command {
         /// The folder, e.g. `migrations`.
         dir: PathBuf,
     },
-    /// Validate the declarations, check the database is migrated and the topics exist on the
-    /// broker with their declared partitions.
+    /// Validate the declarations, check the database is migrated, the replica tables fit
+    /// their models (each problem with the SQL that fixes it) and the topics exist on the
+    /// broker with their declared partitions; warn about handlers waiting for an event no
+    /// declared model emits.
     Check {
         /// Do not contact the broker.
         #[arg(long)]
         offline: bool,
+    },
+    /// Print the `CREATE TABLE` statement of each replica table this binary declares
+    /// (`#[derive(Consume)]`): its columns with their types, and the key on the synced id.
+    /// Apply it with e.g. `replica-ddl | psql "$DATABASE_URL"`, or paste it into a migration.
+    ReplicaDdl {
+        /// Only the replica kept in this table; repeatable.
+        #[arg(long = "table", value_name = "TABLE")]
+        tables: Vec<String>,
     },
     /// Publish the outbox until SIGTERM / Ctrl-C.
     Relay {
@@ -478,6 +489,7 @@ async fn execute(
             }
         }
         Command::Check { offline } => check(&config, registry, offline, out).await?,
+        Command::ReplicaDdl { tables } => replica_ddl(&config, Replicas::global(), &tables, out)?,
         Command::Relay { workers, serve, health_file, auto_create_topics } => {
             let declared: Vec<String> = if auto_create_topics {
                 Vec::new()
@@ -527,6 +539,7 @@ async fn execute(
             let topics = consume_topics(&config, program, registry, topics, &imports, out).await?;
             let unknown_model = if dead_letter_unknown_models { UnknownModel::DeadLetter } else { UnknownModel::Skip };
             let mut builder = Consumer::builder(config)
+                .registry(handle.registry_arc())
                 .unknown_model(unknown_model)
                 .processing_mutex(processing_mutex)
                 .handlers(!no_handlers);
@@ -543,6 +556,7 @@ async fn execute(
                 builder = builder.import(topic);
             }
             let consumer = builder.build()?;
+            consumer.check_tables().await?;
             listen_for_signals(&shutdown);
             writeln!(
                 out,
@@ -728,7 +742,7 @@ async fn preflight_with(
         Ok(pending) => {
             return Err(Failure::new(format!(
                 "the database at {} is not migrated: {} dionysus migration(s) pending ({}); run `{program} migrate`",
-                crate::config::mask_password(&config.database_url),
+                crate::config::redact(&config.database_url),
                 pending.len(),
                 pending.join(", ")
             )))
@@ -819,6 +833,54 @@ async fn topics(
     Ok(())
 }
 
+/// Writes the `CREATE TABLE` statement of each replica (of `tables`, when given), by table
+/// name, resolved against the configured attribute names as the consumer resolves them.
+fn replica_ddl(
+    config: &Config,
+    replicas: &Replicas,
+    tables: &[String],
+    out: &mut (dyn Write + Send),
+) -> Result<(), Failure> {
+    let mut declared: Vec<_> = replicas.iter().collect();
+    if declared.is_empty() {
+        return Err(Failure::usage(
+            "this binary links no #[derive(Consume)] replica, so no table to print; declare one and call \
+             dionysus::cli::run() from the binary that links it",
+        ));
+    }
+    declared.sort_by_key(|replica| replica.table);
+    if let Some(unknown) = tables.iter().find(|table| !declared.iter().any(|replica| replica.table == table.as_str())) {
+        let names: Vec<&str> = declared.iter().map(|replica| replica.table).collect();
+        let hint = crate::registry::closest(unknown, names.iter().map(|name| (*name).to_owned()))
+            .map_or_else(String::new, |name| format!("; did you mean `{name}`?"));
+        return Err(Failure::usage(format!(
+            "--table {unknown}: no replica is kept in that table{hint} (replica tables: {})",
+            names.join(", ")
+        )));
+    }
+    let selected =
+        declared.into_iter().filter(|replica| tables.is_empty() || tables.iter().any(|t| t == replica.table));
+    let mut problems = Vec::new();
+    let mut printed = 0;
+    for replica in selected {
+        match replica.configured(&config.consumer) {
+            Ok(replica) => {
+                if printed > 0 {
+                    writeln!(out)?;
+                }
+                write!(out, "{}", replica.create_table())?;
+                printed += 1;
+            }
+            Err(error) => problems.push(error.to_string()),
+        }
+    }
+    match problems.len() {
+        0 => Ok(()),
+        1 => Err(Failure::new(problems.remove(0))),
+        n => Err(Failure::new(format!("{n} replicas cannot be used:\n  - {}", problems.join("\n  - ")))),
+    }
+}
+
 /// Whether the declaration behind topic `name` sets its partition count (else 1 is only the
 /// default and any count on the broker is fine).
 fn declares_partitions(registry: &Registry, name: &str) -> bool {
@@ -842,14 +904,41 @@ async fn check(
         registry.models().len(),
         registry.publications().len()
     )?;
+    // The replicas and handlers of the topics these declarations declare or name.
+    let known = |topic: &str| {
+        registry.resolve(topic).is_some() || registry.references().iter().any(|reference| reference.topic == topic)
+    };
+    let all_replicas: Vec<_> = Replicas::global().iter().collect();
+    let handlers = crate::consumer::handlers().filter(|handler| known(handler.topic));
+    for warning in crate::consumer::handler_warnings(registry, &all_replicas, handlers) {
+        writeln!(out, "warning: {warning}")?;
+    }
+    let mut replicas = Vec::new();
+    for replica in all_replicas.iter().filter(|replica| known(replica.topic)) {
+        match replica.configured(&config.consumer) {
+            Ok(replica) => replicas.push(replica),
+            Err(error) => problems.push(error.to_string()),
+        }
+    }
+    let mut migrated = false;
     match crate::migrate::pending(&config.database_url).await {
-        Ok(pending) if pending.is_empty() => writeln!(out, "database: migrated")?,
+        Ok(pending) if pending.is_empty() => {
+            migrated = true;
+            writeln!(out, "database: migrated")?;
+        }
         Ok(pending) => problems.push(format!(
             "{} migration(s) pending ({}); run `dionysus migrate`",
             pending.len(),
             pending.join(", ")
         )),
         Err(error) => problems.push(Report(&error).to_string()),
+    }
+    if migrated && !replicas.is_empty() {
+        match replica_tables(config, &replicas).await {
+            Ok(found) if found.is_empty() => writeln!(out, "replica tables: {} checked", replicas.len())?,
+            Ok(found) => problems.extend(found.iter().map(ToString::to_string)),
+            Err(error) => problems.push(error),
+        }
     }
     if !offline {
         let specs = crate::kafka::TopicSpec::for_registry(registry);
@@ -882,6 +971,25 @@ async fn check(
     } else {
         Err(Failure::new(format!("{} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))))
     }
+}
+
+/// The problems of the tables of `replicas` (see `Consumer::check_tables`), or why they could
+/// not be checked.
+async fn replica_tables(
+    config: &Config,
+    replicas: &[&'static crate::consumer::replica::ReplicaDescriptor],
+) -> Result<Vec<crate::consumer::replica::TableProblem>, String> {
+    use diesel_async::AsyncConnection;
+    let mut conn = diesel_async::AsyncPgConnection::establish(&config.database_url).await.map_err(|source| {
+        let error = crate::db::DbError::Connect {
+            url: crate::config::redact(&config.database_url),
+            source: crate::db::redact_connection_error(source),
+        };
+        Report(&error).to_string()
+    })?;
+    crate::consumer::replica::check_tables(&mut conn, replicas)
+        .await
+        .map_err(|error| format!("checking the replica tables: {}", Report(&error)))
 }
 
 async fn outbox(config: &Config, command: OutboxCommand, out: &mut (dyn Write + Send)) -> Result<(), Failure> {

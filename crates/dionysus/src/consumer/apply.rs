@@ -20,13 +20,14 @@ type Transactions = <AsyncPgConnection as AsyncConnection>::TransactionManager;
 use super::batch::{DeadLetter, InboundMessage, PreparedBatch, Rules, UnknownModel};
 use super::events::{ConsumedEvent, MessageFilter, Notification};
 use super::handler::{handlers, Context, HandlerDeclaration, HandlerError};
-use super::{batch, handler, progress, replica};
+use super::{batch, declarations, handler, progress, replica};
 
 use crate::config::Config;
 use crate::consumer::replica::{sql, Replicas};
 use crate::db::{DbError, Pool};
 use crate::handle::Dionysus;
-use crate::telemetry::Report;
+use crate::registry::Registry;
+use crate::telemetry::{Report, Unhealthy};
 
 /// A consumer failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +36,8 @@ pub enum ConsumerError {
     /// A database operation on a batch failed.
     #[error("{step} (group {group}, {topic}/{partition}, offsets {first_offset}..={last_offset})")]
     Database {
-        /// What was being done, e.g. `writing replica rows`.
-        step: &'static str,
+        /// What was being done.
+        step: BatchStep,
         /// The consumer group.
         group: String,
         /// The batch's topic.
@@ -51,23 +52,37 @@ pub enum ConsumerError {
         #[source]
         source: diesel::result::Error,
     },
-    /// The offsets table cannot be read.
-    #[error("checking dionysus_consumer_offsets (run `dionysus migrate`)")]
-    OffsetsTable(#[source] diesel::result::Error),
     /// The broker client could not be set up.
     #[error(transparent)]
     Transport(#[from] crate::kafka::TransportError),
     /// No database connection could be had.
     #[error(transparent)]
     Pool(#[from] DbError),
-    /// The broker could not be used.
-    #[error("{what}")]
-    Kafka {
-        /// What was being done.
-        what: String,
+    /// Subscribing to the topics failed.
+    #[error("subscribing to {topics:?}")]
+    Subscribe {
+        /// The topics.
+        topics: Vec<String>,
         /// rdkafka's error.
         #[source]
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    /// A message could not be sent to the dead-letter topic; its partition waits.
+    #[error("sending {topic}/{partition}@{offset} to the dead-letter topic {dead_letter_topic} ({attempts} attempts)")]
+    DeadLetter {
+        /// Topic of the message.
+        topic: String,
+        /// Partition of the message.
+        partition: i32,
+        /// Offset of the message.
+        offset: i64,
+        /// The dead-letter topic.
+        dead_letter_topic: String,
+        /// Attempts made.
+        attempts: u32,
+        /// rdkafka's error.
+        #[source]
+        source: Box<rdkafka::error::KafkaError>,
     },
     /// A handler running inside the batch's transaction failed on a message; the batch was
     /// rolled back.
@@ -88,6 +103,42 @@ pub enum ConsumerError {
     /// The consumer was built without topics to read.
     #[error("no topics to consume: declare a replica model with #[derive(Consume)] or add topics to the builder")]
     NoTopics,
+    /// The declarations of the topics the consumer reads have problems (a topic declared
+    /// twice, a replica or handler naming a topic no `#[dionysus::topic]` declares).
+    #[error(transparent)]
+    Declarations(#[from] crate::registry::RegistryError),
+    /// A replica table does not fit its model (found at start-up): each problem says its fix.
+    #[error(transparent)]
+    Setup(#[from] replica::SetupError),
+    /// A batch failed, and a replica table it writes does not fit its model: the setup's
+    /// fault, not the messages'. Nothing was dead-lettered or committed; the partition waits
+    /// and retries until the table is fixed.
+    #[error(
+        "{step} failed (group {group}, {topic}/{partition}, offsets {first_offset}..={last_offset}: {failure}); \
+         the partition waits until the replica tables are fixed"
+    )]
+    SetupFault {
+        /// What was being done.
+        step: BatchStep,
+        /// The consumer group.
+        group: String,
+        /// The batch's topic.
+        topic: String,
+        /// The batch's partition.
+        partition: i32,
+        /// The batch's first offset.
+        first_offset: i64,
+        /// The batch's last offset.
+        last_offset: i64,
+        /// The database's error on the batch.
+        failure: Box<diesel::result::Error>,
+        /// What is wrong with the tables.
+        #[source]
+        source: replica::SetupError,
+    },
+    /// The replica tables could not be checked against their models.
+    #[error("checking the replica tables against their models")]
+    TableCheck(#[source] diesel::result::Error),
     /// A replica model cannot work with the configured attribute names (C-11).
     #[error(transparent)]
     Replica(#[from] replica::names::ReplicaError),
@@ -103,6 +154,40 @@ pub enum ConsumerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A step of a batch's transaction (in [`ConsumerError::Database`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BatchStep {
+    /// Beginning the transaction.
+    Begin,
+    /// Locking the partition's offset row.
+    LockOffset,
+    /// Taking the processing locks (`processing_mutex`).
+    ProcessingLocks,
+    /// Writing the replica rows.
+    WriteRows,
+    /// Storing the partition's next offset.
+    StoreOffset,
+    /// Committing.
+    Commit,
+    /// Storing the offset past a message that was dead-lettered alone.
+    SkipRejected,
+}
+
+impl std::fmt::Display for BatchStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BatchStep::Begin => "beginning the batch transaction",
+            BatchStep::LockOffset => "locking the partition's offset",
+            BatchStep::ProcessingLocks => "taking processing locks",
+            BatchStep::WriteRows => "writing replica rows",
+            BatchStep::StoreOffset => "storing the offset",
+            BatchStep::Commit => "committing the batch",
+            BatchStep::SkipRejected => "storing the offset past a rejected message",
+        })
+    }
 }
 
 /// Event-bus subscriber: called after each committed batch (C-19).
@@ -183,8 +268,10 @@ pub struct ConsumerBuilder {
     after_commit: Option<AfterCommitHook>,
     handlers: bool,
     local_changes: Option<bool>,
+    #[cfg(feature = "metrics")]
     serve: Option<std::net::SocketAddr>,
     health_file: Option<std::path::PathBuf>,
+    registry: Option<Arc<Registry>>,
 }
 
 impl ConsumerBuilder {
@@ -272,22 +359,25 @@ impl ConsumerBuilder {
     }
 
     /// Serves `/metrics` (Prometheus, through [`crate::telemetry::prometheus`]) and `/health`
-    /// on this address while the consumer runs. `/health` answers 200 while the consumer
-    /// polled the broker within [`Consumer::HEALTH_SILENCE`] and every partition moves; else
-    /// 503 with the reason: no poll, a partition waiting on a batch that keeps failing for a
-    /// reason that is not its messages' or on a dead letter that cannot be sent, or a
-    /// partition that has not committed for
-    /// [`ConsumerConfig::stall_timeout`](crate::config::ConsumerConfig::stall_timeout) while
-    /// messages of it wait.
+    /// on this address while the consumer runs. `/health` answers 200 while
+    /// [`Consumer::check_health`] does, else 503 with its reason. With the `metrics` feature.
+    #[cfg(feature = "metrics")]
     pub fn serve(mut self, address: std::net::SocketAddr) -> Self {
         self.serve = Some(address);
         self
     }
 
     /// Keeps a liveness file at this path while the consumer is healthy (see
-    /// [`ConsumerBuilder::serve`]); it is removed when the consumer stalls or stops.
+    /// [`Consumer::check_health`]); it is removed when the consumer stalls or stops.
     pub fn health_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.health_file = Some(path.into());
+        self
+    }
+
+    /// Checks these declarations instead of the binary's ([`Registry::global`]) when the
+    /// consumer is built (see [`ConsumerBuilder::build`]).
+    pub fn registry(mut self, registry: impl Into<Arc<Registry>>) -> Self {
+        self.registry = Some(registry.into());
         self
     }
 
@@ -297,7 +387,11 @@ impl ConsumerBuilder {
         self
     }
 
-    /// The consumer.
+    /// The consumer, once its declarations are checked: a problem of the registry that
+    /// concerns a topic it reads fails the build ([`ConsumerError::Declarations`]); a handler
+    /// waiting for an event that no model declared on its topic emits is logged as a warning
+    /// (another service may send it). Its replica tables are checked when it runs
+    /// ([`Consumer::check_tables`]).
     pub fn build(self) -> Result<Consumer, ConsumerError> {
         let pool = match self.pool {
             Some(pool) => pool,
@@ -313,6 +407,13 @@ impl ConsumerBuilder {
             }
         }
         let replicas = declared.configured(&self.config.consumer, &topics)?;
+        let registry: &Registry = self.registry.as_deref().unwrap_or_else(|| Registry::global());
+        declarations::registry_problems(registry, &topics)?;
+        let consumed_handlers = handlers().filter(|handler| self.handlers && topics.iter().any(|t| t == handler.topic));
+        let declared_replicas: Vec<_> = declared.iter().collect();
+        for warning in declarations::handler_warnings(registry, &declared_replicas, consumed_handlers) {
+            tracing::warn!(handler = warning.handler, topic = warning.topic, event = warning.event, "{warning}");
+        }
         let rules = Rules {
             replicas,
             import_topics: self.import_topics,
@@ -346,6 +447,7 @@ impl ConsumerBuilder {
                 in_transaction,
                 after_commit_handlers: after_commit,
                 health: Health::new(),
+                #[cfg(feature = "metrics")]
                 serve: self.serve,
                 health_file: self.health_file,
             }),
@@ -353,6 +455,7 @@ impl ConsumerBuilder {
     }
 }
 
+#[derive(Clone)]
 pub(super) struct Inner {
     pub(super) config: Config,
     pub(super) group: String,
@@ -368,6 +471,7 @@ pub(super) struct Inner {
     pub(super) after_commit_handlers: Vec<&'static HandlerDeclaration>,
     pub(super) health: Health,
     pub(super) progress: Arc<progress::Progress>,
+    #[cfg(feature = "metrics")]
     pub(super) serve: Option<std::net::SocketAddr>,
     pub(super) health_file: Option<std::path::PathBuf>,
 }
@@ -421,6 +525,33 @@ fn verdict(error: &diesel::result::Error) -> Verdict {
 /// answering otherwise, before it is dead-lettered as `database_rejected`.
 const REJECTION_CONFIRMATIONS: u32 = 3;
 
+/// Whether a database error in `step` may be a message's fault: only writing the records and
+/// committing them depend on what the messages say. The other steps (the transaction, the
+/// partition's offset row, the processing locks) are the consumer's own statements, whose
+/// failures are never dead-lettered.
+fn messages_may_be_at_fault(step: BatchStep) -> bool {
+    matches!(step, BatchStep::WriteRows | BatchStep::Commit)
+}
+
+/// `error`, a failed batch, as the fault of the tables described by `unfit`.
+fn setup_fault(error: ConsumerError, unfit: replica::SetupError) -> ConsumerError {
+    match error {
+        ConsumerError::Database { step, group, topic, partition, first_offset, last_offset, source } => {
+            ConsumerError::SetupFault {
+                step,
+                group,
+                topic,
+                partition,
+                first_offset,
+                last_offset,
+                failure: Box::new(source),
+                source: unfit,
+            }
+        }
+        other => other,
+    }
+}
+
 impl Consumer {
     /// How long a running consumer may go without polling the broker before `/health` and
     /// the liveness file call it unhealthy (it polls at least twice a second when idle).
@@ -442,8 +573,10 @@ impl Consumer {
             after_commit: None,
             handlers: true,
             local_changes: None,
+            #[cfg(feature = "metrics")]
             serve: None,
             health_file: None,
+            registry: None,
         }
     }
 
@@ -462,13 +595,30 @@ impl Consumer {
         self.inner.health.clone()
     }
 
+    /// Whether the running consumer is healthy, as `/health` and the liveness file see it: it
+    /// polled the broker within [`Consumer::HEALTH_SILENCE`] and every partition moves. Else
+    /// the reason: no poll (or not running), a partition waiting on a batch that keeps
+    /// failing for a reason that is not its messages' or on a dead letter that cannot be
+    /// sent, or a partition that has not committed for
+    /// [`ConsumerConfig::stall_timeout`](crate::config::ConsumerConfig::stall_timeout) while
+    /// messages of it wait.
+    pub fn check_health(&self) -> Result<(), Unhealthy> {
+        if !self.inner.health.is_alive(Consumer::HEALTH_SILENCE) {
+            return Err(Unhealthy::new(format!("no broker poll for {} s", Consumer::HEALTH_SILENCE.as_secs())));
+        }
+        self.inner.progress.check().map_err(Unhealthy::new)
+    }
+
     /// Applies a batch of one partition's messages (ascending offsets) in one transaction,
     /// storing the partition's next offset with it, and then notifies subscribers and
     /// handlers. Dead letters are returned, not sent. This is what the Kafka loop does per
     /// batch; it is public for embedding and tests. A batch failing for a reason that is not
     /// its messages' is tried
     /// [`ConsumerConfig::retry_attempts`](crate::config::ConsumerConfig::retry_attempts) times,
-    /// then the error is returned (the Kafka loop then lets the partition wait).
+    /// then the error is returned (the Kafka loop then lets the partition wait); one failing
+    /// because a table it writes does not fit its model returns
+    /// [`ConsumerError::SetupFault`] at once, with nothing dead-lettered or stored.
+    #[doc(hidden)]
     pub async fn process_batch(&self, messages: &[InboundMessage]) -> Result<BatchOutcome, ConsumerError> {
         let never = CancellationToken::new();
         let outcome = self.apply_with_retry(messages, &mut |_| Box::pin(async { Ok(()) }), &never).await?;
@@ -486,7 +636,7 @@ impl Consumer {
         let Some(first) = messages.first() else { return Ok(BatchOutcome::default()) };
         let (topic, partition) = (first.topic.clone(), first.partition);
         let last_offset = messages.last().map_or(first.offset, |m| m.offset);
-        let db = |step: &'static str| {
+        let db = |step: BatchStep| {
             let (group, topic) = (self.inner.group.clone(), topic.clone());
             move |source| ConsumerError::Database {
                 step,
@@ -501,11 +651,11 @@ impl Consumer {
         // Begun and ended through diesel's transaction manager (not a bare `BEGIN`), so a
         // worker stopped mid-batch leaves a connection the pool discards rather than one
         // that still holds the batch's transaction and locks.
-        Transactions::begin_transaction(conn).await.map_err(db("beginning the batch transaction"))?;
+        Transactions::begin_transaction(conn).await.map_err(db(BatchStep::Begin))?;
         let result = async {
             let stored = sql::lock_offset(conn, &self.inner.group, &topic, partition)
                 .await
-                .map_err(db("locking the partition's offset"))?;
+                .map_err(db(BatchStep::LockOffset))?;
             let skip = messages.iter().take_while(|m| stored.is_some_and(|stored| m.offset < stored)).count();
             let fresh: std::borrow::Cow<'_, [InboundMessage]> =
                 if messages[skip..].iter().all(|m| stored.is_none_or(|stored| m.offset >= stored)) {
@@ -528,12 +678,12 @@ impl Consumer {
                 tracing::warn!(%topic, partition, offset = dead.message.offset, reason = dead.reason, error = %dead.error, "message sent to the dead-letter topic");
                 dead_letter(dead).await?;
             }
-            sql::advisory_locks(conn, prepared.locks.clone()).await.map_err(db("taking processing locks"))?;
-            let events = batch::apply(conn, &mut prepared, &self.inner.rules.replicas, Utc::now()).await.map_err(db("writing replica rows"))?;
+            sql::advisory_locks(conn, prepared.locks.clone()).await.map_err(db(BatchStep::ProcessingLocks))?;
+            let events = batch::apply(conn, &mut prepared, Utc::now()).await.map_err(db(BatchStep::WriteRows))?;
             self.run_in_transaction(conn, &fresh, &events, &prepared.dead_letters).await?;
             sql::store_offset(conn, &self.inner.group, &topic, partition, next_offset)
                 .await
-                .map_err(db("storing the offset"))?;
+                .map_err(db(BatchStep::StoreOffset))?;
             Ok(BatchOutcome {
                 events,
                 dead_letters: prepared.dead_letters,
@@ -544,7 +694,7 @@ impl Consumer {
         .await;
         match result {
             Ok(outcome) => {
-                Transactions::commit_transaction(conn).await.map_err(db("committing the batch"))?;
+                Transactions::commit_transaction(conn).await.map_err(db(BatchStep::Commit))?;
                 Ok(outcome)
             }
             Err(error) => {
@@ -559,9 +709,12 @@ impl Consumer {
     /// [`Consumer::apply_once`] with retries. A batch failing for a [`Verdict::Transient`]
     /// reason (or without a connection) is retried whole, with backoff, up to
     /// `retry_attempts` times; then the error is returned and the caller lets the partition
-    /// wait. A batch the database rejects, or fails with an [`Verdict::Undetermined`] error,
-    /// is split so that only the offending message is dead-lettered (`database_rejected`).
-    /// Every wait ends early with [`ConsumerError::Stopped`] when `shutdown` is cancelled.
+    /// wait, as it does at once for a failure of the consumer's own statements and for a
+    /// batch whose tables do not fit their models ([`ConsumerError::SetupFault`], checked
+    /// before any message is blamed). A batch the database rejects, or fails with an
+    /// [`Verdict::Undetermined`] error, is split so that only the offending message is
+    /// dead-lettered (`database_rejected`). Every wait ends early with
+    /// [`ConsumerError::Stopped`] when `shutdown` is cancelled.
     pub(super) async fn apply_with_retry(
         &self,
         messages: &[InboundMessage],
@@ -571,6 +724,7 @@ impl Consumer {
         let attempts = self.inner.config.consumer.retry_attempts.max(1);
         let mut attempt: u32 = 0;
         let mut undetermined: u32 = 0;
+        let (mut transient_delays, mut undetermined_delays) = (retry_delays(), retry_delays());
         loop {
             let result = match crate::db::checkout(&self.inner.pool).await {
                 Ok(mut conn) => self.apply_once(&mut conn, messages, dead_letter).await,
@@ -582,30 +736,38 @@ impl Consumer {
             };
             let transient = match &error {
                 ConsumerError::Pool(_) => true,
-                ConsumerError::Database { source, .. } => match verdict(source) {
-                    Verdict::Transient => true,
-                    Verdict::Rejected if messages.len() == 1 => {
-                        return self
-                            .reject(&messages[0], dead_letter, "database_rejected", Report(source).to_string())
-                            .await;
-                    }
-                    Verdict::Undetermined if messages.len() == 1 => {
-                        undetermined += 1;
-                        if !self.database_answers().await {
-                            true
-                        } else if undetermined >= REJECTION_CONFIRMATIONS {
+                ConsumerError::Database { source, .. } if verdict(source) == Verdict::Transient => true,
+                // The consumer's own statements: the partition waits (see `messages_may_be_at_fault`).
+                ConsumerError::Database { step, .. } if !messages_may_be_at_fault(step) => return Err(error),
+                ConsumerError::Database { source, .. } => match self.unfit_tables(messages).await {
+                    // The catalog cannot be read: the database is not answering.
+                    Err(_) => true,
+                    Ok(Some(unfit)) => return Err(setup_fault(error, unfit)),
+                    Ok(None) => match verdict(source) {
+                        Verdict::Transient => true,
+                        Verdict::Rejected if messages.len() == 1 => {
                             return self
                                 .reject(&messages[0], dead_letter, "database_rejected", Report(source).to_string())
                                 .await;
-                        } else {
-                            tracing::warn!(error = %Report(&error), undetermined, "message failed alone; trying it again before dead-lettering it");
-                            false
                         }
-                    }
-                    Verdict::Rejected | Verdict::Undetermined => {
-                        tracing::warn!(error = %Report(&error), "batch rejected by the database; applying its messages one by one");
-                        return self.apply_one_by_one(messages, dead_letter, shutdown).await;
-                    }
+                        Verdict::Undetermined if messages.len() == 1 => {
+                            undetermined += 1;
+                            if !self.database_answers().await {
+                                true
+                            } else if undetermined >= REJECTION_CONFIRMATIONS {
+                                return self
+                                    .reject(&messages[0], dead_letter, "database_rejected", Report(source).to_string())
+                                    .await;
+                            } else {
+                                tracing::warn!(error = %Report(&error), undetermined, "message failed alone; trying it again before dead-lettering it");
+                                false
+                            }
+                        }
+                        Verdict::Rejected | Verdict::Undetermined => {
+                            tracing::warn!(error = %Report(&error), "batch rejected by the database; applying its messages one by one");
+                            return self.apply_one_by_one(messages, dead_letter, shutdown).await;
+                        }
+                    },
                 },
                 // A handler's own database trouble is the consumer's, not the message's.
                 ConsumerError::Handler { source, .. }
@@ -627,16 +789,61 @@ impl Consumer {
                 if attempt >= attempts {
                     return Err(error);
                 }
-                let delay = backoff(attempt);
+                let delay = next_delay(&mut transient_delays);
                 tracing::warn!(error = %Report(&error), attempt, ?delay, "batch failed for a reason that is not its messages'; retrying it");
                 delay
             } else {
-                backoff(undetermined)
+                next_delay(&mut undetermined_delays)
             };
             tokio::select! {
                 () = shutdown.cancelled() => return Err(ConsumerError::Stopped),
                 () = tokio::time::sleep(delay) => {}
             }
+        }
+    }
+
+    /// What is wrong with the tables `messages` write, checked against the catalog
+    /// ([`Consumer::check_tables`]'s check, for these tables only): `None` when they fit
+    /// their models. An error means the catalog could not be read.
+    async fn unfit_tables(&self, messages: &[InboundMessage]) -> Result<Option<replica::SetupError>, ConsumerError> {
+        let replicas = self.inner.rules.prepare(messages).replicas();
+        if replicas.is_empty() {
+            return Ok(None);
+        }
+        let mut conn = crate::db::checkout(&self.inner.pool).await?;
+        let problems = replica::check_tables(&mut conn, &replicas).await.map_err(ConsumerError::TableCheck)?;
+        Ok((!problems.is_empty()).then_some(replica::SetupError { problems }))
+    }
+
+    /// Checks the replica tables of the topics this consumer reads (and of their genesis
+    /// replicas) against their models: each table exists, has every column the model writes
+    /// with a type that holds its values, a unique index on the synced id, no required
+    /// column the model leaves out, and the privileges the consumer needs.
+    /// [`Consumer::run`] does it first; a batch that fails has its own tables checked again
+    /// before any of its messages is dead-lettered, and waits while they do not fit.
+    ///
+    /// [`ConsumerError::Setup`] lists every problem with its fix (SQL to run).
+    pub async fn check_tables(&self) -> Result<(), ConsumerError> {
+        let topics = &self.inner.topics;
+        let replicas: Vec<&'static replica::ReplicaDescriptor> = self
+            .inner
+            .rules
+            .replicas
+            .iter()
+            .filter(|replica| {
+                let genesis = crate::registry::genesis_topic_name(replica.topic);
+                topics.iter().any(|topic| *topic == replica.topic || *topic == genesis)
+            })
+            .collect();
+        if replicas.is_empty() {
+            return Ok(());
+        }
+        let mut conn = crate::db::checkout(&self.inner.pool).await?;
+        let problems = replica::check_tables(&mut conn, &replicas).await.map_err(ConsumerError::TableCheck)?;
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConsumerError::Setup(replica::SetupError { problems }))
         }
     }
 
@@ -674,7 +881,7 @@ impl Consumer {
         }
         .await
         .map_err(|source| ConsumerError::Database {
-            step: "storing the offset past a rejected message",
+            step: BatchStep::SkipRejected,
             group: group.clone(),
             topic: message.topic.clone(),
             partition: message.partition,
@@ -726,7 +933,10 @@ impl Consumer {
             for declaration in self.inner.in_transaction.iter().filter(|h| h.matches(&event.topic, &event.event_name)) {
                 let Some(message) = message_of(messages, event) else { continue };
                 let mut ctx = Context::new(event, message, conn, true);
-                (declaration.handler)(&mut ctx).await.map_err(|source| ConsumerError::Handler {
+                let result = (declaration.handler)(&mut ctx).await;
+                #[cfg(feature = "testing")]
+                super::calls::record(declaration, event, result.as_ref().map(|_| ()));
+                result.map_err(|source| ConsumerError::Handler {
                     handler: declaration.declared_by,
                     topic: event.topic.clone(),
                     partition: event.partition,
@@ -772,12 +982,36 @@ impl Consumer {
                     },
                 };
                 let mut ctx = Context::new(event, message, conn, false);
-                if let Err(error) = (declaration.handler)(&mut ctx).await {
+                let result = (declaration.handler)(&mut ctx).await;
+                #[cfg(feature = "testing")]
+                super::calls::record(declaration, event, result.as_ref().map(|_| ()));
+                if let Err(error) = result {
                     metrics::counter!("dionysus_consumer_handler_errors_total", "handler" => declaration.declared_by, "reason" => error.reason()).increment(1);
                     tracing::error!(handler = declaration.declared_by, topic = %event.topic, partition = event.partition, offset = event.offset, event = %event.event_name, error = %Report(&error), "consume handler failed");
                 }
             }
         }
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Consumer {
+    /// This consumer computing local changes (C-15) whatever its settings, so the testing kit
+    /// can report what a batch changed.
+    pub(crate) fn with_local_changes(&self) -> Consumer {
+        let mut inner = (*self.inner).clone();
+        inner.rules.track_changes = true;
+        Consumer { inner: Arc::new(inner) }
+    }
+
+    /// The consumer's connection pool.
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// The replica models it writes.
+    pub(crate) fn replicas(&self) -> &Replicas {
+        &self.inner.rules.replicas
     }
 }
 
@@ -789,27 +1023,29 @@ fn message_of<'m>(messages: &'m [InboundMessage], event: &ConsumedEvent) -> Opti
     }
 }
 
-/// `100 ms × 2^attempt`, capped at 30 s.
-pub(super) fn backoff(attempt: u32) -> Duration {
-    let millis = 100u64.saturating_mul(1u64 << attempt.min(9));
-    Duration::from_millis(millis.min(30_000))
+/// The waits between attempts at a batch or a dead letter: 200 ms, doubling, at most 30 s,
+/// never ending (the callers count attempts themselves).
+pub(super) fn retry_delays() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder as _;
+    retry_schedule().without_max_times().build()
 }
 
-/// Applies the framework migrations' consumer table check: the offsets table must exist.
-pub async fn check_offsets_table(database_url: &str) -> Result<(), ConsumerError> {
-    let mut conn = AsyncPgConnection::establish(database_url).await.map_err(|source| {
-        ConsumerError::Pool(DbError::Connect {
-            url: crate::config::redact(database_url),
-            source: crate::db::redact_connection_error(source),
-        })
-    })?;
-    conn.batch_execute("SELECT 1 FROM dionysus_consumer_offsets LIMIT 0").await.map_err(ConsumerError::OffsetsTable)
+/// [`retry_delays`] as a builder, for `backon`'s `retry`.
+pub(super) fn retry_schedule() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+}
+
+/// The next wait of `delays` (the cap, should the schedule ever end).
+pub(super) fn next_delay(delays: &mut backon::ExponentialBackoff) -> Duration {
+    delays.next().unwrap_or(Duration::from_secs(30))
 }
 
 impl Dionysus {
-    /// A consumer builder over this handle's configuration.
+    /// A consumer builder over this handle's configuration and declarations.
     pub fn consumer(&self) -> ConsumerBuilder {
-        Consumer::builder(self.config().clone())
+        Consumer::builder(self.config().clone()).registry(self.registry_arc())
     }
 }
 
@@ -825,10 +1061,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(1), Duration::from_millis(200));
-        assert_eq!(backoff(3), Duration::from_millis(800));
-        assert_eq!(backoff(40), Duration::from_secs(30));
+    fn retry_delays_grow_and_are_capped() {
+        let millis: Vec<u128> = retry_delays().take(12).map(|delay| delay.as_millis()).collect();
+        assert_eq!(millis, [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000, 30000]);
     }
 
     #[test]

@@ -33,12 +33,13 @@ use serde_json::{Map, Value};
 use super::dedup::{group_key, keep_latest, record_key};
 use super::events::{ConsumedEvent, LocalChange, MessageFilter};
 use crate::consumer::replica::deserialize::{deserialize_record, DeserializeError};
+use crate::consumer::replica::plan::RowPlan;
 use crate::consumer::replica::plan::{
     check, guard_from_prepared, normalize_row, plan_owned, prepare, prepare_columns, take_intent, ChangeSet, Intent,
     Prepared, RecordError,
 };
 use crate::consumer::replica::sql::{self, id_key, ColumnTypes, UpsertRow};
-use crate::consumer::replica::{ColumnKind, Record, ReplicaDescriptor, Replicas, RowPlan};
+use crate::consumer::replica::{ColumnKind, Record, ReplicaDescriptor, Replicas};
 use crate::telemetry::Report;
 use crate::wire::envelope::{decode_with, Decoded, EnvelopeError, RawRecord, ReadRecords};
 use crate::wire::naming::{event_prefix, EventKind};
@@ -143,11 +144,50 @@ pub(crate) struct PreparedBatch {
     track_changes: bool,
     /// The consumer's cache of column types.
     column_types: ColumnTypes,
+    /// The replica models, to find the sideloads' tables.
+    replicas: Replicas,
 }
 
 enum Work {
     Apply(EventWork),
     Report(ConsumedEvent),
+}
+
+impl PreparedBatch {
+    /// The replicas whose tables the batch writes (its records', their sideloads' and the
+    /// children its links resolve), each once.
+    pub(crate) fn replicas(&self) -> Vec<&'static ReplicaDescriptor> {
+        let mut found: Vec<&'static ReplicaDescriptor> = Vec::new();
+        let mut add = |replica: &'static ReplicaDescriptor| {
+            if !found.iter().any(|known| std::ptr::eq(*known, replica)) {
+                found.push(replica);
+            }
+        };
+        let mut pending: Vec<(&'static ReplicaDescriptor, &Record)> = self
+            .work
+            .iter()
+            .filter_map(|work| match work {
+                Work::Apply(EventWork { bus, target: Some(target), .. }) => {
+                    Some(bus.transformed_data.iter().map(|record| (target.replica, record)))
+                }
+                Work::Apply(_) | Work::Report(_) => None,
+            })
+            .flatten()
+            .collect();
+        while let Some((replica, record)) = pending.pop() {
+            add(replica);
+            for child in children(record, &self.replicas) {
+                match child {
+                    Child::Many { replica, records, .. } => {
+                        add(replica);
+                        pending.extend(records.iter().map(|record| (replica, record)));
+                    }
+                    Child::One { replica, record, .. } => pending.push((replica, record)),
+                }
+            }
+        }
+        found
+    }
 }
 
 /// `Dionysus-<key>`, the processing-mutex name of a message (C-3); a missing key gets a
@@ -215,11 +255,9 @@ fn canonical_integer(text: &str) -> Option<i64> {
     }
 }
 
+/// A random (version 4) UUID, hyphenated.
 fn random_uuid() -> String {
-    let bits: u128 = rand::random();
-    let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let hex = format!("{bits:032x}");
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid().hyphenated().to_string()
 }
 
 /// A message as decoded: its records in their canonical form (C-6), read as they were
@@ -333,6 +371,7 @@ impl Rules {
             locks,
             track_changes: self.track_changes,
             column_types: self.column_types.clone(),
+            replicas: self.replicas.clone(),
         }
     }
 
@@ -691,7 +730,6 @@ const ROWS_PER_STATEMENT: usize = 1_000;
 pub(crate) async fn apply(
     conn: &mut AsyncPgConnection,
     batch: &mut PreparedBatch,
-    replicas: &Replicas,
     now: DateTime<Utc>,
 ) -> Result<Vec<ConsumedEvent>, diesel::result::Error> {
     let work = std::mem::take(&mut batch.work);
@@ -709,7 +747,8 @@ pub(crate) async fn apply(
             }
         }
     }
-    let scope = Scope { replicas, now, track_changes: batch.track_changes, column_types: &batch.column_types };
+    let scope =
+        Scope { replicas: &batch.replicas, now, track_changes: batch.track_changes, column_types: &batch.column_types };
     let changes = write(conn, &events, &roots, &scope).await?;
     for (event, changes) in events.iter_mut().zip(changes) {
         event.local_changes = changes;
@@ -1211,6 +1250,49 @@ mod tests {
     #[test]
     fn sha256_is_the_standard_digest() {
         assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    static ID_ONLY: [crate::consumer::replica::Column; 1] =
+        [crate::consumer::replica::Column::named("synced_id", ColumnKind::Integer, false)];
+
+    const fn replica(model: &'static str, table: &'static str) -> ReplicaDescriptor {
+        ReplicaDescriptor { model, table, columns: &ID_ONLY, ..ReplicaDescriptor::INVALID }
+    }
+
+    static RENTALS: ReplicaDescriptor = replica("Rental", "rentals");
+    static BOOKINGS: ReplicaDescriptor = replica("Booking", "bookings");
+    static TAXES: ReplicaDescriptor = replica("Tax", "taxes");
+
+    #[test]
+    fn a_prepared_batch_names_the_tables_it_writes_once_each() {
+        let rules = Rules {
+            replicas: Replicas::new([&RENTALS, &BOOKINGS, &TAXES]),
+            import_topics: HashSet::new(),
+            filters: Vec::new(),
+            remove_duplicates: false,
+            max_message_bytes: 1 << 20,
+            max_records: 100,
+            unknown_model: UnknownModel::Skip,
+            processing_mutex: false,
+            max_future_skew: std::time::Duration::from_secs(60),
+            track_changes: false,
+            column_types: ColumnTypes::default(),
+        };
+        let message = |offset: i64, model: &str| InboundMessage {
+            topic: "t".to_owned(),
+            partition: 0,
+            offset,
+            key: None,
+            payload: Some(
+                json!({"message": [{"event": "x_updated", "model_name": model, "data": [{"id": offset}]}]})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        };
+        let messages = [message(1, "Booking"), message(2, "Rental"), message(3, "Ghost"), message(4, "Booking")];
+        let tables: Vec<&str> = rules.prepare(&messages).replicas().iter().map(|replica| replica.table).collect();
+        assert_eq!(tables.len(), 2, "{tables:?}");
+        assert!(tables.contains(&"rentals") && tables.contains(&"bookings"), "{tables:?}");
     }
 
     #[test]

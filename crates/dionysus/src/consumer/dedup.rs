@@ -29,7 +29,7 @@ enum Rank {
 
 /// The indices of the messages to keep, in output order, or `None` when the strategy does
 /// not apply (the batch is then processed unchanged).
-pub fn remove_duplicates(batch: &[&Decoded]) -> Option<Vec<usize>> {
+pub(crate) fn remove_duplicates(batch: &[&Decoded]) -> Option<Vec<usize>> {
     let mut keys = Vec::with_capacity(batch.len());
     for decoded in batch {
         let Decoded::Events(events) = decoded else { return None };

@@ -159,7 +159,7 @@ impl HandlerError {
 pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
 
 /// A handler function as registered: called with the context, once per event.
-pub type HandlerFn = for<'a, 'b> fn(&'a mut Context<'b>) -> HandlerFuture<'a>;
+pub(crate) type HandlerFn = for<'a, 'b> fn(&'a mut Context<'b>) -> HandlerFuture<'a>;
 
 /// A handler declared with `#[dionysus::consume(topic = "v3_rentals", event =
 /// "rental_updated")]`.

@@ -29,8 +29,20 @@
 //!   driver derives from the SQLSTATE: integrity violations 23xxx are the data's, 40001 and
 //!   25006 and broken connections are transient), never by its text. For a SQLSTATE the
 //!   driver does not expose (data exceptions 22xxx as well as deadlocks 40P01, lock and
-//!   resource errors 55P03, 53xxx, 57Pxx), the message is held at fault only when it fails
-//!   alone, three times, while the database answers otherwise.
+//!   resource errors 55P03, 53xxx, 57Pxx, and a missing column, table or privilege), the
+//!   message is held at fault only when it fails alone, three times, while the database
+//!   answers otherwise.
+//! * Before a failed batch is split or any of its messages blamed, the tables it writes are
+//!   checked against their models in the catalog (`replica::setup`: columns and types, the
+//!   unique index on the synced id, required columns, privileges). A table that does not fit
+//!   is the setup's fault: nothing is dead-lettered or committed, the partition waits and
+//!   retries, `/health` names it with the fix, and it moves again by itself once the table
+//!   is fixed. The consumer's own statements (its offset row, its processing locks) are
+//!   never a message's fault either. [`Consumer::run`] starts by checking the tables of the
+//!   topics it reads, and fails with the fixes when they do not fit.
+//! * [`ConsumerBuilder::build`] checks the declarations of the topics it reads (each
+//!   declared once, by a `#[dionysus::topic]`) and warns about handlers waiting for an event
+//!   that no model declared on their topic emits.
 //! * `/health` reports a partition with a fault, and one that has not committed for
 //!   [`ConsumerConfig::stall_timeout`](crate::config::ConsumerConfig::stall_timeout) while
 //!   messages of it wait.
@@ -54,27 +66,30 @@
 //! * the event bus is told after the Kafka commit; a process that dies between the database
 //!   commit and the notifications does not repeat them.
 //!
-//! Replica rules are `replica`'s; the wire format is `envelope`'s.
+//! An application starts one from its handle, [`Dionysus::consumer`](crate::Dionysus::consumer),
+//! which reads the topics of the binary's `#[derive(Consume)]` replicas unless told others.
+//!
+//! Replica rules (which row a record becomes, the table a declaration expects) are
+//! [`replica`]'s; the wire format is `wire`'s; producing is not this module's business.
 
-mod apply;
-mod batch;
-pub mod dedup;
-mod events;
+pub(crate) mod apply;
+pub(crate) mod batch;
+#[cfg(feature = "testing")]
+pub(crate) mod calls;
+mod declarations;
+pub(crate) mod dedup;
+pub(crate) mod events;
 #[cfg(test)]
 mod fuzz;
-mod handler;
+pub(crate) mod handler;
 mod progress;
 pub mod replica;
-mod runtime;
+pub(crate) mod runtime;
 
-pub use apply::{
-    check_offsets_table, AfterCommit, AfterCommitHook, BatchOutcome, Consumer, ConsumerBuilder, ConsumerError, Health,
-    Subscriber,
-};
-pub use batch::{lock_name, DeadLetter, InboundMessage, UnknownModel};
+pub use apply::{BatchStep, Consumer, ConsumerBuilder, ConsumerError, Health, Subscriber};
+pub use batch::UnknownModel;
+pub(crate) use declarations::handler_warnings;
 pub use events::{ConsumedEvent, LocalChange, MessageFilter, Notification};
-pub use handler::{
-    handlers, records_as, Context, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFn, HandlerFuture,
-    HandlerOutput,
-};
+pub use handler::{handlers, Context, HandlerDeclaration, HandlerError};
+pub use replica::sql::stored_offsets;
 pub use runtime::DeadLetterHeaders;

@@ -393,23 +393,21 @@ fn record_batch_metrics(topic: &str, partition: i32, messages: usize, outcome: &
 }
 
 impl Consumer {
-    /// Consumes until `shutdown` is cancelled; in-flight batches are finished first.
+    /// Consumes until `shutdown` is cancelled; in-flight batches are finished first. It
+    /// starts by checking the replica tables of its topics ([`Consumer::check_tables`]) and
+    /// fails at once, saying the fixes, when they do not fit their models.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         let inner = &self.inner;
         if inner.topics.is_empty() {
             return Err(ConsumerError::NoTopics);
         }
+        self.check_tables().await?;
         // Health endpoint and liveness file, until this function returns.
         let telemetry = shutdown.child_token();
         let _stop_telemetry = telemetry.clone().drop_guard();
-        let health = inner.health.clone();
-        let progress = inner.progress.clone();
-        let healthy: crate::telemetry::Health = Arc::new(move || {
-            if !health.is_alive(Consumer::HEALTH_SILENCE) {
-                return Err(format!("no broker poll for {} s", Consumer::HEALTH_SILENCE.as_secs()));
-            }
-            progress.check()
-        });
+        let consumer = self.clone();
+        let healthy: crate::telemetry::Health = Arc::new(move || consumer.check_health());
+        #[cfg(feature = "metrics")]
         if let Some(address) = inner.serve {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
@@ -437,16 +435,14 @@ impl Consumer {
         for (key, value) in &inner.kafka_properties {
             client.set(key, value);
         }
-        let kafka_error = |what: String| {
-            move |source: KafkaError| ConsumerError::Kafka { what, source: crate::kafka::redact_error(source) }
-        };
-        let consumer: Arc<StreamConsumer<GroupContext>> = Arc::new(
-            client
-                .create_with_context(context)
-                .map_err(kafka_error(format!("creating a consumer for {}", kafka.bootstrap_servers())))?,
-        );
+        use crate::kafka::{kafka_error, KafkaOperation};
+        let consumer: Arc<StreamConsumer<GroupContext>> =
+            Arc::new(client.create_with_context(context).map_err(kafka_error(KafkaOperation::CreateConsumer, kafka))?);
         let topics: Vec<&str> = inner.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics).map_err(kafka_error(format!("subscribing to {topics:?}")))?;
+        consumer.subscribe(&topics).map_err(|source| ConsumerError::Subscribe {
+            topics: inner.topics.clone(),
+            source: Box::new(crate::kafka::redact_error(source)),
+        })?;
         // The largest dead letter is a whole message of the largest size consumed plus its
         // key and headers; librdkafka's default (1,000,000 bytes) would refuse most of them.
         let largest = inner.config.consumer.max_message_bytes.saturating_add(DEAD_LETTER_MARGIN_BYTES);
@@ -454,7 +450,7 @@ impl Consumer {
             .set("message.max.bytes", largest.min(1_000_000_000).to_string())
             .set("message.timeout.ms", DEAD_LETTER_TIMEOUT.as_millis().to_string())
             .create_with_context(crate::kafka::Logs::default())
-            .map_err(kafka_error(format!("creating the dead-letter producer for {}", kafka.bootstrap_servers())))?;
+            .map_err(kafka_error(KafkaOperation::CreateProducer, kafka))?;
         let dead_letters = DeadLetters {
             producer,
             topic: inner.config.consumer.dead_letter_topic.clone(),
@@ -614,6 +610,7 @@ impl Consumer {
             );
             let started = Instant::now();
             let mut attempt = 0u32;
+            let mut delays = super::apply::retry_delays();
             // Offsets of this batch already dead-lettered: a retry of the batch, or its split
             // after a database rejection, does not send them again.
             let sent: Arc<Mutex<HashSet<i64>>> = Arc::default();
@@ -651,7 +648,7 @@ impl Consumer {
                         );
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(super::apply::backoff(attempt)) => {}
+                            _ = tokio::time::sleep(super::apply::next_delay(&mut delays)) => {}
                         }
                         if revoked.load(Ordering::SeqCst) {
                             return;
@@ -702,45 +699,44 @@ impl DeadLetters {
     /// Sends `dead`, whole when it fits the dead-letter topic and cut to a prefix with its
     /// length and digest when it does not; retried up to `attempts` times.
     async fn send(&self, dead: &DeadLetter, shutdown: &CancellationToken) -> Result<(), ConsumerError> {
+        use backon::Retryable as _;
         let message = &dead.message;
-        let mut cut = false;
-        let mut attempt = 0u32;
-        loop {
-            let record = dead_letter_record(&self.group, dead, cut);
-            let sent = tokio::select! {
-                () = shutdown.cancelled() => return Err(ConsumerError::Stopped),
-                sent = self.producer.send(record.to_future_record(&self.topic), DEAD_LETTER_TIMEOUT) => sent,
-            };
-            let source = match sent {
-                Ok(_) => {
-                    if cut {
-                        tracing::warn!(topic = %message.topic, partition = message.partition, offset = message.offset, bytes = message.payload.as_ref().map_or(0, Vec::len), "dead letter too large for the dead-letter topic; sent its first bytes, length and SHA-256");
+        let cut = AtomicBool::new(false);
+        let attempt = || async {
+            loop {
+                let cut_now = cut.load(Ordering::SeqCst);
+                let record = dead_letter_record(&self.group, dead, cut_now);
+                match self.producer.send(record.to_future_record(&self.topic), DEAD_LETTER_TIMEOUT).await {
+                    Ok(_) => {
+                        if cut_now {
+                            tracing::warn!(topic = %message.topic, partition = message.partition, offset = message.offset, bytes = message.payload.as_ref().map_or(0, Vec::len), "dead letter too large for the dead-letter topic; sent its first bytes, length and SHA-256");
+                        }
+                        return Ok(());
                     }
-                    return Ok(());
+                    // Too large as a whole: sent again at once, cut.
+                    Err((source, _)) if !cut_now && is_too_large(&source) => cut.store(true, Ordering::SeqCst),
+                    Err((source, _)) => {
+                        let labels = [("topic", message.topic.clone()), ("partition", message.partition.to_string())];
+                        metrics::counter!("dionysus_consumer_dead_letter_failures_total", &labels).increment(1);
+                        return Err(source);
+                    }
                 }
-                Err((source, _)) => source,
-            };
-            if !cut && is_too_large(&source) {
-                cut = true;
-                continue;
             }
-            attempt = attempt.saturating_add(1);
-            let labels = [("topic", message.topic.clone()), ("partition", message.partition.to_string())];
-            metrics::counter!("dionysus_consumer_dead_letter_failures_total", &labels).increment(1);
-            if attempt >= self.attempts {
-                return Err(ConsumerError::Kafka {
-                    what: format!(
-                        "sending {}/{}@{} to the dead-letter topic {} ({attempt} attempts)",
-                        message.topic, message.partition, message.offset, self.topic
-                    ),
-                    source,
-                });
-            }
-            tracing::warn!(error = %source, attempt, topic = %message.topic, partition = message.partition, offset = message.offset, "sending a dead letter failed; retrying");
-            tokio::select! {
-                () = shutdown.cancelled() => return Err(ConsumerError::Stopped),
-                () = tokio::time::sleep(super::apply::backoff(attempt)) => {}
-            }
+        };
+        let retries = usize::try_from(self.attempts.saturating_sub(1)).unwrap_or(usize::MAX);
+        let sending = attempt.retry(super::apply::retry_schedule().with_max_times(retries)).notify(|source, wait| {
+            tracing::warn!(error = %source, ?wait, topic = %message.topic, partition = message.partition, offset = message.offset, "sending a dead letter failed; retrying");
+        });
+        tokio::select! {
+            () = shutdown.cancelled() => Err(ConsumerError::Stopped),
+            sent = sending => sent.map_err(|source| ConsumerError::DeadLetter {
+                topic: message.topic.clone(),
+                partition: message.partition,
+                offset: message.offset,
+                dead_letter_topic: self.topic.clone(),
+                attempts: self.attempts,
+                source: Box::new(source),
+            }),
         }
     }
 }

@@ -70,6 +70,7 @@ impl GenesisRequest {
     }
 
     /// Adds an equality filter (`--where column=value`).
+    #[must_use]
     pub fn filter_eq(mut self, column: impl Into<String>, value: impl Into<String>) -> GenesisRequest {
         self.conditions.push((column.into(), value.into()));
         self
@@ -152,6 +153,7 @@ pub struct GenesisPerformed {
 
 /// A genesis could not start or complete.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GenesisError {
     /// No publishable model has this name.
     #[error("no publishable model is named `{model}`; known models: {known}")]
@@ -203,22 +205,59 @@ pub enum GenesisError {
     /// The run does not exist or is already finished.
     #[error("genesis run {0} does not exist or is already completed")]
     NoSuchRun(i64),
-    /// A query failed.
-    #[error("{what}")]
-    Query {
-        /// What was being done.
-        what: String,
+    /// Recording a new run failed.
+    #[error("recording a genesis run of {model} on {topic}")]
+    Record {
+        /// Model.
+        model: &'static str,
+        /// Topic.
+        topic: String,
         /// diesel's error.
         #[source]
         source: diesel::result::Error,
     },
-    /// A batch could not be published after retries.
-    #[error("publishing genesis batch after {after:?} failed: {message}")]
-    Publish {
-        /// Cursor of the batch.
+    /// Listing the unfinished runs failed.
+    #[error("listing unfinished genesis runs")]
+    List(#[source] diesel::result::Error),
+    /// Reading or updating a run failed.
+    #[error("{step} genesis run {run_id}")]
+    Run {
+        /// What was being done.
+        step: RunStep,
+        /// The run.
+        run_id: i64,
+        /// diesel's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+    /// Loading the next page of records failed.
+    #[error("loading {model} records after {after:?}")]
+    Load {
+        /// Model.
+        model: &'static str,
+        /// The last primary key published (the page starts after it).
         after: Option<String>,
-        /// The error.
-        message: String,
+        /// diesel's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+    /// Counting the records to publish failed.
+    #[error("counting {model} records")]
+    Count {
+        /// Model.
+        model: &'static str,
+        /// diesel's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+    /// A batch could not be published after retries; the run can be resumed from it.
+    #[error("publishing the genesis batch after {after:?}")]
+    Publish {
+        /// The last primary key published before the batch.
+        after: Option<String>,
+        /// Why the last attempt failed (planning the batch's messages, or the broker).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// The database or broker could not be used.
     #[error(transparent)]
@@ -228,9 +267,39 @@ pub enum GenesisError {
     Transport(#[from] crate::kafka::TransportError),
 }
 
-fn query(what: impl Into<String>) -> impl FnOnce(diesel::result::Error) -> GenesisError {
-    let what = what.into();
-    move |source| GenesisError::Query { what, source }
+/// A step of a stored genesis run (in [`GenesisError::Run`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunStep {
+    /// Reading the run.
+    Read,
+    /// Marking it running.
+    Start,
+    /// Storing its cursor after a batch.
+    Advance,
+    /// Marking it completed.
+    Complete,
+    /// Storing its status.
+    SetStatus,
+}
+
+impl std::fmt::Display for RunStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunStep::Read => "reading",
+            RunStep::Start => "starting",
+            RunStep::Advance => "advancing",
+            RunStep::Complete => "completing",
+            RunStep::SetStatus => "updating the status of",
+        })
+    }
+}
+
+/// The error of a batch attempt, kept whole for [`GenesisError::Publish`].
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+fn run_error(step: RunStep, run_id: i64) -> impl FnOnce(diesel::result::Error) -> GenesisError {
+    move |source| GenesisError::Run { step, run_id, source }
 }
 
 /// How a run ended.
@@ -318,7 +387,7 @@ impl Genesis {
             .returning(GenesisRun::as_returning())
             .get_result(&mut conn)
             .await
-            .map_err(query("recording the genesis run"))
+            .map_err(|source| GenesisError::Record { model: model.model_name, topic: request.topic.clone(), source })
     }
 
     /// Runs that started and did not complete (to resume after a crash).
@@ -330,7 +399,7 @@ impl Genesis {
             .select(GenesisRun::as_select())
             .load(&mut conn)
             .await
-            .map_err(query("listing unfinished genesis runs"))
+            .map_err(GenesisError::List)
     }
 
     /// Runs (or resumes) run `run_id` until it completes or `shutdown` is cancelled,
@@ -348,7 +417,7 @@ impl Genesis {
             .get_result(&mut conn)
             .await
             .optional()
-            .map_err(query(format!("reading genesis run {run_id}")))?
+            .map_err(run_error(RunStep::Read, run_id))?
             .ok_or(GenesisError::NoSuchRun(run_id))?;
         let visible_only = run.visible_only;
         let model = self.model(&run.model)?;
@@ -362,7 +431,7 @@ impl Genesis {
             .set((runs::status.eq("running"), runs::started_at.eq(started_at), runs::updated_at.eq(Utc::now())))
             .execute(&mut conn)
             .await
-            .map_err(query(format!("starting genesis run {run_id}")))?;
+            .map_err(run_error(RunStep::Start, run_id))?;
 
         let batch_size = i64::from(run.batch_size.max(1));
         let total = run.total_count.unwrap_or(0).max(run.published_count);
@@ -394,7 +463,7 @@ impl Genesis {
             let filter = self.filter(model, &run, visible_only, &conditions, cursor.as_deref())?;
             let page = (model.load)(&mut conn, filter, Some(batch_size))
                 .await
-                .map_err(query(format!("loading {} after {cursor:?}", model.model_name)))?;
+                .map_err(|source| GenesisError::Load { model: model.model_name, after: cursor.clone(), source })?;
             let Some(last) = page.last().map(|record| record.id()) else { break };
             let soft_column = model.soft_delete_column(&self.config.producer.soft_delete_column);
             let refs: Vec<RowRef> = page
@@ -428,7 +497,7 @@ impl Genesis {
                 ))
                 .execute(&mut conn)
                 .await
-                .map_err(query(format!("advancing genesis run {run_id}")))?;
+                .map_err(run_error(RunStep::Advance, run_id))?;
             progress.advanced(u64::try_from(count).unwrap_or(0));
             cursor = Some(last);
             batch_index += 1;
@@ -440,7 +509,7 @@ impl Genesis {
             .set((runs::status.eq("completed"), runs::finished_at.eq(Utc::now()), runs::updated_at.eq(Utc::now())))
             .execute(&mut conn)
             .await
-            .map_err(query(format!("completing genesis run {run_id}")))?;
+            .map_err(run_error(RunStep::Complete, run_id))?;
         progress.finished();
         let safety = chrono::Duration::from_std(self.config.producer.genesis_consistency_safety_delay)
             .unwrap_or_else(|_| chrono::Duration::zero());
@@ -491,11 +560,11 @@ impl Genesis {
         let (_, outcome) = attempt
             .retry(backoff)
             .context(conn)
-            .notify(|message: &String, wait| {
-                tracing::warn!(?wait, "genesis batch after {after:?} failed, trying again: {message}");
+            .notify(|error: &BoxError, wait| {
+                tracing::warn!(?wait, "genesis batch after {after:?} failed, trying again: {}", Report(&**error));
             })
             .await;
-        outcome.map_err(|message| GenesisError::Publish { after: after.map(str::to_owned), message })
+        outcome.map_err(|source| GenesisError::Publish { after: after.map(str::to_owned), source })
     }
 
     async fn try_publish(
@@ -504,24 +573,22 @@ impl Genesis {
         sender: &Sender<'_>,
         refs: &[RowRef],
         page: &[Box<dyn Record>],
-    ) -> Result<(), String> {
-        let plans = plan::plan_loaded_rows(conn, &self.registry, &self.config.producer, refs, page)
-            .await
-            .map_err(|error| Report(&error).to_string())?;
+    ) -> Result<(), BoxError> {
+        let plans = plan::plan_loaded_rows(conn, &self.registry, &self.config.producer, refs, page).await?;
         let mut in_flight = Vec::with_capacity(plans.len());
         for plan in plans {
             match plan {
                 RowPlan::Publish(messages) => {
-                    in_flight.push(sender.send(&messages).await.map_err(|failure| failure.message)?);
+                    in_flight.push(sender.send(&messages).await?);
                 }
                 RowPlan::Skip(reason) => tracing::debug!("genesis skipped a record: {reason}"),
                 RowPlan::DeferredObservers => {}
-                RowPlan::Fail(error) => return Err(error.to_string()),
+                RowPlan::Fail(error) => return Err(error.into()),
             }
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         for deliveries in in_flight {
-            sender::await_deliveries(deliveries, deadline).await.map_err(|failure| failure.message)?;
+            sender::await_deliveries(deliveries, deadline).await.map_err(|failure| failure.error)?;
         }
         Ok(())
     }
@@ -567,7 +634,9 @@ impl Genesis {
     ) -> Result<RecordFilter, GenesisError> {
         let mut filter = RecordFilter::default();
         if let Some(after) = cursor {
-            let value = IdValue::parse(model.primary_key, model.id_kind, after).map_err(query("reading the cursor"))?;
+            let value = IdValue::parse(model.primary_key, model.id_kind, after).map_err(|source| {
+                GenesisError::Load { model: model.model_name, after: Some(after.to_owned()), source }
+            })?;
             filter = filter.and(Condition::After { column: model.primary_key, value });
         }
         if let (Some(from), Some(to)) = (run.window_from, run.window_to) {
@@ -623,8 +692,10 @@ impl Genesis {
         for (_, value) in conditions {
             statement = statement.bind::<diesel::sql_types::Text, _>(value.clone());
         }
-        let count: Count =
-            statement.get_result(conn).await.map_err(query(format!("counting {} records", model.model_name)))?;
+        let count: Count = statement
+            .get_result(conn)
+            .await
+            .map_err(|source| GenesisError::Count { model: model.model_name, source })?;
         Ok(count.count)
     }
 
@@ -640,7 +711,7 @@ impl Genesis {
             .execute(conn)
             .await
             .map(drop)
-            .map_err(query(format!("updating genesis run {run_id}")))
+            .map_err(run_error(RunStep::SetStatus, run_id))
     }
 }
 

@@ -3,15 +3,20 @@
 //! rows into messages (loading records, sideloading dependencies, serializing), the relay that
 //! publishes them in order, genesis that re-publishes everything, and the sender they share.
 //!
+//! An application reaches it through its handle: [`Dionysus::outbox`](crate::Dionysus::outbox)
+//! (or the free functions of [`outbox`], which use the global handle),
+//! [`Dionysus::relay`](crate::Dionysus::relay) and [`Dionysus::genesis`](crate::Dionysus::genesis).
+//!
 //! Built on the wire format (`wire`) and the declarations (`registry`); nothing here consumes.
 
 pub mod genesis;
 pub mod outbox;
-pub mod partition_key;
-pub mod plan;
-pub mod publishable;
+pub(crate) mod partition_key;
+pub(crate) mod plan;
+pub(crate) mod publishable;
 pub mod relay;
 pub mod respond;
-pub mod seal;
+pub(crate) mod seal;
 pub(crate) mod sender;
 pub mod serialize;
+mod suppress;

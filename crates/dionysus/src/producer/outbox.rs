@@ -43,6 +43,9 @@
 //! Resolving dependencies and observers when the change is written (dionysus-rb resolves them
 //! when publishing) gives every row its own partition key, so the relay keeps their order per
 //! key, and a destroyed dependency still knows its parent.
+//!
+//! Inside a [`Suppress::scope`] (data migrations, seeds) the writer writes no rows for the
+//! suppressed models.
 
 use std::collections::HashSet;
 
@@ -52,7 +55,10 @@ use serde_json::{Map, Value};
 use diesel::result::QueryResult;
 
 use super::publishable::{partition_key, Publishable};
-use super::seal::{self, SealError};
+use super::seal;
+pub use super::seal::SealError;
+use super::suppress;
+pub use super::suppress::Suppress;
 use crate::config::{EncryptionKey, EncryptionKeys, ProducerConfig};
 use crate::handle::Dionysus;
 use crate::registry::model::{ColumnIn, ModelEntry, Publication, Record, RecordFilter, Relation};
@@ -67,7 +73,7 @@ use crate::wire::record::id_text;
 // `None` is written as NULL, not as DEFAULT, so the statement's SQL never varies and stays
 // prepared.
 #[diesel(treat_none_as_default_value = false)]
-pub struct NewOutboxRow {
+pub(crate) struct NewOutboxRow {
     /// Model name.
     pub resource_class: String,
     /// Record id as text.
@@ -92,6 +98,7 @@ pub struct NewOutboxRow {
 #[derive(Debug, Clone, PartialEq, diesel::Queryable, diesel::Selectable)]
 #[diesel(table_name = dionysus_outbox)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
+#[doc(hidden)]
 pub struct OutboxRow {
     /// Row id.
     pub id: i64,
@@ -157,6 +164,7 @@ pub(crate) fn open_changeset(
 
 /// Writing outbox rows failed; the caller's transaction should roll back.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OutboxError {
     /// Sealing a row with the configured encryption key failed.
     #[error(transparent)]
@@ -164,11 +172,27 @@ pub enum OutboxError {
     /// The global configuration could not be read from the environment.
     #[error("reading the dionysus configuration")]
     Config(#[source] crate::config::ConfigError),
-    /// A query failed.
-    #[error("{what}")]
-    Query {
-        /// What was being done, with the model and id.
-        what: String,
+    /// Inserting the rows failed.
+    #[error("inserting {rows} outbox row(s)")]
+    Insert {
+        /// Rows of the statement.
+        rows: usize,
+        /// diesel's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+    /// Announcing the new rows to the relay (`publish_after_commit`) failed.
+    #[error("notifying the relay of new outbox rows")]
+    Notify(#[source] diesel::result::Error),
+    /// Finding the records a change republishes (`with(...)` parents, observers) failed.
+    #[error("finding {owner} records related to {model} {id}")]
+    Related {
+        /// The model of the records looked for.
+        owner: &'static str,
+        /// The changed record's model.
+        model: &'static str,
+        /// The changed record's id.
+        id: String,
         /// diesel's error.
         #[source]
         source: diesel::result::Error,
@@ -199,6 +223,7 @@ impl Changeset {
     }
 
     /// Records that `column` changed from `old` to `new`.
+    #[must_use]
     pub fn with(mut self, column: impl Into<String>, old: Value, new: Value) -> Changeset {
         self.0.insert(column.into(), Value::Array(vec![old, new]));
         self
@@ -371,7 +396,7 @@ impl<'a> Outbox<'a> {
         conn: &mut AsyncPgConnection,
         rows: Vec<NewOutboxRow>,
     ) -> Result<usize, OutboxError> {
-        let rows = dedupe(rows);
+        let rows = dedupe(rows.into_iter().filter(|row| !suppress::is_suppressed(&row.resource_class)).collect());
         let rows = match self.config.outbox_encryption_keys.current() {
             Some(key) => rows.into_iter().map(|row| seal_row(key, row)).collect::<Result<Vec<_>, _>>()?,
             None => rows,
@@ -383,14 +408,13 @@ impl<'a> Outbox<'a> {
             [row] => diesel::insert_into(dionysus_outbox::table).values(row).execute(conn).await,
             _ => diesel::insert_into(dionysus_outbox::table).values(&rows).execute(conn).await,
         };
-        let written = result
-            .map_err(|source| OutboxError::Query { what: format!("inserting {} outbox row(s)", rows.len()), source })?;
+        let written = result.map_err(|source| OutboxError::Insert { rows: rows.len(), source })?;
         if self.config.publish_after_commit {
             // Delivered when (and only if) the transaction commits; wakes the relay at once.
             diesel::sql_query("SELECT pg_notify('dionysus_outbox', '')")
                 .execute(conn)
                 .await
-                .map_err(|source| OutboxError::Query { what: "notifying the relay".to_owned(), source })?;
+                .map_err(OutboxError::Notify)?;
         }
         Ok(written)
     }
@@ -403,7 +427,7 @@ impl<'a> Outbox<'a> {
         change: Change,
         changeset: &Changeset,
     ) -> Result<Vec<NewOutboxRow>, OutboxError> {
-        if !self.config.transactional_outbox_enabled {
+        if !self.config.transactional_outbox_enabled || suppress::everything_suppressed() {
             return Ok(Vec::new());
         }
         let model = record.model();
@@ -518,8 +542,10 @@ impl<'a> Outbox<'a> {
             Relation::OtherHoldsKey(column) => record.attribute(column),
             Relation::OwnerHoldsKey(_) => None,
         };
-        let query_error = |source| OutboxError::Query {
-            what: format!("finding {} related to {} {}", owner_model.model_name, model.model_name, record.id()),
+        let query_error = |source| OutboxError::Related {
+            owner: owner_model.model_name,
+            model: model.model_name,
+            id: record.id(),
             source,
         };
         let Some(filter) =

@@ -13,7 +13,7 @@ use diesel_async::AsyncPgConnection;
 use serde_json::{Map, Value};
 
 use super::publishable::partition_key;
-use super::serialize::default_serialize;
+use super::serialize::{default_serialize, SideloadError};
 use crate::config::ProducerConfig;
 use crate::registry::model::{ColumnIn, Dependency, ModelEntry, Publication, Record, Relation};
 use crate::registry::{Registry, Tombstone, TopicRole, OBSERVER_TOPIC};
@@ -99,9 +99,9 @@ pub enum PlanError {
     /// Serialization failed.
     #[error(transparent)]
     Serialize(#[from] SerializeError),
-    /// Building the value failed.
-    #[error(transparent)]
-    Envelope(#[from] crate::wire::envelope::EnvelopeError),
+    /// Encoding the message failed.
+    #[error("encoding the message")]
+    Encode(#[source] serde_json::Error),
     /// The topic of a composed message is not declared (or has no genesis replica).
     #[error("`{0}` is not a declared topic nor the genesis replica of one")]
     UnknownTopic(String),
@@ -111,15 +111,20 @@ pub enum PlanError {
     /// A sealed row could not be opened (a missing or wrong key): it is not published.
     #[error(transparent)]
     Sealed(#[from] super::seal::SealError),
-    /// Loading records failed (the whole batch is retried).
-    #[error("loading {what}")]
-    Load {
-        /// What was loaded.
-        what: String,
+    /// Loading the rows' records failed (the whole batch is retried).
+    #[error("loading {model} records {ids:?}")]
+    LoadRecords {
+        /// Model.
+        model: &'static str,
+        /// Primary keys.
+        ids: Vec<String>,
         /// diesel's error.
         #[source]
         source: diesel::result::Error,
     },
+    /// Loading the records' `with(...)` sideloads failed (the whole batch is retried).
+    #[error(transparent)]
+    Sideloads(#[from] SideloadError),
 }
 
 /// Plans every row of a batch: loads the records of each model in one query, the sideloads
@@ -141,12 +146,11 @@ pub async fn plan_rows(
         let Some(model) = registry.model(model_name) else { continue };
         ids.sort_unstable();
         ids.dedup();
-        loaded.extend(
-            model
-                .load_by_ids(conn, &ids)
-                .await
-                .map_err(|source| PlanError::Load { what: format!("{model_name} records {ids:?}"), source })?,
-        );
+        loaded.extend(model.load_by_ids(conn, &ids).await.map_err(|source| PlanError::LoadRecords {
+            model: model.model_name,
+            ids: ids.clone(),
+            source,
+        })?);
     }
     plan_loaded_rows(conn, registry, config, rows, &loaded).await
 }
@@ -246,7 +250,7 @@ pub async fn plan_loaded_rows(
             match Envelope::single(row.event_name.clone(), model.model_name, Value::Array(vec![data])).encode() {
                 Ok(payload) => payload,
                 Err(error) => {
-                    plans.push(RowPlan::Fail(error.into()));
+                    plans.push(RowPlan::Fail(PlanError::Encode(error)));
                     continue;
                 }
             };
@@ -323,7 +327,7 @@ pub(crate) async fn load_sideloads(
     conn: &mut AsyncPgConnection,
     publication: &Publication,
     owners: &[&dyn Record],
-) -> Result<HashMap<String, Sideloads>, PlanError> {
+) -> Result<HashMap<String, Sideloads>, SideloadError> {
     let mut result: HashMap<String, Sideloads> =
         owners.iter().map(|owner| (owner.id(), Sideloads::default())).collect();
     for dependency in publication.with {
@@ -342,16 +346,14 @@ async fn load_dependency(
     publication: &Publication,
     dependency: &Dependency,
     owners: &[&dyn Record],
-) -> Result<Vec<(String, String, Sideload)>, PlanError> {
+) -> Result<Vec<(String, String, Sideload)>, SideloadError> {
     let other = (dependency.model)();
     let owner_model = publication.model;
     let [plural, singular] = naming::include_names(other.model_name);
-    let load_error = |source| PlanError::Load {
-        what: format!("`with({})` dependencies of {}", other.model_name, owner_model.model_name),
-        source,
-    };
+    let load_error =
+        |source| SideloadError::Load { model: owner_model.model_name, dependency: other.model_name, source };
     let empty = Sideloads::default();
-    let nested = |record: &dyn Record| -> Result<Value, PlanError> { Ok(default_serialize(record, &empty)?) };
+    let nested = |record: &dyn Record| -> Result<Value, SideloadError> { Ok(default_serialize(record, &empty)?) };
     let mut out = Vec::with_capacity(owners.len());
     match (dependency.relation)() {
         Relation::OtherHoldsKey(column) => {

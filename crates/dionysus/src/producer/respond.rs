@@ -9,7 +9,7 @@
 //! # #[diesel(table_name = rentals)]
 //! # #[publish(topic = "v3_rentals")]
 //! # struct Rental { id: i64, account_id: i64 }
-//! use dionysus::producer::respond::{Respond, TombstoneOptions};
+//! use dionysus::respond::{Respond, TombstoneOptions};
 //!
 //! async fn publish(
 //!     tx: &mut diesel_async::AsyncPgConnection,
@@ -54,6 +54,7 @@ use crate::wire::record::Sideloads;
 
 /// A message to compose: `[event, records]` entries and the responder options.
 #[derive(Default)]
+#[must_use = "a message does nothing until it is written with `respond`"]
 pub struct Respond<'r> {
     entries: Vec<(String, Vec<&'r dyn Record>)>,
     genesis_only: bool,
@@ -134,6 +135,7 @@ pub struct TombstoneOptions {
 
 /// Why a composed message could not be written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RespondError {
     /// The topic is not declared.
     #[error("`{topic}` is not a declared topic; declared: {known}")]
@@ -153,7 +155,7 @@ pub enum RespondError {
     #[error(transparent)]
     Serialize(#[from] crate::wire::record::SerializeError),
     /// A record's own JSON could not be built.
-    #[error("{model} {id} as JSON: {source}")]
+    #[error("building the JSON of {model} {id}")]
     Json {
         /// Model.
         model: &'static str,
@@ -164,11 +166,17 @@ pub enum RespondError {
         source: serde_json::Error,
     },
     /// The message could not be encoded.
-    #[error(transparent)]
-    Envelope(#[from] crate::wire::envelope::EnvelopeError),
+    #[error("encoding the message for `{topic}`")]
+    Encode {
+        /// The topic.
+        topic: String,
+        /// serde's error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// Loading the records' `with(...)` sideloads failed.
     #[error(transparent)]
-    Load(#[from] plan::PlanError),
+    Sideloads(#[from] crate::producer::serialize::SideloadError),
     /// Writing the row failed.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
@@ -199,7 +207,9 @@ impl Outbox<'_> {
             };
             events.push(Event { event: event.clone(), model_name: records[0].model().model_name.to_owned(), data });
         }
-        let value = Envelope { message: events }.encode()?;
+        let value = Envelope { message: events }
+            .encode()
+            .map_err(|source| RespondError::Encode { topic: topic.to_owned(), source })?;
         let value = String::from_utf8_lossy(&value).into_owned();
         let (first_event, first_records) = &message.entries[0];
         let first = first_records[0];

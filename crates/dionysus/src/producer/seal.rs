@@ -24,6 +24,7 @@ const NONCE_BYTES: usize = 24;
 
 /// A sealed value could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SealError {
     /// The row was sealed with a key that is not configured (rotated out too early, or the
     /// relay runs without `DIONYSUS_OUTBOX_ENCRYPTION_KEYS`).

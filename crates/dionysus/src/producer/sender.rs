@@ -15,25 +15,88 @@ use crate::config::KafkaConfig;
 use crate::producer::plan::OutgoingMessage;
 use crate::registry::Registry;
 
-/// Why a message could not be sent; `class` is what the outbox records as `error_class`.
+/// Why a message could not be sent; `class` is what the outbox records as `error_class`, and
+/// `message` its `error_message` (the error with its causes).
 #[derive(Debug)]
 pub(crate) struct Failure {
     pub(crate) class: &'static str,
     pub(crate) message: String,
 }
 
+/// Why a row's messages could not be handed to the producer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    /// The producer refused the message.
+    #[error("producing to `{topic}`")]
+    Produce {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    /// The topic's partition count could not be read.
+    #[error("reading the partition count of `{topic}`")]
+    PartitionCount {
+        topic: String,
+        #[source]
+        source: crate::kafka::TransportError,
+    },
+    /// A missing topic could not be created (`auto_create_topics`).
+    #[error("creating the missing topic `{topic}`")]
+    CreateTopic {
+        topic: String,
+        #[source]
+        source: crate::kafka::TransportError,
+    },
+    /// The topic does not exist and may not be created.
+    #[error(
+        "topic `{topic}` does not exist on the broker; create it (`dionysus check` lists what is missing) or \
+         enable auto_create_topics"
+    )]
+    MissingTopic { topic: String },
+}
+
+impl SendError {
+    /// The `error_class` the outbox records.
+    pub(crate) fn class(&self) -> &'static str {
+        match self {
+            SendError::MissingTopic { .. } => "MissingTopic",
+            _ => "KafkaError",
+        }
+    }
+}
+
+impl From<SendError> for Failure {
+    fn from(error: SendError) -> Self {
+        Failure { class: error.class(), message: crate::telemetry::Report(&error).to_string() }
+    }
+}
+
+/// Why a delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DeliveryError {
+    /// The broker (or the producer) reported an error.
+    #[error(transparent)]
+    Kafka(KafkaError),
+    /// The producer was dropped with the message in its queue.
+    #[error("the producer dropped the message before delivery")]
+    Dropped,
+    /// No report came before the deadline; the message may still be queued.
+    #[error("no delivery report before the deadline")]
+    NoReport,
+}
+
 /// A delivery that failed; `fatal` when the producer cannot deliver anything any more,
 /// `timed_out` when no report came before the deadline (the message may still be queued).
 #[derive(Debug)]
 pub(crate) struct DeliveryFailure {
-    pub(crate) message: String,
+    pub(crate) error: DeliveryError,
     pub(crate) fatal: bool,
     pub(crate) timed_out: bool,
 }
 
 impl From<DeliveryFailure> for Failure {
     fn from(failure: DeliveryFailure) -> Self {
-        Failure { class: "KafkaError", message: failure.message }
+        Failure { class: "KafkaError", message: crate::telemetry::Report(&failure.error).to_string() }
     }
 }
 
@@ -54,7 +117,7 @@ pub(crate) struct Sender<'a> {
 impl Sender<'_> {
     /// Enqueues every message of a row with the producer; the returned futures resolve on
     /// delivery.
-    pub(crate) async fn send(&self, messages: &[OutgoingMessage]) -> Result<Vec<DeliveryFuture>, Failure> {
+    pub(crate) async fn send(&self, messages: &[OutgoingMessage]) -> Result<Vec<DeliveryFuture>, SendError> {
         let mut deliveries = Vec::with_capacity(messages.len());
         for message in messages {
             let partition = match &message.partition_key {
@@ -84,12 +147,7 @@ impl Sender<'_> {
                         self.producer.poll(Timeout::After(Duration::from_millis(10)));
                         tokio::task::yield_now().await;
                     }
-                    Err((error, _)) => {
-                        return Err(Failure {
-                            class: "KafkaError",
-                            message: format!("producing to `{}`: {error}", message.topic),
-                        })
-                    }
+                    Err((source, _)) => return Err(SendError::Produce { topic: message.topic.clone(), source }),
                 }
             }
         }
@@ -97,13 +155,13 @@ impl Sender<'_> {
     }
 
     /// The topic's partition count, from the cache or the broker's metadata.
-    async fn partition_count(&self, topic: &str) -> Result<i32, Failure> {
+    async fn partition_count(&self, topic: &str) -> Result<i32, SendError> {
         if let Some(count) = self.topics.partitions.lock().await.get(topic) {
             return Ok(*count);
         }
         let counts = crate::kafka::partition_counts(self.kafka, &[topic.to_owned()])
             .await
-            .map_err(|error| Failure { class: "KafkaError", message: error.to_string() })?;
+            .map_err(|source| SendError::PartitionCount { topic: topic.to_owned(), source })?;
         let count = match counts.get(topic).copied().flatten() {
             Some(count) => count,
             None if self.auto_create_topics => {
@@ -115,19 +173,11 @@ impl Sender<'_> {
                 };
                 crate::kafka::create_topics(self.kafka, std::slice::from_ref(&spec))
                     .await
-                    .map_err(|error| Failure { class: "KafkaError", message: error.to_string() })?;
+                    .map_err(|source| SendError::CreateTopic { topic: topic.to_owned(), source })?;
                 tracing::info!(topic, partitions = spec.partitions, "created a missing topic (auto_create_topics)");
                 spec.partitions
             }
-            None => {
-                return Err(Failure {
-                    class: "MissingTopic",
-                    message: format!(
-                        "topic `{topic}` does not exist on the broker; create it (`dionysus check` lists what is \
-                         missing) or enable auto_create_topics"
-                    ),
-                })
-            }
+            None => return Err(SendError::MissingTopic { topic: topic.to_owned() }),
         };
         self.topics.partitions.lock().await.insert(topic.to_owned(), count);
         Ok(count)
@@ -144,18 +194,12 @@ pub(crate) async fn await_deliveries(
         let result = match tokio::time::timeout_at(deadline, delivery).await {
             Ok(Ok(Ok(_))) => Ok(()),
             Ok(Ok(Err((error, _message)))) => {
-                Err(DeliveryFailure { fatal: fatal(&error), message: error.to_string(), timed_out: false })
+                Err(DeliveryFailure { fatal: fatal(&error), error: DeliveryError::Kafka(error), timed_out: false })
             }
-            Ok(Err(_canceled)) => Err(DeliveryFailure {
-                message: "the producer dropped the message before delivery".to_owned(),
-                fatal: false,
-                timed_out: false,
-            }),
-            Err(_elapsed) => Err(DeliveryFailure {
-                message: "no delivery report before the deadline".to_owned(),
-                fatal: false,
-                timed_out: true,
-            }),
+            Ok(Err(_canceled)) => {
+                Err(DeliveryFailure { error: DeliveryError::Dropped, fatal: false, timed_out: false })
+            }
+            Err(_elapsed) => Err(DeliveryFailure { error: DeliveryError::NoReport, fatal: false, timed_out: true }),
         };
         if let (Ok(()), Err(failure)) = (&outcome, result) {
             outcome = Err(failure);

@@ -10,6 +10,26 @@ pub use crate::wire::record::{SerializeError, Sideload, Sideloads};
 
 use crate::wire::record::kind;
 
+/// Loading a record's `with(...)` sideloads failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SideloadError {
+    /// The query failed.
+    #[error("loading the `with({dependency})` sideloads of {model}")]
+    Load {
+        /// The model whose records get the sideloads.
+        model: &'static str,
+        /// The sideloaded model.
+        dependency: &'static str,
+        /// diesel's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+    /// A sideloaded record could not be serialized.
+    #[error(transparent)]
+    Serialize(#[from] SerializeError),
+}
+
 /// Turns one record and its sideloads into the JSON object placed in a message's `data`.
 ///
 /// Implement it on a unit struct and name it with `#[publish(serializer = MySerializer)]`.
@@ -41,8 +61,9 @@ pub fn default_serialize(record: &dyn Record, sideloads: &Sideloads) -> Result<V
     }
 }
 
-/// Used by generated code: the erased serializer of a publication.
-#[doc(hidden)]
+/// The serializer `S` of `T` as the function a [`Publication`](crate::registry::model::Publication)
+/// stores: `S` applied to the record when it is a `T`. `#[derive(Publishable)]` fills it in;
+/// a publication built at run time (`Registry::with_publications`) names it.
 pub fn serialize_erased<T: Publishable, S: Serializer<T>>(
     record: &dyn Record,
     sideloads: &Sideloads,

@@ -1,11 +1,13 @@
 //! The registry of everything declared with dionysus's macros: topics now, and the
 //! references other declarations make to topics by name. Declarations are collected through
 //! `inventory` at link time; [`Registry::global`] reads them, [`Registry::validate`] checks
-//! them as a whole (duplicates, conflicts, references to undeclared topics) before any
-//! message is read or written.
+//! them as a whole (duplicates, conflicts, references to undeclared topics, a topic's
+//! `partition_key` that none of its models has) before any message is read or written.
 //!
-//! This module owns the declarations and their consistency. It does not talk to the broker:
-//! checking that declared topics exist there is `transport`'s job.
+//! This module owns the declarations and their consistency. It does not talk to the broker
+//! or the database: creating and checking the declared topics there is `kafka`'s job (and
+//! `dionysus check`'s), and what a declaration makes happen belongs to the producer and the
+//! consumer.
 
 use std::any::TypeId;
 use std::collections::BTreeMap;
@@ -14,7 +16,7 @@ use std::sync::OnceLock;
 
 pub mod model;
 
-use model::{Dependency, ModelEntry, Observer, PartitionKeyFn, Publication};
+use model::{Dependency, ModelEntry, Observer, PartitionKeyFn, PartitionKeySource, Publication};
 
 /// The pseudo-topic of deferred observer rows in the outbox (never produced to Kafka, W-16).
 pub const OBSERVER_TOPIC: &str = "__outbox_observer__";
@@ -236,6 +238,7 @@ impl Registry {
     }
 
     /// Adds publishable models and their publications (each model once).
+    #[must_use]
     pub fn with_models(mut self, models: impl IntoIterator<Item = &'static ModelEntry>) -> Registry {
         for model in models {
             if self.models.iter().any(|known| std::ptr::eq(*known, model)) {
@@ -249,6 +252,7 @@ impl Registry {
 
     /// Adds publications built at run time (their models too, without their declared
     /// publications), e.g. a model published on a topic whose name is only known then.
+    #[must_use]
     pub fn with_publications(mut self, publications: impl IntoIterator<Item = &'static Publication>) -> Registry {
         for publication in publications {
             if !self.models.iter().any(|known| std::ptr::eq(*known, publication.model)) {
@@ -264,6 +268,7 @@ impl Registry {
     /// of its own on a topic that names none, in place of the configured default attribute
     /// (`DIONYSUS_DEFAULT_PARTITION_KEY`). A function is code, so it is declared with the
     /// registry rather than read from the environment.
+    #[must_use]
     pub fn with_default_partition_key(mut self, resolve: PartitionKeyFn) -> Registry {
         self.default_partition_key = Some(resolve);
         self
@@ -275,6 +280,7 @@ impl Registry {
     }
 
     /// Adds the model `T` and its publications.
+    #[must_use]
     pub fn with_model<T: model::Model>(self) -> Registry {
         self.with_models([T::entry()])
     }
@@ -405,6 +411,9 @@ impl Registry {
                 });
             }
         }
+        for topic in self.topics() {
+            problems.extend(self.unknown_partition_key(topic));
+        }
         for publication in &self.publications {
             if self.topic(publication.topic).is_none() {
                 problems.push(Problem::UndeclaredTopic {
@@ -432,6 +441,34 @@ impl Registry {
         } else {
             Err(RegistryError { problems })
         }
+    }
+
+    /// The problem with `topic`'s `partition_key`, if no model published on it with the
+    /// topic's key (a publication with no key of its own) has that field: their outbox rows
+    /// would get no partition key at all.
+    fn unknown_partition_key(&self, topic: &TopicDeclaration) -> Option<Problem> {
+        let key = topic.partition_key?;
+        let inheriting: Vec<&ModelEntry> = self
+            .publications
+            .iter()
+            .filter(|publication| {
+                publication.topic == topic.full_name && matches!(publication.partition_key, PartitionKeySource::Inherit)
+            })
+            .map(|publication| publication.model)
+            .collect();
+        if inheriting.is_empty() || inheriting.iter().any(|model| model.attributes.contains(&key)) {
+            return None;
+        }
+        let fields = inheriting.iter().flat_map(|model| model.attributes.iter().map(|field| (*field).to_owned()));
+        let mut models: Vec<String> = inheriting.iter().map(|model| model.rust_name.to_owned()).collect();
+        models.dedup();
+        Some(Problem::UnknownPartitionKey {
+            topic: topic.full_name.to_owned(),
+            key: key.to_owned(),
+            declared: describe(topic),
+            models,
+            suggestion: closest(key, fields),
+        })
     }
 
     /// The declared name closest to `name`, for "did you mean" hints.
@@ -468,6 +505,7 @@ fn describe(topic: &TopicDeclaration) -> String {
 
 /// One problem found by [`Registry::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Problem {
     /// The same topic is declared twice with identical settings.
     DuplicateTopic {
@@ -507,6 +545,20 @@ pub enum Problem {
         /// The second type.
         second: String,
     },
+    /// A topic's `partition_key` names a field that none of the models published on it
+    /// with the topic's key has.
+    UnknownPartitionKey {
+        /// The topic's full name.
+        topic: String,
+        /// The `partition_key` as declared.
+        key: String,
+        /// The declaration (type and location).
+        declared: String,
+        /// The models published on the topic without a partition key of their own.
+        models: Vec<String>,
+        /// A field of those models with a similar name.
+        suggestion: Option<String>,
+    },
     /// A declaration names a topic that no `#[dionysus::topic]` declares.
     UndeclaredTopic {
         /// The name as written.
@@ -540,6 +592,18 @@ impl fmt::Display for Problem {
                 f,
                 "model name `{model}` is used by both {first} and {second}; give one of them another `model_name`"
             ),
+            Problem::UnknownPartitionKey { topic, key, declared, models, suggestion } => {
+                write!(
+                    f,
+                    "topic `{topic}` ({declared}): its partition key names the field `{key}`, which none of its models \
+                     has ({}), so their messages would get no partition key",
+                    models.join(", ")
+                )?;
+                match suggestion {
+                    Some(suggestion) => write!(f, "; did you mean `{suggestion}`?"),
+                    None => write!(f, "; name a field of these models, or give each #[publish(...)] its own partition_key"),
+                }
+            }
             Problem::UndeclaredTopic { topic, by, location, suggestion } => {
                 write!(f, "{by} ({location}) refers to topic `{topic}`, which no #[dionysus::topic] declares")?;
                 match suggestion {
@@ -553,6 +617,7 @@ impl fmt::Display for Problem {
 
 /// Every problem [`Registry::validate`] found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub struct RegistryError {
     /// The problems, in a stable order (by topic name).
     pub problems: Vec<Problem>,
@@ -673,6 +738,66 @@ mod tests {
         let error =
             Registry::new([&RENTALS, &RENTALS_SIX, &ACCOUNTS, &ACCOUNTS_GENESIS], [&USES_TYPO]).validate().unwrap_err();
         assert_eq!(error.problems.len(), 3, "{error}");
+    }
+
+    static KEYED: TopicDeclaration =
+        TopicDeclaration { partition_key: Some("acount_id"), ..topic("v3_keyed", "app::Keyed", None) };
+    static KEYED_RIGHT: TopicDeclaration =
+        TopicDeclaration { partition_key: Some("account_id"), ..topic("v3_keyed", "app::Keyed", None) };
+    static RENTAL: ModelEntry = ModelEntry {
+        model_name: "Rental",
+        table: "rentals",
+        primary_key: "id",
+        attributes: &["id", "account_id", "name"],
+        rust_name: "app::Rental",
+        ..ModelEntry::INVALID
+    };
+
+    const fn publication(partition_key: PartitionKeySource) -> Publication {
+        Publication {
+            model: &RENTAL,
+            topic: "v3_keyed",
+            partition_key,
+            with: &[],
+            observe: &[],
+            serialize: |_, _| Ok(serde_json::Value::Null),
+            location: "src/rental.rs:2",
+        }
+    }
+
+    static INHERITS: Publication = publication(PartitionKeySource::Inherit);
+    static OWN_KEY: Publication = publication(PartitionKeySource::Attribute("account_id"));
+
+    #[test]
+    fn a_topic_partition_key_no_model_has_is_reported_with_the_field_meant() {
+        let error = Registry::new([&KEYED], []).with_publications([&INHERITS]).validate().unwrap_err();
+        assert_eq!(
+            error.problems,
+            [Problem::UnknownPartitionKey {
+                topic: "v3_keyed".to_owned(),
+                key: "acount_id".to_owned(),
+                declared: "app::Keyed (src/topics.rs:1)".to_owned(),
+                models: vec!["app::Rental".to_owned()],
+                suggestion: Some("account_id".to_owned()),
+            }]
+        );
+        let text = error.to_string();
+        assert!(
+            text.contains(
+                "topic `v3_keyed` (app::Keyed (src/topics.rs:1)): its partition key names the field `acount_id`"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("did you mean `account_id`?"), "{text}");
+    }
+
+    #[test]
+    fn a_topic_partition_key_is_fine_when_a_model_has_it_or_none_uses_it() {
+        assert_eq!(Registry::new([&KEYED_RIGHT], []).with_publications([&INHERITS]).validate(), Ok(()));
+        // Every publication names its own key: the topic's is never used.
+        assert_eq!(Registry::new([&KEYED], []).with_publications([&OWN_KEY]).validate(), Ok(()));
+        // Nothing published here (a consumer's declaration).
+        assert_eq!(Registry::new([&KEYED], []).validate(), Ok(()));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! the relay and genesis handle, and the [`RecordFilter`] records are loaded with.
 //!
 //! This module is vocabulary only: it does not load, serialize or publish anything (that is
-//! `produce`), and the typed [`Publishable`](crate::Publishable) trait lives with the producer.
+//! `producer`'s), and the typed [`Publishable`](crate::Publishable) trait lives with the
+//! producer.
 
 use std::any::{Any, TypeId};
 use std::future::Future;

@@ -42,7 +42,7 @@ impl Envelope {
     }
 
     /// The compact JSON bytes, escaped as ActiveSupport does.
-    pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
         to_json(self)
     }
 }
@@ -59,8 +59,8 @@ pub enum EnvelopeError {
 }
 
 /// Serializes to compact JSON with ActiveSupport's escaping.
-pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EnvelopeError> {
-    let text = serde_json::to_string(value).map_err(EnvelopeError::Json)?;
+pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let text = serde_json::to_string(value)?;
     Ok(escape_like_active_support(&text).into_bytes())
 }
 
@@ -507,49 +507,6 @@ fn decode_value_with<R: ReadRecords>(json: Value, reader: &mut R) -> Result<Deco
 /// A time as ActiveSupport writes it in JSON: `2022-08-12T13:24:24.000Z`.
 pub fn format_timestamp(time: &DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// Serde helpers writing times as [`format_timestamp`] does, for model fields:
-/// `#[serde(with = "dionysus::wire::envelope::timestamp")]`.
-pub mod timestamp {
-    use chrono::{DateTime, Utc};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Writes `2022-08-12T13:24:24.000Z`.
-    pub fn serialize<S: Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&super::format_timestamp(time))
-    }
-
-    /// Reads any form [`super::parse_timestamp`] accepts.
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
-        let value = serde_json::Value::deserialize(deserializer)?;
-        super::parse_timestamp(&value).ok_or_else(|| serde::de::Error::custom(format!("not a timestamp: {value}")))
-    }
-
-    /// The same for `Option<DateTime<Utc>>` (`null` when absent).
-    pub mod option {
-        use chrono::{DateTime, Utc};
-        use serde::{Deserialize, Deserializer, Serializer};
-
-        /// Writes the time or `null`.
-        pub fn serialize<S: Serializer>(time: &Option<DateTime<Utc>>, serializer: S) -> Result<S::Ok, S::Error> {
-            match time {
-                Some(time) => super::serialize(time, serializer),
-                None => serializer.serialize_none(),
-            }
-        }
-
-        /// Reads a time or `null`.
-        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<DateTime<Utc>>, D::Error> {
-            let value = serde_json::Value::deserialize(deserializer)?;
-            if value.is_null() {
-                return Ok(None);
-            }
-            super::super::parse_timestamp(&value)
-                .map(Some)
-                .ok_or_else(|| serde::de::Error::custom(format!("not a timestamp: {value}")))
-        }
-    }
 }
 
 /// Reads a timestamp from a payload value: ISO-8601 / RFC 3339 with any offset, the same

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 /// Serializing a record failed; the outbox row is retried later.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SerializeError {
     /// serde failed.
     #[error("serializing {model} {id}")]
@@ -38,9 +39,17 @@ pub enum SerializeError {
         /// The record's model.
         found: &'static str,
     },
-    /// A custom serializer's own error.
-    #[error("{0}")]
-    Custom(String),
+    /// A custom serializer's own error ([`SerializeError::custom`]).
+    #[error("the serializer failed")]
+    Custom(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl SerializeError {
+    /// A custom serializer's own error: anything that converts into a boxed error (any
+    /// `std::error::Error + Send + Sync`, a `String`, an `anyhow::Error`).
+    pub fn custom(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> SerializeError {
+        SerializeError::Custom(error.into())
+    }
 }
 
 /// The sideloaded `with(...)` dependencies of one record, in declaration order.

@@ -20,12 +20,16 @@ pub struct Column {
     pub kind: ColumnKind,
     /// Whether it accepts `NULL` (an `Option<…>` field).
     pub nullable: bool,
+    /// Its PostgreSQL type, from the field's type (`bigint`, `text[]`, …; see
+    /// [`ColumnType::SQL_TYPE`](super::ColumnType::SQL_TYPE)).
+    pub sql_type: &'static str,
 }
 
 impl Column {
-    /// A column that takes its value from the attribute of its own name.
+    /// A column that takes its value from the attribute of its own name, with its kind's
+    /// PostgreSQL type.
     pub const fn named(name: &'static str, kind: ColumnKind, nullable: bool) -> Column {
-        Column { name, source: name, kind, nullable }
+        Column { name, source: name, kind, nullable, sql_type: kind.default_sql_type() }
     }
 }
 

@@ -58,7 +58,7 @@ impl Record {
 
 /// A record that cannot be deserialized.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeserializeError {
+pub(crate) enum DeserializeError {
     /// A record is not a JSON object.
     #[error("record {path} must be a JSON object, got {found}")]
     NotAnObject {
@@ -78,23 +78,25 @@ pub enum DeserializeError {
 }
 
 /// Deserializes an event's `data` list.
-pub fn deserialize(data: &[Value]) -> Result<Vec<Record>, DeserializeError> {
+#[cfg(test)]
+pub(crate) fn deserialize(data: &[Value]) -> Result<Vec<Record>, DeserializeError> {
     deserialize_owned(data.iter().cloned().map(RawRecord::from).collect())
 }
 
 /// [`deserialize`], taking the decoded records: values move into the records instead of
 /// being copied.
-pub fn deserialize_owned(data: Vec<RawRecord>) -> Result<Vec<Record>, DeserializeError> {
+pub(crate) fn deserialize_owned(data: Vec<RawRecord>) -> Result<Vec<Record>, DeserializeError> {
     data.into_iter().enumerate().map(|(index, item)| deserialize_record(index, item)).collect()
 }
 
 /// Deserializes the record at position `index` of an event's `data`, moving its values.
-pub fn deserialize_record(index: usize, item: RawRecord) -> Result<Record, DeserializeError> {
+pub(crate) fn deserialize_record(index: usize, item: RawRecord) -> Result<Record, DeserializeError> {
     deserialize_at(item, &|| format!("data[{index}]"))
 }
 
 /// Deserializes one record.
-pub fn deserialize_one(item: &Value) -> Result<Record, DeserializeError> {
+#[cfg(test)]
+pub(crate) fn deserialize_one(item: &Value) -> Result<Record, DeserializeError> {
     deserialize_at(RawRecord::from(item.clone()), &|| "data[0]".to_owned())
 }
 

@@ -8,13 +8,15 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
+use super::column_type::ColumnKind;
+use super::descriptor::{DestroyStrategy, ReplicaDescriptor, Replicas};
 use super::plan::normalize;
-use super::{ColumnKind, DestroyStrategy, ReplicaDescriptor, Replicas};
 use crate::config::ConsumerConfig;
 
 /// A replica declaration that cannot work with the configured attribute names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("replica model `{model}` ({declared_by}, {location}): {problem}")]
+#[non_exhaustive]
 pub struct ReplicaError {
     /// The source model.
     pub model: String,

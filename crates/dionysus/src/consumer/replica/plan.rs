@@ -24,22 +24,34 @@ pub type ChangeSet = Map<String, Value>;
 
 /// A record that cannot be stored in its replica table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RecordError {
+pub(crate) enum RecordError {
     /// The record has no `id` (C-9).
     #[error("[Dionysus] synced_id nil for {model} record, that should never happen!")]
     MissingId {
         /// Source model.
         model: String,
     },
-    /// A value does not fit its column: model, id, key, column, value and what the column
-    /// accepts, in one sentence.
-    #[error("{0}")]
-    WrongType(String),
+    /// A value does not fit its column.
+    #[error("{model} {id}: `{key}` = {value} does not fit column `{column}` ({expected})")]
+    WrongType {
+        /// Source model.
+        model: &'static str,
+        /// The record's id, as text.
+        id: String,
+        /// The payload attribute.
+        key: &'static str,
+        /// The replica column.
+        column: &'static str,
+        /// The value as JSON, cut to 80 characters.
+        value: String,
+        /// What the column accepts, e.g. "a timestamp".
+        expected: &'static str,
+    },
 }
 
 impl RecordError {
     /// A short machine-readable reason, used in dead-letter headers.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             RecordError::MissingId { .. } => "missing_id",
             RecordError::WrongType { .. } => "wrong_type",
@@ -49,7 +61,7 @@ impl RecordError {
 
 /// A record checked against its replica model, ready to be planned.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// The source id, as it goes into the `synced_id` column.
     pub synced_id: Value,
     /// `updated_at`, else `created_at`, of the payload (C-10); `None` when neither is set.
@@ -62,7 +74,7 @@ pub struct Prepared {
 
 /// What to do with one row.
 #[derive(Debug, Clone, PartialEq)]
-pub enum RowPlan {
+pub(crate) enum RowPlan {
     /// The record is older than the row (C-10): nothing is touched.
     Stale,
     /// Insert (when `exists` is false) or update the row to `row`.
@@ -84,13 +96,13 @@ pub enum RowPlan {
 }
 
 /// Checks `record` against `replica` and computes the assignments (C-9, C-11).
-pub fn prepare(replica: &ReplicaDescriptor, record: &Record) -> Result<Prepared, RecordError> {
+pub(crate) fn prepare(replica: &ReplicaDescriptor, record: &Record) -> Result<Prepared, RecordError> {
     prepare_with(replica, record, true)
 }
 
 /// [`prepare`] without the `synced_data` column, for a caller that writes it from the
 /// record's attributes itself (as JSON text, without copying them).
-pub fn prepare_columns(replica: &ReplicaDescriptor, record: &Record) -> Result<Prepared, RecordError> {
+pub(crate) fn prepare_columns(replica: &ReplicaDescriptor, record: &Record) -> Result<Prepared, RecordError> {
     prepare_with(replica, record, false)
 }
 
@@ -112,7 +124,7 @@ fn prepare_with(replica: &ReplicaDescriptor, record: &Record, data: bool) -> Res
 /// [`prepare`]'s checks alone, keeping nothing: whether `record` fits `replica`, and its
 /// event time. Copies no value that fits its column as sent (`synced_data` included), so a
 /// whole message can be checked before anything is written without holding a second copy.
-pub fn check(replica: &ReplicaDescriptor, record: &Record) -> Result<Option<DateTime<Utc>>, RecordError> {
+pub(crate) fn check(replica: &ReplicaDescriptor, record: &Record) -> Result<Option<DateTime<Utc>>, RecordError> {
     walk(replica, record, |_, _| {}).map(|checked| checked.event_time)
 }
 
@@ -141,7 +153,7 @@ fn walk<'r>(
         return Err(RecordError::MissingId { model: replica.model.to_owned() });
     };
     let attributes = &record.attributes;
-    let wrong = |key: &str, column: &str, value: &Value, expected: &str| {
+    let wrong = |key: &'static str, column: &'static str, value: &Value, expected: &'static str| {
         let id_text = match synced_id {
             Value::String(text) => text.clone(),
             other => other.to_string(),
@@ -155,10 +167,7 @@ fn walk<'r>(
             shown.truncate(end);
             shown.push_str("...");
         }
-        RecordError::WrongType(format!(
-            "{} {id_text}: `{key}` = {shown} does not fit column `{column}` ({expected})",
-            replica.model
-        ))
+        RecordError::WrongType { model: replica.model, id: id_text.clone(), key, column, value: shown, expected }
     };
     let mut event_time = None;
     for key in ["synced_updated_at", "synced_created_at"] {
@@ -195,12 +204,12 @@ fn walk<'r>(
 }
 
 /// The canonical text of a time in replica rows and local changes.
-pub fn canonical_time(time: &DateTime<Utc>) -> String {
+pub(crate) fn canonical_time(time: &DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 /// Normalises `value` for a column of `kind`; `Err` names what the column accepts.
-pub fn normalize(kind: ColumnKind, value: &Value) -> Result<Value, &'static str> {
+pub(crate) fn normalize(kind: ColumnKind, value: &Value) -> Result<Value, &'static str> {
     normalized(kind, value).map(Cow::into_owned)
 }
 
@@ -280,7 +289,7 @@ fn is_uuid(text: &str) -> bool {
 
 /// Normalises a row read from the database (`to_jsonb(row)`) so it compares equal to
 /// normalised payload values.
-pub fn normalize_row(replica: &ReplicaDescriptor, row: &mut Map<String, Value>) {
+pub(crate) fn normalize_row(replica: &ReplicaDescriptor, row: &mut Map<String, Value>) {
     for column in replica.columns {
         if let Some(value) = row.get_mut(column.name) {
             let changed = match normalized(column.kind, value) {
@@ -297,7 +306,7 @@ pub fn normalize_row(replica: &ReplicaDescriptor, row: &mut Map<String, Value>) 
 /// What a record does to its row, decided without looking at the row: the part of
 /// dionysus-rb's persistence rules (C-12, C-13) that only depends on the event.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Intent {
+pub(crate) enum Intent {
     /// Delete the row (C-13 destroy); a missing row is left alone (C-14).
     Remove,
     /// Write these columns (the synced id included).
@@ -314,7 +323,7 @@ pub enum Intent {
 ///
 /// `aggregate_root` is false for sideloaded records (which are never removed), `now` is the
 /// cancel time when the event has no time of its own.
-pub fn intent(
+pub(crate) fn intent(
     replica: &ReplicaDescriptor,
     kind: EventKind,
     aggregate_root: bool,
@@ -327,7 +336,7 @@ pub fn intent(
 
 /// [`intent`], moving the prepared values into the result instead of copying them: for a
 /// record that is written once and not planned again. `prepared.assignments` is left empty.
-pub fn take_intent(
+pub(crate) fn take_intent(
     replica: &ReplicaDescriptor,
     kind: EventKind,
     aggregate_root: bool,
@@ -391,7 +400,7 @@ fn assign(assigned: &mut Vec<(&'static str, Value)>, name: &'static str, value: 
 /// Decided from the prepared values, before [`intent`]: the intent writes only the
 /// soft-delete column and the synced id besides them, so the time columns it writes are
 /// these (a soft-delete column that is also a time column is left to the exact path).
-pub fn guard_from_prepared(replica: &ReplicaDescriptor, prepared: &Prepared) -> bool {
+pub(crate) fn guard_from_prepared(replica: &ReplicaDescriptor, prepared: &Prepared) -> bool {
     let time_columns = [replica.synced_updated_at, replica.synced_created_at];
     let strategy_column = match replica.strategy {
         DestroyStrategy::Set { column, .. } => Some(column),
@@ -425,14 +434,14 @@ pub fn guard_from_prepared(replica: &ReplicaDescriptor, prepared: &Prepared) -> 
 
 /// Whether the stored row's time makes the record stale (C-10): both times known and the
 /// event's older. The stored time is the [`ReplicaDescriptor::guard_column`]'s. Ties apply.
-pub fn is_stale(replica: &ReplicaDescriptor, prepared: &Prepared, old: &Map<String, Value>) -> bool {
+pub(crate) fn is_stale(replica: &ReplicaDescriptor, prepared: &Prepared, old: &Map<String, Value>) -> bool {
     let local_time = replica.guard_column().and_then(|column| old.get(column)).and_then(parse_timestamp);
     matches!((prepared.event_time, local_time), (Some(event_time), Some(local_time)) if event_time < local_time)
 }
 
 /// Decides what happens to the row of one prepared record (C-10, C-12, C-13, C-14), given
 /// the current row `old` (normalised); see [`intent`] for the other arguments.
-pub fn plan(
+pub(crate) fn plan(
     replica: &ReplicaDescriptor,
     kind: EventKind,
     aggregate_root: bool,
@@ -445,7 +454,7 @@ pub fn plan(
 
 /// [`plan`], moving the prepared values into the new row instead of copying them; the
 /// changes are only computed when `changes` is true (else they are empty).
-pub fn plan_owned(
+pub(crate) fn plan_owned(
     replica: &ReplicaDescriptor,
     kind: EventKind,
     aggregate_root: bool,
@@ -497,7 +506,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::consumer::replica::deserialize_one;
+    use crate::consumer::replica::deserialize::deserialize_one;
 
     const fn column(name: &'static str, kind: ColumnKind, nullable: bool) -> Column {
         Column::named(name, kind, nullable)
@@ -510,7 +519,7 @@ mod tests {
         column("synced_canceled_at", ColumnKind::Timestamp, true),
         column("synced_data", ColumnKind::Json, true),
         column("name", ColumnKind::Text, true),
-        Column { name: "rental_type", source: "type", kind: ColumnKind::Text, nullable: true },
+        Column { name: "rental_type", source: "type", kind: ColumnKind::Text, nullable: true, sql_type: "text" },
     ];
 
     static RENTAL: ReplicaDescriptor = ReplicaDescriptor {

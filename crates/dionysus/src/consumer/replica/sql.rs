@@ -20,16 +20,17 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{Map, Value};
 
+use super::column_type::ColumnKind;
+use super::descriptor::{Column, ReplicaDescriptor};
 use super::plan::canonical_time;
-use super::{Column, ColumnKind, ReplicaDescriptor};
 
 /// `"name"`, with embedded quotes doubled; a dotted name quotes each part (`"app"."rentals"`).
-pub fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     name.split('.').map(|part| format!("\"{}\"", part.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
 }
 
 /// The key identifying a row by its synced id in maps: the id's text.
-pub fn id_key(id: &Value) -> String {
+pub(crate) fn id_key(id: &Value) -> String {
     match id {
         Value::String(text) => text.clone(),
         other => other.to_string(),
@@ -50,7 +51,7 @@ struct OffsetRow {
 
 /// The current rows of the given synced ids, locked for this transaction (`FOR UPDATE`),
 /// keyed by [`id_key`].
-pub async fn load_rows(
+pub(crate) async fn load_rows(
     conn: &mut AsyncPgConnection,
     replica: &ReplicaDescriptor,
     ids: &[Value],
@@ -128,7 +129,7 @@ fn set_from_excluded<'a>(
 
 /// Updates existing rows to the given complete rows (every column of the model), under the
 /// timestamp guard unless `guarded` is false (the caller decided it on the locked row).
-pub async fn update_rows(
+pub(crate) async fn update_rows(
     conn: &mut AsyncPgConnection,
     replica: &ReplicaDescriptor,
     rows: Vec<Map<String, Value>>,
@@ -161,7 +162,7 @@ pub async fn update_rows(
 /// Inserts new rows; each row only sets the columns it has (the others take their
 /// defaults). A row that appeared meanwhile is updated under the timestamp guard unless
 /// `guarded` is false (import mode, C-8).
-pub async fn insert_rows(
+pub(crate) async fn insert_rows(
     conn: &mut AsyncPgConnection,
     replica: &ReplicaDescriptor,
     rows: Vec<Map<String, Value>>,
@@ -206,7 +207,7 @@ pub async fn insert_rows(
 
 /// The key of a synced id as the database prints the column (`id::text`): [`id_key`],
 /// lowercased for UUID ids.
-pub fn row_key(replica: &ReplicaDescriptor, id: &Value) -> String {
+pub(crate) fn row_key(replica: &ReplicaDescriptor, id: &Value) -> String {
     let key = id_key(id);
     match replica.column(replica.synced_id) {
         Some(column) if column.kind == ColumnKind::Uuid => key.to_lowercase(),
@@ -217,7 +218,7 @@ pub fn row_key(replica: &ReplicaDescriptor, id: &Value) -> String {
 /// A row for [`upsert_rows`]: the columns to write (the synced id included) and the column
 /// whose stored non-null value wins, if any.
 #[derive(Debug)]
-pub struct UpsertRow {
+pub(crate) struct UpsertRow {
     /// Column → value.
     pub values: Vec<(&'static str, Value)>,
     /// See [`crate::consumer::replica::plan::Intent::Write`].
@@ -266,7 +267,7 @@ type UpsertGroup = ((Vec<&'static Column>, Option<&'static str>), Vec<Vec<Cell>>
 /// table and consumer; a failed write forgets its table's entry, so an altered table is
 /// read again on the retry.
 #[derive(Debug, Clone, Default)]
-pub struct ColumnTypes {
+pub(crate) struct ColumnTypes {
     tables: Arc<Mutex<HashMap<&'static str, Arc<TypesOfTable>>>>,
 }
 
@@ -394,7 +395,7 @@ impl ColumnArray {
 ///
 /// Only exact when the written time columns carry the event's time; see
 /// [`crate::consumer::replica::plan::guard_from_prepared`].
-pub async fn upsert_rows(
+pub(crate) async fn upsert_rows(
     conn: &mut AsyncPgConnection,
     replica: &'static ReplicaDescriptor,
     types: &ColumnTypes,
@@ -546,7 +547,7 @@ async fn upsert_group(
 /// Deletes the rows of the given `(synced id, event time)`s unless the stored row is newer
 /// (C-10), without reading them first. Returns the [`row_key`]s of the rows left alone
 /// because they were newer; a missing row is not an error (C-14).
-pub async fn delete_guarded(
+pub(crate) async fn delete_guarded(
     conn: &mut AsyncPgConnection,
     replica: &ReplicaDescriptor,
     rows: Vec<(Value, Option<DateTime<Utc>>)>,
@@ -582,7 +583,7 @@ pub async fn delete_guarded(
 const EVENT_TIME_KEY: &str = "dionysus:event_time";
 
 /// Deletes the rows of the given synced ids.
-pub async fn delete_rows(
+pub(crate) async fn delete_rows(
     conn: &mut AsyncPgConnection,
     replica: &ReplicaDescriptor,
     ids: &[Value],
@@ -602,7 +603,7 @@ pub async fn delete_rows(
 /// Resolves to-many relationships (C-16 `resolve_to_many_association`): for each
 /// `(parent id, child ids)`, the listed children get `foreign_key = parent` and the other
 /// children of that parent are detached (`foreign_key = NULL`).
-pub async fn resolve_to_many<V: Borrow<Value>>(
+pub(crate) async fn resolve_to_many<V: Borrow<Value>>(
     conn: &mut AsyncPgConnection,
     child: &ReplicaDescriptor,
     foreign_key: &str,
@@ -649,7 +650,10 @@ pub async fn resolve_to_many<V: Borrow<Value>>(
 
 /// Takes the per-message processing locks (C-3's processing mutex) as PostgreSQL advisory
 /// transaction locks, all in one statement and in a fixed order so batches cannot deadlock.
-pub async fn advisory_locks(conn: &mut AsyncPgConnection, names: Vec<String>) -> Result<(), diesel::result::Error> {
+pub(crate) async fn advisory_locks(
+    conn: &mut AsyncPgConnection,
+    names: Vec<String>,
+) -> Result<(), diesel::result::Error> {
     if names.is_empty() {
         return Ok(());
     }
@@ -666,7 +670,7 @@ pub async fn advisory_locks(conn: &mut AsyncPgConnection, names: Vec<String>) ->
 /// The stored next offset of a partition, locking its row for this transaction (the row is
 /// created with `-1`, "nothing stored", when missing), so two consumers of one partition
 /// serialize here.
-pub async fn lock_offset(
+pub(crate) async fn lock_offset(
     conn: &mut AsyncPgConnection,
     group: &str,
     topic: &str,
@@ -686,7 +690,7 @@ pub async fn lock_offset(
 }
 
 /// Stores the next offset of a partition (in the batch's transaction).
-pub async fn store_offset(
+pub(crate) async fn store_offset(
     conn: &mut AsyncPgConnection,
     group: &str,
     topic: &str,
@@ -716,7 +720,9 @@ struct StoredOffset {
     next_offset: i64,
 }
 
-/// Every stored offset of a group: `(topic, partition) → next offset`.
+/// How far a consumer group got: for every partition it has applied messages of, the next
+/// offset it will read, `(topic, partition) → next offset`, as stored with the replica rows
+/// (`dionysus_consumer_offsets`).
 pub async fn stored_offsets(
     conn: &mut AsyncPgConnection,
     group: &str,

@@ -20,6 +20,7 @@ use crate::producer::outbox::open_changeset;
 use crate::producer::outbox::{owner_updated_row, related_owners_filter, Changeset, NewOutboxRow};
 use crate::producer::plan::{self, Composed, PlanError, RowPlan, RowRef};
 use crate::producer::sender::{self, Failure, Sender};
+use crate::producer::serialize::SideloadError;
 use crate::registry::model::{Condition, IdValue, Record, Relation};
 use crate::registry::Registry;
 use crate::telemetry::Report;
@@ -97,14 +98,8 @@ impl Batch<'_> {
         }
         let (eligible, held_back) = hold_young_rows(rows, self.config.publishing_delay, Utc::now());
         report.held_back = held_back;
-        let (eligible, duplicates) = if self.config.remove_consecutive_duplicates {
-            remove_consecutive_duplicates(eligible)
-        } else {
-            (eligible, Vec::new())
-        };
-
-        let references: Vec<RowRef> = eligible.iter().map(row_ref).collect();
-        let plans = match plan::plan_rows(conn, self.registry, self.config, &references).await {
+        let Planned { eligible, duplicates, plans } = plan_batch(conn, self.registry, self.config, eligible).await;
+        let plans = match plans {
             Ok(plans) => plans,
             Err(error) => {
                 // Loading failed for the whole batch: every row fails alike and is retried.
@@ -134,7 +129,7 @@ impl Batch<'_> {
                         in_flight.push((index, deliveries));
                         Outcome::NotSent // replaced once its deliveries are settled
                     }
-                    Err(failure) => Outcome::Failed(failure),
+                    Err(error) => Outcome::Failed(error.into()),
                 },
                 RowPlan::Skip(reason) => {
                     // Normal (a record destroyed before its update was published): said at
@@ -148,20 +143,22 @@ impl Batch<'_> {
                     row.encryption_key_id.as_deref(),
                     &row.changeset,
                 ) {
-                    Err(error) => Outcome::Failed(Failure { class: SEAL_ERROR, message: error.to_string() }),
-                    Ok(changeset) => match expand_deferred_observers(conn, self.registry, self.config, row, &changeset)
-                        .await
-                    {
-                        Ok(written) => {
-                            tracing::info!(
-                                outbox_id = row.id,
-                                rows = written,
-                                "expanded a deferred observer row into outbox rows"
-                            );
-                            Outcome::NothingToSend
+                    Err(error) => Outcome::Failed(Failure { class: SEAL_ERROR, message: Report(&error).to_string() }),
+                    Ok(changeset) => {
+                        match expand_deferred_observers(conn, self.registry, self.config, row, &changeset).await {
+                            Ok(written) => {
+                                tracing::info!(
+                                    outbox_id = row.id,
+                                    rows = written,
+                                    "expanded a deferred observer row into outbox rows"
+                                );
+                                Outcome::NothingToSend
+                            }
+                            Err(error) => {
+                                Outcome::Failed(Failure { class: "ObserverError", message: Report(&error).to_string() })
+                            }
                         }
-                        Err(error) => Outcome::Failed(Failure { class: "ObserverError", message: error.to_string() }),
-                    },
+                    }
                 },
                 RowPlan::Fail(error) => {
                     Outcome::Failed(Failure { class: plan_error_class(&error), message: Report(&error).to_string() })
@@ -269,6 +266,77 @@ impl Batch<'_> {
         log_failures(&failures, fatal.as_ref().map(|(_, reason)| reason.as_str()), parked_rows);
         record_failures(conn, self.config, &failures, clock, rand::random::<f64>).await
     }
+}
+
+/// Rows of a batch ready to send: the eligible rows left after consecutive duplicates were
+/// removed (when configured), those duplicates (marked published unsent), and the plan of
+/// each eligible row, or the error that failed the whole batch's loading.
+pub(crate) struct Planned {
+    pub(crate) eligible: Vec<PendingRow>,
+    pub(crate) duplicates: Vec<PendingRow>,
+    pub(crate) plans: Result<Vec<RowPlan>, PlanError>,
+}
+
+/// What a batch does with its eligible rows before sending anything: removes consecutive
+/// duplicates when configured, loads the records and plans every row.
+pub(crate) async fn plan_batch(
+    conn: &mut AsyncPgConnection,
+    registry: &Registry,
+    config: &ProducerConfig,
+    eligible: Vec<PendingRow>,
+) -> Planned {
+    let (eligible, duplicates) = if config.remove_consecutive_duplicates {
+        remove_consecutive_duplicates(eligible)
+    } else {
+        (eligible, Vec::new())
+    };
+    let references: Vec<RowRef> = eligible.iter().map(row_ref).collect();
+    let plans = plan::plan_rows(conn, registry, config, &references).await;
+    Planned { eligible, duplicates, plans }
+}
+
+/// One pending row as a batch would treat it now.
+#[derive(Debug)]
+pub(crate) enum RowPreview {
+    /// Planned (messages to send, nothing to send, deferred observers, or a failure).
+    Planned(RowPlan),
+    /// A consecutive duplicate: marked published without being sent.
+    Duplicate,
+}
+
+/// Reading or planning the pending rows failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PreviewError {
+    /// The pending rows could not be read.
+    #[error("reading the pending outbox rows")]
+    Read(#[source] diesel::result::Error),
+    /// Loading the records of the rows failed.
+    #[error(transparent)]
+    Plan(PlanError),
+}
+
+/// Every pending, due row of `buckets` in id order, each with what a batch would do with it
+/// now: the same reading and planning as [`Batch::run`] (on the caller's connection, so a
+/// transaction sees its own uncommitted rows), without the publishing delay, without sending
+/// and without marking or writing anything.
+pub(crate) async fn preview(
+    conn: &mut AsyncPgConnection,
+    registry: &Registry,
+    config: &ProducerConfig,
+    buckets: &[i16],
+) -> Result<Vec<(PendingRow, RowPreview)>, PreviewError> {
+    let rows =
+        fetch(conn, buckets, usize::MAX, config.strict_ordering, Clock::Database).await.map_err(PreviewError::Read)?;
+    let Planned { eligible, duplicates, plans } = plan_batch(conn, registry, config, rows).await;
+    let plans = plans.map_err(PreviewError::Plan)?;
+    let mut previews: Vec<(PendingRow, RowPreview)> = eligible
+        .into_iter()
+        .zip(plans)
+        .map(|(row, plan)| (row, RowPreview::Planned(plan)))
+        .chain(duplicates.into_iter().map(|row| (row, RowPreview::Duplicate)))
+        .collect();
+    previews.sort_by_key(|(row, _)| row.id);
+    Ok(previews)
 }
 
 /// One warning per kind of failure in a batch (not one per row: a broker outage fails every
@@ -437,8 +505,9 @@ fn plan_error_class(error: &PlanError) -> &'static str {
         PlanError::UnknownModel(_) => "UnknownModel",
         PlanError::NotPublishedOnTopic { .. } => "NotPublishedOnTopic",
         PlanError::Serialize(_) => "SerializeError",
-        PlanError::Envelope(_) => "EnvelopeError",
-        PlanError::Load { .. } => "LoadError",
+        PlanError::Encode(_) => "EnvelopeError",
+        PlanError::LoadRecords { .. } | PlanError::Sideloads(SideloadError::Load { .. }) => "LoadError",
+        PlanError::Sideloads(SideloadError::Serialize(_)) => "SerializeError",
         PlanError::UnknownTopic(_) => "UnknownTopic",
         PlanError::NoGenesisReplica(_) => "NoGenesisReplica",
         PlanError::Sealed(_) => SEAL_ERROR,
@@ -568,6 +637,41 @@ pub(crate) async fn mark_published(conn: &mut AsyncPgConnection, ids: &[i64]) ->
     Ok(())
 }
 
+/// Why a deferred observer row could not be expanded.
+#[derive(Debug, thiserror::Error)]
+enum ObserverError {
+    /// The row names a model this binary does not know.
+    #[error("no publishable model is named `{0}`")]
+    UnknownModel(String),
+    /// Loading the observed record failed.
+    #[error("loading {model} {id}")]
+    Load {
+        model: &'static str,
+        id: String,
+        #[source]
+        source: diesel::result::Error,
+    },
+    /// Finding the observing records failed.
+    #[error("finding {owner} records observing {model} {id}")]
+    Owners {
+        owner: &'static str,
+        model: &'static str,
+        id: String,
+        #[source]
+        source: diesel::result::Error,
+    },
+    /// Writing their `_updated` rows failed.
+    #[error("writing {rows} outbox row(s) for {owner} records observing {model} {id}")]
+    Write {
+        rows: usize,
+        owner: &'static str,
+        model: &'static str,
+        id: String,
+        #[source]
+        source: diesel::result::Error,
+    },
+}
+
 /// Turns a deferred observer row into `<owner>_updated` rows for every related record, page
 /// by page (P-25: too many to write inside the application's transaction).
 async fn expand_deferred_observers(
@@ -576,15 +680,16 @@ async fn expand_deferred_observers(
     config: &ProducerConfig,
     row: &PendingRow,
     changeset: &Changeset,
-) -> Result<usize, String> {
+) -> Result<usize, ObserverError> {
     const PAGE: i64 = 1000;
     let Some(model) = registry.model(&row.resource_class) else {
-        return Err(format!("no publishable model is named `{}`", row.resource_class));
+        return Err(ObserverError::UnknownModel(row.resource_class.clone()));
     };
+    let id = &row.resource_id;
     let record: Option<Box<dyn Record>> = model
-        .load_by_ids(conn, std::slice::from_ref(&row.resource_id))
+        .load_by_ids(conn, std::slice::from_ref(id))
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|source| ObserverError::Load { model: model.model_name, id: id.clone(), source })?
         .into_iter()
         .next();
     let mut written = 0;
@@ -603,8 +708,10 @@ async fn expand_deferred_observers(
                 .or_else(|| changeset.get(column).map(|(old, _)| old.clone())),
             Relation::OwnerHoldsKey(_) => None,
         };
+        let owners_error =
+            |source| ObserverError::Owners { owner: owner.model_name, model: model.model_name, id: id.clone(), source };
         let Some(filter_base) =
-            related_owners_filter(owner, model, &row.resource_id, relation, key.as_ref()).map_err(|e| e.to_string())?
+            related_owners_filter(owner, model, id, relation, key.as_ref()).map_err(owners_error)?
         else {
             continue;
         };
@@ -612,10 +719,10 @@ async fn expand_deferred_observers(
         loop {
             let mut filter = filter_base.clone();
             if let Some(last) = &after {
-                let value = IdValue::parse(owner.primary_key, owner.id_kind, last).map_err(|e| e.to_string())?;
+                let value = IdValue::parse(owner.primary_key, owner.id_kind, last).map_err(owners_error)?;
                 filter = filter.and(Condition::After { column: owner.primary_key, value });
             }
-            let page = (owner.load)(conn, filter, Some(PAGE)).await.map_err(|e| e.to_string())?;
+            let page = (owner.load)(conn, filter, Some(PAGE)).await.map_err(owners_error)?;
             let Some(last) = page.last() else { break };
             after = Some(last.id());
             let rows: Vec<NewOutboxRow> = page
@@ -623,11 +730,15 @@ async fn expand_deferred_observers(
                 .map(|owner_record| owner_updated_row(publication, owner_record.as_ref(), registry, config))
                 .collect();
             written += rows.len();
-            diesel::insert_into(crate::schema::dionysus_outbox::table)
-                .values(&rows)
-                .execute(conn)
-                .await
-                .map_err(|e| e.to_string())?;
+            diesel::insert_into(crate::schema::dionysus_outbox::table).values(&rows).execute(conn).await.map_err(
+                |source| ObserverError::Write {
+                    rows: rows.len(),
+                    owner: owner.model_name,
+                    model: model.model_name,
+                    id: id.clone(),
+                    source,
+                },
+            )?;
             if i64::try_from(page.len()).unwrap_or(0) < PAGE {
                 break;
             }

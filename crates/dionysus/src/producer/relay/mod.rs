@@ -80,16 +80,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use batch::BatchReport;
+pub(crate) use batch::{PendingRow, PreviewError, RowPreview};
 pub use monitor::{RelayEvent, RelayObserver};
 
 use crate::config::Config;
 use crate::db::Pool;
 use crate::handle::Dionysus;
 use crate::registry::Registry;
-use crate::telemetry::Report;
+use crate::telemetry::{Report, Unhealthy};
 
 /// The relay could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RelayError {
     /// The declarations are inconsistent.
     #[error(transparent)]
@@ -100,11 +102,11 @@ pub enum RelayError {
     /// The database could not be used.
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
-    /// A query failed.
-    #[error("{what}")]
+    /// A query of the relay's own failed.
+    #[error("{operation}")]
     Query {
         /// What was being done.
-        what: String,
+        operation: RelayOperation,
         /// diesel's error.
         #[source]
         source: diesel::result::Error,
@@ -120,6 +122,31 @@ pub enum RelayError {
     },
 }
 
+/// What the relay was doing when a query failed (in [`RelayError::Query`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RelayOperation {
+    /// Taking, renewing or releasing bucket leases.
+    MaintainLeases,
+    /// Publishing a batch of outbox rows.
+    PublishBatch,
+    /// Draining the outbox ([`Relay::drain`]).
+    Drain,
+    /// Deleting published rows past their retention.
+    Prune,
+}
+
+impl std::fmt::Display for RelayOperation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RelayOperation::MaintainLeases => "maintaining relay bucket leases",
+            RelayOperation::PublishBatch => "publishing an outbox batch",
+            RelayOperation::Drain => "draining the outbox",
+            RelayOperation::Prune => "pruning published outbox rows",
+        })
+    }
+}
+
 /// Builds a [`Relay`].
 #[must_use]
 pub struct RelayBuilder {
@@ -128,6 +155,7 @@ pub struct RelayBuilder {
     pool: Option<Pool>,
     producer: Option<crate::kafka::Producer>,
     observer: Option<Arc<dyn RelayObserver>>,
+    #[cfg(feature = "metrics")]
     serve: Option<SocketAddr>,
     health_file: Option<PathBuf>,
     auto_create_topics: bool,
@@ -136,7 +164,7 @@ pub struct RelayBuilder {
 
 impl std::fmt::Debug for RelayBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelayBuilder").field("config", &self.config).field("serve", &self.serve).finish_non_exhaustive()
+        f.debug_struct("RelayBuilder").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -176,7 +204,9 @@ impl RelayBuilder {
     }
 
     /// Serves `/metrics` (Prometheus) and `/health` on this address; installs the Prometheus
-    /// recorder for the `metrics` crate unless another recorder is installed.
+    /// recorder for the `metrics` crate unless another recorder is installed. With the
+    /// `metrics` feature.
+    #[cfg(feature = "metrics")]
     pub fn serve(mut self, address: SocketAddr) -> Self {
         self.serve = Some(address);
         self
@@ -234,6 +264,7 @@ impl RelayBuilder {
                 producer_settings,
                 topics: crate::producer::sender::TopicCache::default(),
                 monitor: monitor::Monitor::new(self.observer),
+                #[cfg(feature = "metrics")]
                 serve: self.serve,
                 health_file: self.health_file,
                 auto_create_topics: self.auto_create_topics,
@@ -249,10 +280,9 @@ fn create_producer(
     settings: &rdkafka::ClientConfig,
     kafka: &crate::config::KafkaConfig,
 ) -> Result<crate::kafka::Producer, crate::kafka::TransportError> {
-    settings.create_with_context(crate::kafka::Logs::default()).map_err(|source| crate::kafka::TransportError::Kafka {
-        what: format!("creating the relay's producer for {}", kafka.bootstrap_servers()),
-        source: crate::kafka::redact_error(source),
-    })
+    settings
+        .create_with_context(crate::kafka::Logs::default())
+        .map_err(crate::kafka::kafka_error(crate::kafka::KafkaOperation::CreateProducer, kafka))
 }
 
 struct Inner {
@@ -266,6 +296,7 @@ struct Inner {
     producer_settings: Option<rdkafka::ClientConfig>,
     topics: crate::producer::sender::TopicCache,
     monitor: monitor::Monitor,
+    #[cfg(feature = "metrics")]
     serve: Option<SocketAddr>,
     health_file: Option<PathBuf>,
     auto_create_topics: bool,
@@ -296,6 +327,7 @@ impl Relay {
             pool: None,
             producer: None,
             observer: None,
+            #[cfg(feature = "metrics")]
             serve: None,
             health_file: None,
             auto_create_topics: false,
@@ -379,18 +411,13 @@ impl Relay {
             let token = background.clone();
             helpers.spawn(async move { relay.listen(token).await });
         }
-        let monitor = self.inner.monitor.clone();
-        let healthy: crate::telemetry::Health = Arc::new(move || {
-            if monitor.healthy(stall) {
-                Ok(())
-            } else {
-                Err(format!("no relay loop finished within {} ms", stall.as_millis()))
-            }
-        });
+        let relay = self.clone();
+        let healthy: crate::telemetry::Health = Arc::new(move || relay.check_health());
         if let Some(path) = self.inner.health_file.clone() {
             let every = (stall / 4).max(Duration::from_millis(100));
             helpers.spawn(crate::telemetry::health_file(path, healthy.clone(), every, background.clone()));
         }
+        #[cfg(feature = "metrics")]
         if let Some(address) = self.inner.serve {
             let handle = crate::telemetry::prometheus();
             let unhealthy = "[Dionysus Producer Outbox healthcheck failed]";
@@ -466,6 +493,18 @@ impl Relay {
         }
     }
 
+    /// Whether the relay is healthy, as `/health` and the liveness file see it: a worker
+    /// finished a loop within the stall threshold (three lease expiries, ten idle sleeps, at
+    /// least 30 s).
+    pub fn check_health(&self) -> Result<(), Unhealthy> {
+        let stall = self.stall_threshold();
+        if self.inner.monitor.healthy(stall) {
+            Ok(())
+        } else {
+            Err(Unhealthy::new(format!("no relay loop finished within {} ms", stall.as_millis())))
+        }
+    }
+
     /// The loop stalls when no worker completed an iteration for this long.
     fn stall_threshold(&self) -> Duration {
         let producer = &self.inner.config.producer;
@@ -483,7 +522,7 @@ impl Relay {
                 Ok(busy) => busy,
                 Err(error) => {
                     leases.invalidate();
-                    monitor.emit(&RelayEvent::Error { worker: &worker_id, error_message: &Report(&error).to_string() });
+                    monitor.emit(&RelayEvent::Error { worker: &worker_id, error: &error });
                     tracing::warn!(worker = %worker_id, "relay iteration failed, retrying: {}", Report(&error));
                     false
                 }
@@ -518,7 +557,7 @@ impl Relay {
             leases
                 .maintain(&mut conn)
                 .await
-                .map_err(|source| RelayError::Query { what: "maintaining relay bucket leases".to_owned(), source })?;
+                .map_err(|source| RelayError::Query { operation: RelayOperation::MaintainLeases, source })?;
         }
         if leases.buckets().is_empty() || !leases.valid() {
             return Ok(false);
@@ -531,7 +570,7 @@ impl Relay {
             .run(&mut conn, &buckets)
             .instrument(span.clone())
             .await
-            .map_err(|source| RelayError::Query { what: "publishing an outbox batch".to_owned(), source })?;
+            .map_err(|source| RelayError::Query { operation: RelayOperation::PublishBatch, source })?;
         span.record("read", report.read);
         if report.producer_failed {
             self.replace_producer(&producer);
@@ -552,7 +591,7 @@ impl Relay {
                 .batch(&producer)
                 .run(&mut conn, &all)
                 .await
-                .map_err(|source| RelayError::Query { what: "draining the outbox".to_owned(), source })?;
+                .map_err(|source| RelayError::Query { operation: RelayOperation::Drain, source })?;
             if report.producer_failed {
                 self.replace_producer(&producer);
             }
@@ -588,7 +627,7 @@ impl Relay {
 }
 
 #[doc(hidden)]
-pub mod simulation {
+pub(crate) mod simulation {
     //! The steps of a batch with a given clock and given delivery outcomes, so property tests
     //! can drive the relay's ordering rules through arbitrary retry schedules and batch
     //! boundaries against a real outbox table. Not a public API: it may change in any release.
@@ -652,9 +691,21 @@ pub mod simulation {
     }
 }
 
+/// Every pending row of the outbox in id order, with what the relay would do with it now
+/// (see `batch::preview`): read and planned on `conn` as a batch does, nothing sent or
+/// marked.
+pub(crate) async fn preview(
+    conn: &mut diesel_async::AsyncPgConnection,
+    registry: &Registry,
+    config: &crate::config::ProducerConfig,
+) -> Result<Vec<(PendingRow, RowPreview)>, PreviewError> {
+    let all: Vec<i16> = (0..i16::try_from(lease::BUCKETS).unwrap_or(64)).collect();
+    batch::preview(conn, registry, config, &all).await
+}
+
 /// Deletes published rows older than `age`, 1000 at a time (oldest ids first) so no statement
 /// holds many locks.
-pub async fn prune(pool: &Pool, age: Duration) -> Result<u64, RelayError> {
+pub(crate) async fn prune(pool: &Pool, age: Duration) -> Result<u64, RelayError> {
     use diesel_async::RunQueryDsl;
     let mut conn = crate::db::checkout(pool).await?;
     let mut total = 0_u64;
@@ -667,7 +718,7 @@ pub async fn prune(pool: &Pool, age: Duration) -> Result<u64, RelayError> {
         .bind::<diesel::sql_types::Double, _>(age.as_secs_f64())
         .execute(&mut conn)
         .await
-        .map_err(|source| RelayError::Query { what: "pruning published outbox rows".to_owned(), source })?;
+        .map_err(|source| RelayError::Query { operation: RelayOperation::Prune, source })?;
         total += deleted as u64;
         if deleted < 1000 {
             return Ok(total);

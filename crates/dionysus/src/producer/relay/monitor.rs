@@ -13,7 +13,7 @@ use diesel_async::RunQueryDsl;
 use tokio_util::sync::CancellationToken;
 
 /// Something the relay did, as dionysus-rb's monitor names it (`outbox_producer.<name>`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum RelayEvent<'a> {
     /// A worker started.
     Started {
@@ -34,8 +34,9 @@ pub enum RelayEvent<'a> {
     Error {
         /// Its id.
         worker: &'a str,
-        /// The error.
-        error_message: &'a str,
+        /// The error (a [`RelayError`](super::RelayError)); [`Report`](crate::error::Report)
+        /// prints it with its causes.
+        error: &'a (dyn std::error::Error + Send + Sync + 'static),
     },
     /// A row was published (acknowledged for every destination).
     Published {
