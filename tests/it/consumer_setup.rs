@@ -75,7 +75,10 @@ fn widgets_registry() -> &'static Registry {
 }
 
 fn config(db: &TestDb) -> Config {
-    Config { database_url: db.url.clone(), kafka: kafka_config(), ..Config::default() }
+    let mut config = Config::default();
+    config.database_url = db.url.clone();
+    config.kafka = kafka_config();
+    config
 }
 
 /// `check` names each problem of a replica table with the SQL that fixes it, and the fixes
@@ -97,7 +100,7 @@ async fn check_reports_replica_table_problems_and_a_handler_event_typo_with_thei
     assert!(out.contains("waits for event `widget_craeted` on topic `setup_widgets`"), "{out}");
     assert!(out.contains("did you mean `widget_created`?"), "{out}");
     assert!(err.contains("replica table `setup_widgets` of "), "{err}");
-    assert!(err.contains("the table does not exist; fix: CREATE TABLE \"setup_widgets\" ("), "{err}");
+    assert!(err.contains("the table does not exist; fix: CREATE TABLE setup_widgets ("), "{err}");
     let fixes = fixes_in(err);
     assert_eq!(fixes.len(), 1, "{fixes:?}");
     conn.batch_execute(&fixes[0]).await.unwrap();
@@ -170,7 +173,7 @@ async fn check_reports_a_topic_partition_key_no_model_has() {
         location: file!(),
     }));
     let publication: &'static Publication = Box::leak(Box::new(Publication {
-        model: dionysus::producer::publishable::model_entry::<crate::relay::Item>(),
+        model: dionysus::__private::model_entry::<crate::relay::Item>(),
         topic: "setup_keyed",
         partition_key: PartitionKeySource::Inherit,
         with: &[],

@@ -613,8 +613,9 @@ async fn a_large_message_stays_within_the_memory_bound() {
     if let Ok(spec) = std::env::var(CHILD) {
         // The child: consume until killed.
         let [url, topic] = spec.split('\n').collect::<Vec<_>>()[..] else { panic!("bad {CHILD}: {spec}") };
-        let mut config =
-            dionysus::Config { database_url: url.to_owned(), kafka: kafka_config(), ..dionysus::Config::default() };
+        let mut config = dionysus::Config::default();
+        config.database_url = url.to_owned();
+        config.kafka = kafka_config();
         config.consumer.max_records_per_message = 1_000_000;
         let pool = dionysus::db::pool(url, 2).unwrap();
         let consumer = Consumer::builder(config)

@@ -200,7 +200,7 @@ async fn published_shows_what_the_relay_would_send_for_uncommitted_rows() {
     assert_not_published!(sent, KitRental, "kit_rental_destroyed");
     assert_not_published!(sent, "KitNote");
     assert!(sent.on_topic("kit_rentals_genesis").is_empty());
-    assert_eq!(found[0].partition(2), dionysus::wire::partition::partition_for(b"7", 2));
+    assert_eq!(found[0].partition(2), dionysus::kafka::partition_for(b"7", 2));
 
     let global = testing::published(&mut conn).await.unwrap();
     assert_eq!(global.messages(), sent.messages(), "the global handle declares the same");

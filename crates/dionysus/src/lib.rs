@@ -355,6 +355,7 @@ pub mod __internals {
 
     /// The producing side's internals.
     pub mod producer {
+        pub use crate::producer::outbox::NewOutboxRow;
         pub use crate::producer::publishable::partition_key;
 
         /// Outbox rows to messages.

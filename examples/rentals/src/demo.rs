@@ -124,7 +124,7 @@ async fn demo(options: &Options) -> anyhow::Result<bool> {
         None
     };
     let brokers = base.kafka.bootstrap_servers();
-    let postgres = mask_password(&base.database_url);
+    let postgres = redact(&base.database_url);
     match &embedded {
         Some(_) => println!(
             "dionysus rentals demo: PostgreSQL at {postgres}, embedded Kafka cluster at {brokers} (librdkafka's mock \
@@ -222,10 +222,10 @@ async fn demo(options: &Options) -> anyhow::Result<bool> {
 
     println!();
     println!("explore (the databases stay until the next run):");
-    println!("  cargo run -p dionysus-example-rentals -- --database-url {} outbox stats", mask_password(&producer_url));
+    println!("  cargo run -p dionysus-example-rentals -- --database-url {} outbox stats", redact(&producer_url));
     println!(
         "  psql {} -c 'SELECT synced_id, name, synced_canceled_at FROM rentals ORDER BY synced_id LIMIT 5'",
-        mask_password(&consumer_url)
+        redact(&consumer_url)
     );
     println!();
     println!("report");

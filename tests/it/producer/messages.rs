@@ -6,11 +6,12 @@
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use dionysus::__internals::producer::plan::{tombstone_messages, OutgoingMessage, PlanError};
+use dionysus::__internals::producer::NewOutboxRow;
+use dionysus::__internals::schema::dionysus_outbox;
 use dionysus::config::{Config, ProducerConfig};
-use dionysus::outbox::{Changeset, NewOutboxRow, Outbox, OutboxRow};
+use dionysus::outbox::{Changeset, Outbox, OutboxRow};
 use dionysus::registry::Registry;
 use dionysus::registry::OBSERVER_TOPIC;
-use dionysus::schema::dionysus_outbox;
 use dionysus::testing::{published_with, Published, PublishedError, SkipReason};
 use dionysus::Dionysus;
 use serde_json::{json, Value};

@@ -979,14 +979,8 @@ async fn replica_tables(
     config: &Config,
     replicas: &[&'static crate::consumer::replica::ReplicaDescriptor],
 ) -> Result<Vec<crate::consumer::replica::TableProblem>, String> {
-    use diesel_async::AsyncConnection;
-    let mut conn = diesel_async::AsyncPgConnection::establish(&config.database_url).await.map_err(|source| {
-        let error = crate::db::DbError::Connect {
-            url: crate::config::redact(&config.database_url),
-            source: crate::db::redact_connection_error(source),
-        };
-        Report(&error).to_string()
-    })?;
+    let pool = crate::db::pool(&config.database_url, 1).map_err(|error| Report(&error).to_string())?;
+    let mut conn = crate::db::checkout(&pool).await.map_err(|error| Report(&error).to_string())?;
     crate::consumer::replica::check_tables(&mut conn, replicas)
         .await
         .map_err(|error| format!("checking the replica tables: {}", Report(&error)))

@@ -738,7 +738,7 @@ impl Consumer {
                 ConsumerError::Pool(_) => true,
                 ConsumerError::Database { source, .. } if verdict(source) == Verdict::Transient => true,
                 // The consumer's own statements: the partition waits (see `messages_may_be_at_fault`).
-                ConsumerError::Database { step, .. } if !messages_may_be_at_fault(step) => return Err(error),
+                ConsumerError::Database { step, .. } if !messages_may_be_at_fault(*step) => return Err(error),
                 ConsumerError::Database { source, .. } => match self.unfit_tables(messages).await {
                     // The catalog cannot be read: the database is not answering.
                     Err(_) => true,

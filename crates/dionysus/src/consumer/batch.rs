@@ -35,7 +35,7 @@ use super::events::{ConsumedEvent, LocalChange, MessageFilter};
 use crate::consumer::replica::deserialize::{deserialize_record, DeserializeError};
 use crate::consumer::replica::plan::RowPlan;
 use crate::consumer::replica::plan::{
-    check, guard_from_prepared, normalize_row, plan_owned, prepare, prepare_columns, take_intent, ChangeSet, Intent,
+    check, guard_from_prepared, normalize_row, plan, prepare, prepare_columns, take_intent, ChangeSet, Intent,
     Prepared, RecordError,
 };
 use crate::consumer::replica::sql::{self, id_key, ColumnTypes, UpsertRow};
@@ -1021,8 +1021,7 @@ async fn apply_once<'a>(
             continue;
         }
         let old = rows.get(&id_key(unit.id));
-        let change = match plan_owned(replica, unit.kind, unit.aggregate_root, prepared, old, now, scope.track_changes)
-        {
+        let change = match plan(replica, unit.kind, unit.aggregate_root, prepared, old, now, scope.track_changes) {
             RowPlan::Stale => {
                 tracing::debug!(table = replica.table, id = %unit.id, "stale record ignored");
                 continue;
@@ -1128,15 +1127,8 @@ async fn fold_chains<'a>(
                 }
                 continue;
             }
-            let plan = plan_owned(
-                replica,
-                unit.kind,
-                unit.aggregate_root,
-                prepared,
-                state.as_ref(),
-                scope.now,
-                scope.track_changes,
-            );
+            let plan =
+                plan(replica, unit.kind, unit.aggregate_root, prepared, state.as_ref(), scope.now, scope.track_changes);
             let change = match plan {
                 RowPlan::Stale => {
                     tracing::debug!(table = replica.table, id = %unit.id, "stale record ignored");

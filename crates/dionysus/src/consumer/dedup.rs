@@ -19,7 +19,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::wire::envelope::{parse_timestamp, Decoded, RawRecord};
+#[cfg(test)]
+use crate::wire::envelope::Decoded;
+use crate::wire::envelope::{parse_timestamp, RawRecord};
 
 #[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Rank {
@@ -28,7 +30,9 @@ enum Rank {
 }
 
 /// The indices of the messages to keep, in output order, or `None` when the strategy does
-/// not apply (the batch is then processed unchanged).
+/// not apply (the batch is then processed unchanged). The consumer takes the same keys
+/// while it decodes ([`record_key`], [`group_key`], [`keep_latest`]).
+#[cfg(test)]
 pub(crate) fn remove_duplicates(batch: &[&Decoded]) -> Option<Vec<usize>> {
     let mut keys = Vec::with_capacity(batch.len());
     for decoded in batch {

@@ -87,7 +87,7 @@ pub mod replica;
 pub(crate) mod runtime;
 
 pub use apply::{BatchStep, Consumer, ConsumerBuilder, ConsumerError, Health, Subscriber};
-pub use batch::UnknownModel;
+pub use batch::{DeadLetter, InboundMessage, UnknownModel};
 pub(crate) use declarations::handler_warnings;
 pub use events::{ConsumedEvent, LocalChange, MessageFilter, Notification};
 pub use handler::{handlers, Context, HandlerDeclaration, HandlerError};

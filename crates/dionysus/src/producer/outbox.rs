@@ -68,12 +68,13 @@ use crate::wire::naming::{self, EventKind};
 use crate::wire::record::id_text;
 
 /// An outbox row to insert.
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq, diesel::Insertable)]
 #[diesel(table_name = dionysus_outbox)]
 // `None` is written as NULL, not as DEFAULT, so the statement's SQL never varies and stays
 // prepared.
 #[diesel(treat_none_as_default_value = false)]
-pub(crate) struct NewOutboxRow {
+pub struct NewOutboxRow {
     /// Model name.
     pub resource_class: String,
     /// Record id as text.

@@ -80,13 +80,7 @@ pub(crate) enum DeserializeError {
 /// Deserializes an event's `data` list.
 #[cfg(test)]
 pub(crate) fn deserialize(data: &[Value]) -> Result<Vec<Record>, DeserializeError> {
-    deserialize_owned(data.iter().cloned().map(RawRecord::from).collect())
-}
-
-/// [`deserialize`], taking the decoded records: values move into the records instead of
-/// being copied.
-pub(crate) fn deserialize_owned(data: Vec<RawRecord>) -> Result<Vec<Record>, DeserializeError> {
-    data.into_iter().enumerate().map(|(index, item)| deserialize_record(index, item)).collect()
+    data.iter().cloned().enumerate().map(|(index, item)| deserialize_record(index, RawRecord::from(item))).collect()
 }
 
 /// Deserializes the record at position `index` of an event's `data`, moving its values.

@@ -319,23 +319,11 @@ pub(crate) enum Intent {
     },
 }
 
-/// Decides what `kind` does to the row of `prepared`, before the stored row is known.
+/// Decides what `kind` does to the row of `prepared`, before the stored row is known,
+/// moving the prepared values into the result (`prepared.assignments` is left empty).
 ///
 /// `aggregate_root` is false for sideloaded records (which are never removed), `now` is the
 /// cancel time when the event has no time of its own.
-pub(crate) fn intent(
-    replica: &ReplicaDescriptor,
-    kind: EventKind,
-    aggregate_root: bool,
-    prepared: &Prepared,
-    now: DateTime<Utc>,
-) -> Intent {
-    let assigned = prepared.assignments.iter().map(|(column, value)| (column.name, value.clone())).collect();
-    intent_with(replica, kind, aggregate_root, prepared, assigned, now)
-}
-
-/// [`intent`], moving the prepared values into the result instead of copying them: for a
-/// record that is written once and not planned again. `prepared.assignments` is left empty.
 pub(crate) fn take_intent(
     replica: &ReplicaDescriptor,
     kind: EventKind,
@@ -397,7 +385,7 @@ fn assign(assigned: &mut Vec<(&'static str, Value)>, name: &'static str, value: 
 /// written `synced_updated_at` (else the written `synced_created_at`, which is also the guard
 /// column of a model without `synced_updated_at`), so that must be the event's time. It is whenever the payload carries `updated_at`, as producers send it.
 ///
-/// Decided from the prepared values, before [`intent`]: the intent writes only the
+/// Decided from the prepared values, before [`take_intent`]: the intent writes only the
 /// soft-delete column and the synced id besides them, so the time columns it writes are
 /// these (a soft-delete column that is also a time column is left to the exact path).
 pub(crate) fn guard_from_prepared(replica: &ReplicaDescriptor, prepared: &Prepared) -> bool {
@@ -440,21 +428,10 @@ pub(crate) fn is_stale(replica: &ReplicaDescriptor, prepared: &Prepared, old: &M
 }
 
 /// Decides what happens to the row of one prepared record (C-10, C-12, C-13, C-14), given
-/// the current row `old` (normalised); see [`intent`] for the other arguments.
+/// the current row `old` (normalised); see [`take_intent`] for the other arguments. The
+/// prepared values move into the new row; the changes are only computed when `changes` is
+/// true (else they are empty).
 pub(crate) fn plan(
-    replica: &ReplicaDescriptor,
-    kind: EventKind,
-    aggregate_root: bool,
-    prepared: &Prepared,
-    old: Option<&Map<String, Value>>,
-    now: DateTime<Utc>,
-) -> RowPlan {
-    plan_owned(replica, kind, aggregate_root, prepared.clone(), old, now, true)
-}
-
-/// [`plan`], moving the prepared values into the new row instead of copying them; the
-/// changes are only computed when `changes` is true (else they are empty).
-pub(crate) fn plan_owned(
     replica: &ReplicaDescriptor,
     kind: EventKind,
     aggregate_root: bool,
@@ -562,7 +539,7 @@ mod tests {
         let record = deserialize_one(&payload).unwrap();
         let prepared = prepare(replica, &record).unwrap();
         let old = old.map(row);
-        plan(replica, kind, true, &prepared, old.as_ref(), now())
+        plan(replica, kind, true, prepared, old.as_ref(), now(), true)
     }
 
     fn written(plan: &RowPlan) -> &Map<String, Value> {

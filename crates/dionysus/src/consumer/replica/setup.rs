@@ -21,24 +21,6 @@ use super::column_type::ColumnKind;
 use super::descriptor::{DestroyStrategy, ReplicaDescriptor};
 use super::sql::quote_ident;
 
-/// The PostgreSQL type a column of `kind` is created with. The element type of an array is
-/// not part of the kind: arrays are created as `text[]` (use the array type of the field's
-/// elements, e.g. `bigint[]` for a `Vec<i64>`).
-pub(crate) fn sql_type(kind: ColumnKind) -> &'static str {
-    match kind {
-        ColumnKind::Integer => "bigint",
-        ColumnKind::Float => "double precision",
-        ColumnKind::Decimal => "numeric",
-        ColumnKind::Bool => "boolean",
-        ColumnKind::Text => "text",
-        ColumnKind::Timestamp => "timestamp with time zone",
-        ColumnKind::Date => "date",
-        ColumnKind::Json => "jsonb",
-        ColumnKind::Uuid => "uuid",
-        ColumnKind::Array => "text[]",
-    }
-}
-
 /// Whether a column whose (base) type is `type_name`, of type category `category`
 /// (`pg_type.typcategory`), holds values of `kind`. Lenient where PostgreSQL converts
 /// (any numeric type for numbers, any string or enum type for text).
@@ -55,25 +37,13 @@ fn accepts(kind: ColumnKind, type_name: &str, category: &str) -> bool {
     }
 }
 
-/// `CREATE TABLE` for a replica: the columns its model writes, in declaration order, with
-/// the synced id as primary key; a column of a non-`Option` field is `NOT NULL`. Columns the
-/// model skips (`#[consume(skip)]`) are the application's to add.
+/// `CREATE TABLE` for a replica on one line, to follow a problem's `fix:`: the statement
+/// `dionysus replica-ddl` prints ([`ReplicaDescriptor::create_table`]) without its comment.
 pub(crate) fn create_table(replica: &ReplicaDescriptor) -> String {
-    let columns: Vec<String> = replica
-        .columns
-        .iter()
-        .map(|column| {
-            let constraint = if column.name == replica.synced_id {
-                " PRIMARY KEY"
-            } else if column.nullable {
-                ""
-            } else {
-                " NOT NULL"
-            };
-            format!("{} {}{constraint}", quote_ident(column.name), sql_type(column.kind))
-        })
-        .collect();
-    format!("CREATE TABLE {} ({});", quote_ident(replica.table), columns.join(", "))
+    let ddl = replica.create_table();
+    let statement: Vec<&str> =
+        ddl.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with("--")).collect();
+    statement.join(" ").replace("( ", "(").replace(" )", ")")
 }
 
 /// One way a replica table does not fit its model.
@@ -364,7 +334,7 @@ pub(crate) fn judge(replica: &ReplicaDescriptor, catalog: &Catalog) -> Vec<Table
     }
     for column in replica.columns {
         let Some(found) = catalog.columns.iter().find(|found| found.name == column.name) else {
-            problems.push(problem(TableIssue::MissingColumn { column: column.name, expected: sql_type(column.kind) }));
+            problems.push(problem(TableIssue::MissingColumn { column: column.name, expected: column.sql_type }));
             continue;
         };
         if found.generated {
@@ -373,7 +343,7 @@ pub(crate) fn judge(replica: &ReplicaDescriptor, catalog: &Catalog) -> Vec<Table
             problems.push(problem(TableIssue::WrongType {
                 column: column.name,
                 found: found.sql_type.clone(),
-                expected: sql_type(column.kind),
+                expected: column.sql_type,
             }));
         }
     }
@@ -486,8 +456,8 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert_eq!(
             problems[0].fix(),
-            "CREATE TABLE \"widgets\" (\"synced_id\" bigint PRIMARY KEY, \"synced_updated_at\" timestamp with time \
-             zone, \"name\" text, \"synced_data\" jsonb);"
+            "CREATE TABLE widgets (synced_id bigint PRIMARY KEY, synced_updated_at timestamp with time zone, name \
+             text, synced_data jsonb);"
         );
         assert!(problems[0]
             .to_string()
@@ -582,7 +552,6 @@ mod tests {
         ];
         for (kind, type_name, category) in created {
             assert!(accepts(kind, type_name, category), "{kind:?}");
-            assert!(!sql_type(kind).is_empty());
         }
         assert!(!accepts(ColumnKind::Json, "text", "S"));
         assert!(!accepts(ColumnKind::Timestamp, "date", "D"));
