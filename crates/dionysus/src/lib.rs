@@ -9,11 +9,11 @@
 //!
 //! | module | owns | leaves to others |
 //! |---|---|---|
-//! | [`wire`] | the format shared with dionysus-rb: envelopes, keys, event names, partition key rules, times | what is sent, and when |
+//! | `wire` (internal) | the format shared with dionysus-rb: envelopes, keys, event names, partition key rules, times | what is sent, and when |
 //! | [`config`] | [`Config`]: every setting, its default and its environment variable | who reads which setting |
 //! | [`Dionysus`] | the handle: one configuration and one registry, from which every part is built | the parts themselves |
 //! | [`registry`] | the declarations the macros collect, and their consistency ([`Registry::validate`]) | the broker and the database |
-//! | [`producer`] | the producing half: [`Publishable`], the [`outbox`] writer, message planning, the [`relay`], [`genesis`] | consuming |
+//! | [`outbox`], [`relay`], [`genesis`], [`respond`], [`serialize`] | the producing half: [`Publishable`], the outbox writer, message planning, the relay, genesis | consuming |
 //! | [`consumer`] | the consuming half: the runtime, batches, offsets, dead letters, [`consumer::replica`] tables, handlers ([`Context`]) | producing |
 //! | [`kafka`] | how we talk to the broker: client settings, topic creation and inspection | what is sent |
 //! | [`migrate`](mod@migrate) | the framework's own tables | the application's tables |

@@ -88,6 +88,7 @@ pub(crate) mod runtime;
 
 pub use apply::{BatchStep, Consumer, ConsumerBuilder, ConsumerError, Health, Subscriber};
 pub use batch::{DeadLetter, InboundMessage, UnknownModel};
+#[cfg(feature = "cli")]
 pub(crate) use declarations::handler_warnings;
 pub use events::{ConsumedEvent, LocalChange, MessageFilter, Notification};
 pub use handler::{handlers, Context, HandlerDeclaration, HandlerError};

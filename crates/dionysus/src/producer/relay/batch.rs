@@ -296,6 +296,7 @@ pub(crate) async fn plan_batch(
 }
 
 /// One pending row as a batch would treat it now.
+#[cfg(feature = "testing")]
 #[derive(Debug)]
 pub(crate) enum RowPreview {
     /// Planned (messages to send, nothing to send, deferred observers, or a failure).
@@ -305,6 +306,7 @@ pub(crate) enum RowPreview {
 }
 
 /// Reading or planning the pending rows failed.
+#[cfg(feature = "testing")]
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PreviewError {
     /// The pending rows could not be read.
@@ -319,6 +321,7 @@ pub(crate) enum PreviewError {
 /// now: the same reading and planning as [`Batch::run`] (on the caller's connection, so a
 /// transaction sees its own uncommitted rows), without the publishing delay, without sending
 /// and without marking or writing anything.
+#[cfg(feature = "testing")]
 pub(crate) async fn preview(
     conn: &mut AsyncPgConnection,
     registry: &Registry,

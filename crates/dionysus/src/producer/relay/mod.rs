@@ -80,6 +80,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use batch::BatchReport;
+#[cfg(feature = "testing")]
 pub(crate) use batch::{PendingRow, PreviewError, RowPreview};
 pub use monitor::{RelayEvent, RelayObserver};
 
@@ -694,6 +695,7 @@ pub(crate) mod simulation {
 /// Every pending row of the outbox in id order, with what the relay would do with it now
 /// (see `batch::preview`): read and planned on `conn` as a batch does, nothing sent or
 /// marked.
+#[cfg(feature = "testing")]
 pub(crate) async fn preview(
     conn: &mut diesel_async::AsyncPgConnection,
     registry: &Registry,
