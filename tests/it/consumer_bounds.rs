@@ -1,7 +1,8 @@
 //! Bounded work per message: repeats of one id in a batch are folded in one pass with the
 //! same outcome as applying them one by one, and a message with more records than the cap
-//! goes to the dead-letter topic while its partition moves on. (Time and memory per message
-//! are measured by the `hostile` benchmark, not here.)
+//! goes to the dead-letter topic while its partition moves on; a message of more rows than
+//! one statement writes ends as smaller messages would. (Time and memory per message are
+//! measured by the `hostile` benchmark and bounded in the hostile suite.)
 
 use dionysus::consumer::{Consumer, UnknownModel};
 use dionysus_tests::TestDb;
@@ -158,4 +159,48 @@ async fn a_message_over_the_record_cap_is_dead_lettered_and_the_partition_moves_
     let ids = |rows: Vec<Value>| rows.iter().map(|row| row["synced_id"].as_i64().unwrap_or(0)).collect::<Vec<_>>();
     assert_eq!(ids(rows(&mut conn, "rentals").await), [4, 5]);
     assert_eq!(ids(rows(&mut conn, "bookings").await), [41, 42, 43]);
+}
+
+/// A message of more rows than one statement writes (2,500 rentals, a third with a
+/// sideloaded booking, some without a time so their rows are read first) ends exactly as
+/// the same records sent a hundred per message, with and without local changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_larger_than_one_statement_ends_as_smaller_messages() {
+    let records: Vec<Value> = (0..2_500)
+        .map(|n| {
+            let mut record = json!({"id": n, "name": format!("r{n}"), "updated_at": t(n % 50)});
+            if n % 3 == 0 {
+                record["links"] = json!({"bookings": [100_000 + n]});
+                record["bookings"] = json!([{"id": 100_000 + n, "start_at": n}]);
+            }
+            if n % 7 == 0 {
+                record.as_object_mut().map(|object| object.remove("updated_at"));
+            }
+            record
+        })
+        .collect();
+    for local_changes in [false, true] {
+        let whole = replica_db().await;
+        let parts = replica_db().await;
+        let (at_once, _) = consumer(&whole, |b| b.local_changes(local_changes));
+        let (in_parts, _) = consumer(&parts, |b| b.local_changes(local_changes));
+        let outcome = at_once
+            .process_batch(&[event(0, "rental_updated", "Rental", Value::Array(records.clone()))])
+            .await
+            .unwrap();
+        assert!(outcome.dead_letters.is_empty(), "{:?}", outcome.dead_letters);
+        let reported = outcome.events[0].local_changes.len();
+        assert_eq!(reported, if local_changes { 2_500 + 834 } else { 0 }, "one entry per row written");
+        for (offset, part) in (1..).zip(records.chunks(100)) {
+            let outcome =
+                in_parts.process_batch(&[event(offset, "rental_updated", "Rental", Value::Array(part.to_vec()))]).await;
+            assert!(outcome.unwrap().dead_letters.is_empty());
+        }
+        let written = state(&whole).await;
+        assert_eq!(written.len(), 2_500 + 834);
+        let linked =
+            written.iter().filter(|row| row["table"] == "bookings" && !row["row"]["synced_rental_id"].is_null());
+        assert_eq!(linked.count(), 834, "every sideloaded booking is linked to its rental");
+        assert_eq!(written, state(&parts).await, "local changes: {local_changes}");
+    }
 }

@@ -578,3 +578,122 @@ async fn consume_process_stops_on_sigterm_while_retrying() {
     assert!(exit.success(), "{exit}:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
     let _ = std::fs::remove_file(&log);
 }
+
+/// The documented bound on what a message costs the consumer (README, "Bounded work per
+/// message"): a process's resident high-water mark rises by at most this many times the
+/// size of the message it applies. Measured on the shape that costs most per byte among
+/// messages of many records (200,000 distinct small records, 9.9 MB).
+const MEMORY_BOUND: f64 = 16.0;
+
+/// A rental record of the large message, as [`a_large_message_stays_within_the_memory_bound`]
+/// sends it.
+fn small_rental(n: usize) -> String {
+    format!(r#"{{"id":{},"name":"Villa {n}","updated_at":"{}"}}"#, 10_000 + n, t(1 + (n % 1000) as i64))
+}
+
+/// `VmHWM` of process `pid`, in bytes.
+fn high_water_mark(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// One 9.9 MB message of 200,000 small records through the consumer runtime, in a process
+/// of its own (this test binary, running only this test as a child): after a small message
+/// has warmed it up, applying the large one raises the process's resident high-water mark
+/// by at most [`MEMORY_BOUND`] times the message size — Kafka's copy and ours of the payload
+/// included.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_message_stays_within_the_memory_bound() {
+    const CHILD: &str = "DIONYSUS_TEST_MEMORY_CHILD";
+    if let Ok(spec) = std::env::var(CHILD) {
+        // The child: consume until killed.
+        let [url, topic] = spec.split('\n').collect::<Vec<_>>()[..] else { panic!("bad {CHILD}: {spec}") };
+        let mut config = dionysus::Config::default();
+        config.database_url = url.to_owned();
+        config.kafka = kafka_config();
+        config.consumer.max_records_per_message = 1_000_000;
+        let pool = dionysus::db::pool(url, 2).unwrap();
+        let consumer = Consumer::builder(config)
+            .pool(pool)
+            .replicas(replicas())
+            .topic(topic)
+            .handlers(false)
+            .kafka_property("session.timeout.ms", "6000")
+            .kafka_property("heartbeat.interval.ms", "500")
+            .build()
+            .unwrap();
+        consumer.run(CancellationToken::new()).await.unwrap();
+        return;
+    }
+    let db = replica_db().await;
+    let kafka = kafka_config();
+    let topic = create_topic(&kafka, "hostile_memory", 1).await;
+    let producer = big_producer(&kafka);
+    /// Kills the child however the test ends.
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["hostile::a_large_message_stays_within_the_memory_bound", "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD, format!("{}\n{topic}", db.url))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Child(child);
+    let pid = child.0.id();
+    let mut conn = db.connection().await;
+    let measured = async {
+        send(&producer, &topic, Some(b"Rental:1"), Some(&good(1))).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while stored(&mut conn, &topic).await < 1 {
+            assert!(Instant::now() < deadline, "the warm-up message was not applied within 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let before = high_water_mark(pid);
+        let mut value = String::from(r#"{"message":[{"event":"rental_updated","model_name":"Rental","data":["#);
+        let mut records = 0;
+        while value.len() < 9_900_000 {
+            if records > 0 {
+                value.push(',');
+            }
+            value.push_str(&small_rental(records));
+            records += 1;
+        }
+        value.push_str("]}]}");
+        let size = value.len();
+        send(&producer, &topic, Some(b"Rental:large"), Some(value.as_bytes())).await;
+        drop(value);
+        let sent = Instant::now();
+        while stored(&mut conn, &topic).await < 2 {
+            assert!(sent.elapsed() < Duration::from_secs(120), "the large message was not applied within 120 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let took = sent.elapsed();
+        let rise = high_water_mark(pid).saturating_sub(before);
+        (size, records, took, rise)
+    }
+    .await;
+    drop(child);
+    let (size, records, took, rise) = measured;
+    let ratio = rise as f64 / size as f64;
+    eprintln!(
+        "{records} records in {:.1} MB applied in {took:?}: the consumer's high-water mark rose by {:.0} MB, \
+         {ratio:.1}x the message (bound {MEMORY_BOUND}x)",
+        size as f64 / 1e6,
+        rise as f64 / 1e6
+    );
+    let last = row(&mut conn, "rentals", 10_000 + records as i64 - 1).await;
+    assert_eq!(last.map(|r| r["name"].clone()), Some(json!(format!("Villa {}", records - 1))), "applied");
+    assert!(ratio <= MEMORY_BOUND, "peak {ratio:.1}x the message size, over the bound of {MEMORY_BOUND}x");
+}

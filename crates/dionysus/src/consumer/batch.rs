@@ -6,25 +6,42 @@
 //! row touched several times by one message is read once and its changes are folded in
 //! order in memory. Either way each change sees the ones before it, and the work per message
 //! is linear in its size; its records are capped ([`Rules::max_records`]).
+//!
+//! Memory per message is a small multiple of its size, because each record exists in one
+//! full form only: the event-bus record subscribers receive ([`Record`]). Records are read
+//! into that form while the message is decoded (never raw and final at once), checked
+//! whole without copying anything, and written from the events themselves, borrowed, at
+//! most [`ROWS_PER_STATEMENT`] rows per statement: a row's values (and `synced_data`, as
+//! JSON text made from the record) exist only while their statement is built and runs.
+//! What remains is bookkeeping of a few dozen bytes per record. The event-bus form is the
+//! floor: a `serde_json` map per record, about ten times the JSON of a small record. The
+//! consumer's resident memory rises by at most 16 times a message of many records
+//! (`tests/it/hostile.rs` holds it to that); records made mostly of sideloads cost up to
+//! about 25 times, each sideload being a record of its own. Local changes (C-15), when
+//! someone listens, add their own old and new values.
 
+use std::borrow::Borrow;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
 use serde_json::{Map, Value};
 
-use super::dedup::remove_duplicates;
+use super::dedup::{group_key, keep_latest, record_key};
 use super::events::{ConsumedEvent, LocalChange, MessageFilter};
-use crate::consumer::replica::deserialize::deserialize_owned;
+use crate::consumer::replica::deserialize::{deserialize_record, DeserializeError};
 use crate::consumer::replica::plan::RowPlan;
 use crate::consumer::replica::plan::{
-    guard_from_prepared, normalize_row, plan, prepare, take_intent, Intent, Prepared, RecordError,
+    check, guard_from_prepared, normalize_row, plan, prepare, prepare_columns, take_intent, ChangeSet, Intent,
+    Prepared, RecordError,
 };
 use crate::consumer::replica::sql::{self, id_key, ColumnTypes, UpsertRow};
 use crate::consumer::replica::{ColumnKind, Record, ReplicaDescriptor, Replicas};
 use crate::telemetry::Report;
-use crate::wire::envelope::{decode, Decoded, EnvelopeError};
+use crate::wire::envelope::{decode_with, Decoded, EnvelopeError, RawRecord, ReadRecords};
 use crate::wire::naming::{event_prefix, EventKind};
 
 /// A message as read from Kafka.
@@ -91,26 +108,23 @@ pub(crate) struct Rules {
     pub(crate) column_types: ColumnTypes,
 }
 
-/// A record checked against its replica, with its checked sideloads.
-#[derive(Debug)]
-struct Node {
-    replica: &'static ReplicaDescriptor,
-    prepared: Prepared,
-    /// Name under which local changes are reported.
-    change_name: String,
-    /// `(replica of the children, children)`; children of unknown models are left out.
-    has_many: Vec<(&'static ReplicaDescriptor, Vec<Node>)>,
-    has_one: Vec<Node>,
-}
-
 /// One event ready to apply.
 struct EventWork {
     /// Offset of the message it came from.
     message: i64,
     bus: ConsumedEvent,
-    kind: Option<EventKind>,
+    /// Where and how its records are written; `None` only reports the event (an unknown
+    /// event type, or a model without replica).
+    target: Option<Target>,
+}
+
+/// The replica an event's records go to and how they are written.
+#[derive(Clone, Copy)]
+struct Target {
+    replica: &'static ReplicaDescriptor,
+    kind: EventKind,
+    /// Import mode (C-8): `_created` and `_destroyed` events of an import topic.
     import: bool,
-    nodes: Vec<Node>,
 }
 
 enum Checked {
@@ -130,6 +144,8 @@ pub(crate) struct PreparedBatch {
     track_changes: bool,
     /// The consumer's cache of column types.
     column_types: ColumnTypes,
+    /// The replica models, to find the sideloads' tables.
+    replicas: Replicas,
 }
 
 enum Work {
@@ -147,22 +163,28 @@ impl PreparedBatch {
                 found.push(replica);
             }
         };
-        let mut pending: Vec<&Node> = self
+        let mut pending: Vec<(&'static ReplicaDescriptor, &Record)> = self
             .work
             .iter()
             .filter_map(|work| match work {
-                Work::Apply(event) => Some(event.nodes.iter()),
-                Work::Report(_) => None,
+                Work::Apply(EventWork { bus, target: Some(target), .. }) => {
+                    Some(bus.transformed_data.iter().map(|record| (target.replica, record)))
+                }
+                Work::Apply(_) | Work::Report(_) => None,
             })
             .flatten()
             .collect();
-        while let Some(node) = pending.pop() {
-            add(node.replica);
-            for (replica, children) in &node.has_many {
-                add(replica);
-                pending.extend(children);
+        while let Some((replica, record)) = pending.pop() {
+            add(replica);
+            for child in children(record, &self.replicas) {
+                match child {
+                    Child::Many { replica, records, .. } => {
+                        add(replica);
+                        pending.extend(records.iter().map(|record| (replica, record)));
+                    }
+                    Child::One { replica, record, .. } => pending.push((replica, record)),
+                }
             }
-            pending.extend(&node.has_one);
         }
         found
     }
@@ -213,15 +235,23 @@ impl From<RecordError> for Rejection {
 fn is_canonical_integer_id(id: &Value) -> bool {
     match id {
         Value::Number(number) => number.is_i64() || (number.is_u64() && number.as_i64().is_some()),
-        Value::String(text) => {
-            let digits = text.strip_prefix('-').unwrap_or(text);
-            !digits.is_empty()
-                && digits.bytes().all(|b| b.is_ascii_digit())
-                && (digits == "0" || !digits.starts_with('0'))
-                && !(text.starts_with('-') && digits == "0")
-                && text.parse::<i64>().is_ok()
-        }
+        Value::String(text) => canonical_integer(text).is_some(),
         _ => false,
+    }
+}
+
+/// The integer `text` writes in its one canonical form (as `i64` prints it: decimal digits,
+/// a `-` only before a non-zero number, no `+`, padding or leading zeros).
+fn canonical_integer(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+        && !(text.starts_with('-') && digits == "0");
+    if canonical {
+        text.parse().ok()
+    } else {
+        None
     }
 }
 
@@ -230,11 +260,66 @@ fn random_uuid() -> String {
     uuid::Builder::from_random_bytes(rand::random()).into_uuid().hyphenated().to_string()
 }
 
+/// A message as decoded: its records in their canonical form (C-6), read as they were
+/// decoded, so a large message is never held twice.
+struct Read {
+    decoded: Decoded<Record>,
+    /// Per event whose records do not all deserialize, its first failure, in event order.
+    failed: Vec<(usize, DeserializeError)>,
+    /// What C-18 reads of the message's first record, when duplicates are removed.
+    key: Option<(String, Option<DateTime<Utc>>)>,
+}
+
+impl Read {
+    /// The message's C-18 group when it holds one event of one record; `None` otherwise
+    /// (the strategy then leaves the batch alone).
+    fn group_key(&mut self) -> Option<(String, Option<DateTime<Utc>>)> {
+        let Decoded::Events(events) = &self.decoded else { return None };
+        let [event] = events.as_slice() else { return None };
+        if event.data.len() != 1 {
+            return None;
+        }
+        Some(group_key(&event.event, self.key.take()?))
+    }
+}
+
+/// Turns each record into its canonical form while the message is decoded.
+#[derive(Default)]
+struct RecordReader {
+    /// Whether C-18 will look at the message ([`Read::key`]).
+    keys: bool,
+    failed: Vec<(usize, DeserializeError)>,
+    first: Option<(String, Option<DateTime<Utc>>)>,
+}
+
+impl ReadRecords for RecordReader {
+    type Record = Record;
+
+    fn start(&mut self) {
+        self.failed.clear();
+        self.first = None;
+    }
+
+    fn read(&mut self, event: usize, index: usize, record: RawRecord) -> Record {
+        if self.keys && event == 0 && index == 0 {
+            self.first = Some(record_key(&record));
+        }
+        // An event with a bad record is not applied: its other records are not needed.
+        if self.failed.last().is_some_and(|(failed, _)| *failed == event) {
+            return Record::default();
+        }
+        deserialize_record(index, record).unwrap_or_else(|error| {
+            self.failed.push((event, error));
+            Record::default()
+        })
+    }
+}
+
 impl Rules {
     /// Decodes and checks every message; nothing touches the database.
     pub(crate) fn prepare(&self, messages: &[InboundMessage]) -> PreparedBatch {
         let mut checked: Vec<(usize, Checked)> = Vec::with_capacity(messages.len());
-        let mut decoded_good: Vec<(usize, Decoded)> = Vec::new();
+        let mut decoded_good: Vec<(usize, Read)> = Vec::new();
         let latest = Utc::now() + chrono::TimeDelta::from_std(self.max_future_skew).unwrap_or(chrono::TimeDelta::MAX);
         for (index, message) in messages.iter().enumerate() {
             match self.decode(message) {
@@ -246,17 +331,20 @@ impl Rules {
             }
         }
         // C-18 over the messages that decoded.
-        let order: Vec<usize> = if self.remove_duplicates {
-            let refs: Vec<&Decoded> = decoded_good.iter().map(|(_, decoded)| decoded).collect();
-            remove_duplicates(&refs).unwrap_or_else(|| (0..decoded_good.len()).collect())
+        let keys: Option<Vec<_>> = if self.remove_duplicates {
+            decoded_good.iter_mut().map(|(_, read)| read.group_key()).collect()
         } else {
-            (0..decoded_good.len()).collect()
+            None
         };
-        let mut slots: Vec<Option<(usize, Decoded)>> = decoded_good.into_iter().map(Some).collect();
+        let order: Vec<usize> = match keys {
+            Some(keys) => keep_latest(&keys),
+            None => (0..decoded_good.len()).collect(),
+        };
+        let mut slots: Vec<Option<(usize, Read)>> = decoded_good.into_iter().map(Some).collect();
         let mut positioned: Vec<(usize, Checked)> = Vec::new();
         for position in order {
-            if let Some((index, decoded)) = slots.get_mut(position).and_then(Option::take) {
-                positioned.push((index, self.check(&messages[index], decoded, latest)));
+            if let Some((index, read)) = slots.get_mut(position).and_then(Option::take) {
+                positioned.push((index, self.check(&messages[index], read, latest)));
             }
         }
         // Dead letters first by offset; kept work in dedup order.
@@ -283,10 +371,11 @@ impl Rules {
             locks,
             track_changes: self.track_changes,
             column_types: self.column_types.clone(),
+            replicas: self.replicas.clone(),
         }
     }
 
-    fn decode(&self, message: &InboundMessage) -> Result<Decoded, (&'static str, String)> {
+    fn decode(&self, message: &InboundMessage) -> Result<Read, (&'static str, String)> {
         let dead = |reason, error: String| (reason, error);
         if let Some(payload) = &message.payload {
             if payload.len() > self.max_message_bytes {
@@ -296,13 +385,16 @@ impl Rules {
                 ));
             }
         }
-        decode(message.payload.as_deref()).map_err(|error| match error {
-            EnvelopeError::Json(_) => dead("malformed_json", Report(&error).to_string()),
-            EnvelopeError::Shape(_) => dead("invalid_envelope", Report(&error).to_string()),
-        })
+        let mut reader = RecordReader { keys: self.remove_duplicates, ..RecordReader::default() };
+        match decode_with(message.payload.as_deref(), &mut reader) {
+            Ok(decoded) => Ok(Read { decoded, failed: reader.failed, key: reader.first }),
+            Err(error @ EnvelopeError::Json(_)) => Err(dead("malformed_json", Report(&error).to_string())),
+            Err(error @ EnvelopeError::Shape(_)) => Err(dead("invalid_envelope", Report(&error).to_string())),
+        }
     }
 
-    fn check(&self, message: &InboundMessage, decoded: Decoded, latest: DateTime<Utc>) -> Checked {
+    fn check(&self, message: &InboundMessage, read: Read, latest: DateTime<Utc>) -> Checked {
+        let Read { decoded, mut failed, .. } = read;
         let Decoded::Events(events) = decoded else { return Checked::Good(Vec::new()) };
         let topic = &message.topic;
         // The whole "message" array is only needed by filters (C-20).
@@ -312,14 +404,16 @@ impl Rules {
         let mut failure: Option<(&'static str, String)> = None;
         // Records of the message so far, sideloads included; counted before any is checked.
         let mut records_seen = 0usize;
-        for event in events {
-            let records = match deserialize_owned(event.data) {
-                Ok(records) => records,
-                Err(error) => {
+        // Failures in event order, first first.
+        failed.reverse();
+        for (position, event) in events.into_iter().enumerate() {
+            if failed.last().is_some_and(|(failed, _)| *failed == position) {
+                if let Some((_, error)) = failed.pop() {
                     failure.get_or_insert(("invalid_record", format!("{} {}: {error}", event.model_name, event.event)));
-                    continue;
                 }
-            };
+                continue;
+            }
+            let records = event.data;
             records_seen = records_seen.saturating_add(records.iter().map(count_records).sum::<usize>());
             if records_seen > self.max_records {
                 let error = format!(
@@ -344,11 +438,11 @@ impl Rules {
                 transformed_data: records,
                 local_changes: Vec::new(),
             };
-            if kind.is_none() {
+            let Some(kind) = kind else {
                 tracing::debug!(topic = %topic, event = %bus.event_name, "unknown event type; not persisted");
-                work.push(EventWork { message: message.offset, bus, kind, import, nodes: Vec::new() });
+                work.push(EventWork { message: message.offset, bus, target: None });
                 continue;
-            }
+            };
             let Some(replica) = self.replicas.find(&bus.model_name) else {
                 if self.unknown_model == UnknownModel::DeadLetter {
                     failure.get_or_insert((
@@ -358,13 +452,22 @@ impl Rules {
                 } else {
                     tracing::debug!(topic = %topic, model = %bus.model_name, "unknown model; not persisted");
                 }
-                work.push(EventWork { message: message.offset, bus, kind, import, nodes: Vec::new() });
+                work.push(EventWork { message: message.offset, bus, target: None });
                 continue;
             };
-            let nodes: Result<Vec<Node>, Rejection> =
-                bus.transformed_data.iter().map(|record| self.node(replica, record, &bus.model_name, latest)).collect();
-            match nodes {
-                Ok(nodes) => work.push(EventWork { message: message.offset, bus, kind, import, nodes }),
+            // Checked here, whole, so that a bad record sends its message to the dead-letter
+            // topic before anything is written; the rows are computed again when written,
+            // a few at a time, so no second copy of the message is held meanwhile.
+            let checked = bus.transformed_data.iter().try_for_each(|record| self.check_record(replica, record, latest));
+            match checked {
+                Ok(()) => {
+                    let import = import && kind != EventKind::Updated;
+                    work.push(EventWork {
+                        message: message.offset,
+                        bus,
+                        target: Some(Target { replica, kind, import }),
+                    });
+                }
                 Err(Rejection { reason, error }) => {
                     tracing::error!(topic = %topic, offset = message.offset, reason, "{error}");
                     failure.get_or_insert((reason, error));
@@ -384,13 +487,12 @@ impl Rules {
 
     /// Checks `record` (and its sideloads) against `replica`; event times after `latest` are
     /// refused.
-    fn node(
+    fn check_record(
         &self,
         replica: &'static ReplicaDescriptor,
         record: &Record,
-        change_name: &str,
         latest: DateTime<Utc>,
-    ) -> Result<Node, Rejection> {
+    ) -> Result<(), Rejection> {
         if let Some(id) = record.synced_id() {
             let integer = replica.column(replica.synced_id).is_some_and(|c| c.kind == ColumnKind::Integer);
             if integer && !is_canonical_integer_id(id) {
@@ -408,36 +510,53 @@ impl Rules {
                 });
             }
         }
-        let prepared = prepare(replica, record)?;
-        if let Some(time) = prepared.event_time.filter(|time| *time > latest) {
+        let event_time = check(replica, record)?;
+        if let Some(time) = event_time.filter(|time| *time > latest) {
             return Err(Rejection {
                 reason: "timestamp_in_future",
                 error: format!(
                     "{} {}: event time {} is more than {} s in the future; stored, it would make every \
                      later update of the record look stale",
                     replica.model,
-                    prepared.synced_id,
+                    record.synced_id().unwrap_or(&Value::Null),
                     time.to_rfc3339(),
                     self.max_future_skew.as_secs()
                 ),
             });
         }
-        let mut has_many = Vec::new();
-        for (name, children) in &record.has_many {
-            // Links without sideloaded records (the usual case) need no model lookup.
-            let Some(children) = children else { continue };
-            let Some(child) = self.replicas.find(name) else { continue };
-            let nodes = children.iter().map(|c| self.node(child, c, name, latest)).collect::<Result<Vec<_>, _>>()?;
-            has_many.push((child, nodes));
+        for child in children(record, &self.replicas) {
+            match child {
+                Child::Many { replica, records, .. } => {
+                    records.iter().try_for_each(|record| self.check_record(replica, record, latest))?;
+                }
+                Child::One { replica, record, .. } => self.check_record(replica, record, latest)?,
+            }
         }
-        let mut has_one = Vec::new();
-        for (name, child_record) in &record.has_one {
-            let Some(child_record) = child_record else { continue };
-            let Some(child) = self.replicas.find(name) else { continue };
-            has_one.push(self.node(child, child_record, name, latest)?);
-        }
-        Ok(Node { replica, prepared, change_name: change_name.to_owned(), has_many, has_one })
+        Ok(())
     }
+}
+
+/// A sideloaded relationship of a record whose model has a replica here (the others, and
+/// links sent without their records, are left out).
+enum Child<'a> {
+    /// A to-many link and its records (possibly none: the parent then has no children).
+    Many { replica: &'static ReplicaDescriptor, name: &'a str, records: &'a [Record] },
+    /// A to-one link (or polymorphic type) and its record.
+    One { replica: &'static ReplicaDescriptor, name: &'a str, record: &'a Record },
+}
+
+/// The sideloads of `record` to check and write, to-many ones first, each in link order.
+fn children<'a: 'r, 'r>(record: &'a Record, replicas: &'r Replicas) -> impl Iterator<Item = Child<'a>> + 'r {
+    let many = record.has_many.iter().filter_map(|(name, records)| {
+        // Links without sideloaded records (the usual case) need no model lookup.
+        let records = records.as_deref()?;
+        Some(Child::Many { replica: replicas.find(name)?, name, records })
+    });
+    let one = record.has_one.iter().filter_map(|(name, child)| {
+        let record = child.as_ref()?;
+        Some(Child::One { replica: replicas.find(name)?, name, record })
+    });
+    many.chain(one)
 }
 
 /// A record and its sideloaded records, recursively.
@@ -456,22 +575,158 @@ fn message_array(message: &InboundMessage) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// One record to apply at some level (its node moves from level to level).
-struct Unit {
-    node: Node,
+/// One record to write at some level, borrowed from its event.
+struct Unit<'a> {
+    record: &'a Record,
+    /// Its synced id (checked present).
+    id: &'a Value,
+    replica: &'static ReplicaDescriptor,
+    /// Name under which local changes are reported.
+    change_name: &'a str,
     kind: EventKind,
     aggregate_root: bool,
     import: bool,
+    /// Index of its event.
     event: usize,
     /// Offset of the message it came from.
     message: i64,
 }
 
+impl<'a> Unit<'a> {
+    /// A sideloaded record of this one's, of `replica`, under the link `name`.
+    fn child(&self, record: &'a Record, replica: &'static ReplicaDescriptor, name: &'a str) -> Unit<'a> {
+        Unit {
+            record,
+            id: synced_id(record),
+            replica,
+            change_name: name,
+            kind: self.kind,
+            aggregate_root: false,
+            import: false,
+            event: self.event,
+            message: self.message,
+        }
+    }
+
+    /// The row values of the record, computed anew (the record was checked before).
+    fn prepare(&self) -> Result<Prepared, diesel::result::Error> {
+        prepare(self.replica, self.record).map_err(unexpected)
+    }
+}
+
+/// A record that was checked but fails when written: reported as the database would
+/// report a value it cannot take.
+fn unexpected(error: impl std::error::Error + Send + Sync + 'static) -> diesel::result::Error {
+    diesel::result::Error::SerializationError(Box::new(error))
+}
+
+/// A record's synced id; `null` when missing (a checked record has one).
+fn synced_id(record: &Record) -> &Value {
+    static NULL: Value = Value::Null;
+    record.synced_id().unwrap_or(&NULL)
+}
+
+/// What every write of a batch needs.
+struct Scope<'s> {
+    replicas: &'s Replicas,
+    now: DateTime<Utc>,
+    /// See [`Rules::track_changes`].
+    track_changes: bool,
+    column_types: &'s ColumnTypes,
+}
+
+/// The local changes of a batch's events (C-15), gathered while the events are borrowed.
+struct Changes<'a> {
+    /// Per event, in the order the changes were made.
+    lists: Vec<Vec<LocalChange>>,
+    /// (event, model, synced id) → position of its entry in the event's list.
+    index: HashMap<(usize, &'a str, Exact<'a>), usize>,
+}
+
+impl<'a> Changes<'a> {
+    /// Adds what applying `unit` changed to its event's local changes, replacing the event's
+    /// earlier entry for the same model and id (C-15); an empty change is not reported.
+    fn add(&mut self, unit: &Unit<'a>, changes: ChangeSet) {
+        if changes.is_empty() {
+            return;
+        }
+        let Some(list) = self.lists.get_mut(unit.event) else { return };
+        let change = LocalChange { model: unit.change_name.to_owned(), synced_id: unit.id.clone(), changes };
+        match self.index.entry((unit.event, unit.change_name, Exact(unit.id))) {
+            Entry::Occupied(slot) => list[*slot.get()] = change,
+            Entry::Vacant(slot) => {
+                slot.insert(list.len());
+                list.push(change);
+            }
+        }
+    }
+}
+
+/// A JSON value as a hash key, equal exactly when the values are (`Value`'s own equality).
+#[derive(Clone, Copy)]
+struct Exact<'a>(&'a Value);
+
+impl PartialEq for Exact<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+// JSON has no NaN: `Value`'s equality is an equivalence.
+impl Eq for Exact<'_> {}
+
+impl Hash for Exact<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match self.0 {
+            Value::String(text) => text.hash(state),
+            // Equal numbers have equal `f64` values (and `0.0` equals `-0.0`).
+            Value::Number(number) => {
+                number.as_f64().map_or(0, |float| if float == 0.0 { 0 } else { float.to_bits() }).hash(state)
+            }
+            Value::Bool(boolean) => boolean.hash(state),
+            Value::Null | Value::Array(_) | Value::Object(_) => {}
+        }
+    }
+}
+
+/// A row's synced id as a hash key, equal exactly when the ids' [`id_key`]s are, without
+/// making text of integer ids.
+#[derive(PartialEq, Eq, Hash)]
+enum RowKey<'a> {
+    Integer(i64),
+    Text(&'a str),
+    Owned(Box<str>),
+}
+
+impl<'a> RowKey<'a> {
+    fn of(id: &'a Value) -> RowKey<'a> {
+        match id {
+            Value::String(text) => canonical_integer(text).map_or(RowKey::Text(text), RowKey::Integer),
+            Value::Number(number) => match number.as_i64() {
+                Some(integer) => RowKey::Integer(integer),
+                None => RowKey::Owned(number.to_string().into()),
+            },
+            other => {
+                let text = other.to_string();
+                canonical_integer(&text).map_or_else(|| RowKey::Owned(text.into()), RowKey::Integer)
+            }
+        }
+    }
+}
+
 /// A child replica and the `(parent id, child ids)` links to resolve on it.
-type Resolve = (&'static ReplicaDescriptor, Vec<(Value, Vec<Value>)>);
+type Resolve<'a> = (&'static ReplicaDescriptor, Vec<(&'a Value, Vec<&'a Value>)>);
+
+/// Rows written by one statement at most. The values of a row are computed from its record
+/// when its statement is built and dropped once it ran, so this bounds what a write holds
+/// beyond the events themselves, whatever the size of the message.
+const ROWS_PER_STATEMENT: usize = 1_000;
 
 /// Applies a prepared batch in the caller's transaction and returns the events to report.
 /// Takes the batch's work (its events move into the result); the dead letters stay.
+///
+/// The rows are written from the events' records themselves, which are borrowed meanwhile:
+/// no other copy of a record is held longer than the statement that writes it.
 pub(crate) async fn apply(
     conn: &mut AsyncPgConnection,
     batch: &mut PreparedBatch,
@@ -479,57 +734,86 @@ pub(crate) async fn apply(
 ) -> Result<Vec<ConsumedEvent>, diesel::result::Error> {
     let work = std::mem::take(&mut batch.work);
     let mut events: Vec<ConsumedEvent> = Vec::with_capacity(work.len());
-    // (event index, message, kind, import, nodes): the records to apply, kept apart from the
-    // events.
-    let mut roots: Vec<(usize, i64, EventKind, bool, Vec<Node>)> = Vec::new();
+    // (event index, message, target): the events whose records are written.
+    let mut roots: Vec<(usize, i64, Target)> = Vec::new();
     for item in work {
         match item {
             Work::Report(event) => events.push(event),
-            Work::Apply(EventWork { message, bus, kind, import, nodes }) => {
-                let index = events.len();
+            Work::Apply(EventWork { message, bus, target }) => {
+                if let Some(target) = target {
+                    roots.push((events.len(), message, target));
+                }
                 events.push(bus);
-                let Some(kind) = kind else { continue };
-                roots.push((index, message, kind, import && kind != EventKind::Updated, nodes));
             }
         }
     }
-    let mut level: Vec<Unit> = roots
-        .into_iter()
-        .flat_map(|(event, message, kind, import, nodes)| {
-            nodes.into_iter().map(move |node| Unit { node, kind, aggregate_root: true, import, event, message })
+    let scope =
+        Scope { replicas: &batch.replicas, now, track_changes: batch.track_changes, column_types: &batch.column_types };
+    let changes = write(conn, &events, &roots, &scope).await?;
+    for (event, changes) in events.iter_mut().zip(changes) {
+        event.local_changes = changes;
+    }
+    Ok(events)
+}
+
+/// Writes the records of `roots` and their sideloads, level by level; returns each event's
+/// local changes.
+async fn write<'a>(
+    conn: &mut AsyncPgConnection,
+    events: &'a [ConsumedEvent],
+    roots: &[(usize, i64, Target)],
+    scope: &Scope<'_>,
+) -> Result<Vec<Vec<LocalChange>>, diesel::result::Error> {
+    let mut changes = Changes { lists: vec![Vec::new(); events.len()], index: HashMap::new() };
+    let mut level: Vec<Unit<'a>> = roots
+        .iter()
+        .flat_map(|&(event, message, Target { replica, kind, import })| {
+            let bus = &events[event];
+            bus.transformed_data.iter().map(move |record| Unit {
+                record,
+                id: synced_id(record),
+                replica,
+                change_name: &bus.model_name,
+                kind,
+                aggregate_root: true,
+                import,
+                event,
+                message,
+            })
         })
         .collect();
     // (child table, foreign key) → [(parent id, child ids)] in order.
-    let mut resolves: BTreeMap<(&'static str, String), Resolve> = BTreeMap::new();
+    let mut resolves: BTreeMap<(&'static str, String), Resolve<'a>> = BTreeMap::new();
     while !level.is_empty() {
-        let applied = apply_level(conn, &mut level, &mut events, now, batch.track_changes, &batch.column_types).await?;
+        let applied = apply_level(conn, &level, &mut changes, scope).await?;
         let mut next = Vec::new();
-        for (unit, applied) in level.into_iter().zip(applied) {
+        for (unit, applied) in level.iter().zip(applied) {
             if !applied || unit.import {
                 continue;
             }
-            let Unit { node: parent, kind, event, message, .. } = unit;
-            let child = |node| Unit { node, kind, aggregate_root: false, import: false, event, message };
-            for (child_replica, children) in parent.has_many {
-                let foreign_key = format!("synced_{}_id", event_prefix(parent.replica.model));
-                if child_replica.column(&foreign_key).is_some() {
-                    let ids = children.iter().map(|node| node.prepared.synced_id.clone()).collect();
-                    resolves
-                        .entry((child_replica.table, foreign_key))
-                        .or_insert_with(|| (child_replica, Vec::new()))
-                        .1
-                        .push((parent.prepared.synced_id.clone(), ids));
+            for child in children(unit.record, scope.replicas) {
+                match child {
+                    Child::Many { replica, name, records } => {
+                        let foreign_key = format!("synced_{}_id", event_prefix(unit.replica.model));
+                        if replica.column(&foreign_key).is_some() {
+                            resolves
+                                .entry((replica.table, foreign_key))
+                                .or_insert_with(|| (replica, Vec::new()))
+                                .1
+                                .push((unit.id, records.iter().map(synced_id).collect()));
+                        }
+                        next.extend(records.iter().map(|record| unit.child(record, replica, name)));
+                    }
+                    Child::One { replica, name, record } => next.push(unit.child(record, replica, name)),
                 }
-                next.extend(children.into_iter().map(child));
             }
-            next.extend(parent.has_one.into_iter().map(child));
         }
         level = next;
     }
     for ((_, foreign_key), (child, links)) in resolves {
         sql::resolve_to_many(conn, child, &foreign_key, final_links(links)).await?;
     }
-    Ok(events)
+    Ok(changes.lists)
 }
 
 /// The links that hold after applying `links` in order: a parent's later list replaces its
@@ -537,29 +821,40 @@ pub(crate) async fn apply(
 ///
 /// Linear: a parent's last list is the one that holds, and a child stays in it only when no
 /// later list (of any parent) names it.
-fn final_links(links: Vec<(Value, Vec<Value>)>) -> Vec<(Value, Vec<Value>)> {
-    let mut last_list: HashMap<String, usize> = HashMap::new();
-    let mut last_naming: HashMap<String, usize> = HashMap::new();
-    for (position, (parent, ids)) in links.iter().enumerate() {
-        last_list.insert(link_key(parent), position);
-        for id in ids {
-            last_naming.insert(link_key(id), position);
+fn final_links<V: Borrow<Value>>(links: Vec<(V, Vec<V>)>) -> Vec<(V, Vec<V>)> {
+    // Whether each list holds, and each listed child (in order, all lists together) stays.
+    let (lists_kept, ids_kept): (Vec<bool>, Vec<bool>) = {
+        let mut last_list: HashMap<Exact<'_>, usize> = HashMap::new();
+        let mut last_naming: HashMap<Exact<'_>, usize> = HashMap::new();
+        for (position, (parent, ids)) in links.iter().enumerate() {
+            last_list.insert(Exact(parent.borrow()), position);
+            for id in ids {
+                last_naming.insert(Exact(id.borrow()), position);
+            }
         }
-    }
+        let lists = links
+            .iter()
+            .enumerate()
+            .map(|(position, (parent, _))| last_list.get(&Exact(parent.borrow())) == Some(&position))
+            .collect();
+        let ids = links
+            .iter()
+            .enumerate()
+            .flat_map(|(position, (_, ids))| ids.iter().map(move |id| (position, id)))
+            .map(|(position, id)| last_naming.get(&Exact(id.borrow())) == Some(&position))
+            .collect();
+        (lists, ids)
+    };
+    let mut ids_kept = ids_kept.into_iter();
     links
         .into_iter()
-        .enumerate()
-        .filter(|(position, (parent, _))| last_list.get(&link_key(parent)) == Some(position))
-        .map(|(position, (parent, ids))| {
-            let ids = ids.into_iter().filter(|id| last_naming.get(&link_key(id)) == Some(&position)).collect();
-            (parent, ids)
+        .zip(lists_kept)
+        .filter_map(|((parent, ids), kept)| {
+            // Every list's children are stepped over, kept or not.
+            let ids: Vec<V> = ids.into_iter().filter(|_| ids_kept.next().unwrap_or(false)).collect();
+            kept.then_some((parent, ids))
         })
         .collect()
-}
-
-/// A key equal for equal JSON values: their text (ids are scalars).
-fn link_key(value: &Value) -> String {
-    value.to_string()
 }
 
 /// Applies one level; returns for each unit whether it passed the timestamp guard.
@@ -571,126 +866,142 @@ fn link_key(value: &Value) -> String {
 /// message is read once and its changes are folded in order in memory ([`fold_repeats`]),
 /// only the final row being written. Work and statements stay linear in the number of units
 /// however often one message repeats an id; rounds are bounded by the messages in the batch.
-async fn apply_level(
+async fn apply_level<'a>(
     conn: &mut AsyncPgConnection,
-    units: &mut [Unit],
-    events: &mut [ConsumedEvent],
-    now: DateTime<Utc>,
-    track_changes: bool,
-    column_types: &ColumnTypes,
+    units: &[Unit<'a>],
+    changes: &mut Changes<'a>,
+    scope: &Scope<'_>,
 ) -> Result<Vec<bool>, diesel::result::Error> {
     // Round → tables → unit indices in order. A unit's round counts the earlier messages
     // that touched its row; units of one message share a round.
     type Tables = Vec<(&'static ReplicaDescriptor, Vec<usize>)>;
     let mut rounds: Vec<(Tables, HashMap<&'static str, usize>)> = Vec::new();
-    let mut last: HashMap<(&'static str, String), (i64, usize)> = HashMap::new();
-    // (round, table, row) → how many units of the round touch the row.
-    let mut touches: HashMap<(usize, &'static str, String), usize> = HashMap::new();
-    for (index, unit) in units.iter().enumerate() {
-        let replica = unit.node.replica;
-        let key = id_key(&unit.node.prepared.synced_id);
-        let round = match last.get(&(replica.table, key.clone())) {
-            Some(&(message, round)) if message == unit.message => round,
-            Some(&(_, round)) => round + 1,
-            None => 0,
-        };
-        last.insert((replica.table, key.clone()), (unit.message, round));
-        *touches.entry((round, replica.table, key)).or_insert(0) += 1;
-        if rounds.len() <= round {
-            rounds.resize_with(round + 1, Default::default);
-        }
-        let (tables, slots) = &mut rounds[round];
-        let slot = *slots.entry(replica.table).or_insert_with(|| {
-            tables.push((replica, Vec::new()));
-            tables.len() - 1
-        });
-        tables[slot].1.push(index);
-    }
-    drop(last);
-    let mut applied = vec![false; units.len()];
-    for (round, (tables, _)) in rounds.iter().enumerate() {
-        for &(replica, ref all_members) in tables {
-            let (repeated, members): (Vec<usize>, Vec<usize>) = all_members.iter().partition(|&&index| {
-                let key = id_key(&units[index].node.prepared.synced_id);
-                touches.get(&(round, replica.table, key)).is_some_and(|n| *n > 1)
+    // Unit → its group (the units of one round touching one row); group → its size.
+    let mut groups: Vec<u32> = Vec::with_capacity(units.len());
+    let mut sizes: Vec<u32> = Vec::new();
+    {
+        // Row → (the last message touching it, that message's round, its group).
+        let mut rows: HashMap<(&'static str, RowKey<'a>), (i64, u32, u32)> = HashMap::new();
+        for (index, unit) in units.iter().enumerate() {
+            let replica = unit.replica;
+            let next_group = u32::try_from(sizes.len()).unwrap_or(u32::MAX);
+            let (round, group) = match rows.entry((replica.table, RowKey::of(unit.id))) {
+                Entry::Occupied(mut slot) => {
+                    let (message, round, group) = *slot.get();
+                    if message == unit.message {
+                        (round, group)
+                    } else {
+                        slot.insert((unit.message, round + 1, next_group));
+                        sizes.push(0);
+                        (round + 1, next_group)
+                    }
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert((unit.message, 0, next_group));
+                    sizes.push(0);
+                    (0, next_group)
+                }
+            };
+            if let Some(size) = sizes.get_mut(group as usize) {
+                *size += 1;
+            }
+            groups.push(group);
+            let round = round as usize;
+            if rounds.len() <= round {
+                rounds.resize_with(round + 1, Default::default);
+            }
+            let (tables, slots) = &mut rounds[round];
+            let slot = *slots.entry(replica.table).or_insert_with(|| {
+                tables.push((replica, Vec::new()));
+                tables.len() - 1
             });
-            fold_repeats(conn, replica, units, &repeated, events, &mut applied, now, track_changes).await?;
-            apply_once(conn, replica, units, members, events, &mut applied, now, track_changes, column_types).await?;
+            tables[slot].1.push(index);
+        }
+    }
+    let mut applied = vec![false; units.len()];
+    for (tables, _) in &rounds {
+        for &(replica, ref all_members) in tables {
+            let (repeated, members): (Vec<usize>, Vec<usize>) =
+                all_members.iter().partition(|&&index| sizes[groups[index] as usize] > 1);
+            fold_repeats(conn, replica, units, &repeated, changes, &mut applied, scope).await?;
+            for chunk in members.chunks(ROWS_PER_STATEMENT) {
+                apply_once(conn, replica, units, chunk, changes, &mut applied, scope).await?;
+            }
         }
     }
     Ok(applied)
 }
 
 /// Applies the units of `replica` whose rows no other unit of the round touches.
-#[allow(clippy::too_many_arguments)]
-async fn apply_once(
+async fn apply_once<'a>(
     conn: &mut AsyncPgConnection,
     replica: &'static ReplicaDescriptor,
-    units: &mut [Unit],
-    members: Vec<usize>,
-    events: &mut [ConsumedEvent],
+    units: &[Unit<'a>],
+    members: &[usize],
+    changes: &mut Changes<'a>,
     applied: &mut [bool],
-    now: DateTime<Utc>,
-    track_changes: bool,
-    column_types: &ColumnTypes,
+    scope: &Scope<'_>,
 ) -> Result<(), diesel::result::Error> {
     if members.is_empty() {
         return Ok(());
     }
+    let now = scope.now;
     // Without listeners for local changes, a record whose guard PostgreSQL can decide
     // from the written columns is written blind; the rest read their rows first.
     let mut upserts: Vec<(usize, UpsertRow)> = Vec::new();
-    let mut removals: Vec<usize> = Vec::new();
-    let mut exact: Vec<usize> = Vec::new();
-    for &index in &members {
-        let unit = &mut units[index];
-        if unit.import || track_changes || !guard_from_prepared(replica, &unit.node.prepared) {
-            exact.push(index);
+    let mut removals: Vec<(usize, Option<DateTime<Utc>>)> = Vec::new();
+    let mut exact: Vec<(usize, Prepared)> = Vec::new();
+    for &index in members {
+        let unit = &units[index];
+        if unit.import || scope.track_changes {
+            exact.push((index, unit.prepare()?));
+            continue;
+        }
+        // `synced_data` is written as text made from the record, not from a copy of it.
+        let mut prepared = prepare_columns(replica, unit.record).map_err(unexpected)?;
+        if !guard_from_prepared(replica, &prepared) {
+            exact.push((index, unit.prepare()?));
             continue;
         }
         // Written once from here: the values move into the statement.
-        match take_intent(replica, unit.kind, unit.aggregate_root, &mut unit.node.prepared, now) {
-            Intent::Remove => removals.push(index),
-            Intent::Write { assigned, keep } => upserts.push((index, UpsertRow { values: assigned, keep })),
+        match take_intent(replica, unit.kind, unit.aggregate_root, &mut prepared, now) {
+            Intent::Remove => removals.push((index, prepared.event_time)),
+            Intent::Write { assigned, keep } => {
+                let encoded = match replica.synced_data {
+                    Some(column) => Some((column, serde_json::to_string(&unit.record.attributes).map_err(unexpected)?)),
+                    None => None,
+                };
+                upserts.push((index, UpsertRow { values: assigned, keep, encoded }));
+            }
         }
     }
     // Which rows passed the guard only matters for records with sideloads.
-    let with_children: Vec<bool> = upserts
-        .iter()
-        .map(|(index, _)| {
-            let node = &units[*index].node;
-            !node.has_many.is_empty() || !node.has_one.is_empty()
-        })
-        .collect();
-    let returning = with_children.iter().any(|children| *children);
     let keys: Vec<Option<String>> = upserts
         .iter()
-        .zip(&with_children)
-        .map(|((index, _), children)| children.then(|| sql::row_key(replica, &units[*index].node.prepared.synced_id)))
+        .map(|(index, _)| {
+            let unit = &units[*index];
+            children(unit.record, scope.replicas).next().is_some().then(|| sql::row_key(replica, unit.id))
+        })
         .collect();
+    let returning = keys.iter().any(Option::is_some);
     let (indices, rows): (Vec<usize>, Vec<UpsertRow>) = upserts.into_iter().unzip();
-    let written = sql::upsert_rows(conn, replica, column_types, rows, returning).await?;
+    let written = sql::upsert_rows(conn, replica, scope.column_types, rows, returning).await?;
     for (index, key) in indices.into_iter().zip(keys) {
         applied[index] = key.is_none_or(|key| written.contains(&key));
     }
-    let deletes: Vec<(Value, Option<DateTime<Utc>>)> = removals
-        .iter()
-        .map(|&index| (units[index].node.prepared.synced_id.clone(), units[index].node.prepared.event_time))
-        .collect();
+    let deletes: Vec<(Value, Option<DateTime<Utc>>)> =
+        removals.iter().map(|&(index, event_time)| (units[index].id.clone(), event_time)).collect();
     let stale = sql::delete_guarded(conn, replica, deletes).await?;
-    for index in removals {
-        applied[index] = !stale.contains(&sql::row_key(replica, &units[index].node.prepared.synced_id));
+    for (index, _) in removals {
+        applied[index] = !stale.contains(&sql::row_key(replica, units[index].id));
     }
-    let members = exact;
-    if members.is_empty() {
+    if exact.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Value> = members
-        .iter()
-        .filter(|&&index| !units[index].import)
-        .map(|&index| units[index].node.prepared.synced_id.clone())
-        .collect();
+    let ids: Vec<Value> =
+        exact.iter().filter(|(index, _)| !units[*index].import).map(|(index, _)| units[*index].id.clone()).collect();
     let mut rows = sql::load_rows(conn, replica, &ids).await?;
+    drop(ids);
     for row in rows.values_mut() {
         normalize_row(replica, row);
     }
@@ -698,23 +1009,21 @@ async fn apply_once(
     let mut inserts = Vec::new();
     let mut imports = Vec::new();
     let mut deletes = Vec::new();
-    for index in members {
+    for (index, prepared) in exact {
         let unit = &units[index];
-        let prepared = &unit.node.prepared;
         if unit.import {
             applied[index] = true;
             if unit.kind == EventKind::Destroyed {
-                deletes.push(prepared.synced_id.clone());
+                deletes.push(unit.id.clone());
             } else {
                 imports.push(import_row(replica, prepared));
             }
             continue;
         }
-        let old = rows.get(&id_key(&prepared.synced_id));
-        let row_plan = plan(replica, unit.kind, unit.aggregate_root, prepared, old, now);
-        let changes = match row_plan {
+        let old = rows.get(&id_key(unit.id));
+        let change = match plan(replica, unit.kind, unit.aggregate_root, prepared, old, now, scope.track_changes) {
             RowPlan::Stale => {
-                tracing::debug!(table = replica.table, id = %prepared.synced_id, "stale record ignored");
+                tracing::debug!(table = replica.table, id = %unit.id, "stale record ignored");
                 continue;
             }
             RowPlan::Nothing => Map::new(),
@@ -727,15 +1036,16 @@ async fn apply_once(
                 changes
             }
             RowPlan::Delete { changes } => {
-                deletes.push(prepared.synced_id.clone());
+                deletes.push(unit.id.clone());
                 changes
             }
         };
         applied[index] = true;
-        if track_changes {
-            report_change(events, unit, changes);
+        if scope.track_changes {
+            changes.add(unit, change);
         }
     }
+    drop(rows);
     sql::delete_rows(conn, replica, &deletes).await?;
     sql::update_rows(conn, replica, updates, true).await?;
     sql::insert_rows(conn, replica, inserts, true).await?;
@@ -744,46 +1054,56 @@ async fn apply_once(
 }
 
 /// Applies the units of `replica` whose rows several units of one message touch
-/// (`repeated`, in order):
-/// each row is read once (locked), every unit is planned against the row the previous ones
-/// left, in memory, and only the outcome is written: the final row, or its deletion (and a
-/// re-insert when it was deleted and written again).
-#[allow(clippy::too_many_arguments)]
-async fn fold_repeats(
+/// (`repeated`, in order): each row is read once (locked), every unit is planned against the
+/// row the previous ones left, in memory, and only the outcome is written: the final row, or
+/// its deletion (and a re-insert when it was deleted and written again).
+async fn fold_repeats<'a>(
     conn: &mut AsyncPgConnection,
     replica: &'static ReplicaDescriptor,
-    units: &[Unit],
+    units: &[Unit<'a>],
     repeated: &[usize],
-    events: &mut [ConsumedEvent],
+    changes: &mut Changes<'a>,
     applied: &mut [bool],
-    now: DateTime<Utc>,
-    track_changes: bool,
+    scope: &Scope<'_>,
 ) -> Result<(), diesel::result::Error> {
-    if repeated.is_empty() {
-        return Ok(());
-    }
-    // Row key → the units touching it, rows in order of first appearance.
-    let mut chains: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut slots: HashMap<String, usize> = HashMap::new();
-    for &index in repeated {
-        let key = id_key(&units[index].node.prepared.synced_id);
-        match slots.get(&key) {
-            Some(&slot) => chains[slot].1.push(index),
-            None => {
-                slots.insert(key.clone(), chains.len());
-                chains.push((key, vec![index]));
+    // The units touching each row, rows in order of first appearance.
+    let mut chains: Vec<Vec<usize>> = Vec::new();
+    {
+        let mut slots: HashMap<RowKey<'a>, usize> = HashMap::new();
+        for &index in repeated {
+            match slots.entry(RowKey::of(units[index].id)) {
+                Entry::Occupied(slot) => chains[*slot.get()].push(index),
+                Entry::Vacant(slot) => {
+                    slot.insert(chains.len());
+                    chains.push(vec![index]);
+                }
             }
         }
     }
-    drop(slots);
-    let ids: Vec<Value> = chains.iter().map(|(_, chain)| units[chain[0]].node.prepared.synced_id.clone()).collect();
+    for chunk in chains.chunks(ROWS_PER_STATEMENT) {
+        fold_chains(conn, replica, units, chunk, changes, applied, scope).await?;
+    }
+    Ok(())
+}
+
+/// [`fold_repeats`] for some of its rows.
+async fn fold_chains<'a>(
+    conn: &mut AsyncPgConnection,
+    replica: &'static ReplicaDescriptor,
+    units: &[Unit<'a>],
+    chains: &[Vec<usize>],
+    changes: &mut Changes<'a>,
+    applied: &mut [bool],
+    scope: &Scope<'_>,
+) -> Result<(), diesel::result::Error> {
+    let ids: Vec<Value> = chains.iter().map(|chain| units[chain[0]].id.clone()).collect();
     let mut rows = sql::load_rows(conn, replica, &ids).await?;
     let mut updates = Vec::new();
     let mut inserts = Vec::new();
     let mut imports = Vec::new();
     let mut deletes = Vec::new();
-    for ((key, chain), id) in chains.into_iter().zip(ids) {
-        let original = rows.remove(&key).map(|mut row| {
+    for (chain, id) in chains.iter().zip(ids) {
+        let original = rows.remove(&id_key(&id)).map(|mut row| {
             normalize_row(replica, &mut row);
             row
         });
@@ -792,9 +1112,9 @@ async fn fold_repeats(
         // Whether the stored row was deleted on the way (a later write then re-inserts).
         let mut deleted = false;
         let mut imported_last = false;
-        for index in chain {
+        for &index in chain {
             let unit = &units[index];
-            let prepared = &unit.node.prepared;
+            let prepared = unit.prepare()?;
             if unit.import {
                 applied[index] = true;
                 if unit.kind == EventKind::Destroyed {
@@ -807,9 +1127,11 @@ async fn fold_repeats(
                 }
                 continue;
             }
-            let changes = match plan(replica, unit.kind, unit.aggregate_root, prepared, state.as_ref(), now) {
+            let plan =
+                plan(replica, unit.kind, unit.aggregate_root, prepared, state.as_ref(), scope.now, scope.track_changes);
+            let change = match plan {
                 RowPlan::Stale => {
-                    tracing::debug!(table = replica.table, id = %prepared.synced_id, "stale record ignored");
+                    tracing::debug!(table = replica.table, id = %unit.id, "stale record ignored");
                     continue;
                 }
                 RowPlan::Nothing => Map::new(),
@@ -824,8 +1146,8 @@ async fn fold_repeats(
                 }
             };
             applied[index] = true;
-            if track_changes {
-                report_change(events, unit, changes);
+            if scope.track_changes {
+                changes.add(unit, change);
             }
         }
         match state {
@@ -845,6 +1167,7 @@ async fn fold_repeats(
             }
         }
     }
+    drop(rows);
     sql::delete_rows(conn, replica, &deletes).await?;
     sql::update_rows(conn, replica, updates, false).await?;
     sql::insert_rows(conn, replica, inserts, true).await?;
@@ -853,25 +1176,14 @@ async fn fold_repeats(
 }
 
 /// The row import mode writes (C-8): the assigned columns, without `synced_data`.
-/// Adds what applying `unit` changed to its event's local changes (C-15).
-fn report_change(events: &mut [ConsumedEvent], unit: &Unit, changes: crate::consumer::replica::ChangeSet) {
-    if let Some(event) = events.get_mut(unit.event) {
-        event.add_change(LocalChange {
-            model: unit.node.change_name.clone(),
-            synced_id: unit.node.prepared.synced_id.clone(),
-            changes,
-        });
-    }
-}
-
-fn import_row(replica: &ReplicaDescriptor, prepared: &Prepared) -> Map<String, Value> {
+fn import_row(replica: &ReplicaDescriptor, prepared: Prepared) -> Map<String, Value> {
     let mut row = Map::new();
-    for (column, value) in &prepared.assignments {
+    for (column, value) in prepared.assignments {
         if Some(column.name) != replica.synced_data {
-            row.insert(column.name.to_owned(), value.clone());
+            row.insert(column.name.to_owned(), value);
         }
     }
-    row.insert(replica.synced_id.to_owned(), prepared.synced_id.clone());
+    row.insert(replica.synced_id.to_owned(), prepared.synced_id);
     row
 }
 
@@ -998,7 +1310,42 @@ mod tests {
         latest
     }
 
+    /// Ids as they come: integers, large and negative ones, floats, digit strings with
+    /// signs, padding and leading zeros, other text, and the odd non-scalar.
+    fn any_id() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (-20i64..20).prop_map(|n| json!(n)),
+            any::<i64>().prop_map(|n| json!(n)),
+            (i64::MAX as u64..=u64::MAX).prop_map(|n| json!(n)),
+            (-3.0f64..3.0).prop_map(|f| json!(f)),
+            "[-+ 0]{0,2}[0-9]{1,3}".prop_map(|text| json!(text)),
+            "[a-c]{0,2}".prop_map(|text| json!(text)),
+            Just(json!(true)),
+            Just(Value::Null),
+            Just(json!([1])),
+        ]
+    }
+
     proptest::proptest! {
+        /// Rows are told apart exactly as the text keys of the database's rows are.
+        #[test]
+        fn row_keys_equal_exactly_when_id_keys_do(a in any_id(), b in any_id()) {
+            proptest::prop_assert_eq!(RowKey::of(&a) == RowKey::of(&b), id_key(&a) == id_key(&b), "{} {}", a, b);
+        }
+
+        /// Local changes and links are told apart exactly as `Value`s are, and equal values
+        /// hash alike.
+        #[test]
+        fn exact_keys_follow_value_equality(a in any_id(), b in any_id()) {
+            proptest::prop_assert_eq!(Exact(&a) == Exact(&b), a == b);
+            if a == b {
+                use std::hash::BuildHasher;
+                let hasher = std::collections::hash_map::RandomState::new();
+                proptest::prop_assert_eq!(hasher.hash_one(Exact(&a)), hasher.hash_one(Exact(&b)));
+            }
+        }
+
         #[test]
         fn final_links_match_the_stepwise_definition(
             links in proptest::collection::vec((0u8..4, proptest::collection::vec(0u8..6, 0..5)), 0..12)

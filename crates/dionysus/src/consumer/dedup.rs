@@ -19,7 +19,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::wire::envelope::{parse_timestamp, Decoded};
+#[cfg(test)]
+use crate::wire::envelope::Decoded;
+use crate::wire::envelope::{parse_timestamp, RawRecord};
 
 #[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Rank {
@@ -28,24 +30,43 @@ enum Rank {
 }
 
 /// The indices of the messages to keep, in output order, or `None` when the strategy does
-/// not apply (the batch is then processed unchanged).
+/// not apply (the batch is then processed unchanged). The consumer takes the same keys
+/// while it decodes ([`record_key`], [`group_key`], [`keep_latest`]).
+#[cfg(test)]
 pub(crate) fn remove_duplicates(batch: &[&Decoded]) -> Option<Vec<usize>> {
     let mut keys = Vec::with_capacity(batch.len());
     for decoded in batch {
         let Decoded::Events(events) = decoded else { return None };
         let [event] = events.as_slice() else { return None };
         let [record] = event.data.as_slice() else { return None };
-        let id = match record.get("id") {
-            None | Some(Value::Null) => String::new(),
-            Some(Value::String(text)) => text.clone(),
-            Some(other) => other.to_string(),
-        };
-        let rank = match record.get("updated_at") {
-            Some(value @ Value::String(_)) => parse_timestamp(value),
-            _ => None,
-        };
-        keys.push((format!("{}{id}", event.event), rank));
+        keys.push(group_key(&event.event, record_key(record)));
     }
+    Some(keep_latest(&keys))
+}
+
+/// What the strategy reads of a message's one record: its `id` as text and its
+/// `updated_at`, when that is a string holding a time.
+pub(crate) fn record_key(record: &RawRecord) -> (String, Option<DateTime<Utc>>) {
+    let id = match record.get("id") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(text)) => text.clone(),
+        Some(other) => other.to_string(),
+    };
+    let time = match record.get("updated_at") {
+        Some(value @ Value::String(_)) => parse_timestamp(value),
+        _ => None,
+    };
+    (id, time)
+}
+
+/// The group of a one-record message: event name and record id (`"booking_updated" + "16"`),
+/// with the record's time.
+pub(crate) fn group_key(event: &str, (id, time): (String, Option<DateTime<Utc>>)) -> (String, Option<DateTime<Utc>>) {
+    (format!("{event}{id}"), time)
+}
+
+/// [`remove_duplicates`] over the messages' [`group_key`]s.
+pub(crate) fn keep_latest(keys: &[(String, Option<DateTime<Utc>>)]) -> Vec<usize> {
     // group key → (position in output, winner index, winner rank)
     let mut groups: HashMap<&str, usize> = HashMap::new();
     let mut winners: Vec<(usize, Rank)> = Vec::new();
@@ -63,7 +84,7 @@ pub(crate) fn remove_duplicates(batch: &[&Decoded]) -> Option<Vec<usize>> {
             }
         }
     }
-    Some(winners.into_iter().map(|(index, _)| index).collect())
+    winners.into_iter().map(|(index, _)| index).collect()
 }
 
 #[cfg(test)]

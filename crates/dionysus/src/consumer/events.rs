@@ -40,17 +40,6 @@ pub struct ConsumedEvent {
 }
 
 impl ConsumedEvent {
-    /// Records a change, replacing an earlier entry with the same key (C-15).
-    pub(crate) fn add_change(&mut self, change: LocalChange) {
-        if change.changes.is_empty() {
-            return;
-        }
-        match self.local_changes.iter_mut().find(|c| c.model == change.model && c.synced_id == change.synced_id) {
-            Some(existing) => *existing = change,
-            None => self.local_changes.push(change),
-        }
-    }
-
     /// The event in dionysus-rb's event-bus shape: `{topic_name, event_name, model_name,
     /// transformed_data, local_changes}` with `local_changes` as a list of
     /// `{"key": [model, id], "changes": {...}}`.

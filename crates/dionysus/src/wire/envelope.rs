@@ -85,27 +85,28 @@ pub fn escape_like_active_support(json: &str) -> String {
     out
 }
 
-/// A decoded message value.
+/// A decoded message value; its records are [`RawRecord`]s, or what a [`ReadRecords`] made
+/// of them.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decoded {
+pub enum Decoded<R = RawRecord> {
     /// A tombstone: the JSON text `null` or a Kafka null value (C-4).
     Tombstone,
     /// A JSON object without a `"message"` key; it carries no events (C-4).
     NoMessage,
     /// The events, each with `data` normalised to a list (a `null` becomes `[]`, an object
     /// becomes `[object]`, C-5).
-    Events(Vec<DecodedEvent>),
+    Events(Vec<DecodedEvent<R>>),
 }
 
 /// One event of a decoded message.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DecodedEvent {
+pub struct DecodedEvent<R = RawRecord> {
     /// Event name.
     pub event: String,
     /// Model name.
     pub model_name: String,
     /// Records.
-    pub data: Vec<RawRecord>,
+    pub data: Vec<R>,
 }
 
 /// One entry of an event's `data` as sent. An object stays a list of its members in their
@@ -146,84 +147,120 @@ impl From<Value> for RawRecord {
     }
 }
 
+/// Turns each record of a message into what the caller keeps, as the record is read: a
+/// large message is then never held as raw records and their final form at once.
+pub trait ReadRecords {
+    /// What a record becomes.
+    type Record;
+
+    /// Called before the records of a message are read; again when the one-pass reader gave
+    /// up and the message is read anew (forget what was read since the last call).
+    fn start(&mut self) {}
+
+    /// Record `index` of event `event` (positions in the message), in message order.
+    fn read(&mut self, event: usize, index: usize, record: RawRecord) -> Self::Record;
+}
+
+/// Keeps records as they were sent.
+struct Raw;
+
+impl ReadRecords for Raw {
+    type Record = RawRecord;
+
+    fn read(&mut self, _: usize, _: usize, record: RawRecord) -> RawRecord {
+        record
+    }
+}
+
 /// Decodes a message value; `None` is a Kafka null.
 ///
 /// The usual message is read in one pass straight into events and records. Anything the
 /// fast reader does not accept (bad JSON, an unexpected shape, a repeated envelope key) is
 /// read again as a plain JSON value, which decides and describes it.
 pub fn decode(value: Option<&[u8]>) -> Result<Decoded, EnvelopeError> {
+    decode_with(value, &mut Raw)
+}
+
+/// [`decode`], handing each record to `reader` as it is read.
+pub fn decode_with<R: ReadRecords>(value: Option<&[u8]>, reader: &mut R) -> Result<Decoded<R::Record>, EnvelopeError> {
     let Some(bytes) = value else { return Ok(Decoded::Tombstone) };
-    if let Ok(decoded) = serde_json::from_slice::<wire::Message>(bytes) {
-        return Ok(decoded.0);
+    reader.start();
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let fast = serde::de::DeserializeSeed::deserialize(wire::Message(&mut *reader), &mut deserializer)
+        .and_then(|decoded| deserializer.end().map(|()| decoded));
+    if let Ok(decoded) = fast {
+        return Ok(decoded);
     }
+    reader.start();
     let json: Value = serde_json::from_slice(bytes).map_err(EnvelopeError::Json)?;
-    decode_value(json)
+    decode_value_with(json, reader)
 }
 
 /// The one-pass reader behind [`decode`]. It accepts exactly what [`decode_value`] accepts
-/// without error and yields the same result; everything else is an error here.
+/// without error and yields the same result; everything else is an error here. Each level
+/// is a seed carrying the caller's [`ReadRecords`].
 mod wire {
     use std::fmt;
 
-    use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
     use serde::Deserialize;
     use serde_json::Value;
 
-    use super::{Decoded, DecodedEvent, RawRecord};
+    use super::{Decoded, DecodedEvent, RawRecord, ReadRecords};
 
     /// The visitor methods for booleans, numbers and strings, each giving
     /// `RawRecord::Other(value)` passed through `$wrap`.
     macro_rules! scalars {
         ($output:ty, $wrap:expr) => {
             fn visit_bool<E: de::Error>(self, value: bool) -> Result<$output, E> {
-                Ok($wrap(RawRecord::Other(Value::Bool(value))))
+                Ok($wrap(self, RawRecord::Other(Value::Bool(value))))
             }
             fn visit_i64<E: de::Error>(self, value: i64) -> Result<$output, E> {
-                Ok($wrap(RawRecord::Other(Value::from(value))))
+                Ok($wrap(self, RawRecord::Other(Value::from(value))))
             }
             fn visit_u64<E: de::Error>(self, value: u64) -> Result<$output, E> {
-                Ok($wrap(RawRecord::Other(Value::from(value))))
+                Ok($wrap(self, RawRecord::Other(Value::from(value))))
             }
             fn visit_f64<E: de::Error>(self, value: f64) -> Result<$output, E> {
-                Ok($wrap(RawRecord::Other(Value::from(value))))
+                Ok($wrap(self, RawRecord::Other(Value::from(value))))
             }
             fn visit_str<E: de::Error>(self, value: &str) -> Result<$output, E> {
-                Ok($wrap(RawRecord::Other(Value::String(value.to_owned()))))
+                Ok($wrap(self, RawRecord::Other(Value::String(value.to_owned()))))
             }
         };
     }
 
     /// A whole message value.
-    pub(super) struct Message(pub(super) Decoded);
+    pub(super) struct Message<'r, R>(pub(super) &'r mut R);
 
-    impl<'de> Deserialize<'de> for Message {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Message, D::Error> {
-            deserializer.deserialize_any(MessageVisitor).map(Message)
+    impl<'de, R: ReadRecords> DeserializeSeed<'de> for Message<'_, R> {
+        type Value = Decoded<R::Record>;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_any(self)
         }
     }
 
-    struct MessageVisitor;
-
-    impl<'de> Visitor<'de> for MessageVisitor {
-        type Value = Decoded;
+    impl<'de, R: ReadRecords> Visitor<'de> for Message<'_, R> {
+        type Value = Decoded<R::Record>;
 
         fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
             formatter.write_str("a message object or null")
         }
 
-        fn visit_unit<E: de::Error>(self) -> Result<Decoded, E> {
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
             Ok(Decoded::Tombstone)
         }
 
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Decoded, A::Error> {
-            let mut events: Option<Option<Vec<DecodedEvent>>> = None;
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut events: Option<Option<Vec<DecodedEvent<R::Record>>>> = None;
             while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                 if key != "message" {
                     map.next_value::<IgnoredAny>()?;
                 } else if events.is_some() {
                     return Err(de::Error::duplicate_field("message"));
                 } else {
-                    events = Some(map.next_value::<Option<Events>>()?.map(|events| events.0));
+                    events = Some(map.next_value_seed(OptionalEvents(&mut *self.0))?);
                 }
             }
             Ok(match events.flatten() {
@@ -233,91 +270,150 @@ mod wire {
         }
     }
 
-    struct Events(Vec<DecodedEvent>);
+    /// `"message"`: `null` or the events.
+    struct OptionalEvents<'r, R>(&'r mut R);
 
-    impl<'de> Deserialize<'de> for Events {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Events, D::Error> {
-            struct EventsVisitor;
-            impl<'de> Visitor<'de> for EventsVisitor {
-                type Value = Events;
-                fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    formatter.write_str("an array of events")
-                }
-                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Events, A::Error> {
-                    let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(1));
-                    while let Some(event) = seq.next_element::<Event>()? {
-                        events.push(event.0);
-                    }
-                    Ok(Events(events))
-                }
-            }
-            deserializer.deserialize_seq(EventsVisitor)
+    impl<'de, R: ReadRecords> DeserializeSeed<'de> for OptionalEvents<'_, R> {
+        type Value = Option<Vec<DecodedEvent<R::Record>>>;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_option(self)
         }
     }
 
-    struct Event(DecodedEvent);
+    impl<'de, R: ReadRecords> Visitor<'de> for OptionalEvents<'_, R> {
+        type Value = Option<Vec<DecodedEvent<R::Record>>>;
 
-    impl<'de> Deserialize<'de> for Event {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Event, D::Error> {
-            struct EventVisitor;
-            impl<'de> Visitor<'de> for EventVisitor {
-                type Value = Event;
-                fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    formatter.write_str("an event object")
-                }
-                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
-                    let (mut event, mut model_name, mut data) = (None, None, None);
-                    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                        let slot_taken = match key.as_ref() {
-                            "event" => event.replace(map.next_value::<String>()?).is_some(),
-                            "model_name" => model_name.replace(map.next_value::<String>()?).is_some(),
-                            "data" => data.replace(map.next_value::<Data>()?.0).is_some(),
-                            _ => {
-                                map.next_value::<IgnoredAny>()?;
-                                false
-                            }
-                        };
-                        if slot_taken {
-                            return Err(de::Error::custom("repeated event key"));
-                        }
-                    }
-                    let event = event.ok_or_else(|| de::Error::missing_field("event"))?;
-                    let model_name = model_name.ok_or_else(|| de::Error::missing_field("model_name"))?;
-                    Ok(Event(DecodedEvent { event, model_name, data: data.unwrap_or_default() }))
-                }
-            }
-            deserializer.deserialize_map(EventVisitor)
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("an array of events or null")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_seq(Events(self.0)).map(Some)
         }
     }
 
-    /// `data`: `null` is no records, an array its records, anything else one record.
-    struct Data(Vec<RawRecord>);
+    /// The events.
+    struct Events<'r, R>(&'r mut R);
 
-    impl<'de> Deserialize<'de> for Data {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Data, D::Error> {
-            struct DataVisitor;
-            impl<'de> Visitor<'de> for DataVisitor {
-                type Value = Data;
-                fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    formatter.write_str("records")
-                }
-                fn visit_unit<E: de::Error>(self) -> Result<Data, E> {
-                    Ok(Data(Vec::new()))
-                }
-                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Data, A::Error> {
-                    let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(1));
-                    while let Some(record) = seq.next_element::<RawRecord>()? {
-                        records.push(record);
-                    }
-                    Ok(Data(records))
-                }
-                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Data, A::Error> {
-                    Ok(Data(vec![RecordVisitor.visit_map(map)?]))
-                }
-                scalars!(Data, |record| Data(vec![record]));
-            }
-            deserializer.deserialize_any(DataVisitor)
+    impl<'de, R: ReadRecords> Visitor<'de> for Events<'_, R> {
+        type Value = Vec<DecodedEvent<R::Record>>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("an array of events")
         }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(1).min(64));
+            while let Some(event) = seq.next_element_seed(Event { reader: &mut *self.0, index: events.len() })? {
+                events.push(event);
+            }
+            Ok(events)
+        }
+    }
+
+    /// Event `index` of the message.
+    struct Event<'r, R> {
+        reader: &'r mut R,
+        index: usize,
+    }
+
+    impl<'de, R: ReadRecords> DeserializeSeed<'de> for Event<'_, R> {
+        type Value = DecodedEvent<R::Record>;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+    }
+
+    impl<'de, R: ReadRecords> Visitor<'de> for Event<'_, R> {
+        type Value = DecodedEvent<R::Record>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("an event object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let (mut event, mut model_name, mut data) = (None, None, None);
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                let slot_taken = match key.as_ref() {
+                    "event" => event.replace(map.next_value::<String>()?).is_some(),
+                    "model_name" => model_name.replace(map.next_value::<String>()?).is_some(),
+                    "data" if data.is_some() => true,
+                    "data" => {
+                        data = Some(map.next_value_seed(Data { reader: &mut *self.reader, event: self.index })?);
+                        false
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                        false
+                    }
+                };
+                if slot_taken {
+                    return Err(de::Error::custom("repeated event key"));
+                }
+            }
+            let event = event.ok_or_else(|| de::Error::missing_field("event"))?;
+            let model_name = model_name.ok_or_else(|| de::Error::missing_field("model_name"))?;
+            Ok(DecodedEvent { event, model_name, data: data.unwrap_or_default() })
+        }
+    }
+
+    /// `data` of event `event`: `null` is no records, an array its records, anything else
+    /// one record.
+    struct Data<'r, R> {
+        reader: &'r mut R,
+        event: usize,
+    }
+
+    impl<'de, R: ReadRecords> DeserializeSeed<'de> for Data<'_, R> {
+        type Value = Vec<R::Record>;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<R: ReadRecords> Data<'_, R> {
+        fn one(self, record: RawRecord) -> Vec<R::Record> {
+            vec![self.reader.read(self.event, 0, record)]
+        }
+    }
+
+    impl<'de, R: ReadRecords> Visitor<'de> for Data<'_, R> {
+        type Value = Vec<R::Record>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("records")
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(1).min(1024));
+            while let Some(record) = seq.next_element::<RawRecord>()? {
+                records.push(self.reader.read(self.event, records.len(), record));
+            }
+            records.shrink_to_fit();
+            Ok(records)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            let record = RecordVisitor.visit_map(map)?;
+            Ok(self.one(record))
+        }
+
+        scalars!(Vec<R::Record>, Data::one);
     }
 
     /// One record: an object's members in order, or any other value.
@@ -337,10 +433,12 @@ mod wire {
         }
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRecord, A::Error> {
-            let mut members = Vec::with_capacity(map.size_hint().unwrap_or(24));
+            // Grown as needed and fitted at the end: a message may hold many small records.
+            let mut members = Vec::with_capacity(map.size_hint().unwrap_or(4).min(64));
             while let Some(key) = map.next_key::<String>()? {
                 members.push((key, map.next_value::<Value>()?));
             }
+            members.shrink_to_fit();
             Ok(RawRecord::Object(members))
         }
 
@@ -348,7 +446,7 @@ mod wire {
             Ok(RawRecord::Other(Value::Null))
         }
 
-        scalars!(RawRecord, std::convert::identity);
+        scalars!(RawRecord, |_, record| record);
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawRecord, A::Error> {
             let mut items = Vec::new();
@@ -362,6 +460,11 @@ mod wire {
 
 /// Decodes an already parsed value.
 pub fn decode_value(json: Value) -> Result<Decoded, EnvelopeError> {
+    decode_value_with(json, &mut Raw)
+}
+
+/// [`decode_value`], handing each record to `reader`.
+fn decode_value_with<R: ReadRecords>(json: Value, reader: &mut R) -> Result<Decoded<R::Record>, EnvelopeError> {
     let mut object = match json {
         Value::Null => return Ok(Decoded::Tombstone),
         Value::Object(object) => object,
@@ -389,8 +492,12 @@ pub fn decode_value(json: Value) -> Result<Decoded, EnvelopeError> {
         let model_name = text("model_name")?;
         let data = match entry.remove("data") {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(records)) => records.into_iter().map(RawRecord::from).collect(),
-            Some(record) => vec![RawRecord::from(record)],
+            Some(Value::Array(records)) => records
+                .into_iter()
+                .enumerate()
+                .map(|(position, record)| reader.read(index, position, RawRecord::from(record)))
+                .collect(),
+            Some(record) => vec![reader.read(index, 0, RawRecord::from(record))],
         };
         events.push(DecodedEvent { event, model_name, data });
     }
@@ -563,5 +670,40 @@ mod tests {
         assert_eq!(parse_timestamp(&json!(1_660_310_664)), Some(time));
         assert_eq!(parse_timestamp(&json!("yesterday")), None);
         assert_eq!(parse_timestamp(&Value::Null), None);
+    }
+
+    /// Logs what it is handed: `(event, index, id)`.
+    #[derive(Default)]
+    struct Log(Vec<(usize, usize, Value)>);
+
+    impl ReadRecords for Log {
+        type Record = Value;
+
+        fn start(&mut self) {
+            self.0.clear();
+        }
+
+        fn read(&mut self, event: usize, index: usize, record: RawRecord) -> Value {
+            self.0.push((event, index, record.get("id").cloned().unwrap_or(Value::Null)));
+            record.into_value()
+        }
+    }
+
+    #[test]
+    fn a_reader_gets_each_record_once_in_order_even_when_the_message_is_read_again() {
+        let fast = br#"{"message":[{"event":"a","model_name":"A","data":[{"id":1},{"id":2}]},
+            {"data":{"id":3},"event":"b","model_name":"B"}]}"#;
+        let mut log = Log::default();
+        let Decoded::Events(events) = decode_with(Some(fast), &mut log).unwrap() else { panic!() };
+        assert_eq!(log.0, [(0, 0, json!(1)), (0, 1, json!(2)), (1, 0, json!(3))]);
+        assert_eq!(events[1].data, [json!({"id": 3})]);
+        // A repeated envelope key: the one-pass reader gives up after reading records, the
+        // message is read again, and the reader starts over.
+        let again = br#"{"message":[{"event":"a","model_name":"A","data":[{"id":1}]}],
+            "message":[{"event":"a","model_name":"A","data":[{"id":7},{"id":8}]}]}"#;
+        let Decoded::Events(events) = decode_with(Some(again), &mut log).unwrap() else { panic!() };
+        assert_eq!(log.0, [(0, 0, json!(7)), (0, 1, json!(8))]);
+        assert_eq!(events[0].data.len(), 2);
+        assert_eq!(decode(Some(again)).unwrap(), decode_value(serde_json::from_slice(again).unwrap()).unwrap());
     }
 }

@@ -80,13 +80,12 @@ pub(crate) enum DeserializeError {
 /// Deserializes an event's `data` list.
 #[cfg(test)]
 pub(crate) fn deserialize(data: &[Value]) -> Result<Vec<Record>, DeserializeError> {
-    deserialize_owned(data.iter().cloned().map(RawRecord::from).collect())
+    data.iter().cloned().enumerate().map(|(index, item)| deserialize_record(index, RawRecord::from(item))).collect()
 }
 
-/// [`deserialize`], taking the decoded records: values move into the records instead of
-/// being copied.
-pub(crate) fn deserialize_owned(data: Vec<RawRecord>) -> Result<Vec<Record>, DeserializeError> {
-    data.into_iter().enumerate().map(|(index, item)| deserialize_at(item, &|| format!("data[{index}]"))).collect()
+/// Deserializes the record at position `index` of an event's `data`, moving its values.
+pub(crate) fn deserialize_record(index: usize, item: RawRecord) -> Result<Record, DeserializeError> {
+    deserialize_at(item, &|| format!("data[{index}]"))
 }
 
 /// Deserializes one record.
@@ -112,7 +111,6 @@ fn deserialize_at(item: RawRecord, path: &dyn Fn() -> String) -> Result<Record, 
         RawRecord::Object(payload) => payload,
         RawRecord::Other(other) => return Err(DeserializeError::NotAnObject { path: path(), found: kind(&other) }),
     };
-    let members = payload.len();
     // One pass over the payload, in its order, moving every value.
     let mut links = Map::new();
     let mut id = Value::Null;
@@ -133,19 +131,51 @@ fn deserialize_at(item: RawRecord, path: &dyn Fn() -> String) -> Result<Record, 
         }
     }
 
-    let mut record = Record { attributes: Map::with_capacity(members + links.len() + 1), ..Record::default() };
+    // Sideloads indexed once by link name (keys of one object are unique), so each link
+    // finds its records in constant time however many links a record has.
+    let mut sideloads: HashMap<String, Value> = HashMap::new();
+    let plain: Vec<(String, Value)> = if links.is_empty() {
+        rest
+    } else {
+        let mut plain = Vec::with_capacity(rest.len());
+        for (key, value) in rest {
+            if links.contains_key(&key) {
+                sideloads.insert(key, value);
+            } else {
+                plain.push((key, value));
+            }
+        }
+        plain
+    };
+    // As many attributes and relationships as there will be: a message may hold many small
+    // records.
+    let derived: usize = links.values().map(|link| if link.is_object() { 2 } else { 1 }).sum();
+    let timed = times.iter().flatten().count();
+    let mut record = Record { attributes: Map::with_capacity(derived + 1 + timed + plain.len()), ..Record::default() };
+    let many = links.values().filter(|link| link.is_array()).count();
+    record.has_many.reserve_exact(many);
+    record.has_one.reserve_exact(links.len() - many);
     let attributes = &mut record.attributes;
-    for (name, value) in &links {
+    // The links move into the attributes, each freed as soon as it is read; what the
+    // relationships need of them is kept: (name, to-many, model name of a to-one link).
+    let mut relationships: Vec<(String, bool, Option<String>)> = Vec::with_capacity(links.len());
+    for (name, value) in links {
         match value {
-            Value::Object(link) => {
-                attributes.insert(format!("synced_{name}_id"), link.get("id").cloned().unwrap_or(Value::Null));
-                attributes.insert(format!("synced_{name}_type"), link.get("type").cloned().unwrap_or(Value::Null));
+            Value::Object(mut link) => {
+                let id = link.swap_remove("id").unwrap_or(Value::Null);
+                let kind = link.swap_remove("type").unwrap_or(Value::Null);
+                let model = kind.as_str().map(str::to_owned);
+                attributes.insert(format!("synced_{name}_id"), id);
+                attributes.insert(format!("synced_{name}_type"), kind);
+                relationships.push((name, false, model));
             }
             Value::Array(ids) => {
-                attributes.insert(format!("synced_{}_ids", singularize(name)), Value::Array(ids.clone()));
+                attributes.insert(format!("synced_{}_ids", singularize(&name)), Value::Array(ids));
+                relationships.push((name, true, None));
             }
             other => {
-                attributes.insert(format!("synced_{name}_id"), other.clone());
+                attributes.insert(format!("synced_{name}_id"), other);
+                relationships.push((name, false, None));
             }
         }
     }
@@ -155,20 +185,13 @@ fn deserialize_at(item: RawRecord, path: &dyn Fn() -> String) -> Result<Record, 
             attributes.insert(target.to_owned(), value);
         }
     }
-    // Sideloads indexed once by link name (keys of one object are unique), so each link
-    // finds its records in constant time however many links a record has.
-    let mut sideloads: HashMap<String, Value> = HashMap::new();
-    for (key, value) in rest {
-        if links.contains_key(&key) {
-            sideloads.insert(key, value);
-        } else {
-            attributes.insert(key, value);
-        }
+    for (key, value) in plain {
+        attributes.insert(key, value);
     }
 
-    for (name, link) in &links {
-        let sideloaded = sideloads.remove(name).filter(|value| !value.is_null());
-        if link.is_array() {
+    for (name, to_many, model) in relationships {
+        let sideloaded = sideloads.remove(&name).filter(|value| !value.is_null());
+        if to_many {
             let records = match sideloaded {
                 None => None,
                 Some(Value::Array(items)) => Some(
@@ -182,19 +205,12 @@ fn deserialize_at(item: RawRecord, path: &dyn Fn() -> String) -> Result<Record, 
                 ),
                 Some(item) => Some(vec![deserialize_at(RawRecord::from(item), &|| format!("{}.{name}[0]", path()))?]),
             };
-            record.has_many.push((name.clone(), records));
+            record.has_many.push((name, records));
         } else {
-            let model_name = match link {
-                Value::Object(object) => match object.get("type") {
-                    Some(Value::String(kind)) => kind.clone(),
-                    _ => name.clone(),
-                },
-                _ => name.clone(),
-            };
             let sideloaded = sideloaded
                 .map(|item| deserialize_at(RawRecord::from(item), &|| format!("{}.{name}", path())))
                 .transpose()?;
-            record.has_one.push((model_name, sideloaded));
+            record.has_one.push((model.unwrap_or(name), sideloaded));
         }
     }
     Ok(record)

@@ -8,6 +8,8 @@
 //!   (C-12) and remove (C-13, C-14) given the current row, and yields the new row and the
 //!   local changes (C-15).
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde_json::{Map, Number, Value};
 
@@ -95,12 +97,64 @@ pub(crate) enum RowPlan {
 
 /// Checks `record` against `replica` and computes the assignments (C-9, C-11).
 pub(crate) fn prepare(replica: &ReplicaDescriptor, record: &Record) -> Result<Prepared, RecordError> {
-    let Some(synced_id) = record.synced_id().cloned() else {
+    prepare_with(replica, record, true)
+}
+
+/// [`prepare`] without the `synced_data` column, for a caller that writes it from the
+/// record's attributes itself (as JSON text, without copying them).
+pub(crate) fn prepare_columns(replica: &ReplicaDescriptor, record: &Record) -> Result<Prepared, RecordError> {
+    prepare_with(replica, record, false)
+}
+
+fn prepare_with(replica: &ReplicaDescriptor, record: &Record, data: bool) -> Result<Prepared, RecordError> {
+    let mut assignments = Vec::with_capacity(replica.columns.len());
+    let checked = walk(replica, record, |column, value| match value {
+        Assigned::Attributes if data => assignments.push((column, Value::Object(record.attributes.clone()))),
+        Assigned::Attributes => {}
+        Assigned::Value(value) => assignments.push((column, value.into_owned())),
+    })?;
+    Ok(Prepared {
+        synced_id: checked.synced_id.clone(),
+        event_time: checked.event_time,
+        has_canceled_at: record.attributes.contains_key("synced_canceled_at"),
+        assignments,
+    })
+}
+
+/// [`prepare`]'s checks alone, keeping nothing: whether `record` fits `replica`, and its
+/// event time. Copies no value that fits its column as sent (`synced_data` included), so a
+/// whole message can be checked before anything is written without holding a second copy.
+pub(crate) fn check(replica: &ReplicaDescriptor, record: &Record) -> Result<Option<DateTime<Utc>>, RecordError> {
+    walk(replica, record, |_, _| {}).map(|checked| checked.event_time)
+}
+
+/// What a column is assigned, as [`walk`] yields it.
+enum Assigned<'r> {
+    /// The record's whole attributes (the `synced_data` column).
+    Attributes,
+    /// A value normalised for its column, borrowed when it fits as sent.
+    Value(Cow<'r, Value>),
+}
+
+/// The synced id and event time of a record that [`walk`] found fit.
+struct Checked<'r> {
+    synced_id: &'r Value,
+    event_time: Option<DateTime<Utc>>,
+}
+
+/// The rules of [`prepare`] and [`check`]: yields every column's assignment in column order
+/// to `assign`, or the first value that does not fit.
+fn walk<'r>(
+    replica: &ReplicaDescriptor,
+    record: &'r Record,
+    mut assign: impl FnMut(&'static Column, Assigned<'r>),
+) -> Result<Checked<'r>, RecordError> {
+    let Some(synced_id) = record.synced_id() else {
         return Err(RecordError::MissingId { model: replica.model.to_owned() });
     };
     let attributes = &record.attributes;
     let wrong = |key: &'static str, column: &'static str, value: &Value, expected: &'static str| {
-        let id_text = match &synced_id {
+        let id_text = match synced_id {
             Value::String(text) => text.clone(),
             other => other.to_string(),
         };
@@ -126,10 +180,9 @@ pub(crate) fn prepare(replica: &ReplicaDescriptor, record: &Record) -> Result<Pr
             }
         }
     }
-    let mut assignments = Vec::with_capacity(replica.columns.len());
     for column in replica.columns {
         if Some(column.name) == replica.synced_data {
-            assignments.push((column, Value::Object(attributes.clone())));
+            assign(column, Assigned::Attributes);
             continue;
         }
         // A timestamp column takes its role's attribute (C-11); with a name other than the
@@ -141,13 +194,13 @@ pub(crate) fn prepare(replica: &ReplicaDescriptor, record: &Record) -> Result<Pr
             None => continue,
         };
         let value =
-            normalize(column.kind, value).map_err(|expected| wrong(column.source, column.name, value, expected))?;
+            normalized(column.kind, value).map_err(|expected| wrong(column.source, column.name, value, expected))?;
         if value.is_null() && !column.nullable {
             return Err(wrong(column.source, column.name, &Value::Null, "a value: the column is not nullable"));
         }
-        assignments.push((column, value));
+        assign(column, Assigned::Value(value));
     }
-    Ok(Prepared { synced_id, event_time, has_canceled_at: attributes.contains_key("synced_canceled_at"), assignments })
+    Ok(Checked { synced_id, event_time })
 }
 
 /// The canonical text of a time in replica rows and local changes.
@@ -157,62 +210,73 @@ pub(crate) fn canonical_time(time: &DateTime<Utc>) -> String {
 
 /// Normalises `value` for a column of `kind`; `Err` names what the column accepts.
 pub(crate) fn normalize(kind: ColumnKind, value: &Value) -> Result<Value, &'static str> {
+    normalized(kind, value).map(Cow::into_owned)
+}
+
+/// [`normalize`], borrowing `value` when it fits the column as it is.
+fn normalized(kind: ColumnKind, value: &Value) -> Result<Cow<'_, Value>, &'static str> {
+    let same = Cow::Borrowed(value);
     if value.is_null() {
-        return Ok(Value::Null);
+        return Ok(same);
     }
+    let owned = |value: Value| Cow::Owned(value);
     match kind {
-        ColumnKind::Json => Ok(value.clone()),
+        ColumnKind::Json => Ok(same),
         ColumnKind::Integer => match value {
-            Value::Number(number) if number.is_i64() || number.is_u64() => Ok(value.clone()),
+            Value::Number(number) if number.is_i64() || number.is_u64() => Ok(same),
             Value::Number(number) => match number.as_f64() {
-                Some(float) if float.fract() == 0.0 && float.abs() < 9.0e15 => Ok(Value::from(float as i64)),
+                Some(float) if float.fract() == 0.0 && float.abs() < 9.0e15 => Ok(owned(Value::from(float as i64))),
                 _ => Err("an integer"),
             },
-            Value::String(text) => text.trim().parse::<i64>().map(Value::from).map_err(|_| "an integer"),
+            Value::String(text) => text.trim().parse::<i64>().map(|n| owned(Value::from(n))).map_err(|_| "an integer"),
             _ => Err("an integer"),
         },
         ColumnKind::Float => match value {
-            Value::Number(_) => Ok(value.clone()),
-            Value::String(text) => {
-                text.trim().parse::<f64>().ok().and_then(Number::from_f64).map(Value::Number).ok_or("a number")
-            }
+            Value::Number(_) => Ok(same),
+            Value::String(text) => text
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(Number::from_f64)
+                .map(|number| owned(Value::Number(number)))
+                .ok_or("a number"),
             _ => Err("a number"),
         },
         ColumnKind::Decimal => match value {
-            Value::Number(_) => Ok(value.clone()),
+            Value::Number(_) => Ok(same),
             Value::String(text) if text.trim().parse::<f64>().is_ok_and(f64::is_finite) => {
-                Ok(Value::String(text.trim().to_owned()))
+                Ok(if text.trim().len() == text.len() { same } else { owned(Value::String(text.trim().to_owned())) })
             }
             _ => Err("a decimal number"),
         },
         ColumnKind::Bool => match value {
-            Value::Bool(_) => Ok(value.clone()),
-            Value::String(text) if text == "true" || text == "false" => Ok(Value::Bool(text == "true")),
+            Value::Bool(_) => Ok(same),
+            Value::String(text) if text == "true" || text == "false" => Ok(owned(Value::Bool(text == "true"))),
             _ => Err("a boolean"),
         },
         ColumnKind::Text => match value {
-            Value::String(_) => Ok(value.clone()),
-            Value::Number(number) => Ok(Value::String(number.to_string())),
-            Value::Bool(boolean) => Ok(Value::String(boolean.to_string())),
+            Value::String(_) => Ok(same),
+            Value::Number(number) => Ok(owned(Value::String(number.to_string()))),
+            Value::Bool(boolean) => Ok(owned(Value::String(boolean.to_string()))),
             _ => Err("a string"),
         },
         ColumnKind::Timestamp => {
-            parse_timestamp(value).map(|time| Value::String(canonical_time(&time))).ok_or("a timestamp")
+            parse_timestamp(value).map(|time| owned(Value::String(canonical_time(&time)))).ok_or("a timestamp")
         }
         ColumnKind::Date => {
             if let Value::String(text) = value {
                 if let Ok(date) = NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d") {
-                    return Ok(Value::String(date.to_string()));
+                    return Ok(owned(Value::String(date.to_string())));
                 }
             }
-            parse_timestamp(value).map(|time| Value::String(time.date_naive().to_string())).ok_or("a date")
+            parse_timestamp(value).map(|time| owned(Value::String(time.date_naive().to_string()))).ok_or("a date")
         }
         ColumnKind::Uuid => match value {
-            Value::String(text) if is_uuid(text) => Ok(value.clone()),
+            Value::String(text) if is_uuid(text) => Ok(same),
             _ => Err("a UUID string"),
         },
         ColumnKind::Array => match value {
-            Value::Array(_) => Ok(value.clone()),
+            Value::Array(_) => Ok(same),
             _ => Err("an array"),
         },
     }
@@ -228,7 +292,11 @@ fn is_uuid(text: &str) -> bool {
 pub(crate) fn normalize_row(replica: &ReplicaDescriptor, row: &mut Map<String, Value>) {
     for column in replica.columns {
         if let Some(value) = row.get_mut(column.name) {
-            if let Ok(normalized) = normalize(column.kind, value) {
+            let changed = match normalized(column.kind, value) {
+                Ok(Cow::Owned(normalized)) => Some(normalized),
+                _ => None,
+            };
+            if let Some(normalized) = changed {
                 *value = normalized;
             }
         }
@@ -251,23 +319,11 @@ pub(crate) enum Intent {
     },
 }
 
-/// Decides what `kind` does to the row of `prepared`, before the stored row is known.
+/// Decides what `kind` does to the row of `prepared`, before the stored row is known,
+/// moving the prepared values into the result (`prepared.assignments` is left empty).
 ///
 /// `aggregate_root` is false for sideloaded records (which are never removed), `now` is the
 /// cancel time when the event has no time of its own.
-pub(crate) fn intent(
-    replica: &ReplicaDescriptor,
-    kind: EventKind,
-    aggregate_root: bool,
-    prepared: &Prepared,
-    now: DateTime<Utc>,
-) -> Intent {
-    let assigned = prepared.assignments.iter().map(|(column, value)| (column.name, value.clone())).collect();
-    intent_with(replica, kind, aggregate_root, prepared, assigned, now)
-}
-
-/// [`intent`], moving the prepared values into the result instead of copying them: for a
-/// record that is written once and not planned again. `prepared.assignments` is left empty.
 pub(crate) fn take_intent(
     replica: &ReplicaDescriptor,
     kind: EventKind,
@@ -329,7 +385,7 @@ fn assign(assigned: &mut Vec<(&'static str, Value)>, name: &'static str, value: 
 /// written `synced_updated_at` (else the written `synced_created_at`, which is also the guard
 /// column of a model without `synced_updated_at`), so that must be the event's time. It is whenever the payload carries `updated_at`, as producers send it.
 ///
-/// Decided from the prepared values, before [`intent`]: the intent writes only the
+/// Decided from the prepared values, before [`take_intent`]: the intent writes only the
 /// soft-delete column and the synced id besides them, so the time columns it writes are
 /// these (a soft-delete column that is also a time column is left to the exact path).
 pub(crate) fn guard_from_prepared(replica: &ReplicaDescriptor, prepared: &Prepared) -> bool {
@@ -372,29 +428,33 @@ pub(crate) fn is_stale(replica: &ReplicaDescriptor, prepared: &Prepared, old: &M
 }
 
 /// Decides what happens to the row of one prepared record (C-10, C-12, C-13, C-14), given
-/// the current row `old` (normalised); see [`intent`] for the other arguments.
+/// the current row `old` (normalised); see [`take_intent`] for the other arguments. The
+/// prepared values move into the new row; the changes are only computed when `changes` is
+/// true (else they are empty).
 pub(crate) fn plan(
     replica: &ReplicaDescriptor,
     kind: EventKind,
     aggregate_root: bool,
-    prepared: &Prepared,
+    mut prepared: Prepared,
     old: Option<&Map<String, Value>>,
     now: DateTime<Utc>,
+    changes: bool,
 ) -> RowPlan {
-    if old.is_some_and(|old| is_stale(replica, prepared, old)) {
+    if old.is_some_and(|old| is_stale(replica, &prepared, old)) {
         return RowPlan::Stale;
     }
-    let (mut assigned, keep) = match intent(replica, kind, aggregate_root, prepared, now) {
+    let (mut assigned, keep) = match take_intent(replica, kind, aggregate_root, &mut prepared, now) {
         Intent::Write { assigned, keep } => (assigned, keep),
         Intent::Remove => {
             return match old {
-                Some(old) => RowPlan::Delete {
+                Some(old) if changes => RowPlan::Delete {
                     changes: old
                         .iter()
                         .filter(|(_, value)| !value.is_null())
                         .map(|(name, value)| (name.clone(), Value::Array(vec![value.clone(), Value::Null])))
                         .collect(),
                 },
+                Some(_) => RowPlan::Delete { changes: ChangeSet::new() },
                 None => RowPlan::Nothing,
             }
         }
@@ -405,15 +465,17 @@ pub(crate) fn plan(
         }
     }
     let mut row = old.cloned().unwrap_or_default();
-    let mut changes = ChangeSet::new();
+    let mut change_set = ChangeSet::new();
     for (name, value) in assigned {
-        let before = old.and_then(|old| old.get(name)).cloned().unwrap_or(Value::Null);
-        if before != value {
-            changes.insert(name.to_owned(), Value::Array(vec![before, value.clone()]));
+        if changes {
+            let before = old.and_then(|old| old.get(name)).cloned().unwrap_or(Value::Null);
+            if before != value {
+                change_set.insert(name.to_owned(), Value::Array(vec![before, value.clone()]));
+            }
         }
         row.insert(name.to_owned(), value);
     }
-    RowPlan::Write { row, exists: old.is_some(), changes }
+    RowPlan::Write { row, exists: old.is_some(), changes: change_set }
 }
 
 #[cfg(test)]
@@ -477,7 +539,7 @@ mod tests {
         let record = deserialize_one(&payload).unwrap();
         let prepared = prepare(replica, &record).unwrap();
         let old = old.map(row);
-        plan(replica, kind, true, &prepared, old.as_ref(), now())
+        plan(replica, kind, true, prepared, old.as_ref(), now(), true)
     }
 
     fn written(plan: &RowPlan) -> &Map<String, Value> {

@@ -6,7 +6,9 @@
 //! This module owns the statements; deciding which rows to write is `plan`'s job, and
 //! transactions and offsets belong to the consumer.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -221,6 +223,23 @@ pub(crate) struct UpsertRow {
     pub values: Vec<(&'static str, Value)>,
     /// See [`crate::consumer::replica::plan::Intent::Write`].
     pub keep: Option<&'static str>,
+    /// A JSON column written from JSON text as is (`synced_data`, made from the record
+    /// without a copy of its values).
+    pub encoded: Option<(&'static str, String)>,
+}
+
+/// One value of an [`upsert_rows`] statement.
+#[derive(Debug)]
+enum Cell {
+    Value(Value),
+    /// JSON text of a JSON column.
+    Encoded(String),
+}
+
+impl Default for Cell {
+    fn default() -> Cell {
+        Cell::Value(Value::Null)
+    }
 }
 
 #[derive(QueryableByName)]
@@ -242,7 +261,7 @@ type TypesOfTable = HashMap<String, String>;
 
 /// Rows of one [`upsert_rows`] statement: (written columns in table order, kept column) and
 /// each row's values in that order.
-type UpsertGroup = ((Vec<&'static Column>, Option<&'static str>), Vec<Vec<Value>>);
+type UpsertGroup = ((Vec<&'static Column>, Option<&'static str>), Vec<Vec<Cell>>);
 
 /// The SQL types of replica tables' columns (`format_type`), read from the catalog once per
 /// table and consumer; a failed write forgets its table's entry, so an altered table is
@@ -294,7 +313,11 @@ enum ColumnArray {
 impl ColumnArray {
     /// Whether `value` has an array form for a column of `kind` (array columns and integers
     /// beyond `i64` do not: their group goes through `jsonb`).
-    fn fits(kind: ColumnKind, value: &Value) -> bool {
+    fn fits(kind: ColumnKind, cell: &Cell) -> bool {
+        let value = match cell {
+            Cell::Value(value) => value,
+            Cell::Encoded(_) => return kind == ColumnKind::Json,
+        };
         value.is_null()
             || match kind {
                 ColumnKind::Integer => value.as_i64().is_some(),
@@ -311,14 +334,26 @@ impl ColumnArray {
     }
 
     /// The column's values (checked with [`ColumnArray::fits`]), moved out of `values`.
-    fn take(kind: ColumnKind, values: impl Iterator<Item = Value>) -> ColumnArray {
+    fn take(kind: ColumnKind, cells: impl Iterator<Item = Cell>) -> ColumnArray {
+        if kind == ColumnKind::Json {
+            return ColumnArray::Text(
+                cells
+                    .map(|cell| match cell {
+                        Cell::Encoded(text) => Some(text),
+                        Cell::Value(Value::Null) => None,
+                        Cell::Value(value) => Some(value.to_string()),
+                    })
+                    .collect(),
+            );
+        }
+        let values = cells.map(|cell| match cell {
+            Cell::Value(value) => value,
+            Cell::Encoded(_) => Value::Null,
+        });
         match kind {
             ColumnKind::Integer => ColumnArray::Integer(values.map(|value| value.as_i64()).collect()),
             ColumnKind::Float => ColumnArray::Float(values.map(|value| value.as_f64()).collect()),
             ColumnKind::Bool => ColumnArray::Bool(values.map(|value| value.as_bool()).collect()),
-            ColumnKind::Json => ColumnArray::Text(
-                values.map(|value| if value.is_null() { None } else { Some(value.to_string()) }).collect(),
-            ),
             _ => ColumnArray::Text(
                 values
                     .map(|value| match value {
@@ -374,16 +409,18 @@ pub(crate) async fn upsert_rows(
     let mut groups: Vec<UpsertGroup> = Vec::new();
     // Shape (column positions, kept column) → its group.
     let mut slots: HashMap<(Vec<usize>, Option<&'static str>), usize> = HashMap::new();
-    for UpsertRow { values, keep } in rows {
-        let mut cells: Vec<(usize, &'static Column, Value)> = values
-            .into_iter()
-            .filter_map(|(name, value)| {
-                replica.column(name).map(|column| (column_position(replica, column), column, value))
+    for UpsertRow { values, keep, encoded } in rows {
+        let values = values.into_iter().map(|(name, value)| (name, Cell::Value(value)));
+        let encoded = encoded.map(|(name, text)| (name, Cell::Encoded(text)));
+        let mut cells: Vec<(usize, &'static Column, Cell)> = values
+            .chain(encoded)
+            .filter_map(|(name, cell)| {
+                replica.column(name).map(|column| (column_position(replica, column), column, cell))
             })
             .collect();
         cells.sort_by_key(|(position, _, _)| *position);
         let positions: Vec<usize> = cells.iter().map(|(position, _, _)| *position).collect();
-        let (columns, values): (Vec<&'static Column>, Vec<Value>) =
+        let (columns, values): (Vec<&'static Column>, Vec<Cell>) =
             cells.into_iter().map(|(_, column, value)| (column, value)).unzip();
         match slots.get(&(positions.clone(), keep)) {
             Some(&slot) => groups[slot].1.push(values),
@@ -418,7 +455,7 @@ async fn upsert_group(
     column_types: &HashMap<String, String>,
     columns: &[&'static Column],
     keep: Option<&'static str>,
-    members: Vec<Vec<Value>>,
+    members: Vec<Vec<Cell>>,
     returning: bool,
 ) -> Result<Vec<String>, diesel::result::Error> {
     let table = quote_ident(replica.table);
@@ -479,14 +516,25 @@ async fn upsert_group(
         }
         query.load(conn).await?
     } else {
-        let rows: Vec<Value> = members
-            .into_iter()
-            .map(|values| Value::Object(columns.iter().map(|column| column.name.to_owned()).zip(values).collect()))
-            .collect();
+        // `[{"column": value, …}, …]`, written as text.
+        let names: Vec<String> = columns.iter().map(|column| Value::from(column.name).to_string()).collect();
+        let mut rows = String::from("[");
+        for (index, values) in members.into_iter().enumerate() {
+            rows.push_str(if index == 0 { "{" } else { ",{" });
+            for (position, (name, cell)) in names.iter().zip(values).enumerate() {
+                let separator = if position == 0 { "" } else { "," };
+                let _ = match cell {
+                    Cell::Value(value) => write!(rows, "{separator}{name}:{value}"),
+                    Cell::Encoded(text) => write!(rows, "{separator}{name}:{text}"),
+                };
+            }
+            rows.push('}');
+        }
+        rows.push(']');
         let sql = format!(
-            "INSERT INTO {table} AS t ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{table}, $1) {tail}"
+            "INSERT INTO {table} AS t ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) {tail}"
         );
-        let query = diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(rows));
+        let query = diesel::sql_query(sql).bind::<Text, _>(rows);
         if !returning {
             query.execute(conn).await?;
             return Ok(Vec::new());
@@ -555,11 +603,11 @@ pub(crate) async fn delete_rows(
 /// Resolves to-many relationships (C-16 `resolve_to_many_association`): for each
 /// `(parent id, child ids)`, the listed children get `foreign_key = parent` and the other
 /// children of that parent are detached (`foreign_key = NULL`).
-pub(crate) async fn resolve_to_many(
+pub(crate) async fn resolve_to_many<V: Borrow<Value>>(
     conn: &mut AsyncPgConnection,
     child: &ReplicaDescriptor,
     foreign_key: &str,
-    links: Vec<(Value, Vec<Value>)>,
+    links: Vec<(V, Vec<V>)>,
 ) -> Result<(), diesel::result::Error> {
     if links.is_empty() {
         return Ok(());
@@ -567,21 +615,24 @@ pub(crate) async fn resolve_to_many(
     let table = quote_ident(child.table);
     let id = quote_ident(child.synced_id);
     let fk = quote_ident(foreign_key);
-    let payload: Vec<Value> = links
-        .into_iter()
-        .map(|(parent, ids)| {
-            let mut object = Map::new();
-            object.insert("parent".to_owned(), parent);
-            object.insert("ids".to_owned(), Value::Array(ids));
-            Value::Object(object)
-        })
-        .collect();
+    // `[{"parent": …, "ids": […]}, …]`, written as text: no JSON tree per link is built.
+    let mut payload = String::from("[");
+    for (position, (parent, ids)) in links.iter().enumerate() {
+        let separator = if position == 0 { "" } else { "," };
+        let _ = write!(payload, r#"{separator}{{"parent":{},"ids":["#, parent.borrow());
+        for (position, child) in ids.iter().enumerate() {
+            let _ = write!(payload, "{}{}", if position == 0 { "" } else { "," }, child.borrow());
+        }
+        payload.push_str("]}");
+    }
+    payload.push(']');
+    drop(links);
     // Parents and (parent, child) pairs as rows, joined on equality (hash joins): linear in
     // the links and the table, however many parents the batch links.
     let pairs = "c AS MATERIALIZED (SELECT l->'parent' AS parent, i AS child \
-                 FROM jsonb_array_elements($1) AS l, jsonb_array_elements(l->'ids') AS i)";
+                 FROM jsonb_array_elements($1::jsonb) AS l, jsonb_array_elements(l->'ids') AS i)";
     let detach = format!(
-        "WITH p AS MATERIALIZED (SELECT l->'parent' AS parent FROM jsonb_array_elements($1) AS l), {pairs} \
+        "WITH p AS MATERIALIZED (SELECT l->'parent' AS parent FROM jsonb_array_elements($1::jsonb) AS l), {pairs} \
          UPDATE {table} AS t SET {fk} = NULL FROM p \
          WHERE to_jsonb(t.{fk}) = p.parent \
          AND NOT EXISTS (SELECT 1 FROM c WHERE c.parent = p.parent AND c.child = to_jsonb(t.{id}))"
@@ -592,9 +643,8 @@ pub(crate) async fn resolve_to_many(
          FROM c WHERE to_jsonb(t.{id}) = c.child AND to_jsonb(t.{fk}) IS DISTINCT FROM c.parent",
         key = foreign_key.replace('\'', "''"),
     );
-    let payload = Value::Array(payload);
-    diesel::sql_query(detach).bind::<Jsonb, _>(payload.clone()).execute(conn).await?;
-    diesel::sql_query(attach).bind::<Jsonb, _>(payload).execute(conn).await?;
+    diesel::sql_query(detach).bind::<Text, _>(&payload).execute(conn).await?;
+    diesel::sql_query(attach).bind::<Text, _>(&payload).execute(conn).await?;
     Ok(())
 }
 
