@@ -19,6 +19,7 @@
 //! | [`migrate`](mod@migrate) | the framework's own tables | the application's tables |
 //! | [`telemetry`] | the `/metrics` + `/health` endpoint, the liveness file, error reports | what "healthy" means for each part |
 //! | [`error`] | [`Error`], into which every module's error converts | the errors themselves |
+//! | `http` (feature `http`) | the events API and the operations console: routes, authentication, HTML | the data behind them |
 //! | `cli` (feature `cli`) | the `dionysus` command line an application embeds | the work each subcommand starts |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -29,6 +30,8 @@ pub mod consumer;
 pub mod db;
 pub mod error;
 mod handle;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod kafka;
 pub mod migrate;
 mod producer;

@@ -279,6 +279,19 @@ pub(crate) async fn serve_with(
         tracing::info!(%address, "serving /metrics and /health");
     }
     let router = router(metrics, healthy, unhealthy);
+    serve_router(listener, router, limits, "/metrics and /health", shutdown).await;
+}
+
+#[cfg(feature = "metrics")]
+/// Serves `router` on a bound listener over HTTP/1.1 within `limits` until `shutdown`;
+/// `what` names the server in the warnings about failed accepts.
+pub(crate) async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: ServeLimits,
+    what: &'static str,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections.max(1)));
     let mut accept_failures = 0u64;
     loop {
@@ -292,10 +305,7 @@ pub(crate) async fn serve_with(
                 accept_failures += 1;
                 // Logged once per burst: a flood would otherwise log thousands of lines.
                 if accept_failures.is_power_of_two() {
-                    tracing::warn!(
-                        failures = accept_failures,
-                        "/metrics and /health: accept failed ({error}); retrying"
-                    );
+                    tracing::warn!(failures = accept_failures, "{what}: accept failed ({error}); retrying");
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => return,

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Subcommands: `migrate`, `copy-migrations`, `check`, `replica-ddl`, `relay`, `consume`,
-//! `genesis`, `outbox stats|retry|prune`, `topics create|list`, `dlq list|replay`. Settings come from
+//! `genesis`, `serve`, `outbox stats|retry|prune`, `topics create|list`, `dlq list|replay`. Settings come from
 //! the environment (see `config`) and the global flags, which win. Errors say what was wrong
 //! and how to fix it; the exit code is 1 for a failure and 2 for a usage mistake, which is
 //! found before any I/O. `relay`, `consume` and `genesis` first check that the database is
@@ -186,6 +186,18 @@ enum Command {
         /// Resume an unfinished run by id instead of starting one.
         #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["model", "topic"])]
         resume: Option<i64>,
+    },
+    /// Serve the events API and the operations console until SIGTERM / Ctrl-C: open
+    /// http://127.0.0.1:9396/ in a browser. With a token, every route but /ping and /health
+    /// needs `Authorization: Bearer <token>` (the console has a sign-in form); a non-loopback
+    /// --listen address needs one.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = crate::http::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// The API token (prefer the environment variable: a flag shows in the process list).
+        #[arg(long, value_name = "TOKEN", env = "DIONYSUS_API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Inspect and repair the outbox.
     #[command(subcommand)]
@@ -611,6 +623,19 @@ async fn execute(
                 writeln!(out, "genesis run {run_id} stopped; resume with --resume {run_id}")?;
             }
         }
+        Command::Serve { listen, token } => {
+            let api = crate::http::Api::new(config.clone())?.with_token(token);
+            api.check_address(listen).map_err(|error| Failure::usage(Report(&error).to_string()))?;
+            migrated(&config, program).await?;
+            let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| {
+                Failure::new(format!("cannot listen on {listen}: {error}; pick another address with --listen"))
+            })?;
+            let address = listener.local_addr()?;
+            listen_for_signals(&shutdown);
+            writeln!(out, "serving the events API and the console on http://{address}/; stop with Ctrl-C or SIGTERM")?;
+            out.flush()?;
+            crate::http::serve(listener, api, shutdown).await?;
+        }
         Command::Outbox(command) => outbox(&config, command, out).await?,
         Command::Topics(command) => topics(&config, registry, command, out).await?,
         Command::Dlq(DlqCommand::List { dead_letter_topic, filter, limit }) => {
@@ -737,25 +762,7 @@ async fn preflight_with(
     known: &[String],
     create_flag: Option<&str>,
 ) -> Result<std::collections::BTreeMap<String, i32>, Failure> {
-    match crate::migrate::pending(&config.database_url).await {
-        Ok(pending) if pending.is_empty() => {}
-        Ok(pending) => {
-            return Err(Failure::new(format!(
-                "the database at {} is not migrated: {} dionysus migration(s) pending ({}); run `{program} migrate`",
-                crate::config::redact(&config.database_url),
-                pending.len(),
-                pending.join(", ")
-            )))
-        }
-        Err(crate::migrate::MigrationError::Connect { url, source }) => {
-            return Err(Failure::new(format!(
-                "cannot connect to PostgreSQL at {url}: {}; is PostgreSQL running there? set --database-url or \
-                 DATABASE_URL",
-                source.to_string().trim_end()
-            )))
-        }
-        Err(error) => return Err(error.into()),
-    }
+    migrated(config, program).await?;
     let servers = config.kafka.bootstrap_servers();
     let existing = crate::kafka::broker_topics(&config.kafka).await.map_err(|error| {
         Failure::new(format!("{error}; is a broker running at {servers}? set --brokers or DIONYSUS_SEED_BROKER"))
@@ -776,6 +783,30 @@ async fn preflight_with(
         return Err(Failure::new(problems.join("\n       ")));
     }
     Ok(existing)
+}
+
+/// Checks that the database answers and is migrated, saying how to fix it otherwise.
+async fn migrated(config: &Config, program: &str) -> Result<(), Failure> {
+    match crate::migrate::pending(&config.database_url).await {
+        Ok(pending) if pending.is_empty() => {}
+        Ok(pending) => {
+            return Err(Failure::new(format!(
+                "the database at {} is not migrated: {} dionysus migration(s) pending ({}); run `{program} migrate`",
+                crate::config::redact(&config.database_url),
+                pending.len(),
+                pending.join(", ")
+            )))
+        }
+        Err(crate::migrate::MigrationError::Connect { url, source }) => {
+            return Err(Failure::new(format!(
+                "cannot connect to PostgreSQL at {url}: {}; is PostgreSQL running there? set --database-url or \
+                 DATABASE_URL",
+                source.to_string().trim_end()
+            )))
+        }
+        Err(error) => return Err(error.into()),
+    }
+    Ok(())
 }
 
 async fn topics(
@@ -1000,67 +1031,20 @@ async fn outbox(config: &Config, command: OutboxCommand, out: &mut (dyn Write + 
     let mut conn = crate::db::checkout(&pool).await?;
     match command {
         OutboxCommand::Stats { json } => {
-            #[derive(diesel::QueryableByName)]
-            struct Stats {
-                #[diesel(sql_type = BigInt)]
-                backlog: i64,
-                #[diesel(sql_type = Nullable<Double>)]
-                oldest_seconds: Option<f64>,
-                #[diesel(sql_type = BigInt)]
-                retrying: i64,
-            }
-            #[derive(diesel::QueryableByName)]
-            struct Parked {
-                #[diesel(sql_type = Nullable<Text>)]
-                error_class: Option<String>,
-                #[diesel(sql_type = BigInt)]
-                count: i64,
-            }
-            let stats: Stats = diesel::sql_query(
-                "SELECT count(*) AS backlog, extract(epoch FROM now() - min(created_at))::float8 AS oldest_seconds, \
-                        count(*) FILTER (WHERE retry_at > now()) AS retrying \
-                 FROM dionysus_outbox WHERE published_at IS NULL AND failed_at IS NULL",
-            )
-            .get_result(&mut conn)
-            .await?;
-            let parked: Vec<Parked> = diesel::sql_query(
-                "SELECT error_class, count(*) AS count FROM dionysus_outbox \
-                 WHERE published_at IS NULL AND failed_at IS NOT NULL GROUP BY error_class ORDER BY count DESC",
-            )
-            .load(&mut conn)
-            .await?;
-            let total: i64 = parked.iter().map(|p| p.count).sum();
+            let stats = crate::producer::relay::inspect::stats(&mut conn).await?;
             if json {
-                let by_class: serde_json::Map<String, serde_json::Value> = parked
-                    .iter()
-                    .map(|row| (row.error_class.clone().unwrap_or_else(|| "-".to_owned()), row.count.into()))
-                    .collect();
-                let report = serde_json::json!({
-                    "backlog": stats.backlog,
-                    "retrying": stats.retrying,
-                    "oldest_unpublished_seconds": stats.oldest_seconds.unwrap_or(0.0),
-                    "parked": { "total": total, "by_error_class": by_class },
-                });
-                writeln!(out, "{report}")?;
+                writeln!(out, "{}", serde_json::to_string(&stats)?)?;
                 return Ok(());
             }
             writeln!(out, "backlog: {} row(s), {} waiting for a retry", stats.backlog, stats.retrying)?;
-            writeln!(out, "oldest unpublished: {:.1} s", stats.oldest_seconds.unwrap_or(0.0))?;
-            writeln!(out, "parked (failed): {total} row(s)")?;
-            for row in parked {
-                writeln!(out, "  {:<24} {}", row.error_class.unwrap_or_else(|| "-".to_owned()), row.count)?;
+            writeln!(out, "oldest unpublished: {:.1} s", stats.oldest_unpublished_seconds)?;
+            writeln!(out, "parked (failed): {} row(s)", stats.parked.total)?;
+            for (class, count) in &stats.parked.by_error_class {
+                writeln!(out, "  {class:<24} {count}")?;
             }
         }
         OutboxCommand::Retry { id, error_class } => {
-            let updated = diesel::sql_query(
-                "UPDATE dionysus_outbox SET failed_at = NULL, retry_at = NULL, attempts = 0, updated_at = now() \
-                 WHERE published_at IS NULL AND failed_at IS NOT NULL \
-                   AND ($1::bigint IS NULL OR id = $1) AND ($2::text IS NULL OR error_class = $2)",
-            )
-            .bind::<Nullable<BigInt>, _>(id)
-            .bind::<Nullable<Text>, _>(error_class)
-            .execute(&mut conn)
-            .await?;
+            let updated = crate::producer::relay::inspect::retry_parked(&mut conn, id, error_class).await?;
             writeln!(out, "{updated} parked row(s) will be retried")?;
         }
         OutboxCommand::Prune { .. } => {}

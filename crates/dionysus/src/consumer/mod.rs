@@ -77,6 +77,8 @@ pub(crate) mod batch;
 #[cfg(feature = "testing")]
 pub(crate) mod calls;
 mod declarations;
+#[cfg(feature = "http")]
+pub(crate) mod dead_letters;
 pub(crate) mod dedup;
 pub(crate) mod events;
 #[cfg(test)]

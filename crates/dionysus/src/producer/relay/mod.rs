@@ -68,6 +68,8 @@
 
 mod backoff;
 mod batch;
+#[cfg(feature = "http")]
+pub(crate) mod inspect;
 mod lease;
 mod monitor;
 
