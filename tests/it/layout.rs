@@ -6,7 +6,8 @@
 //!
 //! Layers, bottom up: `wire` and `config` (nothing of the crate), then `schema`, `db`,
 //! `telemetry`, `registry`, `handle`, `migrate`, `kafka`, then `producer` and `consumer`
-//! (never each other), then `error`, then `cli` and `testing`.
+//! (never each other), then `error`, then `http` (the events API and console), then `cli` and
+//! `testing`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -26,8 +27,27 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("consumer", &["wire", "config", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
     ("error", &["wire", "config", "db", "telemetry", "registry", "migrate", "kafka", "producer", "consumer"]),
     (
+        "http",
+        &[
+            "wire",
+            "config",
+            "schema",
+            "db",
+            "telemetry",
+            "registry",
+            "handle",
+            "migrate",
+            "kafka",
+            "producer",
+            "consumer",
+            "error",
+            "checkpoint",
+        ],
+    ),
+    (
         "cli",
         &[
+            "http",
             "wire",
             "config",
             "schema",
