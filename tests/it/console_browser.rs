@@ -45,12 +45,15 @@ impl Drop for Driver {
 
 fn find(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).flat_map(|dir| names.iter().map(move |name| dir.join(name))).find(|candidate| candidate.is_file())
+    std::env::split_paths(&path)
+        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
+        .find(|candidate| candidate.is_file())
 }
 
 async fn driver() -> Option<(Driver, PathBuf)> {
     let required = std::env::var("DIONYSUS_BROWSER").is_ok_and(|value| value == "required");
-    let (Some(chromedriver), Some(chromium)) = (find(&["chromedriver"]), find(&["chromium", "chromium-browser"])) else {
+    let (Some(chromedriver), Some(chromium)) = (find(&["chromedriver"]), find(&["chromium", "chromium-browser"]))
+    else {
         assert!(!required, "DIONYSUS_BROWSER=required but chromium or chromedriver is not on PATH");
         eprintln!(
             "SKIPPED console_browser: chromium and chromedriver are not installed (scripts/test installs them: \
@@ -87,7 +90,8 @@ async fn an_operator_retries_a_failure_from_the_console() {
     let Some((driver, chromium)) = driver().await else { return };
     let served = Served::start(None, None).await;
     let entity = 4242;
-    let message = dionysus::testing::envelope("Thing", "thing_created", json!({ "id": entity, "name": "<b>widget</b>" }));
+    let message =
+        dionysus::testing::envelope("Thing", "thing_created", json!({ "id": entity, "name": "<b>widget</b>" }));
     let payload = String::from_utf8(message.payload().unwrap().to_vec()).unwrap();
     let listener = format!("{}::thing_created", module_path!());
     served
@@ -143,7 +147,10 @@ async fn scenario(browser: &fantoccini::Client, address: SocketAddr, entity: i64
     }
     std::fs::write(dir.join("failures-after-retry.png"), browser.screenshot().await.map_err(fail("screenshot"))?)
         .map_err(|error| error.to_string())?;
-    browser.goto(&format!("http://{address}/console/events?topic={TOPIC}")).await.map_err(fail("opening the events page"))?;
+    browser
+        .goto(&format!("http://{address}/console/events?topic={TOPIC}"))
+        .await
+        .map_err(fail("opening the events page"))?;
     let events = browser.find(Locator::Css("#events")).await.map_err(fail("finding the events table"))?;
     let text = events.text().await.map_err(fail("reading the events"))?;
     if !(text.contains(&entity.to_string()) && text.contains("thing_created") && text.contains("storefront")) {

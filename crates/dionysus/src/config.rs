@@ -47,6 +47,7 @@
 //! | `DIONYSUS_SOFT_DELETED_AT_ATTRIBUTE` | [`ConsumerConfig::soft_deleted_at_attribute`] | column name | `synced_canceled_at` |
 //! | `DIONYSUS_SYNCED_DATA_ATTRIBUTE` | [`ConsumerConfig::synced_data_attribute`] | column name | `synced_data` |
 //! | `DIONYSUS_KAFKA_<PROPERTY>` | [`KafkaConfig::properties`] | any librdkafka property, `_` for `.` | none |
+//! | `DIONYSUS_API_TOKEN` | not in `Config`: read by `dionysus serve` (the events API and console, `http::Api::with_token`) | text, the bearer token every route but `/ping` and `/health` then needs | none: no token, loopback addresses only |
 //!
 //! A consumer that dies without leaving its group (a crash, kill -9, a lost host) holds its
 //! partitions until the broker has missed its heartbeats for the session timeout; then the

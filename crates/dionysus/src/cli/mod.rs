@@ -30,8 +30,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use diesel::sql_types::{BigInt, Double, Nullable, Text};
-use diesel_async::RunQueryDsl;
 use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;

@@ -69,7 +69,7 @@ pub(crate) enum DeadLetterError {
 }
 
 impl DeadLetterError {
-    fn kafka(step: &'static str, topic: &str) -> impl FnOnce(KafkaError) -> DeadLetterError + '_ {
+    fn kafka<'a>(step: &'static str, topic: &'a str) -> impl FnOnce(KafkaError) -> DeadLetterError + 'a {
         move |source| DeadLetterError::Kafka { step, topic: topic.to_owned(), source }
     }
 }
@@ -164,8 +164,9 @@ fn read(
     use_committed: bool,
 ) -> Result<Read, DeadLetterError> {
     let timeout = Duration::from_secs(10);
-    let metadata =
-        consumer.fetch_metadata(Some(topic), timeout).map_err(DeadLetterError::kafka("reading the metadata of", topic))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(DeadLetterError::kafka("reading the metadata of", topic))?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -249,9 +250,9 @@ fn read(
 }
 
 fn consumer(config: &Config, group: &str) -> Result<BaseConsumer<Logs>, DeadLetterError> {
-    Ok(crate::kafka::consumer_config(&config.kafka, group).create_with_context(Logs::default()).map_err(
-        crate::kafka::kafka_error(crate::kafka::KafkaOperation::CreateConsumer, &config.kafka),
-    )?)
+    Ok(crate::kafka::consumer_config(&config.kafka, group)
+        .create_with_context(Logs::default())
+        .map_err(crate::kafka::kafka_error(crate::kafka::KafkaOperation::CreateConsumer, &config.kafka))?)
 }
 
 /// Up to `limit` dead letters of `topic` matching `filter`, oldest first per partition,

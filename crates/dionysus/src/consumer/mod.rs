@@ -76,9 +76,9 @@ pub(crate) mod apply;
 pub(crate) mod batch;
 #[cfg(feature = "testing")]
 pub(crate) mod calls;
-mod declarations;
 #[cfg(feature = "http")]
 pub(crate) mod dead_letters;
+mod declarations;
 pub(crate) mod dedup;
 pub(crate) mod events;
 #[cfg(test)]

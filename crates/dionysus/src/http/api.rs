@@ -3,7 +3,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -89,7 +89,10 @@ pub(super) type Answer = Result<Response, ApiError>;
 pub(super) struct Params(Vec<(String, String)>);
 
 impl Params {
-    pub(super) fn new(query: Result<Query<Vec<(String, String)>>, QueryRejection>, known: &[&str]) -> Result<Params, ApiError> {
+    pub(super) fn new(
+        query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+        known: &[&str],
+    ) -> Result<Params, ApiError> {
         let Query(pairs) = query?;
         if let Some((name, _)) = pairs.iter().find(|(name, _)| !known.contains(&name.as_str())) {
             return Err(ApiError::parameter(name, format!("unknown; expected one of {}", known.join(", "))));
@@ -99,7 +102,12 @@ impl Params {
 
     /// The value of `name`, when given and not empty (a filter left blank in a form).
     pub(super) fn text(&self, name: &str) -> Option<String> {
-        self.0.iter().rev().find(|(key, _)| key == name).map(|(_, value)| value.trim().to_owned()).filter(|v| !v.is_empty())
+        self.0
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.trim().to_owned())
+            .filter(|v| !v.is_empty())
     }
 
     /// An integer `name` within `min..=max`, `default` when absent.
@@ -116,9 +124,10 @@ impl Params {
     pub(super) fn optional_integer(&self, name: &str) -> Result<Option<i64>, ApiError> {
         match self.text(name) {
             None => Ok(None),
-            Some(text) => {
-                text.parse().map(Some).map_err(|_| ApiError::parameter(name, format!("must be an integer, got `{text}`")))
-            }
+            Some(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::parameter(name, format!("must be an integer, got `{text}`"))),
         }
     }
 
@@ -132,13 +141,19 @@ impl Params {
     /// The filter of the event and failure lists.
     pub(super) fn event_filter(&self) -> Result<EventFilter, ApiError> {
         let (limit, offset) = self.page()?;
-        let mut filter = EventFilter::default();
-        filter.limit = limit;
-        filter.offset = offset;
-        filter.entity_id = self.text("entity_id");
-        filter.topic = self.text("topic");
-        filter.group_id = self.text("group_id");
-        filter.event_type = self.text("event_type");
+        let mut filter = EventFilter::new().limit(limit).offset(offset);
+        if let Some(entity_id) = self.text("entity_id") {
+            filter = filter.entity_id(entity_id);
+        }
+        if let Some(topic) = self.text("topic") {
+            filter = filter.topic(topic);
+        }
+        if let Some(group_id) = self.text("group_id") {
+            filter = filter.group_id(group_id);
+        }
+        if let Some(event_type) = self.text("event_type") {
+            filter = filter.event_type(event_type);
+        }
         Ok(filter)
     }
 }
@@ -148,7 +163,10 @@ pub(super) const EVENT_PARAMS: &[&str] = &["limit", "offset", "entity_id", "topi
 
 /// A path id: a positive integer.
 pub(super) fn id(text: &str) -> Result<i64, ApiError> {
-    text.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| ApiError::parameter("id", format!("must be a positive integer, got `{text}`")))
+    text.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::parameter("id", format!("must be a positive integer, got `{text}`")))
 }
 
 pub(super) async fn ping() -> &'static str {
@@ -172,7 +190,10 @@ fn json(value: impl serde::Serialize) -> Answer {
     Ok(Json(value).into_response())
 }
 
-pub(super) async fn events(State(api): State<Api>, query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Answer {
+pub(super) async fn events(
+    State(api): State<Api>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Answer {
     let filter = Params::new(query, EVENT_PARAMS)?.event_filter()?;
     json(api.checkpoints().events(&filter).await?.items)
 }
@@ -192,9 +213,10 @@ pub(super) fn outcome(outcome: &RetryOutcome) -> (StatusCode, Value) {
         RetryOutcome::Succeeded { event_id } => {
             (StatusCode::OK, json!({ "retried": true, "acknowledged": event_id.is_some(), "event_id": event_id }))
         }
-        RetryOutcome::Failed { error } => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "retried": false, "error": error })),
+        RetryOutcome::Failed { error } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, json!({ "retried": false, "error": error }))
+        }
         RetryOutcome::NotFound => (StatusCode::NOT_FOUND, json!({ "retried": false, "error": "no such row" })),
-        other => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "retried": false, "error": format!("{other:?}") })),
     }
 }
 
@@ -209,7 +231,10 @@ pub(super) async fn retry_event(State(api): State<Api>, Path(id): Path<String>) 
     }
 }
 
-pub(super) async fn failures(State(api): State<Api>, query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Answer {
+pub(super) async fn failures(
+    State(api): State<Api>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Answer {
     let filter = Params::new(query, EVENT_PARAMS)?.event_filter()?;
     json(api.checkpoints().failures(&filter).await?.items)
 }
@@ -242,13 +267,19 @@ pub(super) async fn delete_failure(State(api): State<Api>, Path(id): Path<String
     }
 }
 
-pub(super) async fn outbox_stats(State(api): State<Api>, query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Answer {
+pub(super) async fn outbox_stats(
+    State(api): State<Api>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Answer {
     Params::new(query, &[])?;
     let mut conn = crate::db::checkout(api.pool()).await?;
     json(inspect::stats(&mut conn).await?)
 }
 
-pub(super) async fn outbox_parked(State(api): State<Api>, query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Answer {
+pub(super) async fn outbox_parked(
+    State(api): State<Api>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Answer {
     let (limit, offset) = Params::new(query, &["limit", "offset"])?.page()?;
     let mut conn = crate::db::checkout(api.pool()).await?;
     let offset = i64::try_from(offset).unwrap_or(i64::MAX);
@@ -308,7 +339,10 @@ pub(super) async fn read_dead_letters(
     }
 }
 
-pub(super) async fn dead_letters(State(api): State<Api>, query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Answer {
+pub(super) async fn dead_letters(
+    State(api): State<Api>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Answer {
     let params = Params::new(query, DEAD_LETTER_PARAMS)?;
     let limit = params.integer("limit", 100, 1, i64::from(MAX_LIMIT))?;
     let filter = dead_letter_filter(&params)?;

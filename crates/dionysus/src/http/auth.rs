@@ -19,11 +19,8 @@ fn cross_site(headers: &HeaderMap) -> bool {
     }
     let Some(origin) = headers.get(header::ORIGIN) else { return false };
     let host = headers.get(header::HOST).and_then(|value| value.to_str().ok());
-    let origin_host = origin
-        .to_str()
-        .ok()
-        .and_then(|origin| origin.split_once("://"))
-        .map(|(_, rest)| rest.trim_end_matches('/'));
+    let origin_host =
+        origin.to_str().ok().and_then(|origin| origin.split_once("://")).map(|(_, rest)| rest.trim_end_matches('/'));
     match (origin_host, host) {
         (Some(origin_host), Some(host)) => !origin_host.eq_ignore_ascii_case(host),
         _ => true,

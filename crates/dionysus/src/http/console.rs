@@ -102,7 +102,8 @@ fn pager(base: &str, params: &Params, limit: u32, offset: u64, shown: usize) -> 
     };
     let mut html = String::from("<p>");
     if offset > 0 {
-        let _ = write!(html, "<a href=\"{base}{}\">← newer</a> ", escape(&query(offset.saturating_sub(u64::from(limit)))));
+        let _ =
+            write!(html, "<a href=\"{base}{}\">← newer</a> ", escape(&query(offset.saturating_sub(u64::from(limit)))));
     }
     if shown == limit as usize {
         let _ = write!(html, "<a href=\"{base}{}\">older →</a>", escape(&query(offset + u64::from(limit))));
@@ -113,7 +114,7 @@ fn pager(base: &str, params: &Params, limit: u32, offset: u64, shown: usize) -> 
 
 type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
-fn with_notice(known: &[&str]) -> Vec<&str> {
+fn with_notice<'a>(known: &[&'a str]) -> Vec<&'a str> {
     let mut names = known.to_vec();
     names.push("notice");
     names.push("offset");
@@ -230,7 +231,9 @@ async fn overview_body(api: &Api, session: &Session, body: &mut String) -> Resul
         }
         body.push_str("</table>");
         if parked.len() == 100 {
-            body.push_str("<p>The first 100 of them; <code>GET /v1/outbox/parked?offset=100</code> lists the rest.</p>");
+            body.push_str(
+                "<p>The first 100 of them; <code>GET /v1/outbox/parked?offset=100</code> lists the rest.</p>",
+            );
         }
     }
     let offsets: Vec<StoredOffset> = diesel::sql_query(
@@ -444,25 +447,26 @@ async fn login(State(api): State<Api>, headers: HeaderMap) -> Response {
 type FormPairs = Result<Form<Vec<(String, String)>>, FormRejection>;
 
 /// The fields of a posted form, once its form token is checked against the session.
-fn checked_form(api: &Api, headers: &HeaderMap, form: FormPairs) -> Result<BTreeMap<String, String>, Response> {
-    let Form(pairs) = form.map_err(|rejection| error_page(StatusCode::BAD_REQUEST, &rejection.body_text()))?;
+fn checked_form(api: &Api, headers: &HeaderMap, form: FormPairs) -> Result<BTreeMap<String, String>, Box<Response>> {
+    let Form(pairs) =
+        form.map_err(|rejection| Box::new(error_page(StatusCode::BAD_REQUEST, &rejection.body_text())))?;
     let fields: BTreeMap<String, String> = pairs.into_iter().collect();
     let session = Session::of(headers);
     let valid = !session.fresh && fields.get("csrf").is_some_and(|token| api.form_token_matches(&session.id, token));
     if valid {
         Ok(fields)
     } else {
-        Err(error_page(
+        Err(Box::new(error_page(
             StatusCode::FORBIDDEN,
             "this form has expired or did not come from this console: reload the page and try again",
-        ))
+        )))
     }
 }
 
 async fn sign_in(State(api): State<Api>, headers: HeaderMap, form: FormPairs) -> Response {
     let fields = match checked_form(&api, &headers, form) {
         Ok(fields) => fields,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if !api.requires_token() {
         return Redirect::to("/console").into_response();
@@ -486,7 +490,7 @@ fn back(to: &str, message: &str) -> Response {
 
 async fn retry_event(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>, form: FormPairs) -> Response {
     if let Err(response) = checked_form(&api, &headers, form) {
-        return response;
+        return *response;
     }
     let id = match api::id(&id) {
         Ok(id) => id,
@@ -511,24 +515,36 @@ fn describe(what: &str, id: i64, outcome: &crate::checkpoint::RetryOutcome) -> S
     }
 }
 
-async fn retry_failure(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>, form: FormPairs) -> Response {
+async fn retry_failure(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    form: FormPairs,
+) -> Response {
     if let Err(response) = checked_form(&api, &headers, form) {
-        return response;
+        return *response;
     }
     let id = match api::id(&id) {
         Ok(id) => id,
         Err(error) => return problem(error),
     };
     match api.checkpoints().retry_failure(id).await {
-        Ok(crate::checkpoint::RetryOutcome::NotFound) => back("/console/failures", &format!("Failure {id} is already gone.")),
+        Ok(crate::checkpoint::RetryOutcome::NotFound) => {
+            back("/console/failures", &format!("Failure {id} is already gone."))
+        }
         Ok(outcome) => back("/console/failures", &describe("failure", id, &outcome)),
         Err(error) => problem(error.into()),
     }
 }
 
-async fn delete_failure(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>, form: FormPairs) -> Response {
+async fn delete_failure(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    form: FormPairs,
+) -> Response {
     if let Err(response) = checked_form(&api, &headers, form) {
-        return response;
+        return *response;
     }
     let id = match api::id(&id) {
         Ok(id) => id,
@@ -543,7 +559,7 @@ async fn delete_failure(State(api): State<Api>, headers: HeaderMap, Path(id): Pa
 
 async fn retry_parked(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>, form: FormPairs) -> Response {
     if let Err(response) = checked_form(&api, &headers, form) {
-        return response;
+        return *response;
     }
     let id = match api::id(&id) {
         Ok(id) => id,
@@ -563,7 +579,7 @@ async fn retry_parked(State(api): State<Api>, headers: HeaderMap, Path(id): Path
 async fn replay(State(api): State<Api>, headers: HeaderMap, form: FormPairs) -> Response {
     let fields = match checked_form(&api, &headers, form) {
         Ok(fields) => fields,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let text = |name: &str| fields.get(name).map(|value| value.trim().to_owned()).filter(|value| !value.is_empty());
     let filter = crate::consumer::dead_letters::DeadLetterFilter {
@@ -583,4 +599,3 @@ async fn replay(State(api): State<Api>, headers: HeaderMap, form: FormPairs) -> 
         Err(error) => problem(error),
     }
 }
-

@@ -137,9 +137,12 @@ pub(super) fn page_with_status(
     if let Some(cookie) = session.set_cookie() {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
-    response
-        .headers_mut()
-        .insert("content-security-policy", HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"));
+    response.headers_mut().insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -147,14 +150,14 @@ pub(super) fn page_with_status(
 /// An error page (no session needed).
 pub(super) fn error_page(status: StatusCode, message: &str) -> Response {
     let session = Session { id: String::new(), fresh: false };
-    let body = format!("<p class=\"problem\">{}</p><p><a href=\"/console\">Back to the overview</a></p>", escape(message));
+    let body =
+        format!("<p class=\"problem\">{}</p><p><a href=\"/console\">Back to the overview</a></p>", escape(message));
     page_with_status(&session, status, status.canonical_reason().unwrap_or("Error"), "", None, &body)
 }
 
 pub(super) fn not_found(path: &str) -> Response {
     error_page(StatusCode::NOT_FOUND, &format!("nothing at {path}"))
 }
-
 
 /// The sign-in page.
 pub(super) fn login_page(api: &Api, headers: &HeaderMap, status: StatusCode, problem: Option<&str>) -> Response {
@@ -174,14 +177,16 @@ pub(super) fn login_page(api: &Api, headers: &HeaderMap, status: StatusCode, pro
     page_with_status(&session, status, "Sign in", "", None, &body)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn escaping_covers_markup_and_quotes() {
-        assert_eq!(escape("<a href=\"x\" onclick='y'>&</a>"), "&lt;a href=&quot;x&quot; onclick=&#39;y&#39;&gt;&amp;&lt;/a&gt;");
+        assert_eq!(
+            escape("<a href=\"x\" onclick='y'>&</a>"),
+            "&lt;a href=&quot;x&quot; onclick=&#39;y&#39;&gt;&amp;&lt;/a&gt;"
+        );
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
+/// An HMAC-SHA-256 key of the hash's block size.
+type Secret = [u8; 64];
+
 /// Why the events API could not be set up or served.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -67,7 +70,7 @@ struct Inner {
     /// HMAC of the token under `secret`, when a token is required.
     token_mac: Option<Vec<u8>>,
     /// Drawn at start: keys the session tokens of forms and the login cookie.
-    secret: [u8; 32],
+    secret: Secret,
     empty_token: bool,
 }
 
@@ -91,7 +94,8 @@ impl Api {
     /// The API over an existing pool (of `config`'s database).
     pub fn with_pool(config: Config, pool: Pool) -> Api {
         let checkpoints = Checkpoints::new(pool.clone());
-        let secret: [u8; 32] = rand::random();
+        let mut secret: Secret = [0; 64];
+        rand::Rng::fill(&mut rand::rng(), &mut secret[..]);
         Api { inner: Arc::new(Inner { config, pool, checkpoints, token_mac: None, secret, empty_token: false }) }
     }
 
@@ -104,7 +108,7 @@ impl Api {
             Err(shared) => Inner {
                 config: shared.config.clone(),
                 pool: shared.pool.clone(),
-                checkpoints: Checkpoints::new(shared.pool.clone()),
+                checkpoints: shared.checkpoints.clone(),
                 token_mac: shared.token_mac.clone(),
                 secret: shared.secret,
                 empty_token: shared.empty_token,
@@ -146,7 +150,10 @@ impl Api {
 
     /// Whether `presented` is the token (constant time).
     pub(super) fn token_matches(&self, presented: &str) -> bool {
-        self.inner.token_mac.as_ref().is_some_and(|expected| verify(&self.inner.secret, "token", presented.as_bytes(), expected))
+        self.inner
+            .token_mac
+            .as_ref()
+            .is_some_and(|expected| verify(&self.inner.secret, "token", presented.as_bytes(), expected))
     }
 
     /// The login cookie's value for the token: an HMAC of its HMAC, so the cookie is not the
@@ -175,18 +182,17 @@ impl Api {
 }
 
 /// HMAC-SHA-256 of `purpose` and `data` under `secret`.
-fn mac(secret: &[u8], purpose: &str, data: &[u8]) -> Vec<u8> {
+fn mac(secret: &Secret, purpose: &str, data: &[u8]) -> Vec<u8> {
     keyed(secret, purpose, data).finalize().into_bytes().to_vec()
 }
 
 /// Whether `expected` is the HMAC of `purpose` and `data`, compared in constant time.
-fn verify(secret: &[u8], purpose: &str, data: &[u8], expected: &[u8]) -> bool {
+fn verify(secret: &Secret, purpose: &str, data: &[u8], expected: &[u8]) -> bool {
     keyed(secret, purpose, data).verify_slice(expected).is_ok()
 }
 
-fn keyed(secret: &[u8], purpose: &str, data: &[u8]) -> HmacSha256 {
-    // Any key length is accepted by HMAC; the error case cannot happen.
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret).unwrap_or_else(|_| HmacSha256::new(&Default::default()));
+fn keyed(secret: &Secret, purpose: &str, data: &[u8]) -> HmacSha256 {
+    let mut mac = <HmacSha256 as KeyInit>::new(&hmac::digest::Key::<HmacSha256>::from(*secret));
     mac.update(purpose.as_bytes());
     mac.update(b"\0");
     mac.update(data);
@@ -198,9 +204,8 @@ pub(super) fn hex(bytes: &[u8]) -> String {
 }
 
 pub(super) fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || !text.is_ascii() {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
 }
-
