@@ -6,7 +6,8 @@
 //!
 //! Layers, bottom up: `wire` and `config` (nothing of the crate), then `schema`, `db`,
 //! `telemetry`, `registry`, `handle`, `migrate`, `kafka`, then `producer` and `consumer`
-//! (never each other), then `error`, then `cli` and `testing`.
+//! (never each other), then `checkpoint` (over the consumer), then `error`, then `cli` and
+//! `testing`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -24,7 +25,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("kafka", &["wire", "config", "registry"]),
     ("producer", &["wire", "config", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
     ("consumer", &["wire", "config", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
-    ("error", &["wire", "config", "db", "telemetry", "registry", "migrate", "kafka", "producer", "consumer"]),
+    ("checkpoint", &["wire", "config", "schema", "db", "telemetry", "registry", "consumer"]),
+    (
+        "error",
+        &["wire", "config", "db", "telemetry", "registry", "migrate", "kafka", "producer", "consumer", "checkpoint"],
+    ),
     (
         "cli",
         &[
@@ -39,6 +44,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kafka",
             "producer",
             "consumer",
+            "checkpoint",
             "error",
         ],
     ),
@@ -56,6 +62,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kafka",
             "producer",
             "consumer",
+            "checkpoint",
             "error",
         ],
     ),
