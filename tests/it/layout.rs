@@ -6,7 +6,8 @@
 //!
 //! Layers, bottom up: `wire` and `config` (nothing of the crate), then `schema`, `db`,
 //! `telemetry`, `registry`, `handle`, `migrate`, `kafka`, then `producer` and `consumer`
-//! (never each other), then `error`, then `http` (the events API and console), then `cli` and
+//! (never each other), then `checkpoint` (over the consumer), then `error`, then `http` (the
+//! events API and console), then `cli` and
 //! `testing`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,7 +26,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("kafka", &["wire", "config", "registry"]),
     ("producer", &["wire", "config", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
     ("consumer", &["wire", "config", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
-    ("error", &["wire", "config", "db", "telemetry", "registry", "migrate", "kafka", "producer", "consumer"]),
+    ("checkpoint", &["wire", "config", "schema", "db", "telemetry", "registry", "consumer"]),
+    (
+        "error",
+        &["wire", "config", "db", "telemetry", "registry", "migrate", "kafka", "producer", "consumer", "checkpoint"],
+    ),
     (
         "http",
         &[
@@ -59,6 +64,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kafka",
             "producer",
             "consumer",
+            "checkpoint",
             "error",
         ],
     ),
@@ -76,6 +82,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kafka",
             "producer",
             "consumer",
+            "checkpoint",
             "error",
         ],
     ),

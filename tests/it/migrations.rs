@@ -90,10 +90,25 @@ async fn migrations_create_the_framework_tables_and_revert_cleanly() {
             "event_version",
             "checksum",
             "payload",
-            "created_at"
+            "created_at",
+            "listener",
+            "key",
+            "partition",
+            "offset"
         ]
     );
-    for column in ["checksum", "payload", "metadata", "error_class", "error_message", "error_backtrace"] {
+    for column in [
+        "checksum",
+        "payload",
+        "metadata",
+        "error_class",
+        "error_message",
+        "error_backtrace",
+        "listener",
+        "attempts",
+        "first_failed_at",
+        "last_failed_at",
+    ] {
         assert!(columns_of(&columns, "dionysus_event_failures").contains(&column), "failures table lacks {column}");
     }
     for column in ["model", "topic", "window_from", "window_to", "cursor", "status", "started_at", "finished_at"] {
@@ -122,7 +137,7 @@ async fn migrations_create_the_framework_tables_and_revert_cleanly() {
     .execute(&mut conn)
     .await
     .unwrap();
-    // Duplicate checksums are rejected within a group, accepted across groups.
+    // Duplicate checksums are rejected within a group and handler, accepted across groups.
     let insert_event =
         |group: &str| format!("INSERT INTO dionysus_events (topic, group_id, checksum) VALUES ('t', '{group}', 'abc')");
     diesel::sql_query(insert_event("g1")).execute(&mut conn).await.unwrap();

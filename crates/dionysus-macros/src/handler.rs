@@ -1,4 +1,5 @@
-//! `#[dionysus::consume(topic = "…", event = "…", in_transaction)]` on an async handler
+//! `#[dionysus::consume(topic = "…", event = "…", in_transaction)]` (or `checkpoint`, with
+//! an optional `on_failure = "record"`) on an async handler
 //! function: reads the arguments (in the same style as every other macro), checks the
 //! function's shape (one error on the offending parameter, naming the accepted shapes), then
 //! keeps the function and registers a wrapper that builds its input from the context, as a
@@ -20,7 +21,10 @@ use crate::attr::{self, Attr};
 use crate::ctxt::{self, Ctxt};
 use crate::symbol::*;
 
-const KEYS: &[Symbol] = &[TOPIC, EVENT, IN_TRANSACTION];
+const KEYS: &[Symbol] = &[TOPIC, EVENT, IN_TRANSACTION, CHECKPOINT, ON_FAILURE];
+
+/// The failure policies `on_failure` accepts, and the variant each names.
+const POLICIES: &[(&str, &str)] = &[("block", "Block"), ("dead_letter", "DeadLetter"), ("record", "Record")];
 
 /// The shapes a handler may have, as said in every signature error.
 const SHAPES: &str = "help: a consume handler is one of
@@ -36,6 +40,9 @@ struct Handler {
     topic: LitStr,
     event: LitStr,
     in_transaction: bool,
+    checkpoint: bool,
+    /// The variant of `FailurePolicy` named by `on_failure`.
+    on_failure: Option<syn::Ident>,
 }
 
 /// How the function takes its input.
@@ -78,6 +85,8 @@ fn parse(cx: &Ctxt, args: TokenStream, item: TokenStream) -> Option<Handler> {
     let mut topic = Attr::none(cx, TOPIC);
     let mut event = Attr::none(cx, EVENT);
     let mut in_transaction = Attr::none(cx, IN_TRANSACTION);
+    let mut checkpoint = Attr::none(cx, CHECKPOINT);
+    let mut on_failure = Attr::none(cx, ON_FAILURE);
     let mut unknown_key = false;
     let complete = attr::each_in_args(cx, args, |meta| {
         if meta.path == TOPIC {
@@ -86,6 +95,20 @@ fn parse(cx: &Ctxt, args: TokenStream, item: TokenStream) -> Option<Handler> {
             event.set_opt(&meta.path, attr::string(cx, EVENT, &meta, r#"event = "rental_updated""#)?);
         } else if meta.path == IN_TRANSACTION {
             in_transaction.set_opt(&meta.path, attr::flag(cx, IN_TRANSACTION, &meta)?);
+        } else if meta.path == CHECKPOINT {
+            checkpoint.set_opt(&meta.path, attr::flag(cx, CHECKPOINT, &meta)?);
+        } else if meta.path == ON_FAILURE {
+            let Some(policy) = attr::string(cx, ON_FAILURE, &meta, r#"on_failure = "record""#)? else { return Ok(()) };
+            match POLICIES.iter().find(|(name, _)| *name == policy.value()) {
+                Some((_, variant)) => on_failure.set(&meta.path, syn::Ident::new(variant, policy.span())),
+                None => cx.error_spanned_by(
+                    &policy,
+                    format!(
+                        "unknown failure policy `{}`\nhelp: `on_failure` is one of \"block\", \"dead_letter\", \"record\"",
+                        policy.value()
+                    ),
+                ),
+            }
         } else {
             unknown_key = true;
             attr::unknown(cx, &meta, "`#[dionysus::consume(...)]`", KEYS)?;
@@ -100,11 +123,21 @@ fn parse(cx: &Ctxt, args: TokenStream, item: TokenStream) -> Option<Handler> {
              help: the correct format looks like `#[dionysus::consume(topic = \"v3_rentals\", event = \"rental_updated\")]`",
         ));
     }
+    let checkpoint = checkpoint.get().unwrap_or(false);
+    let on_failure = on_failure.get();
+    if let (Some(policy), false) = (&on_failure, checkpoint) {
+        cx.error_spanned_by(
+            policy,
+            "`on_failure` applies to checkpointed handlers\nhelp: add `checkpoint`: `#[dionysus::consume(topic = \"…\", event = \"…\", checkpoint, on_failure = \"record\")]`",
+        );
+    }
     Some(Handler {
         function: function?,
         topic: topic?,
         event: event?,
-        in_transaction: in_transaction.get().unwrap_or(false),
+        in_transaction: in_transaction.get().unwrap_or(false) || checkpoint,
+        checkpoint,
+        on_failure,
     })
 }
 
@@ -198,7 +231,11 @@ fn last_segment_is(ty: &Type, name: &str) -> bool {
 }
 
 fn expand_valid(handler: &Handler, input: &Input<'_>) -> TokenStream {
-    let Handler { function, topic, event, in_transaction } = handler;
+    let Handler { function, topic, event, in_transaction, checkpoint, on_failure } = handler;
+    let on_failure = match on_failure {
+        Some(variant) => quote! { ::core::option::Option::Some(__d::FailurePolicy::#variant) },
+        None => quote! { ::core::option::Option::None },
+    };
     let name = &function.sig.ident;
     let name_str = name.to_string();
     let output_span = match &function.sig.output {
@@ -207,7 +244,7 @@ fn expand_valid(handler: &Handler, input: &Input<'_>) -> TokenStream {
     };
     // The output check is spanned on the return type, so a wrong one is reported there.
     let finish = |call: TokenStream| {
-        let convert = quote_spanned! {output_span=> __d::HandlerOutput::into_handler_result(output)};
+        let convert = quote_spanned! {output_span=> __d::HandlerOutput::into_handler_result(output, &mut *ctx)};
         quote! {{
             let output = #call.await;
             #convert
@@ -252,6 +289,8 @@ fn expand_valid(handler: &Handler, input: &Input<'_>) -> TokenStream {
                     event: #event,
                     handler: __dionysus_handler,
                     in_transaction: #in_transaction,
+                    checkpoint: #checkpoint,
+                    on_failure: #on_failure,
                     declared_by: ::core::concat!(::core::module_path!(), "::", #name_str),
                     location: ::core::concat!(::core::file!(), ":", ::core::line!()),
                 })

@@ -44,6 +44,8 @@ pub(crate) const FROM: Symbol = Symbol("from");
 pub(crate) const SKIP: Symbol = Symbol("skip");
 pub(crate) const EVENT: Symbol = Symbol("event");
 pub(crate) const IN_TRANSACTION: Symbol = Symbol("in_transaction");
+pub(crate) const CHECKPOINT: Symbol = Symbol("checkpoint");
+pub(crate) const ON_FAILURE: Symbol = Symbol("on_failure");
 // #[diesel(...)], read by every derive
 pub(crate) const DIESEL: Symbol = Symbol("diesel");
 pub(crate) const TABLE_NAME: Symbol = Symbol("table_name");

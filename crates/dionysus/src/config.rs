@@ -46,6 +46,8 @@
 //! | `DIONYSUS_SYNCED_UPDATED_AT_ATTRIBUTE` | [`ConsumerConfig::synced_updated_at_attribute`] | column name | `synced_updated_at` |
 //! | `DIONYSUS_SOFT_DELETED_AT_ATTRIBUTE` | [`ConsumerConfig::soft_deleted_at_attribute`] | column name | `synced_canceled_at` |
 //! | `DIONYSUS_SYNCED_DATA_ATTRIBUTE` | [`ConsumerConfig::synced_data_attribute`] | column name | `synced_data` |
+//! | `DIONYSUS_CHECKPOINT_ON_FAILURE` | [`ConsumerConfig::checkpoint_on_failure`] | `record`, `dead_letter` or `block` | `record` |
+//! | `DIONYSUS_CHECKPOINT_ATTEMPTS` | [`ConsumerConfig::checkpoint_attempts`] | integer ≥ 1 | `3` |
 //! | `DIONYSUS_KAFKA_<PROPERTY>` | [`KafkaConfig::properties`] | any librdkafka property, `_` for `.` | none |
 //! | `DIONYSUS_API_TOKEN` | not in `Config`: read by `dionysus serve` (the events API and console, `http::Api::with_token`) | text, the bearer token every route but `/ping` and `/health` then needs | none: no token, loopback addresses only |
 //!
@@ -248,6 +250,57 @@ impl EncryptionKeys {
     }
 }
 
+/// What a failing handler's event becomes once its tries are used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// The batch fails and its partition waits, retrying, until the handler succeeds (or
+    /// the application is fixed); `/health` names the partition. Nothing is skipped.
+    Block,
+    /// The message goes to the dead-letter topic (`handler_failed`) and the partition moves
+    /// on: the behaviour of `in_transaction` handlers without `checkpoint`.
+    DeadLetter,
+    /// The failure is written to `dionysus_event_failures` (payload, metadata, error, chain,
+    /// attempts, first and last failure time) in the batch's transaction, the handler's
+    /// writes are rolled back, and the partition moves on. Retry it with
+    /// `checkpoint::Checkpoints::retry_failure` or `dionysus failures retry`. The default
+    /// for checkpointed handlers.
+    #[default]
+    Record,
+}
+
+impl FailurePolicy {
+    /// The policy's name: `block`, `dead_letter` or `record`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailurePolicy::Block => "block",
+            FailurePolicy::DeadLetter => "dead_letter",
+            FailurePolicy::Record => "record",
+        }
+    }
+}
+
+impl std::str::FromStr for FailurePolicy {
+    type Err = UnknownFailurePolicy;
+
+    fn from_str(text: &str) -> Result<FailurePolicy, UnknownFailurePolicy> {
+        match text {
+            "block" => Ok(FailurePolicy::Block),
+            "dead_letter" => Ok(FailurePolicy::DeadLetter),
+            "record" => Ok(FailurePolicy::Record),
+            _ => Err(UnknownFailurePolicy { given: text.to_owned() }),
+        }
+    }
+}
+
+/// A failure policy name that is none of `block`, `dead_letter`, `record`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown failure policy `{given}`: expected `block`, `dead_letter` or `record`")]
+pub struct UnknownFailurePolicy {
+    /// The name given.
+    pub given: String,
+}
+
 /// Consumer-side settings.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -293,6 +346,14 @@ pub struct ConsumerConfig {
     pub soft_deleted_at_attribute: String,
     /// Replica column holding the whole payload (`synced_data`).
     pub synced_data_attribute: String,
+    /// What a checkpointed handler's event becomes when the handler still fails after
+    /// [`ConsumerConfig::checkpoint_attempts`] tries ([`FailurePolicy::Record`]); a handler's
+    /// own `on_failure = "…"` takes precedence.
+    pub checkpoint_on_failure: FailurePolicy,
+    /// Tries of a failing checkpointed handler on one event within its batch (3), its
+    /// writes rolled back after each, before [`ConsumerConfig::checkpoint_on_failure`]
+    /// applies.
+    pub checkpoint_attempts: u32,
 }
 
 impl Default for Config {
@@ -363,6 +424,8 @@ impl Default for ConsumerConfig {
             synced_updated_at_attribute: "synced_updated_at".to_owned(),
             soft_deleted_at_attribute: "synced_canceled_at".to_owned(),
             synced_data_attribute: "synced_data".to_owned(),
+            checkpoint_on_failure: FailurePolicy::Record,
+            checkpoint_attempts: 3,
         }
     }
 }
@@ -530,6 +593,20 @@ impl Config {
         })?;
         env.duration("DIONYSUS_CONSUMER_STALL_TIMEOUT_SECONDS", Unit::Seconds, &mut consumer.stall_timeout)?;
         env.duration("DIONYSUS_CONSUMER_MAX_FUTURE_SKEW_SECONDS", Unit::Seconds, &mut consumer.max_future_skew)?;
+        if let Some(value) = (env.0)("DIONYSUS_CHECKPOINT_ON_FAILURE") {
+            consumer.checkpoint_on_failure = value.trim().parse().map_err(|_| ConfigError::Invalid {
+                var: "DIONYSUS_CHECKPOINT_ON_FAILURE".to_owned(),
+                value,
+                expected: "one of record, dead_letter, block".to_owned(),
+            })?;
+        }
+        let mut checkpoint_attempts = consumer.checkpoint_attempts as usize;
+        env.count("DIONYSUS_CHECKPOINT_ATTEMPTS", &mut checkpoint_attempts, 1)?;
+        consumer.checkpoint_attempts = u32::try_from(checkpoint_attempts).map_err(|_| ConfigError::Invalid {
+            var: "DIONYSUS_CHECKPOINT_ATTEMPTS".to_owned(),
+            value: checkpoint_attempts.to_string(),
+            expected: format!("an integer between 1 and {}", u32::MAX),
+        })?;
         Ok(())
     }
 }
@@ -897,6 +974,25 @@ mod tests {
         assert!(error.to_string().starts_with("DIONYSUS_CONSUMER_SESSION_TIMEOUT_MS="), "{error}");
         let error = from(&[("DIONYSUS_CONSUMER_GROUP_INSTANCE_ID", " ")]).unwrap_err();
         assert!(error.to_string().contains("a non-empty value"), "{error}");
+    }
+
+    #[test]
+    fn checkpoint_settings_are_read_and_checked() {
+        let config = Config::default();
+        assert_eq!(config.consumer.checkpoint_on_failure, FailurePolicy::Record);
+        assert_eq!(config.consumer.checkpoint_attempts, 3);
+        let config =
+            Config::from_vars([("DIONYSUS_CHECKPOINT_ON_FAILURE", "block"), ("DIONYSUS_CHECKPOINT_ATTEMPTS", "1")])
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.consumer.checkpoint_on_failure, FailurePolicy::Block);
+        assert_eq!(config.consumer.checkpoint_attempts, 1);
+        for (var, value) in [("DIONYSUS_CHECKPOINT_ON_FAILURE", "retry"), ("DIONYSUS_CHECKPOINT_ATTEMPTS", "0")] {
+            let error = Config::from_vars([(var, value)]).err().unwrap_or_else(|| panic!("{var}={value} accepted"));
+            assert!(error.to_string().contains(var), "{error}");
+        }
+        for policy in [FailurePolicy::Block, FailurePolicy::DeadLetter, FailurePolicy::Record] {
+            assert_eq!(policy.name().parse::<FailurePolicy>(), Ok(policy));
+        }
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub enum Error {
     /// A consumer could not start or stopped on an error.
     #[error(transparent)]
     Consumer(#[from] crate::consumer::ConsumerError),
+    /// Reading or changing the checkpoint log failed.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
     /// The application's own error, e.g. from a `#[dionysus::consume]` handler:
     /// `Err(dionysus::Error::App(error.into()))`, or [`Error::app`].
     #[error(transparent)]

@@ -15,6 +15,7 @@
 //! | [`registry`] | the declarations the macros collect, and their consistency ([`Registry::validate`]) | the broker and the database |
 //! | [`outbox`], [`relay`], [`genesis`], [`respond`], [`serialize`] | the producing half: [`Publishable`], the outbox writer, message planning, the relay, genesis | consuming |
 //! | [`consumer`] | the consuming half: the runtime, batches, offsets, dead letters, [`consumer::replica`] tables, handlers ([`Context`]) | producing |
+//! | [`checkpoint`] | the checkpoint log of checkpointed handlers: events and failures, listed, retried, deleted ([`checkpoint::Checkpoints`]) | when handlers run |
 //! | [`kafka`] | how we talk to the broker: client settings, topic creation and inspection | what is sent |
 //! | [`migrate`](mod@migrate) | the framework's own tables | the application's tables |
 //! | [`telemetry`] | the `/metrics` + `/health` endpoint, the liveness file, error reports | what "healthy" means for each part |
@@ -23,6 +24,7 @@
 //! | `cli` (feature `cli`) | the `dionysus` command line an application embeds | the work each subcommand starts |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod checkpoint;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
@@ -260,12 +262,15 @@ pub use dionysus_macros::Consume;
 /// | `topic` | string, required | the topic of the events |
 /// | `event` | string, required | the event name, or `"*"` for every event of the topic |
 /// | `in_transaction` | flag | run inside the batch's transaction: the handler's writes through [`Context::conn`] commit with the replica rows and the stored offset; its error rolls the batch back, and the message it fails on is dead-lettered (`handler_failed`, or `handler_input_invalid` when a record does not deserialize into its input) |
+/// | `checkpoint` | flag | keep the [`checkpoint`] log: runs inside the batch's transaction (implies `in_transaction`); an event acknowledged with [`Context::ack`] (or a returned [`checkpoint::Ack`]) is saved with the handler's writes, an event already saved by this group is skipped; a failure follows `on_failure` |
+/// | `on_failure` | `"record"` (default), `"dead_letter"` or `"block"` | with `checkpoint`: what the event becomes when the handler fails every try ([`checkpoint::FailurePolicy`]; default: the consumer's `checkpoint_on_failure`) |
 ///
 /// The function takes `ctx: &mut Context<'_>` and optionally a record (`rental: T`, called
 /// once per record) or every record (`rentals: Vec<T>`) of the event, `T: serde::Deserialize`
 /// read from each record's attributes (`synced_id`, `synced_updated_at`, …, the other
 /// attributes as sent); or, untyped, `event: &consumer::ConsumedEvent`. It returns
-/// `Result<(), E>` for any error type `E` (`dionysus::Error`, a std error, `anyhow::Error`).
+/// `Result<(), E>` for any error type `E` (`dionysus::Error`, a std error, `anyhow::Error`),
+/// or, to acknowledge a checkpointed event, `Result<checkpoint::Ack, E>`.
 /// After the commit, a failure or a record that does not fit is logged and counted in
 /// `dionysus_consumer_handler_errors_total`; the batch stays committed.
 #[doc(inline)]
@@ -299,7 +304,8 @@ pub mod __private {
     pub use serde_json;
 
     pub use crate::consumer::handler::{
-        records_as, Context, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFuture, HandlerOutput,
+        records_as, Context, FailurePolicy, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFuture,
+        HandlerOutput,
     };
     pub use crate::consumer::replica::column_type::{payload_column, ColumnKind, ColumnType, PayloadColumn};
     pub use crate::consumer::replica::descriptor::{

@@ -128,3 +128,85 @@ diesel::table! {
         conditions -> Jsonb,
     }
 }
+
+diesel::table! {
+    /// The checkpoint log: events acknowledged by checkpointed handlers.
+    dionysus_events (id) {
+        /// Row id.
+        id -> BigInt,
+        /// Topic of the message.
+        topic -> Text,
+        /// Consumer group that handled it.
+        group_id -> Text,
+        /// The acknowledged entity's id.
+        entity_id -> Nullable<Text>,
+        /// The acknowledged event time.
+        event_time -> Nullable<Timestamptz>,
+        /// Event name (`rental_updated`).
+        event_type -> Nullable<Text>,
+        /// Version given with the acknowledgement.
+        event_version -> Nullable<Text>,
+        /// SHA-256 (hex) identifying the event (see `checkpoint`).
+        checksum -> Text,
+        /// The message's envelope.
+        payload -> Nullable<Jsonb>,
+        /// Saved at.
+        created_at -> Timestamptz,
+        /// Path of the handler that acknowledged it.
+        listener -> Text,
+        /// The message's key.
+        key -> Nullable<Text>,
+        /// The message's partition.
+        partition -> Nullable<Integer>,
+        /// The message's offset.
+        offset -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    /// Events whose checkpointed handler failed, kept for inspection and retry.
+    dionysus_event_failures (id) {
+        /// Row id.
+        id -> BigInt,
+        /// Topic of the message.
+        topic -> Text,
+        /// Consumer group.
+        group_id -> Text,
+        /// Entity id, when known.
+        entity_id -> Nullable<Text>,
+        /// Event time, when known.
+        event_time -> Nullable<Timestamptz>,
+        /// Event name.
+        event_type -> Nullable<Text>,
+        /// Event version, when known.
+        event_version -> Nullable<Text>,
+        /// SHA-256 (hex) identifying the event.
+        checksum -> Text,
+        /// The message's envelope.
+        payload -> Nullable<Jsonb>,
+        /// Topic, partition, offset, key, group, listener, event index.
+        metadata -> Jsonb,
+        /// The error's type name.
+        error_class -> Text,
+        /// The error's message.
+        error_message -> Text,
+        /// The error's chain of sources, outermost first (JSON array of strings).
+        error_backtrace -> Jsonb,
+        /// First recorded at.
+        created_at -> Timestamptz,
+        /// Path of the handler that failed.
+        listener -> Text,
+        /// The message's key.
+        key -> Nullable<Text>,
+        /// The message's partition.
+        partition -> Nullable<Integer>,
+        /// The message's offset.
+        offset -> Nullable<BigInt>,
+        /// Failed attempts so far.
+        attempts -> Integer,
+        /// First failure.
+        first_failed_at -> Timestamptz,
+        /// Latest failure.
+        last_failed_at -> Timestamptz,
+    }
+}

@@ -17,7 +17,7 @@
 //! `dionysus_consumer_dead_letter_failures_total`, `dionysus_consumer_partition_stalled` (1
 //! while a partition waits on a fault), `dionysus_consumer_handler_errors_total` per handler
 //! and reason, and `dionysus_consumer_lag` per topic and partition from librdkafka's
-//! statistics).
+//! statistics); `dionysus_checkpoint_*` from checkpointed handlers.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +53,30 @@ pub(crate) type Health = Arc<dyn Fn() -> Result<(), Unhealthy> + Send + Sync>;
 
 /// Every metric dionysus emits: name, kind, unit and what it says (its `# HELP` line).
 pub const METRICS: &[(&str, Kind, Unit, &str)] = &[
+    (
+        "dionysus_checkpoint_event_acknowledged_total",
+        Kind::Counter,
+        Unit::Count,
+        "Events a checkpointed handler acknowledged and saved to the checkpoint log, by listener and topic.",
+    ),
+    (
+        "dionysus_checkpoint_event_skipped_total",
+        Kind::Counter,
+        Unit::Count,
+        "Events a checkpointed handler handled without acknowledging (not saved), by listener and topic.",
+    ),
+    (
+        "dionysus_checkpoint_event_already_consumed_total",
+        Kind::Counter,
+        Unit::Count,
+        "Events skipped without calling their checkpointed handler: already saved by this group, by listener and topic.",
+    ),
+    (
+        "dionysus_checkpoint_event_failed_total",
+        Kind::Counter,
+        Unit::Count,
+        "Events whose checkpointed handler failed every try (then recorded, dead-lettered or blocking), by listener and topic.",
+    ),
     ("dionysus_outbox_backlog", Kind::Gauge, Unit::Count, "Outbox rows waiting to be published (not parked)."),
     (
         "dionysus_outbox_oldest_unpublished_seconds",

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Subcommands: `migrate`, `copy-migrations`, `check`, `replica-ddl`, `relay`, `consume`,
-//! `genesis`, `serve`, `outbox stats|retry|prune`, `topics create|list`, `dlq list|replay`. Settings come from
+//! `genesis`, `serve`, `outbox stats|retry|prune`, `topics create|list`, `dlq list|replay`,
+//! `events list|show|retry`, `failures list|show|retry|delete`. Settings come from
 //! the environment (see `config`) and the global flags, which win. Errors say what was wrong
 //! and how to fix it; the exit code is 1 for a failure and 2 for a usage mistake, which is
 //! found before any I/O. `relay`, `consume` and `genesis` first check that the database is
@@ -43,6 +44,7 @@ use crate::telemetry::Report;
 
 use self::logs::LogFormat;
 
+mod checkpoints;
 mod dlq;
 mod logs;
 
@@ -148,6 +150,11 @@ enum Command {
         /// Do not run `#[dionysus::consume]` handlers.
         #[arg(long)]
         no_handlers: bool,
+        /// What a checkpointed handler's event becomes when the handler fails every try:
+        /// record (in the failures table, and move on), dead_letter or block (default:
+        /// $DIONYSUS_CHECKPOINT_ON_FAILURE or record; a handler's own `on_failure` wins).
+        #[arg(long, value_name = "POLICY")]
+        checkpoint_on_failure: Option<crate::config::FailurePolicy>,
         /// Serve /metrics and /health on this address, e.g. 0.0.0.0:9395.
         #[arg(long, value_name = "ADDR")]
         serve: Option<SocketAddr>,
@@ -206,6 +213,63 @@ enum Command {
     /// List and replay the messages the consumer dead-lettered.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The checkpoint log: events checkpointed handlers acknowledged.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// The checkpoint log: events whose checkpointed handler failed.
+    #[command(subcommand)]
+    Failures(FailuresCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Saved events, newest first.
+    List(checkpoints::ListArgs),
+    /// One event with its payload.
+    Show {
+        /// The event's id.
+        id: i64,
+        /// Print it as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the event's handler again on the stored message; its writes commit when it
+    /// succeeds.
+    Retry {
+        /// The event's id.
+        id: i64,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FailuresCommand {
+    /// Failed events, newest first: attempts, last failure, error.
+    List(checkpoints::ListArgs),
+    /// One failure with its error chain, metadata and payload.
+    Show {
+        /// The failure's id.
+        id: i64,
+        /// Print it as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the handler again on the stored message: on success the failure is removed and
+    /// the event saved, in one transaction; on failure its attempts are counted.
+    Retry {
+        /// The failure's id.
+        id: i64,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a failure without retrying it.
+    Delete {
+        /// The failure's id.
+        id: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -533,10 +597,14 @@ async fn execute(
             dead_letter_unknown_models,
             processing_mutex,
             no_handlers,
+            checkpoint_on_failure,
             serve,
             health_file,
         } => {
             let mut config = config;
+            if let Some(policy) = checkpoint_on_failure {
+                config.consumer.checkpoint_on_failure = policy;
+            }
             if let Some(group) = group {
                 config.kafka.group_id = Some(group);
             }
@@ -634,6 +702,25 @@ async fn execute(
             out.flush()?;
             crate::http::serve(listener, api, shutdown).await?;
         }
+        Command::Events(EventsCommand::List(list)) => {
+            let filter = list.filter().map_err(|error| Failure::usage(error.to_string()))?;
+            checkpoints::list_events(&config, &filter, list.json(), out).await?;
+        }
+        Command::Events(EventsCommand::Show { id, json }) => checkpoints::show_event(&config, id, json, out).await?,
+        Command::Events(EventsCommand::Retry { id, json }) => {
+            checkpoints::retry(&config, "event", id, json, out).await?
+        }
+        Command::Failures(FailuresCommand::List(list)) => {
+            let filter = list.filter().map_err(|error| Failure::usage(error.to_string()))?;
+            checkpoints::list_failures(&config, &filter, list.json(), out).await?;
+        }
+        Command::Failures(FailuresCommand::Show { id, json }) => {
+            checkpoints::show_failure(&config, id, json, out).await?;
+        }
+        Command::Failures(FailuresCommand::Retry { id, json }) => {
+            checkpoints::retry(&config, "failure", id, json, out).await?;
+        }
+        Command::Failures(FailuresCommand::Delete { id }) => checkpoints::delete_failure(&config, id, out).await?,
         Command::Outbox(command) => outbox(&config, command, out).await?,
         Command::Topics(command) => topics(&config, registry, command, out).await?,
         Command::Dlq(DlqCommand::List { dead_letter_topic, filter, limit }) => {

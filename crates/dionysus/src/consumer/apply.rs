@@ -19,8 +19,8 @@ type Transactions = <AsyncPgConnection as AsyncConnection>::TransactionManager;
 
 use super::batch::{DeadLetter, InboundMessage, PreparedBatch, Rules, UnknownModel};
 use super::events::{ConsumedEvent, MessageFilter, Notification};
-use super::handler::{handlers, Context, HandlerDeclaration, HandlerError};
-use super::{batch, declarations, handler, progress, replica};
+use super::handler::{handlers, Context, FailurePolicy, HandlerDeclaration, HandlerError};
+use super::{batch, checkpoint, declarations, handler, progress, replica};
 
 use crate::config::Config;
 use crate::consumer::replica::{sql, Replicas};
@@ -88,6 +88,22 @@ pub enum ConsumerError {
     /// rolled back.
     #[error("handler {handler} failed on {topic}/{partition}@{offset}")]
     Handler {
+        /// Path of the handler function.
+        handler: &'static str,
+        /// Topic of the message.
+        topic: String,
+        /// Partition of the message.
+        partition: i32,
+        /// Offset of the message.
+        offset: i64,
+        /// What went wrong.
+        #[source]
+        source: HandlerError,
+    },
+    /// A checkpointed handler with the `block` failure policy failed on a message after its
+    /// tries; the batch was rolled back and its partition waits, retrying.
+    #[error("checkpointed handler {handler} failed on {topic}/{partition}@{offset}; its partition waits (on_failure = block)")]
+    HandlerBlocked {
         /// Path of the handler function.
         handler: &'static str,
         /// Topic of the message.
@@ -174,6 +190,8 @@ pub enum BatchStep {
     Commit,
     /// Storing the offset past a message that was dead-lettered alone.
     SkipRejected,
+    /// Reading or writing the checkpoint log for a checkpointed handler.
+    Checkpoint,
 }
 
 impl std::fmt::Display for BatchStep {
@@ -186,6 +204,7 @@ impl std::fmt::Display for BatchStep {
             BatchStep::StoreOffset => "storing the offset",
             BatchStep::Commit => "committing the batch",
             BatchStep::SkipRejected => "storing the offset past a rejected message",
+            BatchStep::Checkpoint => "writing the checkpoint log",
         })
     }
 }
@@ -914,8 +933,9 @@ impl Consumer {
     }
 
     /// Runs the `in_transaction` handlers of a batch's events on the batch's connection,
-    /// inside its transaction; the first failure fails the batch. Events of messages set
-    /// aside for the dead-letter topic are not handled.
+    /// inside its transaction; the first failure fails the batch, except a checkpointed
+    /// handler's under the `record` policy ([`Consumer::run_checkpointed`]). Events of
+    /// messages set aside for the dead-letter topic are not handled.
     async fn run_in_transaction(
         &self,
         conn: &mut AsyncPgConnection,
@@ -926,12 +946,21 @@ impl Consumer {
         if self.inner.in_transaction.is_empty() {
             return Ok(());
         }
-        for event in events {
+        for (index, event) in events.iter().enumerate() {
             if dead_letters.iter().any(|dead| dead.message.offset == event.offset) {
                 continue;
             }
             for declaration in self.inner.in_transaction.iter().filter(|h| h.matches(&event.topic, &event.event_name)) {
                 let Some(message) = message_of(messages, event) else { continue };
+                if declaration.checkpoint {
+                    // Events of one name in one message, told apart by their position.
+                    let ordinal = events[..index]
+                        .iter()
+                        .filter(|earlier| earlier.offset == event.offset && earlier.event_name == event.event_name)
+                        .count();
+                    self.run_checkpointed(conn, declaration, message, event, ordinal).await?;
+                    continue;
+                }
                 let mut ctx = Context::new(event, message, conn, true);
                 let result = (declaration.handler)(&mut ctx).await;
                 #[cfg(feature = "testing")]
@@ -946,6 +975,102 @@ impl Consumer {
             }
         }
         Ok(())
+    }
+
+    /// Runs a checkpointed handler on one event inside the batch's transaction: skips an
+    /// event this group's handler saved already, tries the handler (each try in a savepoint,
+    /// rolled back when it fails) up to `checkpoint_attempts` times, saves the event when
+    /// acknowledged, and applies the failure policy when every try failed.
+    async fn run_checkpointed(
+        &self,
+        conn: &mut AsyncPgConnection,
+        declaration: &'static HandlerDeclaration,
+        message: &InboundMessage,
+        event: &ConsumedEvent,
+        ordinal: usize,
+    ) -> Result<(), ConsumerError> {
+        let group = self.inner.group.as_str();
+        let listener = declaration.declared_by;
+        let checksum = checkpoint::checksum(message.payload.as_deref(), ordinal);
+        let origin = checkpoint::Origin { group, listener, message, event, ordinal, checksum: &checksum };
+        let db = |source| ConsumerError::Database {
+            step: BatchStep::Checkpoint,
+            group: group.to_owned(),
+            topic: message.topic.clone(),
+            partition: message.partition,
+            first_offset: message.offset,
+            last_offset: message.offset,
+            source,
+        };
+        let notice = |name: &'static str, retry_count: u32| checkpoint_notice(name, &origin, retry_count);
+        if checkpoint::already_saved(conn, group, listener, &checksum).await.map_err(db)? {
+            notice("event_already_consumed", 0);
+            return Ok(());
+        }
+        let attempts = self.inner.config.consumer.checkpoint_attempts.max(1);
+        let mut first_failed_at = None;
+        let mut tried: u32 = 0;
+        loop {
+            tried += 1;
+            Transactions::begin_transaction(&mut *conn).await.map_err(db)?;
+            let mut ctx = Context::new(event, message, conn, true).with_retry_count(tried - 1);
+            let result = (declaration.handler)(&mut ctx).await;
+            let (ack, class) = (ctx.take_ack(), ctx.error_class());
+            #[cfg(feature = "testing")]
+            super::calls::record(declaration, event, result.as_ref().map(|_| ()));
+            let error = match result {
+                Ok(()) => {
+                    match &ack {
+                        Some(ack) => {
+                            checkpoint::save_event(conn, &origin, ack).await.map_err(db)?;
+                        }
+                        None => {
+                            checkpoint::clear_failure(conn, group, listener, &checksum).await.map_err(db)?;
+                        }
+                    }
+                    Transactions::commit_transaction(&mut *conn).await.map_err(db)?;
+                    notice(if ack.is_some() { "event_acknowledged" } else { "event_skipped" }, tried - 1);
+                    return Ok(());
+                }
+                Err(error) => error,
+            };
+            Transactions::rollback_transaction(&mut *conn).await.map_err(db)?;
+            let failed = |source| ConsumerError::Handler {
+                handler: listener,
+                topic: event.topic.clone(),
+                partition: event.partition,
+                offset: event.offset,
+                source,
+            };
+            // A handler's own database trouble is the consumer's: the batch is retried.
+            if handler::transient_cause(&error, |error| verdict(error) == Verdict::Transient) {
+                return Err(failed(error));
+            }
+            let first = *first_failed_at.get_or_insert_with(Utc::now);
+            if tried < attempts {
+                tracing::warn!(target: "dionysus::checkpoint", listener, topic = %event.topic, partition = event.partition, offset = event.offset, retry_count = tried - 1, error = %Report(&error), "checkpointed handler failed; trying it again");
+                continue;
+            }
+            let policy = declaration.on_failure.unwrap_or(self.inner.config.consumer.checkpoint_on_failure);
+            notice("event_failed", tried - 1);
+            return match policy {
+                FailurePolicy::Record => {
+                    let parts = checkpoint::ErrorParts::of(&error, class);
+                    let attempts = i32::try_from(tried).unwrap_or(i32::MAX);
+                    let id = checkpoint::record_failure(conn, &origin, &parts, attempts, first).await.map_err(db)?;
+                    tracing::warn!(target: "dionysus::checkpoint", failure = id, listener, topic = %event.topic, partition = event.partition, offset = event.offset, checksum = %checksum, error = %Report(&error), "checkpointed handler failed; failure recorded, the partition moves on");
+                    Ok(())
+                }
+                FailurePolicy::Block => Err(ConsumerError::HandlerBlocked {
+                    handler: listener,
+                    topic: event.topic.clone(),
+                    partition: event.partition,
+                    offset: event.offset,
+                    source: error,
+                }),
+                FailurePolicy::DeadLetter => Err(failed(error)),
+            };
+        }
     }
 
     /// Event bus then after-commit handlers, after a commit (C-19). A handler's failure
@@ -1016,6 +1141,34 @@ impl Consumer {
 }
 
 /// The message an event came from (a batch's messages are in ascending offsets).
+/// Tells of a checkpointed handler's outcome: a tracing event (target
+/// `dionysus::checkpoint`) and the counter `dionysus_checkpoint_<name>_total`.
+fn checkpoint_notice(name: &'static str, origin: &checkpoint::Origin<'_>, retry_count: u32) {
+    let key = origin.message.key.as_deref().map(String::from_utf8_lossy);
+    let (topic, partition, offset) = (&origin.message.topic, origin.message.partition, origin.message.offset);
+    let labels = [("listener", origin.listener.to_owned()), ("topic", topic.clone())];
+    let counter = match name {
+        "event_acknowledged" => metrics::counter!("dionysus_checkpoint_event_acknowledged_total", &labels),
+        "event_skipped" => metrics::counter!("dionysus_checkpoint_event_skipped_total", &labels),
+        "event_already_consumed" => metrics::counter!("dionysus_checkpoint_event_already_consumed_total", &labels),
+        _ => metrics::counter!("dionysus_checkpoint_event_failed_total", &labels),
+    };
+    counter.increment(1);
+    tracing::info!(
+        target: "dionysus::checkpoint",
+        notification = name,
+        listener_id = origin.listener,
+        group_id = origin.group,
+        topic = %topic,
+        key = key.as_deref().unwrap_or_default(),
+        partition,
+        offset,
+        retry_count,
+        checksum = origin.checksum,
+        "{name}"
+    );
+}
+
 fn message_of<'m>(messages: &'m [InboundMessage], event: &ConsumedEvent) -> Option<&'m InboundMessage> {
     match messages.binary_search_by_key(&event.offset, |message| message.offset) {
         Ok(index) => messages.get(index),

@@ -179,6 +179,8 @@ mod tests {
             event,
             handler: nothing,
             in_transaction: false,
+            checkpoint: false,
+            on_failure: None,
             declared_by: "app::on_widget",
             location: "src/widget.rs:9",
         }

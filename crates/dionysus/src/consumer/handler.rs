@@ -11,12 +11,14 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 
+use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::batch::InboundMessage;
 use super::events::{ConsumedEvent, LocalChange};
+pub use crate::config::{FailurePolicy, UnknownFailurePolicy};
 use crate::consumer::replica::Record;
 
 /// What a handler is given: the event, where its message came from, its raw payload, and a
@@ -31,6 +33,12 @@ pub struct Context<'a> {
     message: &'a InboundMessage,
     conn: &'a mut AsyncPgConnection,
     in_transaction: bool,
+    /// The acknowledgement of a checkpointed handler ([`Context::ack`]).
+    ack: Option<Ack>,
+    /// The type name of the error the handler returned, set by [`HandlerOutput`].
+    error_class: Option<&'static str>,
+    /// Tries of this event before this one (checkpointed handlers).
+    retry_count: u32,
 }
 
 impl<'a> Context<'a> {
@@ -40,7 +48,46 @@ impl<'a> Context<'a> {
         conn: &'a mut AsyncPgConnection,
         in_transaction: bool,
     ) -> Context<'a> {
-        Context { event, message, conn, in_transaction }
+        Context { event, message, conn, in_transaction, ack: None, error_class: None, retry_count: 0 }
+    }
+
+    /// The same context for another try of the event.
+    pub(crate) fn with_retry_count(mut self, retry_count: u32) -> Context<'a> {
+        self.retry_count = retry_count;
+        self
+    }
+
+    /// Takes the acknowledgement the handler gave, if any.
+    pub(crate) fn take_ack(&mut self) -> Option<Ack> {
+        self.ack.take()
+    }
+
+    /// The type name of the error the handler returned, once it has returned one.
+    pub(crate) fn error_class(&self) -> Option<&'static str> {
+        self.error_class
+    }
+
+    /// Acknowledges the event for the checkpoint log: when a handler declared with
+    /// `checkpoint` returns `Ok` after this call, the event is saved (`dionysus_events`) in
+    /// the batch's transaction, with the handler's own writes. The last call wins. Returns
+    /// the acknowledgement, so a handler may end with `Ok(ctx.ack(id, time))`.
+    ///
+    /// A handler that does not acknowledge saves nothing (`event_skipped`). For handlers
+    /// without `checkpoint` the acknowledgement is ignored.
+    pub fn ack(&mut self, entity_id: impl Into<String>, event_time: DateTime<Utc>) -> Ack {
+        let ack = Ack::new(entity_id, event_time);
+        self.ack = Some(ack.clone());
+        ack
+    }
+
+    /// Acknowledges the event with an [`Ack`] built beforehand (e.g. with a version).
+    pub fn acknowledge(&mut self, ack: Ack) {
+        self.ack = Some(ack);
+    }
+
+    /// How many times this event was tried before this call (0 on the first try).
+    pub fn retry_count(&self) -> u32 {
+        self.retry_count
     }
 
     /// The event, as event-bus subscribers see it.
@@ -124,6 +171,33 @@ impl std::fmt::Debug for Context<'_> {
     }
 }
 
+/// A checkpointed handler's acknowledgement of an event: what the checkpoint log saves
+/// besides the message ([`Context::ack`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Ack {
+    /// The id of the entity the event is about.
+    pub entity_id: String,
+    /// The event's time, as the handler sees it.
+    pub event_time: DateTime<Utc>,
+    /// A version of the event, if the handler gives one.
+    pub event_version: Option<String>,
+}
+
+impl Ack {
+    /// An acknowledgement of `entity_id` at `event_time`, without a version.
+    pub fn new(entity_id: impl Into<String>, event_time: DateTime<Utc>) -> Ack {
+        Ack { entity_id: entity_id.into(), event_time, event_version: None }
+    }
+
+    /// The same acknowledgement with an event version (`"v1"`).
+    #[must_use]
+    pub fn version(mut self, version: impl Into<String>) -> Ack {
+        self.event_version = Some(version.into());
+        self
+    }
+}
+
 /// Why a handler did not complete.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -174,6 +248,10 @@ pub struct HandlerDeclaration {
     /// Whether it runs inside the batch's transaction (`in_transaction`) rather than after
     /// the batch's commit.
     pub in_transaction: bool,
+    /// Whether it writes the checkpoint log (`checkpoint`, which implies `in_transaction`).
+    pub checkpoint: bool,
+    /// What its failures become (`on_failure = "…"`); `None` leaves it to the consumer.
+    pub on_failure: Option<FailurePolicy>,
     /// Path of the function.
     pub declared_by: &'static str,
     /// `file:line`.
@@ -196,24 +274,45 @@ impl HandlerDeclaration {
     }
 }
 
-/// What a handler function may return: `Result<(), E>` where `E` converts into a boxed error
-/// (any `std::error::Error + Send + Sync`, `dionysus::Error`, `anyhow::Error`, `String`).
+/// What a handler function may return: `Result<(), E>` or `Result<Ack, E>` (an
+/// acknowledgement for the checkpoint log, see [`Context::ack`]) where `E` converts into a
+/// boxed error (any `std::error::Error + Send + Sync`, `dionysus::Error`, `anyhow::Error`,
+/// `String`).
 #[diagnostic::on_unimplemented(
     message = "a consume handler returns `Result<(), E>` with an error type `E`, not `{Self}`",
     label = "expected `Result<(), E>` here",
-    note = "E may be `dionysus::Error`, any `std::error::Error + Send + Sync + 'static`, or `anyhow::Error`"
+    note = "E may be `dionysus::Error`, any `std::error::Error + Send + Sync + 'static`, or `anyhow::Error`; a checkpointed handler may return `Result<dionysus::checkpoint::Ack, E>`"
 )]
 pub trait HandlerOutput {
-    /// The result as the consumer sees it.
-    fn into_handler_result(self) -> Result<(), HandlerError>;
+    /// The result as the consumer sees it; an acknowledgement or the error's type name is
+    /// kept in `ctx`.
+    fn into_handler_result(self, ctx: &mut Context<'_>) -> Result<(), HandlerError>;
 }
 
 impl<E> HandlerOutput for Result<(), E>
 where
     E: Into<Box<dyn StdError + Send + Sync + 'static>>,
 {
-    fn into_handler_result(self) -> Result<(), HandlerError> {
-        self.map_err(|error| HandlerError::Failed(error.into()))
+    fn into_handler_result(self, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+        self.map_err(|error| {
+            ctx.error_class = Some(std::any::type_name::<E>());
+            HandlerError::Failed(error.into())
+        })
+    }
+}
+
+impl<E> HandlerOutput for Result<Ack, E>
+where
+    E: Into<Box<dyn StdError + Send + Sync + 'static>>,
+{
+    fn into_handler_result(self, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+        match self {
+            Ok(ack) => {
+                ctx.ack = Some(ack);
+                Ok(())
+            }
+            Err(error) => Err::<(), E>(error).into_handler_result(ctx),
+        }
     }
 }
 

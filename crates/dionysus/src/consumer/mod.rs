@@ -76,6 +76,7 @@ pub(crate) mod apply;
 pub(crate) mod batch;
 #[cfg(feature = "testing")]
 pub(crate) mod calls;
+pub(crate) mod checkpoint;
 #[cfg(feature = "http")]
 pub(crate) mod dead_letters;
 mod declarations;
@@ -93,6 +94,6 @@ pub use batch::{DeadLetter, InboundMessage, UnknownModel};
 #[cfg(feature = "cli")]
 pub(crate) use declarations::handler_warnings;
 pub use events::{ConsumedEvent, LocalChange, MessageFilter, Notification};
-pub use handler::{handlers, Context, HandlerDeclaration, HandlerError};
+pub use handler::{handlers, Ack, Context, FailurePolicy, HandlerDeclaration, HandlerError, UnknownFailurePolicy};
 pub use replica::sql::stored_offsets;
 pub use runtime::DeadLetterHeaders;
