@@ -103,7 +103,7 @@ async fn acknowledged_event_is_saved_and_a_duplicate_is_skipped_by_checksum() {
     consumer.process_batch(std::slice::from_ref(&first)).await.unwrap();
     let mut conn = db.connection().await;
     assert_eq!((audited(&mut conn).await, saved(&mut conn).await), (1, 1));
-    assert_eq!(ACKED_CALLS.load(Ordering::SeqCst), 1);
+    assert_eq!(AtomicUsize::load(&ACKED_CALLS, Ordering::SeqCst), 1);
 
     let store = Checkpoints::new(db.pool(2));
     let page = store.events(&EventFilter::new().topic(TOPIC)).await.unwrap();
@@ -124,7 +124,7 @@ async fn acknowledged_event_is_saved_and_a_duplicate_is_skipped_by_checksum() {
     // The same message again, at a later offset: skipped.
     let outcome = consumer.process_batch(&[at(&first, 1)]).await.unwrap();
     assert_eq!(outcome.next_offset, Some(2));
-    assert_eq!(ACKED_CALLS.load(Ordering::SeqCst), 1, "the handler was not called again");
+    assert_eq!(AtomicUsize::load(&ACKED_CALLS, Ordering::SeqCst), 1, "the handler was not called again");
     assert_eq!((audited(&mut conn).await, saved(&mut conn).await), (1, 1));
 
     // Filters narrow the listing.
@@ -238,7 +238,7 @@ impl std::error::Error for Refused {
 #[dionysus::consume(topic = "v8_checkpointed", event = "rental_flaky_updated", checkpoint)]
 async fn flaky(ctx: &mut dionysus::Context<'_>, rental: RentalIn) -> Result<(), Refused> {
     audit(ctx.conn(), rental.synced_id, "flaky").await.map_err(|error| Refused(0, std::io::Error::other(error)))?;
-    if FLAKY_FAILS.load(Ordering::SeqCst) {
+    if AtomicBool::load(&FLAKY_FAILS, Ordering::SeqCst) {
         return Err(Refused(rental.synced_id, std::io::Error::other("connection reset by peer")));
     }
     ctx.ack(rental.synced_id.to_string(), time());
