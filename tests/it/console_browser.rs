@@ -124,7 +124,9 @@ async fn an_operator_retries_a_failure_from_the_console() {
 }
 
 async fn scenario(browser: &fantoccini::Client, address: SocketAddr, entity: i64) -> Result<(), String> {
-    let fail = |what: &str| move |error: fantoccini::error::CmdError| format!("{what}: {error}");
+    fn fail(what: &'static str) -> impl Fn(fantoccini::error::CmdError) -> String {
+        move |error| format!("{what}: {error}")
+    }
     let dir = screenshots();
     browser.goto(&format!("http://{address}/console/failures")).await.map_err(fail("opening the failures page"))?;
     let row = browser.find(Locator::Css("#failure-31")).await.map_err(fail("finding the failure row"))?;

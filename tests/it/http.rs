@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use dionysus::http::{Api, HttpError};
 use dionysus_tests::{create_topic, kafka_config, unique_name, TestDb};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -133,7 +133,7 @@ impl Served {
 
     pub(crate) async fn sql(&self, statement: &str) {
         let mut conn: AsyncPgConnection = self.db.connection().await;
-        diesel::sql_query(statement).execute(&mut conn).await.unwrap();
+        conn.batch_execute(statement).await.unwrap();
     }
 }
 
