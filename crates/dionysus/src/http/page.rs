@@ -93,6 +93,7 @@ text-align:left;vertical-align:top}th{background:#eef0f4}td.num{text-align:right
 .notice{background:#e8f4ea;border:1px solid #9fcca8;padding:.5em .8em}\
 .problem{background:#fbeaea;border:1px solid #e0a3a3;padding:.5em .8em}\
 form.inline{display:inline}button{cursor:pointer}code,.mono{font-family:ui-monospace,monospace;font-size:.92em}\
+td.mono{max-width:28em;overflow-wrap:anywhere}\
 .stats{display:flex;gap:1em}.stat{background:#fff;border:1px solid #dde1e8;padding:.6em 1em}\
 .stat b{display:block;font-size:1.5em}";
 
