@@ -521,3 +521,22 @@ async fn dead_letters_are_listed_and_replayed_to_their_source_topic() {
     let names: Vec<String> = message.headers().unwrap().iter().map(|h| h.key.to_owned()).collect();
     assert_eq!(names, ["trace"], "the dead-letter headers are removed");
 }
+
+/// `dionysus serve` refuses a non-loopback address without a token, as a usage mistake
+/// naming the fix, before it binds anything; `--help` documents the default address and the
+/// token.
+#[tokio::test]
+async fn serve_refuses_a_public_address_without_a_token() {
+    let db = TestDb::migrated().await;
+    let registry = dionysus::registry::Registry::new([], []);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let args = ["dionysus", "--database-url", db.url.as_str(), "serve", "--listen", "0.0.0.0:0"];
+    let code = dionysus::cli::run_with(args, &registry, &mut out, &mut err).await;
+    let err = String::from_utf8(err).unwrap();
+    assert_eq!(code, std::process::ExitCode::from(2), "{err}");
+    assert!(err.contains("not a loopback address") && err.contains("set DIONYSUS_API_TOKEN"), "{err}");
+    let (mut help, mut err) = (Vec::new(), Vec::new());
+    dionysus::cli::run_with(["dionysus", "serve", "--help"], &registry, &mut help, &mut err).await;
+    let help = String::from_utf8(help).unwrap();
+    assert!(help.contains("127.0.0.1:9396") && help.contains("DIONYSUS_API_TOKEN"), "{help}");
+}
