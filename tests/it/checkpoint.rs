@@ -27,6 +27,9 @@ const AUDIT: &str = "CREATE TABLE checkpoint_audit (synced_id bigint NOT NULL, n
 #[dionysus::topic(name = "v8_checkpointed")]
 pub struct Checkpointed;
 
+#[dionysus::topic(name = "v8_checkpointed_e2e")]
+pub struct CheckpointedEndToEnd;
+
 /// A message of partition 2 of [`TOPIC`] carrying one `Rental` event of one record.
 fn message(offset: i64, event: &str, id: i64, name: &str) -> InboundMessage {
     let payload = json!({"message": [{"event": event, "model_name": "Rental", "data": [{"id": id, "name": name, "updated_at": t(1)}]}]});
@@ -424,4 +427,73 @@ async fn events_and_failures_commands() {
     let (code, _, err) = cli(&["--database-url", url, "events", "show", "999999"]).await;
     assert_eq!(code, ExitCode::FAILURE);
     assert!(err.contains("no event with id 999999"), "{err}");
+}
+
+static DELIVERED: std::sync::Mutex<Vec<i64>> = std::sync::Mutex::new(Vec::new());
+
+#[dionysus::consume(topic = "v8_checkpointed_e2e", event = "rental_delivered_updated", checkpoint)]
+async fn delivered(ctx: &mut dionysus::Context<'_>, rental: RentalIn) -> dionysus::Result<()> {
+    DELIVERED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(rental.synced_id);
+    ctx.ack(rental.synced_id.to_string(), time());
+    Ok(())
+}
+
+/// Through the broker: the same message delivered twice is handled and saved once; the
+/// consumer's stored offset moves past both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_sent_twice_through_the_broker_is_handled_once() {
+    let db = audit_db().await;
+    let kafka = dionysus_tests::kafka_config();
+    let topic = "v8_checkpointed_e2e";
+    let spec = dionysus::kafka::TopicSpec { name: topic.to_owned(), partitions: 1, replication_factor: 1 };
+    dionysus::kafka::create_topics(&kafka, &[spec]).await.unwrap();
+    // Earlier runs left their messages on the topic: this run's records have ids of their own.
+    let id = i64::from(rand::random::<u32>()) + 1;
+    let marker = id + 1;
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
+    let value = |id: i64| message(0, "rental_delivered_updated", id, "delivered").payload.unwrap();
+    for (id, value) in [(id, value(id)), (id, value(id)), (marker, value(marker))] {
+        let key = format!("Rental:{id}");
+        let record = rdkafka::producer::FutureRecord::<str, [u8]>::to(topic).partition(0).key(&key).payload(&value);
+        producer.send(record, std::time::Duration::from_secs(10)).await.map_err(|(error, _)| error).unwrap();
+    }
+
+    let mut config = dionysus::Config::default();
+    config.database_url = db.url.clone();
+    config.kafka = kafka;
+    let consumer = dionysus::consumer::Consumer::builder(config)
+        .pool(db.pool(4))
+        .replicas(crate::consumer_models::replicas())
+        .topic(topic)
+        .kafka_property("session.timeout.ms", "6000")
+        .kafka_property("heartbeat.interval.ms", "500")
+        .build()
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let (consumer, shutdown) = (consumer.clone(), shutdown.clone());
+        async move { consumer.run(shutdown).await }
+    });
+    let mut conn = db.connection().await;
+    let store = Checkpoints::new(db.pool(2));
+    dionysus_tests::eventually(std::time::Duration::from_secs(60), || {
+        let store = store.clone();
+        async move {
+            let page = store.events(&EventFilter::new().entity_id(marker.to_string())).await.unwrap();
+            (!page.items.is_empty()).then_some(())
+        }
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    let calls = DELIVERED.lock().unwrap().iter().filter(|seen| **seen == id).count();
+    assert_eq!(calls, 1, "the duplicate was skipped without calling the handler");
+    let saved = store.events(&EventFilter::new().entity_id(id.to_string())).await.unwrap();
+    assert_eq!(saved.items.len(), 1);
+    assert_eq!(saved.items[0].group_id, consumer.group());
+    let stored =
+        count(&mut conn, &format!("SELECT next_offset AS n FROM dionysus_consumer_offsets WHERE topic = '{topic}'"))
+            .await;
+    assert!(stored >= 3, "the stored offset is past both deliveries: {stored}");
 }
