@@ -458,9 +458,13 @@ async fn a_message_sent_twice_through_the_broker_is_handled_once() {
         producer.send(record, std::time::Duration::from_secs(10)).await.map_err(|(error, _)| error).unwrap();
     }
 
+    let prometheus = dionysus::telemetry::prometheus().expect("no other recorder in the tests");
     let mut config = dionysus::Config::default();
     config.database_url = db.url.clone();
     config.kafka = kafka;
+    // Without the batch's own duplicate removal (C-18), which would drop the second
+    // delivery before any handler: here the checksum is what skips it.
+    config.consumer.remove_duplicates = false;
     let consumer = dionysus::consumer::Consumer::builder(config)
         .pool(db.pool(4))
         .replicas(crate::consumer_models::replicas())
@@ -496,4 +500,16 @@ async fn a_message_sent_twice_through_the_broker_is_handled_once() {
         count(&mut conn, &format!("SELECT next_offset AS n FROM dionysus_consumer_offsets WHERE topic = '{topic}'"))
             .await;
     assert!(stored >= 3, "the stored offset is past both deliveries: {stored}");
+
+    // Counted per listener and topic (earlier runs' messages on the topic count too).
+    let metrics = prometheus.render();
+    let counted = |name: &str| {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(name) && line.contains(&format!("topic=\"{topic}\"")))
+            .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_default()
+    };
+    assert!(counted("dionysus_checkpoint_event_acknowledged_total{") >= 2.0, "{metrics}");
+    assert!(counted("dionysus_checkpoint_event_already_consumed_total{") >= 1.0, "{metrics}");
 }
