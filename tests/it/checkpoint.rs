@@ -513,3 +513,69 @@ async fn a_message_sent_twice_through_the_broker_is_handled_once() {
     assert!(counted("dionysus_checkpoint_event_acknowledged_total{") >= 2.0, "{metrics}");
     assert!(counted("dionysus_checkpoint_event_already_consumed_total{") >= 1.0, "{metrics}");
 }
+
+const NOTICES_CHILD: &str = "DIONYSUS_TEST_CHECKPOINT_NOTICES";
+
+/// Acknowledged, already consumed, skipped and failed events, with the tracing events of
+/// target `dionysus::checkpoint` printed to stdout (run by the test below).
+#[test]
+#[ignore = "runs in a child process started by checkpoint_notifications_carry_the_message_coordinates"]
+fn checkpoint_notices_child() {
+    let Ok(url) = std::env::var(NOTICES_CHILD) else { return };
+    tracing_subscriber::fmt()
+        .with_env_filter("dionysus::checkpoint=info")
+        .with_ansi(false)
+        .with_writer(std::io::stdout)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let mut config = dionysus::Config::default();
+        config.database_url = url.clone();
+        config.kafka.client_id = "dionysus_test".to_owned();
+        config.consumer.checkpoint_attempts = 2;
+        let consumer = dionysus::consumer::Consumer::builder(config)
+            .pool(dionysus::db::pool(&url, 2).unwrap())
+            .replicas(crate::consumer_models::replicas())
+            .build()
+            .unwrap();
+        let acked = message(0, "rental_kept_updated", 5, "five");
+        consumer.process_batch(std::slice::from_ref(&acked)).await.unwrap();
+        consumer.process_batch(&[at(&acked, 1)]).await.unwrap();
+        consumer.process_batch(&[message(2, "rental_unacked_updated", 6, "six")]).await.unwrap();
+        consumer.process_batch(&[message(3, "rental_cli_updated", 7, "fail")]).await.unwrap();
+    });
+}
+
+/// Each outcome of a checkpointed handler is a tracing event naming it, with the listener,
+/// group, topic, key, partition, offset, retry count and checksum.
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpoint_notifications_carry_the_message_coordinates() {
+    let db = audit_db().await;
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "checkpoint::checkpoint_notices_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(NOTICES_CHILD, &db.url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let notices: Vec<&str> = stdout.lines().filter(|line| line.contains("notification=")).collect();
+    let names: Vec<&str> =
+        notices.iter().filter_map(|line| line.split("notification=\"").nth(1)?.split('"').next()).collect();
+    assert_eq!(names, ["event_acknowledged", "event_already_consumed", "event_skipped", "event_failed"], "{stdout}");
+    let first = notices[0];
+    let expected_checksum = checksum(message(0, "rental_kept_updated", 5, "five").payload.as_deref(), 0);
+    for field in [
+        "listener_id=\"it::checkpoint::kept\"".to_owned(),
+        "group_id=\"dionysus_test".to_owned(),
+        format!("topic={TOPIC}"),
+        "key=\"Rental:5\"".to_owned(),
+        "partition=2".to_owned(),
+        "offset=0".to_owned(),
+        "retry_count=0".to_owned(),
+        format!("checksum=\"{expected_checksum}\""),
+    ] {
+        assert!(first.contains(&field), "{field} missing in {first}");
+    }
+    assert!(notices[1].contains("offset=1"), "{}", notices[1]);
+    assert!(notices[3].contains("retry_count=1"), "the last of two tries: {}", notices[3]);
+}
