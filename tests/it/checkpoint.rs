@@ -579,3 +579,23 @@ async fn checkpoint_notifications_carry_the_message_coordinates() {
     assert!(notices[1].contains("offset=1"), "{}", notices[1]);
     assert!(notices[3].contains("retry_count=1"), "the last of two tries: {}", notices[3]);
 }
+
+/// The consumer's failure policy (`checkpoint_on_failure`) applies to checkpointed handlers
+/// that name none: here `dead_letter`, so nothing is recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_consumers_failure_policy_applies_to_handlers_without_their_own() {
+    let db = audit_db().await;
+    let (consumer, _) = consumer(&db, |b| {
+        let mut config = dionysus::Config::default();
+        config.database_url = db.url.clone();
+        config.kafka.client_id = "dionysus_test".to_owned();
+        config.consumer.checkpoint_attempts = 1;
+        config.consumer.checkpoint_on_failure = dionysus::checkpoint::FailurePolicy::DeadLetter;
+        b.config(config).handlers(true)
+    });
+    let outcome = consumer.process_batch(&[message(0, "rental_cli_updated", 1, "fail")]).await.unwrap();
+    let dead: Vec<&str> = outcome.dead_letters.iter().map(|dead| dead.reason).collect();
+    assert_eq!(dead, ["handler_failed"]);
+    let mut conn = db.connection().await;
+    assert_eq!((saved(&mut conn).await, failed(&mut conn).await), (0, 0));
+}
