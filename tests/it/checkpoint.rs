@@ -27,6 +27,9 @@ const AUDIT: &str = "CREATE TABLE checkpoint_audit (synced_id bigint NOT NULL, n
 #[dionysus::topic(name = "v8_checkpointed")]
 pub struct Checkpointed;
 
+#[dionysus::topic(name = "v8_checkpointed_e2e")]
+pub struct CheckpointedEndToEnd;
+
 /// A message of partition 2 of [`TOPIC`] carrying one `Rental` event of one record.
 fn message(offset: i64, event: &str, id: i64, name: &str) -> InboundMessage {
     let payload = json!({"message": [{"event": event, "model_name": "Rental", "data": [{"id": id, "name": name, "updated_at": t(1)}]}]});
@@ -424,4 +427,175 @@ async fn events_and_failures_commands() {
     let (code, _, err) = cli(&["--database-url", url, "events", "show", "999999"]).await;
     assert_eq!(code, ExitCode::FAILURE);
     assert!(err.contains("no event with id 999999"), "{err}");
+}
+
+static DELIVERED: std::sync::Mutex<Vec<i64>> = std::sync::Mutex::new(Vec::new());
+
+#[dionysus::consume(topic = "v8_checkpointed_e2e", event = "rental_delivered_updated", checkpoint)]
+async fn delivered(ctx: &mut dionysus::Context<'_>, rental: RentalIn) -> dionysus::Result<()> {
+    DELIVERED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(rental.synced_id);
+    ctx.ack(rental.synced_id.to_string(), time());
+    Ok(())
+}
+
+/// Through the broker: the same message delivered twice is handled and saved once; the
+/// consumer's stored offset moves past both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_sent_twice_through_the_broker_is_handled_once() {
+    let db = audit_db().await;
+    let kafka = dionysus_tests::kafka_config();
+    let topic = "v8_checkpointed_e2e";
+    let spec = dionysus::kafka::TopicSpec { name: topic.to_owned(), partitions: 1, replication_factor: 1 };
+    dionysus::kafka::create_topics(&kafka, &[spec]).await.unwrap();
+    // Earlier runs left their messages on the topic: this run's records have ids of their own.
+    let id = i64::from(rand::random::<u32>()) + 1;
+    let marker = id + 1;
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
+    let value = |id: i64| message(0, "rental_delivered_updated", id, "delivered").payload.unwrap();
+    for (id, value) in [(id, value(id)), (id, value(id)), (marker, value(marker))] {
+        let key = format!("Rental:{id}");
+        let record = rdkafka::producer::FutureRecord::<str, [u8]>::to(topic).partition(0).key(&key).payload(&value);
+        producer.send(record, std::time::Duration::from_secs(10)).await.map_err(|(error, _)| error).unwrap();
+    }
+
+    let prometheus = dionysus::telemetry::prometheus().expect("no other recorder in the tests");
+    let mut config = dionysus::Config::default();
+    config.database_url = db.url.clone();
+    config.kafka = kafka;
+    // Without the batch's own duplicate removal (C-18), which would drop the second
+    // delivery before any handler: here the checksum is what skips it.
+    config.consumer.remove_duplicates = false;
+    let consumer = dionysus::consumer::Consumer::builder(config)
+        .pool(db.pool(4))
+        .replicas(crate::consumer_models::replicas())
+        .topic(topic)
+        .kafka_property("session.timeout.ms", "6000")
+        .kafka_property("heartbeat.interval.ms", "500")
+        .build()
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let (consumer, shutdown) = (consumer.clone(), shutdown.clone());
+        async move { consumer.run(shutdown).await }
+    });
+    let mut conn = db.connection().await;
+    let store = Checkpoints::new(db.pool(2));
+    dionysus_tests::eventually(std::time::Duration::from_secs(60), || {
+        let store = store.clone();
+        async move {
+            let page = store.events(&EventFilter::new().entity_id(marker.to_string())).await.unwrap();
+            (!page.items.is_empty()).then_some(())
+        }
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    let calls = DELIVERED.lock().unwrap().iter().filter(|seen| **seen == id).count();
+    assert_eq!(calls, 1, "the duplicate was skipped without calling the handler");
+    let saved = store.events(&EventFilter::new().entity_id(id.to_string())).await.unwrap();
+    assert_eq!(saved.items.len(), 1);
+    assert_eq!(saved.items[0].group_id, consumer.group());
+    let stored =
+        count(&mut conn, &format!("SELECT next_offset AS n FROM dionysus_consumer_offsets WHERE topic = '{topic}'"))
+            .await;
+    assert!(stored >= 3, "the stored offset is past both deliveries: {stored}");
+
+    // Counted per listener and topic (earlier runs' messages on the topic count too).
+    let metrics = prometheus.render();
+    let counted = |name: &str| {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(name) && line.contains(&format!("topic=\"{topic}\"")))
+            .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_default()
+    };
+    assert!(counted("dionysus_checkpoint_event_acknowledged_total{") >= 2.0, "{metrics}");
+    assert!(counted("dionysus_checkpoint_event_already_consumed_total{") >= 1.0, "{metrics}");
+}
+
+const NOTICES_CHILD: &str = "DIONYSUS_TEST_CHECKPOINT_NOTICES";
+
+/// Acknowledged, already consumed, skipped and failed events, with the tracing events of
+/// target `dionysus::checkpoint` printed to stdout (run by the test below).
+#[test]
+#[ignore = "runs in a child process started by checkpoint_notifications_carry_the_message_coordinates"]
+fn checkpoint_notices_child() {
+    let Ok(url) = std::env::var(NOTICES_CHILD) else { return };
+    tracing_subscriber::fmt()
+        .with_env_filter("dionysus::checkpoint=info")
+        .with_ansi(false)
+        .with_writer(std::io::stdout)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let mut config = dionysus::Config::default();
+        config.database_url = url.clone();
+        config.kafka.client_id = "dionysus_test".to_owned();
+        config.consumer.checkpoint_attempts = 2;
+        let consumer = dionysus::consumer::Consumer::builder(config)
+            .pool(dionysus::db::pool(&url, 2).unwrap())
+            .replicas(crate::consumer_models::replicas())
+            .build()
+            .unwrap();
+        let acked = message(0, "rental_kept_updated", 5, "five");
+        consumer.process_batch(std::slice::from_ref(&acked)).await.unwrap();
+        consumer.process_batch(&[at(&acked, 1)]).await.unwrap();
+        consumer.process_batch(&[message(2, "rental_unacked_updated", 6, "six")]).await.unwrap();
+        consumer.process_batch(&[message(3, "rental_cli_updated", 7, "fail")]).await.unwrap();
+    });
+}
+
+/// Each outcome of a checkpointed handler is a tracing event naming it, with the listener,
+/// group, topic, key, partition, offset, retry count and checksum.
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpoint_notifications_carry_the_message_coordinates() {
+    let db = audit_db().await;
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "checkpoint::checkpoint_notices_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(NOTICES_CHILD, &db.url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let notices: Vec<&str> = stdout.lines().filter(|line| line.contains("notification=")).collect();
+    let names: Vec<&str> =
+        notices.iter().filter_map(|line| line.split("notification=\"").nth(1)?.split('"').next()).collect();
+    assert_eq!(names, ["event_acknowledged", "event_already_consumed", "event_skipped", "event_failed"], "{stdout}");
+    let first = notices[0];
+    let expected_checksum = checksum(message(0, "rental_kept_updated", 5, "five").payload.as_deref(), 0);
+    for field in [
+        "listener_id=\"it::checkpoint::kept\"".to_owned(),
+        "group_id=\"dionysus_test".to_owned(),
+        format!("topic={TOPIC}"),
+        "key=\"Rental:5\"".to_owned(),
+        "partition=2".to_owned(),
+        "offset=0".to_owned(),
+        "retry_count=0".to_owned(),
+        format!("checksum=\"{expected_checksum}\""),
+    ] {
+        assert!(first.contains(&field), "{field} missing in {first}");
+    }
+    assert!(notices[1].contains("offset=1"), "{}", notices[1]);
+    assert!(notices[3].contains("retry_count=1"), "the last of two tries: {}", notices[3]);
+}
+
+/// The consumer's failure policy (`checkpoint_on_failure`) applies to checkpointed handlers
+/// that name none: here `dead_letter`, so nothing is recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_consumers_failure_policy_applies_to_handlers_without_their_own() {
+    let db = audit_db().await;
+    let (consumer, _) = consumer(&db, |b| {
+        let mut config = dionysus::Config::default();
+        config.database_url = db.url.clone();
+        config.kafka.client_id = "dionysus_test".to_owned();
+        config.consumer.checkpoint_attempts = 1;
+        config.consumer.checkpoint_on_failure = dionysus::checkpoint::FailurePolicy::DeadLetter;
+        b.config(config).handlers(true)
+    });
+    let outcome = consumer.process_batch(&[message(0, "rental_cli_updated", 1, "fail")]).await.unwrap();
+    let dead: Vec<&str> = outcome.dead_letters.iter().map(|dead| dead.reason).collect();
+    assert_eq!(dead, ["handler_failed"]);
+    let mut conn = db.connection().await;
+    assert_eq!((saved(&mut conn).await, failed(&mut conn).await), (0, 0));
 }

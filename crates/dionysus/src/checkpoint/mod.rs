@@ -10,9 +10,12 @@
 //! handler (`event_already_consumed`); a handler that returns without acknowledging saves
 //! nothing (`event_skipped`).
 //!
-//! A failing checkpointed handler is tried again (the consumer's `handler_attempts`, its
-//! writes rolled back each time), then its [`FailurePolicy`] decides: `record` (the default)
-//! writes the event, its metadata and the error with its chain of sources to
+//! A failing checkpointed handler is tried again within its batch
+//! ([`ConsumerConfig::checkpoint_attempts`](crate::config::ConsumerConfig::checkpoint_attempts),
+//! its writes rolled back each time), then its [`FailurePolicy`] decides (the handler's
+//! `on_failure`, else
+//! [`ConsumerConfig::checkpoint_on_failure`](crate::config::ConsumerConfig::checkpoint_on_failure)):
+//! `record` (the default) writes the event, its metadata and the error with its chain of sources to
 //! `dionysus_event_failures` and the partition moves on; `dead_letter` sends the message to
 //! the dead-letter topic; `block` keeps the partition waiting. The same event failing
 //! again updates its failure row (attempts, last failure time). A database error of the

@@ -48,6 +48,10 @@
 //!   messages of it wait.
 //! * After the commit, event-bus subscribers and `#[dionysus::consume]` handlers are told
 //!   what changed (C-19).
+//! * A handler declared with `checkpoint` runs inside the batch's transaction and keeps the
+//!   checkpoint log ([`crate::checkpoint`]): acknowledged events are saved with its writes,
+//!   events it saved already are skipped by checksum, and its failures are recorded,
+//!   dead-lettered or block the partition as its [`FailurePolicy`] says.
 //!
 //! Where we differ from dionysus-rb behind the wire (documented choices):
 //!
