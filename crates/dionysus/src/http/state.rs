@@ -85,7 +85,7 @@ impl std::fmt::Debug for Api {
 
 impl Api {
     /// The API over the database and broker of `config`, without a token (loopback use
-    /// only: [`serve`] refuses other addresses).
+    /// only: [`serve`](crate::http::serve) refuses other addresses).
     pub fn new(config: Config) -> Result<Api, HttpError> {
         let pool = crate::db::pool(&config.database_url, 4)?;
         Ok(Api::with_pool(config, pool))
@@ -100,7 +100,7 @@ impl Api {
     }
 
     /// Requires `token` (when `Some`) on every route but `/ping` and `/health`. An empty
-    /// token is refused by [`serve`].
+    /// token is refused by [`serve`](crate::http::serve).
     #[must_use]
     pub fn with_token(self, token: Option<String>) -> Api {
         let Inner { config, pool, checkpoints, secret, .. } = match Arc::try_unwrap(self.inner) {
