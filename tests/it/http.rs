@@ -540,3 +540,32 @@ async fn serve_refuses_a_public_address_without_a_token() {
     let help = String::from_utf8(help).unwrap();
     assert!(help.contains("127.0.0.1:9396") && help.contains("DIONYSUS_API_TOKEN"), "{help}");
 }
+
+/// A recorded failure retried through the API runs its handler on the stored message: the
+/// failure is gone and the acknowledged event is saved; retrying that event runs the handler
+/// again.
+#[tokio::test]
+async fn a_failure_retried_through_the_api_becomes_an_event() {
+    let served = Served::start(None, None).await;
+    let message = dionysus::testing::envelope("Thing", "thing_created", json!({ "id": 77 }));
+    let payload = String::from_utf8(message.payload().unwrap().to_vec()).unwrap();
+    served
+        .sql(&format!(
+            "INSERT INTO dionysus_event_failures (id, topic, group_id, listener, entity_id, event_type, checksum, \
+             payload, error_class, error_message, \"partition\", \"offset\") VALUES \
+             (8, 'console_browser_things', 'api-group', '', '77', 'thing_created', 'api-checksum', '{}'::jsonb, \
+              'Timeout', 'later', 0, 3)",
+            payload.replace('\'', "''")
+        ))
+        .await;
+    let retried = send(served.address, "POST", "/v1/failures/8/retry", &[], "").await;
+    assert_eq!(retried.status, 200, "{retried:?}");
+    let body = retried.json();
+    assert_eq!((body["retried"].as_bool(), body["acknowledged"].as_bool()), (Some(true), Some(true)), "{body}");
+    let event_id = body["event_id"].as_i64().unwrap();
+    assert_eq!(served.get("/v1/failures/8").await.status, 404);
+    let event = served.get(&format!("/v1/events/{event_id}")).await.json();
+    assert_eq!((event["entity_id"].as_str(), event["group_id"].as_str()), (Some("77"), Some("api-group")), "{event}");
+    let again = send(served.address, "POST", &format!("/v1/events/{event_id}/retry"), &[], "").await;
+    assert_eq!((again.status, again.json()["retried"].as_bool()), (200, Some(true)), "{again:?}");
+}
