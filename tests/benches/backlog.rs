@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::SimpleAsyncConnection;
 use dionysus::config::Config;
-use dionysus::consumer::replica::Replicas;
+use dionysus::consumer::replica::{Replica, Replicas};
 use dionysus::consumer::Consumer;
 use dionysus::relay::{Relay, RelayEvent, RelayObserver};
 use dionysus::serialize::{serialize_erased, DefaultSerializer};
@@ -95,12 +95,16 @@ struct Tenths {
     marks: std::sync::Mutex<Vec<Duration>>,
 }
 
-impl RelayObserver for Arc<Tenths> {
+#[derive(Clone)]
+struct Counting(Arc<Tenths>);
+
+impl RelayObserver for Counting {
     fn on_event(&self, event: &RelayEvent<'_>) {
         if let RelayEvent::Published { .. } = event {
-            let done = self.published.fetch_add(1, Ordering::Relaxed) + 1;
-            if done * 10 / self.total != (done - 1) * 10 / self.total {
-                self.marks.lock().unwrap().push(self.started.elapsed());
+            let tenths = &self.0;
+            let done = tenths.published.fetch_add(1, Ordering::Relaxed) + 1;
+            if done * 10 / tenths.total != (done - 1) * 10 / tenths.total {
+                tenths.marks.lock().unwrap().push(tenths.started.elapsed());
             }
         }
     }
@@ -137,7 +141,7 @@ async fn relay_phase(url: &str, topic: &str) {
     });
     let relay = Relay::builder(config(url))
         .registry(registry_for::<Item>(topic, PARTITIONS, "account_id", serialize_erased::<Item, DefaultSerializer>))
-        .observer(tenths.clone())
+        .observer(Counting(tenths.clone()))
         .build()
         .unwrap();
     let token = CancellationToken::new();

@@ -28,7 +28,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use dionysus::config::Config;
-use dionysus::consumer::replica::Replicas;
+use dionysus::consumer::replica::{Replica, Replicas};
 use dionysus::consumer::Consumer;
 use dionysus::outbox::Outbox;
 use dionysus::relay::Relay;
