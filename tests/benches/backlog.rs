@@ -174,7 +174,8 @@ async fn consume_phase(url: &str, topic: &str) {
         async move { consumer.run(token).await }
     });
     let mut conn = <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(url).await.unwrap();
-    let stored = "SELECT COALESCE(sum(next_offset), 0)::bigint AS n FROM dionysus_consumer_offsets WHERE next_offset >= 0";
+    let stored =
+        "SELECT COALESCE(sum(next_offset), 0)::bigint AS n FROM dionysus_consumer_offsets WHERE next_offset >= 0";
     let mut started: Option<Instant> = None;
     let mut marks = Vec::new();
     loop {
@@ -265,9 +266,17 @@ async fn main() {
         filling.elapsed().as_secs_f64()
     );
     let (peak, mean) = run_phase("relay", &db.url, &topic);
-    println!("  relay RSS: peak {:.1} MiB, mean {:.1} MiB (goal < 100 MiB)", peak as f64 / 1024.0, mean as f64 / 1024.0);
+    println!(
+        "  relay RSS: peak {:.1} MiB, mean {:.1} MiB (goal < 100 MiB)",
+        peak as f64 / 1024.0,
+        mean as f64 / 1024.0
+    );
     let left = count(&mut conn, "SELECT count(*) AS n FROM dionysus_outbox WHERE published_at IS NULL").await;
     assert_eq!(left, 0, "rows left unpublished");
     let (peak, mean) = run_phase("consume", &db.url, &topic);
-    println!("  consumer RSS: peak {:.1} MiB, mean {:.1} MiB (goal < 150 MiB)", peak as f64 / 1024.0, mean as f64 / 1024.0);
+    println!(
+        "  consumer RSS: peak {:.1} MiB, mean {:.1} MiB (goal < 150 MiB)",
+        peak as f64 / 1024.0,
+        mean as f64 / 1024.0
+    );
 }

@@ -215,9 +215,13 @@ async fn end_to_end(pipeline: &Pipeline, rate: u64, conn: &mut AsyncPgConnection
     let first = committed.iter().map(|(id, _)| *id).min().unwrap_or(0);
     let last = committed.iter().map(|(id, _)| *id).max().unwrap_or(0);
     let range = format!("synced_id BETWEEN {first} AND {last}");
-    let behind = total - u64::try_from(count(conn, &format!("SELECT count(*) AS n FROM latency_replica WHERE {range}")).await).unwrap();
+    let behind = total
+        - u64::try_from(count(conn, &format!("SELECT count(*) AS n FROM latency_replica WHERE {range}")).await)
+            .unwrap();
     let caught_up = Instant::now();
-    while count(conn, &format!("SELECT count(*) AS n FROM latency_replica WHERE {range}")).await < i64::try_from(total).unwrap() {
+    while count(conn, &format!("SELECT count(*) AS n FROM latency_replica WHERE {range}")).await
+        < i64::try_from(total).unwrap()
+    {
         if caught_up.elapsed() > Duration::from_secs(60) {
             break;
         }
@@ -233,7 +237,10 @@ async fn end_to_end(pipeline: &Pipeline, rate: u64, conn: &mut AsyncPgConnection
         applied_at: DateTime<Utc>,
     }
     let stamps: Vec<Stamp> =
-        diesel::sql_query(format!("SELECT synced_id, applied_at FROM latency_replica WHERE {range}")).load(conn).await.unwrap();
+        diesel::sql_query(format!("SELECT synced_id, applied_at FROM latency_replica WHERE {range}"))
+            .load(conn)
+            .await
+            .unwrap();
     let applied: std::collections::HashMap<i64, i64> =
         stamps.into_iter().map(|stamp| (stamp.synced_id, stamp.applied_at.timestamp_micros())).collect();
     let latencies: Vec<i64> =
@@ -293,7 +300,10 @@ async fn main() {
     // Let the consumer join its group and the relay take its buckets.
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    println!("end-to-end latency, relay and consumer on default settings, {} s per rate, {WRITERS} writer connections:", seconds());
+    println!(
+        "end-to-end latency, relay and consumer on default settings, {} s per rate, {WRITERS} writer connections:",
+        seconds()
+    );
     for rate in [1000, 3000] {
         println!(" {rate} events/s:");
         let broker = broker_alone(rate).await;

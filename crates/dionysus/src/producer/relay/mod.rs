@@ -615,7 +615,8 @@ impl Relay {
                     // The buckets changed since: read again.
                     state.pace.rescan(now);
                 }
-                let window = batch::Window { buckets: &buckets, limit: state.pace.limit(), after: state.pace.after(now) };
+                let window =
+                    batch::Window { buckets: &buckets, limit: state.pace.limit(), after: state.pace.after(now) };
                 if state.pace.idle() && !batch::probe(&mut conn, window).await.map_err(query)? {
                     // Nothing due above `after` (from the bottom: nothing due at all).
                     state.pace.read(now, window.after, 0, 0);
