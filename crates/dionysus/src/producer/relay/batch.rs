@@ -214,25 +214,21 @@ impl Batch<'_> {
 
     /// Hands the planned messages to the producer in id order (a row of a key that failed in
     /// this batch is not sent), expanding deferred observer rows on `conn`.
-    pub(crate) async fn send(&self, conn: &mut AsyncPgConnection, prepared: Prepared) -> InFlight {
+    pub(crate) async fn send(&self, conn: &mut AsyncPgConnection, mut prepared: Prepared) -> InFlight {
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(prepared.eligible.len());
         let mut deliveries: Vec<(usize, Vec<rdkafka::producer::DeliveryFuture>)> = Vec::new();
-        let plans = match &prepared.plans {
+        let load_failure = match &prepared.plans {
             Ok(_) => None,
             // Loading failed for the whole batch: every row fails alike and is retried.
             Err(error) => Some(Failure { class: "LoadError", message: Report(error).to_string() }),
         };
-        if let Some(failure) = plans {
+        if let Some(failure) = load_failure {
             for _ in &prepared.eligible {
                 outcomes.push(Outcome::Failed(Failure { class: failure.class, message: failure.message.clone() }));
             }
             return InFlight { prepared, outcomes, deliveries };
         }
-        let mut prepared = prepared;
-        let plans = match std::mem::replace(&mut prepared.plans, Ok(Vec::new())) {
-            Ok(plans) => plans,
-            Err(_) => Vec::new(),
-        };
+        let plans = std::mem::replace(&mut prepared.plans, Ok(Vec::new())).unwrap_or_default();
         let mut blocked_now: HashSet<String> = HashSet::new();
         for (index, (row, plan)) in prepared.eligible.iter().zip(plans).enumerate() {
             if blocked_now.contains(row.ordering_key.as_str()) {
