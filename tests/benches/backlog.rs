@@ -255,11 +255,11 @@ async fn main() {
              account_id BIGINT, name TEXT, daily_price BIGINT);
          INSERT INTO dionysus_outbox (resource_class, resource_id, event_name, topic, partition_key)
          SELECT 'Item', ((i % {ITEMS}) + 1)::text, 'item_updated', '{topic}', (((i % {ITEMS}) + 1) % 50)::text
-         FROM generate_series(1, {total}) i;
-         VACUUM ANALYZE dionysus_outbox;"
+         FROM generate_series(1, {total}) i;"
     ))
     .await
     .unwrap();
+    conn.batch_execute("VACUUM ANALYZE dionysus_outbox").await.unwrap();
     println!(
         "backlog of {total} outbox rows ({ITEMS} records, 50 partition keys, {PARTITIONS} partitions), written in {:.1} s; \
          relay and consumer with default settings, each in its own process",
