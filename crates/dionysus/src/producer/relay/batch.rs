@@ -116,30 +116,41 @@ impl Prepared {
         self.eligible.is_empty() && self.duplicates.is_empty()
     }
 
+    /// Ids of the rows to send or mark.
+    pub(crate) fn ids(&self) -> HashSet<i64> {
+        self.eligible.iter().chain(&self.duplicates).map(|row| row.id).collect()
+    }
+
     /// Leaves out the rows of `keys` (an earlier batch did not finish them: they go again, in
     /// order, once the cursor comes back to them). Returns how many were left out.
     pub(crate) fn drop_keys(&mut self, keys: &HashSet<String>) -> usize {
         if keys.is_empty() {
             return 0;
         }
+        let dropped = self.drop_rows(|row| keys.contains(&row.ordering_key));
+        self.report.held_back += dropped;
+        dropped
+    }
+
+    /// Leaves out the rows with these ids (an earlier batch has them in hand already).
+    pub(crate) fn drop_ids(&mut self, ids: &HashSet<i64>) -> usize {
+        self.drop_rows(|row| ids.contains(&row.id))
+    }
+
+    fn drop_rows(&mut self, drop: impl Fn(&PendingRow) -> bool) -> usize {
         let before = self.eligible.len() + self.duplicates.len();
-        self.duplicates.retain(|row| !keys.contains(&row.ordering_key));
+        self.duplicates.retain(|row| !drop(row));
         let eligible = std::mem::take(&mut self.eligible);
         match &mut self.plans {
             Ok(plans) => {
-                let kept: (Vec<PendingRow>, Vec<RowPlan>) = eligible
-                    .into_iter()
-                    .zip(std::mem::take(plans))
-                    .filter(|(row, _)| !keys.contains(&row.ordering_key))
-                    .unzip();
+                let kept: (Vec<PendingRow>, Vec<RowPlan>) =
+                    eligible.into_iter().zip(std::mem::take(plans)).filter(|(row, _)| !drop(row)).unzip();
                 self.eligible = kept.0;
                 *plans = kept.1;
             }
-            Err(_) => self.eligible = eligible.into_iter().filter(|row| !keys.contains(&row.ordering_key)).collect(),
+            Err(_) => self.eligible = eligible.into_iter().filter(|row| !drop(row)).collect(),
         }
-        let dropped = before - self.eligible.len() - self.duplicates.len();
-        self.report.held_back += dropped;
-        dropped
+        before - self.eligible.len() - self.duplicates.len()
     }
 }
 
@@ -671,7 +682,9 @@ fn row_ref(row: &PendingRow) -> RowRef {
 /// The rows of the window's buckets with ids above `after` that may be published now, in id
 /// order, at most `limit`: pending,
 /// due (no retry, or its time has come), and not behind an earlier pending row of their key
-/// that waits for a retry (or, with `strict`, is parked).
+/// that waits for a retry (or, with `strict`, is parked). A row that failed before (waiting
+/// for its retry or due) pulls `after` below it: a key's later rows above the cursor must
+/// never be read while its earlier failed row lies below it.
 ///
 /// One statement, so one snapshot and one clock decide both "due" and "held back". Deciding
 /// them in two statements with two `now()`s lets a row whose `retry_at` falls between the two
@@ -694,7 +707,10 @@ pub(crate) async fn fetch(
          SELECT o.id, o.resource_class, o.resource_id, o.event_name, o.topic, o.partition_key, o.changeset, \
                 o.attempts, o.ordering_key, o.created_at, o.message, o.message_key, o.encryption_key_id \
          FROM dionysus_outbox o, clock \
-         WHERE o.published_at IS NULL AND o.failed_at IS NULL AND o.ordering_bucket = ANY($1) AND o.id > $5 \
+         WHERE o.published_at IS NULL AND o.failed_at IS NULL AND o.ordering_bucket = ANY($1) \
+           AND o.id > LEAST($5, (SELECT COALESCE(min(r.id), $5 + 1) - 1 FROM dionysus_outbox r \
+               WHERE r.published_at IS NULL AND r.failed_at IS NULL AND r.retry_at IS NOT NULL \
+                 AND r.ordering_bucket = ANY($1))) \
            AND (o.retry_at IS NULL OR o.retry_at <= clock.now) \
            AND NOT EXISTS (SELECT 1 FROM waiting w WHERE w.ordering_key = o.ordering_key AND w.first_id < o.id) \
          ORDER BY o.id LIMIT $2",
@@ -720,8 +736,8 @@ struct Probe {
 pub(crate) async fn probe(conn: &mut AsyncPgConnection, window: Window<'_>) -> Result<bool, diesel::result::Error> {
     let probe: Probe = diesel::sql_query(
         "SELECT EXISTS (SELECT 1 FROM dionysus_outbox \
-         WHERE published_at IS NULL AND failed_at IS NULL AND ordering_bucket = ANY($1) AND id > $2 \
-           AND (retry_at IS NULL OR retry_at <= now())) AS pending",
+         WHERE published_at IS NULL AND failed_at IS NULL AND ordering_bucket = ANY($1) \
+           AND (id > $2 OR retry_at IS NOT NULL) AND (retry_at IS NULL OR retry_at <= now())) AS pending",
     )
     .bind::<Array<SmallInt>, _>(window.buckets)
     .bind::<BigInt, _>(window.after)

@@ -327,6 +327,8 @@ struct WorkerState {
     /// The next batch, read and planned while the last one's deliveries were awaited, with
     /// the buckets it was read for.
     read_ahead: Option<(Vec<i16>, batch::Prepared)>,
+    /// The buckets of the last batch.
+    buckets: Vec<i16>,
 }
 
 /// The outbox publisher. Cheap to clone.
@@ -542,6 +544,7 @@ impl Relay {
         let mut state = WorkerState {
             pace: pace::Pace::new(config.batch_size, config.idle_sleep, std::time::Instant::now()),
             read_ahead: None,
+            buckets: Vec::new(),
         };
         monitor.emit(&RelayEvent::Started { worker: &worker_id });
         while !shutdown.is_cancelled() {
@@ -605,6 +608,11 @@ impl Relay {
             return Ok(false);
         }
         let buckets = leases.buckets().to_vec();
+        if buckets != state.buckets {
+            // Buckets taken over hold rows below this worker's cursor: read from the bottom.
+            state.pace.rescan(std::time::Instant::now());
+            state.buckets.clone_from(&buckets);
+        }
         let producer = self.producer();
         let batch = self.batch(&producer);
         let prepared = match read_ahead {
@@ -632,6 +640,7 @@ impl Relay {
         }
         let span = tracing::info_span!("relay_batch", buckets = buckets.len(), read = prepared.read());
         let last_id = prepared.last_id;
+        let in_hand = prepared.ids();
         let in_flight = batch.send(&mut conn, prepared).instrument(span.clone()).await;
         let read_next = async {
             let now = std::time::Instant::now();
@@ -650,6 +659,9 @@ impl Relay {
         let now = std::time::Instant::now();
         if let Some((read_at, mut next)) = next.map_err(query)? {
             state.pace.read(read_at, last_id, next.read(), next.last_id);
+            // A row that failed before pulls a read below `last_id` (see `batch::fetch`): the
+            // rows of this batch may come back; they are in hand already.
+            next.drop_ids(&in_hand);
             // Rows of keys this batch left unfinished are not sent ahead of them: they are
             // read again from the bottom.
             if next.drop_keys(&recorded.unfinished) > 0 {
