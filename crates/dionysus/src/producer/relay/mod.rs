@@ -50,9 +50,10 @@
 //!   lasts, and after the highest id it read a second ago once caught up (module `pace`), so
 //!   it does not step over the dead index entries of published rows again and again. A row
 //!   whose transaction committed after a row with a higher id was read can be below that
-//!   point: every 2 s, and after any batch that left rows unfinished, a worker reads from
-//!   the bottom of the pending index again, so such a row (and a retry that fell due) goes at
-//!   most that much later.
+//!   point: every 2 s, after any batch that left rows unfinished, and whenever its buckets
+//!   change (a takeover), a worker reads from the bottom of the pending index again, so such
+//!   a row goes at most that much later. A row that failed before (waiting for its retry, or
+//!   due) pulls every read below it, so its key's later rows never overtake it.
 //! * **Handover.** A worker gives buckets back only between batches (rebalancing, shutdown).
 //!   A worker that dies keeps its leases until they expire (`lock_expiry`); then another
 //!   takes them over and publishes whatever was not marked published — at least once. A

@@ -12,9 +12,10 @@
 //!   starts after the highest id read at least [`TRAIL`] ago: a writer's transaction can take
 //!   its id before another's and commit after it, so a row may become visible below ids
 //!   already read; the trail catches such rows of transactions shorter than [`TRAIL`] at once.
-//!   Every [`RESCAN`], and after a batch that left rows unfinished (failed, held back), the
-//!   next read starts from the bottom again: that catches rows of longer transactions and
-//!   retries that fell due.
+//!   Every [`RESCAN`], after a batch that left rows unfinished (failed, held back), and when
+//!   the worker's buckets change, the next read starts from the bottom again: that catches
+//!   rows of longer transactions and of buckets taken over. (A row that failed before pulls
+//!   every read below it in the query itself, so retries keep their key's order.)
 //! * **Idle polls back off.** After a batch that did something, the worker reads again at
 //!   once. After one that found nothing it pauses [`MIN_PAUSE`], doubling with each empty
 //!   poll up to `idle_sleep`; those polls are a cheap look into the pending index.
