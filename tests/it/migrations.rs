@@ -128,6 +128,14 @@ async fn migrations_create_the_framework_tables_and_revert_cleanly() {
     .await
     .unwrap();
     assert_eq!(pending_index.count, 1, "the relay's partial index exists");
+    let vacuumed_often: Count = diesel::sql_query(
+        "SELECT count(*) AS count FROM pg_class WHERE relname = 'dionysus_outbox' \
+         AND 'autovacuum_vacuum_scale_factor=0.01' = ANY(reloptions) AND 'autovacuum_vacuum_cost_delay=0' = ANY(reloptions)",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(vacuumed_often.count, 1, "the outbox is vacuumed after 1% of dead rows, without pauses");
 
     // The outbox accepts a row with only the required columns and fills the defaults.
     diesel::sql_query(

@@ -708,3 +708,98 @@ async fn sealed_rows_are_unreadable_and_wait_for_their_key() {
             "data": [{"id": 2, "account_id": 2, "name": "jane@example.com", "links": {}}]}]})
     );
 }
+
+/// Runs `relay` in the background; cancel the token and await the handle to stop it.
+fn spawn_relay(relay: &Relay) -> (CancellationToken, tokio::task::JoinHandle<Result<(), dionysus::relay::RelayError>>) {
+    let token = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, token) = (relay.clone(), token.clone());
+        async move { relay.run(token).await }
+    });
+    (token, running)
+}
+
+/// How long until no row matching `condition` is pending, polled every 5 ms.
+async fn time_until_published(setup: &mut Setup, condition: &str, timeout: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    while setup.count(&format!("published_at IS NULL AND {condition}")).await > 0 {
+        assert!(started.elapsed() < timeout, "rows matching {condition} not published within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+/// A running worker resumes reading after the ids it has read, so a row whose transaction
+/// took its id early and committed after a long run of later rows was published sits below
+/// its cursor: the periodic read from the bottom still publishes it, within seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_commit_below_the_cursor_is_published_by_a_running_worker() {
+    let mut setup = setup(kafka_config(), 1, 10).await;
+    let mut late = setup.db.connection().await;
+    late.batch_execute(&format!(
+        "BEGIN; INSERT INTO dionysus_outbox (resource_class, resource_id, event_name, topic, partition_key) \
+         VALUES ('Item', '1', 'seq_0_updated', '{}', '1')",
+        setup.topic
+    ))
+    .await
+    .unwrap();
+    setup.insert_rows(1, 3000, 10).await;
+    let relay = setup.relay(setup.config(|p| p.relay_workers = 1));
+    let (token, running) = spawn_relay(&relay);
+    time_until_published(&mut setup, "true", Duration::from_secs(60)).await;
+    // Caught up for longer than the trail: the worker now reads above the 3000 rows only.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    late.batch_execute("COMMIT").await.unwrap();
+    let waited = time_until_published(&mut setup, "event_name = 'seq_0_updated'", Duration::from_secs(10)).await;
+    assert!(waited < Duration::from_secs(5), "the late row took {waited:?}");
+    token.cancel();
+    running.await.unwrap().unwrap();
+    let events = consume(&setup.kafka, &setup.topic, 3001).await;
+    assert_eq!(events.last().map(|(_, event)| event.as_str()), Some("seq_0_updated"));
+}
+
+/// After a batch that published something a worker reads again at once, and an idle worker's
+/// pause starts at a few milliseconds: with a longest pause of 10 s, rows written while the
+/// relay is idle, and right after a batch, still go in well under a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_poll_again_at_once_after_work_and_back_off_when_idle() {
+    let mut setup = setup(kafka_config(), 1, 10).await;
+    let relay = setup.relay(setup.config(|p| {
+        p.relay_workers = 1;
+        p.idle_sleep = Duration::from_secs(10);
+    }));
+    let (token, running) = spawn_relay(&relay);
+    // Idle for a moment: the pauses have grown, but not to the longest.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for round in 1..=5 {
+        setup.insert_rows(round, round, 10).await;
+        let waited =
+            time_until_published(&mut setup, &format!("event_name = 'seq_{round}_updated'"), Duration::from_secs(15))
+                .await;
+        assert!(waited < Duration::from_secs(2), "row {round} waited {waited:?}");
+    }
+    token.cancel();
+    running.await.unwrap().unwrap();
+}
+
+/// With a backlog a worker reads its next batch while the current one's deliveries are
+/// awaited. A key that fails in the current batch must not have its later rows sent from the
+/// batch read ahead: in strict mode, nothing of the poisoned key goes after its parked row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_read_ahead_leaves_out_the_keys_the_current_batch_failed() {
+    let mut setup = setup(kafka_config(), 2, 100).await;
+    setup.conn.batch_execute("UPDATE relay_items SET name = 'poison' WHERE id = 7").await.unwrap();
+    // Row 6 is item 7 (account 7), the first row of its key; items 7 and 57 recur every 100 rows.
+    setup.insert_rows(6, 6000, 100).await;
+    let relay = setup.relay(setup.config(|p| {
+        p.relay_workers = 1;
+        p.max_attempts = 1;
+        p.strict_ordering = true;
+    }));
+    let (token, running) = spawn_relay(&relay);
+    time_until_published(&mut setup, "partition_key <> '7'", Duration::from_secs(60)).await;
+    token.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(setup.count("failed_at IS NOT NULL").await, 1, "the poison row was parked");
+    assert_eq!(setup.count("partition_key = '7' AND published_at IS NOT NULL").await, 0, "a row overtook it");
+}

@@ -57,6 +57,7 @@ pub const MIGRATIONS: &[EmbeddedMigration] = embedded![
     "2026-12-02-000011_dionysus_outbox_messages",
     "2026-12-02-000012_dionysus_outbox_encryption",
     "2026-12-03-000020_dionysus_checkpoint_log",
+    "2026-12-03-000050_dionysus_outbox_autovacuum",
 ];
 
 /// Failure to apply, revert or copy the framework migrations.

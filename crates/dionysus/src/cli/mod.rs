@@ -104,7 +104,9 @@ enum Command {
     },
     /// Publish the outbox until SIGTERM / Ctrl-C.
     Relay {
-        /// Concurrent workers (default: $DIONYSUS_RELAY_WORKERS or 1).
+        /// Concurrent workers (default: $DIONYSUS_RELAY_WORKERS or 2). Batch sizes
+        /// ($DIONYSUS_OUTBOX_BATCH_SIZE, largest batch, 1000) and idle pauses
+        /// ($DIONYSUS_OUTBOX_WORKER_SLEEP_SECONDS, longest pause, 0.05) adapt to the backlog.
         #[arg(long)]
         workers: Option<usize>,
         /// Serve /metrics and /health on this address, e.g. 0.0.0.0:9394.

@@ -83,50 +83,173 @@ pub(crate) struct Batch<'a> {
     pub(crate) delivery_timeout: Duration,
 }
 
+/// Where a batch reads: the worker's buckets, at most `limit` rows, ids above `after` (0:
+/// from the bottom of the pending index).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window<'b> {
+    pub(crate) buckets: &'b [i16],
+    pub(crate) limit: usize,
+    pub(crate) after: i64,
+}
+
+/// A batch read and planned, nothing sent yet.
+pub(crate) struct Prepared {
+    started: Instant,
+    report: BatchReport,
+    /// The highest id read (0 when nothing was read).
+    pub(crate) last_id: i64,
+    /// Keys of rows held back by the publishing delay.
+    held_keys: HashSet<String>,
+    eligible: Vec<PendingRow>,
+    duplicates: Vec<PendingRow>,
+    plans: Result<Vec<RowPlan>, PlanError>,
+}
+
+impl Prepared {
+    /// Rows read from the outbox.
+    pub(crate) fn read(&self) -> usize {
+        self.report.read
+    }
+
+    /// Whether nothing is left to send or mark.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.eligible.is_empty() && self.duplicates.is_empty()
+    }
+
+    /// Ids of the rows to send or mark.
+    pub(crate) fn ids(&self) -> HashSet<i64> {
+        self.eligible.iter().chain(&self.duplicates).map(|row| row.id).collect()
+    }
+
+    /// Leaves out the rows of `keys` (an earlier batch did not finish them: they go again, in
+    /// order, once the cursor comes back to them). Returns how many were left out.
+    pub(crate) fn drop_keys(&mut self, keys: &HashSet<String>) -> usize {
+        if keys.is_empty() {
+            return 0;
+        }
+        let dropped = self.drop_rows(|row| keys.contains(&row.ordering_key));
+        self.report.held_back += dropped;
+        dropped
+    }
+
+    /// Leaves out the rows with these ids (an earlier batch has them in hand already).
+    pub(crate) fn drop_ids(&mut self, ids: &HashSet<i64>) -> usize {
+        self.drop_rows(|row| ids.contains(&row.id))
+    }
+
+    fn drop_rows(&mut self, drop: impl Fn(&PendingRow) -> bool) -> usize {
+        let before = self.eligible.len() + self.duplicates.len();
+        self.duplicates.retain(|row| !drop(row));
+        let eligible = std::mem::take(&mut self.eligible);
+        match &mut self.plans {
+            Ok(plans) => {
+                let kept: (Vec<PendingRow>, Vec<RowPlan>) =
+                    eligible.into_iter().zip(std::mem::take(plans)).filter(|(row, _)| !drop(row)).unzip();
+                self.eligible = kept.0;
+                *plans = kept.1;
+            }
+            Err(_) => self.eligible = eligible.into_iter().filter(|row| !drop(row)).collect(),
+        }
+        before - self.eligible.len() - self.duplicates.len()
+    }
+}
+
+/// A batch whose messages are with the producer.
+pub(crate) struct InFlight {
+    prepared: Prepared,
+    outcomes: Vec<Outcome>,
+    deliveries: Vec<(usize, Vec<rdkafka::producer::DeliveryFuture>)>,
+}
+
+/// A batch whose deliveries are settled, to be recorded.
+pub(crate) struct Delivered {
+    prepared: Prepared,
+    outcomes: Vec<Outcome>,
+    producer_failed: bool,
+}
+
+/// What recording a batch left: its report, and the keys it did not finish (a row failed,
+/// was left pending behind a failure, or was held back by the publishing delay). A batch read
+/// ahead of this one must not send rows of those keys.
+#[derive(Debug, Default)]
+pub(crate) struct Recorded {
+    pub(crate) report: BatchReport,
+    pub(crate) unfinished: HashSet<String>,
+}
+
 impl Batch<'_> {
-    /// Runs one batch over `buckets`.
+    /// Runs one batch over `buckets` from the bottom of the pending index, each stage after the
+    /// other.
     pub(crate) async fn run(
         &self,
         conn: &mut AsyncPgConnection,
         buckets: &[i16],
     ) -> Result<BatchReport, diesel::result::Error> {
-        let started = Instant::now();
-        let rows = fetch(conn, buckets, self.config.batch_size, self.config.strict_ordering, Clock::Database).await?;
-        let mut report = BatchReport { read: rows.len(), ..BatchReport::default() };
-        if rows.is_empty() {
-            return Ok(report);
+        let prepared = self.prepare(conn, Window { buckets, limit: self.config.batch_size, after: 0 }).await?;
+        if prepared.read() == 0 {
+            return Ok(prepared.report);
         }
-        let (eligible, held_back) = hold_young_rows(rows, self.config.publishing_delay, Utc::now());
-        report.held_back = held_back;
+        let in_flight = self.send(conn, prepared).await;
+        let delivered = self.deliver(in_flight).await;
+        Ok(self.record(conn, delivered).await?.report)
+    }
+
+    /// Reads the due rows of `window` and plans them (loads the records, builds the messages).
+    pub(crate) async fn prepare(
+        &self,
+        conn: &mut AsyncPgConnection,
+        window: Window<'_>,
+    ) -> Result<Prepared, diesel::result::Error> {
+        let started = Instant::now();
+        let rows = fetch(conn, window, self.config.strict_ordering, Clock::Database).await?;
+        let report = BatchReport { read: rows.len(), ..BatchReport::default() };
+        let last_id = rows.last().map_or(0, |row| row.id);
+        if rows.is_empty() {
+            return Ok(Prepared {
+                started,
+                report,
+                last_id,
+                held_keys: HashSet::new(),
+                eligible: Vec::new(),
+                duplicates: Vec::new(),
+                plans: Ok(Vec::new()),
+            });
+        }
+        let (eligible, held) = hold_young_rows(rows, self.config.publishing_delay, Utc::now());
+        let held_keys: HashSet<String> = held.into_iter().map(|row| row.ordering_key).collect();
         let Planned { eligible, duplicates, plans } = plan_batch(conn, self.registry, self.config, eligible).await;
-        let plans = match plans {
-            Ok(plans) => plans,
-            Err(error) => {
-                // Loading failed for the whole batch: every row fails alike and is retried.
-                let failures: Vec<(&PendingRow, Failure)> = eligible
-                    .iter()
-                    .map(|row| (row, Failure { class: "LoadError", message: Report(&error).to_string() }))
-                    .collect();
-                report.failed = failures.len();
-                self.record_failures(conn, failures, Clock::Database).await?;
-                return Ok(report);
-            }
+        let mut prepared = Prepared { started, report, last_id, held_keys, eligible, duplicates, plans };
+        prepared.report.held_back = prepared.report.read - prepared.eligible.len() - prepared.duplicates.len();
+        Ok(prepared)
+    }
+
+    /// Hands the planned messages to the producer in id order (a row of a key that failed in
+    /// this batch is not sent), expanding deferred observer rows on `conn`.
+    pub(crate) async fn send(&self, conn: &mut AsyncPgConnection, mut prepared: Prepared) -> InFlight {
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(prepared.eligible.len());
+        let mut deliveries: Vec<(usize, Vec<rdkafka::producer::DeliveryFuture>)> = Vec::new();
+        let load_failure = match &prepared.plans {
+            Ok(_) => None,
+            // Loading failed for the whole batch: every row fails alike and is retried.
+            Err(error) => Some(Failure { class: "LoadError", message: Report(error).to_string() }),
         };
-
-        report.skipped += duplicates.len();
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(eligible.len());
-        let mut blocked_now: HashSet<&str> = HashSet::new();
-        let mut in_flight: Vec<(usize, Vec<rdkafka::producer::DeliveryFuture>)> = Vec::new();
-
-        for (index, (row, plan)) in eligible.iter().zip(plans).enumerate() {
+        if let Some(failure) = load_failure {
+            for _ in &prepared.eligible {
+                outcomes.push(Outcome::Failed(Failure { class: failure.class, message: failure.message.clone() }));
+            }
+            return InFlight { prepared, outcomes, deliveries };
+        }
+        let plans = std::mem::replace(&mut prepared.plans, Ok(Vec::new())).unwrap_or_default();
+        let mut blocked_now: HashSet<String> = HashSet::new();
+        for (index, (row, plan)) in prepared.eligible.iter().zip(plans).enumerate() {
             if blocked_now.contains(row.ordering_key.as_str()) {
                 outcomes.push(Outcome::NotSent);
                 continue;
             }
             let outcome = match plan {
                 RowPlan::Publish(messages) => match self.sender.send(&messages).await {
-                    Ok(deliveries) => {
-                        in_flight.push((index, deliveries));
+                    Ok(sent) => {
+                        deliveries.push((index, sent));
                         Outcome::NotSent // replaced once its deliveries are settled
                     }
                     Err(error) => Outcome::Failed(error.into()),
@@ -165,24 +288,32 @@ impl Batch<'_> {
                 }
             };
             if matches!(outcome, Outcome::Failed(_)) {
-                blocked_now.insert(&row.ordering_key);
+                blocked_now.insert(row.ordering_key.clone());
             }
             outcomes.push(outcome);
         }
+        InFlight { prepared, outcomes, deliveries }
+    }
 
-        // The producer never times a message out on its own: dropping a queued message that
-        // timed out and delivering the next one would reorder a key. At the deadline (well
-        // before the leases expire) every message still queued or in flight is purged at once,
-        // so what reached the broker is a prefix of each partition's messages, and the producer
-        // is replaced. Rows after the purge count as failed, even if a report was on its way.
+    /// Awaits the delivery reports of a batch (no database work: the next batch may be read
+    /// meanwhile).
+    ///
+    /// The producer never times a message out on its own: dropping a queued message that timed
+    /// out and delivering the next one would reorder a key. At the deadline (well before the
+    /// leases expire) every message still queued or in flight is purged at once, so what
+    /// reached the broker is a prefix of each partition's messages, and the producer is
+    /// replaced. Rows after the purge count as failed, even if a report was on its way.
+    pub(crate) async fn deliver(&self, in_flight: InFlight) -> Delivered {
+        let InFlight { prepared, mut outcomes, deliveries } = in_flight;
         let deadline = tokio::time::Instant::now() + self.delivery_timeout;
         let mut purged = false;
-        for (index, deliveries) in in_flight {
-            let outcome = sender::await_deliveries(deliveries, deadline).await;
+        let mut producer_failed = false;
+        for (index, row_deliveries) in deliveries {
+            let outcome = sender::await_deliveries(row_deliveries, deadline).await;
             if let Err(failure) = &outcome {
                 if failure.timed_out && !purged {
                     purged = true;
-                    report.producer_failed = true;
+                    producer_failed = true;
                     self.sender.producer.purge(PurgeConfig::default().queue().inflight());
                     tracing::warn!(
                         timeout = ?self.delivery_timeout,
@@ -194,15 +325,28 @@ impl Batch<'_> {
             outcomes[index] = match outcome {
                 Ok(()) => Outcome::Delivered,
                 Err(failure) => {
-                    report.producer_failed |= failure.fatal;
+                    producer_failed |= failure.fatal;
                     Outcome::Failed(failure.into())
                 }
             };
         }
         if self.sender.producer.client().fatal_error().is_some() {
-            report.producer_failed = true;
+            producer_failed = true;
         }
+        Delivered { prepared, outcomes, producer_failed }
+    }
 
+    /// Settles the outcomes so that no row is marked published behind a failed row of its
+    /// key, marks the published rows and records the failed ones.
+    pub(crate) async fn record(
+        &self,
+        conn: &mut AsyncPgConnection,
+        delivered: Delivered,
+    ) -> Result<Recorded, diesel::result::Error> {
+        let Delivered { prepared, outcomes, producer_failed } = delivered;
+        let Prepared { started, mut report, held_keys, eligible, duplicates, .. } = prepared;
+        report.producer_failed = producer_failed;
+        report.skipped += duplicates.len();
         let settled = settle(&eligible, outcomes);
         if settled.redelivered > 0 {
             tracing::warn!(
@@ -227,10 +371,12 @@ impl Batch<'_> {
             .collect();
         mark_published(conn, &published).await?;
         report.failed = settled.failures.len();
+        let mut unfinished = held_keys;
+        unfinished.extend(settled.failures.iter().map(|(row, _)| row.ordering_key.clone()));
         self.record_failures(conn, settled.failures, Clock::Database).await?;
         metrics::counter!("dionysus_outbox_published_total").increment(report.published as u64);
         metrics::histogram!("dionysus_relay_batch_seconds").record(started.elapsed().as_secs_f64());
-        Ok(report)
+        Ok(Recorded { report, unfinished })
     }
 
     async fn record_failures(
@@ -328,8 +474,8 @@ pub(crate) async fn preview(
     config: &ProducerConfig,
     buckets: &[i16],
 ) -> Result<Vec<(PendingRow, RowPreview)>, PreviewError> {
-    let rows =
-        fetch(conn, buckets, usize::MAX, config.strict_ordering, Clock::Database).await.map_err(PreviewError::Read)?;
+    let window = Window { buckets, limit: usize::MAX, after: 0 };
+    let rows = fetch(conn, window, config.strict_ordering, Clock::Database).await.map_err(PreviewError::Read)?;
     let Planned { eligible, duplicates, plans } = plan_batch(conn, registry, config, rows).await;
     let plans = plans.map_err(PreviewError::Plan)?;
     let mut previews: Vec<(PendingRow, RowPreview)> = eligible
@@ -533,9 +679,12 @@ fn row_ref(row: &PendingRow) -> RowRef {
     }
 }
 
-/// The rows of `buckets` that may be published now, in id order, at most `limit`: pending,
+/// The rows of the window's buckets with ids above `after` that may be published now, in id
+/// order, at most `limit`: pending,
 /// due (no retry, or its time has come), and not behind an earlier pending row of their key
-/// that waits for a retry (or, with `strict`, is parked).
+/// that waits for a retry (or, with `strict`, is parked). A row that failed before (waiting
+/// for its retry or due) pulls `after` below it: a key's later rows above the cursor must
+/// never be read while its earlier failed row lies below it.
 ///
 /// One statement, so one snapshot and one clock decide both "due" and "held back". Deciding
 /// them in two statements with two `now()`s lets a row whose `retry_at` falls between the two
@@ -544,8 +693,7 @@ fn row_ref(row: &PendingRow) -> RowRef {
 /// waiting for a retry from filling every batch and starving the other keys of its buckets.
 pub(crate) async fn fetch(
     conn: &mut AsyncPgConnection,
-    buckets: &[i16],
-    limit: usize,
+    window: Window<'_>,
     strict: bool,
     clock: Clock,
 ) -> Result<Vec<PendingRow>, diesel::result::Error> {
@@ -560,35 +708,65 @@ pub(crate) async fn fetch(
                 o.attempts, o.ordering_key, o.created_at, o.message, o.message_key, o.encryption_key_id \
          FROM dionysus_outbox o, clock \
          WHERE o.published_at IS NULL AND o.failed_at IS NULL AND o.ordering_bucket = ANY($1) \
+           AND o.id > LEAST($5, (SELECT COALESCE(min(r.id), $5 + 1) - 1 FROM dionysus_outbox r \
+               WHERE r.published_at IS NULL AND r.failed_at IS NULL AND r.retry_at IS NOT NULL \
+                 AND r.ordering_bucket = ANY($1))) \
            AND (o.retry_at IS NULL OR o.retry_at <= clock.now) \
            AND NOT EXISTS (SELECT 1 FROM waiting w WHERE w.ordering_key = o.ordering_key AND w.first_id < o.id) \
          ORDER BY o.id LIMIT $2",
     )
-    .bind::<Array<SmallInt>, _>(buckets)
-    .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
+    .bind::<Array<SmallInt>, _>(window.buckets)
+    .bind::<BigInt, _>(i64::try_from(window.limit).unwrap_or(i64::MAX))
     .bind::<Bool, _>(strict)
     .bind::<Nullable<Timestamptz>, _>(clock.instant())
+    .bind::<BigInt, _>(window.after)
     .load(conn)
     .await
+}
+
+#[derive(diesel::QueryableByName)]
+struct Probe {
+    #[diesel(sql_type = Bool)]
+    pending: bool,
+}
+
+/// Whether `window` may hold a due row: one look into the pending index, much cheaper than a
+/// batch's read (no ordering-key check, nothing loaded), so an idle worker can ask often.
+/// A `true` may still give an empty batch (a row behind a retry of its key).
+pub(crate) async fn probe(conn: &mut AsyncPgConnection, window: Window<'_>) -> Result<bool, diesel::result::Error> {
+    let probe: Probe = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM dionysus_outbox \
+         WHERE published_at IS NULL AND failed_at IS NULL AND ordering_bucket = ANY($1) \
+           AND (id > $2 OR retry_at IS NOT NULL) AND (retry_at IS NULL OR retry_at <= now())) AS pending",
+    )
+    .bind::<Array<SmallInt>, _>(window.buckets)
+    .bind::<BigInt, _>(window.after)
+    .get_result(conn)
+    .await?;
+    Ok(probe.pending)
 }
 
 /// Splits rows (in id order) into those that may go now and the number held back by the
 /// publishing delay: a row younger than the delay waits, and so does every later row of its
 /// key.
-pub(crate) fn hold_young_rows(rows: Vec<PendingRow>, delay: Duration, now: DateTime<Utc>) -> (Vec<PendingRow>, usize) {
+pub(crate) fn hold_young_rows(
+    rows: Vec<PendingRow>,
+    delay: Duration,
+    now: DateTime<Utc>,
+) -> (Vec<PendingRow>, Vec<PendingRow>) {
     if delay.is_zero() {
-        return (rows, 0);
+        return (rows, Vec::new());
     }
     let horizon = now - chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::zero());
     let mut young: HashSet<String> = HashSet::new();
-    let mut held = 0;
+    let mut held = Vec::new();
     let mut eligible = Vec::with_capacity(rows.len());
     for row in rows {
         if young.contains(&row.ordering_key) {
-            held += 1;
+            held.push(row);
         } else if row.created_at > horizon {
             young.insert(row.ordering_key.clone());
-            held += 1;
+            held.push(row);
         } else {
             eligible.push(row);
         }
@@ -781,7 +959,7 @@ mod tests {
             vec![row(1, "a", ("R", "1"), "e", 98), row(2, "b", ("R", "2"), "e", 90), row(3, "a", ("R", "3"), "e", 50)];
         let (eligible, held) = hold_young_rows(rows, Duration::from_secs(5), now);
         assert_eq!(eligible.iter().map(|r| r.id).collect::<Vec<_>>(), [2], "row 3 is old but must follow row 1");
-        assert_eq!(held, 2);
+        assert_eq!(held.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 3]);
     }
 
     fn failed() -> Outcome {

@@ -31,9 +31,13 @@
 //! * **One writer per key.** All rows of a key share a bucket, and a bucket has one owner, so
 //!   no two workers ever publish rows of one key concurrently (`FOR UPDATE SKIP LOCKED` on
 //!   rows would let a second worker take row *n + 1* while the first still holds row *n*).
-//! * **Order within a worker.** Rows go to the producer in id order and a batch completes
-//!   before the next starts; one key maps to one partition; the idempotent producer keeps a
-//!   partition's messages in order, also across its internal retries.
+//! * **Order within a worker.** Rows go to the producer in id order and a batch is settled
+//!   before the next is sent; one key maps to one partition; the idempotent producer keeps a
+//!   partition's messages in order, also across its internal retries. The next batch is
+//!   *read* while the current one's deliveries are awaited (ids above the current batch's),
+//!   but it is sent only after the current one is recorded, and without the rows of any key
+//!   the current one left unfinished (failed, behind a failure, held by the publishing
+//!   delay): those are read again, in id order, from the bottom.
 //! * **Order across retries.** A row is marked published only when every earlier row of its
 //!   key is: a failed row holds its key back from the next batches until it goes through (or
 //!   is parked), and within a batch nothing behind it is marked. A property test drives these
@@ -42,8 +46,14 @@
 //!   serialised by the record's row lock and each writes its outbox row after its change, so
 //!   the later commit has the larger id. Concurrent transactions on *different* records of one
 //!   key have no defined order; the relay publishes them in id order.
-//! * **No lost rows.** There is no id watermark: every batch reads all pending rows, so a row
-//!   whose transaction committed after a row with a higher id is read in the next batch.
+//! * **No lost rows.** A worker resumes reading after the last id it read while a backlog
+//!   lasts, and after the highest id it read a second ago once caught up (module `pace`), so
+//!   it does not step over the dead index entries of published rows again and again. A row
+//!   whose transaction committed after a row with a higher id was read can be below that
+//!   point: every 2 s, after any batch that left rows unfinished, and whenever its buckets
+//!   change (a takeover), a worker reads from the bottom of the pending index again, so such
+//!   a row goes at most that much later. A row that failed before (waiting for its retry, or
+//!   due) pulls every read below it, so its key's later rows never overtake it.
 //! * **Handover.** A worker gives buckets back only between batches (rebalancing, shutdown).
 //!   A worker that dies keeps its leases until they expire (`lock_expiry`); then another
 //!   takes them over and publishes whatever was not marked published — at least once. A
@@ -58,8 +68,12 @@
 //! published with nothing sent (and counted), `_destroyed` rows publish
 //! `{"links":{},"id":…}`.
 //!
-//! Options (see [`ProducerConfig`](crate::config::ProducerConfig)): workers, batch size, idle
-//! sleep, lock expiry, publishing delay, consecutive-duplicate removal, retention. Metrics
+//! Pace: batch sizes adapt to the backlog (100 rows doubling up to `batch_size`); after a
+//! batch that did something a worker reads again at once, and when idle it probes the pending
+//! index after a pause growing from 2 ms to `idle_sleep`.
+//!
+//! Options (see [`ProducerConfig`](crate::config::ProducerConfig)): workers, largest batch,
+//! longest idle pause, lock expiry, publishing delay, consecutive-duplicate removal, retention. Metrics
 //! (`dionysus_outbox_published_total`, `dionysus_outbox_backlog`,
 //! `dionysus_outbox_oldest_unpublished_seconds`, `dionysus_outbox_commit_to_ack_seconds`,
 //! `dionysus_outbox_failures_total`, `dionysus_outbox_parked_total`, …) go through the
@@ -72,6 +86,7 @@ mod batch;
 pub(crate) mod inspect;
 mod lease;
 mod monitor;
+mod pace;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -309,6 +324,16 @@ struct Inner {
     wake: tokio::sync::Notify,
 }
 
+/// What a worker keeps between iterations.
+struct WorkerState {
+    pace: pace::Pace,
+    /// The next batch, read and planned while the last one's deliveries were awaited, with
+    /// the buckets it was read for.
+    read_ahead: Option<(Vec<i16>, batch::Prepared)>,
+    /// The buckets of the last batch.
+    buckets: Vec<i16>,
+}
+
 /// The outbox publisher. Cheap to clone.
 #[derive(Clone)]
 pub struct Relay {
@@ -519,23 +544,34 @@ impl Relay {
         let config = &self.inner.config.producer;
         let monitor = &self.inner.monitor;
         let mut leases = lease::Leases::new(worker_id.clone(), config.lock_expiry, config.relay_workers);
+        let mut state = WorkerState {
+            pace: pace::Pace::new(config.batch_size, config.idle_sleep, std::time::Instant::now()),
+            read_ahead: None,
+            buckets: Vec::new(),
+        };
         monitor.emit(&RelayEvent::Started { worker: &worker_id });
         while !shutdown.is_cancelled() {
-            let busy = match self.iteration(&mut leases).await {
-                Ok(busy) => busy,
+            let pause = match self.iteration(&mut leases, &mut state).await {
+                Ok(true) => {
+                    state.pace.busy();
+                    None
+                }
+                Ok(false) => Some(state.pace.pause()),
                 Err(error) => {
                     leases.invalidate();
+                    state.read_ahead = None;
+                    state.pace.rescan(std::time::Instant::now());
                     monitor.emit(&RelayEvent::Error { worker: &worker_id, error: &error });
                     tracing::warn!(worker = %worker_id, "relay iteration failed, retrying: {}", Report(&error));
-                    false
+                    Some(config.idle_sleep)
                 }
             };
             monitor.emit(&RelayEvent::Heartbeat { worker: &worker_id, buckets: leases.buckets().len() });
-            if !busy {
+            if let Some(pause) = pause {
                 tokio::select! {
                     () = shutdown.cancelled() => {}
-                    () = tokio::time::sleep(config.idle_sleep) => {}
-                    () = self.inner.wake.notified() => {}
+                    () = tokio::time::sleep(pause) => {}
+                    () = self.inner.wake.notified() => state.pace.busy(),
                 }
             }
         }
@@ -553,8 +589,13 @@ impl Relay {
         monitor.emit(&RelayEvent::Stopped { worker: &worker_id });
     }
 
-    /// One loop iteration: lease upkeep, then a batch. `Ok(true)` when there may be more work.
-    async fn iteration(&self, leases: &mut lease::Leases) -> Result<bool, RelayError> {
+    /// One loop iteration: lease upkeep, then a batch — read ahead by the previous iteration
+    /// if there was a backlog, else read now (after a cheap probe when the last poll found
+    /// nothing). While the batch's deliveries are awaited, the next batch is read and planned
+    /// on the same connection, but sent only after this one is settled, and without the rows
+    /// of keys this one left unfinished. `Ok(true)` when the batch did something.
+    async fn iteration(&self, leases: &mut lease::Leases, state: &mut WorkerState) -> Result<bool, RelayError> {
+        let query = |source| RelayError::Query { operation: RelayOperation::PublishBatch, source };
         let mut conn = crate::db::checkout(&self.inner.pool).await?;
         if leases.due() {
             leases
@@ -562,23 +603,84 @@ impl Relay {
                 .await
                 .map_err(|source| RelayError::Query { operation: RelayOperation::MaintainLeases, source })?;
         }
+        let read_ahead = state.read_ahead.take();
         if leases.buckets().is_empty() || !leases.valid() {
+            if read_ahead.is_some() {
+                state.pace.rescan(std::time::Instant::now());
+            }
             return Ok(false);
         }
         let buckets = leases.buckets().to_vec();
-        let span = tracing::info_span!("relay_batch", buckets = buckets.len(), read = tracing::field::Empty);
+        if buckets != state.buckets {
+            // Buckets taken over hold rows below this worker's cursor: read from the bottom.
+            state.pace.rescan(std::time::Instant::now());
+            state.buckets.clone_from(&buckets);
+        }
         let producer = self.producer();
-        let report = self
-            .batch(&producer)
-            .run(&mut conn, &buckets)
-            .instrument(span.clone())
-            .await
-            .map_err(|source| RelayError::Query { operation: RelayOperation::PublishBatch, source })?;
-        span.record("read", report.read);
-        if report.producer_failed {
+        let batch = self.batch(&producer);
+        let prepared = match read_ahead {
+            Some((read_for, prepared)) if read_for == buckets => prepared,
+            read_ahead => {
+                let now = std::time::Instant::now();
+                if read_ahead.is_some() {
+                    // The buckets changed since: read again.
+                    state.pace.rescan(now);
+                }
+                let window =
+                    batch::Window { buckets: &buckets, limit: state.pace.limit(), after: state.pace.after(now) };
+                if state.pace.idle() && !batch::probe(&mut conn, window).await.map_err(query)? {
+                    // Nothing due above `after` (from the bottom: nothing due at all).
+                    state.pace.read(now, window.after, 0, 0);
+                    return Ok(false);
+                }
+                let prepared = batch.prepare(&mut conn, window).await.map_err(query)?;
+                state.pace.read(now, window.after, prepared.read(), prepared.last_id);
+                prepared
+            }
+        };
+        if prepared.read() == 0 {
+            return Ok(false);
+        }
+        let span = tracing::info_span!("relay_batch", buckets = buckets.len(), read = prepared.read());
+        let last_id = prepared.last_id;
+        let in_hand = prepared.ids();
+        let in_flight = batch.send(&mut conn, prepared).instrument(span.clone()).await;
+        let read_next = async {
+            let now = std::time::Instant::now();
+            if !state.pace.read_ahead(now) {
+                return Ok(None);
+            }
+            let window = batch::Window { buckets: &buckets, limit: state.pace.limit(), after: last_id };
+            let next = batch.prepare(&mut conn, window).await?;
+            Ok(Some((now, next)))
+        };
+        let (delivered, next) = tokio::join!(batch.deliver(in_flight), read_next);
+        let recorded = batch.record(&mut conn, delivered).instrument(span).await.map_err(query)?;
+        if recorded.report.producer_failed {
             self.replace_producer(&producer);
         }
-        Ok(report.read >= self.inner.config.producer.batch_size)
+        let now = std::time::Instant::now();
+        if let Some((read_at, mut next)) = next.map_err(query)? {
+            state.pace.read(read_at, last_id, next.read(), next.last_id);
+            // A row that failed before pulls a read below `last_id` (see `batch::fetch`): the
+            // rows of this batch may come back; they are in hand already.
+            next.drop_ids(&in_hand);
+            // Rows of keys this batch left unfinished are not sent ahead of them: they are
+            // read again from the bottom.
+            if next.drop_keys(&recorded.unfinished) > 0 {
+                state.pace.rescan(now);
+            }
+            if !next.is_empty() {
+                state.read_ahead = Some((buckets, next));
+            } else if next.read() > 0 {
+                state.pace.rescan(now);
+            }
+        }
+        if !recorded.unfinished.is_empty() {
+            state.pace.rescan(now);
+        }
+        let report = &recorded.report;
+        Ok(report.published + report.skipped + report.failed > 0)
     }
 
     /// Publishes what is pending now with one worker holding every bucket, batch after batch,
@@ -657,7 +759,8 @@ pub(crate) mod simulation {
             at: DateTime<Utc>,
         ) -> Result<SimBatch, diesel::result::Error> {
             let all: Vec<i16> = (0..64).collect();
-            let rows = batch::fetch(conn, &all, config.batch_size, config.strict_ordering, Clock::At(at)).await?;
+            let window = batch::Window { buckets: &all, limit: config.batch_size, after: 0 };
+            let rows = batch::fetch(conn, window, config.strict_ordering, Clock::At(at)).await?;
             Ok(SimBatch { rows, at })
         }
 

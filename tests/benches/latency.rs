@@ -1,0 +1,316 @@
+//! End-to-end latency: from a writer's commit to the replica row in the consuming service's
+//! database, at 1 000 and 3 000 events per second, with the relay and the consumer on their
+//! default settings — next to the broker alone (rdkafka produce → broker → rdkafka consume,
+//! no database) at the same rates, measured the same way in the same run.
+//!
+//! Run with: `scripts/bench latency`. `DIONYSUS_BENCH_SECONDS` changes how long each rate
+//! runs (20 s).
+//!
+//! * dionysus: eight writer connections each commit `INSERT` + `dionysus::outbox::created` as
+//!   events fall due (event *i* at start + *i* / rate) and note the wall clock after `COMMIT`
+//!   returns; the replica table stamps `clock_timestamp()` on each row the consumer writes
+//!   (a trigger). Latency = stamp − commit (one host, one clock; the consumer's commit follows
+//!   its write within its batch).
+//! * broker alone: messages produced as they fall due, each carrying its send time, with the
+//!   producer and consumer settings dionysus uses; latency = receive − send.
+//!
+//! Goals: p99 at 1 000/s ≤ the broker's p99 + 50 ms; at 3 000/s no backlog growth (every
+//! event arrives shortly after the writes stop).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used, missing_docs, reason = "a benchmark binary")]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Timestamptz};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use dionysus::config::Config;
+use dionysus::consumer::replica::{Replica, Replicas};
+use dionysus::consumer::Consumer;
+use dionysus::outbox::Outbox;
+use dionysus::relay::Relay;
+use dionysus::serialize::{serialize_erased, DefaultSerializer};
+use dionysus_tests::{consumer_config, count, create_topic, kafka_config, registry_for, unique_name, TestDb};
+use futures_util::StreamExt;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use rdkafka::Message;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+diesel::table! {
+    latency_items (id) {
+        id -> BigInt,
+        account_id -> BigInt,
+        name -> Text,
+    }
+}
+
+#[derive(Queryable, Selectable, Identifiable, Serialize, dionysus::Publishable)]
+#[diesel(table_name = latency_items)]
+#[publishable(model_name = "Item", soft_delete = false)]
+struct Item {
+    id: i64,
+    account_id: i64,
+    name: String,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = latency_items)]
+struct NewItem {
+    account_id: i64,
+    name: String,
+}
+
+diesel::table! {
+    latency_replica (synced_id) {
+        synced_id -> BigInt,
+        synced_created_at -> Nullable<Timestamptz>,
+        synced_updated_at -> Nullable<Timestamptz>,
+        account_id -> Nullable<BigInt>,
+        name -> Nullable<Text>,
+    }
+}
+
+#[allow(dead_code)]
+#[derive(dionysus::Consume)]
+#[diesel(table_name = latency_replica)]
+#[consume(topic = "bench_latency", model = "Item")]
+struct ItemReplica {
+    synced_id: i64,
+    synced_created_at: Option<DateTime<Utc>>,
+    synced_updated_at: Option<DateTime<Utc>>,
+    account_id: Option<i64>,
+    name: Option<String>,
+}
+
+const PARTITIONS: i32 = 12;
+const WRITERS: usize = 8;
+
+fn seconds() -> u64 {
+    std::env::var("DIONYSUS_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20)
+}
+
+fn micros_since_epoch(at: SystemTime) -> i64 {
+    i64::try_from(at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_micros()).unwrap()
+}
+
+/// p50, p95, p99 and max of latencies in µs, printed in ms.
+fn summary(label: &str, mut micros: Vec<i64>, expected: u64, elapsed: Duration) -> f64 {
+    micros.sort_unstable();
+    let at = |q: f64| {
+        let index = ((micros.len() as f64 - 1.0) * q).round() as usize;
+        micros.get(index).copied().unwrap_or(0) as f64 / 1000.0
+    };
+    println!(
+        "  {label:<34} {:>6} events ({:>5.0}/s offered) p50 {:>7.1} ms  p95 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms",
+        micros.len(),
+        expected as f64 / elapsed.as_secs_f64(),
+        at(0.5),
+        at(0.95),
+        at(0.99),
+        at(1.0)
+    );
+    if (micros.len() as u64) < expected {
+        println!("    {} of {expected} events did not arrive", expected - micros.len() as u64);
+    }
+    at(0.99)
+}
+
+/// Broker alone: produce `rate`/s for the duration, each message carrying its send time; a
+/// consumer with dionysus' settings notes when each arrives.
+async fn broker_alone(rate: u64) -> f64 {
+    let kafka = kafka_config();
+    let topic = create_topic(&kafka, "bench_latency_broker", PARTITIONS).await;
+    let consumer: StreamConsumer = consumer_config(&kafka, &unique_name("latency")).create().unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
+    let total = rate * seconds();
+    let receiving = tokio::spawn(async move {
+        let mut stream = consumer.stream();
+        let mut latencies = Vec::with_capacity(usize::try_from(total).unwrap());
+        while (latencies.len() as u64) < total {
+            let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(30), stream.next()).await else {
+                break;
+            };
+            let received = micros_since_epoch(SystemTime::now());
+            let sent: i64 = std::str::from_utf8(message.payload().unwrap()).unwrap().parse().unwrap();
+            if sent >= 0 {
+                latencies.push(received - sent);
+            }
+        }
+        latencies
+    });
+    // Warm up: wait until the consumer has its partitions (a marker message arrives).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    let mut deliveries = Vec::new();
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let key = format!("Item:{}", i % 10_000);
+        let payload = micros_since_epoch(SystemTime::now()).to_string();
+        let record = FutureRecord::to(&topic).key(&key).payload(&payload);
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    let elapsed = started.elapsed();
+    for delivery in deliveries {
+        delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    let latencies = receiving.await.unwrap();
+    summary("broker alone (produce → consume)", latencies, total, elapsed)
+}
+
+struct Pipeline {
+    url: String,
+    topic: String,
+    registry: &'static dionysus::Registry,
+    config: Config,
+}
+
+/// dionysus: writers commit at `rate`/s for the duration; latency = replica stamp − commit.
+async fn end_to_end(pipeline: &Pipeline, rate: u64, conn: &mut AsyncPgConnection) -> f64 {
+    let total = rate * seconds();
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..WRITERS {
+        let (next, url, registry, producer_config) =
+            (next.clone(), pipeline.url.clone(), pipeline.registry, pipeline.config.producer.clone());
+        writers.spawn(async move {
+            let outbox = Outbox::new(registry, &producer_config);
+            let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+            let mut committed: Vec<(i64, i64)> = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return committed;
+                }
+                let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let id = conn
+                    .transaction::<_, anyhow::Error, _>(async |tx| {
+                        let item: Item = diesel::insert_into(latency_items::table)
+                            .values(NewItem { account_id: i64::try_from(i % 50).unwrap(), name: format!("Villa {i}") })
+                            .returning(Item::as_returning())
+                            .get_result(tx)
+                            .await?;
+                        outbox.created(tx, &item).await?;
+                        Ok(item.id)
+                    })
+                    .await
+                    .unwrap();
+                committed.push((id, micros_since_epoch(SystemTime::now())));
+            }
+        });
+    }
+    let mut committed = Vec::with_capacity(usize::try_from(total).unwrap());
+    while let Some(part) = writers.join_next().await {
+        committed.extend(part.unwrap());
+    }
+    let elapsed = started.elapsed();
+    let first = committed.iter().map(|(id, _)| *id).min().unwrap_or(0);
+    let last = committed.iter().map(|(id, _)| *id).max().unwrap_or(0);
+    let range = format!("synced_id BETWEEN {first} AND {last}");
+    let behind = total
+        - u64::try_from(count(conn, &format!("SELECT count(*) AS n FROM latency_replica WHERE {range}")).await)
+            .unwrap();
+    let caught_up = Instant::now();
+    while count(conn, &format!("SELECT count(*) AS n FROM latency_replica WHERE {range}")).await
+        < i64::try_from(total).unwrap()
+    {
+        if caught_up.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let caught_up = caught_up.elapsed();
+
+    #[derive(QueryableByName)]
+    struct Stamp {
+        #[diesel(sql_type = BigInt)]
+        synced_id: i64,
+        #[diesel(sql_type = Timestamptz)]
+        applied_at: DateTime<Utc>,
+    }
+    let stamps: Vec<Stamp> =
+        diesel::sql_query(format!("SELECT synced_id, applied_at FROM latency_replica WHERE {range}"))
+            .load(conn)
+            .await
+            .unwrap();
+    let applied: std::collections::HashMap<i64, i64> =
+        stamps.into_iter().map(|stamp| (stamp.synced_id, stamp.applied_at.timestamp_micros())).collect();
+    let latencies: Vec<i64> =
+        committed.iter().filter_map(|(id, at)| applied.get(id).map(|applied| applied - at)).collect();
+    let p99 = summary("dionysus (commit → replica row)", latencies, total, elapsed);
+    println!(
+        "    writes took {:.1} s for {:.1} s of schedule; {behind} events not yet in the replica when the writes stopped, all in {:.2} s after",
+        elapsed.as_secs_f64(),
+        total as f64 / rate as f64,
+        caught_up.as_secs_f64()
+    );
+    p99
+}
+
+#[tokio::main]
+async fn main() {
+    let db = TestDb::migrated().await;
+    let mut conn = db.connection().await;
+    conn.batch_execute(
+        "CREATE TABLE latency_items (id BIGSERIAL PRIMARY KEY, account_id BIGINT NOT NULL, name TEXT NOT NULL);
+         CREATE TABLE latency_replica (synced_id BIGINT NOT NULL UNIQUE, synced_created_at TIMESTAMPTZ,
+             synced_updated_at TIMESTAMPTZ, account_id BIGINT, name TEXT, applied_at TIMESTAMPTZ);
+         CREATE FUNCTION latency_stamp() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN NEW.applied_at := clock_timestamp(); RETURN NEW; END $$;
+         CREATE TRIGGER latency_stamp BEFORE INSERT OR UPDATE ON latency_replica
+             FOR EACH ROW EXECUTE FUNCTION latency_stamp();",
+    )
+    .await
+    .unwrap();
+    let kafka = kafka_config();
+    let topic = create_topic(&kafka, "bench_latency", PARTITIONS).await;
+    let registry = registry_for::<Item>(&topic, PARTITIONS, "account_id", serialize_erased::<Item, DefaultSerializer>);
+    let mut config = Config::default();
+    config.database_url = db.url.clone();
+    config.kafka = kafka.clone();
+    config.kafka.group_id = Some(unique_name("latency"));
+    config.producer.retention = None;
+    let pipeline = Pipeline { url: db.url.clone(), topic: topic.clone(), registry, config: config.clone() };
+
+    let token = CancellationToken::new();
+    let relay = Relay::builder(config.clone()).registry(registry).build().unwrap();
+    let consumer = Consumer::builder(config)
+        .pool(db.pool(4))
+        .replicas(Replicas::new([ItemReplica::DESCRIPTOR]))
+        .topic(&pipeline.topic)
+        .handlers(false)
+        .build()
+        .unwrap();
+    let relay_task = tokio::spawn({
+        let token = token.clone();
+        async move { relay.run(token).await }
+    });
+    let consumer_task = tokio::spawn({
+        let token = token.clone();
+        async move { consumer.run(token).await }
+    });
+    // Let the consumer join its group and the relay take its buckets.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    println!(
+        "end-to-end latency, relay and consumer on default settings, {} s per rate, {WRITERS} writer connections:",
+        seconds()
+    );
+    for rate in [1000, 3000] {
+        println!(" {rate} events/s:");
+        let broker = broker_alone(rate).await;
+        let ours = end_to_end(&pipeline, rate, &mut conn).await;
+        println!("    p99: dionysus {ours:.1} ms vs broker alone {broker:.1} ms (+{:.1} ms)", ours - broker);
+    }
+    token.cancel();
+    relay_task.await.unwrap().unwrap();
+    consumer_task.await.unwrap().unwrap();
+}
