@@ -182,10 +182,7 @@ fn main() {
         write_if_changed(&lib, &source(variant, models));
         cargo(&dir, &["build"]);
     }
-    println!(
-        "dependencies and a first build of each variant (not measured): {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("dependencies and a first build of each variant (not measured): {:.1} s", started.elapsed().as_secs_f64());
 
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); Variant::ALL.len()];
     for _ in 0..rounds {
