@@ -1,9 +1,9 @@
 //! The [`Publishable`] trait `#[derive(Publishable)]` implements (identity, reflective
 //! attribute access, the parts of the query that loads current records), the generic
 //! functions its generated registry entries point at (the loader among them: one query
-//! builder and one future for every model, only the row decoding being the model's own), the probes that find how two models are
-//! related through diesel's `belongs_to` associations ([`relation`]), and the rule that picks a
-//! record's partition key.
+//! builder and one future for every model, only the row decoding being the model's own),
+//! the probes that find how two models are related through diesel's `belongs_to`
+//! associations ([`relation`]), and the rule that picks a record's partition key.
 //!
 //! The entries themselves are declarations (`registry::model`); writing outbox rows is
 //! `outbox`'s and building messages `plan`'s.

@@ -215,8 +215,8 @@ fn is_canonical_time(text: &str, time: &DateTime<Utc>) -> bool {
     let nanos = time.timestamp_subsec_nanos();
     let digits = match nanos {
         0 => 0,
-        _ if nanos % 1_000_000 == 0 => 3,
-        _ if nanos % 1_000 == 0 => 6,
+        _ if nanos.is_multiple_of(1_000_000) => 3,
+        _ if nanos.is_multiple_of(1_000) => 6,
         _ if nanos < 1_000_000_000 => 9,
         // A leap second: left to the formatter.
         _ => return false,
