@@ -321,8 +321,8 @@ pub mod __private {
     };
     pub use crate::producer::serialize::{serialize_erased, DefaultSerializer};
     pub use crate::registry::model::{
-        BoxFuture, ColumnIn, Dependency, IdKind, ModelEntry, Observer, PartitionKeySource, Publication, Record,
-        RecordFilter, Relation, SoftDelete,
+        BoxFuture, ColumnIn, Dependency, IdKind, LoadSource, ModelEntry, Observer, PartitionKeySource, Publication,
+        Record, RecordFilter, Relation, SoftDelete,
     };
     pub use crate::registry::{
         ModelRegistration, PartitionKeyWith, Tombstone, Topic, TopicDeclaration, TopicEntry, TopicReference,

@@ -82,21 +82,12 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
                     }
                 }
 
-                fn load_filtered<'a>(
-                    conn: &'a mut __d::diesel_async::AsyncPgConnection,
-                    filter: __d::RecordFilter,
-                    limit: ::core::option::Option<i64>,
-                ) -> __d::BoxFuture<'a, __d::diesel::QueryResult<::std::vec::Vec<Self>>> {
-                    use __d::diesel::{QueryDsl as _, ExpressionMethods as _};
-                    let mut query = #table::table
-                        .select(<Self as __d::diesel::SelectableHelper<__d::diesel::pg::Pg>>::as_select())
-                        .filter(filter)
-                        .order(#table::#pk_column_ident.asc())
-                        .into_boxed();
-                    if let ::core::option::Option::Some(limit) = limit {
-                        query = query.limit(limit);
-                    }
-                    ::std::boxed::Box::pin(__d::diesel_async::RunQueryDsl::load(query, conn))
+                fn load_source() -> __d::LoadSource {
+                    __d::LoadSource::new(
+                        <Self as __d::diesel::Selectable<__d::diesel::pg::Pg>>::construct_selection(),
+                        #table::table,
+                        #table::#pk_column_ident,
+                    )
                 }
             }
 

@@ -34,11 +34,7 @@ pub(crate) fn stub(ident: &Ident) -> TokenStream {
                     ::core::unreachable!()
                 }
 
-                fn load_filtered<'a>(
-                    _: &'a mut __d::diesel_async::AsyncPgConnection,
-                    _: __d::RecordFilter,
-                    _: ::core::option::Option<i64>,
-                ) -> __d::BoxFuture<'a, __d::diesel::QueryResult<::std::vec::Vec<Self>>> {
+                fn load_source() -> __d::LoadSource {
                     ::core::unreachable!()
                 }
             }

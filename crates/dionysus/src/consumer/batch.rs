@@ -875,7 +875,8 @@ async fn apply_level<'a>(
     // Round → tables → unit indices in order. A unit's round counts the earlier messages
     // that touched its row; units of one message share a round.
     type Tables = Vec<(&'static ReplicaDescriptor, Vec<usize>)>;
-    let mut rounds: Vec<(Tables, HashMap<&'static str, usize>)> = Vec::new();
+    // Keyed by table names of our own: a fast hasher (ids from messages keep std's).
+    let mut rounds: Vec<(Tables, foldhash::HashMap<&'static str, usize>)> = Vec::new();
     // Unit → its group (the units of one round touching one row); group → its size.
     let mut groups: Vec<u32> = Vec::with_capacity(units.len());
     let mut sizes: Vec<u32> = Vec::new();

@@ -1,8 +1,9 @@
 //! The [`Publishable`] trait `#[derive(Publishable)]` implements (identity, reflective
-//! attribute access, a loader that fetches current records in one query), the generic
-//! functions its generated registry entries point at, the probes that find how two models are
-//! related through diesel's `belongs_to` associations ([`relation`]), and the rule that picks a
-//! record's partition key.
+//! attribute access, the parts of the query that loads current records), the generic
+//! functions its generated registry entries point at (the loader among them: one query
+//! builder and one future for every model, only the row decoding being the model's own),
+//! the probes that find how two models are related through diesel's `belongs_to`
+//! associations ([`relation`]), and the rule that picks a record's partition key.
 //!
 //! The entries themselves are declarations (`registry::model`); writing outbox rows is
 //! `outbox`'s and building messages `plan`'s.
@@ -10,15 +11,21 @@
 use std::any::Any;
 
 use diesel::associations::BelongsTo;
+use diesel::deserialize::FromSqlRow;
+use diesel::expression::{Expression, Selectable};
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::QueryResult;
+use diesel::sql_types::{BigInt, Untyped};
 use diesel::Column;
-use diesel_async::AsyncPgConnection;
+use diesel_async::{AsyncConnectionCore, AsyncPgConnection};
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::ProducerConfig;
 use crate::registry::model::{
-    BoxFuture, IdKind, Model, ModelEntry, PartitionKeySource, Publication, Record, RecordFilter, Relation,
+    BoxFuture, IdKind, LoadSource, Model, ModelEntry, PartitionKeySource, Publication, Record, RecordFilter, Relation,
 };
 use crate::registry::Registry;
 use crate::wire::partition::partition_key_from_value;
@@ -43,13 +50,10 @@ pub trait Publishable: Serialize + Send + Sync + Sized + 'static {
     /// would write it (timestamps with milliseconds, see [`attribute_value`]).
     fn attribute(&self, name: &str) -> Option<Value>;
 
-    /// Current records of the model's table matching `filter`, ordered by primary key, at
-    /// most `limit`.
-    fn load_filtered<'a>(
-        conn: &'a mut AsyncPgConnection,
-        filter: RecordFilter,
-        limit: Option<i64>,
-    ) -> BoxFuture<'a, QueryResult<Vec<Self>>>;
+    /// The parts of the query that loads the model's records: its selected columns, its
+    /// table and its primary-key column. The query itself is built and run by [`load_erased`],
+    /// compiled once for every model.
+    fn load_source() -> LoadSource;
 }
 
 impl<T: Publishable> Record for T {
@@ -104,16 +108,82 @@ macro_rules! primary_key_types {
 }
 primary_key_types!(i16 => Integer, i32 => Integer, i64 => Integer, String => Text);
 
-/// The erased loader of `T`, stored in its [`ModelEntry`].
-pub fn load_erased<T: Publishable>(
+/// `SELECT <selection> FROM <table> WHERE <filter> ORDER BY <key> [LIMIT n]`.
+struct LoadStatement {
+    source: LoadSource,
+    filter: RecordFilter,
+    limit: Option<i64>,
+}
+
+impl QueryFragment<Pg> for LoadStatement {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("SELECT ");
+        self.source.select().walk_ast(out.reborrow())?;
+        out.push_sql(" FROM ");
+        self.source.from().walk_ast(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        self.filter.walk_ast(out.reborrow())?;
+        out.push_sql(" ORDER BY ");
+        self.source.order().walk_ast(out.reborrow())?;
+        if let Some(limit) = &self.limit {
+            out.push_sql(" LIMIT ");
+            out.push_bind_param::<BigInt, i64>(limit)?;
+        }
+        Ok(())
+    }
+}
+
+impl QueryId for LoadStatement {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for LoadStatement {
+    type SqlType = Untyped;
+}
+
+/// A row as the connection returns it.
+type LoadedRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;
+
+/// Builds one erased record from a row.
+type BuildRecord = fn(&LoadedRow) -> diesel::deserialize::Result<Box<dyn Record>>;
+
+/// The SQL type of `T`'s selection.
+type SelectionType<T> = <<T as Selectable<Pg>>::SelectExpression as Expression>::SqlType;
+
+/// One `T` from a row of its selection, erased.
+fn build_record<T>(row: &LoadedRow) -> diesel::deserialize::Result<Box<dyn Record>>
+where
+    T: Publishable + Selectable<Pg> + FromSqlRow<SelectionType<T>, Pg>,
+{
+    Ok(Box::new(<T as FromSqlRow<SelectionType<T>, Pg>>::build_from_row(row)?))
+}
+
+/// Runs a load statement and builds each row: the one future every model's loader shares.
+fn load_records(
+    conn: &mut AsyncPgConnection,
+    statement: LoadStatement,
+    build: BuildRecord,
+) -> BoxFuture<'_, QueryResult<Vec<Box<dyn Record>>>> {
+    Box::pin(async move {
+        let rows = AsyncConnectionCore::load(conn, statement).await?;
+        rows.map(|row| row.and_then(|row| build(&row).map_err(diesel::result::Error::DeserializationError)))
+            .try_collect()
+            .await
+    })
+}
+
+/// The erased loader of `T`, stored in its [`ModelEntry`]: `T`'s records matching `filter`,
+/// ordered by primary key, at most `limit`. Only the row decoding is `T`'s own code.
+pub fn load_erased<T>(
     conn: &mut AsyncPgConnection,
     filter: RecordFilter,
     limit: Option<i64>,
-) -> BoxFuture<'_, QueryResult<Vec<Box<dyn Record>>>> {
-    Box::pin(async move {
-        let records = T::load_filtered(conn, filter, limit).await?;
-        Ok(records.into_iter().map(|record| Box::new(record) as Box<dyn Record>).collect())
-    })
+) -> BoxFuture<'_, QueryResult<Vec<Box<dyn Record>>>>
+where
+    T: Publishable + Selectable<Pg> + FromSqlRow<SelectionType<T>, Pg>,
+{
+    load_records(conn, LoadStatement { source: T::load_source(), filter, limit }, build_record::<T>)
 }
 
 /// `T::PUBLICATIONS`, as a function pointer for [`ModelEntry::publications`].

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use diesel::pg::Pg;
+use diesel::query_builder::QueryFragment;
 use diesel::result::QueryResult;
 use diesel::sql_types::{Array, BigInt, Bool, Text};
 use diesel_async::AsyncPgConnection;
@@ -58,6 +59,49 @@ pub type ErasedLoader = for<'a> fn(
     RecordFilter,
     Option<i64>,
 ) -> BoxFuture<'a, QueryResult<Vec<Box<dyn Record>>>>;
+
+/// A query fragment of a [`LoadSource`]: a diesel expression, table or column.
+type Fragment = Box<dyn QueryFragment<Pg> + Send + Sync>;
+
+/// The parts of the query that loads one model's records, as diesel writes them (so the
+/// table's schema, the columns' SQL names and the model's `Selectable` expression are
+/// honoured): the selection, the table and the primary-key column. `#[derive(Publishable)]`
+/// builds it; the query around it and the future that runs it are not generated per model.
+pub struct LoadSource {
+    select: Fragment,
+    from: Fragment,
+    order: Fragment,
+}
+
+impl LoadSource {
+    pub(crate) fn select(&self) -> &(dyn QueryFragment<Pg> + Send + Sync) {
+        &*self.select
+    }
+
+    pub(crate) fn from(&self) -> &(dyn QueryFragment<Pg> + Send + Sync) {
+        &*self.from
+    }
+
+    pub(crate) fn order(&self) -> &(dyn QueryFragment<Pg> + Send + Sync) {
+        &*self.order
+    }
+
+    /// The selection, the table and the primary-key column.
+    pub fn new<S, F, O>(select: S, from: F, order: O) -> LoadSource
+    where
+        S: QueryFragment<Pg> + Send + Sync + 'static,
+        F: QueryFragment<Pg> + Send + Sync + 'static,
+        O: QueryFragment<Pg> + Send + Sync + 'static,
+    {
+        LoadSource { select: Box::new(select), from: Box::new(from), order: Box::new(order) }
+    }
+}
+
+impl std::fmt::Debug for LoadSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadSource").finish_non_exhaustive()
+    }
+}
 
 /// Everything the runtime needs to know about one publishable model.
 #[derive(Debug)]

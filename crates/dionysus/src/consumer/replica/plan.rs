@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Timelike, Utc};
 use serde_json::{Map, Number, Value};
 
 use super::column_type::ColumnKind;
@@ -208,6 +208,56 @@ pub(crate) fn canonical_time(time: &DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
+/// Whether `text`, which parses to `time`, is already [`canonical_time`] of it, checked
+/// without writing the canonical text out: `YYYY-MM-DDTHH:MM:SS`, then `.` and 3, 6 or 9
+/// digits (the fewest that hold the nanoseconds, none when they are 0), then `Z`.
+fn is_canonical_time(text: &str, time: &DateTime<Utc>) -> bool {
+    let nanos = time.timestamp_subsec_nanos();
+    let digits = match nanos {
+        0 => 0,
+        _ if nanos.is_multiple_of(1_000_000) => 3,
+        _ if nanos.is_multiple_of(1_000) => 6,
+        _ if nanos < 1_000_000_000 => 9,
+        // A leap second: left to the formatter.
+        _ => return false,
+    };
+    let bytes = text.as_bytes();
+    let length = if digits == 0 { 20 } else { 21 + digits };
+    if bytes.len() != length || bytes[length - 1] != b'Z' || !(0..=9999).contains(&time.year()) {
+        return false;
+    }
+    let fraction = match digits {
+        0 => 0,
+        3 => nanos / 1_000_000,
+        6 => nanos / 1_000,
+        _ => nanos,
+    };
+    let fields: [(usize, usize, u32); 7] = [
+        (0, 4, time.year().unsigned_abs()),
+        (5, 2, time.month()),
+        (8, 2, time.day()),
+        (11, 2, time.hour()),
+        (14, 2, time.minute()),
+        (17, 2, time.second()),
+        (20, digits, fraction),
+    ];
+    let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    separators.iter().all(|&(at, byte)| bytes[at] == byte)
+        && (digits == 0 || bytes[19] == b'.')
+        && fields.iter().all(|&(start, width, value)| digits_equal(&bytes[start..start + width], value))
+}
+
+/// Whether `digits` are exactly the decimal digits of `value`, zero-padded to their width.
+fn digits_equal(digits: &[u8], mut value: u32) -> bool {
+    for &digit in digits.iter().rev() {
+        if !digit.is_ascii_digit() || u32::from(digit - b'0') != value % 10 {
+            return false;
+        }
+        value /= 10;
+    }
+    value == 0
+}
+
 /// Normalises `value` for a column of `kind`; `Err` names what the column accepts.
 pub(crate) fn normalize(kind: ColumnKind, value: &Value) -> Result<Value, &'static str> {
     normalized(kind, value).map(Cow::into_owned)
@@ -260,9 +310,12 @@ fn normalized(kind: ColumnKind, value: &Value) -> Result<Cow<'_, Value>, &'stati
             Value::Bool(boolean) => Ok(owned(Value::String(boolean.to_string()))),
             _ => Err("a string"),
         },
-        ColumnKind::Timestamp => {
-            parse_timestamp(value).map(|time| owned(Value::String(canonical_time(&time)))).ok_or("a timestamp")
-        }
+        ColumnKind::Timestamp => match (parse_timestamp(value), value) {
+            // Most producers already write the canonical form: kept as it is, not rewritten.
+            (Some(time), Value::String(text)) if is_canonical_time(text, &time) => Ok(same),
+            (Some(time), _) => Ok(owned(Value::String(canonical_time(&time)))),
+            (None, _) => Err("a timestamp"),
+        },
         ColumnKind::Date => {
             if let Value::String(text) = value {
                 if let Ok(date) = NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d") {
@@ -480,9 +533,55 @@ pub(crate) fn plan(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use serde_json::json;
 
     use super::*;
+
+    /// Texts of `time` as producers write it: canonical, padded, with an offset, with a space.
+    fn spellings(time: &DateTime<Utc>) -> Vec<String> {
+        vec![
+            canonical_time(time),
+            time.to_rfc3339_opts(SecondsFormat::Nanos, true),
+            time.to_rfc3339_opts(SecondsFormat::Millis, true),
+            time.to_rfc3339_opts(SecondsFormat::Secs, true),
+            time.to_rfc3339_opts(SecondsFormat::AutoSi, false),
+            time.format("%Y-%m-%d %H:%M:%S%.fZ").to_string(),
+            canonical_time(time).to_lowercase(),
+        ]
+    }
+
+    proptest! {
+        /// The shortcut agrees with writing the canonical text and comparing, for every
+        /// spelling of any instant.
+        #[test]
+        fn canonical_times_are_recognised_exactly(
+            seconds in -62_000_000_000_i64..253_402_300_799,
+            nanos in prop_oneof![Just(0_u32), (0_u32..1000).prop_map(|n| n * 1_000_000),
+                                 (0_u32..1_000_000).prop_map(|n| n * 1_000), 0_u32..1_000_000_000],
+        ) {
+            let time = DateTime::from_timestamp(seconds, nanos).unwrap();
+            for text in spellings(&time) {
+                if let Some(parsed) = parse_timestamp(&Value::String(text.clone())) {
+                    prop_assert_eq!(is_canonical_time(&text, &parsed), text == canonical_time(&parsed), "{}", text);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn timestamps_already_canonical_are_kept_and_others_rewritten() {
+        let kept = Value::String("2024-01-01T00:00:05.005Z".to_owned());
+        assert!(matches!(normalized(ColumnKind::Timestamp, &kept), Ok(Cow::Borrowed(_))));
+        for (text, canonical) in [
+            ("2024-01-01T00:00:05.000Z", "2024-01-01T00:00:05Z"),
+            ("2024-01-01T02:00:05.005+02:00", "2024-01-01T00:00:05.005Z"),
+        ] {
+            let value = Value::String(text.to_owned());
+            let normalized = normalized(ColumnKind::Timestamp, &value).unwrap();
+            assert_eq!(normalized.as_ref(), &Value::String(canonical.to_owned()), "{text}");
+        }
+    }
     use crate::consumer::replica::deserialize::deserialize_one;
 
     const fn column(name: &'static str, kind: ColumnKind, nullable: bool) -> Column {

@@ -7,7 +7,10 @@
 //! transactions and offsets belong to the consumer.
 
 use std::borrow::Borrow;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+
+use foldhash::HashMap as FastMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
@@ -257,7 +260,7 @@ struct TypeRow {
 }
 
 /// Column name → SQL type of one table.
-type TypesOfTable = HashMap<String, String>;
+type TypesOfTable = FastMap<String, String>;
 
 /// Rows of one [`upsert_rows`] statement: (written columns in table order, kept column) and
 /// each row's values in that order.
@@ -268,7 +271,7 @@ type UpsertGroup = ((Vec<&'static Column>, Option<&'static str>), Vec<Vec<Cell>>
 /// read again on the retry.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ColumnTypes {
-    tables: Arc<Mutex<HashMap<&'static str, Arc<TypesOfTable>>>>,
+    tables: Arc<Mutex<FastMap<&'static str, Arc<TypesOfTable>>>>,
 }
 
 impl ColumnTypes {
@@ -276,7 +279,7 @@ impl ColumnTypes {
         &self,
         conn: &mut AsyncPgConnection,
         table: &'static str,
-    ) -> Result<Arc<HashMap<String, String>>, diesel::result::Error> {
+    ) -> Result<Arc<TypesOfTable>, diesel::result::Error> {
         if let Some(types) = self.tables.lock().ok().and_then(|tables| tables.get(table).cloned()) {
             return Ok(types);
         }
@@ -287,7 +290,7 @@ impl ColumnTypes {
         .bind::<Text, _>(quote_ident(table))
         .load(conn)
         .await?;
-        let types = Arc::new(rows.into_iter().map(|row| (row.name, row.sql_type)).collect::<HashMap<_, _>>());
+        let types = Arc::new(rows.into_iter().map(|row| (row.name, row.sql_type)).collect::<TypesOfTable>());
         if let Ok(mut tables) = self.tables.lock() {
             tables.insert(table, types.clone());
         }
@@ -408,7 +411,8 @@ pub(crate) async fn upsert_rows(
     // Rows grouped by (written columns in table order, kept column).
     let mut groups: Vec<UpsertGroup> = Vec::new();
     // Shape (column positions, kept column) → its group.
-    let mut slots: HashMap<(Vec<usize>, Option<&'static str>), usize> = HashMap::new();
+    // Keys are column positions and names of our own: hashed with a fast hasher.
+    let mut slots: FastMap<(Vec<usize>, Option<&'static str>), usize> = FastMap::default();
     for UpsertRow { values, keep, encoded } in rows {
         let values = values.into_iter().map(|(name, value)| (name, Cell::Value(value)));
         let encoded = encoded.map(|(name, text)| (name, Cell::Encoded(text)));
@@ -422,10 +426,10 @@ pub(crate) async fn upsert_rows(
         let positions: Vec<usize> = cells.iter().map(|(position, _, _)| *position).collect();
         let (columns, values): (Vec<&'static Column>, Vec<Cell>) =
             cells.into_iter().map(|(_, column, value)| (column, value)).unzip();
-        match slots.get(&(positions.clone(), keep)) {
-            Some(&slot) => groups[slot].1.push(values),
-            None => {
-                slots.insert((positions, keep), groups.len());
+        match slots.entry((positions, keep)) {
+            Entry::Occupied(slot) => groups[*slot.get()].1.push(values),
+            Entry::Vacant(slot) => {
+                slot.insert(groups.len());
                 groups.push(((columns, keep), vec![values]));
             }
         }
@@ -452,7 +456,7 @@ fn column_position(replica: &ReplicaDescriptor, column: &Column) -> usize {
 async fn upsert_group(
     conn: &mut AsyncPgConnection,
     replica: &ReplicaDescriptor,
-    column_types: &HashMap<String, String>,
+    column_types: &TypesOfTable,
     columns: &[&'static Column],
     keep: Option<&'static str>,
     members: Vec<Vec<Cell>>,
