@@ -1,4 +1,4 @@
-//! `#[dionysus::consume(topic = "…", event = "…", in_transaction)]` on an async handler
+//! `#[dionysus::consume(topic = "…", event = "…", in_transaction, error_events)]` on an async handler
 //! function: reads the arguments (in the same style as every other macro), checks the
 //! function's shape (one error on the offending parameter, naming the accepted shapes), then
 //! keeps the function and registers a wrapper that builds its input from the context, as a
@@ -20,7 +20,7 @@ use crate::attr::{self, Attr};
 use crate::ctxt::{self, Ctxt};
 use crate::symbol::*;
 
-const KEYS: &[Symbol] = &[TOPIC, EVENT, IN_TRANSACTION];
+const KEYS: &[Symbol] = &[TOPIC, EVENT, IN_TRANSACTION, ERROR_EVENTS];
 
 /// The shapes a handler may have, as said in every signature error.
 const SHAPES: &str = "help: a consume handler is one of
@@ -36,6 +36,7 @@ struct Handler {
     topic: LitStr,
     event: LitStr,
     in_transaction: bool,
+    error_events: bool,
 }
 
 /// How the function takes its input.
@@ -78,6 +79,7 @@ fn parse(cx: &Ctxt, args: TokenStream, item: TokenStream) -> Option<Handler> {
     let mut topic = Attr::none(cx, TOPIC);
     let mut event = Attr::none(cx, EVENT);
     let mut in_transaction = Attr::none(cx, IN_TRANSACTION);
+    let mut error_events = Attr::none(cx, ERROR_EVENTS);
     let mut unknown_key = false;
     let complete = attr::each_in_args(cx, args, |meta| {
         if meta.path == TOPIC {
@@ -86,6 +88,8 @@ fn parse(cx: &Ctxt, args: TokenStream, item: TokenStream) -> Option<Handler> {
             event.set_opt(&meta.path, attr::string(cx, EVENT, &meta, r#"event = "rental_updated""#)?);
         } else if meta.path == IN_TRANSACTION {
             in_transaction.set_opt(&meta.path, attr::flag(cx, IN_TRANSACTION, &meta)?);
+        } else if meta.path == ERROR_EVENTS {
+            error_events.set_opt(&meta.path, attr::flag(cx, ERROR_EVENTS, &meta)?);
         } else {
             unknown_key = true;
             attr::unknown(cx, &meta, "`#[dionysus::consume(...)]`", KEYS)?;
@@ -105,6 +109,7 @@ fn parse(cx: &Ctxt, args: TokenStream, item: TokenStream) -> Option<Handler> {
         topic: topic?,
         event: event?,
         in_transaction: in_transaction.get().unwrap_or(false),
+        error_events: error_events.get().unwrap_or(false),
     })
 }
 
@@ -198,7 +203,7 @@ fn last_segment_is(ty: &Type, name: &str) -> bool {
 }
 
 fn expand_valid(handler: &Handler, input: &Input<'_>) -> TokenStream {
-    let Handler { function, topic, event, in_transaction } = handler;
+    let Handler { function, topic, event, in_transaction, error_events } = handler;
     let name = &function.sig.ident;
     let name_str = name.to_string();
     let output_span = match &function.sig.output {
@@ -207,7 +212,7 @@ fn expand_valid(handler: &Handler, input: &Input<'_>) -> TokenStream {
     };
     // The output check is spanned on the return type, so a wrong one is reported there.
     let finish = |call: TokenStream| {
-        let convert = quote_spanned! {output_span=> __d::HandlerOutput::into_handler_result(output)};
+        let convert = quote_spanned! {output_span=> __d::HandlerOutput::into_handler_result(output, &mut *ctx)};
         quote! {{
             let output = #call.await;
             #convert
@@ -252,6 +257,7 @@ fn expand_valid(handler: &Handler, input: &Input<'_>) -> TokenStream {
                     event: #event,
                     handler: __dionysus_handler,
                     in_transaction: #in_transaction,
+                    error_events: #error_events,
                     declared_by: ::core::concat!(::core::module_path!(), "::", #name_str),
                     location: ::core::concat!(::core::file!(), ":", ::core::line!()),
                 })

@@ -44,6 +44,7 @@ pub(crate) const FROM: Symbol = Symbol("from");
 pub(crate) const SKIP: Symbol = Symbol("skip");
 pub(crate) const EVENT: Symbol = Symbol("event");
 pub(crate) const IN_TRANSACTION: Symbol = Symbol("in_transaction");
+pub(crate) const ERROR_EVENTS: Symbol = Symbol("error_events");
 // #[diesel(...)], read by every derive
 pub(crate) const DIESEL: Symbol = Symbol("diesel");
 pub(crate) const TABLE_NAME: Symbol = Symbol("table_name");

@@ -16,7 +16,8 @@
 //! `dionysus_consumer_dead_letters_total`, `dionysus_consumer_batch_seconds`,
 //! `dionysus_consumer_dead_letter_failures_total`, `dionysus_consumer_partition_stalled` (1
 //! while a partition waits on a fault), `dionysus_consumer_handler_errors_total` per handler
-//! and reason, and `dionysus_consumer_lag` per topic and partition from librdkafka's
+//! and reason, `dionysus_consumer_replies_total` and `dionysus_consumer_error_events_total`
+//! (handlers' replies and error events written to the outbox), and `dionysus_consumer_lag` per topic and partition from librdkafka's
 //! statistics).
 
 use std::path::PathBuf;
@@ -116,6 +117,18 @@ pub const METRICS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "Failures of handlers run after the commit, by handler and reason (the batch stays committed).",
+    ),
+    (
+        "dionysus_consumer_replies_total",
+        Kind::Counter,
+        Unit::Count,
+        "Replies of handlers written to the outbox (with their batch for `in_transaction` handlers).",
+    ),
+    (
+        "dionysus_consumer_error_events_total",
+        Kind::Counter,
+        Unit::Count,
+        "Error events (`event.error.<event>`) of failed handlers written to the outbox.",
     ),
     (
         "dionysus_consumer_partition_stalled",

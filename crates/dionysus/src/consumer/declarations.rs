@@ -179,6 +179,7 @@ mod tests {
             event,
             handler: nothing,
             in_transaction: false,
+            error_events: false,
             declared_by: "app::on_widget",
             location: "src/widget.rs:9",
         }

@@ -1,7 +1,8 @@
 //! Application handlers declared with `#[dionysus::consume(topic = …, event = …)]`: what a
 //! handler is given (a [`Context`]: the event, its message's coordinates and raw payload, a
 //! database connection), the typed inputs it may ask for (records deserialized into any
-//! serde type), what it may return, and the registry of every handler linked into the binary.
+//! serde type), what it may return (nothing, or [`Reply`]s to publish), and the registry of
+//! every handler linked into the binary.
 //!
 //! When a handler runs (inside the batch's transaction or after its commit) and what a
 //! failure does to the batch is the consumer's (`consumer::Consumer`); the macro's checks on
@@ -17,6 +18,7 @@ use serde_json::Value;
 
 use super::batch::InboundMessage;
 use super::events::{ConsumedEvent, LocalChange};
+use super::reply::Reply;
 use crate::consumer::replica::Record;
 
 /// What a handler is given: the event, where its message came from, its raw payload, and a
@@ -31,6 +33,7 @@ pub struct Context<'a> {
     message: &'a InboundMessage,
     conn: &'a mut AsyncPgConnection,
     in_transaction: bool,
+    replies: Vec<Reply>,
 }
 
 impl<'a> Context<'a> {
@@ -40,7 +43,7 @@ impl<'a> Context<'a> {
         conn: &'a mut AsyncPgConnection,
         in_transaction: bool,
     ) -> Context<'a> {
-        Context { event, message, conn, in_transaction }
+        Context { event, message, conn, in_transaction, replies: Vec::new() }
     }
 
     /// The event, as event-bus subscribers see it.
@@ -110,6 +113,19 @@ impl<'a> Context<'a> {
     pub fn conn(&mut self) -> &mut AsyncPgConnection {
         self.conn
     }
+
+    /// Publishes `reply` because of this event, through the outbox: for an `in_transaction`
+    /// handler in the batch's transaction (published exactly when the batch commits); for the
+    /// others in a transaction of its own right after the handler returns. Replies of a
+    /// handler that fails are dropped.
+    pub fn reply(&mut self, reply: Reply) {
+        self.replies.push(reply);
+    }
+
+    /// The replies pushed so far, taken out.
+    pub(crate) fn take_replies(&mut self) -> Vec<Reply> {
+        std::mem::take(&mut self.replies)
+    }
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -120,6 +136,7 @@ impl std::fmt::Debug for Context<'_> {
             .field("offset", &self.message.offset)
             .field("event", &self.event.event_name)
             .field("in_transaction", &self.in_transaction)
+            .field("replies", &self.replies.len())
             .finish_non_exhaustive()
     }
 }
@@ -174,6 +191,9 @@ pub struct HandlerDeclaration {
     /// Whether it runs inside the batch's transaction (`in_transaction`) rather than after
     /// the batch's commit.
     pub in_transaction: bool,
+    /// Whether its failures publish an `event.error.<event>` error event (`error_events`),
+    /// whatever the consumer's setting.
+    pub error_events: bool,
     /// Path of the function.
     pub declared_by: &'static str,
     /// `file:line`.
@@ -196,24 +216,48 @@ impl HandlerDeclaration {
     }
 }
 
-/// What a handler function may return: `Result<(), E>` where `E` converts into a boxed error
-/// (any `std::error::Error + Send + Sync`, `dionysus::Error`, `anyhow::Error`, `String`).
+/// What a handler function may return: `Result<(), E>`, or replies to publish,
+/// `Result<Reply, E>` or `Result<Vec<Reply>, E>`, where `E` converts into a boxed error (any
+/// `std::error::Error + Send + Sync`, `dionysus::Error`, `anyhow::Error`, `String`).
 #[diagnostic::on_unimplemented(
-    message = "a consume handler returns `Result<(), E>` with an error type `E`, not `{Self}`",
+    message = "a consume handler returns `Result<(), E>`, `Result<Reply, E>` or `Result<Vec<Reply>, E>`, not `{Self}`",
     label = "expected `Result<(), E>` here",
     note = "E may be `dionysus::Error`, any `std::error::Error + Send + Sync + 'static`, or `anyhow::Error`"
 )]
 pub trait HandlerOutput {
-    /// The result as the consumer sees it.
-    fn into_handler_result(self) -> Result<(), HandlerError>;
+    /// The result as the consumer sees it; what the handler returned for the consumer to do
+    /// (replies) is handed to `ctx`.
+    fn into_handler_result(self, ctx: &mut Context<'_>) -> Result<(), HandlerError>;
 }
 
 impl<E> HandlerOutput for Result<(), E>
 where
     E: Into<Box<dyn StdError + Send + Sync + 'static>>,
 {
-    fn into_handler_result(self) -> Result<(), HandlerError> {
+    fn into_handler_result(self, _ctx: &mut Context<'_>) -> Result<(), HandlerError> {
         self.map_err(|error| HandlerError::Failed(error.into()))
+    }
+}
+
+impl<E> HandlerOutput for Result<Reply, E>
+where
+    E: Into<Box<dyn StdError + Send + Sync + 'static>>,
+{
+    fn into_handler_result(self, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+        let reply = self.map_err(|error| HandlerError::Failed(error.into()))?;
+        ctx.reply(reply);
+        Ok(())
+    }
+}
+
+impl<E> HandlerOutput for Result<Vec<Reply>, E>
+where
+    E: Into<Box<dyn StdError + Send + Sync + 'static>>,
+{
+    fn into_handler_result(self, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+        let replies = self.map_err(|error| HandlerError::Failed(error.into()))?;
+        ctx.replies.extend(replies);
+        Ok(())
     }
 }
 

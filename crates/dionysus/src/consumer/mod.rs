@@ -84,6 +84,7 @@ mod fuzz;
 pub(crate) mod handler;
 mod progress;
 pub mod replica;
+pub(crate) mod reply;
 pub(crate) mod runtime;
 
 pub use apply::{BatchStep, Consumer, ConsumerBuilder, ConsumerError, Health, Subscriber};
@@ -93,4 +94,5 @@ pub(crate) use declarations::handler_warnings;
 pub use events::{ConsumedEvent, LocalChange, MessageFilter, Notification};
 pub use handler::{handlers, Context, HandlerDeclaration, HandlerError};
 pub use replica::sql::stored_offsets;
+pub use reply::{Reply, ReplyError, ERROR_EVENT_MODEL, ERROR_EVENT_PREFIX};
 pub use runtime::DeadLetterHeaders;

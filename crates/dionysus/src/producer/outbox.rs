@@ -55,8 +55,8 @@ use serde_json::{Map, Value};
 use diesel::result::QueryResult;
 
 use super::publishable::{partition_key, Publishable};
-use super::seal;
-pub use super::seal::SealError;
+use crate::seal;
+pub use crate::seal::SealError;
 use super::suppress;
 pub use super::suppress::Suppress;
 use crate::config::{EncryptionKey, EncryptionKeys, ProducerConfig};

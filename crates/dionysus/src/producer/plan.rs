@@ -110,7 +110,7 @@ pub enum PlanError {
     NoGenesisReplica(String),
     /// A sealed row could not be opened (a missing or wrong key): it is not published.
     #[error(transparent)]
-    Sealed(#[from] super::seal::SealError),
+    Sealed(#[from] crate::seal::SealError),
     /// Loading the rows' records failed (the whole batch is retried).
     #[error("loading {model} records {ids:?}")]
     LoadRecords {
@@ -282,7 +282,7 @@ fn composed_messages(
         return Err(PlanError::UnknownTopic(row.topic.clone()));
     };
     let value = match &composed.encryption_key_id {
-        Some(key_id) => super::seal::open(&config.outbox_encryption_keys, key_id, &composed.value)?,
+        Some(key_id) => crate::seal::open(&config.outbox_encryption_keys, key_id, &composed.value)?,
         None => composed.value.clone().into_bytes(),
     };
     let payload = match (value.as_slice(), declaration.tombstone) {

@@ -72,6 +72,10 @@ impl EventKind {
     /// *ending with* `created`, `updated` or `destroyed` counts as that event, so
     /// `rental_recreated` is a creation; anything else (`rental_completed`) is `None`.
     pub fn classify(event_name: &str) -> Option<EventKind> {
+        // An error event (`event.error.rental_updated`) reports a failure; it changes nothing.
+        if event_name.starts_with("event.error.") {
+            return None;
+        }
         [EventKind::Created, EventKind::Updated, EventKind::Destroyed]
             .into_iter()
             .find(|kind| event_name.ends_with(kind.as_str()))
