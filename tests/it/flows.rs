@@ -7,10 +7,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
 use dionysus::__internals::consumer::InboundMessage;
 use dionysus::relay::Relay;
-use dionysus::{Context, Registry, Reply};
+use dionysus::{Context, Registry, Reply, Topic};
 use dionysus_tests::{kafka_config, unique_name};
 use futures_util::StreamExt;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
@@ -53,6 +53,7 @@ struct RentalIn {
 
 /// The outbox rows as (event name, topic, key, value).
 async fn outbox(conn: &mut AsyncPgConnection) -> Vec<(String, String, String, Value)> {
+    use diesel_async::RunQueryDsl;
     #[derive(diesel::QueryableByName)]
     struct Row {
         #[diesel(sql_type = diesel::sql_types::Text)]
@@ -102,7 +103,10 @@ async fn a_reply_commits_with_its_batch_and_rolls_back_with_it() {
         rows.iter().map(|(event, topic, key, _)| (event.as_str(), topic.as_str(), key.as_str())).collect();
     assert_eq!(summary, [("rental.priced", REPLIES, "Rental:1"), ("rental.priced", REPLIES, "Rental:3")]);
     let value = &rows[0].3;
-    assert_eq!(value["message"][0], json!({"event": "rental.priced", "model_name": "Rental", "data": [{"id": 1, "price": 42}]}));
+    assert_eq!(
+        value["message"][0],
+        json!({"event": "rental.priced", "model_name": "Rental", "data": [{"id": 1, "price": 42}]})
+    );
     assert_eq!(
         value["meta"],
         json!({"cause": {"topic": TOPIC, "partition": 1, "offset": 0, "event": "rental_priced_updated", "key": "Rental:1"},
@@ -179,7 +183,10 @@ async fn an_in_transaction_failure_writes_an_error_event_with_its_cause() {
     let rows = outbox(&mut conn).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     let (event, topic, key, value) = &rows[0];
-    assert_eq!((event.as_str(), topic.as_str(), key.as_str()), ("event.error.rental_faulty_updated", TOPIC, "Rental:9"));
+    assert_eq!(
+        (event.as_str(), topic.as_str(), key.as_str()),
+        ("event.error.rental_faulty_updated", TOPIC, "Rental:9")
+    );
     let record = &value["message"][0]["data"][0];
     assert_eq!(value["message"][0]["model_name"], dionysus::consumer::ERROR_EVENT_MODEL);
     assert_eq!(record["error"]["reason"], "handler_failed");
@@ -213,13 +220,18 @@ async fn after_commit_handlers_reply_and_report_failures() {
     let db = replica_db().await;
     let (consumer, _) = consumer(&db, |b| b.handlers(true).error_events(true).error_events_topic(REPLIES));
     consumer
-        .process_batch(&[rental_event(0, "rental_late_updated", 1, "fine"), rental_event(1, "rental_late_updated", 2, "refuse")])
+        .process_batch(&[
+            rental_event(0, "rental_late_updated", 1, "fine"),
+            rental_event(1, "rental_late_updated", 2, "refuse"),
+        ])
         .await
         .unwrap();
     let mut conn = db.connection().await;
     let rows = outbox(&mut conn).await;
-    let summary: Vec<(&str, &str, &Value)> =
-        rows.iter().map(|(event, topic, _, value)| (event.as_str(), topic.as_str(), &value["message"][0]["model_name"])).collect();
+    let summary: Vec<(&str, &str, &Value)> = rows
+        .iter()
+        .map(|(event, topic, _, value)| (event.as_str(), topic.as_str(), &value["message"][0]["model_name"]))
+        .collect();
     assert_eq!(
         summary,
         [
@@ -272,12 +284,15 @@ async fn a_reply_reaches_the_broker_once() {
     let mut config = dionysus::Config::default();
     config.database_url = db.url.clone();
     config.kafka = kafka.clone();
-    let relay = Relay::builder(config).registry(Registry::global()).worker_prefix(unique_name("w")).build().unwrap();
+    // The relay of a service that declares the reply topic.
+    let registry = Registry::new([<FlowReplies as Topic>::DECLARATION, <Flows as Topic>::DECLARATION], []);
+    let relay = Relay::builder(config).registry(registry).worker_prefix(unique_name("w")).build().unwrap();
     let report = relay.drain().await.unwrap();
     assert_eq!(report.published, 1, "{report:?}");
     relay.drain().await.unwrap();
 
-    let reader: StreamConsumer = dionysus_tests::consumer_config(&kafka, &unique_name("reply_reader")).create().unwrap();
+    let reader: StreamConsumer =
+        dionysus_tests::consumer_config(&kafka, &unique_name("reply_reader")).create().unwrap();
     reader.subscribe(&[REPLIES]).unwrap();
     let key = format!("Rental:{id}");
     let mut stream = reader.stream();

@@ -34,8 +34,8 @@ pub mod kafka;
 pub mod migrate;
 mod producer;
 pub mod registry;
-mod seal;
 mod schema;
+mod seal;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

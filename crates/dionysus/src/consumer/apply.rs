@@ -99,8 +99,6 @@ pub enum ConsumerError {
         offset: i64,
         /// The event's name.
         event: String,
-        /// The event's model name.
-        model_name: String,
         /// What went wrong.
         #[source]
         source: HandlerError,
@@ -822,7 +820,13 @@ impl Consumer {
                         Verdict::Transient => true,
                         Verdict::Rejected if messages.len() == 1 => {
                             return self
-                                .reject(&messages[0], dead_letter, "database_rejected", Report(source).to_string(), None)
+                                .reject(
+                                    &messages[0],
+                                    dead_letter,
+                                    "database_rejected",
+                                    Report(source).to_string(),
+                                    None,
+                                )
                                 .await;
                         }
                         Verdict::Undetermined if messages.len() == 1 => {
@@ -831,7 +835,13 @@ impl Consumer {
                                 true
                             } else if undetermined >= REJECTION_CONFIRMATIONS {
                                 return self
-                                    .reject(&messages[0], dead_letter, "database_rejected", Report(source).to_string(), None)
+                                    .reject(
+                                        &messages[0],
+                                        dead_letter,
+                                        "database_rejected",
+                                        Report(source).to_string(),
+                                        None,
+                                    )
                                     .await;
                             } else {
                                 tracing::warn!(error = %Report(&error), undetermined, "message failed alone; trying it again before dead-lettering it");
@@ -850,10 +860,11 @@ impl Consumer {
                 {
                     true
                 }
-                ConsumerError::Handler { source, handler, event, model_name, .. } if messages.len() == 1 => {
+                ConsumerError::Handler { source, handler, event, .. } if messages.len() == 1 => {
                     let message = &messages[0];
                     let text = Report(source).to_string();
-                    let cause = Cause { message, event, model_name };
+                    let model_name = reply::model_of(message, event);
+                    let cause = Cause { message, event, model_name: &model_name };
                     let declaration = self.inner.in_transaction.iter().copied().find(|declaration| {
                         declaration.declared_by == *handler && declaration.matches(&message.topic, event)
                     });
@@ -861,7 +872,9 @@ impl Consumer {
                     let error_event = self.error_event(declaration, cause, failure)?;
                     return self.reject(message, dead_letter, source.reason(), text, error_event).await;
                 }
-                ConsumerError::Reply { source, .. } if source.database().is_some_and(|e| verdict(e) == Verdict::Transient) => {
+                ConsumerError::Reply { source, .. }
+                    if source.database().is_some_and(|e| verdict(e) == Verdict::Transient) =>
+                {
                     true
                 }
                 ConsumerError::Handler { handler, .. } => {
@@ -1044,7 +1057,6 @@ impl Consumer {
                     partition: event.partition,
                     offset: event.offset,
                     event: event.event_name.clone(),
-                    model_name: event.model_name.clone(),
                     source,
                 })?;
                 let replies = ctx.take_replies();
@@ -1056,18 +1068,16 @@ impl Consumer {
         }
         if let Some(message) = last {
             let count = rows.len();
-            reply::write(conn, &self.inner.config.producer, rows).await.map_err(|source| reply_error(message, source))?;
+            reply::write(conn, &self.inner.config.producer, rows)
+                .await
+                .map_err(|source| reply_error(message, source))?;
             metrics::counter!("dionysus_consumer_replies_total").increment(count as u64);
         }
         Ok(())
     }
 
     /// The outbox rows of a handler's replies to `cause`.
-    fn reply_rows(
-        &self,
-        cause: Cause<'_>,
-        replies: Vec<reply::Reply>,
-    ) -> Result<Vec<ComposedRow>, ConsumerError> {
+    fn reply_rows(&self, cause: Cause<'_>, replies: Vec<reply::Reply>) -> Result<Vec<ComposedRow>, ConsumerError> {
         let registry = self.inner.registry.as_deref().unwrap_or_else(|| Registry::global());
         replies
             .into_iter()
@@ -1139,7 +1149,8 @@ impl Consumer {
                         metrics::counter!("dionysus_consumer_handler_errors_total", "handler" => declaration.declared_by, "reason" => error.reason()).increment(1);
                         tracing::error!(handler = declaration.declared_by, topic = %event.topic, partition = event.partition, offset = event.offset, event = %event.event_name, error = %Report(error), "consume handler failed");
                         let text = Report(error).to_string();
-                        let failure = Failure { handler: declaration.declared_by, reason: error.reason(), error: &text };
+                        let failure =
+                            Failure { handler: declaration.declared_by, reason: error.reason(), error: &text };
                         self.error_event(Some(declaration), cause, failure).map(|row| row.into_iter().collect())
                     }
                 };
@@ -1150,7 +1161,9 @@ impl Consumer {
                     Err(error) => Err(error),
                 };
                 match (&written, &result) {
-                    (Ok(count), Ok(())) => metrics::counter!("dionysus_consumer_replies_total").increment(*count as u64),
+                    (Ok(count), Ok(())) => {
+                        metrics::counter!("dionysus_consumer_replies_total").increment(*count as u64)
+                    }
                     (Ok(count), Err(_)) => {
                         metrics::counter!("dionysus_consumer_error_events_total").increment(*count as u64);
                     }

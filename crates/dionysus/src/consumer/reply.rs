@@ -217,6 +217,21 @@ impl<'a> Cause<'a> {
     }
 }
 
+/// The model name of the first event named `event` in `message`'s value (empty when it has
+/// none).
+pub(crate) fn model_of(message: &InboundMessage, event: &str) -> String {
+    let value: Option<Value> = message.payload.as_deref().and_then(|bytes| serde_json::from_slice(bytes).ok());
+    value
+        .as_ref()
+        .and_then(|value| value.get("message"))
+        .and_then(Value::as_array)
+        .and_then(|events| events.iter().find(|entry| entry.get("event").and_then(Value::as_str) == Some(event)))
+        .and_then(|entry| entry.get("model_name"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A message value with the envelope's `message` and our `meta`.
 #[derive(Serialize)]
 struct ComposedValue<'a> {
@@ -319,8 +334,11 @@ fn composed_row(
         message: [Event { event: event.clone(), model_name: model_name.clone(), data: Value::Array(vec![data]) }],
         meta: &meta,
     };
-    let value = envelope::to_json(&value)
-        .map_err(|source| ReplyError::Encode { event: event.clone(), topic: topic.clone(), source })?;
+    let value = envelope::to_json(&value).map_err(|source| ReplyError::Encode {
+        event: event.clone(),
+        topic: topic.clone(),
+        source,
+    })?;
     Ok(ComposedRow {
         resource_class: model_name,
         resource_id: key.clone(),
