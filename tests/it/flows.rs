@@ -308,3 +308,85 @@ async fn a_reply_reaches_the_broker_once() {
     assert_eq!(seen[0]["message"][0]["data"][0], json!({"id": id, "offset": 0}));
     assert_eq!(seen[0]["meta"]["cause"]["key"], key);
 }
+
+/// Each stage of a message has its span: `dionysus.decode` and `dionysus.handle` (naming the
+/// handler) in the consumer, `dionysus.encode` and `dionysus.publish` in the relay.
+///
+/// Tracing caches per callsite whether anyone listens, and other tests of this binary hit the
+/// same callsites concurrently with no subscriber on their thread; so the assertions run in a
+/// child process of this binary where this test runs alone.
+#[test]
+fn the_stages_of_a_message_have_spans() {
+    const CHILD: &str = "DIONYSUS_TEST_FLOW_SPANS_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        runtime.block_on(stage_spans());
+        return;
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["flows::the_stages_of_a_message_have_spans", "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "child failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+async fn stage_spans() {
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// Each new span: its name and its fields as text.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<(String, String)>>>);
+    struct Fields<'a>(&'a mut String);
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!("{}={value:?} ", field.name()));
+        }
+    }
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_new_span(
+            &self,
+            attributes: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let mut fields = String::new();
+            attributes.record(&mut Fields(&mut fields));
+            self.0.lock().unwrap().push((attributes.metadata().name().to_owned(), fields));
+        }
+    }
+    let capture = Capture::default();
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(capture.clone())).unwrap();
+
+    let db = replica_db().await;
+    let kafka = kafka_config();
+    let spec = dionysus::kafka::TopicSpec { name: REPLIES.to_owned(), partitions: 1, replication_factor: 1 };
+    dionysus::kafka::create_topics(&kafka, &[spec]).await.unwrap();
+    let (consumer, _) = consumer(&db, |b| b.handlers(true));
+    consumer.process_batch(&[rental_event(0, "rental_echoed_updated", 5, "echo")]).await.unwrap();
+    let mut config = dionysus::Config::default();
+    config.database_url = db.url.clone();
+    config.kafka = kafka;
+    let registry = Registry::new([<FlowReplies as Topic>::DECLARATION, <Flows as Topic>::DECLARATION], []);
+    let relay = Relay::builder(config).registry(registry).worker_prefix(unique_name("w")).build().unwrap();
+    assert_eq!(relay.drain().await.unwrap().published, 1);
+
+    let spans = capture.0.lock().unwrap().clone();
+    let named = |name: &str| {
+        spans.iter().filter(|(span, _)| span == name).map(|(_, fields)| fields.clone()).collect::<Vec<_>>()
+    };
+    let decode = named("dionysus.decode");
+    assert!(decode.iter().any(|fields| fields.contains("messages=1")), "{spans:?}");
+    let handle = named("dionysus.handle");
+    assert!(handle.iter().any(|fields| fields.contains("flows::echo") && fields.contains("offset=0")), "{spans:?}");
+    let encode = named("dionysus.encode");
+    assert!(encode.iter().any(|fields| fields.contains("rows=1")), "{spans:?}");
+    let publish = named("dionysus.publish");
+    assert!(publish.iter().any(|fields| fields.contains(REPLIES)), "{spans:?}");
+}

@@ -746,7 +746,11 @@ impl Consumer {
                 return Ok(BatchOutcome { already_applied, next_offset: stored, ..BatchOutcome::default() });
             };
             let next_offset = last.offset + 1;
-            let mut prepared: PreparedBatch = self.inner.rules.prepare(&fresh);
+            let decoding = Instant::now();
+            let mut prepared: PreparedBatch =
+                tracing::debug_span!("dionysus.decode", %topic, partition, messages = fresh.len())
+                    .in_scope(|| self.inner.rules.prepare(&fresh));
+            metrics::histogram!("dionysus_consumer_decode_seconds").record(decoding.elapsed().as_secs_f64());
             for dead in &prepared.dead_letters {
                 tracing::warn!(%topic, partition, offset = dead.message.offset, reason = dead.reason, error = %dead.error, "message sent to the dead-letter topic");
                 dead_letter(dead).await?;
@@ -1048,7 +1052,7 @@ impl Consumer {
             for declaration in self.inner.in_transaction.iter().filter(|h| h.matches(&event.topic, &event.event_name)) {
                 let Some(message) = message_of(messages, event) else { continue };
                 let mut ctx = Context::new(event, message, conn, true);
-                let result = (declaration.handler)(&mut ctx).await;
+                let result = handle(declaration, &mut ctx).await;
                 #[cfg(feature = "testing")]
                 super::calls::record(declaration, event, result.as_ref().map(|_| ()));
                 result.map_err(|source| ConsumerError::Handler {
@@ -1136,7 +1140,7 @@ impl Consumer {
                     },
                 };
                 let mut ctx = Context::new(event, message, conn, false);
-                let result = (declaration.handler)(&mut ctx).await;
+                let result = handle(declaration, &mut ctx).await;
                 let replies = ctx.take_replies();
                 #[cfg(feature = "testing")]
                 super::calls::record(declaration, event, result.as_ref().map(|_| ()));
@@ -1200,6 +1204,25 @@ impl Consumer {
 }
 
 /// The message an event came from (a batch's messages are in ascending offsets).
+/// Calls a handler in a `dionysus.handle` span, timed in `dionysus_consumer_handle_seconds`.
+async fn handle(declaration: &HandlerDeclaration, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+    use tracing::Instrument as _;
+    let span = tracing::debug_span!(
+        "dionysus.handle",
+        handler = declaration.declared_by,
+        topic = %ctx.topic(),
+        partition = ctx.partition(),
+        offset = ctx.offset(),
+        event = %ctx.event_name(),
+        in_transaction = declaration.in_transaction,
+    );
+    let started = Instant::now();
+    let result = (declaration.handler)(ctx).instrument(span).await;
+    metrics::histogram!("dionysus_consumer_handle_seconds", "handler" => declaration.declared_by)
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
 /// Why storing the offset past a rejected message failed.
 enum Skip {
     Database(diesel::result::Error),

@@ -128,8 +128,25 @@ pub enum PlanError {
 }
 
 /// Plans every row of a batch: loads the records of each model in one query, the sideloads
-/// of each dependency in one query, and builds the messages of each row in order.
+/// of each dependency in one query, and builds the messages of each row in order. Runs in a
+/// `dionysus.encode` span, timed in `dionysus_relay_encode_seconds`.
 pub async fn plan_rows(
+    conn: &mut AsyncPgConnection,
+    registry: &Registry,
+    config: &ProducerConfig,
+    rows: &[RowRef],
+) -> Result<Vec<RowPlan>, PlanError> {
+    use tracing::Instrument as _;
+    let started = std::time::Instant::now();
+    let plans = plan_rows_untimed(conn, registry, config, rows)
+        .instrument(tracing::debug_span!("dionysus.encode", rows = rows.len()))
+        .await;
+    metrics::histogram!("dionysus_relay_encode_seconds").record(started.elapsed().as_secs_f64());
+    plans
+}
+
+/// [`plan_rows`] without its span and timing.
+async fn plan_rows_untimed(
     conn: &mut AsyncPgConnection,
     registry: &Registry,
     config: &ProducerConfig,
