@@ -48,6 +48,10 @@
 //!   messages of it wait.
 //! * After the commit, event-bus subscribers and `#[dionysus::consume]` handlers are told
 //!   what changed (C-19).
+//! * Handlers may publish [`Reply`]s, and their failures `event.error.<event>` error events
+//!   ([`ConsumerBuilder::error_events`]): outbox rows of this service, written in the batch's
+//!   transaction for `in_transaction` handlers, so a reply is published exactly when its
+//!   cause was consumed (`reply`).
 //!
 //! Where we differ from dionysus-rb behind the wire (documented choices):
 //!
