@@ -4,7 +4,7 @@
 //! the layers below and have no cycle, and within a folder no file may import a file that
 //! imports it back.
 //!
-//! Layers, bottom up: `wire` and `config` (nothing of the crate), then `schema`, `db`,
+//! Layers, bottom up: `wire` and `config` (nothing of the crate), `seal` (config only), then `schema`, `db`,
 //! `telemetry`, `registry`, `handle`, `migrate`, `kafka`, then `producer` and `consumer`
 //! (never each other), then `checkpoint` (over the consumer), then `error`, then `http` (the
 //! events API and console), then `cli` and
@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 const ALLOWED: &[(&str, &[&str])] = &[
     ("wire", &[]),
     ("config", &[]),
+    ("seal", &["config"]),
     ("schema", &[]),
     ("telemetry", &[]),
     ("db", &["config"]),
@@ -24,9 +25,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("handle", &["config", "registry"]),
     ("migrate", &["config", "db"]),
     ("kafka", &["wire", "config", "registry"]),
-    ("producer", &["wire", "config", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
-    ("consumer", &["wire", "config", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
-    ("checkpoint", &["wire", "config", "schema", "db", "telemetry", "registry", "consumer"]),
+    ("producer", &["wire", "config", "seal", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
+    ("consumer", &["wire", "config", "seal", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
+    ("checkpoint", &["wire", "config", "seal", "schema", "db", "telemetry", "registry", "consumer"]),
     (
         "error",
         &["wire", "config", "db", "telemetry", "registry", "migrate", "kafka", "producer", "consumer", "checkpoint"],

@@ -20,6 +20,7 @@ mod consumer_vectors;
 #[allow(clippy::duplicate_mod)]
 #[path = "consumer_vectors.rs"]
 mod consumer_vectors_blind;
+mod flows;
 mod genesis;
 mod hostile;
 mod http;

@@ -1,5 +1,5 @@
-//! `#[dionysus::consume(topic = "…", event = "…", in_transaction)]` (or `checkpoint`, with
-//! an optional `on_failure = "record"`) on an async handler
+//! `#[dionysus::consume(topic = "…", event = "…", in_transaction, error_events)]` (or
+//! `checkpoint`, with an optional `on_failure = "record"`) on an async handler
 //! function: reads the arguments (in the same style as every other macro), checks the
 //! function's shape (one error on the offending parameter, naming the accepted shapes), then
 //! keeps the function and registers a wrapper that builds its input from the context, as a
@@ -21,7 +21,7 @@ use crate::attr::{self, Attr};
 use crate::ctxt::{self, Ctxt};
 use crate::symbol::*;
 
-const KEYS: &[Symbol] = &[TOPIC, EVENT, IN_TRANSACTION, CHECKPOINT, ON_FAILURE];
+const KEYS: &[Symbol] = &[TOPIC, EVENT, IN_TRANSACTION, CHECKPOINT, ON_FAILURE, ERROR_EVENTS];
 
 /// The failure policies `on_failure` accepts, and the variant each names.
 const POLICIES: &[(&str, &str)] = &[("block", "Block"), ("dead_letter", "DeadLetter"), ("record", "Record")];
@@ -43,6 +43,7 @@ struct Handler {
     checkpoint: bool,
     /// The variant of `FailurePolicy` named by `on_failure`.
     on_failure: Option<syn::Ident>,
+    error_events: bool,
 }
 
 /// How the function takes its input.
@@ -87,6 +88,7 @@ fn parse(cx: &Ctxt, args: TokenStream, item: TokenStream) -> Option<Handler> {
     let mut in_transaction = Attr::none(cx, IN_TRANSACTION);
     let mut checkpoint = Attr::none(cx, CHECKPOINT);
     let mut on_failure = Attr::none(cx, ON_FAILURE);
+    let mut error_events = Attr::none(cx, ERROR_EVENTS);
     let mut unknown_key = false;
     let complete = attr::each_in_args(cx, args, |meta| {
         if meta.path == TOPIC {
@@ -109,6 +111,8 @@ fn parse(cx: &Ctxt, args: TokenStream, item: TokenStream) -> Option<Handler> {
                     ),
                 ),
             }
+        } else if meta.path == ERROR_EVENTS {
+            error_events.set_opt(&meta.path, attr::flag(cx, ERROR_EVENTS, &meta)?);
         } else {
             unknown_key = true;
             attr::unknown(cx, &meta, "`#[dionysus::consume(...)]`", KEYS)?;
@@ -138,6 +142,7 @@ fn parse(cx: &Ctxt, args: TokenStream, item: TokenStream) -> Option<Handler> {
         in_transaction: in_transaction.get().unwrap_or(false) || checkpoint,
         checkpoint,
         on_failure,
+        error_events: error_events.get().unwrap_or(false),
     })
 }
 
@@ -231,7 +236,7 @@ fn last_segment_is(ty: &Type, name: &str) -> bool {
 }
 
 fn expand_valid(handler: &Handler, input: &Input<'_>) -> TokenStream {
-    let Handler { function, topic, event, in_transaction, checkpoint, on_failure } = handler;
+    let Handler { function, topic, event, in_transaction, checkpoint, on_failure, error_events } = handler;
     let on_failure = match on_failure {
         Some(variant) => quote! { ::core::option::Option::Some(__d::FailurePolicy::#variant) },
         None => quote! { ::core::option::Option::None },
@@ -291,6 +296,7 @@ fn expand_valid(handler: &Handler, input: &Input<'_>) -> TokenStream {
                     in_transaction: #in_transaction,
                     checkpoint: #checkpoint,
                     on_failure: #on_failure,
+                    error_events: #error_events,
                     declared_by: ::core::concat!(::core::module_path!(), "::", #name_str),
                     location: ::core::concat!(::core::file!(), ":", ::core::line!()),
                 })

@@ -46,6 +46,7 @@ pub(crate) const EVENT: Symbol = Symbol("event");
 pub(crate) const IN_TRANSACTION: Symbol = Symbol("in_transaction");
 pub(crate) const CHECKPOINT: Symbol = Symbol("checkpoint");
 pub(crate) const ON_FAILURE: Symbol = Symbol("on_failure");
+pub(crate) const ERROR_EVENTS: Symbol = Symbol("error_events");
 // #[diesel(...)], read by every derive
 pub(crate) const DIESEL: Symbol = Symbol("diesel");
 pub(crate) const TABLE_NAME: Symbol = Symbol("table_name");

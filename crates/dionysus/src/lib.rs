@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | `wire` (internal) | the format shared with dionysus-rb: envelopes, keys, event names, partition key rules, times | what is sent, and when |
 //! | [`config`] | [`Config`]: every setting, its default and its environment variable | who reads which setting |
+//! | `seal` (internal) | encryption at rest of what outbox rows carry (both halves write such rows) | which rows are sealed |
 //! | [`Dionysus`] | the handle: one configuration and one registry, from which every part is built | the parts themselves |
 //! | [`registry`] | the declarations the macros collect, and their consistency ([`Registry::validate`]) | the broker and the database |
 //! | [`outbox`], [`relay`], [`genesis`], [`respond`], [`serialize`] | the producing half: [`Publishable`], the outbox writer, message planning, the relay, genesis | consuming |
@@ -39,13 +40,14 @@ pub mod migrate;
 mod producer;
 pub mod registry;
 mod schema;
+mod seal;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod wire;
 
 pub use config::Config;
-pub use consumer::Context;
+pub use consumer::{Context, Reply};
 pub use error::{Error, Result};
 pub use handle::{AlreadyInstalled, Dionysus};
 pub use migrate::{copy_migrations, migrate};
@@ -286,7 +288,7 @@ pub mod prelude {
     #[doc(no_inline)]
     pub use crate::config::Config;
     #[doc(no_inline)]
-    pub use crate::consumer::{ConsumedEvent, Consumer, Context};
+    pub use crate::consumer::{ConsumedEvent, Consumer, Context, Reply};
     #[doc(no_inline)]
     pub use crate::registry::{Registry, Topic};
     #[doc(no_inline)]

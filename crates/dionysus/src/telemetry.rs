@@ -16,8 +16,17 @@
 //! `dionysus_consumer_dead_letters_total`, `dionysus_consumer_batch_seconds`,
 //! `dionysus_consumer_dead_letter_failures_total`, `dionysus_consumer_partition_stalled` (1
 //! while a partition waits on a fault), `dionysus_consumer_handler_errors_total` per handler
-//! and reason, and `dionysus_consumer_lag` per topic and partition from librdkafka's
-//! statistics); `dionysus_checkpoint_*` from checkpointed handlers.
+//! and reason, `dionysus_consumer_replies_total` and `dionysus_consumer_error_events_total`
+//! (handlers' replies and error events written to the outbox), and `dionysus_consumer_lag`
+//! per topic and partition from librdkafka's statistics); `dionysus_checkpoint_*` from
+//! checkpointed handlers.
+//!
+//! The four stages of a message have a `tracing` span (at debug level) and a histogram each:
+//! `dionysus.decode` (`dionysus_consumer_decode_seconds`, a batch's messages decoded and
+//! checked), `dionysus.handle` (`dionysus_consumer_handle_seconds`, one handler call, by
+//! handler), `dionysus.encode` (`dionysus_relay_encode_seconds`, a relay batch's rows loaded,
+//! serialized and encoded) and `dionysus.publish` (`dionysus_relay_publish_seconds`, one
+//! row's messages handed to the producer).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -111,6 +120,18 @@ pub const METRICS: &[(&str, Kind, Unit, &str)] = &[
     ("dionysus_outbox_skipped_total", Kind::Counter, Unit::Count, "Outbox rows settled without a message, by reason."),
     ("dionysus_relay_batch_seconds", Kind::Histogram, Unit::Seconds, "Time the relay took per outbox batch."),
     (
+        "dionysus_relay_encode_seconds",
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time the relay took to load, serialize and encode a batch's rows (span `dionysus.encode`).",
+    ),
+    (
+        "dionysus_relay_publish_seconds",
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time the relay took to hand one row's messages to the producer (span `dionysus.publish`).",
+    ),
+    (
         "dionysus_relay_redelivered_behind_failure_total",
         Kind::Counter,
         Unit::Count,
@@ -130,6 +151,18 @@ pub const METRICS: &[(&str, Kind, Unit, &str)] = &[
     ),
     ("dionysus_consumer_batch_seconds", Kind::Histogram, Unit::Seconds, "Time the consumer took per applied batch."),
     (
+        "dionysus_consumer_decode_seconds",
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time the consumer took to decode and check a batch's messages (span `dionysus.decode`).",
+    ),
+    (
+        "dionysus_consumer_handle_seconds",
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time a handler took per event, by handler (span `dionysus.handle`).",
+    ),
+    (
         "dionysus_consumer_dead_letter_failures_total",
         Kind::Counter,
         Unit::Count,
@@ -140,6 +173,18 @@ pub const METRICS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "Failures of handlers run after the commit, by handler and reason (the batch stays committed).",
+    ),
+    (
+        "dionysus_consumer_replies_total",
+        Kind::Counter,
+        Unit::Count,
+        "Replies of handlers written to the outbox (with their batch for `in_transaction` handlers).",
+    ),
+    (
+        "dionysus_consumer_error_events_total",
+        Kind::Counter,
+        Unit::Count,
+        "Error events (`event.error.<event>`) of failed handlers written to the outbox.",
     ),
     (
         "dionysus_consumer_partition_stalled",

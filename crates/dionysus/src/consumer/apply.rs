@@ -20,6 +20,7 @@ type Transactions = <AsyncPgConnection as AsyncConnection>::TransactionManager;
 use super::batch::{DeadLetter, InboundMessage, PreparedBatch, Rules, UnknownModel};
 use super::events::{ConsumedEvent, MessageFilter, Notification};
 use super::handler::{handlers, Context, FailurePolicy, HandlerDeclaration, HandlerError};
+use super::reply::{self, Cause, ComposedRow, Failure, ReplyError};
 use super::{batch, checkpoint, declarations, handler, progress, replica};
 
 use crate::config::Config;
@@ -96,6 +97,8 @@ pub enum ConsumerError {
         partition: i32,
         /// Offset of the message.
         offset: i64,
+        /// The event's name.
+        event: String,
         /// What went wrong.
         #[source]
         source: HandlerError,
@@ -115,6 +118,28 @@ pub enum ConsumerError {
         /// What went wrong.
         #[source]
         source: HandlerError,
+    },
+    /// The replies or error events of a batch could not be written (an undeclared reply
+    /// topic, the database): the batch was rolled back and waits; nothing is dead-lettered.
+    #[error("writing the replies or error events of {topic}/{partition}@{offset}")]
+    Reply {
+        /// Topic of the message.
+        topic: String,
+        /// Partition of the message.
+        partition: i32,
+        /// Offset of the message.
+        offset: i64,
+        /// What went wrong.
+        #[source]
+        source: ReplyError,
+    },
+    /// The topic given to [`ConsumerBuilder::error_events_topic`] is not declared.
+    #[error("error events go to `{topic}`, which is not a declared topic; declared: {known}")]
+    ErrorEventsTopic {
+        /// The topic given.
+        topic: String,
+        /// The declared topics.
+        known: String,
     },
     /// The consumer was built without topics to read.
     #[error("no topics to consume: declare a replica model with #[derive(Consume)] or add topics to the builder")]
@@ -291,6 +316,9 @@ pub struct ConsumerBuilder {
     serve: Option<std::net::SocketAddr>,
     health_file: Option<std::path::PathBuf>,
     registry: Option<Arc<Registry>>,
+    error_events: bool,
+    error_events_topic: Option<String>,
+    replies: bool,
 }
 
 impl ConsumerBuilder {
@@ -400,6 +428,30 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Whether a handler's failure publishes an error event, `event.error.<event name>`, for
+    /// every handler (default: false; a handler can opt in alone with `error_events`). The
+    /// error event carries the error, the cause's value and `meta`, and goes through the
+    /// outbox: for an `in_transaction` handler in the transaction that stores the offset
+    /// past the message (which also goes to the dead-letter topic), for the others right
+    /// after the handler fails. See [`Reply`](super::Reply) for the wire shape.
+    pub fn error_events(mut self, on: bool) -> Self {
+        self.error_events = on;
+        self
+    }
+
+    /// The topic error events go to (a declared topic; default: the cause's topic).
+    pub fn error_events_topic(mut self, topic: impl Into<String>) -> Self {
+        self.error_events_topic = Some(topic.into());
+        self
+    }
+
+    /// Whether handlers' replies and error events are written (default: true). Off, they
+    /// are dropped (a replay that must not publish again).
+    pub fn replies(mut self, on: bool) -> Self {
+        self.replies = on;
+        self
+    }
+
     #[doc(hidden)]
     pub fn after_db_commit(mut self, hook: impl Fn(&str, i32, i64) -> AfterCommit + Send + Sync + 'static) -> Self {
         self.after_commit = Some(Arc::new(hook));
@@ -428,6 +480,12 @@ impl ConsumerBuilder {
         let replicas = declared.configured(&self.config.consumer, &topics)?;
         let registry: &Registry = self.registry.as_deref().unwrap_or_else(|| Registry::global());
         declarations::registry_problems(registry, &topics)?;
+        if let Some(topic) = self.error_events_topic.as_deref().filter(|topic| registry.resolve(topic).is_none()) {
+            return Err(ConsumerError::ErrorEventsTopic {
+                topic: topic.to_owned(),
+                known: registry.topic_names().join(", "),
+            });
+        }
         let consumed_handlers = handlers().filter(|handler| self.handlers && topics.iter().any(|t| t == handler.topic));
         let declared_replicas: Vec<_> = declared.iter().collect();
         for warning in declarations::handler_warnings(registry, &declared_replicas, consumed_handlers) {
@@ -469,6 +527,10 @@ impl ConsumerBuilder {
                 #[cfg(feature = "metrics")]
                 serve: self.serve,
                 health_file: self.health_file,
+                registry: self.registry,
+                error_events: self.error_events,
+                error_events_topic: self.error_events_topic,
+                replies: self.replies,
             }),
         })
     }
@@ -493,6 +555,14 @@ pub(super) struct Inner {
     #[cfg(feature = "metrics")]
     pub(super) serve: Option<std::net::SocketAddr>,
     pub(super) health_file: Option<std::path::PathBuf>,
+    /// The declarations replies are checked against (`None`: the binary's).
+    pub(super) registry: Option<Arc<Registry>>,
+    /// Error events for every handler's failures.
+    pub(super) error_events: bool,
+    /// Where error events go (`None`: the cause's topic).
+    pub(super) error_events_topic: Option<String>,
+    /// Whether replies and error events are written.
+    pub(super) replies: bool,
 }
 
 /// A consumer of replica topics. Cheap to clone.
@@ -596,6 +666,9 @@ impl Consumer {
             serve: None,
             health_file: None,
             registry: None,
+            error_events: false,
+            error_events_topic: None,
+            replies: true,
         }
     }
 
@@ -692,7 +765,11 @@ impl Consumer {
                 return Ok(BatchOutcome { already_applied, next_offset: stored, ..BatchOutcome::default() });
             };
             let next_offset = last.offset + 1;
-            let mut prepared: PreparedBatch = self.inner.rules.prepare(&fresh);
+            let decoding = Instant::now();
+            let mut prepared: PreparedBatch =
+                tracing::debug_span!("dionysus.decode", %topic, partition, messages = fresh.len())
+                    .in_scope(|| self.inner.rules.prepare(&fresh));
+            metrics::histogram!("dionysus_consumer_decode_seconds").record(decoding.elapsed().as_secs_f64());
             for dead in &prepared.dead_letters {
                 tracing::warn!(%topic, partition, offset = dead.message.offset, reason = dead.reason, error = %dead.error, "message sent to the dead-letter topic");
                 dead_letter(dead).await?;
@@ -766,7 +843,13 @@ impl Consumer {
                         Verdict::Transient => true,
                         Verdict::Rejected if messages.len() == 1 => {
                             return self
-                                .reject(&messages[0], dead_letter, "database_rejected", Report(source).to_string())
+                                .reject(
+                                    &messages[0],
+                                    dead_letter,
+                                    "database_rejected",
+                                    Report(source).to_string(),
+                                    None,
+                                )
                                 .await;
                         }
                         Verdict::Undetermined if messages.len() == 1 => {
@@ -775,7 +858,13 @@ impl Consumer {
                                 true
                             } else if undetermined >= REJECTION_CONFIRMATIONS {
                                 return self
-                                    .reject(&messages[0], dead_letter, "database_rejected", Report(source).to_string())
+                                    .reject(
+                                        &messages[0],
+                                        dead_letter,
+                                        "database_rejected",
+                                        Report(source).to_string(),
+                                        None,
+                                    )
                                     .await;
                             } else {
                                 tracing::warn!(error = %Report(&error), undetermined, "message failed alone; trying it again before dead-lettering it");
@@ -794,8 +883,22 @@ impl Consumer {
                 {
                     true
                 }
-                ConsumerError::Handler { source, .. } if messages.len() == 1 => {
-                    return self.reject(&messages[0], dead_letter, source.reason(), Report(source).to_string()).await;
+                ConsumerError::Handler { source, handler, event, .. } if messages.len() == 1 => {
+                    let message = &messages[0];
+                    let text = Report(source).to_string();
+                    let model_name = reply::model_of(message, event);
+                    let cause = Cause { message, event, model_name: &model_name };
+                    let declaration = self.inner.in_transaction.iter().copied().find(|declaration| {
+                        declaration.declared_by == *handler && declaration.matches(&message.topic, event)
+                    });
+                    let failure = Failure { handler, reason: source.reason(), error: &text };
+                    let error_event = self.error_event(declaration, cause, failure)?;
+                    return self.reject(message, dead_letter, source.reason(), text, error_event).await;
+                }
+                ConsumerError::Reply { source, .. }
+                    if source.database().is_some_and(|e| verdict(e) == Verdict::Transient) =>
+                {
+                    true
                 }
                 ConsumerError::Handler { handler, .. } => {
                     tracing::warn!(error = %Report(&error), handler, "a handler failed inside the batch's transaction; applying its messages one by one");
@@ -883,6 +986,7 @@ impl Consumer {
         dead_letter: &mut DeadLetterSink<'_>,
         reason: &'static str,
         error: String,
+        error_event: Option<ComposedRow>,
     ) -> Result<BatchOutcome, ConsumerError> {
         let dead = DeadLetter { message: message.clone(), reason, error };
         tracing::warn!(topic = %message.topic, partition = message.partition, offset = message.offset, reason, error = %dead.error, "message rejected alone; sent to the dead-letter topic");
@@ -894,19 +998,32 @@ impl Consumer {
             let stored = sql::lock_offset(&mut conn, group, &message.topic, message.partition).await?;
             if stored.is_none_or(|stored| message.offset >= stored) {
                 sql::store_offset(&mut conn, group, &message.topic, message.partition, message.offset + 1).await?;
+                // The error event commits with the offset past its cause: written once.
+                if let Some(row) = error_event {
+                    match reply::write(&mut conn, &self.inner.config.producer, vec![row]).await {
+                        Ok(count) => metrics::counter!("dionysus_consumer_error_events_total").increment(count as u64),
+                        Err(error) => {
+                            let _ = Transactions::rollback_transaction(&mut *conn).await;
+                            return Err(Skip::Reply(error));
+                        }
+                    }
+                }
             }
             Transactions::commit_transaction(&mut *conn).await?;
-            Ok::<_, diesel::result::Error>(stored)
+            Ok::<_, Skip>(stored)
         }
         .await
-        .map_err(|source| ConsumerError::Database {
-            step: BatchStep::SkipRejected,
-            group: group.clone(),
-            topic: message.topic.clone(),
-            partition: message.partition,
-            first_offset: message.offset,
-            last_offset: message.offset,
-            source,
+        .map_err(|error| match error {
+            Skip::Reply(source) => reply_error(message, source),
+            Skip::Database(source) => ConsumerError::Database {
+                step: BatchStep::SkipRejected,
+                group: group.clone(),
+                topic: message.topic.clone(),
+                partition: message.partition,
+                first_offset: message.offset,
+                last_offset: message.offset,
+                source,
+            },
         })?;
         Ok(BatchOutcome {
             next_offset: Some(stored.map_or(message.offset + 1, |stored| stored.max(message.offset + 1))),
@@ -946,6 +1063,8 @@ impl Consumer {
         if self.inner.in_transaction.is_empty() {
             return Ok(());
         }
+        let mut rows = Vec::new();
+        let mut last = None;
         for (index, event) in events.iter().enumerate() {
             if dead_letters.iter().any(|dead| dead.message.offset == event.offset) {
                 continue;
@@ -958,11 +1077,15 @@ impl Consumer {
                         .iter()
                         .filter(|earlier| earlier.offset == event.offset && earlier.event_name == event.event_name)
                         .count();
-                    self.run_checkpointed(conn, declaration, message, event, ordinal).await?;
+                    let replies = self.run_checkpointed(conn, declaration, message, event, ordinal).await?;
+                    if !replies.is_empty() && self.inner.replies {
+                        rows.extend(self.reply_rows(Cause::of(event, message), replies)?);
+                        last = Some(message);
+                    }
                     continue;
                 }
                 let mut ctx = Context::new(event, message, conn, true);
-                let result = (declaration.handler)(&mut ctx).await;
+                let result = handle(declaration, &mut ctx).await;
                 #[cfg(feature = "testing")]
                 super::calls::record(declaration, event, result.as_ref().map(|_| ()));
                 result.map_err(|source| ConsumerError::Handler {
@@ -970,9 +1093,22 @@ impl Consumer {
                     topic: event.topic.clone(),
                     partition: event.partition,
                     offset: event.offset,
+                    event: event.event_name.clone(),
                     source,
                 })?;
+                let replies = ctx.take_replies();
+                if !replies.is_empty() && self.inner.replies {
+                    rows.extend(self.reply_rows(Cause::of(event, message), replies)?);
+                    last = Some(message);
+                }
             }
+        }
+        if let Some(message) = last {
+            let count = rows.len();
+            reply::write(conn, &self.inner.config.producer, rows)
+                .await
+                .map_err(|source| reply_error(message, source))?;
+            metrics::counter!("dionysus_consumer_replies_total").increment(count as u64);
         }
         Ok(())
     }
@@ -980,7 +1116,8 @@ impl Consumer {
     /// Runs a checkpointed handler on one event inside the batch's transaction: skips an
     /// event this group's handler saved already, tries the handler (each try in a savepoint,
     /// rolled back when it fails) up to `checkpoint_attempts` times, saves the event when
-    /// acknowledged, and applies the failure policy when every try failed.
+    /// acknowledged, and applies the failure policy when every try failed. Gives the replies
+    /// of the try that succeeded, for the batch to write with its other replies.
     async fn run_checkpointed(
         &self,
         conn: &mut AsyncPgConnection,
@@ -988,7 +1125,7 @@ impl Consumer {
         message: &InboundMessage,
         event: &ConsumedEvent,
         ordinal: usize,
-    ) -> Result<(), ConsumerError> {
+    ) -> Result<Vec<reply::Reply>, ConsumerError> {
         let group = self.inner.group.as_str();
         let listener = declaration.declared_by;
         let checksum = checkpoint::checksum(message.payload.as_deref(), ordinal);
@@ -1005,7 +1142,7 @@ impl Consumer {
         let notice = |name: &'static str, retry_count: u32| checkpoint_notice(name, &origin, retry_count);
         if checkpoint::already_saved(conn, group, listener, &checksum).await.map_err(db)? {
             notice("event_already_consumed", 0);
-            return Ok(());
+            return Ok(Vec::new());
         }
         let attempts = self.inner.config.consumer.checkpoint_attempts.max(1);
         let mut first_failed_at = None;
@@ -1015,7 +1152,7 @@ impl Consumer {
             Transactions::begin_transaction(&mut *conn).await.map_err(db)?;
             let mut ctx = Context::new(event, message, conn, true).with_retry_count(tried - 1);
             let result = (declaration.handler)(&mut ctx).await;
-            let (ack, class) = (ctx.take_ack(), ctx.error_class());
+            let (ack, class, replies) = (ctx.take_ack(), ctx.error_class(), ctx.take_replies());
             #[cfg(feature = "testing")]
             super::calls::record(declaration, event, result.as_ref().map(|_| ()));
             let error = match result {
@@ -1030,7 +1167,7 @@ impl Consumer {
                     }
                     Transactions::commit_transaction(&mut *conn).await.map_err(db)?;
                     notice(if ack.is_some() { "event_acknowledged" } else { "event_skipped" }, tried - 1);
-                    return Ok(());
+                    return Ok(replies);
                 }
                 Err(error) => error,
             };
@@ -1040,6 +1177,7 @@ impl Consumer {
                 topic: event.topic.clone(),
                 partition: event.partition,
                 offset: event.offset,
+                event: event.event_name.clone(),
                 source,
             };
             // A handler's own database trouble is the consumer's: the batch is retried.
@@ -1059,7 +1197,7 @@ impl Consumer {
                     let attempts = i32::try_from(tried).unwrap_or(i32::MAX);
                     let id = checkpoint::record_failure(conn, &origin, &parts, attempts, first).await.map_err(db)?;
                     tracing::warn!(target: "dionysus::checkpoint", failure = id, listener, topic = %event.topic, partition = event.partition, offset = event.offset, checksum = %checksum, error = %Report(&error), "checkpointed handler failed; failure recorded, the partition moves on");
-                    Ok(())
+                    Ok(Vec::new())
                 }
                 FailurePolicy::Block => Err(ConsumerError::HandlerBlocked {
                     handler: listener,
@@ -1071,6 +1209,30 @@ impl Consumer {
                 FailurePolicy::DeadLetter => Err(failed(error)),
             };
         }
+    /// The outbox rows of a handler's replies to `cause`.
+    fn reply_rows(&self, cause: Cause<'_>, replies: Vec<reply::Reply>) -> Result<Vec<ComposedRow>, ConsumerError> {
+        let registry = self.inner.registry.as_deref().unwrap_or_else(|| Registry::global());
+        replies
+            .into_iter()
+            .map(|reply| reply::reply_row(registry, cause, reply).map_err(|source| reply_error(cause.message, source)))
+            .collect()
+    }
+
+    /// The error event of a handler's failure on `cause`, when the consumer or the handler
+    /// asks for one (and replies are on).
+    fn error_event(
+        &self,
+        declaration: Option<&HandlerDeclaration>,
+        cause: Cause<'_>,
+        failure: Failure<'_>,
+    ) -> Result<Option<ComposedRow>, ConsumerError> {
+        let wanted = self.inner.error_events || declaration.is_some_and(|declaration| declaration.error_events);
+        if !wanted || !self.inner.replies {
+            return Ok(None);
+        }
+        reply::error_event_row(cause, self.inner.error_events_topic.as_deref(), failure)
+            .transpose()
+            .map_err(|source| reply_error(cause.message, source))
     }
 
     /// Event bus then after-commit handlers, after a commit (C-19). A handler's failure
@@ -1107,12 +1269,42 @@ impl Consumer {
                     },
                 };
                 let mut ctx = Context::new(event, message, conn, false);
-                let result = (declaration.handler)(&mut ctx).await;
+                let result = handle(declaration, &mut ctx).await;
+                let replies = ctx.take_replies();
                 #[cfg(feature = "testing")]
                 super::calls::record(declaration, event, result.as_ref().map(|_| ()));
-                if let Err(error) = result {
-                    metrics::counter!("dionysus_consumer_handler_errors_total", "handler" => declaration.declared_by, "reason" => error.reason()).increment(1);
-                    tracing::error!(handler = declaration.declared_by, topic = %event.topic, partition = event.partition, offset = event.offset, event = %event.event_name, error = %Report(&error), "consume handler failed");
+                let cause = Cause::of(event, message);
+                // Written in a statement of their own: the batch is committed already.
+                let rows = match &result {
+                    Ok(()) if replies.is_empty() || !self.inner.replies => Ok(Vec::new()),
+                    Ok(()) => self.reply_rows(cause, replies),
+                    Err(error) => {
+                        metrics::counter!("dionysus_consumer_handler_errors_total", "handler" => declaration.declared_by, "reason" => error.reason()).increment(1);
+                        tracing::error!(handler = declaration.declared_by, topic = %event.topic, partition = event.partition, offset = event.offset, event = %event.event_name, error = %Report(error), "consume handler failed");
+                        let text = Report(error).to_string();
+                        let failure =
+                            Failure { handler: declaration.declared_by, reason: error.reason(), error: &text };
+                        self.error_event(Some(declaration), cause, failure).map(|row| row.into_iter().collect())
+                    }
+                };
+                let written = match rows {
+                    Ok(rows) => reply::write(conn, &self.inner.config.producer, rows)
+                        .await
+                        .map_err(|source| reply_error(message, source)),
+                    Err(error) => Err(error),
+                };
+                match (&written, &result) {
+                    (Ok(count), Ok(())) => {
+                        metrics::counter!("dionysus_consumer_replies_total").increment(*count as u64)
+                    }
+                    (Ok(count), Err(_)) => {
+                        metrics::counter!("dionysus_consumer_error_events_total").increment(*count as u64);
+                    }
+                    (Err(_), _) => {}
+                }
+                if let Err(error) = written {
+                    metrics::counter!("dionysus_consumer_handler_errors_total", "handler" => declaration.declared_by, "reason" => "reply_not_written").increment(1);
+                    tracing::error!(handler = declaration.declared_by, topic = %event.topic, partition = event.partition, offset = event.offset, error = %Report(&error), "replies or error event of an after-commit handler not written");
                 }
             }
         }
@@ -1140,7 +1332,6 @@ impl Consumer {
     }
 }
 
-/// The message an event came from (a batch's messages are in ascending offsets).
 /// Tells of a checkpointed handler's outcome: a tracing event (target
 /// `dionysus::checkpoint`) and the counter `dionysus_checkpoint_<name>_total`.
 fn checkpoint_notice(name: &'static str, origin: &checkpoint::Origin<'_>, retry_count: u32) {
@@ -1167,6 +1358,39 @@ fn checkpoint_notice(name: &'static str, origin: &checkpoint::Origin<'_>, retry_
         checksum = origin.checksum,
         "{name}"
     );
+/// Calls a handler in a `dionysus.handle` span, timed in `dionysus_consumer_handle_seconds`.
+async fn handle(declaration: &HandlerDeclaration, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+    use tracing::Instrument as _;
+    let span = tracing::debug_span!(
+        "dionysus.handle",
+        handler = declaration.declared_by,
+        topic = %ctx.topic(),
+        partition = ctx.partition(),
+        offset = ctx.offset(),
+        event = %ctx.event_name(),
+        in_transaction = declaration.in_transaction,
+    );
+    let started = Instant::now();
+    let result = (declaration.handler)(ctx).instrument(span).await;
+    metrics::histogram!("dionysus_consumer_handle_seconds", "handler" => declaration.declared_by)
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Why storing the offset past a rejected message failed.
+enum Skip {
+    Database(diesel::result::Error),
+    Reply(ReplyError),
+}
+
+impl From<diesel::result::Error> for Skip {
+    fn from(error: diesel::result::Error) -> Skip {
+        Skip::Database(error)
+    }
+}
+
+fn reply_error(message: &InboundMessage, source: ReplyError) -> ConsumerError {
+    ConsumerError::Reply { topic: message.topic.clone(), partition: message.partition, offset: message.offset, source }
 }
 
 fn message_of<'m>(messages: &'m [InboundMessage], event: &ConsumedEvent) -> Option<&'m InboundMessage> {

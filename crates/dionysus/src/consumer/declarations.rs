@@ -181,6 +181,7 @@ mod tests {
             in_transaction: false,
             checkpoint: false,
             on_failure: None,
+            error_events: false,
             declared_by: "app::on_widget",
             location: "src/widget.rs:9",
         }

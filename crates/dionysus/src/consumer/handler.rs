@@ -1,7 +1,8 @@
 //! Application handlers declared with `#[dionysus::consume(topic = …, event = …)]`: what a
 //! handler is given (a [`Context`]: the event, its message's coordinates and raw payload, a
 //! database connection), the typed inputs it may ask for (records deserialized into any
-//! serde type), what it may return, and the registry of every handler linked into the binary.
+//! serde type), what it may return (nothing, or [`Reply`]s to publish), and the registry of
+//! every handler linked into the binary.
 //!
 //! When a handler runs (inside the batch's transaction or after its commit) and what a
 //! failure does to the batch is the consumer's (`consumer::Consumer`); the macro's checks on
@@ -19,6 +20,7 @@ use serde_json::Value;
 use super::batch::InboundMessage;
 use super::events::{ConsumedEvent, LocalChange};
 pub use crate::config::{FailurePolicy, UnknownFailurePolicy};
+use super::reply::Reply;
 use crate::consumer::replica::Record;
 
 /// What a handler is given: the event, where its message came from, its raw payload, and a
@@ -39,6 +41,7 @@ pub struct Context<'a> {
     error_class: Option<&'static str>,
     /// Tries of this event before this one (checkpointed handlers).
     retry_count: u32,
+    replies: Vec<Reply>,
 }
 
 impl<'a> Context<'a> {
@@ -48,7 +51,7 @@ impl<'a> Context<'a> {
         conn: &'a mut AsyncPgConnection,
         in_transaction: bool,
     ) -> Context<'a> {
-        Context { event, message, conn, in_transaction, ack: None, error_class: None, retry_count: 0 }
+        Context { event, message, conn, in_transaction, ack: None, error_class: None, retry_count: 0, replies: Vec::new() }
     }
 
     /// The same context for another try of the event.
@@ -157,6 +160,19 @@ impl<'a> Context<'a> {
     pub fn conn(&mut self) -> &mut AsyncPgConnection {
         self.conn
     }
+
+    /// Publishes `reply` because of this event, through the outbox: for an `in_transaction`
+    /// handler in the batch's transaction (published exactly when the batch commits); for the
+    /// others in a transaction of its own right after the handler returns. Replies of a
+    /// handler that fails are dropped.
+    pub fn reply(&mut self, reply: Reply) {
+        self.replies.push(reply);
+    }
+
+    /// The replies pushed so far, taken out.
+    pub(crate) fn take_replies(&mut self) -> Vec<Reply> {
+        std::mem::take(&mut self.replies)
+    }
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -167,6 +183,7 @@ impl std::fmt::Debug for Context<'_> {
             .field("offset", &self.message.offset)
             .field("event", &self.event.event_name)
             .field("in_transaction", &self.in_transaction)
+            .field("replies", &self.replies.len())
             .finish_non_exhaustive()
     }
 }
@@ -252,6 +269,9 @@ pub struct HandlerDeclaration {
     pub checkpoint: bool,
     /// What its failures become (`on_failure = "…"`); `None` leaves it to the consumer.
     pub on_failure: Option<FailurePolicy>,
+    /// Whether its failures publish an `event.error.<event>` error event (`error_events`),
+    /// whatever the consumer's setting.
+    pub error_events: bool,
     /// Path of the function.
     pub declared_by: &'static str,
     /// `file:line`.
@@ -274,18 +294,18 @@ impl HandlerDeclaration {
     }
 }
 
-/// What a handler function may return: `Result<(), E>` or `Result<Ack, E>` (an
-/// acknowledgement for the checkpoint log, see [`Context::ack`]) where `E` converts into a
-/// boxed error (any `std::error::Error + Send + Sync`, `dionysus::Error`, `anyhow::Error`,
-/// `String`).
+/// What a handler function may return: `Result<(), E>`, `Result<Ack, E>` (an acknowledgement
+/// for the checkpoint log, see [`Context::ack`]), or replies to publish, `Result<Reply, E>` or
+/// `Result<Vec<Reply>, E>`, where `E` converts into a boxed error (any
+/// `std::error::Error + Send + Sync`, `dionysus::Error`, `anyhow::Error`, `String`).
 #[diagnostic::on_unimplemented(
-    message = "a consume handler returns `Result<(), E>` with an error type `E`, not `{Self}`",
+    message = "a consume handler returns `Result<(), E>`, `Result<Reply, E>` or `Result<Vec<Reply>, E>`, not `{Self}`",
     label = "expected `Result<(), E>` here",
     note = "E may be `dionysus::Error`, any `std::error::Error + Send + Sync + 'static`, or `anyhow::Error`; a checkpointed handler may return `Result<dionysus::checkpoint::Ack, E>`"
 )]
 pub trait HandlerOutput {
-    /// The result as the consumer sees it; an acknowledgement or the error's type name is
-    /// kept in `ctx`.
+    /// The result as the consumer sees it; what the handler returned for the consumer to do
+    /// (an acknowledgement, replies) and the error's type name are kept in `ctx`.
     fn into_handler_result(self, ctx: &mut Context<'_>) -> Result<(), HandlerError>;
 }
 
@@ -309,6 +329,36 @@ where
         match self {
             Ok(ack) => {
                 ctx.ack = Some(ack);
+                Ok(())
+            }
+            Err(error) => Err::<(), E>(error).into_handler_result(ctx),
+        }
+    }
+}
+
+impl<E> HandlerOutput for Result<Reply, E>
+where
+    E: Into<Box<dyn StdError + Send + Sync + 'static>>,
+{
+    fn into_handler_result(self, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+        match self {
+            Ok(reply) => {
+                ctx.reply(reply);
+                Ok(())
+            }
+            Err(error) => Err::<(), E>(error).into_handler_result(ctx),
+        }
+    }
+}
+
+impl<E> HandlerOutput for Result<Vec<Reply>, E>
+where
+    E: Into<Box<dyn StdError + Send + Sync + 'static>>,
+{
+    fn into_handler_result(self, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
+        match self {
+            Ok(replies) => {
+                ctx.replies.extend(replies);
                 Ok(())
             }
             Err(error) => Err::<(), E>(error).into_handler_result(ctx),

@@ -52,6 +52,10 @@
 //!   checkpoint log ([`crate::checkpoint`]): acknowledged events are saved with its writes,
 //!   events it saved already are skipped by checksum, and its failures are recorded,
 //!   dead-lettered or block the partition as its [`FailurePolicy`] says.
+//! * Handlers may publish [`Reply`]s, and their failures `event.error.<event>` error events
+//!   ([`ConsumerBuilder::error_events`]): outbox rows of this service, written in the batch's
+//!   transaction for `in_transaction` handlers, so a reply is published exactly when its
+//!   cause was consumed (`reply`).
 //!
 //! Where we differ from dionysus-rb behind the wire (documented choices):
 //!
@@ -91,6 +95,7 @@ mod fuzz;
 pub(crate) mod handler;
 mod progress;
 pub mod replica;
+pub(crate) mod reply;
 pub(crate) mod runtime;
 
 pub use apply::{BatchStep, Consumer, ConsumerBuilder, ConsumerError, Health, Subscriber};
@@ -100,4 +105,5 @@ pub(crate) use declarations::handler_warnings;
 pub use events::{ConsumedEvent, LocalChange, MessageFilter, Notification};
 pub use handler::{handlers, Ack, Context, FailurePolicy, HandlerDeclaration, HandlerError, UnknownFailurePolicy};
 pub use replica::sql::stored_offsets;
+pub use reply::{Reply, ReplyError, ERROR_EVENT_MODEL, ERROR_EVENT_PREFIX};
 pub use runtime::DeadLetterHeaders;

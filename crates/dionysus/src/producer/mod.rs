@@ -16,7 +16,6 @@ pub(crate) mod plan;
 pub(crate) mod publishable;
 pub mod relay;
 pub mod respond;
-pub(crate) mod seal;
 pub(crate) mod sender;
 pub mod serialize;
 mod suppress;

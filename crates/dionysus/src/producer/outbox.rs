@@ -55,8 +55,6 @@ use serde_json::{Map, Value};
 use diesel::result::QueryResult;
 
 use super::publishable::{partition_key, Publishable};
-use super::seal;
-pub use super::seal::SealError;
 use super::suppress;
 pub use super::suppress::Suppress;
 use crate::config::{EncryptionKey, EncryptionKeys, ProducerConfig};
@@ -64,6 +62,8 @@ use crate::handle::Dionysus;
 use crate::registry::model::{ColumnIn, ModelEntry, Publication, Record, RecordFilter, Relation};
 use crate::registry::{Registry, OBSERVER_TOPIC};
 use crate::schema::dionysus_outbox;
+use crate::seal;
+pub use crate::seal::SealError;
 use crate::wire::naming::{self, EventKind};
 use crate::wire::record::id_text;
 

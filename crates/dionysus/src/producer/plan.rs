@@ -110,7 +110,7 @@ pub enum PlanError {
     NoGenesisReplica(String),
     /// A sealed row could not be opened (a missing or wrong key): it is not published.
     #[error(transparent)]
-    Sealed(#[from] super::seal::SealError),
+    Sealed(#[from] crate::seal::SealError),
     /// Loading the rows' records failed (the whole batch is retried).
     #[error("loading {model} records {ids:?}")]
     LoadRecords {
@@ -128,8 +128,25 @@ pub enum PlanError {
 }
 
 /// Plans every row of a batch: loads the records of each model in one query, the sideloads
-/// of each dependency in one query, and builds the messages of each row in order.
+/// of each dependency in one query, and builds the messages of each row in order. Runs in a
+/// `dionysus.encode` span, timed in `dionysus_relay_encode_seconds`.
 pub async fn plan_rows(
+    conn: &mut AsyncPgConnection,
+    registry: &Registry,
+    config: &ProducerConfig,
+    rows: &[RowRef],
+) -> Result<Vec<RowPlan>, PlanError> {
+    use tracing::Instrument as _;
+    let started = std::time::Instant::now();
+    let plans = plan_rows_untimed(conn, registry, config, rows)
+        .instrument(tracing::debug_span!("dionysus.encode", rows = rows.len()))
+        .await;
+    metrics::histogram!("dionysus_relay_encode_seconds").record(started.elapsed().as_secs_f64());
+    plans
+}
+
+/// [`plan_rows`] without its span and timing.
+async fn plan_rows_untimed(
     conn: &mut AsyncPgConnection,
     registry: &Registry,
     config: &ProducerConfig,
@@ -282,7 +299,7 @@ fn composed_messages(
         return Err(PlanError::UnknownTopic(row.topic.clone()));
     };
     let value = match &composed.encryption_key_id {
-        Some(key_id) => super::seal::open(&config.outbox_encryption_keys, key_id, &composed.value)?,
+        Some(key_id) => crate::seal::open(&config.outbox_encryption_keys, key_id, &composed.value)?,
         None => composed.value.clone().into_bytes(),
     };
     let payload = match (value.as_slice(), declaration.tombstone) {

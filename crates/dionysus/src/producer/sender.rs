@@ -116,8 +116,19 @@ pub(crate) struct Sender<'a> {
 
 impl Sender<'_> {
     /// Enqueues every message of a row with the producer; the returned futures resolve on
-    /// delivery.
+    /// delivery. Runs in a `dionysus.publish` span, timed in `dionysus_relay_publish_seconds`
+    /// (the broker's acknowledgement is awaited apart, see [`await_deliveries`]).
     pub(crate) async fn send(&self, messages: &[OutgoingMessage]) -> Result<Vec<DeliveryFuture>, SendError> {
+        use tracing::Instrument as _;
+        let started = std::time::Instant::now();
+        let topic = messages.first().map_or("", |message| message.topic.as_str());
+        let span = tracing::debug_span!("dionysus.publish", topic, messages = messages.len());
+        let result = self.enqueue(messages).instrument(span).await;
+        metrics::histogram!("dionysus_relay_publish_seconds").record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn enqueue(&self, messages: &[OutgoingMessage]) -> Result<Vec<DeliveryFuture>, SendError> {
         let mut deliveries = Vec::with_capacity(messages.len());
         for message in messages {
             let partition = match &message.partition_key {

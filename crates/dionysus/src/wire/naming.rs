@@ -70,8 +70,13 @@ impl EventKind {
 
     /// Classifies an event name by its suffix, as dionysus-rb's consumer does (C-7): a name
     /// *ending with* `created`, `updated` or `destroyed` counts as that event, so
-    /// `rental_recreated` is a creation; anything else (`rental_completed`) is `None`.
+    /// `rental_recreated` is a creation; anything else (`rental_completed`) is `None`, and so
+    /// is an error event (`event.error.rental_updated`, written by a consumer's handler).
     pub fn classify(event_name: &str) -> Option<EventKind> {
+        // An error event (`event.error.rental_updated`) reports a failure; it changes nothing.
+        if event_name.starts_with("event.error.") {
+            return None;
+        }
         [EventKind::Created, EventKind::Updated, EventKind::Destroyed]
             .into_iter()
             .find(|kind| event_name.ends_with(kind.as_str()))
@@ -325,5 +330,11 @@ mod tests {
         assert_eq!(EventKind::classify("rental_destroyed"), Some(EventKind::Destroyed));
         assert_eq!(EventKind::classify("rental_completed"), None);
         assert_eq!(EventKind::classify("booking_canceled"), None);
+    }
+
+    #[test]
+    fn an_error_event_is_no_change_whatever_its_suffix() {
+        assert_eq!(EventKind::classify("event.error.rental_updated"), None);
+        assert_eq!(EventKind::classify("event.error.rental_destroyed"), None);
     }
 }
