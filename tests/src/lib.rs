@@ -203,6 +203,7 @@ pub fn registry_for<T: dionysus::Publishable>(
         replication_factor: None,
         genesis_replica: false,
         tombstone: Tombstone::JsonNull,
+        format: dionysus::registry::TopicFormat::Json,
         declared_by: "dionysus_tests::registry_for",
         location: file!(),
     }));

@@ -19,6 +19,7 @@
 //! | [`migrate`](mod@migrate) | the framework's own tables | the application's tables |
 //! | [`telemetry`] | the `/metrics` + `/health` endpoint, the liveness file, error reports | what "healthy" means for each part |
 //! | [`error`] | [`Error`], into which every module's error converts | the errors themselves |
+//! | `avro` (feature `avro`) | Avro records: schemas, codec, registry framing, registry client | which topics are Avro (the declarations) |
 //! | `cli` (feature `cli`) | the `dionysus` command line an application embeds | the work each subcommand starts |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -37,6 +38,8 @@ mod schema;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "avro")]
+pub mod avro;
 mod wire;
 
 pub use config::Config;
@@ -316,8 +319,8 @@ pub mod __private {
         RecordFilter, Relation, SoftDelete,
     };
     pub use crate::registry::{
-        ModelRegistration, PartitionKeyWith, Tombstone, Topic, TopicDeclaration, TopicEntry, TopicReference,
-        TopicReferenceEntry,
+        KeyConfig, ModelRegistration, PartitionKeyWith, SchemaEntry, Tombstone, Topic, TopicDeclaration, TopicEntry, TopicFormat,
+        TopicReference, TopicReferenceEntry,
     };
     /// What `assert_published!` and `assert_not_published!` build.
     #[cfg(feature = "testing")]
