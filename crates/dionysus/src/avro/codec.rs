@@ -175,7 +175,7 @@ impl Converter<'_, '_> {
                     other => other.to_string(),
                 };
                 let unscaled = unscaled(&text, decimal.scale).ok_or_else(mismatch)?;
-                Avro::Decimal(apache_avro::Decimal::from(twos_complement(unscaled)))
+                Avro::Decimal(apache_avro::Decimal::from(sign_extended(twos_complement(unscaled), decimal.precision)))
             }
             (Schema::Uuid, Json::String(text)) => Avro::Uuid(uuid::Uuid::parse_str(text).map_err(|_| mismatch())?),
             (Schema::Date, Json::String(text)) => {
@@ -313,6 +313,25 @@ fn twos_complement(value: i128) -> Vec<u8> {
         start += 1;
     }
     bytes[start..].to_vec()
+}
+
+/// `bytes` sign-extended to the length that holds every value of `precision` digits: the
+/// Avro implementation refuses shorter decimals when it resolves them.
+fn sign_extended(bytes: Vec<u8>, precision: usize) -> Vec<u8> {
+    let mut len = 1;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "digits of at most 2^(8·len) fit usize")]
+    let digits = |len: i32| (2.0_f64.powi(8 * len - 1) - 1.0).log10().floor() as usize;
+    while digits(len) < precision && len < 64 {
+        len += 1;
+    }
+    let len = usize::try_from(len).unwrap_or(1);
+    if bytes.len() >= len {
+        return bytes;
+    }
+    let fill = if bytes.first().is_some_and(|first| first & 0x80 != 0) { 0xff } else { 0x00 };
+    let mut extended = vec![fill; len - bytes.len()];
+    extended.extend(bytes);
+    extended
 }
 
 /// A decoded Avro value as the JSON a dionysus-rb payload would carry: timestamps as
@@ -539,6 +558,8 @@ mod tests {
         assert_eq!(twos_complement(-5), vec![0xfb]);
         assert_eq!(twos_complement(128), vec![0x00, 0x80]);
         assert_eq!(decimal_text(&[0xfb], 2), "-0.05");
+        assert_eq!(sign_extended(vec![0xfb], 4), vec![0xff, 0xfb]);
+        assert_eq!(decimal_text(&sign_extended(vec![0x07, 0xc6], 10), 2), "19.90");
     }
 
     proptest! {
