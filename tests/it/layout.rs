@@ -22,6 +22,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("handle", &["config", "registry"]),
     ("migrate", &["config", "db"]),
     ("kafka", &["wire", "config", "registry"]),
+    ("avro", &["wire", "registry"]),
     ("producer", &["wire", "config", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
     ("consumer", &["wire", "config", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
     ("error", &["wire", "config", "db", "telemetry", "registry", "migrate", "kafka", "producer", "consumer"]),
@@ -40,6 +41,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "producer",
             "consumer",
             "error",
+            "avro",
         ],
     ),
     (
@@ -57,6 +59,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "producer",
             "consumer",
             "error",
+            "avro",
         ],
     ),
 ];

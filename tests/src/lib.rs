@@ -214,6 +214,7 @@ pub fn registry_for<T: dionysus::Publishable>(
         with: &[],
         observe: &[],
         serialize,
+        schema: None,
         location: file!(),
     }));
     Box::leak(Box::new(dionysus::Registry::new([declaration], []).with_publications([publication])))

@@ -15,6 +15,9 @@ pub mod framing;
 pub mod registry;
 pub mod schemas;
 
+/// A parsed Avro schema (the `apache-avro` crate's), as the codec takes it.
+pub use apache_avro::Schema;
+
 /// Fields the producer fills itself when a record schema has them and the record does not
 /// (deimos' auto-added fields): a unique message id and the time the message was produced.
 pub const AUTO_FIELDS: [&str; 2] = ["message_id", "timestamp"];
