@@ -88,7 +88,8 @@ async fn test_registry_answers_the_documented_shapes() {
     let (status, _, body) = http(&registry, "GET", "/schemas/ids/999", None).await;
     assert_eq!((status, &body["error_code"]), (404, &json!(40403)));
     let (status, _, body) =
-        http(&registry, "POST", "/subjects/items-value/versions", Some(json!({ "schema": "{\"type\": \"nope\"}" }))).await;
+        http(&registry, "POST", "/subjects/items-value/versions", Some(json!({ "schema": "{\"type\": \"nope\"}" })))
+            .await;
     assert_eq!((status, &body["error_code"]), (422, &json!(42201)));
     let (status, _, body) =
         http(&registry, "POST", "/subjects/items-value/versions", Some(json!({ "schema": V2_ADDED_REQUIRED }))).await;
@@ -164,7 +165,8 @@ fn declared_avro_topics_have_value_and_key_subjects() {
     let key: Value = serde_json::from_str(&subjects[1].definition).unwrap();
     assert_eq!(key["fields"], json!([{"name": "id", "type": "long"}]));
     // The value schema is the file's text, embedded when the crate was compiled.
-    let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/com/example/Rental.avsc")).unwrap();
+    let file =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/com/example/Rental.avsc")).unwrap();
     assert_eq!(subjects[0].definition, file);
 }
 

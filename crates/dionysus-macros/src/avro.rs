@@ -184,7 +184,9 @@ impl AvroType {
                     let known = match logical {
                         "date" => Some(AvroType::Date),
                         "time-millis" | "time-micros" => Some(AvroType::Time),
-                        "timestamp-millis" | "timestamp-micros" | "local-timestamp-millis"
+                        "timestamp-millis"
+                        | "timestamp-micros"
+                        | "local-timestamp-millis"
                         | "local-timestamp-micros" => Some(AvroType::Timestamp),
                         "decimal" => Some(AvroType::Decimal),
                         "uuid" => Some(AvroType::Uuid),
@@ -528,7 +530,10 @@ mod tests {
         assert!(mismatch(&timestamp, &ty("String"), Direction::Write).is_some());
         let decimal = avro(r#"{"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2}"#);
         assert_eq!(mismatch(&decimal, &ty("bigdecimal::BigDecimal"), Direction::Read), None);
-        assert_eq!(mismatch(&avro(r#"{"type": "int", "logicalType": "date"}"#), &ty("NaiveDate"), Direction::Read), None);
+        assert_eq!(
+            mismatch(&avro(r#"{"type": "int", "logicalType": "date"}"#), &ty("NaiveDate"), Direction::Read),
+            None
+        );
     }
 
     #[test]

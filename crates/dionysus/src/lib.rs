@@ -23,6 +23,8 @@
 //! | `cli` (feature `cli`) | the `dionysus` command line an application embeds | the work each subcommand starts |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "avro")]
+pub mod avro;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
@@ -38,8 +40,6 @@ mod schema;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
-#[cfg(feature = "avro")]
-pub mod avro;
 mod wire;
 
 pub use config::Config;
@@ -319,8 +319,8 @@ pub mod __private {
         RecordFilter, Relation, SoftDelete,
     };
     pub use crate::registry::{
-        KeyConfig, ModelRegistration, PartitionKeyWith, SchemaEntry, Tombstone, Topic, TopicDeclaration, TopicEntry, TopicFormat,
-        TopicReference, TopicReferenceEntry,
+        KeyConfig, ModelRegistration, PartitionKeyWith, SchemaEntry, Tombstone, Topic, TopicDeclaration, TopicEntry,
+        TopicFormat, TopicReference, TopicReferenceEntry,
     };
     /// What `assert_published!` and `assert_not_published!` build.
     #[cfg(feature = "testing")]

@@ -17,8 +17,18 @@ use crate::ctxt::Ctxt;
 use crate::diesel;
 use crate::symbol::*;
 
-const PUBLISH_KEYS: &[Symbol] =
-    &[TOPIC, PARTITION_KEY, PARTITION_KEY_WITH, PARTITION_KEY_TO_I, WITH, OBSERVE, SERIALIZER, MODEL_NAME, SCHEMA, SCHEMA_DIR];
+const PUBLISH_KEYS: &[Symbol] = &[
+    TOPIC,
+    PARTITION_KEY,
+    PARTITION_KEY_WITH,
+    PARTITION_KEY_TO_I,
+    WITH,
+    OBSERVE,
+    SERIALIZER,
+    MODEL_NAME,
+    SCHEMA,
+    SCHEMA_DIR,
+];
 const PUBLISHABLE_KEYS: &[Symbol] = &[MODEL_NAME, SOFT_DELETE, PUBLISH_UPDATES_AFTER_SOFT_DELETE];
 const OBSERVE_KEYS: &[Symbol] = &[COLUMNS, VIA];
 
@@ -327,4 +337,3 @@ fn read_observe(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option<Obs
     };
     Ok(Some(Observe { model, columns, via: via.get() }))
 }
-

@@ -7,8 +7,8 @@ use syn::spanned::Spanned;
 use syn::{Fields, Item, ItemStruct, LitStr};
 
 use super::{AvroTopic, KeyConfig, Topic};
-use crate::avro::SchemaRef;
 use crate::attr::{self, Attr, Name};
+use crate::avro::SchemaRef;
 use crate::ctxt::Ctxt;
 use crate::symbol::*;
 

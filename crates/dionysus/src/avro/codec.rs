@@ -183,12 +183,15 @@ impl Converter<'_, '_> {
                 let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).ok_or_else(mismatch)?;
                 Avro::Date(i32::try_from((date - epoch).num_days()).map_err(|_| mismatch())?)
             }
-            (Schema::Date, Json::Number(_)) => Avro::Date(integer(json).and_then(|n| i32::try_from(n).ok()).ok_or_else(mismatch)?),
+            (Schema::Date, Json::Number(_)) => {
+                Avro::Date(integer(json).and_then(|n| i32::try_from(n).ok()).ok_or_else(mismatch)?)
+            }
             (Schema::TimeMillis | Schema::TimeMicros, Json::String(text)) => {
                 let time = NaiveTime::parse_from_str(text, "%H:%M:%S%.f")
                     .or_else(|_| NaiveTime::parse_from_str(text, "%H:%M"))
                     .map_err(|_| mismatch())?;
-                let micros = i64::from(time.num_seconds_from_midnight()) * 1_000_000 + i64::from(time.nanosecond() / 1000);
+                let micros =
+                    i64::from(time.num_seconds_from_midnight()) * 1_000_000 + i64::from(time.nanosecond() / 1000);
                 match schema {
                     Schema::TimeMillis => Avro::TimeMillis(i32::try_from(micros / 1000).map_err(|_| mismatch())?),
                     _ => Avro::TimeMicros(micros),
@@ -233,7 +236,8 @@ impl Converter<'_, '_> {
     fn default(&self, schema: &Schema, default: &Json, path: &str) -> Result<Avro, CodecError> {
         match self.names.resolve(schema) {
             Schema::Union(union) => {
-                let first = union.variants().first().ok_or_else(|| CodecError::MissingField { field: path.to_owned() })?;
+                let first =
+                    union.variants().first().ok_or_else(|| CodecError::MissingField { field: path.to_owned() })?;
                 Ok(Avro::Union(0, Box::new(self.value(first, default, path)?)))
             }
             other => self.value(other, default, path),
@@ -366,13 +370,16 @@ fn json_of(names: &Names<'_>, schema: &Schema, value: &Avro) -> Json {
         }
         (Schema::Map(map), Avro::Map(entries)) => {
             let sorted: BTreeMap<&String, &Avro> = entries.iter().collect();
-            Json::Object(sorted.into_iter().map(|(key, item)| (key.clone(), json_of(names, &map.types, item))).collect())
+            Json::Object(
+                sorted.into_iter().map(|(key, item)| (key.clone(), json_of(names, &map.types, item))).collect(),
+            )
         }
         (Schema::Record(record), Avro::Record(fields)) => Json::Object(
             fields
                 .iter()
                 .map(|(name, item)| {
-                    let field_schema = record.fields.iter().find(|field| &field.name == name).map(|field| &field.schema);
+                    let field_schema =
+                        record.fields.iter().find(|field| &field.name == name).map(|field| &field.schema);
                     (name.clone(), json_of(names, field_schema.unwrap_or(&Schema::Null), item))
                 })
                 .collect(),
@@ -386,9 +393,15 @@ fn json_of(names: &Names<'_>, schema: &Schema, value: &Avro) -> Json {
             .map_or(Json::Null, |date| Json::String(date.format("%Y-%m-%d").to_string())),
         (_, Avro::TimeMillis(millis)) => time_text(i64::from(*millis) * 1000),
         (_, Avro::TimeMicros(micros)) => time_text(*micros),
-        (_, Avro::TimestampMillis(n) | Avro::LocalTimestampMillis(n)) => timestamp_text(DateTime::from_timestamp_millis(*n)),
-        (_, Avro::TimestampMicros(n) | Avro::LocalTimestampMicros(n)) => timestamp_text(DateTime::from_timestamp_micros(*n)),
-        (_, Avro::TimestampNanos(n) | Avro::LocalTimestampNanos(n)) => timestamp_text(Some(DateTime::from_timestamp_nanos(*n))),
+        (_, Avro::TimestampMillis(n) | Avro::LocalTimestampMillis(n)) => {
+            timestamp_text(DateTime::from_timestamp_millis(*n))
+        }
+        (_, Avro::TimestampMicros(n) | Avro::LocalTimestampMicros(n)) => {
+            timestamp_text(DateTime::from_timestamp_micros(*n))
+        }
+        (_, Avro::TimestampNanos(n) | Avro::LocalTimestampNanos(n)) => {
+            timestamp_text(Some(DateTime::from_timestamp_nanos(*n)))
+        }
         (_, Avro::Uuid(uuid)) => Json::String(uuid.to_string()),
         (_, Avro::Array(items)) => Json::Array(items.iter().map(|item| json_of(names, &Schema::Null, item)).collect()),
         (_, Avro::Record(fields)) => Json::Object(
@@ -405,7 +418,8 @@ fn timestamp_text(time: Option<DateTime<Utc>>) -> Json {
 fn time_text(micros: i64) -> Json {
     let seconds = u32::try_from(micros.div_euclid(1_000_000)).ok();
     let nanos = u32::try_from(micros.rem_euclid(1_000_000) * 1000).ok();
-    match seconds.zip(nanos).and_then(|(seconds, nanos)| NaiveTime::from_num_seconds_from_midnight_opt(seconds, nanos)) {
+    match seconds.zip(nanos).and_then(|(seconds, nanos)| NaiveTime::from_num_seconds_from_midnight_opt(seconds, nanos))
+    {
         Some(time) => Json::String(time.format("%H:%M:%S%.f").to_string()),
         None => Json::Null,
     }

@@ -22,20 +22,6 @@ pub use apache_avro::Schema;
 /// (deimos' auto-added fields): a unique message id and the time the message was produced.
 pub const AUTO_FIELDS: [&str; 2] = ["message_id", "timestamp"];
 
-/// How Avro topics are encoded (deimos' schema backends).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum SchemaBackend {
-    /// Through a schema registry: values (and keys) framed with the schema's registry id;
-    /// consumers fetch writer schemas by id (the default).
-    #[default]
-    Registry,
-    /// Without a registry: the bare Avro datum, written and read with the local schema.
-    Local,
-    /// No Avro on the wire: JSON payloads, each validated against the local schema first.
-    Validation,
-}
-
 /// The subject of a topic's value schema (the registry's topic-name strategy).
 pub fn value_subject(topic: &str) -> String {
     format!("{topic}-value")

@@ -79,7 +79,8 @@ impl RegistryError {
     /// Whether the registry could not be reached (as opposed to answering no): worth
     /// retrying later.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, RegistryError::Unreachable { .. }) || matches!(self, RegistryError::Rejected { status, .. } if *status >= 500)
+        matches!(self, RegistryError::Unreachable { .. })
+            || matches!(self, RegistryError::Rejected { status, .. } if *status >= 500)
     }
 }
 
@@ -175,7 +176,8 @@ impl RegistryClient {
         }
         let path = format!("/schemas/ids/{id}");
         let answer = self.request(Method::GET, &path, None).await?;
-        let text = answer.get("schema").and_then(Value::as_str).ok_or_else(|| malformed("GET", &path, "no `schema`"))?;
+        let text =
+            answer.get("schema").and_then(Value::as_str).ok_or_else(|| malformed("GET", &path, "no `schema`"))?;
         let schema = Arc::new(
             Schema::parse_str(text).map_err(|error| RegistryError::InvalidSchema { id, reason: error.to_string() })?,
         );
@@ -218,11 +220,8 @@ impl RegistryClient {
 
     async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, RegistryError> {
         let operation = format!("{method} {path}");
-        let unreachable = |reason: String| RegistryError::Unreachable {
-            url: self.url.clone(),
-            operation: operation.clone(),
-            reason,
-        };
+        let unreachable =
+            |reason: String| RegistryError::Unreachable { url: self.url.clone(), operation: operation.clone(), reason };
         let exchange = async {
             let stream = tokio::net::TcpStream::connect(&self.authority).await.map_err(|error| error.to_string())?;
             let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))

@@ -55,7 +55,9 @@ impl LocalSchemas {
         static GLOBAL: OnceLock<Result<LocalSchemas, SchemaError>> = OnceLock::new();
         GLOBAL
             .get_or_init(|| {
-                LocalSchemas::parse(inventory::iter::<SchemaEntry>.into_iter().map(|entry| (entry.name, entry.definition)))
+                LocalSchemas::parse(
+                    inventory::iter::<SchemaEntry>.into_iter().map(|entry| (entry.name, entry.definition)),
+                )
             })
             .as_ref()
             .map_err(Clone::clone)
@@ -97,9 +99,8 @@ impl LocalSchemas {
     /// The key schema of a `key(field = …)` topic: a record `<Record>_key` in the value
     /// schema's namespace with that one field, as JSON text.
     pub fn field_key_definition(&self, value_schema: &str, field: &str) -> Result<String, SchemaError> {
-        let definition: Value = serde_json::from_str(self.definition(value_schema)?).map_err(|error| {
-            SchemaError::Invalid { names: value_schema.to_owned(), reason: error.to_string() }
-        })?;
+        let definition: Value = serde_json::from_str(self.definition(value_schema)?)
+            .map_err(|error| SchemaError::Invalid { names: value_schema.to_owned(), reason: error.to_string() })?;
         let no_field = || SchemaError::NoKeyField { schema: value_schema.to_owned(), field: field.to_owned() };
         let field_type = definition
             .get("fields")
@@ -128,15 +129,19 @@ impl LocalSchemas {
 mod tests {
     use super::*;
 
-    const STATUS: &str = r#"{"type": "enum", "name": "Status", "namespace": "com.example", "symbols": ["open", "closed"]}"#;
+    const STATUS: &str =
+        r#"{"type": "enum", "name": "Status", "namespace": "com.example", "symbols": ["open", "closed"]}"#;
     const RENTAL: &str = r#"{"type": "record", "name": "Rental", "namespace": "com.example", "fields": [
         {"name": "id", "type": "long"}, {"name": "status", "type": "com.example.Status"}]}"#;
 
     #[test]
     fn schemas_refer_to_each_others_named_types_and_duplicates_are_read_once() {
-        let schemas =
-            LocalSchemas::parse([("com.example.Rental", RENTAL), ("com.example.Status", STATUS), ("com.example.Rental", RENTAL)])
-                .unwrap();
+        let schemas = LocalSchemas::parse([
+            ("com.example.Rental", RENTAL),
+            ("com.example.Status", STATUS),
+            ("com.example.Rental", RENTAL),
+        ])
+        .unwrap();
         assert_eq!(schemas.names().collect::<Vec<_>>(), ["com.example.Rental", "com.example.Status"]);
         assert!(matches!(schemas.get("com.example.Rental"), Ok(Schema::Record(_))));
         assert!(matches!(schemas.get("com.example.Nope"), Err(SchemaError::Unknown { .. })));
@@ -145,7 +150,8 @@ mod tests {
     #[test]
     fn a_field_key_schema_is_a_record_of_that_field() {
         let schemas = LocalSchemas::parse([("com.example.Rental", RENTAL), ("com.example.Status", STATUS)]).unwrap();
-        let key: Value = serde_json::from_str(&schemas.field_key_definition("com.example.Rental", "id").unwrap()).unwrap();
+        let key: Value =
+            serde_json::from_str(&schemas.field_key_definition("com.example.Rental", "id").unwrap()).unwrap();
         assert_eq!(key["name"], "Rental_key");
         assert_eq!(key["namespace"], "com.example");
         assert_eq!(key["fields"], json!([{"name": "id", "type": "long"}]));

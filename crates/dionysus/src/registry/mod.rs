@@ -911,4 +911,33 @@ mod tests {
         assert_eq!(topic_name(None, "rentals"), "rentals");
         assert_eq!(genesis_topic_name("v3_rentals"), "v3_rentals_genesis");
     }
+
+    static AVRO_KEYED: TopicDeclaration = TopicDeclaration {
+        format: TopicFormat::Avro { schema: "com.example.Rental", key: KeyConfig::Plain },
+        ..topic("v3_keyed", "app::Keyed", None)
+    };
+    static WITH_SCHEMA: Publication =
+        Publication { schema: Some("com.example.Rental"), ..publication(PartitionKeySource::Attribute("account_id")) };
+    static WITH_OTHER_SCHEMA: Publication =
+        Publication { schema: Some("com.example.Other"), ..publication(PartitionKeySource::Attribute("account_id")) };
+
+    #[test]
+    fn a_publication_names_its_topics_schema_or_none_on_a_json_topic() {
+        assert_eq!(Registry::new([&AVRO_KEYED], []).with_publications([&WITH_SCHEMA]).validate(), Ok(()));
+        let mismatch = |declared: Option<&str>, published: Option<&str>| Problem::SchemaMismatch {
+            topic: "v3_keyed".to_owned(),
+            declared: declared.map(str::to_owned),
+            published: published.map(str::to_owned),
+            model: "app::Rental".to_owned(),
+            location: "src/rental.rs:2".to_owned(),
+        };
+        let problems = |topic: &'static TopicDeclaration, publication: &'static Publication| {
+            Registry::new([topic], []).with_publications([publication]).validate().unwrap_err().problems
+        };
+        assert_eq!(problems(&KEYED_RIGHT, &WITH_SCHEMA), [mismatch(None, Some("com.example.Rental"))]);
+        assert_eq!(problems(&AVRO_KEYED, &OWN_KEY), [mismatch(Some("com.example.Rental"), None)]);
+        let other = problems(&AVRO_KEYED, &WITH_OTHER_SCHEMA);
+        assert_eq!(other, [mismatch(Some("com.example.Rental"), Some("com.example.Other"))]);
+        assert!(other[0].to_string().contains("but the topic's schema is `com.example.Rental`"), "{}", other[0]);
+    }
 }

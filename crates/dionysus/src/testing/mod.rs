@@ -60,9 +60,9 @@ mod consume;
 mod contract;
 mod database;
 mod embedded;
+mod published;
 #[cfg(feature = "avro")]
 mod registry;
-mod published;
 
 pub use consume::{consume, consume_invalid, envelope, envelope_of, ConsumeError, Consumed, TestMessage};
 pub use contract::{
@@ -71,11 +71,11 @@ pub use contract::{
 };
 pub use database::{unique_name, TestDatabase, TestDatabaseBuilder, TestDatabaseError};
 pub use embedded::{EmbeddedKafka, EmbeddedKafkaBuilder, EmbeddedKafkaError};
-#[cfg(feature = "avro")]
-pub use registry::TestRegistry;
 pub use published::{
     published, published_with, Expected, Published, PublishedError, PublishedMessage, SkipReason, SkippedRow,
 };
+#[cfg(feature = "avro")]
+pub use registry::TestRegistry;
 
 #[doc(inline)]
 pub use crate::__dionysus_assert_not_published as assert_not_published;

@@ -121,7 +121,8 @@ async fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<Fu
             Err(answer) => answer,
         },
         (&Method::GET, ["schemas", "ids", id]) => {
-            let text = id.parse::<usize>().ok().and_then(|id| id.checked_sub(1)).and_then(|index| state.schemas.get(index));
+            let text =
+                id.parse::<usize>().ok().and_then(|id| id.checked_sub(1)).and_then(|index| state.schemas.get(index));
             match text {
                 Some(text) => (StatusCode::OK, json!({ "schema": text })),
                 None => (StatusCode::NOT_FOUND, error(SCHEMA_NOT_FOUND, "Schema not found")),
@@ -213,9 +214,7 @@ fn error(code: i64, message: &str) -> Value {
 fn reply(status: StatusCode, value: Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(CONTENT_TYPE));
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(CONTENT_TYPE));
     response
 }
 
