@@ -188,3 +188,40 @@ async fn registering_the_subjects_gives_each_an_id_and_they_are_then_compatible(
         [("avro_it_rentals-key".to_owned(), 1), ("avro_it_rentals-value".to_owned(), 1)]
     );
 }
+
+/// `schemas check` before and after `schemas register`, and its exit code when a registered
+/// version cannot be read by the local schema.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemas_register_then_check_from_the_command_line() {
+    let registry = TestRegistry::start().await.unwrap();
+    let url = registry.url();
+    let declared: &'static Registry = Box::leak(Box::new(Registry::new([AvroRentals::DECLARATION], [])));
+    let run = |command: &'static str| {
+        let url = url.clone();
+        async move {
+            let argv = ["dionysus", "schemas", command, "--registry-url", url.as_str()].map(str::to_owned).to_vec();
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let code = dionysus::cli::run_until(argv, declared, &mut out, &mut err, Default::default()).await;
+            (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+        }
+    };
+    let (code, out, _) = run("check").await;
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    assert!(out.contains("new subject   avro_it_rentals-value  com.example.Rental"), "{out}");
+    let (code, out, _) = run("register").await;
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    assert!(out.contains("registered avro_it_rentals-value  com.example.Rental (id 1)"), "{out}");
+    assert!(out.contains("registered avro_it_rentals-key  com.example.Rental_key (id 2)"), "{out}");
+
+    // A newer version the local schema cannot read: it lacks `name`, which the local one
+    // requires.
+    let client = RegistryClient::new(&registry.url()).unwrap();
+    let without_name = r#"{"type": "record", "name": "Rental", "namespace": "com.example", "fields": [
+        {"name": "id", "type": "long"}]}"#;
+    client.register("avro_it_rentals-value", without_name).await.unwrap();
+    let (code, out, err) = run("check").await;
+    assert_eq!(code, std::process::ExitCode::from(1), "{out}{err}");
+    assert!(out.contains("INCOMPATIBLE  avro_it_rentals-value  com.example.Rental"), "{out}");
+    assert!(out.contains("compatible    avro_it_rentals-key"), "{out}");
+    assert!(err.contains("not compatible"), "{err}");
+}

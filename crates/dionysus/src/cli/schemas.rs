@@ -6,12 +6,26 @@
 
 use std::io::Write;
 
-use crate::avro::registry::{Compatibility, RegistryClient};
-use crate::avro::schemas::LocalSchemas;
+use crate::avro::registry::{Compatibility, RegistryClient, RegistryError};
+use crate::avro::schemas::{LocalSchemas, SchemaError};
 use crate::avro::topic_schemas;
 use crate::registry::Registry;
 
-use super::Failure;
+/// Why `schemas register|check` failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SchemasError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error("writing the report")]
+    Output(#[from] std::io::Error),
+    #[error(
+        "{count} schema(s) are not compatible with the registry's latest version under the subject's compatibility \
+         level: {subjects}"
+    )]
+    Incompatible { count: usize, subjects: String },
+}
 
 /// What to do with the schemas.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +39,7 @@ pub(super) async fn run(
     url: &str,
     action: Action,
     out: &mut (dyn Write + Send),
-) -> Result<(), Failure> {
+) -> Result<(), SchemasError> {
     let client = RegistryClient::new(url)?;
     let subjects = topic_schemas(registry, LocalSchemas::global()?)?;
     if subjects.is_empty() {
@@ -56,11 +70,6 @@ pub(super) async fn run(
     if incompatible.is_empty() {
         Ok(())
     } else {
-        Err(Failure::new(format!(
-            "{} schema(s) are not compatible with the registry's latest version under the subject's compatibility \
-             level: {}",
-            incompatible.len(),
-            incompatible.join(", ")
-        )))
+        Err(SchemasError::Incompatible { count: incompatible.len(), subjects: incompatible.join(", ") })
     }
 }
