@@ -1,7 +1,7 @@
 //! Code generation for a valid topic: the struct as written, an `impl Topic` whose
 //! declaration is a constant (with the partition key as a type-level field name, for the
-//! models published on it), its registry entry, and for an Avro topic an `include_bytes!` of
-//! each schema file so the crate is rebuilt when one changes.
+//! models published on it), its registry entry, and for an Avro topic the registry entry of
+//! each schema file, its text embedded (so the crate is rebuilt when one changes).
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned, ToTokens};
