@@ -169,6 +169,7 @@ async fn check_reports_a_topic_partition_key_no_model_has() {
         replication_factor: None,
         genesis_replica: false,
         tombstone: Tombstone::JsonNull,
+        format: dionysus::registry::TopicFormat::Json,
         declared_by: "consumer_setup::Keyed",
         location: file!(),
     }));
@@ -179,6 +180,7 @@ async fn check_reports_a_topic_partition_key_no_model_has() {
         with: &[],
         observe: &[],
         serialize: serialize_erased::<crate::relay::Item, DefaultSerializer>,
+        schema: None,
         location: file!(),
     }));
     let registry: &'static Registry = Box::leak(Box::new(Registry::new([topic], []).with_publications([publication])));

@@ -4,10 +4,10 @@
 //! the layers below and have no cycle, and within a folder no file may import a file that
 //! imports it back.
 //!
-//! Layers, bottom up: `wire` and `config` (nothing of the crate), `seal` (config only), then `schema`, `db`,
-//! `telemetry`, `registry`, `handle`, `migrate`, `kafka`, then `producer` and `consumer`
-//! (never each other), then `checkpoint` (over the consumer), then `error`, then `http` (the
-//! events API and console), then `cli` and
+//! Layers, bottom up: `wire` and `config` (nothing of the crate), `seal` (config only), then
+//! `schema`, `db`, `telemetry`, `registry`, `handle`, `migrate`, `kafka`, `avro` (records and
+//! the schema registry), then `producer` and `consumer` (never each other), then `checkpoint`
+//! (over the consumer), then `error`, then `http` (the events API and console), then `cli` and
 //! `testing`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,6 +25,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("handle", &["config", "registry"]),
     ("migrate", &["config", "db"]),
     ("kafka", &["wire", "config", "registry"]),
+    ("avro", &["wire", "registry"]),
     ("producer", &["wire", "config", "seal", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
     ("consumer", &["wire", "config", "seal", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
     ("checkpoint", &["wire", "config", "seal", "schema", "db", "telemetry", "registry", "consumer"]),
@@ -67,6 +68,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "consumer",
             "checkpoint",
             "error",
+            "avro",
         ],
     ),
     (
@@ -85,6 +87,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "consumer",
             "checkpoint",
             "error",
+            "avro",
         ],
     ),
 ];

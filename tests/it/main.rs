@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod avro;
 mod checkpoint;
 mod cli;
 mod cli_process;

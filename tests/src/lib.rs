@@ -203,6 +203,7 @@ pub fn registry_for<T: dionysus::Publishable>(
         replication_factor: None,
         genesis_replica: false,
         tombstone: Tombstone::JsonNull,
+        format: dionysus::registry::TopicFormat::Json,
         declared_by: "dionysus_tests::registry_for",
         location: file!(),
     }));
@@ -213,6 +214,7 @@ pub fn registry_for<T: dionysus::Publishable>(
         with: &[],
         observe: &[],
         serialize,
+        schema: None,
         location: file!(),
     }));
     Box::leak(Box::new(dionysus::Registry::new([declaration], []).with_publications([publication])))

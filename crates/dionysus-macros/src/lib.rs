@@ -8,6 +8,7 @@
 //! errors together with a minimal stub, so the user sees the real mistake and not a cascade.
 
 mod attr;
+mod avro;
 mod consume;
 mod ctxt;
 mod diesel;

@@ -16,6 +16,14 @@ pub(crate) const PARTITIONS: Symbol = Symbol("partitions");
 pub(crate) const REPLICATION_FACTOR: Symbol = Symbol("replication_factor");
 pub(crate) const GENESIS_REPLICA: Symbol = Symbol("genesis_replica");
 pub(crate) const TOMBSTONE: Symbol = Symbol("tombstone");
+pub(crate) const FORMAT: Symbol = Symbol("format");
+pub(crate) const SCHEMA: Symbol = Symbol("schema");
+pub(crate) const SCHEMA_DIR: Symbol = Symbol("schema_dir");
+pub(crate) const KEY: Symbol = Symbol("key");
+// key(...) of an Avro topic
+pub(crate) const KEY_NONE: Symbol = Symbol("none");
+pub(crate) const KEY_PLAIN: Symbol = Symbol("plain");
+pub(crate) const KEY_FIELD: Symbol = Symbol("field");
 
 // #[derive(Publishable)]: #[publish(...)], #[publishable(...)]
 pub(crate) const PUBLISH: Symbol = Symbol("publish");

@@ -22,9 +22,12 @@
 //! | [`telemetry`] | the `/metrics` + `/health` endpoint, the liveness file, error reports | what "healthy" means for each part |
 //! | [`error`] | [`Error`], into which every module's error converts | the errors themselves |
 //! | `http` (feature `http`) | the events API and the operations console: routes, authentication, HTML | the data behind them |
+//! | `avro` (feature `avro`) | Avro records: schemas, codec, registry framing, registry client | which topics are Avro (the declarations) |
 //! | `cli` (feature `cli`) | the `dionysus` command line an application embeds | the work each subcommand starts |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "avro")]
+pub mod avro;
 pub mod checkpoint;
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -327,8 +330,8 @@ pub mod __private {
         Record, RecordFilter, Relation, SoftDelete,
     };
     pub use crate::registry::{
-        ModelRegistration, PartitionKeyWith, Tombstone, Topic, TopicDeclaration, TopicEntry, TopicReference,
-        TopicReferenceEntry,
+        KeyConfig, ModelRegistration, PartitionKeyWith, SchemaEntry, Tombstone, Topic, TopicDeclaration, TopicEntry,
+        TopicFormat, TopicReference, TopicReferenceEntry,
     };
     /// What `assert_published!` and `assert_not_published!` build.
     #[cfg(feature = "testing")]

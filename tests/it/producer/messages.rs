@@ -475,6 +475,7 @@ fn partition_key_sources_follow_p16() {
             replication_factor: None,
             genesis_replica: false,
             tombstone: Tombstone::JsonNull,
+            format: dionysus::registry::TopicFormat::Json,
             declared_by: "test",
             location: "test",
         }))
@@ -486,6 +487,7 @@ fn partition_key_sources_follow_p16() {
         with: &[],
         observe: &[],
         serialize: dionysus::serialize::serialize_erased::<spec_b::w01::ExampleResource, DefaultSerializer>,
+        schema: None,
         location: "test",
     };
     let record = |account_id| spec_b::w01::ExampleResource {

@@ -6,6 +6,7 @@ use proc_macro2::Span;
 use syn::{Generics, Ident, LitStr, Path, Type};
 
 use crate::attr::Name;
+use crate::avro::SchemaRef;
 use crate::symbol::Symbol;
 
 /// A replica struct.
@@ -18,6 +19,9 @@ pub(crate) struct Replica {
     pub(crate) table_given: bool,
     pub(crate) topic: Option<LitStr>,
     pub(crate) model: Option<LitStr>,
+    /// `schema = "com.example.Rental"`: records of this Avro schema are read into the
+    /// struct; its fields are checked against it.
+    pub(crate) schema: Option<SchemaRef>,
     /// The attribute roles named by `#[consume(role = "column")]` or a field's
     /// `#[consume(role)]` (C-11); the others are resolved at run time.
     pub(crate) synced_id: Option<Name>,

@@ -74,11 +74,14 @@ pub(crate) fn expand(replica: &Replica) -> TokenStream {
         let ty = &field.ty;
         quote_spanned!(ty.span()=> const _: () = __d::payload_column::<#ty>();)
     });
+    let tracked = replica.schema.as_ref().map(crate::avro::SchemaRef::embed);
     quote! {
         #[doc(hidden)]
         #[allow(non_snake_case, clippy::all)]
         const _: () = {
             use ::dionysus::__private as __d;
+
+            #tracked
 
             #[automatically_derived]
             impl __d::Replica for #ident {

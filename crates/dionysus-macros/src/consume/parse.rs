@@ -13,8 +13,19 @@ use crate::ctxt::Ctxt;
 use crate::diesel;
 use crate::symbol::*;
 
-const STRUCT_KEYS: &[Symbol] =
-    &[TOPIC, MODEL, SYNCED_ID, SYNCED_CREATED_AT, SYNCED_UPDATED_AT, SOFT_DELETE, SYNCED_DATA, STRATEGY, CANCEL];
+const STRUCT_KEYS: &[Symbol] = &[
+    TOPIC,
+    MODEL,
+    SYNCED_ID,
+    SYNCED_CREATED_AT,
+    SYNCED_UPDATED_AT,
+    SOFT_DELETE,
+    SYNCED_DATA,
+    STRATEGY,
+    CANCEL,
+    SCHEMA,
+    SCHEMA_DIR,
+];
 /// The attribute roles a column can be named for (C-11), by a struct key or a field flag.
 const ROLES: [Symbol; 5] = [SYNCED_ID, SYNCED_CREATED_AT, SYNCED_UPDATED_AT, SOFT_DELETE, SYNCED_DATA];
 const FIELD_KEYS: &[Symbol] = &[FROM, SKIP, SYNCED_ID, SYNCED_CREATED_AT, SYNCED_UPDATED_AT, SOFT_DELETE, SYNCED_DATA];
@@ -38,6 +49,8 @@ pub(crate) fn replica(cx: &Ctxt, input: &DeriveInput) -> Option<Replica> {
 
     let mut topic = Attr::none(cx, TOPIC);
     let mut model = Attr::none(cx, MODEL);
+    let mut schema = Attr::none(cx, SCHEMA);
+    let mut schema_dir = Attr::none(cx, SCHEMA_DIR);
     let mut roles = ROLES.map(|role| Attr::none(cx, role));
     let mut strategy = Attr::none(cx, STRATEGY);
     let mut cancel = Attr::none(cx, CANCEL);
@@ -46,6 +59,10 @@ pub(crate) fn replica(cx: &Ctxt, input: &DeriveInput) -> Option<Replica> {
             topic.set_opt(&meta.path, attr::string(cx, TOPIC, &meta, r#"topic = "v3_rentals""#)?);
         } else if meta.path == MODEL {
             model.set_opt(&meta.path, attr::string(cx, MODEL, &meta, r#"model = "Rental""#)?);
+        } else if meta.path == SCHEMA {
+            schema.set_opt(&meta.path, attr::string(cx, SCHEMA, &meta, r#"schema = "com.example.Rental""#)?);
+        } else if meta.path == SCHEMA_DIR {
+            schema_dir.set_opt(&meta.path, attr::string(cx, SCHEMA_DIR, &meta, r#"schema_dir = "avro""#)?);
         } else if let Some(index) = ROLES.iter().position(|role| meta.path == *role) {
             let example = match ROLES[index] {
                 SOFT_DELETE => r#"soft_delete = "synced_canceled_at""#,
@@ -84,6 +101,7 @@ pub(crate) fn replica(cx: &Ctxt, input: &DeriveInput) -> Option<Replica> {
         table_given: diesel.table_given,
         topic: topic.get(),
         model: model.get(),
+        schema: crate::avro::SchemaRef::from_keys(cx, schema.get(), schema_dir.get()),
         synced_id,
         synced_created_at,
         synced_updated_at,

@@ -4,8 +4,9 @@
 //! payload values is for the compiler (see `expand`), and roles left open (resolved against
 //! the configured names, C-11) are checked when the consumer is built.
 
-use super::ast::Replica;
+use super::ast::{Field, Replica};
 use crate::attr::Name;
+use crate::avro::{self, Direction, Member};
 use crate::ctxt::Ctxt;
 use crate::suggest;
 use crate::symbol::{Symbol, CANCEL, SOFT_DELETE, SYNCED_CREATED_AT, SYNCED_DATA, SYNCED_ID, SYNCED_UPDATED_AT};
@@ -51,11 +52,40 @@ pub(crate) fn check(cx: &Ctxt, replica: &Replica) {
             ),
         ));
     }
+    if let Some(schema) = &replica.schema {
+        let sources: Vec<String> = replica.fields.iter().map(|field| source(replica, field)).collect();
+        let members: Vec<Member<'_>> = replica
+            .fields
+            .iter()
+            .zip(&sources)
+            .map(|(field, name)| Member { name: name.as_str(), ty: &field.ty })
+            .collect();
+        avro::check(cx, schema, &ident.to_string(), &members, Direction::Read);
+    }
     if !replica.table_given {
         cx.error_spanned_by(
             ident,
             "missing `#[diesel(table_name = ...)]`: the replica table is the diesel table of the struct",
         );
+    }
+}
+
+/// The record field a column is read from, with the default attribute names: `from = "…"`,
+/// the source's `id`, `created_at` and `updated_at` for the synced roles, else the column's
+/// own name.
+fn source(replica: &Replica, field: &Field) -> String {
+    if let Some(from) = &field.from {
+        return from.value();
+    }
+    let is = |role: Option<&Field>| role.is_some_and(|role| role.column.value == field.column.value);
+    if is(replica.role(replica.synced_id.as_ref(), "synced_id")) {
+        "id".to_owned()
+    } else if is(replica.role(replica.synced_created_at.as_ref(), "synced_created_at")) {
+        "created_at".to_owned()
+    } else if is(replica.role(replica.synced_updated_at.as_ref(), "synced_updated_at")) {
+        "updated_at".to_owned()
+    } else {
+        field.column.value.clone()
     }
 }
 

@@ -7,6 +7,7 @@ use quote::ToTokens;
 use syn::{Generics, Ident, LitStr, Path, Type};
 
 use crate::attr::Name;
+use crate::avro::SchemaRef;
 
 /// A publishable model.
 pub(crate) struct Model {
@@ -69,6 +70,9 @@ pub(crate) struct Publication {
     pub(crate) with: Vec<Path>,
     pub(crate) observe: Vec<Observe>,
     pub(crate) serializer: Option<Path>,
+    /// `schema = "com.example.Rental"`: the topic is an Avro topic with this record schema,
+    /// which the model's fields are checked against.
+    pub(crate) schema: Option<SchemaRef>,
     /// The `publish` token, for `file!()`/`line!()`.
     pub(crate) span: Span,
 }

@@ -151,6 +151,14 @@ fn expand_publication(
         None => quote!(__d::DefaultSerializer),
     };
     let location = quote_spanned!(publication.span=> ::core::concat!(::core::file!(), ":", ::core::line!()));
+    let schema = match &publication.schema {
+        Some(schema) => {
+            helpers.push(schema.embed());
+            let name = schema.name.value();
+            quote!(::core::option::Option::Some(#name))
+        }
+        None => quote!(::core::option::Option::None),
+    };
     quote! {
         __d::Publication {
             model: &<#ident as __d::Publishable>::MODEL,
@@ -159,6 +167,7 @@ fn expand_publication(
             with: &[#(#dependencies),*],
             observe: &[#(#observers),*],
             serialize: __d::serialize_erased::<#ident, #serializer>,
+            schema: #schema,
             location: #location,
         }
     }

@@ -12,12 +12,23 @@ use syn::{Attribute, Data, DeriveInput, Expr, Fields, Ident, Lit, Path, Token};
 
 use super::ast::{Field, Model, Observe, PartitionKey, PrimaryKey, Publication, SoftDelete, TopicRef};
 use crate::attr::{self, Attr, Name};
+use crate::avro::SchemaRef;
 use crate::ctxt::Ctxt;
 use crate::diesel;
 use crate::symbol::*;
 
-const PUBLISH_KEYS: &[Symbol] =
-    &[TOPIC, PARTITION_KEY, PARTITION_KEY_WITH, PARTITION_KEY_TO_I, WITH, OBSERVE, SERIALIZER, MODEL_NAME];
+const PUBLISH_KEYS: &[Symbol] = &[
+    TOPIC,
+    PARTITION_KEY,
+    PARTITION_KEY_WITH,
+    PARTITION_KEY_TO_I,
+    WITH,
+    OBSERVE,
+    SERIALIZER,
+    MODEL_NAME,
+    SCHEMA,
+    SCHEMA_DIR,
+];
 const PUBLISHABLE_KEYS: &[Symbol] = &[MODEL_NAME, SOFT_DELETE, PUBLISH_UPDATES_AFTER_SOFT_DELETE];
 const OBSERVE_KEYS: &[Symbol] = &[COLUMNS, VIA];
 
@@ -154,6 +165,8 @@ fn read_publish(cx: &Ctxt, attr: &Attribute, model_name: &mut Attr<'_, String>) 
     let mut with: Vec<Path> = Vec::new();
     let mut observe = Vec::new();
     let mut serializer = Attr::none(cx, SERIALIZER);
+    let mut schema = Attr::none(cx, SCHEMA);
+    let mut schema_dir = Attr::none(cx, SCHEMA_DIR);
     let mut topic_given = false;
 
     let complete = attr::each_in_attrs(cx, std::slice::from_ref(attr), PUBLISH, |meta| {
@@ -186,6 +199,10 @@ fn read_publish(cx: &Ctxt, attr: &Attribute, model_name: &mut Attr<'_, String>) 
             serializer.set_opt(&meta.path, attr::path(cx, SERIALIZER, &meta, what, "serializer = NameOnly")?);
         } else if meta.path == MODEL_NAME {
             model_name.set_opt(&meta.path, read_model_name(cx, &meta)?);
+        } else if meta.path == SCHEMA {
+            schema.set_opt(&meta.path, attr::string(cx, SCHEMA, &meta, r#"schema = "com.example.Rental""#)?);
+        } else if meta.path == SCHEMA_DIR {
+            schema_dir.set_opt(&meta.path, attr::string(cx, SCHEMA_DIR, &meta, r#"schema_dir = "avro""#)?);
         } else {
             attr::unknown(cx, &meta, "`#[publish(...)]`", PUBLISH_KEYS)?;
         }
@@ -222,6 +239,7 @@ fn read_publish(cx: &Ctxt, attr: &Attribute, model_name: &mut Attr<'_, String>) 
         with,
         observe,
         serializer: serializer.get(),
+        schema: SchemaRef::from_keys(cx, schema.get(), schema_dir.get()),
         span: attr.path().span(),
     })
 }

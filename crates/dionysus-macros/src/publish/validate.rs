@@ -1,6 +1,7 @@
 //! Rules across a publishable model's fields and attributes: names that refer to fields
 //! exist (with a hint and the list of fields), the primary key is one column, a topic is
-//! published once, options that exclude each other are not combined. Every broken rule is
+//! published once, options that exclude each other are not combined, the fields fit the
+//! Avro schema a publication names. Every broken rule is
 //! recorded; what needs the type system is emitted by `expand` as code instead.
 
 use std::collections::BTreeSet;
@@ -9,6 +10,7 @@ use quote::ToTokens;
 
 use super::ast::{Model, PartitionKey, SoftDelete};
 use crate::attr::Name;
+use crate::avro::{self, Direction, Member};
 use crate::ctxt::Ctxt;
 use crate::suggest;
 use crate::symbol::{Symbol, PARTITION_KEY, SOFT_DELETE, VIA};
@@ -55,6 +57,11 @@ pub(crate) fn check(cx: &Ctxt, model: &Model) {
             if let Some(via) = &observe.via {
                 check_field(cx, model, VIA, via);
             }
+        }
+        if let Some(schema) = &publication.schema {
+            let members: Vec<Member<'_>> =
+                model.fields.iter().map(|field| Member { name: &field.column, ty: &field.ty }).collect();
+            avro::check(cx, schema, &ident.to_string(), &members, Direction::Write);
         }
         let identity = publication.topic.identity();
         if !topics.insert(identity.clone()) {

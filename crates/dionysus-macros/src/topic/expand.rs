@@ -1,11 +1,12 @@
 //! Code generation for a valid topic: the struct as written, an `impl Topic` whose
 //! declaration is a constant (with the partition key as a type-level field name, for the
-//! models published on it), and its registry entry.
+//! models published on it), its registry entry, and for an Avro topic the registry entry of
+//! each schema file, its text embedded (so the crate is rebuilt when one changes).
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned, ToTokens};
 
-use super::Topic;
+use super::{KeyConfig, Topic};
 use crate::field_name;
 
 pub(super) fn expand(topic: &Topic) -> TokenStream {
@@ -28,6 +29,27 @@ pub(super) fn expand(topic: &Topic) -> TokenStream {
         Some(key) => field_name::type_of(&key.value),
         None => quote!(__d::NoField),
     };
+    let (format, tracked) = match &topic.avro {
+        Some(avro) => {
+            let schema = avro.schema.name.value();
+            let mut tracked = vec![avro.schema.embed()];
+            let key = match &avro.key {
+                KeyConfig::None => quote!(__d::KeyConfig::None),
+                KeyConfig::Plain => quote!(__d::KeyConfig::Plain),
+                KeyConfig::Field(field) => {
+                    let field = &field.value;
+                    quote!(__d::KeyConfig::Field(#field))
+                }
+                KeyConfig::Schema(key) => {
+                    tracked.push(key.embed());
+                    let key = key.name.value();
+                    quote!(__d::KeyConfig::Schema(#key))
+                }
+            };
+            (quote!(__d::TopicFormat::Avro { schema: #schema, key: #key }), tracked)
+        }
+        None => (quote!(__d::TopicFormat::Json), Vec::new()),
+    };
     let span = ident.span();
     let declaration = quote_spanned! {span=>
         &__d::TopicDeclaration {
@@ -40,6 +62,7 @@ pub(super) fn expand(topic: &Topic) -> TokenStream {
             replication_factor: #replication_factor,
             genesis_replica: #genesis_replica,
             tombstone: __d::Tombstone::#tombstone,
+            format: #format,
             declared_by: ::core::concat!(::core::module_path!(), "::", #ident_str),
             location: ::core::concat!(::core::file!(), ":", ::core::line!()),
         }
@@ -50,6 +73,8 @@ pub(super) fn expand(topic: &Topic) -> TokenStream {
         #[doc(hidden)]
         const _: () = {
             use ::dionysus::__private as __d;
+
+            #(#tracked)*
 
             #[automatically_derived]
             impl __d::Topic for #ident {

@@ -12,6 +12,7 @@ use quote::quote;
 use syn::ItemStruct;
 
 use crate::attr::Name;
+use crate::avro::SchemaRef;
 use crate::ctxt::{self, Ctxt};
 
 /// A topic declaration.
@@ -28,6 +29,27 @@ pub(crate) struct Topic {
     pub(crate) replication_factor: Option<i16>,
     pub(crate) genesis_replica: bool,
     pub(crate) kafka_null_tombstone: bool,
+    /// `format = "avro"`: the record schema and the key config; `None` for the JSON envelope.
+    pub(crate) avro: Option<AvroTopic>,
+}
+
+/// An Avro topic's settings.
+pub(crate) struct AvroTopic {
+    pub(crate) schema: SchemaRef,
+    pub(crate) key: KeyConfig,
+}
+
+/// `key(...)` of an Avro topic (deimos' `key_config`).
+pub(crate) enum KeyConfig {
+    /// `key(none)`: messages carry no key.
+    None,
+    /// `key(plain)`: the record's primary key as text (the default).
+    Plain,
+    /// `key(field = id)`: the value of a schema field, encoded with a one-field key schema.
+    Field(Name),
+    /// `key(schema = "com.example.RentalKey")`: a key record schema whose fields are taken
+    /// from the record.
+    Schema(SchemaRef),
 }
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {

@@ -6,13 +6,28 @@ use proc_macro2::{Span, TokenStream};
 use syn::spanned::Spanned;
 use syn::{Fields, Item, ItemStruct, LitStr};
 
-use super::Topic;
+use super::{AvroTopic, KeyConfig, Topic};
 use crate::attr::{self, Attr, Name};
+use crate::avro::SchemaRef;
 use crate::ctxt::Ctxt;
 use crate::symbol::*;
 
-const KEYS: &[Symbol] =
-    &[NAMESPACE, NAME, PARTITION_KEY, PARTITION_KEY_WITH, PARTITIONS, REPLICATION_FACTOR, GENESIS_REPLICA, TOMBSTONE];
+const KEYS: &[Symbol] = &[
+    NAMESPACE,
+    NAME,
+    PARTITION_KEY,
+    PARTITION_KEY_WITH,
+    PARTITIONS,
+    REPLICATION_FACTOR,
+    GENESIS_REPLICA,
+    TOMBSTONE,
+    FORMAT,
+    SCHEMA,
+    SCHEMA_DIR,
+    KEY,
+];
+const KEY_KEYS: &[Symbol] = &[KEY_NONE, KEY_PLAIN, KEY_FIELD, SCHEMA];
+const KEY_EXAMPLE: &str = r#"key(field = id)"#;
 
 /// Kafka's limit on topic name length.
 pub(super) const MAX_TOPIC_NAME: usize = 249;
@@ -28,6 +43,7 @@ pub(super) struct Args {
     replication_factor: Option<i16>,
     genesis_replica: bool,
     kafka_null_tombstone: bool,
+    avro: Option<AvroTopic>,
 }
 
 impl Args {
@@ -43,6 +59,7 @@ impl Args {
             replication_factor: self.replication_factor,
             genesis_replica: self.genesis_replica,
             kafka_null_tombstone: self.kafka_null_tombstone,
+            avro: self.avro,
         }
     }
 }
@@ -81,6 +98,10 @@ pub(super) fn args(cx: &Ctxt, args: TokenStream) -> Option<Args> {
     let mut replication_factor = Attr::none(cx, REPLICATION_FACTOR);
     let mut genesis_replica = Attr::none(cx, GENESIS_REPLICA);
     let mut tombstone = Attr::none(cx, TOMBSTONE);
+    let mut format = Attr::none(cx, FORMAT);
+    let mut schema = Attr::none(cx, SCHEMA);
+    let mut schema_dir = Attr::none(cx, SCHEMA_DIR);
+    let mut key = Attr::none(cx, KEY);
     let mut name_given = false;
 
     let complete = attr::each_in_args(cx, args, |meta| {
@@ -109,6 +130,15 @@ pub(super) fn args(cx: &Ctxt, args: TokenStream) -> Option<Args> {
         } else if meta.path == TOMBSTONE {
             let value = attr::string(cx, TOMBSTONE, &meta, r#"tombstone = "kafka_null""#)?;
             tombstone.set_opt(&meta.path, value.and_then(|lit| read_tombstone(cx, &lit)));
+        } else if meta.path == FORMAT {
+            let value = attr::string(cx, FORMAT, &meta, r#"format = "avro""#)?;
+            format.set_opt(&meta.path, value.and_then(|lit| read_format(cx, lit)));
+        } else if meta.path == SCHEMA {
+            schema.set_opt(&meta.path, attr::string(cx, SCHEMA, &meta, r#"schema = "com.example.Rental""#)?);
+        } else if meta.path == SCHEMA_DIR {
+            schema_dir.set_opt(&meta.path, attr::string(cx, SCHEMA_DIR, &meta, r#"schema_dir = "avro""#)?);
+        } else if meta.path == KEY {
+            key.set_opt(&meta.path, read_key(cx, &meta)?);
         } else {
             attr::unknown(cx, &meta, "`#[dionysus::topic(...)]`", KEYS)?;
         }
@@ -137,7 +167,9 @@ pub(super) fn args(cx: &Ctxt, args: TokenStream) -> Option<Args> {
         }
         (given, _) => given.map(|(_, path)| path),
     };
+    let avro = avro_topic(cx, format.get(), schema.get(), schema_dir.get(), key.get());
     Some(Args {
+        avro,
         namespace: namespace.get(),
         name,
         name_span,
@@ -148,6 +180,103 @@ pub(super) fn args(cx: &Ctxt, args: TokenStream) -> Option<Args> {
         genesis_replica: genesis_replica.get().unwrap_or(false),
         kafka_null_tombstone: tombstone.get().unwrap_or(false),
     })
+}
+
+/// `"json"` (false) or `"avro"` (true), with the literal.
+fn read_format(cx: &Ctxt, lit: LitStr) -> Option<(bool, LitStr)> {
+    match lit.value().as_str() {
+        "json" => Some((false, lit)),
+        "avro" => Some((true, lit)),
+        other => {
+            cx.error_spanned_by(
+                &lit,
+                format!(
+                    "unknown format `{other}`; expected \"json\" (the dionysus-rb envelope; the default) or \"avro\" \
+                     (one Avro record per message, with `schema = \"…\"`)"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `key(none)`, `key(plain)`, `key(field = id)` or `key(schema = "com.example.RentalKey")`,
+/// with the span of `key`.
+fn read_key(cx: &Ctxt, meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<Option<(KeyConfig, Span)>> {
+    let span = meta.path.span();
+    if !meta.input.peek(syn::token::Paren) {
+        cx.error_spanned_by(
+            &meta.path,
+            format!(
+                "expected `key(none)`, `key(plain)`, `key(field = id)` or `key(schema = \"com.example.RentalKey\")`, \
+                 e.g. `{KEY_EXAMPLE}`"
+            ),
+        );
+        attr::skip_value(meta.input)?;
+        return Ok(None);
+    }
+    let mut config = Attr::none(cx, KEY);
+    meta.parse_nested_meta(|inner| {
+        if inner.path == KEY_NONE {
+            config.set(&inner.path, KeyConfig::None);
+        } else if inner.path == KEY_PLAIN {
+            config.set(&inner.path, KeyConfig::Plain);
+        } else if inner.path == KEY_FIELD {
+            let name = attr::name(cx, KEY_FIELD, &inner, "field = id")?;
+            config.set_opt(&inner.path, name.map(KeyConfig::Field));
+        } else if inner.path == SCHEMA {
+            let name = attr::string(cx, SCHEMA, &inner, r#"schema = "com.example.RentalKey""#)?;
+            config.set_opt(&inner.path, name.map(|name| KeyConfig::Schema(SchemaRef { name, dir: None })));
+        } else {
+            attr::unknown(cx, &inner, "`key(...)`", KEY_KEYS)?;
+        }
+        Ok(())
+    })?;
+    Ok(config.get().map(|config| (config, span)))
+}
+
+/// The Avro settings, when the topic has them; settings that need `format = "avro"` on a
+/// JSON topic are recorded.
+fn avro_topic(
+    cx: &Ctxt,
+    format: Option<(bool, LitStr)>,
+    schema: Option<LitStr>,
+    schema_dir: Option<LitStr>,
+    key: Option<(KeyConfig, Span)>,
+) -> Option<AvroTopic> {
+    let avro = match &format {
+        Some((avro, _)) => *avro,
+        None => schema.is_some(),
+    };
+    if !avro {
+        let json = "on a JSON topic; it belongs to `format = \"avro\"`";
+        if let Some(schema) = &schema {
+            cx.error_spanned_by(schema, format!("`schema` {json}"));
+        }
+        if let Some(dir) = &schema_dir {
+            cx.error_spanned_by(dir, format!("`schema_dir` {json}"));
+        }
+        if let Some((_, span)) = &key {
+            cx.syn_error(syn::Error::new(*span, format!("`key(...)` {json}")));
+        }
+        return None;
+    }
+    let Some(name) = schema else {
+        if let Some((_, lit)) = &format {
+            cx.error_spanned_by(
+                lit,
+                "an Avro topic names its record schema\nhelp: add `schema = \"com.example.Rental\"` (read from \
+                 `schemas/com/example/Rental.avsc`)",
+            );
+        }
+        return None;
+    };
+    let key = match key {
+        Some((KeyConfig::Schema(key), _)) => KeyConfig::Schema(SchemaRef { dir: schema_dir.clone(), ..key }),
+        Some((key, _)) => key,
+        None => KeyConfig::Plain,
+    };
+    Some(AvroTopic { schema: SchemaRef { name, dir: schema_dir }, key })
 }
 
 /// `"json_null"` (false) or `"kafka_null"` (true).

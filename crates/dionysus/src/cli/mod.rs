@@ -10,7 +10,8 @@
 //!
 //! Subcommands: `migrate`, `copy-migrations`, `check`, `replica-ddl`, `relay`, `consume`,
 //! `genesis`, `serve`, `outbox stats|retry|prune`, `topics create|list`, `dlq list|replay`,
-//! `events list|show|retry`, `failures list|show|retry|delete`. Settings come from
+//! `events list|show|retry`, `failures list|show|retry|delete`, and with feature `avro`
+//! `schemas register|check`. Settings come from
 //! the environment (see `config`) and the global flags, which win. Errors say what was wrong
 //! and how to fix it; the exit code is 1 for a failure and 2 for a usage mistake, which is
 //! found before any I/O. `relay`, `consume` and `genesis` first check that the database is
@@ -47,6 +48,8 @@ use self::logs::LogFormat;
 mod checkpoints;
 mod dlq;
 mod logs;
+#[cfg(feature = "avro")]
+mod schemas;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -221,6 +224,10 @@ enum Command {
     /// The checkpoint log: events whose checkpointed handler failed.
     #[command(subcommand)]
     Failures(FailuresCommand),
+    /// Register the Avro topics' schemas in the schema registry, or check them against it.
+    #[cfg(feature = "avro")]
+    #[command(subcommand)]
+    Schemas(SchemasCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -271,6 +278,25 @@ enum FailuresCommand {
     Delete {
         /// The failure's id.
         id: i64,
+    },
+}
+
+#[cfg(feature = "avro")]
+#[derive(Debug, Subcommand)]
+enum SchemasCommand {
+    /// Register each Avro topic's value schema under `<topic>-value` and its key schema
+    /// (if its key config has one) under `<topic>-key`; already registered ones keep their id.
+    Register {
+        /// The schema registry, e.g. http://127.0.0.1:8081.
+        #[arg(long, env = "DIONYSUS_SCHEMA_REGISTRY_URL", value_name = "URL")]
+        registry_url: String,
+    },
+    /// Report whether each local schema is compatible with its subject's latest version
+    /// under the subject's compatibility level; exit 1 if one is not.
+    Check {
+        /// The schema registry, e.g. http://127.0.0.1:8081.
+        #[arg(long, env = "DIONYSUS_SCHEMA_REGISTRY_URL", value_name = "URL")]
+        registry_url: String,
     },
 }
 
@@ -728,6 +754,14 @@ async fn execute(
         Command::Dlq(DlqCommand::List { dead_letter_topic, filter, limit }) => {
             let topic = dead_letter_topic.unwrap_or_else(|| config.consumer.dead_letter_topic.clone());
             dlq::list(&config, topic, filter, limit, out).await?;
+        }
+        #[cfg(feature = "avro")]
+        Command::Schemas(SchemasCommand::Register { registry_url }) => {
+            schemas::run(registry, &registry_url, schemas::Action::Register, out).await?;
+        }
+        #[cfg(feature = "avro")]
+        Command::Schemas(SchemasCommand::Check { registry_url }) => {
+            schemas::run(registry, &registry_url, schemas::Action::Check, out).await?;
         }
         Command::Dlq(DlqCommand::Replay { dead_letter_topic, filter, limit, group }) => {
             let topic = dead_letter_topic.unwrap_or_else(|| config.consumer.dead_letter_topic.clone());

@@ -1209,6 +1209,8 @@ impl Consumer {
                 FailurePolicy::DeadLetter => Err(failed(error)),
             };
         }
+    }
+
     /// The outbox rows of a handler's replies to `cause`.
     fn reply_rows(&self, cause: Cause<'_>, replies: Vec<reply::Reply>) -> Result<Vec<ComposedRow>, ConsumerError> {
         let registry = self.inner.registry.as_deref().unwrap_or_else(|| Registry::global());
@@ -1358,6 +1360,8 @@ fn checkpoint_notice(name: &'static str, origin: &checkpoint::Origin<'_>, retry_
         checksum = origin.checksum,
         "{name}"
     );
+}
+
 /// Calls a handler in a `dionysus.handle` span, timed in `dionysus_consumer_handle_seconds`.
 async fn handle(declaration: &HandlerDeclaration, ctx: &mut Context<'_>) -> Result<(), HandlerError> {
     use tracing::Instrument as _;
@@ -1393,6 +1397,7 @@ fn reply_error(message: &InboundMessage, source: ReplyError) -> ConsumerError {
     ConsumerError::Reply { topic: message.topic.clone(), partition: message.partition, offset: message.offset, source }
 }
 
+/// The message an event came from (a batch's messages are in ascending offsets).
 fn message_of<'m>(messages: &'m [InboundMessage], event: &ConsumedEvent) -> Option<&'m InboundMessage> {
     match messages.binary_search_by_key(&event.offset, |message| message.offset) {
         Ok(index) => messages.get(index),

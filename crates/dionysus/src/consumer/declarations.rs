@@ -167,7 +167,7 @@ mod tests {
     use super::*;
     use crate::consumer::handler::{Context, HandlerFuture};
     use crate::consumer::replica::{Column, ColumnKind, DestroyStrategy, NamedRoles};
-    use crate::registry::{Tombstone, TopicDeclaration, TopicReference};
+    use crate::registry::{Tombstone, TopicDeclaration, TopicFormat, TopicReference};
 
     fn nothing<'a>(_: &'a mut Context<'_>) -> HandlerFuture<'a> {
         Box::pin(async { Ok(()) })
@@ -215,6 +215,7 @@ mod tests {
         replication_factor: None,
         genesis_replica: true,
         tombstone: Tombstone::JsonNull,
+        format: TopicFormat::Json,
         declared_by: "app::Widgets",
         location: "src/topics.rs:1",
     };

@@ -19,8 +19,8 @@ use serde_json::Value;
 
 use super::batch::InboundMessage;
 use super::events::{ConsumedEvent, LocalChange};
-pub use crate::config::{FailurePolicy, UnknownFailurePolicy};
 use super::reply::Reply;
+pub use crate::config::{FailurePolicy, UnknownFailurePolicy};
 use crate::consumer::replica::Record;
 
 /// What a handler is given: the event, where its message came from, its raw payload, and a
@@ -51,7 +51,16 @@ impl<'a> Context<'a> {
         conn: &'a mut AsyncPgConnection,
         in_transaction: bool,
     ) -> Context<'a> {
-        Context { event, message, conn, in_transaction, ack: None, error_class: None, retry_count: 0, replies: Vec::new() }
+        Context {
+            event,
+            message,
+            conn,
+            in_transaction,
+            ack: None,
+            error_class: None,
+            retry_count: 0,
+            replies: Vec::new(),
+        }
     }
 
     /// The same context for another try of the event.

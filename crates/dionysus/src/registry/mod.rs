@@ -32,6 +32,60 @@ pub enum Tombstone {
     KafkaNull,
 }
 
+/// What a topic's messages are.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TopicFormat {
+    /// The dionysus-rb JSON envelope (the default): events with their records, sideloads and
+    /// tombstones as the gem writes them.
+    Json,
+    /// One Avro record per message (deimos style): the value is the record encoded with its
+    /// schema, the key follows the key config, a deleted record is a tombstone (a null
+    /// value) with its key.
+    Avro {
+        /// The record schema's full name, e.g. `com.example.Rental`.
+        schema: &'static str,
+        /// What the message key is.
+        key: KeyConfig,
+    },
+}
+
+impl TopicFormat {
+    /// The record schema's full name of an Avro topic.
+    pub fn schema(&self) -> Option<&'static str> {
+        match self {
+            TopicFormat::Json => None,
+            TopicFormat::Avro { schema, .. } => Some(schema),
+        }
+    }
+}
+
+/// The message key of an Avro topic (`key(...)` on `#[dionysus::topic]`, deimos'
+/// `key_config`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum KeyConfig {
+    /// No key: messages are spread by the partition key alone.
+    None,
+    /// The record's primary key as text, not encoded (the default).
+    Plain,
+    /// The value of this record field, Avro-encoded with a one-field key schema.
+    Field(&'static str),
+    /// A key record schema (its full name) whose fields are taken from the record.
+    Schema(&'static str),
+}
+
+/// An Avro schema a declaration names, its text embedded at compile time from the crate's
+/// schema directory (`schemas/com/example/Rental.avsc` for `com.example.Rental`). Every
+/// macro that names a schema submits one; the same name may come more than once.
+#[derive(Debug)]
+pub struct SchemaEntry {
+    /// The schema's full name.
+    pub name: &'static str,
+    /// The schema's JSON text.
+    pub definition: &'static str,
+}
+
+inventory::collect!(SchemaEntry);
+
 /// A topic declared with `#[dionysus::topic(...)]`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct TopicDeclaration {
@@ -56,6 +110,8 @@ pub struct TopicDeclaration {
     pub genesis_replica: bool,
     /// How tombstones are encoded on this topic.
     pub tombstone: Tombstone,
+    /// The JSON envelope, or Avro records with a schema and a key config.
+    pub format: TopicFormat,
     /// Path of the declaring type, e.g. `my_app::topics::Rentals`.
     pub declared_by: &'static str,
     /// `file:line` of the declaration.
@@ -75,6 +131,7 @@ impl TopicDeclaration {
         replication_factor: None,
         genesis_replica: false,
         tombstone: Tombstone::JsonNull,
+        format: TopicFormat::Json,
         declared_by: "",
         location: "",
     };
@@ -104,6 +161,7 @@ impl TopicDeclaration {
         );
         compare("genesis_replica", self.genesis_replica.to_string(), other.genesis_replica.to_string());
         compare("tombstone", format!("{:?}", self.tombstone), format!("{:?}", other.tombstone));
+        compare("format", format!("{:?}", self.format), format!("{:?}", other.format));
         differences
     }
 }
@@ -415,6 +473,17 @@ impl Registry {
             problems.extend(self.unknown_partition_key(topic));
         }
         for publication in &self.publications {
+            if let Some(topic) = self.topic(publication.topic) {
+                if topic.format.schema() != publication.schema {
+                    problems.push(Problem::SchemaMismatch {
+                        topic: topic.full_name.to_owned(),
+                        declared: topic.format.schema().map(str::to_owned),
+                        published: publication.schema.map(str::to_owned),
+                        model: publication.model.rust_name.to_owned(),
+                        location: publication.location.to_owned(),
+                    });
+                }
+            }
             if self.topic(publication.topic).is_none() {
                 problems.push(Problem::UndeclaredTopic {
                     topic: publication.topic.to_owned(),
@@ -559,6 +628,20 @@ pub enum Problem {
         /// A field of those models with a similar name.
         suggestion: Option<String>,
     },
+    /// A publication's `schema = "…"` disagrees with its topic's format: a schema on a JSON
+    /// topic, none on an Avro topic, or another schema than the topic's.
+    SchemaMismatch {
+        /// The topic's full name.
+        topic: String,
+        /// The schema the topic declares (`None`: a JSON topic).
+        declared: Option<String>,
+        /// The schema the publication names (`None`: none).
+        published: Option<String>,
+        /// The publishing model.
+        model: String,
+        /// Where it is published.
+        location: String,
+    },
     /// A declaration names a topic that no `#[dionysus::topic]` declares.
     UndeclaredTopic {
         /// The name as written.
@@ -602,6 +685,26 @@ impl fmt::Display for Problem {
                 match suggestion {
                     Some(suggestion) => write!(f, "; did you mean `{suggestion}`?"),
                     None => write!(f, "; name a field of these models, or give each #[publish(...)] its own partition_key"),
+                }
+            }
+            Problem::SchemaMismatch { topic, declared, published, model, location } => {
+                write!(f, "publisher {model} ({location}) on topic `{topic}`: ")?;
+                match (declared, published) {
+                    (None, Some(published)) => write!(
+                        f,
+                        "it names the Avro schema `{published}`, but the topic is a JSON topic; declare the topic with \
+                         `format = \"avro\", schema = \"{published}\"`"
+                    ),
+                    (Some(declared), None) => write!(
+                        f,
+                        "the topic is an Avro topic with schema `{declared}`; add `schema = \"{declared}\"` to the \
+                         `#[publish(...)]` so the model is checked against it"
+                    ),
+                    (Some(declared), Some(published)) => write!(
+                        f,
+                        "it names the Avro schema `{published}`, but the topic's schema is `{declared}`"
+                    ),
+                    (None, None) => write!(f, "its format disagrees with the topic's"),
                 }
             }
             Problem::UndeclaredTopic { topic, by, location, suggestion } => {
@@ -649,6 +752,7 @@ mod tests {
             replication_factor: None,
             genesis_replica: false,
             tombstone: Tombstone::JsonNull,
+            format: TopicFormat::Json,
             declared_by,
             location: "src/topics.rs:1",
         }
@@ -761,6 +865,7 @@ mod tests {
             with: &[],
             observe: &[],
             serialize: |_, _| Ok(serde_json::Value::Null),
+            schema: None,
             location: "src/rental.rs:2",
         }
     }
@@ -805,5 +910,34 @@ mod tests {
         assert_eq!(topic_name(Some("v3"), "rentals"), "v3_rentals");
         assert_eq!(topic_name(None, "rentals"), "rentals");
         assert_eq!(genesis_topic_name("v3_rentals"), "v3_rentals_genesis");
+    }
+
+    static AVRO_KEYED: TopicDeclaration = TopicDeclaration {
+        format: TopicFormat::Avro { schema: "com.example.Rental", key: KeyConfig::Plain },
+        ..topic("v3_keyed", "app::Keyed", None)
+    };
+    static WITH_SCHEMA: Publication =
+        Publication { schema: Some("com.example.Rental"), ..publication(PartitionKeySource::Attribute("account_id")) };
+    static WITH_OTHER_SCHEMA: Publication =
+        Publication { schema: Some("com.example.Other"), ..publication(PartitionKeySource::Attribute("account_id")) };
+
+    #[test]
+    fn a_publication_names_its_topics_schema_or_none_on_a_json_topic() {
+        assert_eq!(Registry::new([&AVRO_KEYED], []).with_publications([&WITH_SCHEMA]).validate(), Ok(()));
+        let mismatch = |declared: Option<&str>, published: Option<&str>| Problem::SchemaMismatch {
+            topic: "v3_keyed".to_owned(),
+            declared: declared.map(str::to_owned),
+            published: published.map(str::to_owned),
+            model: "app::Rental".to_owned(),
+            location: "src/rental.rs:2".to_owned(),
+        };
+        let problems = |topic: &'static TopicDeclaration, publication: &'static Publication| {
+            Registry::new([topic], []).with_publications([publication]).validate().unwrap_err().problems
+        };
+        assert_eq!(problems(&KEYED_RIGHT, &WITH_SCHEMA), [mismatch(None, Some("com.example.Rental"))]);
+        assert_eq!(problems(&AVRO_KEYED, &OWN_KEY), [mismatch(Some("com.example.Rental"), None)]);
+        let other = problems(&AVRO_KEYED, &WITH_OTHER_SCHEMA);
+        assert_eq!(other, [mismatch(Some("com.example.Rental"), Some("com.example.Other"))]);
+        assert!(other[0].to_string().contains("but the topic's schema is `com.example.Rental`"), "{}", other[0]);
     }
 }

@@ -387,6 +387,9 @@ pub struct Publication {
     pub observe: &'static [Observer],
     /// Serializes one record (with its sideloads) into the JSON object put in `data`.
     pub serialize: fn(&dyn Record, &Sideloads) -> Result<Value, SerializeError>,
+    /// `schema = "…"`: the Avro record schema the model was checked against at compile time;
+    /// it must be the topic's.
+    pub schema: Option<&'static str>,
     /// `file:line` of the declaration.
     pub location: &'static str,
 }

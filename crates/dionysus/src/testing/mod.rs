@@ -17,6 +17,8 @@
 //! * **End to end without a broker**: [`EmbeddedKafka`] starts librdkafka's mock cluster in
 //!   the process with the declared topics, for the real relay and the real consumer (see its
 //!   module for what the mock cluster cannot do).
+//! * **A schema registry** (with feature `avro`): [`TestRegistry`] serves the part of the
+//!   Confluent REST API dionysus uses on 127.0.0.1; no real registry is needed.
 //!
 //! Isolation: [`TestDatabase`] gives each test a database of its own, copied from a template
 //! with the framework migrations (and the application's schema), dropped at the end;
@@ -59,6 +61,8 @@ mod contract;
 mod database;
 mod embedded;
 mod published;
+#[cfg(feature = "avro")]
+mod registry;
 
 pub use consume::{consume, consume_invalid, envelope, envelope_of, ConsumeError, Consumed, TestMessage};
 pub use contract::{
@@ -70,6 +74,8 @@ pub use embedded::{EmbeddedKafka, EmbeddedKafkaBuilder, EmbeddedKafkaError};
 pub use published::{
     published, published_with, Expected, Published, PublishedError, PublishedMessage, SkipReason, SkippedRow,
 };
+#[cfg(feature = "avro")]
+pub use registry::TestRegistry;
 
 #[doc(inline)]
 pub use crate::__dionysus_assert_not_published as assert_not_published;

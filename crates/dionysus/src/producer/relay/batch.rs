@@ -660,6 +660,7 @@ fn plan_error_class(error: &PlanError) -> &'static str {
         PlanError::UnknownTopic(_) => "UnknownTopic",
         PlanError::NoGenesisReplica(_) => "NoGenesisReplica",
         PlanError::Sealed(_) => SEAL_ERROR,
+        PlanError::AvroTopic(_) => "AvroTopic",
     }
 }
 

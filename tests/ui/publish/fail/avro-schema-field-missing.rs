@@ -1,0 +1,16 @@
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+
+diesel::table! { rentals (id) { id -> BigInt, name -> Text, updated_at -> Timestamptz } }
+
+#[derive(Queryable, Selectable, Identifiable, Serialize, dionysus::Publishable)]
+#[diesel(table_name = rentals)]
+#[publish(topic = "v3_rentals", schema = "com.example.Rental")]
+pub struct Rental {
+    pub id: i64,
+    pub name: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn main() {}
