@@ -93,6 +93,11 @@ impl Default for EventFilter {
 }
 
 impl EventFilter {
+    /// `items` as the page this filter asked for.
+    fn page<T>(&self, items: Vec<T>) -> Page<T> {
+        Page { items, limit: self.limit, offset: self.offset }
+    }
+
     /// The first page of everything.
     pub fn new() -> EventFilter {
         EventFilter::default()
@@ -547,6 +552,30 @@ enum Run {
     Failed(ErrorParts, String),
 }
 
+/// The page of `$table` (`dionysus_events` or `dionysus_event_failures`, which share the
+/// filtered columns) that an [`EventFilter`] asks for, newest first, as a boxed query.
+macro_rules! filtered_page {
+    ($table:ident, $row:ty, $filter:expr) => {{
+        let filter: &EventFilter = $filter;
+        let mut rows = $table::table.select(<$row>::as_select()).into_boxed();
+        if let Some(entity_id) = &filter.entity_id {
+            rows = rows.filter($table::entity_id.eq(entity_id));
+        }
+        if let Some(topic) = &filter.topic {
+            rows = rows.filter($table::topic.eq(topic));
+        }
+        if let Some(group_id) = &filter.group_id {
+            rows = rows.filter($table::group_id.eq(group_id));
+        }
+        if let Some(event_type) = &filter.event_type {
+            rows = rows.filter($table::event_type.eq(event_type));
+        }
+        rows.order($table::id.desc())
+            .limit(i64::from(filter.limit))
+            .offset(i64::try_from(filter.offset).unwrap_or(i64::MAX))
+    }};
+}
+
 impl Checkpoints {
     /// The checkpoint log in the database behind `pool` (the framework's migrations
     /// applied).
@@ -563,31 +592,9 @@ impl Checkpoints {
         filter.validate()?;
         let mut pooled = self.conn().await?;
         let conn: &mut AsyncPgConnection = &mut pooled;
-        let mut rows = events::table.select(EventRow::as_select()).into_boxed();
-        if let Some(entity_id) = &filter.entity_id {
-            rows = rows.filter(events::entity_id.eq(entity_id));
-        }
-        if let Some(topic) = &filter.topic {
-            rows = rows.filter(events::topic.eq(topic));
-        }
-        if let Some(group_id) = &filter.group_id {
-            rows = rows.filter(events::group_id.eq(group_id));
-        }
-        if let Some(event_type) = &filter.event_type {
-            rows = rows.filter(events::event_type.eq(event_type));
-        }
-        let rows: Vec<EventRow> = rows
-            .order(events::id.desc())
-            .limit(i64::from(filter.limit))
-            .offset(i64::try_from(filter.offset).unwrap_or(i64::MAX))
-            .load(conn)
-            .await
-            .map_err(query(Operation::ReadEvents))?;
-        Ok(Page {
-            items: rows.into_iter().map(EventRecord::from).collect(),
-            limit: filter.limit,
-            offset: filter.offset,
-        })
+        let rows: Vec<EventRow> =
+            filtered_page!(events, EventRow, filter).load(conn).await.map_err(query(Operation::ReadEvents))?;
+        Ok(filter.page(rows.into_iter().map(EventRecord::from).collect()))
     }
 
     /// One event.
@@ -609,31 +616,9 @@ impl Checkpoints {
         filter.validate()?;
         let mut pooled = self.conn().await?;
         let conn: &mut AsyncPgConnection = &mut pooled;
-        let mut rows = failures::table.select(FailureRow::as_select()).into_boxed();
-        if let Some(entity_id) = &filter.entity_id {
-            rows = rows.filter(failures::entity_id.eq(entity_id));
-        }
-        if let Some(topic) = &filter.topic {
-            rows = rows.filter(failures::topic.eq(topic));
-        }
-        if let Some(group_id) = &filter.group_id {
-            rows = rows.filter(failures::group_id.eq(group_id));
-        }
-        if let Some(event_type) = &filter.event_type {
-            rows = rows.filter(failures::event_type.eq(event_type));
-        }
-        let rows: Vec<FailureRow> = rows
-            .order(failures::id.desc())
-            .limit(i64::from(filter.limit))
-            .offset(i64::try_from(filter.offset).unwrap_or(i64::MAX))
-            .load(conn)
-            .await
-            .map_err(query(Operation::ReadFailures))?;
-        Ok(Page {
-            items: rows.into_iter().map(FailureRecord::from).collect(),
-            limit: filter.limit,
-            offset: filter.offset,
-        })
+        let rows: Vec<FailureRow> =
+            filtered_page!(failures, FailureRow, filter).load(conn).await.map_err(query(Operation::ReadFailures))?;
+        Ok(filter.page(rows.into_iter().map(FailureRecord::from).collect()))
     }
 
     /// One failure.
