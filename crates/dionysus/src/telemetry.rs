@@ -17,7 +17,8 @@
 //! `dionysus_consumer_dead_letter_failures_total`, `dionysus_consumer_partition_stalled` (1
 //! while a partition waits on a fault), `dionysus_consumer_handler_errors_total` per handler
 //! and reason, `dionysus_consumer_replies_total` and `dionysus_consumer_error_events_total`
-//! (handlers' replies and error events written to the outbox), and `dionysus_consumer_lag`
+//! (handlers' replies and error events written to the outbox), `dionysus_cascade_published_total`
+//! (cascades' rows written with their batch), and `dionysus_consumer_lag`
 //! per topic and partition from librdkafka's statistics); `dionysus_checkpoint_*` from
 //! checkpointed handlers.
 //!
@@ -185,6 +186,12 @@ pub const METRICS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "Error events (`event.error.<event>`) of failed handlers written to the outbox.",
+    ),
+    (
+        "dionysus_cascade_published_total",
+        Kind::Counter,
+        Unit::Count,
+        "Outbox rows of related records republished by cascades, written with their batch.",
     ),
     (
         "dionysus_consumer_partition_stalled",

@@ -20,6 +20,7 @@ type Transactions = <AsyncPgConnection as AsyncConnection>::TransactionManager;
 use super::batch::{DeadLetter, InboundMessage, PreparedBatch, Rules, UnknownModel};
 use super::events::{ConsumedEvent, MessageFilter, Notification};
 use super::handler::{handlers, Context, FailurePolicy, HandlerDeclaration, HandlerError};
+use super::cascade::{self, Cascade, CascadeError};
 use super::reply::{self, Cause, ComposedRow, Failure, ReplyError};
 use super::{batch, checkpoint, declarations, handler, progress, replica};
 
@@ -133,6 +134,34 @@ pub enum ConsumerError {
         #[source]
         source: ReplyError,
     },
+    /// The cascades of a batch could not be written (their related records could not be
+    /// loaded, or the outbox rows not inserted): the batch was rolled back and waits;
+    /// nothing is dead-lettered.
+    #[error("cascading from {topic}/{partition}, offsets {first_offset}..={last_offset}")]
+    Cascade {
+        /// The batch's topic.
+        topic: String,
+        /// The batch's partition.
+        partition: i32,
+        /// The batch's first offset.
+        first_offset: i64,
+        /// The batch's last offset.
+        last_offset: i64,
+        /// What went wrong.
+        #[source]
+        source: CascadeFailure,
+    },
+    /// A cascade republishes a model that is published on no topic.
+    #[error(
+        "{declared_by} republishes `{related}`, which no `#[publish(...)]` publishes; \
+         add one to `{related}` or remove the cascade"
+    )]
+    CascadeNotPublished {
+        /// Who declared the cascade.
+        declared_by: String,
+        /// The related model.
+        related: &'static str,
+    },
     /// The topic given to [`ConsumerBuilder::error_events_topic`] is not declared.
     #[error("error events go to `{topic}`, which is not a declared topic; declared: {known}")]
     ErrorEventsTopic {
@@ -195,6 +224,28 @@ pub enum ConsumerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why a batch's cascades could not be written (in [`ConsumerError::Cascade`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CascadeFailure {
+    /// The related records could not be loaded.
+    #[error(transparent)]
+    Load(#[from] CascadeError),
+    /// The outbox rows could not be written.
+    #[error(transparent)]
+    Write(#[from] ReplyError),
+}
+
+impl CascadeFailure {
+    /// The database error, if the database failed.
+    fn database(&self) -> Option<&diesel::result::Error> {
+        match self {
+            CascadeFailure::Load(error) => Some(&error.source),
+            CascadeFailure::Write(error) => error.database(),
+        }
+    }
 }
 
 /// A step of a batch's transaction (in [`ConsumerError::Database`]).
@@ -319,6 +370,8 @@ pub struct ConsumerBuilder {
     error_events: bool,
     error_events_topic: Option<String>,
     replies: bool,
+    cascades: Vec<Cascade>,
+    cascades_on: bool,
 }
 
 impl ConsumerBuilder {
@@ -452,6 +505,20 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Runs this cascade besides the ones declared with `cascade(...)` in the `#[consume]`
+    /// declarations of the binary (see [`Cascade`]).
+    pub fn cascade(mut self, cascade: Cascade) -> Self {
+        self.cascades.push(cascade);
+        self
+    }
+
+    /// Whether cascades run (default: true). Off, a batch republishes no related records
+    /// (a replay that must not publish again).
+    pub fn cascades(mut self, on: bool) -> Self {
+        self.cascades_on = on;
+        self
+    }
+
     #[doc(hidden)]
     pub fn after_db_commit(mut self, hook: impl Fn(&str, i32, i64) -> AfterCommit + Send + Sync + 'static) -> Self {
         self.after_commit = Some(Arc::new(hook));
@@ -509,6 +576,28 @@ impl ConsumerBuilder {
         };
         let (in_transaction, after_commit): (Vec<_>, Vec<_>) =
             handlers().filter(|_| self.handlers).partition(|handler| handler.in_transaction);
+        // Declared cascades of the replicas this consumer writes and, with handlers on, of
+        // its handlers; then the builder's.
+        let mut cascades: Vec<Cascade> = cascade::declarations()
+            .filter(|declaration| topics.iter().any(|topic| topic == declaration.topic))
+            .filter(|declaration| {
+                if declaration.by_replica {
+                    declared.iter().any(|replica| replica.declared_by == declaration.declared_by)
+                } else {
+                    self.handlers
+                }
+            })
+            .map(Cascade::declared)
+            .collect();
+        cascades.extend(self.cascades);
+        if let Some(unpublished) =
+            cascades.iter().find(|cascade| registry.publications_of(cascade.related().model_name).next().is_none())
+        {
+            return Err(ConsumerError::CascadeNotPublished {
+                declared_by: unpublished.declared_by().to_owned(),
+                related: unpublished.related().model_name,
+            });
+        }
         let progress = Arc::new(progress::Progress::new(self.config.consumer.stall_timeout));
         Ok(Consumer {
             inner: Arc::new(Inner {
@@ -531,6 +620,7 @@ impl ConsumerBuilder {
                 error_events: self.error_events,
                 error_events_topic: self.error_events_topic,
                 replies: self.replies,
+                cascades: if self.cascades_on { cascades } else { Vec::new() },
             }),
         })
     }
@@ -563,6 +653,8 @@ pub(super) struct Inner {
     pub(super) error_events_topic: Option<String>,
     /// Whether replies and error events are written.
     pub(super) replies: bool,
+    /// The cascades a batch runs (none when they are suppressed).
+    pub(super) cascades: Vec<Cascade>,
 }
 
 /// A consumer of replica topics. Cheap to clone.
@@ -669,6 +761,8 @@ impl Consumer {
             error_events: false,
             error_events_topic: None,
             replies: true,
+            cascades: Vec::new(),
+            cascades_on: true,
         }
     }
 
@@ -777,6 +871,13 @@ impl Consumer {
             sql::advisory_locks(conn, prepared.locks.clone()).await.map_err(db(BatchStep::ProcessingLocks))?;
             let events = batch::apply(conn, &mut prepared, Utc::now()).await.map_err(db(BatchStep::WriteRows))?;
             self.run_in_transaction(conn, &fresh, &events, &prepared.dead_letters).await?;
+            self.cascade(conn, &events, &prepared.dead_letters).await.map_err(|source| ConsumerError::Cascade {
+                topic: topic.clone(),
+                partition,
+                first_offset: first.offset,
+                last_offset,
+                source,
+            })?;
             sql::store_offset(conn, &self.inner.group, &topic, partition, next_offset)
                 .await
                 .map_err(db(BatchStep::StoreOffset))?;
@@ -896,6 +997,11 @@ impl Consumer {
                     return self.reject(message, dead_letter, source.reason(), text, error_event).await;
                 }
                 ConsumerError::Reply { source, .. }
+                    if source.database().is_some_and(|e| verdict(e) == Verdict::Transient) =>
+                {
+                    true
+                }
+                ConsumerError::Cascade { source, .. }
                     if source.database().is_some_and(|e| verdict(e) == Verdict::Transient) =>
                 {
                     true
@@ -1209,6 +1315,31 @@ impl Consumer {
                 FailurePolicy::DeadLetter => Err(failed(error)),
             };
         }
+    }
+
+    /// Writes the outbox rows of the batch's cascades on its connection, inside its
+    /// transaction (events of dead-lettered messages do not cascade); counted in
+    /// `dionysus_cascade_published_total`.
+    async fn cascade(
+        &self,
+        conn: &mut AsyncPgConnection,
+        events: &[ConsumedEvent],
+        dead_letters: &[DeadLetter],
+    ) -> Result<(), CascadeFailure> {
+        if self.inner.cascades.is_empty() {
+            return Ok(());
+        }
+        let registry = self.inner.registry.as_deref().unwrap_or_else(|| Registry::global());
+        let producer = &self.inner.config.producer;
+        let dead = |offset: i64| dead_letters.iter().any(|dead| dead.message.offset == offset);
+        let rows =
+            cascade::rows(conn, &self.inner.cascades, events, dead, registry, &producer.default_partition_key).await?;
+        let written = reply::write(conn, producer, rows).await?;
+        if written > 0 {
+            metrics::counter!("dionysus_cascade_published_total").increment(written as u64);
+            tracing::debug!(rows = written, "cascade rows written with the batch");
+        }
+        Ok(())
     }
 
     /// The outbox rows of a handler's replies to `cause`.

@@ -56,6 +56,9 @@
 //!   ([`ConsumerBuilder::error_events`]): outbox rows of this service, written in the batch's
 //!   transaction for `in_transaction` handlers, so a reply is published exactly when its
 //!   cause was consumed (`reply`).
+//! * Cascades (`cascade(Rental -> Booking)`, [`Cascade`]) republish the records of this
+//!   service related to the ids a batch carries, through the outbox, in the batch's
+//!   transaction, each record once per batch ([`ConsumerBuilder::cascades`] turns them off).
 //!
 //! Where we differ from dionysus-rb behind the wire (documented choices):
 //!
@@ -82,6 +85,7 @@
 
 pub(crate) mod apply;
 pub(crate) mod batch;
+pub(crate) mod cascade;
 #[cfg(feature = "testing")]
 pub(crate) mod calls;
 pub(crate) mod checkpoint;
@@ -98,7 +102,8 @@ pub mod replica;
 pub(crate) mod reply;
 pub(crate) mod runtime;
 
-pub use apply::{BatchStep, Consumer, ConsumerBuilder, ConsumerError, Health, Subscriber};
+pub use apply::{BatchStep, CascadeFailure, Consumer, ConsumerBuilder, ConsumerError, Health, Subscriber};
+pub use cascade::{Cascade, CascadeDeclaration, CascadeError};
 pub use batch::{DeadLetter, InboundMessage, UnknownModel};
 #[cfg(feature = "cli")]
 pub(crate) use declarations::handler_warnings;
