@@ -116,9 +116,8 @@ async fn service_db(base: i64) -> TestDb {
     let db = TestDb::migrated().await;
     let mut conn = db.connection().await;
     conn.batch_execute(SCHEMA).await.unwrap();
-    let rentals: Vec<_> = (1..=3)
-        .map(|n| (cascade_rentals::id.eq(base + n), cascade_rentals::name.eq(format!("rental {n}"))))
-        .collect();
+    let rentals: Vec<_> =
+        (1..=3).map(|n| (cascade_rentals::id.eq(base + n), cascade_rentals::name.eq(format!("rental {n}")))).collect();
     diesel::insert_into(cascade_rentals::table).values(&rentals).execute(&mut conn).await.unwrap();
     let bookings: Vec<_> = [(11, 1), (12, 1), (21, 2)]
         .into_iter()

@@ -308,6 +308,7 @@ pub mod __private {
     pub use inventory;
     pub use serde_json;
 
+    pub use crate::consumer::cascade::{CascadeDeclaration, CascadeEntry};
     pub use crate::consumer::handler::{
         records_as, Context, FailurePolicy, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFuture,
         HandlerOutput,
@@ -316,7 +317,6 @@ pub mod __private {
     pub use crate::consumer::replica::descriptor::{
         CancelValue, Column, DestroyStrategy, NamedRoles, Replica, ReplicaDescriptor, ReplicaEntry,
     };
-    pub use crate::consumer::cascade::{CascadeDeclaration, CascadeEntry};
     pub use crate::consumer::ConsumedEvent;
     pub use crate::producer::partition_key::{
         integer_partition_key, topic_partition_key, FieldFound, FieldMissing, FieldName, FieldOf, FieldProbe, NoField,

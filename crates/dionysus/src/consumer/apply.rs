@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 type Transactions = <AsyncPgConnection as AsyncConnection>::TransactionManager;
 
 use super::batch::{DeadLetter, InboundMessage, PreparedBatch, Rules, UnknownModel};
+use super::cascade::{self, Cascade, CascadeError};
 use super::events::{ConsumedEvent, MessageFilter, Notification};
 use super::handler::{handlers, Context, FailurePolicy, HandlerDeclaration, HandlerError};
-use super::cascade::{self, Cascade, CascadeError};
 use super::reply::{self, Cause, ComposedRow, Failure, ReplyError};
 use super::{batch, checkpoint, declarations, handler, progress, replica};
 

@@ -307,7 +307,11 @@ pub(crate) async fn rows(
             }
         }
         span.in_scope(|| {
-            tracing::debug!(records = records.len(), rows = rows.len() - before, "cascade: related records republished");
+            tracing::debug!(
+                records = records.len(),
+                rows = rows.len() - before,
+                "cascade: related records republished"
+            );
         });
     }
     Ok(rows)

@@ -85,9 +85,9 @@
 
 pub(crate) mod apply;
 pub(crate) mod batch;
-pub(crate) mod cascade;
 #[cfg(feature = "testing")]
 pub(crate) mod calls;
+pub(crate) mod cascade;
 pub(crate) mod checkpoint;
 #[cfg(feature = "http")]
 pub(crate) mod dead_letters;
@@ -103,8 +103,8 @@ pub(crate) mod reply;
 pub(crate) mod runtime;
 
 pub use apply::{BatchStep, CascadeFailure, Consumer, ConsumerBuilder, ConsumerError, Health, Subscriber};
-pub use cascade::{Cascade, CascadeDeclaration, CascadeError};
 pub use batch::{DeadLetter, InboundMessage, UnknownModel};
+pub use cascade::{Cascade, CascadeDeclaration, CascadeError};
 #[cfg(feature = "cli")]
 pub(crate) use declarations::handler_warnings;
 pub use events::{ConsumedEvent, LocalChange, MessageFilter, Notification};
