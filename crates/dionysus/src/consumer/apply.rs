@@ -149,7 +149,7 @@ pub enum ConsumerError {
         last_offset: i64,
         /// What went wrong.
         #[source]
-        source: CascadeFailure,
+        source: Box<CascadeFailure>,
     },
     /// A cascade republishes a model that is published on no topic.
     #[error(
@@ -876,7 +876,7 @@ impl Consumer {
                 partition,
                 first_offset: first.offset,
                 last_offset,
-                source,
+                source: Box::new(source),
             })?;
             sql::store_offset(conn, &self.inner.group, &topic, partition, next_offset)
                 .await
