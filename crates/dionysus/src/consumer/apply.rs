@@ -142,7 +142,9 @@ pub enum ConsumerError {
         known: String,
     },
     /// The targets of the group's reinit could not be read when the consumer started.
-    #[error("reading the reinit targets of group {group} (table dionysus_reinit; run `dionysus migrate` if it is missing)")]
+    #[error(
+        "reading the reinit targets of group {group} (table dionysus_reinit; run `dionysus migrate` if it is missing)"
+    )]
     ReinitTargets {
         /// The consumer group.
         group: String,
@@ -1239,7 +1241,8 @@ impl Consumer {
             return false;
         }
         if self.replaying_message(message) {
-            metrics::counter!("dionysus_reinit_suppressed_total", "topic" => message.topic.clone()).increment(count as u64);
+            metrics::counter!("dionysus_reinit_suppressed_total", "topic" => message.topic.clone())
+                .increment(count as u64);
             return false;
         }
         true

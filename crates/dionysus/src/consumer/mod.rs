@@ -98,8 +98,8 @@ pub(crate) mod events;
 mod fuzz;
 pub(crate) mod handler;
 mod progress;
-pub mod replica;
 pub(crate) mod reinit;
+pub mod replica;
 pub(crate) mod reply;
 pub(crate) mod runtime;
 
@@ -109,7 +109,7 @@ pub use batch::{DeadLetter, InboundMessage, UnknownModel};
 pub(crate) use declarations::handler_warnings;
 pub use events::{ConsumedEvent, LocalChange, MessageFilter, Notification};
 pub use handler::{handlers, Ack, Context, FailurePolicy, HandlerDeclaration, HandlerError, UnknownFailurePolicy};
-pub use replica::sql::stored_offsets;
 pub use reinit::{AfterReinit, ReinitError, ReinitProgress, ReinitReport, ReinitStep, ReinitTarget, Until, UntilError};
+pub use replica::sql::stored_offsets;
 pub use reply::{Reply, ReplyError, ERROR_EVENT_MODEL, ERROR_EVENT_PREFIX};
 pub use runtime::DeadLetterHeaders;

@@ -386,8 +386,12 @@ pub(crate) async fn saved_targets(
     Ok(rows
         .into_iter()
         .map(|row| {
-            let target =
-                ReinitTarget { topic: row.topic, partition: row.partition, from: row.from_offset, target: row.target_offset };
+            let target = ReinitTarget {
+                topic: row.topic,
+                partition: row.partition,
+                from: row.from_offset,
+                target: row.target_offset,
+            };
             (target, (row.next_offset >= 0).then_some(row.next_offset))
         })
         .collect())
@@ -408,7 +412,11 @@ pub(crate) async fn unfinished_targets(
 
 /// Saves `targets` as `group`'s reinit (replacing an earlier one) and resets the group's
 /// stored offsets of those partitions to where the replay starts, in one transaction.
-async fn reset(conn: &mut AsyncPgConnection, group: &str, targets: &[ReinitTarget]) -> Result<(), diesel::result::Error> {
+async fn reset(
+    conn: &mut AsyncPgConnection,
+    group: &str,
+    targets: &[ReinitTarget],
+) -> Result<(), diesel::result::Error> {
     type Transactions = <AsyncPgConnection as AsyncConnection>::TransactionManager;
     Transactions::begin_transaction(conn).await?;
     let written = async {
@@ -703,10 +711,7 @@ async fn replayed(
     targets: &[ReinitTarget],
 ) -> Result<u64, diesel::result::Error> {
     let stored = crate::consumer::replica::sql::stored_offsets(conn, group).await?;
-    Ok(targets
-        .iter()
-        .map(|target| target.done(stored.get(&(target.topic.clone(), target.partition)).copied()))
-        .sum())
+    Ok(targets.iter().map(|target| target.done(stored.get(&(target.topic.clone(), target.partition)).copied())).sum())
 }
 
 /// Runs `work` on the broker client off the async threads (librdkafka's calls block).
@@ -718,11 +723,7 @@ async fn blocking<T: Send + 'static>(
     let group = broker.group.clone();
     tokio::task::spawn_blocking(move || work(&broker)).await.unwrap_or_else(|error| {
         tracing::error!(%group, error = %Report(&error), "a broker request of the reinit stopped");
-        Err(ReinitError::Kafka {
-            step: ReinitStep::ReadOffsets,
-            group,
-            source: Box::new(KafkaError::Canceled),
-        })
+        Err(ReinitError::Kafka { step: ReinitStep::ReadOffsets, group, source: Box::new(KafkaError::Canceled) })
     })
 }
 
@@ -777,7 +778,10 @@ mod tests {
         assert_eq!(targets[1].target, 7);
         assert_eq!(targets[0].target, 10);
         let unknown = plan(&parts(), &"c:0:1".parse().unwrap()).unwrap_err();
-        assert!(unknown.to_string().contains("c:0, which the consumer does not read; it reads a:0, a:1, b:0"), "{unknown}");
+        assert!(
+            unknown.to_string().contains("c:0, which the consumer does not read; it reads a:0, a:1, b:0"),
+            "{unknown}"
+        );
         let beyond = plan(&parts(), &"a:0:11".parse().unwrap()).unwrap_err();
         assert!(beyond.to_string().contains("outside the partition's offsets 0..=10"), "{beyond}");
         assert!(plan(&parts(), &"a:1:4".parse().unwrap()).is_err());
