@@ -295,12 +295,15 @@ pub enum ReinitError {
 /// The partitions a consumer replays, with their targets: a message below its partition's
 /// target is replayed. Shared by the consumer's workers; loaded when it starts.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Replaying(Arc<RwLock<Arc<HashMap<String, HashMap<i32, i64>>>>>);
+pub(crate) struct Replaying(Arc<RwLock<Arc<Targets>>>);
+
+/// Targets by topic, then partition (looked up without allocating a key).
+type Targets = HashMap<String, HashMap<i32, i64>>;
 
 impl Replaying {
     /// Replays up to these targets from now on (replacing earlier ones).
     pub(crate) fn set(&self, targets: &[ReinitTarget]) {
-        let mut map: HashMap<String, HashMap<i32, i64>> = HashMap::new();
+        let mut map = Targets::new();
         for target in targets {
             map.entry(target.topic.clone()).or_default().insert(target.partition, target.target);
         }
@@ -697,8 +700,11 @@ impl Consumer {
         Ok(())
     }
 
-    /// Whether `message` is replayed by a reinit (below its partition's target): its
-    /// replies, error events and cascades are not written.
+    /// Whether the message at `offset` of `topic`/`partition` is replayed by a reinit (below
+    /// its partition's target): its replies, error events and cascades are not written.
+    /// This is the one check every writer of follow-up events asks (`apply`'s replies and
+    /// error events; cascades skip the events of such messages as they skip dead-lettered
+    /// ones).
     pub(super) fn replaying(&self, topic: &str, partition: i32, offset: i64) -> bool {
         self.inner.replaying.covers(topic, partition, offset)
     }
