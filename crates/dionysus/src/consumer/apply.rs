@@ -542,7 +542,7 @@ impl ConsumerBuilder {
                 error_events: self.error_events,
                 error_events_topic: self.error_events_topic,
                 replies: self.replies,
-                replaying: super::reinit::Replaying::default(),
+                replaying: super::replaying::Replaying::default(),
             }),
         })
     }
@@ -576,7 +576,7 @@ pub(super) struct Inner {
     /// Whether replies and error events are written.
     pub(super) replies: bool,
     /// The partitions a reinit replays, with their targets (loaded by `run`).
-    pub(super) replaying: super::reinit::Replaying,
+    pub(super) replaying: super::replaying::Replaying,
 }
 
 /// A consumer of replica topics. Cheap to clone.

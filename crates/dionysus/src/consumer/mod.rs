@@ -99,6 +99,7 @@ mod fuzz;
 pub(crate) mod handler;
 mod progress;
 pub(crate) mod reinit;
+mod replaying;
 pub mod replica;
 pub(crate) mod reply;
 pub(crate) mod runtime;

@@ -22,10 +22,10 @@
 //! This module owns the targets (planning, storing, reading) and the reinit's driver; the
 //! batch transaction that honours them is `apply`'s, reading Kafka is `runtime`'s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::sql_types::{BigInt, Integer, Text};
@@ -290,33 +290,6 @@ pub enum ReinitError {
     /// The consumer failed.
     #[error(transparent)]
     Consumer(#[from] ConsumerError),
-}
-
-/// The partitions a consumer replays, with their targets: a message below its partition's
-/// target is replayed. Shared by the consumer's workers; loaded when it starts.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Replaying(Arc<RwLock<Arc<Targets>>>);
-
-/// Targets by topic, then partition (looked up without allocating a key).
-type Targets = HashMap<String, HashMap<i32, i64>>;
-
-impl Replaying {
-    /// Replays up to these targets from now on (replacing earlier ones).
-    pub(crate) fn set(&self, targets: &[ReinitTarget]) {
-        let mut map = Targets::new();
-        for target in targets {
-            map.entry(target.topic.clone()).or_default().insert(target.partition, target.target);
-        }
-        if let Ok(mut current) = self.0.write() {
-            *current = Arc::new(map);
-        }
-    }
-
-    /// Whether the message at `offset` of `topic`/`partition` is replayed.
-    pub(crate) fn covers(&self, topic: &str, partition: i32, offset: i64) -> bool {
-        let Ok(current) = self.0.read() else { return false };
-        current.get(topic).and_then(|partitions| partitions.get(&partition)).is_some_and(|target| offset < *target)
-    }
 }
 
 /// The targets of a new reinit: for each partition `(topic, partition, low, high)`, the
@@ -696,7 +669,7 @@ impl Consumer {
         if !targets.is_empty() {
             tracing::info!(group = %self.inner.group, partitions = targets.len(), "the group's reinit is unfinished: replies, error events and cascades stay suppressed up to its targets");
         }
-        self.inner.replaying.set(&targets);
+        self.inner.replaying.set(targets.into_iter().map(|target| (target.topic, target.partition, target.target)));
         Ok(())
     }
 
@@ -791,18 +764,6 @@ mod tests {
         let beyond = plan(&parts(), &"a:0:11".parse().unwrap()).unwrap_err();
         assert!(beyond.to_string().contains("outside the partition's offsets 0..=10"), "{beyond}");
         assert!(plan(&parts(), &"a:1:4".parse().unwrap()).is_err());
-    }
-
-    #[test]
-    fn replaying_covers_offsets_below_the_target_only() {
-        let replaying = Replaying::default();
-        assert!(!replaying.covers("a", 0, 0));
-        replaying.set(&[ReinitTarget { topic: "a".to_owned(), partition: 0, from: 0, target: 3 }]);
-        assert!(replaying.covers("a", 0, 2));
-        assert!(!replaying.covers("a", 0, 3));
-        assert!(!replaying.covers("a", 1, 0));
-        replaying.set(&[]);
-        assert!(!replaying.covers("a", 0, 2));
     }
 
     proptest! {
