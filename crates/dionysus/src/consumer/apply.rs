@@ -170,6 +170,17 @@ pub enum ConsumerError {
         /// The declared topics.
         known: String,
     },
+    /// The targets of the group's reinit could not be read when the consumer started.
+    #[error(
+        "reading the reinit targets of group {group} (table dionysus_reinit; run `dionysus migrate` if it is missing)"
+    )]
+    ReinitTargets {
+        /// The consumer group.
+        group: String,
+        /// diesel's error.
+        #[source]
+        source: diesel::result::Error,
+    },
     /// The consumer was built without topics to read.
     #[error("no topics to consume: declare a replica model with #[derive(Consume)] or add topics to the builder")]
     NoTopics,
@@ -621,6 +632,7 @@ impl ConsumerBuilder {
                 error_events_topic: self.error_events_topic,
                 replies: self.replies,
                 cascades: if self.cascades_on { cascades } else { Vec::new() },
+                replaying: super::replaying::Replaying::default(),
             }),
         })
     }
@@ -655,6 +667,8 @@ pub(super) struct Inner {
     pub(super) replies: bool,
     /// The cascades a batch runs (none when they are suppressed).
     pub(super) cascades: Vec<Cascade>,
+    /// The partitions a reinit replays, with their targets (loaded by `run`).
+    pub(super) replaying: super::replaying::Replaying,
 }
 
 /// A consumer of replica topics. Cheap to clone.
@@ -1184,13 +1198,13 @@ impl Consumer {
                         .filter(|earlier| earlier.offset == event.offset && earlier.event_name == event.event_name)
                         .count();
                     let replies = self.run_checkpointed(conn, declaration, message, event, ordinal).await?;
-                    if !replies.is_empty() && self.inner.replies {
+                    if !replies.is_empty() && self.sends_replies(message, replies.len()) {
                         rows.extend(self.reply_rows(Cause::of(event, message), replies)?);
                         last = Some(message);
                     }
                     continue;
                 }
-                let mut ctx = Context::new(event, message, conn, true);
+                let mut ctx = Context::new(event, message, conn, true).with_replaying(self.replaying_message(message));
                 let result = handle(declaration, &mut ctx).await;
                 #[cfg(feature = "testing")]
                 super::calls::record(declaration, event, result.as_ref().map(|_| ()));
@@ -1203,7 +1217,7 @@ impl Consumer {
                     source,
                 })?;
                 let replies = ctx.take_replies();
-                if !replies.is_empty() && self.inner.replies {
+                if !replies.is_empty() && self.sends_replies(message, replies.len()) {
                     rows.extend(self.reply_rows(Cause::of(event, message), replies)?);
                     last = Some(message);
                 }
@@ -1256,7 +1270,9 @@ impl Consumer {
         loop {
             tried += 1;
             Transactions::begin_transaction(&mut *conn).await.map_err(db)?;
-            let mut ctx = Context::new(event, message, conn, true).with_retry_count(tried - 1);
+            let mut ctx = Context::new(event, message, conn, true)
+                .with_retry_count(tried - 1)
+                .with_replaying(self.replaying_message(message));
             let result = (declaration.handler)(&mut ctx).await;
             let (ack, class, replies) = (ctx.take_ack(), ctx.error_class(), ctx.take_replies());
             #[cfg(feature = "testing")]
@@ -1318,7 +1334,7 @@ impl Consumer {
     }
 
     /// Writes the outbox rows of the batch's cascades on its connection, inside its
-    /// transaction (events of dead-lettered messages do not cascade); counted in
+    /// transaction (events of dead-lettered or replayed messages do not cascade); counted in
     /// `dionysus_cascade_published_total`.
     async fn cascade(
         &self,
@@ -1331,15 +1347,40 @@ impl Consumer {
         }
         let registry = self.inner.registry.as_deref().unwrap_or_else(|| Registry::global());
         let producer = &self.inner.config.producer;
-        let dead = |offset: i64| dead_letters.iter().any(|dead| dead.message.offset == offset);
+        // Events of dead-lettered messages, and of messages a reinit replays, do not cascade.
+        let skip = |event: &ConsumedEvent| {
+            dead_letters.iter().any(|dead| dead.message.offset == event.offset)
+                || self.replaying(&event.topic, event.partition, event.offset)
+        };
         let rows =
-            cascade::rows(conn, &self.inner.cascades, events, dead, registry, &producer.default_partition_key).await?;
+            cascade::rows(conn, &self.inner.cascades, events, skip, registry, &producer.default_partition_key).await?;
         let written = reply::write(conn, producer, rows).await?;
         if written > 0 {
             metrics::counter!("dionysus_cascade_published_total").increment(written as u64);
             tracing::debug!(rows = written, "cascade rows written with the batch");
         }
         Ok(())
+    }
+
+    /// Whether `message` is replayed by the group's reinit (see [`Consumer::reinit`]).
+    fn replaying_message(&self, message: &InboundMessage) -> bool {
+        self.replaying(&message.topic, message.partition, message.offset)
+    }
+
+    /// Whether the `count` replies or error events of `message` are written: replies are
+    /// on and the message is not replayed by a reinit (those are counted in
+    /// `dionysus_reinit_suppressed_total`). Cascades of a replayed message are suppressed
+    /// the same way.
+    fn sends_replies(&self, message: &InboundMessage, count: usize) -> bool {
+        if !self.inner.replies {
+            return false;
+        }
+        if self.replaying_message(message) {
+            metrics::counter!("dionysus_reinit_suppressed_total", "topic" => message.topic.clone())
+                .increment(count as u64);
+            return false;
+        }
+        true
     }
 
     /// The outbox rows of a handler's replies to `cause`.
@@ -1360,7 +1401,7 @@ impl Consumer {
         failure: Failure<'_>,
     ) -> Result<Option<ComposedRow>, ConsumerError> {
         let wanted = self.inner.error_events || declaration.is_some_and(|declaration| declaration.error_events);
-        if !wanted || !self.inner.replies {
+        if !wanted || !self.sends_replies(cause.message, 1) {
             return Ok(None);
         }
         reply::error_event_row(cause, self.inner.error_events_topic.as_deref(), failure)
@@ -1401,7 +1442,7 @@ impl Consumer {
                         }
                     },
                 };
-                let mut ctx = Context::new(event, message, conn, false);
+                let mut ctx = Context::new(event, message, conn, false).with_replaying(self.replaying_message(message));
                 let result = handle(declaration, &mut ctx).await;
                 let replies = ctx.take_replies();
                 #[cfg(feature = "testing")]
@@ -1409,7 +1450,7 @@ impl Consumer {
                 let cause = Cause::of(event, message);
                 // Written in a statement of their own: the batch is committed already.
                 let rows = match &result {
-                    Ok(()) if replies.is_empty() || !self.inner.replies => Ok(Vec::new()),
+                    Ok(()) if replies.is_empty() || !self.sends_replies(message, replies.len()) => Ok(Vec::new()),
                     Ok(()) => self.reply_rows(cause, replies),
                     Err(error) => {
                         metrics::counter!("dionysus_consumer_handler_errors_total", "handler" => declaration.declared_by, "reason" => error.reason()).increment(1);

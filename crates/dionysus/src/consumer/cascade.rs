@@ -251,20 +251,20 @@ pub struct CascadeError {
 
 /// The outbox rows of every cascade for a batch's `events`: one `<related>_updated` row per
 /// related record and topic it is published on (with its partition key), each once however
-/// many cascades or parent ids lead to it. `skip` tells the offsets of messages set aside for
-/// the dead-letter topic, whose ids do not cascade.
+/// many cascades or parent ids lead to it. `skip` tells the events whose ids do not cascade
+/// (of messages set aside for the dead-letter topic, or replayed by a reinit).
 pub(crate) async fn rows(
     conn: &mut AsyncPgConnection,
     cascades: &[Cascade],
     events: &[ConsumedEvent],
-    skip: impl Fn(i64) -> bool,
+    skip: impl Fn(&ConsumedEvent) -> bool,
     registry: &Registry,
     default_partition_key: &str,
 ) -> Result<Vec<ComposedRow>, CascadeError> {
     let mut rows = Vec::new();
     let mut seen = HashSet::new();
     for cascade in cascades {
-        let ids: Vec<String> = cascade.ids(events.iter().filter(|event| !skip(event.offset))).into_iter().collect();
+        let ids: Vec<String> = cascade.ids(events.iter().filter(|event| !skip(event))).into_iter().collect();
         if ids.is_empty() {
             continue;
         }
