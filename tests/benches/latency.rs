@@ -4,13 +4,18 @@
 //! no database) at the same rates, measured the same way in the same run.
 //!
 //! Run with: `scripts/bench latency`. `DIONYSUS_BENCH_SECONDS` changes how long each rate
-//! runs (20 s).
+//! runs (20 s); `DIONYSUS_KAFKA_<PROPERTY>` variables change the Kafka client settings of both
+//! sides (e.g. `DIONYSUS_KAFKA_FETCH_WAIT_MAX_MS=500`), as they do an application's.
 //!
-//! * dionysus: eight writer connections each commit `INSERT` + `dionysus::outbox::created` as
+//! * dionysus: 24 writer connections (enough that the writers keep the schedule at 3 000/s,
+//!   so the offered rate is the rate asked for) each commit `INSERT` + `dionysus::outbox::created` as
 //!   events fall due (event *i* at start + *i* / rate) and note the wall clock after `COMMIT`
 //!   returns; the replica table stamps `clock_timestamp()` on each row the consumer writes
 //!   (a trigger). Latency = stamp − commit (one host, one clock; the consumer's commit follows
-//!   its write within its batch).
+//!   its write within its batch). The line below splits it at the relay's published mark
+//!   (`published_at`, set when the broker acknowledged the batch): commit → published shows
+//!   the relay's share, published → replica the consumer's (it may be negative: the consumer
+//!   can write a row before the relay has marked it).
 //! * broker alone: messages produced as they fall due, each carrying its send time, with the
 //!   producer and consumer settings dionysus uses; latency = receive − send.
 //!
@@ -88,7 +93,14 @@ struct ItemReplica {
 }
 
 const PARTITIONS: i32 = 12;
-const WRITERS: usize = 8;
+const WRITERS: usize = 24;
+
+/// The test broker, with the `DIONYSUS_KAFKA_<PROPERTY>` settings of the environment.
+fn bench_kafka() -> dionysus::config::KafkaConfig {
+    let mut kafka = kafka_config();
+    kafka.properties.extend(Config::from_env().expect("DIONYSUS_* variables are valid").kafka.properties);
+    kafka
+}
 
 fn seconds() -> u64 {
     std::env::var("DIONYSUS_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20)
@@ -98,13 +110,16 @@ fn micros_since_epoch(at: SystemTime) -> i64 {
     i64::try_from(at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_micros()).unwrap()
 }
 
+/// The value at quantile `q` of sorted latencies in µs, in ms.
+fn quantile(sorted: &[i64], q: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted.get(index).copied().unwrap_or(0) as f64 / 1000.0
+}
+
 /// p50, p95, p99 and max of latencies in µs, printed in ms.
 fn summary(label: &str, mut micros: Vec<i64>, expected: u64, elapsed: Duration) -> f64 {
     micros.sort_unstable();
-    let at = |q: f64| {
-        let index = ((micros.len() as f64 - 1.0) * q).round() as usize;
-        micros.get(index).copied().unwrap_or(0) as f64 / 1000.0
-    };
+    let at = |q: f64| quantile(&micros, q);
     println!(
         "  {label:<34} {:>6} events ({:>5.0}/s offered) p50 {:>7.1} ms  p95 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms",
         micros.len(),
@@ -123,7 +138,7 @@ fn summary(label: &str, mut micros: Vec<i64>, expected: u64, elapsed: Duration) 
 /// Broker alone: produce `rate`/s for the duration, each message carrying its send time; a
 /// consumer with dionysus' settings notes when each arrives.
 async fn broker_alone(rate: u64) -> f64 {
-    let kafka = kafka_config();
+    let kafka = bench_kafka();
     let topic = create_topic(&kafka, "bench_latency_broker", PARTITIONS).await;
     let consumer: StreamConsumer = consumer_config(&kafka, &unique_name("latency")).create().unwrap();
     consumer.subscribe(&[&topic]).unwrap();
@@ -235,22 +250,48 @@ async fn end_to_end(pipeline: &Pipeline, rate: u64, conn: &mut AsyncPgConnection
         synced_id: i64,
         #[diesel(sql_type = Timestamptz)]
         applied_at: DateTime<Utc>,
+        #[diesel(sql_type = diesel::sql_types::Nullable<Timestamptz>)]
+        published_at: Option<DateTime<Utc>>,
     }
-    let stamps: Vec<Stamp> =
-        diesel::sql_query(format!("SELECT synced_id, applied_at FROM latency_replica WHERE {range}"))
-            .load(conn)
-            .await
-            .unwrap();
-    let applied: std::collections::HashMap<i64, i64> =
-        stamps.into_iter().map(|stamp| (stamp.synced_id, stamp.applied_at.timestamp_micros())).collect();
-    let latencies: Vec<i64> =
-        committed.iter().filter_map(|(id, at)| applied.get(id).map(|applied| applied - at)).collect();
+    let stamps: Vec<Stamp> = diesel::sql_query(format!(
+        "SELECT r.synced_id, r.applied_at, o.published_at FROM latency_replica r \
+         LEFT JOIN dionysus_outbox o ON o.resource_class = 'Item' AND o.resource_id = r.synced_id::text \
+         WHERE r.{range}"
+    ))
+    .load(conn)
+    .await
+    .unwrap();
+    let stamps: std::collections::HashMap<i64, (i64, Option<i64>)> = stamps
+        .into_iter()
+        .map(|stamp| {
+            (stamp.synced_id, (stamp.applied_at.timestamp_micros(), stamp.published_at.map(|at| at.timestamp_micros())))
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(committed.len());
+    let (mut relayed, mut consumed) = (Vec::new(), Vec::new());
+    for (id, at) in &committed {
+        let Some(&(applied, published)) = stamps.get(id) else { continue };
+        latencies.push(applied - at);
+        if let Some(published) = published {
+            relayed.push(published - at);
+            consumed.push(applied - published);
+        }
+    }
+    relayed.sort_unstable();
+    consumed.sort_unstable();
     let p99 = summary("dionysus (commit → replica row)", latencies, total, elapsed);
     println!(
         "    writes took {:.1} s for {:.1} s of schedule; {behind} events not yet in the replica when the writes stopped, all in {:.2} s after",
         elapsed.as_secs_f64(),
         total as f64 / rate as f64,
         caught_up.as_secs_f64()
+    );
+    println!(
+        "    commit → published mark p50 {:.1} ms p99 {:.1} ms; published mark → replica row p50 {:.1} ms p99 {:.1} ms",
+        quantile(&relayed, 0.5),
+        quantile(&relayed, 0.99),
+        quantile(&consumed, 0.5),
+        quantile(&consumed, 0.99)
     );
     p99
 }
@@ -270,10 +311,11 @@ async fn main() {
     )
     .await
     .unwrap();
-    let kafka = kafka_config();
+    let kafka = bench_kafka();
     let topic = create_topic(&kafka, "bench_latency", PARTITIONS).await;
     let registry = registry_for::<Item>(&topic, PARTITIONS, "account_id", serialize_erased::<Item, DefaultSerializer>);
-    let mut config = Config::default();
+    // Defaults, or what DIONYSUS_* variables set (to compare settings).
+    let mut config = Config::from_env().expect("DIONYSUS_* variables are valid");
     config.database_url = db.url.clone();
     config.kafka = kafka.clone();
     config.kafka.group_id = Some(unique_name("latency"));
@@ -282,8 +324,8 @@ async fn main() {
 
     let token = CancellationToken::new();
     let relay = Relay::builder(config.clone()).registry(registry).build().unwrap();
+    // The consumer's own pool (its default size), as an application gets it.
     let consumer = Consumer::builder(config)
-        .pool(db.pool(4))
         .replicas(Replicas::new([ItemReplica::DESCRIPTOR]))
         .topic(&pipeline.topic)
         .handlers(false)
@@ -304,6 +346,9 @@ async fn main() {
         "end-to-end latency, relay and consumer on default settings, {} s per rate, {WRITERS} writer connections:",
         seconds()
     );
+    if !kafka.properties.is_empty() {
+        println!(" Kafka client settings from the environment: {:?}", kafka.properties);
+    }
     for rate in [1000, 3000] {
         println!(" {rate} events/s:");
         let broker = broker_alone(rate).await;

@@ -63,6 +63,14 @@
 //! a rebalance; a name that changes with every start only leaves a stale member behind until
 //! its session times out.
 //!
+//! Kafka clients are set for latency (each overridable with `DIONYSUS_KAFKA_<PROPERTY>`):
+//!
+//! | librdkafka property | clients | dionysus | librdkafka's default | why |
+//! |---|---|---|---|---|
+//! | `socket.nagle.disable` | all | `true` | `false` | a request is sent at once, not held for the broker's delayed ACK |
+//! | `linger.ms` | relay | `1` | `5` | the relay awaits each batch's delivery, so waiting to fill requests costs more than it saves |
+//! | `fetch.wait.max.ms` | consumers | `100` | `500` | an idle partition costs ten fetches a second; a broker that holds fetches for the whole wait delays messages by at most this |
+//!
 //! Booleans accept `true/false`, `1/0`, `yes/no`, `on/off`. Durations accept a bare number
 //! in the unit the variable names, or a number with a unit: `ms`, `s`, `m`, `h`, `d`
 //! (`1.5s`, `90m`, `0.5d`). A bad value is an error naming the variable, the value and the
