@@ -11,6 +11,7 @@ mod attr;
 mod avro;
 mod consume;
 mod ctxt;
+mod delay;
 mod diesel;
 mod field_name;
 mod handler;

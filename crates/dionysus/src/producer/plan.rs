@@ -17,6 +17,7 @@ use super::serialize::{default_serialize, SideloadError};
 use crate::config::ProducerConfig;
 use crate::registry::model::{ColumnIn, Dependency, ModelEntry, Publication, Record, Relation};
 use crate::registry::{Registry, Tombstone, TopicRole, OBSERVER_TOPIC};
+use crate::wire::delay::{chain_text, DelayHeaders};
 use crate::wire::envelope::{Envelope, JSON_NULL_TOMBSTONE};
 use crate::wire::naming::{self, EventKind};
 use crate::wire::record::{id_text, SerializeError, Sideload, Sideloads};
@@ -33,6 +34,12 @@ pub struct OutgoingMessage {
     /// Value bytes; `None` is a Kafka null (a tombstone on topics with
     /// `tombstone = "kafka_null"`).
     pub payload: Option<Vec<u8>>,
+    /// Headers (name, value); only delayed copies carry any ([`DelayHeaders`]).
+    pub headers: Vec<(&'static str, String)>,
+    /// The message's timestamp in milliseconds since the Unix epoch (`None`: the producer's
+    /// clock when sent). A message with a delayed copy and the copy carry the time the copy's
+    /// due time counts from.
+    pub timestamp: Option<i64>,
 }
 
 /// The columns of an outbox row that decide what is published.
@@ -173,7 +180,41 @@ async fn plan_rows_untimed(
             source,
         })?);
     }
-    plan_loaded_rows(conn, registry, config, rows, &loaded).await
+    let mut plans = plan_loaded_rows(conn, registry, config, rows, &loaded).await?;
+    add_delayed_copies(registry, rows, &mut plans, chrono::Utc::now().timestamp_millis());
+    Ok(plans)
+}
+
+/// Adds to each planned row of a publication with `delayed = …` the first delayed copy: its
+/// immediate message's key, partition key and value, byte for byte, to
+/// `<topic>_delay_<first delay>`, with headers naming the topic, the due time (`now_ms` plus
+/// the delay) and the rest of the chain. Rows written to a genesis replica, and composed
+/// messages, get none.
+pub(crate) fn add_delayed_copies(registry: &Registry, rows: &[RowRef], plans: &mut [RowPlan], now_ms: i64) {
+    for (row, plan) in rows.iter().zip(plans.iter_mut()) {
+        let RowPlan::Publish(messages) = plan else { continue };
+        if row.composed.is_some() || !matches!(registry.resolve(&row.topic), Some((_, TopicRole::Primary))) {
+            continue;
+        }
+        let Some(publication) = registry.publications_on(&row.resource_class, &row.topic).into_iter().next() else {
+            continue;
+        };
+        let Some((&first, rest)) = publication.delayed.split_first() else { continue };
+        let Some(immediate) = messages.iter_mut().find(|message| message.topic == publication.topic) else {
+            continue;
+        };
+        immediate.timestamp = Some(now_ms);
+        let mut headers = vec![
+            (DelayHeaders::TARGET, publication.topic.to_owned()),
+            (DelayHeaders::DUE, first.due_after(now_ms).to_string()),
+            (DelayHeaders::CHAIN, chain_text(rest)),
+        ];
+        if let Some(key) = &immediate.partition_key {
+            headers.push((DelayHeaders::PARTITION_KEY, key.clone()));
+        }
+        let copy = OutgoingMessage { topic: first.topic(publication.topic), headers, ..immediate.clone() };
+        messages.push(copy);
+    }
 }
 
 /// [`plan_rows`] for rows whose current records the caller has loaded already (genesis
@@ -287,6 +328,8 @@ pub async fn plan_loaded_rows(
                 key: key.clone(),
                 partition_key: partition_key.clone(),
                 payload: Some(payload.clone()),
+                headers: Vec::new(),
+                timestamp: None,
             })
             .collect();
         plans.push(RowPlan::Publish(messages));
@@ -321,6 +364,8 @@ fn composed_messages(
             key: composed.key.clone(),
             partition_key: row.partition_key.clone(),
             payload: payload.clone(),
+            headers: Vec::new(),
+                timestamp: None,
         })
         .collect())
 }
@@ -455,6 +500,8 @@ pub fn tombstone_messages(
             key: key.clone(),
             partition_key: partition_key.clone(),
             payload: payload.clone(),
+            headers: Vec::new(),
+                timestamp: None,
         })
         .collect())
 }
