@@ -13,8 +13,8 @@ use dionysus::consumer::DeadLetterHeaders;
 use dionysus::delayer::{Delay, DelayHeaders};
 use dionysus::registry::Registry;
 use dionysus::Dionysus;
-use dionysus_tests::{consumer_config, eventually, kafka_config, registry_with_delays, unique_name, TestDb};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use dionysus_tests::{consumer_config, kafka_config, registry_with_delays, unique_name, TestDb};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,9 @@ async fn read(kafka: &KafkaConfig, topic: &str, count: usize, limit: Duration) -
     while received.len() < count {
         let Ok(message) = tokio::time::timeout_at(deadline, consumer.recv()).await else { break };
         let message = message.unwrap();
+        if message.key() == Some(PROBE.as_bytes()) {
+            continue;
+        }
         let mut headers = BTreeMap::new();
         if let Some(found) = message.headers() {
             for header in found.iter() {
@@ -118,7 +121,7 @@ impl Setup {
             let shutdown = shutdown.clone();
             async move { delayer.run(shutdown).await.unwrap() }
         });
-        wait_for_group(&self.kafka, &group).await;
+        wait_for_delayer(&self.kafka, &self.registry.delay_topics()[0].name, &self.topic).await;
         let mut conn = self.db.connection().await;
         conn.batch_execute(&format!(
             "INSERT INTO dionysus_outbox (resource_class, resource_id, event_name, topic, partition_key)
@@ -135,22 +138,27 @@ impl Setup {
     }
 }
 
-/// Waits until consumer group `group` is stable with a member (its partitions assigned).
-async fn wait_for_group(kafka: &KafkaConfig, group: &str) {
-    let client: BaseConsumer = dionysus::kafka::client_config(kafka).create().unwrap();
-    let client = std::sync::Arc::new(client);
-    eventually(Duration::from_secs(60), || {
-        let client = client.clone();
-        let group = group.to_owned();
-        async move {
-            let list = tokio::task::spawn_blocking(move || client.fetch_group_list(Some(&group), Duration::from_secs(5)))
-                .await
-                .unwrap()
-                .ok()?;
-            list.groups().iter().any(|found| found.state() == "Stable" && !found.members().is_empty()).then_some(())
+/// The key of the copy [`wait_for_delayer`] sends through; [`read`] passes over it.
+const PROBE: &str = "Probe:0";
+
+/// Waits until the delayer re-sends a copy due at once from `delay_topic` to `target`: its
+/// group has its partitions.
+async fn wait_for_delayer(kafka: &KafkaConfig, delay_topic: &str, target: &str) {
+    let producer = dionysus::kafka::producer(kafka).unwrap();
+    let reader: StreamConsumer = consumer_config(kafka, &unique_name("probe")).create().unwrap();
+    reader.subscribe(&[target]).unwrap();
+    for partition in 0..2 {
+        let due = chrono::Utc::now().timestamp_millis().to_string();
+        let headers = [(DelayHeaders::TARGET, target), (DelayHeaders::DUE, due.as_str())];
+        produce_copy(&producer, delay_topic, partition, PROBE, "probe", &headers).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let message = tokio::time::timeout_at(deadline, reader.recv()).await.expect("the delayer did not start").unwrap();
+        if message.key() == Some(PROBE.as_bytes()) {
+            return;
         }
-    })
-    .await;
+    }
 }
 
 /// A child process killed (SIGKILL) when dropped, so a failing test leaves none behind.
