@@ -154,7 +154,8 @@ async fn wait_for_delayer(kafka: &KafkaConfig, delay_topic: &str, target: &str) 
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let message = tokio::time::timeout_at(deadline, reader.recv()).await.expect("the delayer did not start").unwrap();
+        let message =
+            tokio::time::timeout_at(deadline, reader.recv()).await.expect("the delayer did not start").unwrap();
         if message.key() == Some(PROBE.as_bytes()) {
             return;
         }
@@ -297,7 +298,9 @@ async fn a_killed_delayer_loses_nothing_and_keeps_each_keys_order() {
     while distinct.len() < COPIES {
         let message = tokio::time::timeout_at(deadline, reader.recv())
             .await
-            .unwrap_or_else(|_| panic!("only {} of {COPIES} copies arrived (logs: {group}-1.log, -2.log)", distinct.len()))
+            .unwrap_or_else(|_| {
+                panic!("only {} of {COPIES} copies arrived (logs: {group}-1.log, -2.log)", distinct.len())
+            })
             .unwrap();
         let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
         let value: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();

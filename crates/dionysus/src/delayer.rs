@@ -50,8 +50,8 @@ use crate::kafka::Logs;
 use crate::producer::plan::OutgoingMessage;
 use crate::producer::sender::{await_deliveries, Failure, Sender, TopicCache};
 use crate::registry::Registry;
-pub use crate::wire::delay::{Delay, DelayError, DelayHeaders, MAX_DELAY_SECONDS};
 use crate::wire::delay::{chain_text, parse_chain};
+pub use crate::wire::delay::{Delay, DelayError, DelayHeaders, MAX_DELAY_SECONDS};
 
 /// The dead-letter reason of a message on a delay topic that is not a delayed copy.
 pub const MALFORMED_REASON: &str = "malformed_delay";
@@ -133,11 +133,8 @@ impl DelayerBuilder {
     /// The delayer, checking its topics.
     pub fn build(self) -> Result<Delayer, DelayerError> {
         let known = self.registry.delay_topics();
-        let names: Vec<String> = if self.topics.is_empty() {
-            known.iter().map(|topic| topic.name.clone()).collect()
-        } else {
-            self.topics
-        };
+        let names: Vec<String> =
+            if self.topics.is_empty() { known.iter().map(|topic| topic.name.clone()).collect() } else { self.topics };
         if names.is_empty() {
             return Err(DelayerError::NoTopics);
         }
@@ -202,13 +199,11 @@ impl Delayer {
         for (key, value) in &self.config.kafka.properties {
             client.set(key, value);
         }
-        let consumer: StreamConsumer<DelayerContext> = client.create_with_context(context).map_err(
-            crate::kafka::kafka_error(crate::kafka::KafkaOperation::CreateConsumer, &self.config.kafka),
-        )?;
+        let consumer: StreamConsumer<DelayerContext> = client
+            .create_with_context(context)
+            .map_err(crate::kafka::kafka_error(crate::kafka::KafkaOperation::CreateConsumer, &self.config.kafka))?;
         let topics: Vec<&str> = self.topics.keys().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|source| DelayerError::Subscribe { topics: topics.join(", "), source })?;
+        consumer.subscribe(&topics).map_err(|source| DelayerError::Subscribe { topics: topics.join(", "), source })?;
         let producer = crate::kafka::producer(&self.config.kafka)?;
         let cache = TopicCache::default();
         let sender = Sender {
@@ -536,7 +531,8 @@ impl Run<'_> {
             match self.send(&messages).await {
                 Ok(()) => break,
                 Err(failure) => {
-                    metrics::counter!("dionysus_delayer_send_errors_total", "topic" => entry.topic.clone()).increment(1);
+                    metrics::counter!("dionysus_delayer_send_errors_total", "topic" => entry.topic.clone())
+                        .increment(1);
                     tracing::warn!(topic = %entry.topic, partition = entry.partition, offset = entry.offset, error = %failure.message, retry_in = ?backoff, "re-sending a delayed copy failed; retrying");
                     tokio::select! {
                         () = self.shutdown.cancelled() => return false,
@@ -674,7 +670,8 @@ mod tests {
             &headers(&[(DelayHeaders::TARGET, "t"), (DelayHeaders::DUE, "1"), (DelayHeaders::CHAIN, "1w")]),
         );
         assert!(bad_chain.unwrap_err().contains("unknown unit"));
-        let no_key = read_copy(Some(delay("5m")), None, &headers(&[(DelayHeaders::TARGET, "t"), (DelayHeaders::DUE, "1")]));
+        let no_key =
+            read_copy(Some(delay("5m")), None, &headers(&[(DelayHeaders::TARGET, "t"), (DelayHeaders::DUE, "1")]));
         assert!(no_key.unwrap_err().contains("no key"));
     }
 

@@ -331,7 +331,6 @@ pub mod __private {
         BoxFuture, ColumnIn, Dependency, IdKind, LoadSource, ModelEntry, Observer, PartitionKeySource, Publication,
         Record, RecordFilter, Relation, SoftDelete,
     };
-    pub use crate::wire::delay::Delay;
     pub use crate::registry::{
         KeyConfig, ModelRegistration, PartitionKeyWith, SchemaEntry, Tombstone, Topic, TopicDeclaration, TopicEntry,
         TopicFormat, TopicReference, TopicReferenceEntry,
@@ -339,6 +338,7 @@ pub mod __private {
     /// What `assert_published!` and `assert_not_published!` build.
     #[cfg(feature = "testing")]
     pub use crate::testing::Expected;
+    pub use crate::wire::delay::Delay;
 
     /// Boxes a handler's future (used by `#[dionysus::consume]` on functions).
     pub fn box_handler<'a, F>(future: F) -> HandlerFuture<'a>

@@ -365,7 +365,7 @@ fn composed_messages(
             partition_key: row.partition_key.clone(),
             payload: payload.clone(),
             headers: Vec::new(),
-                timestamp: None,
+            timestamp: None,
         })
         .collect())
 }
@@ -501,7 +501,7 @@ pub fn tombstone_messages(
             partition_key: partition_key.clone(),
             payload: payload.clone(),
             headers: Vec::new(),
-                timestamp: None,
+            timestamp: None,
         })
         .collect())
 }
@@ -509,6 +509,82 @@ pub fn tombstone_messages(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static ITEMS: crate::registry::TopicDeclaration = crate::registry::TopicDeclaration {
+        full_name: "items",
+        name: "items",
+        genesis_replica: true,
+        ..crate::registry::TopicDeclaration::INVALID
+    };
+    static ITEM: ModelEntry = ModelEntry { model_name: "Item", rust_name: "Item", ..ModelEntry::INVALID };
+    static DELAYED: Publication = Publication {
+        model: &ITEM,
+        topic: "items",
+        partition_key: crate::registry::model::PartitionKeySource::Inherit,
+        with: &[],
+        observe: &[],
+        serialize: |_, _| Ok(Value::Null),
+        schema: None,
+        delayed: &[crate::wire::delay::Delay::clamped(2), crate::wire::delay::Delay::clamped(60)],
+        location: "test",
+    };
+
+    fn row(topic: &str, composed: bool) -> RowRef {
+        RowRef {
+            id: 1,
+            resource_class: "Item".to_owned(),
+            resource_id: "1".to_owned(),
+            event_name: "item_updated".to_owned(),
+            topic: topic.to_owned(),
+            partition_key: Some("7".to_owned()),
+            composed: composed.then(|| Composed {
+                key: "Item:1".to_owned(),
+                value: "{}".to_owned(),
+                encryption_key_id: None,
+            }),
+        }
+    }
+
+    fn message(topic: &str) -> OutgoingMessage {
+        OutgoingMessage {
+            topic: topic.to_owned(),
+            key: "Item:1".to_owned(),
+            partition_key: Some("7".to_owned()),
+            payload: Some(b"{}".to_vec()),
+            headers: Vec::new(),
+            timestamp: None,
+        }
+    }
+
+    #[test]
+    fn a_delayed_publication_adds_its_first_copy_to_the_rows_messages() {
+        let registry = Registry::new([&ITEMS], []).with_publications([&DELAYED]);
+        let rows = [row("items", false), row("items_genesis", false), row("items", true)];
+        let mut plans = vec![
+            RowPlan::Publish(vec![message("items"), message("items_genesis")]),
+            RowPlan::Publish(vec![message("items_genesis")]),
+            RowPlan::Publish(vec![message("items"), message("items_genesis")]),
+        ];
+        add_delayed_copies(&registry, &rows, &mut plans, 10_000);
+        let RowPlan::Publish(messages) = &plans[0] else { panic!("{:?}", plans[0]) };
+        assert_eq!(messages.len(), 3);
+        let copy = &messages[2];
+        assert_eq!(copy.topic, "items_delay_2s");
+        assert_eq!((copy.key.as_str(), copy.payload.as_deref()), ("Item:1", Some(&b"{}"[..])));
+        assert_eq!(
+            copy.headers,
+            [
+                (DelayHeaders::TARGET, "items".to_owned()),
+                (DelayHeaders::DUE, "12000".to_owned()),
+                (DelayHeaders::CHAIN, "1m".to_owned()),
+                (DelayHeaders::PARTITION_KEY, "7".to_owned()),
+            ]
+        );
+        assert_eq!((messages[0].timestamp, copy.timestamp), (Some(10_000), Some(10_000)));
+        // A genesis-only row and a composed message get no copy.
+        assert!(matches!(&plans[1], RowPlan::Publish(messages) if messages.len() == 1));
+        assert!(matches!(&plans[2], RowPlan::Publish(messages) if messages.len() == 2));
+    }
 
     #[test]
     fn deleted_records_put_links_first() {

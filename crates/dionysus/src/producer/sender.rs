@@ -149,9 +149,10 @@ impl Sender<'_> {
                 record = record.timestamp(timestamp);
             }
             if !message.headers.is_empty() {
-                let headers = message.headers.iter().fold(rdkafka::message::OwnedHeaders::new(), |headers, (key, value)| {
-                    headers.insert(rdkafka::message::Header { key, value: Some(value.as_bytes()) })
-                });
+                let headers =
+                    message.headers.iter().fold(rdkafka::message::OwnedHeaders::new(), |headers, (key, value)| {
+                        headers.insert(rdkafka::message::Header { key, value: Some(value.as_bytes()) })
+                    });
                 record = record.headers(headers);
             }
             let mut pending = record;

@@ -897,12 +897,52 @@ mod tests {
             observe: &[],
             serialize: |_, _| Ok(serde_json::Value::Null),
             schema: None,
-        delayed: &[],
+            delayed: &[],
             location: "src/rental.rs:2",
         }
     }
 
     static INHERITS: Publication = publication(PartitionKeySource::Inherit);
+    static DELAYED: Publication = Publication {
+        topic: "v3_rentals",
+        delayed: &[crate::wire::delay::Delay::clamped(300), crate::wire::delay::Delay::clamped(3_600)],
+        ..publication(PartitionKeySource::Inherit)
+    };
+    static DELAYED_AGAIN: Publication = Publication {
+        topic: "v3_rentals",
+        delayed: &[crate::wire::delay::Delay::clamped(300)],
+        ..publication(PartitionKeySource::Inherit)
+    };
+
+    #[test]
+    fn delay_topics_are_named_once_and_created_like_their_topic() {
+        let registry = Registry::new([&RENTALS], []).with_publications([&DELAYED, &DELAYED_AGAIN]);
+        let names: Vec<(String, &str, u64)> = registry
+            .delay_topics()
+            .into_iter()
+            .map(|topic| (topic.name, topic.target, topic.delay.as_secs()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("v3_rentals_delay_1h".to_owned(), "v3_rentals", 3_600),
+                ("v3_rentals_delay_5m".to_owned(), "v3_rentals", 300)
+            ]
+        );
+        assert!(registry.topic_names().contains(&"v3_rentals_delay_5m".to_owned()));
+        let specs: Vec<(String, i32)> = crate::kafka::TopicSpec::for_registry(&registry)
+            .into_iter()
+            .map(|spec| (spec.name, spec.partitions))
+            .collect();
+        assert_eq!(
+            specs,
+            [
+                ("v3_rentals".to_owned(), 12),
+                ("v3_rentals_delay_1h".to_owned(), 12),
+                ("v3_rentals_delay_5m".to_owned(), 12)
+            ]
+        );
+    }
     static OWN_KEY: Publication = publication(PartitionKeySource::Attribute("account_id"));
 
     #[test]
