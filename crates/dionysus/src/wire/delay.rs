@@ -146,11 +146,11 @@ impl Delay {
 impl fmt::Display for Delay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let seconds = self.seconds;
-        let (number, unit) = if seconds % 86_400 == 0 {
+        let (number, unit) = if seconds.is_multiple_of(86_400) {
             (seconds / 86_400, "d")
-        } else if seconds % 3_600 == 0 {
+        } else if seconds.is_multiple_of(3_600) {
             (seconds / 3_600, "h")
-        } else if seconds % 60 == 0 {
+        } else if seconds.is_multiple_of(60) {
             (seconds / 60, "m")
         } else {
             (seconds, "s")
