@@ -32,6 +32,7 @@ mod layout;
 mod migrations;
 mod producer;
 mod readme;
+mod reinit;
 mod relay;
 mod relay_order;
 mod surface;

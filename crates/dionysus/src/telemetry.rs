@@ -19,8 +19,10 @@
 //! and reason, `dionysus_consumer_replies_total` and `dionysus_consumer_error_events_total`
 //! (handlers' replies and error events written to the outbox), and `dionysus_consumer_lag`
 //! per topic and partition from librdkafka's statistics); `dionysus_checkpoint_*` from
-//! checkpointed handlers; `dionysus_delayer_*` from the delayer (copies re-sent, dead-lettered,
-//! failed sends, lateness, copies held).
+//! checkpointed handlers; `dionysus_reinit_runs_total`, `dionysus_reinit_replayed_messages_total`,
+//! `dionysus_reinit_remaining_messages` and `dionysus_reinit_suppressed_total` from reinits;
+//! `dionysus_delayer_*` from the delayer (copies re-sent, dead-lettered, failed sends,
+//! lateness, copies held).
 //!
 //! The four stages of a message have a `tracing` span (at debug level) and a histogram each:
 //! `dionysus.decode` (`dionysus_consumer_decode_seconds`, a batch's messages decoded and
@@ -216,6 +218,25 @@ pub const METRICS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "Error events (`event.error.<event>`) of failed handlers written to the outbox.",
+    ),
+    ("dionysus_reinit_runs_total", Kind::Counter, Unit::Count, "Reinits started or resumed, by group."),
+    (
+        "dionysus_reinit_replayed_messages_total",
+        Kind::Counter,
+        Unit::Count,
+        "Messages a reinit replayed into the replica tables, by group.",
+    ),
+    (
+        "dionysus_reinit_remaining_messages",
+        Kind::Gauge,
+        Unit::Count,
+        "Messages a running reinit has still to replay before its targets, by group.",
+    ),
+    (
+        "dionysus_reinit_suppressed_total",
+        Kind::Counter,
+        Unit::Count,
+        "Replies and error events not written because their cause is replayed by a reinit, by topic.",
     ),
     (
         "dionysus_consumer_partition_stalled",

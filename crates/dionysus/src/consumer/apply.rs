@@ -141,6 +141,17 @@ pub enum ConsumerError {
         /// The declared topics.
         known: String,
     },
+    /// The targets of the group's reinit could not be read when the consumer started.
+    #[error(
+        "reading the reinit targets of group {group} (table dionysus_reinit; run `dionysus migrate` if it is missing)"
+    )]
+    ReinitTargets {
+        /// The consumer group.
+        group: String,
+        /// diesel's error.
+        #[source]
+        source: diesel::result::Error,
+    },
     /// The consumer was built without topics to read.
     #[error("no topics to consume: declare a replica model with #[derive(Consume)] or add topics to the builder")]
     NoTopics,
@@ -531,6 +542,7 @@ impl ConsumerBuilder {
                 error_events: self.error_events,
                 error_events_topic: self.error_events_topic,
                 replies: self.replies,
+                replaying: super::replaying::Replaying::default(),
             }),
         })
     }
@@ -563,6 +575,8 @@ pub(super) struct Inner {
     pub(super) error_events_topic: Option<String>,
     /// Whether replies and error events are written.
     pub(super) replies: bool,
+    /// The partitions a reinit replays, with their targets (loaded by `run`).
+    pub(super) replaying: super::replaying::Replaying,
 }
 
 /// A consumer of replica topics. Cheap to clone.
@@ -1078,13 +1092,13 @@ impl Consumer {
                         .filter(|earlier| earlier.offset == event.offset && earlier.event_name == event.event_name)
                         .count();
                     let replies = self.run_checkpointed(conn, declaration, message, event, ordinal).await?;
-                    if !replies.is_empty() && self.inner.replies {
+                    if !replies.is_empty() && self.sends_replies(message, replies.len()) {
                         rows.extend(self.reply_rows(Cause::of(event, message), replies)?);
                         last = Some(message);
                     }
                     continue;
                 }
-                let mut ctx = Context::new(event, message, conn, true);
+                let mut ctx = Context::new(event, message, conn, true).with_replaying(self.replaying_message(message));
                 let result = handle(declaration, &mut ctx).await;
                 #[cfg(feature = "testing")]
                 super::calls::record(declaration, event, result.as_ref().map(|_| ()));
@@ -1097,7 +1111,7 @@ impl Consumer {
                     source,
                 })?;
                 let replies = ctx.take_replies();
-                if !replies.is_empty() && self.inner.replies {
+                if !replies.is_empty() && self.sends_replies(message, replies.len()) {
                     rows.extend(self.reply_rows(Cause::of(event, message), replies)?);
                     last = Some(message);
                 }
@@ -1150,7 +1164,9 @@ impl Consumer {
         loop {
             tried += 1;
             Transactions::begin_transaction(&mut *conn).await.map_err(db)?;
-            let mut ctx = Context::new(event, message, conn, true).with_retry_count(tried - 1);
+            let mut ctx = Context::new(event, message, conn, true)
+                .with_retry_count(tried - 1)
+                .with_replaying(self.replaying_message(message));
             let result = (declaration.handler)(&mut ctx).await;
             let (ack, class, replies) = (ctx.take_ack(), ctx.error_class(), ctx.take_replies());
             #[cfg(feature = "testing")]
@@ -1211,6 +1227,27 @@ impl Consumer {
         }
     }
 
+    /// Whether `message` is replayed by the group's reinit (see [`Consumer::reinit`]).
+    fn replaying_message(&self, message: &InboundMessage) -> bool {
+        self.replaying(&message.topic, message.partition, message.offset)
+    }
+
+    /// Whether the `count` replies or error events of `message` are written: replies are
+    /// on and the message is not replayed by a reinit (those are counted in
+    /// `dionysus_reinit_suppressed_total`). Cascades of a replayed message are suppressed
+    /// the same way.
+    fn sends_replies(&self, message: &InboundMessage, count: usize) -> bool {
+        if !self.inner.replies {
+            return false;
+        }
+        if self.replaying_message(message) {
+            metrics::counter!("dionysus_reinit_suppressed_total", "topic" => message.topic.clone())
+                .increment(count as u64);
+            return false;
+        }
+        true
+    }
+
     /// The outbox rows of a handler's replies to `cause`.
     fn reply_rows(&self, cause: Cause<'_>, replies: Vec<reply::Reply>) -> Result<Vec<ComposedRow>, ConsumerError> {
         let registry = self.inner.registry.as_deref().unwrap_or_else(|| Registry::global());
@@ -1229,7 +1266,7 @@ impl Consumer {
         failure: Failure<'_>,
     ) -> Result<Option<ComposedRow>, ConsumerError> {
         let wanted = self.inner.error_events || declaration.is_some_and(|declaration| declaration.error_events);
-        if !wanted || !self.inner.replies {
+        if !wanted || !self.sends_replies(cause.message, 1) {
             return Ok(None);
         }
         reply::error_event_row(cause, self.inner.error_events_topic.as_deref(), failure)
@@ -1270,7 +1307,7 @@ impl Consumer {
                         }
                     },
                 };
-                let mut ctx = Context::new(event, message, conn, false);
+                let mut ctx = Context::new(event, message, conn, false).with_replaying(self.replaying_message(message));
                 let result = handle(declaration, &mut ctx).await;
                 let replies = ctx.take_replies();
                 #[cfg(feature = "testing")]
@@ -1278,7 +1315,7 @@ impl Consumer {
                 let cause = Cause::of(event, message);
                 // Written in a statement of their own: the batch is committed already.
                 let rows = match &result {
-                    Ok(()) if replies.is_empty() || !self.inner.replies => Ok(Vec::new()),
+                    Ok(()) if replies.is_empty() || !self.sends_replies(message, replies.len()) => Ok(Vec::new()),
                     Ok(()) => self.reply_rows(cause, replies),
                     Err(error) => {
                         metrics::counter!("dionysus_consumer_handler_errors_total", "handler" => declaration.declared_by, "reason" => error.reason()).increment(1);

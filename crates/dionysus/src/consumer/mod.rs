@@ -56,6 +56,10 @@
 //!   ([`ConsumerBuilder::error_events`]): outbox rows of this service, written in the batch's
 //!   transaction for `in_transaction` handlers, so a reply is published exactly when its
 //!   cause was consumed (`reply`).
+//! * [`Consumer::reinit`] replays a group's topics from the earliest offsets into the replica
+//!   tables with replies, error events and cascades suppressed up to targets saved in
+//!   `dionysus_reinit`; an interrupted reinit resumes, and [`Consumer::run`] keeps the
+//!   suppression until the targets are reached (`reinit`).
 //!
 //! Where we differ from dionysus-rb behind the wire (documented choices):
 //!
@@ -94,6 +98,8 @@ pub(crate) mod events;
 mod fuzz;
 pub(crate) mod handler;
 mod progress;
+pub(crate) mod reinit;
+mod replaying;
 pub mod replica;
 pub(crate) mod reply;
 pub(crate) mod runtime;
@@ -104,6 +110,7 @@ pub use batch::{DeadLetter, InboundMessage, UnknownModel};
 pub(crate) use declarations::handler_warnings;
 pub use events::{ConsumedEvent, LocalChange, MessageFilter, Notification};
 pub use handler::{handlers, Ack, Context, FailurePolicy, HandlerDeclaration, HandlerError, UnknownFailurePolicy};
+pub use reinit::{AfterReinit, ReinitError, ReinitProgress, ReinitReport, ReinitStep, ReinitTarget, Until, UntilError};
 pub use replica::sql::stored_offsets;
 pub use reply::{Reply, ReplyError, ERROR_EVENT_MODEL, ERROR_EVENT_PREFIX};
 pub use runtime::DeadLetterHeaders;
