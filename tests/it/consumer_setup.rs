@@ -181,6 +181,7 @@ async fn check_reports_a_topic_partition_key_no_model_has() {
         observe: &[],
         serialize: serialize_erased::<crate::relay::Item, DefaultSerializer>,
         schema: None,
+        delayed: &[],
         location: file!(),
     }));
     let registry: &'static Registry = Box::leak(Box::new(Registry::new([topic], []).with_publications([publication])));

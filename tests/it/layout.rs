@@ -7,7 +7,7 @@
 //! Layers, bottom up: `wire` and `config` (nothing of the crate), `seal` (config only), then
 //! `schema`, `db`, `telemetry`, `registry`, `handle`, `migrate`, `kafka`, `avro` (records and
 //! the schema registry), then `producer` and `consumer` (never each other), then `checkpoint`
-//! (over the consumer), then `error`, then `http` (the events API and console), then `cli` and
+//! (over the consumer) and `delayer` (over both: it consumes delay topics and sends), then `error`, then `http` (the events API and console), then `cli` and
 //! `testing`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,9 +29,22 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("producer", &["wire", "config", "seal", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
     ("consumer", &["wire", "config", "seal", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
     ("checkpoint", &["wire", "config", "seal", "schema", "db", "telemetry", "registry", "consumer"]),
+    ("delayer", &["wire", "config", "telemetry", "registry", "handle", "kafka", "producer", "consumer"]),
     (
         "error",
-        &["wire", "config", "db", "telemetry", "registry", "migrate", "kafka", "producer", "consumer", "checkpoint"],
+        &[
+            "wire",
+            "config",
+            "db",
+            "telemetry",
+            "registry",
+            "migrate",
+            "kafka",
+            "producer",
+            "consumer",
+            "checkpoint",
+            "delayer",
+        ],
     ),
     (
         "http",
@@ -69,6 +82,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "checkpoint",
             "error",
             "avro",
+            "delayer",
         ],
     ),
     (

@@ -22,6 +22,7 @@ mod consumer_vectors;
 #[allow(clippy::duplicate_mod)]
 #[path = "consumer_vectors.rs"]
 mod consumer_vectors_blind;
+mod delayer;
 mod flows;
 mod genesis;
 mod hostile;

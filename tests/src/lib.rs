@@ -190,6 +190,21 @@ pub fn registry_for<T: dionysus::Publishable>(
         &dionysus::serialize::Sideloads,
     ) -> Result<serde_json::Value, dionysus::serialize::SerializeError>,
 ) -> &'static dionysus::Registry {
+    registry_with_delays::<T>(topic, partitions, partition_key, serialize, &[])
+}
+
+/// [`registry_for`], the publication also sending delayed copies through the chain `delayed`
+/// (`#[publish(..., delayed = [...])]`).
+pub fn registry_with_delays<T: dionysus::Publishable>(
+    topic: &str,
+    partitions: i32,
+    partition_key: &'static str,
+    serialize: fn(
+        &dyn dionysus::registry::model::Record,
+        &dionysus::serialize::Sideloads,
+    ) -> Result<serde_json::Value, dionysus::serialize::SerializeError>,
+    delayed: &[dionysus::delayer::Delay],
+) -> &'static dionysus::Registry {
     use dionysus::registry::model::{PartitionKeySource, Publication};
     use dionysus::registry::{Tombstone, TopicDeclaration};
     let name: &'static str = Box::leak(topic.to_owned().into_boxed_str());
@@ -215,6 +230,7 @@ pub fn registry_for<T: dionysus::Publishable>(
         observe: &[],
         serialize,
         schema: None,
+        delayed: Vec::leak(delayed.to_vec()),
         location: file!(),
     }));
     Box::leak(Box::new(dionysus::Registry::new([declaration], []).with_publications([publication])))

@@ -12,6 +12,7 @@ mod avro;
 mod cascade;
 mod consume;
 mod ctxt;
+mod delay;
 mod diesel;
 mod field_name;
 mod handler;

@@ -36,6 +36,7 @@ pub(crate) const OBSERVE: Symbol = Symbol("observe");
 pub(crate) const COLUMNS: Symbol = Symbol("columns");
 pub(crate) const VIA: Symbol = Symbol("via");
 pub(crate) const SERIALIZER: Symbol = Symbol("serializer");
+pub(crate) const DELAYED: Symbol = Symbol("delayed");
 pub(crate) const MODEL_NAME: Symbol = Symbol("model_name");
 pub(crate) const SOFT_DELETE: Symbol = Symbol("soft_delete");
 pub(crate) const PUBLISH_UPDATES_AFTER_SOFT_DELETE: Symbol = Symbol("publish_updates_after_soft_delete");

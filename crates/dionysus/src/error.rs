@@ -49,6 +49,9 @@ pub enum Error {
     /// A consumer could not start or stopped on an error.
     #[error(transparent)]
     Consumer(#[from] crate::consumer::ConsumerError),
+    /// The delayer could not start.
+    #[error(transparent)]
+    Delayer(#[from] crate::delayer::DelayerError),
     /// Reading or changing the checkpoint log failed.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),

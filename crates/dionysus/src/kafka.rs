@@ -297,9 +297,19 @@ impl TopicSpec {
         specs
     }
 
-    /// Every topic the registry declares, genesis replicas included.
+    /// Every topic the registry declares, genesis replicas included, then the delay topics
+    /// of its publications (partitioned as their target topics).
     pub fn for_registry(registry: &Registry) -> Vec<TopicSpec> {
-        registry.topics().flat_map(TopicSpec::for_declaration).collect()
+        let mut specs: Vec<TopicSpec> = registry.topics().flat_map(TopicSpec::for_declaration).collect();
+        for delay_topic in registry.delay_topics() {
+            let target = registry.topic(delay_topic.target);
+            specs.push(TopicSpec {
+                name: delay_topic.name,
+                partitions: target.and_then(|topic| topic.partitions).unwrap_or(1),
+                replication_factor: i32::from(target.and_then(|topic| topic.replication_factor).unwrap_or(1)),
+            });
+        }
+        specs
     }
 }
 

@@ -16,6 +16,7 @@
 //! | [`registry`] | the declarations the macros collect, and their consistency ([`Registry::validate`]) | the broker and the database |
 //! | [`outbox`], [`relay`], [`genesis`], [`respond`], [`serialize`] | the producing half: [`Publishable`], the outbox writer, message planning, the relay, genesis | consuming |
 //! | [`consumer`] | the consuming half: the runtime, batches, offsets, dead letters, [`consumer::replica`] tables, handlers ([`Context`]) | producing |
+//! | [`delayer`] | re-sending the delayed copies of `#[publish(..., delayed = "5m")]` when due ([`delayer::Delayer`]) | sending the first copy (the relay) |
 //! | [`checkpoint`] | the checkpoint log of checkpointed handlers: events and failures, listed, retried, deleted ([`checkpoint::Checkpoints`]) | when handlers run |
 //! | [`kafka`] | how we talk to the broker: client settings, topic creation and inspection | what is sent |
 //! | [`migrate`](mod@migrate) | the framework's own tables | the application's tables |
@@ -34,6 +35,7 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod delayer;
 pub mod error;
 mod handle;
 #[cfg(feature = "http")]
@@ -337,6 +339,7 @@ pub mod __private {
     /// What `assert_published!` and `assert_not_published!` build.
     #[cfg(feature = "testing")]
     pub use crate::testing::Expected;
+    pub use crate::wire::delay::Delay;
 
     /// Boxes a handler's future (used by `#[dionysus::consume]` on functions).
     pub fn box_handler<'a, F>(future: F) -> HandlerFuture<'a>
@@ -360,7 +363,7 @@ pub mod __private {
 pub mod __internals {
     /// The wire format shared with dionysus-rb.
     pub mod wire {
-        pub use crate::wire::{envelope, naming, partition, record, time};
+        pub use crate::wire::{delay, envelope, naming, partition, record, time};
     }
 
     /// The framework's tables as diesel sees them.

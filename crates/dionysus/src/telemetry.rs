@@ -21,7 +21,9 @@
 //! (cascades' rows written with their batch), and `dionysus_consumer_lag`
 //! per topic and partition from librdkafka's statistics); `dionysus_checkpoint_*` from
 //! checkpointed handlers; `dionysus_reinit_runs_total`, `dionysus_reinit_replayed_messages_total`,
-//! `dionysus_reinit_remaining_messages` and `dionysus_reinit_suppressed_total` from reinits.
+//! `dionysus_reinit_remaining_messages` and `dionysus_reinit_suppressed_total` from reinits;
+//! `dionysus_delayer_*` from the delayer (copies re-sent, dead-lettered, failed sends,
+//! lateness, copies held).
 //!
 //! The four stages of a message have a `tracing` span (at debug level) and a histogram each:
 //! `dionysus.decode` (`dionysus_consumer_decode_seconds`, a batch's messages decoded and
@@ -175,6 +177,36 @@ pub const METRICS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "Failures of handlers run after the commit, by handler and reason (the batch stays committed).",
+    ),
+    (
+        "dionysus_delayer_resent_total",
+        Kind::Counter,
+        Unit::Count,
+        "Delayed copies re-sent to their topic (and the next delay topic of their chain), by delay topic.",
+    ),
+    (
+        "dionysus_delayer_dead_letters_total",
+        Kind::Counter,
+        Unit::Count,
+        "Messages of a delay topic that were not delayed copies, sent to the dead-letter topic, by delay topic.",
+    ),
+    (
+        "dionysus_delayer_send_errors_total",
+        Kind::Counter,
+        Unit::Count,
+        "Failed re-sends of delayed copies (each retried with backoff), by delay topic.",
+    ),
+    (
+        "dionysus_delayer_lateness_seconds",
+        Kind::Histogram,
+        Unit::Seconds,
+        "How long after its due time a delayed copy was re-sent, by delay topic.",
+    ),
+    (
+        "dionysus_delayer_held",
+        Kind::Gauge,
+        Unit::Count,
+        "Delayed copies fetched and held until due (their partitions paused).",
     ),
     (
         "dionysus_consumer_replies_total",

@@ -429,13 +429,17 @@ async fn tombstones_default_to_the_records_keys() {
                 topic: "v102_rentals".into(),
                 key: "ExampleResource:20".into(),
                 partition_key: Some("10".into()),
-                payload: null.clone()
+                payload: null.clone(),
+                headers: Vec::new(),
+                timestamp: None
             },
             OutgoingMessage {
                 topic: "v102_rentals_genesis".into(),
                 key: "ExampleResource:20".into(),
                 partition_key: Some("10".into()),
-                payload: null.clone()
+                payload: null.clone(),
+                headers: Vec::new(),
+                timestamp: None
             },
         ]
     );
@@ -488,6 +492,7 @@ fn partition_key_sources_follow_p16() {
         observe: &[],
         serialize: dionysus::serialize::serialize_erased::<spec_b::w01::ExampleResource, DefaultSerializer>,
         schema: None,
+        delayed: &[],
         location: "test",
     };
     let record = |account_id| spec_b::w01::ExampleResource {

@@ -197,6 +197,8 @@ async fn tombstones_through_the_outbox_follow_p30() {
         key: key.into(),
         partition_key: partition_key.map(str::to_owned),
         payload: null.clone(),
+        headers: Vec::new(),
+        timestamp: None,
     };
     assert_eq!(
         messages[0],

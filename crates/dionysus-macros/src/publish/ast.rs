@@ -73,6 +73,8 @@ pub(crate) struct Publication {
     /// `schema = "com.example.Rental"`: the topic is an Avro topic with this record schema,
     /// which the model's fields are checked against.
     pub(crate) schema: Option<SchemaRef>,
+    /// `delayed = …`: the chain of delayed copies (empty: none).
+    pub(crate) delayed: Vec<crate::delay::Delay>,
     /// The `publish` token, for `file!()`/`line!()`.
     pub(crate) span: Span,
 }

@@ -159,6 +159,10 @@ fn expand_publication(
         }
         None => quote!(::core::option::Option::None),
     };
+    let delayed = publication.delayed.iter().map(|delay| {
+        let seconds = delay.seconds;
+        quote_spanned!(delay.span=> __d::Delay::clamped(#seconds))
+    });
     quote! {
         __d::Publication {
             model: &<#ident as __d::Publishable>::MODEL,
@@ -168,6 +172,7 @@ fn expand_publication(
             observe: &[#(#observers),*],
             serialize: __d::serialize_erased::<#ident, #serializer>,
             schema: #schema,
+            delayed: &[#(#delayed),*],
             location: #location,
         }
     }

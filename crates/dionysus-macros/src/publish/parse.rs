@@ -28,6 +28,7 @@ const PUBLISH_KEYS: &[Symbol] = &[
     MODEL_NAME,
     SCHEMA,
     SCHEMA_DIR,
+    DELAYED,
 ];
 const PUBLISHABLE_KEYS: &[Symbol] = &[MODEL_NAME, SOFT_DELETE, PUBLISH_UPDATES_AFTER_SOFT_DELETE];
 const OBSERVE_KEYS: &[Symbol] = &[COLUMNS, VIA];
@@ -167,6 +168,7 @@ fn read_publish(cx: &Ctxt, attr: &Attribute, model_name: &mut Attr<'_, String>) 
     let mut serializer = Attr::none(cx, SERIALIZER);
     let mut schema = Attr::none(cx, SCHEMA);
     let mut schema_dir = Attr::none(cx, SCHEMA_DIR);
+    let mut delayed = Attr::none(cx, DELAYED);
     let mut topic_given = false;
 
     let complete = attr::each_in_attrs(cx, std::slice::from_ref(attr), PUBLISH, |meta| {
@@ -203,6 +205,8 @@ fn read_publish(cx: &Ctxt, attr: &Attribute, model_name: &mut Attr<'_, String>) 
             schema.set_opt(&meta.path, attr::string(cx, SCHEMA, &meta, r#"schema = "com.example.Rental""#)?);
         } else if meta.path == SCHEMA_DIR {
             schema_dir.set_opt(&meta.path, attr::string(cx, SCHEMA_DIR, &meta, r#"schema_dir = "avro""#)?);
+        } else if meta.path == DELAYED {
+            delayed.set_opt(&meta.path, crate::delay::read(cx, &meta)?);
         } else {
             attr::unknown(cx, &meta, "`#[publish(...)]`", PUBLISH_KEYS)?;
         }
@@ -240,6 +244,7 @@ fn read_publish(cx: &Ctxt, attr: &Attribute, model_name: &mut Attr<'_, String>) 
         observe,
         serializer: serializer.get(),
         schema: SchemaRef::from_keys(cx, schema.get(), schema_dir.get()),
+        delayed: delayed.get().unwrap_or_default(),
         span: attr.path().span(),
     })
 }

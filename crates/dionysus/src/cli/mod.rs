@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Subcommands: `migrate`, `copy-migrations`, `check`, `replica-ddl`, `relay`, `consume`,
-//! `reinit`, `genesis`, `serve`, `outbox stats|retry|prune`, `topics create|list`, `dlq list|replay`,
+//! `delayer`, `reinit`, `genesis`, `serve`, `outbox stats|retry|prune`, `topics create|list`, `dlq list|replay`,
 //! `events list|show|retry`, `failures list|show|retry|delete`, and with feature `avro`
 //! `schemas register|check`. Settings come from
 //! the environment (see `config`) and the global flags, which win. Errors say what was wrong
@@ -17,7 +17,7 @@
 //! found before any I/O. `relay`, `consume`, `reinit` and `genesis` first check that the database is
 //! migrated, the broker reachable and their topics there (`consume` also that its replica
 //! tables fit their models), then run until done or until SIGTERM / Ctrl-C, finish their
-//! in-flight batch and stop. `run` logs to stderr (module `logs`) unless the application
+//! in-flight batch and stop; `delayer` checks only the broker and its topics. `run` logs to stderr (module `logs`) unless the application
 //! installed a `tracing` subscriber.
 //!
 //! This module owns the command line: parsing, start-up checks and what is printed. The work
@@ -166,6 +166,24 @@ enum Command {
         /// Keep a liveness file at this path.
         #[arg(long, value_name = "PATH")]
         health_file: Option<PathBuf>,
+    },
+    /// Re-send the delayed copies of `#[publish(..., delayed = "5m")]` when they are due:
+    /// consume the `<topic>_delay_<delay>` topics until SIGTERM / Ctrl-C, holding each
+    /// partition (paused) until its next copy is due, then re-send the copy to its topic (and
+    /// to the next delay topic of its chain). Needs no database. Messages that are not
+    /// delayed copies go to the dead-letter topic.
+    Delayer {
+        /// A delay topic to consume; repeatable (default: every delay topic of this binary's
+        /// publications).
+        #[arg(long = "topic", value_name = "TOPIC")]
+        topics: Vec<String>,
+        /// Consumer group id (default: <consumer group>_delayer).
+        #[arg(long, value_name = "ID")]
+        group: Option<String>,
+        /// Where messages that are not delayed copies go, with the reason in headers (default:
+        /// $DIONYSUS_DEAD_LETTER_TOPIC or dionysus_dead_letters); created when missing.
+        #[arg(long, value_name = "TOPIC")]
+        dead_letter_topic: Option<String>,
     },
     /// Rebuild the replica tables of a consumer group: reset the group to the earliest
     /// offsets (stored offsets and Kafka), replay its topics up to --until with replies, error
@@ -704,6 +722,37 @@ async fn execute(
             consumer.run(shutdown).await?;
             writeln!(out, "consumer stopped")?;
         }
+        Command::Delayer { topics, group, dead_letter_topic } => {
+            let mut config = config;
+            if let Some(topic) = dead_letter_topic {
+                config.consumer.dead_letter_topic = topic;
+            }
+            let mut builder = Dionysus::with_registry(config.clone(), handle.registry_arc()).delayer();
+            for topic in topics {
+                builder = builder.topic(topic);
+            }
+            if let Some(group) = group {
+                builder = builder.group(group);
+            }
+            let delayer = builder.build()?;
+            let known = registry.topic_names();
+            let existing = topics_exist(&config, program, &delayer.topics(), &known, None).await?;
+            let dead_letters = &config.consumer.dead_letter_topic;
+            if !existing.contains_key(dead_letters) {
+                let spec = crate::kafka::TopicSpec { name: dead_letters.clone(), partitions: 1, replication_factor: 1 };
+                crate::kafka::create_topics(&config.kafka, &[spec]).await?;
+                writeln!(out, "created the dead-letter topic {dead_letters}")?;
+            }
+            listen_for_signals(&shutdown);
+            writeln!(
+                out,
+                "delaying {} as group {}; stop with Ctrl-C or SIGTERM",
+                delayer.topics().join(", "),
+                delayer.group()
+            )?;
+            delayer.run(shutdown).await?;
+            writeln!(out, "delayer stopped")?;
+        }
         Command::Reinit { group, topics, until, consume, batch_size, no_handlers } => {
             let mut config = config;
             config.kafka.group_id = Some(group);
@@ -985,6 +1034,18 @@ async fn preflight_with(
     create_flag: Option<&str>,
 ) -> Result<std::collections::BTreeMap<String, i32>, Failure> {
     migrated(config, program).await?;
+    topics_exist(config, program, topics, known, create_flag).await
+}
+
+/// The broker's part of [`preflight_with`]: the broker answers and each of `topics` exists
+/// on it; returns the broker's topics with their partition counts.
+async fn topics_exist(
+    config: &Config,
+    program: &str,
+    topics: &[String],
+    known: &[String],
+    create_flag: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, i32>, Failure> {
     let servers = config.kafka.bootstrap_servers();
     let existing = crate::kafka::broker_topics(&config.kafka).await.map_err(|error| {
         Failure::new(format!("{error}; is a broker running at {servers}? set --brokers or DIONYSUS_SEED_BROKER"))

@@ -17,6 +17,7 @@ use super::serialize::{default_serialize, SideloadError};
 use crate::config::ProducerConfig;
 use crate::registry::model::{ColumnIn, Dependency, ModelEntry, Publication, Record, Relation};
 use crate::registry::{Registry, Tombstone, TopicRole, OBSERVER_TOPIC};
+use crate::wire::delay::{chain_text, DelayHeaders};
 use crate::wire::envelope::{Envelope, JSON_NULL_TOMBSTONE};
 use crate::wire::naming::{self, EventKind};
 use crate::wire::record::{id_text, SerializeError, Sideload, Sideloads};
@@ -33,6 +34,12 @@ pub struct OutgoingMessage {
     /// Value bytes; `None` is a Kafka null (a tombstone on topics with
     /// `tombstone = "kafka_null"`).
     pub payload: Option<Vec<u8>>,
+    /// Headers (name, value); only delayed copies carry any ([`DelayHeaders`]).
+    pub headers: Vec<(&'static str, String)>,
+    /// The message's timestamp in milliseconds since the Unix epoch (`None`: the producer's
+    /// clock when sent). A message with a delayed copy and the copy carry the time the copy's
+    /// due time counts from.
+    pub timestamp: Option<i64>,
 }
 
 /// The columns of an outbox row that decide what is published.
@@ -173,7 +180,41 @@ async fn plan_rows_untimed(
             source,
         })?);
     }
-    plan_loaded_rows(conn, registry, config, rows, &loaded).await
+    let mut plans = plan_loaded_rows(conn, registry, config, rows, &loaded).await?;
+    add_delayed_copies(registry, rows, &mut plans, chrono::Utc::now().timestamp_millis());
+    Ok(plans)
+}
+
+/// Adds to each planned row of a publication with `delayed = …` the first delayed copy: its
+/// immediate message's key, partition key and value, byte for byte, to
+/// `<topic>_delay_<first delay>`, with headers naming the topic, the due time (`now_ms` plus
+/// the delay) and the rest of the chain. Rows written to a genesis replica, and composed
+/// messages, get none.
+pub(crate) fn add_delayed_copies(registry: &Registry, rows: &[RowRef], plans: &mut [RowPlan], now_ms: i64) {
+    for (row, plan) in rows.iter().zip(plans.iter_mut()) {
+        let RowPlan::Publish(messages) = plan else { continue };
+        if row.composed.is_some() || !matches!(registry.resolve(&row.topic), Some((_, TopicRole::Primary))) {
+            continue;
+        }
+        let Some(publication) = registry.publications_on(&row.resource_class, &row.topic).into_iter().next() else {
+            continue;
+        };
+        let Some((&first, rest)) = publication.delayed.split_first() else { continue };
+        let Some(immediate) = messages.iter_mut().find(|message| message.topic == publication.topic) else {
+            continue;
+        };
+        immediate.timestamp = Some(now_ms);
+        let mut headers = vec![
+            (DelayHeaders::TARGET, publication.topic.to_owned()),
+            (DelayHeaders::DUE, first.due_after(now_ms).to_string()),
+            (DelayHeaders::CHAIN, chain_text(rest)),
+        ];
+        if let Some(key) = &immediate.partition_key {
+            headers.push((DelayHeaders::PARTITION_KEY, key.clone()));
+        }
+        let copy = OutgoingMessage { topic: first.topic(publication.topic), headers, ..immediate.clone() };
+        messages.push(copy);
+    }
 }
 
 /// [`plan_rows`] for rows whose current records the caller has loaded already (genesis
@@ -287,6 +328,8 @@ pub async fn plan_loaded_rows(
                 key: key.clone(),
                 partition_key: partition_key.clone(),
                 payload: Some(payload.clone()),
+                headers: Vec::new(),
+                timestamp: None,
             })
             .collect();
         plans.push(RowPlan::Publish(messages));
@@ -321,6 +364,8 @@ fn composed_messages(
             key: composed.key.clone(),
             partition_key: row.partition_key.clone(),
             payload: payload.clone(),
+            headers: Vec::new(),
+            timestamp: None,
         })
         .collect())
 }
@@ -455,6 +500,8 @@ pub fn tombstone_messages(
             key: key.clone(),
             partition_key: partition_key.clone(),
             payload: payload.clone(),
+            headers: Vec::new(),
+            timestamp: None,
         })
         .collect())
 }
@@ -462,6 +509,82 @@ pub fn tombstone_messages(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static ITEMS: crate::registry::TopicDeclaration = crate::registry::TopicDeclaration {
+        full_name: "items",
+        name: "items",
+        genesis_replica: true,
+        ..crate::registry::TopicDeclaration::INVALID
+    };
+    static ITEM: ModelEntry = ModelEntry { model_name: "Item", rust_name: "Item", ..ModelEntry::INVALID };
+    static DELAYED: Publication = Publication {
+        model: &ITEM,
+        topic: "items",
+        partition_key: crate::registry::model::PartitionKeySource::Inherit,
+        with: &[],
+        observe: &[],
+        serialize: |_, _| Ok(Value::Null),
+        schema: None,
+        delayed: &[crate::wire::delay::Delay::clamped(2), crate::wire::delay::Delay::clamped(60)],
+        location: "test",
+    };
+
+    fn row(topic: &str, composed: bool) -> RowRef {
+        RowRef {
+            id: 1,
+            resource_class: "Item".to_owned(),
+            resource_id: "1".to_owned(),
+            event_name: "item_updated".to_owned(),
+            topic: topic.to_owned(),
+            partition_key: Some("7".to_owned()),
+            composed: composed.then(|| Composed {
+                key: "Item:1".to_owned(),
+                value: "{}".to_owned(),
+                encryption_key_id: None,
+            }),
+        }
+    }
+
+    fn message(topic: &str) -> OutgoingMessage {
+        OutgoingMessage {
+            topic: topic.to_owned(),
+            key: "Item:1".to_owned(),
+            partition_key: Some("7".to_owned()),
+            payload: Some(b"{}".to_vec()),
+            headers: Vec::new(),
+            timestamp: None,
+        }
+    }
+
+    #[test]
+    fn a_delayed_publication_adds_its_first_copy_to_the_rows_messages() {
+        let registry = Registry::new([&ITEMS], []).with_publications([&DELAYED]);
+        let rows = [row("items", false), row("items_genesis", false), row("items", true)];
+        let mut plans = vec![
+            RowPlan::Publish(vec![message("items"), message("items_genesis")]),
+            RowPlan::Publish(vec![message("items_genesis")]),
+            RowPlan::Publish(vec![message("items"), message("items_genesis")]),
+        ];
+        add_delayed_copies(&registry, &rows, &mut plans, 10_000);
+        let RowPlan::Publish(messages) = &plans[0] else { panic!("{:?}", plans[0]) };
+        assert_eq!(messages.len(), 3);
+        let copy = &messages[2];
+        assert_eq!(copy.topic, "items_delay_2s");
+        assert_eq!((copy.key.as_str(), copy.payload.as_deref()), ("Item:1", Some(&b"{}"[..])));
+        assert_eq!(
+            copy.headers,
+            [
+                (DelayHeaders::TARGET, "items".to_owned()),
+                (DelayHeaders::DUE, "12000".to_owned()),
+                (DelayHeaders::CHAIN, "1m".to_owned()),
+                (DelayHeaders::PARTITION_KEY, "7".to_owned()),
+            ]
+        );
+        assert_eq!((messages[0].timestamp, copy.timestamp), (Some(10_000), Some(10_000)));
+        // A genesis-only row and a composed message get no copy.
+        assert!(matches!(&plans[1], RowPlan::Publish(messages) if messages.len() == 1));
+        assert!(matches!(&plans[2], RowPlan::Publish(messages) if messages.len() == 2));
+    }
 
     #[test]
     fn deleted_records_put_links_first() {

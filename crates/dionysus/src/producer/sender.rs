@@ -145,6 +145,16 @@ impl Sender<'_> {
             if let Some(partition) = partition {
                 record = record.partition(partition);
             }
+            if let Some(timestamp) = message.timestamp {
+                record = record.timestamp(timestamp);
+            }
+            if !message.headers.is_empty() {
+                let headers =
+                    message.headers.iter().fold(rdkafka::message::OwnedHeaders::new(), |headers, (key, value)| {
+                        headers.insert(rdkafka::message::Header { key, value: Some(value.as_bytes()) })
+                    });
+                record = record.headers(headers);
+            }
             let mut pending = record;
             loop {
                 match self.producer.send_result(pending) {

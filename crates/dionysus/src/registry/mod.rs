@@ -256,6 +256,18 @@ impl From<&Registry> for std::sync::Arc<Registry> {
     }
 }
 
+/// A topic delayed copies of `target`'s messages wait in for `delay` (`<target>_delay_<delay>`),
+/// named by a publication's `delayed = …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelayTopic {
+    /// Its name, e.g. `v3_rentals_delay_5m`.
+    pub name: String,
+    /// The topic its copies are re-sent to, e.g. `v3_rentals`.
+    pub target: &'static str,
+    /// How long its copies wait.
+    pub delay: crate::wire::delay::Delay,
+}
+
 /// Whether a topic name denotes a declared topic itself or its genesis replica.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum TopicRole {
@@ -577,14 +589,33 @@ impl Registry {
     }
 
     /// Every declared topic name, each followed by its genesis replica's name when it has
-    /// one.
+    /// one, then the delay topics of the publications ([`Registry::delay_topics`]).
     pub fn topic_names(&self) -> Vec<String> {
         let mut names = Vec::new();
         for topic in self.topics() {
             names.push(topic.full_name.to_owned());
             names.extend(topic.genesis_name());
         }
+        names.extend(self.delay_topics().into_iter().map(|topic| topic.name));
         names
+    }
+
+    /// The `<topic>_delay_<delay>` topics the publications' `delayed = …` chains send copies
+    /// through, each once, ordered by name.
+    pub fn delay_topics(&self) -> Vec<DelayTopic> {
+        let mut found: BTreeMap<String, DelayTopic> = BTreeMap::new();
+        for publication in &self.publications {
+            for &delay in publication.delayed {
+                let name = delay.topic(publication.topic);
+                found.entry(name.clone()).or_insert(DelayTopic { name, target: publication.topic, delay });
+            }
+        }
+        found.into_values().collect()
+    }
+
+    /// The delay topic named `name`, if a publication sends copies through it.
+    pub fn delay_topic(&self, name: &str) -> Option<DelayTopic> {
+        self.delay_topics().into_iter().find(|topic| topic.name == name)
     }
 }
 
@@ -897,11 +928,52 @@ mod tests {
             observe: &[],
             serialize: |_, _| Ok(serde_json::Value::Null),
             schema: None,
+            delayed: &[],
             location: "src/rental.rs:2",
         }
     }
 
     static INHERITS: Publication = publication(PartitionKeySource::Inherit);
+    static DELAYED: Publication = Publication {
+        topic: "v3_rentals",
+        delayed: &[crate::wire::delay::Delay::clamped(300), crate::wire::delay::Delay::clamped(3_600)],
+        ..publication(PartitionKeySource::Inherit)
+    };
+    static DELAYED_AGAIN: Publication = Publication {
+        topic: "v3_rentals",
+        delayed: &[crate::wire::delay::Delay::clamped(300)],
+        ..publication(PartitionKeySource::Inherit)
+    };
+
+    #[test]
+    fn delay_topics_are_named_once_and_created_like_their_topic() {
+        let registry = Registry::new([&RENTALS], []).with_publications([&DELAYED, &DELAYED_AGAIN]);
+        let names: Vec<(String, &str, u64)> = registry
+            .delay_topics()
+            .into_iter()
+            .map(|topic| (topic.name, topic.target, topic.delay.as_secs()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("v3_rentals_delay_1h".to_owned(), "v3_rentals", 3_600),
+                ("v3_rentals_delay_5m".to_owned(), "v3_rentals", 300)
+            ]
+        );
+        assert!(registry.topic_names().contains(&"v3_rentals_delay_5m".to_owned()));
+        let specs: Vec<(String, i32)> = crate::kafka::TopicSpec::for_registry(&registry)
+            .into_iter()
+            .map(|spec| (spec.name, spec.partitions))
+            .collect();
+        assert_eq!(
+            specs,
+            [
+                ("v3_rentals".to_owned(), 12),
+                ("v3_rentals_delay_1h".to_owned(), 12),
+                ("v3_rentals_delay_5m".to_owned(), 12)
+            ]
+        );
+    }
     static OWN_KEY: Publication = publication(PartitionKeySource::Attribute("account_id"));
 
     #[test]

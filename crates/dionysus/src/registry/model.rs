@@ -390,6 +390,10 @@ pub struct Publication {
     /// `schema = "…"`: the Avro record schema the model was checked against at compile time;
     /// it must be the topic's.
     pub schema: Option<&'static str>,
+    /// `delayed = "5m"` or `delayed = ["5m", "1h"]`: the chain of delayed copies each message
+    /// also sends (empty: none). The relay sends the first stage to
+    /// `<topic>_delay_<first>` with the immediate message; the delayer re-sends it when due.
+    pub delayed: &'static [crate::wire::delay::Delay],
     /// `file:line` of the declaration.
     pub location: &'static str,
 }
