@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod avro;
+mod avro_flow;
 mod checkpoint;
 mod cli;
 mod cli_process;

@@ -66,7 +66,8 @@ pub struct DeadLetter {
     pub message: InboundMessage,
     /// Why, in a word: `oversized`, `malformed_json`, `invalid_envelope`, `invalid_record`,
     /// `too_many_records`, `unknown_model`, `missing_id`, `invalid_id`, `wrong_type`,
-    /// `timestamp_in_future`, `database_rejected`, and for a handler running inside the batch's
+    /// `timestamp_in_future`, `database_rejected`, `undecodable_avro` (an Avro topic's message
+    /// that does not decode with its schemas), and for a handler running inside the batch's
     /// transaction `handler_input_invalid` or `handler_failed`.
     pub reason: &'static str,
     /// The error in full.
@@ -384,6 +385,10 @@ impl Rules {
                     format!("payload of {} bytes exceeds the limit of {} bytes", payload.len(), self.max_message_bytes),
                 ));
             }
+        }
+        #[cfg(feature = "avro")]
+        if let Some(reason) = message.payload.as_deref().and_then(super::avro::rejection) {
+            return Err(dead(super::avro::UNDECODABLE, reason));
         }
         let mut reader = RecordReader { keys: self.remove_duplicates, ..RecordReader::default() };
         match decode_with(message.payload.as_deref(), &mut reader) {

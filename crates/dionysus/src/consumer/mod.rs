@@ -81,6 +81,8 @@
 //! [`replica`]'s; the wire format is `wire`'s; producing is not this module's business.
 
 pub(crate) mod apply;
+#[cfg(feature = "avro")]
+pub(crate) mod avro;
 pub(crate) mod batch;
 #[cfg(feature = "testing")]
 pub(crate) mod calls;
