@@ -13,13 +13,15 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use dionysus::__internals::consumer::InboundMessage;
 use dionysus::avro::{codec, framing};
 use dionysus::config::Config;
+use dionysus::config::SchemaBackend;
 use dionysus::consumer::replica::{Replica, Replicas};
 use dionysus::consumer::{Consumer, ConsumerError};
 use dionysus::outbox::Outbox;
+use dionysus::registry::model::Record;
 use dionysus::registry::model::{Model, PartitionKeySource, Publication};
 use dionysus::registry::{KeyConfig, Registry, Tombstone, TopicDeclaration, TopicFormat};
 use dionysus::relay::Relay;
-use dionysus::serialize::DefaultSerializer;
+use dionysus::serialize::{serialize_erased, DefaultSerializer, SerializeError, Sideloads};
 use dionysus::testing::TestRegistry;
 use dionysus_tests::{create_topic, eventually, kafka_config, unique_name, TestDb};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -78,9 +80,21 @@ pub struct AvroReplicaRental {
     pub daily_price: Option<f64>,
 }
 
+/// A record's attributes as the publication serializes them.
+type SerializeFn = fn(&dyn Record, &Sideloads) -> Result<serde_json::Value, SerializeError>;
+
+/// The default serializer, except that a record named "broken" loses its `name`.
+fn breaking(record: &dyn Record, sideloads: &Sideloads) -> Result<serde_json::Value, SerializeError> {
+    let mut attributes = serialize_erased::<AvroSourceRental, DefaultSerializer>(record, sideloads)?;
+    if attributes["name"] == "broken" {
+        attributes.as_object_mut().map(|object| object.remove("name"));
+    }
+    Ok(attributes)
+}
+
 /// An Avro topic of `com.example.Rental` records keyed by their `id` field, and the source
 /// model published on it.
-fn avro_registry(topic: &str) -> &'static Registry {
+fn avro_registry(topic: &str, serialize: SerializeFn) -> &'static Registry {
     let name: &'static str = Box::leak(topic.to_owned().into_boxed_str());
     let declaration: &'static TopicDeclaration = Box::leak(Box::new(TopicDeclaration {
         namespace: None,
@@ -102,7 +116,7 @@ fn avro_registry(topic: &str) -> &'static Registry {
         partition_key: PartitionKeySource::Attribute("account_id"),
         with: &[],
         observe: &[],
-        serialize: dionysus::serialize::serialize_erased::<AvroSourceRental, DefaultSerializer>,
+        serialize,
         schema: Some("com.example.Rental"),
         location: file!(),
     }));
@@ -117,18 +131,23 @@ struct Setup {
     declarations: &'static Registry,
     schemas: TestRegistry,
     kafka: dionysus::config::KafkaConfig,
+    backend: SchemaBackend,
 }
 
 async fn setup() -> Setup {
+    setup_with(SchemaBackend::Registry, serialize_erased::<AvroSourceRental, DefaultSerializer>).await
+}
+
+async fn setup_with(backend: SchemaBackend, serialize: SerializeFn) -> Setup {
     let db = TestDb::migrated().await;
     let mut conn = db.connection().await;
     conn.batch_execute(TABLES).await.unwrap();
     let kafka = kafka_config();
     let topic = create_topic(&kafka, "avro_flow", 1).await;
     let dead_letters = create_topic(&kafka, "avro_flow_dlq", 1).await;
-    let declarations = avro_registry(&topic);
+    let declarations = avro_registry(&topic, serialize);
     let schemas = TestRegistry::start().await.unwrap();
-    Setup { db, conn, topic, dead_letters, declarations, schemas, kafka }
+    Setup { db, conn, topic, dead_letters, declarations, schemas, kafka, backend }
 }
 
 impl Setup {
@@ -143,6 +162,7 @@ impl Setup {
         config.producer.retention = None;
         config.consumer.dead_letter_topic = self.dead_letters.clone();
         config.schemas.registry_url = self.schemas.url();
+        config.schemas.backend = self.backend;
         config
     }
 
@@ -287,18 +307,12 @@ async fn consume_until(setup: &mut Setup, consumer: &Consumer, done: impl Fn(&[R
     task.await.unwrap().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn avro_records_reach_the_replica_and_a_tombstone_deletes_by_key() {
-    let mut setup = setup().await;
+/// Publishes three records, a replica of them, then a tombstone for one of them.
+async fn round_trip(mut setup: Setup) -> Setup {
     let created = setup
         .create(&[(1, "Villa Saganaki", Some(120.5), 1), (2, "Casa Azul", None, 2), (3, "Chalet", Some(80.0), 3)])
         .await;
     setup.publish_all().await;
-    // The value and the key schema were registered under the topic's subjects.
-    let subjects = setup.schemas.subjects();
-    assert_eq!(subjects.get(&format!("{}-value", setup.topic)), Some(&1), "{subjects:?}");
-    assert_eq!(subjects.get(&format!("{}-key", setup.topic)), Some(&1), "{subjects:?}");
-
     let consumer = setup.consumer();
     let source = setup.source().await;
     consume_until(&mut setup, &consumer, |replica| replica == source.as_slice()).await;
@@ -312,6 +326,84 @@ async fn avro_records_reach_the_replica_and_a_tombstone_deletes_by_key() {
     assert_eq!(source.len(), 2);
     consume_until(&mut setup, &consumer, |replica| replica == source.as_slice()).await;
     assert_eq!(setup.dead_letter_count(), 0);
+    setup
+}
+
+/// The first byte and the value of the topic's first message.
+fn first_message(setup: &Setup) -> Vec<u8> {
+    use rdkafka::message::Message as _;
+    let consumer: BaseConsumer =
+        dionysus_tests::consumer_config(&setup.kafka, &unique_name("avro_first")).create().unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment.add_partition_offset(&setup.topic, 0, rdkafka::Offset::Beginning).unwrap();
+    consumer.assign(&assignment).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(message) = consumer.poll(Duration::from_millis(500)) {
+            return message.unwrap().payload().unwrap().to_vec();
+        }
+        assert!(std::time::Instant::now() < deadline, "no message on {}", setup.topic);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_framed_records_reach_the_replica_and_a_tombstone_deletes_by_key() {
+    let setup = round_trip(setup().await).await;
+    // The value and the key schema were registered under the topic's subjects, and the
+    // value is framed with the value schema's id.
+    let subjects = setup.schemas.subjects();
+    assert_eq!(subjects.get(&format!("{}-value", setup.topic)), Some(&1), "{subjects:?}");
+    assert_eq!(subjects.get(&format!("{}-key", setup.topic)), Some(&1), "{subjects:?}");
+    let client = dionysus::avro::registry::RegistryClient::new(&setup.schemas.url()).unwrap();
+    let latest = client.latest(&format!("{}-value", setup.topic)).await.unwrap().unwrap();
+    let (id, _) = framing::unframe(&first_message(&setup)).map(|(id, datum)| (id, datum.len())).unwrap();
+    assert_eq!(id, latest.id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_records_need_no_registry() {
+    let mut setup = setup_with(SchemaBackend::Local, serialize_erased::<AvroSourceRental, DefaultSerializer>).await;
+    setup.schemas.stop();
+    let setup = round_trip(setup).await;
+    let value = first_message(&setup);
+    let schema = dionysus::avro::schemas::LocalSchemas::global().unwrap().get("com.example.Rental").unwrap();
+    assert_eq!(codec::decode(schema, schema, &value).unwrap()["name"], "Villa Saganaki", "a bare datum");
+}
+
+/// With the validation backend records travel as JSON checked against the schema; one that
+/// does not fit fails its row with the reason, and the others are published and replicated.
+#[tokio::test(flavor = "multi_thread")]
+async fn validated_json_records_are_checked_before_they_are_published() {
+    let mut setup = setup_with(SchemaBackend::Validation, breaking).await;
+    setup.schemas.stop();
+    setup.create(&[(1, "Villa", Some(10.0), 1), (2, "broken", None, 2), (3, "Chalet", None, 3)]).await;
+    let relay = setup.relay();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while setup.pending().await.iter().any(|(_, parked)| !parked) {
+        assert!(tokio::time::Instant::now() < deadline, "rows left: {:?}", setup.pending().await);
+        relay.drain().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(setup.pending().await, [(Some("AvroEncodeError".to_owned()), true)]);
+    let message: String = diesel::sql_query("SELECT error_message FROM dionysus_outbox WHERE failed_at IS NOT NULL")
+        .get_result::<ErrorMessage>(&mut setup.conn)
+        .await
+        .unwrap()
+        .error_message;
+    assert!(message.contains("`name` has no value and no default"), "{message}");
+    let value: serde_json::Value = serde_json::from_slice(&first_message(&setup)).unwrap();
+    assert_eq!(value["name"], "Villa");
+
+    let consumer = setup.consumer();
+    consume_until(&mut setup, &consumer, |replica| replica.len() == 2).await;
+    let names: Vec<String> = setup.replica().await.into_iter().map(|row| row.1).collect();
+    assert_eq!(names, ["Villa", "Chalet"]);
+}
+
+#[derive(QueryableByName)]
+struct ErrorMessage {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    error_message: String,
 }
 
 const RENTAL_WITH_FLOORS: &str = r#"{"type": "record", "name": "Rental", "namespace": "com.example", "fields": [
@@ -391,12 +483,16 @@ async fn a_registry_down_loses_nothing_and_dead_letters_nothing() {
         let (consumer, shutdown) = (consumer.clone(), shutdown.clone());
         async move { consumer.run(shutdown).await }
     });
+    // `/health` names the partition and the registry.
     let unhealthy = eventually(Duration::from_secs(30), || {
         let consumer = consumer.clone();
-        async move { consumer.check_health().err() }
+        async move {
+            let problem = consumer.check_health().err()?.to_string();
+            problem.contains("schema registry cannot be reached").then_some(problem)
+        }
     })
     .await;
-    assert!(unhealthy.to_string().contains("schema registry"), "{unhealthy}");
+    assert!(unhealthy.contains(&format!("partition {}/0 stalled", setup.topic)), "{unhealthy}");
     assert!(setup.replica().await.is_empty());
     assert_eq!(setup.dead_letter_count(), 0);
 
