@@ -17,19 +17,13 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::batch::{DeadLetter, InboundMessage};
+use super::batch::{rejected_payload, DeadLetter, InboundMessage};
 use crate::avro::format::{AvroError, AvroFormat};
 use crate::config::SchemaConfig;
 use crate::registry::{KeyConfig, Registry, TopicFormat};
 use crate::telemetry::Report;
 use crate::wire::envelope::Envelope;
 use crate::wire::naming::{event_name, EventKind};
-
-/// The reason of a dead letter whose Avro message does not decode.
-pub(crate) const UNDECODABLE: &str = "undecodable_avro";
-
-/// What stands in a batch for a message that did not decode; [`rejection`] reads it back.
-const REJECTED: &[u8] = b"\0dionysus:undecodable_avro\0";
 
 /// The consumed Avro topics and how to read them.
 pub(crate) struct AvroTopics {
@@ -100,11 +94,7 @@ impl AvroTopics {
             let payload = match self.envelope(topic, message).await {
                 Ok(payload) => payload,
                 Err(error) if error.is_unreachable() => return Err(error),
-                Err(error) => {
-                    let mut rejected = REJECTED.to_vec();
-                    rejected.extend_from_slice(Report(&error).to_string().as_bytes());
-                    rejected
-                }
+                Err(error) => rejected_payload(&Report(&error).to_string()),
             };
             translated.push(InboundMessage { payload: Some(payload), ..message.clone() });
             originals.insert(message.offset, message.clone());
@@ -124,9 +114,4 @@ impl AvroTopics {
             Envelope::single(event_name(&topic.model, kind), topic.model.clone(), Value::Array(vec![record]));
         envelope.encode().map_err(|error| AvroError::NotJson { reason: error.to_string() })
     }
-}
-
-/// The reason a batch's stand-in for an undecodable message carries.
-pub(crate) fn rejection(payload: &[u8]) -> Option<String> {
-    payload.strip_prefix(REJECTED).map(|reason| String::from_utf8_lossy(reason).into_owned())
 }

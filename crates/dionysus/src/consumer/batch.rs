@@ -256,6 +256,29 @@ fn canonical_integer(text: &str) -> Option<i64> {
     }
 }
 
+/// The reason of a dead letter whose Avro message does not decode.
+#[cfg(feature = "avro")]
+const UNDECODABLE_AVRO: &str = "undecodable_avro";
+
+/// What stands in a batch for an Avro message that did not decode (the consumer's Avro
+/// step restates messages before the batch is prepared); [`rejection`] reads it back.
+#[cfg(feature = "avro")]
+const REJECTED: &[u8] = b"\0dionysus:undecodable_avro\0";
+
+/// The stand-in for an Avro message that did not decode, for `error`.
+#[cfg(feature = "avro")]
+pub(crate) fn rejected_payload(error: &str) -> Vec<u8> {
+    let mut payload = REJECTED.to_vec();
+    payload.extend_from_slice(error.as_bytes());
+    payload
+}
+
+/// The error a stand-in of [`rejected_payload`] carries.
+#[cfg(feature = "avro")]
+fn rejection(payload: &[u8]) -> Option<String> {
+    payload.strip_prefix(REJECTED).map(|error| String::from_utf8_lossy(error).into_owned())
+}
+
 /// A random (version 4) UUID, hyphenated.
 fn random_uuid() -> String {
     uuid::Builder::from_random_bytes(rand::random()).into_uuid().hyphenated().to_string()
@@ -387,8 +410,8 @@ impl Rules {
             }
         }
         #[cfg(feature = "avro")]
-        if let Some(reason) = message.payload.as_deref().and_then(super::avro::rejection) {
-            return Err(dead(super::avro::UNDECODABLE, reason));
+        if let Some(reason) = message.payload.as_deref().and_then(rejection) {
+            return Err(dead(UNDECODABLE_AVRO, reason));
         }
         let mut reader = RecordReader { keys: self.remove_duplicates, ..RecordReader::default() };
         match decode_with(message.payload.as_deref(), &mut reader) {

@@ -105,6 +105,7 @@ impl From<DeliveryFailure> for Failure {
 }
 
 /// A message whose key is bytes, or absent (Avro topics' keys).
+#[cfg(feature = "avro")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RawMessage {
     pub(crate) topic: String,
@@ -153,6 +154,7 @@ impl Sender<'_> {
     }
 
     /// [`Sender::send`] for messages whose keys are bytes (or absent), as Avro topics have.
+    #[cfg(feature = "avro")]
     pub(crate) async fn send_raw(&self, messages: &[RawMessage]) -> Result<Vec<DeliveryFuture>, SendError> {
         let wire: Vec<Wire<'_>> = messages
             .iter()
