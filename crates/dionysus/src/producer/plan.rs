@@ -1,7 +1,9 @@
 //! From outbox rows to Kafka messages: loading the current records (one query per model per
 //! batch), sideloading `with(...)` dependencies (one query per dependency per batch),
 //! serializing through each publication's serializer, and wrapping the result in the
-//! dionysus-rb envelope with its key, partition key and topic(s).
+//! dionysus-rb envelope with its key, partition key and topic(s). A row of an Avro topic is
+//! planned up to its record's attributes ([`AvroRow`]): encoding it needs the schema
+//! registry, which is the relay's step (`producer::avro`), not the planner's.
 //!
 //! [`plan_rows`] is what the relay calls; it needs a database connection but no broker, so
 //! every rule of the wire format can be tested without one. It does not send anything and
