@@ -37,6 +37,12 @@ use self::source::{ledger_entries, wallets};
 #[dionysus::topic(namespace = "faults", name = "wallets", partitions = 6)]
 pub struct Wallets;
 
+/// `faults_acks`: the replicating service's replies, one per ledger entry it applied (see
+/// [`acknowledge`]). Written to the replica database's outbox in the batch transaction; no
+/// relay publishes them here — the suite counts them there.
+#[dionysus::topic(namespace = "faults", name = "acks")]
+pub struct Acks;
+
 /// The source tables.
 mod source {
     diesel::table! {
@@ -196,6 +202,26 @@ pub struct ReplicatedLedgerEntry {
     pub seq: Option<i64>,
     /// Amount.
     pub amount: Option<i64>,
+}
+
+/// What [`acknowledge`] reads of a ledger entry.
+#[derive(Debug, serde::Deserialize)]
+struct EntryIn {
+    synced_id: i64,
+    wallet_id: i64,
+}
+
+/// Replies `ledger_entry.acknowledged` for every ledger-entry message the replicating service
+/// consumes, inside the batch transaction: exactly one reply per consumed message must be in
+/// the replica database's outbox at the end, however often consumers were killed.
+#[dionysus::consume(topic = "faults_wallets", event = "ledger_entry_created", in_transaction)]
+async fn acknowledge(_ctx: &mut dionysus::Context<'_>, entry: EntryIn) -> dionysus::Result<dionysus::Reply> {
+    Ok(dionysus::Reply::event(
+        "ledger_entry.acknowledged",
+        &json!({"id": entry.synced_id, "wallet_id": entry.wallet_id}),
+    )
+    .on("faults_acks")
+    .key(format!("LedgerEntry:{}", entry.synced_id)))
 }
 
 #[derive(Debug, clap::Parser)]

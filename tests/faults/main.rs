@@ -17,6 +17,11 @@
 //! | poison | 2 relays, 2 consumers | 6 malformed messages on every partition |
 //! | combined | 2 relays, 2 consumers | all of the above in one run |
 //!
+//! The replicating service also runs a handler that replies once per ledger entry, in the
+//! batch transaction (`faults_acks`, written to the replica database's outbox): every
+//! scenario checks that each replicated entry has a reply and that no consumed message was
+//! replied to twice, however the consumers were killed.
+//!
 //! Checks, printed as one table: events written, distinct events published, lost (ledger
 //! entries never published, wallets whose final state never was), duplicates, per-key order
 //! violations (first occurrences, see `check`), replica checksum equal to the source, time
@@ -170,6 +175,12 @@ fn describe_failure(outcome: &Outcome) -> String {
             outcome.poison_not_dead_lettered, outcome.poison
         ));
     }
+    if outcome.replies_missing > 0 || outcome.replies_duplicated > 0 {
+        lines.push(format!(
+            "  replies in the replica's outbox: {} ledger entr(ies) without one, {} written twice",
+            outcome.replies_missing, outcome.replies_duplicated
+        ));
+    }
     lines.extend(outcome.problems.iter().map(|p| format!("  {}", p.replace('\n', "\n    "))));
     lines.join("\n")
 }
@@ -188,6 +199,7 @@ fn table(outcomes: &[(Plan, Outcome)]) -> String {
         "relay RSS",
         "consumer RSS",
         "poison → DLQ",
+        "replies",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
     for (_, outcome) in outcomes {
@@ -208,6 +220,11 @@ fn table(outcomes: &[(Plan, Outcome)]) -> String {
                 "-".to_owned()
             } else {
                 format!("{}/{}", outcome.poison - outcome.poison_not_dead_lettered, outcome.poison)
+            },
+            if outcome.replies_missing == 0 && outcome.replies_duplicated == 0 {
+                "once each".to_owned()
+            } else {
+                format!("{} missing, {} twice", outcome.replies_missing, outcome.replies_duplicated)
             },
         ]);
     }
@@ -242,7 +259,9 @@ fn table(outcomes: &[(Plan, Outcome)]) -> String {
          the same state), so wallets count in lost (final state never published), order violations (a state \
          first seen after a later one) and the checksum. order violations: per partition key, a seq whose first \
          occurrence comes after a larger one. converged: from the end of the load until nothing is pending and \
-         the replicas equal the source.\n",
+         the replicas equal the source. replies: the replicating service's handler replies once per consumed \
+         ledger-entry message, in the batch transaction; counted in its outbox by cause (a message published \
+         twice is replied to twice).\n",
     );
     for (_, outcome) in outcomes {
         for recovery in &outcome.recoveries {

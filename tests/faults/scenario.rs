@@ -86,6 +86,10 @@ pub struct Outcome {
     pub recoveries: Vec<Recovery>,
     pub poison: usize,
     pub poison_not_dead_lettered: usize,
+    /// Ledger entries in the replica without their reply in the replica's outbox.
+    pub replies_missing: i64,
+    /// Replies written more than once for one consumed message.
+    pub replies_duplicated: i64,
     /// Anything else that went wrong (unexpected exits, a writer that failed, …).
     pub problems: Vec<String>,
     pub took: Duration,
@@ -99,6 +103,8 @@ impl Outcome {
             && self.checksums_equal
             && self.converged.is_some()
             && self.poison_not_dead_lettered == 0
+            && self.replies_missing == 0
+            && self.replies_duplicated == 0
     }
 }
 
@@ -134,6 +140,7 @@ pub async fn run(plan: &Plan, cluster: &Cluster, index: usize, dir: &Path) -> Ou
         &[
             TopicSpec { name: TOPIC.to_owned(), partitions: PARTITIONS, replication_factor: 1 },
             TopicSpec { name: DEAD_LETTERS.to_owned(), partitions: 1, replication_factor: 1 },
+            TopicSpec { name: "faults_acks".to_owned(), partitions: 1, replication_factor: 1 },
         ],
     )
     .await
@@ -388,6 +395,13 @@ impl Run<'_> {
         };
         self.outcome.written = written.events();
         self.outcome.checksums_equal = self.monitor.in_sync().await.unwrap_or(false);
+        match self.monitor.replies().await {
+            Ok((missing, duplicated)) => {
+                self.outcome.replies_missing = missing;
+                self.outcome.replies_duplicated = duplicated;
+            }
+            Err(error) => self.outcome.problems.push(format!("counting the replies: {error}")),
+        }
         let kafka = self.kafka.clone();
         let (messages, dead_letters) = tokio::task::spawn_blocking(move || {
             (topic::read_all(&kafka, TOPIC), topic::read_all(&kafka, DEAD_LETTERS))
@@ -720,6 +734,26 @@ impl Monitor {
             parts.push(format!("still waiting for: {}", pending.join(", ")));
         }
         parts.join("; ")
+    }
+
+    /// Replies in the replica's outbox: (ledger entries without one, replies written more than
+    /// once for one consumed message). A ledger entry the relay published twice is consumed
+    /// twice and replied to twice — at-least-once publishing — so duplicates are counted per
+    /// cause (partition and offset, from the reply's correlation), not per entry.
+    async fn replies(&mut self) -> Result<(i64, i64), String> {
+        let dst = self.dst().await.ok_or("no connection to the replica")?;
+        let query = "WITH replies AS (SELECT message_key, message::jsonb -> 'meta' -> 'cause' AS cause \
+                                      FROM dionysus_outbox WHERE topic = 'faults_acks') \
+             SELECT \
+               (SELECT count(*) FROM replica_ledger_entries e WHERE NOT EXISTS \
+                  (SELECT 1 FROM replies r WHERE r.message_key = 'LedgerEntry:' || e.synced_id)) AS a, \
+               (SELECT count(*) - count(DISTINCT (cause ->> 'partition', cause ->> 'offset')) FROM replies) AS b, \
+               (SELECT count(*) FROM replies WHERE cause ->> 'offset' IS NULL) AS c";
+        let pair: Pair = diesel::sql_query(query).get_result(dst).await.map_err(|e| e.to_string())?;
+        if pair.c > 0 {
+            return Err(format!("{} repl(ies) without their cause's offset", pair.c));
+        }
+        Ok((pair.a, pair.b))
     }
 
     /// What the source holds.

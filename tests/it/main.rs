@@ -5,6 +5,7 @@
 
 mod avro;
 mod avro_flow;
+mod cascade;
 mod checkpoint;
 mod cli;
 mod cli_process;
@@ -32,6 +33,7 @@ mod layout;
 mod migrations;
 mod producer;
 mod readme;
+mod reinit;
 mod relay;
 mod relay_order;
 mod surface;

@@ -1,6 +1,6 @@
 //! `#[dionysus::consume(topic = "…", event = "…", in_transaction, error_events)]` (or
-//! `checkpoint`, with an optional `on_failure = "record"`) on an async handler
-//! function: reads the arguments (in the same style as every other macro), checks the
+//! `checkpoint`, with an optional `on_failure = "record"`; any number of
+//! `cascade(Rental -> Booking)`, see `cascade`) on an async handler function: reads the arguments (in the same style as every other macro), checks the
 //! function's shape (one error on the offending parameter, naming the accepted shapes), then
 //! keeps the function and registers a wrapper that builds its input from the context, as a
 //! `HandlerDeclaration` in `inventory`, plus a topic reference. On error it emits the errors
@@ -21,7 +21,7 @@ use crate::attr::{self, Attr};
 use crate::ctxt::{self, Ctxt};
 use crate::symbol::*;
 
-const KEYS: &[Symbol] = &[TOPIC, EVENT, IN_TRANSACTION, CHECKPOINT, ON_FAILURE, ERROR_EVENTS];
+const KEYS: &[Symbol] = &[TOPIC, EVENT, IN_TRANSACTION, CHECKPOINT, ON_FAILURE, ERROR_EVENTS, CASCADE];
 
 /// The failure policies `on_failure` accepts, and the variant each names.
 const POLICIES: &[(&str, &str)] = &[("block", "Block"), ("dead_letter", "DeadLetter"), ("record", "Record")];
@@ -44,6 +44,9 @@ struct Handler {
     /// The variant of `FailurePolicy` named by `on_failure`.
     on_failure: Option<syn::Ident>,
     error_events: bool,
+    /// `cascade(Rental -> Booking)`: related records republished from the ids of the
+    /// event's records.
+    cascades: Vec<crate::cascade::Cascade>,
 }
 
 /// How the function takes its input.
@@ -89,6 +92,7 @@ fn parse(cx: &Ctxt, args: TokenStream, item: TokenStream) -> Option<Handler> {
     let mut checkpoint = Attr::none(cx, CHECKPOINT);
     let mut on_failure = Attr::none(cx, ON_FAILURE);
     let mut error_events = Attr::none(cx, ERROR_EVENTS);
+    let mut cascades = Vec::new();
     let mut unknown_key = false;
     let complete = attr::each_in_args(cx, args, |meta| {
         if meta.path == TOPIC {
@@ -113,6 +117,8 @@ fn parse(cx: &Ctxt, args: TokenStream, item: TokenStream) -> Option<Handler> {
             }
         } else if meta.path == ERROR_EVENTS {
             error_events.set_opt(&meta.path, attr::flag(cx, ERROR_EVENTS, &meta)?);
+        } else if meta.path == CASCADE {
+            cascades.extend(crate::cascade::parse(cx, &meta)?);
         } else {
             unknown_key = true;
             attr::unknown(cx, &meta, "`#[dionysus::consume(...)]`", KEYS)?;
@@ -127,6 +133,7 @@ fn parse(cx: &Ctxt, args: TokenStream, item: TokenStream) -> Option<Handler> {
              help: the correct format looks like `#[dionysus::consume(topic = \"v3_rentals\", event = \"rental_updated\")]`",
         ));
     }
+    crate::cascade::check_duplicates(cx, &cascades);
     let checkpoint = checkpoint.get().unwrap_or(false);
     let on_failure = on_failure.get();
     if let (Some(policy), false) = (&on_failure, checkpoint) {
@@ -143,6 +150,7 @@ fn parse(cx: &Ctxt, args: TokenStream, item: TokenStream) -> Option<Handler> {
         checkpoint,
         on_failure,
         error_events: error_events.get().unwrap_or(false),
+        cascades,
     })
 }
 
@@ -236,13 +244,14 @@ fn last_segment_is(ty: &Type, name: &str) -> bool {
 }
 
 fn expand_valid(handler: &Handler, input: &Input<'_>) -> TokenStream {
-    let Handler { function, topic, event, in_transaction, checkpoint, on_failure, error_events } = handler;
+    let Handler { function, topic, event, in_transaction, checkpoint, on_failure, error_events, cascades } = handler;
     let on_failure = match on_failure {
         Some(variant) => quote! { ::core::option::Option::Some(__d::FailurePolicy::#variant) },
         None => quote! { ::core::option::Option::None },
     };
     let name = &function.sig.ident;
     let name_str = name.to_string();
+    let cascades = crate::cascade::expand(cascades, topic, crate::cascade::Source::Handler { event }, &name_str);
     let output_span = match &function.sig.output {
         ReturnType::Type(_, ty) => ty.span(),
         ReturnType::Default => name.span(),
@@ -309,6 +318,8 @@ fn expand_valid(handler: &Handler, input: &Input<'_>) -> TokenStream {
                     location: ::core::concat!(::core::file!(), ":", ::core::line!()),
                 })
             }
+
+            #cascades
         };
     }
 }

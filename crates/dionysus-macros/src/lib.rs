@@ -9,6 +9,7 @@
 
 mod attr;
 mod avro;
+mod cascade;
 mod consume;
 mod ctxt;
 mod diesel;

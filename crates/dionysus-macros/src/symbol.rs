@@ -55,6 +55,7 @@ pub(crate) const IN_TRANSACTION: Symbol = Symbol("in_transaction");
 pub(crate) const CHECKPOINT: Symbol = Symbol("checkpoint");
 pub(crate) const ON_FAILURE: Symbol = Symbol("on_failure");
 pub(crate) const ERROR_EVENTS: Symbol = Symbol("error_events");
+pub(crate) const CASCADE: Symbol = Symbol("cascade");
 // #[diesel(...)], read by every derive
 pub(crate) const DIESEL: Symbol = Symbol("diesel");
 pub(crate) const TABLE_NAME: Symbol = Symbol("table_name");

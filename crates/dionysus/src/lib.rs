@@ -308,6 +308,7 @@ pub mod __private {
     pub use inventory;
     pub use serde_json;
 
+    pub use crate::consumer::cascade::{CascadeDeclaration, CascadeEntry};
     pub use crate::consumer::handler::{
         records_as, Context, FailurePolicy, HandlerDeclaration, HandlerEntry, HandlerError, HandlerFuture,
         HandlerOutput,

@@ -58,6 +58,7 @@ pub const MIGRATIONS: &[EmbeddedMigration] = embedded![
     "2026-12-02-000012_dionysus_outbox_encryption",
     "2026-12-03-000020_dionysus_checkpoint_log",
     "2026-12-03-000050_dionysus_outbox_autovacuum",
+    "2026-12-03-000070_dionysus_reinit",
 ];
 
 /// Failure to apply, revert or copy the framework migrations.

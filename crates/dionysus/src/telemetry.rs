@@ -17,9 +17,11 @@
 //! `dionysus_consumer_dead_letter_failures_total`, `dionysus_consumer_partition_stalled` (1
 //! while a partition waits on a fault), `dionysus_consumer_handler_errors_total` per handler
 //! and reason, `dionysus_consumer_replies_total` and `dionysus_consumer_error_events_total`
-//! (handlers' replies and error events written to the outbox), and `dionysus_consumer_lag`
+//! (handlers' replies and error events written to the outbox), `dionysus_cascade_published_total`
+//! (cascades' rows written with their batch), and `dionysus_consumer_lag`
 //! per topic and partition from librdkafka's statistics); `dionysus_checkpoint_*` from
-//! checkpointed handlers.
+//! checkpointed handlers; `dionysus_reinit_runs_total`, `dionysus_reinit_replayed_messages_total`,
+//! `dionysus_reinit_remaining_messages` and `dionysus_reinit_suppressed_total` from reinits.
 //!
 //! The four stages of a message have a `tracing` span (at debug level) and a histogram each:
 //! `dionysus.decode` (`dionysus_consumer_decode_seconds`, a batch's messages decoded and
@@ -185,6 +187,31 @@ pub const METRICS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "Error events (`event.error.<event>`) of failed handlers written to the outbox.",
+    ),
+    ("dionysus_reinit_runs_total", Kind::Counter, Unit::Count, "Reinits started or resumed, by group."),
+    (
+        "dionysus_reinit_replayed_messages_total",
+        Kind::Counter,
+        Unit::Count,
+        "Messages a reinit replayed into the replica tables, by group.",
+    ),
+    (
+        "dionysus_reinit_remaining_messages",
+        Kind::Gauge,
+        Unit::Count,
+        "Messages a running reinit has still to replay before its targets, by group.",
+    ),
+    (
+        "dionysus_reinit_suppressed_total",
+        Kind::Counter,
+        Unit::Count,
+        "Replies and error events not written because their cause is replayed by a reinit, by topic.",
+    ),
+    (
+        "dionysus_cascade_published_total",
+        Kind::Counter,
+        Unit::Count,
+        "Outbox rows of related records republished by cascades, written with their batch.",
     ),
     (
         "dionysus_consumer_partition_stalled",

@@ -33,6 +33,9 @@ pub(crate) struct Replica {
     pub(crate) strategy: Option<(Strategy, LitStr)>,
     /// `cancel = set(column = "status", value = "cancelled")`.
     pub(crate) cancel: Option<Cancel>,
+    /// `cascade(Rental -> Booking)`: related records republished from the ids of the
+    /// consumed records.
+    pub(crate) cascades: Vec<crate::cascade::Cascade>,
     /// The first `consume` attribute's key, where missing keys are reported.
     pub(crate) consume_span: Option<Span>,
     /// Whether every `consume` attribute parsed (otherwise missing keys are not reported).

@@ -75,6 +75,8 @@ pub(crate) fn expand(replica: &Replica) -> TokenStream {
         quote_spanned!(ty.span()=> const _: () = __d::payload_column::<#ty>();)
     });
     let tracked = replica.schema.as_ref().map(crate::avro::SchemaRef::embed);
+    let cascades =
+        crate::cascade::expand(&replica.cascades, topic, crate::cascade::Source::Replica { model }, &ident_str);
     quote! {
         #[doc(hidden)]
         #[allow(non_snake_case, clippy::all)]
@@ -125,6 +127,7 @@ pub(crate) fn expand(replica: &Replica) -> TokenStream {
                 #(#column_checks)*
             };
             #payload_check
+            #cascades
         };
     }
 }

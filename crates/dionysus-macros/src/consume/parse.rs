@@ -25,6 +25,7 @@ const STRUCT_KEYS: &[Symbol] = &[
     CANCEL,
     SCHEMA,
     SCHEMA_DIR,
+    CASCADE,
 ];
 /// The attribute roles a column can be named for (C-11), by a struct key or a field flag.
 const ROLES: [Symbol; 5] = [SYNCED_ID, SYNCED_CREATED_AT, SYNCED_UPDATED_AT, SOFT_DELETE, SYNCED_DATA];
@@ -54,6 +55,7 @@ pub(crate) fn replica(cx: &Ctxt, input: &DeriveInput) -> Option<Replica> {
     let mut roles = ROLES.map(|role| Attr::none(cx, role));
     let mut strategy = Attr::none(cx, STRATEGY);
     let mut cancel = Attr::none(cx, CANCEL);
+    let mut cascades = Vec::new();
     let consume_complete = attr::each_in_attrs(cx, &input.attrs, CONSUME, |meta| {
         if meta.path == TOPIC {
             topic.set_opt(&meta.path, attr::string(cx, TOPIC, &meta, r#"topic = "v3_rentals""#)?);
@@ -74,6 +76,8 @@ pub(crate) fn replica(cx: &Ctxt, input: &DeriveInput) -> Option<Replica> {
         } else if meta.path == STRATEGY {
             let value = attr::string(cx, STRATEGY, &meta, r#"strategy = "destroy""#)?;
             strategy.set_opt(&meta.path, value.and_then(|lit| read_strategy(cx, lit)));
+        } else if meta.path == CASCADE {
+            cascades.extend(crate::cascade::parse(cx, &meta)?);
         } else if meta.path == CANCEL {
             let value = attr::value(cx, CANCEL, &meta, CANCEL_EXAMPLE)?;
             cancel.set_opt(&meta.path, value.and_then(|expr| read_cancel(cx, &expr)));
@@ -109,6 +113,7 @@ pub(crate) fn replica(cx: &Ctxt, input: &DeriveInput) -> Option<Replica> {
         synced_data,
         strategy: strategy.get(),
         cancel: cancel.get(),
+        cascades,
         consume_complete,
         consume_span: input.attrs.iter().find(|attr| attr.path() == &CONSUME).map(|attr| attr.path().span()),
         fields,

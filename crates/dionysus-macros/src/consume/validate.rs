@@ -30,6 +30,7 @@ pub(crate) fn check(cx: &Ctxt, replica: &Replica) {
             check_field(cx, replica, key, name);
         }
     }
+    crate::cascade::check_duplicates(cx, &replica.cascades);
     if let Some(cancel) = &replica.cancel {
         check_field(cx, replica, CANCEL, &cancel.column);
         if let Some((_, lit)) = &replica.strategy {

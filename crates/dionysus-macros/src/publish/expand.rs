@@ -4,7 +4,7 @@
 //! field is an integer). It cannot fail: `validate` has checked every name it looks up.
 
 use proc_macro2::{Ident, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::Path;
 
@@ -173,8 +173,9 @@ fn expand_publication(
     }
 }
 
-/// The relation between the owner and another model, found through diesel's `belongs_to`.
-fn relation_probe(other: &Path, owner: &Ident) -> TokenStream {
+/// The relation between the owner and another model, found through diesel's `belongs_to`
+/// (also a cascade's, `cascade(Owner -> Other)`).
+pub(crate) fn relation_probe(other: &Path, owner: &impl ToTokens) -> TokenStream {
     quote_spanned! {other.span()=>
         #[allow(unused_imports)]
         use __d::{NotRelated as _, OtherBelongsToOwner as _, OwnerBelongsToOther as _};

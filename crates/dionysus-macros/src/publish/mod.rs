@@ -11,6 +11,8 @@ mod validate;
 
 use proc_macro2::TokenStream;
 
+pub(crate) use expand::relation_probe;
+
 use crate::ctxt::{self, Ctxt};
 
 pub(crate) fn derive(input: TokenStream) -> TokenStream {

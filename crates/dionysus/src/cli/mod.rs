@@ -9,12 +9,12 @@
 //! ```
 //!
 //! Subcommands: `migrate`, `copy-migrations`, `check`, `replica-ddl`, `relay`, `consume`,
-//! `genesis`, `serve`, `outbox stats|retry|prune`, `topics create|list`, `dlq list|replay`,
+//! `reinit`, `genesis`, `serve`, `outbox stats|retry|prune`, `topics create|list`, `dlq list|replay`,
 //! `events list|show|retry`, `failures list|show|retry|delete`, and with feature `avro`
 //! `schemas register|check`. Settings come from
 //! the environment (see `config`) and the global flags, which win. Errors say what was wrong
 //! and how to fix it; the exit code is 1 for a failure and 2 for a usage mistake, which is
-//! found before any I/O. `relay`, `consume` and `genesis` first check that the database is
+//! found before any I/O. `relay`, `consume`, `reinit` and `genesis` first check that the database is
 //! migrated, the broker reachable and their topics there (`consume` also that its replica
 //! tables fit their models), then run until done or until SIGTERM / Ctrl-C, finish their
 //! in-flight batch and stop. `run` logs to stderr (module `logs`) unless the application
@@ -174,6 +174,37 @@ enum Command {
         /// Keep a liveness file at this path.
         #[arg(long, value_name = "PATH")]
         health_file: Option<PathBuf>,
+    },
+    /// Rebuild the replica tables of a consumer group: reset the group to the earliest
+    /// offsets (stored offsets and Kafka), replay its topics up to --until with replies, error
+    /// events and cascades suppressed (handlers see `ctx.replaying()`), showing progress, then
+    /// exit (or keep consuming with --consume). Stop every consumer of the group first.
+    /// Interrupted (Ctrl-C, SIGTERM, a crash), it resumes where it stopped when run again;
+    /// `consume` also keeps suppressing replies until the targets are reached.
+    Reinit {
+        /// The consumer group to reinitialize (required, so that a reinit is never aimed at
+        /// the derived default by accident).
+        #[arg(long, value_name = "ID")]
+        group: String,
+        /// A topic to replay; repeatable (default: the topics `consume` reads).
+        #[arg(long = "topic", value_name = "TOPIC")]
+        topics: Vec<String>,
+        /// Where the replay stops: `now` (the end of every partition at the start) or
+        /// TOPIC:PARTITION:OFFSET[,…] (the first offset consumed normally again; partitions
+        /// not named stop at their end). An unfinished reinit resumes to its saved targets.
+        #[arg(long, value_name = "now|TOPIC:PARTITION:OFFSET,...", default_value = "now", value_parser = until)]
+        until: crate::consumer::Until,
+        /// Once the targets are reached, keep consuming normally (replies written again)
+        /// until SIGTERM / Ctrl-C, instead of exiting.
+        #[arg(long)]
+        consume: bool,
+        /// Messages of one partition applied per database transaction (default:
+        /// $DIONYSUS_CONSUMER_BATCH_SIZE or 500).
+        #[arg(long)]
+        batch_size: Option<NonZeroUsize>,
+        /// Do not run `#[dionysus::consume]` handlers during the replay.
+        #[arg(long)]
+        no_handlers: bool,
     },
     /// Re-publish every record of a model to a topic (or its `_genesis` replica).
     Genesis {
@@ -681,6 +712,52 @@ async fn execute(
             consumer.run(shutdown).await?;
             writeln!(out, "consumer stopped")?;
         }
+        Command::Reinit { group, topics, until, consume, batch_size, no_handlers } => {
+            let mut config = config;
+            config.kafka.group_id = Some(group);
+            if let Some(size) = batch_size {
+                config.consumer.batch_size = size.get();
+            }
+            let topics = consume_topics(&config, program, registry, topics, &[], out).await?;
+            let mut builder = Consumer::builder(config).registry(handle.registry_arc()).handlers(!no_handlers);
+            for topic in &topics {
+                builder = builder.topic(topic);
+            }
+            let consumer = builder.build()?;
+            consumer.check_tables().await?;
+            listen_for_signals(&shutdown);
+            writeln!(out, "reinitializing group {} on {} up to {until}", consumer.group(), topics.join(", "))?;
+            out.flush()?;
+            let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                indicatif::ProgressBar::new(0)
+            } else {
+                // Not a terminal: the reinit logs its progress every 10 s instead.
+                indicatif::ProgressBar::hidden()
+            };
+            let bar = bar.with_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} messages  {per_sec}  ETA {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let then = if consume { crate::consumer::AfterReinit::Consume } else { crate::consumer::AfterReinit::Exit };
+            let report = consumer.reinit(&until, then, &ReinitBar(bar), shutdown).await?;
+            let verb = if report.resumed { "resumed" } else { "started" };
+            if report.completed {
+                writeln!(
+                    out,
+                    "reinit of group {} completed ({verb}): {} message(s) replayed now, {} in all",
+                    consumer.group(),
+                    report.replayed,
+                    report.total
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "reinit of group {} stopped after {} message(s) ({verb}); run it again to resume",
+                    consumer.group(),
+                    report.replayed
+                )?;
+            }
+        }
         Command::Genesis { model, topic, from, to, over, batch_size, visible_only, conditions, resume } => {
             let request = match resume {
                 Some(_) => None,
@@ -799,6 +876,30 @@ impl crate::producer::genesis::Progress for Bar {
 
     fn advanced(&self, records: u64) {
         self.0.inc(records);
+    }
+
+    fn finished(&self) {
+        self.0.finish();
+    }
+}
+
+/// Parses `--until`.
+fn until(text: &str) -> Result<crate::consumer::Until, String> {
+    text.parse().map_err(|error: crate::consumer::UntilError| error.to_string())
+}
+
+/// A reinit drawn as a progress bar.
+struct ReinitBar(indicatif::ProgressBar);
+
+impl crate::consumer::ReinitProgress for ReinitBar {
+    fn started(&self, total: u64, done: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
+        self.0.reset_eta();
+    }
+
+    fn advanced(&self, done: u64) {
+        self.0.set_position(done);
     }
 
     fn finished(&self) {

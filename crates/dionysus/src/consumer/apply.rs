@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 type Transactions = <AsyncPgConnection as AsyncConnection>::TransactionManager;
 
 use super::batch::{DeadLetter, InboundMessage, PreparedBatch, Rules, UnknownModel};
+use super::cascade::{self, Cascade, CascadeError};
 use super::events::{ConsumedEvent, MessageFilter, Notification};
 use super::handler::{handlers, Context, FailurePolicy, HandlerDeclaration, HandlerError};
 use super::reply::{self, Cause, ComposedRow, Failure, ReplyError};
@@ -133,6 +134,34 @@ pub enum ConsumerError {
         #[source]
         source: ReplyError,
     },
+    /// The cascades of a batch could not be written (their related records could not be
+    /// loaded, or the outbox rows not inserted): the batch was rolled back and waits;
+    /// nothing is dead-lettered.
+    #[error("cascading from {topic}/{partition}, offsets {first_offset}..={last_offset}")]
+    Cascade {
+        /// The batch's topic.
+        topic: String,
+        /// The batch's partition.
+        partition: i32,
+        /// The batch's first offset.
+        first_offset: i64,
+        /// The batch's last offset.
+        last_offset: i64,
+        /// What went wrong.
+        #[source]
+        source: Box<CascadeFailure>,
+    },
+    /// A cascade republishes a model that is published on no topic.
+    #[error(
+        "{declared_by} republishes `{related}`, which no `#[publish(...)]` publishes; \
+         add one to `{related}` or remove the cascade"
+    )]
+    CascadeNotPublished {
+        /// Who declared the cascade.
+        declared_by: String,
+        /// The related model.
+        related: &'static str,
+    },
     /// The topic given to [`ConsumerBuilder::error_events_topic`] is not declared.
     #[error("error events go to `{topic}`, which is not a declared topic; declared: {known}")]
     ErrorEventsTopic {
@@ -140,6 +169,17 @@ pub enum ConsumerError {
         topic: String,
         /// The declared topics.
         known: String,
+    },
+    /// The targets of the group's reinit could not be read when the consumer started.
+    #[error(
+        "reading the reinit targets of group {group} (table dionysus_reinit; run `dionysus migrate` if it is missing)"
+    )]
+    ReinitTargets {
+        /// The consumer group.
+        group: String,
+        /// diesel's error.
+        #[source]
+        source: diesel::result::Error,
     },
     /// The consumer was built without topics to read.
     #[error("no topics to consume: declare a replica model with #[derive(Consume)] or add topics to the builder")]
@@ -215,6 +255,28 @@ pub enum ConsumerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why a batch's cascades could not be written (in [`ConsumerError::Cascade`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CascadeFailure {
+    /// The related records could not be loaded.
+    #[error(transparent)]
+    Load(#[from] CascadeError),
+    /// The outbox rows could not be written.
+    #[error(transparent)]
+    Write(#[from] ReplyError),
+}
+
+impl CascadeFailure {
+    /// The database error, if the database failed.
+    fn database(&self) -> Option<&diesel::result::Error> {
+        match self {
+            CascadeFailure::Load(error) => Some(&error.source),
+            CascadeFailure::Write(error) => error.database(),
+        }
+    }
 }
 
 /// A step of a batch's transaction (in [`ConsumerError::Database`]).
@@ -339,6 +401,8 @@ pub struct ConsumerBuilder {
     error_events: bool,
     error_events_topic: Option<String>,
     replies: bool,
+    cascades: Vec<Cascade>,
+    cascades_on: bool,
 }
 
 impl ConsumerBuilder {
@@ -472,6 +536,20 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Runs this cascade besides the ones declared with `cascade(...)` in the `#[consume]`
+    /// declarations of the binary (see [`Cascade`]).
+    pub fn cascade(mut self, cascade: Cascade) -> Self {
+        self.cascades.push(cascade);
+        self
+    }
+
+    /// Whether cascades run (default: true). Off, a batch republishes no related records
+    /// (a replay that must not publish again).
+    pub fn cascades(mut self, on: bool) -> Self {
+        self.cascades_on = on;
+        self
+    }
+
     #[doc(hidden)]
     pub fn after_db_commit(mut self, hook: impl Fn(&str, i32, i64) -> AfterCommit + Send + Sync + 'static) -> Self {
         self.after_commit = Some(Arc::new(hook));
@@ -537,6 +615,28 @@ impl ConsumerBuilder {
         };
         let (in_transaction, after_commit): (Vec<_>, Vec<_>) =
             handlers().filter(|_| self.handlers).partition(|handler| handler.in_transaction);
+        // Declared cascades of the replicas this consumer writes and, with handlers on, of
+        // its handlers; then the builder's.
+        let mut cascades: Vec<Cascade> = cascade::declarations()
+            .filter(|declaration| topics.iter().any(|topic| topic == declaration.topic))
+            .filter(|declaration| {
+                if declaration.by_replica {
+                    declared.iter().any(|replica| replica.declared_by == declaration.declared_by)
+                } else {
+                    self.handlers
+                }
+            })
+            .map(Cascade::declared)
+            .collect();
+        cascades.extend(self.cascades);
+        if let Some(unpublished) =
+            cascades.iter().find(|cascade| registry.publications_of(cascade.related().model_name).next().is_none())
+        {
+            return Err(ConsumerError::CascadeNotPublished {
+                declared_by: unpublished.declared_by().to_owned(),
+                related: unpublished.related().model_name,
+            });
+        }
         let progress = Arc::new(progress::Progress::new(self.config.consumer.stall_timeout));
         Ok(Consumer {
             inner: Arc::new(Inner {
@@ -559,8 +659,13 @@ impl ConsumerBuilder {
                 error_events: self.error_events,
                 error_events_topic: self.error_events_topic,
                 replies: self.replies,
+<<<<<<< HEAD
                 #[cfg(feature = "avro")]
                 avro,
+=======
+                cascades: if self.cascades_on { cascades } else { Vec::new() },
+                replaying: super::replaying::Replaying::default(),
+>>>>>>> main
             }),
         })
     }
@@ -593,9 +698,16 @@ pub(super) struct Inner {
     pub(super) error_events_topic: Option<String>,
     /// Whether replies and error events are written.
     pub(super) replies: bool,
+<<<<<<< HEAD
     /// The consumed Avro topics, when there are any.
     #[cfg(feature = "avro")]
     pub(super) avro: Option<Arc<crate::consumer::avro::AvroTopics>>,
+=======
+    /// The cascades a batch runs (none when they are suppressed).
+    pub(super) cascades: Vec<Cascade>,
+    /// The partitions a reinit replays, with their targets (loaded by `run`).
+    pub(super) replaying: super::replaying::Replaying,
+>>>>>>> main
 }
 
 /// A consumer of replica topics. Cheap to clone.
@@ -702,6 +814,8 @@ impl Consumer {
             error_events: false,
             error_events_topic: None,
             replies: true,
+            cascades: Vec::new(),
+            cascades_on: true,
         }
     }
 
@@ -839,6 +953,13 @@ impl Consumer {
             sql::advisory_locks(conn, prepared.locks.clone()).await.map_err(db(BatchStep::ProcessingLocks))?;
             let events = batch::apply(conn, &mut prepared, Utc::now()).await.map_err(db(BatchStep::WriteRows))?;
             self.run_in_transaction(conn, &fresh, &events, &prepared.dead_letters).await?;
+            self.cascade(conn, &events, &prepared.dead_letters).await.map_err(|source| ConsumerError::Cascade {
+                topic: topic.clone(),
+                partition,
+                first_offset: first.offset,
+                last_offset,
+                source: Box::new(source),
+            })?;
             sql::store_offset(conn, &self.inner.group, &topic, partition, next_offset)
                 .await
                 .map_err(db(BatchStep::StoreOffset))?;
@@ -958,6 +1079,11 @@ impl Consumer {
                     return self.reject(message, dead_letter, source.reason(), text, error_event).await;
                 }
                 ConsumerError::Reply { source, .. }
+                    if source.database().is_some_and(|e| verdict(e) == Verdict::Transient) =>
+                {
+                    true
+                }
+                ConsumerError::Cascade { source, .. }
                     if source.database().is_some_and(|e| verdict(e) == Verdict::Transient) =>
                 {
                     true
@@ -1140,13 +1266,13 @@ impl Consumer {
                         .filter(|earlier| earlier.offset == event.offset && earlier.event_name == event.event_name)
                         .count();
                     let replies = self.run_checkpointed(conn, declaration, message, event, ordinal).await?;
-                    if !replies.is_empty() && self.inner.replies {
+                    if !replies.is_empty() && self.sends_replies(message, replies.len()) {
                         rows.extend(self.reply_rows(Cause::of(event, message), replies)?);
                         last = Some(message);
                     }
                     continue;
                 }
-                let mut ctx = Context::new(event, message, conn, true);
+                let mut ctx = Context::new(event, message, conn, true).with_replaying(self.replaying_message(message));
                 let result = handle(declaration, &mut ctx).await;
                 #[cfg(feature = "testing")]
                 super::calls::record(declaration, event, result.as_ref().map(|_| ()));
@@ -1159,7 +1285,7 @@ impl Consumer {
                     source,
                 })?;
                 let replies = ctx.take_replies();
-                if !replies.is_empty() && self.inner.replies {
+                if !replies.is_empty() && self.sends_replies(message, replies.len()) {
                     rows.extend(self.reply_rows(Cause::of(event, message), replies)?);
                     last = Some(message);
                 }
@@ -1212,7 +1338,9 @@ impl Consumer {
         loop {
             tried += 1;
             Transactions::begin_transaction(&mut *conn).await.map_err(db)?;
-            let mut ctx = Context::new(event, message, conn, true).with_retry_count(tried - 1);
+            let mut ctx = Context::new(event, message, conn, true)
+                .with_retry_count(tried - 1)
+                .with_replaying(self.replaying_message(message));
             let result = (declaration.handler)(&mut ctx).await;
             let (ack, class, replies) = (ctx.take_ack(), ctx.error_class(), ctx.take_replies());
             #[cfg(feature = "testing")]
@@ -1273,6 +1401,56 @@ impl Consumer {
         }
     }
 
+    /// Writes the outbox rows of the batch's cascades on its connection, inside its
+    /// transaction (events of dead-lettered or replayed messages do not cascade); counted in
+    /// `dionysus_cascade_published_total`.
+    async fn cascade(
+        &self,
+        conn: &mut AsyncPgConnection,
+        events: &[ConsumedEvent],
+        dead_letters: &[DeadLetter],
+    ) -> Result<(), CascadeFailure> {
+        if self.inner.cascades.is_empty() {
+            return Ok(());
+        }
+        let registry = self.inner.registry.as_deref().unwrap_or_else(|| Registry::global());
+        let producer = &self.inner.config.producer;
+        // Events of dead-lettered messages, and of messages a reinit replays, do not cascade.
+        let skip = |event: &ConsumedEvent| {
+            dead_letters.iter().any(|dead| dead.message.offset == event.offset)
+                || self.replaying(&event.topic, event.partition, event.offset)
+        };
+        let rows =
+            cascade::rows(conn, &self.inner.cascades, events, skip, registry, &producer.default_partition_key).await?;
+        let written = reply::write(conn, producer, rows).await?;
+        if written > 0 {
+            metrics::counter!("dionysus_cascade_published_total").increment(written as u64);
+            tracing::debug!(rows = written, "cascade rows written with the batch");
+        }
+        Ok(())
+    }
+
+    /// Whether `message` is replayed by the group's reinit (see [`Consumer::reinit`]).
+    fn replaying_message(&self, message: &InboundMessage) -> bool {
+        self.replaying(&message.topic, message.partition, message.offset)
+    }
+
+    /// Whether the `count` replies or error events of `message` are written: replies are
+    /// on and the message is not replayed by a reinit (those are counted in
+    /// `dionysus_reinit_suppressed_total`). Cascades of a replayed message are suppressed
+    /// the same way.
+    fn sends_replies(&self, message: &InboundMessage, count: usize) -> bool {
+        if !self.inner.replies {
+            return false;
+        }
+        if self.replaying_message(message) {
+            metrics::counter!("dionysus_reinit_suppressed_total", "topic" => message.topic.clone())
+                .increment(count as u64);
+            return false;
+        }
+        true
+    }
+
     /// The outbox rows of a handler's replies to `cause`.
     fn reply_rows(&self, cause: Cause<'_>, replies: Vec<reply::Reply>) -> Result<Vec<ComposedRow>, ConsumerError> {
         let registry = self.inner.registry.as_deref().unwrap_or_else(|| Registry::global());
@@ -1291,7 +1469,7 @@ impl Consumer {
         failure: Failure<'_>,
     ) -> Result<Option<ComposedRow>, ConsumerError> {
         let wanted = self.inner.error_events || declaration.is_some_and(|declaration| declaration.error_events);
-        if !wanted || !self.inner.replies {
+        if !wanted || !self.sends_replies(cause.message, 1) {
             return Ok(None);
         }
         reply::error_event_row(cause, self.inner.error_events_topic.as_deref(), failure)
@@ -1332,7 +1510,7 @@ impl Consumer {
                         }
                     },
                 };
-                let mut ctx = Context::new(event, message, conn, false);
+                let mut ctx = Context::new(event, message, conn, false).with_replaying(self.replaying_message(message));
                 let result = handle(declaration, &mut ctx).await;
                 let replies = ctx.take_replies();
                 #[cfg(feature = "testing")]
@@ -1340,7 +1518,7 @@ impl Consumer {
                 let cause = Cause::of(event, message);
                 // Written in a statement of their own: the batch is committed already.
                 let rows = match &result {
-                    Ok(()) if replies.is_empty() || !self.inner.replies => Ok(Vec::new()),
+                    Ok(()) if replies.is_empty() || !self.sends_replies(message, replies.len()) => Ok(Vec::new()),
                     Ok(()) => self.reply_rows(cause, replies),
                     Err(error) => {
                         metrics::counter!("dionysus_consumer_handler_errors_total", "handler" => declaration.declared_by, "reason" => error.reason()).increment(1);

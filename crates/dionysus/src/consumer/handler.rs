@@ -41,6 +41,8 @@ pub struct Context<'a> {
     error_class: Option<&'static str>,
     /// Tries of this event before this one (checkpointed handlers).
     retry_count: u32,
+    /// Whether the event is replayed by a reinit.
+    replaying: bool,
     replies: Vec<Reply>,
 }
 
@@ -59,6 +61,7 @@ impl<'a> Context<'a> {
             ack: None,
             error_class: None,
             retry_count: 0,
+            replaying: false,
             replies: Vec::new(),
         }
     }
@@ -66,6 +69,12 @@ impl<'a> Context<'a> {
     /// The same context for another try of the event.
     pub(crate) fn with_retry_count(mut self, retry_count: u32) -> Context<'a> {
         self.retry_count = retry_count;
+        self
+    }
+
+    /// The same context for an event a reinit replays (or not).
+    pub(crate) fn with_replaying(mut self, replaying: bool) -> Context<'a> {
+        self.replaying = replaying;
         self
     }
 
@@ -95,6 +104,15 @@ impl<'a> Context<'a> {
     /// Acknowledges the event with an [`Ack`] built beforehand (e.g. with a version).
     pub fn acknowledge(&mut self, ack: Ack) {
         self.ack = Some(ack);
+    }
+
+    /// Whether the event is replayed by a reinit (`dionysus reinit`, [`Consumer::reinit`](
+    /// super::Consumer::reinit)): it was consumed before, and the replica tables are being
+    /// rebuilt from the topic. The handler's replies (and error events, and cascades) are not
+    /// written for it; a handler with other side effects (mails, calls to other services)
+    /// should skip them when this is true.
+    pub fn replaying(&self) -> bool {
+        self.replaying
     }
 
     /// How many times this event was tried before this call (0 on the first try).

@@ -56,6 +56,7 @@
 //!   ([`ConsumerBuilder::error_events`]): outbox rows of this service, written in the batch's
 //!   transaction for `in_transaction` handlers, so a reply is published exactly when its
 //!   cause was consumed (`reply`).
+<<<<<<< HEAD
 //! * Avro topics (feature `avro`): before a batch is prepared, each of their messages is
 //!   read with the configured schema backend (the writer's schema fetched by id, resolved
 //!   against the local one) and restated as a one-event envelope (`<model>_updated`, or
@@ -63,6 +64,15 @@
 //!   them as any other message. One that does not decode is dead-lettered as it was read
 //!   (`undecodable_avro`); a schema registry that cannot be reached makes the partition
 //!   wait, like any fault of ours.
+=======
+//! * Cascades (`cascade(Rental -> Booking)`, [`Cascade`]) republish the records of this
+//!   service related to the ids a batch carries, through the outbox, in the batch's
+//!   transaction, each record once per batch ([`ConsumerBuilder::cascades`] turns them off).
+//! * [`Consumer::reinit`] replays a group's topics from the earliest offsets into the replica
+//!   tables with replies, error events and cascades suppressed up to targets saved in
+//!   `dionysus_reinit`; an interrupted reinit resumes, and [`Consumer::run`] keeps the
+//!   suppression until the targets are reached (`reinit`).
+>>>>>>> main
 //!
 //! Where we differ from dionysus-rb behind the wire (documented choices):
 //!
@@ -93,6 +103,7 @@ pub(crate) mod avro;
 pub(crate) mod batch;
 #[cfg(feature = "testing")]
 pub(crate) mod calls;
+pub(crate) mod cascade;
 pub(crate) mod checkpoint;
 #[cfg(feature = "http")]
 pub(crate) mod dead_letters;
@@ -103,16 +114,20 @@ pub(crate) mod events;
 mod fuzz;
 pub(crate) mod handler;
 mod progress;
+pub(crate) mod reinit;
+mod replaying;
 pub mod replica;
 pub(crate) mod reply;
 pub(crate) mod runtime;
 
-pub use apply::{BatchStep, Consumer, ConsumerBuilder, ConsumerError, Health, Subscriber};
+pub use apply::{BatchStep, CascadeFailure, Consumer, ConsumerBuilder, ConsumerError, Health, Subscriber};
 pub use batch::{DeadLetter, InboundMessage, UnknownModel};
+pub use cascade::{Cascade, CascadeDeclaration, CascadeError};
 #[cfg(feature = "cli")]
 pub(crate) use declarations::handler_warnings;
 pub use events::{ConsumedEvent, LocalChange, MessageFilter, Notification};
 pub use handler::{handlers, Ack, Context, FailurePolicy, HandlerDeclaration, HandlerError, UnknownFailurePolicy};
+pub use reinit::{AfterReinit, ReinitError, ReinitProgress, ReinitReport, ReinitStep, ReinitTarget, Until, UntilError};
 pub use replica::sql::stored_offsets;
 pub use reply::{Reply, ReplyError, ERROR_EVENT_MODEL, ERROR_EVENT_PREFIX};
 pub use runtime::DeadLetterHeaders;

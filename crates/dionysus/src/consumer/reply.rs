@@ -255,6 +255,36 @@ pub(crate) struct ComposedRow {
     encryption_key_id: Option<String>,
 }
 
+impl ComposedRow {
+    /// The row of a record change whose message the relay builds (loading the record, with
+    /// its serializer and `with(...)` sideloads), as the outbox writer writes for any change:
+    /// a cascade's republished record.
+    pub(crate) fn change(
+        resource_class: &str,
+        resource_id: String,
+        event_name: String,
+        topic: &str,
+        partition_key: Option<String>,
+    ) -> ComposedRow {
+        ComposedRow {
+            resource_class: resource_class.to_owned(),
+            resource_id,
+            event_name,
+            topic: topic.to_owned(),
+            partition_key,
+            changeset: Value::Object(Map::new()),
+            message: None,
+            message_key: None,
+            encryption_key_id: None,
+        }
+    }
+
+    /// The model, id, event and topic: what makes two rows of one write the same.
+    pub(crate) fn identity(&self) -> (&str, &str, &str, &str) {
+        (&self.resource_class, &self.resource_id, &self.event_name, &self.topic)
+    }
+}
+
 /// The row of a reply to `cause`.
 pub(crate) fn reply_row(registry: &Registry, cause: Cause<'_>, reply: Reply) -> Result<ComposedRow, ReplyError> {
     let topic = reply.topic.unwrap_or_else(|| cause.message.topic.clone());

@@ -402,6 +402,7 @@ impl Consumer {
             return Err(ConsumerError::NoTopics);
         }
         self.check_tables().await?;
+        self.load_replaying().await?;
         // Health endpoint and liveness file, until this function returns.
         let telemetry = shutdown.child_token();
         let _stop_telemetry = telemetry.clone().drop_guard();

@@ -25,10 +25,9 @@ use serde_json::Value;
 
 use crate::config::ProducerConfig;
 use crate::registry::model::{
-    BoxFuture, IdKind, LoadSource, Model, ModelEntry, PartitionKeySource, Publication, Record, RecordFilter, Relation,
+    BoxFuture, IdKind, LoadSource, Model, ModelEntry, Publication, Record, RecordFilter, Relation,
 };
 use crate::registry::Registry;
-use crate::wire::partition::partition_key_from_value;
 use crate::wire::time::normalize_timestamps;
 
 /// A diesel model whose changes are published. Implemented by `#[derive(Publishable)]`.
@@ -274,32 +273,13 @@ pub fn attribute_value<T: Serialize + ?Sized>(value: &T) -> Value {
     serde_json::to_value(value).map(normalize_timestamps).unwrap_or(Value::Null)
 }
 
-/// The partition key of a record for a publication (P-26): the publication's own source, else
-/// the topic's `partition_key` (an attribute or a function), else the registry's default
-/// function, else the configured default attribute. An attribute the model does not have
-/// gives `None` (no partition key), as does a function returning `None`.
+/// The partition key of a record for a publication (P-26), with the configured default
+/// attribute: [`Registry::partition_key`].
 pub fn partition_key(
     publication: &Publication,
     record: &dyn Record,
     registry: &Registry,
     config: &ProducerConfig,
 ) -> Option<String> {
-    let attribute = match publication.partition_key {
-        PartitionKeySource::Resolver(resolve) => return resolve(record),
-        PartitionKeySource::Attribute(name) => name,
-        PartitionKeySource::Inherit => {
-            let topic = registry.topic(publication.topic);
-            if let Some(resolve) = topic.and_then(|topic| topic.partition_key_with) {
-                return (resolve.0)(record);
-            }
-            match topic.and_then(|topic| topic.partition_key).filter(|key| !key.is_empty()) {
-                Some(attribute) => attribute,
-                None => match registry.default_partition_key() {
-                    Some(resolve) => return resolve(record),
-                    None => &config.default_partition_key,
-                },
-            }
-        }
-    };
-    record.attribute(attribute).map(|value| partition_key_from_value(&value))
+    registry.partition_key(publication, record, &config.default_partition_key)
 }

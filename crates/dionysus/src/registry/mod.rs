@@ -368,6 +368,37 @@ impl Registry {
         self.publications.iter().copied().filter(move |publication| publication.model.model_name == model_name)
     }
 
+    /// The partition key of a record for a publication (P-26): the publication's own source,
+    /// else the topic's `partition_key` (an attribute or a function), else this registry's
+    /// default function, else `default_attribute` (the configured
+    /// `DIONYSUS_DEFAULT_PARTITION_KEY`). An attribute the model does not have gives `None`
+    /// (no partition key), as does a function returning `None`.
+    pub fn partition_key(
+        &self,
+        publication: &Publication,
+        record: &dyn model::Record,
+        default_attribute: &str,
+    ) -> Option<String> {
+        let attribute = match publication.partition_key {
+            PartitionKeySource::Resolver(resolve) => return resolve(record),
+            PartitionKeySource::Attribute(name) => name,
+            PartitionKeySource::Inherit => {
+                let topic = self.topic(publication.topic);
+                if let Some(resolve) = topic.and_then(|topic| topic.partition_key_with) {
+                    return (resolve.0)(record);
+                }
+                match topic.and_then(|topic| topic.partition_key).filter(|key| !key.is_empty()) {
+                    Some(attribute) => attribute,
+                    None => match self.default_partition_key {
+                        Some(resolve) => return resolve(record),
+                        None => default_attribute,
+                    },
+                }
+            }
+        };
+        record.attribute(attribute).map(|value| crate::wire::partition::partition_key_from_value(&value))
+    }
+
     /// The publications of a model on a topic given by its primary or its genesis name.
     pub fn publications_on(&self, model_name: &str, topic: &str) -> Vec<&'static Publication> {
         let primary = match self.resolve(topic) {

@@ -1,0 +1,1 @@
+DROP TABLE dionysus_reinit;
