@@ -659,13 +659,10 @@ impl ConsumerBuilder {
                 error_events: self.error_events,
                 error_events_topic: self.error_events_topic,
                 replies: self.replies,
-<<<<<<< HEAD
                 #[cfg(feature = "avro")]
                 avro,
-=======
                 cascades: if self.cascades_on { cascades } else { Vec::new() },
                 replaying: super::replaying::Replaying::default(),
->>>>>>> main
             }),
         })
     }
@@ -698,16 +695,13 @@ pub(super) struct Inner {
     pub(super) error_events_topic: Option<String>,
     /// Whether replies and error events are written.
     pub(super) replies: bool,
-<<<<<<< HEAD
     /// The consumed Avro topics, when there are any.
     #[cfg(feature = "avro")]
     pub(super) avro: Option<Arc<crate::consumer::avro::AvroTopics>>,
-=======
     /// The cascades a batch runs (none when they are suppressed).
     pub(super) cascades: Vec<Cascade>,
     /// The partitions a reinit replays, with their targets (loaded by `run`).
     pub(super) replaying: super::replaying::Replaying,
->>>>>>> main
 }
 
 /// A consumer of replica topics. Cheap to clone.

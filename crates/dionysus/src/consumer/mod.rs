@@ -56,7 +56,6 @@
 //!   ([`ConsumerBuilder::error_events`]): outbox rows of this service, written in the batch's
 //!   transaction for `in_transaction` handlers, so a reply is published exactly when its
 //!   cause was consumed (`reply`).
-<<<<<<< HEAD
 //! * Avro topics (feature `avro`): before a batch is prepared, each of their messages is
 //!   read with the configured schema backend (the writer's schema fetched by id, resolved
 //!   against the local one) and restated as a one-event envelope (`<model>_updated`, or
@@ -64,7 +63,6 @@
 //!   them as any other message. One that does not decode is dead-lettered as it was read
 //!   (`undecodable_avro`); a schema registry that cannot be reached makes the partition
 //!   wait, like any fault of ours.
-=======
 //! * Cascades (`cascade(Rental -> Booking)`, [`Cascade`]) republish the records of this
 //!   service related to the ids a batch carries, through the outbox, in the batch's
 //!   transaction, each record once per batch ([`ConsumerBuilder::cascades`] turns them off).
@@ -72,7 +70,6 @@
 //!   tables with replies, error events and cascades suppressed up to targets saved in
 //!   `dionysus_reinit`; an interrupted reinit resumes, and [`Consumer::run`] keeps the
 //!   suppression until the targets are reached (`reinit`).
->>>>>>> main
 //!
 //! Where we differ from dionysus-rb behind the wire (documented choices):
 //!
