@@ -6,8 +6,9 @@
 //!
 //! Layers, bottom up: `wire` and `config` (nothing of the crate), `seal` (config only), then
 //! `schema`, `db`, `telemetry`, `registry`, `handle`, `migrate`, `kafka`, `avro` (records and
-//! the schema registry), then `producer` and `consumer` (never each other), then `checkpoint`
-//! (over the consumer) and `delayer` (over both: it consumes delay topics and sends), then `error`, then `http` (the events API and console), then `cli` and
+//! the schema registry, under the configured backend), then `producer` and `consumer` (never
+//! each other), then `checkpoint` (over the consumer) and `delayer` (over both: it consumes
+//! delay topics and sends), then `error`, then `http` (the events API and console), then `cli` and
 //! `testing`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,9 +26,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("handle", &["config", "registry"]),
     ("migrate", &["config", "db"]),
     ("kafka", &["wire", "config", "registry"]),
-    ("avro", &["wire", "registry"]),
-    ("producer", &["wire", "config", "seal", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
-    ("consumer", &["wire", "config", "seal", "schema", "db", "telemetry", "registry", "handle", "kafka"]),
+    ("avro", &["wire", "config", "registry"]),
+    ("producer", &["wire", "config", "seal", "schema", "db", "telemetry", "registry", "handle", "kafka", "avro"]),
+    ("consumer", &["wire", "config", "seal", "schema", "db", "telemetry", "registry", "handle", "kafka", "avro"]),
     ("checkpoint", &["wire", "config", "seal", "schema", "db", "telemetry", "registry", "consumer"]),
     ("delayer", &["wire", "config", "telemetry", "registry", "handle", "kafka", "producer", "consumer"]),
     (

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod avro;
+mod avro_flow;
 mod cascade;
 mod checkpoint;
 mod cli;

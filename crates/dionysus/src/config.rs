@@ -48,6 +48,8 @@
 //! | `DIONYSUS_SYNCED_DATA_ATTRIBUTE` | [`ConsumerConfig::synced_data_attribute`] | column name | `synced_data` |
 //! | `DIONYSUS_CHECKPOINT_ON_FAILURE` | [`ConsumerConfig::checkpoint_on_failure`] | `record`, `dead_letter` or `block` | `record` |
 //! | `DIONYSUS_CHECKPOINT_ATTEMPTS` | [`ConsumerConfig::checkpoint_attempts`] | integer ≥ 1 | `3` |
+//! | `DIONYSUS_SCHEMA_BACKEND` | [`SchemaConfig::backend`] (Avro topics, feature `avro`) | `registry`, `local` or `validation` | `registry` |
+//! | `DIONYSUS_SCHEMA_REGISTRY_URL` | [`SchemaConfig::registry_url`] | `http://host:port` of a Confluent-compatible schema registry | `http://127.0.0.1:8081` |
 //! | `DIONYSUS_KAFKA_<PROPERTY>` | [`KafkaConfig::properties`] | any librdkafka property, `_` for `.` | none |
 //! | `DIONYSUS_API_TOKEN` | not in `Config`: read by `dionysus serve` (the events API and console, `http::Api::with_token`) | text, the bearer token every route but `/ping` and `/health` then needs | none: no token, loopback addresses only |
 //!
@@ -95,6 +97,54 @@ pub struct Config {
     pub producer: ProducerConfig,
     /// Consumer side: replicas and handlers.
     pub consumer: ConsumerConfig,
+    /// Where the schemas of Avro topics come from (feature `avro`), for the relay and the
+    /// consumer alike.
+    pub schemas: SchemaConfig,
+}
+
+/// How the messages of Avro topics are written and read (feature `avro`; deimos' schema
+/// backends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SchemaConfig {
+    /// The backend.
+    pub backend: SchemaBackend,
+    /// The schema registry's URL (`http://host:port`), used by [`SchemaBackend::Registry`].
+    pub registry_url: String,
+}
+
+impl Default for SchemaConfig {
+    fn default() -> Self {
+        SchemaConfig { backend: SchemaBackend::Registry, registry_url: "http://127.0.0.1:8081".to_owned() }
+    }
+}
+
+/// The schema backend of Avro topics (`DIONYSUS_SCHEMA_BACKEND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SchemaBackend {
+    /// `registry` (the default, deimos' `avro_schema_registry`): records are encoded with
+    /// their schema and framed with its registry id (magic byte 0, 4-byte id); readers fetch
+    /// the writer's schema by id and resolve it against their own.
+    #[default]
+    Registry,
+    /// `local` (deimos' `avro_local`): no registry; records are the bare Avro datum of the
+    /// local schema, and readers read them with the same local schema.
+    Local,
+    /// `validation` (deimos' `avro_validation`): records are JSON objects, checked against
+    /// the schema before they are published and when they are read.
+    Validation,
+}
+
+impl SchemaBackend {
+    /// The backend's name: `registry`, `local` or `validation`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SchemaBackend::Registry => "registry",
+            SchemaBackend::Local => "local",
+            SchemaBackend::Validation => "validation",
+        }
+    }
 }
 
 /// Kafka connection settings. Its `Debug` hides the values of secret properties (those whose
@@ -379,6 +429,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             producer: ProducerConfig::default(),
             consumer: ConsumerConfig::default(),
+            schemas: SchemaConfig::default(),
         }
     }
 }
@@ -616,6 +667,24 @@ impl Config {
                 expected: "one of record, dead_letter, block".to_owned(),
             })?;
         }
+        if let Some(value) = lookup("DIONYSUS_SCHEMA_BACKEND") {
+            self.schemas.backend = match value.trim().to_ascii_lowercase().as_str() {
+                "registry" | "avro_schema_registry" => SchemaBackend::Registry,
+                "local" | "avro_local" => SchemaBackend::Local,
+                "validation" | "avro_validation" => SchemaBackend::Validation,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        var: "DIONYSUS_SCHEMA_BACKEND".to_owned(),
+                        value,
+                        expected: "one of registry, local, validation".to_owned(),
+                    })
+                }
+            };
+        }
+        if let Some(value) = lookup("DIONYSUS_SCHEMA_REGISTRY_URL") {
+            self.schemas.registry_url = non_empty("DIONYSUS_SCHEMA_REGISTRY_URL", value)?;
+        }
+        let consumer = &mut self.consumer;
         let mut checkpoint_attempts = consumer.checkpoint_attempts as usize;
         env.count("DIONYSUS_CHECKPOINT_ATTEMPTS", &mut checkpoint_attempts, 1)?;
         consumer.checkpoint_attempts = u32::try_from(checkpoint_attempts).map_err(|_| ConfigError::Invalid {
@@ -766,6 +835,7 @@ impl std::fmt::Debug for Config {
             .field("kafka", &self.kafka)
             .field("producer", &self.producer)
             .field("consumer", &self.consumer)
+            .field("schemas", &self.schemas)
             .finish()
     }
 }

@@ -10,7 +10,8 @@
 //! * `bookings_fees` are filled from the fees sideloaded in rental messages; each is
 //!   attached to its rental through `synced_rental_id` (a fee the rental no longer lists is
 //!   detached: `synced_rental_id` becomes `NULL`);
-//! * `bookings` replicate `Booking` from `demo_bookings`; a destroyed booking is deleted.
+//! * `bookings` replicate `Booking` from `demo_bookings`, an Avro topic (records framed with
+//!   their schema's registry id); a destroyed booking's tombstone deletes it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -177,11 +178,12 @@ pub struct ReplicatedBookingsFee {
     pub amount_cents: Option<i64>,
 }
 
-/// Replica of the producer's `Booking`; a destroyed booking is deleted.
+/// Replica of the producer's `Booking`, read from the Avro topic `demo_bookings` with the
+/// consumer's own copy of the schema (`schemas/demo/Booking.avsc`); a tombstone deletes it.
 #[allow(dead_code, reason = "the consumer writes the table from the descriptor; nothing reads the struct")]
 #[derive(Debug, dionysus::Consume)]
 #[diesel(table_name = bookings)]
-#[consume(topic = "demo_bookings", model = "Booking")]
+#[consume(topic = "demo_bookings", model = "Booking", schema = "demo.Booking")]
 pub struct ReplicatedBooking {
     /// The producer's id.
     pub synced_id: i64,

@@ -7,7 +7,9 @@
 //! 2. Recreates the demo topics — on the broker, or with `--embedded` on an embedded Kafka
 //!    cluster in this process (librdkafka's mock cluster, from `dionysus::testing`; no broker
 //!    process) — and starts the relay (producer database) and the consumer (consumer
-//!    database) as tasks.
+//!    database) as tasks; `demo_bookings` is an Avro topic, so a schema registry is served
+//!    too (the test registry of `dionysus::testing`, unless `DIONYSUS_SCHEMA_REGISTRY_URL`
+//!    names one).
 //! 3. Makes the scripted changes through the outbox — create, update, soft delete, a
 //!    dependency change, an observed-column change, destroy — and after each waits until the
 //!    relay has published everything and the consumer has applied everything.
@@ -29,7 +31,7 @@ use dionysus::consumer::{Consumer, Notification};
 use dionysus::genesis::{Genesis, GenesisRequest};
 use dionysus::kafka::TopicSpec;
 use dionysus::relay::Relay;
-use dionysus::testing::EmbeddedKafka;
+use dionysus::testing::{EmbeddedKafka, TestRegistry};
 use dionysus::{Registry, Topic};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::task::JoinHandle;
@@ -141,6 +143,26 @@ async fn demo(options: &Options) -> anyhow::Result<bool> {
                  tests do), or run scripts/demo --embedded"
             )
         })?,
+    };
+
+    // `demo_bookings` is an Avro topic: its records are framed with their schema's id in a
+    // schema registry. In production that is a Confluent-compatible registry
+    // (DIONYSUS_SCHEMA_REGISTRY_URL); unless one is given, the demo serves the test registry
+    // of `dionysus::testing` in this process.
+    let _schema_registry = match std::env::var_os("DIONYSUS_SCHEMA_REGISTRY_URL") {
+        Some(_) => {
+            println!("  schemas        registry at {}", base.schemas.registry_url);
+            None
+        }
+        None => {
+            let schema_registry = TestRegistry::start().await.context("starting the test schema registry")?;
+            base.schemas.registry_url = schema_registry.url();
+            println!(
+                "  schemas        test registry at {} (dionysus::testing; a Confluent-compatible registry in production)",
+                base.schemas.registry_url
+            );
+            Some(schema_registry)
+        }
     };
 
     let (producer_name, consumer_name) = (options.producer_db(), options.consumer_db());

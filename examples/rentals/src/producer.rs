@@ -6,7 +6,7 @@
 //! * `Rental` on `demo_rentals`, soft-deleted through `canceled_at`, with its fees sideloaded
 //!   (`with(BookingsFee)`: a fee change republishes its rental) and observing its account's
 //!   `default_check_in_time` (a change of that column republishes the account's rentals);
-//! * `Booking` on `demo_bookings`;
+//! * `Booking` on `demo_bookings`, an Avro topic (`demo.Booking` records);
 //! * `BookingsFee` is published only inside its rental's messages.
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -26,8 +26,17 @@ pub struct Accounts;
 #[dionysus::topic(namespace = "demo", name = "rentals", partition_key = "account_id", partitions = 3)]
 pub struct Rentals;
 
-/// `demo_bookings`, partitioned by the account id.
-#[dionysus::topic(namespace = "demo", name = "bookings", partition_key = "account_id", partitions = 3)]
+/// `demo_bookings`, partitioned by the account id: an Avro topic, one `demo.Booking` record
+/// per message (`schemas/demo/Booking.avsc`), keyed by the booking's id; a destroyed booking
+/// is a tombstone.
+#[dionysus::topic(
+    namespace = "demo",
+    name = "bookings",
+    partition_key = "account_id",
+    partitions = 3,
+    format = "avro",
+    schema = "demo.Booking"
+)]
 pub struct Bookings;
 
 /// The producer's tables.
@@ -183,7 +192,7 @@ pub struct Rental {
 /// A booking of a rental.
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable, Associations, Serialize, dionysus::Publishable)]
 #[diesel(table_name = bookings, belongs_to(Rental))]
-#[publish(topic = Bookings, partition_key = "account_id")]
+#[publish(topic = Bookings, partition_key = "account_id", schema = "demo.Booking")]
 pub struct Booking {
     /// Id.
     pub id: i64,

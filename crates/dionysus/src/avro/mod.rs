@@ -6,11 +6,13 @@
 //! * [`codec`]: a record's JSON attributes to Avro and back, with the coercions and the
 //!   auto-added fields, and schema resolution between a writer's and a reader's schema;
 //! * [`framing`]: the registry framing (magic byte and schema id);
-//! * [`registry`]: a client of the Confluent schema registry REST API, with its id cache.
+//! * [`registry`]: a client of the Confluent schema registry REST API, with its id cache;
+//! * [`format`](mod@format): a message's value and key bytes under the configured schema backend.
 //!
 //! What goes on which topic, and when, stays the relay's and the consumer's business.
 
 pub mod codec;
+pub mod format;
 pub mod framing;
 pub mod registry;
 pub mod schemas;

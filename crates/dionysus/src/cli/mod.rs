@@ -106,6 +106,10 @@ enum Command {
         tables: Vec<String>,
     },
     /// Publish the outbox until SIGTERM / Ctrl-C.
+    ///
+    /// Avro topics (feature `avro`) are written with the schema backend
+    /// $DIONYSUS_SCHEMA_BACKEND (`registry`, `local` or `validation`; default `registry`) and
+    /// the registry at $DIONYSUS_SCHEMA_REGISTRY_URL (default http://127.0.0.1:8081).
     Relay {
         /// Concurrent workers (default: $DIONYSUS_RELAY_WORKERS or 2). Batch sizes
         /// ($DIONYSUS_OUTBOX_BATCH_SIZE, largest batch, 1000) and idle pauses
@@ -123,6 +127,10 @@ enum Command {
         auto_create_topics: bool,
     },
     /// Keep the replica tables in sync: consume topics until SIGTERM / Ctrl-C.
+    ///
+    /// Avro topics (feature `avro`) are read with the schema backend $DIONYSUS_SCHEMA_BACKEND
+    /// (`registry`, `local` or `validation`; default `registry`) and the registry at
+    /// $DIONYSUS_SCHEMA_REGISTRY_URL (default http://127.0.0.1:8081).
     Consume {
         /// A topic to read; repeatable (default: the topics of every `#[derive(Consume)]`
         /// replica and `#[dionysus::consume]` handler in this binary).

@@ -223,6 +223,26 @@ pub enum ConsumerError {
     /// A replica model cannot work with the configured attribute names (C-11).
     #[error(transparent)]
     Replica(#[from] replica::names::ReplicaError),
+    /// The Avro topics' schemas cannot be used (a local schema does not parse, the
+    /// registry URL is not `http://host:port`).
+    #[cfg(feature = "avro")]
+    #[error("setting up the Avro topics' schemas")]
+    AvroSetup(#[source] crate::avro::format::AvroError),
+    /// The schema registry could not be reached while a batch of an Avro topic was read;
+    /// nothing was dead-lettered or stored, and the partition waits and retries.
+    #[cfg(feature = "avro")]
+    #[error("reading {topic}/{partition} from offset {first_offset}: the schema registry cannot be reached; the partition waits")]
+    SchemaRegistry {
+        /// The batch's topic.
+        topic: String,
+        /// The batch's partition.
+        partition: i32,
+        /// The batch's first offset.
+        first_offset: i64,
+        /// What failed.
+        #[source]
+        source: crate::avro::format::AvroError,
+    },
     /// The consumer was asked to stop while a batch waited to be retried.
     #[error("stopping: the batch was left to be read again from the stored offset")]
     Stopped,
@@ -564,6 +584,14 @@ impl ConsumerBuilder {
                 known: registry.topic_names().join(", "),
             });
         }
+        #[cfg(feature = "avro")]
+        let avro = {
+            let models: Vec<(&str, &'static str)> =
+                declared.iter().map(|replica| (replica.topic, replica.model)).collect();
+            crate::consumer::avro::AvroTopics::new(&self.config.schemas, registry, &models, &topics)
+                .map_err(ConsumerError::AvroSetup)?
+                .map(Arc::new)
+        };
         let consumed_handlers = handlers().filter(|handler| self.handlers && topics.iter().any(|t| t == handler.topic));
         let declared_replicas: Vec<_> = declared.iter().collect();
         for warning in declarations::handler_warnings(registry, &declared_replicas, consumed_handlers) {
@@ -631,6 +659,8 @@ impl ConsumerBuilder {
                 error_events: self.error_events,
                 error_events_topic: self.error_events_topic,
                 replies: self.replies,
+                #[cfg(feature = "avro")]
+                avro,
                 cascades: if self.cascades_on { cascades } else { Vec::new() },
                 replaying: super::replaying::Replaying::default(),
             }),
@@ -665,6 +695,9 @@ pub(super) struct Inner {
     pub(super) error_events_topic: Option<String>,
     /// Whether replies and error events are written.
     pub(super) replies: bool,
+    /// The consumed Avro topics, when there are any.
+    #[cfg(feature = "avro")]
+    pub(super) avro: Option<Arc<crate::consumer::avro::AvroTopics>>,
     /// The cascades a batch runs (none when they are suppressed).
     pub(super) cascades: Vec<Cascade>,
     /// The partitions a reinit replays, with their targets (loaded by `run`).
@@ -821,9 +854,38 @@ impl Consumer {
     #[doc(hidden)]
     pub async fn process_batch(&self, messages: &[InboundMessage]) -> Result<BatchOutcome, ConsumerError> {
         let never = CancellationToken::new();
-        let outcome = self.apply_with_retry(messages, &mut |_| Box::pin(async { Ok(()) }), &never).await?;
+        #[cfg(feature = "avro")]
+        let translated = self.translate(messages).await?;
+        #[cfg(feature = "avro")]
+        let messages = translated.as_ref().map_or(messages, |translated| &translated.messages[..]);
+        #[allow(unused_mut, reason = "changed only with the avro feature")]
+        let mut outcome = self.apply_with_retry(messages, &mut |_| Box::pin(async { Ok(()) }), &never).await?;
+        #[cfg(feature = "avro")]
+        if let Some(translated) = &translated {
+            outcome.dead_letters = outcome.dead_letters.iter().map(|dead| translated.original(dead)).collect();
+        }
         self.notify(messages, &outcome.events).await;
         Ok(outcome)
+    }
+
+    /// The batch with the messages of Avro topics restated as envelopes (`None` when the
+    /// consumer reads no Avro topic); an error when the schema registry cannot be reached.
+    #[cfg(feature = "avro")]
+    pub(super) async fn translate(
+        &self,
+        messages: &[InboundMessage],
+    ) -> Result<Option<crate::consumer::avro::Translated>, ConsumerError> {
+        let Some(avro) = &self.inner.avro else { return Ok(None) };
+        let Some(first) = messages.first() else { return Ok(None) };
+        match avro.translate(messages).await {
+            Ok(translated) => Ok(Some(translated)),
+            Err(source) => Err(ConsumerError::SchemaRegistry {
+                topic: first.topic.clone(),
+                partition: first.partition,
+                first_offset: first.offset,
+                source,
+            }),
+        }
     }
 
     /// One transaction for the batch; dead letters are handed to `dead_letter` before commit.

@@ -66,7 +66,8 @@ pub struct DeadLetter {
     pub message: InboundMessage,
     /// Why, in a word: `oversized`, `malformed_json`, `invalid_envelope`, `invalid_record`,
     /// `too_many_records`, `unknown_model`, `missing_id`, `invalid_id`, `wrong_type`,
-    /// `timestamp_in_future`, `database_rejected`, and for a handler running inside the batch's
+    /// `timestamp_in_future`, `database_rejected`, `undecodable_avro` (an Avro topic's message
+    /// that does not decode with its schemas), and for a handler running inside the batch's
     /// transaction `handler_input_invalid` or `handler_failed`.
     pub reason: &'static str,
     /// The error in full.
@@ -255,6 +256,29 @@ fn canonical_integer(text: &str) -> Option<i64> {
     }
 }
 
+/// The reason of a dead letter whose Avro message does not decode.
+#[cfg(feature = "avro")]
+const UNDECODABLE_AVRO: &str = "undecodable_avro";
+
+/// What stands in a batch for an Avro message that did not decode (the consumer's Avro
+/// step restates messages before the batch is prepared); [`rejection`] reads it back.
+#[cfg(feature = "avro")]
+const REJECTED: &[u8] = b"\0dionysus:undecodable_avro\0";
+
+/// The stand-in for an Avro message that did not decode, for `error`.
+#[cfg(feature = "avro")]
+pub(crate) fn rejected_payload(error: &str) -> Vec<u8> {
+    let mut payload = REJECTED.to_vec();
+    payload.extend_from_slice(error.as_bytes());
+    payload
+}
+
+/// The error a stand-in of [`rejected_payload`] carries.
+#[cfg(feature = "avro")]
+fn rejection(payload: &[u8]) -> Option<String> {
+    payload.strip_prefix(REJECTED).map(|error| String::from_utf8_lossy(error).into_owned())
+}
+
 /// A random (version 4) UUID, hyphenated.
 fn random_uuid() -> String {
     uuid::Builder::from_random_bytes(rand::random()).into_uuid().hyphenated().to_string()
@@ -384,6 +408,10 @@ impl Rules {
                     format!("payload of {} bytes exceeds the limit of {} bytes", payload.len(), self.max_message_bytes),
                 ));
             }
+        }
+        #[cfg(feature = "avro")]
+        if let Some(reason) = message.payload.as_deref().and_then(rejection) {
+            return Err(dead(UNDECODABLE_AVRO, reason));
         }
         let mut reader = RecordReader { keys: self.remove_duplicates, ..RecordReader::default() };
         match decode_with(message.payload.as_deref(), &mut reader) {

@@ -56,6 +56,13 @@
 //!   ([`ConsumerBuilder::error_events`]): outbox rows of this service, written in the batch's
 //!   transaction for `in_transaction` handlers, so a reply is published exactly when its
 //!   cause was consumed (`reply`).
+//! * Avro topics (feature `avro`): before a batch is prepared, each of their messages is
+//!   read with the configured schema backend (the writer's schema fetched by id, resolved
+//!   against the local one) and restated as a one-event envelope (`<model>_updated`, or
+//!   `<model>_destroyed` for a tombstone), so replicas, handlers and the checkpoint log see
+//!   them as any other message. One that does not decode is dead-lettered as it was read
+//!   (`undecodable_avro`); a schema registry that cannot be reached makes the partition
+//!   wait, like any fault of ours.
 //! * Cascades (`cascade(Rental -> Booking)`, [`Cascade`]) republish the records of this
 //!   service related to the ids a batch carries, through the outbox, in the batch's
 //!   transaction, each record once per batch ([`ConsumerBuilder::cascades`] turns them off).
@@ -88,6 +95,8 @@
 //! [`replica`]'s; the wire format is `wire`'s; producing is not this module's business.
 
 pub(crate) mod apply;
+#[cfg(feature = "avro")]
+pub(crate) mod avro;
 pub(crate) mod batch;
 #[cfg(feature = "testing")]
 pub(crate) mod calls;

@@ -612,11 +612,46 @@ impl Consumer {
             let started = Instant::now();
             let mut attempt = 0u32;
             let mut delays = super::apply::retry_delays();
+            // Avro messages restated as envelopes; while the schema registry cannot be
+            // reached the partition waits (nothing is dead-lettered for it).
+            #[cfg(feature = "avro")]
+            let translated = loop {
+                match self.translate(&messages).await {
+                    Ok(translated) => break translated,
+                    Err(error) => {
+                        attempt = attempt.saturating_add(1);
+                        self.inner.progress.fault(
+                            &topic,
+                            partition,
+                            format!("{} (attempt {attempt}; retrying)", Report(&error)),
+                        );
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(super::apply::next_delay(&mut delays)) => {}
+                        }
+                        if revoked.load(Ordering::SeqCst) {
+                            return;
+                        }
+                    }
+                }
+            };
+            #[cfg(feature = "avro")]
+            let translated = translated.map(Arc::new);
+            #[cfg(feature = "avro")]
+            let batch: &[InboundMessage] = translated.as_ref().map_or(&messages[..], |translated| &translated.messages);
+            #[cfg(not(feature = "avro"))]
+            let batch: &[InboundMessage] = &messages;
             // Offsets of this batch already dead-lettered: a retry of the batch, or its split
             // after a database rejection, does not send them again.
             let sent: Arc<Mutex<HashSet<i64>>> = Arc::default();
             let outcome = loop {
                 let mut sink = |dead: &DeadLetter| -> SinkFuture<'_> {
+                    #[cfg(feature = "avro")]
+                    let dead = match &translated {
+                        Some(translated) => translated.original(dead),
+                        None => dead.clone(),
+                    };
+                    #[cfg(not(feature = "avro"))]
                     let dead = dead.clone();
                     let (dead_letters, sent, shutdown) = (dead_letters.clone(), sent.clone(), shutdown.clone());
                     Box::pin(async move {
@@ -631,7 +666,7 @@ impl Consumer {
                         Ok(())
                     })
                 };
-                match self.apply_with_retry(&messages, &mut sink, &shutdown).instrument(span.clone()).await {
+                match self.apply_with_retry(batch, &mut sink, &shutdown).instrument(span.clone()).await {
                     Ok(outcome) => break outcome,
                     Err(error) => {
                         if shutdown.is_cancelled() {
@@ -681,7 +716,7 @@ impl Consumer {
                     }
                 }
             }
-            self.notify(&messages, &outcome.events).await;
+            self.notify(batch, &outcome.events).await;
         }
     }
 }

@@ -340,6 +340,8 @@ pub struct Genesis {
     pool: crate::db::Pool,
     producer: crate::kafka::Producer,
     topics: TopicCache,
+    #[cfg(feature = "avro")]
+    avro: crate::producer::avro::Encoder,
 }
 
 impl std::fmt::Debug for Genesis {
@@ -357,7 +359,15 @@ impl Genesis {
     ) -> Result<Genesis, GenesisError> {
         let registry = registry.into();
         let producer = crate::kafka::producer(&config.kafka)?;
-        Ok(Genesis { config, registry, pool, producer, topics: TopicCache::default() })
+        Ok(Genesis {
+            #[cfg(feature = "avro")]
+            avro: crate::producer::avro::Encoder::new(&config.schemas),
+            config,
+            registry,
+            pool,
+            producer,
+            topics: TopicCache::default(),
+        })
     }
 
     /// Checks the request (G-1, G-7) and records a pending run; returns it.
@@ -581,6 +591,7 @@ impl Genesis {
                 RowPlan::Publish(messages) => {
                     in_flight.push(sender.send(&messages).await?);
                 }
+                RowPlan::Avro(row) => in_flight.push(self.send_avro(sender, &row).await?),
                 RowPlan::Skip(reason) => tracing::debug!("genesis skipped a record: {reason}"),
                 RowPlan::DeferredObservers => {}
                 RowPlan::Fail(error) => return Err(error.into()),
@@ -591,6 +602,24 @@ impl Genesis {
             sender::await_deliveries(deliveries, deadline).await.map_err(|failure| failure.error)?;
         }
         Ok(())
+    }
+
+    /// Encodes a row of an Avro topic and hands its messages to the producer.
+    async fn send_avro(
+        &self,
+        sender: &Sender<'_>,
+        row: &plan::AvroRow,
+    ) -> Result<Vec<rdkafka::producer::DeliveryFuture>, BoxError> {
+        #[cfg(feature = "avro")]
+        {
+            let messages = self.avro.messages(row).await.map_err(|failure| failure.message)?;
+            Ok(sender.send_raw(&messages).await?)
+        }
+        #[cfg(not(feature = "avro"))]
+        {
+            let _ = sender;
+            Err(plan::PlanError::AvroTopic(row.topics.join(", ")).into())
+        }
     }
 
     fn model(&self, name: &str) -> Result<&'static ModelEntry, GenesisError> {

@@ -9,6 +9,8 @@
 //!
 //! Built on the wire format (`wire`) and the declarations (`registry`); nothing here consumes.
 
+#[cfg(feature = "avro")]
+pub(crate) mod avro;
 pub mod genesis;
 pub mod outbox;
 pub(crate) mod partition_key;

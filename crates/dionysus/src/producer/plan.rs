@@ -1,7 +1,9 @@
 //! From outbox rows to Kafka messages: loading the current records (one query per model per
 //! batch), sideloading `with(...)` dependencies (one query per dependency per batch),
 //! serializing through each publication's serializer, and wrapping the result in the
-//! dionysus-rb envelope with its key, partition key and topic(s).
+//! dionysus-rb envelope with its key, partition key and topic(s). A row of an Avro topic is
+//! planned up to its record's attributes ([`AvroRow`]): encoding it needs the schema
+//! registry, which is the relay's step (`producer::avro`), not the planner's.
 //!
 //! [`plan_rows`] is what the relay calls; it needs a database connection but no broker, so
 //! every rule of the wire format can be tested without one. It does not send anything and
@@ -16,7 +18,7 @@ use super::publishable::partition_key;
 use super::serialize::{default_serialize, SideloadError};
 use crate::config::ProducerConfig;
 use crate::registry::model::{ColumnIn, Dependency, ModelEntry, Publication, Record, Relation};
-use crate::registry::{Registry, Tombstone, TopicRole, OBSERVER_TOPIC};
+use crate::registry::{Registry, Tombstone, TopicFormat, TopicRole, OBSERVER_TOPIC};
 use crate::wire::delay::{chain_text, DelayHeaders};
 use crate::wire::envelope::{Envelope, JSON_NULL_TOMBSTONE};
 use crate::wire::naming::{self, EventKind};
@@ -87,6 +89,29 @@ pub enum RowPlan {
     DeferredObservers,
     /// The row cannot be published now; record the error and retry later.
     Fail(PlanError),
+    /// A row of an Avro topic: its record still has to be encoded with its schema (and the
+    /// schema registered), which the relay does before sending.
+    Avro(AvroRow),
+}
+
+/// The message of one outbox row of an Avro topic, before encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AvroRow {
+    /// The topics it goes to (the topic and, or only, its genesis replica).
+    pub topics: Vec<String>,
+    /// The topic's record schema (full name).
+    pub schema: &'static str,
+    /// The topic's key config.
+    pub key: crate::registry::KeyConfig,
+    /// The record's primary key as text.
+    pub id: String,
+    /// The record's attributes as its serializer writes them (only `{<pk>: id}` for a record
+    /// that is gone).
+    pub attributes: Value,
+    /// Whether the message is a tombstone (a `_destroyed` event): a null value with the key.
+    pub tombstone: bool,
+    /// The key the partition is chosen from.
+    pub partition_key: Option<String>,
 }
 
 /// Why a row could not be turned into messages.
@@ -132,9 +157,12 @@ pub enum PlanError {
     /// Loading the records' `with(...)` sideloads failed (the whole batch is retried).
     #[error(transparent)]
     Sideloads(#[from] SideloadError),
-    /// The topic is declared `format = "avro"`, which the relay does not encode yet: the
-    /// row is kept (and retried) rather than published in the wrong format.
-    #[error("topic `{0}` is an Avro topic; the relay does not publish Avro records yet, so the row is kept")]
+    /// The topic is declared `format = "avro"`, but this binary is built without the
+    /// `avro` feature: the row is kept (and retried) rather than published in the wrong format.
+    #[error(
+        "topic `{0}` is an Avro topic, but this binary is built without dionysus's `avro` feature; the row is kept \
+         until a relay built with it publishes it"
+    )]
     AvroTopic(String),
 }
 
@@ -281,7 +309,8 @@ pub async fn plan_loaded_rows(
             }));
             continue;
         };
-        if registry.topic(first.topic).is_some_and(|topic| topic.format != crate::registry::TopicFormat::Json) {
+        let format = registry.topic(first.topic).map_or(TopicFormat::Json, |topic| topic.format);
+        if cfg!(not(feature = "avro")) && format != TopicFormat::Json {
             plans.push(RowPlan::Fail(PlanError::AvroTopic(first.topic.to_owned())));
             continue;
         }
@@ -312,6 +341,18 @@ pub async fn plan_loaded_rows(
         };
         let stored_key = row.partition_key.clone().filter(|key| !key.is_empty());
         let partition_key = stored_key.or_else(|| record.and_then(|r| partition_key(first, r, registry, config)));
+        if let TopicFormat::Avro { schema, key } = format {
+            plans.push(RowPlan::Avro(AvroRow {
+                topics: destinations(registry, first.topic, genesis_only),
+                schema,
+                key,
+                id: row.resource_id.clone(),
+                attributes: data,
+                tombstone: EventKind::classify(&row.event_name) == Some(EventKind::Destroyed),
+                partition_key,
+            }));
+            continue;
+        }
         let payload =
             match Envelope::single(row.event_name.clone(), model.model_name, Value::Array(vec![data])).encode() {
                 Ok(payload) => payload,

@@ -23,6 +23,10 @@ pub(crate) struct Failure {
     pub(crate) message: String,
 }
 
+/// The `error_class` of a row of an Avro topic whose schema registry could not be reached:
+/// retried with backoff however long it takes, never parked (not the row's fault).
+pub(crate) const REGISTRY_UNAVAILABLE: &str = "SchemaRegistryUnavailable";
+
 /// Why a row's messages could not be handed to the producer.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SendError {
@@ -100,6 +104,27 @@ impl From<DeliveryFailure> for Failure {
     }
 }
 
+/// A message whose key is bytes, or absent (Avro topics' keys).
+#[cfg(feature = "avro")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawMessage {
+    pub(crate) topic: String,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) partition_key: Option<String>,
+    pub(crate) payload: Option<Vec<u8>>,
+}
+
+/// A message as handed to the producer.
+struct Wire<'m> {
+    topic: &'m str,
+    key: Option<&'m [u8]>,
+    partition_key: Option<&'m str>,
+    payload: Option<&'m [u8]>,
+    /// Milliseconds since the Unix epoch (`None`: the producer's clock).
+    timestamp: Option<i64>,
+    headers: &'m [(&'static str, String)],
+}
+
 /// Partition counts per topic, shared by every sender of a process.
 #[derive(Debug, Default)]
 pub(crate) struct TopicCache {
@@ -119,28 +144,63 @@ impl Sender<'_> {
     /// delivery. Runs in a `dionysus.publish` span, timed in `dionysus_relay_publish_seconds`
     /// (the broker's acknowledgement is awaited apart, see [`await_deliveries`]).
     pub(crate) async fn send(&self, messages: &[OutgoingMessage]) -> Result<Vec<DeliveryFuture>, SendError> {
+        let wire: Vec<Wire<'_>> = messages
+            .iter()
+            .map(|message| Wire {
+                topic: &message.topic,
+                key: Some(message.key.as_bytes()),
+                partition_key: message.partition_key.as_deref(),
+                payload: message.payload.as_deref(),
+                timestamp: message.timestamp,
+                headers: &message.headers,
+            })
+            .collect();
+        self.send_wire(&wire).await
+    }
+
+    /// [`Sender::send`] for messages whose keys are bytes (or absent), as Avro topics have.
+    #[cfg(feature = "avro")]
+    pub(crate) async fn send_raw(&self, messages: &[RawMessage]) -> Result<Vec<DeliveryFuture>, SendError> {
+        let wire: Vec<Wire<'_>> = messages
+            .iter()
+            .map(|message| Wire {
+                topic: &message.topic,
+                key: message.key.as_deref(),
+                partition_key: message.partition_key.as_deref(),
+                payload: message.payload.as_deref(),
+                timestamp: None,
+                headers: &[],
+            })
+            .collect();
+        self.send_wire(&wire).await
+    }
+
+    async fn send_wire(&self, messages: &[Wire<'_>]) -> Result<Vec<DeliveryFuture>, SendError> {
         use tracing::Instrument as _;
         let started = std::time::Instant::now();
-        let topic = messages.first().map_or("", |message| message.topic.as_str());
+        let topic = messages.first().map_or("", |message| message.topic);
         let span = tracing::debug_span!("dionysus.publish", topic, messages = messages.len());
         let result = self.enqueue(messages).instrument(span).await;
         metrics::histogram!("dionysus_relay_publish_seconds").record(started.elapsed().as_secs_f64());
         result
     }
 
-    async fn enqueue(&self, messages: &[OutgoingMessage]) -> Result<Vec<DeliveryFuture>, SendError> {
+    async fn enqueue(&self, messages: &[Wire<'_>]) -> Result<Vec<DeliveryFuture>, SendError> {
         let mut deliveries = Vec::with_capacity(messages.len());
         for message in messages {
-            let partition = match &message.partition_key {
+            let partition = match message.partition_key {
                 Some(key) => Some(crate::wire::partition::partition_for(
                     key.as_bytes(),
-                    self.partition_count(&message.topic).await?,
+                    self.partition_count(message.topic).await?,
                 )),
                 None => None,
             };
-            let mut record = FutureRecord::<str, [u8]>::to(&message.topic).key(&message.key);
-            if let Some(payload) = &message.payload {
-                record = record.payload(payload.as_slice());
+            let mut record = FutureRecord::<[u8], [u8]>::to(message.topic);
+            if let Some(key) = message.key {
+                record = record.key(key);
+            }
+            if let Some(payload) = message.payload {
+                record = record.payload(payload);
             }
             if let Some(partition) = partition {
                 record = record.partition(partition);
@@ -168,7 +228,7 @@ impl Sender<'_> {
                         self.producer.poll(Timeout::After(Duration::from_millis(10)));
                         tokio::task::yield_now().await;
                     }
-                    Err((source, _)) => return Err(SendError::Produce { topic: message.topic.clone(), source }),
+                    Err((source, _)) => return Err(SendError::Produce { topic: message.topic.to_owned(), source }),
                 }
             }
         }

@@ -86,6 +86,20 @@ pub async fn published_with(handle: &Dionysus, conn: &mut AsyncPgConnection) -> 
                     payload: message.payload,
                 }));
             }
+            // An Avro row before encoding: its record's attributes as JSON (null for a tombstone).
+            RowPreview::Planned(RowPlan::Avro(avro)) => {
+                let payload = (!avro.tombstone).then(|| avro.attributes.to_string().into_bytes());
+                published.messages.extend(avro.topics.into_iter().map(|topic| PublishedMessage {
+                    outbox_id: row.id,
+                    model_name: row.resource_class.clone(),
+                    id: row.resource_id.clone(),
+                    event_name: row.event_name.clone(),
+                    topic,
+                    key: avro.id.clone(),
+                    partition_key: avro.partition_key.clone(),
+                    payload: payload.clone(),
+                }));
+            }
             RowPreview::Planned(RowPlan::Skip(_)) => published.skipped.push(skipped(&row, SkipReason::RecordGone)),
             RowPreview::Planned(RowPlan::DeferredObservers) => {
                 published.skipped.push(skipped(&row, SkipReason::DeferredObservers));

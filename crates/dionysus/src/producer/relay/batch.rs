@@ -19,7 +19,7 @@ use crate::config::ProducerConfig;
 use crate::producer::outbox::open_changeset;
 use crate::producer::outbox::{owner_updated_row, related_owners_filter, Changeset, NewOutboxRow};
 use crate::producer::plan::{self, Composed, PlanError, RowPlan, RowRef};
-use crate::producer::sender::{self, Failure, Sender};
+use crate::producer::sender::{self, Failure, Sender, REGISTRY_UNAVAILABLE};
 use crate::producer::serialize::SideloadError;
 use crate::registry::model::{Condition, IdValue, Record, Relation};
 use crate::registry::Registry;
@@ -81,6 +81,9 @@ pub(crate) struct Batch<'a> {
     pub(crate) sender: Sender<'a>,
     pub(crate) monitor: &'a Monitor,
     pub(crate) delivery_timeout: Duration,
+    /// Encodes the rows of Avro topics.
+    #[cfg(feature = "avro")]
+    pub(crate) avro: &'a crate::producer::avro::Encoder,
 }
 
 /// Where a batch reads: the worker's buckets, at most `limit` rows, ids above `after` (0:
@@ -254,6 +257,13 @@ impl Batch<'_> {
                     }
                     Err(error) => Outcome::Failed(error.into()),
                 },
+                RowPlan::Avro(avro_row) => match self.send_avro(&avro_row).await {
+                    Ok(sent) => {
+                        deliveries.push((index, sent));
+                        Outcome::NotSent // replaced once its deliveries are settled
+                    }
+                    Err(failure) => Outcome::Failed(failure),
+                },
                 RowPlan::Skip(reason) => {
                     // Normal (a record destroyed before its update was published): said at
                     // debug level and counted, not warned about.
@@ -293,6 +303,20 @@ impl Batch<'_> {
             outcomes.push(outcome);
         }
         InFlight { prepared, outcomes, deliveries }
+    }
+
+    /// Encodes a row of an Avro topic and hands its messages to the producer.
+    async fn send_avro(&self, row: &plan::AvroRow) -> Result<Vec<rdkafka::producer::DeliveryFuture>, Failure> {
+        #[cfg(feature = "avro")]
+        {
+            let messages = self.avro.messages(row).await?;
+            Ok(self.sender.send_raw(&messages).await?)
+        }
+        #[cfg(not(feature = "avro"))]
+        {
+            let error = PlanError::AvroTopic(row.topics.join(", "));
+            Err(Failure { class: plan_error_class(&error), message: Report(&error).to_string() })
+        }
     }
 
     /// Awaits the delivery reports of a batch (no database work: the next batch may be read
@@ -627,7 +651,8 @@ pub(crate) async fn record_failures(
         delays.push(decision.delay.as_secs_f64());
         // A row that does not open lacks a key of ours, not a fault of its own: it waits,
         // retried with backoff, however long the key is missing (never parked).
-        parks.push(decision.park && failure.class != SEAL_ERROR);
+        // Nor is a schema registry that cannot be reached.
+        parks.push(decision.park && failure.class != SEAL_ERROR && failure.class != REGISTRY_UNAVAILABLE);
     }
     diesel::sql_query(
         "UPDATE dionysus_outbox AS o SET attempts = o.attempts + 1, error_class = f.class, \

@@ -273,6 +273,8 @@ impl RelayBuilder {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".to_owned());
             format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
         });
+        #[cfg(feature = "avro")]
+        let avro = crate::producer::avro::Encoder::new(&self.config.schemas);
         Ok(Relay {
             inner: Arc::new(Inner {
                 config: self.config,
@@ -289,6 +291,8 @@ impl RelayBuilder {
                 prefix,
                 delivery_timeout,
                 wake: tokio::sync::Notify::new(),
+                #[cfg(feature = "avro")]
+                avro,
             }),
         })
     }
@@ -322,6 +326,9 @@ struct Inner {
     delivery_timeout: Duration,
     /// Wakes idle workers when the outbox announces new rows (publish-after-commit).
     wake: tokio::sync::Notify,
+    /// Encodes the rows of Avro topics.
+    #[cfg(feature = "avro")]
+    avro: crate::producer::avro::Encoder,
 }
 
 /// What a worker keeps between iterations.
@@ -411,6 +418,8 @@ impl Relay {
             },
             monitor: &self.inner.monitor,
             delivery_timeout: self.inner.delivery_timeout,
+            #[cfg(feature = "avro")]
+            avro: &self.inner.avro,
         }
     }
 
