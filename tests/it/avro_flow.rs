@@ -14,7 +14,7 @@ use dionysus::__internals::consumer::InboundMessage;
 use dionysus::avro::{codec, framing};
 use dionysus::config::Config;
 use dionysus::config::SchemaBackend;
-use dionysus::consumer::replica::{Replica, Replicas};
+use dionysus::consumer::replica::{Replica, ReplicaDescriptor, Replicas};
 use dionysus::consumer::{Consumer, ConsumerError};
 use dionysus::outbox::Outbox;
 use dionysus::registry::model::Record;
@@ -67,12 +67,12 @@ pub struct AvroSourceRental {
     pub updated_at: DateTime<Utc>,
 }
 
-/// The consumer's replica of `com.example.Rental` records (the schema's record name is the
-/// model the consumer gives them on a topic no replica names).
+/// The consumer's replica of `com.example.Rental` records. Each test reads its own topic:
+/// `Setup::replica_model` is this declaration moved to it, and its model names the records.
 #[allow(dead_code)]
 #[derive(dionysus::Consume)]
 #[diesel(table_name = avro_replica_rentals)]
-#[consume(topic = "avro_flow_rentals", model = "Rental", schema = "com.example.Rental")]
+#[consume(topic = "avro_flow_rentals", model = "AvroRental", schema = "com.example.Rental")]
 pub struct AvroReplicaRental {
     pub synced_id: i64,
     pub synced_updated_at: Option<DateTime<Utc>>,
@@ -133,6 +133,8 @@ struct Setup {
     schemas: TestRegistry,
     kafka: dionysus::config::KafkaConfig,
     backend: SchemaBackend,
+    /// [`AvroReplicaRental`]'s declaration, on this test's topic.
+    replica_model: &'static ReplicaDescriptor,
 }
 
 async fn setup() -> Setup {
@@ -148,7 +150,11 @@ async fn setup_with(backend: SchemaBackend, serialize: SerializeFn) -> Setup {
     let dead_letters = create_topic(&kafka, "avro_flow_dlq", 1).await;
     let declarations = avro_registry(&topic, serialize);
     let schemas = TestRegistry::start().await.unwrap();
-    Setup { db, conn, topic, dead_letters, declarations, schemas, kafka, backend }
+    let replica_model = Box::leak(Box::new(ReplicaDescriptor {
+        topic: Box::leak(topic.clone().into_boxed_str()),
+        ..AvroReplicaRental::DESCRIPTOR.clone()
+    }));
+    Setup { db, conn, topic, dead_letters, declarations, schemas, kafka, backend, replica_model }
 }
 
 impl Setup {
@@ -174,7 +180,7 @@ impl Setup {
     fn consumer(&self) -> Consumer {
         Consumer::builder(self.config())
             .pool(self.db.pool(4))
-            .replicas(Replicas::new([AvroReplicaRental::DESCRIPTOR]))
+            .replicas(Replicas::new([self.replica_model]))
             .registry(self.declarations)
             .topic(&self.topic)
             .handlers(false)

@@ -78,7 +78,7 @@ pub struct CascadeBooking {
 #[allow(dead_code)]
 #[derive(dionysus::Consume)]
 #[diesel(table_name = replicated_cascade_rentals)]
-#[consume(topic = "v8_cascade_rentals", model = "Rental", cascade(CascadeRental -> CascadeBooking))]
+#[consume(topic = "v8_cascade_rentals", model = "CascadeRental", cascade(CascadeRental -> CascadeBooking))]
 pub struct ReplicatedCascadeRental {
     pub synced_id: i64,
     pub synced_updated_at: Option<DateTime<Utc>>,
@@ -157,7 +157,12 @@ fn message(offset: i64, event: &str, model: &str, records: Value) -> InboundMess
 
 fn rental(offset: i64, id: i64, name: &str) -> InboundMessage {
     let updated_at = format!("2024-01-01T00:00:{:02}.000Z", offset % 60);
-    message(offset, "rental_updated", "Rental", json!([{"id": id, "name": name, "updated_at": updated_at}]))
+    message(
+        offset,
+        "cascade_rental_updated",
+        "CascadeRental",
+        json!([{"id": id, "name": name, "updated_at": updated_at}]),
+    )
 }
 
 /// The outbox rows as (event name, topic, resource id, partition key).

@@ -113,7 +113,7 @@ impl NamedRoles {
 /// Everything the runtime needs to know about a replica model; built at compile time by
 /// `#[derive(Consume)]` with the default attribute names, and resolved against the
 /// configured names when a consumer is built ([`ReplicaDescriptor::configured`]).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaDescriptor {
     /// The source model's name on the wire (`model_name`), e.g. `Rental`.
     pub model: &'static str,
