@@ -25,6 +25,7 @@ use super::schemas::{LocalSchemas, SchemaError};
 use super::{key_subject, value_subject};
 use crate::config::{SchemaBackend, SchemaConfig};
 use crate::registry::KeyConfig;
+use crate::wire::record::kind;
 
 /// Writing or reading an Avro message failed.
 #[derive(Debug, thiserror::Error)]
@@ -238,17 +239,6 @@ pub fn auto_fields() -> AutoFields {
     AutoFields {
         message_id: uuid::Builder::from_random_bytes(rand::random()).into_uuid().hyphenated().to_string(),
         timestamp: chrono::Utc::now(),
-    }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

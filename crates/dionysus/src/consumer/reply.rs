@@ -130,6 +130,18 @@ pub enum ReplyError {
         /// The declared topics.
         known: String,
     },
+    /// The reply's topic is declared `format = "avro"`: replies are dionysus envelopes, which
+    /// that topic's readers would not decode.
+    #[error(
+        "reply `{event}` goes to `{topic}`, an Avro topic; replies are JSON envelopes, so send them to a JSON topic \
+         (publish the record through its #[publish] model to reach an Avro topic)"
+    )]
+    AvroTopic {
+        /// The reply's event name.
+        event: String,
+        /// The topic asked for.
+        topic: String,
+    },
     /// The reply's payload could not be turned into JSON.
     #[error("serializing the payload of reply `{event}`")]
     Payload {
@@ -288,8 +300,18 @@ impl ComposedRow {
 /// The row of a reply to `cause`.
 pub(crate) fn reply_row(registry: &Registry, cause: Cause<'_>, reply: Reply) -> Result<ComposedRow, ReplyError> {
     let topic = reply.topic.unwrap_or_else(|| cause.message.topic.clone());
-    if registry.resolve(&topic).is_none() {
-        return Err(ReplyError::UnknownTopic { event: reply.event, topic, known: registry.topic_names().join(", ") });
+    match registry.resolve(&topic) {
+        None => {
+            return Err(ReplyError::UnknownTopic {
+                event: reply.event,
+                topic,
+                known: registry.topic_names().join(", "),
+            })
+        }
+        Some((declaration, _)) if declaration.format != crate::registry::TopicFormat::Json => {
+            return Err(ReplyError::AvroTopic { event: reply.event, topic });
+        }
+        Some(_) => {}
     }
     let data = match reply.payload {
         Ok(data) => data,
@@ -476,6 +498,22 @@ mod tests {
         let registry = Registry::new([], []);
         let error = reply_row(&registry, cause, Reply::event("x", &Value::Null).on("nowhere")).unwrap_err();
         assert!(matches!(error, ReplyError::UnknownTopic { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_reply_to_an_avro_topic_is_refused() {
+        use crate::registry::{KeyConfig, TopicDeclaration, TopicFormat};
+        static AVRO: TopicDeclaration = TopicDeclaration {
+            name: "avro_rentals",
+            full_name: "avro_rentals",
+            format: TopicFormat::Avro { schema: "com.example.Rental", key: KeyConfig::Plain },
+            ..TopicDeclaration::INVALID
+        };
+        let message = message(serde_json::json!({}));
+        let cause = Cause { message: &message, event: "rental_updated", model_name: "Rental" };
+        let registry = Registry::new([&AVRO], []);
+        let error = reply_row(&registry, cause, Reply::event("x", &Value::Null).on("avro_rentals")).unwrap_err();
+        assert!(matches!(error, ReplyError::AvroTopic { .. }), "{error}");
     }
 
     #[test]
