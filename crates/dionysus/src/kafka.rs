@@ -368,6 +368,17 @@ pub async fn partition_counts(
     Ok(topics.iter().map(|name| (name.clone(), existing.get(name).copied())).collect())
 }
 
+/// The partition ids of `topic` in `metadata` (none when the broker reported the topic with
+/// an error or not at all).
+pub(crate) fn partition_ids(metadata: &rdkafka::metadata::Metadata, topic: &str) -> Vec<i32> {
+    metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect()
+}
+
 /// Every topic the broker has, with its partition count.
 pub async fn broker_topics(kafka: &KafkaConfig) -> Result<BTreeMap<String, i32>, TransportError> {
     let config = client_config(kafka);

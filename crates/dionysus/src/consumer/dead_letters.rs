@@ -167,12 +167,7 @@ fn read(
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
         .map_err(DeadLetterError::kafka("reading the metadata of", topic))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions = crate::kafka::partition_ids(&metadata, topic);
     if partitions.is_empty() {
         return Err(DeadLetterError::NoTopic { topic: topic.to_owned() });
     }

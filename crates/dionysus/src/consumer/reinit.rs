@@ -473,13 +473,7 @@ impl Broker {
         for topic in topics {
             let metadata =
                 self.client.fetch_metadata(Some(topic), BROKER_TIMEOUT).map_err(self.kafka(ReinitStep::ReadOffsets))?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .filter(|t| t.name() == topic && t.error().is_none())
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            for partition in partitions {
+            for partition in crate::kafka::partition_ids(&metadata, topic) {
                 let (low, high) = self
                     .client
                     .fetch_watermarks(topic, partition, BROKER_TIMEOUT)
