@@ -1021,6 +1021,8 @@ mod tests {
             ("DIONYSUS_SEED_BROKER", "k1", "host:port"),
             ("DIONYSUS_CLIENT_ID", " ", "a non-empty value"),
             ("DIONYSUS_OUTBOX_WORKER_SLEEP_SECONDS", "-1", "a number of seconds"),
+            ("DIONYSUS_SCHEMA_BACKEND", "confluent", "one of registry, local, validation"),
+            ("DIONYSUS_SCHEMA_REGISTRY_URL", " ", "a non-empty value"),
         ];
         for (var, value, expected) in cases {
             let error = from(&[(var, value)]).unwrap_err();
