@@ -40,6 +40,16 @@ pub(crate) fn id_key(id: &Value) -> String {
     }
 }
 
+/// `t.<id> = ANY(ARRAY(<the ids of the records in $1>))`: the rows of a statement's records,
+/// found through the synced-id index whatever the table's size was when PostgreSQL planned
+/// the (cached, prepared) statement. A join on the ids or `IN (SELECT …)` is planned as a
+/// hash join over a sequential scan when the table is empty at the first executions — as a
+/// new replica is — and that generic plan then scans the whole table for every batch while
+/// the table grows (measured: 21 ms per batch at 10k rows, against 0.2 ms).
+fn by_index(table: &str, id: &str) -> String {
+    format!("t.{id} = ANY(ARRAY(SELECT k.{id} FROM jsonb_populate_recordset(NULL::{table}, $1) AS k))")
+}
+
 #[derive(QueryableByName)]
 struct JsonRow {
     #[diesel(sql_type = Jsonb)]
@@ -65,9 +75,8 @@ pub(crate) async fn load_rows(
     let table = quote_ident(replica.table);
     let id = quote_ident(replica.synced_id);
     let sql = format!(
-        "SELECT to_jsonb(t) AS row FROM {table} t \
-         WHERE t.{id} IN (SELECT s.{id} FROM jsonb_populate_recordset(NULL::{table}, $1) s) \
-         ORDER BY t.{id} FOR UPDATE OF t"
+        "SELECT to_jsonb(t) AS row FROM {table} t WHERE {} ORDER BY t.{id} FOR UPDATE OF t",
+        by_index(&table, &id),
     );
     let keys: Vec<Value> = ids.iter().map(|value| single(replica.synced_id, value.clone())).collect();
     let rows: Vec<JsonRow> = diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(keys)).load(conn).await?;
@@ -155,8 +164,9 @@ pub(crate) async fn update_rows(
     let guard = if guarded { guard_row(replica, "s") } else { "TRUE".to_owned() };
     let sql = format!(
         "UPDATE {table} AS t SET {} FROM jsonb_populate_recordset(NULL::{table}, $1) AS s \
-         WHERE t.{id} = s.{id} AND {guard}",
+         WHERE t.{id} = s.{id} AND {} AND {guard}",
         assignments.join(", "),
+        by_index(&table, &id),
     );
     let rows: Vec<Value> = rows.into_iter().map(Value::Object).collect();
     diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(rows)).execute(conn).await
@@ -576,8 +586,10 @@ pub(crate) async fn delete_guarded(
     let sql = format!(
         "WITH s AS MATERIALIZED (SELECT (jsonb_populate_record(NULL::{table}, e.j)).{id} AS id, \
                 (e.j->>'{EVENT_TIME_KEY}')::timestamptz AS at FROM jsonb_array_elements($1) AS e(j)), \
-              d AS (DELETE FROM {table} AS t USING s WHERE t.{id} = s.id AND {guard} RETURNING 1) \
-         SELECT t.{id}::text AS id FROM {table} AS t JOIN s ON t.{id} = s.id WHERE NOT {guard}"
+              d AS (DELETE FROM {table} AS t USING s WHERE t.{id} = s.id AND {ids} AND {guard} RETURNING 1) \
+         SELECT t.{id}::text AS id FROM {table} AS t JOIN s ON t.{id} = s.id WHERE {ids} AND NOT {guard}",
+        // Through the index, as in `by_index`.
+        ids = format!("t.{id} = ANY(ARRAY(SELECT s.id FROM s))"),
     );
     let stale: Vec<KeyRow> = diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(payload)).load(conn).await?;
     Ok(stale.into_iter().map(|key| key.id).collect())
@@ -598,7 +610,8 @@ pub(crate) async fn delete_rows(
     let table = quote_ident(replica.table);
     let id = quote_ident(replica.synced_id);
     let sql = format!(
-        "DELETE FROM {table} AS t USING jsonb_populate_recordset(NULL::{table}, $1) AS s WHERE t.{id} = s.{id}"
+        "DELETE FROM {table} AS t USING jsonb_populate_recordset(NULL::{table}, $1) AS s WHERE t.{id} = s.{id} AND {}",
+        by_index(&table, &id),
     );
     let keys: Vec<Value> = ids.iter().map(|value| single(replica.synced_id, value.clone())).collect();
     diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(keys)).execute(conn).await
@@ -751,5 +764,64 @@ mod tests {
         assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
         assert_eq!(id_key(&Value::from(12)), "12");
         assert_eq!(id_key(&Value::from("a")), "a");
+    }
+
+    /// The statements that find rows by their synced ids use the index even with the plan
+    /// PostgreSQL caches for a table that was empty when first executed (a new replica): no
+    /// sequential scan of the table, which would cost a whole-table read per batch.
+    #[cfg(feature = "testing")]
+    #[tokio::test]
+    async fn rows_are_found_through_the_index_whatever_the_cached_plan() {
+        use diesel_async::{AsyncConnection as _, SimpleAsyncConnection as _};
+
+        static COLUMNS: [Column; 3] = [
+            Column::named("synced_id", ColumnKind::Integer, false),
+            Column::named("synced_updated_at", ColumnKind::Timestamp, true),
+            Column::named("name", ColumnKind::Text, true),
+        ];
+        static REPLICA: ReplicaDescriptor = ReplicaDescriptor {
+            model: "PlanRental",
+            table: "plan_rentals",
+            columns: &COLUMNS,
+            synced_updated_at: Some("synced_updated_at"),
+            ..ReplicaDescriptor::INVALID
+        };
+        #[derive(QueryableByName)]
+        struct Scans {
+            #[diesel(sql_type = BigInt)]
+            seq_scan: i64,
+            #[diesel(sql_type = BigInt)]
+            idx_scan: i64,
+        }
+
+        let db = crate::testing::TestDatabase::builder()
+            .migrations(false)
+            .sql("CREATE TABLE plan_rentals (synced_id BIGINT NOT NULL UNIQUE, synced_updated_at TIMESTAMPTZ, name TEXT)")
+            .create()
+            .await
+            .unwrap();
+        let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
+        // What PostgreSQL does after a statement's fifth execution, at once.
+        conn.batch_execute("SET plan_cache_mode = force_generic_plan; BEGIN").await.unwrap();
+        let ids = [Value::from(1), Value::from(2)];
+        let row = |id: i64| {
+            let mut row = Map::new();
+            row.insert("synced_id".to_owned(), Value::from(id));
+            row.insert("name".to_owned(), Value::from("Villa"));
+            row
+        };
+        for _ in 0..2 {
+            assert!(load_rows(&mut conn, &REPLICA, &ids).await.unwrap().is_empty());
+            assert_eq!(update_rows(&mut conn, &REPLICA, vec![row(1), row(2)], true).await.unwrap(), 0);
+            assert!(delete_guarded(&mut conn, &REPLICA, vec![(Value::from(1), None)]).await.unwrap().is_empty());
+            assert_eq!(delete_rows(&mut conn, &REPLICA, &ids).await.unwrap(), 0);
+        }
+        let scans: Scans =
+            diesel::sql_query("SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables WHERE relname = 'plan_rentals'")
+                .get_result(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(scans.seq_scan, 0, "a statement scanned the whole table");
+        assert!(scans.idx_scan >= 8, "{} index scans", scans.idx_scan);
     }
 }
