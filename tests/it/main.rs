@@ -13,6 +13,7 @@ mod compatibility;
 mod config_env;
 mod console_browser;
 mod consumer_bounds;
+mod consumer_direct;
 mod consumer_handlers;
 mod consumer_kafka;
 mod consumer_models;

@@ -597,7 +597,7 @@ impl ConsumerBuilder {
         for warning in declarations::handler_warnings(registry, &declared_replicas, consumed_handlers) {
             tracing::warn!(handler = warning.handler, topic = warning.topic, event = warning.event, "{warning}");
         }
-        let rules = Rules {
+        let mut rules = Rules {
             replicas,
             import_topics: self.import_topics,
             filters: self.filters,
@@ -612,6 +612,7 @@ impl ConsumerBuilder {
                 !self.subscribers.is_empty()
                     || (self.handlers && handlers().any(|handler| topics.iter().any(|topic| *topic == handler.topic)))
             }),
+            records_unread: false,
         };
         let (in_transaction, after_commit): (Vec<_>, Vec<_>) =
             handlers().filter(|_| self.handlers).partition(|handler| handler.in_transaction);
@@ -637,6 +638,13 @@ impl ConsumerBuilder {
                 related: unpublished.related().model_name,
             });
         }
+        let cascades = if self.cascades_on { cascades } else { Vec::new() };
+        let reads_topic = |handler: &&HandlerDeclaration| topics.iter().any(|topic| *topic == handler.topic);
+        rules.records_unread = !rules.track_changes
+            && rules.filters.is_empty()
+            && self.subscribers.is_empty()
+            && !in_transaction.iter().chain(&after_commit).any(reads_topic)
+            && cascades.is_empty();
         let progress = Arc::new(progress::Progress::new(self.config.consumer.stall_timeout));
         Ok(Consumer {
             inner: Arc::new(Inner {
@@ -661,7 +669,7 @@ impl ConsumerBuilder {
                 replies: self.replies,
                 #[cfg(feature = "avro")]
                 avro,
-                cascades: if self.cascades_on { cascades } else { Vec::new() },
+                cascades,
                 replaying: super::replaying::Replaying::default(),
             }),
         })
@@ -853,13 +861,28 @@ impl Consumer {
     /// [`ConsumerError::SetupFault`] at once, with nothing dead-lettered or stored.
     #[doc(hidden)]
     pub async fn process_batch(&self, messages: &[InboundMessage]) -> Result<BatchOutcome, ConsumerError> {
+        self.process(messages, true).await
+    }
+
+    /// [`Consumer::process_batch`] for a caller that does not look at the events, as the
+    /// Kafka loop runs batches: when no one else reads them either (no local changes,
+    /// filters, subscribers, handlers of the consumed topics or cascades), the usual batch
+    /// is written straight from its messages, and the outcome's `events` is empty. The
+    /// rows, offsets and dead letters are the same.
+    #[doc(hidden)]
+    pub async fn process_batch_unobserved(&self, messages: &[InboundMessage]) -> Result<BatchOutcome, ConsumerError> {
+        self.process(messages, false).await
+    }
+
+    async fn process(&self, messages: &[InboundMessage], observed: bool) -> Result<BatchOutcome, ConsumerError> {
         let never = CancellationToken::new();
         #[cfg(feature = "avro")]
         let translated = self.translate(messages).await?;
         #[cfg(feature = "avro")]
         let messages = translated.as_ref().map_or(messages, |translated| &translated.messages[..]);
         #[allow(unused_mut, reason = "changed only with the avro feature")]
-        let mut outcome = self.apply_with_retry(messages, &mut |_| Box::pin(async { Ok(()) }), &never).await?;
+        let mut outcome =
+            self.apply_with_retry(messages, &mut |_| Box::pin(async { Ok(()) }), &never, observed).await?;
         #[cfg(feature = "avro")]
         if let Some(translated) = &translated {
             outcome.dead_letters = outcome.dead_letters.iter().map(|dead| translated.original(dead)).collect();
@@ -889,11 +912,15 @@ impl Consumer {
     }
 
     /// One transaction for the batch; dead letters are handed to `dead_letter` before commit.
+    /// Unless the caller looks at the events (`observed`), a batch no one reads is written
+    /// straight from its messages when it can be ([`direct`](super::direct)); its events
+    /// are then not reported.
     async fn apply_once(
         &self,
         conn: &mut AsyncPgConnection,
         messages: &[InboundMessage],
         dead_letter: &mut DeadLetterSink<'_>,
+        observed: bool,
     ) -> Result<BatchOutcome, ConsumerError> {
         let Some(first) = messages.first() else { return Ok(BatchOutcome::default()) };
         let (topic, partition) = (first.topic.clone(), first.partition);
@@ -936,6 +963,22 @@ impl Consumer {
             };
             let next_offset = last.offset + 1;
             let decoding = Instant::now();
+            let rules = &self.inner.rules;
+            let direct = (!observed && rules.records_unread)
+                .then(|| {
+                    tracing::debug_span!("dionysus.decode", %topic, partition, messages = fresh.len(), direct = true)
+                        .in_scope(|| super::direct::prepare(rules, &fresh))
+                })
+                .flatten();
+            if let Some(direct) = direct {
+                metrics::histogram!("dionysus_consumer_decode_seconds").record(decoding.elapsed().as_secs_f64());
+                sql::advisory_locks(conn, direct.locks.clone()).await.map_err(db(BatchStep::ProcessingLocks))?;
+                direct.write(conn, &rules.column_types).await.map_err(db(BatchStep::WriteRows))?;
+                sql::store_offset(conn, &self.inner.group, &topic, partition, next_offset)
+                    .await
+                    .map_err(db(BatchStep::StoreOffset))?;
+                return Ok(BatchOutcome { already_applied, next_offset: Some(next_offset), ..BatchOutcome::default() });
+            }
             let mut prepared: PreparedBatch =
                 tracing::debug_span!("dionysus.decode", %topic, partition, messages = fresh.len())
                     .in_scope(|| self.inner.rules.prepare(&fresh));
@@ -993,6 +1036,7 @@ impl Consumer {
         messages: &[InboundMessage],
         dead_letter: &mut DeadLetterSink<'_>,
         shutdown: &CancellationToken,
+        observed: bool,
     ) -> Result<BatchOutcome, ConsumerError> {
         let attempts = self.inner.config.consumer.retry_attempts.max(1);
         let mut attempt: u32 = 0;
@@ -1000,7 +1044,7 @@ impl Consumer {
         let (mut transient_delays, mut undetermined_delays) = (retry_delays(), retry_delays());
         loop {
             let result = match crate::db::checkout(&self.inner.pool).await {
-                Ok(mut conn) => self.apply_once(&mut conn, messages, dead_letter).await,
+                Ok(mut conn) => self.apply_once(&mut conn, messages, dead_letter, observed).await,
                 Err(error) => Err(ConsumerError::Pool(error)),
             };
             let error = match result {
@@ -1050,7 +1094,7 @@ impl Consumer {
                         }
                         Verdict::Rejected | Verdict::Undetermined => {
                             tracing::warn!(error = %Report(&error), "batch rejected by the database; applying its messages one by one");
-                            return self.apply_one_by_one(messages, dead_letter, shutdown).await;
+                            return self.apply_one_by_one(messages, dead_letter, shutdown, observed).await;
                         }
                     },
                 },
@@ -1084,7 +1128,7 @@ impl Consumer {
                 }
                 ConsumerError::Handler { handler, .. } => {
                     tracing::warn!(error = %Report(&error), handler, "a handler failed inside the batch's transaction; applying its messages one by one");
-                    return self.apply_one_by_one(messages, dead_letter, shutdown).await;
+                    return self.apply_one_by_one(messages, dead_letter, shutdown, observed).await;
                 }
                 _ => return Err(error),
             };
@@ -1219,10 +1263,12 @@ impl Consumer {
         messages: &[InboundMessage],
         dead_letter: &mut DeadLetterSink<'_>,
         shutdown: &CancellationToken,
+        observed: bool,
     ) -> Result<BatchOutcome, ConsumerError> {
         let mut total = BatchOutcome::default();
         for message in messages {
-            let outcome = Box::pin(self.apply_with_retry(std::slice::from_ref(message), dead_letter, shutdown)).await?;
+            let outcome =
+                Box::pin(self.apply_with_retry(std::slice::from_ref(message), dead_letter, shutdown, observed)).await?;
             total.events.extend(outcome.events);
             total.dead_letters.extend(outcome.dead_letters);
             total.already_applied += outcome.already_applied;

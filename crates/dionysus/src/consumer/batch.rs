@@ -107,6 +107,10 @@ pub(crate) struct Rules {
     pub(crate) track_changes: bool,
     /// Column types of the replica tables, read once.
     pub(crate) column_types: ColumnTypes,
+    /// Whether no one reads what a batch did: no local changes, filters, event-bus
+    /// subscribers, handlers of the consumed topics or cascades. The Kafka loop then writes
+    /// its usual batches straight from the messages ([`super::direct`]).
+    pub(crate) records_unread: bool,
 }
 
 /// One event ready to apply.
@@ -233,7 +237,7 @@ impl From<RecordError> for Rejection {
 /// Whether `id` is an integer id as written in its one canonical form: a JSON integer that
 /// fits a BIGINT, or a string of decimal digits without sign, padding or leading zeros
 /// (`-0`, `80.0`, `8e1`, `" 80"`, `"080"` are not), so that the id checked is the id written.
-fn is_canonical_integer_id(id: &Value) -> bool {
+pub(super) fn is_canonical_integer_id(id: &Value) -> bool {
     match id {
         Value::Number(number) => number.is_i64() || (number.is_u64() && number.as_i64().is_some()),
         Value::String(text) => canonical_integer(text).is_some(),
@@ -275,7 +279,7 @@ pub(crate) fn rejected_payload(error: &str) -> Vec<u8> {
 
 /// The error a stand-in of [`rejected_payload`] carries.
 #[cfg(feature = "avro")]
-fn rejection(payload: &[u8]) -> Option<String> {
+pub(super) fn rejection(payload: &[u8]) -> Option<String> {
     payload.strip_prefix(REJECTED).map(|error| String::from_utf8_lossy(error).into_owned())
 }
 
@@ -719,15 +723,15 @@ impl Hash for Exact<'_> {
 
 /// A row's synced id as a hash key, equal exactly when the ids' [`id_key`]s are, without
 /// making text of integer ids.
-#[derive(PartialEq, Eq, Hash)]
-enum RowKey<'a> {
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(super) enum RowKey<'a> {
     Integer(i64),
     Text(&'a str),
     Owned(Box<str>),
 }
 
 impl<'a> RowKey<'a> {
-    fn of(id: &'a Value) -> RowKey<'a> {
+    pub(super) fn of(id: &'a Value) -> RowKey<'a> {
         match id {
             Value::String(text) => canonical_integer(text).map_or(RowKey::Text(text), RowKey::Integer),
             Value::Number(number) => match number.as_i64() {
@@ -740,6 +744,15 @@ impl<'a> RowKey<'a> {
             }
         }
     }
+
+    /// The same key, holding its text.
+    pub(super) fn into_owned(self) -> RowKey<'static> {
+        match self {
+            RowKey::Integer(integer) => RowKey::Integer(integer),
+            RowKey::Text(text) => RowKey::Owned(text.into()),
+            RowKey::Owned(text) => RowKey::Owned(text),
+        }
+    }
 }
 
 /// A child replica and the `(parent id, child ids)` links to resolve on it.
@@ -748,7 +761,7 @@ type Resolve<'a> = (&'static ReplicaDescriptor, Vec<(&'a Value, Vec<&'a Value>)>
 /// Rows written by one statement at most. The values of a row are computed from its record
 /// when its statement is built and dropped once it ran, so this bounds what a write holds
 /// beyond the events themselves, whatever the size of the message.
-const ROWS_PER_STATEMENT: usize = 1_000;
+pub(super) const ROWS_PER_STATEMENT: usize = 1_000;
 
 /// Applies a prepared batch in the caller's transaction and returns the events to report.
 /// Takes the batch's work (its events move into the result); the dead letters stay.
@@ -1298,6 +1311,7 @@ mod tests {
             max_future_skew: std::time::Duration::from_secs(60),
             track_changes: false,
             column_types: ColumnTypes::default(),
+            records_unread: true,
         };
         let message = |offset: i64, model: &str| InboundMessage {
             topic: "t".to_owned(),

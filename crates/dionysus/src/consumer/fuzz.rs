@@ -74,6 +74,7 @@ fn rules(max_message_bytes: usize) -> Rules {
         max_future_skew: Duration::from_secs(86_400),
         track_changes: false,
         column_types: ColumnTypes::default(),
+        records_unread: true,
     }
 }
 

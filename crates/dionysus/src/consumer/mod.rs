@@ -106,6 +106,7 @@ pub(crate) mod checkpoint;
 pub(crate) mod dead_letters;
 mod declarations;
 pub(crate) mod dedup;
+mod direct;
 pub(crate) mod events;
 #[cfg(test)]
 mod fuzz;

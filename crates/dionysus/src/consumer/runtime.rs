@@ -666,7 +666,7 @@ impl Consumer {
                         Ok(())
                     })
                 };
-                match self.apply_with_retry(batch, &mut sink, &shutdown).instrument(span.clone()).await {
+                match self.apply_with_retry(batch, &mut sink, &shutdown, false).instrument(span.clone()).await {
                     Ok(outcome) => break outcome,
                     Err(error) => {
                         if shutdown.is_cancelled() {

@@ -264,7 +264,7 @@ pub(crate) fn normalize(kind: ColumnKind, value: &Value) -> Result<Value, &'stat
 }
 
 /// [`normalize`], borrowing `value` when it fits the column as it is.
-fn normalized(kind: ColumnKind, value: &Value) -> Result<Cow<'_, Value>, &'static str> {
+pub(crate) fn normalized(kind: ColumnKind, value: &Value) -> Result<Cow<'_, Value>, &'static str> {
     let same = Cow::Borrowed(value);
     if value.is_null() {
         return Ok(same);
@@ -442,6 +442,18 @@ fn assign(assigned: &mut Vec<(&'static str, Value)>, name: &'static str, value: 
 /// soft-delete column and the synced id besides them, so the time columns it writes are
 /// these (a soft-delete column that is also a time column is left to the exact path).
 pub(crate) fn guard_from_prepared(replica: &ReplicaDescriptor, prepared: &Prepared) -> bool {
+    guard_decidable(replica, prepared.event_time, |name| {
+        prepared.assignments.iter().find(|(column, _)| column.name == name).map(|(_, value)| value)
+    })
+}
+
+/// [`guard_from_prepared`] for a record whose event time is `event_time` and whose
+/// assignments `written` gives by column name (`None`: not assigned).
+pub(crate) fn guard_decidable<'v>(
+    replica: &ReplicaDescriptor,
+    event_time: Option<DateTime<Utc>>,
+    written: impl Fn(&str) -> Option<&'v Value>,
+) -> bool {
     let time_columns = [replica.synced_updated_at, replica.synced_created_at];
     let strategy_column = match replica.strategy {
         DestroyStrategy::Set { column, .. } => Some(column),
@@ -455,9 +467,7 @@ pub(crate) fn guard_from_prepared(replica: &ReplicaDescriptor, prepared: &Prepar
     {
         return false;
     }
-    let written = |name: &str| {
-        prepared.assignments.iter().find(|(column, _)| column.name == name).map(|(_, value)| parse_timestamp(value))
-    };
+    let written = |name: &str| written(name).map(parse_timestamp);
     let column_time = match (replica.synced_updated_at, replica.synced_created_at) {
         (Some(updated), created) => {
             let Some(updated) = written(updated) else { return false };
@@ -470,7 +480,7 @@ pub(crate) fn guard_from_prepared(replica: &ReplicaDescriptor, prepared: &Prepar
         // No guard column: PostgreSQL applies every record, as `plan` does.
         (None, None) => return true,
     };
-    column_time == prepared.event_time
+    column_time == event_time
 }
 
 /// Whether the stored row's time makes the record stale (C-10): both times known and the

@@ -316,7 +316,8 @@ impl ColumnTypes {
 
 /// One column's values as a typed array parameter: numbers and booleans in binary, the rest
 /// as text cast by PostgreSQL to the column's type.
-enum ColumnArray {
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ColumnArray {
     Integer(Vec<Option<i64>>),
     Float(Vec<Option<f64>>),
     Bool(Vec<Option<bool>>),
@@ -327,10 +328,14 @@ impl ColumnArray {
     /// Whether `value` has an array form for a column of `kind` (array columns and integers
     /// beyond `i64` do not: their group goes through `jsonb`).
     fn fits(kind: ColumnKind, cell: &Cell) -> bool {
-        let value = match cell {
-            Cell::Value(value) => value,
-            Cell::Encoded(_) => return kind == ColumnKind::Json,
-        };
+        match cell {
+            Cell::Value(value) => ColumnArray::holds(kind, value),
+            Cell::Encoded(_) => kind == ColumnKind::Json,
+        }
+    }
+
+    /// Whether a column of `kind` has an array form holding `value`.
+    pub(crate) fn holds(kind: ColumnKind, value: &Value) -> bool {
         value.is_null()
             || match kind {
                 ColumnKind::Integer => value.as_i64().is_some(),
@@ -344,6 +349,51 @@ impl ColumnArray {
                 | ColumnKind::Date
                 | ColumnKind::Uuid => value.is_string() || value.is_number(),
             }
+    }
+
+    /// An empty array for a column of `kind`, with room for `capacity` values.
+    pub(crate) fn with_capacity(kind: ColumnKind, capacity: usize) -> ColumnArray {
+        match kind {
+            ColumnKind::Integer => ColumnArray::Integer(Vec::with_capacity(capacity)),
+            ColumnKind::Float => ColumnArray::Float(Vec::with_capacity(capacity)),
+            ColumnKind::Bool => ColumnArray::Bool(Vec::with_capacity(capacity)),
+            _ => ColumnArray::Text(Vec::with_capacity(capacity)),
+        }
+    }
+
+    /// Appends `value` (checked with [`ColumnArray::holds`] for the array's column of
+    /// `kind`), as [`ColumnArray::take`] turns it.
+    pub(crate) fn push(&mut self, kind: ColumnKind, value: Value) {
+        match self {
+            ColumnArray::Integer(values) => values.push(value.as_i64()),
+            ColumnArray::Float(values) => values.push(value.as_f64()),
+            ColumnArray::Bool(values) => values.push(value.as_bool()),
+            ColumnArray::Text(values) => values.push(match value {
+                Value::Null => None,
+                // A JSON column takes JSON text.
+                value if kind == ColumnKind::Json => Some(value.to_string()),
+                Value::String(text) => Some(text),
+                Value::Number(number) => Some(number.to_string()),
+                _ => None,
+            }),
+        }
+    }
+
+    /// Appends JSON text to a JSON column's array.
+    pub(crate) fn push_text(&mut self, text: String) {
+        if let ColumnArray::Text(values) = self {
+            values.push(Some(text));
+        }
+    }
+
+    /// How many values it holds.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            ColumnArray::Integer(values) => values.len(),
+            ColumnArray::Float(values) => values.len(),
+            ColumnArray::Bool(values) => values.len(),
+            ColumnArray::Text(values) => values.len(),
+        }
     }
 
     /// The column's values (checked with [`ColumnArray::fits`]), moved out of `values`.
@@ -472,32 +522,7 @@ async fn upsert_group(
     members: Vec<Vec<Cell>>,
     returning: bool,
 ) -> Result<Vec<String>, diesel::result::Error> {
-    let table = quote_ident(replica.table);
-    let id = quote_ident(replica.synced_id);
-    let has = |name: &&str| columns.iter().any(|column| column.name == *name);
-    let list: Vec<String> = columns.iter().map(|column| quote_ident(column.name)).collect();
-    let updates = set_from_excluded(replica, columns.iter().map(|column| column.name), keep);
-    // The event time as `plan::guard_from_prepared` checked it is written.
-    let event_time = match (replica.synced_updated_at.filter(has), replica.synced_created_at.filter(has)) {
-        (Some(updated), Some(created)) => {
-            format!("COALESCE(EXCLUDED.{}, EXCLUDED.{})", quote_ident(updated), quote_ident(created))
-        }
-        (Some(time), None) | (None, Some(time)) => format!("EXCLUDED.{}", quote_ident(time)),
-        (None, None) => "NULL".to_owned(),
-    };
-    let conflict = if updates.is_empty() {
-        // Only the id: nothing to update, but an existing row still counts as written.
-        format!("DO UPDATE SET {id} = EXCLUDED.{id}")
-    } else {
-        format!("DO UPDATE SET {} WHERE {}", updates.join(", "), guard(replica, &event_time))
-    };
-    let tail = if returning {
-        format!("ON CONFLICT ({id}) {conflict} RETURNING t.{id}::text AS id")
-    } else {
-        format!("ON CONFLICT ({id}) {conflict}")
-    };
-    let list = list.join(", ");
-
+    let (table, list, tail) = upsert_parts(replica, columns, keep, returning);
     let typed = columns
         .iter()
         .enumerate()
@@ -511,19 +536,7 @@ async fn upsert_group(
                 ColumnArray::take(column.kind, members.iter_mut().map(|row| std::mem::take(&mut row[position])))
             })
             .collect();
-        let parameters: Vec<String> = arrays
-            .iter()
-            .zip(columns)
-            .enumerate()
-            .map(|(index, (array, column))| {
-                array.parameter(index + 1, column_types.get(column.name).map(String::as_str))
-            })
-            .collect();
-        let sql = format!("INSERT INTO {table} AS t ({list}) SELECT * FROM unnest({}) {tail}", parameters.join(", "));
-        let mut query = diesel::sql_query(sql).into_boxed::<Pg>();
-        for array in arrays {
-            query = array.bind(query);
-        }
+        let query = typed_upsert(&table, &list, &tail, column_types, columns, arrays);
         if !returning {
             query.execute(conn).await?;
             return Ok(Vec::new());
@@ -556,6 +569,85 @@ async fn upsert_group(
         query.load(conn).await?
     };
     Ok(keys.into_iter().map(|key| key.id).collect())
+}
+
+/// The table, the column list and the `ON CONFLICT …` tail of an upsert of `columns`.
+fn upsert_parts(
+    replica: &ReplicaDescriptor,
+    columns: &[&'static Column],
+    keep: Option<&'static str>,
+    returning: bool,
+) -> (String, String, String) {
+    let table = quote_ident(replica.table);
+    let id = quote_ident(replica.synced_id);
+    let has = |name: &&str| columns.iter().any(|column| column.name == *name);
+    let list: Vec<String> = columns.iter().map(|column| quote_ident(column.name)).collect();
+    let updates = set_from_excluded(replica, columns.iter().map(|column| column.name), keep);
+    // The event time as `plan::guard_from_prepared` checked it is written.
+    let event_time = match (replica.synced_updated_at.filter(has), replica.synced_created_at.filter(has)) {
+        (Some(updated), Some(created)) => {
+            format!("COALESCE(EXCLUDED.{}, EXCLUDED.{})", quote_ident(updated), quote_ident(created))
+        }
+        (Some(time), None) | (None, Some(time)) => format!("EXCLUDED.{}", quote_ident(time)),
+        (None, None) => "NULL".to_owned(),
+    };
+    let conflict = if updates.is_empty() {
+        // Only the id: nothing to update, but an existing row still counts as written.
+        format!("DO UPDATE SET {id} = EXCLUDED.{id}")
+    } else {
+        format!("DO UPDATE SET {} WHERE {}", updates.join(", "), guard(replica, &event_time))
+    };
+    let tail = if returning {
+        format!("ON CONFLICT ({id}) {conflict} RETURNING t.{id}::text AS id")
+    } else {
+        format!("ON CONFLICT ({id}) {conflict}")
+    };
+    (table, list.join(", "), tail)
+}
+
+/// `INSERT … SELECT * FROM unnest(typed arrays) …` with `arrays` bound, one per column.
+fn typed_upsert(
+    table: &str,
+    list: &str,
+    tail: &str,
+    column_types: &TypesOfTable,
+    columns: &[&'static Column],
+    arrays: Vec<ColumnArray>,
+) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
+    let parameters: Vec<String> = arrays
+        .iter()
+        .zip(columns)
+        .enumerate()
+        .map(|(index, (array, column))| array.parameter(index + 1, column_types.get(column.name).map(String::as_str)))
+        .collect();
+    let sql = format!("INSERT INTO {table} AS t ({list}) SELECT * FROM unnest({}) {tail}", parameters.join(", "));
+    let mut query = diesel::sql_query(sql).into_boxed::<Pg>();
+    for array in arrays {
+        query = array.bind(query);
+    }
+    query
+}
+
+/// [`upsert_rows`] for rows already laid out as one typed array per column (`columns` in
+/// table order, every value fitting its array; see [`ColumnArray::holds`]), without a kept
+/// column or the written rows' keys: one statement.
+pub(crate) async fn upsert_arrays(
+    conn: &mut AsyncPgConnection,
+    replica: &'static ReplicaDescriptor,
+    types: &ColumnTypes,
+    columns: &[&'static Column],
+    arrays: Vec<ColumnArray>,
+) -> Result<(), diesel::result::Error> {
+    if <[ColumnArray]>::first(&arrays).is_none_or(|array| array.len() == 0) {
+        return Ok(());
+    }
+    let column_types = types.of(conn, replica.table).await?;
+    let (table, list, tail) = upsert_parts(replica, columns, None, false);
+    let result = typed_upsert(&table, &list, &tail, &column_types, columns, arrays).execute(conn).await;
+    if result.is_err() {
+        types.forget(replica.table);
+    }
+    result.map(|_| ())
 }
 
 /// Deletes the rows of the given `(synced id, event time)`s unless the stored row is newer
