@@ -694,7 +694,9 @@ impl Consumer {
             };
             tracing::info!(
                 parent: &span,
-                applied = outcome.events.len(),
+                // Messages, not events: a batch written straight from its messages
+                // (`direct`) reports no events.
+                applied = messages.len().saturating_sub(outcome.already_applied + outcome.dead_letters.len()),
                 dead_letters = outcome.dead_letters.len(),
                 already_applied = outcome.already_applied,
                 duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
