@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::config::ProducerConfig;
 use crate::registry::model::{
-    BoxFuture, IdKind, LoadSource, Model, ModelEntry, Publication, Record, RecordFilter, Relation,
+    BoxFuture, IdKind, LoadPart, LoadSource, Model, ModelEntry, Publication, Record, RecordFilter, Relation,
 };
 use crate::registry::Registry;
 use crate::wire::time::normalize_timestamps;
@@ -69,7 +69,11 @@ impl<T: Publishable> Record for T {
     }
 
     fn to_json(&self) -> Result<Value, serde_json::Error> {
-        serde_json::to_value(self).map(normalize_timestamps)
+        // `to_value(self)` would add `to_value::<&T>` and `<&T as Serialize>` per model.
+        match Serialize::serialize(self, serde_json::value::Serializer) {
+            Ok(value) => Ok(normalize_timestamps(value)),
+            Err(error) => Err(error),
+        }
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -117,13 +121,13 @@ struct LoadStatement {
 impl QueryFragment<Pg> for LoadStatement {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql("SELECT ");
-        self.source.select().walk_ast(out.reborrow())?;
+        self.source.walk(LoadPart::Select, out.reborrow())?;
         out.push_sql(" FROM ");
-        self.source.from().walk_ast(out.reborrow())?;
+        self.source.walk(LoadPart::From, out.reborrow())?;
         out.push_sql(" WHERE ");
         self.filter.walk_ast(out.reborrow())?;
         out.push_sql(" ORDER BY ");
-        self.source.order().walk_ast(out.reborrow())?;
+        self.source.walk(LoadPart::Order, out.reborrow())?;
         if let Some(limit) = &self.limit {
             out.push_sql(" LIMIT ");
             out.push_bind_param::<BigInt, i64>(limit)?;
@@ -150,12 +154,16 @@ type BuildRecord = fn(&LoadedRow) -> diesel::deserialize::Result<Box<dyn Record>
 /// The SQL type of `T`'s selection.
 type SelectionType<T> = <<T as Selectable<Pg>>::SelectExpression as Expression>::SqlType;
 
-/// One `T` from a row of its selection, erased.
+/// One `T` from a row of its selection, erased. (A `match` rather than `?` or `map`: each of
+/// those is one more function instantiated for every model.)
 fn build_record<T>(row: &LoadedRow) -> diesel::deserialize::Result<Box<dyn Record>>
 where
     T: Publishable + Selectable<Pg> + FromSqlRow<SelectionType<T>, Pg>,
 {
-    Ok(Box::new(<T as FromSqlRow<SelectionType<T>, Pg>>::build_from_row(row)?))
+    match <T as FromSqlRow<SelectionType<T>, Pg>>::build_from_row(row) {
+        Ok(record) => Ok(Box::new(record)),
+        Err(error) => Err(error),
+    }
 }
 
 /// Runs a load statement and builds each row: the one future every model's loader shares.
@@ -282,4 +290,36 @@ pub fn partition_key(
     config: &ProducerConfig,
 ) -> Option<String> {
     registry.partition_key(publication, record, &config.default_partition_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::model::ColumnIn;
+
+    mod schema {
+        diesel::table! {
+            app.rentals (uid) {
+                uid -> Text,
+                #[sql_name = "type"]
+                kind -> Text,
+            }
+        }
+    }
+    use schema::rentals;
+
+    #[test]
+    fn the_load_statement_puts_each_part_of_its_source_in_its_place() {
+        let source = LoadSource::new((rentals::uid, rentals::kind), rentals::table, rentals::uid);
+        let filter = ColumnIn::parse("uid", IdKind::Text, &["k7".into()]).unwrap().into();
+        let statement = LoadStatement { source, filter, limit: Some(5) };
+        let sql = diesel::debug_query::<Pg, _>(&statement).to_string();
+        let (select, rest) = sql.split_once(" FROM ").unwrap();
+        assert_eq!(select, r#"SELECT "app"."rentals"."uid", "app"."rentals"."type""#, "{sql}");
+        let (from, rest) = rest.split_once(" WHERE ").unwrap();
+        assert_eq!(from, r#""app"."rentals""#, "{sql}");
+        let (_, order) = rest.split_once(" ORDER BY ").unwrap();
+        assert!(order.starts_with(r#""app"."rentals"."uid" LIMIT $"#), "{sql}");
+        assert!(sql.ends_with(r#"5]"#), "{sql}");
+    }
 }

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use diesel::pg::Pg;
-use diesel::query_builder::QueryFragment;
+use diesel::query_builder::{AstPass, QueryFragment};
 use diesel::result::QueryResult;
 use diesel::sql_types::{Array, BigInt, Bool, Text};
 use diesel_async::AsyncPgConnection;
@@ -60,30 +60,61 @@ pub type ErasedLoader = for<'a> fn(
     Option<i64>,
 ) -> BoxFuture<'a, QueryResult<Vec<Box<dyn Record>>>>;
 
-/// A query fragment of a [`LoadSource`]: a diesel expression, table or column.
-type Fragment = Box<dyn QueryFragment<Pg> + Send + Sync>;
+/// One of the three parts of a [`LoadSource`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum LoadPart {
+    /// The selection.
+    Select,
+    /// The table.
+    From,
+    /// The primary-key column.
+    Order,
+}
+
+/// The parts of a [`LoadSource`] behind one pointer, walked through one method: a model's
+/// `dyn` table then holds a single function (and its drop), where a boxed `QueryFragment`
+/// per part would instantiate every provided method of diesel's trait (`to_sql`,
+/// `collect_binds`, `is_safe_to_cache_prepared`, `is_noop`) for each part, its columns
+/// included, in every model's crate.
+trait LoadParts: Send + Sync {
+    /// Writes one part into the query.
+    fn walk<'b>(&'b self, part: LoadPart, out: AstPass<'_, 'b, Pg>) -> QueryResult<()>;
+}
+
+/// The selection, the table and the primary-key column, as the model's types.
+struct Parts<S, F, O> {
+    select: S,
+    from: F,
+    order: O,
+}
+
+impl<S, F, O> LoadParts for Parts<S, F, O>
+where
+    S: QueryFragment<Pg> + Send + Sync,
+    F: QueryFragment<Pg> + Send + Sync,
+    O: QueryFragment<Pg> + Send + Sync,
+{
+    fn walk<'b>(&'b self, part: LoadPart, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        match part {
+            LoadPart::Select => self.select.walk_ast(out),
+            LoadPart::From => self.from.walk_ast(out),
+            LoadPart::Order => self.order.walk_ast(out),
+        }
+    }
+}
 
 /// The parts of the query that loads one model's records, as diesel writes them (so the
 /// table's schema, the columns' SQL names and the model's `Selectable` expression are
 /// honoured): the selection, the table and the primary-key column. `#[derive(Publishable)]`
 /// builds it; the query around it and the future that runs it are not generated per model.
 pub struct LoadSource {
-    select: Fragment,
-    from: Fragment,
-    order: Fragment,
+    parts: Box<dyn LoadParts>,
 }
 
 impl LoadSource {
-    pub(crate) fn select(&self) -> &(dyn QueryFragment<Pg> + Send + Sync) {
-        &*self.select
-    }
-
-    pub(crate) fn from(&self) -> &(dyn QueryFragment<Pg> + Send + Sync) {
-        &*self.from
-    }
-
-    pub(crate) fn order(&self) -> &(dyn QueryFragment<Pg> + Send + Sync) {
-        &*self.order
+    /// Writes one part into the query.
+    pub(crate) fn walk<'b>(&'b self, part: LoadPart, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.parts.walk(part, out)
     }
 
     /// The selection, the table and the primary-key column.
@@ -93,7 +124,7 @@ impl LoadSource {
         F: QueryFragment<Pg> + Send + Sync + 'static,
         O: QueryFragment<Pg> + Send + Sync + 'static,
     {
-        LoadSource { select: Box::new(select), from: Box::new(from), order: Box::new(order) }
+        LoadSource { parts: Box::new(Parts { select, from, order }) }
     }
 }
 
