@@ -16,6 +16,11 @@
 //!   written from it at most a thousand per statement, so applying a message of many
 //!   records raises the process's resident memory by at most 16 times its size (up to
 //!   about 25 times for records made mostly of sideloads).
+//! * A batch no one watches — no handlers, subscribers, filters, cascades or local-change
+//!   listeners for its topic — is written straight from its messages into the typed column
+//!   arrays of one upsert per table, without building records or events; the rows are the
+//!   same. Any listener (or a message this lean path does not take: destroys, sideloads,
+//!   import topics, a bad message) sends the batch the general way described above.
 //! * Bad messages (oversized, malformed JSON, missing id, wrong types, or a row the
 //!   database rejects; an unknown model only with [`UnknownModel::DeadLetter`]) go whole to
 //!   the dead-letter topic with headers saying why; the partition keeps moving.
