@@ -66,8 +66,8 @@ pub struct Gadget {
 #[allow(dead_code)]
 #[derive(dionysus::Consume)]
 #[diesel(table_name = widgets_general)]
-#[consume(topic = "direct_gadgets", model = "Widget")]
-pub struct Widget {
+#[consume(topic = "direct_gadgets", model = "Sprocket")]
+pub struct Sprocket {
     pub synced_id: i64,
     pub synced_updated_at: Option<DateTime<Utc>>,
     pub synced_data: Option<Value>,
@@ -108,7 +108,7 @@ async fn pair(
     let gadgets: &'static ReplicaDescriptor =
         Box::leak(Box::new(ReplicaDescriptor { table: "gadgets_direct", ..*Gadget::DESCRIPTOR }));
     let widgets: &'static ReplicaDescriptor =
-        Box::leak(Box::new(ReplicaDescriptor { table: "widgets_direct", ..*Widget::DESCRIPTOR }));
+        Box::leak(Box::new(ReplicaDescriptor { table: "widgets_direct", ..*Sprocket::DESCRIPTOR }));
     let build = |group: &str, replicas: [&'static ReplicaDescriptor; 2]| {
         let mut config = dionysus::Config::default();
         config.database_url = db.url.clone();
@@ -118,7 +118,7 @@ async fn pair(
             .build()
             .unwrap()
     };
-    let general = build("direct_general", [Gadget::DESCRIPTOR, Widget::DESCRIPTOR]);
+    let general = build("direct_general", [Gadget::DESCRIPTOR, Sprocket::DESCRIPTOR]);
     let lean = build("direct_lean", [gadgets, widgets]);
     Pair { db, general, lean }
 }
@@ -183,7 +183,7 @@ async fn a_usual_batch_is_written_straight_from_its_messages() {
     assert!(pair.apply(&first).await, "the lean path took the batch");
     let widget = json!({"id": 1, "name": "w", "updated_at": t(3), "links": {"owner": 2}, "extra": {"a": [1, "<&>"]}});
     let widgets =
-        [message(0, 5, envelope(json!([{"event": "widget_created", "model_name": "Widget", "data": [widget]}])))];
+        [message(0, 5, envelope(json!([{"event": "sprocket_created", "model_name": "Sprocket", "data": [widget]}])))];
     assert!(pair.apply(&widgets).await, "the lean path took the batch");
     let stored = rows(&mut pair.db.connection().await, "widgets_direct").await;
     assert_eq!(stored[0]["synced_data"]["extra"], json!({"a": [1, "<&>"]}));
@@ -359,12 +359,12 @@ fn payload() -> impl Strategy<Value = Option<Vec<u8>>> {
         ("gadget_updated", "Gadget"),
         ("gadget_updated", "Gadget"),
         ("gadget_updated", "Gadget"),
-        ("widget_updated", "Widget"),
+        ("sprocket_updated", "Sprocket"),
         ("gadget_destroyed", "Gadget"),
         ("gadget_renamed", "Gadget"),
         ("ghost_created", "Ghost"),
-        ("widget_created", "Widget"),
-        ("widget_updated", "Widget"),
+        ("sprocket_created", "Sprocket"),
+        ("sprocket_updated", "Sprocket"),
     ];
     let records = prop_oneof![3 => usual_record(), 1 => record()];
     let event = (proptest::sample::select(kinds), proptest::collection::vec(records, 1..3))
