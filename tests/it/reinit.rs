@@ -349,21 +349,30 @@ async fn reinit_refuses_while_a_consumer_of_the_group_runs() {
     dionysus::kafka::create_topics(&kafka, &specs).await.unwrap();
     let group = unique_name("reinit_busy");
     let consumer = consumer(&db, &group);
+    // The test broker lists only groups that committed offsets to it, as a group that ran
+    // before has: a commit first, without joining.
+    use rdkafka::consumer::Consumer as _;
+    let watcher: rdkafka::consumer::BaseConsumer = dionysus_tests::consumer_config(&kafka, &group).create().unwrap();
+    let mut committed = rdkafka::TopicPartitionList::new();
+    committed.add_partition_offset(TOPIC, 0, rdkafka::Offset::Offset(0)).unwrap();
+    watcher.commit(&committed, rdkafka::consumer::CommitMode::Sync).unwrap();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn({
         let (consumer, shutdown) = (consumer.clone(), shutdown.clone());
         async move { consumer.run(shutdown).await }
     });
-    let error = dionysus_tests::eventually(Duration::from_secs(30), || {
-        let consumer = consumer.clone();
-        async move {
-            match consumer.reinit(&Until::Now, AfterReinit::Exit, &(), CancellationToken::new()).await {
-                Err(error @ ReinitError::GroupActive { .. }) => Some(error),
-                _ => None,
-            }
-        }
+    // Only once the broker lists the consumer as a member: a reinit called before would
+    // find the group idle and start replaying, rightly.
+    dionysus_tests::eventually(Duration::from_secs(30), || {
+        let members = watcher
+            .fetch_group_list(Some(&group), Duration::from_secs(5))
+            .map(|list| list.groups().iter().filter(|g| g.name() == group).map(|g| g.members().len()).sum::<usize>())
+            .unwrap_or(0);
+        async move { (members > 0).then_some(()) }
     })
     .await;
+    let error = consumer.reinit(&Until::Now, AfterReinit::Exit, &(), CancellationToken::new()).await.unwrap_err();
+    assert!(matches!(error, ReinitError::GroupActive { .. }), "{error:?}");
     shutdown.cancel();
     running.await.unwrap().unwrap();
     let text = error.to_string();
