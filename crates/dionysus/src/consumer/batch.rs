@@ -181,7 +181,7 @@ impl PreparedBatch {
             .collect();
         while let Some((replica, record)) = pending.pop() {
             add(replica);
-            for child in children(record, &self.replicas) {
+            for child in children(record, replica, &self.replicas) {
                 match child {
                     Child::Many { replica, records, .. } => {
                         add(replica);
@@ -475,7 +475,7 @@ impl Rules {
                 work.push(EventWork { message: message.offset, bus, target: None });
                 continue;
             };
-            let Some(replica) = self.replicas.find(&bus.model_name) else {
+            let Some(replica) = self.replicas.find_on(topic, &bus.model_name) else {
                 if self.unknown_model == UnknownModel::DeadLetter {
                     failure.get_or_insert((
                         "unknown_model",
@@ -556,7 +556,7 @@ impl Rules {
                 ),
             });
         }
-        for child in children(record, &self.replicas) {
+        for child in children(record, replica, &self.replicas) {
             match child {
                 Child::Many { replica, records, .. } => {
                     records.iter().try_for_each(|record| self.check_record(replica, record, latest))?;
@@ -577,16 +577,22 @@ enum Child<'a> {
     One { replica: &'static ReplicaDescriptor, name: &'a str, record: &'a Record },
 }
 
-/// The sideloads of `record` to check and write, to-many ones first, each in link order.
-fn children<'a: 'r, 'r>(record: &'a Record, replicas: &'r Replicas) -> impl Iterator<Item = Child<'a>> + 'r {
-    let many = record.has_many.iter().filter_map(|(name, records)| {
+/// The sideloads of `record` (written to `parent`) to check and write, to-many ones first,
+/// each in link order. A sideloaded model goes to its replica on the parent's topic.
+fn children<'a: 'r, 'r>(
+    record: &'a Record,
+    parent: &'static ReplicaDescriptor,
+    replicas: &'r Replicas,
+) -> impl Iterator<Item = Child<'a>> + 'r {
+    let topic = parent.topic;
+    let many = record.has_many.iter().filter_map(move |(name, records)| {
         // Links without sideloaded records (the usual case) need no model lookup.
         let records = records.as_deref()?;
-        Some(Child::Many { replica: replicas.find(name)?, name, records })
+        Some(Child::Many { replica: replicas.find_on(topic, name)?, name, records })
     });
-    let one = record.has_one.iter().filter_map(|(name, child)| {
+    let one = record.has_one.iter().filter_map(move |(name, child)| {
         let record = child.as_ref()?;
-        Some(Child::One { replica: replicas.find(name)?, name, record })
+        Some(Child::One { replica: replicas.find_on(topic, name)?, name, record })
     });
     many.chain(one)
 }
@@ -832,7 +838,7 @@ async fn write<'a>(
             if !applied || unit.import {
                 continue;
             }
-            for child in children(unit.record, scope.replicas) {
+            for child in children(unit.record, unit.replica, scope.replicas) {
                 match child {
                     Child::Many { replica, name, records } => {
                         let foreign_key = format!("synced_{}_id", event_prefix(unit.replica.model));
@@ -1022,7 +1028,7 @@ async fn apply_once<'a>(
         .iter()
         .map(|(index, _)| {
             let unit = &units[*index];
-            children(unit.record, scope.replicas).next().is_some().then(|| sql::row_key(replica, unit.id))
+            children(unit.record, replica, scope.replicas).next().is_some().then(|| sql::row_key(replica, unit.id))
         })
         .collect();
     let returning = keys.iter().any(Option::is_some);
@@ -1328,6 +1334,46 @@ mod tests {
         let tables: Vec<&str> = rules.prepare(&messages).replicas().iter().map(|replica| replica.table).collect();
         assert_eq!(tables.len(), 2, "{tables:?}");
         assert!(tables.contains(&"rentals") && tables.contains(&"bookings"), "{tables:?}");
+    }
+
+    static OUR_RENTALS: ReplicaDescriptor = ReplicaDescriptor { topic: "v3_rentals", ..replica("Rental", "rentals") };
+    static PARTNER_RENTALS: ReplicaDescriptor =
+        ReplicaDescriptor { topic: "partner", ..replica("Rental", "partner_rentals") };
+
+    #[test]
+    fn a_model_replicated_from_two_topics_goes_to_the_replica_of_the_messages_topic() {
+        let rules = Rules {
+            replicas: Replicas::new([&OUR_RENTALS, &PARTNER_RENTALS]),
+            import_topics: HashSet::new(),
+            filters: Vec::new(),
+            remove_duplicates: false,
+            max_message_bytes: 1 << 20,
+            max_records: 100,
+            unknown_model: UnknownModel::Skip,
+            processing_mutex: false,
+            max_future_skew: std::time::Duration::from_secs(60),
+            track_changes: false,
+            column_types: ColumnTypes::default(),
+            records_unread: true,
+        };
+        let message = |topic: &str| InboundMessage {
+            topic: topic.to_owned(),
+            partition: 0,
+            offset: 1,
+            key: None,
+            payload: Some(
+                json!({"message": [{"event": "rental_updated", "model_name": "Rental", "data": [{"id": 1}]}]})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        };
+        let tables = |topic: &str| -> Vec<&str> {
+            rules.prepare(&[message(topic)]).replicas().iter().map(|replica| replica.table).collect()
+        };
+        assert_eq!(tables("partner"), ["partner_rentals"]);
+        assert_eq!(tables("v3_rentals"), ["rentals"]);
+        // A topic with no replica of its own for the model writes neither.
+        assert!(tables("elsewhere").is_empty());
     }
 
     #[test]

@@ -85,10 +85,11 @@ impl DirectBatch {
 /// Reads `messages` (one partition's, ascending offsets) into column arrays; `None` when the
 /// batch is not one this path takes, and then nothing of it is kept.
 pub(crate) fn prepare(rules: &Rules, messages: &[InboundMessage]) -> Option<DirectBatch> {
-    let topic = messages.first().map(|message| message.topic.as_str());
+    let topic = messages.first().map_or("", |message| message.topic.as_str());
     let mut decoder = Decoder {
         rules,
-        import: topic.is_some_and(|topic| rules.import_topics.contains(topic)),
+        topic,
+        import: rules.import_topics.contains(topic),
         latest: Utc::now() + chrono::TimeDelta::from_std(rules.max_future_skew).unwrap_or(chrono::TimeDelta::MAX),
         layouts: vec![Layout::bare()],
         scratch: Scratch::default(),
@@ -339,6 +340,8 @@ struct Refused;
 
 struct Decoder<'r, 'm> {
     rules: &'r Rules,
+    /// The batch's topic, which picks the replica of a model name.
+    topic: &'m str,
     /// Whether the topic is in import mode (C-8).
     import: bool,
     /// Event times after this are refused (`timestamp_in_future`).
@@ -383,7 +386,7 @@ impl<'m> Decoder<'_, 'm> {
             tracing::debug!(event, "unknown event type; not persisted");
             return Ok(Target::Check);
         };
-        let Some(replica) = self.rules.replicas.find(model_name) else {
+        let Some(replica) = self.rules.replicas.find_on(self.topic, model_name) else {
             if self.rules.unknown_model == UnknownModel::DeadLetter {
                 return Err(Refused);
             }

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::consumer::calls::{recording, HandlerCall};
 use crate::consumer::replica::sql::stored_offsets;
+use crate::consumer::replica::ReplicaDescriptor;
 use crate::consumer::{ConsumedEvent, Consumer, ConsumerError, DeadLetter, InboundMessage, LocalChange};
 use crate::producer::publishable::{model_entry, Publishable};
 use crate::producer::serialize::{default_serialize, SerializeError, Sideloads};
@@ -270,12 +271,25 @@ fn topic_of(consumer: &Consumer, message: &TestMessage, index: usize) -> Result<
         return Ok(topic.clone());
     }
     let topics = consumer.topics();
-    let replicated = message
-        .model_name
-        .as_deref()
-        .and_then(|model| consumer.replicas().find(model))
-        .map(|replica| replica.topic)
-        .filter(|topic| topics.iter().any(|consumed| consumed == topic));
+    // The consumed topics with a replica of the model; one of them is the answer.
+    let mut replicated: Vec<&str> = match message.model_name.as_deref() {
+        Some(model) => {
+            let key = ReplicaDescriptor::lookup_key(model);
+            consumer
+                .replicas()
+                .iter()
+                .filter(|replica| ReplicaDescriptor::lookup_key(replica.model) == key)
+                .map(|replica| replica.topic)
+                .filter(|topic| topics.iter().any(|consumed| consumed == topic))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    replicated.dedup();
+    let replicated = match replicated.as_slice() {
+        [only] => Some(*only),
+        _ => None,
+    };
     match (replicated, topics) {
         (Some(topic), _) => Ok(topic.to_owned()),
         (None, [only]) => Ok(only.clone()),

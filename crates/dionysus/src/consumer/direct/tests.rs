@@ -217,3 +217,17 @@ fn the_unusual_is_left_to_the_general_path() {
     let small = Rules { max_message_bytes: 10, ..rules() };
     assert!(prepare(&small, &[event(0, "rental_created", "Rental", json!([]))]).is_none(), "oversized");
 }
+
+#[test]
+fn a_model_replicated_from_two_topics_goes_to_the_replica_of_the_batchs_topic() {
+    static PARTNER: ReplicaDescriptor = ReplicaDescriptor { topic: "partner", table: "partner_rentals", ..RENTALS };
+    let rules = Rules { replicas: Replicas::new([&RENTALS, &PARTNER]), ..rules() };
+    let tables = |topic: &str| {
+        let mut message = event(0, "rental_created", "Rental", json!([rental(1, "Villa")]));
+        message.topic = topic.to_owned();
+        let batch = prepare(&rules, &[message]).unwrap();
+        batch.statements().iter().map(|(table, ..)| *table).collect::<Vec<_>>()
+    };
+    assert_eq!(tables("partner"), ["partner_rentals"]);
+    assert_eq!(tables("rentals"), ["rentals"]);
+}

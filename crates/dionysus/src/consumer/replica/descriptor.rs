@@ -209,12 +209,14 @@ pub struct ReplicaEntry(pub &'static ReplicaDescriptor);
 inventory::collect!(ReplicaEntry);
 
 /// The replica models a consumer knows, looked up by source model name (dionysus-rb's model
-/// factory).
+/// factory) and the topic a record came from: two services may each publish a `Rental`, on
+/// their own topics, into replicas of their own.
 #[derive(Debug, Default, Clone)]
 pub struct Replicas {
-    by_key: BTreeMap<String, &'static ReplicaDescriptor>,
+    /// Per lookup key, the replicas of that model, ordered by topic and declaring struct.
+    by_key: BTreeMap<String, Vec<&'static ReplicaDescriptor>>,
     /// The same by the exact model name, so the usual lookup skips inflection.
-    by_model: HashMap<&'static str, &'static ReplicaDescriptor>,
+    by_model: HashMap<&'static str, Vec<&'static ReplicaDescriptor>>,
 }
 
 impl Replicas {
@@ -224,26 +226,111 @@ impl Replicas {
         GLOBAL.get_or_init(|| Replicas::new(inventory::iter::<ReplicaEntry>.into_iter().map(|entry| entry.0)))
     }
 
-    /// The given replica models (for tests and explicit setups).
+    /// The given replica models (for tests and explicit setups). The same descriptor given
+    /// twice counts once.
     pub fn new(descriptors: impl IntoIterator<Item = &'static ReplicaDescriptor>) -> Replicas {
-        let by_key: BTreeMap<String, &'static ReplicaDescriptor> = descriptors
-            .into_iter()
-            .map(|descriptor| (ReplicaDescriptor::lookup_key(descriptor.model), descriptor))
-            .collect();
-        let by_model = by_key.values().map(|descriptor| (descriptor.model, *descriptor)).collect();
+        let mut by_key: BTreeMap<String, Vec<&'static ReplicaDescriptor>> = BTreeMap::new();
+        for descriptor in descriptors {
+            let same = by_key.entry(ReplicaDescriptor::lookup_key(descriptor.model)).or_default();
+            if !same.iter().any(|known| std::ptr::eq(*known, descriptor)) {
+                same.push(descriptor);
+            }
+        }
+        let mut by_model: HashMap<&'static str, Vec<&'static ReplicaDescriptor>> = HashMap::new();
+        for same in by_key.values_mut() {
+            same.sort_by_key(|descriptor| (descriptor.topic, descriptor.declared_by, descriptor.table));
+            for descriptor in same.iter() {
+                by_model.entry(descriptor.model).or_default().push(descriptor);
+            }
+        }
         Replicas { by_key, by_model }
     }
 
-    /// The replica of a model name (`Rental`) or a relationship name (`bookings`, `tax`).
-    pub fn find(&self, name: &str) -> Option<&'static ReplicaDescriptor> {
-        if let Some(descriptor) = self.by_model.get(name) {
-            return Some(descriptor);
+    /// The replicas of a model name (`Rental`) or a relationship name (`bookings`, `tax`).
+    fn candidates(&self, name: &str) -> &[&'static ReplicaDescriptor] {
+        if let Some(found) = self.by_model.get(name) {
+            return found;
         }
-        self.by_key.get(&ReplicaDescriptor::lookup_key(name)).copied()
+        self.by_key.get(&ReplicaDescriptor::lookup_key(name)).map_or(&[], Vec::as_slice)
+    }
+
+    /// The replica of a model name (`Rental`) or a relationship name (`bookings`, `tax`),
+    /// when there is exactly one; with several (for different topics) there is no answer
+    /// without the topic: see [`Replicas::find_on`].
+    pub fn find(&self, name: &str) -> Option<&'static ReplicaDescriptor> {
+        match self.candidates(name) {
+            [only] => Some(only),
+            _ => None,
+        }
+    }
+
+    /// The replica that records of `name` read from `topic` go to: the one declared for that
+    /// topic, else the only replica of the name (a model sideloaded into a message of another
+    /// topic). `None` when there is none, or several and not exactly one of them is `topic`'s.
+    pub fn find_on(&self, topic: &str, name: &str) -> Option<&'static ReplicaDescriptor> {
+        let candidates = self.candidates(name);
+        if let [only] = candidates {
+            return Some(only);
+        }
+        let mut on_topic = candidates.iter().copied().filter(|descriptor| descriptor.topic == topic);
+        match (on_topic.next(), on_topic.next()) {
+            (Some(found), None) => Some(found),
+            // Two for one topic ([`Replicas::conflicts`]): neither is picked.
+            _ => None,
+        }
+    }
+
+    /// Pairs of replicas that claim the same model on the same topic: records of that model
+    /// could go to either table, so a consumer of the topic refuses to start.
+    pub fn conflicts(&self) -> Vec<(&'static ReplicaDescriptor, &'static ReplicaDescriptor)> {
+        self.by_key
+            .values()
+            .flat_map(|same| {
+                same.windows(2).filter(|pair| pair[0].topic == pair[1].topic).map(|pair| (pair[0], pair[1]))
+            })
+            .collect()
     }
 
     /// Every replica model.
     pub fn iter(&self) -> impl Iterator<Item = &'static ReplicaDescriptor> + '_ {
-        self.by_key.values().copied()
+        self.by_key.values().flatten().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const fn replica(model: &'static str, topic: &'static str, table: &'static str) -> ReplicaDescriptor {
+        ReplicaDescriptor { model, topic, table, declared_by: table, ..ReplicaDescriptor::INVALID }
+    }
+
+    static OURS: ReplicaDescriptor = replica("Rental", "v3_rentals", "rentals");
+    static THEIRS: ReplicaDescriptor = replica("Rental", "partner_rentals", "partner_rentals");
+    static BOOKINGS: ReplicaDescriptor = replica("Booking", "v3_rentals", "bookings");
+    static TWIN: ReplicaDescriptor = replica("Rental", "v3_rentals", "rental_copies");
+
+    #[test]
+    fn a_model_replicated_from_two_topics_is_found_per_topic() {
+        let replicas = Replicas::new([&THEIRS, &OURS, &BOOKINGS]);
+        assert_eq!(replicas.find_on("v3_rentals", "Rental").map(|r| r.table), Some("rentals"));
+        assert_eq!(replicas.find_on("partner_rentals", "Rental").map(|r| r.table), Some("partner_rentals"));
+        assert_eq!(replicas.find_on("partner_rentals", "rentals").map(|r| r.table), Some("partner_rentals"));
+        // Neither topic's: no answer rather than a guess; the name alone is ambiguous.
+        assert_eq!(replicas.find_on("other", "Rental"), None);
+        assert_eq!(replicas.find("Rental"), None);
+        // A model with one replica is found from any topic (a sideload) and by name.
+        assert_eq!(replicas.find_on("partner_rentals", "bookings").map(|r| r.table), Some("bookings"));
+        assert_eq!(replicas.find("Booking").map(|r| r.table), Some("bookings"));
+        assert_eq!(replicas.iter().count(), 3);
+        assert!(replicas.conflicts().is_empty());
+    }
+
+    #[test]
+    fn two_replicas_of_a_model_on_one_topic_are_a_conflict_and_one_given_twice_is_not() {
+        let replicas = Replicas::new([&OURS, &TWIN, &OURS, &THEIRS]);
+        assert_eq!(replicas.iter().count(), 3);
+        let conflicts: Vec<_> = replicas.conflicts().iter().map(|(a, b)| (a.table, b.table)).collect();
+        assert_eq!(conflicts, [("rental_copies", "rentals")]);
     }
 }

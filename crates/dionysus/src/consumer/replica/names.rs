@@ -151,6 +151,62 @@ impl Replicas {
                 Err(error) => tracing::warn!(topic = descriptor.topic, "{error}; left out"),
             }
         }
-        Ok(Replicas::new(resolved))
+        let replicas = Replicas::new(resolved);
+        for (first, second) in replicas.conflicts() {
+            let error = ReplicaError {
+                model: first.model.to_owned(),
+                declared_by: first.declared_by.to_owned(),
+                location: first.location.to_owned(),
+                problem: format!(
+                    "`{}` ({}) replicates `{}` from `{}` too, so its records could go to either table; declare one \
+                     replica per model and topic, or give the consumer the replicas it writes \
+                     (`Consumer::builder(..).replicas(Replicas::new([..]))`)",
+                    second.declared_by, second.location, second.model, first.topic
+                ),
+            };
+            if topics.iter().any(|topic| topic == first.topic) {
+                return Err(error);
+            }
+            tracing::warn!(topic = first.topic, "{error}; neither is written as a sideload");
+        }
+        Ok(replicas)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumer::replica::Column;
+
+    static ID: [Column; 1] = [Column::named("synced_id", ColumnKind::Integer, false)];
+
+    const fn replica(topic: &'static str, table: &'static str) -> ReplicaDescriptor {
+        ReplicaDescriptor {
+            model: "Rental",
+            topic,
+            table,
+            columns: &ID,
+            declared_by: table,
+            location: "src/lib.rs:1",
+            ..ReplicaDescriptor::INVALID
+        }
+    }
+
+    static FIRST: ReplicaDescriptor = replica("v3_rentals", "rentals");
+    static SECOND: ReplicaDescriptor = replica("v3_rentals", "rental_copies");
+    static PARTNER: ReplicaDescriptor = replica("partner", "partner_rentals");
+
+    #[test]
+    fn two_replicas_of_a_model_on_a_consumed_topic_refuse_the_consumer() {
+        let replicas = Replicas::new([&FIRST, &SECOND, &PARTNER]);
+        let config = ConsumerConfig::default();
+        let error = replicas.configured(&config, &["v3_rentals".to_owned()]).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("`rentals` (src/lib.rs:1) replicates `Rental` from `v3_rentals` too"), "{text}");
+        assert!(text.contains("declare one replica per model and topic"), "{text}");
+        // Not read by this consumer: left to warn, and the others still work.
+        let kept = replicas.configured(&config, &["partner".to_owned()]).unwrap();
+        assert_eq!(kept.find_on("partner", "Rental").map(|replica| replica.table), Some("partner_rentals"));
+        assert_eq!(kept.find_on("v3_rentals", "Rental"), None);
     }
 }
