@@ -16,6 +16,11 @@
 //!   written from it at most a thousand per statement, so applying a message of many
 //!   records raises the process's resident memory by at most 16 times its size (up to
 //!   about 25 times for records made mostly of sideloads).
+//! * A record goes to the replica of its model name (`Rental`, or a sideload's relationship
+//!   name) declared for the topic it was read from, so two services may each publish a
+//!   `Rental` on their own topics into replicas of their own; a model with one replica is
+//!   written from any topic (a sideload). Two replicas of one model on a topic the consumer
+//!   reads stop it at build time ([`ReplicaError`](replica::ReplicaError)).
 //! * A batch no one watches — no handlers, subscribers, filters, cascades or local-change
 //!   listeners for its topic — is written straight from its messages into the typed column
 //!   arrays of one upsert per table, without building records or events; the rows are the
