@@ -498,6 +498,7 @@ impl Run<'_> {
                 let now = chrono::Utc::now().timestamp_millis();
                 let Some(queue) = self.held.get_mut(&partition) else { break };
                 let Some(head) = queue.front() else {
+                    tracing::debug!(topic = %partition.0, partition = partition.1, "no copy held any more; resuming the partition");
                     self.held.remove(&partition);
                     self.pause(&partition, false);
                     break;
@@ -587,6 +588,7 @@ impl Run<'_> {
         for change in changes {
             match change {
                 Change::Revoked(partitions) => {
+                    tracing::debug!(?partitions, "partitions revoked");
                     for partition in &partitions {
                         if let Some(dropped) = self.held.remove(partition) {
                             tracing::debug!(topic = %partition.0, partition = partition.1, dropped = dropped.len(), "partition revoked; its held copies are read again by its next owner");
@@ -594,6 +596,7 @@ impl Run<'_> {
                     }
                 }
                 Change::Assigned(partitions) => {
+                    tracing::debug!(?partitions, "partitions assigned");
                     for partition in partitions.iter().filter(|partition| !self.held.contains_key(*partition)) {
                         self.pause(partition, false);
                     }
