@@ -367,6 +367,63 @@ async fn reread_copies(kafka: &KafkaConfig, topic: &str, missing: &[usize]) -> B
     found
 }
 
+/// A stopped delayer commits, on its delay topic, the offset of the first copy it did not
+/// re-send (here one due in an hour), so its next run starts there: a copy past the commit
+/// would never be re-sent if the process died before re-sending it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delayer_commits_up_to_the_first_copy_it_did_not_re_send() {
+    let kafka = kafka_config();
+    let target = unique_name("delayed_commit");
+    let delay_topic = format!("{target}_delay_1s");
+    let specs: Vec<_> = [&target, &delay_topic]
+        .into_iter()
+        .map(|name| dionysus::kafka::TopicSpec { name: name.clone(), partitions: 1, replication_factor: 1 })
+        .collect();
+    dionysus::kafka::create_topics(&kafka, &specs).await.unwrap();
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let (due, later) = (now.to_string(), (now + 3_600_000).to_string());
+    let due = [(DelayHeaders::TARGET, target.as_str()), (DelayHeaders::DUE, due.as_str())];
+    let later = [(DelayHeaders::TARGET, target.as_str()), (DelayHeaders::DUE, later.as_str())];
+    produce_copy(&producer, &delay_topic, 0, "Item:1", "due", &due).await;
+    produce_copy(&producer, &delay_topic, 0, "Item:2", "in an hour", &later).await;
+
+    let mut config = Config::default();
+    config.kafka = kafka.clone();
+    let group = unique_name("delayer");
+    let delayer = Dionysus::with_registry(config, Registry::default())
+        .delayer()
+        .topic(&delay_topic)
+        .group(&group)
+        .build()
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { delayer.run(shutdown).await }
+    });
+    let resent = read(&kafka, &target, 1, Duration::from_secs(60)).await;
+    assert_eq!(resent.len(), 1, "the due copy was not re-sent");
+    // Its offset is stored before the loop looks at the shutdown again; stopping commits it.
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    let committed = tokio::task::spawn_blocking(move || {
+        let reader: StreamConsumer = consumer_config(&kafka, &group).create().unwrap();
+        let mut list = rdkafka::TopicPartitionList::new();
+        list.add_partition(&delay_topic, 0);
+        reader.committed_offsets(list, Duration::from_secs(10)).unwrap()
+    })
+    .await
+    .unwrap();
+    let offset = committed.elements()[0].offset();
+    assert_eq!(
+        offset,
+        rdkafka::Offset::Offset(1),
+        "the delayer re-sent the copy at offset 0 and holds the one at offset 1: its next run must start at 1"
+    );
+}
+
 /// A message on a delay topic without the headers of a delayed copy goes to the dead-letter
 /// topic with the reason; the copies behind it are re-sent.
 #[tokio::test(flavor = "multi_thread")]
