@@ -241,14 +241,21 @@ async fn produce_copy(
     producer.send(record, Duration::from_secs(10)).await.unwrap();
 }
 
-/// The `dionysus delayer` process on `topic`, logging to `<temp dir>/<group>-<run>.log`.
+/// The log file of run `run` of the `dionysus delayer` process in `group`.
+fn delayer_log(group: &str, run: usize) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{group}-{run}.log"))
+}
+
+/// The `dionysus delayer` process on `topic`, logging at debug level (each re-sent copy with
+/// its partition and offset, each held partition, each rebalance) to [`delayer_log`], so a
+/// failure can be traced to the copy and the process that lost it.
 fn spawn_delayer(kafka: &KafkaConfig, topic: &str, group: &str, dead_letters: &str, run: usize) -> Child {
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("{group}-{run}.log"))).unwrap();
+    let log = std::fs::File::create(delayer_log(group, run)).unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_dionysus-cli"))
         .args(["--brokers", &kafka.brokers.join(","), "delayer", "--topic", topic, "--group", group])
         .args(["--dead-letter-topic", dead_letters])
         .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
+        .env("RUST_LOG", "info,dionysus=debug")
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
@@ -296,12 +303,18 @@ async fn a_killed_delayer_loses_nothing_and_keeps_each_keys_order() {
     let mut restarted = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while distinct.len() < COPIES {
-        let message = tokio::time::timeout_at(deadline, reader.recv())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("only {} of {COPIES} copies arrived (logs: {group}-1.log, -2.log)", distinct.len())
-            })
-            .unwrap();
+        let Ok(message) = tokio::time::timeout_at(deadline, reader.recv()).await else {
+            let missing: Vec<usize> = (0..COPIES).filter(|seq| !distinct.contains(seq)).collect();
+            let found = reread_copies(&kafka, &target, &missing).await;
+            panic!(
+                "only {} of {COPIES} copies arrived; missing seq {missing:?}; on {target} when read again from its \
+                 start by a new group: {found:?} (logs: {}, {})",
+                distinct.len(),
+                delayer_log(&group, 1).display(),
+                delayer_log(&group, 2).display(),
+            );
+        };
+        let message = message.unwrap();
         let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
         let value: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
         let seq = usize::try_from(value["seq"].as_u64().unwrap()).unwrap();
@@ -328,6 +341,87 @@ async fn a_killed_delayer_loses_nothing_and_keeps_each_keys_order() {
         assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "{key} out of order: {seqs:?}");
     }
     eprintln!("{} copies arrived, {} of them twice", received.len(), received.len() - COPIES);
+}
+
+/// Where the copies numbered `missing` are on `topic` (seq → partition and offset of each
+/// time it is there), read from the start by a new group: tells a copy the delayer never
+/// re-sent from one the test's reader did not see.
+async fn reread_copies(kafka: &KafkaConfig, topic: &str, missing: &[usize]) -> BTreeMap<usize, Vec<(i32, i64)>> {
+    let consumer: StreamConsumer = consumer_config(kafka, &unique_name("rereader")).create().unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut found: BTreeMap<usize, Vec<(i32, i64)>> = missing.iter().map(|seq| (*seq, Vec::new())).collect();
+    // Reads until the topic stays quiet for a while (the group needs a few seconds to join).
+    let mut quiet = Duration::from_secs(20);
+    while let Ok(message) = tokio::time::timeout(quiet, consumer.recv()).await {
+        quiet = Duration::from_secs(5);
+        let Ok(message) = message else { continue };
+        let seq = message
+            .payload()
+            .and_then(|payload| serde_json::from_slice::<serde_json::Value>(payload).ok())
+            .and_then(|value| value["seq"].as_u64())
+            .and_then(|seq| usize::try_from(seq).ok());
+        if let Some(places) = seq.and_then(|seq| found.get_mut(&seq)) {
+            places.push((message.partition(), message.offset()));
+        }
+    }
+    found
+}
+
+/// A stopped delayer commits, on its delay topic, the offset of the first copy it did not
+/// re-send (here one due in an hour), so its next run starts there: a copy past the commit
+/// would never be re-sent if the process died before re-sending it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delayer_commits_up_to_the_first_copy_it_did_not_re_send() {
+    let kafka = kafka_config();
+    let target = unique_name("delayed_commit");
+    let delay_topic = format!("{target}_delay_1s");
+    let specs: Vec<_> = [&target, &delay_topic]
+        .into_iter()
+        .map(|name| dionysus::kafka::TopicSpec { name: name.clone(), partitions: 1, replication_factor: 1 })
+        .collect();
+    dionysus::kafka::create_topics(&kafka, &specs).await.unwrap();
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let (due, later) = (now.to_string(), (now + 3_600_000).to_string());
+    let due = [(DelayHeaders::TARGET, target.as_str()), (DelayHeaders::DUE, due.as_str())];
+    let later = [(DelayHeaders::TARGET, target.as_str()), (DelayHeaders::DUE, later.as_str())];
+    produce_copy(&producer, &delay_topic, 0, "Item:1", "due", &due).await;
+    produce_copy(&producer, &delay_topic, 0, "Item:2", "in an hour", &later).await;
+
+    let mut config = Config::default();
+    config.kafka = kafka.clone();
+    let group = unique_name("delayer");
+    let delayer = Dionysus::with_registry(config, Registry::default())
+        .delayer()
+        .topic(&delay_topic)
+        .group(&group)
+        .build()
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { delayer.run(shutdown).await }
+    });
+    let resent = read(&kafka, &target, 1, Duration::from_secs(60)).await;
+    assert_eq!(resent.len(), 1, "the due copy was not re-sent");
+    // Its offset is stored before the loop looks at the shutdown again; stopping commits it.
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    let committed = tokio::task::spawn_blocking(move || {
+        let reader: StreamConsumer = consumer_config(&kafka, &group).create().unwrap();
+        let mut list = rdkafka::TopicPartitionList::new();
+        list.add_partition(&delay_topic, 0);
+        reader.committed_offsets(list, Duration::from_secs(10)).unwrap()
+    })
+    .await
+    .unwrap();
+    let offset = committed.elements()[0].offset();
+    assert_eq!(
+        offset,
+        rdkafka::Offset::Offset(1),
+        "the delayer re-sent the copy at offset 0 and holds the one at offset 1: its next run must start at 1"
+    );
 }
 
 /// A message on a delay topic without the headers of a delayed copy goes to the dead-letter

@@ -40,7 +40,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -498,6 +498,7 @@ impl Run<'_> {
                 let now = chrono::Utc::now().timestamp_millis();
                 let Some(queue) = self.held.get_mut(&partition) else { break };
                 let Some(head) = queue.front() else {
+                    tracing::debug!(topic = %partition.0, partition = partition.1, "no copy held any more; resuming the partition");
                     self.held.remove(&partition);
                     self.pause(&partition, false);
                     break;
@@ -552,11 +553,25 @@ impl Run<'_> {
             }
             Err(_) => metrics::counter!("dionysus_delayer_dead_letters_total", &labels).increment(1),
         }
-        if let Err(error) = self.consumer.store_offset(&entry.topic, entry.partition, entry.offset + 1) {
+        self.store_next(entry);
+        true
+    }
+
+    /// Stores the offset after `entry` (the next copy to read) for the next commit.
+    ///
+    /// Not `Consumer::store_offset`: librdkafka's `rd_kafka_offset_store` behind it stores
+    /// the offset it is given *plus one*, so giving it the next offset commits one copy too
+    /// far — a copy not yet re-sent that a run after a crash skips. `store_offsets` stores
+    /// each offset as given.
+    fn store_next(&self, entry: &Entry) {
+        let mut next = TopicPartitionList::new();
+        let stored = next
+            .add_partition_offset(&entry.topic, entry.partition, Offset::Offset(entry.offset + 1))
+            .and_then(|()| self.consumer.store_offsets(&next));
+        if let Err(error) = stored {
             // The partition was taken away meanwhile: its new owner re-sends the copy again.
             tracing::debug!(%error, topic = %entry.topic, partition = entry.partition, "storing the delayer's offset");
         }
-        true
     }
 
     async fn send(&self, messages: &[OutgoingMessage]) -> Result<(), Failure> {
@@ -587,6 +602,7 @@ impl Run<'_> {
         for change in changes {
             match change {
                 Change::Revoked(partitions) => {
+                    tracing::debug!(?partitions, "partitions revoked");
                     for partition in &partitions {
                         if let Some(dropped) = self.held.remove(partition) {
                             tracing::debug!(topic = %partition.0, partition = partition.1, dropped = dropped.len(), "partition revoked; its held copies are read again by its next owner");
@@ -594,6 +610,7 @@ impl Run<'_> {
                     }
                 }
                 Change::Assigned(partitions) => {
+                    tracing::debug!(?partitions, "partitions assigned");
                     for partition in partitions.iter().filter(|partition| !self.held.contains_key(*partition)) {
                         self.pause(partition, false);
                     }
