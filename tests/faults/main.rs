@@ -6,7 +6,8 @@
 //!
 //! Load: [`scenario::KEYS`] wallets (partition keys), [`scenario::RATE`] transactions a
 //! second, each updating a wallet (`seq` + 1) and creating a ledger entry with that `seq`
-//! (an insert-only record).
+//! (an insert-only record). The load, and with it the clock of the faults, starts once the
+//! consumers hold every partition between them, so a fault meets a formed group.
 //!
 //! | scenario | processes | fault |
 //! |---|---|---|

@@ -27,6 +27,12 @@ pub const KEYS: i64 = 200;
 pub const RATE: u32 = 100;
 /// Longest wait for the replicas to match once the writer is done.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(120);
+/// Longest wait for the consumer group to form before the load starts.
+const GROUP_WITHIN: Duration = Duration::from_secs(30);
+/// How often the runner checks processes and databases.
+const POLL: Duration = Duration::from_millis(100);
+/// How often, while a killed consumer's partitions are watched.
+const WATCH_POLL: Duration = Duration::from_millis(20);
 /// A killed relay is started again this much later, as a supervisor would.
 const RESTART_AFTER: f64 = 1.0;
 
@@ -241,6 +247,10 @@ impl Run<'_> {
         for n in 0..self.plan.consumers {
             self.start_consumer(n);
         }
+        // The faults' times count from a formed group: a consumer killed while the group is
+        // still forming (the test broker holds every join for half the session timeout) would time
+        // the forming too, not the takeover.
+        self.await_group().await;
         let (keys, rate, seconds) = (KEYS.to_string(), RATE.to_string(), self.plan.load_seconds.to_string());
         let mut writer = self.launcher.spawn(
             "writer",
@@ -267,7 +277,9 @@ impl Run<'_> {
                     break;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // While a killed consumer's partitions are watched, the stored offsets are read
+            // often, so the measured takeover is not longer than the real one by a poll period.
+            tokio::time::sleep(if self.monitor.watching_partitions() { WATCH_POLL } else { POLL }).await;
         }
         if let Some(line) = std::fs::read_to_string(&writer.log)
             .ok()
@@ -276,6 +288,38 @@ impl Run<'_> {
             crate::progress(&format!("  {}: {line}", self.plan.name));
         }
         self.finished.push(writer);
+    }
+
+    /// Waits until the consumers hold every partition between them: each one's last
+    /// rebalance event in its log is an assignment, and the assignments add up to
+    /// [`PARTITIONS`]. After [`GROUP_WITHIN`] without that (or with consumer logs below
+    /// `info`), the scenario goes on, saying so.
+    async fn await_group(&mut self) {
+        if self.consumers.is_empty() {
+            return;
+        }
+        let deadline = Instant::now() + GROUP_WITHIN;
+        loop {
+            let held: Option<i32> = self
+                .consumers
+                .iter()
+                .filter_map(|slot| slot.app.as_ref())
+                .map(|app| assigned_partitions(&std::fs::read_to_string(&app.log).unwrap_or_default()))
+                .sum();
+            if held == Some(PARTITIONS) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                crate::progress(&format!(
+                    "  {}: the consumers' logs do not show all {PARTITIONS} partitions held {GROUP_WITHIN:?} after \
+                     their start; the load starts anyway",
+                    self.plan.name
+                ));
+                return;
+            }
+            self.tick().await;
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     /// Injects a fault; returns the follow-up to schedule (seconds from now).
@@ -482,6 +526,18 @@ impl Run<'_> {
     }
 }
 
+/// How many partitions a consumer holds by its log: the count of its last `partitions
+/// assigned` line, or `None` when it has none or a revocation came after it.
+fn assigned_partitions(log: &str) -> Option<i32> {
+    let last =
+        log.lines().rev().find(|line| line.contains("partitions assigned") || line.contains("partitions revoked"))?;
+    if !last.contains("partitions assigned") {
+        return None;
+    }
+    let (_, count) = last.split_once("partitions=")?;
+    count.split_whitespace().next()?.parse().ok()
+}
+
 /// Something the monitor waits for after a fault.
 enum Watch {
     /// Every bucket `dead` held is owned by another worker.
@@ -655,6 +711,11 @@ impl Monitor {
         }
     }
 
+    /// Whether a killed consumer's partitions are still awaited.
+    fn watching_partitions(&self) -> bool {
+        self.watches.iter().any(|watch| matches!(watch, Watch::Partitions { done: None, .. }))
+    }
+
     fn watches_done(&self) -> bool {
         self.watches.iter().all(|watch| match watch {
             Watch::Buckets { done, .. } | Watch::Partitions { done, .. } => done.is_some(),
@@ -778,5 +839,27 @@ impl Monitor {
             wallets: wallets.into_iter().map(|row| (row.id, row.seq)).collect(),
             ledger: ledger.into_iter().map(|row| (row.id, (row.key, row.seq))).collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assigned_partitions;
+
+    #[test]
+    fn a_consumer_holds_what_its_last_assignment_says() {
+        let log = "2026-12-03T12:43:28.3Z  INFO dionysus::consumer::runtime: partitions assigned partitions=6\n\
+                   2026-12-03T12:43:29.1Z  INFO dionysus::consumer::runtime: partitions revoked partitions=6\n\
+                   2026-12-03T12:43:32.2Z  INFO dionysus::consumer::runtime: partitions assigned partitions=3\n\
+                   2026-12-03T12:43:32.4Z  INFO dionysus.consume.batch{partition=1}: batch committed applied=4\n";
+        assert_eq!(assigned_partitions(log), Some(3));
+    }
+
+    #[test]
+    fn a_consumer_revoked_last_or_not_yet_assigned_holds_nothing_known() {
+        let revoked = "INFO dionysus::consumer::runtime: partitions assigned partitions=3\n\
+                       INFO dionysus::consumer::runtime: partitions revoked partitions=3\n";
+        assert_eq!(assigned_partitions(revoked), None);
+        assert_eq!(assigned_partitions("consuming faults_wallets as group faults\n"), None);
     }
 }

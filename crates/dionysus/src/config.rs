@@ -12,7 +12,7 @@
 //! | `DIONYSUS_CONSUMER_GROUP_PREFIX` | [`KafkaConfig::consumer_group_prefix`] | text | `dionysus_consumer_group_for` |
 //! | `DIONYSUS_CONSUMER_GROUP_ID` | [`KafkaConfig::group_id`] | text | `<client_id>_<prefix>_<client_id>` |
 //! | `DIONYSUS_CONSUMER_SESSION_TIMEOUT_MS` | [`KafkaConfig::session_timeout`] | milliseconds, or a duration (`6s`) | `6000` |
-//! | `DIONYSUS_CONSUMER_HEARTBEAT_INTERVAL_MS` | [`KafkaConfig::heartbeat_interval`] | milliseconds, or a duration, below the session timeout | `500` |
+//! | `DIONYSUS_CONSUMER_HEARTBEAT_INTERVAL_MS` | [`KafkaConfig::heartbeat_interval`] | milliseconds, or a duration, below the session timeout | `200` |
 //! | `DIONYSUS_CONSUMER_GROUP_INSTANCE_ID` | [`KafkaConfig::group_instance_id`] | text, stable per process (e.g. the pod name) | none |
 //! | `DIONYSUS_SOFT_DELETE_COLUMN` | [`ProducerConfig::soft_delete_column`] | column name | `canceled_at` |
 //! | `DIONYSUS_DEFAULT_PARTITION_KEY` | [`ProducerConfig::default_partition_key`] | attribute name | `account_id` |
@@ -57,8 +57,13 @@
 //! partitions until the broker has missed its heartbeats for the session timeout; then the
 //! group rebalances and the other members take them over. The defaults (6 s, the lowest a
 //! Kafka broker accepts unless `group.min.session.timeout.ms` is lowered, and a heartbeat
-//! every 500 ms, so the others hear of the rebalance at once) keep that pause under 10 s; with
-//! librdkafka's 45 s default it is nearly a minute. A consumer stopped with SIGTERM leaves its
+//! every 200 ms) keep that pause under 10 s; with librdkafka's 45 s default it is nearly a
+//! minute. The heartbeat is short because a survivor hears of the rebalance only in a
+//! heartbeat's answer, and a broker that checks sessions only when a member calls (the test
+//! broker does) notices the dead one only at a survivor's heartbeat: up to one interval is
+//! added to the session timeout either way. With
+//! `DIONYSUS_KAFKA_PARTITION_ASSIGNMENT_STRATEGY=cooperative-sticky` a rebalance moves only
+//! the partitions that change owner; the members keep working on the others meanwhile. A consumer stopped with SIGTERM leaves its
 //! group at once. With `DIONYSUS_CONSUMER_GROUP_INSTANCE_ID` set to a name that stays the same
 //! across restarts of one process (static membership, e.g. a StatefulSet's pod name), a broker
 //! that supports it (Kafka 2.3 and later) hands a restarted member its partitions back without
@@ -164,8 +169,9 @@ pub struct KafkaConfig {
     /// How long the group waits for a consumer's heartbeat before it gives the consumer's
     /// partitions to the other members (`session.timeout.ms`, 6 s).
     pub session_timeout: Duration,
-    /// How often a consumer heartbeats to its group (`heartbeat.interval.ms`, 500 ms);
-    /// shorter than the session timeout.
+    /// How often a consumer heartbeats to its group (`heartbeat.interval.ms`, 200 ms);
+    /// shorter than the session timeout. A member learns of a rebalance in a heartbeat's
+    /// answer, so this is added to the time a dead member's partitions wait.
     pub heartbeat_interval: Duration,
     /// Static group membership (`group.instance.id`): a name for this consumer process that
     /// stays the same when it restarts (none: dynamic membership).
@@ -442,7 +448,7 @@ impl Default for KafkaConfig {
             consumer_group_prefix: "dionysus_consumer_group_for".to_owned(),
             group_id: None,
             session_timeout: Duration::from_secs(6),
-            heartbeat_interval: Duration::from_millis(500),
+            heartbeat_interval: Duration::from_millis(200),
             group_instance_id: None,
             properties: BTreeMap::new(),
         }
@@ -1036,7 +1042,7 @@ mod tests {
     fn group_membership_defaults_bound_a_dead_consumers_pause() {
         let config = Config::default();
         assert_eq!(config.kafka.session_timeout, Duration::from_secs(6));
-        assert_eq!(config.kafka.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(config.kafka.heartbeat_interval, Duration::from_millis(200));
         assert_eq!(config.kafka.group_instance_id, None);
         let config = from(&[
             ("DIONYSUS_CONSUMER_SESSION_TIMEOUT_MS", "10s"),

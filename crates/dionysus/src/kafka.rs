@@ -460,7 +460,7 @@ mod tests {
         let mut kafka = KafkaConfig::default();
         let config = consumer_config(&kafka, "group");
         assert_eq!(config.get("session.timeout.ms"), Some("6000"));
-        assert_eq!(config.get("heartbeat.interval.ms"), Some("500"));
+        assert_eq!(config.get("heartbeat.interval.ms"), Some("200"));
         assert_eq!(config.get("group.instance.id"), None);
 
         kafka.session_timeout = Duration::from_secs(10);

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures_util::StreamExt;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
@@ -149,7 +151,14 @@ impl ConsumerContext for GroupContext {
                     }
                 }
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
-                if let Err(error) = base_consumer.assign(tpl) {
+                // Cooperative rebalancing hands over only the added partitions, and librdkafka
+                // refuses a whole-assignment call then (and the reverse under eager).
+                let assigned = if cooperative(base_consumer) {
+                    base_consumer.incremental_assign(tpl)
+                } else {
+                    base_consumer.assign(tpl)
+                };
+                if let Err(error) = assigned {
                     tracing::error!(%error, "assigning partitions failed");
                 }
             }
@@ -163,13 +172,24 @@ impl ConsumerContext for GroupContext {
                     }
                 }
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
-                if let Err(error) = base_consumer.unassign() {
+                // Cooperative: only the revoked partitions go; the others keep being worked on.
+                let unassigned = if cooperative(base_consumer) {
+                    base_consumer.incremental_unassign(tpl)
+                } else {
+                    base_consumer.unassign()
+                };
+                if let Err(error) = unassigned {
                     tracing::error!(%error, "unassigning partitions failed");
                 }
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error");
-                if let Err(error) = base_consumer.unassign() {
+                let unassigned = if cooperative(base_consumer) {
+                    base_consumer.incremental_unassign(tpl)
+                } else {
+                    base_consumer.unassign()
+                };
+                if let Err(error) = unassigned {
                     tracing::error!(%error, "unassigning partitions failed");
                 }
             }
@@ -196,6 +216,12 @@ impl GroupContext {
             }
         }
     }
+}
+
+/// Whether the group rebalances cooperatively (`partition.assignment.strategy=cooperative-sticky`):
+/// a rebalance then names only the partitions that move, and the assignment changes by them.
+fn cooperative(base_consumer: &BaseConsumer<GroupContext>) -> bool {
+    matches!(base_consumer.rebalance_protocol(), RebalanceProtocol::Cooperative)
 }
 
 /// Reads the stored offsets from a helper thread with its own runtime, because librdkafka
