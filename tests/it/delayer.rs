@@ -241,6 +241,22 @@ async fn produce_copy(
     producer.send(record, Duration::from_secs(10)).await.unwrap();
 }
 
+/// A delayer of `topic` in `group`, in this process, until the token is cancelled.
+fn run_delayer(
+    config: Config,
+    topic: &str,
+    group: &str,
+) -> (CancellationToken, tokio::task::JoinHandle<Result<(), dionysus::delayer::DelayerError>>) {
+    let delayer =
+        Dionysus::with_registry(config, Registry::default()).delayer().topic(topic).group(group).build().unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { delayer.run(shutdown).await }
+    });
+    (shutdown, running)
+}
+
 /// The log file of run `run` of the `dionysus delayer` process in `group`.
 fn delayer_log(group: &str, run: usize) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("{group}-{run}.log"))
@@ -391,17 +407,7 @@ async fn a_delayer_commits_up_to_the_first_copy_it_did_not_re_send() {
     let mut config = Config::default();
     config.kafka = kafka.clone();
     let group = unique_name("delayer");
-    let delayer = Dionysus::with_registry(config, Registry::default())
-        .delayer()
-        .topic(&delay_topic)
-        .group(&group)
-        .build()
-        .unwrap();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { delayer.run(shutdown).await }
-    });
+    let (shutdown, running) = run_delayer(config, &delay_topic, &group);
     let resent = read(&kafka, &target, 1, Duration::from_secs(60)).await;
     assert_eq!(resent.len(), 1, "the due copy was not re-sent");
     // Its offset is stored before the loop looks at the shutdown again; stopping commits it.
@@ -449,17 +455,7 @@ async fn a_malformed_delay_message_is_dead_lettered_and_the_partition_moves_on()
     let mut config = Config::default();
     config.kafka = kafka.clone();
     config.consumer.dead_letter_topic = dead_letters.clone();
-    let delayer = Dionysus::with_registry(config, Registry::default())
-        .delayer()
-        .topic(&delay_topic)
-        .group(unique_name("delayer"))
-        .build()
-        .unwrap();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { delayer.run(shutdown).await }
-    });
+    let (shutdown, running) = run_delayer(config, &delay_topic, &unique_name("delayer"));
     let resent = read(&kafka, &target, 2, Duration::from_secs(60)).await;
     let dead = read(&kafka, &dead_letters, 2, Duration::from_secs(30)).await;
     shutdown.cancel();

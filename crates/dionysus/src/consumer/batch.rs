@@ -344,6 +344,25 @@ impl ReadRecords for RecordReader {
 }
 
 impl Rules {
+    /// Rules of an unwatched consumer of `replicas` with the usual limits, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(replicas: Replicas) -> Rules {
+        Rules {
+            replicas,
+            import_topics: HashSet::new(),
+            filters: Vec::new(),
+            remove_duplicates: false,
+            max_message_bytes: 1 << 20,
+            max_records: 100,
+            unknown_model: UnknownModel::Skip,
+            processing_mutex: false,
+            max_future_skew: std::time::Duration::from_secs(60),
+            track_changes: false,
+            column_types: ColumnTypes::default(),
+            records_unread: true,
+        }
+    }
+
     /// Decodes and checks every message; nothing touches the database.
     pub(crate) fn prepare(&self, messages: &[InboundMessage]) -> PreparedBatch {
         let mut checked: Vec<(usize, Checked)> = Vec::with_capacity(messages.len());
@@ -1305,20 +1324,7 @@ mod tests {
 
     #[test]
     fn a_prepared_batch_names_the_tables_it_writes_once_each() {
-        let rules = Rules {
-            replicas: Replicas::new([&RENTALS, &BOOKINGS, &TAXES]),
-            import_topics: HashSet::new(),
-            filters: Vec::new(),
-            remove_duplicates: false,
-            max_message_bytes: 1 << 20,
-            max_records: 100,
-            unknown_model: UnknownModel::Skip,
-            processing_mutex: false,
-            max_future_skew: std::time::Duration::from_secs(60),
-            track_changes: false,
-            column_types: ColumnTypes::default(),
-            records_unread: true,
-        };
+        let rules = Rules::for_tests(Replicas::new([&RENTALS, &BOOKINGS, &TAXES]));
         let message = |offset: i64, model: &str| InboundMessage {
             topic: "t".to_owned(),
             partition: 0,
@@ -1342,20 +1348,7 @@ mod tests {
 
     #[test]
     fn a_model_replicated_from_two_topics_goes_to_the_replica_of_the_messages_topic() {
-        let rules = Rules {
-            replicas: Replicas::new([&OUR_RENTALS, &PARTNER_RENTALS]),
-            import_topics: HashSet::new(),
-            filters: Vec::new(),
-            remove_duplicates: false,
-            max_message_bytes: 1 << 20,
-            max_records: 100,
-            unknown_model: UnknownModel::Skip,
-            processing_mutex: false,
-            max_future_skew: std::time::Duration::from_secs(60),
-            track_changes: false,
-            column_types: ColumnTypes::default(),
-            records_unread: true,
-        };
+        let rules = Rules::for_tests(Replicas::new([&OUR_RENTALS, &PARTNER_RENTALS]));
         let message = |topic: &str| InboundMessage {
             topic: topic.to_owned(),
             partition: 0,

@@ -30,20 +30,7 @@ static WITH_DATA: ReplicaDescriptor =
     ReplicaDescriptor { model: "Booking", table: "bookings", synced_data: Some("tags"), ..RENTALS };
 
 fn rules() -> Rules {
-    Rules {
-        replicas: Replicas::new([&RENTALS, &WITH_DATA]),
-        import_topics: HashSet::new(),
-        filters: Vec::new(),
-        remove_duplicates: false,
-        max_message_bytes: 1 << 20,
-        max_records: 10,
-        unknown_model: UnknownModel::Skip,
-        processing_mutex: false,
-        max_future_skew: std::time::Duration::from_secs(60),
-        track_changes: false,
-        column_types: ColumnTypes::default(),
-        records_unread: true,
-    }
+    Rules { max_records: 10, ..Rules::for_tests(Replicas::new([&RENTALS, &WITH_DATA])) }
 }
 
 use crate::consumer::replica::Replicas;
