@@ -63,8 +63,9 @@
 //! broker does) notices the dead one only at a survivor's heartbeat: up to one interval is
 //! added to the session timeout either way. With
 //! `DIONYSUS_KAFKA_PARTITION_ASSIGNMENT_STRATEGY=cooperative-sticky` a rebalance moves only
-//! the partitions that change owner; the members keep working on the others meanwhile. A consumer stopped with SIGTERM leaves its
-//! group at once. With `DIONYSUS_CONSUMER_GROUP_INSTANCE_ID` set to a name that stays the same
+//! the partitions that change owner; the members keep working on the others meanwhile (every
+//! member of the group needs it: eager and cooperative members cannot share a group). A
+//! consumer stopped with SIGTERM leaves its group at once. With `DIONYSUS_CONSUMER_GROUP_INSTANCE_ID` set to a name that stays the same
 //! across restarts of one process (static membership, e.g. a StatefulSet's pod name), a broker
 //! that supports it (Kafka 2.3 and later) hands a restarted member its partitions back without
 //! a rebalance; a name that changes with every start only leaves a stale member behind until
