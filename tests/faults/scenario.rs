@@ -695,7 +695,7 @@ impl Monitor {
                 return;
             }
         };
-        let watching = self.watches.iter().any(|w| matches!(w, Watch::Partitions { done: None, .. }));
+        let watching = self.watching_partitions();
         for offset in offsets {
             let previous = self.offsets.insert(offset.partition, offset.next_offset);
             if watching && previous.is_some_and(|previous| previous != offset.next_offset) {

@@ -151,16 +151,7 @@ impl ConsumerContext for GroupContext {
                     }
                 }
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
-                // Cooperative rebalancing hands over only the added partitions, and librdkafka
-                // refuses a whole-assignment call then (and the reverse under eager).
-                let assigned = if cooperative(base_consumer) {
-                    base_consumer.incremental_assign(tpl)
-                } else {
-                    base_consumer.assign(tpl)
-                };
-                if let Err(error) = assigned {
-                    tracing::error!(%error, "assigning partitions failed");
-                }
+                change_assignment(base_consumer, tpl, true);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 if let Ok(mut assignments) = self.assignments.lock() {
@@ -172,26 +163,11 @@ impl ConsumerContext for GroupContext {
                     }
                 }
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
-                // Cooperative: only the revoked partitions go; the others keep being worked on.
-                let unassigned = if cooperative(base_consumer) {
-                    base_consumer.incremental_unassign(tpl)
-                } else {
-                    base_consumer.unassign()
-                };
-                if let Err(error) = unassigned {
-                    tracing::error!(%error, "unassigning partitions failed");
-                }
+                change_assignment(base_consumer, tpl, false);
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error");
-                let unassigned = if cooperative(base_consumer) {
-                    base_consumer.incremental_unassign(tpl)
-                } else {
-                    base_consumer.unassign()
-                };
-                if let Err(error) = unassigned {
-                    tracing::error!(%error, "unassigning partitions failed");
-                }
+                change_assignment(base_consumer, tpl, false);
             }
         }
     }
@@ -218,10 +194,22 @@ impl GroupContext {
     }
 }
 
-/// Whether the group rebalances cooperatively (`partition.assignment.strategy=cooperative-sticky`):
-/// a rebalance then names only the partitions that move, and the assignment changes by them.
-fn cooperative(base_consumer: &BaseConsumer<GroupContext>) -> bool {
-    matches!(base_consumer.rebalance_protocol(), RebalanceProtocol::Cooperative)
+/// Adds `tpl` to this member's assignment, or takes it away. A cooperative group
+/// (`partition.assignment.strategy=cooperative-sticky`) names only the partitions that move,
+/// and librdkafka takes only incremental calls then: the other partitions keep being worked
+/// on. An eager group hands over (or takes away) the whole assignment, with whole calls.
+fn change_assignment(base_consumer: &BaseConsumer<GroupContext>, tpl: &TopicPartitionList, add: bool) {
+    let cooperative = matches!(base_consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+    let changed = match (cooperative, add) {
+        (true, true) => base_consumer.incremental_assign(tpl),
+        (true, false) => base_consumer.incremental_unassign(tpl),
+        (false, true) => base_consumer.assign(tpl),
+        (false, false) => base_consumer.unassign(),
+    };
+    if let Err(error) = changed {
+        let step = if add { "assigning" } else { "unassigning" };
+        tracing::error!(%error, "{step} partitions failed");
+    }
 }
 
 /// Reads the stored offsets from a helper thread with its own runtime, because librdkafka

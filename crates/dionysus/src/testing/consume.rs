@@ -12,7 +12,6 @@ use serde_json::Value;
 
 use crate::consumer::calls::{recording, HandlerCall};
 use crate::consumer::replica::sql::stored_offsets;
-use crate::consumer::replica::ReplicaDescriptor;
 use crate::consumer::{ConsumedEvent, Consumer, ConsumerError, DeadLetter, InboundMessage, LocalChange};
 use crate::producer::publishable::{model_entry, Publishable};
 use crate::producer::serialize::{default_serialize, SerializeError, Sideloads};
@@ -272,19 +271,15 @@ fn topic_of(consumer: &Consumer, message: &TestMessage, index: usize) -> Result<
     }
     let topics = consumer.topics();
     // The consumed topics with a replica of the model; one of them is the answer.
-    let mut replicated: Vec<&str> = match message.model_name.as_deref() {
-        Some(model) => {
-            let key = ReplicaDescriptor::lookup_key(model);
-            consumer
-                .replicas()
-                .iter()
-                .filter(|replica| ReplicaDescriptor::lookup_key(replica.model) == key)
-                .map(|replica| replica.topic)
-                .filter(|topic| topics.iter().any(|consumed| consumed == topic))
-                .collect()
-        }
-        None => Vec::new(),
-    };
+    let mut replicated: Vec<&str> = message
+        .model_name
+        .as_deref()
+        .map(|model| consumer.replicas().candidates(model))
+        .unwrap_or_default()
+        .iter()
+        .map(|replica| replica.topic)
+        .filter(|topic| topics.iter().any(|consumed| consumed == topic))
+        .collect();
     replicated.dedup();
     let replicated = match replicated.as_slice() {
         [only] => Some(*only),

@@ -246,8 +246,9 @@ impl Replicas {
         Replicas { by_key, by_model }
     }
 
-    /// The replicas of a model name (`Rental`) or a relationship name (`bookings`, `tax`).
-    fn candidates(&self, name: &str) -> &[&'static ReplicaDescriptor] {
+    /// The replicas of a model name (`Rental`) or a relationship name (`bookings`, `tax`),
+    /// ordered by topic.
+    pub(crate) fn candidates(&self, name: &str) -> &[&'static ReplicaDescriptor] {
         if let Some(found) = self.by_model.get(name) {
             return found;
         }
