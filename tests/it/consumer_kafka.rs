@@ -378,6 +378,51 @@ async fn rebalancing_converges(topic: &str, strategy: Option<&str>) {
     assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM rental_writes").await, total, "each change written once");
 }
 
+/// The broker learns the offsets stored with the replica rows without a commit request per
+/// batch: each batch stores its next offset with librdkafka, which commits the latest ones
+/// about once a second. Small batches, so there are many more batches than seconds; the
+/// group's offsets on the broker catch up with the database's while the consumer runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_broker_learns_the_offsets_stored_with_the_replica_rows() {
+    let db = replica_db().await;
+    let mut conn = db.connection().await;
+    let kafka = kafka_config();
+    let topic = create_topic(&kafka, "replica_broker_offsets", 2).await;
+    let producer = dionysus::kafka::producer(&kafka).unwrap();
+    let per_partition = 60i64;
+    for partition in 0..2 {
+        let values: Vec<Vec<u8>> = (1..=per_partition)
+            .map(|n| rental("rental_created", i64::from(partition) * 1000 + n, "created", 1))
+            .collect();
+        send_many(&producer, &topic, partition, &values).await;
+    }
+    let config = config(&db, &kafka, 3);
+    let group = config.kafka.group_id();
+    let consumer = builder(&db, &kafka, &topic, "unused_dead_letters").config(config).build().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { consumer.run(shutdown).await }
+    });
+    wait_for_stored(&mut conn, |stored| stored == 2 * per_partition, Duration::from_secs(60)).await;
+    let reader: rdkafka::consumer::BaseConsumer = dionysus::kafka::consumer_config(&kafka, &group).create().unwrap();
+    let committed = eventually(Duration::from_secs(10), || {
+        let mut wanted = rdkafka::TopicPartitionList::new();
+        wanted.add_partition(&topic, 0);
+        wanted.add_partition(&topic, 1);
+        let offsets: Vec<rdkafka::Offset> = reader
+            .committed_offsets(wanted, Duration::from_secs(5))
+            .map(|list| list.elements().iter().map(|element| element.offset()).collect())
+            .unwrap_or_default();
+        let caught_up = offsets == [rdkafka::Offset::Offset(per_partition); 2];
+        async move { caught_up.then_some(offsets) }
+    })
+    .await;
+    assert!(!task.is_finished(), "the offsets were committed while the consumer runs: {committed:?}");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
 /// Two partitions with a long backlog each, and slow writes (a trigger sleeps 2 ms per row):
 /// both partitions make progress together, instead of one partition's run of messages in
 /// librdkafka's queue holding up the other until it is done. The busy partition is paused

@@ -33,6 +33,7 @@ mod kafka;
 mod kit;
 mod layout;
 mod migrations;
+mod pool;
 mod producer;
 mod readme;
 mod reinit;

@@ -78,6 +78,7 @@
 //! | `socket.nagle.disable` | all | `true` | `false` | a request is sent at once, not held for the broker's delayed ACK |
 //! | `linger.ms` | relay | `1` | `5` | the relay awaits each batch's delivery, so waiting to fill requests costs more than it saves |
 //! | `fetch.wait.max.ms` | consumers | `100` | `500` | an idle partition costs ten fetches a second; a broker that holds fetches for the whole wait delays messages by at most this |
+//! | `auto.commit.interval.ms` | consumers | `1000` | `5000` | each batch stores its next offset with librdkafka (the authoritative one is in the database, with the replica rows), which commits the latest to the broker this often and on revocation: no commit request per batch, and lag tooling is at most a second behind |
 //!
 //! Booleans accept `true/false`, `1/0`, `yes/no`, `on/off`. Durations accept a bare number
 //! in the unit the variable names, or a number with a unit: `ms`, `s`, `m`, `h`, `d`

@@ -31,8 +31,15 @@ pub enum DbError {
 
 /// A pool of at most `max_size` connections to `database_url`. Connections are opened
 /// lazily, so this does not fail when the database is down; taking a connection does.
+///
+/// A connection is handed out without a test query (the relay takes one per batch, a
+/// consumer one per partition batch, so a `SELECT 1` each time would be a round trip per
+/// batch): one whose server went away is known closed and replaced, and a statement on one
+/// that broke unnoticed fails like any other database error, which every caller retries.
 pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+    let mut config = diesel_async::pooled_connection::ManagerConfig::default();
+    config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(database_url, config);
     DeadPool::builder(manager)
         .max_size(max_size.max(1))
         .build()

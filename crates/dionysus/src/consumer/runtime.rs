@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures_util::StreamExt;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
@@ -70,6 +68,9 @@ const DEAD_LETTER_MARGIN_BYTES: usize = 1 << 20;
 const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight batches may take to finish once the consumer is asked to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
+/// How often the consumer commits its latest stored offsets to the broker (librdkafka's
+/// `auto.commit.interval.ms`; `DIONYSUS_KAFKA_AUTO_COMMIT_INTERVAL_MS` overrides it).
+pub(crate) const KAFKA_COMMIT_INTERVAL_MS: u32 = 1000;
 
 type Assignments = Arc<Mutex<HashMap<(String, i32), Arc<AtomicBool>>>>;
 
@@ -447,7 +448,15 @@ impl Consumer {
         };
         let mut client = crate::kafka::consumer_config(kafka, &inner.group);
         client.set("statistics.interval.ms", "5000");
-        for (key, value) in &inner.kafka_properties {
+        // The offsets on the broker are for lag tooling (this consumer resumes from the ones
+        // stored with the replica rows): each batch stores its next offset, and librdkafka
+        // commits the latest stored ones every second and when partitions are revoked —
+        // not one request per batch, which on a busy partition set costs the broker more
+        // than the fetches do.
+        client.set("enable.auto.commit", "true").set("auto.commit.interval.ms", KAFKA_COMMIT_INTERVAL_MS.to_string());
+        // The application's own settings still win over these.
+        let own = inner.kafka_properties.iter().map(|(key, value)| (key, value));
+        for (key, value) in kafka.properties.iter().chain(own) {
             client.set(key, value);
         }
         use crate::kafka::{kafka_error, KafkaOperation};
@@ -727,8 +736,9 @@ impl Consumer {
                 }
                 let mut offsets = TopicPartitionList::new();
                 if offsets.add_partition_offset(&topic, partition, Offset::Offset(next_offset)).is_ok() {
-                    if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
-                        tracing::debug!(%error, %topic, partition, "Kafka commit failed (the stored offset still holds)");
+                    // `store_offsets` takes the next offset as given (unlike `store_offset`).
+                    if let Err(error) = consumer.store_offsets(&offsets) {
+                        tracing::debug!(%error, %topic, partition, "storing the offset for the Kafka commit failed (the database's stored offset still holds)");
                     }
                 }
             }
