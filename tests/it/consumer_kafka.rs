@@ -79,6 +79,18 @@ async fn send_many(producer: &Producer, topic: &str, partition: i32, values: &[V
     }
 }
 
+/// Sends `per_partition` `rental_created` messages to each of the first `partitions`
+/// partitions; partition `p` gets the rentals `p * 100_000 + 1` onwards.
+async fn create_rentals(kafka: &dionysus::config::KafkaConfig, topic: &str, partitions: i32, per_partition: i64) {
+    let producer = dionysus::kafka::producer(kafka).unwrap();
+    for partition in 0..partitions {
+        let values: Vec<Vec<u8>> = (1..=per_partition)
+            .map(|n| rental("rental_created", i64::from(partition) * 100_000 + n, "created", 1))
+            .collect();
+        send_many(&producer, topic, partition, &values).await;
+    }
+}
+
 /// Makes every write to `rentals` take `seconds` longer (a trigger sleeps).
 async fn slow_writes(conn: &mut AsyncPgConnection, seconds: f64) {
     conn.batch_execute(&format!(
@@ -388,14 +400,8 @@ async fn the_broker_learns_the_offsets_stored_with_the_replica_rows() {
     let mut conn = db.connection().await;
     let kafka = kafka_config();
     let topic = create_topic(&kafka, "replica_broker_offsets", 2).await;
-    let producer = dionysus::kafka::producer(&kafka).unwrap();
     let per_partition = 60i64;
-    for partition in 0..2 {
-        let values: Vec<Vec<u8>> = (1..=per_partition)
-            .map(|n| rental("rental_created", i64::from(partition) * 1000 + n, "created", 1))
-            .collect();
-        send_many(&producer, &topic, partition, &values).await;
-    }
+    create_rentals(&kafka, &topic, 2, per_partition).await;
     let config = config(&db, &kafka, 3);
     let group = config.kafka.group_id();
     let consumer = builder(&db, &kafka, &topic, "unused_dead_letters").config(config).build().unwrap();
@@ -435,14 +441,8 @@ async fn a_busy_partition_does_not_hold_up_the_others() {
     slow_writes(&mut conn, 0.002).await;
     let kafka = kafka_config();
     let topic = create_topic(&kafka, "replica_backlog", 2).await;
-    let producer = dionysus::kafka::producer(&kafka).unwrap();
     let per_partition = 1500i64;
-    for partition in 0..2 {
-        let values: Vec<Vec<u8>> = (1..=per_partition)
-            .map(|n| rental("rental_created", i64::from(partition) * 100_000 + n, "created", 1))
-            .collect();
-        send_many(&producer, &topic, partition, &values).await;
-    }
+    create_rentals(&kafka, &topic, 2, per_partition).await;
     let commits: Arc<std::sync::Mutex<Vec<(i32, i64)>>> = Arc::default();
     let consumer = {
         let commits = commits.clone();
