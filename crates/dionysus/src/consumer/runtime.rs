@@ -70,7 +70,7 @@ const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
 /// How often the consumer commits its latest stored offsets to the broker (librdkafka's
 /// `auto.commit.interval.ms`; `DIONYSUS_KAFKA_AUTO_COMMIT_INTERVAL_MS` overrides it).
-pub(crate) const KAFKA_COMMIT_INTERVAL_MS: u32 = 1000;
+const KAFKA_COMMIT_INTERVAL_MS: u32 = 1000;
 
 type Assignments = Arc<Mutex<HashMap<(String, i32), Arc<AtomicBool>>>>;
 
@@ -454,9 +454,11 @@ impl Consumer {
         // not one request per batch, which on a busy partition set costs the broker more
         // than the fetches do.
         client.set("enable.auto.commit", "true").set("auto.commit.interval.ms", KAFKA_COMMIT_INTERVAL_MS.to_string());
-        // The application's own settings still win over these.
-        let own = inner.kafka_properties.iter().map(|(key, value)| (key, value));
-        for (key, value) in kafka.properties.iter().chain(own) {
+        // The application's own settings (environment, then builder) still win over these.
+        for (key, value) in &kafka.properties {
+            client.set(key, value);
+        }
+        for (key, value) in &inner.kafka_properties {
             client.set(key, value);
         }
         use crate::kafka::{kafka_error, KafkaOperation};
