@@ -3,9 +3,10 @@
 //!
 //! * Partitions are processed concurrently, each strictly in order, in batches of up to
 //!   [`ConsumerConfig::batch_size`](crate::config::ConsumerConfig::batch_size) messages.
-//!   A partition that has 8 batches (or 64 MiB) read ahead is paused in librdkafka until it
-//!   is down to 3 batches (and 16 MiB), so memory stays bounded and a partition with a long
-//!   backlog never keeps the others waiting.
+//!   A partition that has 32 batches (or 64 MiB) read ahead is paused in librdkafka until it
+//!   is down to 16 batches (and 32 MiB), so memory stays bounded, a partition with a long
+//!   backlog never keeps the others waiting, and its worker still has work while the
+//!   resumed fetch comes in.
 //! * A batch is one PostgreSQL transaction: the partition's offset row is locked, messages
 //!   below the stored offset are skipped (already applied), every record is written with
 //!   set-based statements under the timestamp guard, and the next offset is stored — all or

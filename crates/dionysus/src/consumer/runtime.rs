@@ -254,14 +254,19 @@ struct Backlog {
 }
 
 impl Backlog {
-    /// Pause at 8 batches or 64 MiB, resume at 3 batches and 16 MiB: the resumed fetch has
-    /// about three batches' time to arrive before the worker runs dry.
+    /// Pause at 32 batches or 64 MiB, resume at 16 batches and 32 MiB.
+    ///
+    /// Pausing makes librdkafka drop what it had fetched ahead for the partition, and the
+    /// resumed fetch starts over from the broker; until it arrives, the worker lives on what
+    /// is buffered here. Half the pause point leaves it many batches of work for that (at 3
+    /// batches, a worker writing 1,000-message batches ran dry for about 15 ms in every 65),
+    /// and pausing rarely keeps the dropped read-ahead rare.
     fn pause(batch_size: usize) -> Backlog {
-        Backlog { messages: batch_size * 8, bytes: 64 << 20 }
+        Backlog { messages: batch_size.saturating_mul(32), bytes: 64 << 20 }
     }
 
     fn resume(batch_size: usize) -> Backlog {
-        Backlog { messages: batch_size * 3, bytes: 16 << 20 }
+        Backlog { messages: batch_size.saturating_mul(16), bytes: 32 << 20 }
     }
 }
 
@@ -893,6 +898,49 @@ mod tests {
 
     fn header<'a>(record: &'a DeadLetterRecord, name: &str) -> Option<&'a str> {
         record.headers.iter().find(|(key, _)| *key == name).map(|(_, value)| value.as_str())
+    }
+
+    /// A partition is paused only when far ahead, and resumed while its worker still has many
+    /// batches to write: the fetch after a resume starts over at the broker, and a worker
+    /// that runs dry meanwhile waits (3 batches of slack left 1,000-message batches waiting
+    /// about 15 ms in every 65).
+    #[tokio::test]
+    async fn a_resumed_partition_leaves_its_worker_many_batches_of_slack() {
+        let batch_size = 500;
+        let (sender, mut receiver) = mpsc::channel(batch_size * 2);
+        let mut worker = Worker::new(sender, Arc::default(), tokio::spawn(async {}));
+        let message = |offset| InboundMessage {
+            topic: "t".to_owned(),
+            partition: 0,
+            offset,
+            key: None,
+            payload: Some(vec![b'x'; 500]),
+        };
+        let mut offset = 0;
+        while !worker.reaches(Backlog::pause(batch_size)) {
+            worker.push(message(offset));
+            offset += 1;
+        }
+        assert!(offset >= 32 * 500, "paused after {offset} messages");
+        // The worker takes batches until the partition is resumed.
+        let mut taken = 0;
+        while !worker.within(Backlog::resume(batch_size)) {
+            for _ in 0..batch_size {
+                receiver.try_recv().unwrap();
+                taken += 1;
+            }
+            worker.flush();
+        }
+        let slack = offset - taken;
+        assert!(slack >= 16 * 500, "resumed with {slack} messages left");
+        // Large messages are bounded by bytes instead: 64 MiB to pause, 32 MiB to resume.
+        let (sender, _receiver) = mpsc::channel(1);
+        let mut large = Worker::new(sender, Arc::default(), tokio::spawn(async {}));
+        for offset in 0..66 {
+            large.push(InboundMessage { payload: Some(vec![b'x'; 1 << 20]), ..message(offset) });
+        }
+        assert!(large.reaches(Backlog::pause(batch_size)));
+        assert!(!large.within(Backlog::resume(batch_size)));
     }
 
     #[test]
