@@ -160,10 +160,37 @@ impl Pair {
         let lean = self.lean.process_batch_unobserved(batch).await.unwrap();
         assert_eq!(summary(&general), summary(&lean));
         let mut conn = self.db.connection().await;
-        assert_eq!(rows(&mut conn, "gadgets_general").await, rows(&mut conn, "gadgets_direct").await);
-        assert_eq!(rows(&mut conn, "widgets_general").await, rows(&mut conn, "widgets_direct").await);
+        for table in ["gadgets", "widgets"] {
+            assert_eq!(
+                apply_times_hidden(rows(&mut conn, &format!("{table}_general")).await),
+                apply_times_hidden(rows(&mut conn, &format!("{table}_direct")).await)
+            );
+        }
         lean.events.is_empty() && !general.events.is_empty()
     }
+}
+
+/// `rows` with the times the consumer took from its own clock (a destroy without a time
+/// cancels the row at the time it is applied) in place of a placeholder: the two paths apply
+/// a batch one after the other, milliseconds apart. The messages' own times are in 2024.
+fn apply_times_hidden(rows: Vec<Value>) -> Vec<Value> {
+    let hide = |value: &mut Value| {
+        let applied = value
+            .as_str()
+            .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+            .is_some_and(|time| chrono::Datelike::year(&time) > 2024);
+        if applied {
+            *value = Value::String("(the time the batch was applied)".to_owned());
+        }
+    };
+    rows.into_iter()
+        .map(|mut row| {
+            if let Value::Object(columns) = &mut row {
+                columns.values_mut().for_each(hide);
+            }
+            row
+        })
+        .collect()
 }
 
 /// A clean batch goes the lean way and writes what the general path writes, guard included,
