@@ -10,7 +10,7 @@
 //! * dionysus: 24 writer connections (enough that the writers keep the schedule at 3 000/s,
 //!   so the offered rate is the rate asked for) each commit `INSERT` + `dionysus::outbox::created` as
 //!   events fall due (event *i* at start + *i* / rate) and note the wall clock after `COMMIT`
-//!   returns; the replica table stamps `clock_timestamp()` on each row the consumer writes
+//!   returns (the records carry `created_at` and `updated_at`, as an application's do); the replica table stamps `clock_timestamp()` on each row the consumer writes
 //!   (a trigger). Latency = stamp − commit (one host, one clock; the consumer's commit follows
 //!   its write within its batch). The line below splits it at the relay's published mark
 //!   (`published_at`, set when the broker acknowledged the batch): commit → published shows
@@ -51,6 +51,8 @@ diesel::table! {
         id -> BigInt,
         account_id -> BigInt,
         name -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -61,6 +63,8 @@ struct Item {
     id: i64,
     account_id: i64,
     name: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
 }
 
 #[derive(Insertable)]
@@ -301,7 +305,8 @@ async fn main() {
     let db = TestDb::migrated().await;
     let mut conn = db.connection().await;
     conn.batch_execute(
-        "CREATE TABLE latency_items (id BIGSERIAL PRIMARY KEY, account_id BIGINT NOT NULL, name TEXT NOT NULL);
+        "CREATE TABLE latency_items (id BIGSERIAL PRIMARY KEY, account_id BIGINT NOT NULL, name TEXT NOT NULL,
+             created_at TIMESTAMPTZ NOT NULL DEFAULT now(), updated_at TIMESTAMPTZ NOT NULL DEFAULT now());
          CREATE TABLE latency_replica (synced_id BIGINT NOT NULL UNIQUE, synced_created_at TIMESTAMPTZ,
              synced_updated_at TIMESTAMPTZ, account_id BIGINT, name TEXT, applied_at TIMESTAMPTZ);
          CREATE FUNCTION latency_stamp() RETURNS trigger LANGUAGE plpgsql AS

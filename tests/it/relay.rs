@@ -64,6 +64,12 @@ pub(crate) struct Setup {
 /// A database with `items` records (account = id % 50) and a registry publishing them on a
 /// topic of their own; the topic is created with `partitions` unless that is 0.
 async fn setup(kafka: KafkaConfig, partitions: i32, items: i64) -> Setup {
+    let topic = if partitions > 0 { create_topic(&kafka, "relay", partitions).await } else { unique_name("missing") };
+    setup_on(kafka, topic, partitions, items).await
+}
+
+/// [`setup`] with a topic created already.
+async fn setup_on(kafka: KafkaConfig, topic: String, partitions: i32, items: i64) -> Setup {
     let db = TestDb::migrated().await;
     let mut conn = db.connection().await;
     conn.batch_execute(&format!(
@@ -72,7 +78,6 @@ async fn setup(kafka: KafkaConfig, partitions: i32, items: i64) -> Setup {
     ))
     .await
     .unwrap();
-    let topic = if partitions > 0 { create_topic(&kafka, "relay", partitions).await } else { unique_name("missing") };
     let registry = registry_for::<Item>(
         &topic,
         partitions,
@@ -114,6 +119,15 @@ impl Setup {
             ))
             .await
             .unwrap();
+    }
+
+    /// Waits until every row is published.
+    async fn wait_published(&mut self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.count("published_at IS NULL").await > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "rows not published within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn count(&mut self, condition: &str) -> i64 {
@@ -291,6 +305,65 @@ async fn paused_broker_holds_rows_until_it_is_back() {
     for (account, seqs) in by_account(&firsts) {
         assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "account {account} out of order: {seqs:?}");
     }
+}
+
+/// A caught-up relay sends a row that arrives while a batch's acknowledgement is awaited at
+/// once, behind that batch, rather than after the acknowledgement: with a broker 600 ms away,
+/// two rows of one key committed 150 ms apart are published about 150 ms apart, not a round
+/// trip apart, and in order on the wire.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_arriving_during_an_acknowledgement_go_at_once() {
+    let kafka = dionysus::testing::EmbeddedKafka::start().unwrap();
+    let topic = unique_name("ahead");
+    kafka.create_topic(&topic, 3).unwrap();
+    let mut setup = setup_on(kafka.kafka_config(), topic, 3, 20).await;
+    let relay = setup.relay(setup.config(|p| p.lock_expiry = Duration::from_secs(10)));
+    let token = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, token) = (relay.clone(), token.clone());
+        async move { relay.run(token).await }
+    });
+    // Warm up (metadata, producer id) before the broker slows down.
+    setup.insert_rows(1, 1, 20).await;
+    setup.wait_published(Duration::from_secs(30)).await;
+    kafka.round_trip_time(Duration::from_millis(600)).unwrap();
+    // Rows 2 and 3 are of one item (one key), 150 ms apart.
+    for id in [2, 3] {
+        setup
+            .conn
+            .batch_execute(&format!(
+                "INSERT INTO dionysus_outbox (resource_class, resource_id, event_name, topic, partition_key)
+                 VALUES ('Item', '1', 'seq_{id}_updated', '{topic}', '1')",
+                topic = setup.topic
+            ))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    setup.wait_published(Duration::from_secs(30)).await;
+    #[derive(QueryableByName)]
+    struct Gap {
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        seconds: f64,
+    }
+    let gaps: Vec<Gap> = diesel::sql_query(
+        "SELECT extract(epoch FROM published_at - lag(published_at) OVER (ORDER BY id))::float8 AS seconds          FROM dionysus_outbox WHERE id > 1 ORDER BY id OFFSET 1",
+    )
+    .load(&mut setup.conn)
+    .await
+    .unwrap();
+    let gaps: Vec<f64> = gaps.into_iter().map(|gap| gap.seconds).collect();
+    assert_eq!(gaps.len(), 1);
+    assert!(
+        gaps[0] < 0.45,
+        "rows 150 ms apart were published {gaps:?} s apart: the second waited for the first's acknowledgement"
+    );
+    kafka.round_trip_time(Duration::ZERO).unwrap();
+    token.cancel();
+    running.await.unwrap().unwrap();
+    let messages = consume(&setup.kafka, &setup.topic, 3).await;
+    let seqs: Vec<i64> = messages.iter().filter(|(key, _)| key == "Item:1").map(|(_, event)| seq(event)).collect();
+    assert_eq!(seqs, [2, 3], "one key's rows in order on the wire");
 }
 
 /// A worker aborted mid-run keeps its buckets until the leases expire; then another relay

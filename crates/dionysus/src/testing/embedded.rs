@@ -39,6 +39,9 @@ pub enum EmbeddedKafkaError {
     /// The cluster's thread could not be started.
     #[error("starting the embedded cluster's thread")]
     Thread(#[source] std::io::Error),
+    /// The cluster refused a round-trip delay.
+    #[error("setting the embedded cluster's round-trip time")]
+    RoundTrip(#[source] KafkaError),
     /// The cluster's thread is gone (it panicked).
     #[error("the embedded cluster's thread stopped")]
     Stopped,
@@ -48,6 +51,7 @@ pub enum EmbeddedKafkaError {
 #[derive(Debug)]
 enum Command {
     CreateTopic { name: String, partitions: i32, replication_factor: i32, reply: mpsc::Sender<Result<(), KafkaError>> },
+    RoundTrip { delay: std::time::Duration, reply: mpsc::Sender<Result<(), KafkaError>> },
 }
 
 /// The limits of the mock cluster, as logged when it starts.
@@ -145,6 +149,9 @@ fn serve(brokers: i32, started: &mpsc::Sender<Result<String, KafkaError>>, comma
             Command::CreateTopic { name, partitions, replication_factor, reply } => {
                 let _ = reply.send(cluster.create_topic(&name, partitions, replication_factor));
             }
+            Command::RoundTrip { delay, reply } => {
+                let _ = reply.send((1..=brokers).try_for_each(|broker| cluster.broker_round_trip_time(broker, delay)));
+            }
         }
     }
 }
@@ -239,6 +246,21 @@ impl EmbeddedKafka {
     /// The topics created so far, with their partition counts.
     pub fn topics(&self) -> BTreeMap<String, i32> {
         self.topics.lock().map(|topics| topics.clone()).unwrap_or_default()
+    }
+
+    /// Delays every broker's answers by `delay` (zero: none), as a distant or slow broker
+    /// would, to see what latency does to a relay or a consumer.
+    pub fn round_trip_time(&self, delay: std::time::Duration) -> Result<(), EmbeddedKafkaError> {
+        let (reply, answer) = mpsc::channel();
+        let sent = self.commands.as_ref().map(|commands| commands.send(Command::RoundTrip { delay, reply }));
+        if !matches!(sent, Some(Ok(()))) {
+            return Err(EmbeddedKafkaError::Stopped);
+        }
+        match answer.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(EmbeddedKafkaError::RoundTrip(source)),
+            Err(_) => Err(EmbeddedKafkaError::Stopped),
+        }
     }
 
     fn create(&self, spec: &TopicSpec) -> Result<(), EmbeddedKafkaError> {

@@ -162,6 +162,31 @@ pub(crate) struct InFlight {
     prepared: Prepared,
     outcomes: Vec<Outcome>,
     deliveries: Vec<(usize, Vec<rdkafka::producer::DeliveryFuture>)>,
+    /// When its messages went to the producer: their delivery deadline counts from here.
+    sent_at: tokio::time::Instant,
+}
+
+impl InFlight {
+    /// Keys a batch sent while this one is in flight must leave out: those of rows held by
+    /// the publishing delay, and those of rows that failed before anything was sent (and the
+    /// rows behind them, not sent). Rows of its other keys may follow theirs at once: the
+    /// producer keeps a partition's messages in order.
+    pub(crate) fn unsendable_keys(&self) -> HashSet<String> {
+        let mut keys = self.prepared.held_keys.clone();
+        for (row, outcome) in self.prepared.eligible.iter().zip(&self.outcomes) {
+            if matches!(outcome, Outcome::Failed(_)) {
+                keys.insert(row.ordering_key.clone());
+            }
+        }
+        keys
+    }
+
+    /// Every key of the batch.
+    pub(crate) fn keys(&self) -> HashSet<String> {
+        let prepared = &self.prepared;
+        let rows = prepared.eligible.iter().chain(&prepared.duplicates);
+        rows.map(|row| row.ordering_key.clone()).chain(prepared.held_keys.iter().cloned()).collect()
+    }
 }
 
 /// A batch whose deliveries are settled, to be recorded.
@@ -194,7 +219,7 @@ impl Batch<'_> {
         }
         let in_flight = self.send(conn, prepared).await;
         let delivered = self.deliver(in_flight).await;
-        Ok(self.record(conn, delivered).await?.report)
+        Ok(self.record(conn, delivered, &HashSet::new()).await?.report)
     }
 
     /// Reads the due rows of `window` and plans them (loads the records, builds the messages).
@@ -240,7 +265,7 @@ impl Batch<'_> {
             for _ in &prepared.eligible {
                 outcomes.push(Outcome::Failed(Failure { class: failure.class, message: failure.message.clone() }));
             }
-            return InFlight { prepared, outcomes, deliveries };
+            return InFlight { prepared, outcomes, deliveries, sent_at: tokio::time::Instant::now() };
         }
         let plans = std::mem::replace(&mut prepared.plans, Ok(Vec::new())).unwrap_or_default();
         let mut blocked_now: HashSet<String> = HashSet::new();
@@ -302,7 +327,7 @@ impl Batch<'_> {
             }
             outcomes.push(outcome);
         }
-        InFlight { prepared, outcomes, deliveries }
+        InFlight { prepared, outcomes, deliveries, sent_at: tokio::time::Instant::now() }
     }
 
     /// Encodes a row of an Avro topic and hands its messages to the producer.
@@ -324,12 +349,13 @@ impl Batch<'_> {
     ///
     /// The producer never times a message out on its own: dropping a queued message that timed
     /// out and delivering the next one would reorder a key. At the deadline (well before the
-    /// leases expire) every message still queued or in flight is purged at once, so what
-    /// reached the broker is a prefix of each partition's messages, and the producer is
-    /// replaced. Rows after the purge count as failed, even if a report was on its way.
+    /// leases expire, counted from when the batch was sent) every message still queued or in
+    /// flight is purged at once, so what reached the broker is a prefix of each partition's
+    /// messages, and the producer is replaced. Rows after the purge count as failed, even if a
+    /// report was on its way.
     pub(crate) async fn deliver(&self, in_flight: InFlight) -> Delivered {
-        let InFlight { prepared, mut outcomes, deliveries } = in_flight;
-        let deadline = tokio::time::Instant::now() + self.delivery_timeout;
+        let InFlight { prepared, mut outcomes, deliveries, sent_at } = in_flight;
+        let deadline = sent_at + self.delivery_timeout;
         let mut purged = false;
         let mut producer_failed = false;
         for (index, row_deliveries) in deliveries {
@@ -361,17 +387,20 @@ impl Batch<'_> {
     }
 
     /// Settles the outcomes so that no row is marked published behind a failed row of its
-    /// key, marks the published rows and records the failed ones.
+    /// key, marks the published rows and records the failed ones. `blocked` are the keys an
+    /// earlier batch left unfinished while this one was already sent: its rows of those keys
+    /// are settled as if they came behind a failure in this batch.
     pub(crate) async fn record(
         &self,
         conn: &mut AsyncPgConnection,
         delivered: Delivered,
+        blocked: &HashSet<String>,
     ) -> Result<Recorded, diesel::result::Error> {
         let Delivered { prepared, outcomes, producer_failed } = delivered;
         let Prepared { started, mut report, held_keys, eligible, duplicates, .. } = prepared;
         report.producer_failed = producer_failed;
         report.skipped += duplicates.len();
-        let settled = settle(&eligible, outcomes);
+        let settled = settle_behind(&eligible, outcomes, blocked);
         if settled.redelivered > 0 {
             tracing::warn!(
                 rows = settled.redelivered,
@@ -397,6 +426,9 @@ impl Batch<'_> {
         report.failed = settled.failures.len();
         let mut unfinished = held_keys;
         unfinished.extend(settled.failures.iter().map(|(row, _)| row.ordering_key.clone()));
+        unfinished.extend(
+            eligible.iter().filter(|row| blocked.contains(&row.ordering_key)).map(|row| row.ordering_key.clone()),
+        );
         self.record_failures(conn, settled.failures, Clock::Database).await?;
         metrics::counter!("dionysus_outbox_published_total").increment(report.published as u64);
         metrics::histogram!("dionysus_relay_batch_seconds").record(started.elapsed().as_secs_f64());
@@ -598,6 +630,17 @@ pub(crate) struct Settled<'r> {
 /// published: it is sent again after the failed row, so the last message of the key on the
 /// wire is the latest one and no later row is marked done ahead of an earlier one.
 pub(crate) fn settle(rows: &[PendingRow], outcomes: Vec<Outcome>) -> Settled<'_> {
+    settle_behind(rows, outcomes, &HashSet::new())
+}
+
+/// [`settle`] for a batch sent while an earlier one was in flight: `blocked` are the keys that
+/// one left unfinished, as if they had failed at the start of this batch — so settling the two
+/// one after the other marks what settling them as one batch would.
+pub(crate) fn settle_behind<'r>(
+    rows: &'r [PendingRow],
+    outcomes: Vec<Outcome>,
+    blocked: &HashSet<String>,
+) -> Settled<'r> {
     let mut settled = Settled {
         delivered: Vec::new(),
         nothing_to_send: Vec::new(),
@@ -605,7 +648,7 @@ pub(crate) fn settle(rows: &[PendingRow], outcomes: Vec<Outcome>) -> Settled<'_>
         left_pending: 0,
         redelivered: 0,
     };
-    let mut failed_keys: HashSet<&str> = HashSet::new();
+    let mut failed_keys: HashSet<&str> = blocked.iter().map(String::as_str).collect();
     for (row, outcome) in rows.iter().zip(outcomes) {
         let behind_failure = failed_keys.contains(row.ordering_key.as_str());
         match outcome {
@@ -1016,6 +1059,59 @@ mod tests {
         assert!(settled.delivered.is_empty());
         assert_eq!(settled.failures.len(), 1);
         assert_eq!((settled.left_pending, settled.redelivered), (1, 0));
+    }
+
+    fn outcome(code: u8) -> Outcome {
+        match code {
+            0 => Outcome::Delivered,
+            1 => Outcome::NothingToSend,
+            2 => failed(),
+            _ => Outcome::NotSent,
+        }
+    }
+
+    /// What a settlement marks: delivered, nothing to send, failed (ids), left pending,
+    /// redelivered.
+    fn marks(settled: &Settled<'_>) -> (Vec<i64>, Vec<i64>, Vec<i64>, usize, usize) {
+        (
+            settled.delivered.iter().map(|r| r.id).collect(),
+            settled.nothing_to_send.iter().map(|r| r.id).collect(),
+            settled.failures.iter().map(|(r, _)| r.id).collect(),
+            settled.left_pending,
+            settled.redelivered,
+        )
+    }
+
+    proptest::proptest! {
+        /// A batch sent while the one before it is in flight, settled behind the keys that one
+        /// left unfinished, is marked exactly as the two would be as one batch.
+        #[test]
+        fn two_batches_in_flight_settle_as_one(
+            cells in proptest::collection::vec((0u8..4, 0u8..4), 0..24),
+            split in 0usize..24,
+        ) {
+            let rows: Vec<PendingRow> = cells
+                .iter()
+                .zip(1..)
+                .map(|((key, _), id)| row(id, &format!("k{key}"), ("R", "1"), "e", 0))
+                .collect();
+            let codes: Vec<u8> = cells.iter().map(|(_, code)| *code).collect();
+            let split = split.min(rows.len());
+            let whole = settle(&rows, codes.iter().map(|code| outcome(*code)).collect());
+            let first = settle(&rows[..split], codes[..split].iter().map(|code| outcome(*code)).collect());
+            let unfinished: HashSet<String> = first.failures.iter().map(|(r, _)| r.ordering_key.clone()).collect();
+            let second =
+                settle_behind(&rows[split..], codes[split..].iter().map(|code| outcome(*code)).collect(), &unfinished);
+            let (first, second) = (marks(&first), marks(&second));
+            let joined = (
+                [first.0, second.0].concat(),
+                [first.1, second.1].concat(),
+                [first.2, second.2].concat(),
+                first.3 + second.3,
+                first.4 + second.4,
+            );
+            proptest::prop_assert_eq!(joined, marks(&whole));
+        }
     }
 
     #[test]

@@ -31,13 +31,17 @@
 //! * **One writer per key.** All rows of a key share a bucket, and a bucket has one owner, so
 //!   no two workers ever publish rows of one key concurrently (`FOR UPDATE SKIP LOCKED` on
 //!   rows would let a second worker take row *n + 1* while the first still holds row *n*).
-//! * **Order within a worker.** Rows go to the producer in id order and a batch is settled
-//!   before the next is sent; one key maps to one partition; the idempotent producer keeps a
-//!   partition's messages in order, also across its internal retries. The next batch is
-//!   *read* while the current one's deliveries are awaited (ids above the current batch's),
-//!   but it is sent only after the current one is recorded, and without the rows of any key
-//!   the current one left unfinished (failed, behind a failure, held by the publishing
-//!   delay): those are read again, in id order, from the bottom.
+//! * **Order within a worker.** Rows go to the producer in id order; one key maps to one
+//!   partition; the idempotent producer keeps a partition's messages in order, also across
+//!   its internal retries. The next batch is *read* while the current one's deliveries are
+//!   awaited. Under a backlog (ids above the current batch's) it is sent only after the
+//!   current one is recorded, and without the rows of any key the current one left
+//!   unfinished (failed, behind a failure, held by the publishing delay): those are read
+//!   again, in id order, from the bottom. A caught-up worker sends rows that arrive meanwhile
+//!   at once, as one more batch behind the one in flight (at most one), so a row waits for
+//!   one acknowledgement, not two: it leaves out the rows of keys the batch in flight held
+//!   back or failed before sending, and is settled as if both were one batch — a row of a key
+//!   the first one left unfinished is not marked published, however its own delivery went.
 //! * **Order across retries.** A row is marked published only when every earlier row of its
 //!   key is: a failed row holds its key back from the next batches until it goes through (or
 //!   is parked), and within a batch nothing behind it is marked. A property test drives these
@@ -70,7 +74,8 @@
 //!
 //! Pace: batch sizes adapt to the backlog (100 rows doubling up to `batch_size`); after a
 //! batch that did something a worker reads again at once, and when idle it probes the pending
-//! index after a pause growing from 2 ms to `idle_sleep`.
+//! index after a pause growing from 2 ms to `idle_sleep` — as it does, while a batch's
+//! acknowledgements are awaited, for rows to send ahead of them.
 //!
 //! Options (see [`ProducerConfig`](crate::config::ProducerConfig)): workers, largest batch,
 //! longest idle pause, lock expiry, publishing delay, consecutive-duplicate removal, retention. Metrics
@@ -88,6 +93,7 @@ mod lease;
 mod monitor;
 mod pace;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -337,8 +343,45 @@ struct WorkerState {
     /// The next batch, read and planned while the last one's deliveries were awaited, with
     /// the buckets it was read for.
     read_ahead: Option<(Vec<i16>, batch::Prepared)>,
+    /// The next batch, sent while the last one's deliveries were awaited.
+    sent_ahead: Option<Sent>,
     /// The buckets of the last batch.
     buckets: Vec<i16>,
+}
+
+/// A batch handed to the producer, to be settled.
+struct Sent {
+    /// The buckets it was read for.
+    buckets: Vec<i16>,
+    /// The producer it went to.
+    producer: Arc<crate::kafka::Producer>,
+    in_flight: batch::InFlight,
+    /// The highest id it read.
+    last_id: i64,
+    /// Ids of its rows.
+    in_hand: HashSet<i64>,
+    /// Keys the batch before it left unfinished (it was sent while that one was in flight).
+    blocked: HashSet<String>,
+    span: tracing::Span,
+}
+
+/// What the batch in flight leaves to the one sent ahead of its acknowledgement.
+#[derive(Clone, Copy)]
+struct Ahead<'a> {
+    buckets: &'a [i16],
+    producer: &'a Arc<crate::kafka::Producer>,
+    last_id: i64,
+    in_hand: &'a HashSet<i64>,
+    unsendable: &'a HashSet<String>,
+}
+
+/// What was done about the next batch while the last one's deliveries were awaited.
+enum Next {
+    Nothing,
+    /// Read (under a backlog), to be sent after the last one is settled.
+    ReadAhead(std::time::Instant, Box<batch::Prepared>),
+    /// Sent already (caught up).
+    Sent(Box<Sent>),
 }
 
 /// The outbox publisher. Cheap to clone.
@@ -556,6 +599,7 @@ impl Relay {
         let mut state = WorkerState {
             pace: pace::Pace::new(config.batch_size, config.idle_sleep, std::time::Instant::now()),
             read_ahead: None,
+            sent_ahead: None,
             buckets: Vec::new(),
         };
         monitor.emit(&RelayEvent::Started { worker: &worker_id });
@@ -585,6 +629,12 @@ impl Relay {
             }
         }
         monitor.emit(&RelayEvent::ShuttingDown { worker: &worker_id });
+        if let Some(sent) = state.sent_ahead.take() {
+            // Its messages are out: settled, so the rows are not sent again by the next owner.
+            if let Err(error) = self.settle(sent).await {
+                tracing::warn!(worker = %worker_id, "settling the last batch failed (its rows go again): {}", Report(&error));
+            }
+        }
         match crate::db::checkout(&self.inner.pool).await {
             Ok(mut conn) => {
                 if let Err(error) = leases.release(&mut conn).await {
@@ -598,17 +648,137 @@ impl Relay {
         monitor.emit(&RelayEvent::Stopped { worker: &worker_id });
     }
 
-    /// One loop iteration: lease upkeep, then a batch — read ahead by the previous iteration
-    /// if there was a backlog, else read now (after a cheap probe when the last poll found
-    /// nothing). While the batch's deliveries are awaited, the next batch is read and planned
-    /// on the same connection, but sent only after this one is settled, and without the rows
-    /// of keys this one left unfinished. `Ok(true)` when the batch did something.
+    /// One loop iteration: lease upkeep, then a batch — sent ahead by the previous iteration,
+    /// read ahead by it if there was a backlog, else read now (after a cheap probe when the
+    /// last poll found nothing). While the batch's deliveries are awaited, the next batch is
+    /// read and planned on the same connection: under a backlog it is sent only after this
+    /// one is settled, and without the rows of keys this one left unfinished; when caught up,
+    /// rows that arrive meanwhile are sent at once (see [`Relay::send_ahead`]). `Ok(true)` when
+    /// the batch did something.
     async fn iteration(&self, leases: &mut lease::Leases, state: &mut WorkerState) -> Result<bool, RelayError> {
         let query = |source| RelayError::Query { operation: RelayOperation::PublishBatch, source };
         let mut conn = crate::db::checkout(&self.inner.pool).await?;
+        let current = match state.sent_ahead.take() {
+            // Its messages are out: settled before anything else, leases included (a worker
+            // gives buckets back only with nothing in flight; none is sent ahead while the
+            // leases are due).
+            Some(sent) => sent,
+            None => match self.read_and_send(&mut conn, leases, state).await? {
+                Some(sent) => sent,
+                None => return Ok(false),
+            },
+        };
+        let Sent { buckets, producer, in_flight, last_id, in_hand, blocked, span } = current;
+        let batch = self.batch(&producer);
+        let unsendable = in_flight.unsendable_keys();
+        let all_keys = in_flight.keys();
+        let settled = tokio::sync::Notify::new();
+        let deliver = async {
+            let delivered = batch.deliver(in_flight).await;
+            settled.notify_one();
+            delivered
+        };
+        let read_next = async {
+            let now = std::time::Instant::now();
+            if leases.buckets() != buckets.as_slice() || !leases.valid() {
+                return Ok(Next::Nothing);
+            }
+            if state.pace.read_ahead(now) {
+                let window = batch::Window { buckets: &buckets, limit: state.pace.limit(), after: last_id };
+                let next = batch.prepare(&mut conn, window).await?;
+                return Ok(Next::ReadAhead(now, Box::new(next)));
+            }
+            if leases.due() || !Arc::ptr_eq(&producer, &self.producer()) {
+                return Ok(Next::Nothing);
+            }
+            let ahead =
+                Ahead { buckets: &buckets, producer: &producer, last_id, in_hand: &in_hand, unsendable: &unsendable };
+            Ok(self
+                .send_ahead(&batch, &mut conn, &mut state.pace, ahead, &settled)
+                .await?
+                .map_or(Next::Nothing, |sent| Next::Sent(Box::new(sent))))
+        };
+        let (delivered, next) = tokio::join!(deliver, read_next);
+        let recorded = batch.record(&mut conn, delivered, &blocked).instrument(span).await;
+        let now = std::time::Instant::now();
+        let mut sent_ahead = false;
+        match next {
+            Ok(Next::Nothing) => {}
+            Ok(Next::ReadAhead(read_at, mut next)) => {
+                state.pace.read(read_at, last_id, next.read(), next.last_id);
+                // A row that failed before pulls a read below `last_id` (see `batch::fetch`):
+                // the rows of this batch may come back; they are in hand already.
+                next.drop_ids(&in_hand);
+                // Rows of keys this batch left unfinished are not sent ahead of them: they are
+                // read again from the bottom.
+                if let Ok(recorded) = &recorded {
+                    if next.drop_keys(&recorded.unfinished) > 0 {
+                        state.pace.rescan(now);
+                    }
+                    if !next.is_empty() {
+                        state.read_ahead = Some((buckets, *next));
+                    } else if next.read() > 0 {
+                        state.pace.rescan(now);
+                    }
+                }
+            }
+            Ok(Next::Sent(mut next)) => {
+                // Its rows of keys this batch left unfinished stay pending behind them; if
+                // this batch could not be recorded, behind every key of it.
+                next.blocked = match &recorded {
+                    Ok(recorded) => recorded.unfinished.union(&blocked).cloned().collect(),
+                    Err(_) => all_keys,
+                };
+                state.sent_ahead = Some(*next);
+                sent_ahead = true;
+            }
+            Err(source) => {
+                state.pace.rescan(now);
+                if recorded.is_ok() {
+                    return Err(query(source));
+                }
+            }
+        }
+        let recorded = recorded.map_err(query)?;
+        if recorded.report.producer_failed {
+            self.replace_producer(&producer);
+        }
+        if !recorded.unfinished.is_empty() {
+            state.pace.rescan(now);
+        }
+        let report = &recorded.report;
+        Ok(sent_ahead || report.published + report.skipped + report.failed > 0)
+    }
+
+    /// Awaits the deliveries of a batch sent ahead and records them (at shutdown).
+    async fn settle(&self, sent: Sent) -> Result<(), RelayError> {
+        let Sent { producer, in_flight, blocked, span, .. } = sent;
+        let batch = self.batch(&producer);
+        let delivered = batch.deliver(in_flight).await;
+        let mut conn = crate::db::checkout(&self.inner.pool).await?;
+        let recorded = batch
+            .record(&mut conn, delivered, &blocked)
+            .instrument(span)
+            .await
+            .map_err(|source| RelayError::Query { operation: RelayOperation::PublishBatch, source })?;
+        if recorded.report.producer_failed {
+            self.replace_producer(&producer);
+        }
+        Ok(())
+    }
+
+    /// Reads a batch (or takes the one read ahead) and sends it; `None` when there is nothing
+    /// to send.
+    async fn read_and_send(
+        &self,
+        conn: &mut diesel_async::AsyncPgConnection,
+        leases: &mut lease::Leases,
+        state: &mut WorkerState,
+    ) -> Result<Option<Sent>, RelayError> {
+        let query = |source| RelayError::Query { operation: RelayOperation::PublishBatch, source };
         if leases.due() {
             leases
-                .maintain(&mut conn)
+                .maintain(conn)
                 .await
                 .map_err(|source| RelayError::Query { operation: RelayOperation::MaintainLeases, source })?;
         }
@@ -617,7 +787,7 @@ impl Relay {
             if read_ahead.is_some() {
                 state.pace.rescan(std::time::Instant::now());
             }
-            return Ok(false);
+            return Ok(None);
         }
         let buckets = leases.buckets().to_vec();
         if buckets != state.buckets {
@@ -637,59 +807,79 @@ impl Relay {
                 }
                 let window =
                     batch::Window { buckets: &buckets, limit: state.pace.limit(), after: state.pace.after(now) };
-                if state.pace.idle() && !batch::probe(&mut conn, window).await.map_err(query)? {
+                if state.pace.idle() && !batch::probe(conn, window).await.map_err(query)? {
                     // Nothing due above `after` (from the bottom: nothing due at all).
                     state.pace.read(now, window.after, 0, 0);
-                    return Ok(false);
+                    return Ok(None);
                 }
-                let prepared = batch.prepare(&mut conn, window).await.map_err(query)?;
+                let prepared = batch.prepare(conn, window).await.map_err(query)?;
                 state.pace.read(now, window.after, prepared.read(), prepared.last_id);
                 prepared
             }
         };
         if prepared.read() == 0 {
-            return Ok(false);
+            return Ok(None);
         }
+        Ok(Some(Self::send(&batch, conn, prepared, buckets, producer.clone()).await))
+    }
+
+    /// Hands a prepared batch to the producer.
+    async fn send(
+        batch: &batch::Batch<'_>,
+        conn: &mut diesel_async::AsyncPgConnection,
+        prepared: batch::Prepared,
+        buckets: Vec<i16>,
+        producer: Arc<crate::kafka::Producer>,
+    ) -> Sent {
         let span = tracing::info_span!("relay_batch", buckets = buckets.len(), read = prepared.read());
         let last_id = prepared.last_id;
         let in_hand = prepared.ids();
-        let in_flight = batch.send(&mut conn, prepared).instrument(span.clone()).await;
-        let read_next = async {
+        let in_flight = batch.send(conn, prepared).instrument(span.clone()).await;
+        Sent { buckets, producer, in_flight, last_id, in_hand, blocked: HashSet::new(), span }
+    }
+
+    /// While a batch's deliveries are awaited by a caught-up worker: polls for rows that
+    /// arrived since (a probe above the batch's last id, pausing 2 ms and doubling up to
+    /// `idle_sleep` between empty polls) and sends the first batch it finds at once, rather
+    /// than after the acknowledgement — so a row waits for the broker's round trip only once.
+    /// The read starts where a caught-up read starts (the trail, so rows committed late below
+    /// the batch are found), leaves out the rows in flight, and the rows of keys the batch in
+    /// flight cannot be followed on (see [`batch::InFlight::unsendable_keys`]); the rows of
+    /// its other keys go behind theirs on the same producer, which keeps a partition's
+    /// messages in order, and are settled behind whatever that batch leaves unfinished.
+    /// Stops, sending nothing, once the batch is settled. At most one batch is sent ahead.
+    async fn send_ahead(
+        &self,
+        batch: &batch::Batch<'_>,
+        conn: &mut diesel_async::AsyncPgConnection,
+        pace: &mut pace::Pace,
+        ahead: Ahead<'_>,
+        settled: &tokio::sync::Notify,
+    ) -> Result<Option<Sent>, diesel::result::Error> {
+        let mut pause = pace::MIN_PAUSE;
+        loop {
+            tokio::select! {
+                () = settled.notified() => return Ok(None),
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = pause.saturating_mul(2).min(self.inner.config.producer.idle_sleep.max(pace::MIN_PAUSE));
+            let probe = batch::Window { buckets: ahead.buckets, limit: 1, after: ahead.last_id };
+            if !batch::probe(conn, probe).await? {
+                continue;
+            }
             let now = std::time::Instant::now();
-            if !state.pace.read_ahead(now) {
-                return Ok(None);
+            let window = batch::Window { buckets: ahead.buckets, limit: pace.limit(), after: pace.after(now) };
+            let mut next = batch.prepare(conn, window).await?;
+            pace.read(now, window.after, next.read(), next.last_id);
+            next.drop_ids(ahead.in_hand);
+            if next.drop_keys(ahead.unsendable) > 0 {
+                pace.rescan(now);
             }
-            let window = batch::Window { buckets: &buckets, limit: state.pace.limit(), after: last_id };
-            let next = batch.prepare(&mut conn, window).await?;
-            Ok(Some((now, next)))
-        };
-        let (delivered, next) = tokio::join!(batch.deliver(in_flight), read_next);
-        let recorded = batch.record(&mut conn, delivered).instrument(span).await.map_err(query)?;
-        if recorded.report.producer_failed {
-            self.replace_producer(&producer);
-        }
-        let now = std::time::Instant::now();
-        if let Some((read_at, mut next)) = next.map_err(query)? {
-            state.pace.read(read_at, last_id, next.read(), next.last_id);
-            // A row that failed before pulls a read below `last_id` (see `batch::fetch`): the
-            // rows of this batch may come back; they are in hand already.
-            next.drop_ids(&in_hand);
-            // Rows of keys this batch left unfinished are not sent ahead of them: they are
-            // read again from the bottom.
-            if next.drop_keys(&recorded.unfinished) > 0 {
-                state.pace.rescan(now);
+            if next.is_empty() {
+                continue;
             }
-            if !next.is_empty() {
-                state.read_ahead = Some((buckets, next));
-            } else if next.read() > 0 {
-                state.pace.rescan(now);
-            }
+            return Ok(Some(Self::send(batch, conn, next, ahead.buckets.to_vec(), ahead.producer.clone()).await));
         }
-        if !recorded.unfinished.is_empty() {
-            state.pace.rescan(now);
-        }
-        let report = &recorded.report;
-        Ok(report.published + report.skipped + report.failed > 0)
     }
 
     /// Publishes what is pending now with one worker holding every bucket, batch after batch,
