@@ -347,7 +347,8 @@ async fn rows_arriving_during_an_acknowledgement_go_at_once() {
         seconds: f64,
     }
     let gaps: Vec<Gap> = diesel::sql_query(
-        "SELECT extract(epoch FROM published_at - lag(published_at) OVER (ORDER BY id))::float8 AS seconds          FROM dionysus_outbox WHERE id > 1 ORDER BY id OFFSET 1",
+        "SELECT extract(epoch FROM published_at - lag(published_at) OVER (ORDER BY id))::float8 AS seconds \
+         FROM dionysus_outbox WHERE id > 1 ORDER BY id OFFSET 1",
     )
     .load(&mut setup.conn)
     .await

@@ -670,8 +670,12 @@ impl Relay {
         };
         let Sent { buckets, producer, in_flight, last_id, in_hand, blocked, span } = current;
         let batch = self.batch(&producer);
-        let unsendable = in_flight.unsendable_keys();
-        let all_keys = in_flight.keys();
+        let started = std::time::Instant::now();
+        // Under a backlog the next batch is only read; otherwise it may be sent ahead, and
+        // then it needs what this one holds.
+        let read_ahead = state.pace.read_ahead(started);
+        let (unsendable, all_keys) =
+            if read_ahead { Default::default() } else { (in_flight.unsendable_keys(), in_flight.keys()) };
         let settled = tokio::sync::Notify::new();
         let deliver = async {
             let delivered = batch.deliver(in_flight).await;
@@ -679,14 +683,13 @@ impl Relay {
             delivered
         };
         let read_next = async {
-            let now = std::time::Instant::now();
             if leases.buckets() != buckets.as_slice() || !leases.valid() {
                 return Ok(Next::Nothing);
             }
-            if state.pace.read_ahead(now) {
+            if read_ahead {
                 let window = batch::Window { buckets: &buckets, limit: state.pace.limit(), after: last_id };
                 let next = batch.prepare(&mut conn, window).await?;
-                return Ok(Next::ReadAhead(now, Box::new(next)));
+                return Ok(Next::ReadAhead(started, Box::new(next)));
             }
             if leases.due() || !Arc::ptr_eq(&producer, &self.producer()) {
                 return Ok(Next::Nothing);
