@@ -271,6 +271,84 @@ async fn an_unusual_batch_goes_the_general_way() {
     assert_eq!(outcome, BatchOutcome::default());
 }
 
+/// A batch that starts before the stored offset (a replay) writes only the messages after
+/// it, on the lean path too: the rows of the replayed messages are not written again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_batch_is_applied_from_the_stored_offset() {
+    let pair = pair(true, |builder| builder).await;
+    let gadget = |offset: i64, name: &str, updated: i64| {
+        message(
+            0,
+            offset,
+            envelope(json!([{"event": "gadget_updated", "model_name": "Gadget", "data": [created(1, name, updated)]}])),
+        )
+    };
+    assert!(pair.apply(&[gadget(0, "first", 10), gadget(1, "second", 11)]).await);
+    // The stored row is changed behind the consumer's back: a replay that wrote the
+    // replayed messages again would put "second" back.
+    let mut conn = pair.db.connection().await;
+    conn.batch_execute("UPDATE gadgets_general SET name = 'local'; UPDATE gadgets_direct SET name = 'local'")
+        .await
+        .unwrap();
+    let replay = [gadget(0, "first", 10), gadget(1, "second", 11), gadget(2, "third", 9)];
+    let outcome = pair.lean.process_batch_unobserved(&replay).await.unwrap();
+    assert_eq!((outcome.already_applied, outcome.next_offset), (2, Some(3)));
+    let names: Vec<Value> =
+        rows(&mut conn, "gadgets_direct").await.into_iter().map(|row| row["name"].clone()).collect();
+    assert_eq!(names, [json!("local")], "the older third message is refused by the guard, the replayed two not run");
+}
+
+/// The lean path's statements are prepared once per connection and kept (not prepared
+/// again for every batch, a round trip each).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lean_path_keeps_its_statements_prepared() {
+    let db = TestDb::migrated().await;
+    db.connection().await.batch_execute(&format!("CREATE TABLE gadgets_general ({COLUMNS})")).await.unwrap();
+    let pool = db.pool(1);
+    let mut config = dionysus::Config::default();
+    config.database_url = db.url.clone();
+    config.kafka.group_id = Some("kept".to_owned());
+    let consumer = Consumer::builder(config)
+        .pool(pool.clone())
+        .replicas(Replicas::new([Gadget::DESCRIPTOR]))
+        .handlers(false)
+        .processing_mutex(true)
+        .build()
+        .unwrap();
+    for offset in 0..3 {
+        let batch = [message(
+            0,
+            offset,
+            envelope(json!([{"event": "gadget_created", "model_name": "Gadget", "data": [created(offset, "a", 10)]}])),
+        )];
+        let outcome = consumer.process_batch_unobserved(&batch).await.unwrap();
+        assert!(outcome.events.is_empty(), "the lean path took the batch");
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Kept {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        statement: String,
+    }
+    let mut conn = pool.get().await.unwrap();
+    let kept: Vec<Kept> =
+        diesel_async::RunQueryDsl::load(diesel::sql_query("SELECT statement FROM pg_prepared_statements"), &mut *conn)
+            .await
+            .unwrap();
+    let kept: Vec<String> = kept.into_iter().map(|kept| kept.statement).collect();
+    for statement in [
+        "INSERT INTO dionysus_consumer_offsets",
+        "UPDATE dionysus_consumer_offsets",
+        "pg_advisory_xact_lock",
+        "INSERT INTO \"gadgets_general\"",
+    ] {
+        assert_eq!(
+            kept.iter().filter(|kept| kept.contains(statement)).count(),
+            1,
+            "{statement} is prepared once and kept: {kept:#?}"
+        );
+    }
+}
+
 /// With someone watching (here an event-bus subscriber), events are reported as always.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watched_consumer_reports_its_events() {
@@ -406,9 +484,11 @@ fn payload() -> impl Strategy<Value = Option<Vec<u8>>> {
     ]
 }
 
-/// Batches of messages, one after the other on one partition.
-fn batches() -> impl Strategy<Value = Vec<Vec<Option<Vec<u8>>>>> {
-    proptest::collection::vec(proptest::collection::vec(payload(), 1..6), 1..4)
+/// Batches of messages, one after the other on one partition, each with how many of the
+/// messages before it come again at its start (a replay, as after a rebalance).
+fn batches() -> impl Strategy<Value = Vec<(Vec<Option<Vec<u8>>>, usize)>> {
+    let again = prop_oneof![3 => Just(0usize), 1 => 1usize..4];
+    proptest::collection::vec((proptest::collection::vec(payload(), 1..6), again), 1..4)
 }
 
 proptest! {
@@ -423,15 +503,14 @@ proptest! {
         let runtime = RUNTIME.get_or_init(|| tokio::runtime::Runtime::new().unwrap());
         runtime.block_on(async {
             let pair = pair(dedup, |builder| builder).await;
-            let mut offset = 0;
-            for batch in batches {
-                let messages: Vec<InboundMessage> = batch
-                    .into_iter()
-                    .map(|payload| {
-                        offset += 1;
-                        message(0, offset, payload)
-                    })
-                    .collect();
+            let mut sent: Vec<InboundMessage> = Vec::new();
+            for (batch, again) in batches {
+                let mut messages = sent[sent.len().saturating_sub(again)..].to_vec();
+                for payload in batch {
+                    let next = message(0, sent.len() as i64 + 1, payload);
+                    sent.push(next.clone());
+                    messages.push(next);
+                }
                 pair.apply(&messages).await;
             }
         });

@@ -172,3 +172,41 @@ fn retries_never_let_a_later_row_of_a_key_overtake() {
         panic!("{error}");
     }
 }
+
+#[derive(diesel::QueryableByName)]
+struct Fetched {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    fetched: i64,
+}
+
+/// The idle probe is prepared once per connection, and PostgreSQL may then plan it for any
+/// values. Even so, it starts at the cursor: the rows in flight below it (here 3,000 pending
+/// rows, behind 20,000 published ones) are not walked on every probe.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_probe_starts_at_the_cursor_whatever_its_plan() {
+    let db = TestDb::migrated().await;
+    let mut conn = db.connection().await;
+    conn.batch_execute(
+        "INSERT INTO dionysus_outbox (resource_class, resource_id, event_name, topic, partition_key, published_at) \
+         SELECT 'R', g::text, 'r_updated', 't', 'k' || (g % 50), CASE WHEN g <= 20000 THEN now() END \
+         FROM generate_series(1, 23000) AS g; \
+         ANALYZE dionysus_outbox; SET plan_cache_mode = force_generic_plan",
+    )
+    .await
+    .unwrap();
+    for (after, found) in [(22_999, true), (23_000, false)] {
+        conn.batch_execute("BEGIN").await.unwrap();
+        assert_eq!(SimBatch::probe(&mut conn, after).await.unwrap(), found);
+        let fetched: Fetched = diesel_async::RunQueryDsl::get_result(
+            diesel::sql_query(
+                "SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) AS fetched FROM pg_stat_xact_user_tables \
+                 WHERE relname = 'dionysus_outbox'",
+            ),
+            &mut conn,
+        )
+        .await
+        .unwrap();
+        conn.batch_execute("COMMIT").await.unwrap();
+        assert!(fetched.fetched < 50, "the probe above {after} read {} rows", fetched.fetched);
+    }
+}

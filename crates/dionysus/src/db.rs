@@ -1,6 +1,9 @@
 //! PostgreSQL connections: a diesel-async connection pool for the framework's own work
 //! (relay, consumers, genesis). Application code may share it or bring its own.
 
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::QueryResult;
 use diesel_async::pooled_connection::deadpool::{BuildError, Pool as DeadPool};
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::AsyncPgConnection;
@@ -76,4 +79,46 @@ fn redact_pool_error(
         }
         other => other,
     }
+}
+
+/// A raw SQL statement (`diesel::sql_query`) that each connection prepares once and then
+/// reuses, keyed by its text and bind types, as diesel does for its own query builder.
+///
+/// diesel cannot know that the text of a `sql_query` never changes, so it prepares one anew
+/// on every run: a round trip to the server, and a parse, before the statement itself goes.
+/// The framework's statements on its hot paths (the relay's reads and marks, a consumer's
+/// offsets, locks and upserts) have fixed text, or one per table and column set, so they
+/// are worth keeping. A statement whose text varies per call (a list of values spelled
+/// out in it) must not be wrapped: each text would stay in the connection's cache.
+#[derive(Debug, Clone)]
+pub(crate) struct Reused<Q>(Q);
+
+/// Marks a statement of fixed text as reusable ([`Reused`]).
+pub(crate) trait Reuse: Sized {
+    /// This statement, prepared once per connection.
+    fn reused(self) -> Reused<Self> {
+        Reused(self)
+    }
+}
+
+impl<Q: QueryFragment<Pg>> Reuse for Q {}
+
+impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for Reused<Q> {
+    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+
+    fn is_safe_to_cache_prepared(&self, _backend: &Pg) -> QueryResult<bool> {
+        Ok(true)
+    }
+}
+
+/// No static id: the cache keys the statement by its text and bind types.
+impl<Q> QueryId for Reused<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: Query> Query for Reused<Q> {
+    type SqlType = Q::SqlType;
 }

@@ -12,6 +12,9 @@ use chrono::Utc;
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection, TransactionManager};
 use std::future::Future;
 use std::pin::Pin;
+use std::task::Poll;
+
+use futures_util::future::{BoxFuture, FutureExt, TryFutureExt};
 use tokio_util::sync::CancellationToken;
 
 /// The transaction manager of the consumer's connections.
@@ -937,6 +940,43 @@ impl Consumer {
                 source,
             }
         };
+        let rules = &self.inner.rules;
+        // The lean path, taken at once for the usual batch: decoded before the transaction,
+        // and its statements (the offset lock first) sent together. If the stored offset shows
+        // that some of the messages were applied already (a replay), that is undone and the
+        // batch goes the careful way below.
+        if !observed && rules.records_unread {
+            let decoding = Instant::now();
+            let lean =
+                tracing::debug_span!("dionysus.decode", %topic, partition, messages = messages.len(), direct = true)
+                    .in_scope(|| super::direct::prepare(rules, messages));
+            if let Some(lean) = lean {
+                metrics::histogram!("dionysus_consumer_decode_seconds").record(decoding.elapsed().as_secs_f64());
+                let next_offset = last_offset + 1;
+                Transactions::begin_transaction(conn).await.map_err(db(BatchStep::Begin))?;
+                let written = self
+                    .write_lean(conn, lean, &topic, partition, true, next_offset)
+                    .await
+                    .map_err(|(step, source)| db(step)(source));
+                match written {
+                    Ok(stored) if stored.is_none_or(|stored| stored <= first.offset) => {
+                        if let Some(stored) = stored.filter(|stored| *stored < first.offset) {
+                            tracing::warn!(%topic, partition, stored, first = first.offset, "offsets missing between the stored offset and the batch (retention?)");
+                        }
+                        Transactions::commit_transaction(conn).await.map_err(db(BatchStep::Commit))?;
+                        return Ok(BatchOutcome { next_offset: Some(next_offset), ..BatchOutcome::default() });
+                    }
+                    written => {
+                        if let Err(rollback) = Transactions::rollback_transaction(conn).await {
+                            tracing::warn!(error = %rollback, "rollback failed");
+                        }
+                        // A replay goes on below; the next statement reports a connection
+                        // the rollback left broken.
+                        written?;
+                    }
+                }
+            }
+        }
         // Begun and ended through diesel's transaction manager (not a bare `BEGIN`), so a
         // worker stopped mid-batch leaves a connection the pool discards rather than one
         // that still holds the batch's transaction and locks.
@@ -963,7 +1003,6 @@ impl Consumer {
             };
             let next_offset = last.offset + 1;
             let decoding = Instant::now();
-            let rules = &self.inner.rules;
             let direct = (!observed && rules.records_unread)
                 .then(|| {
                     tracing::debug_span!("dionysus.decode", %topic, partition, messages = fresh.len(), direct = true)
@@ -972,11 +1011,9 @@ impl Consumer {
                 .flatten();
             if let Some(direct) = direct {
                 metrics::histogram!("dionysus_consumer_decode_seconds").record(decoding.elapsed().as_secs_f64());
-                sql::advisory_locks(conn, direct.locks.clone()).await.map_err(db(BatchStep::ProcessingLocks))?;
-                direct.write(conn, &rules.column_types).await.map_err(db(BatchStep::WriteRows))?;
-                sql::store_offset(conn, &self.inner.group, &topic, partition, next_offset)
+                self.write_lean(conn, direct, &topic, partition, false, next_offset)
                     .await
-                    .map_err(db(BatchStep::StoreOffset))?;
+                    .map_err(|(step, source)| db(step)(source))?;
                 return Ok(BatchOutcome { already_applied, next_offset: Some(next_offset), ..BatchOutcome::default() });
             }
             let mut prepared: PreparedBatch =
@@ -1020,6 +1057,49 @@ impl Consumer {
                 Err(error)
             }
         }
+    }
+
+    /// Writes a batch read by the lean path ([`super::direct`]) and stores `next_offset`,
+    /// in the caller's transaction: the processing locks, the upserts and the offset (after
+    /// the offset lock, with `lock`) go out together and run in that order
+    /// ([`pipeline`]): one round trip to the server instead of one per statement. With
+    /// `lock`, the offset stored before this batch (as the lock read it).
+    async fn write_lean(
+        &self,
+        conn: &AsyncPgConnection,
+        mut lean: super::direct::DirectBatch,
+        topic: &str,
+        partition: i32,
+        lock: bool,
+        next_offset: i64,
+    ) -> Result<Option<i64>, (BatchStep, diesel::result::Error)> {
+        let types = &self.inner.rules.column_types;
+        // The catalog is read (once per table) before anything goes, so that no statement
+        // waits for it and lets the ones behind it overtake.
+        for table in lean.tables() {
+            types.of(conn, table).await.map_err(|source| (BatchStep::WriteRows, source))?;
+        }
+        let group = self.inner.group.as_str();
+        let step = |step: BatchStep| move |source| (step, source);
+        let mut statements: Vec<LeanStatement<'_>> = Vec::new();
+        if lock {
+            statements
+                .push(sql::lock_offset(conn, group, topic, partition).map_err(step(BatchStep::LockOffset)).boxed());
+        }
+        let locks = std::mem::take(&mut lean.locks);
+        statements
+            .push(sql::advisory_locks(conn, locks).map_ok(|()| None).map_err(step(BatchStep::ProcessingLocks)).boxed());
+        for write in lean.writes(conn, types) {
+            statements.push(write.map_ok(|()| None).map_err(step(BatchStep::WriteRows)).boxed());
+        }
+        statements.push(
+            sql::store_offset(conn, group, topic, partition, next_offset)
+                .map_ok(|()| None)
+                .map_err(step(BatchStep::StoreOffset))
+                .boxed(),
+        );
+        let results = pipeline(statements).await?;
+        Ok(results.into_iter().next().flatten().filter(|_| lock))
     }
 
     /// [`Consumer::apply_once`] with retries. A batch failing for a [`Verdict::Transient`]
@@ -1221,9 +1301,9 @@ impl Consumer {
         let group = &self.inner.group;
         let stored = async {
             Transactions::begin_transaction(&mut *conn).await?;
-            let stored = sql::lock_offset(&mut conn, group, &message.topic, message.partition).await?;
+            let stored = sql::lock_offset(&conn, group, &message.topic, message.partition).await?;
             if stored.is_none_or(|stored| message.offset >= stored) {
-                sql::store_offset(&mut conn, group, &message.topic, message.partition, message.offset + 1).await?;
+                sql::store_offset(&conn, group, &message.topic, message.partition, message.offset + 1).await?;
                 // The error event commits with the offset past its cause: written once.
                 if let Some(row) = error_event {
                     match reply::write(&mut conn, &self.inner.config.producer, vec![row]).await {
@@ -1717,6 +1797,38 @@ pub(super) type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), Consumer
 /// Where a batch's dead letters go once its outcome is final: the runtime's producer, or
 /// nowhere for [`Consumer::process_batch`].
 pub(crate) type DeadLetterSink<'a> = dyn FnMut(&DeadLetter) -> SinkFuture<'a> + Send + 'a;
+
+/// One statement of [`Consumer::write_lean`]: the stored offset for the offset lock, `None`
+/// for the others; a failure names its step.
+type LeanStatement<'a> = BoxFuture<'a, Result<Option<i64>, (BatchStep, diesel::result::Error)>>;
+
+/// Runs statements of one transaction pipelined. Each future sends its statement the first
+/// time it is polled (diesel's pipelining over a shared connection) and they are polled in
+/// order, so every statement is on its way before the first answer is awaited, and the
+/// server runs them in the order given. Waits for every answer; the result is the first
+/// failure in that order (the statements behind a failed one fail too: the transaction is
+/// aborted), or every statement's value.
+async fn pipeline<T, E>(mut statements: Vec<BoxFuture<'_, Result<T, E>>>) -> Result<Vec<T>, E> {
+    let mut results: Vec<Option<Result<T, E>>> = std::iter::repeat_with(|| None).take(statements.len()).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (statement, result) in statements.iter_mut().zip(results.iter_mut()) {
+            if result.is_none() {
+                match statement.as_mut().poll(cx) {
+                    Poll::Ready(done) => *result = Some(done),
+                    Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
+}
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
+use futures_util::future::{BoxFuture, FutureExt};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
@@ -57,16 +58,28 @@ struct Group {
 }
 
 impl DirectBatch {
-    /// Writes the batch in the caller's transaction.
-    pub(crate) async fn write(
-        self,
-        conn: &mut AsyncPgConnection,
-        types: &ColumnTypes,
-    ) -> Result<(), diesel::result::Error> {
-        for group in self.groups {
-            sql::upsert_arrays(conn, group.replica, types, &group.columns, group.arrays).await?;
+    /// The tables the batch writes, each once.
+    pub(crate) fn tables(&self) -> Vec<&'static str> {
+        let mut tables: Vec<&'static str> = Vec::new();
+        for group in &self.groups {
+            if !tables.contains(&group.replica.table) {
+                tables.push(group.replica.table);
+            }
         }
-        Ok(())
+        tables
+    }
+
+    /// The batch's writes, in the order they must run, each a future that sends its
+    /// statement the first time it is polled (see [`super::apply`]'s pipeline), in the
+    /// caller's transaction.
+    pub(crate) fn writes<'a>(
+        self,
+        conn: &'a AsyncPgConnection,
+        types: &'a ColumnTypes,
+    ) -> impl Iterator<Item = BoxFuture<'a, Result<(), diesel::result::Error>>> {
+        self.groups
+            .into_iter()
+            .map(move |group| sql::upsert_arrays(conn, group.replica, types, group.columns, group.arrays).boxed())
     }
 
     /// The statements as `(table, round, column names, arrays)`, in order (for tests).

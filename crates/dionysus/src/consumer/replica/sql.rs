@@ -26,6 +26,7 @@ use serde_json::{Map, Value};
 use super::column_type::ColumnKind;
 use super::descriptor::{Column, ReplicaDescriptor};
 use super::plan::canonical_time;
+use crate::db::{Reuse, Reused};
 
 /// `"name"`, with embedded quotes doubled; a dotted name quotes each part (`"app"."rentals"`).
 pub(crate) fn quote_ident(name: &str) -> String {
@@ -79,7 +80,7 @@ pub(crate) async fn load_rows(
         by_index(&table, &id),
     );
     let keys: Vec<Value> = ids.iter().map(|value| single(replica.synced_id, value.clone())).collect();
-    let rows: Vec<JsonRow> = diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(keys)).load(conn).await?;
+    let rows: Vec<JsonRow> = diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(keys)).reused().load(conn).await?;
     Ok(rows
         .into_iter()
         .filter_map(|row| match row.row {
@@ -169,7 +170,7 @@ pub(crate) async fn update_rows(
         by_index(&table, &id),
     );
     let rows: Vec<Value> = rows.into_iter().map(Value::Object).collect();
-    diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(rows)).execute(conn).await
+    diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(rows)).reused().execute(conn).await
 }
 
 /// Inserts new rows; each row only sets the columns it has (the others take their
@@ -213,7 +214,7 @@ pub(crate) async fn insert_rows(
              ON CONFLICT ({id}) {conflict}",
             list = list.join(", ")
         );
-        written += diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(members)).execute(conn).await?;
+        written += diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(members)).reused().execute(conn).await?;
     }
     Ok(written)
 }
@@ -285,9 +286,10 @@ pub(crate) struct ColumnTypes {
 }
 
 impl ColumnTypes {
-    async fn of(
+    /// The column types of `table`, read from the catalog unless known.
+    pub(crate) async fn of(
         &self,
-        conn: &mut AsyncPgConnection,
+        mut conn: &AsyncPgConnection,
         table: &'static str,
     ) -> Result<Arc<TypesOfTable>, diesel::result::Error> {
         if let Some(types) = self.tables.lock().ok().and_then(|tables| tables.get(table).cloned()) {
@@ -298,7 +300,7 @@ impl ColumnTypes {
              WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped",
         )
         .bind::<Text, _>(quote_ident(table))
-        .load(conn)
+        .load(&mut conn)
         .await?;
         let types = Arc::new(rows.into_iter().map(|row| (row.name, row.sql_type)).collect::<TypesOfTable>());
         if let Ok(mut tables) = self.tables.lock() {
@@ -561,7 +563,7 @@ async fn upsert_group(
         let sql = format!(
             "INSERT INTO {table} AS t ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) {tail}"
         );
-        let query = diesel::sql_query(sql).bind::<Text, _>(rows);
+        let query = diesel::sql_query(sql).bind::<Text, _>(rows).reused();
         if !returning {
             query.execute(conn).await?;
             return Ok(Vec::new());
@@ -613,7 +615,7 @@ fn typed_upsert(
     column_types: &TypesOfTable,
     columns: &[&'static Column],
     arrays: Vec<ColumnArray>,
-) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
+) -> Reused<BoxedSqlQuery<'static, Pg, SqlQuery>> {
     let parameters: Vec<String> = arrays
         .iter()
         .zip(columns)
@@ -625,25 +627,25 @@ fn typed_upsert(
     for array in arrays {
         query = array.bind(query);
     }
-    query
+    query.reused()
 }
 
 /// [`upsert_rows`] for rows already laid out as one typed array per column (`columns` in
 /// table order, every value fitting its array; see [`ColumnArray::holds`]), without a kept
 /// column or the written rows' keys: one statement.
 pub(crate) async fn upsert_arrays(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     replica: &'static ReplicaDescriptor,
     types: &ColumnTypes,
-    columns: &[&'static Column],
+    columns: Vec<&'static Column>,
     arrays: Vec<ColumnArray>,
 ) -> Result<(), diesel::result::Error> {
     if <[ColumnArray]>::first(&arrays).is_none_or(|array| array.len() == 0) {
         return Ok(());
     }
     let column_types = types.of(conn, replica.table).await?;
-    let (table, list, tail) = upsert_parts(replica, columns, None, false);
-    let result = typed_upsert(&table, &list, &tail, &column_types, columns, arrays).execute(conn).await;
+    let (table, list, tail) = upsert_parts(replica, &columns, None, false);
+    let result = typed_upsert(&table, &list, &tail, &column_types, &columns, arrays).execute(&mut conn).await;
     if result.is_err() {
         types.forget(replica.table);
     }
@@ -683,7 +685,7 @@ pub(crate) async fn delete_guarded(
         // Through the index, as in `by_index`.
         ids = format!("t.{id} = ANY(ARRAY(SELECT s.id FROM s))"),
     );
-    let stale: Vec<KeyRow> = diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(payload)).load(conn).await?;
+    let stale: Vec<KeyRow> = diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(payload)).reused().load(conn).await?;
     Ok(stale.into_iter().map(|key| key.id).collect())
 }
 
@@ -706,7 +708,7 @@ pub(crate) async fn delete_rows(
         by_index(&table, &id),
     );
     let keys: Vec<Value> = ids.iter().map(|value| single(replica.synced_id, value.clone())).collect();
-    diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(keys)).execute(conn).await
+    diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(keys)).reused().execute(conn).await
 }
 
 /// Resolves to-many relationships (C-16 `resolve_to_many_association`): for each
@@ -760,7 +762,7 @@ pub(crate) async fn resolve_to_many<V: Borrow<Value>>(
 /// Takes the per-message processing locks (C-3's processing mutex) as PostgreSQL advisory
 /// transaction locks, all in one statement and in a fixed order so batches cannot deadlock.
 pub(crate) async fn advisory_locks(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     names: Vec<String>,
 ) -> Result<(), diesel::result::Error> {
     if names.is_empty() {
@@ -771,7 +773,8 @@ pub(crate) async fn advisory_locks(
          (SELECT DISTINCT hashtextextended(n, 0) AS h FROM unnest($1::text[]) AS n ORDER BY h) AS locks",
     )
     .bind::<Array<Text>, _>(names)
-    .execute(conn)
+    .reused()
+    .execute(&mut conn)
     .await?;
     Ok(())
 }
@@ -780,7 +783,7 @@ pub(crate) async fn advisory_locks(
 /// created with `-1`, "nothing stored", when missing), so two consumers of one partition
 /// serialize here.
 pub(crate) async fn lock_offset(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     group: &str,
     topic: &str,
     partition: i32,
@@ -793,14 +796,15 @@ pub(crate) async fn lock_offset(
     .bind::<Text, _>(group)
     .bind::<Text, _>(topic)
     .bind::<Integer, _>(partition)
-    .load(conn)
+    .reused()
+    .load(&mut conn)
     .await?;
     Ok(rows.into_iter().next().map(|row| row.next_offset).filter(|offset| *offset >= 0))
 }
 
 /// Stores the next offset of a partition (in the batch's transaction).
 pub(crate) async fn store_offset(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     group: &str,
     topic: &str,
     partition: i32,
@@ -814,7 +818,8 @@ pub(crate) async fn store_offset(
     .bind::<Text, _>(topic)
     .bind::<Integer, _>(partition)
     .bind::<BigInt, _>(next_offset)
-    .execute(conn)
+    .reused()
+    .execute(&mut conn)
     .await?;
     Ok(())
 }
