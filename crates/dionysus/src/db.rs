@@ -86,10 +86,15 @@ fn redact_pool_error(
 ///
 /// diesel cannot know that the text of a `sql_query` never changes, so it prepares one anew
 /// on every run: a round trip to the server, and a parse, before the statement itself goes.
-/// The framework's statements on its hot paths (the relay's reads and marks, a consumer's
-/// offsets, locks and upserts) have fixed text, or one per table and column set, so they
-/// are worth keeping. A statement whose text varies per call (a list of values spelled
-/// out in it) must not be wrapped: each text would stay in the connection's cache.
+/// A consumer's statements for a batch (its offset, its locks, its upserts) have fixed text,
+/// or one per table and column set, so they are worth keeping.
+///
+/// Only for statements whose plan has nothing to choose (an insert, an upsert, an update by
+/// a key of a small table): PostgreSQL may plan a kept statement once for any values, with
+/// the statistics of that moment, and keep that plan while a table grows. A statement that
+/// chooses between an index and a scan (the relay's reads and marks, a read of replica rows)
+/// is prepared on each run. Nor one whose text varies per call (values spelled out in it):
+/// each text would stay in the connection's cache.
 #[derive(Debug, Clone)]
 pub(crate) struct Reused<Q>(Q);
 

@@ -80,7 +80,7 @@ pub(crate) async fn load_rows(
         by_index(&table, &id),
     );
     let keys: Vec<Value> = ids.iter().map(|value| single(replica.synced_id, value.clone())).collect();
-    let rows: Vec<JsonRow> = diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(keys)).reused().load(conn).await?;
+    let rows: Vec<JsonRow> = diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(keys)).load(conn).await?;
     Ok(rows
         .into_iter()
         .filter_map(|row| match row.row {
@@ -170,7 +170,7 @@ pub(crate) async fn update_rows(
         by_index(&table, &id),
     );
     let rows: Vec<Value> = rows.into_iter().map(Value::Object).collect();
-    diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(rows)).reused().execute(conn).await
+    diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(rows)).execute(conn).await
 }
 
 /// Inserts new rows; each row only sets the columns it has (the others take their
@@ -685,7 +685,7 @@ pub(crate) async fn delete_guarded(
         // Through the index, as in `by_index`.
         ids = format!("t.{id} = ANY(ARRAY(SELECT s.id FROM s))"),
     );
-    let stale: Vec<KeyRow> = diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(payload)).reused().load(conn).await?;
+    let stale: Vec<KeyRow> = diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(payload)).load(conn).await?;
     Ok(stale.into_iter().map(|key| key.id).collect())
 }
 
@@ -708,7 +708,7 @@ pub(crate) async fn delete_rows(
         by_index(&table, &id),
     );
     let keys: Vec<Value> = ids.iter().map(|value| single(replica.synced_id, value.clone())).collect();
-    diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(keys)).reused().execute(conn).await
+    diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(keys)).execute(conn).await
 }
 
 /// Resolves to-many relationships (C-16 `resolve_to_many_association`): for each

@@ -16,7 +16,6 @@ use serde_json::Value;
 use super::backoff;
 use super::monitor::{Monitor, RelayEvent};
 use crate::config::ProducerConfig;
-use crate::db::Reuse;
 use crate::producer::outbox::open_changeset;
 use crate::producer::outbox::{owner_updated_row, related_owners_filter, Changeset, NewOutboxRow};
 use crate::producer::plan::{self, Composed, PlanError, RowPlan, RowRef};
@@ -710,7 +709,6 @@ pub(crate) async fn record_failures(
     .bind::<Array<Double>, _>(delays)
     .bind::<Array<Bool>, _>(parks)
     .bind::<Nullable<Timestamptz>, _>(clock.instant())
-    .reused()
     .execute(conn)
     .await?;
     Ok(())
@@ -762,10 +760,6 @@ fn row_ref(row: &PendingRow) -> RowRef {
 /// be neither read nor holding back its key, and its key's later rows overtake it. Leaving the
 /// held-back rows out here (rather than reading and dropping them) also keeps one busy key
 /// waiting for a retry from filling every batch and starving the other keys of its buckets.
-///
-/// Unlike the relay's other statements it is prepared on each run ([`crate::db::Reused`]):
-/// a statement kept by the connection may be planned once for any values, and this one's
-/// plan depends on them (the cursor, the batch size).
 pub(crate) async fn fetch(
     conn: &mut AsyncPgConnection,
     window: Window<'_>,
@@ -808,24 +802,14 @@ struct Probe {
 /// Whether `window` may hold a due row: one look into the pending index, much cheaper than a
 /// batch's read (no ordering-key check, nothing loaded), so an idle worker can ask often.
 /// A `true` may still give an empty batch (a row behind a retry of its key).
-///
-/// The connection keeps the statement prepared, and PostgreSQL may then plan it once for any
-/// values. So the rows above the cursor and the rows due for a retry are two lookups: each
-/// plan starts at its own index (`id > cursor` in the pending index, `retry_at` in the retry
-/// index) without knowing the values, rather than walking the pending index from its start
-/// (past the rows in flight and the entries of rows published since the last vacuum).
 pub(crate) async fn probe(conn: &mut AsyncPgConnection, window: Window<'_>) -> Result<bool, diesel::result::Error> {
     let probe: Probe = diesel::sql_query(
         "SELECT EXISTS (SELECT 1 FROM dionysus_outbox \
-             WHERE published_at IS NULL AND failed_at IS NULL AND ordering_bucket = ANY($1) AND id > $2 \
-               AND (retry_at IS NULL OR retry_at <= now())) \
-         OR EXISTS (SELECT 1 FROM dionysus_outbox \
-             WHERE published_at IS NULL AND failed_at IS NULL AND retry_at IS NOT NULL AND retry_at <= now() \
-               AND ordering_bucket = ANY($1)) AS pending",
+         WHERE published_at IS NULL AND failed_at IS NULL AND ordering_bucket = ANY($1) \
+           AND (id > $2 OR retry_at IS NOT NULL) AND (retry_at IS NULL OR retry_at <= now())) AS pending",
     )
     .bind::<Array<SmallInt>, _>(window.buckets)
     .bind::<BigInt, _>(window.after)
-    .reused()
     .get_result(conn)
     .await?;
     Ok(probe.pending)
@@ -898,7 +882,6 @@ pub(crate) async fn mark_published(conn: &mut AsyncPgConnection, ids: &[i64]) ->
          WHERE id = ANY($1) AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL",
     )
     .bind::<Array<BigInt>, _>(ids)
-    .reused()
     .execute(conn)
     .await?;
     Ok(())

@@ -966,13 +966,6 @@ pub(crate) mod simulation {
             Ok(SimBatch { rows, at })
         }
 
-        /// Whether the relay's idle probe over every bucket finds a due row above `after`
-        /// (or one due for a retry).
-        pub async fn probe(conn: &mut AsyncPgConnection, after: i64) -> Result<bool, diesel::result::Error> {
-            let all: Vec<i16> = (0..64).collect();
-            batch::probe(conn, batch::Window { buckets: &all, limit: 1, after }).await
-        }
-
         /// `(outbox id, ordering key)` of the rows read, in id order.
         pub fn rows(&self) -> Vec<(i64, String)> {
             self.rows.iter().map(|row| (row.id, row.ordering_key.clone())).collect()
