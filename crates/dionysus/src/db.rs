@@ -94,27 +94,58 @@ fn redact_pool_error(
 /// the statistics of that moment, and keep that plan while a table grows. A statement that
 /// chooses between an index and a scan (the relay's reads and marks, a read of replica rows)
 /// is prepared on each run. Nor one whose text varies per call (values spelled out in it):
-/// each text would stay in the connection's cache.
+/// each text would stay in the connection's cache; texts built per table and column set go
+/// through [`keep_text`], which bounds their number.
 #[derive(Debug, Clone)]
-pub(crate) struct Reused<Q>(Q);
+pub(crate) struct Reused<Q> {
+    query: Q,
+    keep: bool,
+}
 
-/// Marks a statement of fixed text as reusable ([`Reused`]).
+/// Marks a statement as reusable ([`Reused`]).
 pub(crate) trait Reuse: Sized {
-    /// This statement, prepared once per connection.
+    /// This statement of fixed text, prepared once per connection.
     fn reused(self) -> Reused<Self> {
-        Reused(self)
+        Reused { query: self, keep: true }
+    }
+
+    /// This statement, prepared once per connection when `keep` ([`keep_text`]), else on
+    /// each run.
+    fn reused_if(self, keep: bool) -> Reused<Self> {
+        Reused { query: self, keep }
     }
 }
 
 impl<Q: QueryFragment<Pg>> Reuse for Q {}
 
+/// How many texts of statements built per table and column set the process keeps prepared,
+/// at most. Their number follows the shapes of the records producers send, which is small
+/// for any real producer but not bounded by anything the framework controls.
+const KEPT_TEXTS: usize = 512;
+
+/// Whether the statement of text `sql` (one of many, built per table and column set) is kept
+/// prepared: yes while fewer than [`KEPT_TEXTS`] texts are, and for each of those texts.
+pub(crate) fn keep_text(sql: &str) -> bool {
+    static KEPT: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::LazyLock::new(Default::default);
+    let Ok(mut kept) = KEPT.lock() else { return false };
+    if kept.contains(sql) {
+        return true;
+    }
+    kept.len() < KEPT_TEXTS && kept.insert(sql.to_owned())
+}
+
 impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for Reused<Q> {
     fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        self.0.walk_ast(pass)
+        self.query.walk_ast(pass)
     }
 
-    fn is_safe_to_cache_prepared(&self, _backend: &Pg) -> QueryResult<bool> {
-        Ok(true)
+    fn is_safe_to_cache_prepared(&self, backend: &Pg) -> QueryResult<bool> {
+        if self.keep {
+            Ok(true)
+        } else {
+            self.query.is_safe_to_cache_prepared(backend)
+        }
     }
 }
 
@@ -126,4 +157,24 @@ impl<Q> QueryId for Reused<Q> {
 
 impl<Q: Query> Query for Reused<Q> {
     type SqlType = Q::SqlType;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Texts built per table and column set are kept up to a bound; past it a new text is
+    /// prepared on each run, and the ones kept stay kept.
+    #[test]
+    fn kept_texts_are_bounded() {
+        let text = |n: usize| format!("SELECT {n} AS kept_text_test");
+        assert!(keep_text(&text(0)));
+        let mut kept = 1;
+        while keep_text(&text(kept)) {
+            kept += 1;
+            assert!(kept <= KEPT_TEXTS, "more than {KEPT_TEXTS} texts kept");
+        }
+        assert!(!keep_text(&text(kept + 1)), "a new text past the bound is not kept");
+        assert!(keep_text(&text(0)), "a text kept before stays kept");
+    }
 }

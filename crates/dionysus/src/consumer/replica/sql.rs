@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 use super::column_type::ColumnKind;
 use super::descriptor::{Column, ReplicaDescriptor};
 use super::plan::canonical_time;
-use crate::db::{Reuse, Reused};
+use crate::db::{keep_text, Reuse, Reused};
 
 /// `"name"`, with embedded quotes doubled; a dotted name quotes each part (`"app"."rentals"`).
 pub(crate) fn quote_ident(name: &str) -> String {
@@ -214,7 +214,8 @@ pub(crate) async fn insert_rows(
              ON CONFLICT ({id}) {conflict}",
             list = list.join(", ")
         );
-        written += diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(members)).reused().execute(conn).await?;
+        let keep = keep_text(&sql);
+        written += diesel::sql_query(sql).bind::<Jsonb, _>(Value::Array(members)).reused_if(keep).execute(conn).await?;
     }
     Ok(written)
 }
@@ -563,7 +564,8 @@ async fn upsert_group(
         let sql = format!(
             "INSERT INTO {table} AS t ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) {tail}"
         );
-        let query = diesel::sql_query(sql).bind::<Text, _>(rows).reused();
+        let keep = keep_text(&sql);
+        let query = diesel::sql_query(sql).bind::<Text, _>(rows).reused_if(keep);
         if !returning {
             query.execute(conn).await?;
             return Ok(Vec::new());
@@ -623,11 +625,12 @@ fn typed_upsert(
         .map(|(index, (array, column))| array.parameter(index + 1, column_types.get(column.name).map(String::as_str)))
         .collect();
     let sql = format!("INSERT INTO {table} AS t ({list}) SELECT * FROM unnest({}) {tail}", parameters.join(", "));
+    let keep = keep_text(&sql);
     let mut query = diesel::sql_query(sql).into_boxed::<Pg>();
     for array in arrays {
         query = array.bind(query);
     }
-    query.reused()
+    query.reused_if(keep)
 }
 
 /// [`upsert_rows`] for rows already laid out as one typed array per column (`columns` in
