@@ -186,12 +186,7 @@ fn by_account(messages: &[(String, String)]) -> BTreeMap<i64, Vec<i64>> {
 }
 
 async fn run_until(relay: &Relay, setup: &mut Setup, done: &str, timeout: Duration) {
-    let token = CancellationToken::new();
-    let running = tokio::spawn({
-        let relay = relay.clone();
-        let token = token.clone();
-        async move { relay.run(token).await }
-    });
+    let (token, running) = spawn_relay(relay);
     let deadline = tokio::time::Instant::now() + timeout;
     while setup.count(done).await > 0 {
         assert!(tokio::time::Instant::now() < deadline, "relay did not finish: {} rows left", setup.count(done).await);
@@ -254,11 +249,7 @@ async fn paused_broker_holds_rows_until_it_is_back() {
     let broker = PrivateBroker::start().await;
     let mut setup = setup(broker.kafka_config(), 3, 20).await;
     let relay = setup.relay(setup.config(|p| p.lock_expiry = Duration::from_secs(2)));
-    let token = CancellationToken::new();
-    let running = tokio::spawn({
-        let (relay, token) = (relay.clone(), token.clone());
-        async move { relay.run(token).await }
-    });
+    let (token, running) = spawn_relay(&relay);
     setup.insert_rows(1, 100, 20).await;
     let mut deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while setup.count("published_at IS NULL").await > 0 {
@@ -318,11 +309,7 @@ async fn rows_arriving_during_an_acknowledgement_go_at_once() {
     kafka.create_topic(&topic, 3).unwrap();
     let mut setup = setup_on(kafka.kafka_config(), topic, 3, 20).await;
     let relay = setup.relay(setup.config(|p| p.lock_expiry = Duration::from_secs(10)));
-    let token = CancellationToken::new();
-    let running = tokio::spawn({
-        let (relay, token) = (relay.clone(), token.clone());
-        async move { relay.run(token).await }
-    });
+    let (token, running) = spawn_relay(&relay);
     // Warm up (metadata, producer id) before the broker slows down.
     setup.insert_rows(1, 1, 20).await;
     setup.wait_published(Duration::from_secs(30)).await;
@@ -377,11 +364,7 @@ async fn aborted_worker_loses_nothing() {
         p.batch_size = 20;
         p.lock_expiry = Duration::from_secs(2);
     }));
-    let token = CancellationToken::new();
-    let running = tokio::spawn({
-        let (relay, token) = (first.clone(), token.clone());
-        async move { relay.run(token).await }
-    });
+    let (_token, running) = spawn_relay(&first);
     eventually(Duration::from_secs(60), || {
         let url = setup.db.url.clone();
         async move {
@@ -551,11 +534,7 @@ async fn health_endpoint_and_file_follow_the_loop() {
         .health_file(&file)
         .build()
         .unwrap();
-    let token = CancellationToken::new();
-    let running = tokio::spawn({
-        let (relay, token) = (relay.clone(), token.clone());
-        async move { relay.run(token).await }
-    });
+    let (token, running) = spawn_relay(&relay);
     let response = eventually(Duration::from_secs(10), || async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
@@ -605,11 +584,7 @@ async fn publish_after_commit_wakes_the_relay() {
         p.publish_after_commit = true;
     });
     let relay = setup.relay(config.clone());
-    let token = CancellationToken::new();
-    let running = tokio::spawn({
-        let (relay, token) = (relay.clone(), token.clone());
-        async move { relay.run(token).await }
-    });
+    let (token, running) = spawn_relay(&relay);
     // Let the worker take its buckets and fall asleep.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let item: Item =
@@ -660,12 +635,8 @@ async fn workers_split_the_buckets_promptly() {
     let mut setup = setup(kafka_config(), 1, 1).await;
     // A long expiry: only prompt rebalancing can pass this test.
     let config = setup.config(|producer| (producer.relay_workers, producer.lock_expiry) = (2, Duration::from_secs(60)));
-    let token = CancellationToken::new();
     let first = setup.relay(config.clone());
-    let running = tokio::spawn({
-        let (relay, token) = (first.clone(), token.clone());
-        async move { relay.run(token).await }
-    });
+    let (token, running) = spawn_relay(&first);
     let started = std::time::Instant::now();
     while shares(&mut setup.conn).await != [32, 32] {
         assert!(started.elapsed() < Duration::from_secs(3), "two workers: {:?}", shares(&mut setup.conn).await);
