@@ -18,6 +18,10 @@
 //!   can write a row before the relay has marked it).
 //! * broker alone: messages produced as they fall due, each carrying its send time, with the
 //!   producer and consumer settings dionysus uses; latency = receive − send.
+//! * Under each: how busy the machine was while that part ran (from `/proc`), with the shares
+//!   of this process and of the broker, and the time the host gave to other guests. The
+//!   broker alone shares the machine with the broker only; dionysus also with PostgreSQL
+//!   (the rest of the busy time) and the writers (in this process).
 //!
 //! Goals: p99 at 1 000/s ≤ the broker's p99 + 50 ms; at 3 000/s no backlog growth (every
 //! event arrives shortly after the writes stop).
@@ -120,6 +124,62 @@ fn quantile(sorted: &[i64], q: f64) -> f64 {
     sorted.get(index).copied().unwrap_or(0) as f64 / 1000.0
 }
 
+/// CPU time so far, in clock ticks (Linux `/proc`; `None` elsewhere): the machine's, this
+/// process's (the writers, the relay and the consumer, or the baseline's clients) and the
+/// broker's (`DIONYSUS_BROKER_PID`, set by `scripts/bench`).
+#[derive(Clone, Copy)]
+struct CpuTicks {
+    busy: u64,
+    steal: u64,
+    total: u64,
+    own: u64,
+    broker: Option<u64>,
+}
+
+fn cpu_ticks() -> Option<CpuTicks> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    // cpu user nice system idle iowait irq softirq steal (guest time is counted in user).
+    let fields: Vec<u64> =
+        stat.lines().next()?.split_whitespace().skip(1).take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = fields[..] else { return None };
+    let broker = std::env::var("DIONYSUS_BROKER_PID").ok().and_then(|pid| process_ticks(&pid));
+    Some(CpuTicks {
+        busy: user + nice + system + irq + softirq,
+        steal,
+        total: fields.iter().sum::<u64>().max(1),
+        own: process_ticks("self")?,
+        broker,
+    })
+}
+
+/// User + system time of a process (`/proc/PID/stat`, fields 14 and 15).
+fn process_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it start with the state (field 3).
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Where the machine's CPU went between two samples: the baseline and ours share it with the
+/// broker, and ours also with PostgreSQL and the writers, so a busy machine is part of what a
+/// latency says. Shares are of all cores; time the host gave to other guests is shown apart.
+fn cpu_line(from: Option<CpuTicks>, to: Option<CpuTicks>) {
+    let (Some(from), Some(to)) = (from, to) else { return };
+    let total = to.total.saturating_sub(from.total).max(1) as f64;
+    let share = |ticks: u64| 100.0 * ticks as f64 / total;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let broker = match (from.broker, to.broker) {
+        (Some(from), Some(to)) => format!(", the broker {:.0}%", share(to.saturating_sub(from))),
+        _ => String::new(),
+    };
+    println!(
+        "    machine CPU while it ran ({cores} cores): {:.0}% busy — this process {:.0}%{broker}; {:.0}% taken by the host",
+        share(to.busy.saturating_sub(from.busy)),
+        share(to.own.saturating_sub(from.own)),
+        share(to.steal.saturating_sub(from.steal))
+    );
+}
+
 /// p50, p95, p99 and max of latencies in µs, printed in ms.
 fn summary(label: &str, mut micros: Vec<i64>, expected: u64, elapsed: Duration) -> f64 {
     micros.sort_unstable();
@@ -165,6 +225,7 @@ async fn broker_alone(rate: u64) -> f64 {
     });
     // Warm up: wait until the consumer has its partitions (a marker message arrives).
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu = cpu_ticks();
     let started = Instant::now();
     let mut deliveries = Vec::new();
     for i in 0..total {
@@ -180,7 +241,10 @@ async fn broker_alone(rate: u64) -> f64 {
         delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
     }
     let latencies = receiving.await.unwrap();
-    summary("broker alone (produce → consume)", latencies, total, elapsed)
+    let cpu = (cpu, cpu_ticks());
+    let p99 = summary("broker alone (produce → consume)", latencies, total, elapsed);
+    cpu_line(cpu.0, cpu.1);
+    p99
 }
 
 struct Pipeline {
@@ -194,6 +258,7 @@ struct Pipeline {
 async fn end_to_end(pipeline: &Pipeline, rate: u64, conn: &mut AsyncPgConnection) -> f64 {
     let total = rate * seconds();
     let next = Arc::new(AtomicU64::new(0));
+    let cpu = cpu_ticks();
     let started = Instant::now();
     let mut writers = tokio::task::JoinSet::new();
     for _ in 0..WRITERS {
@@ -231,6 +296,7 @@ async fn end_to_end(pipeline: &Pipeline, rate: u64, conn: &mut AsyncPgConnection
         committed.extend(part.unwrap());
     }
     let elapsed = started.elapsed();
+    let cpu = (cpu, cpu_ticks());
     let first = committed.iter().map(|(id, _)| *id).min().unwrap_or(0);
     let last = committed.iter().map(|(id, _)| *id).max().unwrap_or(0);
     let range = format!("synced_id BETWEEN {first} AND {last}");
@@ -297,6 +363,7 @@ async fn end_to_end(pipeline: &Pipeline, rate: u64, conn: &mut AsyncPgConnection
         quantile(&consumed, 0.5),
         quantile(&consumed, 0.99)
     );
+    cpu_line(cpu.0, cpu.1);
     p99
 }
 
