@@ -225,7 +225,7 @@ async fn broker_alone(rate: u64) -> f64 {
     });
     // Warm up: wait until the consumer has its partitions (a marker message arrives).
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let cpu = cpu_ticks();
+    let cpu_from = cpu_ticks();
     let started = Instant::now();
     let mut deliveries = Vec::new();
     for i in 0..total {
@@ -241,9 +241,9 @@ async fn broker_alone(rate: u64) -> f64 {
         delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
     }
     let latencies = receiving.await.unwrap();
-    let cpu = (cpu, cpu_ticks());
+    let cpu_to = cpu_ticks();
     let p99 = summary("broker alone (produce → consume)", latencies, total, elapsed);
-    cpu_line(cpu.0, cpu.1);
+    cpu_line(cpu_from, cpu_to);
     p99
 }
 
@@ -258,7 +258,7 @@ struct Pipeline {
 async fn end_to_end(pipeline: &Pipeline, rate: u64, conn: &mut AsyncPgConnection) -> f64 {
     let total = rate * seconds();
     let next = Arc::new(AtomicU64::new(0));
-    let cpu = cpu_ticks();
+    let cpu_from = cpu_ticks();
     let started = Instant::now();
     let mut writers = tokio::task::JoinSet::new();
     for _ in 0..WRITERS {
@@ -296,7 +296,7 @@ async fn end_to_end(pipeline: &Pipeline, rate: u64, conn: &mut AsyncPgConnection
         committed.extend(part.unwrap());
     }
     let elapsed = started.elapsed();
-    let cpu = (cpu, cpu_ticks());
+    let cpu_to = cpu_ticks();
     let first = committed.iter().map(|(id, _)| *id).min().unwrap_or(0);
     let last = committed.iter().map(|(id, _)| *id).max().unwrap_or(0);
     let range = format!("synced_id BETWEEN {first} AND {last}");
@@ -363,7 +363,7 @@ async fn end_to_end(pipeline: &Pipeline, rate: u64, conn: &mut AsyncPgConnection
         quantile(&consumed, 0.5),
         quantile(&consumed, 0.99)
     );
-    cpu_line(cpu.0, cpu.1);
+    cpu_line(cpu_from, cpu_to);
     p99
 }
 
