@@ -966,6 +966,18 @@ pub(crate) mod simulation {
             Ok(SimBatch { rows, at })
         }
 
+        /// How many outbox rows a batch read of `buckets` at `at` looks at (returned or
+        /// filtered out by the scans of [`SimBatch::fetch`]'s statement).
+        pub async fn rows_examined(
+            conn: &mut AsyncPgConnection,
+            config: &ProducerConfig,
+            buckets: &[i16],
+            at: DateTime<Utc>,
+        ) -> Result<u64, diesel::result::Error> {
+            let window = batch::Window { buckets, limit: config.batch_size, after: 0 };
+            batch::rows_examined(conn, window, config.strict_ordering, Clock::At(at)).await
+        }
+
         /// `(outbox id, ordering key)` of the rows read, in id order.
         pub fn rows(&self) -> Vec<(i64, String)> {
             self.rows.iter().map(|row| (row.id, row.ordering_key.clone())).collect()
