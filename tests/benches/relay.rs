@@ -8,7 +8,8 @@
 //!   await the delivery reports, mark the rows published in one `UPDATE`;
 //! * relay: `dionysus::relay::Relay` with its workers, loading each batch's records from the
 //!   database and serializing them, until the outbox is empty: with the default settings,
-//!   tuned (4 workers, batches up to 2000), and with dionysus-rb's (1 worker, batch 100).
+//!   tuned (4 workers, batches up to 2000), tuned with a retention of zero (each row deleted
+//!   as it is published instead of marked), and with dionysus-rb's (1 worker, batch 100).
 //!
 //! Goal: the relay with its defaults drains at ≥ 2× the raw loop of the same run.
 
@@ -111,6 +112,7 @@ async fn relay_drain(
     producer: &dionysus::kafka::Producer,
     topic: &str,
     settings: Option<(usize, usize)>,
+    retention: Option<Duration>,
 ) -> Duration {
     let kafka = kafka_config();
     let mut config = Config::default();
@@ -120,7 +122,7 @@ async fn relay_drain(
         config.producer.relay_workers = workers;
         config.producer.batch_size = batch_size;
     }
-    config.producer.retention = None;
+    config.producer.retention = retention;
     // The producer the baselines use, already connected: all sides start warm.
     let relay = Relay::builder(config)
         .producer(producer.clone())
@@ -214,14 +216,20 @@ async fn main() {
     line("rdkafka produce only, no database (ceiling)", produce_elapsed, raw_elapsed);
     line("raw SQL claim + rdkafka produce (baseline)", raw_elapsed, raw_elapsed);
     let defaults = dionysus::config::ProducerConfig::default();
-    for settings in [None, Some((4, 2000)), Some((1, 100))] {
+    // Published rows are kept (and pruned later, as by default) except in the last line, where
+    // a retention of zero deletes each row as it is published.
+    let runs = [(None, None), (Some((4, 2000)), None), (Some((4, 2000)), Some(Duration::ZERO)), (Some((1, 100)), None)];
+    for (settings, retention) in runs {
         let topic = create_topic(&kafka, "bench_relay", PARTITIONS).await;
         fill(&mut conn, &topic).await;
-        let elapsed = relay_drain(&db, &producer, &topic, settings).await;
-        let label = match settings {
-            None => format!("relay, defaults ({} workers, batch ≤ {})", defaults.relay_workers, defaults.batch_size),
-            Some((4, 2000)) => "relay, tuned (4 workers, batch ≤ 2000)".to_owned(),
-            Some((workers, batch)) => format!("relay, {workers} worker(s), batch ≤ {batch} (dionysus-rb's)"),
+        let elapsed = relay_drain(&db, &producer, &topic, settings, retention).await;
+        let label = match (settings, retention) {
+            (None, _) => {
+                format!("relay, defaults ({} workers, batch ≤ {})", defaults.relay_workers, defaults.batch_size)
+            }
+            (Some((4, 2000)), Some(_)) => "relay, tuned, rows deleted when published".to_owned(),
+            (Some((4, 2000)), None) => "relay, tuned (4 workers, batch ≤ 2000)".to_owned(),
+            (Some((workers, batch)), _) => format!("relay, {workers} worker(s), batch ≤ {batch} (dionysus-rb's)"),
         };
         line(&label, elapsed, raw_elapsed);
     }

@@ -574,6 +574,28 @@ async fn retention_prunes_only_old_published_rows() {
     assert_eq!(setup.count("TRUE").await, 20);
 }
 
+/// A retention of zero deletes each row as it is published: the messages arrive in order per
+/// key, nothing published stays behind, and a parked row (never published) is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retention_of_zero_deletes_rows_as_they_are_published() {
+    // 50 items: item 7 is alone on its partition key, so its failures hold back no other row.
+    let mut setup = setup(kafka_config(), 4, 50).await;
+    setup.conn.batch_execute("UPDATE relay_items SET name = 'poison' WHERE id = 7").await.unwrap();
+    setup.insert_rows(1, 2_000, 50).await;
+    let relay = setup.relay(setup.config(|p| {
+        (p.relay_workers, p.max_attempts) = (2, 3);
+        p.retention = Some(Duration::ZERO);
+    }));
+    run_until(&relay, &mut setup, "published_at IS NULL AND failed_at IS NULL", Duration::from_secs(120)).await;
+    assert_eq!(setup.count("TRUE").await, 40, "only item 7's 40 parked rows are left");
+    assert_eq!(setup.count("failed_at IS NOT NULL AND resource_id = '7'").await, 40);
+    let messages = consume(&setup.kafka, &setup.topic, 1_960).await;
+    assert_eq!(messages.len(), 1_960, "no repeats in a run without delivery failures");
+    for (account, seqs) in by_account(&messages) {
+        assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "account {account} out of order: {seqs:?}");
+    }
+}
+
 /// Publish-after-commit: a committed outbox write wakes the idle relay at once (its idle
 /// sleep here is a minute); a rolled-back one publishes nothing.
 #[tokio::test(flavor = "multi_thread")]

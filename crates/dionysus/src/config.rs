@@ -29,7 +29,7 @@
 //! | `DIONYSUS_RETRY_BACKOFF_CAP_SECONDS` | [`ProducerConfig::retry_backoff_cap`] | seconds, or a duration | `600` |
 //! | `DIONYSUS_MAX_ATTEMPTS` | [`ProducerConfig::max_attempts`] | integer ≥ 1 | `12` |
 //! | `DIONYSUS_STRICT_ORDERING` | [`ProducerConfig::strict_ordering`] | boolean | `false` |
-//! | `DIONYSUS_OUTBOX_RETENTION_SECONDS` | [`ProducerConfig::retention`] | seconds, a duration, or `off` | `3d` |
+//! | `DIONYSUS_OUTBOX_RETENTION_SECONDS` | [`ProducerConfig::retention`] | seconds, a duration, `off` (keep), or `0` (delete on publishing) | `3d` |
 //! | `DIONYSUS_GENESIS_CONSISTENCY_SAFETY_DELAY_SECONDS` | [`ProducerConfig::genesis_consistency_safety_delay`] | seconds, or a duration | `60` |
 //! | `DIONYSUS_PUBLISHER_SERVICE_NAME` | [`ProducerConfig::publisher_service_name`] | text | `dionysus` |
 //! | `DIONYSUS_OUTBOX_ENCRYPTION_KEYS` | [`ProducerConfig::outbox_encryption_keys`] | `id:base64,…` of 32-byte keys, the first is current | none (not encrypted) |
@@ -235,7 +235,10 @@ pub struct ProducerConfig {
     pub max_attempts: u32,
     /// When true, a parked row keeps blocking its partition key instead of being skipped.
     pub strict_ordering: bool,
-    /// Published rows older than this are pruned; `None` keeps them (3 days).
+    /// How long published rows are kept (3 days): older ones are pruned every minute.
+    /// `None` keeps them for ever; zero deletes each row as it is published, which keeps no
+    /// history and is the relay's cheapest setting (a delete costs the database about a
+    /// quarter of a mark, and nothing is left to prune).
     pub retention: Option<Duration>,
     /// Extra margin added to the end of a genesis window in the "performed" event (60 s).
     pub genesis_consistency_safety_delay: Duration,
@@ -1015,6 +1018,8 @@ mod tests {
         assert!(config.producer.publish_after_commit);
         assert_eq!(config.producer.relay_workers, 4);
         assert_eq!(config.producer.retention, None);
+        let zero = from(&[("DIONYSUS_OUTBOX_RETENTION_SECONDS", "0")]).unwrap();
+        assert_eq!(zero.producer.retention, Some(Duration::ZERO), "zero deletes rows as they are published");
         assert_eq!(config.kafka.properties.get("security.protocol").map(String::as_str), Some("ssl"));
     }
 

@@ -422,7 +422,7 @@ impl Batch<'_> {
             .chain(settled.nothing_to_send.iter().copied())
             .map(|row| row.id)
             .collect();
-        mark_published(conn, &published).await?;
+        mark_published(conn, &published, Afterlife::of(self.config)).await?;
         report.failed = settled.failures.len();
         let mut unfinished = held_keys;
         unfinished.extend(settled.failures.iter().map(|(row, _)| row.ordering_key.clone()));
@@ -916,24 +916,54 @@ pub(crate) fn remove_consecutive_duplicates(rows: Vec<PendingRow>) -> (Vec<Pendi
     (kept, dropped)
 }
 
-/// Marks rows published, in one autocommitted statement. Its commit does not wait for the
-/// WAL flush (`synchronous_commit` set off for this statement's transaction only): a mark
-/// lost in a database crash only publishes its rows once more, which at-least-once delivery
-/// allows, and the flush wait is most of the statement's cost. One statement, not an explicit
-/// transaction: a worker aborted mid-call cannot leave a transaction open on a pooled
-/// connection, holding these rows' locks.
-pub(crate) async fn mark_published(conn: &mut AsyncPgConnection, ids: &[i64]) -> Result<(), diesel::result::Error> {
+/// What becomes of a published row: marked (`published_at` set, kept until the retention
+/// prunes it) or deleted at once (a retention of zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Afterlife {
+    /// Marked published and kept.
+    Marked,
+    /// Deleted as it is published: no history, and the cheapest settlement (a delete writes
+    /// no new row version and no index entry; a mark writes both, and the prune deletes later).
+    Deleted,
+}
+
+impl Afterlife {
+    /// The settlement `config`'s retention asks for.
+    pub(crate) fn of(config: &ProducerConfig) -> Afterlife {
+        if config.retention == Some(std::time::Duration::ZERO) {
+            Afterlife::Deleted
+        } else {
+            Afterlife::Marked
+        }
+    }
+}
+
+/// Marks rows published (or deletes them, see [`Afterlife`]), in one autocommitted statement.
+/// Its commit does not wait for the WAL flush (`synchronous_commit` set off for this
+/// statement's transaction only): a mark lost in a database crash only publishes its rows
+/// once more, which at-least-once delivery allows, and the flush wait is most of the
+/// statement's cost. One statement, not an explicit transaction: a worker aborted mid-call
+/// cannot leave a transaction open on a pooled connection, holding these rows' locks.
+pub(crate) async fn mark_published(
+    conn: &mut AsyncPgConnection,
+    ids: &[i64],
+    afterlife: Afterlife,
+) -> Result<(), diesel::result::Error> {
     if ids.is_empty() {
         return Ok(());
     }
-    diesel::sql_query(
-        "UPDATE dionysus_outbox SET published_at = now(), updated_at = now(), error_class = NULL, \
-         error_message = NULL, retry_at = NULL, failed_at = NULL \
-         WHERE id = ANY($1) AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL",
-    )
-    .bind::<Array<BigInt>, _>(ids)
-    .execute(conn)
-    .await?;
+    let statement = match afterlife {
+        Afterlife::Marked => {
+            "UPDATE dionysus_outbox SET published_at = now(), updated_at = now(), error_class = NULL, \
+             error_message = NULL, retry_at = NULL, failed_at = NULL \
+             WHERE id = ANY($1) AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL"
+        }
+        Afterlife::Deleted => {
+            "DELETE FROM dionysus_outbox \
+             WHERE id = ANY($1) AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL"
+        }
+    };
+    diesel::sql_query(statement).bind::<Array<BigInt>, _>(ids).execute(conn).await?;
     Ok(())
 }
 

@@ -1004,7 +1004,7 @@ pub(crate) mod simulation {
                 .collect();
             let settled = batch::settle(&self.rows, outcomes);
             let published: Vec<i64> = settled.delivered.iter().map(|row| row.id).collect();
-            batch::mark_published(conn, &published).await?;
+            batch::mark_published(conn, &published, batch::Afterlife::of(config)).await?;
             batch::record_failures(conn, config, &settled.failures, Clock::At(self.at), jitter).await?;
             Ok(published)
         }
