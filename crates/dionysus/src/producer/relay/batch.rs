@@ -422,7 +422,7 @@ impl Batch<'_> {
             .chain(settled.nothing_to_send.iter().copied())
             .map(|row| row.id)
             .collect();
-        mark_published(conn, &published, Afterlife::of(self.config)).await?;
+        mark_published(conn, &published, PublishedRows::of(self.config)).await?;
         report.failed = settled.failures.len();
         let mut unfinished = held_keys;
         unfinished.extend(settled.failures.iter().map(|(row, _)| row.ordering_key.clone()));
@@ -779,7 +779,7 @@ pub(crate) async fn fetch(
 
 /// The statement of [`fetch`]: `$1` buckets, `$2` limit, `$3` strict, `$4` the clock (`NULL`
 /// for the database's), `$5` the cursor.
-const FETCH: &str = "WITH waiting AS ( \
+pub(crate) const FETCH: &str = "WITH waiting AS ( \
          SELECT ordering_key, min(id) AS first_id FROM dionysus_outbox \
          WHERE published_at IS NULL AND ordering_bucket = ANY($1) \
            AND ((failed_at IS NULL AND retry_at > COALESCE($4, now())) OR ($3 AND failed_at IS NOT NULL)) \
@@ -796,7 +796,7 @@ const FETCH: &str = "WITH waiting AS ( \
      ORDER BY o.id LIMIT $2";
 
 /// `text` (the [`FETCH`] statement, or it wrapped in `EXPLAIN`) with the window's values bound.
-fn fetch_query<'w>(
+pub(crate) fn fetch_query<'w>(
     text: String,
     window: Window<'w>,
     strict: bool,
@@ -809,38 +809,6 @@ fn fetch_query<'w>(
         .bind::<Bool, _>(strict)
         .bind::<Nullable<Timestamptz>, _>(clock.instant())
         .bind::<BigInt, _>(window.after)
-}
-
-/// How many outbox rows the statement of [`fetch`] looks at for `window`: what its scans of
-/// the outbox return plus what they filter out, as `EXPLAIN ANALYZE` counts them.
-pub(crate) async fn rows_examined(
-    conn: &mut AsyncPgConnection,
-    window: Window<'_>,
-    strict: bool,
-    clock: Clock,
-) -> Result<u64, diesel::result::Error> {
-    #[derive(diesel::QueryableByName)]
-    struct Plan {
-        #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
-        plan: String,
-    }
-    fn examined(node: &Value) -> u64 {
-        let count = |field: &str| node.get(field).and_then(Value::as_f64).unwrap_or(0.0);
-        let own = if node.get("Relation Name").and_then(Value::as_str) == Some("dionysus_outbox") {
-            // Per loop; a scan run more than once counts each time.
-            let loops = count("Actual Loops").max(1.0);
-            ((count("Actual Rows") + count("Rows Removed by Filter") + count("Rows Removed by Index Recheck")) * loops)
-                as u64
-        } else {
-            0
-        };
-        own + node.get("Plans").and_then(Value::as_array).map_or(0, |plans| plans.iter().map(examined).sum())
-    }
-    let text = format!("EXPLAIN (ANALYZE, FORMAT JSON) {FETCH}");
-    let plan: Plan = fetch_query(text, window, strict, clock).get_result(conn).await?;
-    let parsed: Value = serde_json::from_str(&plan.plan)
-        .map_err(|error| diesel::result::Error::DeserializationError(Box::new(error)))?;
-    Ok(parsed.get(0).and_then(|top| top.get("Plan")).map_or(0, examined))
 }
 
 #[derive(diesel::QueryableByName)]
@@ -916,29 +884,29 @@ pub(crate) fn remove_consecutive_duplicates(rows: Vec<PendingRow>) -> (Vec<Pendi
     (kept, dropped)
 }
 
-/// What becomes of a published row: marked (`published_at` set, kept until the retention
-/// prunes it) or deleted at once (a retention of zero).
+/// What becomes of published rows: marked (`published_at` set) and kept until the retention
+/// prunes them, or deleted at once (a retention of zero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Afterlife {
+pub(crate) enum PublishedRows {
     /// Marked published and kept.
-    Marked,
-    /// Deleted as it is published: no history, and the cheapest settlement (a delete writes
+    Kept,
+    /// Deleted as they are published: no history, and the cheapest settlement (a delete writes
     /// no new row version and no index entry; a mark writes both, and the prune deletes later).
     Deleted,
 }
 
-impl Afterlife {
+impl PublishedRows {
     /// The settlement `config`'s retention asks for.
-    pub(crate) fn of(config: &ProducerConfig) -> Afterlife {
+    pub(crate) fn of(config: &ProducerConfig) -> PublishedRows {
         if config.retention == Some(std::time::Duration::ZERO) {
-            Afterlife::Deleted
+            PublishedRows::Deleted
         } else {
-            Afterlife::Marked
+            PublishedRows::Kept
         }
     }
 }
 
-/// Marks rows published (or deletes them, see [`Afterlife`]), in one autocommitted statement.
+/// Marks rows published (or deletes them, see [`PublishedRows`]), in one autocommitted statement.
 /// Its commit does not wait for the WAL flush (`synchronous_commit` set off for this
 /// statement's transaction only): a mark lost in a database crash only publishes its rows
 /// once more, which at-least-once delivery allows, and the flush wait is most of the
@@ -947,18 +915,18 @@ impl Afterlife {
 pub(crate) async fn mark_published(
     conn: &mut AsyncPgConnection,
     ids: &[i64],
-    afterlife: Afterlife,
+    published: PublishedRows,
 ) -> Result<(), diesel::result::Error> {
     if ids.is_empty() {
         return Ok(());
     }
-    let statement = match afterlife {
-        Afterlife::Marked => {
+    let statement = match published {
+        PublishedRows::Kept => {
             "UPDATE dionysus_outbox SET published_at = now(), updated_at = now(), error_class = NULL, \
              error_message = NULL, retry_at = NULL, failed_at = NULL \
              WHERE id = ANY($1) AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL"
         }
-        Afterlife::Deleted => {
+        PublishedRows::Deleted => {
             "DELETE FROM dionysus_outbox \
              WHERE id = ANY($1) AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL"
         }
