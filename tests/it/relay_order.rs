@@ -172,36 +172,3 @@ fn retries_never_let_a_later_row_of_a_key_overtake() {
         panic!("{error}");
     }
 }
-
-/// A batch read looks at about as many rows as it returns, however long the backlog behind
-/// them and with a key waiting for its retry: the scan in id order stops at the batch's limit
-/// rather than reading every pending row of the worker's buckets and sorting them.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_batch_read_stops_at_its_limit() {
-    let db = TestDb::migrated().await;
-    let mut conn = db.connection().await;
-    conn.batch_execute(
-        "INSERT INTO dionysus_outbox (resource_class, resource_id, event_name, topic, partition_key)
-         SELECT 'Item', (i % 500)::text, 'item_updated', 'items', (i % 50)::text FROM generate_series(1, 40000) i;
-         UPDATE dionysus_outbox SET retry_at = now() + interval '1 hour', attempts = 1 WHERE id = 3;
-         ANALYZE dionysus_outbox;",
-    )
-    .await
-    .unwrap();
-    let mut config = ProducerConfig::default();
-    config.batch_size = 1_000;
-    let at = Utc::now();
-    let batch = SimBatch::fetch(&mut conn, &config, at).await.unwrap();
-    let rows = batch.rows();
-    assert_eq!(rows.len(), 1_000);
-    assert!(rows.iter().all(|(_, key)| key != "3"), "key 3 waits for its retry: {rows:?}");
-    // A quarter of the buckets, as each of four workers holds.
-    for share in [(0..16).collect::<Vec<i16>>(), (0..64).collect()] {
-        let examined = SimBatch::rows_examined(&mut conn, &config, &share, at).await.unwrap();
-        assert!(
-            examined < 5_000,
-            "a batch of 1,000 from {} buckets looked at {examined} of 40,000 pending rows",
-            share.len()
-        );
-    }
-}

@@ -760,55 +760,37 @@ fn row_ref(row: &PendingRow) -> RowRef {
 /// be neither read nor holding back its key, and its key's later rows overtake it. Leaving the
 /// held-back rows out here (rather than reading and dropping them) also keeps one busy key
 /// waiting for a retry from filling every batch and starving the other keys of its buckets.
-///
-/// The clock (`$4`, else `now()`: the transaction's start, one value wherever it is read) is
-/// written out where it is used, not a one-row CTE joined to the outbox. Behind that join the
-/// planner could not see the clock's value, so it guessed that a third of the pending rows
-/// wait for a retry, hashed them, and then read every pending row of the buckets above
-/// `after` and sorted them to keep `limit` (45 ms for 2,000 of 100,000 rows). Seeing the
-/// value, it estimates the waiting rows from the statistics and the scan in id order stops at
-/// `limit` (5 ms).
 pub(crate) async fn fetch(
     conn: &mut AsyncPgConnection,
     window: Window<'_>,
     strict: bool,
     clock: Clock,
 ) -> Result<Vec<PendingRow>, diesel::result::Error> {
-    fetch_query(FETCH.to_owned(), window, strict, clock).load(conn).await
-}
-
-/// The statement of [`fetch`]: `$1` buckets, `$2` limit, `$3` strict, `$4` the clock (`NULL`
-/// for the database's), `$5` the cursor.
-pub(crate) const FETCH: &str = "WITH waiting AS ( \
-         SELECT ordering_key, min(id) AS first_id FROM dionysus_outbox \
-         WHERE published_at IS NULL AND ordering_bucket = ANY($1) \
-           AND ((failed_at IS NULL AND retry_at > COALESCE($4, now())) OR ($3 AND failed_at IS NOT NULL)) \
-         GROUP BY ordering_key) \
-     SELECT o.id, o.resource_class, o.resource_id, o.event_name, o.topic, o.partition_key, o.changeset, \
-            o.attempts, o.ordering_key, o.created_at, o.message, o.message_key, o.encryption_key_id \
-     FROM dionysus_outbox o \
-     WHERE o.published_at IS NULL AND o.failed_at IS NULL AND o.ordering_bucket = ANY($1) \
-       AND o.id > LEAST($5, (SELECT COALESCE(min(r.id), $5 + 1) - 1 FROM dionysus_outbox r \
-           WHERE r.published_at IS NULL AND r.failed_at IS NULL AND r.retry_at IS NOT NULL \
-             AND r.ordering_bucket = ANY($1))) \
-       AND (o.retry_at IS NULL OR o.retry_at <= COALESCE($4, now())) \
-       AND NOT EXISTS (SELECT 1 FROM waiting w WHERE w.ordering_key = o.ordering_key AND w.first_id < o.id) \
-     ORDER BY o.id LIMIT $2";
-
-/// `text` (the [`FETCH`] statement, or it wrapped in `EXPLAIN`) with the window's values bound.
-pub(crate) fn fetch_query<'w>(
-    text: String,
-    window: Window<'w>,
-    strict: bool,
-    clock: Clock,
-) -> diesel::query_builder::BoxedSqlQuery<'w, diesel::pg::Pg, diesel::query_builder::SqlQuery> {
-    diesel::sql_query(text)
-        .into_boxed()
-        .bind::<Array<SmallInt>, _>(window.buckets)
-        .bind::<BigInt, _>(i64::try_from(window.limit).unwrap_or(i64::MAX))
-        .bind::<Bool, _>(strict)
-        .bind::<Nullable<Timestamptz>, _>(clock.instant())
-        .bind::<BigInt, _>(window.after)
+    diesel::sql_query(
+        "WITH clock AS (SELECT COALESCE($4, now()) AS now), \
+         waiting AS ( \
+             SELECT ordering_key, min(id) AS first_id FROM dionysus_outbox, clock \
+             WHERE published_at IS NULL AND ordering_bucket = ANY($1) \
+               AND ((failed_at IS NULL AND retry_at > clock.now) OR ($3 AND failed_at IS NOT NULL)) \
+             GROUP BY ordering_key) \
+         SELECT o.id, o.resource_class, o.resource_id, o.event_name, o.topic, o.partition_key, o.changeset, \
+                o.attempts, o.ordering_key, o.created_at, o.message, o.message_key, o.encryption_key_id \
+         FROM dionysus_outbox o, clock \
+         WHERE o.published_at IS NULL AND o.failed_at IS NULL AND o.ordering_bucket = ANY($1) \
+           AND o.id > LEAST($5, (SELECT COALESCE(min(r.id), $5 + 1) - 1 FROM dionysus_outbox r \
+               WHERE r.published_at IS NULL AND r.failed_at IS NULL AND r.retry_at IS NOT NULL \
+                 AND r.ordering_bucket = ANY($1))) \
+           AND (o.retry_at IS NULL OR o.retry_at <= clock.now) \
+           AND NOT EXISTS (SELECT 1 FROM waiting w WHERE w.ordering_key = o.ordering_key AND w.first_id < o.id) \
+         ORDER BY o.id LIMIT $2",
+    )
+    .bind::<Array<SmallInt>, _>(window.buckets)
+    .bind::<BigInt, _>(i64::try_from(window.limit).unwrap_or(i64::MAX))
+    .bind::<Bool, _>(strict)
+    .bind::<Nullable<Timestamptz>, _>(clock.instant())
+    .bind::<BigInt, _>(window.after)
+    .load(conn)
+    .await
 }
 
 #[derive(diesel::QueryableByName)]

@@ -940,8 +940,7 @@ pub(crate) mod simulation {
     //! boundaries against a real outbox table. Not a public API: it may change in any release.
 
     use chrono::{DateTime, Utc};
-    use diesel_async::{AsyncPgConnection, RunQueryDsl};
-    use serde_json::Value;
+    use diesel_async::AsyncPgConnection;
 
     use super::batch::{self, Clock, Outcome, PendingRow};
     use crate::config::ProducerConfig;
@@ -965,40 +964,6 @@ pub(crate) mod simulation {
             let window = batch::Window { buckets: &all, limit: config.batch_size, after: 0 };
             let rows = batch::fetch(conn, window, config.strict_ordering, Clock::At(at)).await?;
             Ok(SimBatch { rows, at })
-        }
-
-        /// How many outbox rows a batch read of `buckets` at `at` looks at (returned or
-        /// filtered out by the scans of [`SimBatch::fetch`]'s statement).
-        pub async fn rows_examined(
-            conn: &mut AsyncPgConnection,
-            config: &ProducerConfig,
-            buckets: &[i16],
-            at: DateTime<Utc>,
-        ) -> Result<u64, diesel::result::Error> {
-            #[derive(diesel::QueryableByName)]
-            struct Plan {
-                #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
-                plan: String,
-            }
-            fn examined(node: &Value) -> u64 {
-                let count = |field: &str| node.get(field).and_then(Value::as_f64).unwrap_or(0.0);
-                let own = if node.get("Relation Name").and_then(Value::as_str) == Some("dionysus_outbox") {
-                    // Counted per loop: a scan run more than once counts each time.
-                    let rows =
-                        count("Actual Rows") + count("Rows Removed by Filter") + count("Rows Removed by Index Recheck");
-                    (rows * count("Actual Loops").max(1.0)) as u64
-                } else {
-                    0
-                };
-                own + node.get("Plans").and_then(Value::as_array).map_or(0, |plans| plans.iter().map(examined).sum())
-            }
-            let window = batch::Window { buckets, limit: config.batch_size, after: 0 };
-            let text = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", batch::FETCH);
-            let plan: Plan =
-                batch::fetch_query(text, window, config.strict_ordering, Clock::At(at)).get_result(conn).await?;
-            let parsed: Value = serde_json::from_str(&plan.plan)
-                .map_err(|error| diesel::result::Error::DeserializationError(Box::new(error)))?;
-            Ok(parsed.get(0).and_then(|top| top.get("Plan")).map_or(0, examined))
         }
 
         /// `(outbox id, ordering key)` of the rows read, in id order.
