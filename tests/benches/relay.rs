@@ -216,7 +216,7 @@ async fn main() {
     line("rdkafka produce only, no database (ceiling)", produce_elapsed, raw_elapsed);
     line("raw SQL claim + rdkafka produce (baseline)", raw_elapsed, raw_elapsed);
     let defaults = dionysus::config::ProducerConfig::default();
-    // Published rows are kept (and pruned later, as by default) except in the last line, where
+    // Published rows are kept (and pruned later, as by default) except in the third run, where
     // a retention of zero deletes each row as it is published.
     let runs = [(None, None), (Some((4, 2000)), None), (Some((4, 2000)), Some(Duration::ZERO)), (Some((1, 100)), None)];
     for (settings, retention) in runs {
