@@ -880,7 +880,7 @@ pub(crate) enum PublishedRows {
 impl PublishedRows {
     /// The settlement `config`'s retention asks for.
     pub(crate) fn of(config: &ProducerConfig) -> PublishedRows {
-        if config.retention == Some(std::time::Duration::ZERO) {
+        if config.retention == Some(Duration::ZERO) {
             PublishedRows::Deleted
         } else {
             PublishedRows::Kept
