@@ -205,6 +205,27 @@ pub(crate) struct Recorded {
     pub(crate) unfinished: HashSet<String>,
 }
 
+impl Recorded {
+    /// The keys whose rows the batch sent while this one was in flight must leave pending
+    /// when it is settled, so they are published again behind this one's unfinished rows:
+    /// the keys this one left unfinished (`recorded`), or every key of it (`keys`) if it
+    /// could not be recorded — and in both cases the keys it was itself told to leave
+    /// (`blocked`): a batch before it left them unfinished, and this one may have carried no
+    /// row of them while the next does.
+    pub(crate) fn left_behind(
+        recorded: Option<&Recorded>,
+        keys: HashSet<String>,
+        blocked: &HashSet<String>,
+    ) -> HashSet<String> {
+        let mut left = match recorded {
+            Some(recorded) => recorded.unfinished.clone(),
+            None => keys,
+        };
+        left.extend(blocked.iter().cloned());
+        left
+    }
+}
+
 impl Batch<'_> {
     /// Runs one batch over `buckets` from the bottom of the pending index, each stage after the
     /// other.
@@ -1032,6 +1053,23 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+
+    fn keys(names: &[&str]) -> HashSet<String> {
+        names.iter().map(|name| (*name).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_batch_sent_behind_leaves_the_keys_left_unfinished_before_even_when_recording_fails() {
+        let blocked = keys(&["Item:1"]);
+        let recorded = Recorded { unfinished: keys(&["Item:2"]), ..Recorded::default() };
+        assert_eq!(
+            Recorded::left_behind(Some(&recorded), keys(&["Item:2", "Item:3"]), &blocked),
+            keys(&["Item:1", "Item:2"])
+        );
+        // Not recorded: every key of the batch stays behind, and the keys a batch before it
+        // left unfinished too (the batch may carry no row of them; the next one may).
+        assert_eq!(Recorded::left_behind(None, keys(&["Item:3"]), &blocked), keys(&["Item:1", "Item:3"]));
+    }
 
     fn row(id: i64, key: &str, class_id: (&str, &str), event: &str, created: i64) -> PendingRow {
         PendingRow {

@@ -726,12 +726,9 @@ impl Relay {
                 }
             }
             Ok(Next::Sent(mut next)) => {
-                // Its rows of keys this batch left unfinished stay pending behind them; if
-                // this batch could not be recorded, behind every key of it.
-                next.blocked = match &recorded {
-                    Ok(recorded) => recorded.unfinished.union(&blocked).cloned().collect(),
-                    Err(_) => all_keys,
-                };
+                // Its rows of keys this batch left unfinished (every key of it, if it could
+                // not be recorded), or was told to leave, stay pending behind them.
+                next.blocked = batch::Recorded::left_behind(recorded.as_ref().ok(), all_keys, &blocked);
                 state.sent_ahead = Some(*next);
                 sent_ahead = true;
             }
