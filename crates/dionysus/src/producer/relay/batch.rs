@@ -210,8 +210,9 @@ impl Recorded {
     /// when it is settled, so they are published again behind this one's unfinished rows:
     /// the keys this one left unfinished (`recorded`), or every key of it (`keys`) if it
     /// could not be recorded — and in both cases the keys it was itself told to leave
-    /// (`blocked`): a batch before it left them unfinished, and this one may have carried no
-    /// row of them while the next does.
+    /// (`blocked`), which pass down the line of batches sent ahead whether or not this one
+    /// carried a row of them. (The batch read leaves out the later rows of a key whose row
+    /// waits for a retry; this rule does not depend on it.)
     pub(crate) fn left_behind(
         recorded: Option<&Recorded>,
         keys: HashSet<String>,
@@ -1066,8 +1067,8 @@ mod tests {
             Recorded::left_behind(Some(&recorded), keys(&["Item:2", "Item:3"]), &blocked),
             keys(&["Item:1", "Item:2"])
         );
-        // Not recorded: every key of the batch stays behind, and the keys a batch before it
-        // left unfinished too (the batch may carry no row of them; the next one may).
+        // Not recorded: every key of the batch stays behind, and the keys it was told to
+        // leave pass on as they do when it is recorded.
         assert_eq!(Recorded::left_behind(None, keys(&["Item:3"]), &blocked), keys(&["Item:1", "Item:3"]));
     }
 
