@@ -525,3 +525,75 @@ async fn aborting_the_consumer_task_stops_its_workers() {
     assert!(stopped_at < 400, "the consumer was stopped before the end");
     assert_eq!(later, stopped_at, "no batch committed after the consumer's task was aborted");
 }
+
+/// The value of `dionysus_consumer_offset_gaps_total` for `topic` and `outcome` (0 when the
+/// counter was never touched).
+fn gaps_counted(topic: &str, outcome: &str) -> u64 {
+    let metrics = dionysus::telemetry::prometheus().expect("no other recorder in the tests").render();
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("dionysus_consumer_offset_gaps_total{"))
+        .filter(|line| line.contains(&format!("topic=\"{topic}\"")) && line.contains(&format!("outcome=\"{outcome}\"")))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Starts `consumer`; the task and the token that stops it.
+fn start(
+    consumer: &Consumer,
+) -> (tokio::task::JoinHandle<Result<(), dionysus::consumer::ConsumerError>>, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let (consumer, shutdown) = (consumer.clone(), shutdown.clone());
+        async move { consumer.run(shutdown).await }
+    });
+    (task, shutdown)
+}
+
+/// A transactional producer leaves a control record after every transaction, which the
+/// consumer never sees, so the partition's offsets skip all the time. The first skip is read
+/// again until it is clearly not in the log, later ones are taken as they come: every rental
+/// is applied and the stored offset reaches the end of the partition.
+#[tokio::test(flavor = "multi_thread")]
+async fn skips_left_by_transactions_are_checked_once_and_then_taken() {
+    use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
+    // Installed before the consumer counts anything.
+    dionysus::telemetry::prometheus().expect("no other recorder in the tests");
+    let db = replica_db().await;
+    let kafka = kafka_config();
+    let topic = create_topic(&kafka, "replica_transactions", 1).await;
+    let dead_letters = create_topic(&kafka, "dead_letters", 1).await;
+    let consumer = builder(&db, &kafka, &topic, &dead_letters).build().unwrap();
+    let (task, shutdown) = start(&consumer);
+    let high_watermark = tokio::task::spawn_blocking({
+        let (kafka, topic) = (kafka.clone(), topic.clone());
+        move || {
+            let timeout = Duration::from_secs(30);
+            let producer: ThreadedProducer<_> = dionysus::kafka::producer_config(&kafka)
+                .set("transactional.id", dionysus_tests::unique_name("transactions"))
+                .set("message.timeout.ms", "30000")
+                .create()
+                .unwrap();
+            producer.init_transactions(timeout).unwrap();
+            for id in 1..=20 {
+                producer.begin_transaction().unwrap();
+                let value = rental("rental_created", id, "committed", 1);
+                producer.send(BaseRecord::<str, [u8]>::to(&topic).partition(0).payload(&value)).unwrap();
+                producer.commit_transaction(timeout).unwrap();
+            }
+            producer.client().fetch_watermarks(&topic, 0, timeout).unwrap().1
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(high_watermark, 40, "each transaction's marker takes an offset");
+
+    let mut conn = db.connection().await;
+    wait_for_stored(&mut conn, |stored| stored >= high_watermark - 1, Duration::from_secs(60)).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM rentals WHERE name = 'committed'").await, 20);
+    assert_eq!(gaps_counted(&topic, "confirmed"), 1, "the first skip is checked, once");
+    assert!(gaps_counted(&topic, "trusted") >= 10, "later skips are taken as they come");
+    assert_eq!(gaps_counted(&topic, "refilled"), 0);
+}

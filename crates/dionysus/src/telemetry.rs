@@ -15,7 +15,8 @@
 //! `dionysus_consumer_*` from the consumer (`dionysus_consumer_messages_total`,
 //! `dionysus_consumer_dead_letters_total`, `dionysus_consumer_batch_seconds`,
 //! `dionysus_consumer_dead_letter_failures_total`, `dionysus_consumer_partition_stalled` (1
-//! while a partition waits on a fault), `dionysus_consumer_handler_errors_total` per handler
+//! while a partition waits on a fault), `dionysus_consumer_offset_gaps_total` (skips in a
+//! partition's offsets, by how their re-read ended), `dionysus_consumer_handler_errors_total` per handler
 //! and reason, `dionysus_consumer_replies_total` and `dionysus_consumer_error_events_total`
 //! (handlers' replies and error events written to the outbox), `dionysus_cascade_published_total`
 //! (cascades' rows written with their batch), and `dionysus_consumer_lag`
@@ -171,6 +172,12 @@ pub const METRICS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "Failed sends to the dead-letter topic, by source topic and partition (the partition waits).",
+    ),
+    (
+        "dionysus_consumer_offset_gaps_total",
+        Kind::Counter,
+        Unit::Count,
+        "Skips in a partition's offsets by outcome: `refilled` (read again, the missing offsets came: nothing lost), `confirmed` (read again, really not in the log), `trusted` (taken without a re-read after a confirmed one), `unchecked` (could not be read again).",
     ),
     (
         "dionysus_consumer_handler_errors_total",

@@ -961,7 +961,7 @@ impl Consumer {
                 match written {
                     Ok(stored) if stored.is_none_or(|stored| stored <= first.offset) => {
                         if let Some(stored) = stored.filter(|stored| *stored < first.offset) {
-                            tracing::warn!(%topic, partition, stored, first = first.offset, "offsets missing between the stored offset and the batch (retention?)");
+                            tracing::debug!(%topic, partition, stored, first = first.offset, "offsets between the stored offset and the batch are not in the partition (the reader checks skips before handing messages over)");
                         }
                         Transactions::commit_transaction(conn).await.map_err(db(BatchStep::Commit))?;
                         return Ok(BatchOutcome { next_offset: Some(next_offset), ..BatchOutcome::default() });
@@ -995,7 +995,7 @@ impl Consumer {
             let already_applied = messages.len() - fresh.len();
             if let (Some(stored), Some(first)) = (stored, fresh.first()) {
                 if first.offset > stored {
-                    tracing::warn!(%topic, partition, stored, first = first.offset, "offsets missing between the stored offset and the batch (retention?)");
+                    tracing::debug!(%topic, partition, stored, first = first.offset, "offsets between the stored offset and the batch are not in the partition (the reader checks skips before handing messages over)");
                 }
             }
             let Some(last) = fresh.last() else {

@@ -12,6 +12,13 @@
 //!   set-based statements under the timestamp guard, and the next offset is stored — all or
 //!   nothing. The Kafka commit follows; on assignment the consumer seeks to the stored
 //!   offset, so a crash between the two commits applies nothing twice.
+//! * A skip in a partition's offsets (from the stored offset to the first message, or
+//!   between two messages) is read again before it is believed: a broker may serve a later
+//!   record while an earlier one is still being written, and the stored offset would move
+//!   past the earlier one for good. The missing offsets are applied in order when they come;
+//!   a skip that is still there after re-reads for about 0.8 s (compaction, transaction
+//!   markers, retention) is taken, and the partition's next skips for a minute with it
+//!   ([`dionysus_consumer_offset_gaps_total`](crate::telemetry::METRICS) counts them).
 //! * Work and memory per message are linear in its size: each record exists once in full,
 //!   in the form subscribers receive ([`ConsumedEvent::transformed_data`]), and rows are
 //!   written from it at most a thousand per statement, so applying a message of many
@@ -121,6 +128,7 @@ mod direct;
 pub(crate) mod events;
 #[cfg(test)]
 mod fuzz;
+mod gaps;
 pub(crate) mod handler;
 mod progress;
 pub(crate) mod reinit;

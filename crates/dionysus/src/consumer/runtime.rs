@@ -25,6 +25,7 @@ use tracing::Instrument;
 use super::apply::{AfterCommit, BatchOutcome, Consumer, ConsumerError, SinkFuture};
 use super::batch::sha256_hex;
 use super::batch::{DeadLetter, InboundMessage};
+use super::gaps::{OffsetGaps, Verdict};
 use super::progress::Progress;
 use crate::consumer::replica::sql;
 use crate::telemetry::Report;
@@ -72,7 +73,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
 /// `auto.commit.interval.ms`; `DIONYSUS_KAFKA_AUTO_COMMIT_INTERVAL_MS` overrides it).
 const KAFKA_COMMIT_INTERVAL_MS: u32 = 1000;
 
-type Assignments = Arc<Mutex<HashMap<(String, i32), Arc<AtomicBool>>>>;
+/// The partitions this member owns.
+type Assignments = Arc<Mutex<HashMap<(String, i32), Assigned>>>;
+
+/// One partition this member owns.
+#[derive(Clone)]
+struct Assigned {
+    /// Set when the assignment ends (revoked, or replaced by a newer one).
+    revoked: Arc<AtomicBool>,
+    /// The stored offset its fetching starts at, when there is one.
+    start: Option<i64>,
+}
 
 /// Partitions this member paused in librdkafka because their workers had enough buffered.
 /// librdkafka keeps a partition paused across a revocation, so a new assignment resumes it.
@@ -116,7 +127,7 @@ impl ConsumerContext for GroupContext {
     fn rebalance(&self, base_consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                match stored_offsets_blocking(&self.database_url, &self.group) {
+                let stored = match stored_offsets_blocking(&self.database_url, &self.group) {
                     Ok(stored) => {
                         for element in tpl.elements() {
                             let key = (element.topic().to_owned(), element.partition());
@@ -137,17 +148,21 @@ impl ConsumerContext for GroupContext {
                                 tracing::warn!(%topic, partition, %error, "cannot seek to the stored offset");
                             }
                         }
+                        stored
                     }
                     Err(error) => {
                         tracing::warn!(%error, "cannot read stored offsets; starting from the committed ones (stored offsets still filter)");
+                        HashMap::new()
                     }
-                }
+                };
                 self.resume_paused(base_consumer, tpl);
                 if let Ok(mut assignments) = self.assignments.lock() {
                     for element in tpl.elements() {
-                        let flag = Arc::new(AtomicBool::new(false));
-                        if let Some(old) = assignments.insert((element.topic().to_owned(), element.partition()), flag) {
-                            old.store(true, Ordering::SeqCst);
+                        let key = (element.topic().to_owned(), element.partition());
+                        let start = stored.get(&key).copied();
+                        let assigned = Assigned { revoked: Arc::new(AtomicBool::new(false)), start };
+                        if let Some(old) = assignments.insert(key, assigned) {
+                            old.revoked.store(true, Ordering::SeqCst);
                         }
                     }
                 }
@@ -157,8 +172,8 @@ impl ConsumerContext for GroupContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 if let Ok(mut assignments) = self.assignments.lock() {
                     for element in tpl.elements() {
-                        if let Some(flag) = assignments.remove(&(element.topic().to_owned(), element.partition())) {
-                            flag.store(true, Ordering::SeqCst);
+                        if let Some(old) = assignments.remove(&(element.topic().to_owned(), element.partition())) {
+                            old.revoked.store(true, Ordering::SeqCst);
                         }
                         self.progress.forget(element.topic(), element.partition());
                     }
@@ -241,6 +256,8 @@ struct Worker {
     pending_bytes: usize,
     /// Whether this member paused the partition's fetching.
     paused: bool,
+    /// The offsets handed over so far, for skips to be read again before they are believed.
+    gaps: OffsetGaps,
     revoked: Arc<AtomicBool>,
     handle: tokio::task::JoinHandle<()>,
 }
@@ -276,7 +293,15 @@ impl Worker {
         revoked: Arc<AtomicBool>,
         handle: tokio::task::JoinHandle<()>,
     ) -> Worker {
-        Worker { sender, pending: VecDeque::new(), pending_bytes: 0, paused: false, revoked, handle }
+        Worker {
+            sender,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            paused: false,
+            gaps: OffsetGaps::default(),
+            revoked,
+            handle,
+        }
     }
 
     fn push(&mut self, message: InboundMessage) {
@@ -404,6 +429,89 @@ fn pause_resume(
     true
 }
 
+/// How long the reader waits for librdkafka to take a seek (a local step: the fetch that
+/// follows is not awaited).
+const SEEK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Re-reads the reader has put off: when, and of which partition.
+type Held = Vec<(Instant, String, i32)>;
+
+/// Whether the message at `offset` goes to the partition's worker, after checking that no
+/// offsets were skipped before it ([`gaps`](super::gaps)). A skip is read again from its
+/// first missing offset (and the message dropped: it comes again) before it is believed;
+/// re-reads put off for later are added to `held`.
+fn hand_over(
+    consumer: &StreamConsumer<GroupContext>,
+    worker: &mut Worker,
+    held: &mut Held,
+    (topic, partition, offset): (&str, i32, i64),
+) -> bool {
+    match worker.gaps.check(offset, Instant::now()) {
+        Verdict::InOrder => true,
+        Verdict::Drop => false,
+        Verdict::Reread { from } => {
+            tracing::debug!(
+                topic,
+                partition,
+                from,
+                served = offset,
+                "offsets skipped; reading the partition again from the first missing one"
+            );
+            !reread(consumer, worker, (topic, partition, from), Some(offset))
+        }
+        Verdict::Hold { until } => {
+            held.push((until, topic.to_owned(), partition));
+            false
+        }
+        Verdict::Refilled { skipped_to } => {
+            tracing::warn!(
+                topic,
+                partition,
+                offset,
+                skipped_to,
+                "the broker served offset {skipped_to} before {offset}; read again, nothing skipped"
+            );
+            gap_metric(topic, partition, "refilled");
+            true
+        }
+        Verdict::Gap { from, checked: true } => {
+            tracing::info!(topic, partition, from, to = offset, "offsets {from}..{offset} are not in the partition (compaction, transaction markers or retention); its skips are taken as they come for the next minute");
+            gap_metric(topic, partition, "confirmed");
+            true
+        }
+        Verdict::Gap { from, checked: false } => {
+            tracing::debug!(topic, partition, from, to = offset, "offsets skipped (the partition's skips are trusted)");
+            gap_metric(topic, partition, "trusted");
+            true
+        }
+    }
+}
+
+/// Reads the partition again from `from`; whether that started. When it did not, the skip
+/// is believed (`served` is the message handed over instead, if any).
+fn reread(
+    consumer: &StreamConsumer<GroupContext>,
+    worker: &mut Worker,
+    (topic, partition, from): (&str, i32, i64),
+    served: Option<i64>,
+) -> bool {
+    match consumer.seek(topic, partition, Offset::Offset(from), SEEK_TIMEOUT) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(topic, partition, from, %error, "offsets skipped and the partition could not be read again; moving on");
+            gap_metric(topic, partition, "unchecked");
+            worker.gaps.abandon(served);
+            false
+        }
+    }
+}
+
+/// Counts a skip in a partition's offsets by how it ended.
+fn gap_metric(topic: &str, partition: i32, outcome: &'static str) {
+    let labels = [("topic", topic.to_owned()), ("partition", partition.to_string()), ("outcome", outcome.to_owned())];
+    metrics::counter!("dionysus_consumer_offset_gaps_total", &labels).increment(1);
+}
+
 /// Counts a committed batch: messages consumed, dead letters, batch duration.
 fn record_batch_metrics(topic: &str, partition: i32, messages: usize, outcome: &BatchOutcome, duration: Duration) {
     let labels = [("topic", topic.to_owned()), ("partition", partition.to_string())];
@@ -508,9 +616,31 @@ impl Consumer {
         // A partition with this much buffered is paused until it is down to `resume_at`;
         // the others keep being read meanwhile.
         let (pause_at, resume_at) = (Backlog::pause(batch_size), Backlog::resume(batch_size));
+        let mut held = Held::new();
         loop {
+            let wake = held.iter().map(|(until, _, _)| *until).min();
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                () = async {
+                    match wake {
+                        Some(until) => tokio::time::sleep_until(until.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let now = Instant::now();
+                    held.retain(|(until, topic, partition)| {
+                        if *until > now {
+                            return true;
+                        }
+                        if let Some(worker) = workers.get_mut(topic, *partition) {
+                            if let Some(from) = worker.gaps.due(now) {
+                                reread(&consumer, worker, (topic, *partition, from), None);
+                            }
+                        }
+                        false
+                    });
+                    continue;
+                }
                 () = drained.notified() => {
                     for (topic, partition, worker) in workers.iter_mut() {
                         worker.flush();
@@ -554,11 +684,15 @@ impl Consumer {
                 };
                 let reusable = workers
                     .get(topic, partition)
-                    .is_some_and(|w| Arc::ptr_eq(&w.revoked, &current) && !w.sender.is_closed());
+                    .is_some_and(|w| Arc::ptr_eq(&w.revoked, &current.revoked) && !w.sender.is_closed());
                 if !reusable {
                     let (sender, receiver) = mpsc::channel(batch_size * 2);
-                    let handle = tokio::spawn(self.clone().partition_worker(receiver, current.clone(), links.clone()));
-                    if let Some(old) = workers.insert(topic, partition, Worker::new(sender, current, handle)) {
+                    let handle =
+                        tokio::spawn(self.clone().partition_worker(receiver, current.revoked.clone(), links.clone()));
+                    let mut worker = Worker::new(sender, current.revoked, handle);
+                    // Skips between the stored offset and the first message are checked too.
+                    worker.gaps = OffsetGaps::starting_at(current.start);
+                    if let Some(old) = workers.insert(topic, partition, worker) {
                         drop(old.sender);
                     }
                     // A partition its previous worker paused (and no new assignment resumed)
@@ -568,16 +702,20 @@ impl Consumer {
                     }
                 }
             }
-            inner.progress.received(topic, partition, message.offset());
+            let offset = message.offset();
+            let Some(worker) = workers.get_mut(topic, partition) else { continue };
+            if !hand_over(&consumer, worker, &mut held, (topic, partition, offset)) {
+                continue;
+            }
+            inner.progress.received(topic, partition, offset);
             let inbound = InboundMessage {
                 topic: topic.to_owned(),
                 partition,
-                offset: message.offset(),
+                offset,
                 key: message.key().map(<[u8]>::to_vec),
                 payload: message.payload().map(<[u8]>::to_vec),
             };
             drop(message);
-            let Some(worker) = workers.get_mut(&inbound.topic, partition) else { continue };
             if !worker.paused && worker.reaches(pause_at) {
                 worker.paused = pause_resume(&consumer, &paused, &inbound.topic, partition, true);
             }
