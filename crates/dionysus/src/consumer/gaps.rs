@@ -79,11 +79,13 @@ pub(crate) struct OffsetGaps {
     state: State,
     /// Until when skips are taken without a re-read.
     trusted_until: Option<Instant>,
+    /// Skips re-read and found real so far.
+    confirmed: u64,
 }
 
 impl Default for OffsetGaps {
     fn default() -> OffsetGaps {
-        OffsetGaps { next: None, state: State::Reading, trusted_until: None }
+        OffsetGaps { next: None, state: State::Reading, trusted_until: None, confirmed: 0 }
     }
 }
 
@@ -110,6 +112,7 @@ impl OffsetGaps {
                     self.state = State::Reading;
                     self.next = Some(offset + 1);
                     self.trusted_until = Some(now + TRUST_CONFIRMED_GAPS);
+                    self.confirmed += 1;
                     return Verdict::Gap { from, checked: true };
                 };
                 let until = now + *delay;
@@ -140,6 +143,12 @@ impl OffsetGaps {
             }
             _ => None,
         }
+    }
+
+    /// How many skips were re-read and found real (the first is worth telling operators
+    /// about; on a transactional topic the next ones are routine).
+    pub(crate) fn confirmed(&self) -> u64 {
+        self.confirmed
     }
 
     /// The re-read asked for could not be started: the skip is believed. `handed` is the
@@ -208,6 +217,7 @@ mod tests {
             assert_eq!(gaps.due(now), Some(11));
         }
         assert_eq!(gaps.check(12, now), Verdict::Gap { from: 11, checked: true });
+        assert_eq!(gaps.confirmed(), 1);
         assert_eq!(gaps.check(13, now), Verdict::InOrder);
         assert_eq!(gaps.check(15, now), Verdict::Gap { from: 14, checked: false });
         let later = now + TRUST_CONFIRMED_GAPS;

@@ -475,7 +475,11 @@ fn hand_over(
             true
         }
         Verdict::Gap { from, checked: true } => {
-            tracing::info!(topic, partition, from, to = offset, "offsets {from}..{offset} are not in the partition (compaction, transaction markers or retention); its skips are taken as they come for the next minute");
+            if worker.gaps.confirmed() == 1 {
+                tracing::info!(topic, partition, from, to = offset, "offsets {from}..{offset} are not in the partition (compaction, transaction markers or retention); its skips are taken as they come for the next minute, then checked again");
+            } else {
+                tracing::debug!(topic, partition, from, to = offset, "offsets skipped, checked: not in the partition");
+            }
             gap_metric(topic, partition, "confirmed");
             true
         }
