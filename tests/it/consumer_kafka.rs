@@ -538,18 +538,6 @@ fn gaps_counted(topic: &str, outcome: &str) -> u64 {
         .sum()
 }
 
-/// Starts `consumer`; the task and the token that stops it.
-fn start(
-    consumer: &Consumer,
-) -> (tokio::task::JoinHandle<Result<(), dionysus::consumer::ConsumerError>>, CancellationToken) {
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let (consumer, shutdown) = (consumer.clone(), shutdown.clone());
-        async move { consumer.run(shutdown).await }
-    });
-    (task, shutdown)
-}
-
 /// A transactional producer leaves a control record after every transaction, which the
 /// consumer never sees, so the partition's offsets skip all the time. The first skip is read
 /// again until it is clearly not in the log, later ones are taken as they come: every rental
@@ -564,7 +552,11 @@ async fn skips_left_by_transactions_are_checked_once_and_then_taken() {
     let topic = create_topic(&kafka, "replica_transactions", 1).await;
     let dead_letters = create_topic(&kafka, "dead_letters", 1).await;
     let consumer = builder(&db, &kafka, &topic, &dead_letters).build().unwrap();
-    let (task, shutdown) = start(&consumer);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let (consumer, shutdown) = (consumer.clone(), shutdown.clone());
+        async move { consumer.run(shutdown).await }
+    });
     let high_watermark = tokio::task::spawn_blocking({
         let (kafka, topic) = (kafka.clone(), topic.clone());
         move || {

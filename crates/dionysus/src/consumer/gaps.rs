@@ -96,8 +96,9 @@ impl OffsetGaps {
         OffsetGaps { next: start, ..OffsetGaps::default() }
     }
 
-    /// The verdict on the message at `offset` that just arrived.
-    pub(crate) fn check(&mut self, offset: i64, now: Instant) -> Verdict {
+    /// The verdict on the message at `offset` that just arrived; `now` is asked for only
+    /// off the usual path (a message in order costs no clock read).
+    pub(crate) fn check(&mut self, offset: i64, now: impl FnOnce() -> Instant) -> Verdict {
         match self.state {
             State::Reading => {}
             State::Rereading { from, .. } | State::Holding { from, .. } if offset < from => return Verdict::Drop,
@@ -111,11 +112,11 @@ impl OffsetGaps {
                 let Some(delay) = REREAD_DELAYS.get(attempt.saturating_sub(1)) else {
                     self.state = State::Reading;
                     self.next = Some(offset + 1);
-                    self.trusted_until = Some(now + TRUST_CONFIRMED_GAPS);
+                    self.trusted_until = Some(now() + TRUST_CONFIRMED_GAPS);
                     self.confirmed += 1;
                     return Verdict::Gap { from, checked: true };
                 };
-                let until = now + *delay;
+                let until = now() + *delay;
                 self.state = State::Holding { from, seen: offset, attempt, until };
                 return Verdict::Hold { until };
             }
@@ -126,7 +127,7 @@ impl OffsetGaps {
             self.next = Some(offset + 1);
             return Verdict::InOrder;
         };
-        if self.trusted_until.is_some_and(|until| now < until) {
+        if self.trusted_until.is_some_and(|until| now() < until) {
             self.next = Some(offset + 1);
             return Verdict::Gap { from: next, checked: false };
         }
@@ -171,7 +172,7 @@ mod tests {
         let mut gaps = OffsetGaps::default();
         let now = Instant::now();
         for offset in 40..50 {
-            assert_eq!(gaps.check(offset, now), Verdict::InOrder);
+            assert_eq!(gaps.check(offset, || now), Verdict::InOrder);
         }
     }
 
@@ -179,83 +180,83 @@ mod tests {
     fn a_skip_is_read_again_and_the_missing_offsets_are_kept_when_they_come() {
         let mut gaps = OffsetGaps::default();
         let now = Instant::now();
-        gaps.check(550, now);
-        assert_eq!(gaps.check(553, now), Verdict::Reread { from: 551 });
-        assert_eq!(gaps.check(551, now), Verdict::Refilled { skipped_to: 553 });
-        assert_eq!(gaps.check(552, now), Verdict::InOrder);
-        assert_eq!(gaps.check(553, now), Verdict::InOrder);
+        gaps.check(550, || now);
+        assert_eq!(gaps.check(553, || now), Verdict::Reread { from: 551 });
+        assert_eq!(gaps.check(551, || now), Verdict::Refilled { skipped_to: 553 });
+        assert_eq!(gaps.check(552, || now), Verdict::InOrder);
+        assert_eq!(gaps.check(553, || now), Verdict::InOrder);
         // Nothing was confirmed, so the next skip is read again too.
-        assert_eq!(gaps.check(560, now), Verdict::Reread { from: 554 });
+        assert_eq!(gaps.check(560, || now), Verdict::Reread { from: 554 });
     }
 
     #[test]
     fn a_skip_that_comes_back_is_read_again_later_and_its_offsets_kept_when_they_appear() {
         let mut gaps = OffsetGaps::default();
         let now = Instant::now();
-        gaps.check(550, now);
-        assert_eq!(gaps.check(553, now), Verdict::Reread { from: 551 });
-        let Verdict::Hold { until } = gaps.check(553, now) else { panic!("not held") };
+        gaps.check(550, || now);
+        assert_eq!(gaps.check(553, || now), Verdict::Reread { from: 551 });
+        let Verdict::Hold { until } = gaps.check(553, || now) else { panic!("not held") };
         assert_eq!(until, now + REREAD_DELAYS[0]);
         // Messages fetched meanwhile are dropped, and nothing is due before its time.
-        assert_eq!(gaps.check(554, now), Verdict::Drop);
+        assert_eq!(gaps.check(554, || now), Verdict::Drop);
         assert_eq!(gaps.due(now), None);
         assert_eq!(gaps.due(until), Some(551));
         assert_eq!(gaps.due(until), None);
-        assert_eq!(gaps.check(551, until), Verdict::Refilled { skipped_to: 553 });
-        assert_eq!(gaps.check(552, until), Verdict::InOrder);
+        assert_eq!(gaps.check(551, || until), Verdict::Refilled { skipped_to: 553 });
+        assert_eq!(gaps.check(552, || until), Verdict::InOrder);
     }
 
     #[test]
     fn a_skip_that_keeps_coming_back_is_real_and_later_skips_are_trusted_for_a_while() {
         let mut gaps = OffsetGaps::default();
         let mut now = Instant::now();
-        gaps.check(10, now);
-        assert_eq!(gaps.check(12, now), Verdict::Reread { from: 11 });
+        gaps.check(10, || now);
+        assert_eq!(gaps.check(12, || now), Verdict::Reread { from: 11 });
         for delay in REREAD_DELAYS {
-            assert_eq!(gaps.check(12, now), Verdict::Hold { until: now + delay });
+            assert_eq!(gaps.check(12, || now), Verdict::Hold { until: now + delay });
             now += delay;
             assert_eq!(gaps.due(now), Some(11));
         }
-        assert_eq!(gaps.check(12, now), Verdict::Gap { from: 11, checked: true });
+        assert_eq!(gaps.check(12, || now), Verdict::Gap { from: 11, checked: true });
         assert_eq!(gaps.confirmed(), 1);
-        assert_eq!(gaps.check(13, now), Verdict::InOrder);
-        assert_eq!(gaps.check(15, now), Verdict::Gap { from: 14, checked: false });
+        assert_eq!(gaps.check(13, || now), Verdict::InOrder);
+        assert_eq!(gaps.check(15, || now), Verdict::Gap { from: 14, checked: false });
         let later = now + TRUST_CONFIRMED_GAPS;
-        assert_eq!(gaps.check(17, later), Verdict::Reread { from: 16 });
+        assert_eq!(gaps.check(17, || later), Verdict::Reread { from: 16 });
     }
 
     #[test]
     fn a_skip_after_the_stored_offset_is_read_again() {
         let now = Instant::now();
         let mut gaps = OffsetGaps::starting_at(Some(551));
-        assert_eq!(gaps.check(553, now), Verdict::Reread { from: 551 });
+        assert_eq!(gaps.check(553, || now), Verdict::Reread { from: 551 });
         let mut gaps = OffsetGaps::starting_at(Some(551));
-        assert_eq!(gaps.check(551, now), Verdict::InOrder);
+        assert_eq!(gaps.check(551, || now), Verdict::InOrder);
         let mut gaps = OffsetGaps::starting_at(None);
-        assert_eq!(gaps.check(553, now), Verdict::InOrder);
+        assert_eq!(gaps.check(553, || now), Verdict::InOrder);
     }
 
     #[test]
     fn messages_from_before_the_reread_are_dropped() {
         let mut gaps = OffsetGaps::default();
         let now = Instant::now();
-        gaps.check(5, now);
-        assert_eq!(gaps.check(9, now), Verdict::Reread { from: 6 });
-        assert_eq!(gaps.check(3, now), Verdict::Drop);
-        assert_eq!(gaps.check(6, now), Verdict::Refilled { skipped_to: 9 });
+        gaps.check(5, || now);
+        assert_eq!(gaps.check(9, || now), Verdict::Reread { from: 6 });
+        assert_eq!(gaps.check(3, || now), Verdict::Drop);
+        assert_eq!(gaps.check(6, || now), Verdict::Refilled { skipped_to: 9 });
     }
 
     #[test]
     fn an_abandoned_reread_takes_the_skip() {
         let mut gaps = OffsetGaps::default();
         let now = Instant::now();
-        gaps.check(5, now);
-        assert_eq!(gaps.check(9, now), Verdict::Reread { from: 6 });
+        gaps.check(5, || now);
+        assert_eq!(gaps.check(9, || now), Verdict::Reread { from: 6 });
         gaps.abandon(Some(9));
-        assert_eq!(gaps.check(10, now), Verdict::InOrder);
-        assert_eq!(gaps.check(12, now), Verdict::Reread { from: 11 });
+        assert_eq!(gaps.check(10, || now), Verdict::InOrder);
+        assert_eq!(gaps.check(12, || now), Verdict::Reread { from: 11 });
         gaps.abandon(None);
-        assert_eq!(gaps.check(14, now), Verdict::InOrder);
+        assert_eq!(gaps.check(14, || now), Verdict::InOrder);
     }
 
     /// A log of `log_len` offsets read by a reader that follows the verdicts, from a broker
@@ -279,7 +280,7 @@ mod tests {
                 }
                 None => position,
             };
-            match gaps.check(served, now) {
+            match gaps.check(served, || now) {
                 Verdict::InOrder | Verdict::Refilled { .. } | Verdict::Gap { .. } => {
                     handed.push(served);
                     position = served + 1;

@@ -446,7 +446,7 @@ fn hand_over(
     held: &mut Held,
     (topic, partition, offset): (&str, i32, i64),
 ) -> bool {
-    match worker.gaps.check(offset, Instant::now()) {
+    match worker.gaps.check(offset, Instant::now) {
         Verdict::InOrder => true,
         Verdict::Drop => false,
         Verdict::Reread { from } => {
