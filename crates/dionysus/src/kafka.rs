@@ -384,7 +384,7 @@ pub async fn broker_topics(kafka: &KafkaConfig) -> Result<BTreeMap<String, i32>,
     let config = client_config(kafka);
     let (create_error, fetch_error) =
         (kafka_error(KafkaOperation::CreateMetadataClient, kafka), kafka_error(KafkaOperation::FetchMetadata, kafka));
-    tokio::task::spawn_blocking(move || {
+    metadata_task(kafka, move || {
         // A producer's client, because its background thread serves librdkafka's log lines
         // while the metadata request waits: a broker that cannot be reached is reported as
         // it happens, not only when the wait ends.
@@ -393,24 +393,55 @@ pub async fn broker_topics(kafka: &KafkaConfig) -> Result<BTreeMap<String, i32>,
         let metadata = rdkafka::producer::Producer::client(&producer)
             .fetch_metadata(None, Duration::from_secs(10))
             .map_err(fetch_error)?;
-        Ok(metadata
-            .topics()
-            .iter()
-            .filter(|topic| topic.error().is_none())
-            .filter_map(|topic| {
-                let count = i32::try_from(topic.partitions().len()).ok().filter(|count| *count > 0)?;
-                Some((topic.name().to_owned(), count))
-            })
-            .collect())
+        Ok(topic_partition_counts(&metadata))
     })
     .await
-    .unwrap_or_else(|source| {
+}
+
+/// [`broker_topics`] asked through a producer the process already has: its connection is
+/// open, so the answer takes a round trip, where a client of its own takes a connection and
+/// about 100 ms to shut down (what a relay's first message of a topic waited for).
+pub(crate) async fn producer_topics(
+    producer: &Producer,
+    kafka: &KafkaConfig,
+) -> Result<BTreeMap<String, i32>, TransportError> {
+    let producer = producer.clone();
+    let fetch_error = kafka_error(KafkaOperation::FetchMetadata, kafka);
+    metadata_task(kafka, move || {
+        let metadata = rdkafka::producer::Producer::client(&producer)
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map_err(fetch_error)?;
+        Ok(topic_partition_counts(&metadata))
+    })
+    .await
+}
+
+/// Runs a blocking metadata request off the async threads.
+async fn metadata_task(
+    kafka: &KafkaConfig,
+    request: impl FnOnce() -> Result<BTreeMap<String, i32>, TransportError> + Send + 'static,
+) -> Result<BTreeMap<String, i32>, TransportError> {
+    tokio::task::spawn_blocking(request).await.unwrap_or_else(|source| {
         Err(TransportError::Task {
             operation: KafkaOperation::FetchMetadata,
             brokers: kafka.bootstrap_servers(),
             source,
         })
     })
+}
+
+/// The topics of `metadata` the broker reported without an error, with their partition
+/// counts (topics without partitions are left out).
+fn topic_partition_counts(metadata: &rdkafka::metadata::Metadata) -> BTreeMap<String, i32> {
+    metadata
+        .topics()
+        .iter()
+        .filter(|topic| topic.error().is_none())
+        .filter_map(|topic| {
+            let count = i32::try_from(topic.partitions().len()).ok().filter(|count| *count > 0)?;
+            Some((topic.name().to_owned(), count))
+        })
+        .collect()
 }
 
 #[cfg(test)]

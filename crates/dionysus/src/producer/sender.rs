@@ -240,10 +240,10 @@ impl Sender<'_> {
         if let Some(count) = self.topics.partitions.lock().await.get(topic) {
             return Ok(*count);
         }
-        let counts = crate::kafka::partition_counts(self.kafka, &[topic.to_owned()])
+        let counts = crate::kafka::producer_topics(self.producer, self.kafka)
             .await
             .map_err(|source| SendError::PartitionCount { topic: topic.to_owned(), source })?;
-        let count = match counts.get(topic).copied().flatten() {
+        let count = match counts.get(topic).copied() {
             Some(count) => count,
             None if self.auto_create_topics => {
                 let declaration = self.registry.resolve(topic).map(|(declaration, _)| declaration);
@@ -296,4 +296,37 @@ fn fatal(error: &KafkaError) -> bool {
         error.rdkafka_error_code(),
         Some(Code::ProducerFenced | Code::Fatal | Code::InvalidProducerEpoch | Code::OutOfOrderSequenceNumber)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+
+    /// A cache miss asks the sender's own producer, which has its connection: the settings
+    /// it was given are not used to open another client (which took about 100 ms to shut
+    /// down, paid by a relay's first message of each topic). Here they name a port nothing
+    /// listens on, so a second client would fail.
+    #[tokio::test]
+    async fn partition_counts_come_through_the_senders_own_producer() {
+        let cluster = MockCluster::new(1).expect("a mock cluster starts");
+        cluster.create_topic("rentals", 3, 1).expect("the topic is created");
+        let reachable = KafkaConfig { brokers: vec![cluster.bootstrap_servers()], ..KafkaConfig::default() };
+        let producer = crate::kafka::producer(&reachable).expect("the producer is created");
+        let unreachable = KafkaConfig { brokers: vec!["127.0.0.1:1".to_owned()], ..KafkaConfig::default() };
+        let registry = Registry::new([], []);
+        let topics = TopicCache::default();
+        let sender = Sender {
+            producer: &producer,
+            topics: &topics,
+            kafka: &unreachable,
+            registry: &registry,
+            auto_create_topics: false,
+        };
+        let counted = tokio::time::timeout(Duration::from_secs(5), sender.partition_count("rentals")).await;
+        assert_eq!(counted.expect("answered without waiting for another client").expect("counted"), 3);
+        let missing = sender.partition_count("payments").await;
+        assert!(matches!(missing, Err(SendError::MissingTopic { .. })), "{missing:?}");
+    }
 }
