@@ -8,7 +8,8 @@
 //! sides (e.g. `DIONYSUS_KAFKA_FETCH_WAIT_MAX_MS=500`), as they do an application's.
 //!
 //! * dionysus: 24 writer connections (enough that the writers keep the schedule at 3 000/s,
-//!   so the offered rate is the rate asked for) each commit `INSERT` + `dionysus::outbox::created` as
+//!   so the offered rate is the rate asked for; connected and warmed before the schedule
+//!   starts, as an application's pooled connections are) each commit `INSERT` + `dionysus::outbox::created` as
 //!   events fall due (event *i* at start + *i* / rate) and note the wall clock after `COMMIT`
 //!   returns (the records carry `created_at` and `updated_at`, as an application's do); the replica table stamps `clock_timestamp()` on each row the consumer writes
 //!   (a trigger). Latency = stamp − commit (one host, one clock; the consumer's commit follows
@@ -17,7 +18,13 @@
 //!   the relay's share, published → replica the consumer's (it may be negative: the consumer
 //!   can write a row before the relay has marked it).
 //! * broker alone: messages produced as they fall due, each carrying its send time, with the
-//!   producer and consumer settings dionysus uses; latency = receive − send.
+//!   producer and consumer settings dionysus uses; latency = receive − send. Measured before
+//!   dionysus (the goal's baseline) and again after it: the test broker keeps every message in
+//!   memory and its fetches slow as it fills (at 60 s per rate its own p99 at 3 000/s passed
+//!   1 s), so the second figure shows what the broker alone gives in the state dionysus left
+//!   it in. Runs much longer than the default measure the test broker more than dionysus.
+//! * Under dionysus: when the slowest 1 % of events were committed, grouped in bursts (events
+//!   within 100 ms of each other), so a tail made by one stall reads apart from a steady one.
 //! * Under each: how busy the machine was while that part ran (from `/proc`), with the shares
 //!   of this process and of the broker, and the time the host gave to other guests. The
 //!   broker alone shares the machine with the broker only; dionysus also with PostgreSQL
@@ -201,7 +208,7 @@ fn summary(label: &str, mut micros: Vec<i64>, expected: u64, elapsed: Duration) 
 
 /// Broker alone: produce `rate`/s for the duration, each message carrying its send time; a
 /// consumer with dionysus' settings notes when each arrives.
-async fn broker_alone(rate: u64) -> f64 {
+async fn broker_alone(rate: u64, label: &str) -> f64 {
     let kafka = bench_kafka();
     let topic = create_topic(&kafka, "bench_latency_broker", PARTITIONS).await;
     let consumer: StreamConsumer = consumer_config(&kafka, &unique_name("latency")).create().unwrap();
@@ -242,7 +249,7 @@ async fn broker_alone(rate: u64) -> f64 {
     }
     let latencies = receiving.await.unwrap();
     let cpu_to = cpu_ticks();
-    let p99 = summary("broker alone (produce → consume)", latencies, total, elapsed);
+    let p99 = summary(label, latencies, total, elapsed);
     cpu_line(cpu_from, cpu_to);
     p99
 }
@@ -257,16 +264,18 @@ struct Pipeline {
 /// dionysus: writers commit at `rate`/s for the duration; latency = replica stamp − commit.
 async fn end_to_end(pipeline: &Pipeline, rate: u64, conn: &mut AsyncPgConnection) -> f64 {
     let total = rate * seconds();
+    let mut connections = Vec::with_capacity(WRITERS);
+    for _ in 0..WRITERS {
+        connections.push(writer_connection(pipeline).await);
+    }
     let next = Arc::new(AtomicU64::new(0));
     let cpu_from = cpu_ticks();
     let started = Instant::now();
     let mut writers = tokio::task::JoinSet::new();
-    for _ in 0..WRITERS {
-        let (next, url, registry, producer_config) =
-            (next.clone(), pipeline.url.clone(), pipeline.registry, pipeline.config.producer.clone());
+    for mut conn in connections {
+        let (next, registry, producer_config) = (next.clone(), pipeline.registry, pipeline.config.producer.clone());
         writers.spawn(async move {
             let outbox = Outbox::new(registry, &producer_config);
-            let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
             let mut committed: Vec<(i64, i64)> = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -339,9 +348,15 @@ async fn end_to_end(pipeline: &Pipeline, rate: u64, conn: &mut AsyncPgConnection
         .collect();
     let mut latencies = Vec::with_capacity(committed.len());
     let (mut relayed, mut consumed) = (Vec::new(), Vec::new());
+    let mut timeline = Vec::with_capacity(committed.len());
     for (id, at) in &committed {
         let Some(&(applied, published)) = stamps.get(id) else { continue };
         latencies.push(applied - at);
+        timeline.push(Event {
+            committed: *at,
+            latency: applied - at,
+            relayed: published.map(|published| published - at),
+        });
         if let Some(published) = published {
             relayed.push(published - at);
             consumed.push(applied - published);
@@ -364,7 +379,82 @@ async fn end_to_end(pipeline: &Pipeline, rate: u64, conn: &mut AsyncPgConnection
         quantile(&consumed, 0.99)
     );
     cpu_line(cpu_from, cpu_to);
+    slowest_line(timeline);
     p99
+}
+
+/// A writer's connection, warm as an application's pooled one is: connected, and the writer's
+/// statements run once in a transaction rolled back (a new server process's first statements
+/// load its caches; 24 of them at once would stall the machine at the start of the schedule).
+async fn writer_connection(pipeline: &Pipeline) -> AsyncPgConnection {
+    let outbox = Outbox::new(pipeline.registry, &pipeline.config.producer);
+    let mut conn = AsyncPgConnection::establish(&pipeline.url).await.unwrap();
+    let warmed = conn
+        .transaction::<(), anyhow::Error, _>(async |tx| {
+            let item: Item = diesel::insert_into(latency_items::table)
+                .values(NewItem { account_id: 0, name: "warm-up".to_owned() })
+                .returning(Item::as_returning())
+                .get_result(tx)
+                .await?;
+            outbox.created(tx, &item).await?;
+            Err(anyhow::anyhow!("rolled back"))
+        })
+        .await;
+    assert!(warmed.is_err_and(|error| error.to_string() == "rolled back"), "the warm-up rolls back");
+    conn
+}
+
+/// One event of the end-to-end run: when it was committed (µs since the epoch), its latency
+/// and the relay's share of it (commit → published mark), in µs.
+struct Event {
+    committed: i64,
+    latency: i64,
+    relayed: Option<i64>,
+}
+
+/// Where the slowest 1 % of events were committed: spread over the run (a steady tail) or in
+/// a few bursts (stalls), each with when it started, how long the events in it took at most
+/// and how much of that the relay's part was.
+fn slowest_line(mut events: Vec<Event>) {
+    let Some(start) = events.iter().map(|event| event.committed).min() else { return };
+    events.sort_unstable_by_key(|event| std::cmp::Reverse(event.latency));
+    events.truncate(events.len().div_ceil(100));
+    events.sort_unstable_by_key(|event| event.committed);
+    // Events committed within 100 ms of the previous slow one belong to its burst.
+    let mut bursts: Vec<Vec<&Event>> = Vec::new();
+    for event in &events {
+        match bursts.last_mut() {
+            Some(burst) if burst.iter().any(|slow| event.committed - slow.committed <= 100_000) => {
+                burst.push(event);
+            }
+            _ => bursts.push(vec![event]),
+        }
+    }
+    bursts.sort_unstable_by_key(|burst| std::cmp::Reverse(burst.len()));
+    let described: Vec<String> = bursts
+        .iter()
+        .take(4)
+        .map(|burst| {
+            let worst = burst.iter().max_by_key(|event| event.latency).expect("a burst has an event");
+            let first = burst.iter().map(|event| event.committed).min().unwrap_or(0);
+            let relay =
+                worst.relayed.map_or_else(|| "?".to_owned(), |relayed| format!("{:.0}", relayed as f64 / 1000.0));
+            format!(
+                "{} at {:.1} s over {:.0} ms (worst {:.0} ms, relay {relay} ms of it)",
+                burst.len(),
+                (first - start) as f64 / 1e6,
+                burst_span(burst) as f64 / 1000.0,
+                worst.latency as f64 / 1000.0
+            )
+        })
+        .collect();
+    println!("    slowest 1% ({} events) in {} bursts; largest: {}", events.len(), bursts.len(), described.join("; "));
+}
+
+/// From the first to the last commit of a burst, in µs.
+fn burst_span(burst: &[&Event]) -> i64 {
+    let commits = burst.iter().map(|event| event.committed);
+    commits.clone().max().unwrap_or(0) - commits.min().unwrap_or(0)
 }
 
 #[tokio::main]
@@ -423,9 +513,13 @@ async fn main() {
     }
     for rate in [1000, 3000] {
         println!(" {rate} events/s:");
-        let broker = broker_alone(rate).await;
+        let broker = broker_alone(rate, "broker alone (produce → consume)").await;
         let ours = end_to_end(&pipeline, rate, &mut conn).await;
-        println!("    p99: dionysus {ours:.1} ms vs broker alone {broker:.1} ms (+{:.1} ms)", ours - broker);
+        let after = broker_alone(rate, "broker alone again, after dionysus").await;
+        println!(
+            "    p99: dionysus {ours:.1} ms vs broker alone {broker:.1} ms (+{:.1} ms); broker alone after it {after:.1} ms",
+            ours - broker
+        );
     }
     token.cancel();
     relay_task.await.unwrap().unwrap();
