@@ -419,15 +419,16 @@ fn slowest_line(mut events: Vec<Event>) {
     events.sort_unstable_by_key(|event| std::cmp::Reverse(event.latency));
     events.truncate(events.len().div_ceil(100));
     events.sort_unstable_by_key(|event| event.committed);
-    // Events committed within 100 ms of the previous slow one belong to its burst.
+    // Events committed within 100 ms of the previous slow one belong to its burst (each
+    // burst's events stay in commit order).
     let mut bursts: Vec<Vec<&Event>> = Vec::new();
+    let mut previous = None;
     for event in &events {
         match bursts.last_mut() {
-            Some(burst) if burst.iter().any(|slow| event.committed - slow.committed <= 100_000) => {
-                burst.push(event);
-            }
+            Some(burst) if previous.is_some_and(|at| event.committed - at <= 100_000) => burst.push(event),
             _ => bursts.push(vec![event]),
         }
+        previous = Some(event.committed);
     }
     bursts.sort_unstable_by_key(|burst| std::cmp::Reverse(burst.len()));
     let described: Vec<String> = bursts
@@ -435,25 +436,19 @@ fn slowest_line(mut events: Vec<Event>) {
         .take(4)
         .map(|burst| {
             let worst = burst.iter().max_by_key(|event| event.latency).expect("a burst has an event");
-            let first = burst.iter().map(|event| event.committed).min().unwrap_or(0);
+            let (first, last) = (burst[0].committed, burst[burst.len() - 1].committed);
             let relay =
                 worst.relayed.map_or_else(|| "?".to_owned(), |relayed| format!("{:.0}", relayed as f64 / 1000.0));
             format!(
                 "{} at {:.1} s over {:.0} ms (worst {:.0} ms, relay {relay} ms of it)",
                 burst.len(),
                 (first - start) as f64 / 1e6,
-                burst_span(burst) as f64 / 1000.0,
+                (last - first) as f64 / 1000.0,
                 worst.latency as f64 / 1000.0
             )
         })
         .collect();
     println!("    slowest 1% ({} events) in {} bursts; largest: {}", events.len(), bursts.len(), described.join("; "));
-}
-
-/// From the first to the last commit of a burst, in µs.
-fn burst_span(burst: &[&Event]) -> i64 {
-    let commits = burst.iter().map(|event| event.committed);
-    commits.clone().max().unwrap_or(0) - commits.min().unwrap_or(0)
 }
 
 #[tokio::main]

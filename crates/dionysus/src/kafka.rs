@@ -390,10 +390,7 @@ pub async fn broker_topics(kafka: &KafkaConfig) -> Result<BTreeMap<String, i32>,
         // it happens, not only when the wait ends.
         let producer: rdkafka::producer::ThreadedProducer<Logs> =
             config.create_with_context(Logs::default()).map_err(create_error)?;
-        let metadata = rdkafka::producer::Producer::client(&producer)
-            .fetch_metadata(None, Duration::from_secs(10))
-            .map_err(fetch_error)?;
-        Ok(topic_partition_counts(&metadata))
+        client_topics(rdkafka::producer::Producer::client(&producer), fetch_error)
     })
     .await
 }
@@ -407,13 +404,7 @@ pub(crate) async fn producer_topics(
 ) -> Result<BTreeMap<String, i32>, TransportError> {
     let producer = producer.clone();
     let fetch_error = kafka_error(KafkaOperation::FetchMetadata, kafka);
-    metadata_task(kafka, move || {
-        let metadata = rdkafka::producer::Producer::client(&producer)
-            .fetch_metadata(None, Duration::from_secs(10))
-            .map_err(fetch_error)?;
-        Ok(topic_partition_counts(&metadata))
-    })
-    .await
+    metadata_task(kafka, move || client_topics(rdkafka::producer::Producer::client(&producer), fetch_error)).await
 }
 
 /// Runs a blocking metadata request off the async threads.
@@ -430,10 +421,14 @@ async fn metadata_task(
     })
 }
 
-/// The topics of `metadata` the broker reported without an error, with their partition
-/// counts (topics without partitions are left out).
-fn topic_partition_counts(metadata: &rdkafka::metadata::Metadata) -> BTreeMap<String, i32> {
-    metadata
+/// Every topic the broker tells `client` of without an error, with its partition count
+/// (topics without partitions are left out). Blocks for up to 10 s.
+fn client_topics<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    fetch_error: impl FnOnce(KafkaError) -> TransportError,
+) -> Result<BTreeMap<String, i32>, TransportError> {
+    let metadata = client.fetch_metadata(None, Duration::from_secs(10)).map_err(fetch_error)?;
+    Ok(metadata
         .topics()
         .iter()
         .filter(|topic| topic.error().is_none())
@@ -441,7 +436,7 @@ fn topic_partition_counts(metadata: &rdkafka::metadata::Metadata) -> BTreeMap<St
             let count = i32::try_from(topic.partitions().len()).ok().filter(|count| *count > 0)?;
             Some((topic.name().to_owned(), count))
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
