@@ -2,7 +2,8 @@
 //! published by the relay with its default settings, then consumed into a replica table by
 //! the consumer with its defaults.
 //!
-//! Run with: `scripts/bench backlog`.
+//! Run with: `scripts/bench backlog`. `DIONYSUS_*` variables change the settings of both sides
+//! (e.g. `DIONYSUS_CONSUMER_BATCH_SIZE=1000`), as they do an application's.
 //!
 //! Each side runs in a process of its own (this binary started again with
 //! `DIONYSUS_BENCH_PHASE=relay|consume`), so the resident memory sampled from
@@ -79,10 +80,13 @@ fn rows() -> u64 {
     std::env::var("DIONYSUS_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
 }
 
+/// The defaults, or what `DIONYSUS_*` variables set (to compare settings), on the test broker.
 fn config(url: &str) -> Config {
-    let mut config = Config::default();
+    let mut config = Config::from_env().expect("DIONYSUS_* variables are valid");
     config.database_url = url.to_owned();
-    config.kafka = kafka_config();
+    let kafka = kafka_config();
+    config.kafka.brokers = kafka.brokers;
+    config.kafka.client_id = kafka.client_id;
     config.producer.retention = None;
     config
 }
