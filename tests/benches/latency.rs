@@ -127,10 +127,11 @@ fn seconds() -> u64 {
 
 /// The rates to run, events per second (`DIONYSUS_BENCH_RATES`, comma-separated; 1000,3000).
 fn rates() -> Vec<u64> {
-    std::env::var("DIONYSUS_BENCH_RATES")
-        .ok()
-        .and_then(|v| v.split(',').map(|rate| rate.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1000, 3000])
+    let Ok(rates) = std::env::var("DIONYSUS_BENCH_RATES") else { return vec![1000, 3000] };
+    rates
+        .split(',')
+        .map(|rate| rate.trim().parse().expect("DIONYSUS_BENCH_RATES is a comma-separated list of events per second"))
+        .collect()
 }
 
 fn micros_since_epoch(at: SystemTime) -> i64 {
@@ -375,13 +376,11 @@ async fn end_to_end(pipeline: &Pipeline, rate: u64, conn: &mut AsyncPgConnection
             (stamp.synced_id, (stamp.applied_at.timestamp_micros(), stamp.published_at.map(|at| at.timestamp_micros())))
         })
         .collect();
-    let mut latencies = Vec::with_capacity(committed.len());
-    let (mut relayed, mut consumed) = (Vec::new(), Vec::new());
+    // (commit, latency) pairs: commit → replica row, and split at the published mark.
     let (mut timed, mut relayed_timed, mut consumed_timed) = (Vec::new(), Vec::new(), Vec::new());
     let mut timeline = Vec::with_capacity(committed.len());
     for (id, at) in &committed {
         let Some(&(applied, published)) = stamps.get(id) else { continue };
-        latencies.push(applied - at);
         timed.push((*at, applied - at));
         timeline.push(Event {
             committed: *at,
@@ -389,15 +388,17 @@ async fn end_to_end(pipeline: &Pipeline, rate: u64, conn: &mut AsyncPgConnection
             relayed: published.map(|published| published - at),
         });
         if let Some(published) = published {
-            relayed.push(published - at);
-            consumed.push(applied - published);
             relayed_timed.push((*at, published - at));
             consumed_timed.push((*at, applied - published));
         }
     }
-    relayed.sort_unstable();
-    consumed.sort_unstable();
-    let p99 = summary("dionysus (commit → replica row)", latencies, total, elapsed);
+    let sorted = |pairs: &[(i64, i64)]| {
+        let mut latencies: Vec<i64> = pairs.iter().map(|&(_, latency)| latency).collect();
+        latencies.sort_unstable();
+        latencies
+    };
+    let (relayed, consumed) = (sorted(&relayed_timed), sorted(&consumed_timed));
+    let p99 = summary("dionysus (commit → replica row)", sorted(&timed), total, elapsed);
     println!(
         "    writes took {:.1} s for {:.1} s of schedule; {behind} events not yet in the replica when the writes stopped, all in {:.2} s after",
         elapsed.as_secs_f64(),
