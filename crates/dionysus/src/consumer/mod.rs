@@ -4,9 +4,11 @@
 //! * Partitions are processed concurrently, each strictly in order, in batches of up to
 //!   [`ConsumerConfig::batch_size`](crate::config::ConsumerConfig::batch_size) messages.
 //!   A partition that has 32 batches (or 64 MiB) read ahead is paused in librdkafka until it
-//!   is down to 16 batches (and 32 MiB), so memory stays bounded, a partition with a long
-//!   backlog never keeps the others waiting, and its worker still has work while the
-//!   resumed fetch comes in.
+//!   is down to 16 batches (and 32 MiB), so a partition with a long backlog never keeps the
+//!   others waiting, and its worker still has work while the resumed fetch comes in. The
+//!   member as a whole holds at most 192 batches (or 64 MiB) read ahead: past that, each
+//!   partition holding 4 batches or more is paused until the member is down to half, or the
+//!   partition to 2 batches, so memory stays bounded however many partitions are assigned.
 //! * A batch is one PostgreSQL transaction: the partition's offset row is locked, messages
 //!   below the stored offset are skipped (already applied), every record is written with
 //!   set-based statements under the timestamp guard, and the next offset is stored — all or
