@@ -249,8 +249,9 @@ struct Worker {
     sender: mpsc::Sender<InboundMessage>,
     /// Messages read for this partition that its channel had no room for yet, in order.
     /// Buffering them here instead of waiting keeps one busy partition from holding up the
-    /// others (librdkafka hands out long runs of one partition's messages). Past
-    /// [`Limits`] the partition is paused in librdkafka until it drains.
+    /// others (librdkafka hands out long runs of one partition's messages). When it or the
+    /// member holds too much ([`Limits`]), the partition is paused in librdkafka until it
+    /// drains.
     pending: VecDeque<InboundMessage>,
     /// Payload bytes in `pending`.
     pending_bytes: usize,
@@ -698,8 +699,8 @@ impl Consumer {
             halt: halt.clone(),
         };
         let batch_size = inner.config.consumer.batch_size.max(1);
-        // A partition with this much buffered is paused until it is down to `resume_at`;
-        // the others keep being read meanwhile.
+        // A partition is paused when it, or the member as a whole, holds too much (see
+        // `Limits`); the others keep being read meanwhile.
         let limits = Limits::new(batch_size);
         let mut buffered = Buffered::default();
         let mut held = Held::new();
