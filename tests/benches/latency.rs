@@ -200,6 +200,13 @@ fn cpu_line(from: Option<CpuTicks>, to: Option<CpuTicks>) {
     );
 }
 
+/// The latencies of `(at, latency)` pairs, sorted.
+fn sorted_latencies(samples: &[(i64, i64)]) -> Vec<i64> {
+    let mut latencies: Vec<i64> = samples.iter().map(|&(_, latency)| latency).collect();
+    latencies.sort_unstable();
+    latencies
+}
+
 /// p99 of each fifth of a run, from `(at, latency)` pairs in µs (`at` orders them in time):
 /// a tail that grows as the run goes reads apart from a steady one.
 fn fifths(mut samples: Vec<(i64, i64)>) -> String {
@@ -207,11 +214,7 @@ fn fifths(mut samples: Vec<(i64, i64)>) -> String {
     let size = samples.len().div_ceil(5).max(1);
     samples
         .chunks(size)
-        .map(|chunk| {
-            let mut latencies: Vec<i64> = chunk.iter().map(|&(_, latency)| latency).collect();
-            latencies.sort_unstable();
-            format!("{:.0}", quantile(&latencies, 0.99))
-        })
+        .map(|chunk| format!("{:.0}", quantile(&sorted_latencies(chunk), 0.99)))
         .collect::<Vec<_>>()
         .join(" / ")
 }
@@ -278,7 +281,7 @@ async fn broker_alone(rate: u64, label: &str) -> f64 {
     }
     let latencies = receiving.await.unwrap();
     let cpu_to = cpu_ticks();
-    let p99 = summary(label, latencies.iter().map(|&(_, latency)| latency).collect(), total, elapsed);
+    let p99 = summary(label, sorted_latencies(&latencies), total, elapsed);
     println!("    p99 by fifth of the run: {} ms", fifths(latencies));
     cpu_line(cpu_from, cpu_to);
     p99
@@ -376,29 +379,21 @@ async fn end_to_end(pipeline: &Pipeline, rate: u64, conn: &mut AsyncPgConnection
             (stamp.synced_id, (stamp.applied_at.timestamp_micros(), stamp.published_at.map(|at| at.timestamp_micros())))
         })
         .collect();
+    let timeline: Vec<Event> = committed
+        .iter()
+        .filter_map(|(id, at)| {
+            let &(applied, published) = stamps.get(id)?;
+            Some(Event { committed: *at, latency: applied - at, relayed: published.map(|published| published - at) })
+        })
+        .collect();
     // (commit, latency) pairs: commit → replica row, and split at the published mark.
-    let (mut timed, mut relayed_timed, mut consumed_timed) = (Vec::new(), Vec::new(), Vec::new());
-    let mut timeline = Vec::with_capacity(committed.len());
-    for (id, at) in &committed {
-        let Some(&(applied, published)) = stamps.get(id) else { continue };
-        timed.push((*at, applied - at));
-        timeline.push(Event {
-            committed: *at,
-            latency: applied - at,
-            relayed: published.map(|published| published - at),
-        });
-        if let Some(published) = published {
-            relayed_timed.push((*at, published - at));
-            consumed_timed.push((*at, applied - published));
-        }
-    }
-    let sorted = |pairs: &[(i64, i64)]| {
-        let mut latencies: Vec<i64> = pairs.iter().map(|&(_, latency)| latency).collect();
-        latencies.sort_unstable();
-        latencies
-    };
-    let (relayed, consumed) = (sorted(&relayed_timed), sorted(&consumed_timed));
-    let p99 = summary("dionysus (commit → replica row)", sorted(&timed), total, elapsed);
+    let timed: Vec<(i64, i64)> = timeline.iter().map(|event| (event.committed, event.latency)).collect();
+    let relayed_timed: Vec<(i64, i64)> =
+        timeline.iter().filter_map(|event| Some((event.committed, event.relayed?))).collect();
+    let consumed_timed: Vec<(i64, i64)> =
+        timeline.iter().filter_map(|event| Some((event.committed, event.latency - event.relayed?))).collect();
+    let (relayed, consumed) = (sorted_latencies(&relayed_timed), sorted_latencies(&consumed_timed));
+    let p99 = summary("dionysus (commit → replica row)", sorted_latencies(&timed), total, elapsed);
     println!(
         "    writes took {:.1} s for {:.1} s of schedule; {behind} events not yet in the replica when the writes stopped, all in {:.2} s after",
         elapsed.as_secs_f64(),

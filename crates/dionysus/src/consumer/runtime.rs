@@ -288,7 +288,8 @@ impl Backlog {
     }
 }
 
-/// What a member's partitions hold read ahead, all together, in messages and payload bytes.
+/// What is held read ahead, in messages and payload bytes: by one partition's worker, or by
+/// all of a member's together.
 #[derive(Debug, Default, Clone, Copy)]
 struct Buffered {
     messages: usize,
@@ -301,9 +302,9 @@ impl Buffered {
         self.bytes += bytes;
     }
 
-    fn remove(&mut self, messages: usize, bytes: usize) {
-        self.messages = self.messages.saturating_sub(messages);
-        self.bytes = self.bytes.saturating_sub(bytes);
+    fn remove(&mut self, gone: Buffered) {
+        self.messages = self.messages.saturating_sub(gone.messages);
+        self.bytes = self.bytes.saturating_sub(gone.bytes);
     }
 
     fn reaches(&self, backlog: Backlog) -> bool {
@@ -388,12 +389,17 @@ impl Worker {
         self.flush(buffered);
     }
 
+    /// What `pending` holds.
+    fn buffered(&self) -> Buffered {
+        Buffered { messages: self.pending.len(), bytes: self.pending_bytes }
+    }
+
     fn reaches(&self, backlog: Backlog) -> bool {
-        self.pending.len() >= backlog.messages || self.pending_bytes >= backlog.bytes
+        self.buffered().reaches(backlog)
     }
 
     fn within(&self, backlog: Backlog) -> bool {
-        self.pending.len() <= backlog.messages && self.pending_bytes <= backlog.bytes
+        self.buffered().within(backlog)
     }
 
     /// Moves pending messages into the channel while it has room.
@@ -403,7 +409,7 @@ impl Worker {
             match self.sender.try_send(message) {
                 Ok(()) => {
                     self.pending_bytes -= bytes;
-                    buffered.remove(1, bytes);
+                    buffered.remove(Buffered { messages: 1, bytes });
                 }
                 Err(mpsc::error::TrySendError::Full(message)) => {
                     self.pending.push_front(message);
@@ -411,7 +417,7 @@ impl Worker {
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     tracing::debug!(dropped = self.pending.len() + 1, "partition worker stopped; messages dropped");
-                    buffered.remove(self.pending.len() + 1, self.pending_bytes);
+                    buffered.remove(Buffered { messages: self.pending.len() + 1, bytes: self.pending_bytes });
                     self.pending.clear();
                     self.pending_bytes = 0;
                     return;
@@ -782,7 +788,7 @@ impl Consumer {
                     // Skips between the stored offset and the first message are checked too.
                     worker.gaps = OffsetGaps::starting_at(current.start);
                     if let Some(old) = workers.insert(topic, partition, worker) {
-                        buffered.remove(old.pending.len(), old.pending_bytes);
+                        buffered.remove(old.buffered());
                         drop(old.sender);
                     }
                     // A partition its previous worker paused (and no new assignment resumed)
