@@ -97,6 +97,8 @@ struct Tenths {
     total: u64,
     started: Instant,
     marks: std::sync::Mutex<Vec<Duration>>,
+    /// Buckets handed from a busy worker to an idle one: when, how many.
+    handovers: std::sync::Mutex<Vec<(Duration, usize)>>,
 }
 
 #[derive(Clone)]
@@ -104,12 +106,18 @@ struct Counting(Arc<Tenths>);
 
 impl RelayObserver for Counting {
     fn on_event(&self, event: &RelayEvent<'_>) {
-        if let RelayEvent::Published { .. } = event {
-            let tenths = &self.0;
-            let done = tenths.published.fetch_add(1, Ordering::Relaxed) + 1;
-            if done * 10 / tenths.total != (done - 1) * 10 / tenths.total {
-                tenths.marks.lock().unwrap().push(tenths.started.elapsed());
+        let tenths = &self.0;
+        match event {
+            RelayEvent::Published { .. } => {
+                let done = tenths.published.fetch_add(1, Ordering::Relaxed) + 1;
+                if done * 10 / tenths.total != (done - 1) * 10 / tenths.total {
+                    tenths.marks.lock().unwrap().push(tenths.started.elapsed());
+                }
             }
+            RelayEvent::BucketsHandedOver { buckets, .. } => {
+                tenths.handovers.lock().unwrap().push((tenths.started.elapsed(), buckets.len()));
+            }
+            _ => {}
         }
     }
 }
@@ -142,6 +150,7 @@ async fn relay_phase(url: &str, topic: &str) {
         total,
         started: Instant::now(),
         marks: std::sync::Mutex::new(Vec::new()),
+        handovers: std::sync::Mutex::new(Vec::new()),
     });
     let relay = Relay::builder(config(url))
         .registry(registry_for::<Item>(topic, PARTITIONS, "account_id", serialize_erased::<Item, DefaultSerializer>))
@@ -159,6 +168,16 @@ async fn relay_phase(url: &str, topic: &str) {
     token.cancel();
     running.await.unwrap().unwrap();
     print_tenths("relay", total, &tenths.marks.lock().unwrap());
+    let handovers: Vec<String> = tenths
+        .handovers
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(at, buckets)| format!("{buckets} at {:.1} s", at.as_secs_f64()))
+        .collect();
+    if !handovers.is_empty() {
+        println!("  relay: busy buckets handed to an idle worker: {}", handovers.join(", "));
+    }
 }
 
 /// The consumer side: consume until every message is applied (offsets stored).

@@ -116,6 +116,7 @@ async fn migrations_create_the_framework_tables_and_revert_cleanly() {
     }
 
     assert_eq!(columns_of(&columns, "dionysus_relay_leases"), ["bucket", "owner", "lease_until"]);
+    assert_eq!(columns_of(&columns, "dionysus_relay_workers"), ["worker_id", "heartbeat_at", "idle"]);
     let mut conn = db.connection().await;
     let buckets: Count =
         diesel::sql_query("SELECT count(*) AS count FROM dionysus_relay_leases").get_result(&mut conn).await.unwrap();

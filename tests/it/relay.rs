@@ -679,6 +679,97 @@ async fn workers_split_the_buckets_promptly() {
     joined.await.unwrap().unwrap();
 }
 
+/// Buckets follow the load: every pending row sits in the buckets of one worker, the other
+/// has nothing to do. The busy worker hands the idle one about half of its busy buckets
+/// (between batches), the idle one takes them up and keeps them, and order per key holds
+/// across the handover, with no row sent twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_worker_hands_busy_buckets_to_an_idle_one() {
+    #[derive(diesel::QueryableByName)]
+    struct Lease {
+        #[diesel(sql_type = diesel::sql_types::SmallInt)]
+        bucket: i16,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        owner: Option<String>,
+    }
+    #[derive(Clone, Default)]
+    struct Handovers(std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<i16>)>>>);
+    impl dionysus::relay::RelayObserver for Handovers {
+        fn on_event(&self, event: &dionysus::relay::RelayEvent<'_>) {
+            if let dionysus::relay::RelayEvent::BucketsHandedOver { worker, receiver, buckets } = event {
+                self.0.lock().unwrap().push(((*worker).to_owned(), (*receiver).to_owned(), buckets.to_vec()));
+            }
+        }
+    }
+
+    let mut setup = setup(kafka_config(), 4, 500).await;
+    let prefix = unique_name("w");
+    let (busy, idle) = (format!("{prefix}-0"), format!("{prefix}-1"));
+    // The first worker holds every bucket: at start it keeps 0..31 and gives back 32..63,
+    // which the second takes. The rows are all in 0..31.
+    diesel::sql_query("UPDATE dionysus_relay_leases SET owner = $1, lease_until = now() + interval '1 hour'")
+        .bind::<diesel::sql_types::Text, _>(&busy)
+        .execute(&mut setup.conn)
+        .await
+        .unwrap();
+    setup.insert_rows(1, 60_000, 500).await;
+    setup.conn.batch_execute("DELETE FROM dionysus_outbox WHERE ordering_bucket >= 32").await.unwrap();
+    let rows = setup.count("true").await;
+    let loaded: std::collections::BTreeSet<i16> =
+        diesel::sql_query("SELECT DISTINCT ordering_bucket AS bucket, NULL::text AS owner FROM dionysus_outbox")
+            .load::<Lease>(&mut setup.conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|lease| lease.bucket)
+            .collect();
+    assert!(loaded.len() >= 2, "the rows fall into several buckets: {loaded:?}");
+
+    let handovers = Handovers::default();
+    // A long expiry: only a handover moves a bucket that holds rows.
+    let config = setup.config(|p| (p.relay_workers, p.batch_size, p.lock_expiry) = (2, 100, Duration::from_secs(60)));
+    let relay = Relay::builder(config)
+        .registry(setup.registry)
+        .worker_prefix(&prefix)
+        .observer(handovers.clone())
+        .build()
+        .unwrap();
+    let (token, running) = spawn_relay(&relay);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut taken_up = std::collections::BTreeSet::new();
+    while setup.count("published_at IS NULL").await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "relay did not finish");
+        let leases: Vec<Lease> =
+            diesel::sql_query("SELECT bucket, owner FROM dionysus_relay_leases").load(&mut setup.conn).await.unwrap();
+        taken_up.extend(
+            leases
+                .into_iter()
+                .filter(|lease| lease.owner.as_deref() == Some(idle.as_str()) && loaded.contains(&lease.bucket))
+                .map(|lease| lease.bucket),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    token.cancel();
+    running.await.unwrap().unwrap();
+
+    let handovers = handovers.0.lock().unwrap().clone();
+    let (giver, receiver, buckets) = handovers.iter().next().cloned().expect("the busy worker handed buckets over");
+    assert_eq!((giver.as_str(), receiver.as_str()), (busy.as_str(), idle.as_str()), "{handovers:?}");
+    assert!(buckets.iter().all(|bucket| loaded.contains(bucket)), "only busy buckets are handed: {buckets:?}");
+    assert!(buckets.len() < loaded.len(), "the giver keeps some: {buckets:?} of {loaded:?}");
+    assert!(
+        buckets.iter().any(|bucket| taken_up.contains(bucket)),
+        "the idle worker took up {buckets:?}: {taken_up:?}"
+    );
+
+    let expected = usize::try_from(rows).unwrap();
+    let messages = consume(&setup.kafka, &setup.topic, expected).await;
+    assert_eq!(messages.len(), expected, "no repeats: the giver had nothing in flight");
+    for (account, seqs) in by_account(&messages) {
+        assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "account {account} out of order: {seqs:?}");
+    }
+}
+
 /// P-12: with `DIONYSUS_OUTBOX_ENCRYPTION_KEYS` set, a composed message is stored sealed (its
 /// text is not in the row) with the id of the key that sealed it. A relay without that key,
 /// or with another secret under its id, publishes nothing and loses nothing: the row fails

@@ -59,6 +59,7 @@ pub const MIGRATIONS: &[EmbeddedMigration] = embedded![
     "2026-12-03-000020_dionysus_checkpoint_log",
     "2026-12-03-000050_dionysus_outbox_autovacuum",
     "2026-12-03-000070_dionysus_reinit",
+    "2026-12-05-000080_dionysus_relay_handover",
 ];
 
 /// Failure to apply, revert or copy the framework migrations.

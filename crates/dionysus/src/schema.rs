@@ -68,6 +68,8 @@ diesel::table! {
         worker_id -> Text,
         /// Last heartbeat.
         heartbeat_at -> Timestamptz,
+        /// Caught up for a moment: may be handed busy buckets.
+        idle -> Bool,
     }
 }
 

@@ -46,6 +46,8 @@ pub(crate) struct PendingRow {
     pub(crate) attempts: i32,
     #[diesel(sql_type = Text)]
     pub(crate) ordering_key: String,
+    #[diesel(sql_type = SmallInt)]
+    pub(crate) ordering_bucket: i16,
     #[diesel(sql_type = Timestamptz)]
     pub(crate) created_at: DateTime<Utc>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -117,6 +119,21 @@ impl Prepared {
     /// Whether nothing is left to send or mark.
     pub(crate) fn is_empty(&self) -> bool {
         self.eligible.is_empty() && self.duplicates.is_empty()
+    }
+
+    /// Leaves out the rows of every bucket but `buckets` (the others were given up since the
+    /// batch was read: their new owner reads them). Returns how many were left out.
+    pub(crate) fn keep_buckets(&mut self, buckets: &[i16]) -> usize {
+        self.drop_rows(|row| !buckets.contains(&row.ordering_bucket))
+    }
+
+    /// How many of the rows to send or mark each bucket holds, by bucket.
+    pub(crate) fn rows_per_bucket(&self) -> Vec<(i16, usize)> {
+        let mut rows: std::collections::BTreeMap<i16, usize> = std::collections::BTreeMap::new();
+        for row in self.eligible.iter().chain(&self.duplicates) {
+            *rows.entry(row.ordering_bucket).or_default() += 1;
+        }
+        rows.into_iter().collect()
     }
 
     /// Ids of the rows to send or mark.
@@ -796,7 +813,7 @@ pub(crate) async fn fetch(
                AND ((failed_at IS NULL AND retry_at > clock.now) OR ($3 AND failed_at IS NOT NULL)) \
              GROUP BY ordering_key) \
          SELECT o.id, o.resource_class, o.resource_id, o.event_name, o.topic, o.partition_key, o.changeset, \
-                o.attempts, o.ordering_key, o.created_at, o.message, o.message_key, o.encryption_key_id \
+                o.attempts, o.ordering_key, o.ordering_bucket, o.created_at, o.message, o.message_key, o.encryption_key_id \
          FROM dionysus_outbox o, clock \
          WHERE o.published_at IS NULL AND o.failed_at IS NULL AND o.ordering_bucket = ANY($1) \
            AND o.id > LEAST($5, (SELECT COALESCE(min(r.id), $5 + 1) - 1 FROM dionysus_outbox r \
@@ -1083,6 +1100,7 @@ mod tests {
             changeset: Value::Null,
             attempts: 0,
             ordering_key: key.to_owned(),
+            ordering_bucket: 0,
             created_at: Utc.timestamp_opt(created, 0).single().unwrap(),
             message: None,
             message_key: None,

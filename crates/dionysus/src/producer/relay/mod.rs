@@ -54,11 +54,12 @@
 //!   lasts, and after the highest id it read a second ago once caught up (module `pace`), so
 //!   it does not step over the dead index entries of published rows again and again. A row
 //!   whose transaction committed after a row with a higher id was read can be below that
-//!   point: every 2 s, after any batch that left rows unfinished, and whenever its buckets
-//!   change (a takeover), a worker reads from the bottom of the pending index again, so such
+//!   point: every 2 s, after any batch that left rows unfinished, and whenever it takes
+//!   buckets over, a worker reads from the bottom of the pending index again, so such
 //!   a row goes at most that much later. A row that failed before (waiting for its retry, or
 //!   due) pulls every read below it, so its key's later rows never overtake it.
-//! * **Handover.** A worker gives buckets back only between batches (rebalancing, shutdown).
+//! * **Handover.** A worker gives buckets back only between batches (rebalancing, shutdown,
+//!   or handing busy buckets to an idle worker: buckets follow the load, see `lease`).
 //!   A worker that dies keeps its leases until they expire (`lock_expiry`); then another
 //!   takes them over and publishes whatever was not marked published — at least once. A
 //!   worker starts a batch only while its leases are fresh, and purges what is still
@@ -609,7 +610,7 @@ impl Relay {
                     state.pace.busy();
                     None
                 }
-                Ok(false) => Some(state.pace.pause()),
+                Ok(false) => Some(state.pace.pause(std::time::Instant::now())),
                 Err(error) => {
                     leases.invalidate();
                     state.read_ahead = None;
@@ -776,13 +777,28 @@ impl Relay {
         state: &mut WorkerState,
     ) -> Result<Option<Sent>, RelayError> {
         let query = |source| RelayError::Query { operation: RelayOperation::PublishBatch, source };
-        if leases.due() {
-            leases
-                .maintain(conn)
-                .await
-                .map_err(|source| RelayError::Query { operation: RelayOperation::MaintainLeases, source })?;
+        let leasing = |source| RelayError::Query { operation: RelayOperation::MaintainLeases, source };
+        leases.set_idle(state.pace.idle_for(std::time::Instant::now()) >= lease::IDLE_AFTER);
+        if leases.due() || (leases.look_due(false) && leases.handed_to_me(conn).await.map_err(leasing)?) {
+            leases.maintain(conn).await.map_err(leasing)?;
         }
         let read_ahead = state.read_ahead.take();
+        if let Some((read_for, prepared)) = &read_ahead {
+            // A backlog: the next batch came back full at the largest size. Half of its rows'
+            // buckets go to a worker that has nothing to do, if there is one (nothing is in
+            // flight here).
+            let backlog = prepared.read() >= self.inner.config.producer.batch_size;
+            if backlog && leases.look_due(true) && read_for.as_slice() == leases.buckets() {
+                let give = lease::split_load(&prepared.rows_per_bucket());
+                if let Some(handover) = leases.hand_over(conn, &give).await.map_err(leasing)? {
+                    self.inner.monitor.emit(&RelayEvent::BucketsHandedOver {
+                        worker: leases.worker_id(),
+                        receiver: &handover.receiver,
+                        buckets: &handover.buckets,
+                    });
+                }
+            }
+        }
         if leases.buckets().is_empty() || !leases.valid() {
             if read_ahead.is_some() {
                 state.pace.rescan(std::time::Instant::now());
@@ -790,21 +806,29 @@ impl Relay {
             return Ok(None);
         }
         let buckets = leases.buckets().to_vec();
-        if buckets != state.buckets {
+        if buckets.iter().any(|bucket| !state.buckets.contains(bucket)) {
             // Buckets taken over hold rows below this worker's cursor: read from the bottom.
+            // (Buckets given up leave the cursor right for the rest.)
             state.pace.rescan(std::time::Instant::now());
-            state.buckets.clone_from(&buckets);
         }
+        state.buckets.clone_from(&buckets);
         let producer = self.producer();
         let batch = self.batch(&producer);
+        // A batch read ahead for these buckets, or for more of them (some given up since:
+        // their rows are left to the new owner), is still this worker's next batch.
+        let read_ahead = read_ahead.and_then(|(read_for, mut prepared)| {
+            if !buckets.iter().all(|bucket| read_for.contains(bucket)) {
+                return None;
+            }
+            if read_for.len() > buckets.len() {
+                prepared.keep_buckets(&buckets);
+            }
+            Some(prepared).filter(|prepared| !prepared.is_empty())
+        });
         let prepared = match read_ahead {
-            Some((read_for, prepared)) if read_for == buckets => prepared,
-            read_ahead => {
+            Some(prepared) => prepared,
+            None => {
                 let now = std::time::Instant::now();
-                if read_ahead.is_some() {
-                    // The buckets changed since: read again.
-                    state.pace.rescan(now);
-                }
                 let window =
                     batch::Window { buckets: &buckets, limit: state.pace.limit(), after: state.pace.after(now) };
                 if state.pace.idle() && !batch::probe(conn, window).await.map_err(query)? {

@@ -56,6 +56,16 @@ pub enum RelayEvent<'a> {
         /// Whether it used up its attempts and is parked.
         parked: bool,
     },
+    /// A worker with a backlog handed buckets to an idle worker, so the drain is shared
+    /// (buckets follow the load).
+    BucketsHandedOver {
+        /// The worker that gave them.
+        worker: &'a str,
+        /// The worker that took them.
+        receiver: &'a str,
+        /// The buckets.
+        buckets: &'a [i16],
+    },
     /// A worker finished a loop iteration (`outbox_producer.heartbeat`).
     Heartbeat {
         /// Its id.
@@ -76,6 +86,7 @@ impl RelayEvent<'_> {
             RelayEvent::Published { .. } => "outbox_producer.published",
             RelayEvent::PublishingFailed { .. } => "outbox_producer.publishing_failed",
             RelayEvent::Heartbeat { .. } => "outbox_producer.heartbeat",
+            RelayEvent::BucketsHandedOver { .. } => "outbox_producer.buckets_handed_over",
         }
     }
 }

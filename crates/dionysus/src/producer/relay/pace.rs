@@ -13,7 +13,7 @@
 //!   its id before another's and commit after it, so a row may become visible below ids
 //!   already read; the trail catches such rows of transactions shorter than [`TRAIL`] at once.
 //!   Every [`RESCAN`], after a batch that left rows unfinished (failed, held back), and when
-//!   the worker's buckets change, the next read starts from the bottom again: that catches
+//!   the worker takes buckets over, the next read starts from the bottom again: that catches
 //!   rows of longer transactions and of buckets taken over. (A row that failed before pulls
 //!   every read below it in the query itself, so retries keep their key's order.)
 //! * **Idle polls back off.** After a batch that did something, the worker reads again at
@@ -48,6 +48,8 @@ pub(crate) struct Pace {
     recent: VecDeque<(Instant, i64)>,
     rescan_at: Instant,
     empty_polls: u32,
+    /// When the polls started finding nothing.
+    idle_since: Option<Instant>,
 }
 
 impl Pace {
@@ -63,6 +65,7 @@ impl Pace {
             recent: VecDeque::new(),
             rescan_at: now,
             empty_polls: 0,
+            idle_since: None,
         }
     }
 
@@ -129,6 +132,12 @@ impl Pace {
     /// A batch did something: poll again at once.
     pub(crate) fn busy(&mut self) {
         self.empty_polls = 0;
+        self.idle_since = None;
+    }
+
+    /// How long the polls have found nothing (zero after a batch that did something).
+    pub(crate) fn idle_for(&self, now: Instant) -> Duration {
+        self.idle_since.map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
     }
 
     /// Whether the last poll found nothing (the next may be a probe).
@@ -137,9 +146,10 @@ impl Pace {
     }
 
     /// A poll found nothing: how long to pause before the next.
-    pub(crate) fn pause(&mut self) -> Duration {
+    pub(crate) fn pause(&mut self, now: Instant) -> Duration {
         let pause = MIN_PAUSE.saturating_mul(1 << self.empty_polls.min(16)).min(self.max_pause);
         self.empty_polls = self.empty_polls.saturating_add(1);
+        self.idle_since.get_or_insert(now);
         pause
     }
 }
@@ -208,13 +218,19 @@ mod tests {
 
     #[test]
     fn idle_pauses_double_up_to_the_idle_sleep_and_reset_on_work() {
-        let mut pace = Pace::new(100, Duration::from_millis(50), Instant::now());
+        let start = Instant::now();
+        let mut pace = Pace::new(100, Duration::from_millis(50), start);
         assert!(!pace.idle());
-        let pauses: Vec<u128> = (0..7).map(|_| pace.pause().as_millis()).collect();
+        let pauses: Vec<u128> =
+            (0..7_u32).map(|i| pace.pause(start + Duration::from_millis(10) * i).as_millis()).collect();
         assert_eq!(pauses, [2, 4, 8, 16, 32, 50, 50]);
         assert!(pace.idle());
+        let later = start + Duration::from_millis(300);
+        assert_eq!(pace.idle_for(later), Duration::from_millis(300), "idle since the first empty poll");
         pace.busy();
         assert!(!pace.idle());
-        assert_eq!(pace.pause(), MIN_PAUSE);
+        assert_eq!(pace.idle_for(later), Duration::ZERO);
+        assert_eq!(pace.pause(later), MIN_PAUSE);
+        assert_eq!(pace.idle_for(later + Duration::from_millis(5)), Duration::from_millis(5));
     }
 }

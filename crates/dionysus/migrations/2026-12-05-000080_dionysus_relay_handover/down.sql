@@ -1,0 +1,1 @@
+ALTER TABLE dionysus_relay_workers DROP COLUMN IF EXISTS idle;
