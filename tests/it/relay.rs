@@ -692,8 +692,10 @@ async fn a_busy_worker_hands_busy_buckets_to_an_idle_one() {
         #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
         owner: Option<String>,
     }
+    /// (giver, receiver, buckets) of each handover.
+    type Handover = (String, String, Vec<i16>);
     #[derive(Clone, Default)]
-    struct Handovers(std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<i16>)>>>);
+    struct Handovers(std::sync::Arc<std::sync::Mutex<Vec<Handover>>>);
     impl dionysus::relay::RelayObserver for Handovers {
         fn on_event(&self, event: &dionysus::relay::RelayEvent<'_>) {
             if let dionysus::relay::RelayEvent::BucketsHandedOver { worker, receiver, buckets } = event {
@@ -753,7 +755,8 @@ async fn a_busy_worker_hands_busy_buckets_to_an_idle_one() {
     running.await.unwrap().unwrap();
 
     let handovers = handovers.0.lock().unwrap().clone();
-    let (giver, receiver, buckets) = handovers.iter().next().cloned().expect("the busy worker handed buckets over");
+    let (giver, receiver, buckets) =
+        handovers.as_slice().first().cloned().expect("the busy worker handed buckets over");
     assert_eq!((giver.as_str(), receiver.as_str()), (busy.as_str(), idle.as_str()), "{handovers:?}");
     assert!(buckets.iter().all(|bucket| loaded.contains(bucket)), "only busy buckets are handed: {buckets:?}");
     assert!(buckets.len() < loaded.len(), "the giver keeps some: {buckets:?} of {loaded:?}");
