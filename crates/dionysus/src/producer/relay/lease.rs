@@ -21,8 +21,10 @@
 //! half its rows: the buckets of its next batch split in two halves of about equal rows
 //! ([`split_load`]). It does so where it would give buckets back on a share change: between
 //! batches, with nothing in flight, so the new owner (which reads them from the bottom) cannot
-//! overtake a message of the old one. The receiver, now over its share, gives back buckets
-//! it held before — empty, since it was idle — and the giver takes those up as its share.
+//! overtake a message of the old one. Only a receiver that beat within the last 2 s is
+//! handed anything, so buckets rarely wait for a dead one's expiry. The receiver, now over
+//! its share, gives back buckets it held before — empty, since it was idle — and the giver
+//! takes those up as its share.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -73,7 +75,8 @@ pub(crate) struct Leases {
     share: i64,
     buckets: Vec<i16>,
     renewed_at: Option<Instant>,
-    /// Whether the worker has been caught up for [`IDLE_AFTER`] (as it last said).
+    /// Whether the worker has been caught up for [`IDLE_AFTER`] (as [`Leases::set_idle`]
+    /// last told).
     idle: bool,
     /// Whether its heartbeat says it is idle.
     said_idle: bool,
