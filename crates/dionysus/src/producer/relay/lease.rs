@@ -56,7 +56,7 @@ struct Handed {
 }
 
 /// Buckets handed to an idle worker (see the module docs).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct Handover {
     /// The worker that took them.
     pub(crate) receiver: String,
