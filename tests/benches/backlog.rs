@@ -11,6 +11,9 @@
 //! tenth of the backlog (from its own `Published` events, so nothing polls the outbox
 //! meanwhile), the consumer's per tenth of the messages (from its stored offsets). Goals:
 //! the last tenth drains at ≥ 0.9× the first; relay RSS < 100 MiB, consumer < 150 MiB.
+//! Each side also prints the write-ahead log written per tenth: a tenth that writes far more
+//! than the others for the same rows ran after a checkpoint began, when PostgreSQL logs each
+//! page's first change whole, and is slower for the database's sake, not the drain's.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used, missing_docs, reason = "a benchmark binary")]
 
@@ -122,6 +125,21 @@ impl RelayObserver for Counting {
     }
 }
 
+/// Where PostgreSQL's write-ahead log is, in bytes.
+async fn wal_position(conn: &mut diesel_async::AsyncPgConnection) -> i64 {
+    count(conn, "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint AS n").await
+}
+
+/// Prints the write-ahead log written per tenth (`wal`: the position at the start and at
+/// each tenth's end). A tenth that writes much more than the others for the same rows ran
+/// just after a checkpoint began (every page's first change after it is logged whole): a
+/// slow tenth with a large figure is the database's checkpoint, not the drain.
+fn print_wal(what: &str, wal: &[i64]) {
+    let shown: Vec<String> =
+        wal.windows(2).map(|pair| format!("{:.0}", (pair[1] - pair[0]) as f64 / (1024.0 * 1024.0))).collect();
+    println!("  {what} write-ahead log per tenth (MiB): {}", shown.join(" "));
+}
+
 fn print_tenths(what: &str, total: u64, marks: &[Duration]) {
     let tenth = total as f64 / 10.0;
     let mut rates = Vec::new();
@@ -157,17 +175,28 @@ async fn relay_phase(url: &str, topic: &str) {
         .observer(Counting(tenths.clone()))
         .build()
         .unwrap();
+    let mut conn = <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(url).await.unwrap();
+    let mut wal = vec![wal_position(&mut conn).await];
     let token = CancellationToken::new();
     let running = tokio::spawn({
         let (relay, token) = (relay.clone(), token.clone());
         async move { relay.run(token).await }
     });
-    while tenths.published.load(Ordering::Relaxed) < total {
+    loop {
+        let marked = tenths.marks.lock().unwrap().len();
+        if marked >= wal.len() {
+            let position = wal_position(&mut conn).await;
+            wal.resize(marked + 1, position);
+        }
+        if tenths.published.load(Ordering::Relaxed) >= total {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     token.cancel();
     running.await.unwrap().unwrap();
     print_tenths("relay", total, &tenths.marks.lock().unwrap());
+    print_wal("relay", &wal);
     let handovers: Vec<String> = tenths
         .handovers
         .lock()
@@ -201,14 +230,21 @@ async fn consume_phase(url: &str, topic: &str) {
         "SELECT COALESCE(sum(next_offset), 0)::bigint AS n FROM dionysus_consumer_offsets WHERE next_offset >= 0";
     let mut started: Option<Instant> = None;
     let mut marks = Vec::new();
+    let mut wal = Vec::new();
     loop {
         let done = count(&mut conn, stored).await;
         if done > 0 && started.is_none() {
             started = Some(Instant::now());
+            wal.push(wal_position(&mut conn).await);
         }
         if let Some(started) = started {
+            let marked = marks.len();
             while (marks.len() as i64 + 1) * total / 10 <= done && marks.len() < 10 {
                 marks.push(started.elapsed());
+            }
+            if marks.len() > marked {
+                let position = wal_position(&mut conn).await;
+                wal.resize(marks.len() + 1, position);
             }
         }
         if done >= total {
@@ -219,6 +255,7 @@ async fn consume_phase(url: &str, topic: &str) {
     token.cancel();
     running.await.unwrap().unwrap();
     print_tenths("consumer (from its first stored offset)", rows(), &marks);
+    print_wal("consumer", &wal);
 }
 
 /// Starts this binary again for `phase` and samples its resident memory until it exits.
