@@ -1,6 +1,8 @@
 //! The lean path of a batch no one watches (`Consumer::process_batch_unobserved`, as the
-//! Kafka loop runs batches) against the general path (`Consumer::process_batch`): the same
-//! messages give the same rows, dead letters and offsets, whichever path takes them.
+//! Kafka loop runs batches) against the general path (`Consumer::process_batch`), both with
+//! rows written blind (PostgreSQL deciding the timestamp guard) and with every row read and
+//! planned first (local changes on): the same messages give the same rows, dead letters and
+//! offsets, whichever path takes them.
 
 use chrono::{DateTime, Utc};
 use diesel_async::SimpleAsyncConnection;
@@ -84,12 +86,14 @@ const COLUMNS: &str = "synced_id bigint NOT NULL UNIQUE, synced_created_at times
 
 const TOPIC: &str = "direct_gadgets";
 
-/// The general consumer (into `gadgets_general`) and the lean one (into `gadgets_direct`),
-/// each its own group.
+/// The general consumer (into `gadgets_general`), the lean one (into `gadgets_direct`) and
+/// one computing local changes, which reads and plans every row before writing it (into
+/// `gadgets_exact`), each its own group.
 struct Pair {
     db: TestDb,
     general: Consumer,
     lean: Consumer,
+    exact: Consumer,
 }
 
 async fn pair(
@@ -101,7 +105,8 @@ async fn pair(
         .await
         .batch_execute(&format!(
             "CREATE TABLE gadgets_general ({COLUMNS}); CREATE TABLE gadgets_direct ({COLUMNS});
-             CREATE TABLE widgets_general ({WIDGET_COLUMNS}); CREATE TABLE widgets_direct ({WIDGET_COLUMNS});"
+             CREATE TABLE gadgets_exact ({COLUMNS}); CREATE TABLE widgets_general ({WIDGET_COLUMNS});
+             CREATE TABLE widgets_direct ({WIDGET_COLUMNS}); CREATE TABLE widgets_exact ({WIDGET_COLUMNS});"
         ))
         .await
         .unwrap();
@@ -109,18 +114,23 @@ async fn pair(
         Box::leak(Box::new(ReplicaDescriptor { table: "gadgets_direct", ..*Gadget::DESCRIPTOR }));
     let widgets: &'static ReplicaDescriptor =
         Box::leak(Box::new(ReplicaDescriptor { table: "widgets_direct", ..*Sprocket::DESCRIPTOR }));
-    let build = |group: &str, replicas: [&'static ReplicaDescriptor; 2]| {
+    let exact_gadgets: &'static ReplicaDescriptor =
+        Box::leak(Box::new(ReplicaDescriptor { table: "gadgets_exact", ..*Gadget::DESCRIPTOR }));
+    let exact_widgets: &'static ReplicaDescriptor =
+        Box::leak(Box::new(ReplicaDescriptor { table: "widgets_exact", ..*Sprocket::DESCRIPTOR }));
+    let build = |group: &str, replicas: [&'static ReplicaDescriptor; 2], local_changes: bool| {
         let mut config = dionysus::Config::default();
         config.database_url = db.url.clone();
         config.kafka.group_id = Some(group.to_owned());
         config.consumer.remove_duplicates = remove_duplicates;
-        configure(Consumer::builder(config).pool(db.pool(2)).replicas(Replicas::new(replicas)).handlers(false))
-            .build()
-            .unwrap()
+        let builder = Consumer::builder(config).pool(db.pool(2)).replicas(Replicas::new(replicas)).handlers(false);
+        let builder = if local_changes { builder.local_changes(true) } else { builder };
+        configure(builder).build().unwrap()
     };
-    let general = build("direct_general", [Gadget::DESCRIPTOR, Sprocket::DESCRIPTOR]);
-    let lean = build("direct_lean", [gadgets, widgets]);
-    Pair { db, general, lean }
+    let general = build("direct_general", [Gadget::DESCRIPTOR, Sprocket::DESCRIPTOR], false);
+    let lean = build("direct_lean", [gadgets, widgets], false);
+    let exact = build("direct_exact", [exact_gadgets, exact_widgets], true);
+    Pair { db, general, lean, exact }
 }
 
 fn message(partition: i32, offset: i64, payload: Option<Vec<u8>>) -> InboundMessage {
@@ -158,13 +168,14 @@ impl Pair {
     async fn apply(&self, batch: &[InboundMessage]) -> bool {
         let general = self.general.process_batch(batch).await.unwrap();
         let lean = self.lean.process_batch_unobserved(batch).await.unwrap();
+        let exact = self.exact.process_batch(batch).await.unwrap();
         assert_eq!(summary(&general), summary(&lean));
+        assert_eq!(summary(&exact), summary(&lean), "as when every row is read first");
         let mut conn = self.db.connection().await;
         for table in ["gadgets", "widgets"] {
-            assert_eq!(
-                apply_times_hidden(rows(&mut conn, &format!("{table}_general")).await),
-                apply_times_hidden(rows(&mut conn, &format!("{table}_direct")).await)
-            );
+            let exact = apply_times_hidden(rows(&mut conn, &format!("{table}_exact")).await);
+            assert_eq!(apply_times_hidden(rows(&mut conn, &format!("{table}_general")).await), exact);
+            assert_eq!(apply_times_hidden(rows(&mut conn, &format!("{table}_direct")).await), exact);
         }
         lean.events.is_empty() && !general.events.is_empty()
     }
@@ -250,6 +261,28 @@ async fn a_usual_batch_is_written_straight_from_its_messages() {
     assert_eq!(names, [&json!("a"), &json!("a"), &json!("newer"), &json!("z"), &json!("a")]);
     assert_eq!(rows[3]["synced_owner_id"], 0);
     assert_eq!(rows[3]["label"], "box");
+}
+
+/// A model without timestamps (payloads with neither `created_at` nor `updated_at`) is
+/// written straight from its messages too: such a record applies over a stored row of any
+/// time, which keeps its time, on every path.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_without_times_are_written_straight_from_their_messages() {
+    let pair = pair(false, |builder| builder).await;
+    let gadget = |offset: i64, name: &str, updated: Option<i64>| {
+        let mut record = created(1, name, updated.unwrap_or(0));
+        if updated.is_none() {
+            let fields = record.as_object_mut().unwrap();
+            fields.remove("created_at");
+            fields.remove("updated_at");
+        }
+        message(0, offset, envelope(json!([{"event": "gadget_updated", "model_name": "Gadget", "data": [record]}])))
+    };
+    assert!(pair.apply(&[gadget(0, "timed", Some(20))]).await, "the lean path took the batch");
+    assert!(pair.apply(&[gadget(1, "timeless", None), gadget(2, "again", None)]).await, "the lean path took the batch");
+    let stored = rows(&mut pair.db.connection().await, "gadgets_direct").await;
+    assert_eq!(stored[0]["name"], "again");
+    assert!(!stored[0]["synced_updated_at"].is_null(), "the stored time is kept: {stored:?}");
 }
 
 /// A batch with a message the lean path does not take goes the general way whole: a bad
@@ -441,14 +474,19 @@ fn record() -> impl Strategy<Value = Value> {
     )
 }
 
-/// A record as producers usually send it.
+/// A record as producers usually send it, now and then from a model without timestamps.
 fn usual_record() -> impl Strategy<Value = Value> {
-    (1i64..6, 0i64..6, proptest::sample::select(vec!["a", "b", "c"]), 0i64..4, any::<bool>()).prop_map(
-        |(id, updated, name, owner, linked)| {
+    (1i64..6, 0i64..6, proptest::sample::select(vec!["a", "b", "c"]), 0i64..4, any::<bool>(), 0u8..4).prop_map(
+        |(id, updated, name, owner, linked, times)| {
             let mut record = json!({"id": id, "name": name, "amount": owner, "price": 1.5, "active": linked,
                                     "kind": "box", "seen_at": t(1), "created_at": t(0), "updated_at": t(updated)});
             if linked {
                 record["links"] = json!({"owner": owner});
+            }
+            if times == 0 {
+                let fields = record.as_object_mut().unwrap();
+                fields.remove("created_at");
+                fields.remove("updated_at");
             }
             record
         },

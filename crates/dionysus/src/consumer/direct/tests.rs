@@ -173,6 +173,7 @@ fn the_unusual_is_left_to_the_general_path() {
     assert!(refused(json!([{"id": 1, "updated_at": "soon"}])), "bad time");
     assert!(refused(json!([{"id": 1, "updated_at": "2999-01-01T00:00:00Z"}])), "time in the future");
     assert!(refused(json!([{"id": 1, "created_at": "2024-01-01T00:00:00Z"}])), "a guard PostgreSQL cannot decide");
+    assert!(!refused(json!([{"id": 1, "name": "no time at all"}])), "a record without times applies, as in SQL");
     assert!(refused(json!([{"id": 1, "links": {"account": 2}, "account": {"id": 2}}])), "a sideload");
     assert!(refused(json!([{"id": 1, "account": {"id": 2}, "links": {"account": 2}}])), "a sideload before its link");
     let at = "2024-01-01T00:00:01Z";

@@ -434,9 +434,12 @@ fn assign(assigned: &mut Vec<(&'static str, Value)>, name: &'static str, value: 
 }
 
 /// Whether the set-based write ([`crate::consumer::replica::sql::upsert_rows`]) decides the
-/// timestamp guard exactly as [`plan`] does: PostgreSQL sees the event time only through the
-/// written `synced_updated_at` (else the written `synced_created_at`, which is also the guard
-/// column of a model without `synced_updated_at`), so that must be the event's time. It is whenever the payload carries `updated_at`, as producers send it.
+/// timestamp guard exactly as [`plan`] does. PostgreSQL sees the event time only through the
+/// written time columns: the written `synced_updated_at`, else the written
+/// `synced_created_at` (the guard column of a model without `synced_updated_at`), and none
+/// when neither is written. That must be the event's time: it is whenever the payload
+/// carries `updated_at`, as producers send it, and for a record with no time at all, which
+/// both apply unconditionally.
 ///
 /// Decided from the prepared values, before [`take_intent`]: the intent writes only the
 /// soft-delete column and the synced id besides them, so the time columns it writes are
@@ -467,18 +470,17 @@ pub(crate) fn guard_decidable<'v>(
     {
         return false;
     }
-    let written = |name: &str| written(name).map(parse_timestamp);
-    let column_time = match (replica.synced_updated_at, replica.synced_created_at) {
-        (Some(updated), created) => {
-            let Some(updated) = written(updated) else { return false };
-            updated.or_else(|| created.and_then(written).flatten())
-        }
-        (None, Some(created)) => {
-            let Some(created) = written(created) else { return false };
-            created
-        }
-        // No guard column: PostgreSQL applies every record, as `plan` does.
-        (None, None) => return true,
+    // No guard column: PostgreSQL applies every record, as `plan` does.
+    if replica.guard_column().is_none() {
+        return true;
+    }
+    // Per time column: `None` when not written, else the time written (`None` for NULL).
+    let written = |name: Option<&str>| name.and_then(&written).map(parse_timestamp);
+    // What `sql::upsert_parts` compares: COALESCE over the written time columns.
+    let column_time = match (written(replica.synced_updated_at), written(replica.synced_created_at)) {
+        (Some(updated), Some(created)) => updated.or(created),
+        (Some(time), None) | (None, Some(time)) => time,
+        (None, None) => None,
     };
     column_time == event_time
 }
@@ -850,6 +852,50 @@ mod tests {
         let prepared = prepare(&NO_UPDATED_AT, &deserialize_one(&payload(Some(30), 20)).unwrap()).unwrap();
         assert!(!guard_from_prepared(&NO_UPDATED_AT, &prepared), "PostgreSQL would compare created_at");
     }
+
+    /// C-10: a record with no time applies over any stored time, in `plan` as in the SQL
+    /// guard (no written time column compares NULL), so it may be written blind; a time the
+    /// written columns do not carry may not.
+    #[test]
+    fn a_record_without_times_may_be_written_blind() {
+        let decidable = |replica: &ReplicaDescriptor, payload: Value| {
+            let prepared = prepare(replica, &deserialize_one(&payload).unwrap()).unwrap();
+            guard_from_prepared(replica, &prepared)
+        };
+        let newer = || Some(existing(Some(50), Some(10)));
+        let no_times = json!({"id": 1, "name": "new"});
+        assert!(matches!(run(&RENTAL, EventKind::Updated, no_times.clone(), newer()), RowPlan::Write { .. }));
+        assert!(decidable(&RENTAL, no_times.clone()));
+        assert!(decidable(&NO_UPDATED_AT, no_times));
+        assert!(decidable(&RENTAL, json!({"id": 1, "updated_at": null, "created_at": null})), "null times");
+        // The written created_at is what PostgreSQL compares when updated_at is not written.
+        assert!(decidable(&RENTAL, json!({"id": 1, "created_at": t(20)})));
+        // A time only a column of another name would carry: PostgreSQL would see none.
+        assert!(!decidable(&NO_GUARD_WRITTEN, json!({"id": 1, "updated_at": t(20)})));
+        assert!(decidable(&NO_GUARD_WRITTEN, json!({"id": 1, "name": "new"})));
+    }
+
+    static NO_GUARD_WRITTEN_COLUMNS: [Column; 3] = [
+        column("synced_id", ColumnKind::Integer, false),
+        Column {
+            name: "synced_updated_at",
+            source: "changed_at",
+            kind: ColumnKind::Timestamp,
+            nullable: true,
+            sql_type: "timestamptz",
+        },
+        column("name", ColumnKind::Text, true),
+    ];
+
+    /// `synced_updated_at` read from another attribute than `updated_at`.
+    static NO_GUARD_WRITTEN: ReplicaDescriptor = ReplicaDescriptor {
+        columns: &NO_GUARD_WRITTEN_COLUMNS,
+        synced_created_at: None,
+        soft_delete: None,
+        strategy: DestroyStrategy::Destroy,
+        synced_data: None,
+        ..RENTAL
+    };
 
     static REMOTE_COLUMNS: [Column; 4] = [
         column("synced_id", ColumnKind::Integer, false),
