@@ -303,6 +303,7 @@ async fn main() {
         return;
     }
     let total = rows();
+    dionysus_tests::print_machine_speed().await;
     let db = TestDb::migrated().await;
     let mut conn = db.connection().await;
     let kafka = kafka_config();

@@ -489,6 +489,7 @@ fn slowest_line(mut events: Vec<Event>) {
 
 #[tokio::main]
 async fn main() {
+    dionysus_tests::print_machine_speed().await;
     let db = TestDb::migrated().await;
     let mut conn = db.connection().await;
     conn.batch_execute(

@@ -165,6 +165,7 @@ fn line(label: &str, elapsed: Duration, baseline: Duration) {
 
 #[tokio::main]
 async fn main() {
+    dionysus_tests::print_machine_speed().await;
     let db = TestDb::migrated().await;
     let mut conn = db.connection().await;
     conn.batch_execute(&format!(

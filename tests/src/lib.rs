@@ -235,3 +235,38 @@ pub fn registry_with_delays<T: dionysus::Publishable>(
     }));
     Box::leak(Box::new(dionysus::Registry::new([declaration], []).with_publications([publication])))
 }
+
+/// Prints how fast this machine is at the two kinds of work the benchmarks measure, so that
+/// figures of runs on different days (or machines) can be compared: the database's CPU
+/// (PostgreSQL sums 10 million integers) and this process's (200,000 round trips of an
+/// event-sized JSON document through `serde_json` values). Neither is a goal; a machine
+/// twice as slow here gives the CPU-bound runs about half the rate, while baselines that
+/// wait on round trips slow down less.
+#[allow(clippy::print_stdout, reason = "a line of the benchmarks' output")]
+pub async fn print_machine_speed() {
+    let mut conn = AsyncPgConnection::establish(&server_url()).await.unwrap();
+    let started = std::time::Instant::now();
+    diesel::sql_query("SELECT sum(i) FROM generate_series(1, 10000000) AS i").execute(&mut conn).await.unwrap();
+    let database = started.elapsed();
+    let document = serde_json::json!({
+        "message": [{"event": "item_updated", "model_name": "Item", "data": [{
+            "id": 4711, "account_id": 17, "name": "Villa 4711 <by the sea>", "daily_price": 350,
+            "created_at": "2026-01-01T00:00:00.000Z", "updated_at": "2026-01-02T03:04:05.678Z",
+            "links": {"account": 17}, "tags": ["pool", "garden", "view"], "rating": 4.5
+        }]}]
+    });
+    let size = document.to_string().len();
+    let started = std::time::Instant::now();
+    for _ in 0..200_000 {
+        let text = serde_json::to_string(std::hint::black_box(&document)).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        std::hint::black_box(parsed);
+    }
+    let process = started.elapsed();
+    println!(
+        "machine: PostgreSQL sums 10M integers in {:.2} s; this process round-trips 200k JSON documents \
+         ({size} bytes each) in {:.2} s (for comparing runs, not goals)",
+        database.as_secs_f64(),
+        process.as_secs_f64()
+    );
+}
