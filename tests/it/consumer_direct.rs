@@ -110,14 +110,14 @@ async fn pair(
         ))
         .await
         .unwrap();
-    let gadgets: &'static ReplicaDescriptor =
-        Box::leak(Box::new(ReplicaDescriptor { table: "gadgets_direct", ..*Gadget::DESCRIPTOR }));
-    let widgets: &'static ReplicaDescriptor =
-        Box::leak(Box::new(ReplicaDescriptor { table: "widgets_direct", ..*Sprocket::DESCRIPTOR }));
-    let exact_gadgets: &'static ReplicaDescriptor =
-        Box::leak(Box::new(ReplicaDescriptor { table: "gadgets_exact", ..*Gadget::DESCRIPTOR }));
-    let exact_widgets: &'static ReplicaDescriptor =
-        Box::leak(Box::new(ReplicaDescriptor { table: "widgets_exact", ..*Sprocket::DESCRIPTOR }));
+    // The models' replicas, written into the tables of the given suffix.
+    let into = |suffix: &str| -> [&'static ReplicaDescriptor; 2] {
+        let table = |name: &str| &*Box::leak(format!("{name}_{suffix}").into_boxed_str());
+        [
+            Box::leak(Box::new(ReplicaDescriptor { table: table("gadgets"), ..*Gadget::DESCRIPTOR })),
+            Box::leak(Box::new(ReplicaDescriptor { table: table("widgets"), ..*Sprocket::DESCRIPTOR })),
+        ]
+    };
     let build = |group: &str, replicas: [&'static ReplicaDescriptor; 2], local_changes: bool| {
         let mut config = dionysus::Config::default();
         config.database_url = db.url.clone();
@@ -128,8 +128,8 @@ async fn pair(
         configure(builder).build().unwrap()
     };
     let general = build("direct_general", [Gadget::DESCRIPTOR, Sprocket::DESCRIPTOR], false);
-    let lean = build("direct_lean", [gadgets, widgets], false);
-    let exact = build("direct_exact", [exact_gadgets, exact_widgets], true);
+    let lean = build("direct_lean", into("direct"), false);
+    let exact = build("direct_exact", into("exact"), true);
     Pair { db, general, lean, exact }
 }
 
@@ -150,6 +150,15 @@ fn envelope(events: Value) -> Option<Vec<u8>> {
 fn created(id: i64, name: &str, updated: i64) -> Value {
     json!({"links": {"owner": id % 3}, "id": id, "name": name, "amount": id, "price": 2.5, "active": true,
            "kind": "box", "seen_at": t(5), "created_at": t(0), "updated_at": t(updated)})
+}
+
+/// `record` as a model without timestamps sends it: no `created_at`, no `updated_at`.
+fn without_times(mut record: Value) -> Value {
+    if let Value::Object(fields) = &mut record {
+        fields.remove("created_at");
+        fields.remove("updated_at");
+    }
+    record
 }
 
 /// Dead letters (offset, reason, error), stored offset, messages already applied.
@@ -270,12 +279,10 @@ async fn a_usual_batch_is_written_straight_from_its_messages() {
 async fn records_without_times_are_written_straight_from_their_messages() {
     let pair = pair(false, |builder| builder).await;
     let gadget = |offset: i64, name: &str, updated: Option<i64>| {
-        let mut record = created(1, name, updated.unwrap_or(0));
-        if updated.is_none() {
-            let fields = record.as_object_mut().unwrap();
-            fields.remove("created_at");
-            fields.remove("updated_at");
-        }
+        let record = match updated {
+            Some(updated) => created(1, name, updated),
+            None => without_times(created(1, name, 0)),
+        };
         message(0, offset, envelope(json!([{"event": "gadget_updated", "model_name": "Gadget", "data": [record]}])))
     };
     assert!(pair.apply(&[gadget(0, "timed", Some(20))]).await, "the lean path took the batch");
@@ -484,9 +491,7 @@ fn usual_record() -> impl Strategy<Value = Value> {
                 record["links"] = json!({"owner": owner});
             }
             if times == 0 {
-                let fields = record.as_object_mut().unwrap();
-                fields.remove("created_at");
-                fields.remove("updated_at");
+                record = without_times(record);
             }
             record
         },
