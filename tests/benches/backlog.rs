@@ -1,4 +1,5 @@
-//! Draining a large backlog: 1M outbox rows (`DIONYSUS_BENCH_ROWS` changes the count),
+//! Draining a large backlog: 1M outbox rows (`DIONYSUS_BENCH_ROWS` changes the count) over
+//! 50 partition keys (`DIONYSUS_BENCH_KEYS` changes that),
 //! published by the relay with its default settings, then consumed into a replica table by
 //! the consumer with its defaults.
 //!
@@ -303,6 +304,7 @@ async fn main() {
         return;
     }
     let total = rows();
+    let keys = dionysus_tests::bench_keys();
     dionysus_tests::print_machine_speed().await;
     let db = TestDb::migrated().await;
     let mut conn = db.connection().await;
@@ -315,14 +317,14 @@ async fn main() {
          CREATE TABLE backlog_replica (synced_id BIGINT NOT NULL UNIQUE, synced_created_at TIMESTAMPTZ, synced_updated_at TIMESTAMPTZ,
              account_id BIGINT, name TEXT, daily_price BIGINT);
          INSERT INTO dionysus_outbox (resource_class, resource_id, event_name, topic, partition_key)
-         SELECT 'Item', ((i % {ITEMS}) + 1)::text, 'item_updated', '{topic}', (((i % {ITEMS}) + 1) % 50)::text
+         SELECT 'Item', ((i % {ITEMS}) + 1)::text, 'item_updated', '{topic}', (((i % {ITEMS}) + 1) % {keys})::text
          FROM generate_series(1, {total}) i;"
     ))
     .await
     .unwrap();
     conn.batch_execute("VACUUM ANALYZE dionysus_outbox").await.unwrap();
     println!(
-        "backlog of {total} outbox rows ({ITEMS} records, 50 partition keys, {PARTITIONS} partitions), written in {:.1} s; \
+        "backlog of {total} outbox rows ({ITEMS} records, {keys} partition keys, {PARTITIONS} partitions), written in {:.1} s; \
          relay and consumer with default settings, each in its own process",
         filling.elapsed().as_secs_f64()
     );

@@ -1,7 +1,8 @@
 //! Draining 100 000 outbox rows to the broker: the relay side by side with a raw baseline in
 //! the same run, on the same database and broker.
 //!
-//! Run with: `scripts/bench relay`.
+//! Run with: `scripts/bench relay`. The rows go over 50 partition keys
+//! (`DIONYSUS_BENCH_KEYS` changes that).
 //!
 //! * raw: one loop of plain SQL — claim the next 1000 pending rows by id, produce the same
 //!   envelope for each with rdkafka (pre-built payloads, partition from the partition key),
@@ -62,10 +63,11 @@ struct Claimed {
 }
 
 async fn fill(conn: &mut AsyncPgConnection, topic: &str) {
+    let keys = dionysus_tests::bench_keys();
     conn.batch_execute(&format!(
         "TRUNCATE dionysus_outbox;
          INSERT INTO dionysus_outbox (resource_class, resource_id, event_name, topic, partition_key)
-         SELECT 'Item', ((i % {ITEMS}) + 1)::text, 'item_updated', '{topic}', (((i % {ITEMS}) + 1) % 50)::text
+         SELECT 'Item', ((i % {ITEMS}) + 1)::text, 'item_updated', '{topic}', (((i % {ITEMS}) + 1) % {keys})::text
          FROM generate_series(1, {ROWS}) i;"
     ))
     .await
@@ -166,6 +168,7 @@ fn line(label: &str, elapsed: Duration, baseline: Duration) {
 #[tokio::main]
 async fn main() {
     dionysus_tests::print_machine_speed().await;
+    let keys = dionysus_tests::bench_keys();
     let db = TestDb::migrated().await;
     let mut conn = db.connection().await;
     conn.batch_execute(&format!(
@@ -194,7 +197,7 @@ async fn main() {
         for i in chunk * 1000..(chunk + 1) * 1000 {
             let item = (i % ITEMS) + 1;
             let key = format!("Item:{item}");
-            let partition_key = (item % 50).to_string();
+            let partition_key = (item % keys).to_string();
             let record = FutureRecord::to(&produce_topic)
                 .key(&key)
                 .payload(&payloads[usize::try_from(item - 1).unwrap()])
@@ -213,7 +216,7 @@ async fn main() {
     raw(&mut conn, &producer, &raw_topic, &payloads).await;
     let raw_elapsed = started.elapsed();
 
-    println!("relay drain of {ROWS} outbox rows ({ITEMS} records, 50 partition keys, {PARTITIONS} partitions):");
+    println!("relay drain of {ROWS} outbox rows ({ITEMS} records, {keys} partition keys, {PARTITIONS} partitions):");
     line("rdkafka produce only, no database (ceiling)", produce_elapsed, raw_elapsed);
     line("raw SQL claim + rdkafka produce (baseline)", raw_elapsed, raw_elapsed);
     let defaults = dionysus::config::ProducerConfig::default();

@@ -172,3 +172,44 @@ fn retries_never_let_a_later_row_of_a_key_overtake() {
         panic!("{error}");
     }
 }
+
+/// Rows of the outbox a plan node and the nodes under it walked (returned or filtered out),
+/// over every loop.
+fn outbox_rows_walked(node: &serde_json::Value) -> f64 {
+    let own = if node["Relation Name"] == "dionysus_outbox" {
+        let loops = node["Actual Loops"].as_f64().unwrap_or(1.0);
+        let rows = node["Actual Rows"].as_f64().unwrap_or(0.0) + node["Rows Removed by Filter"].as_f64().unwrap_or(0.0);
+        rows * loops
+    } else {
+        0.0
+    };
+    let children = node["Plans"].as_array().map_or(0.0, |plans| plans.iter().map(outbox_rows_walked).sum());
+    own + children
+}
+
+/// With the statistics a production outbox has during a backlog (many pending rows of many
+/// keys, analyzed), a batch read walks about the rows it returns, in id order down the
+/// pending index: it does not read every pending row of its buckets and sort them.
+#[tokio::test]
+async fn a_batch_read_walks_only_the_rows_it_returns_under_a_large_analyzed_backlog() {
+    let db = TestDb::migrated().await;
+    let mut conn = db.connection().await;
+    conn.batch_execute(
+        "INSERT INTO dionysus_outbox (resource_class, resource_id, event_name, topic, partition_key)
+         SELECT 'R', i::text, 'r_updated', 't', 'k' || (i % 2000) FROM generate_series(1, 20000) i;
+         UPDATE dionysus_outbox SET attempts = 1, retry_at = now() + interval '1 hour' WHERE id IN (5, 77, 1234);
+         ANALYZE dionysus_outbox",
+    )
+    .await
+    .unwrap();
+    let config = ProducerConfig::default();
+    let explained = SimBatch::explain(&mut conn, &config, Utc::now()).await.unwrap();
+    let plan = &explained[0]["Plan"];
+    assert_eq!(plan["Actual Rows"].as_f64(), Some(config.batch_size as f64), "a full batch is read: {explained:#}");
+    let walked = outbox_rows_walked(plan);
+    assert!(
+        walked <= 1.5 * config.batch_size as f64,
+        "the batch read walked {walked} outbox rows for a batch of {}: {explained:#}",
+        config.batch_size
+    );
+}

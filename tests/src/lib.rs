@@ -236,6 +236,13 @@ pub fn registry_with_delays<T: dionysus::Publishable>(
     Box::leak(Box::new(dionysus::Registry::new([declaration], []).with_publications([publication])))
 }
 
+/// How many ordering keys the relay and backlog benchmarks spread their outbox rows over:
+/// `DIONYSUS_BENCH_KEYS`, or 50. Many keys (thousands, as partition keys like account ids
+/// give) make the statistics of a backlog look like production's.
+pub fn bench_keys() -> i64 {
+    std::env::var("DIONYSUS_BENCH_KEYS").ok().and_then(|keys| keys.parse().ok()).filter(|keys| *keys > 0).unwrap_or(50)
+}
+
 /// Prints how fast this machine is at the two kinds of work the benchmarks measure, so that
 /// figures of runs on different days (or machines) can be compared: the database's CPU
 /// (PostgreSQL sums 10 million integers) and this process's (200,000 round trips of an

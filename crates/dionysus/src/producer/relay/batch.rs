@@ -805,31 +805,65 @@ pub(crate) async fn fetch(
     strict: bool,
     clock: Clock,
 ) -> Result<Vec<PendingRow>, diesel::result::Error> {
-    diesel::sql_query(
-        "WITH clock AS (SELECT COALESCE($4, now()) AS now), \
-         waiting AS ( \
-             SELECT ordering_key, min(id) AS first_id FROM dionysus_outbox, clock \
-             WHERE published_at IS NULL AND ordering_bucket = ANY($1) \
-               AND ((failed_at IS NULL AND retry_at > clock.now) OR ($3 AND failed_at IS NOT NULL)) \
-             GROUP BY ordering_key) \
-         SELECT o.id, o.resource_class, o.resource_id, o.event_name, o.topic, o.partition_key, o.changeset, \
-                o.attempts, o.ordering_key, o.ordering_bucket, o.created_at, o.message, o.message_key, o.encryption_key_id \
-         FROM dionysus_outbox o, clock \
-         WHERE o.published_at IS NULL AND o.failed_at IS NULL AND o.ordering_bucket = ANY($1) \
-           AND o.id > LEAST($5, (SELECT COALESCE(min(r.id), $5 + 1) - 1 FROM dionysus_outbox r \
-               WHERE r.published_at IS NULL AND r.failed_at IS NULL AND r.retry_at IS NOT NULL \
-                 AND r.ordering_bucket = ANY($1))) \
-           AND (o.retry_at IS NULL OR o.retry_at <= clock.now) \
-           AND NOT EXISTS (SELECT 1 FROM waiting w WHERE w.ordering_key = o.ordering_key AND w.first_id < o.id) \
-         ORDER BY o.id LIMIT $2",
-    )
-    .bind::<Array<SmallInt>, _>(window.buckets)
-    .bind::<BigInt, _>(i64::try_from(window.limit).unwrap_or(i64::MAX))
-    .bind::<Bool, _>(strict)
-    .bind::<Nullable<Timestamptz>, _>(clock.instant())
-    .bind::<BigInt, _>(window.after)
-    .load(conn)
-    .await
+    fetch_statement("", window, strict, clock).load(conn).await
+}
+
+/// The batch read of [`fetch`]. The clock is `COALESCE($4, now())` written out where it is
+/// compared, not a joined one-row table: joining one (`FROM dionysus_outbox o, clock`) puts
+/// it on the outer side of the join, which loses the id order of the pending index. Once the
+/// statistics say the outbox holds many pending rows of many keys, PostgreSQL then reads
+/// every pending row of the buckets and sorts them for each batch (about 100 ms per batch over
+/// 100,000 pending rows of 5,000 keys, against about 1 ms for this form).
+const FETCH: &str = "WITH waiting AS ( \
+         SELECT ordering_key, min(id) AS first_id FROM dionysus_outbox \
+         WHERE published_at IS NULL AND ordering_bucket = ANY($1) \
+           AND ((failed_at IS NULL AND retry_at > COALESCE($4, now())) OR ($3 AND failed_at IS NOT NULL)) \
+         GROUP BY ordering_key) \
+     SELECT o.id, o.resource_class, o.resource_id, o.event_name, o.topic, o.partition_key, o.changeset, \
+            o.attempts, o.ordering_key, o.ordering_bucket, o.created_at, o.message, o.message_key, o.encryption_key_id \
+     FROM dionysus_outbox o \
+     WHERE o.published_at IS NULL AND o.failed_at IS NULL AND o.ordering_bucket = ANY($1) \
+       AND o.id > LEAST($5, (SELECT COALESCE(min(r.id), $5 + 1) - 1 FROM dionysus_outbox r \
+           WHERE r.published_at IS NULL AND r.failed_at IS NULL AND r.retry_at IS NOT NULL \
+             AND r.ordering_bucket = ANY($1))) \
+       AND (o.retry_at IS NULL OR o.retry_at <= COALESCE($4, now())) \
+       AND NOT EXISTS (SELECT 1 FROM waiting w WHERE w.ordering_key = o.ordering_key AND w.first_id < o.id) \
+     ORDER BY o.id LIMIT $2";
+
+/// [`FETCH`] after `prefix` (empty, or an `EXPLAIN`), with the window's parameters bound.
+fn fetch_statement<'w>(
+    prefix: &str,
+    window: Window<'w>,
+    strict: bool,
+    clock: Clock,
+) -> diesel::query_builder::BoxedSqlQuery<'w, diesel::pg::Pg, diesel::query_builder::SqlQuery> {
+    diesel::sql_query(format!("{prefix}{FETCH}"))
+        .into_boxed()
+        .bind::<Array<SmallInt>, _>(window.buckets)
+        .bind::<BigInt, _>(i64::try_from(window.limit).unwrap_or(i64::MAX))
+        .bind::<Bool, _>(strict)
+        .bind::<Nullable<Timestamptz>, _>(clock.instant())
+        .bind::<BigInt, _>(window.after)
+}
+
+#[derive(diesel::QueryableByName)]
+struct Explained {
+    #[diesel(sql_type = diesel::sql_types::Json)]
+    #[diesel(column_name = "QUERY PLAN")]
+    plan: Value,
+}
+
+/// What PostgreSQL did for [`fetch`]'s statement (`EXPLAIN (ANALYZE, FORMAT JSON)`: it runs,
+/// reading nothing into the relay), for tests of its plan under realistic statistics.
+pub(crate) async fn explain_fetch(
+    conn: &mut AsyncPgConnection,
+    window: Window<'_>,
+    strict: bool,
+    clock: Clock,
+) -> Result<Value, diesel::result::Error> {
+    let explained: Explained =
+        fetch_statement("EXPLAIN (ANALYZE, FORMAT JSON) ", window, strict, clock).get_result(conn).await?;
+    Ok(explained.plan)
 }
 
 #[derive(diesel::QueryableByName)]

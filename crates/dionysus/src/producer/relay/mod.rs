@@ -987,6 +987,18 @@ pub(crate) mod simulation {
             Ok(SimBatch { rows, at })
         }
 
+        /// The plan PostgreSQL ran for the batch read [`SimBatch::fetch`] makes at `at`
+        /// (`EXPLAIN (ANALYZE, FORMAT JSON)`), for tests of how many rows the read walks.
+        pub async fn explain(
+            conn: &mut AsyncPgConnection,
+            config: &ProducerConfig,
+            at: DateTime<Utc>,
+        ) -> Result<serde_json::Value, diesel::result::Error> {
+            let all: Vec<i16> = (0..64).collect();
+            let window = batch::Window { buckets: &all, limit: config.batch_size, after: 0 };
+            batch::explain_fetch(conn, window, config.strict_ordering, Clock::At(at)).await
+        }
+
         /// `(outbox id, ordering key)` of the rows read, in id order.
         pub fn rows(&self) -> Vec<(i64, String)> {
             self.rows.iter().map(|row| (row.id, row.ordering_key.clone())).collect()
