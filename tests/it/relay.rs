@@ -574,6 +574,64 @@ async fn retention_prunes_only_old_published_rows() {
     assert_eq!(setup.count("TRUE").await, 20);
 }
 
+/// Tuples of the outbox read so far by scans (sequential and through indexes), as the
+/// statistics collector counts them once every backend has reported.
+async fn outbox_tuples_read(conn: &mut AsyncPgConnection) -> i64 {
+    #[derive(QueryableByName)]
+    struct Read {
+        #[diesel(sql_type = BigInt)]
+        read: i64,
+    }
+    let read: Read = diesel::sql_query(
+        "SELECT (COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0))::bigint AS read \
+         FROM pg_stat_user_tables WHERE relname = 'dionysus_outbox'",
+    )
+    .get_result(conn)
+    .await
+    .unwrap();
+    read.read
+}
+
+/// Pruning reads about the rows it deletes, not every row of the outbox: here 500 old
+/// published rows (and a parked one) below 20,000 published within the retention. It is
+/// done every minute, and an outbox keeps days of rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_reads_about_the_rows_it_deletes_not_the_whole_outbox() {
+    let mut setup = setup(kafka_config(), 1, 10).await;
+    setup
+        .conn
+        .batch_execute(
+            "INSERT INTO dionysus_outbox (resource_class, resource_id, event_name, topic, created_at, published_at)
+             SELECT 'Item', i::text, 'item_updated', 't', now() - interval '10 days', now() - interval '9 days'
+             FROM generate_series(1, 500) i;
+             INSERT INTO dionysus_outbox (resource_class, resource_id, event_name, topic, created_at, failed_at, attempts)
+             VALUES ('Item', '1', 'item_updated', 't', now() - interval '10 days', now() - interval '9 days', 5);
+             INSERT INTO dionysus_outbox (resource_class, resource_id, event_name, topic, published_at)
+             SELECT 'Item', i::text, 'item_updated', 't', now() FROM generate_series(1, 20000) i;
+             ANALYZE dionysus_outbox;",
+        )
+        .await
+        .unwrap();
+    let relay = setup.relay(setup.config(|_| {}));
+    // Every statement so far has reported its statistics before the count starts: this
+    // connection's at once, the others' within about a second of going idle.
+    setup.conn.batch_execute("SELECT pg_stat_force_next_flush()").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = outbox_tuples_read(&mut setup.conn).await;
+    assert_eq!(relay.prune(Duration::from_secs(3 * 86_400)).await.unwrap(), 500);
+    let mut read = 0;
+    for _ in 0..300 {
+        read = outbox_tuples_read(&mut setup.conn).await - before;
+        if read > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(read > 0, "the pruning connection reported no statistics within 15 s");
+    assert!(read <= 3_000, "pruning 500 rows read {read} outbox rows of 20,501");
+    assert_eq!(setup.count("TRUE").await, 20_001, "the parked row and the young ones are kept");
+}
+
 /// A retention of zero deletes each row as it is published: the messages arrive in order per
 /// key, nothing published stays behind, and a parked row (never published) is kept.
 #[tokio::test(flavor = "multi_thread")]

@@ -1045,25 +1045,64 @@ pub(crate) async fn preview(
     batch::preview(conn, registry, config, &all).await
 }
 
-/// Deletes published rows older than `age`, 1000 at a time (oldest ids first) so no statement
-/// holds many locks.
+/// One page of [`prune`]'s walk.
+#[derive(diesel::QueryableByName)]
+struct PrunedPage {
+    /// Rows deleted.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    deleted: i64,
+    /// Rows the page held (at most [`PRUNE_PAGE`]).
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    read: i64,
+    /// The highest id of the page (where the next one starts).
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    last_id: Option<i64>,
+    /// Whether every row of the page was written before the cutoff (so rows above it may be
+    /// old enough too).
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    all_old: bool,
+}
+
+/// Rows one pruning statement looks at (and at most deletes).
+const PRUNE_PAGE: i64 = 1000;
+
+/// Deletes published rows older than `age`: walks the outbox up from its lowest id, 1000 rows
+/// per statement (so no statement holds many locks), deleting those published before the
+/// cutoff, and stops after the first page holding a row written after it. A row is published
+/// after it is written, so the rows above that page were written too late to be old enough
+/// — but for a row of a transaction that ran across the cutoff, which is pruned by a later
+/// run, once its neighbours are old enough too. So each run reads about the rows it deletes
+/// (and the old rows that are kept: parked or still pending), not the whole table: a search
+/// for `published_at` older than the cutoff in id order would read every row of a table
+/// holding none (in a table of days of rows, every minute). The page's rows are deleted by
+/// their ids as an array, which PostgreSQL looks up in the primary key whatever the size of
+/// the table (a join with the page may scan a small table whole).
 pub(crate) async fn prune(pool: &Pool, age: Duration) -> Result<u64, RelayError> {
     use diesel_async::RunQueryDsl;
     let mut conn = crate::db::checkout(pool).await?;
     let mut total = 0_u64;
+    let mut after = 0_i64;
     loop {
-        let deleted = diesel::sql_query(
-            "DELETE FROM dionysus_outbox WHERE id IN (SELECT id FROM dionysus_outbox \
-             WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1) \
-             ORDER BY id LIMIT 1000)",
+        let page: PrunedPage = diesel::sql_query(
+            "WITH page AS (SELECT id, created_at, published_at FROM dionysus_outbox \
+                           WHERE id > $2 ORDER BY id LIMIT $3), \
+                  gone AS (DELETE FROM dionysus_outbox WHERE id = ANY (ARRAY( \
+                               SELECT id FROM page WHERE published_at < now() - make_interval(secs => $1))) \
+                           RETURNING id) \
+             SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM page) AS read, \
+                    (SELECT max(id) FROM page) AS last_id, \
+                    COALESCE((SELECT max(created_at) FROM page) < now() - make_interval(secs => $1), false) AS all_old",
         )
         .bind::<diesel::sql_types::Double, _>(age.as_secs_f64())
-        .execute(&mut conn)
+        .bind::<diesel::sql_types::BigInt, _>(after)
+        .bind::<diesel::sql_types::BigInt, _>(PRUNE_PAGE)
+        .get_result(&mut conn)
         .await
         .map_err(|source| RelayError::Query { operation: RelayOperation::Prune, source })?;
-        total += deleted as u64;
-        if deleted < 1000 {
-            return Ok(total);
+        total += u64::try_from(page.deleted).unwrap_or(0);
+        match page.last_id {
+            Some(last_id) if page.read == PRUNE_PAGE && page.all_old => after = last_id,
+            _ => return Ok(total),
         }
     }
 }
