@@ -577,19 +577,12 @@ async fn retention_prunes_only_old_published_rows() {
 /// Tuples of the outbox read so far by scans (sequential and through indexes), as the
 /// statistics collector counts them once every backend has reported.
 async fn outbox_tuples_read(conn: &mut AsyncPgConnection) -> i64 {
-    #[derive(QueryableByName)]
-    struct Read {
-        #[diesel(sql_type = BigInt)]
-        read: i64,
-    }
-    let read: Read = diesel::sql_query(
-        "SELECT (COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0))::bigint AS read \
+    dionysus_tests::count(
+        conn,
+        "SELECT (COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0))::bigint AS n \
          FROM pg_stat_user_tables WHERE relname = 'dionysus_outbox'",
     )
-    .get_result(conn)
     .await
-    .unwrap();
-    read.read
 }
 
 /// Pruning reads about the rows it deletes, not every row of the outbox: here 500 old

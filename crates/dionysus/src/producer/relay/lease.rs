@@ -35,6 +35,11 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 /// Number of ordering buckets (fixed by the migration's `% 64`).
 pub(crate) const BUCKETS: i64 = 64;
 
+/// Every ordering bucket, for one reader holding them all (drains, previews, simulations).
+pub(crate) fn all_buckets() -> Vec<i16> {
+    (0..i16::try_from(BUCKETS).unwrap_or(i16::MAX)).collect()
+}
+
 #[derive(diesel::QueryableByName)]
 struct Bucket {
     #[diesel(sql_type = SmallInt)]

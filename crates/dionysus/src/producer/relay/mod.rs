@@ -911,7 +911,7 @@ impl Relay {
     /// and one-off drains; do not run it next to live workers.
     pub async fn drain(&self) -> Result<BatchReport, RelayError> {
         let mut conn = crate::db::checkout(&self.inner.pool).await?;
-        let all: Vec<i16> = (0..i16::try_from(lease::BUCKETS).unwrap_or(64)).collect();
+        let all = lease::all_buckets();
         let mut total = BatchReport::default();
         loop {
             let producer = self.producer();
@@ -981,7 +981,7 @@ pub(crate) mod simulation {
             config: &ProducerConfig,
             at: DateTime<Utc>,
         ) -> Result<SimBatch, diesel::result::Error> {
-            let all: Vec<i16> = (0..64).collect();
+            let all = super::lease::all_buckets();
             let window = batch::Window { buckets: &all, limit: config.batch_size, after: 0 };
             let rows = batch::fetch(conn, window, config.strict_ordering, Clock::At(at)).await?;
             Ok(SimBatch { rows, at })
@@ -994,7 +994,7 @@ pub(crate) mod simulation {
             config: &ProducerConfig,
             at: DateTime<Utc>,
         ) -> Result<serde_json::Value, diesel::result::Error> {
-            let all: Vec<i16> = (0..64).collect();
+            let all = super::lease::all_buckets();
             let window = batch::Window { buckets: &all, limit: config.batch_size, after: 0 };
             batch::explain_fetch(conn, window, config.strict_ordering, Clock::At(at)).await
         }
@@ -1041,7 +1041,7 @@ pub(crate) async fn preview(
     registry: &Registry,
     config: &crate::config::ProducerConfig,
 ) -> Result<Vec<(PendingRow, RowPreview)>, PreviewError> {
-    let all: Vec<i16> = (0..i16::try_from(lease::BUCKETS).unwrap_or(64)).collect();
+    let all = lease::all_buckets();
     batch::preview(conn, registry, config, &all).await
 }
 
