@@ -81,7 +81,7 @@ const ITEMS: i64 = 10_000;
 const PARTITIONS: i32 = 12;
 
 fn rows() -> u64 {
-    std::env::var("DIONYSUS_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
+    dionysus_tests::bench_number("DIONYSUS_BENCH_ROWS", 1_000_000)
 }
 
 /// The defaults, or what `DIONYSUS_*` variables set (to compare settings), on the test broker.

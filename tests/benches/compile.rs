@@ -163,8 +163,8 @@ fn median(mut values: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let models: usize = std::env::var("DIONYSUS_BENCH_MODELS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
-    let rounds: usize = std::env::var("DIONYSUS_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
+    let models: usize = dionysus_tests::bench_number("DIONYSUS_BENCH_MODELS", 50);
+    let rounds: usize = dionysus_tests::bench_number("DIONYSUS_BENCH_ROUNDS", 3).max(1);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let dir = target.join("compile-bench");

@@ -263,7 +263,7 @@ async fn write_ceiling(db: &TestDb, total: i64, partitions: usize) -> Duration {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let total: i64 = std::env::var("DIONYSUS_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let total: i64 = dionysus_tests::bench_number("DIONYSUS_BENCH_MESSAGES", 100_000);
     let partitions = 4;
     dionysus_tests::print_machine_speed().await;
     let db = TestDb::migrated().await;

@@ -206,7 +206,7 @@ async fn main() {
         run(name, payload).await;
         return;
     }
-    let scale: f64 = std::env::var("DIONYSUS_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let scale: f64 = dionysus_tests::bench_number("DIONYSUS_BENCH_SCALE", 1.0);
     println!("one message per shape through process_batch (scale {scale}), each in a fresh process");
     let me = std::env::current_exe().unwrap();
     for (index, (name, _, megabytes)) in SHAPES.iter().enumerate() {

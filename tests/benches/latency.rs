@@ -122,7 +122,7 @@ fn bench_kafka() -> dionysus::config::KafkaConfig {
 }
 
 fn seconds() -> u64 {
-    std::env::var("DIONYSUS_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20)
+    dionysus_tests::bench_number("DIONYSUS_BENCH_SECONDS", 20)
 }
 
 /// The rates to run, events per second (`DIONYSUS_BENCH_RATES`, comma-separated; 1000,3000).

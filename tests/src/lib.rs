@@ -236,11 +236,26 @@ pub fn registry_with_delays<T: dionysus::Publishable>(
     Box::leak(Box::new(dionysus::Registry::new([declaration], []).with_publications([publication])))
 }
 
+/// A number a benchmark reads from the environment variable `name`, or `default` when it is
+/// unset. Stops the benchmark with a message naming the variable when its value is not a
+/// number of that kind (a typo must not silently run the default).
+pub fn bench_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(value) => value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a valid {}", std::any::type_name::<T>())),
+    }
+}
+
 /// How many ordering keys the relay and backlog benchmarks spread their outbox rows over:
 /// `DIONYSUS_BENCH_KEYS`, or 50. Many keys (thousands, as partition keys like account ids
 /// give) make the statistics of a backlog look like production's.
 pub fn bench_keys() -> i64 {
-    std::env::var("DIONYSUS_BENCH_KEYS").ok().and_then(|keys| keys.parse().ok()).filter(|keys| *keys > 0).unwrap_or(50)
+    let keys = bench_number("DIONYSUS_BENCH_KEYS", 50_i64);
+    assert!(keys > 0, "DIONYSUS_BENCH_KEYS must be at least 1, not {keys}");
+    keys
 }
 
 /// Prints how fast this machine is at the two kinds of work the benchmarks measure, so that
