@@ -10,7 +10,9 @@
 //! * relay: `dionysus::relay::Relay` with its workers, loading each batch's records from the
 //!   database and serializing them, until the outbox is empty: with the default settings,
 //!   tuned (4 workers, batches up to 2000), tuned with a retention of zero (each row deleted
-//!   as it is published instead of marked), and with dionysus-rb's (1 worker, batch 100).
+//!   as it is published instead of marked), with dionysus-rb's (1 worker, batch 100), and
+//!   with the defaults for a publication that sideloads a dependency (`with(Fee)`: each
+//!   message carries its item's fee, loaded in one query per batch).
 //!
 //! Goal: the relay with its defaults drains at ≥ 2× the raw loop of the same run.
 
@@ -22,9 +24,10 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use dionysus::config::Config;
+use dionysus::registry::model::{Dependency, Model, Relation};
 use dionysus::relay::Relay;
 use dionysus::serialize::{serialize_erased, DefaultSerializer};
-use dionysus_tests::{create_topic, kafka_config, registry_for, TestDb};
+use dionysus_tests::{create_topic, kafka_config, registry_for, registry_with_sideloads, TestDb};
 use rdkafka::producer::FutureRecord;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +50,27 @@ struct Item {
     name: String,
     daily_price: i64,
 }
+
+diesel::table! {
+    bench_fees (id) {
+        id -> BigInt,
+        item_id -> BigInt,
+        amount -> BigInt,
+    }
+}
+
+#[derive(Queryable, Selectable, Identifiable, Serialize, dionysus::Publishable)]
+#[diesel(table_name = bench_fees)]
+#[publishable(model_name = "Fee", soft_delete = false)]
+struct Fee {
+    id: i64,
+    item_id: i64,
+    amount: i64,
+}
+
+/// `with(Fee)` on the item's publication: a fee holds its item's id.
+static WITH_FEES: [Dependency; 1] =
+    [Dependency { model: <Fee as Model>::entry, relation: || Relation::OtherHoldsKey("item_id") }];
 
 const ROWS: i64 = 100_000;
 const ITEMS: i64 = 10_000;
@@ -115,6 +139,7 @@ async fn relay_drain(
     topic: &str,
     settings: Option<(usize, usize)>,
     retention: Option<Duration>,
+    sideloads: bool,
 ) -> Duration {
     let kafka = kafka_config();
     let mut config = Config::default();
@@ -125,12 +150,14 @@ async fn relay_drain(
         config.producer.batch_size = batch_size;
     }
     config.producer.retention = retention;
+    let serialize = serialize_erased::<Item, DefaultSerializer>;
+    let registry = if sideloads {
+        registry_with_sideloads::<Item>(topic, PARTITIONS, "account_id", serialize, &WITH_FEES)
+    } else {
+        registry_for::<Item>(topic, PARTITIONS, "account_id", serialize)
+    };
     // The producer the baselines use, already connected: all sides start warm.
-    let relay = Relay::builder(config)
-        .producer(producer.clone())
-        .registry(registry_for::<Item>(topic, PARTITIONS, "account_id", serialize_erased::<Item, DefaultSerializer>))
-        .build()
-        .unwrap();
+    let relay = Relay::builder(config).producer(producer.clone()).registry(registry).build().unwrap();
     let mut conn = db.connection().await;
     let started = Instant::now();
     let token = CancellationToken::new();
@@ -173,7 +200,10 @@ async fn main() {
     let mut conn = db.connection().await;
     conn.batch_execute(&format!(
         "CREATE TABLE bench_items (id BIGSERIAL PRIMARY KEY, account_id BIGINT NOT NULL, name TEXT NOT NULL, daily_price BIGINT NOT NULL);
-         INSERT INTO bench_items (account_id, name, daily_price) SELECT i % 50, 'Villa ' || i, 100 + i % 300 FROM generate_series(1, {ITEMS}) i;"
+         INSERT INTO bench_items (account_id, name, daily_price) SELECT i % 50, 'Villa ' || i, 100 + i % 300 FROM generate_series(1, {ITEMS}) i;
+         CREATE TABLE bench_fees (id BIGSERIAL PRIMARY KEY, item_id BIGINT NOT NULL, amount BIGINT NOT NULL);
+         INSERT INTO bench_fees (item_id, amount) SELECT i, 10 + i % 90 FROM generate_series(1, {ITEMS}) i;
+         CREATE INDEX ON bench_fees (item_id);"
     ))
     .await
     .unwrap();
@@ -222,12 +252,19 @@ async fn main() {
     let defaults = dionysus::config::ProducerConfig::default();
     // Published rows are kept (and pruned later, as by default) except in the third run, where
     // a retention of zero deletes each row as it is published.
-    let runs = [(None, None), (Some((4, 2000)), None), (Some((4, 2000)), Some(Duration::ZERO)), (Some((1, 100)), None)];
-    for (settings, retention) in runs {
+    let runs = [
+        (None, None, false),
+        (Some((4, 2000)), None, false),
+        (Some((4, 2000)), Some(Duration::ZERO), false),
+        (Some((1, 100)), None, false),
+        (None, None, true),
+    ];
+    for (settings, retention, sideloads) in runs {
         let topic = create_topic(&kafka, "bench_relay", PARTITIONS).await;
         fill(&mut conn, &topic).await;
-        let elapsed = relay_drain(&db, &producer, &topic, settings, retention).await;
+        let elapsed = relay_drain(&db, &producer, &topic, settings, retention, sideloads).await;
         let label = match (settings, retention) {
+            (None, _) if sideloads => "relay, defaults, with(Fee) sideloaded".to_owned(),
             (None, _) => {
                 format!("relay, defaults ({} workers, batch ≤ {})", defaults.relay_workers, defaults.batch_size)
             }

@@ -178,6 +178,12 @@ impl Drop for PrivateBroker {
     }
 }
 
+/// A publication's serializer, as [`registry_for`] and its variants take it.
+pub type SerializeFn = fn(
+    &dyn dionysus::registry::model::Record,
+    &dionysus::serialize::Sideloads,
+) -> Result<serde_json::Value, dionysus::serialize::SerializeError>;
+
 /// A registry publishing model `T` on `topic` (a name known only at run time, e.g. from
 /// [`create_topic`]), partition key from the attribute `partition_key`. Leaked: tests and
 /// benchmarks keep it for the process.
@@ -185,10 +191,7 @@ pub fn registry_for<T: dionysus::Publishable>(
     topic: &str,
     partitions: i32,
     partition_key: &'static str,
-    serialize: fn(
-        &dyn dionysus::registry::model::Record,
-        &dionysus::serialize::Sideloads,
-    ) -> Result<serde_json::Value, dionysus::serialize::SerializeError>,
+    serialize: SerializeFn,
 ) -> &'static dionysus::Registry {
     registry_with_delays::<T>(topic, partitions, partition_key, serialize, &[])
 }
@@ -199,11 +202,31 @@ pub fn registry_with_delays<T: dionysus::Publishable>(
     topic: &str,
     partitions: i32,
     partition_key: &'static str,
-    serialize: fn(
-        &dyn dionysus::registry::model::Record,
-        &dionysus::serialize::Sideloads,
-    ) -> Result<serde_json::Value, dionysus::serialize::SerializeError>,
+    serialize: SerializeFn,
     delayed: &[dionysus::delayer::Delay],
+) -> &'static dionysus::Registry {
+    registry_with::<T>(topic, partitions, partition_key, serialize, delayed, &[])
+}
+
+/// [`registry_for`], the publication sideloading `with` into each message
+/// (`#[publish(..., with(...))]`).
+pub fn registry_with_sideloads<T: dionysus::Publishable>(
+    topic: &str,
+    partitions: i32,
+    partition_key: &'static str,
+    serialize: SerializeFn,
+    with: &'static [dionysus::registry::model::Dependency],
+) -> &'static dionysus::Registry {
+    registry_with::<T>(topic, partitions, partition_key, serialize, &[], with)
+}
+
+fn registry_with<T: dionysus::Publishable>(
+    topic: &str,
+    partitions: i32,
+    partition_key: &'static str,
+    serialize: SerializeFn,
+    delayed: &[dionysus::delayer::Delay],
+    with: &'static [dionysus::registry::model::Dependency],
 ) -> &'static dionysus::Registry {
     use dionysus::registry::model::{PartitionKeySource, Publication};
     use dionysus::registry::{Tombstone, TopicDeclaration};
@@ -226,7 +249,7 @@ pub fn registry_with_delays<T: dionysus::Publishable>(
         model: <T as dionysus::registry::model::Model>::entry(),
         topic: name,
         partition_key: PartitionKeySource::Attribute(partition_key),
-        with: &[],
+        with,
         observe: &[],
         serialize,
         schema: None,

@@ -371,7 +371,8 @@ async fn gone_records_follow_the_missing_resource_rules() {
 
 /// w15: the default serializer writes the record's fields, `links` with the sideloaded ids,
 /// then the sideloaded records (to-many under the plural name, to-one under the singular),
-/// loaded for the whole batch in one query per dependency.
+/// loaded for the whole batch in one query per dependency (a record named by two rows of the
+/// batch is loaded once, and both messages carry its sideloads).
 #[tokio::test(flavor = "multi_thread")]
 async fn default_serializer_sideloads_with_dependencies() {
     let (_db, mut conn) = database().await;
@@ -389,8 +390,10 @@ async fn default_serializer_sideloads_with_dependencies() {
     let rows = [
         row("ExampleResource", 1, "example_resource_updated", "v15_rentals", None),
         row("ExampleResource", 2, "example_resource_updated", "v15_rentals", None),
+        row("ExampleResource", 1, "example_resource_updated", "v15_rentals", None),
     ];
     let published = publish(&mut conn, spec_b::w15::registry(), &ProducerConfig::default(), &rows).await.unwrap();
+    assert_eq!(published.messages().len(), 3);
     let value: Value = published.messages()[0].value().unwrap();
     let ts = "2022-08-12T13:24:24.000Z";
     let nested = |id: i64| json!({"id": id, "account_id": null, "example_resource_id": 1, "created_at": ts, "updated_at": ts, "links": {}});
@@ -411,6 +414,11 @@ async fn default_serializer_sideloads_with_dependencies() {
         json!({"example_publishable_resources": [], "example_publishable_cancelable_resource": null})
     );
     assert_eq!(second["message"][0]["data"][0]["example_publishable_cancelable_resource"], Value::Null);
+    let again: Value = published.messages()[2].value().unwrap();
+    assert_eq!(
+        again["message"][0]["data"][0], value["message"][0]["data"][0],
+        "the repeated row's message is the first's"
+    );
 }
 
 /// p30 / w27: a tombstone is the JSON text `null` on the topic and its replica; key and

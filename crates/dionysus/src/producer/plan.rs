@@ -9,7 +9,7 @@
 //! every rule of the wire format can be tested without one. It does not send anything and
 //! does not touch the outbox table.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use diesel_async::AsyncPgConnection;
 use serde_json::{Map, Value};
@@ -245,6 +245,14 @@ pub(crate) fn add_delayed_copies(registry: &Registry, rows: &[RowRef], plans: &m
     }
 }
 
+/// The records of a batch one publication with sideloads publishes, each once.
+struct Owners<'r> {
+    publication: &'static Publication,
+    records: Vec<&'r dyn Record>,
+    /// Ids of `records`.
+    ids: HashSet<&'r str>,
+}
+
 /// [`plan_rows`] for rows whose current records the caller has loaded already (genesis
 /// pages through them): only the sideloads are queried. A row whose record is not in
 /// `loaded` is planned as a record that is gone.
@@ -255,31 +263,38 @@ pub async fn plan_loaded_rows(
     rows: &[RowRef],
     loaded: &[Box<dyn Record>],
 ) -> Result<Vec<RowPlan>, PlanError> {
-    let records: HashMap<(&str, String), &dyn Record> =
-        loaded.iter().map(|record| ((record.model().model_name, record.id()), record.as_ref())).collect();
+    // Each record's id is formatted once; rows find their record by borrowed keys.
+    let ids: Vec<String> = loaded.iter().map(|record| record.id()).collect();
+    let records: HashMap<(&str, &str), (&dyn Record, &str)> = loaded
+        .iter()
+        .zip(&ids)
+        .map(|(record, id)| ((record.model().model_name, id.as_str()), (record.as_ref(), id.as_str())))
+        .collect();
 
-    // Sideloads, one query per (publication, dependency) over every record it publishes.
-    let mut sideloads: HashMap<(usize, String), Sideloads> = HashMap::new();
-    let mut wanted: BTreeMap<usize, (&'static Publication, Vec<&dyn Record>)> = BTreeMap::new();
+    // Sideloads, one query per (publication, dependency) over every record it publishes,
+    // each record once however many rows name it.
+    let mut sideloads: HashMap<usize, HashMap<String, Sideloads>> = HashMap::new();
+    let mut wanted: BTreeMap<usize, Owners<'_>> = BTreeMap::new();
     for row in rows {
-        let Some(&record) = records.get(&(row.resource_class.as_str(), row.resource_id.clone())) else {
+        let Some(&(record, id)) = records.get(&(row.resource_class.as_str(), row.resource_id.as_str())) else {
             continue;
         };
         for publication in registry.publications_on(&row.resource_class, &row.topic) {
             if publication.with.is_empty() {
                 continue;
             }
-            let entry = wanted.entry(publication as *const Publication as usize).or_insert((publication, Vec::new()));
-            if !entry.1.iter().any(|r| r.id() == record.id()) {
-                entry.1.push(record);
+            let owners = wanted.entry(publication as *const Publication as usize).or_insert_with(|| Owners {
+                publication,
+                records: Vec::new(),
+                ids: HashSet::new(),
+            });
+            if owners.ids.insert(id) {
+                owners.records.push(record);
             }
         }
     }
-    for (address, (publication, owners)) in wanted {
-        let loaded = load_sideloads(conn, publication, &owners).await?;
-        for (owner_id, owner_sideloads) in loaded {
-            sideloads.insert((address, owner_id), owner_sideloads);
-        }
+    for (address, owners) in wanted {
+        sideloads.insert(address, load_sideloads(conn, owners.publication, &owners.records).await?);
     }
 
     // Messages per row.
@@ -315,11 +330,12 @@ pub async fn plan_loaded_rows(
             continue;
         }
         let genesis_only = matches!(registry.resolve(&row.topic), Some((_, TopicRole::Genesis)));
-        let record = records.get(&(model.model_name, row.resource_id.clone())).copied();
-        let data = match record {
-            Some(record) => {
+        let found = records.get(&(model.model_name, row.resource_id.as_str())).copied();
+        let record = found.map(|(record, _)| record);
+        let data = match found {
+            Some((record, id)) => {
                 let address = *first as *const Publication as usize;
-                let record_sideloads = sideloads.get(&(address, record.id())).unwrap_or(&empty);
+                let record_sideloads = sideloads.get(&address).and_then(|by_owner| by_owner.get(id)).unwrap_or(&empty);
                 match (first.serialize)(record, record_sideloads) {
                     Ok(json) => json,
                     Err(error) => {
