@@ -158,6 +158,11 @@ impl Prepared {
     }
 
     fn drop_rows(&mut self, drop: impl Fn(&PendingRow) -> bool) -> usize {
+        // Most calls drop nothing (a batch read ahead rarely holds a row in hand): the rows
+        // and their plans are rebuilt only when some go.
+        if !self.eligible.iter().chain(&self.duplicates).any(&drop) {
+            return 0;
+        }
         let before = self.eligible.len() + self.duplicates.len();
         self.duplicates.retain(|row| !drop(row));
         let eligible = std::mem::take(&mut self.eligible);
