@@ -29,7 +29,7 @@ use dionysus::config::Config;
 use dionysus::registry::model::{Dependency, Model, Relation};
 use dionysus::relay::{Relay, RelayEvent, RelayObserver};
 use dionysus::serialize::{serialize_erased, DefaultSerializer};
-use dionysus_tests::{create_topic, kafka_config, registry_for, registry_with_sideloads, TestDb};
+use dionysus_tests::{count, create_topic, kafka_config, registry_for, registry_with_sideloads, TestDb};
 use rdkafka::producer::FutureRecord;
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -157,16 +157,7 @@ impl RelayObserver for Watch {
 
 /// Rows not yet published.
 async fn pending(conn: &mut AsyncPgConnection) -> i64 {
-    #[derive(QueryableByName)]
-    struct Left {
-        #[diesel(sql_type = BigInt)]
-        left: i64,
-    }
-    let left: Left = diesel::sql_query("SELECT count(*) AS left FROM dionysus_outbox WHERE published_at IS NULL")
-        .get_result(conn)
-        .await
-        .unwrap();
-    left.left
+    count(conn, "SELECT count(*) AS n FROM dionysus_outbox WHERE published_at IS NULL").await
 }
 
 async fn relay_drain(
